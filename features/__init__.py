@@ -1,0 +1,1 @@
+"""Event schema, identity stitching, feature builders and outcome labels."""

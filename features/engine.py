@@ -1,0 +1,35 @@
+"""DuckDB connections configured the same way for every step."""
+
+from __future__ import annotations
+
+import duckdb
+
+from pipeline.config import EngineConfig
+
+
+def connect(engine: EngineConfig | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection in UTC, honouring the memory limit and threads.
+
+    Past ``memory_limit`` DuckDB spills to ``temp_directory`` instead of failing, which is
+    how events larger than memory are processed on one machine.
+    """
+    engine = engine or EngineConfig()
+    con = duckdb.connect(config={"preserve_insertion_order": True})
+    con.execute("SET TimeZone = 'UTC'")
+    if engine.memory_limit:
+        con.execute(f"SET memory_limit = '{engine.memory_limit}'")
+    if engine.threads:
+        con.execute(f"SET threads = {int(engine.threads)}")
+    if engine.temp_directory:
+        con.execute(f"SET temp_directory = '{engine.temp_directory}'")
+    return con
+
+
+def sql_string(value: str) -> str:
+    """Quote a Python string as a SQL literal."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def sql_ident(name: str) -> str:
+    """Quote an identifier (column names come from user files)."""
+    return '"' + str(name).replace('"', '""') + '"'

@@ -1,0 +1,1 @@
+"""Training, calibration, evaluation, explanation and the MLflow registry."""

@@ -1,0 +1,1 @@
+"""CLI, configuration and step orchestration for propensity."""

@@ -1,0 +1,201 @@
+"""The ``propensity`` command line: one Typer command per step, with sensible defaults."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.config import ProjectConfig, load_project_config
+from pipeline.errors import UserError
+
+app = typer.Typer(
+    name="propensity",
+    help="Behavioural events -> calibrated propensity scores, explanations and segments.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="Project YAML (default: configs/project.yaml if present).")
+]
+EventsOption = Annotated[
+    Path | None,
+    typer.Option("--events", help="Events file or directory, or an `ingest` output (default: config `events`)."),
+]
+AsOfOption = Annotated[str | None, typer.Option("--as-of", help="As-of date, YYYY-MM-DD.")]
+OnBadRowsOption = Annotated[
+    str | None, typer.Option("--on-bad-rows", help="fail (default) or quarantine.")
+]
+
+
+def user_errors(func: F) -> F:
+    """Turn a UserError into one red line on stderr and exit code 2 (no traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UserError as error:
+            err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_date(value: str | None, option: str = "--as-of") -> dt.date | None:
+    """YYYY-MM-DD -> date, or a UserError naming the option."""
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise UserError(f"{option}: expected a date as YYYY-MM-DD, got {value!r}") from None
+
+
+def _on_bad_rows(value: str | None) -> str | None:
+    if value is not None and value not in ("fail", "quarantine"):
+        raise UserError(f"--on-bad-rows: expected 'fail' or 'quarantine', got {value!r}")
+    return value
+
+
+def _config(path: Path | None) -> ProjectConfig:
+    return load_project_config(path)
+
+
+def _events(events: Path | None, config: ProjectConfig) -> Path:
+    return events if events is not None else Path(config.events)
+
+
+def print_summary(summary: dict, title: str) -> None:
+    """The validate/ingest summary as rich tables."""
+    counts = Table(title=title, show_header=False)
+    for key in ("rows_in", "rows_written", "duplicates_dropped", "rows_quarantined", "bad_rows",
+                "profiles", "known_profiles"):
+        if key in summary:
+            counts.add_row(key.replace("_", " "), f"{summary[key]:,}")
+    counts.add_row("time range", f"{summary.get('first_event')} .. {summary.get('last_event')}")
+    console.print(counts)
+    for key, label in (("events_by_type", "event type"), ("events_by_channel", "channel"),
+                       ("identities_by_namespace", "identity namespace"), ("bad_rows_by_reason", "bad-row reason")):
+        values = summary.get(key) or {}
+        if not values:
+            continue
+        table = Table(show_header=True)
+        table.add_column(label)
+        table.add_column("count", justify="right")
+        for name, count in values.items():
+            table.add_row(str(name), f"{count:,}")
+        console.print(table)
+    collapses = summary.get("identity_collapses", [])
+    for reason in sorted({c["reason"] for c in collapses}):
+        group = [c for c in collapses if c["reason"] == reason]
+        console.print(
+            f"[yellow]identity guardrail ({reason}):[/] split {len(group)} components of "
+            f"{sum(c['identities'] for c in group):,} identities into "
+            f"{sum(c['profiles_after_split'] for c in group):,} profiles "
+            f"({sum(c['separated_identities'] for c in group):,} identities kept apart)"
+        )
+    if "rows_in" in summary:
+        console.print(
+            f"rows in {summary['rows_in']:,} = written {summary['rows_written']:,} + duplicates "
+            f"{summary['duplicates_dropped']:,} + bad {summary['bad_rows']:,}"
+        )
+
+
+@app.command()
+@user_errors
+def generate(
+    out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("data/luma"),
+    profiles: Annotated[int, typer.Option("--profiles", min=10, help="People to simulate.")] = 20_000,
+    days: Annotated[int, typer.Option("--days", min=30, help="Days of history.")] = 365,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 42,
+    start: Annotated[str, typer.Option("--start", help="First day, YYYY-MM-DD.")] = "2025-01-01",
+    ground_truth: Annotated[bool, typer.Option(help="Write the daily purchase probabilities.")] = True,
+) -> None:
+    """Generate synthetic Luma events, profile attributes and ground truth."""
+    from features.synthetic import GeneratorSettings
+    from features.synthetic import generate as run
+
+    settings = GeneratorSettings(profiles=profiles, days=days, seed=seed,
+                                 start=parse_date(start, "--start"), ground_truth=ground_truth)
+    with console.status("generating events"):
+        summary = run(settings, out)
+    console.print(f"wrote {summary['events']:,} events for {summary['people']:,} people "
+                  f"({summary['purchases']:,} purchases) to {out}")
+
+
+@app.command()
+@user_errors
+def validate(
+    events: EventsOption = None,
+    profiles: Annotated[Path | None, typer.Option("--profiles", help="Profile attributes file.")] = None,
+    as_of: AsOfOption = None,
+    on_bad_rows: OnBadRowsOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Dry run: validate events and print a summary; exit 2 on bad rows unless quarantining."""
+    from pipeline import steps
+
+    cfg = _config(config)
+    policy = _on_bad_rows(on_bad_rows) or cfg.ingest.on_bad_rows
+    summary = steps.validate(_events(events, cfg), cfg, parse_date(as_of), profiles)
+    print_summary(summary, f"validate {_events(events, cfg)}")
+    if summary["bad_rows"] and policy == "fail":
+        reasons = ", ".join(f"{k}: {v}" for k, v in summary["bad_rows_by_reason"].items())
+        raise UserError(f"{summary['bad_rows']} bad rows ({reasons}); see `propensity ingest --on-bad-rows quarantine`")
+
+
+@app.command()
+@user_errors
+def ingest(
+    events: EventsOption = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output directory (default: WORK_DIR/ingested).")] = None,
+    profiles: Annotated[Path | None, typer.Option("--profiles", help="Profile attributes file.")] = None,
+    as_of: AsOfOption = None,
+    on_bad_rows: OnBadRowsOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Validate, hash, de-duplicate and stitch events into an ingest directory."""
+    from pipeline import steps
+
+    cfg = _config(config)
+    target = out or Path(cfg.work_dir) / "ingested"
+    with console.status("ingesting events"):
+        summary = steps.ingest(_events(events, cfg), target, cfg, profiles, _on_bad_rows(on_bad_rows),
+                               parse_date(as_of))
+    print_summary(summary, f"ingest -> {target}")
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Where the demo writes everything.")] = Path("demo_output"),
+    profiles: Annotated[int, typer.Option("--profiles", min=100)] = 20_000,
+    days: Annotated[int, typer.Option("--days", min=60)] = 365,
+    config: ConfigOption = None,
+) -> None:
+    """End to end on synthetic Luma data: generate, validate, ingest and stitch."""
+    from pipeline import demo as demo_mod
+
+    demo_mod.run(out, _config(config), profiles=profiles, days=days, console=console)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

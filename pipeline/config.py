@@ -1,0 +1,147 @@
+"""Every configuration model of the project, validated by pydantic.
+
+One module, so that a key means one thing everywhere. Configs are YAML; unknown keys and
+wrong types are refused with a message that names the file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.errors import UserError
+
+DEFAULT_PROJECT_CONFIG = Path("configs/project.yaml")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IdentityConfig(_Strict):
+    """How identities are stitched into profiles."""
+
+    # Precedence order: an event is attributed through its first non-null namespace here,
+    # so authenticated ids win over device ids when the graph had to be split.
+    namespaces: list[str] = Field(default_factory=lambda: ["crm_id", "email_sha256", "phone_sha256", "ecid"])
+    anonymous_namespaces: list[str] = Field(default_factory=lambda: ["ecid"])
+    # A profile may hold at most one value of each of these (two crm_ids = two people).
+    unique_namespaces: list[str] = Field(default_factory=lambda: ["crm_id"])
+    max_identities_per_profile: int = Field(default=50, ge=2)
+
+    @field_validator("namespaces")
+    @classmethod
+    def _no_raw_pii(cls, value: list[str]) -> list[str]:
+        for raw in ("email", "phone"):
+            if raw in value:
+                raise ValueError(f"'{raw}' is hashed on ingest; list '{raw}_sha256' instead")
+        if len(set(value)) != len(value):
+            raise ValueError("namespaces must be unique")
+        return value
+
+
+class IngestConfig(_Strict):
+    """Validation policy for incoming events."""
+
+    on_bad_rows: Literal["fail", "quarantine"] = "fail"
+    # Rows named in a failure message; the full list goes to the quarantine file.
+    max_reported_rows: int = Field(default=5, ge=1)
+
+
+class FeatureConfig(_Strict):
+    """Windows and parameters of the feature families."""
+
+    windows_days: list[int] = Field(default_factory=lambda: [7, 30, 90, 365])
+    # Categories with their own affinity features; None = learned from the training snapshot.
+    categories: list[str] | None = None
+    max_learned_categories: int = Field(default=8, ge=1)
+    cart_abandonment_days: int = Field(default=3, ge=1)
+
+    @field_validator("windows_days")
+    @classmethod
+    def _positive_sorted(cls, value: list[int]) -> list[int]:
+        if not value or any(w <= 0 for w in value):
+            raise ValueError("windows must be positive whole days")
+        return sorted(set(value))
+
+
+class EngineConfig(_Strict):
+    """The embedded DuckDB engine (Spark is the scale-out alternative)."""
+
+    name: Literal["duckdb", "spark"] = "duckdb"
+    memory_limit: str | None = None  # e.g. "4GB"; DuckDB spills to temp_directory past it
+    threads: int | None = Field(default=None, ge=1)
+    temp_directory: str | None = None
+
+
+class MlflowConfig(_Strict):
+    tracking_uri: str | None = None
+
+
+class ProjectConfig(_Strict):
+    """configs/project.yaml"""
+
+    name: str = "luma"
+    seed: int = 42
+    events: str = "data/luma"
+    work_dir: str = "work"
+    models_dir: str = "configs/models"
+    identity: IdentityConfig = Field(default_factory=IdentityConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def describe_validation_error(source: str, error: ValidationError) -> str:
+    """One readable line per problem: ``file: key `a.b`: message (got 'x')``."""
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        got = item.get("input")
+        suffix = f" (got {got!r})" if item["type"] != "extra_forbidden" and not isinstance(got, dict) else ""
+        lines.append(f"{source}: key `{key}`: {message}{suffix}")
+    return "; ".join(lines)
+
+
+def parse_config(model: type[M], data: Any, source: str) -> M:
+    """Validate ``data`` against ``model``; a problem becomes a UserError naming the key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise UserError(describe_validation_error(source, error)) from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Read a YAML file, turning a missing file or a syntax error into a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}: invalid YAML{where}: {getattr(error, 'problem', error)}") from None
+
+
+def load_project_config(path: str | Path | None = None) -> ProjectConfig:
+    """Load the project config; without a file at the default path, use the defaults."""
+    if path is None:
+        if not DEFAULT_PROJECT_CONFIG.is_file():
+            return ProjectConfig()
+        path = DEFAULT_PROJECT_CONFIG
+    return parse_config(ProjectConfig, read_yaml(path), str(path))

@@ -1,0 +1,163 @@
+"""Step orchestration: plain functions from files to files, no modelling logic here.
+
+Each step opens a DuckDB connection, calls the logic in ``features``/``models`` and writes
+its outputs atomically. The CLI is a thin layer over these functions, so notebooks and
+scheduled jobs can call them directly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from features import identity as identity_mod
+from features.engine import connect, sql_string
+from features.schema import InputFiles, bad_rows_message, resolve_input, stage_events, stage_profiles
+from pipeline.config import ProjectConfig
+from pipeline.errors import UserError
+from pipeline.io import atomic_path, write_json
+
+OnBadRows = str  # "fail" | "quarantine"
+
+
+@dataclass
+class LoadedEvents:
+    """A DuckDB connection holding ``events`` (with profile_id) and ``profiles`` views."""
+
+    con: duckdb.DuckDBPyConnection
+    inputs: InputFiles
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _summarise(con: duckdb.DuckDBPyConnection, staged, stitched, quarantined: bool, config: ProjectConfig) -> dict:
+    first, last = con.execute("SELECT min(timestamp), max(timestamp) FROM clean_events").fetchone()
+    by_type = dict(con.execute(
+        "SELECT event_type, count(*) FROM clean_events GROUP BY 1 ORDER BY 2 DESC, 1").fetchall())
+    by_channel = dict(con.execute(
+        "SELECT coalesce(channel, '(none)'), count(*) FROM clean_events GROUP BY 1 ORDER BY 2 DESC, 1").fetchall())
+    identities = dict(con.execute(
+        "SELECT namespace, count(*) FROM identity_map GROUP BY 1 ORDER BY 1").fetchall()) if stitched else {}
+    summary = {
+        "rows_in": staged.rows_in,
+        "rows_written": staged.rows_clean,
+        "duplicates_dropped": staged.rows_duplicate,
+        "rows_quarantined": staged.rows_bad if quarantined else 0,
+        "bad_rows": staged.rows_bad,
+        "bad_rows_by_reason": staged.bad_by_reason,
+        "first_event": str(first) if first else None,
+        "last_event": str(last) if last else None,
+        "events_by_type": by_type,
+        "events_by_channel": by_channel,
+        "identities_by_namespace": identities,
+    }
+    if stitched is not None:
+        summary.update({
+            "profiles": stitched.profiles,
+            "known_profiles": stitched.known_profiles,
+            "identity_collapses": [asdict(c) for c in stitched.collapses],
+        })
+    return summary
+
+
+def _stage(
+    con: duckdb.DuckDBPyConnection,
+    inputs: InputFiles,
+    config: ProjectConfig,
+    on_bad_rows: OnBadRows,
+    as_of: dt.date | None,
+    profiles: Path | None,
+) -> dict:
+    staged = stage_events(con, inputs, config.identity, as_of, config.ingest.max_reported_rows)
+    if staged.rows_bad and on_bad_rows == "fail":
+        raise UserError(bad_rows_message(inputs.display, staged))
+    with_profiles = profiles is not None
+    if with_profiles:
+        stage_profiles(con, profiles, config.identity)
+    stitched = identity_mod.stitch(con, config.identity, with_profiles)
+    identity_mod.attribute_events(con, config.identity)
+    identity_mod.build_profiles(con, config.identity, with_profiles)
+    return _summarise(con, staged, stitched, on_bad_rows == "quarantine", config)
+
+
+def validate(events: str | Path, config: ProjectConfig, as_of: dt.date | None = None,
+             profiles: str | Path | None = None) -> dict:
+    """Dry run of ingest: the summary, including bad rows by reason; writes nothing."""
+    inputs = resolve_input(events)
+    con = connect(config.engine)
+    profiles_path = Path(profiles) if profiles else inputs.profiles
+    return _stage(con, inputs, config, "quarantine", as_of, profiles_path)
+
+
+def ingest(
+    events: str | Path,
+    out: str | Path,
+    config: ProjectConfig,
+    profiles: str | Path | None = None,
+    on_bad_rows: OnBadRows | None = None,
+    as_of: dt.date | None = None,
+) -> dict:
+    """Validate, hash, de-duplicate and stitch events; write them with the identity map.
+
+    ``out`` receives ``events.parquet``, ``identity_map.parquet``, ``profiles.parquet``,
+    ``manifest.json`` and, with ``on_bad_rows="quarantine"``, ``quarantine.parquet``. The
+    directory appears whole or not at all.
+    """
+    inputs = resolve_input(events)
+    if inputs.ingested is not None:
+        raise UserError(f"{events}: already an ingest output directory")
+    on_bad_rows = on_bad_rows or config.ingest.on_bad_rows
+    con = connect(config.engine)
+    profiles_path = Path(profiles) if profiles else inputs.profiles
+    summary = _stage(con, inputs, config, on_bad_rows, as_of, profiles_path)
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        _copy(con, "SELECT * EXCLUDE (_source_file, _source_row) FROM stitched_events ORDER BY timestamp, event_id",
+              tmp / "events.parquet")
+        _copy(con, "SELECT namespace, value, profile_id FROM identity_map ORDER BY profile_id, namespace, value",
+              tmp / "identity_map.parquet")
+        _copy(con, "SELECT * FROM profiles ORDER BY profile_id", tmp / "profiles.parquet")
+        if on_bad_rows == "quarantine" and summary["bad_rows"]:
+            _copy(con, "SELECT reason, _source_file AS source_file, _source_row AS source_row, "
+                       "* EXCLUDE (reason, _source_file, _source_row) FROM bad_events ORDER BY source_file, source_row",
+                  tmp / "quarantine.parquet")
+        manifest = {
+            "source": inputs.display,
+            "profiles_source": str(profiles_path) if profiles_path else None,
+            "ground_truth": str(inputs.ground_truth.resolve()) if inputs.ground_truth else None,
+            "as_of": str(as_of) if as_of else None,
+            "on_bad_rows": on_bad_rows,
+            **summary,
+        }
+        write_json(manifest, tmp / "manifest.json")
+    return manifest
+
+
+def _copy(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
+    con.execute(f"COPY ({query}) TO {sql_string(str(path))} (FORMAT parquet, COMPRESSION zstd)")
+
+
+def load_events(events: str | Path, config: ProjectConfig, on_bad_rows: OnBadRows | None = None) -> LoadedEvents:
+    """Raw events or an ingest directory -> a connection with ``events`` and ``profiles``.
+
+    Raw events are validated and stitched in memory exactly as ``ingest`` would.
+    """
+    inputs = resolve_input(events)
+    con = connect(config.engine)
+    if inputs.ingested is not None:
+        directory = inputs.ingested
+        con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet({sql_string(str(directory / 'events.parquet'))})")
+        con.execute(f"CREATE VIEW profiles AS SELECT * FROM read_parquet({sql_string(str(directory / 'profiles.parquet'))})")
+        manifest = json.loads((directory / "manifest.json").read_text())
+        gt = manifest.get("ground_truth")
+        if gt and Path(gt).is_dir():
+            inputs = InputFiles(events=inputs.events, fmt=inputs.fmt, ingested=directory,
+                                ground_truth=Path(gt), display=inputs.display)
+        return LoadedEvents(con=con, inputs=inputs, summary=manifest)
+    summary = _stage(con, inputs, config, on_bad_rows or config.ingest.on_bad_rows, None, inputs.profiles)
+    con.execute("CREATE VIEW events AS SELECT * EXCLUDE (_source_file, _source_row) FROM stitched_events")
+    return LoadedEvents(con=con, inputs=inputs, summary=summary)
