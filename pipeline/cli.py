@@ -181,6 +181,29 @@ def ingest(
 
 @app.command()
 @user_errors
+def features(
+    events: EventsOption = None,
+    as_of: AsOfOption = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model name: its population and labels.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Parquet file to write.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Point-in-time feature table at --as-of (default: the day after the last event)."""
+    from pipeline import steps
+
+    cfg = _config(config)
+    date = parse_date(as_of)
+    target = out or Path(cfg.work_dir) / "features" / f"features_{as_of or 'latest'}{'_' + model if model else ''}.parquet"
+    with console.status("building features"):
+        summary = steps.build_features(_events(events, cfg), target, cfg, date, model)
+    label_note = (f", {summary['positives']:,} positive labels" if summary["labelled"]
+                  else " (no labels: the horizon has not passed)" if model else "")
+    console.print(f"wrote {summary['rows']:,} profiles x {summary['features']} features at {summary['as_of']} "
+                  f"to {summary['out']}{label_note}")
+
+
+@app.command()
+@user_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Where the demo writes everything.")] = Path("demo_output"),
     profiles: Annotated[int, typer.Option("--profiles", min=100)] = 20_000,

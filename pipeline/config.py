@@ -145,3 +145,89 @@ def load_project_config(path: str | Path | None = None) -> ProjectConfig:
             return ProjectConfig()
         path = DEFAULT_PROJECT_CONFIG
     return parse_config(ProjectConfig, read_yaml(path), str(path))
+
+
+class OutcomeConfig(_Strict):
+    """What the model predicts: an event that will (or will not) occur within the horizon."""
+
+    event_type: str = "purchase"
+    category: str | None = None  # product_category the event must have
+    min_revenue: float | None = Field(default=None, ge=0)
+    # Upsell variant: an order above the profile's own 365-day average order value.
+    above_average_order_value: bool = False
+    horizon_days: int = Field(default=30, ge=1, le=730)
+    occurs: bool = True  # False: the label is 1 when the event does NOT occur (churn)
+
+
+class SnapshotConfig(_Strict):
+    count: int = Field(default=8, ge=3, le=64)
+    spacing_days: int = Field(default=28, ge=1)
+
+
+class TrainingConfig(_Strict):
+    """How a model is trained; every key has a sensible default."""
+
+    seed: int = 42
+    snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig)
+    calibration: Literal["isotonic", "sigmoid"] = "isotonic"
+    min_positives: int = Field(default=100, ge=1)
+    min_negatives: int = Field(default=100, ge=1)
+    # Share of profiles held out for the test snapshot, so no profile is in train and test.
+    test_profile_fraction: float = Field(default=0.3, gt=0.0, lt=1.0)
+    max_training_rows: int = Field(default=2_000_000, ge=1000)
+    early_stopping_rounds: int = Field(default=50, ge=1)
+    lightgbm: dict[str, Any] = Field(default_factory=dict)
+    promote_metric: Literal["test_auc", "test_average_precision", "test_log_loss", "test_brier"] = "test_auc"
+    promote_min_improvement: float = 0.0
+
+    @field_validator("lightgbm")
+    @classmethod
+    def _no_reweighting(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in ("is_unbalance", "scale_pos_weight", "objective"):
+            if key in value:
+                raise ValueError(f"`{key}` is not allowed: it spoils calibrated probabilities")
+        return value
+
+
+class FeatureSelection(_Strict):
+    include: list[str] = Field(default_factory=list)  # feature or family names; empty = all
+    exclude: list[str] = Field(default_factory=list)
+
+
+class BucketConfig(_Strict):
+    """Score (0-100) thresholds: score >= high is `high`, >= medium is `medium`, else `low`."""
+
+    medium: int = Field(default=40, ge=1, le=99)
+    high: int = Field(default=70, ge=2, le=100)
+
+
+class GovernanceConfig(_Strict):
+    marketing_action: str = "personalization"
+    sensitive_features: list[str] = Field(default_factory=list)
+
+
+class ModelConfig(_Strict):
+    """configs/models/NAME.yaml: a model is data, not code."""
+
+    name: str
+    description: str = ""
+    population: str = "days_since_last_event <= 90"
+    outcome: OutcomeConfig = Field(default_factory=OutcomeConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    features: FeatureSelection = Field(default_factory=FeatureSelection)
+    buckets: BucketConfig = Field(default_factory=BucketConfig)
+    governance: GovernanceConfig = Field(default_factory=GovernanceConfig)
+
+
+def load_model_config(name_or_path: str, project: ProjectConfig) -> ModelConfig:
+    """A model by name (``configs/models/NAME.yaml``) or by path to its YAML."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = Path(project.models_dir) / f"{name_or_path}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in Path(project.models_dir).glob("*.yaml"))
+            raise UserError(f"unknown model '{name_or_path}': no {path} (models: {', '.join(known) or 'none'})")
+    data = read_yaml(path)
+    if isinstance(data, dict):
+        data.setdefault("name", path.stem)
+    return parse_config(ModelConfig, data, str(path))

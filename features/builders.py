@@ -1,0 +1,255 @@
+"""Compile the feature registry to SQL and build point-in-time feature tables.
+
+Time is in whole days (``day`` = days since 1970-01-01, UTC). A snapshot at ``as_of`` uses
+only events with ``timestamp < as_of`` (midnight UTC), i.e. ``day < as_of_day``; a window of
+``w`` days is ``[as_of_day - w, as_of_day)``.
+
+Two sources, one query shape:
+
+* :func:`build_snapshot` reads the events once for one as-of date (what a scoring job does);
+* :func:`build_rollup` condenses the events once into one row per profile and active day,
+  and :func:`build_snapshots` computes any number of stacked snapshots from it in a single
+  join, so training on many snapshots never rescans the raw events.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import duckdb
+import pandas as pd
+
+from features.engine import sql_ident
+from features.registry import CARRIED_COLUMNS, Aggregate, Feature, FeatureSet
+
+EPOCH = dt.date(1970, 1, 1)
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """The few SQL spellings that differ between engines."""
+
+    name: str
+    day_of_timestamp: str  # format with {col}
+    date_of_day: str       # format with {col}
+    date_literal: str      # format with {value}
+
+    def day(self, column: str) -> str:
+        return self.day_of_timestamp.format(col=column)
+
+    def date(self, column: str) -> str:
+        return self.date_of_day.format(col=column)
+
+
+DUCKDB = Dialect("duckdb", "CAST(date_diff('day', DATE '1970-01-01', CAST({col} AS DATE)) AS INTEGER)",
+                 "(DATE '1970-01-01' + CAST({col} AS INTEGER))", "DATE '{value}'")
+SPARK = Dialect("spark", "datediff(to_date({col}), DATE'1970-01-01')",
+                "date_add(DATE'1970-01-01', {col})", "DATE'{value}'")
+
+
+def day_number(date: dt.date) -> int:
+    return (date - EPOCH).days
+
+
+def bucket_edges(fs: FeatureSet) -> list[int]:
+    """Window boundaries in days ago; consecutive edges bound the buckets (e_i, e_i+1]."""
+    edges = {0, fs.lookback_days}
+    for a in fs.aggregates.values():
+        edges.add(fs.lookback_days if a.start is None else a.start)
+        edges.add(a.end)
+    return sorted(edges)
+
+
+def _bucket_case(edges: list[int]) -> str:
+    whens = " ".join(f"WHEN ago <= {edge} THEN {i}" for i, edge in enumerate(edges[1:]))
+    return f"CASE {whens} END"
+
+
+# (measure, fn) -> bucket-level column: what stage 2 needs from each bucket.
+def _partials(fs: FeatureSet) -> dict[tuple[str, str], str]:
+    out: dict[tuple[str, str], str] = {}
+    for a in fs.aggregates.values():
+        out[(a.measure, a.fn)] = f"b_{a.fn}_{a.measure}"
+    return out
+
+
+def _partial_sql(measure: str, fn: str) -> str:
+    m = f"m_{measure}"
+    return {
+        "sum": f"sum({m})",
+        "max": f"max({m})",
+        "last_day": f"max(CASE WHEN {m} > 0 THEN day END)",
+        "first_day": f"min(CASE WHEN {m} > 0 THEN day END)",
+        "active_days": f"sum(CASE WHEN {m} > 0 THEN 1 ELSE 0 END)",
+    }[fn]
+
+
+def _combine_sql(a: Aggregate, column: str, edges: list[int], lookback: int) -> str:
+    start = lookback if a.start is None else a.start
+    first, last = edges.index(a.end), edges.index(start) - 1
+    window = f"bucket BETWEEN {first} AND {last}"
+    if a.fn in ("sum", "active_days"):
+        return f"coalesce(sum(CASE WHEN {window} THEN {column} END), 0)"
+    if a.fn in ("max", "last_day"):
+        return f"max(CASE WHEN {window} THEN {column} END)"
+    return f"min(CASE WHEN {window} THEN {column} END)"
+
+
+def measure_columns(fs: FeatureSet) -> str:
+    return ", ".join(f"{m.sql} AS m_{m.name}" for m in fs.measures.values())
+
+
+def rollup_sql(fs: FeatureSet, dialect: Dialect = DUCKDB, events: str = "events", where: str = "") -> str:
+    """One row per profile and active day with every measure summed (or maxed) for the day.
+
+    Revenue is summed as DECIMAL so that the result does not depend on summation order.
+    """
+    def rolled(m) -> str:
+        if m.name == "revenue":
+            return f"CAST(sum(CAST({m.sql} AS DECIMAL(18, 2))) AS DECIMAL(18, 2))"
+        if m.rollup == "sum":
+            return f"CAST(sum({m.sql}) AS INTEGER)"
+        return f"{m.rollup}({m.sql})"
+
+    columns = ", ".join(f"{rolled(m)} AS m_{m.name}" for m in fs.measures.values())
+    day = dialect.day("timestamp")
+    return f"""
+        SELECT profile_id, {day} AS day, {columns}
+        FROM {events} {where}
+        GROUP BY profile_id, {day}
+    """
+
+
+def _from_rollup(fs: FeatureSet, rollup_rows: str) -> str:
+    """Stages 2 and 3: rollup rows with ``as_of_day`` and ``ago`` -> bucket rows -> aggregates."""
+    edges = bucket_edges(fs)
+    partials = _partials(fs)
+    partial_select = ", ".join(f"{_partial_sql(m, fn)} AS {col}" for (m, fn), col in partials.items())
+    combine = ",\n           ".join(
+        f"{_combine_sql(a, partials[(a.measure, a.fn)], edges, fs.lookback_days)} AS {a.name}"
+        for a in fs.aggregates.values()
+    )
+    return f"""
+        SELECT profile_id, as_of_day, {combine}
+        FROM (
+            SELECT profile_id, as_of_day, {_bucket_case(edges)} AS bucket, {partial_select}
+            FROM ({rollup_rows})
+            GROUP BY profile_id, as_of_day, bucket
+        )
+        GROUP BY profile_id, as_of_day
+    """
+
+
+def _feature_select(features: list[Feature]) -> str:
+    return ",\n       ".join(f"{f.sql} AS {sql_ident(f.name)}" for f in features)
+
+
+def _profile_join(con: duckdb.DuckDBPyConnection | None, dialect: Dialect) -> tuple[str, str]:
+    """Columns and join for profile attributes (tier, tenure, consent), point in time.
+
+    The attributes file is today's view, so a tier or tenure is only used for as-of dates
+    after the profile signed up; consent is carried for segments, never modelled.
+    """
+    available: set[str] = set()
+    if con is not None:
+        try:
+            available = {r[0] for r in con.execute("DESCRIBE profiles").fetchall()}
+        except duckdb.Error:
+            available = set()
+    as_of_date = dialect.date("f.as_of_day")
+    signed_up = f"p.signup_date IS NOT NULL AND CAST(p.signup_date AS DATE) < {as_of_date}"
+    columns = []
+    if "loyalty_tier" in available:
+        tier = f"CASE WHEN {signed_up} THEN p.loyalty_tier END" if "signup_date" in available else "p.loyalty_tier"
+        columns.append(f"CAST({tier} AS VARCHAR) AS loyalty_tier")
+    else:
+        columns.append("CAST(NULL AS VARCHAR) AS loyalty_tier")
+    if "signup_date" in available:
+        columns.append(f"CASE WHEN {signed_up} THEN f.as_of_day - {dialect.day('p.signup_date')} END AS tenure_days")
+    else:
+        columns.append("CAST(NULL AS INTEGER) AS tenure_days")
+    for c in CARRIED_COLUMNS:
+        columns.append(f"CAST(p.{c} AS VARCHAR) AS {c}" if c in available else f"CAST(NULL AS VARCHAR) AS {c}")
+    join = "LEFT JOIN profiles p ON p.profile_id = f.profile_id" if available else ""
+    return ", ".join(columns), join
+
+
+def _features_from(fs: FeatureSet, aggregates_sql: str, con, dialect: Dialect, where: str | None = None) -> str:
+    profile_columns, profile_join = _profile_join(con, dialect)
+    # A population rule reads feature columns, which all live in ``f``.
+    condition = f"WHERE {where}" if where else ""
+    return f"""
+        WITH agg AS ({aggregates_sql}),
+        f AS (
+            SELECT profile_id, as_of_day,
+                   {_feature_select(fs.features)}
+            FROM agg
+        )
+        SELECT f.profile_id, {dialect.date('f.as_of_day')} AS as_of, f.* EXCLUDE (profile_id, as_of_day),
+               {profile_columns}
+        FROM f {profile_join}
+        {condition}
+        ORDER BY f.as_of_day, f.profile_id
+    """
+
+
+def snapshot_sql(fs: FeatureSet, as_of: dt.date, con=None, dialect: Dialect = DUCKDB, events: str = "events",
+                 where: str | None = None) -> str:
+    """One snapshot off the events: a time-bounded rollup, then the same bucket stages."""
+    as_of_day = day_number(as_of)
+    lowest = as_of - dt.timedelta(days=fs.lookback_days)
+    window = f"WHERE timestamp < TIMESTAMP '{as_of} 00:00:00' AND timestamp >= TIMESTAMP '{lowest} 00:00:00'"
+    rows = f"SELECT *, {as_of_day} AS as_of_day, {as_of_day} - day AS ago FROM ({rollup_sql(fs, dialect, events, window)})"
+    return _features_from(fs, _from_rollup(fs, rows), con, dialect, where)
+
+
+def build_snapshot(con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_of: dt.date) -> pd.DataFrame:
+    """The feature table at ``as_of`` for every profile active in the lookback."""
+    return con.execute(snapshot_sql(fs, as_of, con)).df()
+
+
+def build_rollup(con: duckdb.DuckDBPyConnection, fs: FeatureSet, table: str = "daily_rollup") -> int:
+    """Materialise the daily rollup of all events once; returns its row count."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {rollup_sql(fs)}")
+    return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def snapshots_sql(fs: FeatureSet, as_ofs: list[dt.date], con=None, dialect: Dialect = DUCKDB,
+                  rollup: str = "daily_rollup", where: str | None = None) -> str:
+    """Every snapshot in one query: each rollup row joins the snapshots whose lookback holds it."""
+    days = ", ".join(f"({day_number(d)})" for d in sorted(set(as_ofs)))
+    rows = f"""
+        SELECT r.*, s.as_of_day, s.as_of_day - r.day AS ago
+        FROM {rollup} r
+        JOIN (VALUES {days}) AS s(as_of_day)
+          ON r.day < s.as_of_day AND r.day >= s.as_of_day - {fs.lookback_days}
+    """
+    return _features_from(fs, _from_rollup(fs, rows), con, dialect, where)
+
+
+def build_snapshots(con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_ofs: list[dt.date],
+                    rollup: str = "daily_rollup") -> pd.DataFrame:
+    """Stacked feature tables for several as-of dates from an existing rollup."""
+    return con.execute(snapshots_sql(fs, as_ofs, con, rollup=rollup)).df()
+
+
+def learn_categories(con: duckdb.DuckDBPyConnection, before: dt.date, limit: int) -> list[str]:
+    """The most viewed and bought categories before ``before`` (the training snapshot only)."""
+    rows = con.execute(f"""
+        SELECT product_category FROM events
+        WHERE timestamp < TIMESTAMP '{before} 00:00:00' AND product_category IS NOT NULL
+          AND event_type IN ('product_view', 'purchase', 'add_to_cart')
+        GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT {int(limit)}
+    """).fetchall()
+    return [r[0] for r in rows]
+
+
+def data_end(con: duckdb.DuckDBPyConnection) -> dt.date:
+    """The day after the last event: the default cutoff (every earlier day is complete)."""
+    last = con.execute("SELECT max(timestamp) FROM events").fetchone()[0]
+    if last is None:
+        from pipeline.errors import UserError
+
+        raise UserError("no events to build features from")
+    return (pd.Timestamp(last).date() + dt.timedelta(days=1))

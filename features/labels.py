@@ -1,0 +1,71 @@
+"""Outcome labels and eligible populations, from a model config.
+
+A label at ``as_of`` looks at ``[as_of, as_of + horizon_days)``: an event at exactly
+``as_of`` (midnight UTC) counts for the label and never for the features, which end just
+before it. ``occurs: false`` (churn) inverts the label: 1 when the event does NOT happen.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from features.builders import DUCKDB, Dialect
+from features.engine import sql_string
+from features.registry import FeatureSet
+from features.rules import Rule, parse_rule
+from pipeline.config import ModelConfig, OutcomeConfig
+from pipeline.errors import UserError
+
+
+def snapshot_dates(cutoff: dt.date, horizon_days: int, count: int, spacing_days: int) -> list[dt.date]:
+    """``count`` as-of dates, ``spacing_days`` apart, the latest with its horizon ending by ``cutoff``.
+
+    Oldest first. ``cutoff`` is exclusive: the day after the last complete day of data.
+    """
+    latest = cutoff - dt.timedelta(days=horizon_days)
+    return [latest - dt.timedelta(days=spacing_days * i) for i in reversed(range(count))]
+
+
+def horizon_passed(as_of: dt.date, horizon_days: int, cutoff: dt.date) -> bool:
+    return as_of + dt.timedelta(days=horizon_days) <= cutoff
+
+
+def population_rule(model: ModelConfig, fs: FeatureSet) -> Rule:
+    """The model's population, checked against the feature names it may use."""
+    return parse_rule(model.population, fs.names(model_features_only=False), f"model '{model.name}': population")
+
+
+def outcome_filter(outcome: OutcomeConfig, alias: str = "e") -> str:
+    conditions = [f"{alias}.event_type = {sql_string(outcome.event_type)}"]
+    if outcome.category:
+        conditions.append(f"{alias}.product_category = {sql_string(outcome.category.lower())}")
+    if outcome.min_revenue is not None:
+        conditions.append(f"{alias}.revenue >= {float(outcome.min_revenue)}")
+    return " AND ".join(conditions)
+
+
+def labelled_sql(features_sql: str, outcome: OutcomeConfig, dialect: Dialect = DUCKDB, events: str = "events") -> str:
+    """Add ``label`` (0/1) to a feature query whose snapshots' horizons have all passed."""
+    if outcome.above_average_order_value and outcome.event_type != "purchase":
+        raise UserError("outcome.above_average_order_value only applies to event_type 'purchase'")
+    event_day, as_of_day = dialect.day("e.timestamp"), dialect.day("s.as_of")
+    hit = "h.profile_id IS NOT NULL"
+    if outcome.above_average_order_value:
+        # No earlier order to compare with: any purchase is above "usual".
+        hit = ("h.profile_id IS NOT NULL AND (feats.average_order_value_365d IS NULL "
+               "OR h.max_revenue > feats.average_order_value_365d)")
+    label = f"CASE WHEN {hit} THEN 1 ELSE 0 END" if outcome.occurs else f"CASE WHEN {hit} THEN 0 ELSE 1 END"
+    return f"""
+        WITH feats AS ({features_sql}),
+        hits AS (
+            SELECT e.profile_id, s.as_of, max(e.revenue) AS max_revenue
+            FROM {events} e
+            JOIN (SELECT DISTINCT as_of FROM feats) s
+              ON {event_day} >= {as_of_day} AND {event_day} < {as_of_day} + {int(outcome.horizon_days)}
+            WHERE {outcome_filter(outcome)}
+            GROUP BY e.profile_id, s.as_of
+        )
+        SELECT feats.*, {label} AS label
+        FROM feats LEFT JOIN hits h ON h.profile_id = feats.profile_id AND h.as_of = feats.as_of
+        ORDER BY feats.as_of, feats.profile_id
+    """
