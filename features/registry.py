@@ -69,6 +69,10 @@ class Feature:
     is_feature: bool = True  # False: carried in the table (consent flags) but never modelled
     sensitive: bool = False
 
+    def reach(self, lookback_days: int) -> int:
+        """How many days back from as_of this feature looks: older events cannot change it."""
+        return max(lookback_days if a.start is None else a.start for a in self.aggregates)
+
 
 @dataclass
 class FeatureSet:

@@ -1,0 +1,205 @@
+"""Point-in-time features: known answers for every family, and no leakage (property tests)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from features import builders
+from features.registry import build_registry
+from pipeline.config import FeatureConfig
+
+AS_OF = dt.date(2025, 6, 1)
+CONFIG = FeatureConfig(categories=["yoga", "running"])
+FS = build_registry(CONFIG)
+
+
+def ts(days_before: float, hour: int = 12) -> pd.Timestamp:
+    return pd.Timestamp(AS_OF) - pd.Timedelta(days=days_before) + pd.Timedelta(hours=hour)
+
+
+def event(days_before: float, event_type: str, profile: str = "p1", **extra) -> dict:
+    row = {"profile_id": profile, "timestamp": ts(days_before, extra.pop("hour", 12)), "event_type": event_type,
+           "channel": "web", "product_category": None, "revenue": None, "crm_id": None,
+           "email_sha256": None, "phone_sha256": None}
+    row.update(extra)
+    return row
+
+
+def connection(rows: list[dict], profiles: pd.DataFrame | None = None) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    frame = pd.DataFrame(rows)
+    frame["revenue"] = frame["revenue"].astype(float)
+    for column in ("product_category", "crm_id", "email_sha256", "phone_sha256", "channel"):
+        frame[column] = frame[column].astype(object)
+    con.register("_events", frame)
+    con.execute("CREATE TABLE events AS SELECT * REPLACE (CAST(timestamp AS TIMESTAMP) AS timestamp) FROM _events")
+    if profiles is not None:
+        con.register("_profiles", profiles)
+        con.execute("CREATE TABLE profiles AS SELECT * FROM _profiles")
+    return con
+
+
+def snapshot(rows: list[dict], as_of: dt.date = AS_OF, profiles: pd.DataFrame | None = None) -> pd.DataFrame:
+    return builders.build_snapshot(connection(rows, profiles), FS, as_of).set_index("profile_id")
+
+
+# Sarah: a yoga customer, lapsed for a while, who came back to browse this week.
+SARAH = [
+    event(200, "purchase", revenue=80.0, product_category="yoga", channel="store", crm_id="C1"),
+    event(100, "purchase", revenue=40.0, product_category="running", email_sha256="h"),
+    event(60, "email_send", channel="email", email_sha256="h"),
+    event(60, "email_open", channel="email", email_sha256="h"),
+    event(59, "email_send", channel="email", email_sha256="h"),
+    event(20, "add_to_cart", product_category="yoga"),
+    event(6, "product_view", product_category="yoga"),
+    event(6, "product_view", product_category="yoga", hour=13),
+    event(2, "add_to_cart", product_category="yoga", channel="mobile_app"),
+    event(1, "page_view", channel="mobile_app", hour=21),  # the evening before as_of
+    event(0, "purchase", revenue=99.0, hour=0),         # exactly at as_of: never a feature
+]
+
+
+def test_known_answers_for_every_family():
+    row = snapshot(SARAH).loc["p1"]
+    # activity
+    assert row["event_count_7d"] == 4 and row["event_count_30d"] == 5 and row["event_count_365d"] == 10
+    assert row["active_days_7d"] == 3 and row["active_days_365d"] == 8
+    assert row["product_view_count_7d"] == 2 and row["add_to_cart_count_30d"] == 2
+    assert row["purchase_count_90d"] == 0 and row["purchase_count_365d"] == 2
+    # recency (an event the evening before as_of is 1 day ago)
+    assert row["days_since_last_event"] == 1 and row["days_since_first_event"] == 200
+    assert row["days_since_last_purchase"] == 100 and row["days_since_last_add_to_cart"] == 2
+    assert pd.isna(row["days_since_last_search"])
+    # monetary
+    assert row["revenue_sum_365d"] == 120 and row["average_order_value_365d"] == 60
+    assert row["max_order_value_365d"] == 80 and row["revenue_sum_90d"] == 0
+    assert pd.isna(row["average_order_value_90d"])
+    # funnel: a cart 20 days ago never converted; the one 2 days ago is still open
+    assert row["funnel_stage_7d"] == 2 and row["funnel_stage_365d"] == 4
+    assert row["cart_abandoned_30d"] == 0  # the latest cart of the window is too recent to judge
+    assert row["open_cart"] == 1
+    assert row["view_to_cart_ratio_7d"] == pytest.approx(0.5)
+    assert row["cart_to_purchase_ratio_365d"] == pytest.approx(1.0)
+    # channel
+    assert row["channel_share_mobile_app_30d"] == pytest.approx(2 / 5)
+    assert row["channel_share_email_90d"] == pytest.approx(3 / 8)
+    assert row["email_open_rate_90d"] == pytest.approx(0.5) and pd.isna(row["email_click_rate_7d"])
+    # category
+    assert row["category_view_count_30d_yoga"] == 2 and row["category_purchase_count_365d_yoga"] == 1
+    assert row["days_since_last_purchase_yoga"] == 200 and row["days_since_last_purchase_running"] == 100
+    # trend: 4 events in 7 days against 1 in the 30 before
+    assert row["events_trend_7d_vs_prior_30d"] == pytest.approx((4 / 7 + 0.05) / (1 / 30 + 0.05))
+    # profile
+    assert row["is_known"] == 1
+
+
+def test_cart_abandonment_needs_its_follow_up_window_to_have_passed():
+    rows = [event(10, "add_to_cart"), event(2, "page_view")]
+    assert snapshot(rows).loc["p1", "cart_abandoned_30d"] == 1
+    assert snapshot([*rows, event(8, "purchase", revenue=10.0)]).loc["p1", "cart_abandoned_30d"] == 0
+    assert snapshot([event(2, "add_to_cart")]).loc["p1", "cart_abandoned_30d"] == 0
+
+
+def test_is_known_and_profile_attributes_are_point_in_time():
+    rows = [event(50, "page_view"), event(5, "login", email_sha256="h")]
+    profiles = pd.DataFrame({"profile_id": ["p1"], "loyalty_tier": ["gold"], "signup_date": [pd.Timestamp("2025-05-27")],
+                             "consent_marketing": ["n"], "consent_personalization": ["y"]})
+    now = snapshot(rows, profiles=profiles).loc["p1"]
+    assert now["is_known"] == 1 and now["loyalty_tier"] == "gold" and now["tenure_days"] == 5
+    before = snapshot(rows, as_of=dt.date(2025, 5, 20), profiles=profiles).loc["p1"]
+    assert before["is_known"] == 0 and pd.isna(before["loyalty_tier"]) and pd.isna(before["tenure_days"])
+    # Consent is carried for segments but is never a model feature.
+    assert now["consent_marketing"] == "n"
+    assert "consent_marketing" not in FS.names() and "consent_personalization" not in FS.names()
+
+
+def test_every_feature_has_a_readable_label_and_a_unique_name():
+    names = [f.name for f in FS.features]
+    assert len(names) == len(set(names))
+    for feature in FS.features:
+        assert feature.label and feature.label[0].isupper() and "_" not in feature.label, feature.name
+
+
+def test_stacked_snapshots_equal_single_snapshots(luma_small, config):
+    from pipeline import steps
+
+    loaded = steps.load_events(luma_small, config)
+    fs = build_registry(config.features, ["yoga", "running"])
+    dates = [dt.date(2025, 5, 1), dt.date(2025, 6, 12), dt.date(2025, 8, 1)]
+    builders.build_rollup(loaded.con, fs)
+    stacked = builders.build_snapshots(loaded.con, fs, dates)
+    for date in dates:
+        single = builders.build_snapshot(loaded.con, fs, date)
+        part = stacked[stacked["as_of"] == pd.Timestamp(date)].reset_index(drop=True)
+        assert len(single) > 100
+        pd.testing.assert_frame_equal(single, part, check_dtype=False)
+
+
+# --- property tests: nothing at or after as_of, nor older than a feature's reach, matters ---
+
+EVENT_TYPES = ["page_view", "product_view", "add_to_cart", "checkout", "purchase", "email_send", "email_open",
+               "email_click", "store_visit"]
+
+event_strategy = st.fixed_dictionaries({
+    "profile": st.sampled_from(["a", "b"]),
+    "days_before": st.integers(min_value=-40, max_value=800),
+    "hour": st.integers(min_value=0, max_value=23),
+    "event_type": st.sampled_from(EVENT_TYPES),
+    "channel": st.sampled_from(["web", "mobile_app", "email", "store"]),
+    "category": st.sampled_from([None, "yoga", "running", "hiking"]),
+    "revenue": st.floats(min_value=1, max_value=500).map(lambda x: round(x, 2)),
+    "known": st.booleans(),
+})
+
+
+def _rows(specs: list[dict]) -> list[dict]:
+    return [event(s["days_before"], s["event_type"], profile=s["profile"], hour=s["hour"], channel=s["channel"],
+                  product_category=s["category"],
+                  revenue=s["revenue"] if s["event_type"] == "purchase" else None,
+                  crm_id="C" + s["profile"] if s["known"] else None) for s in specs]
+
+
+def _features(rows: list[dict]) -> pd.DataFrame:
+    # Profiles with no history before as_of have no row; a later event must not create one.
+    return snapshot(rows).drop(columns=["as_of"]).sort_index()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=st.lists(event_strategy, min_size=1, max_size=25), future=st.lists(event_strategy, min_size=1, max_size=10))
+def test_events_at_or_after_as_of_never_change_features(history, future):
+    past = [s for s in history if s["days_before"] >= 1]
+    if not past:
+        return
+    later = [{**s, "days_before": min(s["days_before"], 0) - (s["days_before"] % 30)} for s in future]
+    base = _features(_rows(past))
+    with_future = _features(_rows(past + later))
+    pd.testing.assert_frame_equal(base, with_future)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=st.lists(event_strategy, min_size=1, max_size=25), seed=st.integers(0, 2**16))
+def test_events_older_than_a_features_reach_never_change_it(history, seed):
+    past = [s for s in history if s["days_before"] >= 1]
+    if not past:
+        return
+    rng = np.random.default_rng(seed)
+    reach = int(rng.choice([7, 30, 90, 365]))
+    recent = [s for s in past if s["days_before"] <= reach]
+    if not recent:
+        return
+    # Change old events: drop some, move the others further back, retype them.
+    old = [{**s, "days_before": s["days_before"] + 3, "event_type": "purchase"} for s in past
+           if s["days_before"] > reach and rng.random() < 0.5]
+    base = _features(_rows(past))
+    changed = _features(_rows(recent + old))
+    columns = [f.name for f in FS.features if f.reach(FS.lookback_days) <= reach]
+    profiles = base.index.intersection(changed.index)
+    pd.testing.assert_frame_equal(base.loc[profiles, columns], changed.loc[profiles, columns])
