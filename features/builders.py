@@ -74,14 +74,17 @@ def _partials(fs: FeatureSet) -> dict[tuple[str, str], str]:
     return out
 
 
-def _partial_sql(measure: str, fn: str) -> str:
+def _partial_sql(measure: str, fn: str, daily_rows: bool) -> str:
+    """A bucket-level partial over raw event rows, or over daily rollup rows (one per day)."""
     m = f"m_{measure}"
     return {
         "sum": f"sum({m})",
         "max": f"max({m})",
         "last_day": f"max(CASE WHEN {m} > 0 THEN day END)",
         "first_day": f"min(CASE WHEN {m} > 0 THEN day END)",
-        "active_days": f"sum(CASE WHEN {m} > 0 THEN 1 ELSE 0 END)",
+        # Buckets are disjoint, so distinct days per bucket add up to distinct days per window.
+        "active_days": (f"sum(CASE WHEN {m} > 0 THEN 1 ELSE 0 END)" if daily_rows
+                        else f"count(DISTINCT CASE WHEN {m} > 0 THEN day END)"),
     }[fn]
 
 
@@ -101,18 +104,8 @@ def measure_columns(fs: FeatureSet) -> str:
 
 
 def rollup_sql(fs: FeatureSet, dialect: Dialect = DUCKDB, events: str = "events", where: str = "") -> str:
-    """One row per profile and active day with every measure summed (or maxed) for the day.
-
-    Revenue is summed as DECIMAL so that the result does not depend on summation order.
-    """
-    def rolled(m) -> str:
-        if m.name == "revenue":
-            return f"CAST(sum(CAST({m.sql} AS DECIMAL(18, 2))) AS DECIMAL(18, 2))"
-        if m.rollup == "sum":
-            return f"CAST(sum({m.sql}) AS INTEGER)"
-        return f"{m.rollup}({m.sql})"
-
-    columns = ", ".join(f"{rolled(m)} AS m_{m.name}" for m in fs.measures.values())
+    """One row per profile and active day with every measure summed (or maxed) for the day."""
+    columns = ", ".join(f"CAST({m.rollup}({m.sql}) AS {m.sql_type}) AS m_{m.name}" for m in fs.measures.values())
     day = dialect.day("timestamp")
     return f"""
         SELECT profile_id, {day} AS day, {columns}
@@ -121,11 +114,15 @@ def rollup_sql(fs: FeatureSet, dialect: Dialect = DUCKDB, events: str = "events"
     """
 
 
-def _from_rollup(fs: FeatureSet, rollup_rows: str) -> str:
-    """Stages 2 and 3: rollup rows with ``as_of_day`` and ``ago`` -> bucket rows -> aggregates."""
+def _aggregates(fs: FeatureSet, rows_sql: str, daily_rows: bool) -> str:
+    """Rows with profile_id, as_of_day, day, ago and m_* columns -> one row of aggregates each.
+
+    Stage 1 sums every measure per (profile, as_of, bucket), where buckets lie between
+    consecutive window edges; stage 2 adds up the few buckets that make each window.
+    """
     edges = bucket_edges(fs)
     partials = _partials(fs)
-    partial_select = ", ".join(f"{_partial_sql(m, fn)} AS {col}" for (m, fn), col in partials.items())
+    partial_select = ", ".join(f"{_partial_sql(m, fn, daily_rows)} AS {col}" for (m, fn), col in partials.items())
     combine = ",\n           ".join(
         f"{_combine_sql(a, partials[(a.measure, a.fn)], edges, fs.lookback_days)} AS {a.name}"
         for a in fs.aggregates.values()
@@ -134,7 +131,7 @@ def _from_rollup(fs: FeatureSet, rollup_rows: str) -> str:
         SELECT profile_id, as_of_day, {combine}
         FROM (
             SELECT profile_id, as_of_day, {_bucket_case(edges)} AS bucket, {partial_select}
-            FROM ({rollup_rows})
+            FROM ({rows_sql})
             GROUP BY profile_id, as_of_day, bucket
         )
         GROUP BY profile_id, as_of_day
@@ -196,12 +193,16 @@ def _features_from(fs: FeatureSet, aggregates_sql: str, con, dialect: Dialect, w
 
 def snapshot_sql(fs: FeatureSet, as_of: dt.date, con=None, dialect: Dialect = DUCKDB, events: str = "events",
                  where: str | None = None) -> str:
-    """One snapshot off the events: a time-bounded rollup, then the same bucket stages."""
+    """One snapshot straight off the events: one scan into buckets, then windows."""
     as_of_day = day_number(as_of)
     lowest = as_of - dt.timedelta(days=fs.lookback_days)
-    window = f"WHERE timestamp < TIMESTAMP '{as_of} 00:00:00' AND timestamp >= TIMESTAMP '{lowest} 00:00:00'"
-    rows = f"SELECT *, {as_of_day} AS as_of_day, {as_of_day} - day AS ago FROM ({rollup_sql(fs, dialect, events, window)})"
-    return _features_from(fs, _from_rollup(fs, rows), con, dialect, where)
+    day = dialect.day("timestamp")
+    rows = f"""
+        SELECT profile_id, {as_of_day} AS as_of_day, {day} AS day, {as_of_day} - {day} AS ago, {measure_columns(fs)}
+        FROM {events}
+        WHERE timestamp < TIMESTAMP '{as_of} 00:00:00' AND timestamp >= TIMESTAMP '{lowest} 00:00:00'
+    """
+    return _features_from(fs, _aggregates(fs, rows, daily_rows=False), con, dialect, where)
 
 
 def build_snapshot(con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_of: dt.date) -> pd.DataFrame:
@@ -209,9 +210,10 @@ def build_snapshot(con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_of: dt.dat
     return con.execute(snapshot_sql(fs, as_of, con)).df()
 
 
-def build_rollup(con: duckdb.DuckDBPyConnection, fs: FeatureSet, table: str = "daily_rollup") -> int:
-    """Materialise the daily rollup of all events once; returns its row count."""
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {rollup_sql(fs)}")
+def build_rollup(con: duckdb.DuckDBPyConnection, fs: FeatureSet, table: str = "daily_rollup",
+                 events: str = "events") -> int:
+    """Materialise the daily rollup of ``events`` once; returns its row count."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {rollup_sql(fs, events=events)}")
     return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
 
@@ -225,7 +227,7 @@ def snapshots_sql(fs: FeatureSet, as_ofs: list[dt.date], con=None, dialect: Dial
         JOIN (VALUES {days}) AS s(as_of_day)
           ON r.day < s.as_of_day AND r.day >= s.as_of_day - {fs.lookback_days}
     """
-    return _features_from(fs, _from_rollup(fs, rows), con, dialect, where)
+    return _features_from(fs, _aggregates(fs, rows, daily_rows=True), con, dialect, where)
 
 
 def build_snapshots(con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_ofs: list[dt.date],

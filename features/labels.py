@@ -69,3 +69,30 @@ def labelled_sql(features_sql: str, outcome: OutcomeConfig, dialect: Dialect = D
         FROM feats LEFT JOIN hits h ON h.profile_id = feats.profile_id AND h.as_of = feats.as_of
         ORDER BY feats.as_of, feats.profile_id
     """
+
+
+def training_frame(con, fs: FeatureSet, model: ModelConfig, cutoff: dt.date):
+    """Stacked, labelled snapshots of the model's population whose horizons end by ``cutoff``.
+
+    The daily rollup is built once from events before ``cutoff``; every snapshot comes from
+    it in one query. Returns (frame, as-of dates).
+    """
+    from features.builders import build_rollup, snapshots_sql
+
+    dates = snapshot_dates(cutoff, model.outcome.horizon_days, model.training.snapshots.count,
+                           model.training.snapshots.spacing_days)
+    first = con.execute("SELECT min(timestamp) FROM events").fetchone()[0]
+    if first is None or dates[0] <= first.date():
+        raise UserError(
+            f"model '{model.name}': {len(dates)} snapshots {model.training.snapshots.spacing_days} days apart "
+            f"with a {model.outcome.horizon_days}-day horizon need data from before {dates[0]}, "
+            f"but the events start on {first.date() if first else 'never'}; lower training.snapshots.count "
+            f"or spacing_days")
+    # Nothing at or after the cutoff may be seen: not by features, not by labels.
+    con.execute(f"CREATE OR REPLACE TEMP VIEW events_seen AS SELECT * FROM events "
+                f"WHERE timestamp < TIMESTAMP '{cutoff} 00:00:00'")
+    build_rollup(con, fs, events="events_seen")
+    where = population_rule(model, fs).sql("duckdb", column_prefix="f")
+    sql = labelled_sql(snapshots_sql(fs, dates, con, where=where), model.outcome, events="events_seen")
+    frame = con.execute(sql).df()
+    return frame, dates

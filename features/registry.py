@@ -46,6 +46,7 @@ class Measure:
     name: str
     sql: str
     rollup: str = "sum"
+    sql_type: str = "INTEGER"  # the rollup's column type
 
 
 @dataclass(frozen=True)
@@ -134,9 +135,12 @@ def build_registry(config: FeatureConfig, categories: list[str] | None = None, l
     measures: dict[str, Measure] = {"events": Measure("events", "1")}
     for t in ACTIVITY_TYPES:
         measures[t] = Measure(t, f"CASE WHEN event_type = '{t}' THEN 1 ELSE 0 END")
-    measures["revenue"] = Measure("revenue", "CASE WHEN event_type = 'purchase' THEN coalesce(revenue, 0) ELSE 0 END")
+    # DECIMAL: sums are exact, so they do not depend on the order an engine adds them in.
+    measures["revenue"] = Measure(
+        "revenue", "CAST(CASE WHEN event_type = 'purchase' THEN coalesce(revenue, 0) ELSE 0 END AS DECIMAL(18, 2))",
+        sql_type="DECIMAL(18, 2)")
     measures["max_order_value"] = Measure(
-        "max_order_value", "CASE WHEN event_type = 'purchase' THEN revenue END", rollup="max")
+        "max_order_value", "CASE WHEN event_type = 'purchase' THEN revenue END", rollup="max", sql_type="DOUBLE")
     measures["known_identity"] = Measure("known_identity", f"CASE WHEN {KNOWN_NAMESPACES_SQL} THEN 1 ELSE 0 END")
     for c in CHANNELS:
         measures[f"channel_{c}"] = Measure(f"channel_{c}", f"CASE WHEN channel = '{c}' THEN 1 ELSE 0 END")

@@ -114,7 +114,7 @@ def generate(settings: GeneratorSettings, out_dir: str | Path) -> dict:
 
     # --- latent traits -----------------------------------------------------------------
     intent = rng.normal(0, 1, n)
-    activity = 0.6 * intent + 0.8 * rng.normal(0, 1, n)
+    activity = 0.75 * intent + 0.65 * rng.normal(0, 1, n)
     affinity = rng.dirichlet(np.full(len(CATEGORIES), 0.5), n)
     favourite = affinity.argmax(axis=1)
     account = rng.random(n)
@@ -131,7 +131,7 @@ def generate(settings: GeneratorSettings, out_dir: str | Path) -> dict:
     consent_personal = np.where(rng.random(n) < 0.86, "y", np.where(rng.random(n) < 0.7, "n", ""))
     subscribed = has_account & (consent_marketing == "y")
     email_engagement = rng.normal(-1.7, 0.9, n)
-    base_purchase = -7.4 + 1.0 * intent + 1.2 * customer
+    base_purchase = -7.6 + 1.35 * intent + 1.2 * customer
     base_visit = -5.8 + 1.0 * activity + 0.5 * customer
 
     # Devices: 1-3 per person; ~1.5 % of people share their first device with someone.
@@ -435,3 +435,56 @@ def _write_ground_truth(directory: Path, truth_p: np.ndarray, affinity: np.ndarr
         "value": pa.concat_arrays([ecids, _strings("C", known + 100_000, 7)]),
     })
     pq.write_table(identities, directory / "person_identities.parquet", compression="zstd")
+
+
+def oracle_probabilities(con, keys, outcome, ground_truth: Path):
+    """The best achievable prediction for (profile_id, as_of) rows, from the simulation's truth.
+
+    P(outcome in [as_of, as_of + horizon)) = 1 - prod(1 - p_day * category affinity), with the
+    daily purchase probabilities the generator drew from. Only profiles that are the whole of
+    one simulated person (one person, and that person in no other profile) get a value: a
+    person split over unstitched devices buys on one of them, so a per-person probability is
+    not that profile's. Others get NaN, as do outcomes the simulation has no ground truth for
+    (revenue thresholds, non-purchase events). Needs ``identity_map``.
+    """
+    import numpy as np
+    import pandas as pd
+
+    frame = keys[["profile_id", "as_of"]].copy()
+    if outcome.event_type != "purchase" or outcome.min_revenue is not None or outcome.above_average_order_value:
+        return pd.Series(np.nan, index=keys.index)
+    category = (outcome.category or "").lower()
+    if category and category not in CATEGORIES:
+        return pd.Series(np.nan, index=keys.index)
+    weight = f"t.affinity_{category}" if category else "1.0"
+    gt = Path(ground_truth)
+    con.register("_oracle_keys", frame)
+    result = con.execute(f"""
+        WITH keys AS (SELECT DISTINCT profile_id, CAST(as_of AS DATE) AS as_of FROM _oracle_keys),
+        pairs AS (
+            SELECT DISTINCT m.profile_id, g.person_id
+            FROM identity_map m
+            JOIN read_parquet('{gt / "person_identities.parquet"}') g ON g.namespace = m.namespace AND g.value = m.value
+        ), whole AS (
+            SELECT person_id FROM pairs GROUP BY person_id HAVING count(DISTINCT profile_id) = 1
+        ), link AS (
+            SELECT profile_id, min(person_id) AS person_id, count(DISTINCT person_id) AS people
+            FROM pairs WHERE profile_id IN (SELECT profile_id FROM keys)
+            GROUP BY profile_id
+        ), none AS (
+            SELECT k.profile_id, k.as_of, sum(ln(1 - least(d.probability * {weight}, 0.999999))) AS log_none
+            FROM keys k
+            JOIN link l ON l.profile_id = k.profile_id AND l.people = 1
+            JOIN whole w ON w.person_id = l.person_id
+            JOIN read_parquet('{gt / "person_traits.parquet"}') t ON t.person_id = l.person_id
+            JOIN read_parquet('{gt / "daily_purchase_probability.parquet"}') d
+              ON d.person_id = l.person_id AND d.day >= k.as_of AND d.day < k.as_of + {int(outcome.horizon_days)}
+            GROUP BY k.profile_id, k.as_of
+        )
+        SELECT profile_id, as_of, {'1 - exp(log_none)' if outcome.occurs else 'exp(log_none)'} AS oracle
+        FROM none
+    """).df()
+    con.unregister("_oracle_keys")
+    merged = frame.assign(as_of=pd.to_datetime(frame["as_of"])).merge(
+        result.assign(as_of=pd.to_datetime(result["as_of"])), on=["profile_id", "as_of"], how="left")
+    return pd.Series(merged["oracle"].to_numpy(), index=keys.index)

@@ -202,6 +202,96 @@ def features(
                   f"to {summary['out']}{label_note}")
 
 
+def print_metrics(metrics: dict, title: str) -> None:
+    """Model vs baselines vs oracle, side by side."""
+    table = Table(title=title)
+    for column in ("metric", "model", "logistic regression (RFM)", "recency", "oracle"):
+        table.add_column(column, justify="right" if column != "metric" else "left")
+    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    prefix = "test_" if "test_auc" in metrics else "eval_"
+    table.add_row("AUC", fmt(metrics.get(f"{prefix}auc")), fmt(metrics.get("baseline_logreg_auc")),
+                  fmt(metrics.get("baseline_recency_auc")), fmt(metrics.get(f"{'' if prefix == 'test_' else prefix}oracle_auc")))
+    table.add_row("average precision", fmt(metrics.get(f"{prefix}average_precision")),
+                  fmt(metrics.get("baseline_logreg_average_precision")), "", "")
+    table.add_row("lift at top 10 %", fmt(metrics.get(f"{prefix}lift_at_10")),
+                  fmt(metrics.get("baseline_logreg_lift_at_10")), "", "")
+    for key, label in (("brier", "Brier score"), ("log_loss", "log loss"), ("ece", "expected calibration error"),
+                       ("base_rate", "base rate")):
+        table.add_row(label, fmt(metrics.get(f"{prefix}{key}")), "", "", "")
+    ratio = metrics.get("auc_to_oracle", metrics.get("eval_auc_to_oracle"))
+    if ratio is not None:
+        table.add_row("AUC / oracle AUC", fmt(ratio), "", "", "")
+    console.print(table)
+
+
+def print_buckets(buckets) -> None:
+    table = Table(title="buckets: predicted vs actual")
+    for column in buckets.columns:
+        table.add_column(str(column), justify="right")
+    for row in buckets.itertuples(index=False):
+        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def train(
+    model: Annotated[str, typer.Argument(help="Model name (configs/models/NAME.yaml) or a YAML path.")],
+    events: EventsOption = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="End of the data training may see (default: all).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Train a model on stacked snapshots, log it to MLflow and register it as challenger."""
+    from pipeline import modelling
+
+    cfg = _config(config)
+    with console.status(f"training {model}"):
+        result = modelling.train(model, _events(events, cfg), cfg, parse_date(as_of))
+    console.print(f"run [bold]{result['run_id']}[/]  registered [bold]{model} v{result['version']}[/] "
+                  f"(alias challenger), {result['features']} features, snapshots {result['snapshots'][0]} .. "
+                  f"{result['snapshots'][-1]}")
+    print_metrics(result["metrics"], f"{model}: test snapshot {result['snapshots'][-1]}")
+    print_buckets(result["buckets"])
+
+
+@app.command()
+@user_errors
+def evaluate(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    as_of: Annotated[str, typer.Option("--as-of", help="Snapshot date whose horizon has passed.")],
+    events: EventsOption = None,
+    version: Annotated[str | None, typer.Option("--version", help="Model version.")] = None,
+    alias: Annotated[str | None, typer.Option("--alias", help="Model alias (default champion).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Expected vs actual: evaluate a registered version on a later snapshot."""
+    from pipeline import modelling
+
+    cfg = _config(config)
+    if version and alias:
+        raise UserError("give --version or --alias, not both")
+    with console.status(f"evaluating {model}"):
+        result = modelling.evaluate(model, _events(events, cfg), cfg, parse_date(as_of), version, alias)
+    console.print(f"{model} v{result['version']} on {result['rows']:,} profiles at {result['as_of']} "
+                  f"(run {result['run_id']})")
+    print_metrics(result["metrics"], f"{model} v{result['version']} at {result['as_of']}")
+    print_buckets(result["buckets"])
+
+
+@app.command()
+@user_errors
+def promote(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[str | None, typer.Option("--version", help="Promote this version regardless.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Move the champion alias to the challenger if it is better (or to --version)."""
+    from pipeline import modelling
+
+    outcome = modelling.promote(model, _config(config), version)
+    console.print(("[green]promoted[/]: " if outcome.promoted else "[yellow]not promoted[/]: ") + outcome.reason)
+
+
 @app.command()
 @user_errors
 def demo(

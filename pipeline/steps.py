@@ -152,6 +152,8 @@ def load_events(events: str | Path, config: ProjectConfig, on_bad_rows: OnBadRow
         directory = inputs.ingested
         con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet({sql_string(str(directory / 'events.parquet'))})")
         con.execute(f"CREATE VIEW profiles AS SELECT * FROM read_parquet({sql_string(str(directory / 'profiles.parquet'))})")
+        con.execute(f"CREATE VIEW identity_map AS SELECT * FROM "
+                    f"read_parquet({sql_string(str(directory / 'identity_map.parquet'))})")
         manifest = json.loads((directory / "manifest.json").read_text())
         gt = manifest.get("ground_truth")
         if gt and Path(gt).is_dir():

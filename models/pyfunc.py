@@ -1,0 +1,22 @@
+"""The MLflow pyfunc wrapper: a feature table in, calibrated probabilities out.
+
+Logged with ``code_paths`` pointing at this package, so ``mlflow.pyfunc.load_model`` works in
+a fresh process that has only MLflow, LightGBM, scikit-learn and pandas installed.
+"""
+
+from __future__ import annotations
+
+import joblib
+import mlflow.pyfunc
+import pandas as pd
+
+
+class PropensityPyfunc(mlflow.pyfunc.PythonModel):
+    """Wraps :class:`models.estimator.PropensityModel` (stored as a joblib artifact)."""
+
+    def load_context(self, context) -> None:
+        self.model = joblib.load(context.artifacts["propensity_model"])
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        probability = self.model.predict_proba(model_input)
+        return pd.DataFrame({"probability": probability}, index=model_input.index)

@@ -1,0 +1,161 @@
+"""MLflow: tracking URI, runs, the logged pyfunc model, versions and aliases.
+
+One experiment per model name; each training run registers a new version of the model and
+points the ``challenger`` alias at it. ``champion`` moves only through :func:`promote`.
+Registry stages are not used (deprecated in MLflow).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import joblib
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from models.estimator import PropensityModel
+from pipeline.config import ProjectConfig
+from pipeline.errors import UserError
+
+CHALLENGER, CHAMPION = "challenger", "champion"
+LOWER_IS_BETTER = {"test_log_loss", "test_brier", "test_ece"}
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def tracking_uri(config: ProjectConfig) -> str:
+    """MLFLOW_TRACKING_URI, else the config, else sqlite:///mlflow.db in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or config.mlflow.tracking_uri or "sqlite:///mlflow.db"
+
+
+def configure(config: ProjectConfig) -> MlflowClient:
+    uri = tracking_uri(config)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=PACKAGE_DIR).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    # Pinned to what trained the model; given explicitly so MLflow does not load the model
+    # in a subprocess to guess them.
+    return [f"{p}=={version(p)}" for p in ("mlflow", "lightgbm", "scikit-learn", "pandas", "numpy", "joblib")]
+
+
+def signature_frame(model: PropensityModel, frame: pd.DataFrame) -> pd.DataFrame:
+    """The input example: model columns as the pyfunc expects them (floats, categoricals as text)."""
+    sample = model.matrix(frame.head(5))
+    for column in model.categories:
+        sample[column] = sample[column].astype("object").astype("string")
+    return sample
+
+
+def log_model(model: PropensityModel, example: pd.DataFrame, registered_name: str) -> tuple[str, str]:
+    """Log the pyfunc in the active run and register it; returns (model_uri, version)."""
+    from models.pyfunc import PropensityPyfunc
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "propensity_model.joblib"
+        joblib.dump(model, path)
+        sample = signature_frame(model, example)
+        output = pd.DataFrame({"probability": model.predict_proba(example.head(5))})
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=PropensityPyfunc(),
+            artifacts={"propensity_model": str(path)},
+            code_paths=[str(PACKAGE_DIR), str(PACKAGE_DIR.parent / "pipeline")],
+            signature=infer_signature(sample, output),
+            input_example=sample,
+            pip_requirements=_requirements(),
+            registered_model_name=registered_name,
+        )
+    return info.model_uri, str(info.registered_model_version)
+
+
+def set_alias(client: MlflowClient, name: str, alias: str, version: str) -> None:
+    client.set_registered_model_alias(name, alias, version)
+
+
+def version_for(client: MlflowClient, name: str, version: str | None = None, alias: str | None = None):
+    """A model version by number or alias, with a clear error when there is none."""
+    try:
+        if version is not None:
+            return client.get_model_version(name, str(version))
+        return client.get_model_version_by_alias(name, alias or CHAMPION)
+    except MlflowException:
+        what = f"version {version}" if version is not None else f"alias '{alias or CHAMPION}'"
+        raise UserError(f"model '{name}' has no {what} in the registry at {mlflow.get_tracking_uri()}; "
+                        f"train it first (`propensity train {name}`)") from None
+
+
+def load_propensity_model(client: MlflowClient, name: str, version: str | None = None,
+                          alias: str | None = None) -> tuple[PropensityModel, object]:
+    """The PropensityModel behind a registered version (for scoring and explanations)."""
+    mv = version_for(client, name, version, alias)
+    local = mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}")
+    return joblib.load(Path(local) / "artifacts" / "propensity_model.joblib"), mv
+
+
+def run_metric(client: MlflowClient, mv, metric: str) -> float | None:
+    if not mv.run_id:
+        return None
+    value = client.get_run(mv.run_id).data.metrics.get(metric)
+    return None if value is None else float(value)
+
+
+@dataclass
+class Promotion:
+    promoted: bool
+    version: str
+    reason: str
+
+
+def promote(client: MlflowClient, name: str, metric: str, min_improvement: float,
+            version: str | None = None) -> Promotion:
+    """Move ``champion`` to the challenger when it is better by the margin, or to ``version``."""
+    if version is not None:
+        mv = version_for(client, name, version=version)
+        set_alias(client, name, CHAMPION, mv.version)
+        return Promotion(True, mv.version, f"version {mv.version} promoted explicitly")
+    challenger = version_for(client, name, alias=CHALLENGER)
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        champion = None
+    new = run_metric(client, challenger, metric)
+    if champion is None:
+        set_alias(client, name, CHAMPION, challenger.version)
+        return Promotion(True, challenger.version, f"no champion yet; challenger v{challenger.version} "
+                                                   f"({metric} {_fmt(new)}) becomes champion")
+    if champion.version == challenger.version:
+        return Promotion(False, champion.version, f"challenger v{challenger.version} is already champion")
+    old = run_metric(client, champion, metric)
+    if new is None or old is None:
+        return Promotion(False, champion.version, f"cannot compare: {metric} missing on a run")
+    better = (old - new) if metric in LOWER_IS_BETTER else (new - old)
+    if better > min_improvement:
+        set_alias(client, name, CHAMPION, challenger.version)
+        return Promotion(True, challenger.version, f"challenger v{challenger.version} {metric} {_fmt(new)} beats "
+                                                   f"champion v{champion.version} {_fmt(old)} by more than "
+                                                   f"{min_improvement}")
+    return Promotion(False, champion.version, f"champion v{champion.version} stays: challenger v{challenger.version} "
+                                              f"{metric} {_fmt(new)} vs {_fmt(old)} (needs > {min_improvement} better)")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
