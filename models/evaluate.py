@@ -74,9 +74,13 @@ def decile_table(y: np.ndarray, p: np.ndarray) -> pd.DataFrame:
 
 
 def scores_from_reference(p: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """0-100: the share of the reference population (test snapshot at training) scoring lower."""
+    """0-100: the share of the reference population (test snapshot at training) scoring lower.
+
+    ``reference`` holds the quantiles at 0, 1/N, ..., 1 of the reference probabilities.
+    """
     reference = np.sort(np.asarray(reference, dtype=float))
-    return np.rint(100 * np.searchsorted(reference, p, side="left") / len(reference)).astype(int)
+    steps = max(len(reference) - 1, 1)
+    return np.clip(np.rint(100 * np.searchsorted(reference, p, side="left") / steps), 0, 100).astype(int)
 
 
 def buckets(score: np.ndarray, medium: int, high: int) -> np.ndarray:

@@ -1,0 +1,193 @@
+"""Models: training through the CLI, MLflow tracking and registry, determinism, evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from features.synthetic import GeneratorSettings, generate
+from models import evaluate as ev
+from models.calibration import Calibrator
+from models.train import DEFAULT_LIGHTGBM, split
+from pipeline import modelling, steps
+from pipeline.config import ProjectConfig, TrainingConfig
+from pipeline.errors import UserError
+from tests.conftest import invoke
+
+METRIC_KEYS = ("test_auc", "test_average_precision", "test_brier", "test_log_loss", "test_ece", "test_lift_at_10",
+               "baseline_recency_auc", "baseline_logreg_auc", "oracle_auc", "auc_to_oracle")
+
+
+@pytest.fixture(scope="module")
+def luma_ingested(tmp_path_factory):
+    """Enough synthetic customers for stable test metrics, ingested once."""
+    root = tmp_path_factory.mktemp("models")
+    generate(GeneratorSettings(profiles=15_000, days=330, seed=11), root / "raw")
+    steps.ingest(root / "raw", root / "ingested", ProjectConfig(), on_bad_rows="quarantine")
+    return root / "ingested"
+
+
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory):
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    yield uri
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+@pytest.fixture(scope="module")
+def churn_run(luma_ingested, tracking):
+    return modelling.train("churn", luma_ingested, ProjectConfig())
+
+
+def test_train_logs_metrics_baselines_oracle_and_registers_challenger(churn_run, tracking):
+    client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    run = client.get_run(churn_run["run_id"])
+    for key in METRIC_KEYS:
+        assert key in run.data.metrics, key
+    assert run.data.metrics["auc_to_oracle"] >= 0.95
+    assert run.data.metrics["test_auc"] > run.data.metrics["baseline_recency_auc"]
+    assert run.data.tags["git_commit"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/gains.png", "plots/calibration.png", "plots/lift_by_decile.png", "plots/score_distribution.png",
+            "plots/feature_importance.png"} <= artifacts
+    features = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/features.json")["features"]
+    assert {"name": "days_since_last_purchase", "label": "Days since the last purchase"} in features
+    assert str(client.get_model_version_by_alias("churn", "challenger").version) == churn_run["version"]
+    # Default trees stay shallow: explanations cost grows with depth squared.
+    assert 0 < int(run.data.params["lgbm_max_depth"]) <= 6
+
+
+def test_logged_model_loads_in_a_fresh_process(churn_run, luma_ingested, tracking, tmp_path):
+    loaded = steps.load_events(luma_ingested, ProjectConfig())
+    frame = loaded.con.execute("SELECT * FROM events LIMIT 0").df()  # noqa: F841 - connection warm-up
+    features = steps.build_features(luma_ingested, tmp_path / "f.parquet", ProjectConfig(),
+                                    as_of=pd.Timestamp("2025-10-01").date(), model="churn")
+    assert features["rows"] > 100
+    script = textwrap.dedent(f"""
+        import mlflow, pandas as pd
+        model = mlflow.pyfunc.load_model("models:/churn@challenger")
+        frame = pd.read_parquet({str(tmp_path / 'f.parquet')!r})
+        out = model.predict(frame)
+        print(out["probability"].round(10).tolist()[:50])
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": tracking}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    fresh = json.loads(result.stdout.strip().splitlines()[-1])
+    model, _ = modelling.registry.load_propensity_model(modelling.registry.configure(ProjectConfig()), "churn",
+                                                      alias="challenger")
+    here = model.predict_proba(pd.read_parquet(tmp_path / "f.parquet")).round(10).tolist()[:50]
+    assert fresh == pytest.approx(here) and all(0 < p < 1 for p in fresh)
+
+
+def test_same_data_and_config_give_the_same_model(churn_run, luma_ingested, tracking):
+    again = modelling.train("churn", luma_ingested, ProjectConfig())
+    assert again["version"] != churn_run["version"]
+    assert again["metrics"] == churn_run["metrics"]
+    client = modelling.registry.configure(ProjectConfig())
+    first, _ = modelling.registry.load_propensity_model(client, "churn", version=churn_run["version"])
+    second, _ = modelling.registry.load_propensity_model(client, "churn", version=again["version"])
+    assert first.booster_text == second.booster_text
+
+
+def test_promote_moves_champion_only_when_better(churn_run, tracking, runner):
+    first = invoke(runner, "promote", "churn")
+    assert first.exit_code == 0 and "becomes champion" in first.output
+    # Retrained on the same data: equal, not better, so the champion stays.
+    client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    champion = str(client.get_model_version_by_alias("churn", "champion").version)
+    latest = max(int(v.version) for v in client.search_model_versions("name='churn'"))
+    client.set_registered_model_alias("churn", "challenger", str(latest))
+    if str(latest) != champion:
+        stay = invoke(runner, "promote", "churn")
+        assert "not promoted" in stay.output
+        assert str(client.get_model_version_by_alias("churn", "champion").version) == champion
+    forced = invoke(runner, "promote", "churn", "--version", str(latest))
+    assert "promoted explicitly" in forced.output
+    assert str(client.get_model_version_by_alias("churn", "champion").version) == str(latest)
+    missing = invoke(runner, "promote", "churn", "--version", "999")
+    assert missing.exit_code == 2 and "no version 999" in " ".join(missing.output.split())
+
+
+def test_evaluate_logs_expected_vs_actual(churn_run, luma_ingested, tracking, runner):
+    result = invoke(runner, "evaluate", "churn", "--events", str(luma_ingested), "--as-of", "2025-09-01",
+                    "--alias", "challenger")
+    assert result.exit_code == 0, result.output
+    assert "buckets: predicted vs actual" in result.output
+    client = MlflowClient(tracking_uri=tracking)
+    runs = client.search_runs([client.get_experiment_by_name("churn").experiment_id],
+                              "tags.step = 'evaluate'")
+    assert runs and "eval_auc" in runs[0].data.metrics
+    late = invoke(runner, "evaluate", "churn", "--events", str(luma_ingested), "--as-of", "2025-11-20")
+    assert late.exit_code == 2 and "horizon ends after the data" in " ".join(late.output.split())
+
+
+def test_too_few_positives_is_a_clear_error(luma_ingested, tracking, tmp_path, runner):
+    model = tmp_path / "rare.yaml"
+    model.write_text("name: rare\npopulation: 'purchase_count_365d >= 1'\n"
+                     "outcome: {event_type: offer_redeemed, horizon_days: 7}\n"
+                     "training: {min_positives: 100000}\n")
+    result = invoke(runner, "train", str(model), "--events", str(luma_ingested))
+    assert result.exit_code == 2
+    assert "too few examples to train" in " ".join(result.output.split())
+
+
+def test_split_is_out_of_time_and_profile_disjoint():
+    rng = np.random.default_rng(0)
+    dates = pd.to_datetime(["2025-01-01", "2025-02-01", "2025-03-01", "2025-04-01"])
+    frame = pd.DataFrame({"profile_id": [f"p{i}" for i in range(2000)] * 4,
+                          "as_of": np.repeat(dates, 2000), "label": rng.random(8000) < 0.3})
+    frame["label"] = frame["label"].astype(int)
+    parts = split(frame, TrainingConfig(min_positives=10, min_negatives=10))
+    test_profiles = set(parts.test["profile_id"])
+    for name in ("train", "early_stopping", "calibration"):
+        part = getattr(parts, name)
+        assert not test_profiles & set(part["profile_id"]), name
+        assert part["as_of"].max() < parts.test["as_of"].min()
+    assert parts.train["as_of"].max() < parts.early_stopping["as_of"].min()
+    assert not set(parts.early_stopping["profile_id"]) & set(parts.calibration["profile_id"])
+    assert 0.2 < len(test_profiles) / 2000 < 0.4
+
+
+@pytest.mark.parametrize("method", ["isotonic", "sigmoid"])
+def test_calibration_makes_probabilities_honest(method):
+    rng = np.random.default_rng(1)
+    logit = rng.normal(-2, 1.5, 40_000)
+    y = (rng.random(len(logit)) < 1 / (1 + np.exp(-logit))).astype(int)
+    distorted = 3 * logit + 2  # a booster's over-confident, shifted log-odds
+    raw_ece = ev.expected_calibration_error(y, 1 / (1 + np.exp(-distorted)))
+    calibrator = Calibrator(method).fit(distorted[:20_000], y[:20_000])
+    p = calibrator.transform(distorted[20_000:])
+    assert ev.expected_calibration_error(y[20_000:], p) < 0.01 < raw_ece
+
+
+def test_metrics_known_answers():
+    y = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0])
+    p = np.array([0.9, 0.8, 0.7, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
+    result = ev.metrics(y, p)
+    assert result["test_auc"] == 1.0 and result["test_average_precision"] == 1.0
+    assert result["test_lift_at_10"] == pytest.approx(5.0) and result["test_capture_at_20"] == 1.0
+    assert ev.scores_from_reference(np.array([0.05, 0.5, 0.95]), np.linspace(0, 1, 101)).tolist() == [5, 50, 95]
+    assert ev.buckets(np.array([10, 40, 69, 70]), 40, 70).tolist() == ["low", "medium", "medium", "high"]
+
+
+def test_reweighting_options_are_refused():
+    assert "is_unbalance" not in DEFAULT_LIGHTGBM and "scale_pos_weight" not in DEFAULT_LIGHTGBM
+    with pytest.raises(UserError, match="scale_pos_weight"):
+        from pipeline.config import ModelConfig, parse_config
+
+        parse_config(ModelConfig, {"name": "m", "training": {"lightgbm": {"scale_pos_weight": 10}}}, "m.yaml")
