@@ -115,7 +115,8 @@ def recency_baseline(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
 
 def logreg_baseline(train: pd.DataFrame, test: pd.DataFrame, seed: int) -> np.ndarray:
     """Logistic regression on recency, frequency and monetary features."""
-    columns = [c for c in RFM_FEATURES if c in train.columns]
+    # A column with no values in the population (no purchases among prospects) says nothing.
+    columns = [c for c in RFM_FEATURES if c in train.columns and train[c].notna().any()]
     model = make_pipeline(
         SimpleImputer(strategy="constant", fill_value=10_000, add_indicator=True),
         FunctionTransformer(np.log1p),

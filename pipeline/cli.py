@@ -296,11 +296,11 @@ def promote(
 @user_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Where the demo writes everything.")] = Path("demo_output"),
-    profiles: Annotated[int, typer.Option("--profiles", min=100)] = 20_000,
-    days: Annotated[int, typer.Option("--days", min=60)] = 365,
+    profiles: Annotated[int, typer.Option("--profiles", min=100)] = 40_000,
+    days: Annotated[int, typer.Option("--days", min=120)] = 365,
     config: ConfigOption = None,
 ) -> None:
-    """End to end on synthetic Luma data: generate, validate, ingest and stitch."""
+    """End to end on synthetic Luma data: generate, stitch, features, train, promote, explain."""
     from pipeline import demo as demo_mod
 
     demo_mod.run(out, _config(config), profiles=profiles, days=days, console=console)
