@@ -18,7 +18,9 @@ import datetime as dt
 from dataclasses import dataclass
 
 import duckdb
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from features.engine import sql_ident
 from features.registry import CARRIED_COLUMNS, Aggregate, Feature, FeatureSet
@@ -172,7 +174,8 @@ def _profile_join(con: duckdb.DuckDBPyConnection | None, dialect: Dialect) -> tu
     return ", ".join(columns), join
 
 
-def _features_from(fs: FeatureSet, aggregates_sql: str, con, dialect: Dialect, where: str | None = None) -> str:
+def _features_from(fs: FeatureSet, aggregates_sql: str, con, dialect: Dialect, where: str | None = None,
+                   ordered: bool = True) -> str:
     profile_columns, profile_join = _profile_join(con, dialect)
     # A population rule reads feature columns, which all live in ``f``.
     condition = f"WHERE {where}" if where else ""
@@ -187,7 +190,7 @@ def _features_from(fs: FeatureSet, aggregates_sql: str, con, dialect: Dialect, w
                {profile_columns}
         FROM f {profile_join}
         {condition}
-        ORDER BY f.as_of_day, f.profile_id
+        {'ORDER BY f.as_of_day, f.profile_id' if ordered else ''}
     """
 
 
@@ -231,9 +234,134 @@ def snapshots_sql(fs: FeatureSet, as_ofs: list[dt.date], con=None, dialect: Dial
 
 
 def build_snapshots(con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_ofs: list[dt.date],
-                    rollup: str = "daily_rollup") -> pd.DataFrame:
-    """Stacked feature tables for several as-of dates from an existing rollup."""
-    return con.execute(snapshots_sql(fs, as_ofs, con, rollup=rollup)).df()
+                    table: str = "snapshot_features", events: str = "events") -> int:
+    """Stacked feature tables for several as-of dates, as the temp table ``table``.
+
+    The events are condensed once into a daily rollup sorted by (profile, day). For any
+    as-of date, each (profile, window bucket) is then a contiguous run of rollup rows, so
+    the windows of every snapshot come from ``reduceat`` passes over the sorted arrays: no
+    re-scan of the events, no join that copies the rollup once per snapshot, no hashing.
+    Values equal :func:`snapshots_sql` (the engine-neutral form, used on Spark); the tests
+    hold them to it. Returns the number of rows.
+    """
+    measures = list(fs.measures.values())
+
+    def fetched(m) -> str:
+        # Revenue in integer cents, so that sums are exact whatever the order.
+        column = f"CAST({m.rollup}({m.sql}) AS {m.sql_type})"
+        return f"CAST(round({column} * 100) AS BIGINT)" if m.sql_type.startswith("DECIMAL") else column
+
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE snapshot_keys AS
+        SELECT profile_id, (row_number() OVER (ORDER BY profile_id) - 1)::INTEGER AS pk
+        FROM (SELECT DISTINCT profile_id FROM {events})
+    """)
+    day = DUCKDB.day("e.timestamp")
+    rollup = con.execute(f"""
+        SELECT k.pk, {day} AS day, {', '.join(f'{fetched(m)} AS m_{m.name}' for m in measures)}
+        FROM {events} e JOIN snapshot_keys k ON k.profile_id = e.profile_id
+        GROUP BY k.pk, {day}
+        ORDER BY k.pk, day
+    """).fetchnumpy()
+    values = {}
+    for m in measures:
+        column = rollup[f"m_{m.name}"]
+        if m.sql_type == "INTEGER":
+            values[m.name] = np.asarray(column, dtype=np.int64)  # never NULL: CASE ... ELSE 0
+        else:
+            # NULLs arrive as a masked array; np.asarray alone would turn them into zeros.
+            column = np.ma.filled(np.ma.asarray(column).astype(np.float64), np.nan)
+            values[m.name] = column / (100 if m.sql_type.startswith("DECIMAL") else 1)
+    tables = _window_kernel(np.asarray(rollup["pk"], dtype=np.int64), np.asarray(rollup["day"], dtype=np.int64),
+                            values, fs, [day_number(d) for d in sorted(set(as_ofs))])
+    stacked = pa.concat_tables(tables)
+    con.register("_snapshot_aggregates", stacked)
+    aggregates_sql = ("SELECT k.profile_id, a.* EXCLUDE (pk) FROM _snapshot_aggregates a "
+                      "JOIN snapshot_keys k ON k.pk = a.pk")
+    features_sql = _features_from(fs, aggregates_sql, con, DUCKDB, ordered=False)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {features_sql}")
+    con.unregister("_snapshot_aggregates")
+    return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+_DAY_SHIFT = 1 << 21  # days since 1970 (+/- 5,000 years) fit below this after the shift
+
+
+def _window_kernel(pk: np.ndarray, days: np.ndarray, values: dict[str, np.ndarray], fs: FeatureSet,
+                   as_of_days: list[int]) -> list[pa.Table]:
+    """Aggregates of every snapshot from rollup rows sorted by (pk, day).
+
+    Within a profile, the days of a window ``[as_of - start, as_of - end)`` are a contiguous
+    row range ``[lo, hi)``, found by one binary search per window edge. Sums come from prefix
+    sums, last/first active days from forward/backward fills of row positions, all computed
+    once for every snapshot; only ``max`` needs a reduction per snapshot.
+    """
+    n = len(pk)
+    key = pk * (2 * _DAY_SHIFT) + (days + _DAY_SHIFT)
+    profile_rows = np.flatnonzero(np.concatenate([[True], pk[1:] != pk[:-1]])) if n else np.array([], dtype=np.int64)
+    profiles = pk[profile_rows]
+    positions = np.arange(n)
+    prefix: dict[tuple[str, str], np.ndarray] = {}
+    for a in fs.aggregates.values():
+        slot = (a.measure, a.fn)
+        if slot in prefix:
+            continue
+        v = values[a.measure]
+        if a.fn == "sum":
+            prefix[slot] = np.concatenate([np.zeros(1, dtype=v.dtype), np.cumsum(v)])
+        elif a.fn == "active_days":
+            prefix[slot] = np.concatenate([[0], np.cumsum(v > 0)])
+        elif a.fn == "last_day":
+            prefix[slot] = np.maximum.accumulate(np.where(v > 0, positions, -1)) if n else positions
+        elif a.fn == "first_day":
+            prefix[slot] = np.minimum.accumulate(np.where(v > 0, positions, n)[::-1])[::-1] if n else positions
+        else:  # max: a per-snapshot reduction; a trailing NaN lets ranges end at n
+            prefix[slot] = np.concatenate([v, [np.nan]])
+    day_values = np.concatenate([days.astype(np.float64), [np.nan]])
+    tables = []
+    for as_of_day in as_of_days:
+        def first_row(edge: int, who: np.ndarray) -> np.ndarray:
+            # First row of each profile with day >= as_of_day - edge.
+            return np.searchsorted(key, who * (2 * _DAY_SHIFT) + (as_of_day - edge + _DAY_SHIFT))
+
+        newest, oldest = first_row(0, profiles), first_row(fs.lookback_days, profiles)
+        present = newest > oldest
+        who = profiles[present]
+        bounds = {0: newest[present], fs.lookback_days: oldest[present]}
+        gathered: dict[tuple, np.ndarray] = {}
+
+        def rows(edge: int) -> np.ndarray:
+            if edge not in bounds:
+                bounds[edge] = first_row(edge, who)
+            return bounds[edge]
+
+        def at(slot: tuple, edge: int) -> np.ndarray:
+            if (slot, edge) not in gathered:
+                gathered[(slot, edge)] = prefix[slot][rows(edge)]
+            return gathered[(slot, edge)]
+
+        columns = {"pk": who.astype(np.int32), "as_of_day": np.full(len(who), as_of_day, dtype=np.int32)}
+        for a in fs.aggregates.values():
+            slot, start = (a.measure, a.fn), fs.lookback_days if a.start is None else a.start
+            lo, hi = rows(start), rows(a.end)
+            if a.fn in ("sum", "active_days"):
+                columns[a.name] = at(slot, a.end) - at(slot, start)
+                continue
+            filled = prefix[slot]
+            if a.fn == "last_day":
+                j = filled[np.maximum(hi - 1, 0)]
+                result = np.where((hi > lo) & (j >= lo), day_values[j], np.nan)
+            elif a.fn == "first_day":
+                j = filled[np.minimum(lo, n - 1)]
+                result = np.where((hi > lo) & (j < hi), day_values[np.minimum(j, n)], np.nan)
+            else:
+                edges = np.empty(2 * len(lo), dtype=np.int64)
+                edges[0::2], edges[1::2] = lo, hi
+                result = np.where(hi > lo, np.fmax.reduceat(filled, edges)[0::2], np.nan) if len(lo) else lo
+            # from_pandas: NaN becomes NULL, which is what the feature SQL tests for.
+            columns[a.name] = pa.array(result, from_pandas=True)
+        tables.append(pa.table(columns))
+    return tables
 
 
 def learn_categories(con: duckdb.DuckDBPyConnection, before: dt.date, limit: int) -> list[str]:

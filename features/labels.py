@@ -74,10 +74,10 @@ def labelled_sql(features_sql: str, outcome: OutcomeConfig, dialect: Dialect = D
 def training_frame(con, fs: FeatureSet, model: ModelConfig, cutoff: dt.date):
     """Stacked, labelled snapshots of the model's population whose horizons end by ``cutoff``.
 
-    The daily rollup is built once from events before ``cutoff``; every snapshot comes from
-    it in one query. Returns (frame, as-of dates).
+    The events before ``cutoff`` are condensed once into a daily rollup; every snapshot
+    comes from it (see :func:`features.builders.build_snapshots`). Returns (frame, dates).
     """
-    from features.builders import build_rollup, snapshots_sql
+    from features.builders import build_snapshots
 
     dates = snapshot_dates(cutoff, model.outcome.horizon_days, model.training.snapshots.count,
                            model.training.snapshots.spacing_days)
@@ -91,8 +91,8 @@ def training_frame(con, fs: FeatureSet, model: ModelConfig, cutoff: dt.date):
     # Nothing at or after the cutoff may be seen: not by features, not by labels.
     con.execute(f"CREATE OR REPLACE TEMP VIEW events_seen AS SELECT * FROM events "
                 f"WHERE timestamp < TIMESTAMP '{cutoff} 00:00:00'")
-    build_rollup(con, fs, events="events_seen")
-    where = population_rule(model, fs).sql("duckdb", column_prefix="f")
-    sql = labelled_sql(snapshots_sql(fs, dates, con, where=where), model.outcome, events="events_seen")
+    build_snapshots(con, fs, dates, table="snapshot_features", events="events_seen")
+    where = population_rule(model, fs).sql("duckdb")
+    sql = labelled_sql(f"SELECT * FROM snapshot_features WHERE {where}", model.outcome, events="events_seen")
     frame = con.execute(sql).df()
     return frame, dates

@@ -128,16 +128,21 @@ def test_every_feature_has_a_readable_label_and_a_unique_name():
         assert feature.label and feature.label[0].isupper() and "_" not in feature.label, feature.name
 
 
-def test_stacked_snapshots_equal_single_snapshots(luma_small, config):
+def test_stacked_snapshots_equal_single_snapshots_and_the_sql_form(luma_small, config):
     from pipeline import steps
 
     loaded = steps.load_events(luma_small, config)
+    con = loaded.con
     fs = build_registry(config.features, ["yoga", "running"])
     dates = [dt.date(2025, 5, 1), dt.date(2025, 6, 12), dt.date(2025, 8, 1)]
-    builders.build_rollup(loaded.con, fs)
-    stacked = builders.build_snapshots(loaded.con, fs, dates)
+    rows = builders.build_snapshots(con, fs, dates)
+    stacked = con.execute("SELECT * FROM snapshot_features ORDER BY as_of, profile_id").df()
+    assert rows == len(stacked)
+    builders.build_rollup(con, fs)
+    portable = con.execute(builders.snapshots_sql(fs, dates, con)).df()
+    pd.testing.assert_frame_equal(stacked, portable, check_dtype=False)
     for date in dates:
-        single = builders.build_snapshot(loaded.con, fs, date)
+        single = builders.build_snapshot(con, fs, date)
         part = stacked[stacked["as_of"] == pd.Timestamp(date)].reset_index(drop=True)
         assert len(single) > 100
         pd.testing.assert_frame_equal(single, part, check_dtype=False)
