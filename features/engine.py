@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import duckdb
 
 from pipeline.config import EngineConfig
@@ -16,13 +18,22 @@ def connect(engine: EngineConfig | None = None) -> duckdb.DuckDBPyConnection:
     engine = engine or EngineConfig()
     con = duckdb.connect(config={"preserve_insertion_order": True})
     con.execute("SET TimeZone = 'UTC'")
-    if engine.memory_limit:
-        con.execute(f"SET memory_limit = '{engine.memory_limit}'")
+    con.execute(f"SET memory_limit = '{engine.memory_limit or default_memory_limit()}'")
     if engine.threads:
         con.execute(f"SET threads = {int(engine.threads)}")
     if engine.temp_directory:
         con.execute(f"SET temp_directory = '{engine.temp_directory}'")
     return con
+
+
+def default_memory_limit(share: float = 0.6) -> str:
+    """60 % of physical memory: DuckDB's own default (80 %) leaves too little for the pandas
+    frames and LightGBM that share the process; past the limit DuckDB spills to disk."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return "4GB"
+    return f"{max(1, int(total * share / 2**20))}MB"
 
 
 def sql_string(value: str) -> str:

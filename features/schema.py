@@ -225,7 +225,7 @@ def stage_events(
     as_of: dt.date | None = None,
     max_reported_rows: int = 5,
 ) -> StagedEvents:
-    """Validate and normalise raw events into the temp table ``clean_events``.
+    """Validate and normalise raw events into the temp view ``clean_events``.
 
     Bad rows go to ``bad_events`` with a ``reason``; duplicates (same ``event_id``) are
     dropped keeping the first row in file order. Rows in = clean + bad + duplicates.
@@ -296,14 +296,26 @@ def stage_events(
         FROM typed
     """)
     con.execute("CREATE OR REPLACE TEMP TABLE bad_events AS SELECT * FROM parsed_events WHERE reason IS NOT NULL")
+    # Duplicates are rare: find them on event_id alone, then drop all but the first in file
+    # order. A window over every row and column would hold the whole input in memory.
     con.execute("""
-        CREATE OR REPLACE TEMP TABLE clean_events AS
-        SELECT * EXCLUDE (reason) RENAME (ts AS timestamp) FROM parsed_events
-        WHERE reason IS NULL
-        QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY _source_file, _source_row) = 1
+        CREATE OR REPLACE TEMP TABLE duplicate_rows AS
+        SELECT _source_file, _source_row FROM (
+            SELECT _source_file, _source_row,
+                   row_number() OVER (PARTITION BY event_id ORDER BY _source_file, _source_row) AS copy
+            FROM parsed_events
+            WHERE reason IS NULL AND event_id IN (
+                SELECT event_id FROM parsed_events WHERE reason IS NULL GROUP BY event_id HAVING count(*) > 1)
+        ) WHERE copy > 1
+    """)
+    # A view: the parsed rows are held once, however many steps read the clean events.
+    con.execute("""
+        CREATE OR REPLACE TEMP VIEW clean_events AS
+        SELECT p.* EXCLUDE (reason) RENAME (ts AS timestamp) FROM parsed_events p
+        ANTI JOIN duplicate_rows d ON d._source_file = p._source_file AND d._source_row = p._source_row
+        WHERE p.reason IS NULL
     """)
     rows_in = con.execute("SELECT count(*) FROM parsed_events").fetchone()[0]
-    con.execute("DROP TABLE parsed_events")
     rows_bad = con.execute("SELECT count(*) FROM bad_events").fetchone()[0]
     rows_clean = con.execute("SELECT count(*) FROM clean_events").fetchone()[0]
     by_reason = dict(con.execute("SELECT reason, count(*) FROM bad_events GROUP BY reason ORDER BY reason").fetchall())
