@@ -374,10 +374,14 @@ def _events_table(rng, a, settings, n, total_devices, sharers, share_with, devic
 
 def _write_partitioned(table: pa.Table, directory: Path, settings: GeneratorSettings) -> None:
     """One Parquet file per month, so readers can prune by date."""
-    month = pc.strftime(table["timestamp"], format="%Y-%m")
-    for value in pc.unique(month).to_pylist():
-        part = table.filter(pc.equal(month, value))
-        pq.write_table(part, directory / f"events-{value}.parquet", compression="zstd", row_group_size=1_000_000)
+    micros = table["timestamp"].cast(pa.int64()).to_numpy()
+    month = micros.astype("datetime64[us]").astype("datetime64[M]")
+    order = np.argsort(month, kind="stable")  # the re-sent duplicates sit at the end
+    table, month = table.take(pa.array(order)), month[order]
+    bounds = np.flatnonzero(np.concatenate([[True], month[1:] != month[:-1], [True]]))
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        pq.write_table(table.slice(start, stop - start), directory / f"events-{month[start]}.parquet",
+                       compression="zstd", compression_level=1, row_group_size=1_000_000)
 
 
 def _profiles_table(rng, n, settings, known_from, customer, intent, consent_marketing, consent_personal) -> pa.Table:
