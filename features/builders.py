@@ -18,6 +18,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 import duckdb
+import numba
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -237,9 +238,8 @@ def build_snapshots(con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_ofs: list
                     table: str = "snapshot_features", events: str = "events") -> int:
     """Stacked feature tables for several as-of dates, as the temp table ``table``.
 
-    The events are condensed once into a daily rollup sorted by (profile, day). For any
-    as-of date, each (profile, window bucket) is then a contiguous run of rollup rows, so
-    the windows of every snapshot come from ``reduceat`` passes over the sorted arrays: no
+    The events are condensed once into a daily rollup sorted by (profile, day); each
+    snapshot's windows then come from one compiled pass over it (:func:`_window_pass`): no
     re-scan of the events, no join that copies the rollup once per snapshot, no hashing.
     Values equal :func:`snapshots_sql` (the engine-neutral form, used on Spark); the tests
     hold them to it. Returns the number of rows.
@@ -267,7 +267,7 @@ def build_snapshots(con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_ofs: list
     for m in measures:
         column = rollup[f"m_{m.name}"]
         if m.sql_type == "INTEGER":
-            values[m.name] = np.asarray(column, dtype=np.int64)  # never NULL: CASE ... ELSE 0
+            values[m.name] = np.ma.getdata(column)  # never NULL: CASE ... ELSE 0
         else:
             # NULLs arrive as a masked array; np.asarray alone would turn them into zeros.
             column = np.ma.filled(np.ma.asarray(column).astype(np.float64), np.nan)
@@ -284,82 +284,93 @@ def build_snapshots(con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_ofs: list
     return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
 
-_DAY_SHIFT = 1 << 21  # days since 1970 (+/- 5,000 years) fit below this after the shift
+FUNCTION_CODES = {"sum": 0, "active_days": 1, "max": 2, "last_day": 3, "first_day": 4}
+
+
+@numba.njit(cache=True, nogil=True)
+def _present_positions(profile_rows, days, as_of_day, lookback):  # pragma: no cover - compiled
+    """Output row of each profile with any day in [as_of - lookback, as_of), else -1."""
+    position = np.full(len(profile_rows) - 1, -1, dtype=np.int64)
+    count = 0
+    for p in range(len(profile_rows) - 1):
+        for i in range(profile_rows[p], profile_rows[p + 1]):
+            ago = as_of_day - days[i]
+            if 1 <= ago <= lookback:
+                position[p] = count
+                count += 1
+                break
+    return position, count
+
+
+@numba.njit(cache=True, parallel=True, nogil=True)
+def _window_pass(profile_rows, days, values, measure_of, fn_of, start_of, end_of, as_of_day, lookback,
+                 position, out):  # pragma: no cover - compiled
+    """One pass over one snapshot: each in-lookback row updates the windows that hold it."""
+    for p in numba.prange(len(profile_rows) - 1):
+        row = position[p]
+        if row < 0:
+            continue
+        # Accumulate in a small local buffer (cache-resident), write the output row once.
+        acc = np.empty(len(fn_of))
+        for a in range(len(fn_of)):
+            acc[a] = 0.0 if fn_of[a] <= 1 else np.nan
+        for i in range(profile_rows[p], profile_rows[p + 1]):
+            ago = as_of_day - days[i]
+            if ago < 1 or ago > lookback:
+                continue
+            for a in range(len(fn_of)):
+                if ago <= end_of[a] or ago > start_of[a]:
+                    continue
+                v = values[i, measure_of[a]]
+                f = fn_of[a]
+                if f == 0:
+                    acc[a] += v
+                elif f == 1:
+                    if v > 0:
+                        acc[a] += 1.0
+                elif f == 2:
+                    if not np.isnan(v) and (np.isnan(acc[a]) or v > acc[a]):
+                        acc[a] = v
+                elif v > 0:
+                    d = float(days[i])
+                    if np.isnan(acc[a]) or (f == 3 and d > acc[a]) or (f == 4 and d < acc[a]):
+                        acc[a] = d
+        for a in range(len(fn_of)):
+            out[row, a] = acc[a]
 
 
 def _window_kernel(pk: np.ndarray, days: np.ndarray, values: dict[str, np.ndarray], fs: FeatureSet,
                    as_of_days: list[int]) -> list[pa.Table]:
-    """Aggregates of every snapshot from rollup rows sorted by (pk, day).
+    """Aggregates of every snapshot from rollup rows sorted by (pk, day), one compiled pass each.
 
-    Within a profile, the days of a window ``[as_of - start, as_of - end)`` are a contiguous
-    row range ``[lo, hi)``, found by one binary search per window edge. Sums come from prefix
-    sums, last/first active days from forward/backward fills of row positions, all computed
-    once for every snapshot; only ``max`` needs a reduction per snapshot.
+    Work per snapshot is (rows in the lookback) x (windows holding each row): no hashing, no
+    copies of the rollup per snapshot.
     """
     n = len(pk)
-    key = pk * (2 * _DAY_SHIFT) + (days + _DAY_SHIFT)
-    profile_rows = np.flatnonzero(np.concatenate([[True], pk[1:] != pk[:-1]])) if n else np.array([], dtype=np.int64)
-    profiles = pk[profile_rows]
-    positions = np.arange(n)
-    prefix: dict[tuple[str, str], np.ndarray] = {}
-    for a in fs.aggregates.values():
-        slot = (a.measure, a.fn)
-        if slot in prefix:
-            continue
-        v = values[a.measure]
-        if a.fn == "sum":
-            prefix[slot] = np.concatenate([np.zeros(1, dtype=v.dtype), np.cumsum(v)])
-        elif a.fn == "active_days":
-            prefix[slot] = np.concatenate([[0], np.cumsum(v > 0)])
-        elif a.fn == "last_day":
-            prefix[slot] = np.maximum.accumulate(np.where(v > 0, positions, -1)) if n else positions
-        elif a.fn == "first_day":
-            prefix[slot] = np.minimum.accumulate(np.where(v > 0, positions, n)[::-1])[::-1] if n else positions
-        else:  # max: a per-snapshot reduction; a trailing NaN lets ranges end at n
-            prefix[slot] = np.concatenate([v, [np.nan]])
-    day_values = np.concatenate([days.astype(np.float64), [np.nan]])
+    profile_rows = np.flatnonzero(np.concatenate([[True], pk[1:] != pk[:-1], [True]])) if n else np.zeros(1, np.int64)
+    profiles = pk[profile_rows[:-1]]
+    names = list(values)
+    # Column-major: filling it is one contiguous copy per measure, and the compiled pass
+    # reads each measure's column in row order.
+    matrix = np.empty((n, len(names)), order="F")
+    for j, name in enumerate(names):
+        matrix[:, j] = values[name]
+    aggregates = list(fs.aggregates.values())
+    measure_of = np.array([names.index(a.measure) for a in aggregates], dtype=np.int64)
+    fn_of = np.array([FUNCTION_CODES[a.fn] for a in aggregates], dtype=np.int64)
+    start_of = np.array([fs.lookback_days if a.start is None else a.start for a in aggregates], dtype=np.int64)
+    end_of = np.array([a.end for a in aggregates], dtype=np.int64)
     tables = []
     for as_of_day in as_of_days:
-        def first_row(edge: int, who: np.ndarray) -> np.ndarray:
-            # First row of each profile with day >= as_of_day - edge.
-            return np.searchsorted(key, who * (2 * _DAY_SHIFT) + (as_of_day - edge + _DAY_SHIFT))
-
-        newest, oldest = first_row(0, profiles), first_row(fs.lookback_days, profiles)
-        present = newest > oldest
-        who = profiles[present]
-        bounds = {0: newest[present], fs.lookback_days: oldest[present]}
-        gathered: dict[tuple, np.ndarray] = {}
-
-        def rows(edge: int) -> np.ndarray:
-            if edge not in bounds:
-                bounds[edge] = first_row(edge, who)
-            return bounds[edge]
-
-        def at(slot: tuple, edge: int) -> np.ndarray:
-            if (slot, edge) not in gathered:
-                gathered[(slot, edge)] = prefix[slot][rows(edge)]
-            return gathered[(slot, edge)]
-
-        columns = {"pk": who.astype(np.int32), "as_of_day": np.full(len(who), as_of_day, dtype=np.int32)}
-        for a in fs.aggregates.values():
-            slot, start = (a.measure, a.fn), fs.lookback_days if a.start is None else a.start
-            lo, hi = rows(start), rows(a.end)
-            if a.fn in ("sum", "active_days"):
-                columns[a.name] = at(slot, a.end) - at(slot, start)
-                continue
-            filled = prefix[slot]
-            if a.fn == "last_day":
-                j = filled[np.maximum(hi - 1, 0)]
-                result = np.where((hi > lo) & (j >= lo), day_values[j], np.nan)
-            elif a.fn == "first_day":
-                j = filled[np.minimum(lo, n - 1)]
-                result = np.where((hi > lo) & (j < hi), day_values[np.minimum(j, n)], np.nan)
-            else:
-                edges = np.empty(2 * len(lo), dtype=np.int64)
-                edges[0::2], edges[1::2] = lo, hi
-                result = np.where(hi > lo, np.fmax.reduceat(filled, edges)[0::2], np.nan) if len(lo) else lo
+        position, count = _present_positions(profile_rows, days, as_of_day, fs.lookback_days)
+        out = np.empty((count, len(aggregates)), order="F")
+        _window_pass(profile_rows, days, matrix, measure_of, fn_of, start_of, end_of, as_of_day,
+                     fs.lookback_days, position, out)
+        columns = {"pk": profiles[position >= 0].astype(np.int32),
+                   "as_of_day": np.full(count, as_of_day, dtype=np.int32)}
+        for j, a in enumerate(aggregates):
             # from_pandas: NaN becomes NULL, which is what the feature SQL tests for.
-            columns[a.name] = pa.array(result, from_pandas=True)
+            columns[a.name] = out[:, j] if fn_of[j] <= 1 else pa.array(out[:, j], from_pandas=True)
         tables.append(pa.table(columns))
     return tables
 
