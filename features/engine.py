@@ -16,6 +16,11 @@ def connect(engine: EngineConfig | None = None) -> duckdb.DuckDBPyConnection:
     how events larger than memory are processed on one machine.
     """
     engine = engine or EngineConfig()
+    if engine.name != "duckdb":
+        from pipeline.errors import UserError
+
+        # The SQL is written for both (features.builders.SPARK), but no Spark runner ships yet.
+        raise UserError(f"engine.name: '{engine.name}' is not available yet; use 'duckdb' (the default)")
     con = duckdb.connect(config={"preserve_insertion_order": True})
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"SET memory_limit = '{engine.memory_limit or default_memory_limit()}'")

@@ -166,3 +166,11 @@ def test_bad_option_values(tmp_path, runner):
     path = write_events(tmp_path / "events.csv", [GOOD])
     assert "YYYY-MM-DD" in invoke(runner, "validate", "--events", str(path), "--as-of", "June").output
     assert "--on-bad-rows" in invoke(runner, "validate", "--events", str(path), "--on-bad-rows", "ignore").output
+
+
+def test_unavailable_engine_is_refused_not_silently_replaced(tmp_path, runner):
+    cfg = tmp_path / "project.yaml"
+    cfg.write_text("engine: {name: spark}\n")
+    path = write_events(tmp_path / "events.csv", [GOOD])
+    result = invoke(runner, "validate", "--config", str(cfg), "--events", str(path))
+    assert result.exit_code == 2 and "'spark' is not available yet" in result.output
