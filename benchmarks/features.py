@@ -25,7 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# This folder holds features.py: take it off the path so `features` is the package.
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(HERE.parent))
 
 from features import builders  # noqa: E402
 from features.labels import snapshot_dates  # noqa: E402
@@ -204,7 +207,9 @@ def main() -> None:
         print(f"generating {args.profiles:,} profiles ...", flush=True)
         generate(GeneratorSettings(profiles=args.profiles, days=args.days, ground_truth=False), raw)
     config = ProjectConfig()
-    if not (ingested / "manifest.json").is_file():
+    manifest = ingested / "manifest.json"
+    newest_raw = max(f.stat().st_mtime for f in (raw / "events").iterdir())
+    if not manifest.is_file() or manifest.stat().st_mtime < newest_raw:
         print("ingesting ...", flush=True)
         summary, ingest_seconds = timed(lambda: steps.ingest(raw, ingested, config, on_bad_rows="quarantine"))
         print(f"ingest: {summary['rows_in']:,} rows in {ingest_seconds:.1f}s", flush=True)

@@ -12,12 +12,18 @@ import argparse
 import json
 import resource
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from features.synthetic import GeneratorSettings, generate
+# This folder holds features.py: take it off the path so `features` is the package.
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(HERE.parent))
+
+from features.synthetic import GeneratorSettings, generate  # noqa: E402
 
 DATA = Path(__file__).parent / ".data"
 
