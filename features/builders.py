@@ -4,12 +4,15 @@ Time is in whole days (``day`` = days since 1970-01-01, UTC). A snapshot at ``as
 only events with ``timestamp < as_of`` (midnight UTC), i.e. ``day < as_of_day``; a window of
 ``w`` days is ``[as_of_day - w, as_of_day)``.
 
-Two sources, one query shape:
+Two ways to the same values:
 
-* :func:`build_snapshot` reads the events once for one as-of date (what a scoring job does);
-* :func:`build_rollup` condenses the events once into one row per profile and active day,
-  and :func:`build_snapshots` computes any number of stacked snapshots from it in a single
-  join, so training on many snapshots never rescans the raw events.
+* :func:`snapshot_sql` / :func:`build_snapshot`: one as-of date straight off the events, one
+  scan grouped into window buckets, then windows (what a scoring job does);
+* :func:`build_snapshots`: many stacked as-of dates for training. The events are condensed
+  once into a daily rollup sorted by (profile, day) and every snapshot's windows come from
+  one compiled pass over it, so training never rescans the raw events.
+  :func:`snapshots_sql` is the same computation as portable SQL (rollup joined to the
+  snapshot dates), for engines without the compiled pass; tests hold all three equal.
 """
 
 from __future__ import annotations

@@ -202,7 +202,10 @@ def generate(settings: GeneratorSettings, out_dir: str | Path) -> dict:
         on_app = rng.random(len(online)) < app_share[online]
         channel = np.where(on_app, CH["mobile_app"], CH["web"])
         t0 = session_times(day, len(online))
-        step = lambda k: t0 + (k * 90 + rng.integers(0, 60, len(online))) * MICROS  # noqa: E731
+        def step(k: int, t0: np.ndarray = t0) -> np.ndarray:
+            """Time of the k-th funnel step in each online session."""
+            return t0 + (k * 90 + rng.integers(0, 60, len(t0))) * MICROS
+
         signed_in = known[online]
         ev.add(online[on_app], t0[on_app], ET["app_launch"], CH["mobile_app"], device=device[on_app],
                with_crm=signed_in[on_app])
@@ -382,7 +385,7 @@ def _write_partitioned(table: pa.Table, directory: Path, settings: GeneratorSett
     bounds = np.flatnonzero(np.concatenate([[True], month[1:] != month[:-1], [True]]))
     # event_id is unique: trying a dictionary for it first only wastes the writer's time.
     dictionary_columns = [c for c in table.column_names if c not in ("event_id", "timestamp", "revenue", "quantity")]
-    for start, stop in zip(bounds[:-1], bounds[1:]):
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
         pq.write_table(table.slice(start, stop - start), directory / f"events-{month[start]}.parquet",
                        compression="zstd", compression_level=1, row_group_size=1_000_000,
                        use_dictionary=dictionary_columns)

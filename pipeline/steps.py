@@ -11,7 +11,7 @@ import datetime as dt
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import duckdb
 
@@ -22,7 +22,7 @@ from pipeline.config import ProjectConfig
 from pipeline.errors import UserError
 from pipeline.io import atomic_path, write_json
 
-OnBadRows = str  # "fail" | "quarantine"
+OnBadRows = Literal["fail", "quarantine"]
 
 
 @dataclass
@@ -34,12 +34,17 @@ class LoadedEvents:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _summarise(con: duckdb.DuckDBPyConnection, staged, stitched, quarantined: bool, config: ProjectConfig) -> dict:
-    first, last = con.execute("SELECT min(timestamp), max(timestamp) FROM clean_events").fetchone()
-    by_type = dict(con.execute(
-        "SELECT event_type, count(*) FROM clean_events GROUP BY 1 ORDER BY 2 DESC, 1").fetchall())
-    by_channel = dict(con.execute(
-        "SELECT coalesce(channel, '(none)'), count(*) FROM clean_events GROUP BY 1 ORDER BY 2 DESC, 1").fetchall())
+def _summarise(con: duckdb.DuckDBPyConnection, staged, stitched, quarantined: bool) -> dict:
+    # One scan of the events for the time range and both breakdowns.
+    rows = con.execute("""
+        SELECT grouping(event_type) AS all_types, grouping(channel) AS all_channels, event_type,
+               coalesce(channel, '(none)') AS channel, count(*) AS n, min(timestamp), max(timestamp)
+        FROM clean_events GROUP BY GROUPING SETS ((event_type), (channel), ())
+        ORDER BY n DESC, event_type, channel
+    """).fetchall()
+    by_type = {r[2]: r[4] for r in rows if (r[0], r[1]) == (0, 1)}
+    by_channel = {r[3]: r[4] for r in rows if (r[0], r[1]) == (1, 0)}
+    first, last = next(((r[5], r[6]) for r in rows if (r[0], r[1]) == (1, 1)), (None, None))
     identities = dict(con.execute(
         "SELECT namespace, count(*) FROM identity_map GROUP BY 1 ORDER BY 1").fetchall()) if stitched else {}
     summary = {
@@ -81,7 +86,7 @@ def _stage(
     stitched = identity_mod.stitch(con, config.identity, with_profiles)
     identity_mod.attribute_events(con, config.identity)
     identity_mod.build_profiles(con, config.identity, with_profiles)
-    return _summarise(con, staged, stitched, on_bad_rows == "quarantine", config)
+    return _summarise(con, staged, stitched, on_bad_rows == "quarantine")
 
 
 def validate(events: str | Path, config: ProjectConfig, as_of: dt.date | None = None,

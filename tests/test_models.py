@@ -72,8 +72,6 @@ def test_train_logs_metrics_baselines_oracle_and_registers_challenger(churn_run,
 
 
 def test_logged_model_loads_in_a_fresh_process(churn_run, luma_ingested, tracking, tmp_path):
-    loaded = steps.load_events(luma_ingested, ProjectConfig())
-    frame = loaded.con.execute("SELECT * FROM events LIMIT 0").df()  # noqa: F841 - connection warm-up
     features = steps.build_features(luma_ingested, tmp_path / "f.parquet", ProjectConfig(),
                                     as_of=pd.Timestamp("2025-10-01").date(), model="churn")
     assert features["rows"] > 100

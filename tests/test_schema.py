@@ -135,7 +135,7 @@ def test_duplicate_event_ids_dropped_and_missing_ids_derived_stably(tmp_path, co
     frame = pd.DataFrame(rows)
     frame.to_csv(tmp_path / "events.csv", index=False)
     first = steps.ingest(tmp_path / "events.csv", tmp_path / "a", config)
-    second = steps.ingest(tmp_path / "events.csv", tmp_path / "b", config)
+    steps.ingest(tmp_path / "events.csv", tmp_path / "b", config)
     assert first["duplicates_dropped"] == 2 and first["rows_written"] == 2
     a = pd.read_parquet(tmp_path / "a" / "events.parquet")
     b = pd.read_parquet(tmp_path / "b" / "events.parquet")
