@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features.engine import sql_ident
+from features.engine import fetch_arrow, sql_ident
 from features.registry import CARRIED_COLUMNS, Aggregate, Feature, FeatureSet
 
 EPOCH = dt.date(1970, 1, 1)
@@ -278,9 +278,11 @@ def build_snapshots(con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_ofs: list
     tables = _window_kernel(np.asarray(rollup["pk"], dtype=np.int64), np.asarray(rollup["day"], dtype=np.int64),
                             values, fs, [day_number(d) for d in sorted(set(as_ofs))])
     stacked = pa.concat_tables(tables)
+    # pk is the row number of the profile in key order: a take, not a join, gives its id back.
+    ids = fetch_arrow(con.execute("SELECT profile_id FROM snapshot_keys ORDER BY pk"))["profile_id"]
+    stacked = stacked.append_column("profile_id", ids.take(stacked["pk"])).drop_columns(["pk"])
     con.register("_snapshot_aggregates", stacked)
-    aggregates_sql = ("SELECT k.profile_id, a.* EXCLUDE (pk) FROM _snapshot_aggregates a "
-                      "JOIN snapshot_keys k ON k.pk = a.pk")
+    aggregates_sql = "SELECT * FROM _snapshot_aggregates"
     features_sql = _features_from(fs, aggregates_sql, con, DUCKDB, ordered=False)
     con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {features_sql}")
     con.unregister("_snapshot_aggregates")
