@@ -279,7 +279,7 @@ def build_snapshots(con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_ofs: list
                             values, fs, [day_number(d) for d in sorted(set(as_ofs))])
     stacked = pa.concat_tables(tables)
     # pk is the row number of the profile in key order: a take, not a join, gives its id back.
-    ids = fetch_arrow(con.execute("SELECT profile_id FROM snapshot_keys ORDER BY pk"))["profile_id"]
+    ids = fetch_arrow(con, "SELECT profile_id FROM snapshot_keys ORDER BY pk")["profile_id"]
     stacked = stacked.append_column("profile_id", ids.take(stacked["pk"])).drop_columns(["pk"])
     con.register("_snapshot_aggregates", stacked)
     aggregates_sql = "SELECT * FROM _snapshot_aggregates"

@@ -41,9 +41,10 @@ def default_memory_limit(share: float = 0.6) -> str:
     return f"{max(1, int(total * share / 2**20))}MB"
 
 
-def fetch_arrow(result):
-    """A query result as a pyarrow Table (DuckDB 2 calls it to_arrow_table, 1.x fetch_arrow_table)."""
-    method = getattr(result, "to_arrow_table", None) or getattr(result, "fetch_arrow_table")
+def fetch_arrow(con: duckdb.DuckDBPyConnection, query: str):
+    """A query's result as a pyarrow Table (DuckDB 2 calls it to_arrow_table, 1.x arrow)."""
+    relation = con.sql(query)
+    method = getattr(relation, "to_arrow_table", None) or relation.arrow
     return method()
 
 

@@ -67,8 +67,6 @@ def signature_frame(model: PropensityModel, frame: pd.DataFrame) -> pd.DataFrame
 
 def log_model(model: PropensityModel, example: pd.DataFrame, registered_name: str) -> tuple[str, str]:
     """Log the pyfunc in the active run and register it; returns (model_uri, version)."""
-    from models.pyfunc import PropensityPyfunc
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "propensity_model.joblib"
         joblib.dump(model, path)
@@ -76,7 +74,7 @@ def log_model(model: PropensityModel, example: pd.DataFrame, registered_name: st
         output = pd.DataFrame({"probability": model.predict_proba(example.head(5))})
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=PropensityPyfunc(),
+            python_model=str(PACKAGE_DIR / "pyfunc_entry.py"),
             artifacts={"propensity_model": str(path)},
             code_paths=[str(PACKAGE_DIR), str(PACKAGE_DIR.parent / "pipeline")],
             signature=infer_signature(sample, output),

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
+import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -25,6 +28,16 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+
+@app.callback()
+def _quiet_libraries() -> None:
+    """Behavioural events -> calibrated propensity scores, explanations and segments."""
+    # MLflow narrates every registration and pickling choice; our own output says what matters.
+    # It reads this when it is imported (later, lazily), so a user's own setting wins.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module="mlflow")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
