@@ -324,7 +324,9 @@ def _window_pass(profile_rows, days, values, measure_of, fn_of, start_of, end_of
             if ago < 1 or ago > lookback:
                 continue
             for a in range(len(fn_of)):
-                if ago <= end_of[a] or ago > start_of[a]:
+                if ago > start_of[a]:
+                    break  # aggregates come longest window first: no later one holds this row
+                if ago <= end_of[a]:
                     continue
                 v = values[i, measure_of[a]]
                 f = fn_of[a]
@@ -360,7 +362,9 @@ def _window_kernel(pk: np.ndarray, days: np.ndarray, values: dict[str, np.ndarra
     matrix = np.empty((n, len(names)), order="F")
     for j, name in enumerate(names):
         matrix[:, j] = values[name]
-    aggregates = list(fs.aggregates.values())
+    # Longest window first, so the compiled pass can stop early for old rows.
+    aggregates = sorted(fs.aggregates.values(),
+                        key=lambda a: -(fs.lookback_days if a.start is None else a.start))
     measure_of = np.array([names.index(a.measure) for a in aggregates], dtype=np.int64)
     fn_of = np.array([FUNCTION_CODES[a.fn] for a in aggregates], dtype=np.int64)
     start_of = np.array([fs.lookback_days if a.start is None else a.start for a in aggregates], dtype=np.int64)
