@@ -209,7 +209,9 @@ def main() -> None:
     config = ProjectConfig()
     manifest = ingested / "manifest.json"
     newest_raw = max(f.stat().st_mtime for f in (raw / "events").iterdir())
-    if not manifest.is_file() or manifest.stat().st_mtime < newest_raw:
+    stale = not manifest.is_file() or manifest.stat().st_mtime < newest_raw \
+        or json.loads(manifest.read_text()).get("format") != steps.INGEST_FORMAT
+    if stale:
         print("ingesting ...", flush=True)
         summary, ingest_seconds = timed(lambda: steps.ingest(raw, ingested, config, on_bad_rows="quarantine"))
         print(f"ingest: {summary['rows_in']:,} rows in {ingest_seconds:.1f}s", flush=True)

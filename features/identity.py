@@ -191,14 +191,26 @@ def stitch(con: duckdb.DuckDBPyConnection, identity: IdentityConfig, with_profil
 
 
 def attribute_events(con: duckdb.DuckDBPyConnection, identity: IdentityConfig) -> None:
-    """The view ``stitched_events``: ``clean_events`` with ``profile_id``, through each row's anchor.
+    """The view ``stitched_events``: ``clean_events`` with ``profile_id`` and ``new_identities``.
 
+    ``profile_id`` comes through each row's anchor identity. ``new_identities`` counts the
+    identities seen on this event for the first time (ties broken by event_id), so that
+    "identities known by as_of" is a plain sum over events before as_of: point in time.
     A view, not a copy: writing it out streams the join instead of holding the events twice.
     """
     con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE identity_firsts AS
+        SELECT first_event AS event_id, count(*)::INTEGER AS new_identities FROM (
+            SELECT node, arg_min(event_id, (timestamp, event_id)) AS first_event
+            FROM (SELECT timestamp, event_id, unnest({_node_list_sql(identity.namespaces)}) AS node FROM clean_events)
+            GROUP BY node
+        ) GROUP BY first_event
+    """)
+    con.execute(f"""
         CREATE OR REPLACE TEMP VIEW stitched_events AS
-        SELECT m.profile_id, e.* FROM clean_events e
+        SELECT m.profile_id, e.*, coalesce(f.new_identities, 0) AS new_identities FROM clean_events e
         JOIN identity_map m ON m.node = {anchor_sql(identity.namespaces, 'e')}
+        LEFT JOIN identity_firsts f ON f.event_id = e.event_id
     """)
 
 

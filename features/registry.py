@@ -142,6 +142,8 @@ def build_registry(config: FeatureConfig, categories: list[str] | None = None, l
     measures["max_order_value"] = Measure(
         "max_order_value", "CASE WHEN event_type = 'purchase' THEN revenue END", rollup="max", sql_type="DOUBLE")
     measures["known_identity"] = Measure("known_identity", f"CASE WHEN {KNOWN_NAMESPACES_SQL} THEN 1 ELSE 0 END")
+    # Written by ingest/stitching: identities first seen on this event (see features.identity).
+    measures["new_identities"] = Measure("new_identities", "coalesce(new_identities, 0)")
     for c in CHANNELS:
         measures[f"channel_{c}"] = Measure(f"channel_{c}", f"CASE WHEN channel = '{c}' THEN 1 ELSE 0 END")
     for cat in categories:
@@ -254,6 +256,9 @@ def build_registry(config: FeatureConfig, categories: list[str] | None = None, l
     known = agg("known_identity", "sum", None)
     add(Feature("is_known", "Signed in or identified before", "profile",
                 f"CASE WHEN {known.name} > 0 THEN 1 ELSE 0 END", (known,)))
+    identities = agg("new_identities", "sum", None)
+    add(Feature("identity_count", "Identities (devices, accounts, emails) seen so far", "profile",
+                identities.name, (identities,)))
     return FeatureSet(measures, features, lookback, categories)
 
 

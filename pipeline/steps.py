@@ -23,6 +23,8 @@ from pipeline.errors import UserError
 from pipeline.io import atomic_path, write_json
 
 OnBadRows = Literal["fail", "quarantine"]
+# Bumped whenever the ingest output changes shape (2: events carry new_identities).
+INGEST_FORMAT = 2
 
 
 @dataclass
@@ -131,6 +133,7 @@ def ingest(
                        "* EXCLUDE (reason, _source_file, _source_row) FROM bad_events ORDER BY source_file, source_row",
                   tmp / "quarantine.parquet")
         manifest = {
+            "format": INGEST_FORMAT,
             "source": inputs.display,
             "profiles_source": str(profiles_path) if profiles_path else None,
             "ground_truth": str(inputs.ground_truth.resolve()) if inputs.ground_truth else None,
@@ -155,11 +158,14 @@ def load_events(events: str | Path, config: ProjectConfig, on_bad_rows: OnBadRow
     con = connect(config.engine)
     if inputs.ingested is not None:
         directory = inputs.ingested
+        manifest = json.loads((directory / "manifest.json").read_text())
+        if manifest.get("format") != INGEST_FORMAT:
+            raise UserError(f"{directory}: written by an older propensity (ingest format "
+                            f"{manifest.get('format', 1)}, need {INGEST_FORMAT}); run `propensity ingest` again")
         con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet({sql_string(str(directory / 'events.parquet'))})")
         con.execute(f"CREATE VIEW profiles AS SELECT * FROM read_parquet({sql_string(str(directory / 'profiles.parquet'))})")
         con.execute(f"CREATE VIEW identity_map AS SELECT * FROM "
                     f"read_parquet({sql_string(str(directory / 'identity_map.parquet'))})")
-        manifest = json.loads((directory / "manifest.json").read_text())
         gt = manifest.get("ground_truth")
         if gt and Path(gt).is_dir():
             inputs = InputFiles(events=inputs.events, fmt=inputs.fmt, ingested=directory,

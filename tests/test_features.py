@@ -27,7 +27,7 @@ def ts(days_before: float, hour: int = 12) -> pd.Timestamp:
 def event(days_before: float, event_type: str, profile: str = "p1", **extra) -> dict:
     row = {"profile_id": profile, "timestamp": ts(days_before, extra.pop("hour", 12)), "event_type": event_type,
            "channel": "web", "product_category": None, "revenue": None, "crm_id": None,
-           "email_sha256": None, "phone_sha256": None}
+           "email_sha256": None, "phone_sha256": None, "new_identities": 0}
     row.update(extra)
     return row
 
@@ -99,6 +99,7 @@ def test_known_answers_for_every_family():
     assert row["events_trend_7d_vs_prior_30d"] == pytest.approx((4 / 7 + 0.05) / (1 / 30 + 0.05))
     # profile
     assert row["is_known"] == 1
+    assert row["identity_count"] == 0  # this fixture marks no first sightings
 
 
 def test_cart_abandonment_needs_its_follow_up_window_to_have_passed():

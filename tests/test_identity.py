@@ -97,3 +97,22 @@ def test_generated_data_stitches_sign_ins(luma_small, config):
                  < min(timestamp) FILTER (WHERE event_type = 'signup'))
     """).fetchone()[0]
     assert merged > 10
+
+
+def test_identity_count_is_point_in_time(tmp_path):
+    import datetime as dt
+
+    from features import builders
+    from features.registry import build_registry
+
+    _ingest(tmp_path, SARAH, profiles=[{"crm_id": "C1", "email": "sarah@example.com"}])
+    loaded = steps.load_events(tmp_path / "out", ProjectConfig())
+    fs = build_registry(ProjectConfig().features, [])
+    sarah = loaded.con.execute("SELECT profile_id FROM events WHERE ecid = 'sarah-phone' LIMIT 1").fetchone()[0]
+    counts = {}
+    for day in ("2025-03-01", "2025-03-02", "2025-03-06", "2025-03-07"):
+        frame = builders.build_snapshot(loaded.con, fs, dt.date.fromisoformat(day)).set_index("profile_id")
+        counts[day] = frame["identity_count"].get(sarah)
+    # Nothing before 03-01; the phone and email on 03-01; the CRM id (linked through the
+    # profile file) counts from its first event, the store visit on 03-06.
+    assert counts == {"2025-03-01": None, "2025-03-02": 2, "2025-03-06": 2, "2025-03-07": 3}

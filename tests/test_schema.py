@@ -174,3 +174,14 @@ def test_unavailable_engine_is_refused_not_silently_replaced(tmp_path, runner):
     path = write_events(tmp_path / "events.csv", [GOOD])
     result = invoke(runner, "validate", "--config", str(cfg), "--events", str(path))
     assert result.exit_code == 2 and "'spark' is not available yet" in result.output
+
+
+def test_ingest_output_from_an_older_format_is_named(tmp_path, runner, config):
+    import json
+
+    path = write_events(tmp_path / "events.csv", [GOOD])
+    steps.ingest(path, tmp_path / "out", config)
+    manifest = tmp_path / "out" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": 1}))
+    result = invoke(runner, "features", "--events", str(tmp_path / "out"), "--out", str(tmp_path / "f.parquet"))
+    assert result.exit_code == 2 and "run `propensity ingest` again" in " ".join(result.output.split())
