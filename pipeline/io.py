@@ -11,8 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 
 @contextlib.contextmanager
@@ -44,15 +42,6 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         elif tmp.exists():
             tmp.unlink()
         raise
-
-
-def write_parquet(table: pa.Table | Any, target: str | Path) -> Path:
-    """Write a pyarrow table (or pandas frame) to Parquet atomically."""
-    if not isinstance(table, pa.Table):
-        table = pa.Table.from_pandas(table, preserve_index=False)
-    with atomic_path(target) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
-    return Path(target)
 
 
 def write_json(data: Any, target: str | Path) -> Path:
