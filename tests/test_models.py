@@ -76,6 +76,17 @@ def test_logged_model_loads_in_a_fresh_process(churn_run, luma_ingested, trackin
                                     as_of=pd.Timestamp("2025-10-01").date(), model="churn")
     assert features["rows"] > 100
     script = textwrap.dedent(f"""
+        import sys
+        # Hide this repository (editable install, working directory): the model must bring
+        # its own code through MLflow's code_paths.
+        sys.meta_path = [f for f in sys.meta_path if "Editable" not in getattr(f, "__name__", "")]
+        repo = {str(__import__("pathlib").Path(__file__).resolve().parents[1])!r}
+        sys.path = [p for p in sys.path if p not in ("", ".", repo)]
+        try:
+            import models
+            raise SystemExit("the project is still importable; the test proves nothing")
+        except ImportError:
+            pass
         import mlflow, pandas as pd
         model = mlflow.pyfunc.load_model("models:/churn@challenger")
         frame = pd.read_parquet({str(tmp_path / 'f.parquet')!r})
