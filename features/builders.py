@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from features.engine import fetch_arrow, sql_ident
 from features.registry import CARRIED_COLUMNS, Aggregate, Feature, FeatureSet
+from pipeline.errors import UserError
 
 EPOCH = dt.date(1970, 1, 1)
 
@@ -38,7 +39,6 @@ class Dialect:
     name: str
     day_of_timestamp: str  # format with {col}
     date_of_day: str       # format with {col}
-    date_literal: str      # format with {value}
 
     def day(self, column: str) -> str:
         return self.day_of_timestamp.format(col=column)
@@ -48,9 +48,8 @@ class Dialect:
 
 
 DUCKDB = Dialect("duckdb", "CAST(date_diff('day', DATE '1970-01-01', CAST({col} AS DATE)) AS INTEGER)",
-                 "(DATE '1970-01-01' + CAST({col} AS INTEGER))", "DATE '{value}'")
-SPARK = Dialect("spark", "datediff(to_date({col}), DATE'1970-01-01')",
-                "date_add(DATE'1970-01-01', {col})", "DATE'{value}'")
+                 "(DATE '1970-01-01' + CAST({col} AS INTEGER))")
+SPARK = Dialect("spark", "datediff(to_date({col}), DATE'1970-01-01')", "date_add(DATE'1970-01-01', {col})")
 
 
 def day_number(date: dt.date) -> int:
@@ -108,13 +107,13 @@ def measure_columns(fs: FeatureSet) -> str:
     return ", ".join(f"{m.sql} AS m_{m.name}" for m in fs.measures.values())
 
 
-def rollup_sql(fs: FeatureSet, dialect: Dialect = DUCKDB, events: str = "events", where: str = "") -> str:
+def rollup_sql(fs: FeatureSet, dialect: Dialect = DUCKDB, events: str = "events") -> str:
     """One row per profile and active day with every measure summed (or maxed) for the day."""
     columns = ", ".join(f"CAST({m.rollup}({m.sql}) AS {m.sql_type}) AS m_{m.name}" for m in fs.measures.values())
     day = dialect.day("timestamp")
     return f"""
         SELECT profile_id, {day} AS day, {columns}
-        FROM {events} {where}
+        FROM {events}
         GROUP BY profile_id, {day}
     """
 
@@ -246,34 +245,23 @@ def build_snapshots(con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_ofs: list
     Values equal :func:`snapshots_sql` (the engine-neutral form, used on Spark); the tests
     hold them to it. Returns the number of rows.
     """
-    measures = list(fs.measures.values())
-
-    def fetched(m) -> str:
-        # Revenue in integer cents, so that sums are exact whatever the order.
-        column = f"CAST({m.rollup}({m.sql}) AS {m.sql_type})"
-        return f"CAST(round({column} * 100) AS BIGINT)" if m.sql_type.startswith("DECIMAL") else column
-
-    con.execute(f"""
+    build_rollup(con, fs, events=events)  # the only scan of the events
+    con.execute("""
         CREATE OR REPLACE TEMP TABLE snapshot_keys AS
         SELECT profile_id, (row_number() OVER (ORDER BY profile_id) - 1)::INTEGER AS pk
-        FROM (SELECT DISTINCT profile_id FROM {events})
+        FROM (SELECT DISTINCT profile_id FROM daily_rollup)
     """)
-    day = DUCKDB.day("e.timestamp")
-    rollup = con.execute(f"""
-        SELECT k.pk, {day} AS day, {', '.join(f'{fetched(m)} AS m_{m.name}' for m in measures)}
-        FROM {events} e JOIN snapshot_keys k ON k.profile_id = e.profile_id
-        GROUP BY k.pk, {day}
-        ORDER BY k.pk, day
+    rollup = con.execute("""
+        SELECT k.pk, r.* EXCLUDE (profile_id) FROM daily_rollup r JOIN snapshot_keys k USING (profile_id)
+        ORDER BY k.pk, r.day
     """).fetchnumpy()
     values = {}
-    for m in measures:
+    for m in fs.measures.values():
         column = rollup[f"m_{m.name}"]
-        if m.sql_type == "INTEGER":
-            values[m.name] = np.ma.getdata(column)  # never NULL: CASE ... ELSE 0
-        else:
-            # NULLs arrive as a masked array; np.asarray alone would turn them into zeros.
-            column = np.ma.filled(np.ma.asarray(column).astype(np.float64), np.nan)
-            values[m.name] = column / (100 if m.sql_type.startswith("DECIMAL") else 1)
+        # Counts are never NULL (CASE ... ELSE 0); other NULLs arrive masked, and np.asarray
+        # alone would turn them into zeros.
+        values[m.name] = (np.ma.getdata(column) if m.sql_type == "INTEGER"
+                          else np.ma.filled(np.ma.asarray(column).astype(np.float64), np.nan))
     from features.kernels import window_kernel  # compiled on first use; numba loads only here
 
     tables = window_kernel(np.asarray(rollup["pk"], dtype=np.int64), np.asarray(rollup["day"], dtype=np.int64),
@@ -305,7 +293,5 @@ def data_end(con: duckdb.DuckDBPyConnection) -> dt.date:
     """The day after the last event: the default cutoff (every earlier day is complete)."""
     last = con.execute("SELECT max(timestamp) FROM events").fetchone()[0]
     if last is None:
-        from pipeline.errors import UserError
-
         raise UserError("no events to build features from")
     return (pd.Timestamp(last).date() + dt.timedelta(days=1))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from features.builders import DUCKDB, Dialect
+from features.builders import DUCKDB, Dialect, build_snapshots
 from features.engine import sql_string
 from features.registry import FeatureSet
 from features.rules import Rule, parse_rule
@@ -77,8 +77,6 @@ def training_frame(con, fs: FeatureSet, model: ModelConfig, cutoff: dt.date):
     The events before ``cutoff`` are condensed once into a daily rollup; every snapshot
     comes from it (see :func:`features.builders.build_snapshots`). Returns (frame, dates).
     """
-    from features.builders import build_snapshots
-
     dates = snapshot_dates(cutoff, model.outcome.horizon_days, model.training.snapshots.count,
                            model.training.snapshots.spacing_days)
     first = con.execute("SELECT min(timestamp) FROM events").fetchone()[0]

@@ -36,11 +36,9 @@ class Rule:
     def sql(self, dialect: str = "duckdb", column_prefix: str = "") -> str:
         tree = self.tree.copy()
         for column in tree.find_all(exp.Column):
-            name = column_name(column)
-            replacement = exp.column(name.replace(".", "__"), quoted=True)
-            if column_prefix:
-                replacement = exp.column(name.replace(".", "__"), table=column_prefix, quoted=True)
-            column.replace(replacement)
+            # A qualified name (conversion.score) reads the column conversion__score.
+            name = column_name(column).replace(".", "__")
+            column.replace(exp.column(name, table=column_prefix or None, quoted=True))
         return tree.sql(dialect=dialect)
 
 

@@ -286,17 +286,22 @@ def generate(settings: GeneratorSettings, out_dir: str | Path) -> dict:
         tmp.mkdir(parents=True)
         events = _events_table(rng, arrays, settings, n, total_devices, sharers, share_with, device_offset)
         (tmp / "events").mkdir()
-        _write_partitioned(events, tmp / "events", settings)
+        _write_partitioned(events, tmp / "events")
         profiles = _profiles_table(rng, n, settings, known_from, customer, intent, consent_marketing,
                                    consent_personal)
         _write_csv(profiles, tmp / "profiles.csv")
         if truth_p is not None:
             gt = tmp / "ground_truth"
             gt.mkdir()
-            _write_ground_truth(gt, truth_p, affinity, settings, n, n_devices, device_offset, known_from)
+            _write_ground_truth(gt, truth_p, affinity, settings, n, n_devices, known_from)
     purchases = int((arrays["type"] == ET["purchase"]).sum())
     return {"people": n, "days": days, "events": int(events.num_rows), "purchases": purchases,
             "known_people": int(has_account.sum()), "out": str(out_dir)}
+
+
+def _device_ids(count: int) -> pa.Array:
+    """ecid strings for device numbers 0..count-1; events and ground truth must agree on them."""
+    return _strings("ecid-", (np.arange(count) * 2654435761 + 97) % 10**12, 12)
 
 
 def _choose_category(rng: np.random.Generator, affinity: np.ndarray) -> np.ndarray:
@@ -342,7 +347,7 @@ def _events_table(rng, a, settings, n, total_devices, sharers, share_with, devic
     rows = len(a["ts"])
     people = n + settings.test_accounts
     # Identity values are dictionary-encoded: building 20M Python strings would dominate.
-    ecids = _strings("ecid-", (np.arange(total_devices + settings.test_accounts * 1000) * 2654435761 + 97) % 10**12, 12)
+    ecids = _device_ids(total_devices + settings.test_accounts * 1000)
     device = a["device"].copy()
     # A shared device: the sharer's sessions sometimes happen on the other person's first device.
     person_is_sharer = np.zeros(people, dtype=np.int64) - 1
@@ -378,7 +383,7 @@ def _events_table(rng, a, settings, n, total_devices, sharers, share_with, devic
     return table
 
 
-def _write_partitioned(table: pa.Table, directory: Path, settings: GeneratorSettings) -> None:
+def _write_partitioned(table: pa.Table, directory: Path) -> None:
     """One Parquet file per month (events are sorted by time), so readers can prune by date."""
     micros = table["timestamp"].cast(pa.int64()).to_numpy()
     month = micros.astype("datetime64[us]").astype("datetime64[M]")
@@ -421,7 +426,7 @@ def _write_csv(table: pa.Table, path: Path) -> None:
 
 
 def _write_ground_truth(directory: Path, truth_p: np.ndarray, affinity: np.ndarray, settings: GeneratorSettings,
-                        n: int, n_devices: np.ndarray, device_offset: np.ndarray, known_from: np.ndarray) -> None:
+                        n: int, n_devices: np.ndarray, known_from: np.ndarray) -> None:
     """Daily purchase probability per person, and how persons map to identities."""
     days = truth_p.shape[0]
     dates = np.datetime64(settings.start) + np.arange(days).astype("timedelta64[D]")
@@ -437,7 +442,7 @@ def _write_ground_truth(directory: Path, truth_p: np.ndarray, affinity: np.ndarr
     for i, category in enumerate(CATEGORIES):
         traits[f"affinity_{category}"] = affinity[:, i].astype(np.float32)
     pq.write_table(pa.table(traits), directory / "person_traits.parquet", compression="zstd")
-    ecids = _strings("ecid-", (np.arange(int(n_devices.sum())) * 2654435761 + 97) % 10**12, 12)
+    ecids = _device_ids(int(n_devices.sum()))
     person_of_device = np.repeat(np.arange(n, dtype=np.int32), n_devices)
     known = np.flatnonzero(known_from <= settings.days)
     identities = pa.table({

@@ -100,12 +100,12 @@ def bucket_table(y: np.ndarray, p: np.ndarray, bucket: np.ndarray) -> pd.DataFra
 
 def recency_baseline(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
     """The better of 'recent activity' and 'recent purchase', direction chosen on train."""
-    best, best_auc = None, -1.0
+    if train["label"].nunique() < 2:
+        raise ValueError("the recency baseline needs both outcomes in the training rows")
+    best, best_auc = (RECENCY_FEATURES[0], -1), -1.0
     for feature in RECENCY_FEATURES:
         for sign in (-1, 1):
             score = sign * train[feature].astype(float).fillna(10_000).to_numpy()
-            if train["label"].nunique() < 2:
-                continue
             auc = roc_auc_score(train["label"], score)
             if auc > best_auc:
                 best, best_auc = (feature, sign), auc

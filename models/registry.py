@@ -85,10 +85,6 @@ def log_model(model: PropensityModel, example: pd.DataFrame, registered_name: st
     return info.model_uri, str(info.registered_model_version)
 
 
-def set_alias(client: MlflowClient, name: str, alias: str, version: str) -> None:
-    client.set_registered_model_alias(name, alias, version)
-
-
 def version_for(client: MlflowClient, name: str, version: str | None = None, alias: str | None = None):
     """A model version by number or alias, with a clear error when there is none."""
     try:
@@ -128,7 +124,7 @@ def promote(client: MlflowClient, name: str, metric: str, min_improvement: float
     """Move ``champion`` to the challenger when it is better by the margin, or to ``version``."""
     if version is not None:
         mv = version_for(client, name, version=version)
-        set_alias(client, name, CHAMPION, mv.version)
+        client.set_registered_model_alias(name, CHAMPION, mv.version)
         return Promotion(True, mv.version, f"version {mv.version} promoted explicitly")
     challenger = version_for(client, name, alias=CHALLENGER)
     try:
@@ -137,22 +133,29 @@ def promote(client: MlflowClient, name: str, metric: str, min_improvement: float
         champion = None
     new = run_metric(client, challenger, metric)
     if champion is None:
-        set_alias(client, name, CHAMPION, challenger.version)
+        client.set_registered_model_alias(name, CHAMPION, challenger.version)
         return Promotion(True, challenger.version, f"no champion yet; challenger v{challenger.version} "
                                                    f"({metric} {_fmt(new)}) becomes champion")
     if champion.version == challenger.version:
         return Promotion(False, champion.version, f"challenger v{challenger.version} is already champion")
-    old = run_metric(client, champion, metric)
+    # Best: the champion scored on the challenger's own test snapshot when it was trained.
+    run = client.get_run(challenger.run_id) if challenger.run_id else None
+    same_snapshot = run is not None and run.data.tags.get("compared_champion_version") == str(champion.version)
+    if same_snapshot:
+        old, basis = run.data.metrics.get(f"champion_{metric}"), "on the challenger's test snapshot"
+    else:
+        old, basis = run_metric(client, champion, metric), "each on its own test snapshot"
     if new is None or old is None:
         return Promotion(False, champion.version, f"cannot compare: {metric} missing on a run")
     better = (old - new) if metric in LOWER_IS_BETTER else (new - old)
     if better > min_improvement:
-        set_alias(client, name, CHAMPION, challenger.version)
+        client.set_registered_model_alias(name, CHAMPION, challenger.version)
         return Promotion(True, challenger.version, f"challenger v{challenger.version} {metric} {_fmt(new)} beats "
                                                    f"champion v{champion.version} {_fmt(old)} by more than "
-                                                   f"{min_improvement}")
+                                                   f"{min_improvement} ({basis})")
     return Promotion(False, champion.version, f"champion v{champion.version} stays: challenger v{challenger.version} "
-                                              f"{metric} {_fmt(new)} vs {_fmt(old)} (needs > {min_improvement} better)")
+                                              f"{metric} {_fmt(new)} vs {_fmt(old)} (needs > {min_improvement} better; "
+                                              f"{basis})")
 
 
 def _fmt(value: float | None) -> str:

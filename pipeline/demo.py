@@ -54,7 +54,6 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
         built = steps.build_features(ingested, features_path, config)
     console.rule("[bold]3/5 features")
     frame = pd.read_parquet(features_path)
-    labels = steps.read_feature_metadata(features_path)["labels"]
     rule = parse_rule(LAPSED_YOGA, frame.columns, "demo segment")
     con = duckdb.connect()
     con.register("frame", frame)
@@ -74,11 +73,11 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
         print_buckets(result["buckets"])
 
     console.rule("[bold]5/5 why this score?")
-    _explain_one(frame, labels, sarah[0] if sarah else frame["profile_id"].iloc[0], config, console)
+    _explain_one(frame, sarah[0] if sarah else frame["profile_id"].iloc[0], config, console)
     return {"ingest": summary, "features": built, "models": {k: v["metrics"] for k, v in results.items()}}
 
 
-def _explain_one(frame: pd.DataFrame, labels: dict, profile_id: str, config: ProjectConfig, console: Console) -> None:
+def _explain_one(frame: pd.DataFrame, profile_id: str, config: ProjectConfig, console: Console) -> None:
     from models import registry
     from models.explain import top_factors
     from pipeline.config import load_model_config

@@ -34,6 +34,10 @@ def model_features(fs: FeatureSet, model: ModelConfig) -> tuple[list[str], dict[
     if unknown:
         raise UserError(f"model '{model.name}': features include/exclude names unknown feature or family "
                         f"`{unknown[0]}`")
+    refused = sorted(include & set(model.governance.sensitive_features))
+    if refused:
+        raise UserError(f"model '{model.name}': feature `{refused[0]}` is labelled sensitive and is refused for "
+                        f"marketing action '{model.governance.marketing_action}'")
     chosen = [n for n, fam in families.items()
               if (not include or n in include or fam in include) and n not in exclude and fam not in exclude
               and n not in model.governance.sensitive_features]
@@ -63,9 +67,10 @@ def train(model_name: str, events: str | Path, config: ProjectConfig, as_of: dt.
     spacing = model_cfg.training.snapshots
     first_date = snapshot_dates(cutoff, model_cfg.outcome.horizon_days, spacing.count, spacing.spacing_days)[0]
     fs = steps.feature_set(con, config, before=first_date)
-    population_rule(model_cfg, fs)  # a bad rule fails before any heavy work
-    frame, dates = training_frame(con, fs, model_cfg, cutoff)
+    # A bad rule or feature name fails before any heavy work.
+    population_rule(model_cfg, fs)
     names, labels = model_features(fs, model_cfg)
+    frame, dates = training_frame(con, fs, model_cfg, cutoff)
     parts = split(frame, model_cfg.training)
     model, fit_info = fit(parts, names, labels, model_cfg.training, model_cfg.name)
 
@@ -92,6 +97,7 @@ def train(model_name: str, events: str | Path, config: ProjectConfig, as_of: dt.
     importance = global_importance(model, test.sample(min(len(test), 20_000), random_state=0))
 
     client = registry.configure(config)
+    champion = _champion_on(client, model_cfg.name, test, y)
     mlflow.set_experiment(model_cfg.name)
     summary = {"rows": parts.summary(), "snapshots": [str(d) for d in dates], "features": len(names),
                "best_iteration": fit_info["best_iteration"], "trained_until": str(cutoff)}
@@ -109,6 +115,10 @@ def train(model_name: str, events: str | Path, config: ProjectConfig, as_of: dt.
             "train_rows": len(parts.train), "test_rows": len(test),
         })
         mlflow.log_metrics(results)
+        if champion is not None:
+            # What `promote` compares against: the champion on this very test snapshot.
+            mlflow.set_tag("compared_champion_version", champion[0])
+            mlflow.log_metrics({f"champion_{k}": v for k, v in champion[1].items()})
         mlflow.log_dict(model_cfg.model_dump(mode="json"), "config/model.json")
         mlflow.log_dict(config.model_dump(mode="json"), "config/project.json")
         mlflow.log_dict({"features": [{"name": n, "label": labels[n]} for n in names]}, "features.json")
@@ -125,11 +135,21 @@ def train(model_name: str, events: str | Path, config: ProjectConfig, as_of: dt.
         ):
             mlflow.log_artifact(str(path), "plots")
         model_uri, version = registry.log_model(model, test, model_cfg.name)
-        registry.set_alias(client, model_cfg.name, registry.CHALLENGER, version)
+        client.set_registered_model_alias(model_cfg.name, registry.CHALLENGER, version)
         client.set_model_version_tag(model_cfg.name, version, "trained_until", str(cutoff))
         run_id = run.info.run_id
     return {"run_id": run_id, "version": version, "model_uri": model_uri, "metrics": results,
             "buckets": bucket_table, "importance": importance, **summary}
+
+
+def _champion_on(client, name: str, test: pd.DataFrame, y: np.ndarray) -> tuple[str, dict] | None:
+    """The current champion's test metrics on this test snapshot, if there is one that fits it."""
+    try:
+        champion, mv = registry.load_propensity_model(client, name, alias=registry.CHAMPION)
+        return str(mv.version), ev.metrics(y, champion.predict_proba(test))
+    except UserError:
+        # No champion yet, or one built on features this table lacks (other categories).
+        return None
 
 
 def evaluate(model_name: str, events: str | Path, config: ProjectConfig, as_of: dt.date,
@@ -144,8 +164,7 @@ def evaluate(model_name: str, events: str | Path, config: ProjectConfig, as_of: 
     if not horizon_passed(as_of, model_cfg.outcome.horizon_days, cutoff):
         raise UserError(f"--as-of {as_of}: its {model_cfg.outcome.horizon_days}-day horizon ends after the data "
                         f"(last complete day {cutoff - dt.timedelta(days=1)}); choose an earlier date")
-    fs = steps.feature_set(con, config.model_copy(update={"features": config.features.model_copy(
-        update={"categories": model.metadata.get("categories")})}), before=as_of)
+    fs = steps.feature_set(con, config, before=as_of, categories=model.metadata.get("categories"))
     where = population_rule(model_cfg, fs).sql("duckdb", column_prefix="f")
     frame = con.execute(labelled_sql(snapshot_sql(fs, as_of, con, where=where), model_cfg.outcome)).df()
     if frame["label"].nunique() < 2:

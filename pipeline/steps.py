@@ -176,12 +176,17 @@ def load_events(events: str | Path, config: ProjectConfig, on_bad_rows: OnBadRow
     return LoadedEvents(con=con, inputs=inputs, summary=summary)
 
 
-def feature_set(con: duckdb.DuckDBPyConnection, config: ProjectConfig, before: dt.date):
-    """The registry for this project; learned categories come from events before ``before``."""
+def feature_set(con: duckdb.DuckDBPyConnection, config: ProjectConfig, before: dt.date,
+                categories: list[str] | None = None):
+    """The registry for this project.
+
+    Categories: the ones given (a trained model's), else the config's, else learned from the
+    events before ``before``.
+    """
     from features.builders import learn_categories
     from features.registry import build_registry
 
-    categories = config.features.categories
+    categories = categories if categories is not None else config.features.categories
     if categories is None:
         categories = learn_categories(con, before, config.features.max_learned_categories)
     return build_registry(config.features, categories)

@@ -103,3 +103,17 @@ def test_features_cli_writes_population_labels_and_feature_labels(luma_small, tm
     late = invoke(runner, "features", "--events", str(luma_small), "--model", "conversion", "--out", str(out))
     assert "horizon has not passed" in " ".join(late.output.split())
     assert "label" not in pd.read_parquet(out).columns
+
+
+def test_sensitive_features_are_refused_and_bad_names_fail_early():
+    from pipeline.config import ModelConfig
+    from pipeline.modelling import model_features
+
+    sensitive = ModelConfig(name="m", governance={"sensitive_features": ["loyalty_tier"]})
+    names, _ = model_features(FS, sensitive)
+    assert "loyalty_tier" not in names and "tenure_days" in names
+    with pytest.raises(UserError, match="`loyalty_tier` is labelled sensitive"):
+        model_features(FS, ModelConfig(name="m", governance={"sensitive_features": ["loyalty_tier"]},
+                                       features={"include": ["loyalty_tier", "profile"]}))
+    with pytest.raises(UserError, match="unknown feature or family `days_since_lunch`"):
+        model_features(FS, ModelConfig(name="m", features={"exclude": ["days_since_lunch"]}))

@@ -113,21 +113,22 @@ def test_same_data_and_config_give_the_same_model(churn_run, luma_ingested, trac
     assert first.booster_text == second.booster_text
 
 
-def test_promote_moves_champion_only_when_better(churn_run, tracking, runner):
+def test_promote_compares_on_the_challengers_test_snapshot(churn_run, luma_ingested, tracking, runner):
     first = invoke(runner, "promote", "churn")
     assert first.exit_code == 0 and "becomes champion" in first.output
-    # Retrained on the same data: equal, not better, so the champion stays.
     client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
     champion = str(client.get_model_version_by_alias("churn", "champion").version)
-    latest = max(int(v.version) for v in client.search_model_versions("name='churn'"))
-    client.set_registered_model_alias("churn", "challenger", str(latest))
-    if str(latest) != champion:
-        stay = invoke(runner, "promote", "churn")
-        assert "not promoted" in stay.output
-        assert str(client.get_model_version_by_alias("churn", "champion").version) == champion
-    forced = invoke(runner, "promote", "churn", "--version", str(latest))
+    # Retrained on the same data: the champion is scored on the new test snapshot, ties, stays.
+    retrained = modelling.train("churn", luma_ingested, ProjectConfig())
+    run = client.get_run(retrained["run_id"])
+    assert run.data.tags["compared_champion_version"] == champion
+    assert run.data.metrics["champion_test_auc"] == pytest.approx(run.data.metrics["test_auc"])
+    stay = invoke(runner, "promote", "churn")
+    assert "not promoted" in stay.output and "on the challenger's test snapshot" in " ".join(stay.output.split())
+    assert str(client.get_model_version_by_alias("churn", "champion").version) == champion
+    forced = invoke(runner, "promote", "churn", "--version", retrained["version"])
     assert "promoted explicitly" in forced.output
-    assert str(client.get_model_version_by_alias("churn", "champion").version) == str(latest)
+    assert str(client.get_model_version_by_alias("churn", "champion").version) == retrained["version"]
     missing = invoke(runner, "promote", "churn", "--version", "999")
     assert missing.exit_code == 2 and "no version 999" in " ".join(missing.output.split())
 
@@ -141,7 +142,8 @@ def test_evaluate_logs_expected_vs_actual(churn_run, luma_ingested, tracking, ru
     runs = client.search_runs([client.get_experiment_by_name("churn").experiment_id],
                               "tags.step = 'evaluate'")
     assert runs and "eval_auc" in runs[0].data.metrics
-    late = invoke(runner, "evaluate", "churn", "--events", str(luma_ingested), "--as-of", "2025-11-20")
+    late = invoke(runner, "evaluate", "churn", "--events", str(luma_ingested), "--as-of", "2025-11-20",
+                  "--alias", "challenger")
     assert late.exit_code == 2 and "horizon ends after the data" in " ".join(late.output.split())
 
 
