@@ -109,9 +109,11 @@ def _split_component(
 
 
 def stitch(con: duckdb.DuckDBPyConnection, identity: IdentityConfig, with_profiles: bool) -> StitchResult:
-    """Build the temp table ``identity_map`` (namespace, value, node, profile_id).
+    """Build the temp table ``identity_map`` (namespace, value, node, profile_id, profile_key).
 
     Reads ``clean_events`` and, when ``with_profiles``, ``profile_attributes``.
+    ``profile_key`` numbers the profiles 0, 1, ... in ``profile_id`` order: a compact key for
+    this ingest's group-bys and joins, not an identifier to keep (it shifts as profiles come).
     """
     namespaces = identity.namespaces
     columns = ", ".join(sql_ident(n) for n in namespaces)
@@ -172,11 +174,12 @@ def stitch(con: duckdb.DuckDBPyConnection, identity: IdentityConfig, with_profil
         WITH g AS (
             SELECT n.node, n.idx, ng.grp FROM id_nodes n JOIN _node_groups ng USING (idx)
         ), ids AS (
-            SELECT grp, 'p_' || left(sha256(min(node)), 16) AS profile_id FROM g GROUP BY grp
+            SELECT grp, profile_id, (row_number() OVER (ORDER BY profile_id) - 1)::INTEGER AS profile_key
+            FROM (SELECT grp, 'p_' || left(sha256(min(node)), 16) AS profile_id FROM g GROUP BY grp)
         )
         SELECT split_part(g.node, {sql_string(SEPARATOR)}, 1) AS namespace,
                substr(g.node, strpos(g.node, {sql_string(SEPARATOR)}) + 1) AS value,
-               g.node, ids.profile_id
+               g.node, ids.profile_id, ids.profile_key
         FROM g JOIN ids USING (grp)
         ORDER BY profile_id, node
     """)
@@ -208,7 +211,7 @@ def attribute_events(con: duckdb.DuckDBPyConnection, identity: IdentityConfig) -
     """)
     con.execute(f"""
         CREATE OR REPLACE TEMP VIEW stitched_events AS
-        SELECT m.profile_id, e.*, coalesce(f.new_identities, 0) AS new_identities FROM clean_events e
+        SELECT m.profile_id, e.*, coalesce(f.new_identities, 0) AS new_identities, m.profile_key FROM clean_events e
         JOIN identity_map m ON m.node = {anchor_sql(identity.namespaces, 'e')}
         LEFT JOIN identity_firsts f ON f.event_id = e.event_id
     """)
@@ -251,7 +254,7 @@ def build_profiles(con: duckdb.DuckDBPyConnection, identity: IdentityConfig, wit
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE profiles AS
         WITH idf AS (
-            SELECT profile_id,
+            SELECT profile_id, min(profile_key) AS profile_key,
                    bool_or(namespace NOT IN ({anonymous})) AS is_known,
                    count(*)::INTEGER AS identity_count,
                    {per_namespace}

@@ -23,8 +23,9 @@ from pipeline.errors import UserError
 from pipeline.io import atomic_path, write_json
 
 OnBadRows = Literal["fail", "quarantine"]
-# Bumped whenever the ingest output changes shape (2: events carry new_identities).
-INGEST_FORMAT = 2
+# Bumped whenever the ingest output changes shape (2: events carry new_identities;
+# 3: events and profiles carry profile_key).
+INGEST_FORMAT = 3
 
 
 @dataclass
