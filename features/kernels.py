@@ -1,12 +1,17 @@
 """The compiled window pass behind stacked snapshots (``features.builders.build_snapshots``).
 
-Rows are a daily rollup sorted by (profile, day); for each as-of date one pass computes every
-aggregate of the registry: sums, active days, maxima, first and last active days over
-half-open windows ``[as_of - start, as_of - end)``. Its results equal the SQL form
+Rows are a daily rollup sorted by (profile, day). Each profile's rows are visited once for
+all as-of dates together: one pass builds the profile's running sums (and running "last /
+next active row" indices), after which every window of every snapshot is a difference of
+two running sums found by binary search on the profile's days. Work is
+``rows x measures + profiles x snapshots x (edges x log(rows) + aggregates)`` instead of
+``rows x snapshots x windows``. Results equal the SQL form
 (``features.builders.snapshots_sql``); the tests hold them to it.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -14,96 +19,210 @@ import pyarrow as pa
 
 from features.registry import FeatureSet
 
-FUNCTION_CODES = {"sum": 0, "active_days": 1, "max": 2, "last_day": 3, "first_day": 4}
-
-
-@numba.njit(cache=True, nogil=True)
-def _present_positions(profile_rows, days, as_of_day, lookback):  # pragma: no cover - compiled
-    """Output row of each profile with any day in [as_of - lookback, as_of), else -1."""
-    position = np.full(len(profile_rows) - 1, -1, dtype=np.int64)
-    count = 0
-    for p in range(len(profile_rows) - 1):
-        for i in range(profile_rows[p], profile_rows[p + 1]):
-            ago = as_of_day - days[i]
-            if 1 <= ago <= lookback:
-                position[p] = count
-                count += 1
-                break
-    return position, count
+# How an aggregate reads its window [lo, hi) of a profile's rows.
+SUM, ACTIVE_DAYS, MAX, LAST_DAY, FIRST_DAY = 0, 1, 2, 3, 4
+FUNCTION_CODES = {"sum": SUM, "active_days": ACTIVE_DAYS, "max": MAX, "last_day": LAST_DAY, "first_day": FIRST_DAY}
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
-def _window_pass(profile_rows, days, values, measure_of, fn_of, start_of, end_of, as_of_day, lookback,
-                 position, out):  # pragma: no cover - compiled
-    """One pass over one snapshot: each in-lookback row updates the windows that hold it."""
-    for p in numba.prange(len(profile_rows) - 1):
-        row = position[p]
-        if row < 0:
-            continue
-        # Accumulate in a small local buffer (cache-resident), write the output row once.
-        acc = np.empty(len(fn_of))
-        for a in range(len(fn_of)):
-            acc[a] = 0.0 if fn_of[a] <= 1 else np.nan
-        for i in range(profile_rows[p], profile_rows[p + 1]):
-            ago = as_of_day - days[i]
-            if ago < 1 or ago > lookback:
-                continue
-            for a in range(len(fn_of)):
-                if ago > start_of[a]:
-                    break  # aggregates come longest window first: no later one holds this row
-                if ago <= end_of[a]:
+def _present(profile_rows, days, as_of_days, lookback):  # pragma: no cover - compiled
+    """Whether each profile has a row in each snapshot's lookback [as_of - lookback, as_of)."""
+    n_profiles = len(profile_rows) - 1
+    present = np.zeros((len(as_of_days), n_profiles), dtype=np.bool_)
+    for p in numba.prange(n_profiles):
+        own = days[profile_rows[p]:profile_rows[p + 1]]
+        for s in range(len(as_of_days)):
+            i = np.searchsorted(own, as_of_days[s] - lookback)
+            present[s, p] = i < len(own) and own[i] < as_of_days[s]
+    return present
+
+
+@numba.njit(cache=True, nogil=True)
+def _number_rows(present):  # pragma: no cover - compiled
+    """Output row of each (snapshot, profile), snapshots stacked in order, or -1 if absent."""
+    row_of = np.full(present.shape, -1, dtype=np.int64)
+    row = 0
+    for s in range(present.shape[0]):
+        for p in range(present.shape[1]):
+            if present[s, p]:
+                row_of[s, p] = row
+                row += 1
+    return row_of, row
+
+
+@numba.njit(cache=True, parallel=True, nogil=True)
+def _window_pass(profile_rows, days, values, slot_measure, slot_counts_days, mark_measure, edges,
+                 fn_of, source_of, lo_edge, hi_edge, column_of, as_of_days, row_of, counts, amounts):  # pragma: no cover
+    """Every aggregate of every snapshot, one visit of each profile's rows.
+
+    ``values`` is a tuple with one array per measure. ``slot_*``: running sums
+    (of a measure, or of days where it is > 0); ``mark_measure``: measures whose last / next
+    active row is tracked; ``source_of`` points an aggregate at its slot, mark or (for max)
+    measure; ``lo_edge``/``hi_edge`` index ``edges`` (days before as_of) so that its window is
+    the rows with day in [as_of - edges[lo], as_of - edges[hi]). ``row_of[s, p]`` is the output
+    row of profile p in snapshot s, or -1. Whole-number aggregates (counts, active days) go
+    to column ``column_of[a]`` of the int32 ``counts``, the others to that of ``amounts``
+    (NaN where there is no value); ``column_of[a] < 0`` marks a count as ``-1 - column``.
+    """
+    n_profiles = len(profile_rows) - 1
+    n_slots, n_marks, n_edges = len(slot_measure), len(mark_measure), len(edges)
+    longest = 0
+    for p in range(n_profiles):
+        longest = max(longest, profile_rows[p + 1] - profile_rows[p])
+    # Profiles go in chunks so that scratch space is allocated once per chunk, not per profile.
+    n_chunks = min(n_profiles, 1024)
+    for c in numba.prange(n_chunks):
+        running = np.empty((n_slots, longest + 1))
+        last_active = np.empty((n_marks, longest + 1), dtype=np.int64)
+        next_active = np.empty((n_marks, longest + 1), dtype=np.int64)
+        bounds = np.empty(n_edges, dtype=np.int64)
+        for p in range(c * n_profiles // n_chunks, (c + 1) * n_profiles // n_chunks):
+            first, end = profile_rows[p], profile_rows[p + 1]
+            n = end - first
+            own = days[first:end]
+            for k in range(n_slots):
+                column = values[slot_measure[k]][first:end]
+                total = 0.0
+                running[k, 0] = 0.0
+                for i in range(n):
+                    v = column[i]
+                    if slot_counts_days[k]:
+                        total += 1.0 if v > 0 else 0.0
+                    elif not np.isnan(v):  # as SQL's sum, which skips NULLs
+                        total += v
+                    running[k, i + 1] = total
+            # last_active[i]: the last row <= i where the measure is > 0 (else -1);
+            # next_active[i]: the first row >= i where it is (else n).
+            for k in range(n_marks):
+                column = values[mark_measure[k]][first:end]
+                last = -1
+                for i in range(n):
+                    if column[i] > 0:
+                        last = i
+                    last_active[k, i] = last
+                following = n
+                next_active[k, n] = n
+                for i in range(n - 1, -1, -1):
+                    if column[i] > 0:
+                        following = i
+                    next_active[k, i] = following
+            for s in range(len(as_of_days)):
+                row = row_of[s, p]
+                if row < 0:
                     continue
-                v = values[i, measure_of[a]]
-                f = fn_of[a]
-                if f == 0:
-                    acc[a] += v
-                elif f == 1:
-                    if v > 0:
-                        acc[a] += 1.0
-                elif f == 2:
-                    if not np.isnan(v) and (np.isnan(acc[a]) or v > acc[a]):
-                        acc[a] = v
-                elif v > 0:
-                    d = float(days[i])
-                    if np.isnan(acc[a]) or (f == 3 and d > acc[a]) or (f == 4 and d < acc[a]):
-                        acc[a] = d
-        for a in range(len(fn_of)):
-            out[row, a] = acc[a]
+                for e in range(n_edges):
+                    bounds[e] = np.searchsorted(own, as_of_days[s] - edges[e])
+                for a in range(len(fn_of)):
+                    lo, hi = bounds[lo_edge[a]], bounds[hi_edge[a]]
+                    f, src, c = fn_of[a], source_of[a], column_of[a]
+                    if c < 0:
+                        counts[row, -1 - c] = np.int32(running[src, hi] - running[src, lo])
+                    elif f == SUM or f == ACTIVE_DAYS:
+                        amounts[row, c] = running[src, hi] - running[src, lo]
+                    elif f == LAST_DAY:
+                        i = last_active[src, hi - 1] if hi > lo else -1
+                        amounts[row, c] = float(own[i]) if i >= lo else np.nan
+                    elif f == FIRST_DAY:
+                        i = next_active[src, lo] if hi > lo else n
+                        amounts[row, c] = float(own[i]) if i < hi else np.nan
+                    else:
+                        best = np.nan
+                        column = values[src]
+                        for i in range(lo, hi):
+                            v = column[first + i]
+                            if not np.isnan(v) and (np.isnan(best) or v > best):
+                                best = v
+                        amounts[row, c] = best
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """The registry's aggregates as arrays the compiled pass reads."""
+
+    names: list[str]
+    fn_of: np.ndarray
+    source_of: np.ndarray
+    lo_edge: np.ndarray
+    hi_edge: np.ndarray
+    edges: np.ndarray
+    slot_measure: np.ndarray
+    slot_counts_days: np.ndarray
+    mark_measure: np.ndarray
+    column_of: np.ndarray
+    n_counts: int
+    n_amounts: int
+
+    @classmethod
+    def of(cls, fs: FeatureSet, measures: list[str]) -> WindowPlan:
+        aggregates = list(fs.aggregates.values())
+        edges = sorted({fs.lookback_days} | {fs.lookback_days if a.start is None else a.start for a in aggregates}
+                       | {a.end for a in aggregates}, reverse=True)
+        slots: dict[tuple[int, bool], int] = {}
+        marks: dict[int, int] = {}
+        fn_of, source_of, lo_edge, hi_edge, column_of = [], [], [], [], []
+        n_counts = n_amounts = 0
+        for a in aggregates:
+            measure = measures.index(a.measure)
+            code = FUNCTION_CODES[a.fn]
+            if code in (SUM, ACTIVE_DAYS):
+                source = slots.setdefault((measure, code == ACTIVE_DAYS), len(slots))
+            elif code in (LAST_DAY, FIRST_DAY):
+                source = marks.setdefault(measure, len(marks))
+            else:
+                source = measure
+            # Whole numbers travel as int32: half the memory of float64, and exact.
+            if code == ACTIVE_DAYS or (code == SUM and fs.measures[a.measure].sql_type == "INTEGER"):
+                column_of.append(-1 - n_counts)
+                n_counts += 1
+            else:
+                column_of.append(n_amounts)
+                n_amounts += 1
+            fn_of.append(code)
+            source_of.append(source)
+            # Larger "days before" is the older bound, so it gives the window's first row.
+            lo_edge.append(edges.index(fs.lookback_days if a.start is None else a.start))
+            hi_edge.append(edges.index(a.end))
+        as_array = lambda xs: np.array(xs, dtype=np.int64)  # noqa: E731
+        return cls(
+            names=[a.name for a in aggregates], fn_of=as_array(fn_of), source_of=as_array(source_of),
+            lo_edge=as_array(lo_edge), hi_edge=as_array(hi_edge), edges=as_array(edges),
+            slot_measure=as_array([m for m, _ in slots]), slot_counts_days=np.array([d for _, d in slots], dtype=np.bool_),
+            mark_measure=as_array(list(marks)), column_of=as_array(column_of), n_counts=n_counts,
+            n_amounts=n_amounts,
+        )
 
 
 def window_kernel(pk: np.ndarray, days: np.ndarray, values: dict[str, np.ndarray], fs: FeatureSet,
-                   as_of_days: list[int]) -> list[pa.Table]:
-    """Aggregates of every snapshot from rollup rows sorted by (pk, day), one compiled pass each.
+                  as_of_days: list[int]) -> pa.Table:
+    """Aggregates of every snapshot from rollup rows sorted by (pk, day).
 
-    Work per snapshot is (rows in the lookback) x (windows holding each row): no hashing, no
-    copies of the rollup per snapshot.
+    ``values`` maps each measure to its column (float64, NaN for NULL). Returns one table:
+    ``pk``, ``as_of_day`` and one column per aggregate, snapshots in the order given and
+    profiles in ``pk`` order within each.
     """
     n = len(pk)
-    profile_rows = np.flatnonzero(np.concatenate([[True], pk[1:] != pk[:-1], [True]])) if n else np.zeros(1, np.int64)
+    profile_rows = (np.flatnonzero(np.concatenate([[True], pk[1:] != pk[:-1], [True]])) if n
+                    else np.zeros(1, np.int64))
     profiles = pk[profile_rows[:-1]]
-    names = list(values)
-    # Column-major: filling it is one contiguous copy per measure, and the compiled pass
-    # reads each measure's column in row order.
-    matrix = np.empty((n, len(names)), order="F")
-    for j, name in enumerate(names):
-        matrix[:, j] = values[name]
-    # Longest window first, so the compiled pass can stop early for old rows.
-    aggregates = sorted(fs.aggregates.values(),
-                        key=lambda a: -(fs.lookback_days if a.start is None else a.start))
-    measure_of = np.array([names.index(a.measure) for a in aggregates], dtype=np.int64)
-    fn_of = np.array([FUNCTION_CODES[a.fn] for a in aggregates], dtype=np.int64)
-    start_of = np.array([fs.lookback_days if a.start is None else a.start for a in aggregates], dtype=np.int64)
-    end_of = np.array([a.end for a in aggregates], dtype=np.int64)
-    tables = []
-    for as_of_day in as_of_days:
-        position, count = _present_positions(profile_rows, days, as_of_day, fs.lookback_days)
-        out = np.empty((count, len(aggregates)), order="F")
-        _window_pass(profile_rows, days, matrix, measure_of, fn_of, start_of, end_of, as_of_day,
-                     fs.lookback_days, position, out)
-        columns = {"pk": profiles[position >= 0].astype(np.int32),
-                   "as_of_day": np.full(count, as_of_day, dtype=np.int32)}
-        for j, a in enumerate(aggregates):
-            # from_pandas: NaN becomes NULL, which is what the feature SQL tests for.
-            columns[a.name] = out[:, j] if fn_of[j] <= 1 else pa.array(out[:, j], from_pandas=True)
-        tables.append(pa.table(columns))
-    return tables
+    measures = list(values)
+    plan = WindowPlan.of(fs, measures)
+    # A tuple, not a matrix: the columns are read where they lie, never copied.
+    columns_in = tuple(np.ascontiguousarray(values[m], dtype=np.float64) for m in measures)
+    as_of = np.array(as_of_days, dtype=np.int64)
+    present = _present(profile_rows, days, as_of, fs.lookback_days)
+    row_of, total = _number_rows(present)
+    # Column-major: each aggregate's column is contiguous, handed to Arrow without a copy.
+    counts = np.empty((total, plan.n_counts), dtype=np.int32, order="F")
+    amounts = np.empty((total, plan.n_amounts), order="F")
+    _window_pass(profile_rows, days, columns_in, plan.slot_measure, plan.slot_counts_days, plan.mark_measure,
+                 plan.edges, plan.fn_of, plan.source_of, plan.lo_edge, plan.hi_edge, plan.column_of, as_of, row_of,
+                 counts, amounts)
+    columns = {
+        "pk": np.concatenate([profiles[present[s]] for s in range(len(as_of))]).astype(np.int32),
+        "as_of_day": np.repeat(as_of.astype(np.int32), present.sum(axis=1)),
+    }
+    for name, c, fn in zip(plan.names, plan.column_of, plan.fn_of):
+        # from_pandas: NaN becomes NULL, which is what the feature SQL tests for; sums are never NULL.
+        columns[name] = (counts[:, -1 - c] if c < 0 else amounts[:, c] if fn == SUM
+                         else pa.array(amounts[:, c], from_pandas=True))
+    return pa.table(columns)

@@ -47,8 +47,20 @@ def connection(rows: list[dict], profiles: pd.DataFrame | None = None) -> duckdb
     return con
 
 
-def snapshot(rows: list[dict], as_of: dt.date = AS_OF, profiles: pd.DataFrame | None = None) -> pd.DataFrame:
-    return builders.build_snapshot(connection(rows, profiles), FS, as_of).set_index("profile_id")
+# Three ways to one snapshot: each aggregate over its window, window buckets, and the
+# compiled pass behind stacked training snapshots. Every known answer holds for all three.
+PATHS = ["windows", "buckets", "stacked"]
+
+
+def snapshot(rows: list[dict], as_of: dt.date = AS_OF, profiles: pd.DataFrame | None = None,
+             path: str = "windows") -> pd.DataFrame:
+    con = connection(rows, profiles)
+    if path == "stacked":
+        builders.build_snapshots(con, FS, [as_of])
+        frame = con.execute("SELECT * FROM snapshot_features ORDER BY profile_id").df()
+    else:
+        frame = builders.build_snapshot(con, FS, as_of, plan=path)
+    return frame.set_index("profile_id")
 
 
 # Sarah: a yoga customer, lapsed for a while, who came back to browse this week.
@@ -67,8 +79,9 @@ SARAH = [
 ]
 
 
-def test_known_answers_for_every_family():
-    row = snapshot(SARAH).loc["p1"]
+@pytest.mark.parametrize("path", PATHS)
+def test_known_answers_for_every_family(path):
+    row = snapshot(SARAH, path=path).loc["p1"]
     # activity
     assert row["event_count_7d"] == 4 and row["event_count_30d"] == 5 and row["event_count_365d"] == 10
     assert row["active_days_7d"] == 3 and row["active_days_365d"] == 8
@@ -102,20 +115,22 @@ def test_known_answers_for_every_family():
     assert row["identity_count"] == 0  # this fixture marks no first sightings
 
 
-def test_cart_abandonment_needs_its_follow_up_window_to_have_passed():
+@pytest.mark.parametrize("path", PATHS)
+def test_cart_abandonment_needs_its_follow_up_window_to_have_passed(path):
     rows = [event(10, "add_to_cart"), event(2, "page_view")]
-    assert snapshot(rows).loc["p1", "cart_abandoned_30d"] == 1
-    assert snapshot([*rows, event(8, "purchase", revenue=10.0)]).loc["p1", "cart_abandoned_30d"] == 0
-    assert snapshot([event(2, "add_to_cart")]).loc["p1", "cart_abandoned_30d"] == 0
+    assert snapshot(rows, path=path).loc["p1", "cart_abandoned_30d"] == 1
+    assert snapshot([*rows, event(8, "purchase", revenue=10.0)], path=path).loc["p1", "cart_abandoned_30d"] == 0
+    assert snapshot([event(2, "add_to_cart")], path=path).loc["p1", "cart_abandoned_30d"] == 0
 
 
-def test_is_known_and_profile_attributes_are_point_in_time():
+@pytest.mark.parametrize("path", PATHS)
+def test_is_known_and_profile_attributes_are_point_in_time(path):
     rows = [event(50, "page_view"), event(5, "login", email_sha256="h")]
     profiles = pd.DataFrame({"profile_id": ["p1"], "loyalty_tier": ["gold"], "signup_date": [pd.Timestamp("2025-05-27")],
                              "consent_marketing": ["n"], "consent_personalization": ["y"]})
-    now = snapshot(rows, profiles=profiles).loc["p1"]
+    now = snapshot(rows, profiles=profiles, path=path).loc["p1"]
     assert now["is_known"] == 1 and now["loyalty_tier"] == "gold" and now["tenure_days"] == 5
-    before = snapshot(rows, as_of=dt.date(2025, 5, 20), profiles=profiles).loc["p1"]
+    before = snapshot(rows, as_of=dt.date(2025, 5, 20), profiles=profiles, path=path).loc["p1"]
     assert before["is_known"] == 0 and pd.isna(before["loyalty_tier"]) and pd.isna(before["tenure_days"])
     # Consent is carried for segments but is never a model feature.
     assert now["consent_marketing"] == "n"
@@ -143,10 +158,11 @@ def test_stacked_snapshots_equal_single_snapshots_and_the_sql_form(luma_small, c
     portable = con.execute(builders.snapshots_sql(fs, dates, con)).df()
     pd.testing.assert_frame_equal(stacked, portable, check_dtype=False)
     for date in dates:
-        single = builders.build_snapshot(con, fs, date)
         part = stacked[stacked["as_of"] == pd.Timestamp(date)].reset_index(drop=True)
-        assert len(single) > 100
-        pd.testing.assert_frame_equal(single, part, check_dtype=False)
+        for plan in ("windows", "buckets"):
+            single = builders.build_snapshot(con, fs, date, plan=plan)
+            assert len(single) > 100
+            pd.testing.assert_frame_equal(single, part, check_dtype=False, obj=plan)
 
 
 # --- property tests: nothing at or after as_of, nor older than a feature's reach, matters ---
@@ -173,26 +189,28 @@ def _rows(specs: list[dict]) -> list[dict]:
                   crm_id="C" + s["profile"] if s["known"] else None) for s in specs]
 
 
-def _features(rows: list[dict]) -> pd.DataFrame:
+def _features(rows: list[dict], path: str) -> pd.DataFrame:
     # Profiles with no history before as_of have no row; a later event must not create one.
-    return snapshot(rows).drop(columns=["as_of"]).sort_index()
+    return snapshot(rows, path=path).drop(columns=["as_of"]).sort_index()
 
 
+@pytest.mark.parametrize("path", PATHS)
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(history=st.lists(event_strategy, min_size=1, max_size=25), future=st.lists(event_strategy, min_size=1, max_size=10))
-def test_events_at_or_after_as_of_never_change_features(history, future):
+def test_events_at_or_after_as_of_never_change_features(path, history, future):
     past = [s for s in history if s["days_before"] >= 1]
     if not past:
         return
     later = [{**s, "days_before": min(s["days_before"], 0) - (s["days_before"] % 30)} for s in future]
-    base = _features(_rows(past))
-    with_future = _features(_rows(past + later))
+    base = _features(_rows(past), path)
+    with_future = _features(_rows(past + later), path)
     pd.testing.assert_frame_equal(base, with_future)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(history=st.lists(event_strategy, min_size=1, max_size=25), seed=st.integers(0, 2**16))
-def test_events_older_than_a_features_reach_never_change_it(history, seed):
+def test_events_older_than_a_features_reach_never_change_it(path, history, seed):
     past = [s for s in history if s["days_before"] >= 1]
     if not past:
         return
@@ -204,8 +222,8 @@ def test_events_older_than_a_features_reach_never_change_it(history, seed):
     # Change old events: drop some, move the others further back, retype them.
     old = [{**s, "days_before": s["days_before"] + 3, "event_type": "purchase"} for s in past
            if s["days_before"] > reach and rng.random() < 0.5]
-    base = _features(_rows(past))
-    changed = _features(_rows(recent + old))
+    base = _features(_rows(past), path)
+    changed = _features(_rows(recent + old), path)
     columns = [f.name for f in FS.features if f.reach(FS.lookback_days) <= reach]
     profiles = base.index.intersection(changed.index)
     pd.testing.assert_frame_equal(base.loc[profiles, columns], changed.loc[profiles, columns])
