@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features.engine import fetch_arrow, sql_ident
+from features.engine import fetch_arrow
 from features.registry import CARRIED_COLUMNS, Aggregate, Feature, FeatureSet
 from pipeline.errors import UserError
 
@@ -39,6 +39,8 @@ class Dialect:
     name: str
     day_of_timestamp: str  # format with {col}
     date_of_day: str       # format with {col}
+    quote: str = '"'       # around identifiers
+    string_type: str = "VARCHAR"
 
     def day(self, column: str) -> str:
         return self.day_of_timestamp.format(col=column)
@@ -46,10 +48,14 @@ class Dialect:
     def date(self, column: str) -> str:
         return self.date_of_day.format(col=column)
 
+    def ident(self, name: str) -> str:
+        return self.quote + name.replace(self.quote, self.quote * 2) + self.quote
+
 
 DUCKDB = Dialect("duckdb", "CAST(date_diff('day', DATE '1970-01-01', CAST({col} AS DATE)) AS INTEGER)",
                  "(DATE '1970-01-01' + CAST({col} AS INTEGER))")
-SPARK = Dialect("spark", "datediff(to_date({col}), DATE'1970-01-01')", "date_add(DATE'1970-01-01', {col})")
+SPARK = Dialect("spark", "datediff(to_date({col}), DATE'1970-01-01')", "date_add(DATE'1970-01-01', {col})",
+                quote="`", string_type="STRING")
 
 
 def day_number(date: dt.date) -> int:
@@ -142,8 +148,8 @@ def _aggregates(fs: FeatureSet, rows_sql: str, daily_rows: bool) -> str:
     """
 
 
-def _feature_select(features: list[Feature]) -> str:
-    return ",\n       ".join(f"{f.sql} AS {sql_ident(f.name)}" for f in features)
+def _feature_select(features: list[Feature], dialect: Dialect) -> str:
+    return ",\n       ".join(f"{f.sql} AS {dialect.ident(f.name)}" for f in features)
 
 
 def _profile_join(con: duckdb.DuckDBPyConnection | None, dialect: Dialect, key: str) -> tuple[str, str]:
@@ -163,15 +169,15 @@ def _profile_join(con: duckdb.DuckDBPyConnection | None, dialect: Dialect, key: 
     columns = []
     if "loyalty_tier" in available:
         tier = f"CASE WHEN {signed_up} THEN p.loyalty_tier END" if "signup_date" in available else "p.loyalty_tier"
-        columns.append(f"CAST({tier} AS VARCHAR) AS loyalty_tier")
+        columns.append(f"CAST({tier} AS {dialect.string_type}) AS loyalty_tier")
     else:
-        columns.append("CAST(NULL AS VARCHAR) AS loyalty_tier")
+        columns.append(f"CAST(NULL AS {dialect.string_type}) AS loyalty_tier")
     if "signup_date" in available:
         columns.append(f"CASE WHEN {signed_up} THEN f.as_of_day - {dialect.day('p.signup_date')} END AS tenure_days")
     else:
         columns.append("CAST(NULL AS INTEGER) AS tenure_days")
     for c in CARRIED_COLUMNS:
-        columns.append(f"CAST(p.{c} AS VARCHAR) AS {c}" if c in available else f"CAST(NULL AS VARCHAR) AS {c}")
+        columns.append(f"CAST({'p.' + c if c in available else 'NULL'} AS {dialect.string_type}) AS {c}")
     join = f"LEFT JOIN profiles p ON p.{key} = f.{key}" if available else ""
     return ", ".join(columns), join
 
@@ -182,16 +188,17 @@ def _features_from(fs: FeatureSet, aggregates_sql: str, con, dialect: Dialect, w
     (``profile_key`` when the aggregates carry it: an integer join is the cheaper one)."""
     profile_columns, profile_join = _profile_join(con, dialect, join_key)
     key = ", profile_key" if join_key == "profile_key" else ""
+    feature_columns = ", ".join(f"f.{dialect.ident(f.name)}" for f in fs.features)
     # A population rule reads feature columns, which all live in ``f``.
     condition = f"WHERE {where}" if where else ""
     return f"""
         WITH agg AS ({aggregates_sql}),
         f AS (
             SELECT profile_id, as_of_day{key},
-                   {_feature_select(fs.features)}
+                   {_feature_select(fs.features, dialect)}
             FROM agg
         )
-        SELECT f.profile_id, {dialect.date('f.as_of_day')} AS as_of, f.* EXCLUDE (profile_id, as_of_day{key}),
+        SELECT f.profile_id, {dialect.date('f.as_of_day')} AS as_of, {feature_columns},
                {profile_columns}
         FROM f {profile_join}
         {condition}
@@ -199,8 +206,8 @@ def _features_from(fs: FeatureSet, aggregates_sql: str, con, dialect: Dialect, w
     """
 
 
-def _window_aggregates(fs: FeatureSet, rows_sql: str) -> str:
-    """Rows with profile_id, as_of_day, day, ago and m_* columns -> aggregates in one group-by.
+def _window_aggregates(fs: FeatureSet, rows_sql: str, as_of_day: int) -> str:
+    """Rows with profile_id, day, ago and m_* columns -> aggregates in one group-by.
 
     Each aggregate is one conditional aggregate over the rows of its window: the shape of a
     hand-written query, best when there are few aggregates per measure.
@@ -222,7 +229,7 @@ def _window_aggregates(fs: FeatureSet, rows_sql: str) -> str:
         }[a.fn]
         selects.append(f"{expression} AS {a.name}")
     return f"""
-        SELECT profile_id, any_value(as_of_day) AS as_of_day, {', '.join(selects)}
+        SELECT profile_id, {as_of_day} AS as_of_day, {', '.join(selects)}
         FROM ({rows_sql})
         GROUP BY profile_id
     """
@@ -263,7 +270,8 @@ def snapshot_sql(fs: FeatureSet, as_of: dt.date, con=None, dialect: Dialect = DU
         FROM {events}
         WHERE timestamp < TIMESTAMP '{as_of} 00:00:00' AND timestamp >= TIMESTAMP '{lowest} 00:00:00'
     """
-    aggregates = _window_aggregates(fs, rows) if plan == "windows" else _aggregates(fs, rows, daily_rows=False)
+    aggregates = (_window_aggregates(fs, rows, as_of_day) if plan == "windows"
+                  else _aggregates(fs, rows, daily_rows=False))
     return _features_from(fs, aggregates, con, dialect, where)
 
 
@@ -317,6 +325,52 @@ def _keyed(con: duckdb.DuckDBPyConnection, events: str) -> tuple[str, str]:
             "snapshot_keys")
 
 
+# Daily counts of 0/1 measures travel packed, four to a BIGINT in 15-bit fields: DuckDB's
+# grouped aggregation pays per aggregate and row, so one sum instead of four (at 1M profiles
+# the 16-measure rollup took 5.5 s unpacked, 3.7 s packed) and a quarter of the columns to sort
+# and fetch. Exact while no (profile, day) holds 2^15 events, which is checked.
+PACK_BITS, PACK_FIELDS = 15, 4
+
+
+def _daily_rollup(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str,
+                  packed: bool) -> dict[str, np.ndarray] | None:
+    """The daily rollup sorted by (profile_key, day), as float64 arrays per measure.
+
+    None when ``packed`` and a day has too many events for the packed fields.
+    """
+    measures = list(fs.measures.values())
+    counted = [m for m in measures if m.condition == "TRUE"]  # every event: count(*) is the sum
+    indicators = [m for m in measures if packed and m.condition not in (None, "TRUE")]
+    packs = [indicators[i:i + PACK_FIELDS] for i in range(0, len(indicators), PACK_FIELDS)]
+    columns = ["count(*) AS event_rows"]
+    for i, pack in enumerate(packs):
+        terms = " + ".join(f"CASE WHEN {m.condition} THEN {1 << (PACK_BITS * j)} ELSE 0 END" for j, m in enumerate(pack))
+        columns.append(f"CAST(sum({terms}) AS BIGINT) AS packed_{i}")
+    plain = [m for m in measures if m not in counted and m not in indicators]
+    # DOUBLE from the engine: each column arrives as the float64 array the compiled pass reads.
+    columns += [f"CAST({m.rollup}({m.sql}) AS DOUBLE) AS m_{m.name}" for m in plain]
+    day = DUCKDB.day("timestamp")
+    # The only scan of the events.
+    rollup = con.execute(f"""
+        SELECT profile_key, {day} AS day, {', '.join(columns)} FROM {keyed}
+        GROUP BY profile_key, {day} ORDER BY profile_key, day
+    """).fetchnumpy()
+    rows = np.asarray(rollup.pop("event_rows"))
+    if packs and len(rows) and rows.max() >= 1 << PACK_BITS:
+        return None
+    values: dict[str, np.ndarray] = {m.name: rows.astype(np.float64) for m in counted}
+    field = (1 << PACK_BITS) - 1
+    for i, pack in enumerate(packs):
+        sums = np.asarray(rollup.pop(f"packed_{i}"))
+        for j, m in enumerate(pack):
+            values[m.name] = ((sums >> (PACK_BITS * j)) & field).astype(np.float64)
+    for m in plain:
+        # Masked where NULL (only maxima can be): NaN for the compiled pass.
+        values[m.name] = np.ma.filled(rollup.pop(f"m_{m.name}"), np.nan)
+    return {"profile_key": np.asarray(rollup["profile_key"], dtype=np.int64),
+            "day": np.asarray(rollup["day"], dtype=np.int64), **{m.name: values[m.name] for m in measures}}
+
+
 def build_snapshots(con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_ofs: list[dt.date],
                     table: str = "snapshot_features", events: str = "events") -> int:
     """Stacked feature tables for several as-of dates, as the temp table ``table``.
@@ -328,21 +382,14 @@ def build_snapshots(con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_ofs: list
     used on Spark); the tests hold them to it. Returns the number of rows.
     """
     keyed, keys = _keyed(con, events)
-    # DOUBLE from the engine: each column arrives as the float64 array the compiled pass reads.
-    columns = ", ".join(f"CAST({m.rollup}({m.sql}) AS DOUBLE) AS m_{m.name}" for m in fs.measures.values())
-    day = DUCKDB.day("timestamp")
-    # The only scan of the events. NumPy arrays, one per column, as the compiled pass reads them.
-    rollup = con.execute(f"""
-        SELECT profile_key, {day} AS day, {columns} FROM {keyed}
-        GROUP BY profile_key, {day} ORDER BY profile_key, day
-    """).fetchnumpy()
-    # Masked where NULL (only maxima can be): NaN for the compiled pass.
-    values = {name: np.ma.filled(rollup.pop(f"m_{name}"), np.nan) for name in fs.measures}
+    values = _daily_rollup(con, fs, keyed, packed=True)
+    if values is None:  # a profile with 2^15 events in a day: the packed counts would overflow
+        values = _daily_rollup(con, fs, keyed, packed=False)
+    pk, days = values.pop("profile_key"), values.pop("day")
     from features.kernels import window_kernel  # compiled on first use; numba loads only here
 
-    stacked = window_kernel(np.asarray(rollup["profile_key"], dtype=np.int64), np.asarray(rollup["day"], dtype=np.int64),
-                            values, fs, [day_number(d) for d in sorted(set(as_ofs))])
-    del rollup, values
+    stacked = window_kernel(pk, days, values, fs, [day_number(d) for d in sorted(set(as_ofs))])
+    del pk, days, values
     # Keys are dense row numbers in key order: a take, not a join, gives each id back.
     ids = fetch_arrow(con, f"SELECT profile_id FROM {keys} ORDER BY profile_key")["profile_id"]
     stacked = stacked.append_column("profile_id", ids.take(stacked["pk"]))

@@ -47,6 +47,12 @@ class Measure:
     sql: str
     rollup: str = "sum"
     sql_type: str = "INTEGER"  # the rollup's column type
+    condition: str | None = None  # set for a 0/1 measure: the condition that makes it 1
+
+    @classmethod
+    def indicator(cls, name: str, condition: str) -> Measure:
+        """1 for the events that meet ``condition``, else 0: counted per day by the rollup."""
+        return cls(name, f"CASE WHEN {condition} THEN 1 ELSE 0 END", condition=condition)
 
 
 @dataclass(frozen=True)
@@ -132,26 +138,26 @@ def build_registry(config: FeatureConfig, categories: list[str] | None = None, l
     windows = config.windows_days
     categories = list(categories if categories is not None else (config.categories or []))
     lookback = max(lookback_days, max(windows))
-    measures: dict[str, Measure] = {"events": Measure("events", "1")}
+    measures: dict[str, Measure] = {"events": Measure("events", "1", condition="TRUE")}
     for t in ACTIVITY_TYPES:
-        measures[t] = Measure(t, f"CASE WHEN event_type = '{t}' THEN 1 ELSE 0 END")
+        measures[t] = Measure.indicator(t, f"event_type = '{t}'")
     # DECIMAL: sums are exact, so they do not depend on the order an engine adds them in.
     measures["revenue"] = Measure(
         "revenue", "CAST(CASE WHEN event_type = 'purchase' THEN coalesce(revenue, 0) ELSE 0 END AS DECIMAL(18, 2))",
         sql_type="DECIMAL(18, 2)")
     measures["max_order_value"] = Measure(
         "max_order_value", "CASE WHEN event_type = 'purchase' THEN revenue END", rollup="max", sql_type="DOUBLE")
-    measures["known_identity"] = Measure("known_identity", f"CASE WHEN {KNOWN_NAMESPACES_SQL} THEN 1 ELSE 0 END")
+    measures["known_identity"] = Measure.indicator("known_identity", KNOWN_NAMESPACES_SQL)
     # Written by ingest/stitching: identities first seen on this event (see features.identity).
     measures["new_identities"] = Measure("new_identities", "coalesce(new_identities, 0)")
     for c in CHANNELS:
-        measures[f"channel_{c}"] = Measure(f"channel_{c}", f"CASE WHEN channel = '{c}' THEN 1 ELSE 0 END")
+        measures[f"channel_{c}"] = Measure.indicator(f"channel_{c}", f"channel = '{c}'")
     for cat in categories:
         safe = cat.replace("'", "''")
-        measures[f"view_{cat}"] = Measure(
-            f"view_{cat}", f"CASE WHEN event_type = 'product_view' AND product_category = '{safe}' THEN 1 ELSE 0 END")
-        measures[f"purchase_{cat}"] = Measure(
-            f"purchase_{cat}", f"CASE WHEN event_type = 'purchase' AND product_category = '{safe}' THEN 1 ELSE 0 END")
+        measures[f"view_{cat}"] = Measure.indicator(
+            f"view_{cat}", f"event_type = 'product_view' AND product_category = '{safe}'")
+        measures[f"purchase_{cat}"] = Measure.indicator(
+            f"purchase_{cat}", f"event_type = 'purchase' AND product_category = '{safe}'")
 
     def agg(measure: str, fn: str, start: int | None, end: int = 0) -> Aggregate:
         span = "all" if start is None else f"{start}_{end}"
