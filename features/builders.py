@@ -332,9 +332,9 @@ def _keyed(con: duckdb.DuckDBPyConnection, events: str) -> tuple[str, str]:
 PACK_BITS, PACK_FIELDS = 15, 4
 
 
-def _daily_rollup(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str,
-                  packed: bool) -> dict[str, np.ndarray] | None:
-    """The daily rollup sorted by (profile_key, day), as float64 arrays per measure.
+def _daily_rollup(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str, packed: bool) -> dict | None:
+    """The daily rollup sorted by (profile_key, day): per measure, a float64 array or a packed
+    field (:class:`features.kernels.Packed`).
 
     None when ``packed`` and a day has too many events for the packed fields.
     """
@@ -355,15 +355,17 @@ def _daily_rollup(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str,
         SELECT profile_key, {day} AS day, {', '.join(columns)} FROM {keyed}
         GROUP BY profile_key, {day} ORDER BY profile_key, day
     """).fetchnumpy()
-    rows = np.asarray(rollup.pop("event_rows"))
+    rows = np.asarray(rollup.pop("event_rows"), dtype=np.int64)
     if packs and len(rows) and rows.max() >= 1 << PACK_BITS:
         return None
-    values: dict[str, np.ndarray] = {m.name: rows.astype(np.float64) for m in counted}
-    field = (1 << PACK_BITS) - 1
+    from features.kernels import Packed
+
+    # The compiled pass reads the packed fields in place: no unpacked copy of the counts.
+    values: dict[str, np.ndarray | Packed] = {m.name: Packed(rows, 0, 62) for m in counted}
     for i, pack in enumerate(packs):
-        sums = np.asarray(rollup.pop(f"packed_{i}"))
+        sums = np.asarray(rollup.pop(f"packed_{i}"), dtype=np.int64)
         for j, m in enumerate(pack):
-            values[m.name] = ((sums >> (PACK_BITS * j)) & field).astype(np.float64)
+            values[m.name] = Packed(sums, PACK_BITS * j, PACK_BITS)
     for m in plain:
         # Masked where NULL (only maxima can be): NaN for the compiled pass.
         values[m.name] = np.ma.filled(rollup.pop(f"m_{m.name}"), np.nan)

@@ -12,6 +12,7 @@ two running sums found by binary search on the profile's days. Work is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -50,12 +51,28 @@ def _number_rows(present):  # pragma: no cover - compiled
     return row_of, row
 
 
+class Packed(NamedTuple):
+    """A measure stored as ``bits`` bits from ``shift`` of an int64 column (see the rollup)."""
+
+    column: np.ndarray
+    shift: int
+    bits: int
+
+
+@numba.njit(inline="always")
+def _value(floats, packed, kind, index, shift, mask, row):  # pragma: no cover - compiled
+    """Measure value at a row: a float column's, or a field of a packed integer column."""
+    if kind == 0:
+        return floats[index][row]
+    return float((packed[index][row] >> shift) & mask)
+
+
 @numba.njit(cache=True, parallel=True, nogil=True)
-def _window_pass(profile_rows, days, values, slot_measure, slot_counts_days, mark_measure, edges,
+def _window_pass(profile_rows, days, floats, packed, m_kind, m_index, m_shift, m_mask, slot_measure, slot_counts_days, mark_measure, edges,
                  fn_of, source_of, lo_edge, hi_edge, column_of, as_of_days, row_of, counts, amounts):  # pragma: no cover
     """Every aggregate of every snapshot, one visit of each profile's rows.
 
-    ``values`` is a tuple with one array per measure. ``slot_*``: running sums
+    Measure m is read by ``_value`` from ``floats`` or ``packed`` (``m_*``). ``slot_*``: running sums
     (of a measure, or of days where it is > 0); ``mark_measure``: measures whose last / next
     active row is tracked; ``source_of`` points an aggregate at its slot, mark or (for max)
     measure; ``lo_edge``/``hi_edge`` index ``edges`` (days before as_of) so that its window is
@@ -81,11 +98,11 @@ def _window_pass(profile_rows, days, values, slot_measure, slot_counts_days, mar
             n = end - first
             own = days[first:end]
             for k in range(n_slots):
-                column = values[slot_measure[k]][first:end]
+                m = slot_measure[k]
                 total = 0.0
                 running[k, 0] = 0.0
                 for i in range(n):
-                    v = column[i]
+                    v = _value(floats, packed, m_kind[m], m_index[m], m_shift[m], m_mask[m], first + i)
                     if slot_counts_days[k]:
                         total += 1.0 if v > 0 else 0.0
                     elif not np.isnan(v):  # as SQL's sum, which skips NULLs
@@ -94,16 +111,16 @@ def _window_pass(profile_rows, days, values, slot_measure, slot_counts_days, mar
             # last_active[i]: the last row <= i where the measure is > 0 (else -1);
             # next_active[i]: the first row >= i where it is (else n).
             for k in range(n_marks):
-                column = values[mark_measure[k]][first:end]
+                m = mark_measure[k]
                 last = -1
                 for i in range(n):
-                    if column[i] > 0:
+                    if _value(floats, packed, m_kind[m], m_index[m], m_shift[m], m_mask[m], first + i) > 0:
                         last = i
                     last_active[k, i] = last
                 following = n
                 next_active[k, n] = n
                 for i in range(n - 1, -1, -1):
-                    if column[i] > 0:
+                    if _value(floats, packed, m_kind[m], m_index[m], m_shift[m], m_mask[m], first + i) > 0:
                         following = i
                     next_active[k, i] = following
             for s in range(len(as_of_days)):
@@ -127,9 +144,8 @@ def _window_pass(profile_rows, days, values, slot_measure, slot_counts_days, mar
                         amounts[row, c] = float(own[i]) if i < hi else np.nan
                     else:
                         best = np.nan
-                        column = values[src]
                         for i in range(lo, hi):
-                            v = column[first + i]
+                            v = _value(floats, packed, m_kind[src], m_index[src], m_shift[src], m_mask[src], first + i)
                             if not np.isnan(v) and (np.isnan(best) or v > best):
                                 best = v
                         amounts[row, c] = best
@@ -192,11 +208,12 @@ class WindowPlan:
         )
 
 
-def window_kernel(pk: np.ndarray, days: np.ndarray, values: dict[str, np.ndarray], fs: FeatureSet,
+def window_kernel(pk: np.ndarray, days: np.ndarray, values: dict[str, np.ndarray | Packed], fs: FeatureSet,
                   as_of_days: list[int]) -> pa.Table:
     """Aggregates of every snapshot from rollup rows sorted by (pk, day).
 
-    ``values`` maps each measure to its column (float64, NaN for NULL). Returns one table:
+    ``values`` maps each measure to its column (float64, NaN for NULL) or to a
+    :class:`Packed` field of an int64 column, read in place. Returns one table:
     ``pk``, ``as_of_day`` and one column per aggregate, snapshots in the order given and
     profiles in ``pk`` order within each.
     """
@@ -206,15 +223,31 @@ def window_kernel(pk: np.ndarray, days: np.ndarray, values: dict[str, np.ndarray
     profiles = pk[profile_rows[:-1]]
     measures = list(values)
     plan = WindowPlan.of(fs, measures)
-    # A tuple, not a matrix: the columns are read where they lie, never copied.
-    columns_in = tuple(np.ascontiguousarray(values[m], dtype=np.float64) for m in measures)
+    # Tuples, not a matrix: the columns are read where they lie, never copied or unpacked.
+    floats: list[np.ndarray] = []
+    packed: list[np.ndarray] = []
+    packed_at: dict[int, int] = {}  # id of a packed column -> its place in ``packed``
+    kind, index, shift, mask = (np.zeros(len(measures), dtype=np.int64) for _ in range(4))
+    for j, m in enumerate(measures):
+        value = values[m]
+        if isinstance(value, Packed):
+            if id(value.column) not in packed_at:
+                packed_at[id(value.column)] = len(packed)
+                packed.append(np.ascontiguousarray(value.column, dtype=np.int64))
+            kind[j], index[j], shift[j], mask[j] = 1, packed_at[id(value.column)], value.shift, (1 << value.bits) - 1
+        else:
+            floats.append(np.ascontiguousarray(value, dtype=np.float64))
+            index[j] = len(floats) - 1
+    # An empty tuple cannot be indexed at run time: a placeholder keeps the types whole.
+    floats_in = tuple(floats) or (np.zeros(0),)
+    packed_in = tuple(packed) or (np.zeros(0, dtype=np.int64),)
     as_of = np.array(as_of_days, dtype=np.int64)
     present = _present(profile_rows, days, as_of, fs.lookback_days)
     row_of, total = _number_rows(present)
     # Column-major: each aggregate's column is contiguous, handed to Arrow without a copy.
     counts = np.empty((total, plan.n_counts), dtype=np.int32, order="F")
     amounts = np.empty((total, plan.n_amounts), order="F")
-    _window_pass(profile_rows, days, columns_in, plan.slot_measure, plan.slot_counts_days, plan.mark_measure,
+    _window_pass(profile_rows, days, floats_in, packed_in, kind, index, shift, mask, plan.slot_measure, plan.slot_counts_days, plan.mark_measure,
                  plan.edges, plan.fn_of, plan.source_of, plan.lo_edge, plan.hi_edge, plan.column_of, as_of, row_of,
                  counts, amounts)
     columns = {
