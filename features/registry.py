@@ -16,6 +16,7 @@ many stacked snapshots off the rollup, with identical values.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from pipeline.config import FeatureConfig
@@ -133,6 +134,21 @@ def _trend(recent_count: str, recent_days: int, prior_count: str, prior_days: in
             f"(CAST({prior_count} AS DOUBLE) / {prior_days} + 0.05)")
 
 
+def category_names(categories: list[str]) -> dict[str, str]:
+    """Each category's part in column names: lower case, letters, digits and ``_``, unique.
+
+    Categories come from the data ("Yoga Mats", "Kids' shoes"); column names must not.
+    """
+    names: dict[str, str] = {}
+    for category in categories:
+        base = re.sub(r"[^0-9a-z]+", "_", category.lower()).strip("_") or "blank"
+        name, n = base, 2
+        while name in names.values():
+            name, n = f"{base}_{n}", n + 1
+        names[category] = name
+    return names
+
+
 def build_registry(config: FeatureConfig, categories: list[str] | None = None, lookback_days: int = 730) -> FeatureSet:
     """Declare every feature for the configured windows and categories."""
     windows = config.windows_days
@@ -152,12 +168,13 @@ def build_registry(config: FeatureConfig, categories: list[str] | None = None, l
     measures["new_identities"] = Measure("new_identities", "coalesce(new_identities, 0)")
     for c in CHANNELS:
         measures[f"channel_{c}"] = Measure.indicator(f"channel_{c}", f"channel = '{c}'")
-    for cat in categories:
+    named = category_names(categories)
+    for cat, name in named.items():
         safe = cat.replace("'", "''")
-        measures[f"view_{cat}"] = Measure.indicator(
-            f"view_{cat}", f"event_type = 'product_view' AND product_category = '{safe}'")
-        measures[f"purchase_{cat}"] = Measure.indicator(
-            f"purchase_{cat}", f"event_type = 'purchase' AND product_category = '{safe}'")
+        measures[f"view_{name}"] = Measure.indicator(
+            f"view_{name}", f"event_type = 'product_view' AND product_category = '{safe}'")
+        measures[f"purchase_{name}"] = Measure.indicator(
+            f"purchase_{name}", f"event_type = 'purchase' AND product_category = '{safe}'")
 
     def agg(measure: str, fn: str, start: int | None, end: int = 0) -> Aggregate:
         span = "all" if start is None else f"{start}_{end}"
@@ -234,15 +251,15 @@ def build_registry(config: FeatureConfig, categories: list[str] | None = None, l
 
     # category affinity
     long_windows = [w for w in windows if w >= 30] or windows[-1:]
-    for cat in categories:
+    for cat, name in named.items():
         for w in long_windows:
-            v, p = agg(f"view_{cat}", "sum", w), agg(f"purchase_{cat}", "sum", w)
-            add(Feature(f"category_view_count_{_w(w)}_{cat}", f"{cat.title()} product views, {_window_label(w)}",
+            v, p = agg(f"view_{name}", "sum", w), agg(f"purchase_{name}", "sum", w)
+            add(Feature(f"category_view_count_{_w(w)}_{name}", f"{cat.title()} product views, {_window_label(w)}",
                         "category", v.name, (v,)))
-            add(Feature(f"category_purchase_count_{_w(w)}_{cat}", f"{cat.title()} purchases, {_window_label(w)}",
+            add(Feature(f"category_purchase_count_{_w(w)}_{name}", f"{cat.title()} purchases, {_window_label(w)}",
                         "category", p.name, (p,)))
-        last = agg(f"purchase_{cat}", "last_day", None)
-        add(Feature(f"days_since_last_purchase_{cat}", f"Days since the last {cat} purchase", "category",
+        last = agg(f"purchase_{name}", "last_day", None)
+        add(Feature(f"days_since_last_purchase_{name}", f"Days since the last {cat} purchase", "category",
                     f"as_of_day - {last.name}", (last,)))
 
     # trend: daily rate of the recent window against the one before it

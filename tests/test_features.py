@@ -263,3 +263,23 @@ def test_stacked_counts_stay_exact_when_a_day_overflows_the_packed_fields(monkey
     assert stacked.loc["p1", "page_view_count_7d"] == 9
     assert stacked.loc["p1", "channel_share_mobile_app_30d"] == pytest.approx(0.9)
     pd.testing.assert_frame_equal(stacked, snapshot(rows, path="windows"), check_dtype=False)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_categories_named_by_the_data_make_valid_feature_names(path):
+    fs = build_registry(CONFIG, ["Yoga Mats", "Kids' shoes", "yoga-mats"])
+    names = [f.name for f in fs.features if f.family == "category"]
+    assert "category_view_count_30d_yoga_mats" in names and "category_view_count_30d_yoga_mats_2" in names
+    assert "days_since_last_purchase_kids_shoes" in names
+    rows = [event(3, "product_view", product_category="Yoga Mats"), event(2, "product_view", product_category="yoga-mats"),
+            event(5, "purchase", revenue=30.0, product_category="Kids' shoes")]
+    con = connection(rows)
+    if path == "stacked":
+        builders.build_snapshots(con, fs, [AS_OF])
+        row = con.execute("SELECT * FROM snapshot_features").df().iloc[0]
+    else:
+        row = builders.build_snapshot(con, fs, AS_OF, plan=path).iloc[0]
+    assert row["category_view_count_30d_yoga_mats"] == 1 and row["category_view_count_30d_yoga_mats_2"] == 1
+    assert row["days_since_last_purchase_kids_shoes"] == 5
+    label = next(f.label for f in fs.features if f.name == "days_since_last_purchase_kids_shoes")
+    assert label == "Days since the last Kids' shoes purchase"
