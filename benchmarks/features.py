@@ -195,11 +195,35 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, name: str) -> None:
                                   check_exact=False, rtol=1e-9, obj=name)
 
 
+def all_features(con, config: ProjectConfig, cutoff: dt.date, as_of: dt.date, events: int) -> None:
+    """Every feature of the registry: what training and scoring build by default."""
+    fs = steps.feature_set(con, config, as_of)
+    dates = snapshot_dates(cutoff, 30, 8, 28)
+    runs = {}
+    for plan in ("windows", "buckets"):
+        sql = builders.snapshot_sql(fs, as_of, con, plan=plan)
+        _, runs[plan] = timed(lambda: con.execute(f"CREATE OR REPLACE TEMP TABLE single AS {sql}"))
+    _, runs["stacked"] = timed(lambda: builders.build_snapshots(con, fs, dates, table="stacked"))
+    chosen = builders.choose_plan(fs)
+    single = runs[chosen]
+    print(f"\n{events:,} events, {len(fs.features)} features, {len(fs.aggregates)} aggregates, "
+          f"{len(fs.measures)} measures; the cost model picks '{chosen}'")
+    for name, seconds in runs.items():
+        print(f"{name:<34}{seconds:>9.2f}{seconds / single:>8.2f} x the chosen plan")
+    print(json.dumps({"events": events, "features": len(fs.features), "plan": chosen,
+                      "windows_seconds": round(runs["windows"], 3), "buckets_seconds": round(runs["buckets"], 3),
+                      "snapshots_seconds": round(runs["stacked"], 3),
+                      "snapshots_ratio": round(runs["stacked"] / single, 3), "peak_rss_mib": round(rss_mib())}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profiles", type=int, default=1_000_000)
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--memory-limit", default="3GB", help="DuckDB limit for the spill run")
+    parser.add_argument("--all-features", action="store_true",
+                        help="instead: every registry feature (8 learned categories), both single-snapshot plans "
+                             "and 8 stacked snapshots")
     args = parser.parse_args()
 
     raw, ingested = DATA / f"luma_{args.profiles}", DATA / f"ingested_{args.profiles}"
@@ -221,6 +245,9 @@ def main() -> None:
     events = con.execute("SELECT count(*) FROM events").fetchone()[0]
     cutoff = builders.data_end(con)
     as_of = cutoff - dt.timedelta(days=30)
+    if args.all_features:
+        all_features(con, config, cutoff, as_of, events)
+        return
     fs = build_registry(config.features, []).select(include=CORE)
     assert [f.name for f in fs.features] == [c for c in [f.name for f in fs.features] if c in CORE]
     assert len(fs.features) == len(CORE), sorted(set(CORE) - {f.name for f in fs.features})

@@ -373,14 +373,21 @@ def _daily_rollup(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str, pa
             "day": np.asarray(rollup["day"], dtype=np.int64), **{m.name: values[m.name] for m in measures}}
 
 
+# The compiled pass's output for one batch of snapshots stays under this many bytes: the
+# stacked table grows in DuckDB (which spills past its memory limit), not in NumPy.
+BATCH_BYTES = 2 << 30
+
+
 def build_snapshots(con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_ofs: list[dt.date],
-                    table: str = "snapshot_features", events: str = "events") -> int:
+                    table: str = "snapshot_features", events: str = "events", where: str | None = None) -> int:
     """Stacked feature tables for several as-of dates, as the temp table ``table``.
 
     The events are condensed once into a daily rollup keyed by the integer ``profile_key``
     and sorted by (profile, day); the windows of every snapshot then come from one compiled
     pass over it (``features.kernels``): no re-scan of the events, no join that copies the
-    rollup once per snapshot. Values equal :func:`snapshots_sql` (the engine-neutral form,
+    rollup once per snapshot. Snapshots go through the pass in batches whose output fits
+    ``BATCH_BYTES``; ``where`` (a rule over ``f.`` feature columns, e.g. a population) keeps
+    only the rows a caller needs. Values equal :func:`snapshots_sql` (the engine-neutral form,
     used on Spark); the tests hold them to it. Returns the number of rows.
     """
     keyed, keys = _keyed(con, events)
@@ -390,17 +397,22 @@ def build_snapshots(con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_ofs: list
     pk, days = values.pop("profile_key"), values.pop("day")
     from features.kernels import window_kernel  # compiled on first use; numba loads only here
 
-    stacked = window_kernel(pk, days, values, fs, [day_number(d) for d in sorted(set(as_ofs))])
-    del pk, days, values
     # Keys are dense row numbers in key order: a take, not a join, gives each id back.
     ids = fetch_arrow(con, f"SELECT profile_id FROM {keys} ORDER BY profile_key")["profile_id"]
-    stacked = stacked.append_column("profile_id", ids.take(stacked["pk"]))
-    stacked = stacked.rename_columns(["profile_key" if c == "pk" else c for c in stacked.column_names])
-    con.register("_snapshot_aggregates", stacked)
-    features_sql = _features_from(fs, "SELECT * FROM _snapshot_aggregates", con, DUCKDB, ordered=False,
-                                  join_key="profile_key" if keys == "profiles" else "profile_id")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {features_sql}")
-    con.unregister("_snapshot_aggregates")
+    row_bytes = 16 + 8 * len(fs.aggregates)
+    per_batch = max(1, BATCH_BYTES // max(1, len(ids) * row_bytes))
+    dates = [day_number(d) for d in sorted(set(as_ofs))]
+    for start in range(0, len(dates), per_batch):
+        stacked = window_kernel(pk, days, values, fs, dates[start:start + per_batch])
+        stacked = stacked.append_column("profile_id", ids.take(stacked["pk"]))
+        stacked = stacked.rename_columns(["profile_key" if c == "pk" else c for c in stacked.column_names])
+        con.register("_snapshot_aggregates", stacked)
+        features_sql = _features_from(fs, "SELECT * FROM _snapshot_aggregates", con, DUCKDB, where=where,
+                                      ordered=False, join_key="profile_key" if keys == "profiles" else "profile_id")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {features_sql}" if start == 0
+                    else f"INSERT INTO {table} {features_sql}")
+        con.unregister("_snapshot_aggregates")
+        del stacked
     return con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
 
 

@@ -89,8 +89,9 @@ def training_frame(con, fs: FeatureSet, model: ModelConfig, cutoff: dt.date):
     # Nothing at or after the cutoff may be seen: not by features, not by labels.
     con.execute(f"CREATE OR REPLACE TEMP VIEW events_seen AS SELECT * FROM events "
                 f"WHERE timestamp < TIMESTAMP '{cutoff} 00:00:00'")
-    build_snapshots(con, fs, dates, table="snapshot_features", events="events_seen")
-    where = population_rule(model, fs).sql("duckdb")
-    sql = labelled_sql(f"SELECT * FROM snapshot_features WHERE {where}", model.outcome, events="events_seen")
+    # Only the population is kept: the rest of each snapshot is never stored.
+    population = population_rule(model, fs).sql("duckdb", column_prefix="f")
+    build_snapshots(con, fs, dates, table="snapshot_features", events="events_seen", where=population)
+    sql = labelled_sql("SELECT * FROM snapshot_features", model.outcome, events="events_seen")
     frame = con.execute(sql).df()
     return frame, dates
