@@ -395,11 +395,12 @@ def build_snapshots(con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_ofs: list
     if values is None:  # a profile with 2^15 events in a day: the packed counts would overflow
         values = _daily_rollup(con, fs, keyed, packed=False)
     pk, days = values.pop("profile_key"), values.pop("day")
-    from features.kernels import window_kernel  # compiled on first use; numba loads only here
+    from features.kernels import WindowPlan, window_kernel  # compiled on first use; numba loads only here
 
     # Keys are dense row numbers in key order: a take, not a join, gives each id back.
     ids = fetch_arrow(con, f"SELECT profile_id FROM {keys} ORDER BY profile_key")["profile_id"]
-    row_bytes = 16 + 8 * len(fs.aggregates)
+    plan = WindowPlan.of(fs, list(fs.measures))
+    row_bytes = 8 + 4 * plan.n_counts + 8 * plan.n_amounts
     per_batch = max(1, BATCH_BYTES // max(1, len(ids) * row_bytes))
     dates = [day_number(d) for d in sorted(set(as_ofs))]
     for start in range(0, len(dates), per_batch):
