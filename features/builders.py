@@ -18,6 +18,7 @@ Two ways to the same values:
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 
 import duckdb
@@ -332,6 +333,12 @@ def _keyed(con: duckdb.DuckDBPyConnection, events: str) -> tuple[str, str]:
 PACK_BITS, PACK_FIELDS = 15, 4
 
 
+def _decimal_scale(sql_type: str) -> int | None:
+    """The scale of ``DECIMAL(p, s)`` (digits after the point), None for other types."""
+    match = re.fullmatch(r"DECIMAL\(\s*\d+\s*,\s*(\d+)\s*\)", sql_type.strip(), flags=re.IGNORECASE)
+    return int(match.group(1)) if match else None
+
+
 def _daily_rollup(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str, packed: bool) -> dict | None:
     """The daily rollup sorted by (profile_key, day): per measure, a float64 array or a packed
     field (:class:`features.kernels.Packed`).
@@ -347,8 +354,12 @@ def _daily_rollup(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str, pa
         terms = " + ".join(f"CASE WHEN {m.condition} THEN {1 << (PACK_BITS * j)} ELSE 0 END" for j, m in enumerate(pack))
         columns.append(f"CAST(sum({terms}) AS BIGINT) AS packed_{i}")
     plain = [m for m in measures if m not in counted and m not in indicators]
-    # DOUBLE from the engine: each column arrives as the float64 array the compiled pass reads.
-    columns += [f"CAST({m.rollup}({m.sql}) AS DOUBLE) AS m_{m.name}" for m in plain]
+    scales = {m.name: _decimal_scale(m.sql_type) if m.rollup == "sum" else None for m in plain}
+    # Decimals as whole units of their last digit (exact sums); others as DOUBLE, the float64
+    # array the compiled pass reads.
+    columns += [f"CAST({m.rollup}({m.sql}) * {10 ** scales[m.name]} AS BIGINT) AS m_{m.name}"
+                if scales[m.name] is not None else f"CAST({m.rollup}({m.sql}) AS DOUBLE) AS m_{m.name}"
+                for m in plain]
     day = DUCKDB.day("timestamp")
     # The only scan of the events.
     rollup = con.execute(f"""
@@ -358,7 +369,7 @@ def _daily_rollup(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str, pa
     rows = np.asarray(rollup.pop("event_rows"), dtype=np.int64)
     if packs and len(rows) and rows.max() >= 1 << PACK_BITS:
         return None
-    from features.kernels import Packed
+    from features.kernels import Packed, Scaled
 
     # The compiled pass reads the packed fields in place: no unpacked copy of the counts.
     values: dict[str, np.ndarray | Packed] = {m.name: Packed(rows, 0, 62) for m in counted}
@@ -367,8 +378,11 @@ def _daily_rollup(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str, pa
         for j, m in enumerate(pack):
             values[m.name] = Packed(sums, PACK_BITS * j, PACK_BITS)
     for m in plain:
-        # Masked where NULL (only maxima can be): NaN for the compiled pass.
-        values[m.name] = np.ma.filled(rollup.pop(f"m_{m.name}"), np.nan)
+        column = rollup.pop(f"m_{m.name}")
+        if scales[m.name] is not None:  # a sum of a decimal, never NULL
+            values[m.name] = Scaled(np.asarray(column, dtype=np.int64), scales[m.name])
+        else:  # masked where NULL (only maxima can be): NaN for the compiled pass
+            values[m.name] = np.ma.filled(column, np.nan)
     return {"profile_key": np.asarray(rollup["profile_key"], dtype=np.int64),
             "day": np.asarray(rollup["day"], dtype=np.int64), **{m.name: values[m.name] for m in measures}}
 

@@ -59,20 +59,32 @@ class Packed(NamedTuple):
     bits: int
 
 
+class Scaled(NamedTuple):
+    """An exact decimal measure as an int64 count of 10^-``scale`` units: integer running sums
+    stay exact (below 2^53 units), so window sums equal the engine's decimal sums."""
+
+    column: np.ndarray
+    scale: int
+
+
 @numba.njit(inline="always")
 def _value(floats, packed, kind, index, shift, mask, row):  # pragma: no cover - compiled
     """Measure value at a row: a float column's, or a field of a packed integer column."""
     if kind == 0:
         return floats[index][row]
+    if kind == 2:
+        return float(packed[index][row])
     return float((packed[index][row] >> shift) & mask)
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
-def _window_pass(profile_rows, days, floats, packed, m_kind, m_index, m_shift, m_mask, slot_measure, slot_counts_days, mark_measure, edges,
+def _window_pass(profile_rows, days, floats, packed, m_kind, m_index, m_shift, m_mask, m_scale, slot_measure,
+                 slot_counts_days, mark_measure, edges,
                  fn_of, source_of, lo_edge, hi_edge, column_of, as_of_days, row_of, counts, amounts):  # pragma: no cover
     """Every aggregate of every snapshot, one visit of each profile's rows.
 
-    Measure m is read by ``_value`` from ``floats`` or ``packed`` (``m_*``). ``slot_*``: running sums
+    Measure m is read by ``_value`` from ``floats`` or ``packed`` (``m_*``), in units of
+    1 / ``m_scale[m]`` (exact decimals travel as integers, divided once per output). ``slot_*``: running sums
     (of a measure, or of days where it is > 0); ``mark_measure``: measures whose last / next
     active row is tracked; ``source_of`` points an aggregate at its slot, mark or (for max)
     measure; ``lo_edge``/``hi_edge`` index ``edges`` (days before as_of) so that its window is
@@ -135,7 +147,7 @@ def _window_pass(profile_rows, days, floats, packed, m_kind, m_index, m_shift, m
                     if c < 0:
                         counts[row, -1 - c] = np.int32(running[src, hi] - running[src, lo])
                     elif f == SUM or f == ACTIVE_DAYS:
-                        amounts[row, c] = running[src, hi] - running[src, lo]
+                        amounts[row, c] = (running[src, hi] - running[src, lo]) / m_scale[slot_measure[src]]
                     elif f == LAST_DAY:
                         i = last_active[src, hi - 1] if hi > lo else -1
                         amounts[row, c] = float(own[i]) if i >= lo else np.nan
@@ -148,7 +160,7 @@ def _window_pass(profile_rows, days, floats, packed, m_kind, m_index, m_shift, m
                             v = _value(floats, packed, m_kind[src], m_index[src], m_shift[src], m_mask[src], first + i)
                             if not np.isnan(v) and (np.isnan(best) or v > best):
                                 best = v
-                        amounts[row, c] = best
+                        amounts[row, c] = best / m_scale[src]
 
 
 @dataclass(frozen=True)
@@ -212,8 +224,8 @@ def window_kernel(pk: np.ndarray, days: np.ndarray, values: dict[str, np.ndarray
                   as_of_days: list[int]) -> pa.Table:
     """Aggregates of every snapshot from rollup rows sorted by (pk, day).
 
-    ``values`` maps each measure to its column (float64, NaN for NULL) or to a
-    :class:`Packed` field of an int64 column, read in place. Returns one table:
+    ``values`` maps each measure to its column (float64, NaN for NULL), to a :class:`Packed`
+    field of an int64 column or to a :class:`Scaled` decimal, read in place. Returns one table:
     ``pk``, ``as_of_day`` and one column per aggregate, snapshots in the order given and
     profiles in ``pk`` order within each.
     """
@@ -228,13 +240,18 @@ def window_kernel(pk: np.ndarray, days: np.ndarray, values: dict[str, np.ndarray
     packed: list[np.ndarray] = []
     packed_at: dict[int, int] = {}  # id of a packed column -> its place in ``packed``
     kind, index, shift, mask = (np.zeros(len(measures), dtype=np.int64) for _ in range(4))
+    scale = np.ones(len(measures))
     for j, m in enumerate(measures):
         value = values[m]
-        if isinstance(value, Packed):
+        if isinstance(value, (Packed, Scaled)):
             if id(value.column) not in packed_at:
                 packed_at[id(value.column)] = len(packed)
                 packed.append(np.ascontiguousarray(value.column, dtype=np.int64))
-            kind[j], index[j], shift[j], mask[j] = 1, packed_at[id(value.column)], value.shift, (1 << value.bits) - 1
+            index[j] = packed_at[id(value.column)]
+            if isinstance(value, Packed):
+                kind[j], shift[j], mask[j] = 1, value.shift, (1 << value.bits) - 1
+            else:
+                kind[j], scale[j] = 2, 10.0 ** value.scale
         else:
             floats.append(np.ascontiguousarray(value, dtype=np.float64))
             index[j] = len(floats) - 1
@@ -247,7 +264,7 @@ def window_kernel(pk: np.ndarray, days: np.ndarray, values: dict[str, np.ndarray
     # Column-major: each aggregate's column is contiguous, handed to Arrow without a copy.
     counts = np.empty((total, plan.n_counts), dtype=np.int32, order="F")
     amounts = np.empty((total, plan.n_amounts), order="F")
-    _window_pass(profile_rows, days, floats_in, packed_in, kind, index, shift, mask, plan.slot_measure, plan.slot_counts_days, plan.mark_measure,
+    _window_pass(profile_rows, days, floats_in, packed_in, kind, index, shift, mask, scale, plan.slot_measure, plan.slot_counts_days, plan.mark_measure,
                  plan.edges, plan.fn_of, plan.source_of, plan.lo_edge, plan.hi_edge, plan.column_of, as_of, row_of,
                  counts, amounts)
     columns = {

@@ -170,7 +170,8 @@ def test_stacked_snapshots_equal_single_snapshots_and_the_sql_form(luma_small, c
         for plan in ("windows", "buckets"):
             single = builders.build_snapshot(con, fs, date, plan=plan)
             assert len(single) > 100
-            pd.testing.assert_frame_equal(single, part, check_dtype=False, obj=plan)
+            # Exactly: training (stacked) and scoring (single) must see the same numbers.
+            pd.testing.assert_frame_equal(single, part, check_dtype=False, check_exact=True, obj=plan)
 
 
 # --- property tests: nothing at or after as_of, nor older than a feature's reach, matters ---
