@@ -202,7 +202,7 @@ def all_features(con, config: ProjectConfig, cutoff: dt.date, as_of: dt.date, ev
     runs = {}
     for plan in ("windows", "buckets"):
         sql = builders.snapshot_sql(fs, as_of, con, plan=plan)
-        _, runs[plan] = timed(lambda: con.execute(f"CREATE OR REPLACE TEMP TABLE single AS {sql}"))
+        _, runs[plan] = timed(lambda sql=sql: con.execute(f"CREATE OR REPLACE TEMP TABLE single AS {sql}"))
     _, runs["stacked"] = timed(lambda: builders.build_snapshots(con, fs, dates, table="stacked"))
     chosen = builders.choose_plan(fs)
     single = runs[chosen]

@@ -4,15 +4,17 @@ Time is in whole days (``day`` = days since 1970-01-01, UTC). A snapshot at ``as
 only events with ``timestamp < as_of`` (midnight UTC), i.e. ``day < as_of_day``; a window of
 ``w`` days is ``[as_of_day - w, as_of_day)``.
 
-Two ways to the same values:
+Several ways to the same values:
 
-* :func:`snapshot_sql` / :func:`build_snapshot`: one as-of date straight off the events, one
-  scan grouped into window buckets, then windows (what a scoring job does);
+* :func:`snapshot_sql` / :func:`build_snapshot`: one as-of date straight off the events in
+  one scan (what a scoring job does), with one of two plans picked by :func:`choose_plan`:
+  ``windows`` (a conditional aggregate per window) or ``buckets`` (sums per window bucket,
+  then windows from buckets);
 * :func:`build_snapshots`: many stacked as-of dates for training. The events are condensed
   once into a daily rollup sorted by (profile, day) and every snapshot's windows come from
   one compiled pass over it, so training never rescans the raw events.
   :func:`snapshots_sql` is the same computation as portable SQL (rollup joined to the
-  snapshot dates), for engines without the compiled pass; tests hold all three equal.
+  snapshot dates), for engines without the compiled pass. The tests hold them all equal.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from features.engine import fetch_arrow
 from features.registry import CARRIED_COLUMNS, Aggregate, Feature, FeatureSet
@@ -219,14 +220,14 @@ def _window_aggregates(fs: FeatureSet, rows_sql: str, as_of_day: int) -> str:
         m = f"m_{a.measure}"
         # Rows outside the lookback never reach this query: the whole lookback needs no test.
         conditions = ([f"ago <= {start}"] if start < fs.lookback_days else []) + ([f"ago > {a.end}"] if a.end else [])
-        window = " AND ".join(conditions)
-        when = lambda extra: " AND ".join(filter(None, [window, extra])) or "TRUE"  # noqa: E731
+        in_window = " AND ".join(conditions) or "TRUE"
+        active = " AND ".join([*conditions, f"{m} > 0"])
         expression = {
-            "sum": f"coalesce(sum(CASE WHEN {when('')} THEN {m} ELSE 0 END), 0)",
-            "max": f"max(CASE WHEN {when('')} THEN {m} END)",
-            "last_day": f"max(CASE WHEN {when(f'{m} > 0')} THEN day END)",
-            "first_day": f"min(CASE WHEN {when(f'{m} > 0')} THEN day END)",
-            "active_days": f"count(DISTINCT CASE WHEN {when(f'{m} > 0')} THEN day END)",
+            "sum": f"coalesce(sum(CASE WHEN {in_window} THEN {m} ELSE 0 END), 0)",
+            "max": f"max(CASE WHEN {in_window} THEN {m} END)",
+            "last_day": f"max(CASE WHEN {active} THEN day END)",
+            "first_day": f"min(CASE WHEN {active} THEN day END)",
+            "active_days": f"count(DISTINCT CASE WHEN {active} THEN day END)",
         }[a.fn]
         selects.append(f"{expression} AS {a.name}")
     return f"""
@@ -372,7 +373,7 @@ def _daily_rollup(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str, pa
     from features.kernels import Packed, Scaled
 
     # The compiled pass reads the packed fields in place: no unpacked copy of the counts.
-    values: dict[str, np.ndarray | Packed] = {m.name: Packed(rows, 0, 62) for m in counted}
+    values: dict[str, np.ndarray | Packed | Scaled] = {m.name: Packed(rows, 0, 62) for m in counted}
     for i, pack in enumerate(packs):
         sums = np.asarray(rollup.pop(f"packed_{i}"), dtype=np.int64)
         for j, m in enumerate(pack):
@@ -409,7 +410,8 @@ def build_snapshots(con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_ofs: list
     if values is None:  # a profile with 2^15 events in a day: the packed counts would overflow
         values = _daily_rollup(con, fs, keyed, packed=False)
     pk, days = values.pop("profile_key"), values.pop("day")
-    from features.kernels import WindowPlan, window_kernel  # compiled on first use; numba loads only here
+    # Compiled on first use; numba loads only here.
+    from features.kernels import WindowPlan, window_kernel
 
     # Keys are dense row numbers in key order: a take, not a join, gives each id back.
     ids = fetch_arrow(con, f"SELECT profile_id FROM {keys} ORDER BY profile_key")["profile_id"]
@@ -417,6 +419,8 @@ def build_snapshots(con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_ofs: list
     row_bytes = 8 + 4 * plan.n_counts + 8 * plan.n_amounts
     per_batch = max(1, BATCH_BYTES // max(1, len(ids) * row_bytes))
     dates = [day_number(d) for d in sorted(set(as_ofs))]
+    if not dates:
+        raise ValueError("build_snapshots needs at least one as-of date")
     for start in range(0, len(dates), per_batch):
         stacked = window_kernel(pk, days, values, fs, dates[start:start + per_batch])
         stacked = stacked.append_column("profile_id", ids.take(stacked["pk"]))

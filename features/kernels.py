@@ -69,7 +69,7 @@ class Scaled(NamedTuple):
 
 @numba.njit(inline="always")
 def _value(floats, packed, kind, index, shift, mask, row):  # pragma: no cover - compiled
-    """Measure value at a row: a float column's, or a field of a packed integer column."""
+    """Measure value at a row: a float column's, a scaled integer's, or a packed field's."""
     if kind == 0:
         return floats[index][row]
     if kind == 2:
@@ -84,10 +84,10 @@ def _window_pass(profile_rows, days, floats, packed, m_kind, m_index, m_shift, m
     """Every aggregate of every snapshot, one visit of each profile's rows.
 
     Measure m is read by ``_value`` from ``floats`` or ``packed`` (``m_*``), in units of
-    1 / ``m_scale[m]`` (exact decimals travel as integers, divided once per output). ``slot_*``: running sums
-    (of a measure, or of days where it is > 0); ``mark_measure``: measures whose last / next
-    active row is tracked; ``source_of`` points an aggregate at its slot, mark or (for max)
-    measure; ``lo_edge``/``hi_edge`` index ``edges`` (days before as_of) so that its window is
+    1 / ``m_scale[m]`` (exact decimals travel as integers, divided once per output).
+    ``slot_*``: running sums (of a measure, or of days where it is > 0); ``mark_measure``:
+    measures whose last / next active row is tracked; ``source_of`` points an aggregate at its
+    slot, mark or (for max) measure; ``lo_edge``/``hi_edge`` index ``edges`` (days before as_of) so that its window is
     the rows with day in [as_of - edges[lo], as_of - edges[hi]). ``row_of[s, p]`` is the output
     row of profile p in snapshot s, or -1. Whole-number aggregates (counts, active days) go
     to column ``column_of[a]`` of the int32 ``counts``, the others to that of ``amounts``
@@ -100,12 +100,12 @@ def _window_pass(profile_rows, days, floats, packed, m_kind, m_index, m_shift, m
         longest = max(longest, profile_rows[p + 1] - profile_rows[p])
     # Profiles go in chunks so that scratch space is allocated once per chunk, not per profile.
     n_chunks = min(n_profiles, 1024)
-    for c in numba.prange(n_chunks):
+    for chunk in numba.prange(n_chunks):
         running = np.empty((n_slots, longest + 1))
         last_active = np.empty((n_marks, longest + 1), dtype=np.int64)
         next_active = np.empty((n_marks, longest + 1), dtype=np.int64)
         bounds = np.empty(n_edges, dtype=np.int64)
-        for p in range(c * n_profiles // n_chunks, (c + 1) * n_profiles // n_chunks):
+        for p in range(chunk * n_profiles // n_chunks, (chunk + 1) * n_profiles // n_chunks):
             first, end = profile_rows[p], profile_rows[p + 1]
             n = end - first
             own = days[first:end]
@@ -220,8 +220,8 @@ class WindowPlan:
         )
 
 
-def window_kernel(pk: np.ndarray, days: np.ndarray, values: dict[str, np.ndarray | Packed], fs: FeatureSet,
-                  as_of_days: list[int]) -> pa.Table:
+def window_kernel(pk: np.ndarray, days: np.ndarray, values: dict[str, np.ndarray | Packed | Scaled],
+                  fs: FeatureSet, as_of_days: list[int]) -> pa.Table:
     """Aggregates of every snapshot from rollup rows sorted by (pk, day).
 
     ``values`` maps each measure to its column (float64, NaN for NULL), to a :class:`Packed`
@@ -264,9 +264,9 @@ def window_kernel(pk: np.ndarray, days: np.ndarray, values: dict[str, np.ndarray
     # Column-major: each aggregate's column is contiguous, handed to Arrow without a copy.
     counts = np.empty((total, plan.n_counts), dtype=np.int32, order="F")
     amounts = np.empty((total, plan.n_amounts), order="F")
-    _window_pass(profile_rows, days, floats_in, packed_in, kind, index, shift, mask, scale, plan.slot_measure, plan.slot_counts_days, plan.mark_measure,
-                 plan.edges, plan.fn_of, plan.source_of, plan.lo_edge, plan.hi_edge, plan.column_of, as_of, row_of,
-                 counts, amounts)
+    _window_pass(profile_rows, days, floats_in, packed_in, kind, index, shift, mask, scale, plan.slot_measure,
+                 plan.slot_counts_days, plan.mark_measure, plan.edges, plan.fn_of, plan.source_of, plan.lo_edge,
+                 plan.hi_edge, plan.column_of, as_of, row_of, counts, amounts)
     columns = {
         "pk": np.concatenate([profiles[present[s]] for s in range(len(as_of))]).astype(np.int32),
         "as_of_day": np.repeat(as_of.astype(np.int32), present.sum(axis=1)),
