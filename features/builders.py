@@ -28,7 +28,13 @@ import numpy as np
 import pandas as pd
 
 from features.engine import fetch_arrow
-from features.registry import CARRIED_COLUMNS, Aggregate, Feature, FeatureSet
+from features.registry import (
+    CARRIED_COLUMNS,
+    EVERY_EVENT,
+    Aggregate,
+    Feature,
+    FeatureSet,
+)
 from pipeline.errors import UserError
 
 EPOCH = dt.date(1970, 1, 1)
@@ -347,8 +353,8 @@ def _daily_rollup(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str, pa
     None when ``packed`` and a day has too many events for the packed fields.
     """
     measures = list(fs.measures.values())
-    counted = [m for m in measures if m.condition == "TRUE"]  # every event: count(*) is the sum
-    indicators = [m for m in measures if packed and m.condition not in (None, "TRUE")]
+    counted = [m for m in measures if m.condition == EVERY_EVENT]  # count(*) is their daily sum
+    indicators = [m for m in measures if packed and m.condition not in (None, EVERY_EVENT)]
     packs = [indicators[i:i + PACK_FIELDS] for i in range(0, len(indicators), PACK_FIELDS)]
     columns = ["count(*) AS event_rows"]
     for i, pack in enumerate(packs):

@@ -40,6 +40,10 @@ PRETTY = {
 }
 
 
+# The condition of the measure every event meets: its daily sum is the day's event count.
+EVERY_EVENT = "TRUE"
+
+
 @dataclass(frozen=True)
 class Measure:
     """A per-event expression that the daily rollup stores as ``rollup`` (sum or max) per day."""
@@ -154,7 +158,7 @@ def build_registry(config: FeatureConfig, categories: list[str] | None = None, l
     windows = config.windows_days
     categories = list(categories if categories is not None else (config.categories or []))
     lookback = max(lookback_days, max(windows))
-    measures: dict[str, Measure] = {"events": Measure("events", "1", condition="TRUE")}
+    measures: dict[str, Measure] = {"events": Measure("events", "1", condition=EVERY_EVENT)}
     for t in ACTIVITY_TYPES:
         measures[t] = Measure.indicator(t, f"event_type = '{t}'")
     # DECIMAL: sums are exact, so they do not depend on the order an engine adds them in.
