@@ -18,43 +18,63 @@ import argparse
 import datetime as dt
 import json
 import resource
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-# This folder holds features.py: take it off the path so `features` is the package.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(HERE.parent))
-
-from features import builders  # noqa: E402
-from features.labels import snapshot_dates  # noqa: E402
-from features.registry import build_registry  # noqa: E402
-from features.synthetic import GeneratorSettings, generate  # noqa: E402
-from pipeline import steps  # noqa: E402
-from pipeline.config import EngineConfig, ProjectConfig  # noqa: E402
+from propensity.core.config import EngineConfig, ProjectConfig
+from propensity.features import builders
+from propensity.features.labels import snapshot_dates
+from propensity.features.registry import build_registry
+from propensity.features.synthetic import GeneratorSettings, generate
+from propensity.pipeline import steps
 
 DATA = Path(__file__).parent / ".data"
 
 CORE = [
-    "event_count_7d", "event_count_30d", "event_count_90d", "active_days_30d",
-    "page_view_count_7d", "page_view_count_30d", "product_view_count_7d", "product_view_count_30d",
-    "add_to_cart_count_7d", "add_to_cart_count_30d", "checkout_count_30d",
-    "purchase_count_30d", "purchase_count_90d", "purchase_count_365d",
-    "email_open_count_30d", "email_click_count_30d", "store_visit_count_90d", "app_launch_count_30d",
-    "days_since_first_event", "days_since_last_event", "days_since_last_purchase", "days_since_last_add_to_cart",
-    "revenue_sum_30d", "revenue_sum_90d", "revenue_sum_365d", "average_order_value_365d", "max_order_value_365d",
-    "funnel_stage_30d", "view_to_cart_ratio_30d", "cart_to_purchase_ratio_90d",
-    "channel_share_web_90d", "channel_share_mobile_app_90d", "channel_share_email_90d", "channel_share_store_90d",
+    "event_count_7d",
+    "event_count_30d",
+    "event_count_90d",
+    "active_days_30d",
+    "page_view_count_7d",
+    "page_view_count_30d",
+    "product_view_count_7d",
+    "product_view_count_30d",
+    "add_to_cart_count_7d",
+    "add_to_cart_count_30d",
+    "checkout_count_30d",
+    "purchase_count_30d",
+    "purchase_count_90d",
+    "purchase_count_365d",
+    "email_open_count_30d",
+    "email_click_count_30d",
+    "store_visit_count_90d",
+    "app_launch_count_30d",
+    "days_since_first_event",
+    "days_since_last_event",
+    "days_since_last_purchase",
+    "days_since_last_add_to_cart",
+    "revenue_sum_30d",
+    "revenue_sum_90d",
+    "revenue_sum_365d",
+    "average_order_value_365d",
+    "max_order_value_365d",
+    "funnel_stage_30d",
+    "view_to_cart_ratio_30d",
+    "cart_to_purchase_ratio_90d",
+    "channel_share_web_90d",
+    "channel_share_mobile_app_90d",
+    "channel_share_email_90d",
+    "channel_share_store_90d",
     "events_trend_7d_vs_prior_30d",
 ]
 
 
 def handwritten_sql(as_of: dt.date, lookback: int) -> str:
     """What an engineer would write by hand for CORE: one scan, conditional aggregates."""
+
     def n(cond: str) -> str:
         return f"sum(CASE WHEN {cond} THEN 1 ELSE 0 END)"
 
@@ -68,30 +88,30 @@ def handwritten_sql(as_of: dt.date, lookback: int) -> str:
         WHERE timestamp < TIMESTAMP '{as_of}' AND timestamp >= TIMESTAMP '{as_of}' - INTERVAL {lookback} DAY
     ), a AS (
         SELECT profile_id,
-          {n('ago <= 7')} AS event_count_7d, {n('ago <= 30')} AS event_count_30d, {n('ago <= 90')} AS event_count_90d,
+          {n("ago <= 7")} AS event_count_7d, {n("ago <= 30")} AS event_count_30d, {n("ago <= 90")} AS event_count_90d,
           count(DISTINCT CASE WHEN ago <= 30 THEN day END) AS active_days_30d,
-          {n("ago <= 7 AND " + t('page_view'))} AS page_view_count_7d,
-          {n("ago <= 30 AND " + t('page_view'))} AS page_view_count_30d,
-          {n("ago <= 7 AND " + t('product_view'))} AS product_view_count_7d,
-          {n("ago <= 30 AND " + t('product_view'))} AS product_view_count_30d,
-          {n("ago <= 7 AND " + t('add_to_cart'))} AS add_to_cart_count_7d,
-          {n("ago <= 30 AND " + t('add_to_cart'))} AS add_to_cart_count_30d,
-          {n("ago <= 30 AND " + t('checkout'))} AS checkout_count_30d,
-          {n("ago <= 30 AND " + t('purchase'))} AS purchase_count_30d,
-          {n("ago <= 90 AND " + t('purchase'))} AS purchase_count_90d,
-          {n("ago <= 365 AND " + t('purchase'))} AS purchase_count_365d,
-          {n("ago <= 30 AND " + t('email_open'))} AS email_open_count_30d,
-          {n("ago <= 30 AND " + t('email_click'))} AS email_click_count_30d,
-          {n("ago <= 90 AND " + t('store_visit'))} AS store_visit_count_90d,
-          {n("ago <= 30 AND " + t('app_launch'))} AS app_launch_count_30d,
+          {n("ago <= 7 AND " + t("page_view"))} AS page_view_count_7d,
+          {n("ago <= 30 AND " + t("page_view"))} AS page_view_count_30d,
+          {n("ago <= 7 AND " + t("product_view"))} AS product_view_count_7d,
+          {n("ago <= 30 AND " + t("product_view"))} AS product_view_count_30d,
+          {n("ago <= 7 AND " + t("add_to_cart"))} AS add_to_cart_count_7d,
+          {n("ago <= 30 AND " + t("add_to_cart"))} AS add_to_cart_count_30d,
+          {n("ago <= 30 AND " + t("checkout"))} AS checkout_count_30d,
+          {n("ago <= 30 AND " + t("purchase"))} AS purchase_count_30d,
+          {n("ago <= 90 AND " + t("purchase"))} AS purchase_count_90d,
+          {n("ago <= 365 AND " + t("purchase"))} AS purchase_count_365d,
+          {n("ago <= 30 AND " + t("email_open"))} AS email_open_count_30d,
+          {n("ago <= 30 AND " + t("email_click"))} AS email_click_count_30d,
+          {n("ago <= 90 AND " + t("store_visit"))} AS store_visit_count_90d,
+          {n("ago <= 30 AND " + t("app_launch"))} AS app_launch_count_30d,
           max(ago) AS days_since_first_event, min(ago) AS days_since_last_event,
-          min(CASE WHEN {t('purchase')} THEN ago END) AS days_since_last_purchase,
-          min(CASE WHEN {t('add_to_cart')} THEN ago END) AS days_since_last_add_to_cart,
-          coalesce(sum(CASE WHEN ago <= 30 AND {t('purchase')} THEN revenue END), 0) AS revenue_sum_30d,
-          coalesce(sum(CASE WHEN ago <= 90 AND {t('purchase')} THEN revenue END), 0) AS revenue_sum_90d,
-          coalesce(sum(CASE WHEN ago <= 365 AND {t('purchase')} THEN revenue END), 0) AS revenue_sum_365d,
-          max(CASE WHEN ago <= 365 AND {t('purchase')} THEN revenue END) AS max_order_value_365d,
-          {n("ago <= 90 AND " + t('add_to_cart'))} AS add_to_cart_count_90d,
+          min(CASE WHEN {t("purchase")} THEN ago END) AS days_since_last_purchase,
+          min(CASE WHEN {t("add_to_cart")} THEN ago END) AS days_since_last_add_to_cart,
+          coalesce(sum(CASE WHEN ago <= 30 AND {t("purchase")} THEN revenue END), 0) AS revenue_sum_30d,
+          coalesce(sum(CASE WHEN ago <= 90 AND {t("purchase")} THEN revenue END), 0) AS revenue_sum_90d,
+          coalesce(sum(CASE WHEN ago <= 365 AND {t("purchase")} THEN revenue END), 0) AS revenue_sum_365d,
+          max(CASE WHEN ago <= 365 AND {t("purchase")} THEN revenue END) AS max_order_value_365d,
+          {n("ago <= 90 AND " + t("add_to_cart"))} AS add_to_cart_count_90d,
           {n("ago <= 90 AND channel = 'web'")} AS web_90, {n("ago <= 90 AND channel = 'mobile_app'")} AS app_90,
           {n("ago <= 90 AND channel = 'email'")} AS email_90, {n("ago <= 90 AND channel = 'store'")} AS store_90,
           {n("ago > 7 AND ago <= 37")} AS prior_30
@@ -121,9 +141,13 @@ def handwritten_sql(as_of: dt.date, lookback: int) -> str:
 
 def pandas_features(events_path: Path, as_of: dt.date, lookback: int) -> pd.DataFrame:
     """CORE in plain pandas: read, one indicator frame, group-bys."""
-    frame = pd.read_parquet(events_path, columns=["profile_id", "timestamp", "event_type", "channel", "revenue"])
+    frame = pd.read_parquet(
+        events_path, columns=["profile_id", "timestamp", "event_type", "channel", "revenue"]
+    )
     as_of_ts = pd.Timestamp(as_of)
-    frame = frame[(frame["timestamp"] < as_of_ts) & (frame["timestamp"] >= as_of_ts - pd.Timedelta(days=lookback))]
+    frame = frame[
+        (frame["timestamp"] < as_of_ts) & (frame["timestamp"] >= as_of_ts - pd.Timedelta(days=lookback))
+    ]
     day = frame["timestamp"].dt.floor("D")
     ago = (as_of_ts - day).dt.days.to_numpy()
     et = frame["event_type"].to_numpy()
@@ -131,19 +155,28 @@ def pandas_features(events_path: Path, as_of: dt.date, lookback: int) -> pd.Data
     revenue = frame["revenue"].fillna(0).to_numpy()
     is_ = lambda name: et == name  # noqa: E731
     cols = {
-        "event_count_7d": ago <= 7, "event_count_30d": ago <= 30, "event_count_90d": ago <= 90,
-        "page_view_count_7d": (ago <= 7) & is_("page_view"), "page_view_count_30d": (ago <= 30) & is_("page_view"),
+        "event_count_7d": ago <= 7,
+        "event_count_30d": ago <= 30,
+        "event_count_90d": ago <= 90,
+        "page_view_count_7d": (ago <= 7) & is_("page_view"),
+        "page_view_count_30d": (ago <= 30) & is_("page_view"),
         "product_view_count_7d": (ago <= 7) & is_("product_view"),
         "product_view_count_30d": (ago <= 30) & is_("product_view"),
-        "add_to_cart_count_7d": (ago <= 7) & is_("add_to_cart"), "add_to_cart_count_30d": (ago <= 30) & is_("add_to_cart"),
+        "add_to_cart_count_7d": (ago <= 7) & is_("add_to_cart"),
+        "add_to_cart_count_30d": (ago <= 30) & is_("add_to_cart"),
         "add_to_cart_count_90d": (ago <= 90) & is_("add_to_cart"),
         "checkout_count_30d": (ago <= 30) & is_("checkout"),
-        "purchase_count_30d": (ago <= 30) & is_("purchase"), "purchase_count_90d": (ago <= 90) & is_("purchase"),
+        "purchase_count_30d": (ago <= 30) & is_("purchase"),
+        "purchase_count_90d": (ago <= 90) & is_("purchase"),
         "purchase_count_365d": (ago <= 365) & is_("purchase"),
-        "email_open_count_30d": (ago <= 30) & is_("email_open"), "email_click_count_30d": (ago <= 30) & is_("email_click"),
-        "store_visit_count_90d": (ago <= 90) & is_("store_visit"), "app_launch_count_30d": (ago <= 30) & is_("app_launch"),
-        "web_90": (ago <= 90) & (ch == "web"), "app_90": (ago <= 90) & (ch == "mobile_app"),
-        "email_90": (ago <= 90) & (ch == "email"), "store_90": (ago <= 90) & (ch == "store"),
+        "email_open_count_30d": (ago <= 30) & is_("email_open"),
+        "email_click_count_30d": (ago <= 30) & is_("email_click"),
+        "store_visit_count_90d": (ago <= 90) & is_("store_visit"),
+        "app_launch_count_30d": (ago <= 30) & is_("app_launch"),
+        "web_90": (ago <= 90) & (ch == "web"),
+        "app_90": (ago <= 90) & (ch == "mobile_app"),
+        "email_90": (ago <= 90) & (ch == "email"),
+        "store_90": (ago <= 90) & (ch == "store"),
         "prior_30": (ago > 7) & (ago <= 37),
     }
     ind = pd.DataFrame({k: v.astype(np.int32) for k, v in cols.items()})
@@ -154,11 +187,16 @@ def pandas_features(events_path: Path, as_of: dt.date, lookback: int) -> pd.Data
     ind["profile_id"] = frame["profile_id"].to_numpy()
     g = ind.groupby("profile_id", sort=True)
     out = g.sum()
-    aux = pd.DataFrame({"profile_id": ind["profile_id"], "ago": ago,
-                        "purchase_ago": np.where(purchase, ago, np.nan),
-                        "cart_ago": np.where(is_("add_to_cart"), ago, np.nan),
-                        "order": np.where((ago <= 365) & purchase, frame["revenue"].to_numpy(), np.nan),
-                        "day30": np.where(ago <= 30, ago, np.nan)}).groupby("profile_id", sort=True)
+    aux = pd.DataFrame(
+        {
+            "profile_id": ind["profile_id"],
+            "ago": ago,
+            "purchase_ago": np.where(purchase, ago, np.nan),
+            "cart_ago": np.where(is_("add_to_cart"), ago, np.nan),
+            "order": np.where((ago <= 365) & purchase, frame["revenue"].to_numpy(), np.nan),
+            "day30": np.where(ago <= 30, ago, np.nan),
+        }
+    ).groupby("profile_id", sort=True)
     out["days_since_first_event"] = aux["ago"].max()
     out["days_since_last_event"] = aux["ago"].min()
     out["days_since_last_purchase"] = aux["purchase_ago"].min()
@@ -168,11 +206,23 @@ def pandas_features(events_path: Path, as_of: dt.date, lookback: int) -> pd.Data
     div = lambda a, b: (out[a] / out[b]).where(out[b] > 0)  # noqa: E731
     out["average_order_value_365d"] = div("revenue_sum_365d", "purchase_count_365d")
     out["funnel_stage_30d"] = np.select(
-        [out["purchase_count_30d"] > 0, out["checkout_count_30d"] > 0, out["add_to_cart_count_30d"] > 0,
-         out["product_view_count_30d"] > 0], [4, 3, 2, 1], 0)
+        [
+            out["purchase_count_30d"] > 0,
+            out["checkout_count_30d"] > 0,
+            out["add_to_cart_count_30d"] > 0,
+            out["product_view_count_30d"] > 0,
+        ],
+        [4, 3, 2, 1],
+        0,
+    )
     out["view_to_cart_ratio_30d"] = div("add_to_cart_count_30d", "product_view_count_30d")
     out["cart_to_purchase_ratio_90d"] = div("purchase_count_90d", "add_to_cart_count_90d")
-    for src, name in (("web_90", "web"), ("app_90", "mobile_app"), ("email_90", "email"), ("store_90", "store")):
+    for src, name in (
+        ("web_90", "web"),
+        ("app_90", "mobile_app"),
+        ("email_90", "email"),
+        ("store_90", "store"),
+    ):
         out[f"channel_share_{name}_90d"] = div(src, "event_count_90d")
     out["events_trend_7d_vs_prior_30d"] = (out["event_count_7d"] / 7 + 0.05) / (out["prior_30"] / 30 + 0.05)
     return out[CORE].reset_index()
@@ -191,8 +241,13 @@ def rss_mib() -> float:
 def compare(a: pd.DataFrame, b: pd.DataFrame, name: str) -> None:
     a = a.sort_values("profile_id").reset_index(drop=True)[["profile_id", *CORE]]
     b = b.sort_values("profile_id").reset_index(drop=True)[["profile_id", *CORE]]
-    pd.testing.assert_frame_equal(a.astype({c: float for c in CORE}), b.astype({c: float for c in CORE}),
-                                  check_exact=False, rtol=1e-9, obj=name)
+    pd.testing.assert_frame_equal(
+        a.astype(dict.fromkeys(CORE, float)),
+        b.astype(dict.fromkeys(CORE, float)),
+        check_exact=False,
+        rtol=1e-9,
+        obj=name,
+    )
 
 
 def all_features(con, config: ProjectConfig, cutoff: dt.date, as_of: dt.date, events: int) -> None:
@@ -206,24 +261,41 @@ def all_features(con, config: ProjectConfig, cutoff: dt.date, as_of: dt.date, ev
     _, runs["stacked"] = timed(lambda: builders.build_snapshots(con, fs, dates, table="stacked"))
     chosen = builders.choose_plan(fs)
     single = runs[chosen]
-    print(f"\n{events:,} events, {len(fs.features)} features, {len(fs.aggregates)} aggregates, "
-          f"{len(fs.measures)} measures; the cost model picks '{chosen}'")
+    print(
+        f"\n{events:,} events, {len(fs.features)} features, {len(fs.aggregates)} aggregates, "
+        f"{len(fs.measures)} measures; the cost model picks '{chosen}'"
+    )
     for name, seconds in runs.items():
         print(f"{name:<34}{seconds:>9.2f}{seconds / single:>8.2f} x the chosen plan")
-    print(json.dumps({"events": events, "features": len(fs.features), "plan": chosen,
-                      "windows_seconds": round(runs["windows"], 3), "buckets_seconds": round(runs["buckets"], 3),
-                      "snapshots_seconds": round(runs["stacked"], 3),
-                      "snapshots_ratio": round(runs["stacked"] / single, 3), "peak_rss_mib": round(rss_mib())}))
+    print(
+        json.dumps(
+            {
+                "events": events,
+                "features": len(fs.features),
+                "plan": chosen,
+                "windows_seconds": round(runs["windows"], 3),
+                "buckets_seconds": round(runs["buckets"], 3),
+                "snapshots_seconds": round(runs["stacked"], 3),
+                "snapshots_ratio": round(runs["stacked"] / single, 3),
+                "peak_rss_mib": round(rss_mib()),
+            }
+        )
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--profiles", type=int, default=1_000_000)
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--memory-limit", default="3GB", help="DuckDB limit for the spill run")
-    parser.add_argument("--all-features", action="store_true",
-                        help="instead: every registry feature (8 learned categories), both single-snapshot plans "
-                             "and 8 stacked snapshots")
+    parser.add_argument(
+        "--all-features",
+        action="store_true",
+        help="instead: every registry feature (8 learned categories), both single-snapshot plans "
+        "and 8 stacked snapshots",
+    )
     args = parser.parse_args()
 
     raw, ingested = DATA / f"luma_{args.profiles}", DATA / f"ingested_{args.profiles}"
@@ -233,8 +305,11 @@ def main() -> None:
     config = ProjectConfig()
     manifest = ingested / "manifest.json"
     newest_raw = max(f.stat().st_mtime for f in (raw / "events").iterdir())
-    stale = not manifest.is_file() or manifest.stat().st_mtime < newest_raw \
+    stale = (
+        not manifest.is_file()
+        or manifest.stat().st_mtime < newest_raw
         or json.loads(manifest.read_text()).get("format") != steps.INGEST_FORMAT
+    )
     if stale:
         print("ingesting ...", flush=True)
         summary, ingest_seconds = timed(lambda: steps.ingest(raw, ingested, config, on_bad_rows="quarantine"))
@@ -290,33 +365,61 @@ def main() -> None:
     del stacked_df
 
     # Spilling: the same build with DuckDB held to a small memory limit.
-    spill_con = steps.load_events(ingested, config.model_copy(update={"engine": EngineConfig(
-        memory_limit=args.memory_limit, temp_directory=str(DATA / "spill"))})).con
-    _, spill_s = timed(lambda: spill_con.execute(
-        f"CREATE TEMP TABLE s AS {builders.snapshot_sql(fs, as_of)}"))
+    spill_con = steps.load_events(
+        ingested,
+        config.model_copy(
+            update={
+                "engine": EngineConfig(memory_limit=args.memory_limit, temp_directory=str(DATA / "spill"))
+            }
+        ),
+    ).con
+    _, spill_s = timed(
+        lambda: spill_con.execute(f"CREATE TEMP TABLE s AS {builders.snapshot_sql(fs, as_of)}")
+    )
     spill_con.close()
 
     pandas_df, pandas_s = timed(lambda: pandas_features(ingested / "events.parquet", as_of, fs.lookback_days))
     compare(ours_df, pandas_df, "ours vs pandas")
 
-    rows = [("ours (registry -> SQL)", ours_s), ("hand-written DuckDB query", hand_s), ("plain pandas", pandas_s),
-            ("ours, 8 stacked snapshots", eight_s), (f"ours, memory limit {args.memory_limit}", spill_s)]
-    print(f"\n{events:,} events, {len(ours_df):,} profiles at {as_of}, {len(CORE)} core features "
-          f"(plan: {builders.choose_plan(fs)}), {stacked_rows:,} stacked rows")
+    rows = [
+        ("ours (registry -> SQL)", ours_s),
+        ("hand-written DuckDB query", hand_s),
+        ("plain pandas", pandas_s),
+        ("ours, 8 stacked snapshots", eight_s),
+        (f"ours, memory limit {args.memory_limit}", spill_s),
+    ]
+    print(
+        f"\n{events:,} events, {len(ours_df):,} profiles at {as_of}, {len(CORE)} core features "
+        f"(plan: {builders.choose_plan(fs)}), {stacked_rows:,} stacked rows"
+    )
     print(f"{'variant':<34}{'seconds':>9}{'x handwritten':>15}")
     for name, seconds in rows:
         print(f"{name:<34}{seconds:>9.2f}{seconds / hand_s:>15.2f}")
-    print(f"8 snapshots / 1 snapshot: {eight_s / ours_s:.2f}   pandas / ours: {pandas_s / ours_s:.2f}   "
-          f"peak RSS after our build: {peak_ours:,.0f} MiB, after the stacked build: {peak_stacked:,.0f} MiB")
-    print(json.dumps({
-        "events": events, "profiles": len(ours_df), "features": len(CORE),
-        "seconds": round(ours_s, 3), "handwritten_seconds": round(hand_s, 3), "pandas_seconds": round(pandas_s, 3),
-        "ratio": round(ours_s / hand_s, 3), "pandas_ratio": round(pandas_s / ours_s, 3),
-        "snapshots_seconds": round(eight_s, 3), "snapshots_ratio": round(eight_s / ours_s, 3),
-        "spill_seconds": round(spill_s, 3), "memory_limit": args.memory_limit,
-        "peak_rss_mib": round(peak_ours), "peak_rss_stacked_mib": round(peak_stacked),
-        "runs": {name: [round(x, 3) for x in xs] for name, xs in results.items()},
-    }))
+    print(
+        f"8 snapshots / 1 snapshot: {eight_s / ours_s:.2f}   pandas / ours: {pandas_s / ours_s:.2f}   "
+        f"peak RSS after our build: {peak_ours:,.0f} MiB, after the stacked build: {peak_stacked:,.0f} MiB"
+    )
+    print(
+        json.dumps(
+            {
+                "events": events,
+                "profiles": len(ours_df),
+                "features": len(CORE),
+                "seconds": round(ours_s, 3),
+                "handwritten_seconds": round(hand_s, 3),
+                "pandas_seconds": round(pandas_s, 3),
+                "ratio": round(ours_s / hand_s, 3),
+                "pandas_ratio": round(pandas_s / ours_s, 3),
+                "snapshots_seconds": round(eight_s, 3),
+                "snapshots_ratio": round(eight_s / ours_s, 3),
+                "spill_seconds": round(spill_s, 3),
+                "memory_limit": args.memory_limit,
+                "peak_rss_mib": round(peak_ours),
+                "peak_rss_stacked_mib": round(peak_stacked),
+                "runs": {name: [round(x, 3) for x in xs] for name, xs in results.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -12,18 +12,12 @@ import argparse
 import json
 import resource
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-# This folder holds features.py: take it off the path so `features` is the package.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(HERE.parent))
-
-from features.synthetic import GeneratorSettings, generate  # noqa: E402
+from propensity.features.synthetic import GeneratorSettings, generate
 
 DATA = Path(__file__).parent / ".data"
 
@@ -38,7 +32,9 @@ def main() -> None:
     if out.exists():
         shutil.rmtree(out)
     start = time.perf_counter()
-    summary = generate(GeneratorSettings(profiles=args.profiles, days=args.days, ground_truth=args.ground_truth), out)
+    summary = generate(
+        GeneratorSettings(profiles=args.profiles, days=args.days, ground_truth=args.ground_truth), out
+    )
     seconds = time.perf_counter() - start
     table = pq.read_table(out / "events")
     start = time.perf_counter()
@@ -46,11 +42,22 @@ def main() -> None:
     write_seconds = time.perf_counter() - start
     (DATA / "rewrite.parquet").unlink()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"profiles {args.profiles:,}  events {summary['events']:,}  generate {seconds:.1f}s  "
-          f"(writing alone {write_seconds:.1f}s)  peak RSS {peak:,.0f} MiB")
-    print(json.dumps({"profiles": args.profiles, "events": summary["events"], "seconds": round(seconds, 2),
-                      "write_only_seconds": round(write_seconds, 2), "ratio": round(seconds / write_seconds, 2),
-                      "peak_rss_mib": round(peak)}))
+    print(
+        f"profiles {args.profiles:,}  events {summary['events']:,}  generate {seconds:.1f}s  "
+        f"(writing alone {write_seconds:.1f}s)  peak RSS {peak:,.0f} MiB"
+    )
+    print(
+        json.dumps(
+            {
+                "profiles": args.profiles,
+                "events": summary["events"],
+                "seconds": round(seconds, 2),
+                "write_only_seconds": round(write_seconds, 2),
+                "ratio": round(seconds / write_seconds, 2),
+                "peak_rss_mib": round(peak),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

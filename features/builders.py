@@ -27,15 +27,15 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from features.engine import fetch_arrow
-from features.registry import (
+from propensity.core.errors import UserError
+from propensity.features.engine import fetch_arrow
+from propensity.features.registry import (
     CARRIED_COLUMNS,
     EVERY_EVENT,
     Aggregate,
     Feature,
     FeatureSet,
 )
-from pipeline.errors import UserError
 
 EPOCH = dt.date(1970, 1, 1)
 
@@ -46,8 +46,8 @@ class Dialect:
 
     name: str
     day_of_timestamp: str  # format with {col}
-    date_of_day: str       # format with {col}
-    quote: str = '"'       # around identifiers
+    date_of_day: str  # format with {col}
+    quote: str = '"'  # around identifiers
     string_type: str = "VARCHAR"
 
     def day(self, column: str) -> str:
@@ -60,10 +60,18 @@ class Dialect:
         return self.quote + name.replace(self.quote, self.quote * 2) + self.quote
 
 
-DUCKDB = Dialect("duckdb", "CAST(date_diff('day', DATE '1970-01-01', CAST({col} AS DATE)) AS INTEGER)",
-                 "(DATE '1970-01-01' + CAST({col} AS INTEGER))")
-SPARK = Dialect("spark", "datediff(to_date({col}), DATE'1970-01-01')", "date_add(DATE'1970-01-01', {col})",
-                quote="`", string_type="STRING")
+DUCKDB = Dialect(
+    "duckdb",
+    "CAST(date_diff('day', DATE '1970-01-01', CAST({col} AS DATE)) AS INTEGER)",
+    "(DATE '1970-01-01' + CAST({col} AS INTEGER))",
+)
+SPARK = Dialect(
+    "spark",
+    "datediff(to_date({col}), DATE'1970-01-01')",
+    "date_add(DATE'1970-01-01', {col})",
+    quote="`",
+    string_type="STRING",
+)
 
 
 def day_number(date: dt.date) -> int:
@@ -101,8 +109,11 @@ def _partial_sql(measure: str, fn: str, daily_rows: bool) -> str:
         "last_day": f"max(CASE WHEN {m} > 0 THEN day END)",
         "first_day": f"min(CASE WHEN {m} > 0 THEN day END)",
         # Buckets are disjoint, so distinct days per bucket add up to distinct days per window.
-        "active_days": (f"sum(CASE WHEN {m} > 0 THEN 1 ELSE 0 END)" if daily_rows
-                        else f"count(DISTINCT CASE WHEN {m} > 0 THEN day END)"),
+        "active_days": (
+            f"sum(CASE WHEN {m} > 0 THEN 1 ELSE 0 END)"
+            if daily_rows
+            else f"count(DISTINCT CASE WHEN {m} > 0 THEN day END)"
+        ),
     }[fn]
 
 
@@ -123,7 +134,9 @@ def measure_columns(fs: FeatureSet) -> str:
 
 def rollup_sql(fs: FeatureSet, dialect: Dialect = DUCKDB, events: str = "events") -> str:
     """One row per profile and active day with every measure summed (or maxed) for the day."""
-    columns = ", ".join(f"CAST({m.rollup}({m.sql}) AS {m.sql_type}) AS m_{m.name}" for m in fs.measures.values())
+    columns = ", ".join(
+        f"CAST({m.rollup}({m.sql}) AS {m.sql_type}) AS m_{m.name}" for m in fs.measures.values()
+    )
     day = dialect.day("timestamp")
     return f"""
         SELECT profile_id, {day} AS day, {columns}
@@ -140,7 +153,9 @@ def _aggregates(fs: FeatureSet, rows_sql: str, daily_rows: bool) -> str:
     """
     edges = bucket_edges(fs)
     partials = _partials(fs)
-    partial_select = ", ".join(f"{_partial_sql(m, fn, daily_rows)} AS {col}" for (m, fn), col in partials.items())
+    partial_select = ", ".join(
+        f"{_partial_sql(m, fn, daily_rows)} AS {col}" for (m, fn), col in partials.items()
+    )
     combine = ",\n           ".join(
         f"{_combine_sql(a, partials[(a.measure, a.fn)], edges, fs.lookback_days)} AS {a.name}"
         for a in fs.aggregates.values()
@@ -176,12 +191,18 @@ def _profile_join(con: duckdb.DuckDBPyConnection | None, dialect: Dialect, key: 
     signed_up = f"p.signup_date IS NOT NULL AND CAST(p.signup_date AS DATE) < {as_of_date}"
     columns = []
     if "loyalty_tier" in available:
-        tier = f"CASE WHEN {signed_up} THEN p.loyalty_tier END" if "signup_date" in available else "p.loyalty_tier"
+        tier = (
+            f"CASE WHEN {signed_up} THEN p.loyalty_tier END"
+            if "signup_date" in available
+            else "p.loyalty_tier"
+        )
         columns.append(f"CAST({tier} AS {dialect.string_type}) AS loyalty_tier")
     else:
         columns.append(f"CAST(NULL AS {dialect.string_type}) AS loyalty_tier")
     if "signup_date" in available:
-        columns.append(f"CASE WHEN {signed_up} THEN f.as_of_day - {dialect.day('p.signup_date')} END AS tenure_days")
+        columns.append(
+            f"CASE WHEN {signed_up} THEN f.as_of_day - {dialect.day('p.signup_date')} END AS tenure_days"
+        )
     else:
         columns.append("CAST(NULL AS INTEGER) AS tenure_days")
     for c in CARRIED_COLUMNS:
@@ -190,8 +211,15 @@ def _profile_join(con: duckdb.DuckDBPyConnection | None, dialect: Dialect, key: 
     return ", ".join(columns), join
 
 
-def _features_from(fs: FeatureSet, aggregates_sql: str, con, dialect: Dialect, where: str | None = None,
-                   ordered: bool = True, join_key: str = "profile_id") -> str:
+def _features_from(
+    fs: FeatureSet,
+    aggregates_sql: str,
+    con,
+    dialect: Dialect,
+    where: str | None = None,
+    ordered: bool = True,
+    join_key: str = "profile_id",
+) -> str:
     """Feature expressions over aggregates, with profile attributes joined on ``join_key``
     (``profile_key`` when the aggregates carry it: an integer join is the cheaper one)."""
     profile_columns, profile_join = _profile_join(con, dialect, join_key)
@@ -206,11 +234,11 @@ def _features_from(fs: FeatureSet, aggregates_sql: str, con, dialect: Dialect, w
                    {_feature_select(fs.features, dialect)}
             FROM agg
         )
-        SELECT f.profile_id, {dialect.date('f.as_of_day')} AS as_of, {feature_columns},
+        SELECT f.profile_id, {dialect.date("f.as_of_day")} AS as_of, {feature_columns},
                {profile_columns}
         FROM f {profile_join}
         {condition}
-        {'ORDER BY f.as_of_day, f.profile_id' if ordered else ''}
+        {"ORDER BY f.as_of_day, f.profile_id" if ordered else ""}
     """
 
 
@@ -225,7 +253,9 @@ def _window_aggregates(fs: FeatureSet, rows_sql: str, as_of_day: int) -> str:
         start = fs.lookback_days if a.start is None else a.start
         m = f"m_{a.measure}"
         # Rows outside the lookback never reach this query: the whole lookback needs no test.
-        conditions = ([f"ago <= {start}"] if start < fs.lookback_days else []) + ([f"ago > {a.end}"] if a.end else [])
+        conditions = ([f"ago <= {start}"] if start < fs.lookback_days else []) + (
+            [f"ago > {a.end}"] if a.end else []
+        )
         in_window = " AND ".join(conditions) or "TRUE"
         active = " AND ".join([*conditions, f"{m} > 0"])
         expression = {
@@ -237,7 +267,7 @@ def _window_aggregates(fs: FeatureSet, rows_sql: str, as_of_day: int) -> str:
         }[a.fn]
         selects.append(f"{expression} AS {a.name}")
     return f"""
-        SELECT profile_id, {as_of_day} AS as_of_day, {', '.join(selects)}
+        SELECT profile_id, {as_of_day} AS as_of_day, {", ".join(selects)}
         FROM ({rows_sql})
         GROUP BY profile_id
     """
@@ -258,8 +288,15 @@ def choose_plan(fs: FeatureSet) -> str:
     return "windows" if windows <= buckets else "buckets"
 
 
-def snapshot_sql(fs: FeatureSet, as_of: dt.date, con=None, dialect: Dialect = DUCKDB, events: str = "events",
-                 where: str | None = None, plan: str = "auto") -> str:
+def snapshot_sql(
+    fs: FeatureSet,
+    as_of: dt.date,
+    con=None,
+    dialect: Dialect = DUCKDB,
+    events: str = "events",
+    where: str | None = None,
+    plan: str = "auto",
+) -> str:
     """One snapshot straight off the events: one scan, then aggregates per profile.
 
     ``plan``: ``windows`` (each aggregate over its window, one group-by), ``buckets`` (sums
@@ -278,25 +315,37 @@ def snapshot_sql(fs: FeatureSet, as_of: dt.date, con=None, dialect: Dialect = DU
         FROM {events}
         WHERE timestamp < TIMESTAMP '{as_of} 00:00:00' AND timestamp >= TIMESTAMP '{lowest} 00:00:00'
     """
-    aggregates = (_window_aggregates(fs, rows, as_of_day) if plan == "windows"
-                  else _aggregates(fs, rows, daily_rows=False))
+    aggregates = (
+        _window_aggregates(fs, rows, as_of_day)
+        if plan == "windows"
+        else _aggregates(fs, rows, daily_rows=False)
+    )
     return _features_from(fs, aggregates, con, dialect, where)
 
 
-def build_snapshot(con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_of: dt.date, plan: str = "auto") -> pd.DataFrame:
+def build_snapshot(
+    con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_of: dt.date, plan: str = "auto"
+) -> pd.DataFrame:
     """The feature table at ``as_of`` for every profile active in the lookback."""
     return con.execute(snapshot_sql(fs, as_of, con, plan=plan)).df()
 
 
-def build_rollup(con: duckdb.DuckDBPyConnection, fs: FeatureSet, table: str = "daily_rollup",
-                 events: str = "events") -> int:
+def build_rollup(
+    con: duckdb.DuckDBPyConnection, fs: FeatureSet, table: str = "daily_rollup", events: str = "events"
+) -> int:
     """Materialise the daily rollup of ``events`` once; returns its row count."""
     con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {rollup_sql(fs, events=events)}")
     return con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
 
 
-def snapshots_sql(fs: FeatureSet, as_ofs: list[dt.date], con=None, dialect: Dialect = DUCKDB,
-                  rollup: str = "daily_rollup", where: str | None = None) -> str:
+def snapshots_sql(
+    fs: FeatureSet,
+    as_ofs: list[dt.date],
+    con=None,
+    dialect: Dialect = DUCKDB,
+    rollup: str = "daily_rollup",
+    where: str | None = None,
+) -> str:
     """Every snapshot in one query: each rollup row joins the snapshots whose lookback holds it."""
     days = ", ".join(f"({day_number(d)})" for d in sorted(set(as_ofs)))
     rows = f"""
@@ -327,10 +376,12 @@ def _keyed(con: duckdb.DuckDBPyConnection, events: str) -> tuple[str, str]:
         SELECT profile_id, (row_number() OVER (ORDER BY profile_id) - 1)::INTEGER AS profile_key
         FROM (SELECT DISTINCT profile_id FROM {events})
     """)
-    return (f"(SELECT e.* EXCLUDE (profile_key), k.profile_key FROM {events} e JOIN snapshot_keys k USING (profile_id))"
-            if "profile_key" in columns else
-            f"(SELECT e.*, k.profile_key FROM {events} e JOIN snapshot_keys k USING (profile_id))",
-            "snapshot_keys")
+    return (
+        f"(SELECT e.* EXCLUDE (profile_key), k.profile_key FROM {events} e JOIN snapshot_keys k USING (profile_id))"
+        if "profile_key" in columns
+        else f"(SELECT e.*, k.profile_key FROM {events} e JOIN snapshot_keys k USING (profile_id))",
+        "snapshot_keys",
+    )
 
 
 # Daily counts of 0/1 measures travel packed, four to a BIGINT in 15-bit fields: DuckDB's
@@ -355,28 +406,33 @@ def _daily_rollup(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str, pa
     measures = list(fs.measures.values())
     counted = [m for m in measures if m.condition == EVERY_EVENT]  # count(*) is their daily sum
     indicators = [m for m in measures if packed and m.condition not in (None, EVERY_EVENT)]
-    packs = [indicators[i:i + PACK_FIELDS] for i in range(0, len(indicators), PACK_FIELDS)]
+    packs = [indicators[i : i + PACK_FIELDS] for i in range(0, len(indicators), PACK_FIELDS)]
     columns = ["count(*) AS event_rows"]
     for i, pack in enumerate(packs):
-        terms = " + ".join(f"CASE WHEN {m.condition} THEN {1 << (PACK_BITS * j)} ELSE 0 END" for j, m in enumerate(pack))
+        terms = " + ".join(
+            f"CASE WHEN {m.condition} THEN {1 << (PACK_BITS * j)} ELSE 0 END" for j, m in enumerate(pack)
+        )
         columns.append(f"CAST(sum({terms}) AS BIGINT) AS packed_{i}")
     plain = [m for m in measures if m not in counted and m not in indicators]
     scales = {m.name: _decimal_scale(m.sql_type) if m.rollup == "sum" else None for m in plain}
     # Decimals as whole units of their last digit (exact sums); others as DOUBLE, the float64
     # array the compiled pass reads.
-    columns += [f"CAST({m.rollup}({m.sql}) * {10 ** scales[m.name]} AS BIGINT) AS m_{m.name}"
-                if scales[m.name] is not None else f"CAST({m.rollup}({m.sql}) AS DOUBLE) AS m_{m.name}"
-                for m in plain]
+    columns += [
+        f"CAST({m.rollup}({m.sql}) * {10 ** scales[m.name]} AS BIGINT) AS m_{m.name}"
+        if scales[m.name] is not None
+        else f"CAST({m.rollup}({m.sql}) AS DOUBLE) AS m_{m.name}"
+        for m in plain
+    ]
     day = DUCKDB.day("timestamp")
     # The only scan of the events.
     rollup = con.execute(f"""
-        SELECT profile_key, {day} AS day, {', '.join(columns)} FROM {keyed}
+        SELECT profile_key, {day} AS day, {", ".join(columns)} FROM {keyed}
         GROUP BY profile_key, {day} ORDER BY profile_key, day
     """).fetchnumpy()
     rows = np.asarray(rollup.pop("event_rows"), dtype=np.int64)
     if packs and len(rows) and rows.max() >= 1 << PACK_BITS:
         return None
-    from features.kernels import Packed, Scaled
+    from propensity.features.kernels import Packed, Scaled
 
     # The compiled pass reads the packed fields in place: no unpacked copy of the counts.
     values: dict[str, np.ndarray | Packed | Scaled] = {m.name: Packed(rows, 0, 62) for m in counted}
@@ -390,8 +446,11 @@ def _daily_rollup(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str, pa
             values[m.name] = Scaled(np.asarray(column, dtype=np.int64), scales[m.name])
         else:  # masked where NULL (only maxima can be): NaN for the compiled pass
             values[m.name] = np.ma.filled(column, np.nan)
-    return {"profile_key": np.asarray(rollup["profile_key"], dtype=np.int64),
-            "day": np.asarray(rollup["day"], dtype=np.int64), **{m.name: values[m.name] for m in measures}}
+    return {
+        "profile_key": np.asarray(rollup["profile_key"], dtype=np.int64),
+        "day": np.asarray(rollup["day"], dtype=np.int64),
+        **{m.name: values[m.name] for m in measures},
+    }
 
 
 # The compiled pass's output for one batch of snapshots stays under this many bytes: the
@@ -399,8 +458,14 @@ def _daily_rollup(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str, pa
 BATCH_BYTES = 2 << 30
 
 
-def build_snapshots(con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_ofs: list[dt.date],
-                    table: str = "snapshot_features", events: str = "events", where: str | None = None) -> int:
+def build_snapshots(
+    con: duckdb.DuckDBPyConnection,
+    fs: FeatureSet,
+    as_ofs: list[dt.date],
+    table: str = "snapshot_features",
+    events: str = "events",
+    where: str | None = None,
+) -> int:
     """Stacked feature tables for several as-of dates, as the temp table ``table``.
 
     The events are condensed once into a daily rollup keyed by the integer ``profile_key``
@@ -417,7 +482,7 @@ def build_snapshots(con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_ofs: list
         values = _daily_rollup(con, fs, keyed, packed=False)
     pk, days = values.pop("profile_key"), values.pop("day")
     # Compiled on first use; numba loads only here.
-    from features.kernels import WindowPlan, window_kernel
+    from propensity.features.kernels import WindowPlan, window_kernel
 
     # Keys are dense row numbers in key order: a take, not a join, gives each id back.
     ids = fetch_arrow(con, f"SELECT profile_id FROM {keys} ORDER BY profile_key")["profile_id"]
@@ -428,14 +493,24 @@ def build_snapshots(con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_ofs: list
     if not dates:
         raise ValueError("build_snapshots needs at least one as-of date")
     for start in range(0, len(dates), per_batch):
-        stacked = window_kernel(pk, days, values, fs, dates[start:start + per_batch])
+        stacked = window_kernel(pk, days, values, fs, dates[start : start + per_batch])
         stacked = stacked.append_column("profile_id", ids.take(stacked["pk"]))
         stacked = stacked.rename_columns(["profile_key" if c == "pk" else c for c in stacked.column_names])
         con.register("_snapshot_aggregates", stacked)
-        features_sql = _features_from(fs, "SELECT * FROM _snapshot_aggregates", con, DUCKDB, where=where,
-                                      ordered=False, join_key="profile_key" if keys == "profiles" else "profile_id")
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {features_sql}" if start == 0
-                    else f"INSERT INTO {table} {features_sql}")
+        features_sql = _features_from(
+            fs,
+            "SELECT * FROM _snapshot_aggregates",
+            con,
+            DUCKDB,
+            where=where,
+            ordered=False,
+            join_key="profile_key" if keys == "profiles" else "profile_id",
+        )
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {table} AS {features_sql}"
+            if start == 0
+            else f"INSERT INTO {table} {features_sql}"
+        )
         con.unregister("_snapshot_aggregates")
         del stacked
     return con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
@@ -457,4 +532,4 @@ def data_end(con: duckdb.DuckDBPyConnection) -> dt.date:
     last = con.execute("SELECT max(timestamp) FROM events").fetchone()[0]
     if last is None:
         raise UserError("no events to build features from")
-    return (pd.Timestamp(last).date() + dt.timedelta(days=1))
+    return pd.Timestamp(last).date() + dt.timedelta(days=1)

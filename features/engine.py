@@ -6,7 +6,7 @@ import os
 
 import duckdb
 
-from pipeline.config import EngineConfig
+from propensity.core.config import EngineConfig
 
 
 def connect(engine: EngineConfig | None = None) -> duckdb.DuckDBPyConnection:
@@ -17,7 +17,7 @@ def connect(engine: EngineConfig | None = None) -> duckdb.DuckDBPyConnection:
     """
     engine = engine or EngineConfig()
     if engine.name != "duckdb":
-        from pipeline.errors import UserError
+        from propensity.core.errors import UserError
 
         # The SQL is written for both (features.builders.SPARK), but no Spark runner ships yet.
         raise UserError(f"engine.name: '{engine.name}' is not available yet; use 'duckdb' (the default)")

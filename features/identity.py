@@ -24,8 +24,8 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, dijkstra
 
-from features.engine import sql_ident, sql_string
-from pipeline.config import IdentityConfig
+from propensity.core.config import IdentityConfig
+from propensity.features.engine import sql_ident, sql_string
 
 SEPARATOR = ":"
 
@@ -57,7 +57,11 @@ def _node_list_sql(namespaces: list[str]) -> str:
 def anchor_sql(namespaces: list[str], alias: str = "") -> str:
     """The node an event row is attributed through: its first identity in precedence order."""
     prefix = f"{alias}." if alias else ""
-    return "coalesce(" + ", ".join(f"{sql_string(n + SEPARATOR)} || {prefix}{sql_ident(n)}" for n in namespaces) + ")"
+    return (
+        "coalesce("
+        + ", ".join(f"{sql_string(n + SEPARATOR)} || {prefix}{sql_ident(n)}" for n in namespaces)
+        + ")"
+    )
 
 
 def _split_component(
@@ -102,8 +106,10 @@ def _split_component(
     _, labels = np.unique(labels, return_inverse=True)
     collapse = Collapse(
         reason="unique_namespace_conflict" if conflict else "too_many_identities",
-        identities=size, unique_values=unique_values,
-        profiles_after_split=int(labels.max() + 1), separated_identities=separated,
+        identities=size,
+        unique_values=unique_values,
+        profiles_after_split=int(labels.max() + 1),
+        separated_identities=separated,
     )
     return labels, collapse
 
@@ -118,12 +124,22 @@ def stitch(con: duckdb.DuckDBPyConnection, identity: IdentityConfig, with_profil
     namespaces = identity.namespaces
     columns = ", ".join(sql_ident(n) for n in namespaces)
     # Distinct identity tuples first: millions of events share a few hundred thousand.
-    sources = [f"SELECT {_node_list_sql(namespaces)} AS ids FROM (SELECT DISTINCT {columns} FROM clean_events)"]
+    sources = [
+        f"SELECT {_node_list_sql(namespaces)} AS ids FROM (SELECT DISTINCT {columns} FROM clean_events)"
+    ]
     if with_profiles:
-        present = [n for n in namespaces if n in {r[0] for r in con.execute("DESCRIBE profile_attributes").fetchall()}]
-        sources.append(f"SELECT {_node_list_sql(present)} AS ids FROM (SELECT DISTINCT "
-                       f"{', '.join(sql_ident(n) for n in present)} FROM profile_attributes)")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE id_rows AS SELECT DISTINCT ids FROM ({' UNION ALL '.join(sources)})")
+        present = [
+            n
+            for n in namespaces
+            if n in {r[0] for r in con.execute("DESCRIBE profile_attributes").fetchall()}
+        ]
+        sources.append(
+            f"SELECT {_node_list_sql(present)} AS ids FROM (SELECT DISTINCT "
+            f"{', '.join(sql_ident(n) for n in present)} FROM profile_attributes)"
+        )
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE id_rows AS SELECT DISTINCT ids FROM ({' UNION ALL '.join(sources)})"
+    )
     con.execute("""
         CREATE OR REPLACE TEMP TABLE id_nodes AS
         SELECT node, (row_number() OVER (ORDER BY node) - 1)::BIGINT AS idx
@@ -156,7 +172,7 @@ def stitch(con: duckdb.DuckDBPyConnection, identity: IdentityConfig, with_profil
         order = np.argsort(component, kind="stable")
         starts = np.concatenate([[0], np.cumsum(sizes)])
         for comp in np.flatnonzero(suspicious):
-            members = order[starts[comp]:starts[comp + 1]]
+            members = order[starts[comp] : starts[comp + 1]]
             sub = symmetric[members][:, members]
             labels, collapse = _split_component(members, node_namespace[members], sub, identity)
             if collapse is None:
@@ -212,7 +228,7 @@ def attribute_events(con: duckdb.DuckDBPyConnection, identity: IdentityConfig) -
     con.execute(f"""
         CREATE OR REPLACE TEMP VIEW stitched_events AS
         SELECT m.profile_id, e.*, coalesce(f.new_identities, 0) AS new_identities, m.profile_key FROM clean_events e
-        JOIN identity_map m ON m.node = {anchor_sql(identity.namespaces, 'e')}
+        JOIN identity_map m ON m.node = {anchor_sql(identity.namespaces, "e")}
         LEFT JOIN identity_firsts f ON f.event_id = e.event_id
     """)
 
@@ -232,8 +248,12 @@ def build_profiles(con: duckdb.DuckDBPyConnection, identity: IdentityConfig, wit
     if with_attributes:
         present = [r[0] for r in con.execute("DESCRIBE profile_attributes").fetchall()]
         namespaces = [n for n in identity.namespaces if n in present]
-        others = [c for c in present if c not in namespaces and c not in
-                  ("consent_personalization", "consent_marketing", "_source_row")]
+        others = [
+            c
+            for c in present
+            if c not in namespaces
+            and c not in ("consent_personalization", "consent_marketing", "_source_row")
+        ]
         attributes_sql = f"""
             , attrs AS (
                 SELECT m.profile_id,
@@ -241,16 +261,18 @@ def build_profiles(con: duckdb.DuckDBPyConnection, identity: IdentityConfig, wit
                             WHEN bool_or(a.consent_personalization = 'y') THEN 'y' END AS consent_personalization,
                        CASE WHEN bool_or(a.consent_marketing = 'n') THEN 'n'
                             WHEN bool_or(a.consent_marketing = 'y') THEN 'y' END AS consent_marketing
-                       {''.join(f', arg_min(a.{sql_ident(c)}, a._source_row) AS {sql_ident(c)}' for c in others)}
+                       {"".join(f", arg_min(a.{sql_ident(c)}, a._source_row) AS {sql_ident(c)}" for c in others)}
                 FROM profile_attributes a
-                JOIN identity_map m ON m.node = {anchor_sql(namespaces, 'a')}
+                JOIN identity_map m ON m.node = {anchor_sql(namespaces, "a")}
                 GROUP BY m.profile_id
             )"""
         attribute_columns = "consent_personalization, consent_marketing" + "".join(
-            f", {sql_ident(c)}" for c in others)
+            f", {sql_ident(c)}" for c in others
+        )
     else:
-        attribute_columns = ("CAST(NULL AS VARCHAR) AS consent_personalization, "
-                             "CAST(NULL AS VARCHAR) AS consent_marketing")
+        attribute_columns = (
+            "CAST(NULL AS VARCHAR) AS consent_personalization, CAST(NULL AS VARCHAR) AS consent_marketing"
+        )
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE profiles AS
         WITH idf AS (
@@ -267,6 +289,6 @@ def build_profiles(con: duckdb.DuckDBPyConnection, identity: IdentityConfig, wit
         SELECT idf.*, activity.first_seen, activity.last_seen, coalesce(activity.event_count, 0) AS event_count,
                {attribute_columns}
         FROM idf LEFT JOIN activity USING (profile_id)
-        {'LEFT JOIN attrs USING (profile_id)' if with_attributes else ''}
+        {"LEFT JOIN attrs USING (profile_id)" if with_attributes else ""}
         ORDER BY profile_id
     """)

@@ -18,11 +18,17 @@ import numba
 import numpy as np
 import pyarrow as pa
 
-from features.registry import FeatureSet
+from propensity.features.registry import FeatureSet
 
 # How an aggregate reads its window [lo, hi) of a profile's rows.
 SUM, ACTIVE_DAYS, MAX, LAST_DAY, FIRST_DAY = 0, 1, 2, 3, 4
-FUNCTION_CODES = {"sum": SUM, "active_days": ACTIVE_DAYS, "max": MAX, "last_day": LAST_DAY, "first_day": FIRST_DAY}
+FUNCTION_CODES = {
+    "sum": SUM,
+    "active_days": ACTIVE_DAYS,
+    "max": MAX,
+    "last_day": LAST_DAY,
+    "first_day": FIRST_DAY,
+}
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
@@ -31,7 +37,7 @@ def _present(profile_rows, days, as_of_days, lookback):  # pragma: no cover - co
     n_profiles = len(profile_rows) - 1
     present = np.zeros((len(as_of_days), n_profiles), dtype=np.bool_)
     for p in numba.prange(n_profiles):
-        own = days[profile_rows[p]:profile_rows[p + 1]]
+        own = days[profile_rows[p] : profile_rows[p + 1]]
         for s in range(len(as_of_days)):
             i = np.searchsorted(own, as_of_days[s] - lookback)
             present[s, p] = i < len(own) and own[i] < as_of_days[s]
@@ -78,9 +84,30 @@ def _value(floats, packed, kind, index, shift, mask, row):  # pragma: no cover -
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
-def _window_pass(profile_rows, days, floats, packed, m_kind, m_index, m_shift, m_mask, m_scale, slot_measure,
-                 slot_counts_days, mark_measure, edges,
-                 fn_of, source_of, lo_edge, hi_edge, column_of, as_of_days, row_of, counts, amounts):  # pragma: no cover
+def _window_pass(
+    profile_rows,
+    days,
+    floats,
+    packed,
+    m_kind,
+    m_index,
+    m_shift,
+    m_mask,
+    m_scale,
+    slot_measure,
+    slot_counts_days,
+    mark_measure,
+    edges,
+    fn_of,
+    source_of,
+    lo_edge,
+    hi_edge,
+    column_of,
+    as_of_days,
+    row_of,
+    counts,
+    amounts,
+):  # pragma: no cover
     """Every aggregate of every snapshot, one visit of each profile's rows.
 
     Measure m is read by ``_value`` from ``floats`` or ``packed`` (``m_*``), in units of
@@ -146,7 +173,7 @@ def _window_pass(profile_rows, days, floats, packed, m_kind, m_index, m_shift, m
                     f, src, c = fn_of[a], source_of[a], column_of[a]
                     if c < 0:
                         counts[row, -1 - c] = np.int32(running[src, hi] - running[src, lo])
-                    elif f == SUM or f == ACTIVE_DAYS:
+                    elif f in (SUM, ACTIVE_DAYS):
                         amounts[row, c] = (running[src, hi] - running[src, lo]) / m_scale[slot_measure[src]]
                     elif f == LAST_DAY:
                         i = last_active[src, hi - 1] if hi > lo else -1
@@ -157,7 +184,15 @@ def _window_pass(profile_rows, days, floats, packed, m_kind, m_index, m_shift, m
                     else:
                         best = np.nan
                         for i in range(lo, hi):
-                            v = _value(floats, packed, m_kind[src], m_index[src], m_shift[src], m_mask[src], first + i)
+                            v = _value(
+                                floats,
+                                packed,
+                                m_kind[src],
+                                m_index[src],
+                                m_shift[src],
+                                m_mask[src],
+                                first + i,
+                            )
                             if not np.isnan(v) and (np.isnan(best) or v > best):
                                 best = v
                         amounts[row, c] = best / m_scale[src]
@@ -183,8 +218,12 @@ class WindowPlan:
     @classmethod
     def of(cls, fs: FeatureSet, measures: list[str]) -> WindowPlan:
         aggregates = list(fs.aggregates.values())
-        edges = sorted({fs.lookback_days} | {fs.lookback_days if a.start is None else a.start for a in aggregates}
-                       | {a.end for a in aggregates}, reverse=True)
+        edges = sorted(
+            {fs.lookback_days}
+            | {fs.lookback_days if a.start is None else a.start for a in aggregates}
+            | {a.end for a in aggregates},
+            reverse=True,
+        )
         slots: dict[tuple[int, bool], int] = {}
         marks: dict[int, int] = {}
         fn_of, source_of, lo_edge, hi_edge, column_of = [], [], [], [], []
@@ -212,16 +251,28 @@ class WindowPlan:
             hi_edge.append(edges.index(a.end))
         as_array = lambda xs: np.array(xs, dtype=np.int64)  # noqa: E731
         return cls(
-            names=[a.name for a in aggregates], fn_of=as_array(fn_of), source_of=as_array(source_of),
-            lo_edge=as_array(lo_edge), hi_edge=as_array(hi_edge), edges=as_array(edges),
-            slot_measure=as_array([m for m, _ in slots]), slot_counts_days=np.array([d for _, d in slots], dtype=np.bool_),
-            mark_measure=as_array(list(marks)), column_of=as_array(column_of), n_counts=n_counts,
+            names=[a.name for a in aggregates],
+            fn_of=as_array(fn_of),
+            source_of=as_array(source_of),
+            lo_edge=as_array(lo_edge),
+            hi_edge=as_array(hi_edge),
+            edges=as_array(edges),
+            slot_measure=as_array([m for m, _ in slots]),
+            slot_counts_days=np.array([d for _, d in slots], dtype=np.bool_),
+            mark_measure=as_array(list(marks)),
+            column_of=as_array(column_of),
+            n_counts=n_counts,
             n_amounts=n_amounts,
         )
 
 
-def window_kernel(pk: np.ndarray, days: np.ndarray, values: dict[str, np.ndarray | Packed | Scaled],
-                  fs: FeatureSet, as_of_days: list[int]) -> pa.Table:
+def window_kernel(
+    pk: np.ndarray,
+    days: np.ndarray,
+    values: dict[str, np.ndarray | Packed | Scaled],
+    fs: FeatureSet,
+    as_of_days: list[int],
+) -> pa.Table:
     """Aggregates of every snapshot from rollup rows sorted by (pk, day).
 
     ``values`` maps each measure to its column (float64, NaN for NULL), to a :class:`Packed`
@@ -230,8 +281,9 @@ def window_kernel(pk: np.ndarray, days: np.ndarray, values: dict[str, np.ndarray
     profiles in ``pk`` order within each.
     """
     n = len(pk)
-    profile_rows = (np.flatnonzero(np.concatenate([[True], pk[1:] != pk[:-1], [True]])) if n
-                    else np.zeros(1, np.int64))
+    profile_rows = (
+        np.flatnonzero(np.concatenate([[True], pk[1:] != pk[:-1], [True]])) if n else np.zeros(1, np.int64)
+    )
     profiles = pk[profile_rows[:-1]]
     measures = list(values)
     plan = WindowPlan.of(fs, measures)
@@ -251,7 +303,7 @@ def window_kernel(pk: np.ndarray, days: np.ndarray, values: dict[str, np.ndarray
             if isinstance(value, Packed):
                 kind[j], shift[j], mask[j] = 1, value.shift, (1 << value.bits) - 1
             else:
-                kind[j], scale[j] = 2, 10.0 ** value.scale
+                kind[j], scale[j] = 2, 10.0**value.scale
         else:
             floats.append(np.ascontiguousarray(value, dtype=np.float64))
             index[j] = len(floats) - 1
@@ -264,15 +316,41 @@ def window_kernel(pk: np.ndarray, days: np.ndarray, values: dict[str, np.ndarray
     # Column-major: each aggregate's column is contiguous, handed to Arrow without a copy.
     counts = np.empty((total, plan.n_counts), dtype=np.int32, order="F")
     amounts = np.empty((total, plan.n_amounts), order="F")
-    _window_pass(profile_rows, days, floats_in, packed_in, kind, index, shift, mask, scale, plan.slot_measure,
-                 plan.slot_counts_days, plan.mark_measure, plan.edges, plan.fn_of, plan.source_of, plan.lo_edge,
-                 plan.hi_edge, plan.column_of, as_of, row_of, counts, amounts)
+    _window_pass(
+        profile_rows,
+        days,
+        floats_in,
+        packed_in,
+        kind,
+        index,
+        shift,
+        mask,
+        scale,
+        plan.slot_measure,
+        plan.slot_counts_days,
+        plan.mark_measure,
+        plan.edges,
+        plan.fn_of,
+        plan.source_of,
+        plan.lo_edge,
+        plan.hi_edge,
+        plan.column_of,
+        as_of,
+        row_of,
+        counts,
+        amounts,
+    )
     columns = {
         "pk": np.concatenate([profiles[present[s]] for s in range(len(as_of))]).astype(np.int32),
         "as_of_day": np.repeat(as_of.astype(np.int32), present.sum(axis=1)),
     }
-    for name, c, fn in zip(plan.names, plan.column_of, plan.fn_of):
+    for name, c, fn in zip(plan.names, plan.column_of, plan.fn_of, strict=False):
         # from_pandas: NaN becomes NULL, which is what the feature SQL tests for; sums are never NULL.
-        columns[name] = (counts[:, -1 - c] if c < 0 else amounts[:, c] if fn == SUM
-                         else pa.array(amounts[:, c], from_pandas=True))
+        columns[name] = (
+            counts[:, -1 - c]
+            if c < 0
+            else amounts[:, c]
+            if fn == SUM
+            else pa.array(amounts[:, c], from_pandas=True)
+        )
     return pa.table(columns)

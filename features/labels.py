@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 
-from features.builders import DUCKDB, Dialect, build_snapshots
-from features.engine import sql_string
-from features.registry import FeatureSet
-from features.rules import Rule, parse_rule
-from pipeline.config import ModelConfig, OutcomeConfig
-from pipeline.errors import UserError
+from propensity.core.config import ModelConfig, OutcomeConfig
+from propensity.core.errors import UserError
+from propensity.features.builders import DUCKDB, Dialect, build_snapshots
+from propensity.features.engine import sql_string
+from propensity.features.registry import FeatureSet
+from propensity.features.rules import Rule, parse_rule
 
 
 def snapshot_dates(cutoff: dt.date, horizon_days: int, count: int, spacing_days: int) -> list[dt.date]:
@@ -32,7 +32,9 @@ def horizon_passed(as_of: dt.date, horizon_days: int, cutoff: dt.date) -> bool:
 
 def population_rule(model: ModelConfig, fs: FeatureSet) -> Rule:
     """The model's population, checked against the feature names it may use."""
-    return parse_rule(model.population, fs.names(model_features_only=False), f"model '{model.name}': population")
+    return parse_rule(
+        model.population, fs.names(model_features_only=False), f"model '{model.name}': population"
+    )
 
 
 def outcome_filter(outcome: OutcomeConfig, alias: str = "e") -> str:
@@ -44,7 +46,9 @@ def outcome_filter(outcome: OutcomeConfig, alias: str = "e") -> str:
     return " AND ".join(conditions)
 
 
-def labelled_sql(features_sql: str, outcome: OutcomeConfig, dialect: Dialect = DUCKDB, events: str = "events") -> str:
+def labelled_sql(
+    features_sql: str, outcome: OutcomeConfig, dialect: Dialect = DUCKDB, events: str = "events"
+) -> str:
     """Add ``label`` (0/1) to a feature query whose snapshots' horizons have all passed."""
     if outcome.above_average_order_value and outcome.event_type != "purchase":
         raise UserError("outcome.above_average_order_value only applies to event_type 'purchase'")
@@ -52,8 +56,10 @@ def labelled_sql(features_sql: str, outcome: OutcomeConfig, dialect: Dialect = D
     hit = "h.profile_id IS NOT NULL"
     if outcome.above_average_order_value:
         # No earlier order to compare with: any purchase is above "usual".
-        hit = ("h.profile_id IS NOT NULL AND (feats.average_order_value_365d IS NULL "
-               "OR h.max_revenue > feats.average_order_value_365d)")
+        hit = (
+            "h.profile_id IS NOT NULL AND (feats.average_order_value_365d IS NULL "
+            "OR h.max_revenue > feats.average_order_value_365d)"
+        )
     label = f"CASE WHEN {hit} THEN 1 ELSE 0 END" if outcome.occurs else f"CASE WHEN {hit} THEN 0 ELSE 1 END"
     return f"""
         WITH feats AS ({features_sql}),
@@ -77,18 +83,25 @@ def training_frame(con, fs: FeatureSet, model: ModelConfig, cutoff: dt.date):
     The events before ``cutoff`` are condensed once into a daily rollup; every snapshot
     comes from it (see :func:`features.builders.build_snapshots`). Returns (frame, dates).
     """
-    dates = snapshot_dates(cutoff, model.outcome.horizon_days, model.training.snapshots.count,
-                           model.training.snapshots.spacing_days)
+    dates = snapshot_dates(
+        cutoff,
+        model.outcome.horizon_days,
+        model.training.snapshots.count,
+        model.training.snapshots.spacing_days,
+    )
     first = con.execute("SELECT min(timestamp) FROM events").fetchone()[0]
     if first is None or dates[0] <= first.date():
         raise UserError(
             f"model '{model.name}': {len(dates)} snapshots {model.training.snapshots.spacing_days} days apart "
             f"with a {model.outcome.horizon_days}-day horizon need data from before {dates[0]}, "
             f"but the events start on {first.date() if first else 'never'}; lower training.snapshots.count "
-            f"or spacing_days")
+            f"or spacing_days"
+        )
     # Nothing at or after the cutoff may be seen: not by features, not by labels.
-    con.execute(f"CREATE OR REPLACE TEMP VIEW events_seen AS SELECT * FROM events "
-                f"WHERE timestamp < TIMESTAMP '{cutoff} 00:00:00'")
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW events_seen AS SELECT * FROM events "
+        f"WHERE timestamp < TIMESTAMP '{cutoff} 00:00:00'"
+    )
     # Only the population is kept: the rest of each snapshot is never stored.
     population = population_rule(model, fs).sql("duckdb", column_prefix="f")
     build_snapshots(con, fs, dates, table="snapshot_features", events="events_seen", where=population)

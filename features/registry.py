@@ -19,24 +19,56 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from pipeline.config import FeatureConfig
+from propensity.core.config import FeatureConfig
 
 ACTIVITY_TYPES: tuple[str, ...] = (
-    "page_view", "product_view", "search", "add_to_cart", "remove_from_cart", "checkout", "purchase",
-    "email_send", "email_open", "email_click", "push_open", "app_launch", "call_center_call", "store_visit",
-    "offer_redeemed", "login",
+    "page_view",
+    "product_view",
+    "search",
+    "add_to_cart",
+    "remove_from_cart",
+    "checkout",
+    "purchase",
+    "email_send",
+    "email_open",
+    "email_click",
+    "push_open",
+    "app_launch",
+    "call_center_call",
+    "store_visit",
+    "offer_redeemed",
+    "login",
 )
-CHANNELS: tuple[str, ...] = ("web", "mobile_app", "email", "sms", "push", "call_center", "store", "advertising")
+CHANNELS: tuple[str, ...] = (
+    "web",
+    "mobile_app",
+    "email",
+    "sms",
+    "push",
+    "call_center",
+    "store",
+    "advertising",
+)
 KNOWN_NAMESPACES_SQL = "(crm_id IS NOT NULL OR email_sha256 IS NOT NULL OR phone_sha256 IS NOT NULL)"
 FUNNEL_STAGES = {0: "none", 1: "viewed a product", 2: "added to cart", 3: "checked out", 4: "purchased"}
 
 PRETTY = {
-    "page_view": "Page views", "product_view": "Product views", "search": "Searches",
-    "add_to_cart": "Add to cart events", "remove_from_cart": "Remove from cart events",
-    "checkout": "Checkouts", "purchase": "Purchases", "email_send": "Emails received",
-    "email_open": "Email opens", "email_click": "Email clicks", "push_open": "Push opens",
-    "app_launch": "App launches", "call_center_call": "Call-centre calls", "store_visit": "Store visits",
-    "offer_redeemed": "Offers redeemed", "login": "Log-ins",
+    "page_view": "Page views",
+    "product_view": "Product views",
+    "search": "Searches",
+    "add_to_cart": "Add to cart events",
+    "remove_from_cart": "Remove from cart events",
+    "checkout": "Checkouts",
+    "purchase": "Purchases",
+    "email_send": "Emails received",
+    "email_open": "Email opens",
+    "email_click": "Email clicks",
+    "push_open": "Push opens",
+    "app_launch": "App launches",
+    "call_center_call": "Call-centre calls",
+    "store_visit": "Store visits",
+    "offer_redeemed": "Offers redeemed",
+    "login": "Log-ins",
 }
 
 
@@ -108,12 +140,16 @@ class FeatureSet:
 
     def select(self, include: list[str] | None = None, exclude: list[str] | None = None) -> FeatureSet:
         """A subset by exact name or family name; measures are pruned to what is used."""
-        chosen = [f for f in self.features
-                  if (not include or f.name in include or f.family in include)
-                  and not (exclude and (f.name in exclude or f.family in exclude))]
+        chosen = [
+            f
+            for f in self.features
+            if (not include or f.name in include or f.family in include)
+            and not (exclude and (f.name in exclude or f.family in exclude))
+        ]
         used = {a.measure for f in chosen for a in f.aggregates}
-        return FeatureSet({k: v for k, v in self.measures.items() if k in used}, chosen,
-                          self.lookback_days, self.categories)
+        return FeatureSet(
+            {k: v for k, v in self.measures.items() if k in used}, chosen, self.lookback_days, self.categories
+        )
 
     def names(self, model_features_only: bool = True) -> list[str]:
         return [f.name for f in self.features if f.is_feature or not model_features_only]
@@ -124,8 +160,13 @@ def _w(days: int) -> str:
 
 
 def _window_label(days: int) -> str:
-    return {1: "last day", 7: "last 7 days", 30: "last 30 days", 90: "last 90 days",
-            365: "last 365 days"}.get(days, f"last {days} days")
+    return {
+        1: "last day",
+        7: "last 7 days",
+        30: "last 30 days",
+        90: "last 90 days",
+        365: "last 365 days",
+    }.get(days, f"last {days} days")
 
 
 def _safe_ratio(numerator: str, denominator: str) -> str:
@@ -134,8 +175,10 @@ def _safe_ratio(numerator: str, denominator: str) -> str:
 
 def _trend(recent_count: str, recent_days: int, prior_count: str, prior_days: int) -> str:
     # Smoothed by 0.05 events a day, so that no activity in either window reads as 1 (flat).
-    return (f"(CAST({recent_count} AS DOUBLE) / {recent_days} + 0.05) / "
-            f"(CAST({prior_count} AS DOUBLE) / {prior_days} + 0.05)")
+    return (
+        f"(CAST({recent_count} AS DOUBLE) / {recent_days} + 0.05) / "
+        f"(CAST({prior_count} AS DOUBLE) / {prior_days} + 0.05)"
+    )
 
 
 def category_names(categories: list[str]) -> dict[str, str]:
@@ -153,7 +196,9 @@ def category_names(categories: list[str]) -> dict[str, str]:
     return names
 
 
-def build_registry(config: FeatureConfig, categories: list[str] | None = None, lookback_days: int = 730) -> FeatureSet:
+def build_registry(
+    config: FeatureConfig, categories: list[str] | None = None, lookback_days: int = 730
+) -> FeatureSet:
     """Declare every feature for the configured windows and categories."""
     windows = config.windows_days
     categories = list(categories if categories is not None else (config.categories or []))
@@ -163,10 +208,16 @@ def build_registry(config: FeatureConfig, categories: list[str] | None = None, l
         measures[t] = Measure.indicator(t, f"event_type = '{t}'")
     # DECIMAL: sums are exact, so they do not depend on the order an engine adds them in.
     measures["revenue"] = Measure(
-        "revenue", "CAST(CASE WHEN event_type = 'purchase' THEN coalesce(revenue, 0) ELSE 0 END AS DECIMAL(18, 2))",
-        sql_type="DECIMAL(18, 2)")
+        "revenue",
+        "CAST(CASE WHEN event_type = 'purchase' THEN coalesce(revenue, 0) ELSE 0 END AS DECIMAL(18, 2))",
+        sql_type="DECIMAL(18, 2)",
+    )
     measures["max_order_value"] = Measure(
-        "max_order_value", "CASE WHEN event_type = 'purchase' THEN revenue END", rollup="max", sql_type="DOUBLE")
+        "max_order_value",
+        "CASE WHEN event_type = 'purchase' THEN revenue END",
+        rollup="max",
+        sql_type="DOUBLE",
+    )
     measures["known_identity"] = Measure.indicator("known_identity", KNOWN_NAMESPACES_SQL)
     # Written by ingest/stitching: identities first seen on this event (see features.identity).
     measures["new_identities"] = Measure("new_identities", "coalesce(new_identities, 0)")
@@ -176,9 +227,11 @@ def build_registry(config: FeatureConfig, categories: list[str] | None = None, l
     for cat, name in named.items():
         safe = cat.replace("'", "''")
         measures[f"view_{name}"] = Measure.indicator(
-            f"view_{name}", f"event_type = 'product_view' AND product_category = '{safe}'")
+            f"view_{name}", f"event_type = 'product_view' AND product_category = '{safe}'"
+        )
         measures[f"purchase_{name}"] = Measure.indicator(
-            f"purchase_{name}", f"event_type = 'purchase' AND product_category = '{safe}'")
+            f"purchase_{name}", f"event_type = 'purchase' AND product_category = '{safe}'"
+        )
 
     def agg(measure: str, fn: str, start: int | None, end: int = 0) -> Aggregate:
         span = "all" if start is None else f"{start}_{end}"
@@ -192,52 +245,135 @@ def build_registry(config: FeatureConfig, categories: list[str] | None = None, l
         a = agg("events", "sum", w)
         add(Feature(f"event_count_{_w(w)}", f"Events, {_window_label(w)}", "activity", a.name, (a,)))
         a = agg("events", "active_days", w)
-        add(Feature(f"active_days_{_w(w)}", f"Days with any activity, {_window_label(w)}", "activity", a.name, (a,)))
+        add(
+            Feature(
+                f"active_days_{_w(w)}",
+                f"Days with any activity, {_window_label(w)}",
+                "activity",
+                a.name,
+                (a,),
+            )
+        )
         for t in ACTIVITY_TYPES:
             a = agg(t, "sum", w)
             add(Feature(f"{t}_count_{_w(w)}", f"{PRETTY[t]}, {_window_label(w)}", "activity", a.name, (a,)))
 
     # recency (within the lookback; NULL when never seen there)
     first, last = agg("events", "first_day", None), agg("events", "last_day", None)
-    add(Feature("days_since_first_event", "Days since the first event", "recency", f"as_of_day - {first.name}", (first,)))
-    add(Feature("days_since_last_event", "Days since the last event", "recency", f"as_of_day - {last.name}", (last,)))
+    add(
+        Feature(
+            "days_since_first_event",
+            "Days since the first event",
+            "recency",
+            f"as_of_day - {first.name}",
+            (first,),
+        )
+    )
+    add(
+        Feature(
+            "days_since_last_event",
+            "Days since the last event",
+            "recency",
+            f"as_of_day - {last.name}",
+            (last,),
+        )
+    )
     for t in ACTIVITY_TYPES:
         a = agg(t, "last_day", None)
-        add(Feature(f"days_since_last_{t}", f"Days since the last {PRETTY[t].lower().rstrip('s')}",
-                    "recency", f"as_of_day - {a.name}", (a,)))
+        add(
+            Feature(
+                f"days_since_last_{t}",
+                f"Days since the last {PRETTY[t].lower().rstrip('s')}",
+                "recency",
+                f"as_of_day - {a.name}",
+                (a,),
+            )
+        )
 
     # monetary
     for w in windows:
         rev, n, mx = agg("revenue", "sum", w), agg("purchase", "sum", w), agg("max_order_value", "max", w)
         add(Feature(f"revenue_sum_{_w(w)}", f"Revenue, {_window_label(w)}", "monetary", rev.name, (rev,)))
-        add(Feature(f"average_order_value_{_w(w)}", f"Average order value, {_window_label(w)}", "monetary",
-                    _safe_ratio(rev.name, n.name), (rev, n)))
-        add(Feature(f"max_order_value_{_w(w)}", f"Largest order, {_window_label(w)}", "monetary", mx.name, (mx,)))
+        add(
+            Feature(
+                f"average_order_value_{_w(w)}",
+                f"Average order value, {_window_label(w)}",
+                "monetary",
+                _safe_ratio(rev.name, n.name),
+                (rev, n),
+            )
+        )
+        add(
+            Feature(
+                f"max_order_value_{_w(w)}", f"Largest order, {_window_label(w)}", "monetary", mx.name, (mx,)
+            )
+        )
 
     # funnel
     n_days = config.cart_abandonment_days
     for w in windows:
-        view, cart, check, buy = (agg(m, "sum", w) for m in ("product_view", "add_to_cart", "checkout", "purchase"))
-        stage = (f"CASE WHEN {buy.name} > 0 THEN 4 WHEN {check.name} > 0 THEN 3 WHEN {cart.name} > 0 THEN 2 "
-                 f"WHEN {view.name} > 0 THEN 1 ELSE 0 END")
-        add(Feature(f"funnel_stage_{_w(w)}", f"Deepest funnel stage (0 none .. 4 purchase), {_window_label(w)}",
-                    "funnel", stage, (view, cart, check, buy)))
-        add(Feature(f"view_to_cart_ratio_{_w(w)}", f"Add-to-carts per product view, {_window_label(w)}", "funnel",
-                    _safe_ratio(cart.name, view.name), (cart, view)))
-        add(Feature(f"cart_to_purchase_ratio_{_w(w)}", f"Purchases per add-to-cart, {_window_label(w)}", "funnel",
-                    _safe_ratio(buy.name, cart.name), (buy, cart)))
+        view, cart, check, buy = (
+            agg(m, "sum", w) for m in ("product_view", "add_to_cart", "checkout", "purchase")
+        )
+        stage = (
+            f"CASE WHEN {buy.name} > 0 THEN 4 WHEN {check.name} > 0 THEN 3 WHEN {cart.name} > 0 THEN 2 "
+            f"WHEN {view.name} > 0 THEN 1 ELSE 0 END"
+        )
+        add(
+            Feature(
+                f"funnel_stage_{_w(w)}",
+                f"Deepest funnel stage (0 none .. 4 purchase), {_window_label(w)}",
+                "funnel",
+                stage,
+                (view, cart, check, buy),
+            )
+        )
+        add(
+            Feature(
+                f"view_to_cart_ratio_{_w(w)}",
+                f"Add-to-carts per product view, {_window_label(w)}",
+                "funnel",
+                _safe_ratio(cart.name, view.name),
+                (cart, view),
+            )
+        )
+        add(
+            Feature(
+                f"cart_to_purchase_ratio_{_w(w)}",
+                f"Purchases per add-to-cart, {_window_label(w)}",
+                "funnel",
+                _safe_ratio(buy.name, cart.name),
+                (buy, cart),
+            )
+        )
         if w > n_days:
             # The last cart of the window, old enough that its N-day chance to convert is over
             # before as_of, with no purchase on or after its day.
             last_cart, last_buy = agg("add_to_cart", "last_day", w), agg("purchase", "last_day", w)
-            abandoned = (f"CASE WHEN {last_cart.name} IS NOT NULL AND {last_cart.name} <= as_of_day - {n_days} "
-                         f"AND ({last_buy.name} IS NULL OR {last_buy.name} < {last_cart.name}) THEN 1 ELSE 0 END")
-            add(Feature(f"cart_abandoned_{_w(w)}", f"Abandoned a cart (no purchase within {n_days} days), "
-                        f"{_window_label(w)}", "funnel", abandoned, (last_cart, last_buy)))
+            abandoned = (
+                f"CASE WHEN {last_cart.name} IS NOT NULL AND {last_cart.name} <= as_of_day - {n_days} "
+                f"AND ({last_buy.name} IS NULL OR {last_buy.name} < {last_cart.name}) THEN 1 ELSE 0 END"
+            )
+            add(
+                Feature(
+                    f"cart_abandoned_{_w(w)}",
+                    f"Abandoned a cart (no purchase within {n_days} days), {_window_label(w)}",
+                    "funnel",
+                    abandoned,
+                    (last_cart, last_buy),
+                )
+            )
     last_cart, last_buy = agg("add_to_cart", "last_day", None), agg("purchase", "last_day", None)
-    add(Feature("open_cart", f"Has a cart from the last {n_days} days with no purchase since", "funnel",
-                f"CASE WHEN {last_cart.name} >= as_of_day - {n_days} AND ({last_buy.name} IS NULL OR "
-                f"{last_buy.name} < {last_cart.name}) THEN 1 ELSE 0 END", (last_cart, last_buy)))
+    add(
+        Feature(
+            "open_cart",
+            f"Has a cart from the last {n_days} days with no purchase since",
+            "funnel",
+            f"CASE WHEN {last_cart.name} >= as_of_day - {n_days} AND ({last_buy.name} IS NULL OR "
+            f"{last_buy.name} < {last_cart.name}) THEN 1 ELSE 0 END",
+            (last_cart, last_buy),
+        )
+    )
 
     # channel
     for w in windows:
@@ -245,47 +381,117 @@ def build_registry(config: FeatureConfig, categories: list[str] | None = None, l
         if w >= 30:
             for c in CHANNELS:
                 a = agg(f"channel_{c}", "sum", w)
-                add(Feature(f"channel_share_{c}_{_w(w)}", f"Share of events on {c.replace('_', ' ')}, "
-                            f"{_window_label(w)}", "channel", _safe_ratio(a.name, total.name), (a, total)))
-        send, opened, click = agg("email_send", "sum", w), agg("email_open", "sum", w), agg("email_click", "sum", w)
-        add(Feature(f"email_open_rate_{_w(w)}", f"Email opens per email received, {_window_label(w)}", "channel",
-                    _safe_ratio(opened.name, send.name), (opened, send)))
-        add(Feature(f"email_click_rate_{_w(w)}", f"Email clicks per email opened, {_window_label(w)}", "channel",
-                    _safe_ratio(click.name, opened.name), (click, opened)))
+                add(
+                    Feature(
+                        f"channel_share_{c}_{_w(w)}",
+                        f"Share of events on {c.replace('_', ' ')}, {_window_label(w)}",
+                        "channel",
+                        _safe_ratio(a.name, total.name),
+                        (a, total),
+                    )
+                )
+        send, opened, click = (
+            agg("email_send", "sum", w),
+            agg("email_open", "sum", w),
+            agg("email_click", "sum", w),
+        )
+        add(
+            Feature(
+                f"email_open_rate_{_w(w)}",
+                f"Email opens per email received, {_window_label(w)}",
+                "channel",
+                _safe_ratio(opened.name, send.name),
+                (opened, send),
+            )
+        )
+        add(
+            Feature(
+                f"email_click_rate_{_w(w)}",
+                f"Email clicks per email opened, {_window_label(w)}",
+                "channel",
+                _safe_ratio(click.name, opened.name),
+                (click, opened),
+            )
+        )
 
     # category affinity
     long_windows = [w for w in windows if w >= 30] or windows[-1:]
     for cat, name in named.items():
         for w in long_windows:
             v, p = agg(f"view_{name}", "sum", w), agg(f"purchase_{name}", "sum", w)
-            add(Feature(f"category_view_count_{_w(w)}_{name}", f"{cat.title()} product views, {_window_label(w)}",
-                        "category", v.name, (v,)))
-            add(Feature(f"category_purchase_count_{_w(w)}_{name}", f"{cat.title()} purchases, {_window_label(w)}",
-                        "category", p.name, (p,)))
+            add(
+                Feature(
+                    f"category_view_count_{_w(w)}_{name}",
+                    f"{cat.title()} product views, {_window_label(w)}",
+                    "category",
+                    v.name,
+                    (v,),
+                )
+            )
+            add(
+                Feature(
+                    f"category_purchase_count_{_w(w)}_{name}",
+                    f"{cat.title()} purchases, {_window_label(w)}",
+                    "category",
+                    p.name,
+                    (p,),
+                )
+            )
         last = agg(f"purchase_{name}", "last_day", None)
-        add(Feature(f"days_since_last_purchase_{name}", f"Days since the last {cat} purchase", "category",
-                    f"as_of_day - {last.name}", (last,)))
+        add(
+            Feature(
+                f"days_since_last_purchase_{name}",
+                f"Days since the last {cat} purchase",
+                "category",
+                f"as_of_day - {last.name}",
+                (last,),
+            )
+        )
 
     # trend: daily rate of the recent window against the one before it
     for recent, prior in ((7, 30), (30, 90)):
         a, b = agg("events", "sum", recent), agg("events", "sum", recent + prior, recent)
-        add(Feature(f"events_trend_{recent}d_vs_prior_{prior}d",
-                    f"Activity in the last {recent} days relative to the {prior} days before", "trend",
-                    _trend(a.name, recent, b.name, prior),
-                    (a, b)))
+        add(
+            Feature(
+                f"events_trend_{recent}d_vs_prior_{prior}d",
+                f"Activity in the last {recent} days relative to the {prior} days before",
+                "trend",
+                _trend(a.name, recent, b.name, prior),
+                (a, b),
+            )
+        )
         a, b = agg("product_view", "sum", recent), agg("product_view", "sum", recent + prior, recent)
-        add(Feature(f"product_view_trend_{recent}d_vs_prior_{prior}d",
-                    f"Product views in the last {recent} days relative to the {prior} days before", "trend",
-                    _trend(a.name, recent, b.name, prior),
-                    (a, b)))
+        add(
+            Feature(
+                f"product_view_trend_{recent}d_vs_prior_{prior}d",
+                f"Product views in the last {recent} days relative to the {prior} days before",
+                "trend",
+                _trend(a.name, recent, b.name, prior),
+                (a, b),
+            )
+        )
 
     # profile (point in time: known only once a known identity was seen before as_of)
     known = agg("known_identity", "sum", None)
-    add(Feature("is_known", "Signed in or identified before", "profile",
-                f"CASE WHEN {known.name} > 0 THEN 1 ELSE 0 END", (known,)))
+    add(
+        Feature(
+            "is_known",
+            "Signed in or identified before",
+            "profile",
+            f"CASE WHEN {known.name} > 0 THEN 1 ELSE 0 END",
+            (known,),
+        )
+    )
     identities = agg("new_identities", "sum", None)
-    add(Feature("identity_count", "Identities (devices, accounts, emails) seen so far", "profile",
-                identities.name, (identities,)))
+    add(
+        Feature(
+            "identity_count",
+            "Identities (devices, accounts, emails) seen so far",
+            "profile",
+            identities.name,
+            (identities,),
+        )
+    )
     return FeatureSet(measures, features, lookback, categories)
 
 

@@ -15,13 +15,32 @@ from dataclasses import dataclass
 import sqlglot
 from sqlglot import exp
 
-from pipeline.errors import UserError
+from propensity.core.errors import UserError
 
 ALLOWED_NODES: tuple[type[exp.Expression], ...] = (
-    exp.And, exp.Or, exp.Not, exp.Paren,
-    exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Is, exp.In, exp.Between,
-    exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Neg,
-    exp.Column, exp.Identifier, exp.Literal, exp.Boolean, exp.Null,
+    exp.And,
+    exp.Or,
+    exp.Not,
+    exp.Paren,
+    exp.EQ,
+    exp.NEQ,
+    exp.GT,
+    exp.GTE,
+    exp.LT,
+    exp.LTE,
+    exp.Is,
+    exp.In,
+    exp.Between,
+    exp.Add,
+    exp.Sub,
+    exp.Mul,
+    exp.Div,
+    exp.Neg,
+    exp.Column,
+    exp.Identifier,
+    exp.Literal,
+    exp.Boolean,
+    exp.Null,
 )
 
 
@@ -59,13 +78,17 @@ def parse_rule(text: str, allowed_columns: Iterable[str], where: str) -> Rule:
         raise UserError(f"{where}: cannot parse rule `{text}`: {first}") from None
     for node in tree.walk():
         if not isinstance(node, ALLOWED_NODES):
-            raise UserError(f"{where}: `{node.sql()}` is not allowed in a rule (only comparisons, AND/OR/NOT, "
-                            f"IN, BETWEEN, IS NULL, arithmetic, literals and column names)")
+            raise UserError(
+                f"{where}: `{node.sql()}` is not allowed in a rule (only comparisons, AND/OR/NOT, "
+                f"IN, BETWEEN, IS NULL, arithmetic, literals and column names)"
+            )
     columns = {column_name(c) for c in tree.find_all(exp.Column)}
     unknown = sorted(columns - allowed)
     if unknown:
         hint = ", ".join(sorted(allowed)[:8])
-        raise UserError(f"{where}: unknown column `{unknown[0]}` in rule `{text}` (known columns include {hint}, ...)")
+        raise UserError(
+            f"{where}: unknown column `{unknown[0]}` in rule `{text}` (known columns include {hint}, ...)"
+        )
     if not isinstance(tree, exp.Condition) or isinstance(tree, (exp.Column, exp.Literal)):
         raise UserError(f"{where}: rule `{text}` is not a condition")
     return Rule(text=text, columns=frozenset(columns), tree=tree)

@@ -13,14 +13,28 @@ from pathlib import Path
 
 import duckdb
 
-from features.engine import sql_ident, sql_string
-from pipeline.config import IdentityConfig
-from pipeline.errors import UserError
+from propensity.core.config import IdentityConfig
+from propensity.core.errors import UserError
+from propensity.features.engine import sql_ident, sql_string
 
 CANONICAL_EVENT_TYPES: tuple[str, ...] = (
-    "page_view", "product_view", "add_to_cart", "remove_from_cart", "checkout", "purchase",
-    "search", "email_send", "email_open", "email_click", "push_open", "app_launch",
-    "call_center_call", "store_visit", "offer_redeemed", "login", "signup",
+    "page_view",
+    "product_view",
+    "add_to_cart",
+    "remove_from_cart",
+    "checkout",
+    "purchase",
+    "search",
+    "email_send",
+    "email_open",
+    "email_click",
+    "push_open",
+    "app_launch",
+    "call_center_call",
+    "store_visit",
+    "offer_redeemed",
+    "login",
+    "signup",
 )
 
 # Adobe Experience Platform (XDM) eventType values and the canonical names they map to.
@@ -38,7 +52,14 @@ XDM_EVENT_TYPES: dict[str, str] = {
 }
 
 CHANNELS: tuple[str, ...] = (
-    "web", "mobile_app", "email", "sms", "push", "call_center", "store", "advertising",
+    "web",
+    "mobile_app",
+    "email",
+    "sms",
+    "push",
+    "call_center",
+    "store",
+    "advertising",
 )
 
 # Raw PII columns and the hashed namespace each becomes on ingest.
@@ -50,12 +71,23 @@ NUMERIC_COLUMNS: tuple[str, ...] = ("revenue", "quantity")
 
 # Bad-row reasons, in the order they are checked: a row is reported under its first one.
 BAD_ROW_REASONS: tuple[str, ...] = (
-    "unparseable_timestamp", "missing_event_type", "no_identity", "invalid_revenue",
-    "negative_revenue", "invalid_quantity", "future_timestamp",
+    "unparseable_timestamp",
+    "missing_event_type",
+    "no_identity",
+    "invalid_revenue",
+    "negative_revenue",
+    "invalid_quantity",
+    "future_timestamp",
 )
 
-EVENT_FILE_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv",
-                       ".jsonl": "json", ".ndjson": "json", ".json": "json"}
+EVENT_FILE_SUFFIXES = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".jsonl": "json",
+    ".ndjson": "json",
+    ".json": "json",
+}
 
 
 @dataclass(frozen=True)
@@ -89,8 +121,11 @@ def _event_files(path: Path) -> tuple[list[Path], str]:
                 f"{path}: unsupported file type '{path.suffix}'; expected .parquet, .csv or .jsonl"
             )
         return [path], fmt
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in EVENT_FILE_SUFFIXES
-                   and not p.name.startswith((".", "_")))
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file() and p.suffix.lower() in EVENT_FILE_SUFFIXES and not p.name.startswith((".", "_"))
+    )
     if not files:
         raise UserError(f"{path}: no event files (.parquet, .csv, .jsonl) found")
     formats = {EVENT_FILE_SUFFIXES[p.suffix.lower()] for p in files}
@@ -111,15 +146,26 @@ def resolve_input(path: str | Path) -> InputFiles:
         raise UserError(f"{path}: events path does not exist")
     if path.is_dir() and (path / "manifest.json").is_file() and (path / "events.parquet").exists():
         gt = path / "ground_truth"
-        return InputFiles(events=[path / "events.parquet"], fmt="parquet", ingested=path,
-                          profiles=None, ground_truth=gt if gt.is_dir() else None, display=str(path))
+        return InputFiles(
+            events=[path / "events.parquet"],
+            fmt="parquet",
+            ingested=path,
+            profiles=None,
+            ground_truth=gt if gt.is_dir() else None,
+            display=str(path),
+        )
     if path.is_dir():
         events = _find_in_dir(path, "events")
         if events is not None:
             files, fmt = _event_files(events)
             gt = path / "ground_truth"
-            return InputFiles(events=files, fmt=fmt, profiles=_find_in_dir(path, "profiles"),
-                              ground_truth=gt if gt.is_dir() else None, display=str(events))
+            return InputFiles(
+                events=files,
+                fmt=fmt,
+                profiles=_find_in_dir(path, "profiles"),
+                ground_truth=gt if gt.is_dir() else None,
+                display=str(events),
+            )
     files, fmt = _event_files(path)
     return InputFiles(events=files, fmt=fmt, display=str(path))
 
@@ -128,8 +174,10 @@ def reader_sql(files: list[Path], fmt: str, hive: bool = False) -> str:
     """A DuckDB table function reading ``files`` with their file name and row number."""
     names = "[" + ", ".join(sql_string(str(f)) for f in files) + "]"
     if fmt == "parquet":
-        return (f"read_parquet({names}, union_by_name=true, filename=true, file_row_number=true"
-                f"{', hive_partitioning=true' if hive else ''})")
+        return (
+            f"read_parquet({names}, union_by_name=true, filename=true, file_row_number=true"
+            f"{', hive_partitioning=true' if hive else ''})"
+        )
     if fmt == "csv":
         # All text: a bad value in one row must become a bad row, not a failed read.
         return f"read_csv({names}, all_varchar=true, header=true, union_by_name=true, filename=true)"
@@ -190,8 +238,9 @@ def identity_sql(columns: dict[str, str], identity: IdentityConfig) -> dict[str,
                 normalised = f"nullif(lower(trim(CAST({sql_ident(raw)} AS VARCHAR))), '')"
             else:
                 # Phone numbers compare on their digits (and a leading +), not their formatting.
-                normalised = (f"nullif(regexp_replace(CAST({sql_ident(raw)} AS VARCHAR), "
-                              f"'[^0-9+]', '', 'g'), '')")
+                normalised = (
+                    f"nullif(regexp_replace(CAST({sql_ident(raw)} AS VARCHAR), '[^0-9+]', '', 'g'), '')"
+                )
             parts.append(f"sha256({normalised})")
         if namespace in columns:
             value = _text(namespace)
@@ -241,7 +290,9 @@ def stage_events(
     id_columns = present_identity_columns(columns, identity)
     if not id_columns:
         accepted = [*identity.namespaces, *HASHED_IDENTITIES]
-        raise UserError(f"{files.display}: no identity column; expected at least one of {', '.join(accepted)}")
+        raise UserError(
+            f"{files.display}: no identity column; expected at least one of {', '.join(accepted)}"
+        )
 
     ts = _timestamp_sql(columns["timestamp"], files.display)
     revenue, revenue_bad = _numeric_sql("revenue", columns.get("revenue"), files.display)
@@ -250,19 +301,36 @@ def stage_events(
     xdm = " ".join(f"WHEN {sql_string(k.lower())} THEN {sql_string(v)}" for k, v in XDM_EVENT_TYPES.items())
     raw_type = _text("event_type")
     event_type = f"CASE lower({raw_type}) {xdm} ELSE {raw_type} END"
-    strings = {c: (f"lower({_text(c)})" if c in ("channel", "product_category") else _text(c))
-               if c in columns else "CAST(NULL AS VARCHAR)" for c in STRING_COLUMNS}
+    strings = {
+        c: (f"lower({_text(c)})" if c in ("channel", "product_category") else _text(c))
+        if c in columns
+        else "CAST(NULL AS VARCHAR)"
+        for c in STRING_COLUMNS
+    }
     row_number = "file_row_number + 1" if files.fmt == "parquet" else "row_number() OVER ()"
-    reserved = {*REQUIRED_COLUMNS, *STRING_COLUMNS, *NUMERIC_COLUMNS, "event_id", *identity.namespaces,
-                *HASHED_IDENTITIES, "filename", "file_row_number"}
+    reserved = {
+        *REQUIRED_COLUMNS,
+        *STRING_COLUMNS,
+        *NUMERIC_COLUMNS,
+        "event_id",
+        *identity.namespaces,
+        *HASHED_IDENTITIES,
+        "filename",
+        "file_row_number",
+    }
     extras = [c for c in columns if c not in reserved]
     given_id = _text("event_id") if "event_id" in columns else "CAST(NULL AS VARCHAR)"
-    as_of_check = (f"ts >= TIMESTAMP {sql_string(str(as_of))} + INTERVAL 1 DAY" if as_of else "false")
+    as_of_check = f"ts >= TIMESTAMP {sql_string(str(as_of))} + INTERVAL 1 DAY" if as_of else "false"
     any_identity = " OR ".join(f"{sql_ident(n)} IS NOT NULL" for n in identity.namespaces)
     content = ", ".join(
-        ["CAST(ts AS VARCHAR)", "event_type", *(f"coalesce({sql_ident(n)}, '')" for n in identity.namespaces),
-         *(f"coalesce({c}, '')" for c in STRING_COLUMNS),
-         "coalesce(CAST(revenue AS VARCHAR), '')", "coalesce(CAST(quantity AS VARCHAR), '')"]
+        [
+            "CAST(ts AS VARCHAR)",
+            "event_type",
+            *(f"coalesce({sql_ident(n)}, '')" for n in identity.namespaces),
+            *(f"coalesce({c}, '')" for c in STRING_COLUMNS),
+            "coalesce(CAST(revenue AS VARCHAR), '')",
+            "coalesce(CAST(quantity AS VARCHAR), '')",
+        ]
     )
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE parsed_events AS
@@ -272,12 +340,12 @@ def stage_events(
             SELECT
                 {ts} AS ts,
                 {event_type} AS event_type,
-                {', '.join(f'{expr} AS {sql_ident(n)}' for n, expr in ids.items())},
-                {', '.join(f'{expr} AS {c}' for c, expr in strings.items())},
+                {", ".join(f"{expr} AS {sql_ident(n)}" for n, expr in ids.items())},
+                {", ".join(f"{expr} AS {c}" for c, expr in strings.items())},
                 {revenue} AS revenue, {revenue_bad} AS _revenue_bad,
                 {quantity} AS quantity, {quantity_bad} AS _quantity_bad,
                 {given_id} AS _given_id,
-                {''.join(f'{sql_ident(c)}, ' for c in extras)}
+                {"".join(f"{sql_ident(c)}, " for c in extras)}
                 filename AS _source_file, _source_row
             FROM src
         )
@@ -295,7 +363,9 @@ def stage_events(
             END AS reason
         FROM typed
     """)
-    con.execute("CREATE OR REPLACE TEMP TABLE bad_events AS SELECT * FROM parsed_events WHERE reason IS NOT NULL")
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE bad_events AS SELECT * FROM parsed_events WHERE reason IS NOT NULL"
+    )
     # Duplicates are rare: find them on event_id alone, then drop all but the first in file
     # order. A window over every row and column would hold the whole input in memory.
     con.execute("""
@@ -318,7 +388,9 @@ def stage_events(
     rows_in = con.execute("SELECT count(*) FROM parsed_events").fetchone()[0]
     rows_bad = con.execute("SELECT count(*) FROM bad_events").fetchone()[0]
     rows_clean = con.execute("SELECT count(*) FROM clean_events").fetchone()[0]
-    by_reason = dict(con.execute("SELECT reason, count(*) FROM bad_events GROUP BY reason ORDER BY reason").fetchall())
+    by_reason = dict(
+        con.execute("SELECT reason, count(*) FROM bad_events GROUP BY reason ORDER BY reason").fetchall()
+    )
     first_bad = [
         {"file": r[0], "row": r[1], "reason": r[2]}
         for r in con.execute(
@@ -327,9 +399,13 @@ def stage_events(
         ).fetchall()
     ]
     return StagedEvents(
-        rows_in=rows_in, rows_bad=rows_bad, rows_duplicate=rows_in - rows_bad - rows_clean,
-        rows_clean=rows_clean, bad_by_reason={r: by_reason.get(r, 0) for r in BAD_ROW_REASONS if by_reason.get(r)},
-        first_bad=first_bad, columns=list(columns),
+        rows_in=rows_in,
+        rows_bad=rows_bad,
+        rows_duplicate=rows_in - rows_bad - rows_clean,
+        rows_clean=rows_clean,
+        bad_by_reason={r: by_reason.get(r, 0) for r in BAD_ROW_REASONS if by_reason.get(r)},
+        first_bad=first_bad,
+        columns=list(columns),
     )
 
 
@@ -341,8 +417,10 @@ def bad_rows_message(display: str, staged: StagedEvents) -> str:
         (f"{Path(r['file']).name} row {r['row']}" if multi_file else f"row {r['row']}") + f" ({r['reason']})"
         for r in staged.first_bad
     )
-    return (f"{display}: {staged.rows_bad} bad rows ({reasons}); first: {rows}. "
-            f"Fix them, or pass --on-bad-rows quarantine to set them aside.")
+    return (
+        f"{display}: {staged.rows_bad} bad rows ({reasons}); first: {rows}. "
+        f"Fix them, or pass --on-bad-rows quarantine to set them aside."
+    )
 
 
 PROFILE_CONSENT_COLUMNS: tuple[str, ...] = ("consent_personalization", "consent_marketing")
@@ -360,13 +438,18 @@ def stage_profiles(con: duckdb.DuckDBPyConnection, path: Path, identity: Identit
     id_columns = present_identity_columns(columns, identity)
     if not id_columns:
         accepted = [*identity.namespaces, *HASHED_IDENTITIES]
-        raise UserError(f"{path}: no identity column to key profiles by; expected one of {', '.join(accepted)}")
+        raise UserError(
+            f"{path}: no identity column to key profiles by; expected one of {', '.join(accepted)}"
+        )
     ids = identity_sql(columns, identity)
     namespaces = [n for n in identity.namespaces if ids[n] != "CAST(NULL AS VARCHAR)"]
     consent = {
-        c: (f"CASE WHEN lower({_text(c)}) IN ('y', 'yes', 'true', '1') THEN 'y' "
-            f"WHEN lower({_text(c)}) IN ('n', 'no', 'false', '0') THEN 'n' END")
-        if c in columns else "CAST(NULL AS VARCHAR)"
+        c: (
+            f"CASE WHEN lower({_text(c)}) IN ('y', 'yes', 'true', '1') THEN 'y' "
+            f"WHEN lower({_text(c)}) IN ('n', 'no', 'false', '0') THEN 'n' END"
+        )
+        if c in columns
+        else "CAST(NULL AS VARCHAR)"
         for c in PROFILE_CONSENT_COLUMNS
     }
     skip = {*identity.namespaces, *HASHED_IDENTITIES, *PROFILE_CONSENT_COLUMNS, "filename", "file_row_number"}
@@ -374,15 +457,16 @@ def stage_profiles(con: duckdb.DuckDBPyConnection, path: Path, identity: Identit
     row_number = "file_row_number + 1" if fmt == "parquet" else "row_number() OVER ()"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE profile_attributes AS
-        SELECT {', '.join(f'{ids[n]} AS {sql_ident(n)}' for n in namespaces)},
-               {', '.join(f'{expr} AS {c}' for c, expr in consent.items())}
-               {''.join(f', {sql_ident(c)}' for c in attributes)},
+        SELECT {", ".join(f"{ids[n]} AS {sql_ident(n)}" for n in namespaces)},
+               {", ".join(f"{expr} AS {c}" for c, expr in consent.items())}
+               {"".join(f", {sql_ident(c)}" for c in attributes)},
                {row_number} AS _source_row
         FROM {source}
     """)
     no_id = con.execute(
         "SELECT _source_row FROM profile_attributes WHERE "
-        + " AND ".join(f"{sql_ident(n)} IS NULL" for n in namespaces) + " ORDER BY 1 LIMIT 5"
+        + " AND ".join(f"{sql_ident(n)} IS NULL" for n in namespaces)
+        + " ORDER BY 1 LIMIT 5"
     ).fetchall()
     if no_id:
         rows = ", ".join(str(r[0]) for r in no_id)

@@ -20,7 +20,9 @@ class Calibrator:
         raw_scores = np.asarray(raw_scores, dtype=float)
         labels = np.asarray(labels, dtype=int)
         if self.method == "isotonic":
-            self._model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw_scores, labels)
+            self._model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(
+                raw_scores, labels
+            )
         else:
             self._model = LogisticRegression(C=1e6).fit(raw_scores.reshape(-1, 1), labels)
         return self

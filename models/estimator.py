@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import joblib
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from models.calibration import Calibrator
+from propensity.core.errors import UserError
+from propensity.models.calibration import Calibrator
 
 
 @dataclass
@@ -39,13 +42,13 @@ class PropensityModel:
         """The model's columns, numeric as float64, categoricals with the training categories."""
         missing = [c for c in self.feature_names if c not in frame.columns]
         if missing:
-            from pipeline.errors import UserError
-
             raise UserError(f"feature table lacks {len(missing)} model features, e.g. `{missing[0]}`")
         columns = {}
         for column in self.feature_names:
             if column in self.categories:
-                columns[column] = pd.Categorical(frame[column].astype("object"), categories=self.categories[column])
+                columns[column] = pd.Categorical(
+                    frame[column].astype("object"), categories=self.categories[column]
+                )
             else:
                 columns[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
         return pd.DataFrame(columns, index=frame.index)
@@ -61,3 +64,53 @@ class PropensityModel:
     def contributions(self, frame: pd.DataFrame) -> np.ndarray:
         """TreeSHAP log-odds contributions (n, features + 1); the last column is the bias."""
         return self.booster.predict(self.matrix(frame), pred_contrib=True)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model to one file (joblib); :meth:`load` reads it back."""
+        joblib.dump(self, path)
+        return Path(path)
+
+    @staticmethod
+    def load(path: str | Path) -> PropensityModel:
+        """Read a saved model, including one saved before the packages moved under ``propensity``."""
+        try:
+            return joblib.load(path)
+        except ModuleNotFoundError as error:
+            if error.name not in LEGACY_PACKAGES:
+                raise
+        return _load_legacy(Path(path))
+
+
+# Models registered before version 0.2 pickled their classes as top-level `models.*` and
+# `pipeline.*` modules; on load those names are read as their `propensity.*` homes.
+LEGACY_PACKAGES = {
+    "models": "propensity.models",
+    "pipeline": "propensity.core",
+    "features": "propensity.features",
+}
+LEGACY_MODULES = {"pipeline.errors": "propensity.core.errors", "pipeline.config": "propensity.core.config"}
+
+
+def legacy_module(module: str) -> str:
+    """The current module for a class path pickled by an older release."""
+    if module in LEGACY_MODULES:
+        return LEGACY_MODULES[module]
+    top, _, rest = module.partition(".")
+    if top in LEGACY_PACKAGES:
+        return LEGACY_PACKAGES[top] + (f".{rest}" if rest else "")
+    return module
+
+
+def _load_legacy(path: Path) -> PropensityModel:
+    from joblib.numpy_pickle import NumpyUnpickler
+
+    class RenamingUnpickler(NumpyUnpickler):
+        def find_class(self, module: str, name: str):
+            return super().find_class(legacy_module(module), name)
+
+    with path.open("rb") as handle:
+        try:
+            unpickler = RenamingUnpickler(str(path), handle, ensure_native_byte_order=False)
+        except TypeError:  # joblib < 1.5 has no byte-order argument
+            unpickler = RenamingUnpickler(str(path), handle)
+        return unpickler.load()

@@ -7,18 +7,23 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # batch jobs and CI have no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.impute import SimpleImputer  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
-from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score  # noqa: E402
-from sklearn.pipeline import make_pipeline  # noqa: E402
-from sklearn.preprocessing import FunctionTransformer, StandardScaler  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 TOP_FRACTIONS = (0.05, 0.10, 0.20)
-RFM_FEATURES = ("days_since_last_event", "days_since_last_purchase", "purchase_count_365d", "event_count_90d",
-                "revenue_sum_365d")
+RFM_FEATURES = (
+    "days_since_last_event",
+    "days_since_last_purchase",
+    "purchase_count_365d",
+    "event_count_90d",
+    "revenue_sum_365d",
+)
 RECENCY_FEATURES = ("days_since_last_event", "days_since_last_purchase")
 
 
@@ -34,7 +39,7 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> 
 
 def top_share(y: np.ndarray, p: np.ndarray, fraction: float) -> tuple[float, float]:
     """(lift, capture) when targeting the top ``fraction`` by score."""
-    n = max(1, int(round(len(p) * fraction)))
+    n = max(1, round(len(p) * fraction))
     top = np.argsort(-p, kind="stable")[:n]
     rate, base = y[top].mean(), y.mean()
     return (rate / base if base > 0 else float("nan"), y[top].sum() / y.sum() if y.sum() else float("nan"))
@@ -66,10 +71,17 @@ def decile_table(y: np.ndarray, p: np.ndarray) -> pd.DataFrame:
     cumulative = 0
     for i, chunk in enumerate(np.array_split(order, 10), start=1):
         cumulative += y[chunk].sum()
-        rows.append({"decile": i, "profiles": len(chunk), "positives": int(y[chunk].sum()),
-                     "predicted_rate": float(p[chunk].mean()), "actual_rate": float(y[chunk].mean()),
-                     "lift": float(y[chunk].mean() / y.mean()) if y.mean() else float("nan"),
-                     "cumulative_capture": float(cumulative / y.sum()) if y.sum() else float("nan")})
+        rows.append(
+            {
+                "decile": i,
+                "profiles": len(chunk),
+                "positives": int(y[chunk].sum()),
+                "predicted_rate": float(p[chunk].mean()),
+                "actual_rate": float(y[chunk].mean()),
+                "lift": float(y[chunk].mean() / y.mean()) if y.mean() else float("nan"),
+                "cumulative_capture": float(cumulative / y.sum()) if y.sum() else float("nan"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -90,13 +102,18 @@ def buckets(score: np.ndarray, medium: int, high: int) -> np.ndarray:
 def bucket_table(y: np.ndarray, p: np.ndarray, bucket: np.ndarray) -> pd.DataFrame:
     """Size, predicted and actual rate per bucket: did the predictions come true?"""
     frame = pd.DataFrame({"bucket": bucket, "y": y, "p": p})
-    table = frame.groupby("bucket").agg(profiles=("y", "size"), predicted_rate=("p", "mean"),
-                                        actual_rate=("y", "mean"), positives=("y", "sum"))
+    table = frame.groupby("bucket").agg(
+        profiles=("y", "size"),
+        predicted_rate=("p", "mean"),
+        actual_rate=("y", "mean"),
+        positives=("y", "sum"),
+    )
     order = [b for b in ("high", "medium", "low") if b in table.index]
     return table.loc[order].reset_index()
 
 
 # --- baselines ---------------------------------------------------------------------------
+
 
 def recency_baseline(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
     """The better of 'recent activity' and 'recent purchase', direction chosen on train."""
@@ -129,6 +146,7 @@ def logreg_baseline(train: pd.DataFrame, test: pd.DataFrame, seed: int) -> np.nd
 
 # --- plots -----------------------------------------------------------------------------------
 
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -143,8 +161,11 @@ def plot_gains(y: np.ndarray, curves: dict[str, np.ndarray], path: Path) -> Path
         gains = np.concatenate([[0], np.cumsum(y[order]) / max(y.sum(), 1)])
         ax.plot(np.linspace(0, 1, len(gains)), gains, label=name)
     ax.plot([0, 1], [0, 1], "k--", label="random")
-    ax.set(xlabel="share of profiles targeted (highest scores first)", ylabel="share of outcomes captured",
-           title="Cumulative gains")
+    ax.set(
+        xlabel="share of profiles targeted (highest scores first)",
+        ylabel="share of outcomes captured",
+        title="Cumulative gains",
+    )
     ax.legend()
     return _save(fig, path)
 
@@ -183,7 +204,10 @@ def plot_distribution(y: np.ndarray, p: np.ndarray, path: Path) -> Path:
 
 def plot_importance(importance: pd.DataFrame, path: Path, top: int = 20) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(12, 6))
-    for ax, column, title in ((axes[0], "gain", "Gain"), (axes[1], "mean_abs_shap", "Mean |SHAP| (log-odds)")):
+    for ax, column, title in (
+        (axes[0], "gain", "Gain"),
+        (axes[1], "mean_abs_shap", "Mean |SHAP| (log-odds)"),
+    ):
         part = importance.sort_values(column, ascending=False).head(top).iloc[::-1]
         ax.barh(part["label"], part[column], color="#3b7dd8")
         ax.set_title(title)

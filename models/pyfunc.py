@@ -6,7 +6,6 @@ a fresh process that has only MLflow, LightGBM, scikit-learn and pandas installe
 
 from __future__ import annotations
 
-import joblib
 import mlflow.pyfunc
 import pandas as pd
 
@@ -15,7 +14,9 @@ class PropensityPyfunc(mlflow.pyfunc.PythonModel):
     """Wraps :class:`models.estimator.PropensityModel` (stored as a joblib artifact)."""
 
     def load_context(self, context) -> None:
-        self.model = joblib.load(context.artifacts["propensity_model"])
+        from propensity.models.estimator import PropensityModel
+
+        self.model = PropensityModel.load(context.artifacts["propensity_model"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         probability = self.model.predict_proba(model_input)

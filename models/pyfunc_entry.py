@@ -6,6 +6,6 @@ MLflow executes this file instead of unpickling a Python object; the class it na
 
 import mlflow
 
-from models.pyfunc import PropensityPyfunc
+from propensity.models.pyfunc import PropensityPyfunc
 
 mlflow.models.set_model(PropensityPyfunc())

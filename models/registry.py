@@ -8,21 +8,21 @@ Registry stages are not used (deprecated in MLflow).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import joblib
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from models.estimator import PropensityModel
-from pipeline.config import ProjectConfig
-from pipeline.errors import UserError
+from propensity.core.config import ProjectConfig
+from propensity.core.errors import UserError
+from propensity.models.estimator import PropensityModel
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 LOWER_IS_BETTER = {"test_log_loss", "test_brier", "test_ece"}
@@ -43,8 +43,12 @@ def configure(config: ProjectConfig) -> MlflowClient:
 
 def git_commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=PACKAGE_DIR).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=PACKAGE_DIR
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -65,18 +69,32 @@ def signature_frame(model: PropensityModel, frame: pd.DataFrame) -> pd.DataFrame
     return sample
 
 
+def _shipped_code(tmp: Path) -> Path:
+    """A ``propensity/`` tree with only what the pyfunc needs: the bottom package and models.
+
+    MLflow copies each code path into the model and puts its parent on ``sys.path``, so the
+    served model imports ``propensity.models`` exactly as the installed package does, without
+    the pipeline or features layers (and without colliding with anyone's ``models/`` folder).
+    """
+    root = tmp / "code" / "propensity"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for package in ("core", "models"):
+        shutil.copytree(PACKAGE_DIR.parent / package, root / package, ignore=ignore)
+    return root
+
+
 def log_model(model: PropensityModel, example: pd.DataFrame, registered_name: str) -> tuple[str, str]:
     """Log the pyfunc in the active run and register it; returns (model_uri, version)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "propensity_model.joblib"
-        joblib.dump(model, path)
+        model.save(path)
         sample = signature_frame(model, example)
         output = pd.DataFrame({"probability": model.predict_proba(example.head(5))})
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(PACKAGE_DIR / "pyfunc_entry.py"),
             artifacts={"propensity_model": str(path)},
-            code_paths=[str(PACKAGE_DIR), str(PACKAGE_DIR.parent / "pipeline")],
+            code_paths=[str(_shipped_code(Path(tmp)))],
             signature=infer_signature(sample, output),
             input_example=sample,
             pip_requirements=_requirements(),
@@ -93,16 +111,19 @@ def version_for(client: MlflowClient, name: str, version: str | None = None, ali
         return client.get_model_version_by_alias(name, alias or CHAMPION)
     except MlflowException:
         what = f"version {version}" if version is not None else f"alias '{alias or CHAMPION}'"
-        raise UserError(f"model '{name}' has no {what} in the registry at {mlflow.get_tracking_uri()}; "
-                        f"train it first (`propensity train {name}`)") from None
+        raise UserError(
+            f"model '{name}' has no {what} in the registry at {mlflow.get_tracking_uri()}; "
+            f"train it first (`propensity train {name}`)"
+        ) from None
 
 
-def load_propensity_model(client: MlflowClient, name: str, version: str | None = None,
-                          alias: str | None = None) -> tuple[PropensityModel, object]:
+def load_propensity_model(
+    client: MlflowClient, name: str, version: str | None = None, alias: str | None = None
+) -> tuple[PropensityModel, object]:
     """The PropensityModel behind a registered version (for scoring and explanations)."""
     mv = version_for(client, name, version, alias)
     local = mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}")
-    return joblib.load(Path(local) / "artifacts" / "propensity_model.joblib"), mv
+    return PropensityModel.load(Path(local) / "artifacts" / "propensity_model.joblib"), mv
 
 
 def run_metric(client: MlflowClient, mv, metric: str) -> float | None:
@@ -119,8 +140,9 @@ class Promotion:
     reason: str
 
 
-def promote(client: MlflowClient, name: str, metric: str, min_improvement: float,
-            version: str | None = None) -> Promotion:
+def promote(
+    client: MlflowClient, name: str, metric: str, min_improvement: float, version: str | None = None
+) -> Promotion:
     """Move ``champion`` to the challenger when it is better by the margin, or to ``version``."""
     if version is not None:
         mv = version_for(client, name, version=version)
@@ -134,13 +156,18 @@ def promote(client: MlflowClient, name: str, metric: str, min_improvement: float
     new = run_metric(client, challenger, metric)
     if champion is None:
         client.set_registered_model_alias(name, CHAMPION, challenger.version)
-        return Promotion(True, challenger.version, f"no champion yet; challenger v{challenger.version} "
-                                                   f"({metric} {_fmt(new)}) becomes champion")
+        return Promotion(
+            True,
+            challenger.version,
+            f"no champion yet; challenger v{challenger.version} ({metric} {_fmt(new)}) becomes champion",
+        )
     if champion.version == challenger.version:
         return Promotion(False, champion.version, f"challenger v{challenger.version} is already champion")
     # Best: the champion scored on the challenger's own test snapshot when it was trained.
     run = client.get_run(challenger.run_id) if challenger.run_id else None
-    same_snapshot = run is not None and run.data.tags.get("compared_champion_version") == str(champion.version)
+    same_snapshot = run is not None and run.data.tags.get("compared_champion_version") == str(
+        champion.version
+    )
     if same_snapshot:
         old, basis = run.data.metrics.get(f"champion_{metric}"), "on the challenger's test snapshot"
     else:
@@ -150,12 +177,20 @@ def promote(client: MlflowClient, name: str, metric: str, min_improvement: float
     better = (old - new) if metric in LOWER_IS_BETTER else (new - old)
     if better > min_improvement:
         client.set_registered_model_alias(name, CHAMPION, challenger.version)
-        return Promotion(True, challenger.version, f"challenger v{challenger.version} {metric} {_fmt(new)} beats "
-                                                   f"champion v{champion.version} {_fmt(old)} by more than "
-                                                   f"{min_improvement} ({basis})")
-    return Promotion(False, champion.version, f"champion v{champion.version} stays: challenger v{challenger.version} "
-                                              f"{metric} {_fmt(new)} vs {_fmt(old)} (needs > {min_improvement} better; "
-                                              f"{basis})")
+        return Promotion(
+            True,
+            challenger.version,
+            f"challenger v{challenger.version} {metric} {_fmt(new)} beats "
+            f"champion v{champion.version} {_fmt(old)} by more than "
+            f"{min_improvement} ({basis})",
+        )
+    return Promotion(
+        False,
+        champion.version,
+        f"champion v{champion.version} stays: challenger v{challenger.version} "
+        f"{metric} {_fmt(new)} vs {_fmt(old)} (needs > {min_improvement} better; "
+        f"{basis})",
+    )
 
 
 def _fmt(value: float | None) -> str:

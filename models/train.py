@@ -15,10 +15,10 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from models.calibration import Calibrator
-from models.estimator import PropensityModel
-from pipeline.config import TrainingConfig
-from pipeline.errors import UserError
+from propensity.core.config import TrainingConfig
+from propensity.core.errors import UserError
+from propensity.models.calibration import Calibrator
+from propensity.models.estimator import PropensityModel
 
 # max_depth 6: explanation cost grows with depth squared; on the benchmark data deeper trees
 # gained no AUC. Small trees with at least 100 rows a leaf: rare outcomes give few positives,
@@ -41,14 +41,16 @@ CATEGORICAL_FEATURES = ("loyalty_tier",)
 def lightgbm_params(training: TrainingConfig) -> dict:
     """Defaults, overridden by the config; binary objective and determinism always on."""
     params = {**DEFAULT_LIGHTGBM, **training.lightgbm}
-    params.update({
-        "objective": "binary",
-        "seed": training.seed,
-        "deterministic": True,
-        "force_row_wise": True,
-        "num_threads": params.get("num_threads", 2),
-        "verbosity": -1,
-    })
+    params.update(
+        {
+            "objective": "binary",
+            "seed": training.seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "num_threads": params.get("num_threads", 2),
+            "verbosity": -1,
+        }
+    )
     return params
 
 
@@ -68,9 +70,15 @@ class Split:
 
     def summary(self) -> dict:
         def part(frame: pd.DataFrame) -> dict:
-            return {"rows": len(frame), "positives": int(frame["label"].sum()),
-                    "as_of": sorted({str(d.date()) for d in pd.to_datetime(frame["as_of"])})}
-        return {name: part(getattr(self, name)) for name in ("train", "early_stopping", "calibration", "test")}
+            return {
+                "rows": len(frame),
+                "positives": int(frame["label"].sum()),
+                "as_of": sorted({str(d.date()) for d in pd.to_datetime(frame["as_of"])}),
+            }
+
+        return {
+            name: part(getattr(self, name)) for name in ("train", "early_stopping", "calibration", "test")
+        }
 
 
 def split(frame: pd.DataFrame, training: TrainingConfig) -> Split:
@@ -105,26 +113,51 @@ def _check_counts(parts: Split, training: TrainingConfig) -> None:
     for name in ("early_stopping", "calibration", "test"):
         labels = getattr(parts, name)["label"]
         if labels.sum() < 10 or (len(labels) - labels.sum()) < 10:
-            raise UserError(f"too few positives or negatives in the {name.replace('_', '-')} set "
-                            f"({int(labels.sum())} of {len(labels)}) to train and evaluate reliably")
+            raise UserError(
+                f"too few positives or negatives in the {name.replace('_', '-')} set "
+                f"({int(labels.sum())} of {len(labels)}) to train and evaluate reliably"
+            )
 
 
-def fit(parts: Split, feature_names: list[str], feature_labels: dict[str, str], training: TrainingConfig,
-        name: str) -> tuple[PropensityModel, dict]:
+def fit(
+    parts: Split,
+    feature_names: list[str],
+    feature_labels: dict[str, str],
+    training: TrainingConfig,
+    name: str,
+) -> tuple[PropensityModel, dict]:
     """Fit LightGBM with early stopping, then the calibrator on separate held-out rows."""
     categories = {
         c: sorted(parts.train[c].dropna().astype(str).unique().tolist())
-        for c in CATEGORICAL_FEATURES if c in feature_names
+        for c in CATEGORICAL_FEATURES
+        if c in feature_names
     }
-    draft = PropensityModel(name=name, feature_names=feature_names, feature_labels=feature_labels,
-                            categories=categories, booster_text="", calibrator=Calibrator(training.calibration))
+    draft = PropensityModel(
+        name=name,
+        feature_names=feature_names,
+        feature_labels=feature_labels,
+        categories=categories,
+        booster_text="",
+        calibrator=Calibrator(training.calibration),
+    )
     params = lightgbm_params(training)
     rounds = int(params.pop("num_boost_round"))
-    train_set = lgb.Dataset(draft.matrix(parts.train), label=parts.train["label"].to_numpy(), free_raw_data=False)
-    valid_set = lgb.Dataset(draft.matrix(parts.early_stopping), label=parts.early_stopping["label"].to_numpy(),
-                            reference=train_set)
-    booster = lgb.train(params, train_set, num_boost_round=rounds, valid_sets=[valid_set], valid_names=["valid"],
-                        callbacks=[lgb.early_stopping(training.early_stopping_rounds, verbose=False)])
+    train_set = lgb.Dataset(
+        draft.matrix(parts.train), label=parts.train["label"].to_numpy(), free_raw_data=False
+    )
+    valid_set = lgb.Dataset(
+        draft.matrix(parts.early_stopping),
+        label=parts.early_stopping["label"].to_numpy(),
+        reference=train_set,
+    )
+    booster = lgb.train(
+        params,
+        train_set,
+        num_boost_round=rounds,
+        valid_sets=[valid_set],
+        valid_names=["valid"],
+        callbacks=[lgb.early_stopping(training.early_stopping_rounds, verbose=False)],
+    )
     draft.booster_text = booster.model_to_string(num_iteration=booster.best_iteration)
     draft.calibrator.fit(draft.raw_score(parts.calibration), parts.calibration["label"].to_numpy())
     info = {"best_iteration": int(booster.best_iteration), "params": {**params, "num_boost_round": rounds}}

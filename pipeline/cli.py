@@ -16,8 +16,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.config import ProjectConfig, load_project_config
-from pipeline.errors import UserError
+from propensity.core.config import ProjectConfig
+from propensity.core.errors import UserError
+from propensity.pipeline.config_files import load_project_config
 
 app = typer.Typer(
     name="propensity",
@@ -39,6 +40,7 @@ def _quiet_libraries() -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module="mlflow")
 
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 ConfigOption = Annotated[
@@ -46,12 +48,12 @@ ConfigOption = Annotated[
 ]
 EventsOption = Annotated[
     Path | None,
-    typer.Option("--events", help="Events file or directory, or an `ingest` output (default: config `events`)."),
+    typer.Option(
+        "--events", help="Events file or directory, or an `ingest` output (default: config `events`)."
+    ),
 ]
 AsOfOption = Annotated[str | None, typer.Option("--as-of", help="As-of date, YYYY-MM-DD.")]
-OnBadRowsOption = Annotated[
-    str | None, typer.Option("--on-bad-rows", help="fail (default) or quarantine.")
-]
+OnBadRowsOption = Annotated[str | None, typer.Option("--on-bad-rows", help="fail (default) or quarantine.")]
 
 
 def user_errors(func: F) -> F:
@@ -95,14 +97,25 @@ def _events(events: Path | None, config: ProjectConfig) -> Path:
 def print_summary(summary: dict, title: str) -> None:
     """The validate/ingest summary as rich tables."""
     counts = Table(title=title, show_header=False)
-    for key in ("rows_in", "rows_written", "duplicates_dropped", "rows_quarantined", "bad_rows",
-                "profiles", "known_profiles"):
+    for key in (
+        "rows_in",
+        "rows_written",
+        "duplicates_dropped",
+        "rows_quarantined",
+        "bad_rows",
+        "profiles",
+        "known_profiles",
+    ):
         if key in summary:
             counts.add_row(key.replace("_", " "), f"{summary[key]:,}")
     counts.add_row("time range", f"{summary.get('first_event')} .. {summary.get('last_event')}")
     console.print(counts)
-    for key, label in (("events_by_type", "event type"), ("events_by_channel", "channel"),
-                       ("identities_by_namespace", "identity namespace"), ("bad_rows_by_reason", "bad-row reason")):
+    for key, label in (
+        ("events_by_type", "event type"),
+        ("events_by_channel", "channel"),
+        ("identities_by_namespace", "identity namespace"),
+        ("bad_rows_by_reason", "bad-row reason"),
+    ):
         values = summary.get(key) or {}
         if not values:
             continue
@@ -139,15 +152,18 @@ def generate(
     ground_truth: Annotated[bool, typer.Option(help="Write the daily purchase probabilities.")] = True,
 ) -> None:
     """Generate synthetic Luma events, profile attributes and ground truth."""
-    from features.synthetic import GeneratorSettings
-    from features.synthetic import generate as run
+    from propensity.features.synthetic import GeneratorSettings
+    from propensity.features.synthetic import generate as run
 
-    settings = GeneratorSettings(profiles=profiles, days=days, seed=seed,
-                                 start=parse_date(start, "--start"), ground_truth=ground_truth)
+    settings = GeneratorSettings(
+        profiles=profiles, days=days, seed=seed, start=parse_date(start, "--start"), ground_truth=ground_truth
+    )
     with console.status("generating events"):
         summary = run(settings, out)
-    console.print(f"wrote {summary['events']:,} events for {summary['people']:,} people "
-                  f"({summary['purchases']:,} purchases) to {out}")
+    console.print(
+        f"wrote {summary['events']:,} events for {summary['people']:,} people "
+        f"({summary['purchases']:,} purchases) to {out}"
+    )
 
 
 @app.command()
@@ -160,7 +176,7 @@ def validate(
     config: ConfigOption = None,
 ) -> None:
     """Dry run: validate events and print a summary; exit 2 on bad rows unless quarantining."""
-    from pipeline import steps
+    from propensity.pipeline import steps
 
     cfg = _config(config)
     policy = _on_bad_rows(on_bad_rows) or cfg.ingest.on_bad_rows
@@ -168,27 +184,32 @@ def validate(
     print_summary(summary, f"validate {_events(events, cfg)}")
     if summary["bad_rows"] and policy == "fail":
         reasons = ", ".join(f"{k}: {v}" for k, v in summary["bad_rows_by_reason"].items())
-        raise UserError(f"{summary['bad_rows']} bad rows ({reasons}); see `propensity ingest --on-bad-rows quarantine`")
+        raise UserError(
+            f"{summary['bad_rows']} bad rows ({reasons}); see `propensity ingest --on-bad-rows quarantine`"
+        )
 
 
 @app.command()
 @user_errors
 def ingest(
     events: EventsOption = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Output directory (default: WORK_DIR/ingested).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output directory (default: WORK_DIR/ingested).")
+    ] = None,
     profiles: Annotated[Path | None, typer.Option("--profiles", help="Profile attributes file.")] = None,
     as_of: AsOfOption = None,
     on_bad_rows: OnBadRowsOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Validate, hash, de-duplicate and stitch events into an ingest directory."""
-    from pipeline import steps
+    from propensity.pipeline import steps
 
     cfg = _config(config)
     target = out or Path(cfg.work_dir) / "ingested"
     with console.status("ingesting events"):
-        summary = steps.ingest(_events(events, cfg), target, cfg, profiles, _on_bad_rows(on_bad_rows),
-                               parse_date(as_of))
+        summary = steps.ingest(
+            _events(events, cfg), target, cfg, profiles, _on_bad_rows(on_bad_rows), parse_date(as_of)
+        )
     print_summary(summary, f"ingest -> {target}")
 
 
@@ -197,22 +218,36 @@ def ingest(
 def features(
     events: EventsOption = None,
     as_of: AsOfOption = None,
-    model: Annotated[str | None, typer.Option("--model", help="Model name: its population and labels.")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model name: its population and labels.")
+    ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Parquet file to write.")] = None,
     config: ConfigOption = None,
 ) -> None:
     """Point-in-time feature table at --as-of (default: the day after the last event)."""
-    from pipeline import steps
+    from propensity.pipeline import steps
 
     cfg = _config(config)
     date = parse_date(as_of)
-    target = out or Path(cfg.work_dir) / "features" / f"features_{as_of or 'latest'}{'_' + model if model else ''}.parquet"
+    target = (
+        out
+        or Path(cfg.work_dir)
+        / "features"
+        / f"features_{as_of or 'latest'}{'_' + model if model else ''}.parquet"
+    )
     with console.status("building features"):
         summary = steps.build_features(_events(events, cfg), target, cfg, date, model)
-    label_note = (f", {summary['positives']:,} positive labels" if summary["labelled"]
-                  else " (no labels: the horizon has not passed)" if model else "")
-    console.print(f"wrote {summary['rows']:,} profiles x {summary['features']} features at {summary['as_of']} "
-                  f"to {summary['out']}{label_note}")
+    label_note = (
+        f", {summary['positives']:,} positive labels"
+        if summary["labelled"]
+        else " (no labels: the horizon has not passed)"
+        if model
+        else ""
+    )
+    console.print(
+        f"wrote {summary['rows']:,} profiles x {summary['features']} features at {summary['as_of']} "
+        f"to {summary['out']}{label_note}"
+    )
 
 
 def print_metrics(metrics: dict, title: str) -> None:
@@ -222,14 +257,33 @@ def print_metrics(metrics: dict, title: str) -> None:
         table.add_column(column, justify="right" if column != "metric" else "left")
     fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
     prefix = "test_" if "test_auc" in metrics else "eval_"
-    table.add_row("AUC", fmt(metrics.get(f"{prefix}auc")), fmt(metrics.get("baseline_logreg_auc")),
-                  fmt(metrics.get("baseline_recency_auc")), fmt(metrics.get(f"{'' if prefix == 'test_' else prefix}oracle_auc")))
-    table.add_row("average precision", fmt(metrics.get(f"{prefix}average_precision")),
-                  fmt(metrics.get("baseline_logreg_average_precision")), "", "")
-    table.add_row("lift at top 10 %", fmt(metrics.get(f"{prefix}lift_at_10")),
-                  fmt(metrics.get("baseline_logreg_lift_at_10")), "", "")
-    for key, label in (("brier", "Brier score"), ("log_loss", "log loss"), ("ece", "expected calibration error"),
-                       ("base_rate", "base rate")):
+    table.add_row(
+        "AUC",
+        fmt(metrics.get(f"{prefix}auc")),
+        fmt(metrics.get("baseline_logreg_auc")),
+        fmt(metrics.get("baseline_recency_auc")),
+        fmt(metrics.get(f"{'' if prefix == 'test_' else prefix}oracle_auc")),
+    )
+    table.add_row(
+        "average precision",
+        fmt(metrics.get(f"{prefix}average_precision")),
+        fmt(metrics.get("baseline_logreg_average_precision")),
+        "",
+        "",
+    )
+    table.add_row(
+        "lift at top 10 %",
+        fmt(metrics.get(f"{prefix}lift_at_10")),
+        fmt(metrics.get("baseline_logreg_lift_at_10")),
+        "",
+        "",
+    )
+    for key, label in (
+        ("brier", "Brier score"),
+        ("log_loss", "log loss"),
+        ("ece", "expected calibration error"),
+        ("base_rate", "base rate"),
+    ):
         table.add_row(label, fmt(metrics.get(f"{prefix}{key}")), "", "", "")
     ratio = metrics.get("auc_to_oracle", metrics.get("eval_auc_to_oracle"))
     if ratio is not None:
@@ -251,18 +305,22 @@ def print_buckets(buckets) -> None:
 def train(
     model: Annotated[str, typer.Argument(help="Model name (configs/models/NAME.yaml) or a YAML path.")],
     events: EventsOption = None,
-    as_of: Annotated[str | None, typer.Option("--as-of", help="End of the data training may see (default: all).")] = None,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="End of the data training may see (default: all).")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Train a model on stacked snapshots, log it to MLflow and register it as challenger."""
-    from pipeline import modelling
+    from propensity.pipeline import modelling
 
     cfg = _config(config)
     with console.status(f"training {model}"):
         result = modelling.train(model, _events(events, cfg), cfg, parse_date(as_of))
-    console.print(f"run [bold]{result['run_id']}[/]  registered [bold]{model} v{result['version']}[/] "
-                  f"(alias challenger), {result['features']} features, snapshots {result['snapshots'][0]} .. "
-                  f"{result['snapshots'][-1]}")
+    console.print(
+        f"run [bold]{result['run_id']}[/]  registered [bold]{model} v{result['version']}[/] "
+        f"(alias challenger), {result['features']} features, snapshots {result['snapshots'][0]} .. "
+        f"{result['snapshots'][-1]}"
+    )
     print_metrics(result["metrics"], f"{model}: test snapshot {result['snapshots'][-1]}")
     print_buckets(result["buckets"])
 
@@ -278,15 +336,17 @@ def evaluate(
     config: ConfigOption = None,
 ) -> None:
     """Expected vs actual: evaluate a registered version on a later snapshot."""
-    from pipeline import modelling
+    from propensity.pipeline import modelling
 
     cfg = _config(config)
     if version and alias:
         raise UserError("give --version or --alias, not both")
     with console.status(f"evaluating {model}"):
         result = modelling.evaluate(model, _events(events, cfg), cfg, parse_date(as_of), version, alias)
-    console.print(f"{model} v{result['version']} on {result['rows']:,} profiles at {result['as_of']} "
-                  f"(run {result['run_id']})")
+    console.print(
+        f"{model} v{result['version']} on {result['rows']:,} profiles at {result['as_of']} "
+        f"(run {result['run_id']})"
+    )
     print_metrics(result["metrics"], f"{model} v{result['version']} at {result['as_of']}")
     print_buckets(result["buckets"])
 
@@ -299,22 +359,26 @@ def promote(
     config: ConfigOption = None,
 ) -> None:
     """Move the champion alias to the challenger if it is better (or to --version)."""
-    from pipeline import modelling
+    from propensity.pipeline import modelling
 
     outcome = modelling.promote(model, _config(config), version)
-    console.print(("[green]promoted[/]: " if outcome.promoted else "[yellow]not promoted[/]: ") + outcome.reason)
+    console.print(
+        ("[green]promoted[/]: " if outcome.promoted else "[yellow]not promoted[/]: ") + outcome.reason
+    )
 
 
 @app.command()
 @user_errors
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Where the demo writes everything.")] = Path("demo_output"),
+    out: Annotated[Path, typer.Option("--out", help="Where the demo writes everything.")] = Path(
+        "demo_output"
+    ),
     profiles: Annotated[int, typer.Option("--profiles", min=100)] = 40_000,
     days: Annotated[int, typer.Option("--days", min=120)] = 365,
     config: ConfigOption = None,
 ) -> None:
     """End to end on synthetic Luma data: generate, stitch, features, train, promote, explain."""
-    from pipeline import demo as demo_mod
+    from propensity.pipeline import demo as demo_mod
 
     demo_mod.run(out, _config(config), profiles=profiles, days=days, console=console)
 

@@ -9,10 +9,10 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from features.rules import parse_rule
-from features.synthetic import GeneratorSettings, generate
-from pipeline import modelling, steps
-from pipeline.config import ProjectConfig
+from propensity.core.config import ProjectConfig
+from propensity.features.rules import parse_rule
+from propensity.features.synthetic import GeneratorSettings, generate
+from propensity.pipeline import modelling, steps
 
 LAPSED_YOGA = "category_purchase_count_365d_yoga >= 1 AND days_since_last_purchase > 60"
 
@@ -20,14 +20,16 @@ LAPSED_YOGA = "category_purchase_count_365d_yoga >= 1 AND days_since_last_purcha
 def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Console) -> dict:
     """Generate Luma, stitch identities, find lapsed yoga buyers, train conversion and upsell
     models, promote them, and explain one profile's scores."""
-    from pipeline.cli import print_buckets, print_metrics, print_summary
+    from propensity.pipeline.cli import print_buckets, print_metrics, print_summary
 
     data_dir, ingested = out / "data", out / "ingested"
     with console.status("1/5 generating synthetic Luma events"):
         generated = generate(GeneratorSettings(profiles=profiles, days=days, seed=config.seed), data_dir)
     console.rule("[bold]1/5 generate")
-    console.print(f"{generated['events']:,} events for {generated['people']:,} people "
-                  f"({generated['purchases']:,} purchases) in {data_dir}")
+    console.print(
+        f"{generated['events']:,} events for {generated['people']:,} people "
+        f"({generated['purchases']:,} purchases) in {data_dir}"
+    )
 
     with console.status("2/5 validating, hashing, de-duplicating and stitching"):
         summary = steps.ingest(data_dir, ingested, config, on_bad_rows="quarantine")
@@ -46,8 +48,10 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
         WHERE signed_up > first_anonymous ORDER BY yoga_events DESC, profile_id LIMIT 1
     """).fetchone()
     if sarah:
-        console.print(f"Profile [bold]{sarah[0]}[/] browsed anonymously from {sarah[1]:%Y-%m-%d} and signed up "
-                      f"on {sarah[2]:%Y-%m-%d}: both histories are now one profile ({sarah[3]} yoga events).")
+        console.print(
+            f"Profile [bold]{sarah[0]}[/] browsed anonymously from {sarah[1]:%Y-%m-%d} and signed up "
+            f"on {sarah[2]:%Y-%m-%d}: both histories are now one profile ({sarah[3]} yoga events)."
+        )
 
     with console.status("3/5 building point-in-time features"):
         features_path = out / "features" / "latest.parquet"
@@ -58,8 +62,10 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
     con = duckdb.connect()
     con.register("frame", frame)
     lapsed = con.execute(f"SELECT count(*) FROM frame WHERE {rule.sql()}").fetchone()[0]
-    console.print(f"{built['rows']:,} profiles x {built['features']} features at {built['as_of']}. "
-                  f"Audience [bold]lapsed yoga buyers[/] ({LAPSED_YOGA}): {lapsed:,} profiles.")
+    console.print(
+        f"{built['rows']:,} profiles x {built['features']} features at {built['as_of']}. "
+        f"Audience [bold]lapsed yoga buyers[/] ({LAPSED_YOGA}): {lapsed:,} profiles."
+    )
 
     results = {}
     for name in ("conversion", "upsell"):
@@ -78,9 +84,9 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
 
 
 def _explain_one(frame: pd.DataFrame, profile_id: str, config: ProjectConfig, console: Console) -> None:
-    from models import registry
-    from models.explain import top_factors
-    from pipeline.config import load_model_config
+    from propensity.models import registry
+    from propensity.models.explain import top_factors
+    from propensity.pipeline.config_files import load_model_config
 
     row = frame[frame["profile_id"] == profile_id]
     if row.empty:
@@ -101,6 +107,9 @@ def _explain_one(frame: pd.DataFrame, profile_id: str, config: ProjectConfig, co
             table.add_column(column)
         for factor in top_factors(model, row, k=5)[0]:
             value = factor["value"]
-            table.add_row(factor["label"], "missing" if value is None else f"{value:g}" if isinstance(value, float)
-                          else str(value), f"{factor['impact']:+.3f}")
+            table.add_row(
+                factor["label"],
+                "missing" if value is None else f"{value:g}" if isinstance(value, float) else str(value),
+                f"{factor['impact']:+.3f}",
+            )
         console.print(table)

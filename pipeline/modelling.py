@@ -10,17 +10,24 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from features.builders import data_end, snapshot_sql
-from features.labels import horizon_passed, labelled_sql, population_rule, snapshot_dates, training_frame
-from features.registry import PROFILE_ATTRIBUTE_FEATURES, FeatureSet
-from features.synthetic import oracle_probabilities
-from models import evaluate as ev
-from models import registry
-from models.explain import global_importance
-from models.train import fit, split
-from pipeline import steps
-from pipeline.config import ModelConfig, ProjectConfig, load_model_config
-from pipeline.errors import UserError
+from propensity.core.config import ModelConfig, ProjectConfig
+from propensity.core.errors import UserError
+from propensity.features.builders import data_end, snapshot_sql
+from propensity.features.labels import (
+    horizon_passed,
+    labelled_sql,
+    population_rule,
+    snapshot_dates,
+    training_frame,
+)
+from propensity.features.registry import PROFILE_ATTRIBUTE_FEATURES, FeatureSet
+from propensity.features.synthetic import oracle_probabilities
+from propensity.models import evaluate as ev
+from propensity.models import registry
+from propensity.models.explain import global_importance
+from propensity.models.train import fit, split
+from propensity.pipeline import steps
+from propensity.pipeline.config_files import load_model_config
 
 
 def model_features(fs: FeatureSet, model: ModelConfig) -> tuple[list[str], dict[str, str]]:
@@ -32,15 +39,23 @@ def model_features(fs: FeatureSet, model: ModelConfig) -> tuple[list[str], dict[
     include, exclude = set(model.features.include), set(model.features.exclude)
     unknown = sorted((include | exclude) - set(families) - set(families.values()))
     if unknown:
-        raise UserError(f"model '{model.name}': features include/exclude names unknown feature or family "
-                        f"`{unknown[0]}`")
+        raise UserError(
+            f"model '{model.name}': features include/exclude names unknown feature or family `{unknown[0]}`"
+        )
     refused = sorted(include & set(model.governance.sensitive_features))
     if refused:
-        raise UserError(f"model '{model.name}': feature `{refused[0]}` is labelled sensitive and is refused for "
-                        f"marketing action '{model.governance.marketing_action}'")
-    chosen = [n for n, fam in families.items()
-              if (not include or n in include or fam in include) and n not in exclude and fam not in exclude
-              and n not in model.governance.sensitive_features]
+        raise UserError(
+            f"model '{model.name}': feature `{refused[0]}` is labelled sensitive and is refused for "
+            f"marketing action '{model.governance.marketing_action}'"
+        )
+    chosen = [
+        n
+        for n, fam in families.items()
+        if (not include or n in include or fam in include)
+        and n not in exclude
+        and fam not in exclude
+        and n not in model.governance.sensitive_features
+    ]
     return chosen, {n: labels[n] for n in chosen}
 
 
@@ -54,8 +69,11 @@ def _ground_truth_metrics(loaded, frame: pd.DataFrame, p: np.ndarray, model: Mod
         return {}
     oracle_auc = ev.roc_auc_score(y[known], oracle[known])
     model_auc = ev.roc_auc_score(y[known], p[known])
-    return {"oracle_auc": float(oracle_auc), "auc_to_oracle": float(model_auc / oracle_auc),
-            "oracle_coverage": float(known.mean())}
+    return {
+        "oracle_auc": float(oracle_auc),
+        "auc_to_oracle": float(model_auc / oracle_auc),
+        "oracle_coverage": float(known.mean()),
+    }
 
 
 def train(model_name: str, events: str | Path, config: ProjectConfig, as_of: dt.date | None = None) -> dict:
@@ -65,7 +83,9 @@ def train(model_name: str, events: str | Path, config: ProjectConfig, as_of: dt.
     con = loaded.con
     cutoff = as_of or data_end(con)
     spacing = model_cfg.training.snapshots
-    first_date = snapshot_dates(cutoff, model_cfg.outcome.horizon_days, spacing.count, spacing.spacing_days)[0]
+    first_date = snapshot_dates(cutoff, model_cfg.outcome.horizon_days, spacing.count, spacing.spacing_days)[
+        0
+    ]
     fs = steps.feature_set(con, config, before=first_date)
     # A bad rule or feature name fails before any heavy work.
     population_rule(model_cfg, fs)
@@ -78,18 +98,29 @@ def train(model_name: str, events: str | Path, config: ProjectConfig, as_of: dt.
     y = test["label"].to_numpy()
     p = model.predict_proba(test)
     reference = np.quantile(p, np.linspace(0, 1, 1001))
-    model.metadata.update({
-        "reference_probabilities": reference.tolist(), "buckets": model_cfg.buckets.model_dump(),
-        "outcome": model_cfg.outcome.model_dump(), "population": model_cfg.population,
-        "categories": fs.categories, "trained_until": str(cutoff), "test_as_of": str(dates[-1]),
-    })
+    model.metadata.update(
+        {
+            "reference_probabilities": reference.tolist(),
+            "buckets": model_cfg.buckets.model_dump(),
+            "outcome": model_cfg.outcome.model_dump(),
+            "population": model_cfg.population,
+            "categories": fs.categories,
+            "trained_until": str(cutoff),
+            "test_as_of": str(dates[-1]),
+        }
+    )
     results = ev.metrics(y, p)
     recency = ev.recency_baseline(parts.train, test)
     logreg = ev.logreg_baseline(parts.train, test, model_cfg.training.seed)
     results["baseline_recency_auc"] = float(ev.roc_auc_score(y, recency))
     results["baseline_logreg_auc"] = float(ev.roc_auc_score(y, logreg))
-    results.update({f"baseline_logreg_{k[5:]}": v for k, v in ev.metrics(y, logreg).items()
-                    if k in ("test_average_precision", "test_lift_at_10")})
+    results.update(
+        {
+            f"baseline_logreg_{k[5:]}": v
+            for k, v in ev.metrics(y, logreg).items()
+            if k in ("test_average_precision", "test_lift_at_10")
+        }
+    )
     results.update(_ground_truth_metrics(loaded, test, p, model_cfg))
     score = ev.scores_from_reference(p, reference)
     bucket_table = ev.bucket_table(y, p, ev.buckets(score, model_cfg.buckets.medium, model_cfg.buckets.high))
@@ -99,21 +130,42 @@ def train(model_name: str, events: str | Path, config: ProjectConfig, as_of: dt.
     client = registry.configure(config)
     champion = _champion_on(client, model_cfg.name, test, y)
     mlflow.set_experiment(model_cfg.name)
-    summary = {"rows": parts.summary(), "snapshots": [str(d) for d in dates], "features": len(names),
-               "best_iteration": fit_info["best_iteration"], "trained_until": str(cutoff)}
-    with mlflow.start_run(run_name=f"train {model_cfg.name} until {cutoff}") as run, \
-            tempfile.TemporaryDirectory() as tmp:
+    summary = {
+        "rows": parts.summary(),
+        "snapshots": [str(d) for d in dates],
+        "features": len(names),
+        "best_iteration": fit_info["best_iteration"],
+        "trained_until": str(cutoff),
+    }
+    with (
+        mlflow.start_run(run_name=f"train {model_cfg.name} until {cutoff}") as run,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         out = Path(tmp)
-        mlflow.set_tags({"git_commit": registry.git_commit() or "unknown", "events": loaded.inputs.display,
-                         "step": "train", "trained_until": str(cutoff)})
-        mlflow.log_params({
-            **{f"lgbm_{k}": v for k, v in fit_info["params"].items()},
-            "calibration": model_cfg.training.calibration, "seed": model_cfg.training.seed,
-            "horizon_days": model_cfg.outcome.horizon_days, "population": model_cfg.population,
-            "snapshots": len(dates), "snapshot_spacing_days": spacing.spacing_days,
-            "test_as_of": str(dates[-1]), "features": len(names), "best_iteration": fit_info["best_iteration"],
-            "train_rows": len(parts.train), "test_rows": len(test),
-        })
+        mlflow.set_tags(
+            {
+                "git_commit": registry.git_commit() or "unknown",
+                "events": loaded.inputs.display,
+                "step": "train",
+                "trained_until": str(cutoff),
+            }
+        )
+        mlflow.log_params(
+            {
+                **{f"lgbm_{k}": v for k, v in fit_info["params"].items()},
+                "calibration": model_cfg.training.calibration,
+                "seed": model_cfg.training.seed,
+                "horizon_days": model_cfg.outcome.horizon_days,
+                "population": model_cfg.population,
+                "snapshots": len(dates),
+                "snapshot_spacing_days": spacing.spacing_days,
+                "test_as_of": str(dates[-1]),
+                "features": len(names),
+                "best_iteration": fit_info["best_iteration"],
+                "train_rows": len(parts.train),
+                "test_rows": len(test),
+            }
+        )
         mlflow.log_metrics(results)
         if champion is not None:
             # What `promote` compares against: the champion on this very test snapshot.
@@ -127,7 +179,9 @@ def train(model_name: str, events: str | Path, config: ProjectConfig, as_of: dt.
         mlflow.log_table(deciles, "evaluation/deciles.json")
         mlflow.log_table(importance, "evaluation/feature_importance.json")
         for path in (
-            ev.plot_gains(y, {"model": p, "logistic regression (RFM)": logreg, "recency": recency}, out / "gains.png"),
+            ev.plot_gains(
+                y, {"model": p, "logistic regression (RFM)": logreg, "recency": recency}, out / "gains.png"
+            ),
             ev.plot_lift(deciles, out / "lift_by_decile.png"),
             ev.plot_calibration(y, p, out / "calibration.png"),
             ev.plot_distribution(y, p, out / "score_distribution.png"),
@@ -138,8 +192,15 @@ def train(model_name: str, events: str | Path, config: ProjectConfig, as_of: dt.
         client.set_registered_model_alias(model_cfg.name, registry.CHALLENGER, version)
         client.set_model_version_tag(model_cfg.name, version, "trained_until", str(cutoff))
         run_id = run.info.run_id
-    return {"run_id": run_id, "version": version, "model_uri": model_uri, "metrics": results,
-            "buckets": bucket_table, "importance": importance, **summary}
+    return {
+        "run_id": run_id,
+        "version": version,
+        "model_uri": model_uri,
+        "metrics": results,
+        "buckets": bucket_table,
+        "importance": importance,
+        **summary,
+    }
 
 
 def _champion_on(client, name: str, test: pd.DataFrame, y: np.ndarray) -> tuple[str, dict] | None:
@@ -152,8 +213,14 @@ def _champion_on(client, name: str, test: pd.DataFrame, y: np.ndarray) -> tuple[
         return None
 
 
-def evaluate(model_name: str, events: str | Path, config: ProjectConfig, as_of: dt.date,
-             version: str | None = None, alias: str | None = None) -> dict:
+def evaluate(
+    model_name: str,
+    events: str | Path,
+    config: ProjectConfig,
+    as_of: dt.date,
+    version: str | None = None,
+    alias: str | None = None,
+) -> dict:
     """Expected vs actual for a registered version on a snapshot whose horizon has passed."""
     model_cfg = load_model_config(model_name, config)
     client = registry.configure(config)
@@ -162,13 +229,17 @@ def evaluate(model_name: str, events: str | Path, config: ProjectConfig, as_of: 
     con = loaded.con
     cutoff = data_end(con)
     if not horizon_passed(as_of, model_cfg.outcome.horizon_days, cutoff):
-        raise UserError(f"--as-of {as_of}: its {model_cfg.outcome.horizon_days}-day horizon ends after the data "
-                        f"(last complete day {cutoff - dt.timedelta(days=1)}); choose an earlier date")
+        raise UserError(
+            f"--as-of {as_of}: its {model_cfg.outcome.horizon_days}-day horizon ends after the data "
+            f"(last complete day {cutoff - dt.timedelta(days=1)}); choose an earlier date"
+        )
     fs = steps.feature_set(con, config, before=as_of, categories=model.metadata.get("categories"))
     where = population_rule(model_cfg, fs).sql("duckdb", column_prefix="f")
     frame = con.execute(labelled_sql(snapshot_sql(fs, as_of, con, where=where), model_cfg.outcome)).df()
     if frame["label"].nunique() < 2:
-        raise UserError(f"the population at {as_of} has only one outcome ({len(frame)} profiles); cannot evaluate")
+        raise UserError(
+            f"the population at {as_of} has only one outcome ({len(frame)} profiles); cannot evaluate"
+        )
     y, p = frame["label"].to_numpy(), model.predict_proba(frame)
     results = ev.metrics(y, p, prefix="eval_")
     results.update({f"eval_{k}": v for k, v in _ground_truth_metrics(loaded, frame, p, model_cfg).items()})
@@ -177,16 +248,33 @@ def evaluate(model_name: str, events: str | Path, config: ProjectConfig, as_of: 
     table = ev.bucket_table(y, p, ev.buckets(score, buckets_cfg["medium"], buckets_cfg["high"]))
     mlflow.set_experiment(model_cfg.name)
     with mlflow.start_run(run_name=f"evaluate v{mv.version} at {as_of}") as run:
-        mlflow.set_tags({"step": "evaluate", "evaluated_version": mv.version, "as_of": str(as_of),
-                         "git_commit": registry.git_commit() or "unknown"})
+        mlflow.set_tags(
+            {
+                "step": "evaluate",
+                "evaluated_version": mv.version,
+                "as_of": str(as_of),
+                "git_commit": registry.git_commit() or "unknown",
+            }
+        )
         mlflow.log_metrics(results)
         mlflow.log_table(table, "evaluation/buckets.json")
-    return {"run_id": run.info.run_id, "version": mv.version, "as_of": str(as_of), "rows": len(frame),
-            "metrics": results, "buckets": table}
+    return {
+        "run_id": run.info.run_id,
+        "version": mv.version,
+        "as_of": str(as_of),
+        "rows": len(frame),
+        "metrics": results,
+        "buckets": table,
+    }
 
 
 def promote(model_name: str, config: ProjectConfig, version: str | None = None) -> registry.Promotion:
     model_cfg = load_model_config(model_name, config)
     client = registry.configure(config)
-    return registry.promote(client, model_cfg.name, model_cfg.training.promote_metric,
-                            model_cfg.training.promote_min_improvement, version)
+    return registry.promote(
+        client,
+        model_cfg.name,
+        model_cfg.training.promote_metric,
+        model_cfg.training.promote_min_improvement,
+        version,
+    )

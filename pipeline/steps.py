@@ -15,12 +15,18 @@ from typing import Any, Literal
 
 import duckdb
 
-from features import identity as identity_mod
-from features.engine import connect, sql_string
-from features.schema import InputFiles, bad_rows_message, resolve_input, stage_events, stage_profiles
-from pipeline.config import ProjectConfig
-from pipeline.errors import UserError
-from pipeline.io import atomic_path, write_json
+from propensity.core.config import ProjectConfig
+from propensity.core.errors import UserError
+from propensity.core.io import atomic_path, write_json
+from propensity.features import identity as identity_mod
+from propensity.features.engine import connect, sql_string
+from propensity.features.schema import (
+    InputFiles,
+    bad_rows_message,
+    resolve_input,
+    stage_events,
+    stage_profiles,
+)
 
 OnBadRows = Literal["fail", "quarantine"]
 # Bumped whenever the ingest output changes shape (2: events carry new_identities;
@@ -48,8 +54,11 @@ def _summarise(con: duckdb.DuckDBPyConnection, staged, stitched, quarantined: bo
     by_type = {r[2]: r[4] for r in rows if (r[0], r[1]) == (0, 1)}
     by_channel = {r[3]: r[4] for r in rows if (r[0], r[1]) == (1, 0)}
     first, last = next(((r[5], r[6]) for r in rows if (r[0], r[1]) == (1, 1)), (None, None))
-    identities = dict(con.execute(
-        "SELECT namespace, count(*) FROM identity_map GROUP BY 1 ORDER BY 1").fetchall()) if stitched else {}
+    identities = (
+        dict(con.execute("SELECT namespace, count(*) FROM identity_map GROUP BY 1 ORDER BY 1").fetchall())
+        if stitched
+        else {}
+    )
     summary = {
         "rows_in": staged.rows_in,
         "rows_written": staged.rows_clean,
@@ -64,11 +73,13 @@ def _summarise(con: duckdb.DuckDBPyConnection, staged, stitched, quarantined: bo
         "identities_by_namespace": identities,
     }
     if stitched is not None:
-        summary.update({
-            "profiles": stitched.profiles,
-            "known_profiles": stitched.known_profiles,
-            "identity_collapses": [asdict(c) for c in stitched.collapses],
-        })
+        summary.update(
+            {
+                "profiles": stitched.profiles,
+                "known_profiles": stitched.known_profiles,
+                "identity_collapses": [asdict(c) for c in stitched.collapses],
+            }
+        )
     return summary
 
 
@@ -92,8 +103,12 @@ def _stage(
     return _summarise(con, staged, stitched, on_bad_rows == "quarantine")
 
 
-def validate(events: str | Path, config: ProjectConfig, as_of: dt.date | None = None,
-             profiles: str | Path | None = None) -> dict:
+def validate(
+    events: str | Path,
+    config: ProjectConfig,
+    as_of: dt.date | None = None,
+    profiles: str | Path | None = None,
+) -> dict:
     """Dry run of ingest: the summary, including bad rows by reason; writes nothing."""
     inputs = resolve_input(events)
     con = connect(config.engine)
@@ -124,15 +139,24 @@ def ingest(
     summary = _stage(con, inputs, config, on_bad_rows, as_of, profiles_path)
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
-        _copy(con, "SELECT * EXCLUDE (_source_file, _source_row) FROM stitched_events ORDER BY timestamp, event_id",
-              tmp / "events.parquet")
-        _copy(con, "SELECT namespace, value, profile_id FROM identity_map ORDER BY profile_id, namespace, value",
-              tmp / "identity_map.parquet")
+        _copy(
+            con,
+            "SELECT * EXCLUDE (_source_file, _source_row) FROM stitched_events ORDER BY timestamp, event_id",
+            tmp / "events.parquet",
+        )
+        _copy(
+            con,
+            "SELECT namespace, value, profile_id FROM identity_map ORDER BY profile_id, namespace, value",
+            tmp / "identity_map.parquet",
+        )
         _copy(con, "SELECT * FROM profiles ORDER BY profile_id", tmp / "profiles.parquet")
         if on_bad_rows == "quarantine" and summary["bad_rows"]:
-            _copy(con, "SELECT reason, _source_file AS source_file, _source_row AS source_row, "
-                       "* EXCLUDE (reason, _source_file, _source_row) FROM bad_events ORDER BY source_file, source_row",
-                  tmp / "quarantine.parquet")
+            _copy(
+                con,
+                "SELECT reason, _source_file AS source_file, _source_row AS source_row, "
+                "* EXCLUDE (reason, _source_file, _source_row) FROM bad_events ORDER BY source_file, source_row",
+                tmp / "quarantine.parquet",
+            )
         manifest = {
             "format": INGEST_FORMAT,
             "source": inputs.display,
@@ -150,7 +174,9 @@ def _copy(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
     con.execute(f"COPY ({query}) TO {sql_string(str(path))} (FORMAT parquet, COMPRESSION zstd)")
 
 
-def load_events(events: str | Path, config: ProjectConfig, on_bad_rows: OnBadRows | None = None) -> LoadedEvents:
+def load_events(
+    events: str | Path, config: ProjectConfig, on_bad_rows: OnBadRows | None = None
+) -> LoadedEvents:
     """Raw events or an ingest directory -> a connection with ``events`` and ``profiles``.
 
     Raw events are validated and stitched in memory exactly as ``ingest`` would.
@@ -161,31 +187,48 @@ def load_events(events: str | Path, config: ProjectConfig, on_bad_rows: OnBadRow
         directory = inputs.ingested
         manifest = json.loads((directory / "manifest.json").read_text())
         if manifest.get("format") != INGEST_FORMAT:
-            raise UserError(f"{directory}: written by an older propensity (ingest format "
-                            f"{manifest.get('format', 1)}, need {INGEST_FORMAT}); run `propensity ingest` again")
-        con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet({sql_string(str(directory / 'events.parquet'))})")
-        con.execute(f"CREATE VIEW profiles AS SELECT * FROM read_parquet({sql_string(str(directory / 'profiles.parquet'))})")
-        con.execute(f"CREATE VIEW identity_map AS SELECT * FROM "
-                    f"read_parquet({sql_string(str(directory / 'identity_map.parquet'))})")
+            raise UserError(
+                f"{directory}: written by an older propensity (ingest format "
+                f"{manifest.get('format', 1)}, need {INGEST_FORMAT}); run `propensity ingest` again"
+            )
+        con.execute(
+            f"CREATE VIEW events AS SELECT * FROM read_parquet({sql_string(str(directory / 'events.parquet'))})"
+        )
+        con.execute(
+            f"CREATE VIEW profiles AS SELECT * FROM read_parquet({sql_string(str(directory / 'profiles.parquet'))})"
+        )
+        con.execute(
+            f"CREATE VIEW identity_map AS SELECT * FROM "
+            f"read_parquet({sql_string(str(directory / 'identity_map.parquet'))})"
+        )
         gt = manifest.get("ground_truth")
         if gt and Path(gt).is_dir():
-            inputs = InputFiles(events=inputs.events, fmt=inputs.fmt, ingested=directory,
-                                ground_truth=Path(gt), display=inputs.display)
+            inputs = InputFiles(
+                events=inputs.events,
+                fmt=inputs.fmt,
+                ingested=directory,
+                ground_truth=Path(gt),
+                display=inputs.display,
+            )
         return LoadedEvents(con=con, inputs=inputs, summary=manifest)
     summary = _stage(con, inputs, config, on_bad_rows or config.ingest.on_bad_rows, None, inputs.profiles)
     con.execute("CREATE VIEW events AS SELECT * EXCLUDE (_source_file, _source_row) FROM stitched_events")
     return LoadedEvents(con=con, inputs=inputs, summary=summary)
 
 
-def feature_set(con: duckdb.DuckDBPyConnection, config: ProjectConfig, before: dt.date,
-                categories: list[str] | None = None):
+def feature_set(
+    con: duckdb.DuckDBPyConnection,
+    config: ProjectConfig,
+    before: dt.date,
+    categories: list[str] | None = None,
+):
     """The registry for this project.
 
     Categories: the ones given (a trained model's), else the config's, else learned from the
     events before ``before``.
     """
-    from features.builders import learn_categories
-    from features.registry import build_registry
+    from propensity.features.builders import learn_categories
+    from propensity.features.registry import build_registry
 
     categories = categories if categories is not None else config.features.categories
     if categories is None:
@@ -205,9 +248,9 @@ def build_features(
     With a model, only its population is written, plus ``label`` when the horizon after
     ``as_of`` has fully passed in the data. Feature labels travel in the Parquet metadata.
     """
-    from features.builders import data_end, snapshot_sql
-    from features.labels import horizon_passed, labelled_sql, population_rule
-    from pipeline.config import load_model_config
+    from propensity.features.builders import data_end, snapshot_sql
+    from propensity.features.labels import horizon_passed, labelled_sql, population_rule
+    from propensity.pipeline.config_files import load_model_config
 
     loaded = load_events(events, config)
     con = loaded.con
@@ -222,16 +265,35 @@ def build_features(
     if model_cfg is not None and horizon_passed(as_of, model_cfg.outcome.horizon_days, cutoff):
         sql = labelled_sql(sql, model_cfg.outcome)
         labelled = True
-    metadata = json.dumps({"as_of": str(as_of), "model": model, "categories": fs.categories,
-                           "labels": fs.labels(), "features": fs.names()})
+    metadata = json.dumps(
+        {
+            "as_of": str(as_of),
+            "model": model,
+            "categories": fs.categories,
+            "labels": fs.labels(),
+            "features": fs.names(),
+        }
+    )
     out = Path(out)
     with atomic_path(out) as tmp:
-        con.execute(f"COPY ({sql}) TO {sql_string(str(tmp))} "
-                    f"(FORMAT parquet, COMPRESSION zstd, KV_METADATA {{propensity: {sql_string(metadata)}}})")
-        rows = con.execute(f"SELECT count(*), {'sum(label)' if labelled else 'NULL'} "
-                           f"FROM read_parquet({sql_string(str(tmp))})").fetchone()
-    return {"out": str(out), "as_of": str(as_of), "rows": rows[0], "features": len(fs.names()),
-            "labelled": labelled, "positives": rows[1], "model": model, "data_end": str(cutoff)}
+        con.execute(
+            f"COPY ({sql}) TO {sql_string(str(tmp))} "
+            f"(FORMAT parquet, COMPRESSION zstd, KV_METADATA {{propensity: {sql_string(metadata)}}})"
+        )
+        rows = con.execute(
+            f"SELECT count(*), {'sum(label)' if labelled else 'NULL'} "
+            f"FROM read_parquet({sql_string(str(tmp))})"
+        ).fetchone()
+    return {
+        "out": str(out),
+        "as_of": str(as_of),
+        "rows": rows[0],
+        "features": len(fs.names()),
+        "labelled": labelled,
+        "positives": rows[1],
+        "model": model,
+        "data_end": str(cutoff),
+    }
 
 
 def read_feature_metadata(path: str | Path) -> dict:

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from features.synthetic import GeneratorSettings, generate
-from pipeline.cli import app
-from pipeline.config import ProjectConfig
+from propensity.core.config import ProjectConfig
+from propensity.features.synthetic import GeneratorSettings, generate
+from propensity.pipeline.cli import app
 
 
 @pytest.fixture

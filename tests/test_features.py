@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from features import builders
-from features.registry import build_registry
-from pipeline.config import FeatureConfig
+from propensity.core.config import FeatureConfig
+from propensity.features import builders
+from propensity.features.registry import build_registry
 
 AS_OF = dt.date(2025, 6, 1)
 CONFIG = FeatureConfig(categories=["yoga", "running"])
@@ -25,9 +25,18 @@ def ts(days_before: float, hour: int = 12) -> pd.Timestamp:
 
 
 def event(days_before: float, event_type: str, profile: str = "p1", **extra) -> dict:
-    row = {"profile_id": profile, "timestamp": ts(days_before, extra.pop("hour", 12)), "event_type": event_type,
-           "channel": "web", "product_category": None, "revenue": None, "crm_id": None,
-           "email_sha256": None, "phone_sha256": None, "new_identities": 0}
+    row = {
+        "profile_id": profile,
+        "timestamp": ts(days_before, extra.pop("hour", 12)),
+        "event_type": event_type,
+        "channel": "web",
+        "product_category": None,
+        "revenue": None,
+        "crm_id": None,
+        "email_sha256": None,
+        "phone_sha256": None,
+        "new_identities": 0,
+    }
     row.update(extra)
     return row
 
@@ -40,7 +49,9 @@ def connection(rows: list[dict], profiles: pd.DataFrame | None = None) -> duckdb
     for column in ("product_category", "crm_id", "email_sha256", "phone_sha256", "channel"):
         frame[column] = frame[column].astype(object)
     con.register("_events", frame)
-    con.execute("CREATE TABLE events AS SELECT * REPLACE (CAST(timestamp AS TIMESTAMP) AS timestamp) FROM _events")
+    con.execute(
+        "CREATE TABLE events AS SELECT * REPLACE (CAST(timestamp AS TIMESTAMP) AS timestamp) FROM _events"
+    )
     if profiles is not None:
         con.register("_profiles", profiles)
         con.execute("CREATE TABLE profiles AS SELECT * FROM _profiles")
@@ -52,8 +63,9 @@ def connection(rows: list[dict], profiles: pd.DataFrame | None = None) -> duckdb
 PATHS = ["windows", "buckets", "stacked"]
 
 
-def snapshot(rows: list[dict], as_of: dt.date = AS_OF, profiles: pd.DataFrame | None = None,
-             path: str = "windows") -> pd.DataFrame:
+def snapshot(
+    rows: list[dict], as_of: dt.date = AS_OF, profiles: pd.DataFrame | None = None, path: str = "windows"
+) -> pd.DataFrame:
     con = connection(rows, profiles)
     if path == "stacked":
         builders.build_snapshots(con, FS, [as_of])
@@ -75,7 +87,7 @@ SARAH = [
     event(6, "product_view", product_category="yoga", hour=13),
     event(2, "add_to_cart", product_category="yoga", channel="mobile_app"),
     event(1, "page_view", channel="mobile_app", hour=21),  # the evening before as_of
-    event(0, "purchase", revenue=99.0, hour=0),         # exactly at as_of: never a feature
+    event(0, "purchase", revenue=99.0, hour=0),  # exactly at as_of: never a feature
 ]
 
 
@@ -119,15 +131,24 @@ def test_known_answers_for_every_family(path):
 def test_cart_abandonment_needs_its_follow_up_window_to_have_passed(path):
     rows = [event(10, "add_to_cart"), event(2, "page_view")]
     assert snapshot(rows, path=path).loc["p1", "cart_abandoned_30d"] == 1
-    assert snapshot([*rows, event(8, "purchase", revenue=10.0)], path=path).loc["p1", "cart_abandoned_30d"] == 0
+    assert (
+        snapshot([*rows, event(8, "purchase", revenue=10.0)], path=path).loc["p1", "cart_abandoned_30d"] == 0
+    )
     assert snapshot([event(2, "add_to_cart")], path=path).loc["p1", "cart_abandoned_30d"] == 0
 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_is_known_and_profile_attributes_are_point_in_time(path):
     rows = [event(50, "page_view"), event(5, "login", email_sha256="h")]
-    profiles = pd.DataFrame({"profile_id": ["p1"], "loyalty_tier": ["gold"], "signup_date": [pd.Timestamp("2025-05-27")],
-                             "consent_marketing": ["n"], "consent_personalization": ["y"]})
+    profiles = pd.DataFrame(
+        {
+            "profile_id": ["p1"],
+            "loyalty_tier": ["gold"],
+            "signup_date": [pd.Timestamp("2025-05-27")],
+            "consent_marketing": ["n"],
+            "consent_personalization": ["y"],
+        }
+    )
     now = snapshot(rows, profiles=profiles, path=path).loc["p1"]
     assert now["is_known"] == 1 and now["loyalty_tier"] == "gold" and now["tenure_days"] == 5
     before = snapshot(rows, as_of=dt.date(2025, 5, 20), profiles=profiles, path=path).loc["p1"]
@@ -145,7 +166,7 @@ def test_every_feature_has_a_readable_label_and_a_unique_name():
 
 
 def test_stacked_snapshots_equal_single_snapshots_and_the_sql_form(luma_small, config):
-    from pipeline import steps
+    from propensity.pipeline import steps
 
     loaded = steps.load_events(luma_small, config)
     con = loaded.con
@@ -176,26 +197,46 @@ def test_stacked_snapshots_equal_single_snapshots_and_the_sql_form(luma_small, c
 
 # --- property tests: nothing at or after as_of, nor older than a feature's reach, matters ---
 
-EVENT_TYPES = ["page_view", "product_view", "add_to_cart", "checkout", "purchase", "email_send", "email_open",
-               "email_click", "store_visit"]
+EVENT_TYPES = [
+    "page_view",
+    "product_view",
+    "add_to_cart",
+    "checkout",
+    "purchase",
+    "email_send",
+    "email_open",
+    "email_click",
+    "store_visit",
+]
 
-event_strategy = st.fixed_dictionaries({
-    "profile": st.sampled_from(["a", "b"]),
-    "days_before": st.integers(min_value=-40, max_value=800),
-    "hour": st.integers(min_value=0, max_value=23),
-    "event_type": st.sampled_from(EVENT_TYPES),
-    "channel": st.sampled_from(["web", "mobile_app", "email", "store"]),
-    "category": st.sampled_from([None, "yoga", "running", "hiking"]),
-    "revenue": st.floats(min_value=1, max_value=500).map(lambda x: round(x, 2)),
-    "known": st.booleans(),
-})
+event_strategy = st.fixed_dictionaries(
+    {
+        "profile": st.sampled_from(["a", "b"]),
+        "days_before": st.integers(min_value=-40, max_value=800),
+        "hour": st.integers(min_value=0, max_value=23),
+        "event_type": st.sampled_from(EVENT_TYPES),
+        "channel": st.sampled_from(["web", "mobile_app", "email", "store"]),
+        "category": st.sampled_from([None, "yoga", "running", "hiking"]),
+        "revenue": st.floats(min_value=1, max_value=500).map(lambda x: round(x, 2)),
+        "known": st.booleans(),
+    }
+)
 
 
 def _rows(specs: list[dict]) -> list[dict]:
-    return [event(s["days_before"], s["event_type"], profile=s["profile"], hour=s["hour"], channel=s["channel"],
-                  product_category=s["category"],
-                  revenue=s["revenue"] if s["event_type"] == "purchase" else None,
-                  crm_id="C" + s["profile"] if s["known"] else None) for s in specs]
+    return [
+        event(
+            s["days_before"],
+            s["event_type"],
+            profile=s["profile"],
+            hour=s["hour"],
+            channel=s["channel"],
+            product_category=s["category"],
+            revenue=s["revenue"] if s["event_type"] == "purchase" else None,
+            crm_id="C" + s["profile"] if s["known"] else None,
+        )
+        for s in specs
+    ]
 
 
 def _features(rows: list[dict], path: str) -> pd.DataFrame:
@@ -205,7 +246,10 @@ def _features(rows: list[dict], path: str) -> pd.DataFrame:
 
 @pytest.mark.parametrize("path", PATHS)
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(history=st.lists(event_strategy, min_size=1, max_size=25), future=st.lists(event_strategy, min_size=1, max_size=10))
+@given(
+    history=st.lists(event_strategy, min_size=1, max_size=25),
+    future=st.lists(event_strategy, min_size=1, max_size=10),
+)
 def test_events_at_or_after_as_of_never_change_features(path, history, future):
     past = [s for s in history if s["days_before"] >= 1]
     if not past:
@@ -229,8 +273,11 @@ def test_events_older_than_a_features_reach_never_change_it(path, history, seed)
     if not recent:
         return
     # Change old events: drop some, move the others further back, retype them.
-    old = [{**s, "days_before": s["days_before"] + 3, "event_type": "purchase"} for s in past
-           if s["days_before"] > reach and rng.random() < 0.5]
+    old = [
+        {**s, "days_before": s["days_before"] + 3, "event_type": "purchase"}
+        for s in past
+        if s["days_before"] > reach and rng.random() < 0.5
+    ]
     base = _features(_rows(past), path)
     changed = _features(_rows(recent + old), path)
     columns = [f.name for f in FS.features if f.reach(FS.lookback_days) <= reach]
@@ -243,7 +290,7 @@ def test_the_spark_spelling_means_the_same_as_duckdbs(luma_small, config, plan):
     """The Spark dialect's SQL, read as Spark SQL and run here, gives DuckDB's values."""
     import sqlglot
 
-    from pipeline import steps
+    from propensity.pipeline import steps
 
     con = steps.load_events(luma_small, config).con
     fs = build_registry(config.features, ["yoga", "running"])
@@ -280,8 +327,11 @@ def test_categories_named_by_the_data_make_valid_feature_names(path):
     names = [f.name for f in fs.features if f.family == "category"]
     assert "category_view_count_30d_yoga_mats" in names and "category_view_count_30d_yoga_mats_2" in names
     assert "days_since_last_purchase_kids_shoes" in names
-    rows = [event(3, "product_view", product_category="Yoga Mats"), event(2, "product_view", product_category="yoga-mats"),
-            event(5, "purchase", revenue=30.0, product_category="Kids' shoes")]
+    rows = [
+        event(3, "product_view", product_category="Yoga Mats"),
+        event(2, "product_view", product_category="yoga-mats"),
+        event(5, "purchase", revenue=30.0, product_category="Kids' shoes"),
+    ]
     con = connection(rows)
     if path == "stacked":
         builders.build_snapshots(con, fs, [AS_OF])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipeline import steps
-from pipeline.config import IdentityConfig, ProjectConfig
+from propensity.core.config import IdentityConfig, ProjectConfig
+from propensity.pipeline import steps
 from tests.conftest import write_events
 
 
@@ -20,8 +20,18 @@ def _ingest(tmp_path, rows, config=None, profiles=None, name="out"):
 
 SARAH = [
     {"timestamp": "2025-03-01T10:00:00", "event_type": "page_view", "ecid": "sarah-phone"},
-    {"timestamp": "2025-03-01T10:05:00", "event_type": "add_to_cart", "ecid": "sarah-phone", "product_category": "yoga"},
-    {"timestamp": "2025-03-01T10:09:00", "event_type": "login", "ecid": "sarah-phone", "email": "sarah@example.com"},
+    {
+        "timestamp": "2025-03-01T10:05:00",
+        "event_type": "add_to_cart",
+        "ecid": "sarah-phone",
+        "product_category": "yoga",
+    },
+    {
+        "timestamp": "2025-03-01T10:09:00",
+        "event_type": "login",
+        "ecid": "sarah-phone",
+        "email": "sarah@example.com",
+    },
     {"timestamp": "2025-03-05T18:00:00", "event_type": "email_open", "email": "SARAH@example.com "},
     {"timestamp": "2025-03-06T12:00:00", "event_type": "store_visit", "crm_id": "C1"},
     {"timestamp": "2025-03-01T11:00:00", "event_type": "page_view", "ecid": "someone-else"},
@@ -29,9 +39,13 @@ SARAH = [
 
 
 def test_anonymous_history_merges_with_known_on_sign_in(tmp_path):
-    profiles = [{"crm_id": "C1", "email": "sarah@example.com", "consent_marketing": "y", "loyalty_tier": "gold"}]
-    summary, events, id_map = _ingest(tmp_path, SARAH, profiles=profiles)
-    sarah = events[events["ecid"].eq("sarah-phone") | events["crm_id"].eq("C1") | events["email_sha256"].notna()]
+    profiles = [
+        {"crm_id": "C1", "email": "sarah@example.com", "consent_marketing": "y", "loyalty_tier": "gold"}
+    ]
+    summary, events, _id_map = _ingest(tmp_path, SARAH, profiles=profiles)
+    sarah = events[
+        events["ecid"].eq("sarah-phone") | events["crm_id"].eq("C1") | events["email_sha256"].notna()
+    ]
     assert sarah["profile_id"].nunique() == 1
     assert len(sarah) == 5
     assert summary["profiles"] == 2 and summary["known_profiles"] == 1
@@ -61,10 +75,17 @@ def test_shared_device_does_not_merge_two_customers(tmp_path):
 
 
 def test_oversized_component_keeps_known_ids_and_separates_devices(tmp_path):
-    rows = [{"timestamp": "2025-03-01T10:00:00", "event_type": "login", "ecid": f"kiosk-{i}",
-             "email": "test@luma.example"} for i in range(12)]
+    rows = [
+        {
+            "timestamp": "2025-03-01T10:00:00",
+            "event_type": "login",
+            "ecid": f"kiosk-{i}",
+            "email": "test@luma.example",
+        }
+        for i in range(12)
+    ]
     config = ProjectConfig(identity=IdentityConfig(max_identities_per_profile=5))
-    summary, events, id_map = _ingest(tmp_path, rows, config=config)
+    summary, _events, id_map = _ingest(tmp_path, rows, config=config)
     assert id_map["profile_id"].nunique() == 13
     collapse = summary["identity_collapses"][0]
     assert collapse["reason"] == "too_many_identities" and collapse["separated_identities"] == 12
@@ -102,13 +123,15 @@ def test_generated_data_stitches_sign_ins(luma_small, config):
 def test_identity_count_is_point_in_time(tmp_path):
     import datetime as dt
 
-    from features import builders
-    from features.registry import build_registry
+    from propensity.features import builders
+    from propensity.features.registry import build_registry
 
     _ingest(tmp_path, SARAH, profiles=[{"crm_id": "C1", "email": "sarah@example.com"}])
     loaded = steps.load_events(tmp_path / "out", ProjectConfig())
     fs = build_registry(ProjectConfig().features, [])
-    sarah = loaded.con.execute("SELECT profile_id FROM events WHERE ecid = 'sarah-phone' LIMIT 1").fetchone()[0]
+    sarah = loaded.con.execute("SELECT profile_id FROM events WHERE ecid = 'sarah-phone' LIMIT 1").fetchone()[
+        0
+    ]
     counts = {}
     for day in ("2025-03-01", "2025-03-02", "2025-03-06", "2025-03-07"):
         frame = builders.build_snapshot(loaded.con, fs, dt.date.fromisoformat(day)).set_index("profile_id")

@@ -7,11 +7,12 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from features import builders
-from features.labels import labelled_sql, population_rule, snapshot_dates
-from features.rules import parse_rule
-from pipeline.config import ModelConfig, OutcomeConfig, ProjectConfig, load_model_config
-from pipeline.errors import UserError
+from propensity.core.config import ModelConfig, OutcomeConfig, ProjectConfig
+from propensity.core.errors import UserError
+from propensity.features import builders
+from propensity.features.labels import labelled_sql, population_rule, snapshot_dates
+from propensity.features.rules import parse_rule
+from propensity.pipeline.config_files import load_model_config
 from tests.conftest import invoke
 from tests.test_features import AS_OF, FS, connection, event
 
@@ -22,8 +23,11 @@ def labels(rows, outcome: OutcomeConfig, as_of=AS_OF) -> pd.Series:
     return frame.set_index("profile_id")["label"]
 
 
-HISTORY = [event(10, "page_view", profile="p1"), event(10, "page_view", profile="p2"),
-           event(10, "purchase", profile="p3", revenue=50.0)]
+HISTORY = [
+    event(10, "page_view", profile="p1"),
+    event(10, "page_view", profile="p2"),
+    event(10, "purchase", profile="p3", revenue=50.0),
+]
 
 
 def test_event_exactly_at_as_of_counts_for_the_label_not_the_features():
@@ -41,15 +45,21 @@ def test_horizon_is_half_open():
 
 
 def test_category_revenue_churn_and_above_usual_order_value():
-    rows = [*HISTORY,
-            event(-3, "purchase", profile="p1", revenue=20.0, product_category="running"),
-            event(-3, "purchase", profile="p2", revenue=200.0, product_category="yoga"),
-            event(-3, "purchase", profile="p3", revenue=40.0, product_category="yoga")]
+    rows = [
+        *HISTORY,
+        event(-3, "purchase", profile="p1", revenue=20.0, product_category="running"),
+        event(-3, "purchase", profile="p2", revenue=200.0, product_category="yoga"),
+        event(-3, "purchase", profile="p3", revenue=40.0, product_category="yoga"),
+    ]
     assert labels(rows, OutcomeConfig(category="yoga")).to_dict() == {"p1": 0, "p2": 1, "p3": 1}
     assert labels(rows, OutcomeConfig(min_revenue=100)).to_dict() == {"p1": 0, "p2": 1, "p3": 0}
     assert labels(rows, OutcomeConfig(occurs=False, category="yoga")).to_dict() == {"p1": 1, "p2": 0, "p3": 0}
     # p3 usually spends 50: a 40 order is not above their usual.
-    assert labels(rows, OutcomeConfig(above_average_order_value=True)).to_dict() == {"p1": 1, "p2": 1, "p3": 0}
+    assert labels(rows, OutcomeConfig(above_average_order_value=True)).to_dict() == {
+        "p1": 1,
+        "p2": 1,
+        "p3": 0,
+    }
 
 
 def test_snapshot_dates_end_their_horizon_by_the_cutoff():
@@ -79,7 +89,9 @@ def test_shipped_model_configs_load_and_bad_ones_are_named(tmp_path):
     assert load_model_config("churn", project).outcome.occurs is False
     assert load_model_config("upsell", project).outcome.category == "yoga"
     bad = tmp_path / "m.yaml"
-    bad.write_text("population: 'is_known = 1'\noutcome: {horizon_days: soon}\ntraining: {lightgbm: {is_unbalance: true}}\n")
+    bad.write_text(
+        "population: 'is_known = 1'\noutcome: {horizon_days: soon}\ntraining: {lightgbm: {is_unbalance: true}}\n"
+    )
     with pytest.raises(UserError) as error:
         load_model_config(str(bad), project)
     assert "outcome.horizon_days" in str(error.value) and "is_unbalance" in str(error.value)
@@ -88,11 +100,21 @@ def test_shipped_model_configs_load_and_bad_ones_are_named(tmp_path):
 
 
 def test_features_cli_writes_population_labels_and_feature_labels(luma_small, tmp_path, runner):
-    from pipeline.steps import read_feature_metadata
+    from propensity.pipeline.steps import read_feature_metadata
 
     out = tmp_path / "f.parquet"
-    result = invoke(runner, "features", "--events", str(luma_small), "--as-of", "2025-07-01",
-                    "--model", "conversion", "--out", str(out))
+    result = invoke(
+        runner,
+        "features",
+        "--events",
+        str(luma_small),
+        "--as-of",
+        "2025-07-01",
+        "--model",
+        "conversion",
+        "--out",
+        str(out),
+    )
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(out)
     assert frame["days_since_last_event"].max() <= 45 and frame["purchase_count_365d"].max() == 0
@@ -106,14 +128,20 @@ def test_features_cli_writes_population_labels_and_feature_labels(luma_small, tm
 
 
 def test_sensitive_features_are_refused_and_bad_names_fail_early():
-    from pipeline.config import ModelConfig
-    from pipeline.modelling import model_features
+    from propensity.core.config import ModelConfig
+    from propensity.pipeline.modelling import model_features
 
     sensitive = ModelConfig(name="m", governance={"sensitive_features": ["loyalty_tier"]})
     names, _ = model_features(FS, sensitive)
     assert "loyalty_tier" not in names and "tenure_days" in names
     with pytest.raises(UserError, match="`loyalty_tier` is labelled sensitive"):
-        model_features(FS, ModelConfig(name="m", governance={"sensitive_features": ["loyalty_tier"]},
-                                       features={"include": ["loyalty_tier", "profile"]}))
+        model_features(
+            FS,
+            ModelConfig(
+                name="m",
+                governance={"sensitive_features": ["loyalty_tier"]},
+                features={"include": ["loyalty_tier", "profile"]},
+            ),
+        )
     with pytest.raises(UserError, match="unknown feature or family `days_since_lunch`"):
         model_features(FS, ModelConfig(name="m", features={"exclude": ["days_since_lunch"]}))

@@ -14,17 +14,27 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from features.synthetic import GeneratorSettings, generate
-from models import evaluate as ev
-from models.calibration import Calibrator
-from models.train import DEFAULT_LIGHTGBM, split
-from pipeline import modelling, steps
-from pipeline.config import ProjectConfig, TrainingConfig
-from pipeline.errors import UserError
+from propensity.core.config import ProjectConfig, TrainingConfig
+from propensity.core.errors import UserError
+from propensity.features.synthetic import GeneratorSettings, generate
+from propensity.models import evaluate as ev
+from propensity.models.calibration import Calibrator
+from propensity.models.train import DEFAULT_LIGHTGBM, split
+from propensity.pipeline import modelling, steps
 from tests.conftest import invoke
 
-METRIC_KEYS = ("test_auc", "test_average_precision", "test_brier", "test_log_loss", "test_ece", "test_lift_at_10",
-               "baseline_recency_auc", "baseline_logreg_auc", "oracle_auc", "auc_to_oracle")
+METRIC_KEYS = (
+    "test_auc",
+    "test_average_precision",
+    "test_brier",
+    "test_log_loss",
+    "test_ece",
+    "test_lift_at_10",
+    "baseline_recency_auc",
+    "baseline_logreg_auc",
+    "oracle_auc",
+    "auc_to_oracle",
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +72,13 @@ def test_train_logs_metrics_baselines_oracle_and_registers_challenger(churn_run,
     assert run.data.metrics["test_auc"] > run.data.metrics["baseline_recency_auc"]
     assert run.data.tags["git_commit"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert {"plots/gains.png", "plots/calibration.png", "plots/lift_by_decile.png", "plots/score_distribution.png",
-            "plots/feature_importance.png"} <= artifacts
+    assert {
+        "plots/gains.png",
+        "plots/calibration.png",
+        "plots/lift_by_decile.png",
+        "plots/score_distribution.png",
+        "plots/feature_importance.png",
+    } <= artifacts
     features = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/features.json")["features"]
     assert {"name": "days_since_last_purchase", "label": "Days since the last purchase"} in features
     assert str(client.get_model_version_by_alias("churn", "challenger").version) == churn_run["version"]
@@ -72,8 +87,13 @@ def test_train_logs_metrics_baselines_oracle_and_registers_challenger(churn_run,
 
 
 def test_logged_model_loads_in_a_fresh_process(churn_run, luma_ingested, tracking, tmp_path):
-    features = steps.build_features(luma_ingested, tmp_path / "f.parquet", ProjectConfig(),
-                                    as_of=pd.Timestamp("2025-10-01").date(), model="churn")
+    features = steps.build_features(
+        luma_ingested,
+        tmp_path / "f.parquet",
+        ProjectConfig(),
+        as_of=pd.Timestamp("2025-10-01").date(),
+        model="churn",
+    )
     assert features["rows"] > 100
     script = textwrap.dedent(f"""
         import sys
@@ -83,22 +103,29 @@ def test_logged_model_loads_in_a_fresh_process(churn_run, luma_ingested, trackin
         repo = {str(__import__("pathlib").Path(__file__).resolve().parents[1])!r}
         sys.path = [p for p in sys.path if p not in ("", ".", repo)]
         try:
-            import models
+            import propensity.models
             raise SystemExit("the project is still importable; the test proves nothing")
         except ImportError:
             pass
         import mlflow, pandas as pd
         model = mlflow.pyfunc.load_model("models:/churn@challenger")
-        frame = pd.read_parquet({str(tmp_path / 'f.parquet')!r})
+        frame = pd.read_parquet({str(tmp_path / "f.parquet")!r})
         out = model.predict(frame)
         print(out["probability"].round(10).tolist()[:50])
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
-                            env={**os.environ, "MLFLOW_TRACKING_URI": tracking}, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     fresh = json.loads(result.stdout.strip().splitlines()[-1])
-    model, _ = modelling.registry.load_propensity_model(modelling.registry.configure(ProjectConfig()), "churn",
-                                                      alias="challenger")
+    model, _ = modelling.registry.load_propensity_model(
+        modelling.registry.configure(ProjectConfig()), "churn", alias="challenger"
+    )
     here = model.predict_proba(pd.read_parquet(tmp_path / "f.parquet")).round(10).tolist()[:50]
     assert fresh == pytest.approx(here) and all(0 < p < 1 for p in fresh)
 
@@ -124,7 +151,9 @@ def test_promote_compares_on_the_challengers_test_snapshot(churn_run, luma_inges
     assert run.data.tags["compared_champion_version"] == champion
     assert run.data.metrics["champion_test_auc"] == pytest.approx(run.data.metrics["test_auc"])
     stay = invoke(runner, "promote", "churn")
-    assert "not promoted" in stay.output and "on the challenger's test snapshot" in " ".join(stay.output.split())
+    assert "not promoted" in stay.output and "on the challenger's test snapshot" in " ".join(
+        stay.output.split()
+    )
     assert str(client.get_model_version_by_alias("churn", "champion").version) == champion
     forced = invoke(runner, "promote", "churn", "--version", retrained["version"])
     assert "promoted explicitly" in forced.output
@@ -134,24 +163,45 @@ def test_promote_compares_on_the_challengers_test_snapshot(churn_run, luma_inges
 
 
 def test_evaluate_logs_expected_vs_actual(churn_run, luma_ingested, tracking, runner):
-    result = invoke(runner, "evaluate", "churn", "--events", str(luma_ingested), "--as-of", "2025-09-01",
-                    "--alias", "challenger")
+    result = invoke(
+        runner,
+        "evaluate",
+        "churn",
+        "--events",
+        str(luma_ingested),
+        "--as-of",
+        "2025-09-01",
+        "--alias",
+        "challenger",
+    )
     assert result.exit_code == 0, result.output
     assert "buckets: predicted vs actual" in result.output
     client = MlflowClient(tracking_uri=tracking)
-    runs = client.search_runs([client.get_experiment_by_name("churn").experiment_id],
-                              "tags.step = 'evaluate'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("churn").experiment_id], "tags.step = 'evaluate'"
+    )
     assert runs and "eval_auc" in runs[0].data.metrics
-    late = invoke(runner, "evaluate", "churn", "--events", str(luma_ingested), "--as-of", "2025-11-20",
-                  "--alias", "challenger")
+    late = invoke(
+        runner,
+        "evaluate",
+        "churn",
+        "--events",
+        str(luma_ingested),
+        "--as-of",
+        "2025-11-20",
+        "--alias",
+        "challenger",
+    )
     assert late.exit_code == 2 and "horizon ends after the data" in " ".join(late.output.split())
 
 
 def test_too_few_positives_is_a_clear_error(luma_ingested, tracking, tmp_path, runner):
     model = tmp_path / "rare.yaml"
-    model.write_text("name: rare\npopulation: 'purchase_count_365d >= 1'\n"
-                     "outcome: {event_type: offer_redeemed, horizon_days: 7}\n"
-                     "training: {min_positives: 100000}\n")
+    model.write_text(
+        "name: rare\npopulation: 'purchase_count_365d >= 1'\n"
+        "outcome: {event_type: offer_redeemed, horizon_days: 7}\n"
+        "training: {min_positives: 100000}\n"
+    )
     result = invoke(runner, "train", str(model), "--events", str(luma_ingested))
     assert result.exit_code == 2
     assert "too few examples to train" in " ".join(result.output.split())
@@ -160,8 +210,13 @@ def test_too_few_positives_is_a_clear_error(luma_ingested, tracking, tmp_path, r
 def test_split_is_out_of_time_and_profile_disjoint():
     rng = np.random.default_rng(0)
     dates = pd.to_datetime(["2025-01-01", "2025-02-01", "2025-03-01", "2025-04-01"])
-    frame = pd.DataFrame({"profile_id": [f"p{i}" for i in range(2000)] * 4,
-                          "as_of": np.repeat(dates, 2000), "label": rng.random(8000) < 0.3})
+    frame = pd.DataFrame(
+        {
+            "profile_id": [f"p{i}" for i in range(2000)] * 4,
+            "as_of": np.repeat(dates, 2000),
+            "label": rng.random(8000) < 0.3,
+        }
+    )
     frame["label"] = frame["label"].astype(int)
     parts = split(frame, TrainingConfig(min_positives=10, min_negatives=10))
     test_profiles = set(parts.test["profile_id"])
@@ -192,14 +247,18 @@ def test_metrics_known_answers():
     result = ev.metrics(y, p)
     assert result["test_auc"] == 1.0 and result["test_average_precision"] == 1.0
     assert result["test_lift_at_10"] == pytest.approx(5.0) and result["test_capture_at_20"] == 1.0
-    assert ev.scores_from_reference(np.array([0.05, 0.5, 0.95]), np.linspace(0, 1, 101)).tolist() == [5, 50, 95]
+    assert ev.scores_from_reference(np.array([0.05, 0.5, 0.95]), np.linspace(0, 1, 101)).tolist() == [
+        5,
+        50,
+        95,
+    ]
     assert ev.buckets(np.array([10, 40, 69, 70]), 40, 70).tolist() == ["low", "medium", "medium", "high"]
 
 
 def test_reweighting_options_are_refused():
     assert "is_unbalance" not in DEFAULT_LIGHTGBM and "scale_pos_weight" not in DEFAULT_LIGHTGBM
     with pytest.raises(UserError, match="scale_pos_weight"):
-        from pipeline.config import ModelConfig, parse_config
+        from propensity.core.config import ModelConfig, parse_config
 
         parse_config(ModelConfig, {"name": "m", "training": {"lightgbm": {"scale_pos_weight": 10}}}, "m.yaml")
 
@@ -208,8 +267,11 @@ def test_feature_importance_notebook_runs(churn_run, luma_ingested, tracking, mo
     import matplotlib
 
     matplotlib.use("Agg")
-    notebook = json.loads((__import__("pathlib").Path(__file__).parents[1] / "notebooks" /
-                           "feature_importance.ipynb").read_text())
+    notebook = json.loads(
+        (
+            __import__("pathlib").Path(__file__).parents[1] / "notebooks" / "feature_importance.ipynb"
+        ).read_text()
+    )
     monkeypatch.setenv("PROPENSITY_MODEL", "churn")
     monkeypatch.setenv("PROPENSITY_EVENTS", str(luma_ingested))
     monkeypatch.setenv("PROPENSITY_ALIAS", "challenger")
@@ -217,7 +279,7 @@ def test_feature_importance_notebook_runs(churn_run, luma_ingested, tracking, mo
     namespace: dict = {}
     for cell in notebook["cells"]:
         if cell["cell_type"] == "code":
-            exec(compile("".join(cell["source"]), "feature_importance.ipynb", "exec"), namespace)  # noqa: S102
+            exec(compile("".join(cell["source"]), "feature_importance.ipynb", "exec"), namespace)
     importance, factors = namespace["importance"], namespace["factors"]
     assert importance["mean_abs_shap"].iloc[0] > 0 and importance["label"].iloc[0]
     assert 0 < len(factors) <= 8 and factors["impact"].abs().is_monotonic_decreasing

@@ -6,8 +6,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import steps
-from pipeline.errors import UserError
+from propensity.core.errors import UserError
+from propensity.pipeline import steps
 from tests.conftest import invoke, write_events
 
 GOOD = {"timestamp": "2025-03-01T10:00:00", "event_type": "page_view", "ecid": "dev-1"}
@@ -39,7 +39,10 @@ def test_unreadable_file_is_one_clear_line(tmp_path, runner):
 
 def test_unsupported_suffix_and_missing_path(tmp_path, runner):
     (tmp_path / "events.xlsx").write_text("x")
-    assert "unsupported file type" in invoke(runner, "validate", "--events", str(tmp_path / "events.xlsx")).output
+    assert (
+        "unsupported file type"
+        in invoke(runner, "validate", "--events", str(tmp_path / "events.xlsx")).output
+    )
     result = invoke(runner, "validate", "--events", str(tmp_path / "nope"))
     assert result.exit_code == 2 and "does not exist" in result.output
 
@@ -52,40 +55,59 @@ def test_wrong_column_type_is_named(tmp_path, config):
 
 BAD_ROWS = [
     GOOD,
-    {**GOOD, "timestamp": "not a time"},                                  # row 2
+    {**GOOD, "timestamp": "not a time"},  # row 2
     {"timestamp": "2025-03-01", "event_type": "page_view", "ecid": None},  # row 3: no identity
-    {**GOOD, "event_type": "purchase", "revenue": -5},                   # row 4
-    {**GOOD, "timestamp": "2030-01-01T00:00:00"},                        # row 5: future
+    {**GOOD, "event_type": "purchase", "revenue": -5},  # row 4
+    {**GOOD, "timestamp": "2030-01-01T00:00:00"},  # row 5: future
 ]
 
 
 def test_bad_rows_fail_by_default_naming_rows_and_reasons(tmp_path, runner):
     path = write_events(tmp_path / "events.csv", BAD_ROWS)
-    result = invoke(runner, "ingest", "--events", str(path), "--out", str(tmp_path / "out"), "--as-of", "2025-06-01")
+    result = invoke(
+        runner, "ingest", "--events", str(path), "--out", str(tmp_path / "out"), "--as-of", "2025-06-01"
+    )
     assert result.exit_code == 2
     text = " ".join(result.output.split())
     assert "4 bad rows" in text
-    for fragment in ("row 2 (unparseable_timestamp)", "row 3 (no_identity)", "row 4 (negative_revenue)",
-                     "row 5 (future_timestamp)", "--on-bad-rows quarantine"):
+    for fragment in (
+        "row 2 (unparseable_timestamp)",
+        "row 3 (no_identity)",
+        "row 4 (negative_revenue)",
+        "row 5 (future_timestamp)",
+        "--on-bad-rows quarantine",
+    ):
         assert fragment in text
     assert not (tmp_path / "out").exists()
 
 
 def test_quarantine_writes_bad_rows_with_reasons_and_accounts_for_every_row(tmp_path, config):
     path = write_events(tmp_path / "events.csv", [*BAD_ROWS, GOOD])  # last row duplicates the first
-    summary = steps.ingest(path, tmp_path / "out", config, on_bad_rows="quarantine", as_of=pd.Timestamp("2025-06-01").date())
+    summary = steps.ingest(
+        path, tmp_path / "out", config, on_bad_rows="quarantine", as_of=pd.Timestamp("2025-06-01").date()
+    )
     quarantine = pq.read_table(tmp_path / "out" / "quarantine.parquet").to_pandas()
-    assert sorted(quarantine["reason"]) == ["future_timestamp", "negative_revenue", "no_identity", "unparseable_timestamp"]
+    assert sorted(quarantine["reason"]) == [
+        "future_timestamp",
+        "negative_revenue",
+        "no_identity",
+        "unparseable_timestamp",
+    ]
     assert sorted(quarantine["source_row"]) == [2, 3, 4, 5]
     assert summary["rows_in"] == 6
-    assert summary["rows_in"] == summary["rows_written"] + summary["duplicates_dropped"] + summary["rows_quarantined"]
+    assert (
+        summary["rows_in"]
+        == summary["rows_written"] + summary["duplicates_dropped"] + summary["rows_quarantined"]
+    )
     assert (summary["rows_written"], summary["duplicates_dropped"]) == (1, 1)
 
 
 def test_xdm_types_are_mapped_and_unknown_types_kept(tmp_path, config):
-    rows = [{**GOOD, "event_type": "commerce.purchases", "revenue": 30.0},
-            {**GOOD, "event_type": "web.webpagedetails.pageViews", "timestamp": "2025-03-01T11:00:00"},
-            {**GOOD, "event_type": "class_booked", "timestamp": "2025-03-01T12:00:00"}]
+    rows = [
+        {**GOOD, "event_type": "commerce.purchases", "revenue": 30.0},
+        {**GOOD, "event_type": "web.webpagedetails.pageViews", "timestamp": "2025-03-01T11:00:00"},
+        {**GOOD, "event_type": "class_booked", "timestamp": "2025-03-01T12:00:00"},
+    ]
     path = write_events(tmp_path / "events.parquet", rows)
     steps.ingest(path, tmp_path / "out", config)
     events = pd.read_parquet(tmp_path / "out" / "events.parquet")
@@ -93,9 +115,11 @@ def test_xdm_types_are_mapped_and_unknown_types_kept(tmp_path, config):
 
 
 def test_timestamps_are_utc(tmp_path, config):
-    rows = [{**GOOD, "timestamp": "2025-03-01T10:00:00+02:00", "event_id": "a"},
-            {**GOOD, "timestamp": "2025-03-01T10:00:00Z", "event_id": "b"},
-            {**GOOD, "timestamp": "2025-03-01 10:00:00", "event_id": "c"}]
+    rows = [
+        {**GOOD, "timestamp": "2025-03-01T10:00:00+02:00", "event_id": "a"},
+        {**GOOD, "timestamp": "2025-03-01T10:00:00Z", "event_id": "b"},
+        {**GOOD, "timestamp": "2025-03-01 10:00:00", "event_id": "c"},
+    ]
     path = write_events(tmp_path / "events.jsonl", rows)
     steps.ingest(path, tmp_path / "out", config)
     events = pd.read_parquet(tmp_path / "out" / "events.parquet").set_index("event_id")
@@ -114,10 +138,14 @@ def test_tz_aware_parquet_is_converted(tmp_path, config):
 
 
 def test_raw_email_and_phone_never_written(tmp_path, config):
-    rows = [{**GOOD, "email": "Sarah.Lee@Example.com", "phone": "+1 (555) 123-4567"},
-            {**GOOD, "timestamp": "bad", "email": "Sarah.Lee@Example.com"}]
+    rows = [
+        {**GOOD, "email": "Sarah.Lee@Example.com", "phone": "+1 (555) 123-4567"},
+        {**GOOD, "timestamp": "bad", "email": "Sarah.Lee@Example.com"},
+    ]
     path = write_events(tmp_path / "events.csv", rows)
-    profiles = write_events(tmp_path / "profiles.csv", [{"email": " sarah.lee@example.com ", "consent_marketing": "y"}])
+    profiles = write_events(
+        tmp_path / "profiles.csv", [{"email": " sarah.lee@example.com ", "consent_marketing": "y"}]
+    )
     steps.ingest(path, tmp_path / "out", config, profiles=profiles, on_bad_rows="quarantine")
     for file in (tmp_path / "out").iterdir():
         data = file.read_bytes().lower()
@@ -130,8 +158,12 @@ def test_raw_email_and_phone_never_written(tmp_path, config):
 
 
 def test_duplicate_event_ids_dropped_and_missing_ids_derived_stably(tmp_path, config):
-    rows = [{**GOOD, "event_id": "x"}, {**GOOD, "event_id": "x", "timestamp": "2025-03-02"},
-            {**GOOD, "timestamp": "2025-03-03"}, {**GOOD, "timestamp": "2025-03-03"}]
+    rows = [
+        {**GOOD, "event_id": "x"},
+        {**GOOD, "event_id": "x", "timestamp": "2025-03-02"},
+        {**GOOD, "timestamp": "2025-03-03"},
+        {**GOOD, "timestamp": "2025-03-03"},
+    ]
     frame = pd.DataFrame(rows)
     frame.to_csv(tmp_path / "events.csv", index=False)
     first = steps.ingest(tmp_path / "events.csv", tmp_path / "a", config)
@@ -165,7 +197,9 @@ def test_invalid_config_names_the_key(tmp_path, runner):
 def test_bad_option_values(tmp_path, runner):
     path = write_events(tmp_path / "events.csv", [GOOD])
     assert "YYYY-MM-DD" in invoke(runner, "validate", "--events", str(path), "--as-of", "June").output
-    assert "--on-bad-rows" in invoke(runner, "validate", "--events", str(path), "--on-bad-rows", "ignore").output
+    assert (
+        "--on-bad-rows" in invoke(runner, "validate", "--events", str(path), "--on-bad-rows", "ignore").output
+    )
 
 
 def test_unavailable_engine_is_refused_not_silently_replaced(tmp_path, runner):
@@ -183,5 +217,7 @@ def test_ingest_output_from_an_older_format_is_named(tmp_path, runner, config):
     steps.ingest(path, tmp_path / "out", config)
     manifest = tmp_path / "out" / "manifest.json"
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": 1}))
-    result = invoke(runner, "features", "--events", str(tmp_path / "out"), "--out", str(tmp_path / "f.parquet"))
+    result = invoke(
+        runner, "features", "--events", str(tmp_path / "out"), "--out", str(tmp_path / "f.parquet")
+    )
     assert result.exit_code == 2 and "run `propensity ingest` again" in " ".join(result.output.split())

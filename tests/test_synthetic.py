@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from features.synthetic import GeneratorSettings, generate
+from propensity.features.synthetic import GeneratorSettings, generate
 from tests.conftest import invoke
 
 
@@ -42,7 +42,16 @@ def test_events_cover_channels_and_story(luma_small):
 
 
 def test_generate_cli(tmp_path, runner):
-    result = invoke(runner, "generate", "--profiles", "200", "--days", "40", "--out", str(tmp_path / "g"),
-                    "--no-ground-truth")
+    result = invoke(
+        runner,
+        "generate",
+        "--profiles",
+        "200",
+        "--days",
+        "40",
+        "--out",
+        str(tmp_path / "g"),
+        "--no-ground-truth",
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "g" / "events").is_dir() and not (tmp_path / "g" / "ground_truth").exists()

@@ -1,20 +1,17 @@
 """Every configuration model of the project, validated by pydantic.
 
-One module, so that a key means one thing everywhere. Configs are YAML; unknown keys and
-wrong types are refused with a message that names the file, the key and what was expected.
+One module, so that a key means one thing everywhere. Unknown keys and wrong types are
+refused with a message that names the source, the key and what was expected. Reading the
+YAML files is the pipeline's job (``propensity.pipeline.config_files``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipeline.errors import UserError
-
-DEFAULT_PROJECT_CONFIG = Path("configs/project.yaml")
+from propensity.core.errors import UserError
 
 
 class _Strict(BaseModel):
@@ -125,28 +122,6 @@ def parse_config(model: type[M], data: Any, source: str) -> M:
         raise UserError(describe_validation_error(source, error)) from None
 
 
-def read_yaml(path: str | Path) -> Any:
-    """Read a YAML file, turning a missing file or a syntax error into a UserError."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: config file not found")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{path}: invalid YAML{where}: {getattr(error, 'problem', error)}") from None
-
-
-def load_project_config(path: str | Path | None = None) -> ProjectConfig:
-    """Load the project config; without a file at the default path, use the defaults."""
-    if path is None:
-        if not DEFAULT_PROJECT_CONFIG.is_file():
-            return ProjectConfig()
-        path = DEFAULT_PROJECT_CONFIG
-    return parse_config(ProjectConfig, read_yaml(path), str(path))
-
-
 class OutcomeConfig(_Strict):
     """What the model predicts: an event that will (or will not) occur within the horizon."""
 
@@ -217,17 +192,3 @@ class ModelConfig(_Strict):
     features: FeatureSelection = Field(default_factory=FeatureSelection)
     buckets: BucketConfig = Field(default_factory=BucketConfig)
     governance: GovernanceConfig = Field(default_factory=GovernanceConfig)
-
-
-def load_model_config(name_or_path: str, project: ProjectConfig) -> ModelConfig:
-    """A model by name (``configs/models/NAME.yaml``) or by path to its YAML."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = Path(project.models_dir) / f"{name_or_path}.yaml"
-        if not path.is_file():
-            known = sorted(p.stem for p in Path(project.models_dir).glob("*.yaml"))
-            raise UserError(f"unknown model '{name_or_path}': no {path} (models: {', '.join(known) or 'none'})")
-    data = read_yaml(path)
-    if isinstance(data, dict):
-        data.setdefault("name", path.stem)
-    return parse_config(ModelConfig, data, str(path))

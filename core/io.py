@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path; on success it replaces ``target`` in one rename.
