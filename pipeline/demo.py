@@ -13,6 +13,7 @@ from propensity.core.config import ProjectConfig
 from propensity.features.rules import parse_rule
 from propensity.features.synthetic import GeneratorSettings, generate
 from propensity.pipeline import modelling, steps
+from propensity.pipeline.printing import print_buckets, print_metrics, print_summary
 
 LAPSED_YOGA = "category_purchase_count_365d_yoga >= 1 AND days_since_last_purchase > 60"
 
@@ -20,8 +21,6 @@ LAPSED_YOGA = "category_purchase_count_365d_yoga >= 1 AND days_since_last_purcha
 def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Console) -> dict:
     """Generate Luma, stitch identities, find lapsed yoga buyers, train conversion and upsell
     models, promote them, and explain one profile's scores."""
-    from propensity.pipeline.cli import print_buckets, print_metrics, print_summary
-
     data_dir, ingested = out / "data", out / "ingested"
     with console.status("1/5 generating synthetic Luma events"):
         generated = generate(GeneratorSettings(profiles=profiles, days=days, seed=config.seed), data_dir)

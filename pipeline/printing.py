@@ -1,0 +1,104 @@
+"""Rich tables for the summaries the jobs return: what a person reads in the terminal."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from propensity.pipeline.cli_options import console
+
+
+def print_summary(summary: dict, title: str) -> None:
+    """The validate/ingest summary as rich tables."""
+    counts = Table(title=title, show_header=False)
+    for key in (
+        "rows_in",
+        "rows_written",
+        "duplicates_dropped",
+        "rows_quarantined",
+        "bad_rows",
+        "profiles",
+        "known_profiles",
+    ):
+        if key in summary:
+            counts.add_row(key.replace("_", " "), f"{summary[key]:,}")
+    counts.add_row("time range", f"{summary.get('first_event')} .. {summary.get('last_event')}")
+    console.print(counts)
+    for key, label in (
+        ("events_by_type", "event type"),
+        ("events_by_channel", "channel"),
+        ("identities_by_namespace", "identity namespace"),
+        ("bad_rows_by_reason", "bad-row reason"),
+    ):
+        values = summary.get(key) or {}
+        if not values:
+            continue
+        table = Table(show_header=True)
+        table.add_column(label)
+        table.add_column("count", justify="right")
+        for name, count in values.items():
+            table.add_row(str(name), f"{count:,}")
+        console.print(table)
+    collapses = summary.get("identity_collapses", [])
+    for reason in sorted({c["reason"] for c in collapses}):
+        group = [c for c in collapses if c["reason"] == reason]
+        console.print(
+            f"[yellow]identity guardrail ({reason}):[/] split {len(group)} components of "
+            f"{sum(c['identities'] for c in group):,} identities into "
+            f"{sum(c['profiles_after_split'] for c in group):,} profiles "
+            f"({sum(c['separated_identities'] for c in group):,} identities kept apart)"
+        )
+    if "rows_in" in summary:
+        console.print(
+            f"rows in {summary['rows_in']:,} = written {summary['rows_written']:,} + duplicates "
+            f"{summary['duplicates_dropped']:,} + bad {summary['bad_rows']:,}"
+        )
+
+
+def print_metrics(metrics: dict, title: str) -> None:
+    """Model vs baselines vs oracle, side by side."""
+    table = Table(title=title)
+    for column in ("metric", "model", "logistic regression (RFM)", "recency", "oracle"):
+        table.add_column(column, justify="right" if column != "metric" else "left")
+    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    prefix = "test_" if "test_auc" in metrics else "eval_"
+    table.add_row(
+        "AUC",
+        fmt(metrics.get(f"{prefix}auc")),
+        fmt(metrics.get("baseline_logreg_auc")),
+        fmt(metrics.get("baseline_recency_auc")),
+        fmt(metrics.get(f"{'' if prefix == 'test_' else prefix}oracle_auc")),
+    )
+    table.add_row(
+        "average precision",
+        fmt(metrics.get(f"{prefix}average_precision")),
+        fmt(metrics.get("baseline_logreg_average_precision")),
+        "",
+        "",
+    )
+    table.add_row(
+        "lift at top 10 %",
+        fmt(metrics.get(f"{prefix}lift_at_10")),
+        fmt(metrics.get("baseline_logreg_lift_at_10")),
+        "",
+        "",
+    )
+    for key, label in (
+        ("brier", "Brier score"),
+        ("log_loss", "log loss"),
+        ("ece", "expected calibration error"),
+        ("base_rate", "base rate"),
+    ):
+        table.add_row(label, fmt(metrics.get(f"{prefix}{key}")), "", "", "")
+    ratio = metrics.get("auc_to_oracle", metrics.get("eval_auc_to_oracle"))
+    if ratio is not None:
+        table.add_row("AUC / oracle AUC", fmt(ratio), "", "", "")
+    console.print(table)
+
+
+def print_buckets(buckets) -> None:
+    table = Table(title="buckets: predicted vs actual")
+    for column in buckets.columns:
+        table.add_column(str(column), justify="right")
+    for row in buckets.itertuples(index=False):
+        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
