@@ -29,7 +29,7 @@ from propensity.features import builders
 from propensity.features.labels import snapshot_dates
 from propensity.features.registry import build_registry
 from propensity.features.synthetic import GeneratorSettings, generate
-from propensity.pipeline import steps
+from propensity.pipeline import feature_jobs, ingest_jobs
 
 DATA = Path(__file__).parent / ".data"
 
@@ -252,7 +252,7 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, name: str) -> None:
 
 def all_features(con, config: ProjectConfig, cutoff: dt.date, as_of: dt.date, events: int) -> None:
     """Every feature of the registry: what training and scoring build by default."""
-    fs = steps.feature_set(con, config, as_of)
+    fs = feature_jobs.feature_set(con, config, as_of)
     dates = snapshot_dates(cutoff, 30, 8, 28)
     runs = {}
     for plan in ("windows", "buckets"):
@@ -308,14 +308,16 @@ def main() -> None:
     stale = (
         not manifest.is_file()
         or manifest.stat().st_mtime < newest_raw
-        or json.loads(manifest.read_text()).get("format") != steps.INGEST_FORMAT
+        or json.loads(manifest.read_text()).get("format") != ingest_jobs.INGEST_FORMAT
     )
     if stale:
         print("ingesting ...", flush=True)
-        summary, ingest_seconds = timed(lambda: steps.ingest(raw, ingested, config, on_bad_rows="quarantine"))
+        summary, ingest_seconds = timed(
+            lambda: ingest_jobs.ingest(raw, ingested, config, on_bad_rows="quarantine")
+        )
         print(f"ingest: {summary['rows_in']:,} rows in {ingest_seconds:.1f}s", flush=True)
 
-    loaded = steps.load_events(ingested, config)
+    loaded = ingest_jobs.load_events(ingested, config)
     con = loaded.con
     events = con.execute("SELECT count(*) FROM events").fetchone()[0]
     cutoff = builders.data_end(con)
@@ -365,7 +367,7 @@ def main() -> None:
     del stacked_df
 
     # Spilling: the same build with DuckDB held to a small memory limit.
-    spill_con = steps.load_events(
+    spill_con = ingest_jobs.load_events(
         ingested,
         config.model_copy(
             update={

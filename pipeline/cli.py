@@ -80,11 +80,11 @@ def validate(
     config: ConfigOption = None,
 ) -> None:
     """Dry run: validate events and print a summary; exit 2 on bad rows unless quarantining."""
-    from propensity.pipeline import steps
+    from propensity.pipeline import ingest_jobs
 
     cfg = load_config(config)
     policy = on_bad_rows_policy(on_bad_rows) or cfg.ingest.on_bad_rows
-    summary = steps.validate(events_path(events, cfg), cfg, parse_date(as_of), profiles)
+    summary = ingest_jobs.validate(events_path(events, cfg), cfg, parse_date(as_of), profiles)
     print_summary(summary, f"validate {events_path(events, cfg)}")
     if summary["bad_rows"] and policy == "fail":
         reasons = ", ".join(f"{k}: {v}" for k, v in summary["bad_rows_by_reason"].items())
@@ -106,12 +106,12 @@ def ingest(
     config: ConfigOption = None,
 ) -> None:
     """Validate, hash, de-duplicate and stitch events into an ingest directory."""
-    from propensity.pipeline import steps
+    from propensity.pipeline import ingest_jobs
 
     cfg = load_config(config)
     target = out or Path(cfg.work_dir) / "ingested"
     with console.status("ingesting events"):
-        summary = steps.ingest(
+        summary = ingest_jobs.ingest(
             events_path(events, cfg),
             target,
             cfg,
@@ -134,7 +134,7 @@ def features(
     config: ConfigOption = None,
 ) -> None:
     """Point-in-time feature table at --as-of (default: the day after the last event)."""
-    from propensity.pipeline import steps
+    from propensity.pipeline import feature_jobs
 
     cfg = load_config(config)
     date = parse_date(as_of)
@@ -145,7 +145,7 @@ def features(
         / f"features_{as_of or 'latest'}{'_' + model if model else ''}.parquet"
     )
     with console.status("building features"):
-        summary = steps.build_features(events_path(events, cfg), target, cfg, date, model)
+        summary = feature_jobs.build_features(events_path(events, cfg), target, cfg, date, model)
     label_note = (
         f", {summary['positives']:,} positive labels"
         if summary["labelled"]
@@ -170,11 +170,11 @@ def train(
     config: ConfigOption = None,
 ) -> None:
     """Train a model on stacked snapshots, log it to MLflow and register it as challenger."""
-    from propensity.pipeline import modelling
+    from propensity.pipeline import model_jobs
 
     cfg = load_config(config)
     with console.status(f"training {model}"):
-        result = modelling.train(model, events_path(events, cfg), cfg, parse_date(as_of))
+        result = model_jobs.train(model, events_path(events, cfg), cfg, parse_date(as_of))
     console.print(
         f"run [bold]{result['run_id']}[/]  registered [bold]{model} v{result['version']}[/] "
         f"(alias challenger), {result['features']} features, snapshots {result['snapshots'][0]} .. "
@@ -195,13 +195,13 @@ def evaluate(
     config: ConfigOption = None,
 ) -> None:
     """Expected vs actual: evaluate a registered version on a later snapshot."""
-    from propensity.pipeline import modelling
+    from propensity.pipeline import model_jobs
 
     cfg = load_config(config)
     if version and alias:
         raise UserError("give --version or --alias, not both")
     with console.status(f"evaluating {model}"):
-        result = modelling.evaluate(model, events_path(events, cfg), cfg, parse_date(as_of), version, alias)
+        result = model_jobs.evaluate(model, events_path(events, cfg), cfg, parse_date(as_of), version, alias)
     console.print(
         f"{model} v{result['version']} on {result['rows']:,} profiles at {result['as_of']} "
         f"(run {result['run_id']})"
@@ -218,9 +218,9 @@ def promote(
     config: ConfigOption = None,
 ) -> None:
     """Move the champion alias to the challenger if it is better (or to --version)."""
-    from propensity.pipeline import modelling
+    from propensity.pipeline import model_jobs
 
-    outcome = modelling.promote(model, load_config(config), version)
+    outcome = model_jobs.promote(model, load_config(config), version)
     console.print(
         ("[green]promoted[/]: " if outcome.promoted else "[yellow]not promoted[/]: ") + outcome.reason
     )

@@ -12,7 +12,7 @@ from rich.table import Table
 from propensity.core.config import ProjectConfig
 from propensity.features.rules import parse_rule
 from propensity.features.synthetic import GeneratorSettings, generate
-from propensity.pipeline import modelling, steps
+from propensity.pipeline import feature_jobs, ingest_jobs, model_jobs
 from propensity.pipeline.printing import print_buckets, print_metrics, print_summary
 
 LAPSED_YOGA = "category_purchase_count_365d_yoga >= 1 AND days_since_last_purchase > 60"
@@ -31,10 +31,10 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
     )
 
     with console.status("2/5 validating, hashing, de-duplicating and stitching"):
-        summary = steps.ingest(data_dir, ingested, config, on_bad_rows="quarantine")
+        summary = ingest_jobs.ingest(data_dir, ingested, config, on_bad_rows="quarantine")
     console.rule("[bold]2/5 ingest and stitch identities")
     print_summary(summary, f"ingest -> {ingested}")
-    loaded = steps.load_events(ingested, config)
+    loaded = ingest_jobs.load_events(ingested, config)
     sarah = loaded.con.execute("""
         WITH firsts AS (
             SELECT profile_id,
@@ -54,7 +54,7 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
 
     with console.status("3/5 building point-in-time features"):
         features_path = out / "features" / "latest.parquet"
-        built = steps.build_features(ingested, features_path, config)
+        built = feature_jobs.build_features(ingested, features_path, config)
     console.rule("[bold]3/5 features")
     frame = pd.read_parquet(features_path)
     rule = parse_rule(LAPSED_YOGA, frame.columns, "demo segment")
@@ -69,8 +69,8 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
     results = {}
     for name in ("conversion", "upsell"):
         with console.status(f"4/5 training {name}"):
-            results[name] = modelling.train(name, ingested, config)
-        promotion = modelling.promote(name, config)
+            results[name] = model_jobs.train(name, ingested, config)
+        promotion = model_jobs.promote(name, config)
         console.rule(f"[bold]4/5 train {name}")
         result = results[name]
         console.print(f"registered {name} v{result['version']} (run {result['run_id']}); {promotion.reason}")

@@ -166,9 +166,9 @@ def test_every_feature_has_a_readable_label_and_a_unique_name():
 
 
 def test_stacked_snapshots_equal_single_snapshots_and_the_sql_form(luma_small, config):
-    from propensity.pipeline import steps
+    from propensity.pipeline import ingest_jobs
 
-    loaded = steps.load_events(luma_small, config)
+    loaded = ingest_jobs.load_events(luma_small, config)
     con = loaded.con
     fs = build_registry(config.features, ["yoga", "running"])
     dates = [dt.date(2025, 5, 1), dt.date(2025, 6, 12), dt.date(2025, 8, 1)]
@@ -290,9 +290,9 @@ def test_the_spark_spelling_means_the_same_as_duckdbs(luma_small, config, plan):
     """The Spark dialect's SQL, read as Spark SQL and run here, gives DuckDB's values."""
     import sqlglot
 
-    from propensity.pipeline import steps
+    from propensity.pipeline import ingest_jobs
 
-    con = steps.load_events(luma_small, config).con
+    con = ingest_jobs.load_events(luma_small, config).con
     fs = build_registry(config.features, ["yoga", "running"])
     dates = [dt.date(2025, 6, 12), dt.date(2025, 8, 1)]
     if plan == "rollup":

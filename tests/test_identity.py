@@ -5,14 +5,14 @@ from __future__ import annotations
 import pandas as pd
 
 from propensity.core.config import IdentityConfig, ProjectConfig
-from propensity.pipeline import steps
+from propensity.pipeline import ingest_jobs
 from tests.conftest import write_events
 
 
 def _ingest(tmp_path, rows, config=None, profiles=None, name="out"):
     path = write_events(tmp_path / f"{name}.parquet", rows)
     profile_path = write_events(tmp_path / f"{name}_profiles.csv", profiles) if profiles else None
-    summary = steps.ingest(path, tmp_path / name, config or ProjectConfig(), profiles=profile_path)
+    summary = ingest_jobs.ingest(path, tmp_path / name, config or ProjectConfig(), profiles=profile_path)
     events = pd.read_parquet(tmp_path / name / "events.parquet")
     id_map = pd.read_parquet(tmp_path / name / "identity_map.parquet")
     return summary, events, id_map
@@ -103,13 +103,13 @@ def test_profile_ids_are_deterministic_and_independent_of_row_order(tmp_path):
 
 
 def test_generated_data_stitches_sign_ins(luma_small, config):
-    summary = steps.validate(luma_small, config)
+    summary = ingest_jobs.validate(luma_small, config)
     assert summary["bad_rows"] == 0
     assert summary["duplicates_dropped"] > 0
     # Test accounts on ~120 kiosks each are caught by the size guardrail.
     reasons = [c["reason"] for c in summary["identity_collapses"]]
     assert reasons.count("too_many_identities") == 2
-    loaded = steps.load_events(luma_small, config)
+    loaded = ingest_jobs.load_events(luma_small, config)
     merged = loaded.con.execute("""
         SELECT count(*) FROM (
             SELECT profile_id FROM events GROUP BY profile_id
@@ -127,7 +127,7 @@ def test_identity_count_is_point_in_time(tmp_path):
     from propensity.features.registry import build_registry
 
     _ingest(tmp_path, SARAH, profiles=[{"crm_id": "C1", "email": "sarah@example.com"}])
-    loaded = steps.load_events(tmp_path / "out", ProjectConfig())
+    loaded = ingest_jobs.load_events(tmp_path / "out", ProjectConfig())
     fs = build_registry(ProjectConfig().features, [])
     sarah = loaded.con.execute("SELECT profile_id FROM events WHERE ecid = 'sarah-phone' LIMIT 1").fetchone()[
         0

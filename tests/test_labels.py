@@ -100,7 +100,7 @@ def test_shipped_model_configs_load_and_bad_ones_are_named(tmp_path):
 
 
 def test_features_cli_writes_population_labels_and_feature_labels(luma_small, tmp_path, runner):
-    from propensity.pipeline.steps import read_feature_metadata
+    from propensity.pipeline.feature_jobs import read_feature_metadata
 
     out = tmp_path / "f.parquet"
     result = invoke(
@@ -129,7 +129,7 @@ def test_features_cli_writes_population_labels_and_feature_labels(luma_small, tm
 
 def test_sensitive_features_are_refused_and_bad_names_fail_early():
     from propensity.core.config import ModelConfig
-    from propensity.pipeline.modelling import model_features
+    from propensity.pipeline.model_jobs import model_features
 
     sensitive = ModelConfig(name="m", governance={"sensitive_features": ["loyalty_tier"]})
     names, _ = model_features(FS, sensitive)

@@ -20,7 +20,7 @@ from propensity.features.synthetic import GeneratorSettings, generate
 from propensity.models import evaluate as ev
 from propensity.models.calibration import Calibrator
 from propensity.models.train import DEFAULT_LIGHTGBM, split
-from propensity.pipeline import modelling, steps
+from propensity.pipeline import feature_jobs, ingest_jobs, model_jobs
 from tests.conftest import invoke
 
 METRIC_KEYS = (
@@ -42,7 +42,7 @@ def luma_ingested(tmp_path_factory):
     """Enough synthetic customers for stable test metrics, ingested once."""
     root = tmp_path_factory.mktemp("models")
     generate(GeneratorSettings(profiles=15_000, days=330, seed=11), root / "raw")
-    steps.ingest(root / "raw", root / "ingested", ProjectConfig(), on_bad_rows="quarantine")
+    ingest_jobs.ingest(root / "raw", root / "ingested", ProjectConfig(), on_bad_rows="quarantine")
     return root / "ingested"
 
 
@@ -60,7 +60,7 @@ def tracking(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def churn_run(luma_ingested, tracking):
-    return modelling.train("churn", luma_ingested, ProjectConfig())
+    return model_jobs.train("churn", luma_ingested, ProjectConfig())
 
 
 def test_train_logs_metrics_baselines_oracle_and_registers_challenger(churn_run, tracking):
@@ -87,7 +87,7 @@ def test_train_logs_metrics_baselines_oracle_and_registers_challenger(churn_run,
 
 
 def test_logged_model_loads_in_a_fresh_process(churn_run, luma_ingested, tracking, tmp_path):
-    features = steps.build_features(
+    features = feature_jobs.build_features(
         luma_ingested,
         tmp_path / "f.parquet",
         ProjectConfig(),
@@ -123,20 +123,20 @@ def test_logged_model_loads_in_a_fresh_process(churn_run, luma_ingested, trackin
     )
     assert result.returncode == 0, result.stderr[-2000:]
     fresh = json.loads(result.stdout.strip().splitlines()[-1])
-    model, _ = modelling.registry.load_propensity_model(
-        modelling.registry.configure(ProjectConfig()), "churn", alias="challenger"
+    model, _ = model_jobs.registry.load_propensity_model(
+        model_jobs.registry.configure(ProjectConfig()), "churn", alias="challenger"
     )
     here = model.predict_proba(pd.read_parquet(tmp_path / "f.parquet")).round(10).tolist()[:50]
     assert fresh == pytest.approx(here) and all(0 < p < 1 for p in fresh)
 
 
 def test_same_data_and_config_give_the_same_model(churn_run, luma_ingested, tracking):
-    again = modelling.train("churn", luma_ingested, ProjectConfig())
+    again = model_jobs.train("churn", luma_ingested, ProjectConfig())
     assert again["version"] != churn_run["version"]
     assert again["metrics"] == churn_run["metrics"]
-    client = modelling.registry.configure(ProjectConfig())
-    first, _ = modelling.registry.load_propensity_model(client, "churn", version=churn_run["version"])
-    second, _ = modelling.registry.load_propensity_model(client, "churn", version=again["version"])
+    client = model_jobs.registry.configure(ProjectConfig())
+    first, _ = model_jobs.registry.load_propensity_model(client, "churn", version=churn_run["version"])
+    second, _ = model_jobs.registry.load_propensity_model(client, "churn", version=again["version"])
     assert first.booster_text == second.booster_text
 
 
@@ -146,7 +146,7 @@ def test_promote_compares_on_the_challengers_test_snapshot(churn_run, luma_inges
     client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
     champion = str(client.get_model_version_by_alias("churn", "champion").version)
     # Retrained on the same data: the champion is scored on the new test snapshot, ties, stays.
-    retrained = modelling.train("churn", luma_ingested, ProjectConfig())
+    retrained = model_jobs.train("churn", luma_ingested, ProjectConfig())
     run = client.get_run(retrained["run_id"])
     assert run.data.tags["compared_champion_version"] == champion
     assert run.data.metrics["champion_test_auc"] == pytest.approx(run.data.metrics["test_auc"])

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from propensity.core.errors import UserError
-from propensity.pipeline import steps
+from propensity.pipeline import ingest_jobs
 from tests.conftest import invoke, write_events
 
 GOOD = {"timestamp": "2025-03-01T10:00:00", "event_type": "page_view", "ecid": "dev-1"}
@@ -50,7 +50,7 @@ def test_unsupported_suffix_and_missing_path(tmp_path, runner):
 def test_wrong_column_type_is_named(tmp_path, config):
     path = write_events(tmp_path / "events.parquet", [{**GOOD, "timestamp": 12345}])
     with pytest.raises(UserError, match=r"column `timestamp` has type BIGINT"):
-        steps.validate(path, config)
+        ingest_jobs.validate(path, config)
 
 
 BAD_ROWS = [
@@ -83,7 +83,7 @@ def test_bad_rows_fail_by_default_naming_rows_and_reasons(tmp_path, runner):
 
 def test_quarantine_writes_bad_rows_with_reasons_and_accounts_for_every_row(tmp_path, config):
     path = write_events(tmp_path / "events.csv", [*BAD_ROWS, GOOD])  # last row duplicates the first
-    summary = steps.ingest(
+    summary = ingest_jobs.ingest(
         path, tmp_path / "out", config, on_bad_rows="quarantine", as_of=pd.Timestamp("2025-06-01").date()
     )
     quarantine = pq.read_table(tmp_path / "out" / "quarantine.parquet").to_pandas()
@@ -109,7 +109,7 @@ def test_xdm_types_are_mapped_and_unknown_types_kept(tmp_path, config):
         {**GOOD, "event_type": "class_booked", "timestamp": "2025-03-01T12:00:00"},
     ]
     path = write_events(tmp_path / "events.parquet", rows)
-    steps.ingest(path, tmp_path / "out", config)
+    ingest_jobs.ingest(path, tmp_path / "out", config)
     events = pd.read_parquet(tmp_path / "out" / "events.parquet")
     assert sorted(events["event_type"]) == ["class_booked", "page_view", "purchase"]
 
@@ -121,7 +121,7 @@ def test_timestamps_are_utc(tmp_path, config):
         {**GOOD, "timestamp": "2025-03-01 10:00:00", "event_id": "c"},
     ]
     path = write_events(tmp_path / "events.jsonl", rows)
-    steps.ingest(path, tmp_path / "out", config)
+    ingest_jobs.ingest(path, tmp_path / "out", config)
     events = pd.read_parquet(tmp_path / "out" / "events.parquet").set_index("event_id")
     assert str(events.loc["a", "timestamp"]) == "2025-03-01 08:00:00"
     assert str(events.loc["b", "timestamp"]) == "2025-03-01 10:00:00"
@@ -132,7 +132,7 @@ def test_tz_aware_parquet_is_converted(tmp_path, config):
     frame = pd.DataFrame([GOOD])
     frame["timestamp"] = pd.to_datetime(frame["timestamp"]).dt.tz_localize("America/New_York")
     frame.to_parquet(tmp_path / "events.parquet")
-    steps.ingest(tmp_path / "events.parquet", tmp_path / "out", config)
+    ingest_jobs.ingest(tmp_path / "events.parquet", tmp_path / "out", config)
     events = pd.read_parquet(tmp_path / "out" / "events.parquet")
     assert str(events["timestamp"].iloc[0]) == "2025-03-01 15:00:00"
 
@@ -146,7 +146,7 @@ def test_raw_email_and_phone_never_written(tmp_path, config):
     profiles = write_events(
         tmp_path / "profiles.csv", [{"email": " sarah.lee@example.com ", "consent_marketing": "y"}]
     )
-    steps.ingest(path, tmp_path / "out", config, profiles=profiles, on_bad_rows="quarantine")
+    ingest_jobs.ingest(path, tmp_path / "out", config, profiles=profiles, on_bad_rows="quarantine")
     for file in (tmp_path / "out").iterdir():
         data = file.read_bytes().lower()
         assert b"sarah.lee" not in data, file.name
@@ -166,8 +166,8 @@ def test_duplicate_event_ids_dropped_and_missing_ids_derived_stably(tmp_path, co
     ]
     frame = pd.DataFrame(rows)
     frame.to_csv(tmp_path / "events.csv", index=False)
-    first = steps.ingest(tmp_path / "events.csv", tmp_path / "a", config)
-    steps.ingest(tmp_path / "events.csv", tmp_path / "b", config)
+    first = ingest_jobs.ingest(tmp_path / "events.csv", tmp_path / "a", config)
+    ingest_jobs.ingest(tmp_path / "events.csv", tmp_path / "b", config)
     assert first["duplicates_dropped"] == 2 and first["rows_written"] == 2
     a = pd.read_parquet(tmp_path / "a" / "events.parquet")
     b = pd.read_parquet(tmp_path / "b" / "events.parquet")
@@ -181,7 +181,7 @@ def test_hive_partitioned_directory(tmp_path, config):
         part = tmp_path / "events" / f"date={day}"
         part.mkdir(parents=True)
         write_events(part / "part-0.parquet", [{**GOOD, "timestamp": f"{day}T09:00:00", "ecid": day}])
-    summary = steps.validate(tmp_path / "events", config)
+    summary = ingest_jobs.validate(tmp_path / "events", config)
     assert summary["rows_written"] == 2 and summary["profiles"] == 2
 
 
@@ -214,7 +214,7 @@ def test_ingest_output_from_an_older_format_is_named(tmp_path, runner, config):
     import json
 
     path = write_events(tmp_path / "events.csv", [GOOD])
-    steps.ingest(path, tmp_path / "out", config)
+    ingest_jobs.ingest(path, tmp_path / "out", config)
     manifest = tmp_path / "out" / "manifest.json"
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": 1}))
     result = invoke(

@@ -1,4 +1,4 @@
-"""Orchestration of train, evaluate and promote: files and MLflow in, summaries out."""
+"""The train, evaluate and promote jobs: events and MLflow in, typed summaries out."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from propensity.models import evaluate as ev
 from propensity.models import registry
 from propensity.models.explain import global_importance
 from propensity.models.train import fit, split
-from propensity.pipeline import steps
+from propensity.pipeline import feature_jobs, ingest_jobs
 from propensity.pipeline.config_files import load_model_config
 
 
@@ -79,14 +79,14 @@ def _ground_truth_metrics(loaded, frame: pd.DataFrame, p: np.ndarray, model: Mod
 def train(model_name: str, events: str | Path, config: ProjectConfig, as_of: dt.date | None = None) -> dict:
     """Train, evaluate against baselines (and the oracle), log to MLflow, register as challenger."""
     model_cfg = load_model_config(model_name, config)
-    loaded = steps.load_events(events, config)
+    loaded = ingest_jobs.load_events(events, config)
     con = loaded.con
     cutoff = as_of or data_end(con)
     spacing = model_cfg.training.snapshots
     first_date = snapshot_dates(cutoff, model_cfg.outcome.horizon_days, spacing.count, spacing.spacing_days)[
         0
     ]
-    fs = steps.feature_set(con, config, before=first_date)
+    fs = feature_jobs.feature_set(con, config, before=first_date)
     # A bad rule or feature name fails before any heavy work.
     population_rule(model_cfg, fs)
     names, labels = model_features(fs, model_cfg)
@@ -225,7 +225,7 @@ def evaluate(
     model_cfg = load_model_config(model_name, config)
     client = registry.configure(config)
     model, mv = registry.load_propensity_model(client, model_cfg.name, version, alias)
-    loaded = steps.load_events(events, config)
+    loaded = ingest_jobs.load_events(events, config)
     con = loaded.con
     cutoff = data_end(con)
     if not horizon_passed(as_of, model_cfg.outcome.horizon_days, cutoff):
@@ -233,7 +233,7 @@ def evaluate(
             f"--as-of {as_of}: its {model_cfg.outcome.horizon_days}-day horizon ends after the data "
             f"(last complete day {cutoff - dt.timedelta(days=1)}); choose an earlier date"
         )
-    fs = steps.feature_set(con, config, before=as_of, categories=model.metadata.get("categories"))
+    fs = feature_jobs.feature_set(con, config, before=as_of, categories=model.metadata.get("categories"))
     where = population_rule(model_cfg, fs).sql("duckdb", column_prefix="f")
     frame = con.execute(labelled_sql(snapshot_sql(fs, as_of, con, where=where), model_cfg.outcome)).df()
     if frame["label"].nunique() < 2:

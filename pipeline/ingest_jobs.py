@@ -1,8 +1,8 @@
-"""Step orchestration: plain functions from files to files, no modelling logic here.
+"""The validate and ingest jobs, and loading events (raw or ingested) for every later job.
 
-Each step opens a DuckDB connection, calls the logic in ``features``/``models`` and writes
-its outputs atomically. The CLI is a thin layer over these functions, so notebooks and
-scheduled jobs can call them directly.
+Plain functions from files to files: each opens a DuckDB connection, calls the logic in
+``propensity.features`` and writes its outputs atomically. The CLI is a thin layer over
+these functions, so notebooks and scheduled jobs can call them directly.
 """
 
 from __future__ import annotations
@@ -214,92 +214,3 @@ def load_events(
     summary = _stage(con, inputs, config, on_bad_rows or config.ingest.on_bad_rows, None, inputs.profiles)
     con.execute("CREATE VIEW events AS SELECT * EXCLUDE (_source_file, _source_row) FROM stitched_events")
     return LoadedEvents(con=con, inputs=inputs, summary=summary)
-
-
-def feature_set(
-    con: duckdb.DuckDBPyConnection,
-    config: ProjectConfig,
-    before: dt.date,
-    categories: list[str] | None = None,
-):
-    """The registry for this project.
-
-    Categories: the ones given (a trained model's), else the config's, else learned from the
-    events before ``before``.
-    """
-    from propensity.features.builders import learn_categories
-    from propensity.features.registry import build_registry
-
-    categories = categories if categories is not None else config.features.categories
-    if categories is None:
-        categories = learn_categories(con, before, config.features.max_learned_categories)
-    return build_registry(config.features, categories)
-
-
-def build_features(
-    events: str | Path,
-    out: str | Path,
-    config: ProjectConfig,
-    as_of: dt.date | None = None,
-    model: str | None = None,
-) -> dict:
-    """Write the feature table at ``as_of`` (Parquet, atomically), labelled when possible.
-
-    With a model, only its population is written, plus ``label`` when the horizon after
-    ``as_of`` has fully passed in the data. Feature labels travel in the Parquet metadata.
-    """
-    from propensity.features.builders import data_end, snapshot_sql
-    from propensity.features.labels import horizon_passed, labelled_sql, population_rule
-    from propensity.pipeline.config_files import load_model_config
-
-    loaded = load_events(events, config)
-    con = loaded.con
-    cutoff = data_end(con)
-    as_of = as_of or cutoff
-    fs = feature_set(con, config, as_of)
-    where, labelled, model_cfg = None, False, None
-    if model:
-        model_cfg = load_model_config(model, config)
-        where = population_rule(model_cfg, fs).sql("duckdb", column_prefix="f")
-    sql = snapshot_sql(fs, as_of, con, where=where)
-    if model_cfg is not None and horizon_passed(as_of, model_cfg.outcome.horizon_days, cutoff):
-        sql = labelled_sql(sql, model_cfg.outcome)
-        labelled = True
-    metadata = json.dumps(
-        {
-            "as_of": str(as_of),
-            "model": model,
-            "categories": fs.categories,
-            "labels": fs.labels(),
-            "features": fs.names(),
-        }
-    )
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        con.execute(
-            f"COPY ({sql}) TO {sql_string(str(tmp))} "
-            f"(FORMAT parquet, COMPRESSION zstd, KV_METADATA {{propensity: {sql_string(metadata)}}})"
-        )
-        rows = con.execute(
-            f"SELECT count(*), {'sum(label)' if labelled else 'NULL'} "
-            f"FROM read_parquet({sql_string(str(tmp))})"
-        ).fetchone()
-    return {
-        "out": str(out),
-        "as_of": str(as_of),
-        "rows": rows[0],
-        "features": len(fs.names()),
-        "labelled": labelled,
-        "positives": rows[1],
-        "model": model,
-        "data_end": str(cutoff),
-    }
-
-
-def read_feature_metadata(path: str | Path) -> dict:
-    """The registry facts (labels, categories, as_of) stored in a feature table."""
-    import pyarrow.parquet as pq
-
-    meta = pq.read_schema(path).metadata or {}
-    raw = meta.get(b"propensity")
-    return json.loads(raw) if raw else {}
