@@ -1,16 +1,20 @@
 # Two entry points a new user needs: `make demo` and `make test`. Both create the virtualenv
 # on first use, so a fresh machine with only Python 3.11 and make is enough.
+#
+# pyproject.toml holds lower bounds; constraints.txt pins the versions this code was tested
+# with, so a fresh install keeps working when a dependency's next major release breaks its API.
+# `make constraints` refreshes the pins from the current virtualenv after a green test run.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test lint bench install constraints clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -18,12 +22,20 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/propensity demo
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test: lint
 	$(BIN)/pytest -n 2 -q
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/generate.py
 	$(BIN)/python benchmarks/features.py
+
+constraints: $(STAMP)
+	$(BIN)/pip freeze --exclude-editable --exclude propensity > constraints.txt
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns mlartifacts demo_output .pytest_cache

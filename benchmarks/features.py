@@ -4,7 +4,7 @@
 
 Generates (or reuses) N synthetic profiles (default 1M, ~20M events), ingests them once, then
 times in the same run, on the same 35 core features at one as-of date:
-  * ours: the registry compiled to SQL (``features.builders.build_snapshot``);
+  * ours: the registry compiled to SQL (``features.sql_compiler.build_snapshot``);
   * handwritten: one DuckDB query written by hand for exactly these features;
   * pandas: the same features with vectorised pandas group-bys;
 and then 8 stacked snapshots (``build_snapshots``: one daily rollup, then every snapshot's
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from propensity.core.config import EngineConfig, ProjectConfig
-from propensity.features import builders
+from propensity.features import event_queries, sql_compiler, stacked_build
 from propensity.features.labels import snapshot_dates
 from propensity.features.registry import build_registry
 from propensity.features.synthetic import GeneratorSettings, generate
@@ -88,7 +88,8 @@ def handwritten_sql(as_of: dt.date, lookback: int) -> str:
         WHERE timestamp < TIMESTAMP '{as_of}' AND timestamp >= TIMESTAMP '{as_of}' - INTERVAL {lookback} DAY
     ), a AS (
         SELECT profile_id,
-          {n("ago <= 7")} AS event_count_7d, {n("ago <= 30")} AS event_count_30d, {n("ago <= 90")} AS event_count_90d,
+          {n("ago <= 7")} AS event_count_7d, {n("ago <= 30")} AS event_count_30d,
+          {n("ago <= 90")} AS event_count_90d,
           count(DISTINCT CASE WHEN ago <= 30 THEN day END) AS active_days_30d,
           {n("ago <= 7 AND " + t("page_view"))} AS page_view_count_7d,
           {n("ago <= 30 AND " + t("page_view"))} AS page_view_count_30d,
@@ -112,8 +113,10 @@ def handwritten_sql(as_of: dt.date, lookback: int) -> str:
           coalesce(sum(CASE WHEN ago <= 365 AND {t("purchase")} THEN revenue END), 0) AS revenue_sum_365d,
           max(CASE WHEN ago <= 365 AND {t("purchase")} THEN revenue END) AS max_order_value_365d,
           {n("ago <= 90 AND " + t("add_to_cart"))} AS add_to_cart_count_90d,
-          {n("ago <= 90 AND channel = 'web'")} AS web_90, {n("ago <= 90 AND channel = 'mobile_app'")} AS app_90,
-          {n("ago <= 90 AND channel = 'email'")} AS email_90, {n("ago <= 90 AND channel = 'store'")} AS store_90,
+          {n("ago <= 90 AND channel = 'web'")} AS web_90,
+          {n("ago <= 90 AND channel = 'mobile_app'")} AS app_90,
+          {n("ago <= 90 AND channel = 'email'")} AS email_90,
+          {n("ago <= 90 AND channel = 'store'")} AS store_90,
           {n("ago > 7 AND ago <= 37")} AS prior_30
         FROM e GROUP BY profile_id
     )
@@ -122,14 +125,19 @@ def handwritten_sql(as_of: dt.date, lookback: int) -> str:
            add_to_cart_count_7d, add_to_cart_count_30d, checkout_count_30d,
            purchase_count_30d, purchase_count_90d, purchase_count_365d,
            email_open_count_30d, email_click_count_30d, store_visit_count_90d, app_launch_count_30d,
-           days_since_first_event, days_since_last_event, days_since_last_purchase, days_since_last_add_to_cart,
+           days_since_first_event, days_since_last_event, days_since_last_purchase,
+           days_since_last_add_to_cart,
            revenue_sum_30d, revenue_sum_90d, revenue_sum_365d,
-           CASE WHEN purchase_count_365d > 0 THEN revenue_sum_365d / purchase_count_365d END AS average_order_value_365d,
+           CASE WHEN purchase_count_365d > 0 THEN revenue_sum_365d / purchase_count_365d END
+             AS average_order_value_365d,
            max_order_value_365d,
            CASE WHEN purchase_count_30d > 0 THEN 4 WHEN checkout_count_30d > 0 THEN 3
-                WHEN add_to_cart_count_30d > 0 THEN 2 WHEN product_view_count_30d > 0 THEN 1 ELSE 0 END AS funnel_stage_30d,
-           CASE WHEN product_view_count_30d > 0 THEN add_to_cart_count_30d / product_view_count_30d END AS view_to_cart_ratio_30d,
-           CASE WHEN add_to_cart_count_90d > 0 THEN purchase_count_90d / add_to_cart_count_90d END AS cart_to_purchase_ratio_90d,
+                WHEN add_to_cart_count_30d > 0 THEN 2 WHEN product_view_count_30d > 0 THEN 1 ELSE 0 END
+             AS funnel_stage_30d,
+           CASE WHEN product_view_count_30d > 0 THEN add_to_cart_count_30d / product_view_count_30d END
+             AS view_to_cart_ratio_30d,
+           CASE WHEN add_to_cart_count_90d > 0 THEN purchase_count_90d / add_to_cart_count_90d END
+             AS cart_to_purchase_ratio_90d,
            CASE WHEN event_count_90d > 0 THEN web_90 / event_count_90d END AS channel_share_web_90d,
            CASE WHEN event_count_90d > 0 THEN app_90 / event_count_90d END AS channel_share_mobile_app_90d,
            CASE WHEN event_count_90d > 0 THEN email_90 / event_count_90d END AS channel_share_email_90d,
@@ -256,10 +264,10 @@ def all_features(con, config: ProjectConfig, cutoff: dt.date, as_of: dt.date, ev
     dates = snapshot_dates(cutoff, 30, 8, 28)
     runs = {}
     for plan in ("windows", "buckets"):
-        sql = builders.snapshot_sql(fs, as_of, con, plan=plan)
+        sql = sql_compiler.snapshot_sql(fs, as_of, con, plan=plan)
         _, runs[plan] = timed(lambda sql=sql: con.execute(f"CREATE OR REPLACE TEMP TABLE single AS {sql}"))
-    _, runs["stacked"] = timed(lambda: builders.build_snapshots(con, fs, dates, table="stacked"))
-    chosen = builders.choose_plan(fs)
+    _, runs["stacked"] = timed(lambda: stacked_build.build_snapshots(con, fs, dates, table="stacked"))
+    chosen = sql_compiler.choose_plan(fs)
     single = runs[chosen]
     print(
         f"\n{events:,} events, {len(fs.features)} features, {len(fs.aggregates)} aggregates, "
@@ -315,12 +323,12 @@ def main() -> None:
         summary, ingest_seconds = timed(
             lambda: ingest_jobs.ingest(raw, ingested, config, on_bad_rows="quarantine")
         )
-        print(f"ingest: {summary['rows_in']:,} rows in {ingest_seconds:.1f}s", flush=True)
+        print(f"ingest: {summary.rows_in:,} rows in {ingest_seconds:.1f}s", flush=True)
 
     loaded = ingest_jobs.load_events(ingested, config)
     con = loaded.con
     events = con.execute("SELECT count(*) FROM events").fetchone()[0]
-    cutoff = builders.data_end(con)
+    cutoff = event_queries.data_end(con)
     as_of = cutoff - dt.timedelta(days=30)
     if args.all_features:
         all_features(con, config, cutoff, as_of, events)
@@ -330,7 +338,7 @@ def main() -> None:
     assert len(fs.features) == len(CORE), sorted(set(CORE) - {f.name for f in fs.features})
 
     def ours():
-        con.execute(f"CREATE OR REPLACE TEMP TABLE ours AS {builders.snapshot_sql(fs, as_of)}")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE ours AS {sql_compiler.snapshot_sql(fs, as_of)}")
 
     def handwritten():
         con.execute(f"CREATE OR REPLACE TEMP TABLE handwritten AS {handwritten_sql(as_of, fs.lookback_days)}")
@@ -340,7 +348,7 @@ def main() -> None:
 
     def stacked():
         nonlocal stacked_rows
-        stacked_rows = builders.build_snapshots(con, fs, dates, table="stacked")
+        stacked_rows = stacked_build.build_snapshots(con, fs, dates, table="stacked")
 
     # Warm the file cache once so that neither side pays for the first read; then two rounds,
     # each variant timed in each, best of two (first calls also pay for memory the process
@@ -376,7 +384,7 @@ def main() -> None:
         ),
     ).con
     _, spill_s = timed(
-        lambda: spill_con.execute(f"CREATE TEMP TABLE s AS {builders.snapshot_sql(fs, as_of)}")
+        lambda: spill_con.execute(f"CREATE TEMP TABLE s AS {sql_compiler.snapshot_sql(fs, as_of)}")
     )
     spill_con.close()
 
@@ -392,7 +400,7 @@ def main() -> None:
     ]
     print(
         f"\n{events:,} events, {len(ours_df):,} profiles at {as_of}, {len(CORE)} core features "
-        f"(plan: {builders.choose_plan(fs)}), {stacked_rows:,} stacked rows"
+        f"(plan: {sql_compiler.choose_plan(fs)}), {stacked_rows:,} stacked rows"
     )
     print(f"{'variant':<34}{'seconds':>9}{'x handwritten':>15}")
     for name, seconds in rows:

@@ -75,7 +75,18 @@ class EngineConfig(_Strict):
 
 
 class MlflowConfig(_Strict):
+    """Where runs and models are tracked (MLFLOW_TRACKING_URI wins over it)."""
+
     tracking_uri: str | None = None
+
+
+class ScoringConfig(_Strict):
+    """Batch scoring: how many factors per profile, how many profiles per chunk."""
+
+    factors: int = Field(default=5, ge=0, le=50)
+    # Peak memory grows with the chunk, not the population (features of one chunk, their
+    # explanations and the Arrow batch being written).
+    chunk_rows: int = Field(default=100_000, ge=1_000)
 
 
 class ProjectConfig(_Strict):
@@ -91,6 +102,7 @@ class ProjectConfig(_Strict):
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -135,6 +147,8 @@ class OutcomeConfig(_Strict):
 
 
 class SnapshotConfig(_Strict):
+    """How many training snapshots, and how many days apart."""
+
     count: int = Field(default=8, ge=3, le=64)
     spacing_days: int = Field(default=28, ge=1)
 
@@ -165,6 +179,8 @@ class TrainingConfig(_Strict):
 
 
 class FeatureSelection(_Strict):
+    """Which registry features a model may use, by name or family."""
+
     include: list[str] = Field(default_factory=list)  # feature or family names; empty = all
     exclude: list[str] = Field(default_factory=list)
 
@@ -177,6 +193,8 @@ class BucketConfig(_Strict):
 
 
 class GovernanceConfig(_Strict):
+    """What a model's scores may be used for, and the features refused for it."""
+
     marketing_action: str = "personalization"
     sensitive_features: list[str] = Field(default_factory=list)
 

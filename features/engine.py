@@ -19,7 +19,7 @@ def connect(engine: EngineConfig | None = None) -> duckdb.DuckDBPyConnection:
     if engine.name != "duckdb":
         from propensity.core.errors import UserError
 
-        # The SQL is written for both (features.builders.SPARK), but no Spark runner ships yet.
+        # The SQL is written for both (features.sql_compiler.SPARK), but no Spark runner ships yet.
         raise UserError(f"engine.name: '{engine.name}' is not available yet; use 'duckdb' (the default)")
     con = duckdb.connect(config={"preserve_insertion_order": True})
     con.execute("SET TimeZone = 'UTC'")
@@ -53,6 +53,6 @@ def sql_string(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def sql_ident(name: str) -> str:
-    """Quote an identifier (column names come from user files)."""
-    return '"' + str(name).replace('"', '""') + '"'
+def sql_ident(name: str, quote: str = '"') -> str:
+    """Quote an identifier (column names come from user files): ``"a""b"``, or with backticks."""
+    return quote + str(name).replace(quote, quote * 2) + quote

@@ -25,6 +25,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, dijkstra
 
 from propensity.core.config import IdentityConfig
+from propensity.features.contract import CONSENT_COLUMNS
 from propensity.features.engine import sql_ident, sql_string
 
 SEPARATOR = ":"
@@ -43,6 +44,8 @@ class Collapse:
 
 @dataclass
 class StitchResult:
+    """Counts of the stitched identity graph and every guardrail split."""
+
     profiles: int
     known_profiles: int
     identities: int
@@ -221,13 +224,17 @@ def attribute_events(con: duckdb.DuckDBPyConnection, identity: IdentityConfig) -
         CREATE OR REPLACE TEMP TABLE identity_firsts AS
         SELECT first_event AS event_id, count(*)::INTEGER AS new_identities FROM (
             SELECT node, arg_min(event_id, (timestamp, event_id)) AS first_event
-            FROM (SELECT timestamp, event_id, unnest({_node_list_sql(identity.namespaces)}) AS node FROM clean_events)
+            FROM (
+                SELECT timestamp, event_id, unnest({_node_list_sql(identity.namespaces)}) AS node
+                FROM clean_events
+            )
             GROUP BY node
         ) GROUP BY first_event
     """)
     con.execute(f"""
         CREATE OR REPLACE TEMP VIEW stitched_events AS
-        SELECT m.profile_id, e.*, coalesce(f.new_identities, 0) AS new_identities, m.profile_key FROM clean_events e
+        SELECT m.profile_id, e.*, coalesce(f.new_identities, 0) AS new_identities, m.profile_key
+        FROM clean_events e
         JOIN identity_map m ON m.node = {anchor_sql(identity.namespaces, "e")}
         LEFT JOIN identity_firsts f ON f.event_id = e.event_id
     """)
@@ -248,31 +255,26 @@ def build_profiles(con: duckdb.DuckDBPyConnection, identity: IdentityConfig, wit
     if with_attributes:
         present = [r[0] for r in con.execute("DESCRIBE profile_attributes").fetchall()]
         namespaces = [n for n in identity.namespaces if n in present]
-        others = [
-            c
-            for c in present
-            if c not in namespaces
-            and c not in ("consent_personalization", "consent_marketing", "_source_row")
-        ]
+        others = [c for c in present if c not in namespaces and c not in (*CONSENT_COLUMNS, "_source_row")]
+        # A profile's identities may carry conflicting flags: any 'n' wins, then any 'y'.
+        consent = ", ".join(
+            f"CASE WHEN bool_or(a.{c} = 'n') THEN 'n' WHEN bool_or(a.{c} = 'y') THEN 'y' END AS {c}"
+            for c in CONSENT_COLUMNS
+        )
+        first_values = "".join(
+            f", arg_min(a.{sql_ident(c)}, a._source_row) AS {sql_ident(c)}" for c in others
+        )
         attributes_sql = f"""
             , attrs AS (
-                SELECT m.profile_id,
-                       CASE WHEN bool_or(a.consent_personalization = 'n') THEN 'n'
-                            WHEN bool_or(a.consent_personalization = 'y') THEN 'y' END AS consent_personalization,
-                       CASE WHEN bool_or(a.consent_marketing = 'n') THEN 'n'
-                            WHEN bool_or(a.consent_marketing = 'y') THEN 'y' END AS consent_marketing
-                       {"".join(f", arg_min(a.{sql_ident(c)}, a._source_row) AS {sql_ident(c)}" for c in others)}
+                SELECT m.profile_id, {consent}
+                       {first_values}
                 FROM profile_attributes a
                 JOIN identity_map m ON m.node = {anchor_sql(namespaces, "a")}
                 GROUP BY m.profile_id
             )"""
-        attribute_columns = "consent_personalization, consent_marketing" + "".join(
-            f", {sql_ident(c)}" for c in others
-        )
+        attribute_columns = ", ".join(CONSENT_COLUMNS) + "".join(f", {sql_ident(c)}" for c in others)
     else:
-        attribute_columns = (
-            "CAST(NULL AS VARCHAR) AS consent_personalization, CAST(NULL AS VARCHAR) AS consent_marketing"
-        )
+        attribute_columns = ", ".join(f"CAST(NULL AS VARCHAR) AS {c}" for c in CONSENT_COLUMNS)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE profiles AS
         WITH idf AS (
@@ -286,7 +288,8 @@ def build_profiles(con: duckdb.DuckDBPyConnection, identity: IdentityConfig, wit
                    count(*) AS event_count
             FROM stitched_events GROUP BY profile_id
         ){attributes_sql}
-        SELECT idf.*, activity.first_seen, activity.last_seen, coalesce(activity.event_count, 0) AS event_count,
+        SELECT idf.*, activity.first_seen, activity.last_seen,
+               coalesce(activity.event_count, 0) AS event_count,
                {attribute_columns}
         FROM idf LEFT JOIN activity USING (profile_id)
         {"LEFT JOIN attrs USING (profile_id)" if with_attributes else ""}

@@ -1,4 +1,4 @@
-"""The compiled window pass behind stacked snapshots (``features.builders.build_snapshots``).
+"""The compiled window pass behind stacked snapshots (``features.stacked_build.build_snapshots``).
 
 Rows are a daily rollup sorted by (profile, day). Each profile's rows are visited once for
 all as-of dates together: one pass builds the profile's running sums (and running "last /
@@ -6,7 +6,7 @@ next active row" indices), after which every window of every snapshot is a diffe
 two running sums found by binary search on the profile's days. Work is
 ``rows x measures + profiles x snapshots x (edges x log(rows) + aggregates)`` instead of
 ``rows x snapshots x windows``. Results equal the SQL form
-(``features.builders.snapshots_sql``); the tests hold them to it.
+(``features.sql_compiler.snapshots_sql``); the tests hold them to it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numba
 import numpy as np
 import pyarrow as pa
 
-from propensity.features.registry import FeatureSet
+from propensity.features.feature_set import FeatureSet
 
 # How an aggregate reads its window [lo, hi) of a profile's rows.
 SUM, ACTIVE_DAYS, MAX, LAST_DAY, FIRST_DAY = 0, 1, 2, 3, 4
@@ -114,11 +114,12 @@ def _window_pass(
     1 / ``m_scale[m]`` (exact decimals travel as integers, divided once per output).
     ``slot_*``: running sums (of a measure, or of days where it is > 0); ``mark_measure``:
     measures whose last / next active row is tracked; ``source_of`` points an aggregate at its
-    slot, mark or (for max) measure; ``lo_edge``/``hi_edge`` index ``edges`` (days before as_of) so that its window is
-    the rows with day in [as_of - edges[lo], as_of - edges[hi]). ``row_of[s, p]`` is the output
-    row of profile p in snapshot s, or -1. Whole-number aggregates (counts, active days) go
-    to column ``column_of[a]`` of the int32 ``counts``, the others to that of ``amounts``
-    (NaN where there is no value); ``column_of[a] < 0`` marks a count as ``-1 - column``.
+    slot, mark or (for max) measure; ``lo_edge``/``hi_edge`` index ``edges`` (days before
+    as_of) so that its window is the rows with day in [as_of - edges[lo], as_of - edges[hi]).
+    ``row_of[s, p]`` is the output row of profile p in snapshot s, or -1. Whole-number
+    aggregates (counts, active days) go to column ``column_of[a]`` of the int32 ``counts``,
+    the others to that of ``amounts`` (NaN where there is no value); ``column_of[a] < 0``
+    marks a count as ``-1 - column``.
     """
     n_profiles = len(profile_rows) - 1
     n_slots, n_marks, n_edges = len(slot_measure), len(mark_measure), len(edges)
@@ -217,6 +218,7 @@ class WindowPlan:
 
     @classmethod
     def of(cls, fs: FeatureSet, measures: list[str]) -> WindowPlan:
+        """The pass's plan for these measures of ``fs``: slots, marks and output columns."""
         aggregates = list(fs.aggregates.values())
         edges = sorted(
             {fs.lookback_days}

@@ -8,13 +8,15 @@ before it. ``occurs: false`` (churn) inverts the label: 1 when the event does NO
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from propensity.core.config import ModelConfig, OutcomeConfig
 from propensity.core.errors import UserError
-from propensity.features.builders import DUCKDB, Dialect, build_snapshots
 from propensity.features.engine import sql_string
-from propensity.features.registry import FeatureSet
+from propensity.features.feature_set import FeatureSet
 from propensity.features.rules import Rule, parse_rule
+from propensity.features.sql_compiler import DUCKDB, Dialect, snapshot_sql
+from propensity.features.stacked_build import build_snapshots
 
 
 def snapshot_dates(cutoff: dt.date, horizon_days: int, count: int, spacing_days: int) -> list[dt.date]:
@@ -27,6 +29,7 @@ def snapshot_dates(cutoff: dt.date, horizon_days: int, count: int, spacing_days:
 
 
 def horizon_passed(as_of: dt.date, horizon_days: int, cutoff: dt.date) -> bool:
+    """True when ``[as_of, as_of + horizon)`` ends by ``cutoff`` (the day after the data)."""
     return as_of + dt.timedelta(days=horizon_days) <= cutoff
 
 
@@ -38,6 +41,7 @@ def population_rule(model: ModelConfig, fs: FeatureSet) -> Rule:
 
 
 def outcome_filter(outcome: OutcomeConfig, alias: str = "e") -> str:
+    """SQL condition over events aliased ``alias`` that match the outcome's event."""
     conditions = [f"{alias}.event_type = {sql_string(outcome.event_type)}"]
     if outcome.category:
         conditions.append(f"{alias}.product_category = {sql_string(outcome.category.lower())}")
@@ -46,20 +50,43 @@ def outcome_filter(outcome: OutcomeConfig, alias: str = "e") -> str:
     return " AND ".join(conditions)
 
 
+def order_value_feature(fs: FeatureSet) -> str:
+    """The profile's usual order value for upsell outcomes: average order value over the
+    longest configured window (365 days with the default windows)."""
+    names = set(fs.names())
+    windows = sorted(
+        (int(n.removeprefix("average_order_value_").removesuffix("d")), n)
+        for n in names
+        if re.fullmatch(r"average_order_value_\d+d", n)
+    )
+    if not windows:
+        raise UserError(
+            "outcome.above_average_order_value needs an average order value feature; "
+            "features.windows_days has no window it can use"
+        )
+    return windows[-1][1]
+
+
 def labelled_sql(
-    features_sql: str, outcome: OutcomeConfig, dialect: Dialect = DUCKDB, events: str = "events"
+    features_sql: str,
+    outcome: OutcomeConfig,
+    dialect: Dialect = DUCKDB,
+    events: str = "events",
+    usual_order_value: str = "average_order_value_365d",
 ) -> str:
-    """Add ``label`` (0/1) to a feature query whose snapshots' horizons have all passed."""
+    """Add ``label`` (0/1) to a feature query whose snapshots' horizons have all passed.
+
+    ``usual_order_value`` names the feature an upsell order must exceed
+    (:func:`order_value_feature`).
+    """
     if outcome.above_average_order_value and outcome.event_type != "purchase":
         raise UserError("outcome.above_average_order_value only applies to event_type 'purchase'")
     event_day, as_of_day = dialect.day("e.timestamp"), dialect.day("s.as_of")
     hit = "h.profile_id IS NOT NULL"
     if outcome.above_average_order_value:
+        usual = f"feats.{dialect.ident(usual_order_value)}"
         # No earlier order to compare with: any purchase is above "usual".
-        hit = (
-            "h.profile_id IS NOT NULL AND (feats.average_order_value_365d IS NULL "
-            "OR h.max_revenue > feats.average_order_value_365d)"
-        )
+        hit = f"h.profile_id IS NOT NULL AND ({usual} IS NULL OR h.max_revenue > {usual})"
     label = f"CASE WHEN {hit} THEN 1 ELSE 0 END" if outcome.occurs else f"CASE WHEN {hit} THEN 0 ELSE 1 END"
     return f"""
         WITH feats AS ({features_sql}),
@@ -77,11 +104,24 @@ def labelled_sql(
     """
 
 
+def population_snapshot_sql(
+    fs: FeatureSet, model: ModelConfig, as_of: dt.date, con, cutoff: dt.date
+) -> tuple[str, bool]:
+    """The model's population at ``as_of`` with its features, and ``label`` when the horizon
+    has passed by ``cutoff``: (SQL, labelled). What scoring, evaluation and ``features`` read."""
+    where = population_rule(model, fs).sql("duckdb", column_prefix="f")
+    sql = snapshot_sql(fs, as_of, con, where=where)
+    if not horizon_passed(as_of, model.outcome.horizon_days, cutoff):
+        return sql, False
+    usual = order_value_feature(fs) if model.outcome.above_average_order_value else "average_order_value_365d"
+    return labelled_sql(sql, model.outcome, usual_order_value=usual), True
+
+
 def training_frame(con, fs: FeatureSet, model: ModelConfig, cutoff: dt.date):
     """Stacked, labelled snapshots of the model's population whose horizons end by ``cutoff``.
 
     The events before ``cutoff`` are condensed once into a daily rollup; every snapshot
-    comes from it (see :func:`features.builders.build_snapshots`). Returns (frame, dates).
+    comes from it (see :func:`features.stacked_build.build_snapshots`). Returns (frame, dates).
     """
     dates = snapshot_dates(
         cutoff,
@@ -92,7 +132,8 @@ def training_frame(con, fs: FeatureSet, model: ModelConfig, cutoff: dt.date):
     first = con.execute("SELECT min(timestamp) FROM events").fetchone()[0]
     if first is None or dates[0] <= first.date():
         raise UserError(
-            f"model '{model.name}': {len(dates)} snapshots {model.training.snapshots.spacing_days} days apart "
+            f"model '{model.name}': {len(dates)} snapshots "
+            f"{model.training.snapshots.spacing_days} days apart "
             f"with a {model.outcome.horizon_days}-day horizon need data from before {dates[0]}, "
             f"but the events start on {first.date() if first else 'never'}; lower training.snapshots.count "
             f"or spacing_days"
@@ -105,6 +146,9 @@ def training_frame(con, fs: FeatureSet, model: ModelConfig, cutoff: dt.date):
     # Only the population is kept: the rest of each snapshot is never stored.
     population = population_rule(model, fs).sql("duckdb", column_prefix="f")
     build_snapshots(con, fs, dates, table="snapshot_features", events="events_seen", where=population)
-    sql = labelled_sql("SELECT * FROM snapshot_features", model.outcome, events="events_seen")
+    usual = order_value_feature(fs) if model.outcome.above_average_order_value else "average_order_value_365d"
+    sql = labelled_sql(
+        "SELECT * FROM snapshot_features", model.outcome, events="events_seen", usual_order_value=usual
+    )
     frame = con.execute(sql).df()
     return frame, dates

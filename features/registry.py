@@ -1,13 +1,8 @@
 """The feature registry: every feature declared once, with a label a person can read.
 
-Three layers, all plain SQL fragments that DuckDB and Spark SQL both accept:
-
-* a **measure** is a per-event expression (``event_type = 'purchase'`` as 0/1, the revenue
-  of a purchase, ...) that can be summed (or maxed) per profile and day, which is what the
-  daily rollup stores;
-* an **aggregate** applies SUM / MAX / a last-day lookup to a measure over a half-open
-  window ``[as_of - start, as_of - end)`` in whole days, with ``FILTER (WHERE ...)``;
-* a **feature** is an expression over aggregates (a ratio, a deepest funnel stage, ...).
+Each declaration is a measure, aggregates over windows and a feature expression
+(:mod:`propensity.features.feature_set`), all plain SQL fragments that DuckDB and Spark SQL
+both accept.
 
 Because the aggregates read the same measure columns whether they come from raw events or
 from the daily rollup, one compiled query serves one snapshot straight off the events and
@@ -17,38 +12,12 @@ many stacked snapshots off the rollup, with identical values.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
-from propensity.core.config import FeatureConfig
+from propensity.core.config import FeatureConfig, FeatureSelection, GovernanceConfig
+from propensity.core.errors import UserError
+from propensity.features.contract import ACTIVITY_EVENT_TYPES, CHANNELS, CONSENT_COLUMNS
+from propensity.features.feature_set import EVERY_EVENT, Aggregate, Feature, FeatureSet, Measure, is_selected
 
-ACTIVITY_TYPES: tuple[str, ...] = (
-    "page_view",
-    "product_view",
-    "search",
-    "add_to_cart",
-    "remove_from_cart",
-    "checkout",
-    "purchase",
-    "email_send",
-    "email_open",
-    "email_click",
-    "push_open",
-    "app_launch",
-    "call_center_call",
-    "store_visit",
-    "offer_redeemed",
-    "login",
-)
-CHANNELS: tuple[str, ...] = (
-    "web",
-    "mobile_app",
-    "email",
-    "sms",
-    "push",
-    "call_center",
-    "store",
-    "advertising",
-)
 KNOWN_NAMESPACES_SQL = "(crm_id IS NOT NULL OR email_sha256 IS NOT NULL OR phone_sha256 IS NOT NULL)"
 FUNNEL_STAGES = {0: "none", 1: "viewed a product", 2: "added to cart", 3: "checked out", 4: "purchased"}
 
@@ -70,89 +39,6 @@ PRETTY = {
     "offer_redeemed": "Offers redeemed",
     "login": "Log-ins",
 }
-
-
-# The condition of the measure every event meets: its daily sum is the day's event count.
-EVERY_EVENT = "TRUE"
-
-
-@dataclass(frozen=True)
-class Measure:
-    """A per-event expression that the daily rollup stores as ``rollup`` (sum or max) per day."""
-
-    name: str
-    sql: str
-    rollup: str = "sum"
-    sql_type: str = "INTEGER"  # the rollup's column type
-    condition: str | None = None  # set for a 0/1 measure: the condition that makes it 1
-
-    @classmethod
-    def indicator(cls, name: str, condition: str) -> Measure:
-        """1 for the events that meet ``condition``, else 0: counted per day by the rollup."""
-        return cls(name, f"CASE WHEN {condition} THEN 1 ELSE 0 END", condition=condition)
-
-
-@dataclass(frozen=True)
-class Aggregate:
-    """``fn`` over a measure in ``[as_of - start, as_of - end)`` days; ``start=None`` = lookback."""
-
-    name: str
-    measure: str
-    fn: str  # sum | max | last_day | first_day | active_days
-    start: int | None
-    end: int = 0
-
-
-@dataclass(frozen=True)
-class Feature:
-    name: str
-    label: str
-    family: str
-    sql: str  # over aggregate columns (and ``as_of_day``)
-    aggregates: tuple[Aggregate, ...] = ()
-    is_feature: bool = True  # False: carried in the table (consent flags) but never modelled
-    sensitive: bool = False
-
-    def reach(self, lookback_days: int) -> int:
-        """How many days back from as_of this feature looks: older events cannot change it."""
-        return max(lookback_days if a.start is None else a.start for a in self.aggregates)
-
-
-@dataclass
-class FeatureSet:
-    """The compiled registry for one config and category list."""
-
-    measures: dict[str, Measure]
-    features: list[Feature]
-    lookback_days: int
-    categories: list[str] = field(default_factory=list)
-
-    @property
-    def aggregates(self) -> dict[str, Aggregate]:
-        out: dict[str, Aggregate] = {}
-        for feature in self.features:
-            for aggregate in feature.aggregates:
-                out[aggregate.name] = aggregate
-        return out
-
-    def labels(self) -> dict[str, str]:
-        return {f.name: f.label for f in self.features}
-
-    def select(self, include: list[str] | None = None, exclude: list[str] | None = None) -> FeatureSet:
-        """A subset by exact name or family name; measures are pruned to what is used."""
-        chosen = [
-            f
-            for f in self.features
-            if (not include or f.name in include or f.family in include)
-            and not (exclude and (f.name in exclude or f.family in exclude))
-        ]
-        used = {a.measure for f in chosen for a in f.aggregates}
-        return FeatureSet(
-            {k: v for k, v in self.measures.items() if k in used}, chosen, self.lookback_days, self.categories
-        )
-
-    def names(self, model_features_only: bool = True) -> list[str]:
-        return [f.name for f in self.features if f.is_feature or not model_features_only]
 
 
 def _w(days: int) -> str:
@@ -204,7 +90,7 @@ def build_registry(
     categories = list(categories if categories is not None else (config.categories or []))
     lookback = max(lookback_days, max(windows))
     measures: dict[str, Measure] = {"events": Measure("events", "1", condition=EVERY_EVENT)}
-    for t in ACTIVITY_TYPES:
+    for t in ACTIVITY_EVENT_TYPES:
         measures[t] = Measure.indicator(t, f"event_type = '{t}'")
     # DECIMAL: sums are exact, so they do not depend on the order an engine adds them in.
     measures["revenue"] = Measure(
@@ -254,7 +140,7 @@ def build_registry(
                 (a,),
             )
         )
-        for t in ACTIVITY_TYPES:
+        for t in ACTIVITY_EVENT_TYPES:
             a = agg(t, "sum", w)
             add(Feature(f"{t}_count_{_w(w)}", f"{PRETTY[t]}, {_window_label(w)}", "activity", a.name, (a,)))
 
@@ -278,7 +164,7 @@ def build_registry(
             (last,),
         )
     )
-    for t in ACTIVITY_TYPES:
+    for t in ACTIVITY_EVENT_TYPES:
         a = agg(t, "last_day", None)
         add(
             Feature(
@@ -495,9 +381,41 @@ def build_registry(
     return FeatureSet(measures, features, lookback, categories)
 
 
-# Profile attributes joined after aggregation; see builders.PROFILE_FEATURES for their SQL.
+# Profile attributes joined after aggregation; see sql_compiler.PROFILE_FEATURES for their SQL.
 PROFILE_ATTRIBUTE_FEATURES: dict[str, tuple[str, str]] = {
     "loyalty_tier": ("Loyalty tier", "profile"),
     "tenure_days": ("Days since sign-up", "profile"),
 }
-CARRIED_COLUMNS: tuple[str, ...] = ("consent_personalization", "consent_marketing")
+CARRIED_COLUMNS: tuple[str, ...] = CONSENT_COLUMNS
+
+
+def model_features(
+    fs: FeatureSet, selection: FeatureSelection, governance: GovernanceConfig, model_name: str
+) -> dict[str, str]:
+    """The features a model trains on, name -> label, in registry order.
+
+    ``selection`` includes / excludes by name or family; features ``governance`` labels
+    sensitive are dropped, and naming one in ``include`` is refused, as is an unknown name.
+    """
+    labels = fs.labels()
+    families = {f.name: f.family for f in fs.features if f.is_feature}
+    for name, (label, family) in PROFILE_ATTRIBUTE_FEATURES.items():
+        families[name], labels[name] = family, label
+    include, exclude = set(selection.include), set(selection.exclude)
+    unknown = sorted((include | exclude) - set(families) - set(families.values()))
+    if unknown:
+        raise UserError(
+            f"model '{model_name}': features include/exclude names unknown feature or family `{unknown[0]}`"
+        )
+    sensitive = set(governance.sensitive_features)
+    refused = sorted(include & sensitive)
+    if refused:
+        raise UserError(
+            f"model '{model_name}': feature `{refused[0]}` is labelled sensitive and is refused for "
+            f"marketing action '{governance.marketing_action}'"
+        )
+    return {
+        name: labels[name]
+        for name, family in families.items()
+        if is_selected(name, family, list(include), list(exclude)) and name not in sensitive
+    }

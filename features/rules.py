@@ -92,3 +92,14 @@ def parse_rule(text: str, allowed_columns: Iterable[str], where: str) -> Rule:
     if not isinstance(tree, exp.Condition) or isinstance(tree, (exp.Column, exp.Literal)):
         raise UserError(f"{where}: rule `{text}` is not a condition")
     return Rule(text=text, columns=frozenset(columns), tree=tree)
+
+
+def conjuncts(rule: Rule) -> list[Rule]:
+    """The parts of a rule joined by top-level AND, each a rule of its own (for "which part
+    of the population rule does this profile fail?")."""
+    tree = rule.tree.unnest() if isinstance(rule.tree, exp.Paren) else rule.tree
+    parts = list(tree.flatten()) if isinstance(tree, exp.And) else [tree]
+    return [
+        Rule(text=part.sql(), columns=frozenset(column_name(c) for c in part.find_all(exp.Column)), tree=part)
+        for part in parts
+    ]

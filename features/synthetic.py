@@ -680,7 +680,8 @@ def oracle_probabilities(con, keys, outcome, ground_truth: Path):
         pairs AS (
             SELECT DISTINCT m.profile_id, g.person_id
             FROM identity_map m
-            JOIN read_parquet('{gt / "person_identities.parquet"}') g ON g.namespace = m.namespace AND g.value = m.value
+            JOIN read_parquet('{gt / "person_identities.parquet"}') g
+              ON g.namespace = m.namespace AND g.value = m.value
         ), whole AS (
             SELECT person_id FROM pairs GROUP BY person_id HAVING count(DISTINCT profile_id) = 1
         ), link AS (
@@ -694,7 +695,8 @@ def oracle_probabilities(con, keys, outcome, ground_truth: Path):
             JOIN whole w ON w.person_id = l.person_id
             JOIN read_parquet('{gt / "person_traits.parquet"}') t ON t.person_id = l.person_id
             JOIN read_parquet('{gt / "daily_purchase_probability.parquet"}') d
-              ON d.person_id = l.person_id AND d.day >= k.as_of AND d.day < k.as_of + {int(outcome.horizon_days)}
+              ON d.person_id = l.person_id AND d.day >= k.as_of
+             AND d.day < k.as_of + {int(outcome.horizon_days)}
             GROUP BY k.profile_id, k.as_of
         )
         SELECT profile_id, as_of, {"1 - exp(log_none)" if outcome.occurs else "exp(log_none)"} AS oracle

@@ -1,1 +1,1 @@
-"""Training, calibration, evaluation, explanation and the MLflow registry."""
+"""Training, calibration, evaluation, explanation and MLflow tracking of propensity models."""

@@ -17,6 +17,7 @@ class Calibrator:
         self._model: IsotonicRegression | LogisticRegression | None = None
 
     def fit(self, raw_scores: np.ndarray, labels: np.ndarray) -> Calibrator:
+        """Fit on held-out raw log-odds and their 0/1 outcomes."""
         raw_scores = np.asarray(raw_scores, dtype=float)
         labels = np.asarray(labels, dtype=int)
         if self.method == "isotonic":
@@ -28,6 +29,7 @@ class Calibrator:
         return self
 
     def transform(self, raw_scores: np.ndarray) -> np.ndarray:
+        """Raw log-odds -> calibrated probabilities in (0, 1)."""
         if self._model is None:
             raise RuntimeError("Calibrator is not fitted")
         raw_scores = np.asarray(raw_scores, dtype=float)

@@ -72,13 +72,12 @@ class PropensityModel:
 
     @staticmethod
     def load(path: str | Path) -> PropensityModel:
-        """Read a saved model, including one saved before the packages moved under ``propensity``."""
-        try:
-            return joblib.load(path)
-        except ModuleNotFoundError as error:
-            if error.name not in LEGACY_PACKAGES:
-                raise
-        return _load_legacy(Path(path))
+        """Read a saved model, including one saved before the packages moved under ``propensity``.
+
+        Class paths of release 0.1 (``models.estimator`` ...) are always read as their
+        ``propensity.*`` homes, even where some other ``models`` package is importable.
+        """
+        return _load_renaming(Path(path))
 
 
 # Models registered before version 0.2 pickled their classes as top-level `models.*` and
@@ -101,7 +100,7 @@ def legacy_module(module: str) -> str:
     return module
 
 
-def _load_legacy(path: Path) -> PropensityModel:
+def _load_renaming(path: Path) -> PropensityModel:
     from joblib.numpy_pickle import NumpyUnpickler
 
     class RenamingUnpickler(NumpyUnpickler):

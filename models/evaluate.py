@@ -96,6 +96,7 @@ def scores_from_reference(p: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def buckets(score: np.ndarray, medium: int, high: int) -> np.ndarray:
+    """0-100 scores -> 'low' / 'medium' / 'high' at the configured thresholds."""
     return np.where(score >= high, "high", np.where(score >= medium, "medium", "low"))
 
 
@@ -155,6 +156,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_gains(y: np.ndarray, curves: dict[str, np.ndarray], path: Path) -> Path:
+    """Cumulative gains of each named score; writes and returns the PNG path."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for name, p in curves.items():
         order = np.argsort(-p, kind="stable")
@@ -171,6 +173,7 @@ def plot_gains(y: np.ndarray, curves: dict[str, np.ndarray], path: Path) -> Path
 
 
 def plot_lift(table: pd.DataFrame, path: Path) -> Path:
+    """Lift per score decile from :func:`decile_table`; writes and returns the PNG path."""
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.bar(table["decile"], table["lift"], color="#3b7dd8")
     ax.axhline(1, color="k", linestyle="--")
@@ -179,6 +182,7 @@ def plot_lift(table: pd.DataFrame, path: Path) -> Path:
 
 
 def plot_calibration(y: np.ndarray, p: np.ndarray, path: Path, bins: int = 10) -> Path:
+    """Reliability diagram over equal-frequency bins; writes and returns the PNG path."""
     order = np.argsort(p, kind="stable")
     chunks = [c for c in np.array_split(order, bins) if len(c)]
     predicted = [p[c].mean() for c in chunks]
@@ -193,6 +197,7 @@ def plot_calibration(y: np.ndarray, p: np.ndarray, path: Path, bins: int = 10) -
 
 
 def plot_distribution(y: np.ndarray, p: np.ndarray, path: Path) -> Path:
+    """Probability histograms of positives and negatives; writes and returns the PNG path."""
     fig, ax = plt.subplots(figsize=(6, 4))
     bins = np.linspace(0, max(p.max(), 1e-3), 40)
     ax.hist(p[y == 0], bins=bins, alpha=0.6, density=True, label="outcome did not happen")
@@ -202,7 +207,16 @@ def plot_distribution(y: np.ndarray, p: np.ndarray, path: Path) -> Path:
     return _save(fig, path)
 
 
+def save_histogram(values: np.ndarray, path: Path, title: str, xlabel: str, bins: int = 20) -> Path:
+    """A histogram of ``values``; writes and returns the PNG path."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(values, bins=bins, color="#4c72b0")
+    ax.set(title=title, xlabel=xlabel, ylabel="profiles")
+    return _save(fig, path)
+
+
 def plot_importance(importance: pd.DataFrame, path: Path, top: int = 20) -> Path:
+    """The top features by mean |SHAP|; writes and returns the PNG path."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 6))
     for ax, column, title in (
         (axes[0], "gain", "Gain"),

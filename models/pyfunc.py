@@ -14,10 +14,12 @@ class PropensityPyfunc(mlflow.pyfunc.PythonModel):
     """Wraps :class:`models.estimator.PropensityModel` (stored as a joblib artifact)."""
 
     def load_context(self, context) -> None:
+        """Load the saved :class:`PropensityModel` from the model's artifacts."""
         from propensity.models.estimator import PropensityModel
 
         self.model = PropensityModel.load(context.artifacts["propensity_model"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        """A feature table (model columns) -> a frame with the calibrated ``probability``."""
         probability = self.model.predict_proba(model_input)
         return pd.DataFrame({"probability": probability}, index=model_input.index)

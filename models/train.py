@@ -63,12 +63,16 @@ def profile_fraction(profile_ids: pd.Series, salt: str) -> np.ndarray:
 
 @dataclass
 class Split:
+    """Rows for each job: train, early stopping, calibration, test."""
+
     train: pd.DataFrame
     early_stopping: pd.DataFrame
     calibration: pd.DataFrame
     test: pd.DataFrame
 
     def summary(self) -> dict:
+        """Rows, positives and dates of each part, for the run's record."""
+
         def part(frame: pd.DataFrame) -> dict:
             return {
                 "rows": len(frame),

@@ -24,7 +24,13 @@ from propensity.pipeline.cli_options import (
     parse_date,
     user_errors,
 )
-from propensity.pipeline.printing import print_buckets, print_metrics, print_summary
+from propensity.pipeline.printing import (
+    print_buckets,
+    print_explanation,
+    print_metrics,
+    print_score_run,
+    print_summary,
+)
 
 app = typer.Typer(
     name="propensity",
@@ -86,10 +92,10 @@ def validate(
     policy = on_bad_rows_policy(on_bad_rows) or cfg.ingest.on_bad_rows
     summary = ingest_jobs.validate(events_path(events, cfg), cfg, parse_date(as_of), profiles)
     print_summary(summary, f"validate {events_path(events, cfg)}")
-    if summary["bad_rows"] and policy == "fail":
-        reasons = ", ".join(f"{k}: {v}" for k, v in summary["bad_rows_by_reason"].items())
+    if summary.bad_rows and policy == "fail":
+        reasons = ", ".join(f"{k}: {v}" for k, v in summary.bad_rows_by_reason.items())
         raise UserError(
-            f"{summary['bad_rows']} bad rows ({reasons}); see `propensity ingest --on-bad-rows quarantine`"
+            f"{summary.bad_rows} bad rows ({reasons}); see `propensity ingest --on-bad-rows quarantine`"
         )
 
 
@@ -147,15 +153,15 @@ def features(
     with console.status("building features"):
         summary = feature_jobs.build_features(events_path(events, cfg), target, cfg, date, model)
     label_note = (
-        f", {summary['positives']:,} positive labels"
-        if summary["labelled"]
+        f", {summary.positives:,} positive labels"
+        if summary.labelled
         else " (no labels: the horizon has not passed)"
         if model
         else ""
     )
     console.print(
-        f"wrote {summary['rows']:,} profiles x {summary['features']} features at {summary['as_of']} "
-        f"to {summary['out']}{label_note}"
+        f"wrote {summary.rows:,} profiles x {summary.features} features at {summary.as_of} "
+        f"to {summary.out}{label_note}"
     )
 
 
@@ -174,14 +180,14 @@ def train(
 
     cfg = load_config(config)
     with console.status(f"training {model}"):
-        result = model_jobs.train(model, events_path(events, cfg), cfg, parse_date(as_of))
+        result = model_jobs.train_model(model, events_path(events, cfg), cfg, parse_date(as_of))
     console.print(
-        f"run [bold]{result['run_id']}[/]  registered [bold]{model} v{result['version']}[/] "
-        f"(alias challenger), {result['features']} features, snapshots {result['snapshots'][0]} .. "
-        f"{result['snapshots'][-1]}"
+        f"run [bold]{result.run_id}[/]  registered [bold]{model} v{result.version}[/] "
+        f"(alias challenger), {result.features} features, snapshots {result.snapshots[0]} .. "
+        f"{result.snapshots[-1]}"
     )
-    print_metrics(result["metrics"], f"{model}: test snapshot {result['snapshots'][-1]}")
-    print_buckets(result["buckets"])
+    print_metrics(result.metrics, f"{model}: test snapshot {result.snapshots[-1]}")
+    print_buckets(result.buckets)
 
 
 @app.command()
@@ -201,13 +207,14 @@ def evaluate(
     if version and alias:
         raise UserError("give --version or --alias, not both")
     with console.status(f"evaluating {model}"):
-        result = model_jobs.evaluate(model, events_path(events, cfg), cfg, parse_date(as_of), version, alias)
+        result = model_jobs.evaluate_model(
+            model, events_path(events, cfg), cfg, parse_date(as_of), version, alias
+        )
     console.print(
-        f"{model} v{result['version']} on {result['rows']:,} profiles at {result['as_of']} "
-        f"(run {result['run_id']})"
+        f"{model} v{result.version} on {result.rows:,} profiles at {result.as_of} (run {result.run_id})"
     )
-    print_metrics(result["metrics"], f"{model} v{result['version']} at {result['as_of']}")
-    print_buckets(result["buckets"])
+    print_metrics(result.metrics, f"{model} v{result.version} at {result.as_of}")
+    print_buckets(result.buckets)
 
 
 @app.command()
@@ -220,10 +227,86 @@ def promote(
     """Move the champion alias to the challenger if it is better (or to --version)."""
     from propensity.pipeline import model_jobs
 
-    outcome = model_jobs.promote(model, load_config(config), version)
+    outcome = model_jobs.promote_model(model, load_config(config), version)
     console.print(
         ("[green]promoted[/]: " if outcome.promoted else "[yellow]not promoted[/]: ") + outcome.reason
     )
+
+
+ModelVersionOption = Annotated[str | None, typer.Option("--version", help="Model version.")]
+ModelAliasOption = Annotated[str | None, typer.Option("--alias", help="Model alias (default champion).")]
+
+
+@app.command()
+@user_errors
+def score(
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    events: EventsOption = None,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="As-of date (default: the day after the last event).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Score directory (default: WORK_DIR/scores).")
+    ] = None,
+    version: ModelVersionOption = None,
+    alias: ModelAliasOption = None,
+    factors: Annotated[
+        int | None, typer.Option("--factors", help="Influential factors per profile (default: config).")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Score the model's population at --as-of: probability, score, bucket and top factors."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from propensity.pipeline import score_jobs
+
+    cfg = load_config(config)
+    with Progress(
+        TextColumn(f"scoring {model}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("score", total=None)
+        run = score_jobs.score_model(
+            model,
+            events_path(events, cfg),
+            cfg,
+            parse_date(as_of),
+            out,
+            alias,
+            version,
+            factors,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    print_score_run(run)
+
+
+@app.command()
+@user_errors
+def explain(
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    profile: Annotated[str, typer.Option("--profile", help="The profile_id to explain.")],
+    events: EventsOption = None,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="As-of date (default: the day after the last event).")
+    ] = None,
+    version: ModelVersionOption = None,
+    alias: ModelAliasOption = None,
+    factors: Annotated[int | None, typer.Option("--factors", help="Factors to show.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Why this score? One profile's probability, score, bucket and factors (or why it is not scored)."""
+    from propensity.pipeline import score_jobs
+
+    cfg = load_config(config)
+    with console.status(f"explaining {profile}"):
+        explanation = score_jobs.explain_profile(
+            model, events_path(events, cfg), cfg, profile, parse_date(as_of), alias, version, factors
+        )
+    print_explanation(explanation)
 
 
 @app.command()
@@ -243,6 +326,7 @@ def demo(
 
 
 def main() -> None:  # pragma: no cover - console entry point
+    """Console entry point."""
     app()
 
 

@@ -58,14 +58,17 @@ def parse_date(value: str | None, option: str = "--as-of") -> dt.date | None:
 
 
 def on_bad_rows_policy(value: str | None) -> str | None:
+    """Check an ``--on-bad-rows`` value; None leaves the config's policy."""
     if value is not None and value not in ("fail", "quarantine"):
         raise UserError(f"--on-bad-rows: expected 'fail' or 'quarantine', got {value!r}")
     return value
 
 
 def load_config(path: Path | None) -> ProjectConfig:
+    """The project config from ``--config`` or the default path."""
     return load_project_config(path)
 
 
 def events_path(events: Path | None, config: ProjectConfig) -> Path:
+    """``--events``, else the config's ``events`` path."""
     return events if events is not None else Path(config.events)

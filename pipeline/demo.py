@@ -62,35 +62,35 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
     con.register("frame", frame)
     lapsed = con.execute(f"SELECT count(*) FROM frame WHERE {rule.sql()}").fetchone()[0]
     console.print(
-        f"{built['rows']:,} profiles x {built['features']} features at {built['as_of']}. "
+        f"{built.rows:,} profiles x {built.features} features at {built.as_of}. "
         f"Audience [bold]lapsed yoga buyers[/] ({LAPSED_YOGA}): {lapsed:,} profiles."
     )
 
     results = {}
     for name in ("conversion", "upsell"):
         with console.status(f"4/5 training {name}"):
-            results[name] = model_jobs.train(name, ingested, config)
-        promotion = model_jobs.promote(name, config)
+            results[name] = model_jobs.train_model(name, ingested, config)
+        promotion = model_jobs.promote_model(name, config)
         console.rule(f"[bold]4/5 train {name}")
         result = results[name]
-        console.print(f"registered {name} v{result['version']} (run {result['run_id']}); {promotion.reason}")
-        print_metrics(result["metrics"], f"{name}: test snapshot {result['snapshots'][-1]}")
-        print_buckets(result["buckets"])
+        console.print(f"registered {name} v{result.version} (run {result.run_id}); {promotion.reason}")
+        print_metrics(result.metrics, f"{name}: test snapshot {result.snapshots[-1]}")
+        print_buckets(result.buckets)
 
     console.rule("[bold]5/5 why this score?")
     _explain_one(frame, sarah[0] if sarah else frame["profile_id"].iloc[0], config, console)
-    return {"ingest": summary, "features": built, "models": {k: v["metrics"] for k, v in results.items()}}
+    return {"ingest": summary, "features": built, "models": {k: v.metrics for k, v in results.items()}}
 
 
 def _explain_one(frame: pd.DataFrame, profile_id: str, config: ProjectConfig, console: Console) -> None:
-    from propensity.models import registry
+    from propensity.models import tracking
     from propensity.models.explain import top_factors
     from propensity.pipeline.config_files import load_model_config
 
     row = frame[frame["profile_id"] == profile_id]
     if row.empty:
         return
-    client = registry.configure(config)
+    client = tracking.configure(config)
     con = duckdb.connect()
     con.register("profile", row)
     for name in ("conversion", "upsell"):
@@ -99,7 +99,7 @@ def _explain_one(frame: pd.DataFrame, profile_id: str, config: ProjectConfig, co
         if not con.execute(f"SELECT count(*) FROM profile WHERE {eligible.sql()}").fetchone()[0]:
             console.print(f"{profile_id} is not in the {name} population ({model_cfg.population}).")
             continue
-        model, mv = registry.load_propensity_model(client, name, alias=registry.CHAMPION)
+        model, mv = tracking.load_propensity_model(client, name, alias=tracking.CHAMPION)
         probability = float(model.predict_proba(row)[0])
         table = Table(title=f"{name} v{mv.version} for {profile_id}: probability {probability:.3f}")
         for column in ("factor", "value", "impact (log-odds)"):

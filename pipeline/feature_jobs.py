@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -11,6 +12,11 @@ import duckdb
 from propensity.core.config import ProjectConfig
 from propensity.core.io import atomic_path
 from propensity.features.engine import sql_string
+from propensity.features.event_queries import data_end, learn_categories
+from propensity.features.labels import population_snapshot_sql
+from propensity.features.registry import build_registry
+from propensity.features.sql_compiler import snapshot_sql
+from propensity.pipeline.config_files import load_model_config
 from propensity.pipeline.ingest_jobs import load_events
 
 
@@ -25,13 +31,25 @@ def feature_set(
     Categories: the ones given (a trained model's), else the config's, else learned from the
     events before ``before``.
     """
-    from propensity.features.builders import learn_categories
-    from propensity.features.registry import build_registry
 
     categories = categories if categories is not None else config.features.categories
     if categories is None:
         categories = learn_categories(con, before, config.features.max_learned_categories)
     return build_registry(config.features, categories)
+
+
+@dataclass(frozen=True)
+class FeatureTable:
+    """A written feature table: where, when, how big, and whether it carries labels."""
+
+    out: Path
+    as_of: dt.date
+    rows: int
+    features: int
+    labelled: bool
+    positives: int | None  # None when unlabelled
+    model: str | None
+    data_end: dt.date  # the day after the last event
 
 
 def build_features(
@@ -40,29 +58,22 @@ def build_features(
     config: ProjectConfig,
     as_of: dt.date | None = None,
     model: str | None = None,
-) -> dict:
+) -> FeatureTable:
     """Write the feature table at ``as_of`` (Parquet, atomically), labelled when possible.
 
     With a model, only its population is written, plus ``label`` when the horizon after
     ``as_of`` has fully passed in the data. Feature labels travel in the Parquet metadata.
     """
-    from propensity.features.builders import data_end, snapshot_sql
-    from propensity.features.labels import horizon_passed, labelled_sql, population_rule
-    from propensity.pipeline.config_files import load_model_config
 
     loaded = load_events(events, config)
     con = loaded.con
     cutoff = data_end(con)
     as_of = as_of or cutoff
     fs = feature_set(con, config, as_of)
-    where, labelled, model_cfg = None, False, None
     if model:
-        model_cfg = load_model_config(model, config)
-        where = population_rule(model_cfg, fs).sql("duckdb", column_prefix="f")
-    sql = snapshot_sql(fs, as_of, con, where=where)
-    if model_cfg is not None and horizon_passed(as_of, model_cfg.outcome.horizon_days, cutoff):
-        sql = labelled_sql(sql, model_cfg.outcome)
-        labelled = True
+        sql, labelled = population_snapshot_sql(fs, load_model_config(model, config), as_of, con, cutoff)
+    else:
+        sql, labelled = snapshot_sql(fs, as_of, con), False
     metadata = json.dumps(
         {
             "as_of": str(as_of),
@@ -82,16 +93,16 @@ def build_features(
             f"SELECT count(*), {'sum(label)' if labelled else 'NULL'} "
             f"FROM read_parquet({sql_string(str(tmp))})"
         ).fetchone()
-    return {
-        "out": str(out),
-        "as_of": str(as_of),
-        "rows": rows[0],
-        "features": len(fs.names()),
-        "labelled": labelled,
-        "positives": rows[1],
-        "model": model,
-        "data_end": str(cutoff),
-    }
+    return FeatureTable(
+        out=out,
+        as_of=as_of,
+        rows=rows[0],
+        features=len(fs.names()),
+        labelled=labelled,
+        positives=int(rows[1]) if labelled else None,
+        model=model,
+        data_end=cutoff,
+    )
 
 
 def read_feature_metadata(path: str | Path) -> dict:

@@ -20,13 +20,8 @@ from propensity.core.errors import UserError
 from propensity.core.io import atomic_path, write_json
 from propensity.features import identity as identity_mod
 from propensity.features.engine import connect, sql_string
-from propensity.features.schema import (
-    InputFiles,
-    bad_rows_message,
-    resolve_input,
-    stage_events,
-    stage_profiles,
-)
+from propensity.features.inputs import InputFiles, resolve_input
+from propensity.features.staging import bad_rows_message, stage_events, stage_profiles
 
 OnBadRows = Literal["fail", "quarantine"]
 # Bumped whenever the ingest output changes shape (2: events carry new_identities;
@@ -40,10 +35,30 @@ class LoadedEvents:
 
     con: duckdb.DuckDBPyConnection
     inputs: InputFiles
-    summary: dict[str, Any] = field(default_factory=dict)
+    manifest: dict[str, Any] | None = None  # an ingest directory's manifest.json
 
 
-def _summarise(con: duckdb.DuckDBPyConnection, staged, stitched, quarantined: bool) -> dict:
+@dataclass(frozen=True)
+class IngestSummary:
+    """What validate and ingest saw: rows in = written + duplicates + bad."""
+
+    rows_in: int
+    rows_written: int
+    duplicates_dropped: int
+    rows_quarantined: int
+    bad_rows: int
+    bad_rows_by_reason: dict[str, int]
+    first_event: str | None
+    last_event: str | None
+    events_by_type: dict[str, int]
+    events_by_channel: dict[str, int]
+    identities_by_namespace: dict[str, int]
+    profiles: int | None = None
+    known_profiles: int | None = None
+    identity_collapses: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _summarise(con: duckdb.DuckDBPyConnection, staged, stitched, quarantined: bool) -> IngestSummary:
     # One scan of the events for the time range and both breakdowns.
     rows = con.execute("""
         SELECT grouping(event_type) AS all_types, grouping(channel) AS all_channels, event_type,
@@ -59,28 +74,22 @@ def _summarise(con: duckdb.DuckDBPyConnection, staged, stitched, quarantined: bo
         if stitched
         else {}
     )
-    summary = {
-        "rows_in": staged.rows_in,
-        "rows_written": staged.rows_clean,
-        "duplicates_dropped": staged.rows_duplicate,
-        "rows_quarantined": staged.rows_bad if quarantined else 0,
-        "bad_rows": staged.rows_bad,
-        "bad_rows_by_reason": staged.bad_by_reason,
-        "first_event": str(first) if first else None,
-        "last_event": str(last) if last else None,
-        "events_by_type": by_type,
-        "events_by_channel": by_channel,
-        "identities_by_namespace": identities,
-    }
-    if stitched is not None:
-        summary.update(
-            {
-                "profiles": stitched.profiles,
-                "known_profiles": stitched.known_profiles,
-                "identity_collapses": [asdict(c) for c in stitched.collapses],
-            }
-        )
-    return summary
+    return IngestSummary(
+        rows_in=staged.rows_in,
+        rows_written=staged.rows_clean,
+        duplicates_dropped=staged.rows_duplicate,
+        rows_quarantined=staged.rows_bad if quarantined else 0,
+        bad_rows=staged.rows_bad,
+        bad_rows_by_reason=staged.bad_by_reason,
+        first_event=str(first) if first else None,
+        last_event=str(last) if last else None,
+        events_by_type=by_type,
+        events_by_channel=by_channel,
+        identities_by_namespace=identities,
+        profiles=stitched.profiles if stitched is not None else None,
+        known_profiles=stitched.known_profiles if stitched is not None else None,
+        identity_collapses=[asdict(c) for c in stitched.collapses] if stitched is not None else [],
+    )
 
 
 def _stage(
@@ -90,7 +99,7 @@ def _stage(
     on_bad_rows: OnBadRows,
     as_of: dt.date | None,
     profiles: Path | None,
-) -> dict:
+) -> IngestSummary:
     staged = stage_events(con, inputs, config.identity, as_of, config.ingest.max_reported_rows)
     if staged.rows_bad and on_bad_rows == "fail":
         raise UserError(bad_rows_message(inputs.display, staged))
@@ -108,7 +117,7 @@ def validate(
     config: ProjectConfig,
     as_of: dt.date | None = None,
     profiles: str | Path | None = None,
-) -> dict:
+) -> IngestSummary:
     """Dry run of ingest: the summary, including bad rows by reason; writes nothing."""
     inputs = resolve_input(events)
     con = connect(config.engine)
@@ -123,7 +132,7 @@ def ingest(
     profiles: str | Path | None = None,
     on_bad_rows: OnBadRows | None = None,
     as_of: dt.date | None = None,
-) -> dict:
+) -> IngestSummary:
     """Validate, hash, de-duplicate and stitch events; write them with the identity map.
 
     ``out`` receives ``events.parquet``, ``identity_map.parquet``, ``profiles.parquet``,
@@ -150,11 +159,12 @@ def ingest(
             tmp / "identity_map.parquet",
         )
         _copy(con, "SELECT * FROM profiles ORDER BY profile_id", tmp / "profiles.parquet")
-        if on_bad_rows == "quarantine" and summary["bad_rows"]:
+        if on_bad_rows == "quarantine" and summary.bad_rows:
             _copy(
                 con,
                 "SELECT reason, _source_file AS source_file, _source_row AS source_row, "
-                "* EXCLUDE (reason, _source_file, _source_row) FROM bad_events ORDER BY source_file, source_row",
+                "* EXCLUDE (reason, _source_file, _source_row) FROM bad_events "
+                "ORDER BY source_file, source_row",
                 tmp / "quarantine.parquet",
             )
         manifest = {
@@ -164,10 +174,10 @@ def ingest(
             "ground_truth": str(inputs.ground_truth.resolve()) if inputs.ground_truth else None,
             "as_of": str(as_of) if as_of else None,
             "on_bad_rows": on_bad_rows,
-            **summary,
+            **asdict(summary),
         }
         write_json(manifest, tmp / "manifest.json")
-    return manifest
+    return summary
 
 
 def _copy(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
@@ -191,16 +201,9 @@ def load_events(
                 f"{directory}: written by an older propensity (ingest format "
                 f"{manifest.get('format', 1)}, need {INGEST_FORMAT}); run `propensity ingest` again"
             )
-        con.execute(
-            f"CREATE VIEW events AS SELECT * FROM read_parquet({sql_string(str(directory / 'events.parquet'))})"
-        )
-        con.execute(
-            f"CREATE VIEW profiles AS SELECT * FROM read_parquet({sql_string(str(directory / 'profiles.parquet'))})"
-        )
-        con.execute(
-            f"CREATE VIEW identity_map AS SELECT * FROM "
-            f"read_parquet({sql_string(str(directory / 'identity_map.parquet'))})"
-        )
+        for view in ("events", "profiles", "identity_map"):
+            source = sql_string(str(directory / f"{view}.parquet"))
+            con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet({source})")
         gt = manifest.get("ground_truth")
         if gt and Path(gt).is_dir():
             inputs = InputFiles(
@@ -210,7 +213,7 @@ def load_events(
                 ground_truth=Path(gt),
                 display=inputs.display,
             )
-        return LoadedEvents(con=con, inputs=inputs, summary=manifest)
-    summary = _stage(con, inputs, config, on_bad_rows or config.ingest.on_bad_rows, None, inputs.profiles)
+        return LoadedEvents(con=con, inputs=inputs, manifest=manifest)
+    _stage(con, inputs, config, on_bad_rows or config.ingest.on_bad_rows, None, inputs.profiles)
     con.execute("CREATE VIEW events AS SELECT * EXCLUDE (_source_file, _source_row) FROM stitched_events")
-    return LoadedEvents(con=con, inputs=inputs, summary=summary)
+    return LoadedEvents(con=con, inputs=inputs)

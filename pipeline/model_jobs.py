@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -12,51 +14,51 @@ import pandas as pd
 
 from propensity.core.config import ModelConfig, ProjectConfig
 from propensity.core.errors import UserError
-from propensity.features.builders import data_end, snapshot_sql
+from propensity.features.event_queries import data_end
 from propensity.features.labels import (
     horizon_passed,
-    labelled_sql,
     population_rule,
+    population_snapshot_sql,
     snapshot_dates,
     training_frame,
 )
-from propensity.features.registry import PROFILE_ATTRIBUTE_FEATURES, FeatureSet
+from propensity.features.registry import model_features
 from propensity.features.synthetic import oracle_probabilities
 from propensity.models import evaluate as ev
-from propensity.models import registry
+from propensity.models import tracking
 from propensity.models.explain import global_importance
 from propensity.models.train import fit, split
 from propensity.pipeline import feature_jobs, ingest_jobs
 from propensity.pipeline.config_files import load_model_config
 
 
-def model_features(fs: FeatureSet, model: ModelConfig) -> tuple[list[str], dict[str, str]]:
-    """Feature names and labels for a model: include/exclude by name or family, minus sensitive ones."""
-    labels = fs.labels()
-    families = {f.name: f.family for f in fs.features if f.is_feature}
-    for name, (label, family) in PROFILE_ATTRIBUTE_FEATURES.items():
-        families[name], labels[name] = family, label
-    include, exclude = set(model.features.include), set(model.features.exclude)
-    unknown = sorted((include | exclude) - set(families) - set(families.values()))
-    if unknown:
-        raise UserError(
-            f"model '{model.name}': features include/exclude names unknown feature or family `{unknown[0]}`"
-        )
-    refused = sorted(include & set(model.governance.sensitive_features))
-    if refused:
-        raise UserError(
-            f"model '{model.name}': feature `{refused[0]}` is labelled sensitive and is refused for "
-            f"marketing action '{model.governance.marketing_action}'"
-        )
-    chosen = [
-        n
-        for n, fam in families.items()
-        if (not include or n in include or fam in include)
-        and n not in exclude
-        and fam not in exclude
-        and n not in model.governance.sensitive_features
-    ]
-    return chosen, {n: labels[n] for n in chosen}
+@dataclass(frozen=True)
+class TrainResult:
+    """A trained, logged and registered model: where it is and how it did on its test snapshot."""
+
+    run_id: str
+    version: str
+    model_uri: str
+    metrics: dict[str, float]
+    buckets: pd.DataFrame  # predicted vs actual per bucket on the test snapshot
+    importance: pd.DataFrame
+    rows: dict[str, Any]  # rows, positives and dates of each part of the split
+    snapshots: list[dt.date]  # oldest first; the last is the test snapshot
+    features: int
+    best_iteration: int
+    trained_until: dt.date
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """A registered version scored on a later snapshot whose horizon has passed."""
+
+    run_id: str
+    version: str
+    as_of: dt.date
+    rows: int
+    metrics: dict[str, float]
+    buckets: pd.DataFrame
 
 
 def _ground_truth_metrics(loaded, frame: pd.DataFrame, p: np.ndarray, model: ModelConfig) -> dict[str, float]:
@@ -76,7 +78,9 @@ def _ground_truth_metrics(loaded, frame: pd.DataFrame, p: np.ndarray, model: Mod
     }
 
 
-def train(model_name: str, events: str | Path, config: ProjectConfig, as_of: dt.date | None = None) -> dict:
+def train_model(
+    model_name: str, events: str | Path, config: ProjectConfig, as_of: dt.date | None = None
+) -> dict:
     """Train, evaluate against baselines (and the oracle), log to MLflow, register as challenger."""
     model_cfg = load_model_config(model_name, config)
     loaded = ingest_jobs.load_events(events, config)
@@ -89,7 +93,8 @@ def train(model_name: str, events: str | Path, config: ProjectConfig, as_of: dt.
     fs = feature_jobs.feature_set(con, config, before=first_date)
     # A bad rule or feature name fails before any heavy work.
     population_rule(model_cfg, fs)
-    names, labels = model_features(fs, model_cfg)
+    labels = model_features(fs, model_cfg.features, model_cfg.governance, model_cfg.name)
+    names = list(labels)
     frame, dates = training_frame(con, fs, model_cfg, cutoff)
     parts = split(frame, model_cfg.training)
     model, fit_info = fit(parts, names, labels, model_cfg.training, model_cfg.name)
@@ -127,7 +132,7 @@ def train(model_name: str, events: str | Path, config: ProjectConfig, as_of: dt.
     deciles = ev.decile_table(y, p)
     importance = global_importance(model, test.sample(min(len(test), 20_000), random_state=0))
 
-    client = registry.configure(config)
+    client = tracking.configure(config)
     champion = _champion_on(client, model_cfg.name, test, y)
     mlflow.set_experiment(model_cfg.name)
     summary = {
@@ -136,7 +141,7 @@ def train(model_name: str, events: str | Path, config: ProjectConfig, as_of: dt.
         "features": len(names),
         "best_iteration": fit_info["best_iteration"],
         "trained_until": str(cutoff),
-    }
+    }  # logged as training_data.json
     with (
         mlflow.start_run(run_name=f"train {model_cfg.name} until {cutoff}") as run,
         tempfile.TemporaryDirectory() as tmp,
@@ -144,7 +149,7 @@ def train(model_name: str, events: str | Path, config: ProjectConfig, as_of: dt.
         out = Path(tmp)
         mlflow.set_tags(
             {
-                "git_commit": registry.git_commit() or "unknown",
+                "git_commit": tracking.git_commit() or "unknown",
                 "events": loaded.inputs.display,
                 "step": "train",
                 "trained_until": str(cutoff),
@@ -188,43 +193,47 @@ def train(model_name: str, events: str | Path, config: ProjectConfig, as_of: dt.
             ev.plot_importance(importance, out / "feature_importance.png"),
         ):
             mlflow.log_artifact(str(path), "plots")
-        model_uri, version = registry.log_model(model, test, model_cfg.name)
-        client.set_registered_model_alias(model_cfg.name, registry.CHALLENGER, version)
+        model_uri, version = tracking.log_model(model, test, model_cfg.name)
+        client.set_registered_model_alias(model_cfg.name, tracking.CHALLENGER, version)
         client.set_model_version_tag(model_cfg.name, version, "trained_until", str(cutoff))
         run_id = run.info.run_id
-    return {
-        "run_id": run_id,
-        "version": version,
-        "model_uri": model_uri,
-        "metrics": results,
-        "buckets": bucket_table,
-        "importance": importance,
-        **summary,
-    }
+    return TrainResult(
+        run_id=run_id,
+        version=version,
+        model_uri=model_uri,
+        metrics=results,
+        buckets=bucket_table,
+        importance=importance,
+        rows=parts.summary(),
+        snapshots=list(dates),
+        features=len(names),
+        best_iteration=fit_info["best_iteration"],
+        trained_until=cutoff,
+    )
 
 
 def _champion_on(client, name: str, test: pd.DataFrame, y: np.ndarray) -> tuple[str, dict] | None:
     """The current champion's test metrics on this test snapshot, if there is one that fits it."""
     try:
-        champion, mv = registry.load_propensity_model(client, name, alias=registry.CHAMPION)
+        champion, mv = tracking.load_propensity_model(client, name, alias=tracking.CHAMPION)
         return str(mv.version), ev.metrics(y, champion.predict_proba(test))
     except UserError:
         # No champion yet, or one built on features this table lacks (other categories).
         return None
 
 
-def evaluate(
+def evaluate_model(
     model_name: str,
     events: str | Path,
     config: ProjectConfig,
     as_of: dt.date,
     version: str | None = None,
     alias: str | None = None,
-) -> dict:
+) -> EvaluationResult:
     """Expected vs actual for a registered version on a snapshot whose horizon has passed."""
     model_cfg = load_model_config(model_name, config)
-    client = registry.configure(config)
-    model, mv = registry.load_propensity_model(client, model_cfg.name, version, alias)
+    client = tracking.configure(config)
+    model, mv = tracking.load_propensity_model(client, model_cfg.name, version, alias)
     loaded = ingest_jobs.load_events(events, config)
     con = loaded.con
     cutoff = data_end(con)
@@ -234,8 +243,8 @@ def evaluate(
             f"(last complete day {cutoff - dt.timedelta(days=1)}); choose an earlier date"
         )
     fs = feature_jobs.feature_set(con, config, before=as_of, categories=model.metadata.get("categories"))
-    where = population_rule(model_cfg, fs).sql("duckdb", column_prefix="f")
-    frame = con.execute(labelled_sql(snapshot_sql(fs, as_of, con, where=where), model_cfg.outcome)).df()
+    sql, _ = population_snapshot_sql(fs, model_cfg, as_of, con, cutoff)
+    frame = con.execute(sql).df()
     if frame["label"].nunique() < 2:
         raise UserError(
             f"the population at {as_of} has only one outcome ({len(frame)} profiles); cannot evaluate"
@@ -253,25 +262,26 @@ def evaluate(
                 "step": "evaluate",
                 "evaluated_version": mv.version,
                 "as_of": str(as_of),
-                "git_commit": registry.git_commit() or "unknown",
+                "git_commit": tracking.git_commit() or "unknown",
             }
         )
         mlflow.log_metrics(results)
         mlflow.log_table(table, "evaluation/buckets.json")
-    return {
-        "run_id": run.info.run_id,
-        "version": mv.version,
-        "as_of": str(as_of),
-        "rows": len(frame),
-        "metrics": results,
-        "buckets": table,
-    }
+    return EvaluationResult(
+        run_id=run.info.run_id,
+        version=str(mv.version),
+        as_of=as_of,
+        rows=len(frame),
+        metrics=results,
+        buckets=table,
+    )
 
 
-def promote(model_name: str, config: ProjectConfig, version: str | None = None) -> registry.Promotion:
+def promote_model(model_name: str, config: ProjectConfig, version: str | None = None) -> tracking.Promotion:
+    """Move the champion alias to the challenger when it is better, or to ``version``."""
     model_cfg = load_model_config(model_name, config)
-    client = registry.configure(config)
-    return registry.promote(
+    client = tracking.configure(config)
+    return tracking.promote(
         client,
         model_cfg.name,
         model_cfg.training.promote_metric,

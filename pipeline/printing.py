@@ -2,34 +2,33 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from rich.table import Table
 
 from propensity.pipeline.cli_options import console
 
+if TYPE_CHECKING:  # the jobs import DuckDB, MLflow and LightGBM: not needed to print
+    from propensity.pipeline.ingest_jobs import IngestSummary
+    from propensity.pipeline.score_jobs import Explanation, ScoreRun
 
-def print_summary(summary: dict, title: str) -> None:
+
+def print_summary(summary: IngestSummary, title: str) -> None:
     """The validate/ingest summary as rich tables."""
     counts = Table(title=title, show_header=False)
-    for key in (
-        "rows_in",
-        "rows_written",
-        "duplicates_dropped",
-        "rows_quarantined",
-        "bad_rows",
-        "profiles",
-        "known_profiles",
-    ):
-        if key in summary:
-            counts.add_row(key.replace("_", " "), f"{summary[key]:,}")
-    counts.add_row("time range", f"{summary.get('first_event')} .. {summary.get('last_event')}")
+    for key in ("rows_in", "rows_written", "duplicates_dropped", "rows_quarantined", "bad_rows"):
+        counts.add_row(key.replace("_", " "), f"{getattr(summary, key):,}")
+    if summary.profiles is not None:
+        counts.add_row("profiles", f"{summary.profiles:,}")
+        counts.add_row("known profiles", f"{summary.known_profiles:,}")
+    counts.add_row("time range", f"{summary.first_event} .. {summary.last_event}")
     console.print(counts)
-    for key, label in (
-        ("events_by_type", "event type"),
-        ("events_by_channel", "channel"),
-        ("identities_by_namespace", "identity namespace"),
-        ("bad_rows_by_reason", "bad-row reason"),
+    for values, label in (
+        (summary.events_by_type, "event type"),
+        (summary.events_by_channel, "channel"),
+        (summary.identities_by_namespace, "identity namespace"),
+        (summary.bad_rows_by_reason, "bad-row reason"),
     ):
-        values = summary.get(key) or {}
         if not values:
             continue
         table = Table(show_header=True)
@@ -38,7 +37,7 @@ def print_summary(summary: dict, title: str) -> None:
         for name, count in values.items():
             table.add_row(str(name), f"{count:,}")
         console.print(table)
-    collapses = summary.get("identity_collapses", [])
+    collapses = summary.identity_collapses
     for reason in sorted({c["reason"] for c in collapses}):
         group = [c for c in collapses if c["reason"] == reason]
         console.print(
@@ -47,11 +46,10 @@ def print_summary(summary: dict, title: str) -> None:
             f"{sum(c['profiles_after_split'] for c in group):,} profiles "
             f"({sum(c['separated_identities'] for c in group):,} identities kept apart)"
         )
-    if "rows_in" in summary:
-        console.print(
-            f"rows in {summary['rows_in']:,} = written {summary['rows_written']:,} + duplicates "
-            f"{summary['duplicates_dropped']:,} + bad {summary['bad_rows']:,}"
-        )
+    console.print(
+        f"rows in {summary.rows_in:,} = written {summary.rows_written:,} + duplicates "
+        f"{summary.duplicates_dropped:,} + bad {summary.bad_rows:,}"
+    )
 
 
 def print_metrics(metrics: dict, title: str) -> None:
@@ -96,9 +94,52 @@ def print_metrics(metrics: dict, title: str) -> None:
 
 
 def print_buckets(buckets) -> None:
+    """Predicted vs actual rate per bucket."""
     table = Table(title="buckets: predicted vs actual")
     for column in buckets.columns:
         table.add_column(str(column), justify="right")
     for row in buckets.itertuples(index=False):
         table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
+
+
+def print_score_run(run: ScoreRun) -> None:
+    """How many profiles were eligible and scored, and the bucket sizes."""
+    console.print(
+        f"{run.model} v{run.version} at {run.as_of}: {run.eligible:,} of {run.profiles:,} profiles in the "
+        f"population, {run.scored:,} scored in {run.seconds:.1f}s -> {run.out} (run {run.run_id})"
+    )
+    table = Table(title="bucket sizes")
+    for column in ("bucket", "profiles", "share"):
+        table.add_column(column, justify="right")
+    for bucket, count in run.bucket_sizes.items():
+        table.add_row(bucket, f"{count:,}", f"{count / max(run.scored, 1):.1%}")
+    console.print(table)
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "missing"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def print_explanation(explanation: Explanation) -> None:
+    """A profile's score and factors, or the population conditions it fails."""
+    e = explanation
+    if not e.eligible:
+        console.print(
+            f"{e.profile_id} is not in the {e.model} population at {e.as_of}; it fails: "
+            + "; ".join(f"`{c}`" for c in e.failed_conditions)
+        )
+        for column, value in e.values.items():
+            console.print(f"  {column} = {_value(value)}")
+        return
+    table = Table(
+        title=f"{e.model} v{e.version} for {e.profile_id} at {e.as_of}: probability {e.probability:.3f}, "
+        f"score {e.score}, bucket {e.bucket}"
+    )
+    for column in ("factor", "value", "impact (log-odds)"):
+        table.add_column(column)
+    for factor in e.factors:
+        table.add_row(factor["label"], _value(factor["value"]), f"{factor['impact']:+.3f}")
     console.print(table)

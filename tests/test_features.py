@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from propensity.core.config import FeatureConfig
-from propensity.features import builders
+from propensity.features import sql_compiler, stacked_build
 from propensity.features.registry import build_registry
 
 AS_OF = dt.date(2025, 6, 1)
@@ -68,10 +68,10 @@ def snapshot(
 ) -> pd.DataFrame:
     con = connection(rows, profiles)
     if path == "stacked":
-        builders.build_snapshots(con, FS, [as_of])
+        stacked_build.build_snapshots(con, FS, [as_of])
         frame = con.execute("SELECT * FROM snapshot_features ORDER BY profile_id").df()
     else:
-        frame = builders.build_snapshot(con, FS, as_of, plan=path)
+        frame = sql_compiler.build_snapshot(con, FS, as_of, plan=path)
     return frame.set_index("profile_id")
 
 
@@ -172,16 +172,16 @@ def test_stacked_snapshots_equal_single_snapshots_and_the_sql_form(luma_small, c
     con = loaded.con
     fs = build_registry(config.features, ["yoga", "running"])
     dates = [dt.date(2025, 5, 1), dt.date(2025, 6, 12), dt.date(2025, 8, 1)]
-    rows = builders.build_snapshots(con, fs, dates)
+    rows = stacked_build.build_snapshots(con, fs, dates)
     stacked = con.execute("SELECT * FROM snapshot_features ORDER BY as_of, profile_id").df()
     assert rows == len(stacked)
-    builders.build_rollup(con, fs)
-    portable = con.execute(builders.snapshots_sql(fs, dates, con)).df()
+    sql_compiler.build_rollup(con, fs)
+    portable = con.execute(sql_compiler.snapshots_sql(fs, dates, con)).df()
     pd.testing.assert_frame_equal(stacked, portable, check_dtype=False)
     # Snapshots through the compiled pass one batch at a time, and a population kept: same rows.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(builders, "BATCH_BYTES", 1)
-        builders.build_snapshots(con, fs, dates, table="batched", where='f."event_count_30d" > 0')
+        patch.setattr(stacked_build, "BATCH_BYTES", 1)
+        stacked_build.build_snapshots(con, fs, dates, table="batched", where='f."event_count_30d" > 0')
     batched = con.execute("SELECT * FROM batched ORDER BY as_of, profile_id").df()
     active = stacked[stacked["event_count_30d"] > 0].reset_index(drop=True)
     assert 0 < len(batched) < len(stacked)
@@ -189,7 +189,7 @@ def test_stacked_snapshots_equal_single_snapshots_and_the_sql_form(luma_small, c
     for date in dates:
         part = stacked[stacked["as_of"] == pd.Timestamp(date)].reset_index(drop=True)
         for plan in ("windows", "buckets"):
-            single = builders.build_snapshot(con, fs, date, plan=plan)
+            single = sql_compiler.build_snapshot(con, fs, date, plan=plan)
             assert len(single) > 100
             # Exactly: training (stacked) and scoring (single) must see the same numbers.
             pd.testing.assert_frame_equal(single, part, check_dtype=False, check_exact=True, obj=plan)
@@ -296,12 +296,12 @@ def test_the_spark_spelling_means_the_same_as_duckdbs(luma_small, config, plan):
     fs = build_registry(config.features, ["yoga", "running"])
     dates = [dt.date(2025, 6, 12), dt.date(2025, 8, 1)]
     if plan == "rollup":
-        builders.build_rollup(con, fs)
-        native = builders.snapshots_sql(fs, dates, con)
-        spark = builders.snapshots_sql(fs, dates, con, dialect=builders.SPARK)
+        sql_compiler.build_rollup(con, fs)
+        native = sql_compiler.snapshots_sql(fs, dates, con)
+        spark = sql_compiler.snapshots_sql(fs, dates, con, dialect=sql_compiler.SPARK)
     else:
-        native = builders.snapshot_sql(fs, dates[0], con, plan=plan)
-        spark = builders.snapshot_sql(fs, dates[0], con, dialect=builders.SPARK, plan=plan)
+        native = sql_compiler.snapshot_sql(fs, dates[0], con, plan=plan)
+        spark = sql_compiler.snapshot_sql(fs, dates[0], con, dialect=sql_compiler.SPARK, plan=plan)
     assert "EXCLUDE" not in spark and '"' not in spark
     (translated,) = sqlglot.transpile(spark, read="spark", write="duckdb")
     expected = con.execute(native).df()
@@ -312,7 +312,7 @@ def test_the_spark_spelling_means_the_same_as_duckdbs(luma_small, config, plan):
 
 def test_stacked_counts_stay_exact_when_a_day_overflows_the_packed_fields(monkeypatch):
     # Daily 0/1 counts travel packed in PACK_BITS-bit fields; a busier day must not corrupt them.
-    monkeypatch.setattr(builders, "PACK_BITS", 2)
+    monkeypatch.setattr(stacked_build, "PACK_BITS", 2)
     busy = [event(3, "page_view", hour=h % 24, channel="mobile_app") for h in range(9)]
     rows = [*busy, event(3, "add_to_cart", product_category="yoga"), event(40, "purchase", revenue=20.0)]
     stacked = snapshot(rows, path="stacked")
@@ -334,10 +334,10 @@ def test_categories_named_by_the_data_make_valid_feature_names(path):
     ]
     con = connection(rows)
     if path == "stacked":
-        builders.build_snapshots(con, fs, [AS_OF])
+        stacked_build.build_snapshots(con, fs, [AS_OF])
         row = con.execute("SELECT * FROM snapshot_features").df().iloc[0]
     else:
-        row = builders.build_snapshot(con, fs, AS_OF, plan=path).iloc[0]
+        row = sql_compiler.build_snapshot(con, fs, AS_OF, plan=path).iloc[0]
     assert row["category_view_count_30d_yoga_mats"] == 1 and row["category_view_count_30d_yoga_mats_2"] == 1
     assert row["days_since_last_purchase_kids_shoes"] == 5
     label = next(f.label for f in fs.features if f.name == "days_since_last_purchase_kids_shoes")

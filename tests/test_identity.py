@@ -48,7 +48,7 @@ def test_anonymous_history_merges_with_known_on_sign_in(tmp_path):
     ]
     assert sarah["profile_id"].nunique() == 1
     assert len(sarah) == 5
-    assert summary["profiles"] == 2 and summary["known_profiles"] == 1
+    assert summary.profiles == 2 and summary.known_profiles == 1
     table = pd.read_parquet(tmp_path / "out" / "profiles.parquet").set_index("profile_id")
     row = table.loc[sarah["profile_id"].iloc[0]]
     assert bool(row["is_known"]) and row["identity_count"] == 3
@@ -71,7 +71,7 @@ def test_shared_device_does_not_merge_two_customers(tmp_path):
     # Authenticated events still go to the person who signed in.
     logins = events[events["event_type"] == "login"].set_index("crm_id")["profile_id"]
     assert set(logins.loc["C1"]) == {owner["crm_id:C1"]} and logins.loc["C2"] == owner["crm_id:C2"]
-    assert [c["reason"] for c in summary["identity_collapses"]] == ["unique_namespace_conflict"]
+    assert [c["reason"] for c in summary.identity_collapses] == ["unique_namespace_conflict"]
 
 
 def test_oversized_component_keeps_known_ids_and_separates_devices(tmp_path):
@@ -87,11 +87,11 @@ def test_oversized_component_keeps_known_ids_and_separates_devices(tmp_path):
     config = ProjectConfig(identity=IdentityConfig(max_identities_per_profile=5))
     summary, _events, id_map = _ingest(tmp_path, rows, config=config)
     assert id_map["profile_id"].nunique() == 13
-    collapse = summary["identity_collapses"][0]
+    collapse = summary.identity_collapses[0]
     assert collapse["reason"] == "too_many_identities" and collapse["separated_identities"] == 12
     # Under the limit, the same shape merges into one profile.
     summary, _, id_map = _ingest(tmp_path, rows[:4], config=config, name="small")
-    assert id_map["profile_id"].nunique() == 1 and summary["identity_collapses"] == []
+    assert id_map["profile_id"].nunique() == 1 and summary.identity_collapses == []
 
 
 def test_profile_ids_are_deterministic_and_independent_of_row_order(tmp_path):
@@ -104,10 +104,10 @@ def test_profile_ids_are_deterministic_and_independent_of_row_order(tmp_path):
 
 def test_generated_data_stitches_sign_ins(luma_small, config):
     summary = ingest_jobs.validate(luma_small, config)
-    assert summary["bad_rows"] == 0
-    assert summary["duplicates_dropped"] > 0
+    assert summary.bad_rows == 0
+    assert summary.duplicates_dropped > 0
     # Test accounts on ~120 kiosks each are caught by the size guardrail.
-    reasons = [c["reason"] for c in summary["identity_collapses"]]
+    reasons = [c["reason"] for c in summary.identity_collapses]
     assert reasons.count("too_many_identities") == 2
     loaded = ingest_jobs.load_events(luma_small, config)
     merged = loaded.con.execute("""
@@ -123,7 +123,7 @@ def test_generated_data_stitches_sign_ins(luma_small, config):
 def test_identity_count_is_point_in_time(tmp_path):
     import datetime as dt
 
-    from propensity.features import builders
+    from propensity.features import sql_compiler
     from propensity.features.registry import build_registry
 
     _ingest(tmp_path, SARAH, profiles=[{"crm_id": "C1", "email": "sarah@example.com"}])
@@ -134,7 +134,9 @@ def test_identity_count_is_point_in_time(tmp_path):
     ]
     counts = {}
     for day in ("2025-03-01", "2025-03-02", "2025-03-06", "2025-03-07"):
-        frame = builders.build_snapshot(loaded.con, fs, dt.date.fromisoformat(day)).set_index("profile_id")
+        frame = sql_compiler.build_snapshot(loaded.con, fs, dt.date.fromisoformat(day)).set_index(
+            "profile_id"
+        )
         counts[day] = frame["identity_count"].get(sarah)
     # Nothing before 03-01; the phone and email on 03-01; the CRM id (linked through the
     # profile file) counts from its first event, the store visit on 03-06.

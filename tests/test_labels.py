@@ -9,7 +9,7 @@ import pytest
 
 from propensity.core.config import ModelConfig, OutcomeConfig, ProjectConfig
 from propensity.core.errors import UserError
-from propensity.features import builders
+from propensity.features import sql_compiler
 from propensity.features.labels import labelled_sql, population_rule, snapshot_dates
 from propensity.features.rules import parse_rule
 from propensity.pipeline.config_files import load_model_config
@@ -19,7 +19,7 @@ from tests.test_features import AS_OF, FS, connection, event
 
 def labels(rows, outcome: OutcomeConfig, as_of=AS_OF) -> pd.Series:
     con = connection(rows)
-    frame = con.execute(labelled_sql(builders.snapshot_sql(FS, as_of, con), outcome)).df()
+    frame = con.execute(labelled_sql(sql_compiler.snapshot_sql(FS, as_of, con), outcome)).df()
     return frame.set_index("profile_id")["label"]
 
 
@@ -33,7 +33,7 @@ HISTORY = [
 def test_event_exactly_at_as_of_counts_for_the_label_not_the_features():
     rows = [*HISTORY, event(0, "purchase", profile="p1", revenue=20.0, hour=0)]
     assert labels(rows, OutcomeConfig()).to_dict() == {"p1": 1, "p2": 0, "p3": 0}
-    features = builders.build_snapshot(connection(rows), FS, AS_OF).set_index("profile_id")
+    features = sql_compiler.build_snapshot(connection(rows), FS, AS_OF).set_index("profile_id")
     assert features.loc["p1", "purchase_count_7d"] == 0
 
 
@@ -90,7 +90,8 @@ def test_shipped_model_configs_load_and_bad_ones_are_named(tmp_path):
     assert load_model_config("upsell", project).outcome.category == "yoga"
     bad = tmp_path / "m.yaml"
     bad.write_text(
-        "population: 'is_known = 1'\noutcome: {horizon_days: soon}\ntraining: {lightgbm: {is_unbalance: true}}\n"
+        "population: 'is_known = 1'\noutcome: {horizon_days: soon}\n"
+        "training: {lightgbm: {is_unbalance: true}}\n"
     )
     with pytest.raises(UserError) as error:
         load_model_config(str(bad), project)
@@ -129,19 +130,19 @@ def test_features_cli_writes_population_labels_and_feature_labels(luma_small, tm
 
 def test_sensitive_features_are_refused_and_bad_names_fail_early():
     from propensity.core.config import ModelConfig
-    from propensity.pipeline.model_jobs import model_features
+    from propensity.features.registry import model_features
 
-    sensitive = ModelConfig(name="m", governance={"sensitive_features": ["loyalty_tier"]})
-    names, _ = model_features(FS, sensitive)
+    def chosen(model: ModelConfig) -> dict[str, str]:
+        return model_features(FS, model.features, model.governance, model.name)
+
+    names = chosen(ModelConfig(name="m", governance={"sensitive_features": ["loyalty_tier"]}))
     assert "loyalty_tier" not in names and "tenure_days" in names
+    included = ModelConfig(
+        name="m",
+        governance={"sensitive_features": ["loyalty_tier"]},
+        features={"include": ["loyalty_tier", "profile"]},
+    )
     with pytest.raises(UserError, match="`loyalty_tier` is labelled sensitive"):
-        model_features(
-            FS,
-            ModelConfig(
-                name="m",
-                governance={"sensitive_features": ["loyalty_tier"]},
-                features={"include": ["loyalty_tier", "profile"]},
-            ),
-        )
+        chosen(included)
     with pytest.raises(UserError, match="unknown feature or family `days_since_lunch`"):
-        model_features(FS, ModelConfig(name="m", features={"exclude": ["days_since_lunch"]}))
+        chosen(ModelConfig(name="m", features={"exclude": ["days_since_lunch"]}))

@@ -18,6 +18,7 @@ from propensity.core.config import ProjectConfig, TrainingConfig
 from propensity.core.errors import UserError
 from propensity.features.synthetic import GeneratorSettings, generate
 from propensity.models import evaluate as ev
+from propensity.models import tracking as mlflow_tracking
 from propensity.models.calibration import Calibrator
 from propensity.models.train import DEFAULT_LIGHTGBM, split
 from propensity.pipeline import feature_jobs, ingest_jobs, model_jobs
@@ -60,12 +61,12 @@ def tracking(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def churn_run(luma_ingested, tracking):
-    return model_jobs.train("churn", luma_ingested, ProjectConfig())
+    return model_jobs.train_model("churn", luma_ingested, ProjectConfig())
 
 
 def test_train_logs_metrics_baselines_oracle_and_registers_challenger(churn_run, tracking):
     client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
-    run = client.get_run(churn_run["run_id"])
+    run = client.get_run(churn_run.run_id)
     for key in METRIC_KEYS:
         assert key in run.data.metrics, key
     assert run.data.metrics["auc_to_oracle"] >= 0.95
@@ -81,7 +82,7 @@ def test_train_logs_metrics_baselines_oracle_and_registers_challenger(churn_run,
     } <= artifacts
     features = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/features.json")["features"]
     assert {"name": "days_since_last_purchase", "label": "Days since the last purchase"} in features
-    assert str(client.get_model_version_by_alias("churn", "challenger").version) == churn_run["version"]
+    assert str(client.get_model_version_by_alias("churn", "challenger").version) == churn_run.version
     # Default trees stay shallow: explanations cost grows with depth squared.
     assert 0 < int(run.data.params["lgbm_max_depth"]) <= 6
 
@@ -94,7 +95,7 @@ def test_logged_model_loads_in_a_fresh_process(churn_run, luma_ingested, trackin
         as_of=pd.Timestamp("2025-10-01").date(),
         model="churn",
     )
-    assert features["rows"] > 100
+    assert features.rows > 100
     script = textwrap.dedent(f"""
         import sys
         # Hide this repository (editable install, working directory): the model must bring
@@ -123,20 +124,20 @@ def test_logged_model_loads_in_a_fresh_process(churn_run, luma_ingested, trackin
     )
     assert result.returncode == 0, result.stderr[-2000:]
     fresh = json.loads(result.stdout.strip().splitlines()[-1])
-    model, _ = model_jobs.registry.load_propensity_model(
-        model_jobs.registry.configure(ProjectConfig()), "churn", alias="challenger"
+    model, _ = mlflow_tracking.load_propensity_model(
+        mlflow_tracking.configure(ProjectConfig()), "churn", alias="challenger"
     )
     here = model.predict_proba(pd.read_parquet(tmp_path / "f.parquet")).round(10).tolist()[:50]
     assert fresh == pytest.approx(here) and all(0 < p < 1 for p in fresh)
 
 
 def test_same_data_and_config_give_the_same_model(churn_run, luma_ingested, tracking):
-    again = model_jobs.train("churn", luma_ingested, ProjectConfig())
-    assert again["version"] != churn_run["version"]
-    assert again["metrics"] == churn_run["metrics"]
-    client = model_jobs.registry.configure(ProjectConfig())
-    first, _ = model_jobs.registry.load_propensity_model(client, "churn", version=churn_run["version"])
-    second, _ = model_jobs.registry.load_propensity_model(client, "churn", version=again["version"])
+    again = model_jobs.train_model("churn", luma_ingested, ProjectConfig())
+    assert again.version != churn_run.version
+    assert again.metrics == churn_run.metrics
+    client = mlflow_tracking.configure(ProjectConfig())
+    first, _ = mlflow_tracking.load_propensity_model(client, "churn", version=churn_run.version)
+    second, _ = mlflow_tracking.load_propensity_model(client, "churn", version=again.version)
     assert first.booster_text == second.booster_text
 
 
@@ -146,8 +147,8 @@ def test_promote_compares_on_the_challengers_test_snapshot(churn_run, luma_inges
     client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
     champion = str(client.get_model_version_by_alias("churn", "champion").version)
     # Retrained on the same data: the champion is scored on the new test snapshot, ties, stays.
-    retrained = model_jobs.train("churn", luma_ingested, ProjectConfig())
-    run = client.get_run(retrained["run_id"])
+    retrained = model_jobs.train_model("churn", luma_ingested, ProjectConfig())
+    run = client.get_run(retrained.run_id)
     assert run.data.tags["compared_champion_version"] == champion
     assert run.data.metrics["champion_test_auc"] == pytest.approx(run.data.metrics["test_auc"])
     stay = invoke(runner, "promote", "churn")
@@ -155,9 +156,9 @@ def test_promote_compares_on_the_challengers_test_snapshot(churn_run, luma_inges
         stay.output.split()
     )
     assert str(client.get_model_version_by_alias("churn", "champion").version) == champion
-    forced = invoke(runner, "promote", "churn", "--version", retrained["version"])
+    forced = invoke(runner, "promote", "churn", "--version", retrained.version)
     assert "promoted explicitly" in forced.output
-    assert str(client.get_model_version_by_alias("churn", "champion").version) == retrained["version"]
+    assert str(client.get_model_version_by_alias("churn", "champion").version) == retrained.version
     missing = invoke(runner, "promote", "churn", "--version", "999")
     assert missing.exit_code == 2 and "no version 999" in " ".join(missing.output.split())
 
@@ -257,9 +258,9 @@ def test_metrics_known_answers():
 
 def test_reweighting_options_are_refused():
     assert "is_unbalance" not in DEFAULT_LIGHTGBM and "scale_pos_weight" not in DEFAULT_LIGHTGBM
-    with pytest.raises(UserError, match="scale_pos_weight"):
-        from propensity.core.config import ModelConfig, parse_config
+    from propensity.core.config import ModelConfig, parse_config
 
+    with pytest.raises(UserError, match="scale_pos_weight"):
         parse_config(ModelConfig, {"name": "m", "training": {"lightgbm": {"scale_pos_weight": 10}}}, "m.yaml")
 
 

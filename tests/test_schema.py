@@ -94,12 +94,9 @@ def test_quarantine_writes_bad_rows_with_reasons_and_accounts_for_every_row(tmp_
         "unparseable_timestamp",
     ]
     assert sorted(quarantine["source_row"]) == [2, 3, 4, 5]
-    assert summary["rows_in"] == 6
-    assert (
-        summary["rows_in"]
-        == summary["rows_written"] + summary["duplicates_dropped"] + summary["rows_quarantined"]
-    )
-    assert (summary["rows_written"], summary["duplicates_dropped"]) == (1, 1)
+    assert summary.rows_in == 6
+    assert summary.rows_in == summary.rows_written + summary.duplicates_dropped + summary.rows_quarantined
+    assert (summary.rows_written, summary.duplicates_dropped) == (1, 1)
 
 
 def test_xdm_types_are_mapped_and_unknown_types_kept(tmp_path, config):
@@ -168,7 +165,7 @@ def test_duplicate_event_ids_dropped_and_missing_ids_derived_stably(tmp_path, co
     frame.to_csv(tmp_path / "events.csv", index=False)
     first = ingest_jobs.ingest(tmp_path / "events.csv", tmp_path / "a", config)
     ingest_jobs.ingest(tmp_path / "events.csv", tmp_path / "b", config)
-    assert first["duplicates_dropped"] == 2 and first["rows_written"] == 2
+    assert first.duplicates_dropped == 2 and first.rows_written == 2
     a = pd.read_parquet(tmp_path / "a" / "events.parquet")
     b = pd.read_parquet(tmp_path / "b" / "events.parquet")
     pd.testing.assert_frame_equal(a, b)
@@ -182,7 +179,7 @@ def test_hive_partitioned_directory(tmp_path, config):
         part.mkdir(parents=True)
         write_events(part / "part-0.parquet", [{**GOOD, "timestamp": f"{day}T09:00:00", "ecid": day}])
     summary = ingest_jobs.validate(tmp_path / "events", config)
-    assert summary["rows_written"] == 2 and summary["profiles"] == 2
+    assert summary.rows_written == 2 and summary.profiles == 2
 
 
 def test_invalid_config_names_the_key(tmp_path, runner):

@@ -1,8 +1,8 @@
-"""The event contract: reading, validation, normalisation, PII hashing and de-duplication.
+"""Staging events: validation, normalisation, PII hashing and de-duplication, as DuckDB SQL.
 
-Everything runs as DuckDB SQL over the files, so a 20M-row input never has to fit in a
-pandas frame. The contract itself (columns, canonical event types, XDM names, channels) is
-declared here once; see ARCHITECTURE.md for the prose version.
+Everything runs as SQL over the files, so a 20M-row input never has to fit in a pandas
+frame. Rows that break the contract (:mod:`propensity.features.contract`) are counted by
+reason and either refused or quarantined.
 """
 
 from __future__ import annotations
@@ -15,183 +15,17 @@ import duckdb
 
 from propensity.core.config import IdentityConfig
 from propensity.core.errors import UserError
+from propensity.features.contract import (
+    BAD_ROW_REASONS,
+    CONSENT_COLUMNS,
+    HASHED_IDENTITIES,
+    NUMERIC_COLUMNS,
+    REQUIRED_COLUMNS,
+    STRING_COLUMNS,
+    XDM_EVENT_TYPES,
+)
 from propensity.features.engine import sql_ident, sql_string
-
-CANONICAL_EVENT_TYPES: tuple[str, ...] = (
-    "page_view",
-    "product_view",
-    "add_to_cart",
-    "remove_from_cart",
-    "checkout",
-    "purchase",
-    "search",
-    "email_send",
-    "email_open",
-    "email_click",
-    "push_open",
-    "app_launch",
-    "call_center_call",
-    "store_visit",
-    "offer_redeemed",
-    "login",
-    "signup",
-)
-
-# Adobe Experience Platform (XDM) eventType values and the canonical names they map to.
-XDM_EVENT_TYPES: dict[str, str] = {
-    "web.webpagedetails.pageViews": "page_view",
-    "commerce.productViews": "product_view",
-    "commerce.productListAdds": "add_to_cart",
-    "commerce.productListRemovals": "remove_from_cart",
-    "commerce.checkouts": "checkout",
-    "commerce.purchases": "purchase",
-    "directMarketing.emailSent": "email_send",
-    "directMarketing.emailOpened": "email_open",
-    "directMarketing.emailClicked": "email_click",
-    "application.launch": "app_launch",
-}
-
-CHANNELS: tuple[str, ...] = (
-    "web",
-    "mobile_app",
-    "email",
-    "sms",
-    "push",
-    "call_center",
-    "store",
-    "advertising",
-)
-
-# Raw PII columns and the hashed namespace each becomes on ingest.
-HASHED_IDENTITIES: dict[str, str] = {"email": "email_sha256", "phone": "phone_sha256"}
-
-REQUIRED_COLUMNS: tuple[str, ...] = ("timestamp", "event_type")
-STRING_COLUMNS: tuple[str, ...] = ("channel", "product_category", "sku", "campaign")
-NUMERIC_COLUMNS: tuple[str, ...] = ("revenue", "quantity")
-
-# Bad-row reasons, in the order they are checked: a row is reported under its first one.
-BAD_ROW_REASONS: tuple[str, ...] = (
-    "unparseable_timestamp",
-    "missing_event_type",
-    "no_identity",
-    "invalid_revenue",
-    "negative_revenue",
-    "invalid_quantity",
-    "future_timestamp",
-)
-
-EVENT_FILE_SUFFIXES = {
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".csv": "csv",
-    ".jsonl": "json",
-    ".ndjson": "json",
-    ".json": "json",
-}
-
-
-@dataclass(frozen=True)
-class InputFiles:
-    """What a user's ``--events PATH`` resolves to."""
-
-    events: list[Path]
-    fmt: str  # parquet | csv | json
-    profiles: Path | None = None
-    ground_truth: Path | None = None
-    ingested: Path | None = None  # an `ingest` output directory, ready to use
-    display: str = ""
-
-    @property
-    def hive(self) -> bool:
-        return self.fmt == "parquet" and any("=" in part for p in self.events for part in p.parts)
-
-
-def _find_in_dir(directory: Path, stem: str) -> Path | None:
-    for candidate in [directory / stem, *(directory / f"{stem}{suffix}" for suffix in EVENT_FILE_SUFFIXES)]:
-        if candidate.exists():
-            return candidate
-    return None
-
-
-def _event_files(path: Path) -> tuple[list[Path], str]:
-    if path.is_file():
-        fmt = EVENT_FILE_SUFFIXES.get(path.suffix.lower())
-        if fmt is None:
-            raise UserError(
-                f"{path}: unsupported file type '{path.suffix}'; expected .parquet, .csv or .jsonl"
-            )
-        return [path], fmt
-    files = sorted(
-        p
-        for p in path.rglob("*")
-        if p.is_file() and p.suffix.lower() in EVENT_FILE_SUFFIXES and not p.name.startswith((".", "_"))
-    )
-    if not files:
-        raise UserError(f"{path}: no event files (.parquet, .csv, .jsonl) found")
-    formats = {EVENT_FILE_SUFFIXES[p.suffix.lower()] for p in files}
-    if len(formats) > 1:
-        raise UserError(f"{path}: mixes file types {sorted(formats)}; use one format per directory")
-    return files, formats.pop()
-
-
-def resolve_input(path: str | Path) -> InputFiles:
-    """Find the events (and profiles / ground truth beside them) behind ``--events PATH``.
-
-    PATH may be a single file, a directory of Parquet files (hive partitions too), a
-    directory written by ``generate`` (``events/``, ``profiles.*``, ``ground_truth/``) or an
-    ``ingest`` output directory (``manifest.json``).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: events path does not exist")
-    if path.is_dir() and (path / "manifest.json").is_file() and (path / "events.parquet").exists():
-        gt = path / "ground_truth"
-        return InputFiles(
-            events=[path / "events.parquet"],
-            fmt="parquet",
-            ingested=path,
-            profiles=None,
-            ground_truth=gt if gt.is_dir() else None,
-            display=str(path),
-        )
-    if path.is_dir():
-        events = _find_in_dir(path, "events")
-        if events is not None:
-            files, fmt = _event_files(events)
-            gt = path / "ground_truth"
-            return InputFiles(
-                events=files,
-                fmt=fmt,
-                profiles=_find_in_dir(path, "profiles"),
-                ground_truth=gt if gt.is_dir() else None,
-                display=str(events),
-            )
-    files, fmt = _event_files(path)
-    return InputFiles(events=files, fmt=fmt, display=str(path))
-
-
-def reader_sql(files: list[Path], fmt: str, hive: bool = False) -> str:
-    """A DuckDB table function reading ``files`` with their file name and row number."""
-    names = "[" + ", ".join(sql_string(str(f)) for f in files) + "]"
-    if fmt == "parquet":
-        return (
-            f"read_parquet({names}, union_by_name=true, filename=true, file_row_number=true"
-            f"{', hive_partitioning=true' if hive else ''})"
-        )
-    if fmt == "csv":
-        # All text: a bad value in one row must become a bad row, not a failed read.
-        return f"read_csv({names}, all_varchar=true, header=true, union_by_name=true, filename=true)"
-    return f"read_json({names}, format='newline_delimited', union_by_name=true, filename=true)"
-
-
-def describe(con: duckdb.DuckDBPyConnection, source_sql: str, display: str) -> dict[str, str]:
-    """Column name -> DuckDB type of a source, with an unreadable file as a UserError."""
-    try:
-        rows = con.execute(f"DESCRIBE SELECT * FROM {source_sql}").fetchall()
-    except duckdb.Error as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise UserError(f"{display}: cannot read events: {first_line}") from None
-    return {row[0]: row[1] for row in rows}
+from propensity.features.inputs import InputFiles, describe, event_files, reader_sql
 
 
 def _timestamp_sql(column_type: str, display: str) -> str:
@@ -250,6 +84,7 @@ def identity_sql(columns: dict[str, str], identity: IdentityConfig) -> dict[str,
 
 
 def present_identity_columns(columns: dict[str, str], identity: IdentityConfig) -> list[str]:
+    """The identity namespaces ``columns`` can provide (raw email/phone count as their hashes)."""
     accepted = [*identity.namespaces, *(r for r, h in HASHED_IDENTITIES.items() if h in identity.namespaces)]
     return [c for c in accepted if c in columns]
 
@@ -423,16 +258,13 @@ def bad_rows_message(display: str, staged: StagedEvents) -> str:
     )
 
 
-PROFILE_CONSENT_COLUMNS: tuple[str, ...] = ("consent_personalization", "consent_marketing")
-
-
 def stage_profiles(con: duckdb.DuckDBPyConnection, path: Path, identity: IdentityConfig) -> list[str]:
     """Normalise the profile-attributes file into the temp table ``profile_attributes``.
 
     Identity columns are hashed like events; consent flags become 'y' / 'n' / NULL
     (missing means not given). Returns the identity namespaces the file carries.
     """
-    files, fmt = _event_files(path)
+    files, fmt = event_files(path)
     source = reader_sql(files, fmt)
     columns = describe(con, source, str(path))
     id_columns = present_identity_columns(columns, identity)
@@ -450,9 +282,9 @@ def stage_profiles(con: duckdb.DuckDBPyConnection, path: Path, identity: Identit
         )
         if c in columns
         else "CAST(NULL AS VARCHAR)"
-        for c in PROFILE_CONSENT_COLUMNS
+        for c in CONSENT_COLUMNS
     }
-    skip = {*identity.namespaces, *HASHED_IDENTITIES, *PROFILE_CONSENT_COLUMNS, "filename", "file_row_number"}
+    skip = {*identity.namespaces, *HASHED_IDENTITIES, *CONSENT_COLUMNS, "filename", "file_row_number"}
     attributes = [c for c in columns if c not in skip]
     row_number = "file_row_number + 1" if fmt == "parquet" else "row_number() OVER ()"
     con.execute(f"""

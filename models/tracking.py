@@ -35,6 +35,7 @@ def tracking_uri(config: ProjectConfig) -> str:
 
 
 def configure(config: ProjectConfig) -> MlflowClient:
+    """Point MLflow (tracking and registry) at :func:`tracking_uri`; returns a client."""
     uri = tracking_uri(config)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -42,6 +43,7 @@ def configure(config: ProjectConfig) -> MlflowClient:
 
 
 def git_commit() -> str | None:
+    """The commit of the code that trains, when it runs from a git checkout."""
     try:
         return (
             subprocess.run(
@@ -127,6 +129,7 @@ def load_propensity_model(
 
 
 def run_metric(client: MlflowClient, mv, metric: str) -> float | None:
+    """A metric of the run that produced a model version, if logged."""
     if not mv.run_id:
         return None
     value = client.get_run(mv.run_id).data.metrics.get(metric)
@@ -135,6 +138,8 @@ def run_metric(client: MlflowClient, mv, metric: str) -> float | None:
 
 @dataclass
 class Promotion:
+    """What ``promote`` decided, for which version, and why."""
+
     promoted: bool
     version: str
     reason: str

@@ -1,4 +1,4 @@
-"""Compile the feature registry to SQL and build point-in-time feature tables.
+"""Compile the feature registry to SQL: point-in-time feature tables for DuckDB and Spark.
 
 Time is in whole days (``day`` = days since 1970-01-01, UTC). A snapshot at ``as_of`` uses
 only events with ``timestamp < as_of`` (midnight UTC), i.e. ``day < as_of_day``; a window of
@@ -10,32 +10,23 @@ Several ways to the same values:
   one scan (what a scoring job does), with one of two plans picked by :func:`choose_plan`:
   ``windows`` (a conditional aggregate per window) or ``buckets`` (sums per window bucket,
   then windows from buckets);
-* :func:`build_snapshots`: many stacked as-of dates for training. The events are condensed
-  once into a daily rollup sorted by (profile, day) and every snapshot's windows come from
-  one compiled pass over it, so training never rescans the raw events.
-  :func:`snapshots_sql` is the same computation as portable SQL (rollup joined to the
-  snapshot dates), for engines without the compiled pass. The tests hold them all equal.
+* :func:`snapshots_sql`: many stacked as-of dates as portable SQL (a daily rollup joined to
+  the snapshot dates), for engines without the compiled pass of
+  :mod:`propensity.features.stacked_build`, which computes the same table faster. The tests
+  hold them all equal.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import re
 from dataclasses import dataclass
 
 import duckdb
-import numpy as np
 import pandas as pd
 
-from propensity.core.errors import UserError
-from propensity.features.engine import fetch_arrow
-from propensity.features.registry import (
-    CARRIED_COLUMNS,
-    EVERY_EVENT,
-    Aggregate,
-    Feature,
-    FeatureSet,
-)
+from propensity.features.engine import sql_ident
+from propensity.features.feature_set import Aggregate, Feature, FeatureSet
+from propensity.features.registry import CARRIED_COLUMNS
 
 EPOCH = dt.date(1970, 1, 1)
 
@@ -51,13 +42,16 @@ class Dialect:
     string_type: str = "VARCHAR"
 
     def day(self, column: str) -> str:
+        """SQL for the day number (days since 1970-01-01) of a timestamp column."""
         return self.day_of_timestamp.format(col=column)
 
     def date(self, column: str) -> str:
+        """SQL for the date of a day-number column."""
         return self.date_of_day.format(col=column)
 
     def ident(self, name: str) -> str:
-        return self.quote + name.replace(self.quote, self.quote * 2) + self.quote
+        """An identifier quoted for this engine."""
+        return sql_ident(name, self.quote)
 
 
 DUCKDB = Dialect(
@@ -75,6 +69,7 @@ SPARK = Dialect(
 
 
 def day_number(date: dt.date) -> int:
+    """Days since 1970-01-01."""
     return (date - EPOCH).days
 
 
@@ -129,6 +124,7 @@ def _combine_sql(a: Aggregate, column: str, edges: list[int], lookback: int) -> 
 
 
 def measure_columns(fs: FeatureSet) -> str:
+    """The SELECT list of every measure, one column each, for rows of events."""
     return ", ".join(f"{m.sql} AS m_{m.name}" for m in fs.measures.values())
 
 
@@ -211,7 +207,7 @@ def _profile_join(con: duckdb.DuckDBPyConnection | None, dialect: Dialect, key: 
     return ", ".join(columns), join
 
 
-def _features_from(
+def features_sql_from(
     fs: FeatureSet,
     aggregates_sql: str,
     con,
@@ -311,7 +307,8 @@ def snapshot_sql(
     lowest = as_of - dt.timedelta(days=fs.lookback_days)
     day = dialect.day("timestamp")
     rows = f"""
-        SELECT profile_id, {as_of_day} AS as_of_day, {day} AS day, {as_of_day} - {day} AS ago, {measure_columns(fs)}
+        SELECT profile_id, {as_of_day} AS as_of_day, {day} AS day, {as_of_day} - {day} AS ago,
+               {measure_columns(fs)}
         FROM {events}
         WHERE timestamp < TIMESTAMP '{as_of} 00:00:00' AND timestamp >= TIMESTAMP '{lowest} 00:00:00'
     """
@@ -320,7 +317,7 @@ def snapshot_sql(
         if plan == "windows"
         else _aggregates(fs, rows, daily_rows=False)
     )
-    return _features_from(fs, aggregates, con, dialect, where)
+    return features_sql_from(fs, aggregates, con, dialect, where)
 
 
 def build_snapshot(
@@ -354,182 +351,4 @@ def snapshots_sql(
         JOIN (VALUES {days}) AS s(as_of_day)
           ON r.day < s.as_of_day AND r.day >= s.as_of_day - {fs.lookback_days}
     """
-    return _features_from(fs, _aggregates(fs, rows, daily_rows=True), con, dialect, where)
-
-
-def _keyed(con: duckdb.DuckDBPyConnection, events: str) -> tuple[str, str]:
-    """``events`` with an integer ``profile_key``, and the table that maps keys to profile_id.
-
-    Ingested events carry the key (dense, in profile_id order, see ``features.identity``);
-    other event tables get one here.
-    """
-    columns = {r[0] for r in con.execute(f"DESCRIBE {events}").fetchall()}
-    if "profile_key" in columns:
-        try:
-            profiles = {r[0] for r in con.execute("DESCRIBE profiles").fetchall()}
-        except duckdb.Error:
-            profiles = set()
-        if "profile_key" in profiles:
-            return events, "profiles"
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE snapshot_keys AS
-        SELECT profile_id, (row_number() OVER (ORDER BY profile_id) - 1)::INTEGER AS profile_key
-        FROM (SELECT DISTINCT profile_id FROM {events})
-    """)
-    return (
-        f"(SELECT e.* EXCLUDE (profile_key), k.profile_key FROM {events} e JOIN snapshot_keys k USING (profile_id))"
-        if "profile_key" in columns
-        else f"(SELECT e.*, k.profile_key FROM {events} e JOIN snapshot_keys k USING (profile_id))",
-        "snapshot_keys",
-    )
-
-
-# Daily counts of 0/1 measures travel packed, four to a BIGINT in 15-bit fields: DuckDB's
-# grouped aggregation pays per aggregate and row, so one sum instead of four (at 1M profiles
-# the 16-measure rollup took 5.5 s unpacked, 3.7 s packed) and a quarter of the columns to sort
-# and fetch. Exact while no (profile, day) holds 2^15 events, which is checked.
-PACK_BITS, PACK_FIELDS = 15, 4
-
-
-def _decimal_scale(sql_type: str) -> int | None:
-    """The scale of ``DECIMAL(p, s)`` (digits after the point), None for other types."""
-    match = re.fullmatch(r"DECIMAL\(\s*\d+\s*,\s*(\d+)\s*\)", sql_type.strip(), flags=re.IGNORECASE)
-    return int(match.group(1)) if match else None
-
-
-def _daily_rollup(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str, packed: bool) -> dict | None:
-    """The daily rollup sorted by (profile_key, day): per measure, a float64 array or a packed
-    field (:class:`features.kernels.Packed`).
-
-    None when ``packed`` and a day has too many events for the packed fields.
-    """
-    measures = list(fs.measures.values())
-    counted = [m for m in measures if m.condition == EVERY_EVENT]  # count(*) is their daily sum
-    indicators = [m for m in measures if packed and m.condition not in (None, EVERY_EVENT)]
-    packs = [indicators[i : i + PACK_FIELDS] for i in range(0, len(indicators), PACK_FIELDS)]
-    columns = ["count(*) AS event_rows"]
-    for i, pack in enumerate(packs):
-        terms = " + ".join(
-            f"CASE WHEN {m.condition} THEN {1 << (PACK_BITS * j)} ELSE 0 END" for j, m in enumerate(pack)
-        )
-        columns.append(f"CAST(sum({terms}) AS BIGINT) AS packed_{i}")
-    plain = [m for m in measures if m not in counted and m not in indicators]
-    scales = {m.name: _decimal_scale(m.sql_type) if m.rollup == "sum" else None for m in plain}
-    # Decimals as whole units of their last digit (exact sums); others as DOUBLE, the float64
-    # array the compiled pass reads.
-    columns += [
-        f"CAST({m.rollup}({m.sql}) * {10 ** scales[m.name]} AS BIGINT) AS m_{m.name}"
-        if scales[m.name] is not None
-        else f"CAST({m.rollup}({m.sql}) AS DOUBLE) AS m_{m.name}"
-        for m in plain
-    ]
-    day = DUCKDB.day("timestamp")
-    # The only scan of the events.
-    rollup = con.execute(f"""
-        SELECT profile_key, {day} AS day, {", ".join(columns)} FROM {keyed}
-        GROUP BY profile_key, {day} ORDER BY profile_key, day
-    """).fetchnumpy()
-    rows = np.asarray(rollup.pop("event_rows"), dtype=np.int64)
-    if packs and len(rows) and rows.max() >= 1 << PACK_BITS:
-        return None
-    from propensity.features.kernels import Packed, Scaled
-
-    # The compiled pass reads the packed fields in place: no unpacked copy of the counts.
-    values: dict[str, np.ndarray | Packed | Scaled] = {m.name: Packed(rows, 0, 62) for m in counted}
-    for i, pack in enumerate(packs):
-        sums = np.asarray(rollup.pop(f"packed_{i}"), dtype=np.int64)
-        for j, m in enumerate(pack):
-            values[m.name] = Packed(sums, PACK_BITS * j, PACK_BITS)
-    for m in plain:
-        column = rollup.pop(f"m_{m.name}")
-        if scales[m.name] is not None:  # a sum of a decimal, never NULL
-            values[m.name] = Scaled(np.asarray(column, dtype=np.int64), scales[m.name])
-        else:  # masked where NULL (only maxima can be): NaN for the compiled pass
-            values[m.name] = np.ma.filled(column, np.nan)
-    return {
-        "profile_key": np.asarray(rollup["profile_key"], dtype=np.int64),
-        "day": np.asarray(rollup["day"], dtype=np.int64),
-        **{m.name: values[m.name] for m in measures},
-    }
-
-
-# The compiled pass's output for one batch of snapshots stays under this many bytes: the
-# stacked table grows in DuckDB (which spills past its memory limit), not in NumPy.
-BATCH_BYTES = 2 << 30
-
-
-def build_snapshots(
-    con: duckdb.DuckDBPyConnection,
-    fs: FeatureSet,
-    as_ofs: list[dt.date],
-    table: str = "snapshot_features",
-    events: str = "events",
-    where: str | None = None,
-) -> int:
-    """Stacked feature tables for several as-of dates, as the temp table ``table``.
-
-    The events are condensed once into a daily rollup keyed by the integer ``profile_key``
-    and sorted by (profile, day); the windows of every snapshot then come from one compiled
-    pass over it (``features.kernels``): no re-scan of the events, no join that copies the
-    rollup once per snapshot. Snapshots go through the pass in batches whose output fits
-    ``BATCH_BYTES``; ``where`` (a rule over ``f.`` feature columns, e.g. a population) keeps
-    only the rows a caller needs. Values equal :func:`snapshots_sql` (the engine-neutral form,
-    used on Spark); the tests hold them to it. Returns the number of rows.
-    """
-    keyed, keys = _keyed(con, events)
-    values = _daily_rollup(con, fs, keyed, packed=True)
-    if values is None:  # a profile with 2^15 events in a day: the packed counts would overflow
-        values = _daily_rollup(con, fs, keyed, packed=False)
-    pk, days = values.pop("profile_key"), values.pop("day")
-    # Compiled on first use; numba loads only here.
-    from propensity.features.kernels import WindowPlan, window_kernel
-
-    # Keys are dense row numbers in key order: a take, not a join, gives each id back.
-    ids = fetch_arrow(con, f"SELECT profile_id FROM {keys} ORDER BY profile_key")["profile_id"]
-    plan = WindowPlan.of(fs, list(fs.measures))
-    row_bytes = 8 + 4 * plan.n_counts + 8 * plan.n_amounts
-    per_batch = max(1, BATCH_BYTES // max(1, len(ids) * row_bytes))
-    dates = [day_number(d) for d in sorted(set(as_ofs))]
-    if not dates:
-        raise ValueError("build_snapshots needs at least one as-of date")
-    for start in range(0, len(dates), per_batch):
-        stacked = window_kernel(pk, days, values, fs, dates[start : start + per_batch])
-        stacked = stacked.append_column("profile_id", ids.take(stacked["pk"]))
-        stacked = stacked.rename_columns(["profile_key" if c == "pk" else c for c in stacked.column_names])
-        con.register("_snapshot_aggregates", stacked)
-        features_sql = _features_from(
-            fs,
-            "SELECT * FROM _snapshot_aggregates",
-            con,
-            DUCKDB,
-            where=where,
-            ordered=False,
-            join_key="profile_key" if keys == "profiles" else "profile_id",
-        )
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE {table} AS {features_sql}"
-            if start == 0
-            else f"INSERT INTO {table} {features_sql}"
-        )
-        con.unregister("_snapshot_aggregates")
-        del stacked
-    return con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
-
-
-def learn_categories(con: duckdb.DuckDBPyConnection, before: dt.date, limit: int) -> list[str]:
-    """The most viewed and bought categories before ``before`` (the training snapshot only)."""
-    rows = con.execute(f"""
-        SELECT product_category FROM events
-        WHERE timestamp < TIMESTAMP '{before} 00:00:00' AND product_category IS NOT NULL
-          AND event_type IN ('product_view', 'purchase', 'add_to_cart')
-        GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT {int(limit)}
-    """).fetchall()
-    return [r[0] for r in rows]
-
-
-def data_end(con: duckdb.DuckDBPyConnection) -> dt.date:
-    """The day after the last event: the default cutoff (every earlier day is complete)."""
-    last = con.execute("SELECT max(timestamp) FROM events").fetchone()[0]
-    if last is None:
-        raise UserError("no events to build features from")
-    return pd.Timestamp(last).date() + dt.timedelta(days=1)
+    return features_sql_from(fs, _aggregates(fs, rows, daily_rows=True), con, dialect, where)

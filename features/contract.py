@@ -1,0 +1,95 @@
+"""The event contract, declared once: columns, canonical event types, XDM names, channels.
+
+Every other module (staging, identity, the feature registry, the simulator) takes the
+vocabulary from here; ARCHITECTURE.md has the prose version.
+"""
+
+from __future__ import annotations
+
+CANONICAL_EVENT_TYPES: tuple[str, ...] = (
+    "page_view",
+    "product_view",
+    "add_to_cart",
+    "remove_from_cart",
+    "checkout",
+    "purchase",
+    "search",
+    "email_send",
+    "email_open",
+    "email_click",
+    "push_open",
+    "app_launch",
+    "call_center_call",
+    "store_visit",
+    "offer_redeemed",
+    "login",
+    "signup",
+)
+
+# Adobe Experience Platform (XDM) eventType values and the canonical names they map to.
+XDM_EVENT_TYPES: dict[str, str] = {
+    "web.webpagedetails.pageViews": "page_view",
+    "commerce.productViews": "product_view",
+    "commerce.productListAdds": "add_to_cart",
+    "commerce.productListRemovals": "remove_from_cart",
+    "commerce.checkouts": "checkout",
+    "commerce.purchases": "purchase",
+    "directMarketing.emailSent": "email_send",
+    "directMarketing.emailOpened": "email_open",
+    "directMarketing.emailClicked": "email_click",
+    "application.launch": "app_launch",
+}
+
+CHANNELS: tuple[str, ...] = (
+    "web",
+    "mobile_app",
+    "email",
+    "sms",
+    "push",
+    "call_center",
+    "store",
+    "advertising",
+)
+
+# Raw PII columns and the hashed namespace each becomes on ingest.
+HASHED_IDENTITIES: dict[str, str] = {"email": "email_sha256", "phone": "phone_sha256"}
+
+REQUIRED_COLUMNS: tuple[str, ...] = ("timestamp", "event_type")
+STRING_COLUMNS: tuple[str, ...] = ("channel", "product_category", "sku", "campaign")
+NUMERIC_COLUMNS: tuple[str, ...] = ("revenue", "quantity")
+
+# Bad-row reasons, in the order they are checked: a row is reported under its first one.
+BAD_ROW_REASONS: tuple[str, ...] = (
+    "unparseable_timestamp",
+    "missing_event_type",
+    "no_identity",
+    "invalid_revenue",
+    "negative_revenue",
+    "invalid_quantity",
+    "future_timestamp",
+)
+
+# Profile attributes that are consent flags ('y' / 'n' / NULL = not given): carried for
+# segments and exports, never used as features.
+CONSENT_COLUMNS: tuple[str, ...] = ("consent_personalization", "consent_marketing")
+
+# Event types with their own activity features, in feature-table order (sign-ups are a
+# profile fact, not activity).
+ACTIVITY_EVENT_TYPES: tuple[str, ...] = (
+    "page_view",
+    "product_view",
+    "search",
+    "add_to_cart",
+    "remove_from_cart",
+    "checkout",
+    "purchase",
+    "email_send",
+    "email_open",
+    "email_click",
+    "push_open",
+    "app_launch",
+    "call_center_call",
+    "store_visit",
+    "offer_redeemed",
+    "login",
+)

@@ -1,0 +1,350 @@
+"""The score and explain jobs: a registered model applied to the profiles at an as-of date.
+
+``score_model`` streams the model's population through the model in chunks (peak memory is
+bounded by the chunk, not the population), writes ``OUT/model=<name>/as_of=<date>/`` whole
+or not at all, and logs a scoring run to MLflow. ``explain_profile`` answers "why this
+score?" for one profile, including why a profile is not scored at all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from propensity.core.config import ProjectConfig
+from propensity.core.errors import UserError
+from propensity.core.io import atomic_path
+from propensity.features.engine import sql_ident, sql_string
+from propensity.features.event_queries import data_end
+from propensity.features.feature_set import FeatureSet
+from propensity.features.registry import PROFILE_ATTRIBUTE_FEATURES
+from propensity.features.rules import Rule, conjuncts, parse_rule
+from propensity.features.sql_compiler import snapshot_sql
+from propensity.models import tracking
+from propensity.models.estimator import PropensityModel
+from propensity.models.scoring import score_batch
+from propensity.pipeline.config_files import load_model_config
+from propensity.pipeline.feature_jobs import feature_set
+from propensity.pipeline.ingest_jobs import LoadedEvents, load_events
+
+# Identity namespaces carried on the score table: one representative value each (the
+# smallest); every identity of a profile is in the ingest's identity_map.
+SCORE_IDENTITY_COLUMNS = ("crm_id", "email_sha256", "phone_sha256", "ecid")
+
+Progress = Callable[[int, int], None]  # (rows done, rows in all)
+
+
+@dataclass(frozen=True)
+class ScoreRun:
+    """A written score partition and what went into it."""
+
+    model: str
+    version: str
+    as_of: dt.date
+    out: Path  # the partition directory
+    profiles: int  # profiles with a feature row at as_of
+    eligible: int  # of those, in the model's population
+    scored: int
+    bucket_sizes: dict[str, int]
+    run_id: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One profile's score and factors, or why it is not scored."""
+
+    model: str
+    version: str
+    profile_id: str
+    as_of: dt.date
+    eligible: bool
+    failed_conditions: list[str] = field(default_factory=list)  # population parts it fails
+    values: dict[str, Any] = field(default_factory=dict)  # the columns those parts read
+    probability: float | None = None
+    score: int | None = None
+    bucket: str | None = None
+    factors: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Prepared:
+    model: PropensityModel
+    version: str
+    loaded: LoadedEvents
+    fs: FeatureSet
+    population: Rule
+    as_of: dt.date
+
+
+def _prepare(
+    model_name: str,
+    events: str | Path,
+    config: ProjectConfig,
+    as_of: dt.date | None,
+    alias: str | None,
+    version: str | None,
+) -> _Prepared:
+    """Load the model and the events; refuse an as-of or a model the data cannot serve."""
+    if version and alias:
+        raise UserError("give --version or --alias, not both")
+    client = tracking.configure(config)
+    model, mv = tracking.load_propensity_model(client, model_name, version=version, alias=alias)
+    loaded = load_events(events, config)
+    cutoff = data_end(loaded.con)
+    as_of = as_of or cutoff
+    if as_of > cutoff:
+        raise UserError(
+            f"--as-of {as_of} is after the data: the last event is on {cutoff - dt.timedelta(days=1)}, "
+            f"so the latest as-of is {cutoff}"
+        )
+    fs = feature_set(loaded.con, config, before=as_of, categories=model.metadata.get("categories"))
+    buildable = set(fs.names()) | set(PROFILE_ATTRIBUTE_FEATURES)
+    missing = [name for name in model.feature_names if name not in buildable]
+    if missing:
+        raise UserError(
+            f"model '{model_name}' v{mv.version} uses {len(missing)} features these events and the "
+            f"project config cannot build, e.g. `{missing[0]}` (check features.windows_days and "
+            f"categories against the config it was trained with)"
+        )
+    population_text = model.metadata.get("population") or load_model_config(model_name, config).population
+    population = parse_rule(
+        population_text, fs.names(model_features_only=False), f"model '{model_name}': population"
+    )
+    return _Prepared(model, str(mv.version), loaded, fs, population, as_of)
+
+
+def _identities_sql(loaded: LoadedEvents) -> tuple[str, list[str]]:
+    present = {r[0] for r in loaded.con.execute("SELECT DISTINCT namespace FROM identity_map").fetchall()}
+    columns = [c for c in SCORE_IDENTITY_COLUMNS if c in present]
+    selects = ", ".join(
+        f"min(value) FILTER (WHERE namespace = {sql_string(c)}) AS {sql_ident(c)}" for c in columns
+    )
+    sql = f"SELECT profile_id{', ' + selects if selects else ''} FROM identity_map GROUP BY profile_id"
+    return sql, columns
+
+
+def score_model(
+    model_name: str,
+    events: str | Path,
+    config: ProjectConfig,
+    as_of: dt.date | None = None,
+    out: str | Path | None = None,
+    alias: str | None = None,
+    version: str | None = None,
+    factors: int | None = None,
+    chunk_rows: int | None = None,
+    progress: Progress | None = None,
+) -> ScoreRun:
+    """Score the model's population at ``as_of`` (default: the day after the last event).
+
+    Writes ``OUT/model=<name>/as_of=<date>/part-0.parquet`` (``OUT`` defaults to the project's
+    ``WORK_DIR/scores``) atomically; a re-run replaces the partition with identical rows but
+    for ``scored_at``. Logs a scoring run to the model's MLflow experiment.
+    """
+    started = time.perf_counter()
+    prep = _prepare(model_name, events, config, as_of, alias, version)
+    con = prep.loaded.con
+    factors = config.scoring.factors if factors is None else factors
+    chunk_rows = chunk_rows or config.scoring.chunk_rows
+    if factors < 0:
+        raise UserError(f"--factors must be 0 or more, got {factors}")
+    out_root = Path(out) if out is not None else Path(config.work_dir) / "scores"
+    target = out_root / f"model={model_name}" / f"as_of={prep.as_of}"
+
+    features_sql = snapshot_sql(prep.fs, prep.as_of, con)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE score_features AS {features_sql}")
+    where = prep.population.sql("duckdb")
+    profiles, eligible = con.execute(
+        f"SELECT count(*), count(*) FILTER (WHERE {where}) FROM score_features"
+    ).fetchone()
+    identities, identity_columns = _identities_sql(prep.loaded)
+    rows_sql = f"""
+        SELECT f.*{"".join(f", i.{sql_ident(c)}" for c in identity_columns)}
+        FROM score_features f LEFT JOIN ({identities}) i USING (profile_id)
+        WHERE {where} ORDER BY f.profile_id
+    """
+    scored_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    scored = 0
+    with tempfile.TemporaryDirectory(dir=_existing_parent(out_root)) as tmp:
+        parts = Path(tmp) / "unranked.parquet"
+        writer: pq.ParquetWriter | None = None
+        reader = con.execute(rows_sql).fetch_record_batch(chunk_rows)
+        for batch in reader:
+            table = score_batch(
+                prep.model,
+                batch.to_pandas(),
+                model_name=model_name,
+                model_version=prep.version,
+                as_of=prep.as_of,
+                factors=factors,
+                scored_at=scored_at,
+                identity_columns=identity_columns,
+            )
+            if writer is None:
+                writer = pq.ParquetWriter(parts, table.schema, compression="zstd")
+            writer.write_table(table)
+            scored += table.num_rows
+            if progress is not None:
+                progress(scored, eligible)
+        if writer is not None:
+            writer.close()
+        bucket_sizes = _write_partition(con, parts if writer is not None else None, target)
+    con.execute("DROP TABLE score_features")
+    run_id = _log_scoring_run(prep, model_name, target, profiles, eligible, scored, bucket_sizes)
+    return ScoreRun(
+        model=model_name,
+        version=prep.version,
+        as_of=prep.as_of,
+        out=target,
+        profiles=profiles,
+        eligible=eligible,
+        scored=scored,
+        bucket_sizes=bucket_sizes,
+        run_id=run_id,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _existing_parent(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _write_partition(con, unranked: Path | None, target: Path) -> dict[str, int]:
+    """Add ``percentile`` (1-100 within this run, ties share one) and write the partition."""
+    with atomic_path(target) as tmp:
+        tmp.mkdir(parents=True)
+        if unranked is None:  # nobody eligible: an empty partition still says "scored, none"
+            return {}
+        source = f"read_parquet({sql_string(str(unranked))})"
+        con.execute(f"""
+            COPY (
+                SELECT * EXCLUDE (scored_at),
+                       greatest(1, ceil(100 * cume_dist() OVER (ORDER BY probability)))::SMALLINT
+                           AS percentile,
+                       scored_at
+                FROM {source} ORDER BY profile_id
+            ) TO {sql_string(str(tmp / "part-0.parquet"))} (FORMAT parquet, COMPRESSION zstd)
+        """)
+        sizes = dict(con.execute(f"SELECT bucket, count(*) FROM {source} GROUP BY 1 ORDER BY 1").fetchall())
+    return {b: int(sizes.get(b, 0)) for b in ("high", "medium", "low")}
+
+
+def _log_scoring_run(
+    prep: _Prepared, model_name: str, target: Path, profiles: int, eligible: int, scored: int, sizes: dict
+) -> str:
+    mlflow.set_experiment(model_name)
+    with mlflow.start_run(run_name=f"score v{prep.version} at {prep.as_of}") as run:
+        mlflow.set_tags(
+            {
+                "step": "score",
+                "scored_version": prep.version,
+                "as_of": str(prep.as_of),
+                "output": str(target),
+                "git_commit": tracking.git_commit() or "unknown",
+            }
+        )
+        mlflow.log_metrics(
+            {
+                "profiles": profiles,
+                "eligible": eligible,
+                "scored": scored,
+                **{f"bucket_{b}": n for b, n in sizes.items()},
+            }
+        )
+        if scored:
+            scores = pq.read_table(target / "part-0.parquet", columns=["score"])["score"].to_numpy()
+            mlflow.log_dict(
+                {
+                    "bins": list(range(0, 101, 5)),
+                    "counts": np.histogram(scores, bins=range(0, 101, 5))[0].tolist(),
+                },
+                "scoring/score_histogram.json",
+            )
+            with tempfile.TemporaryDirectory() as tmp:
+                mlflow.log_artifact(str(_histogram_png(scores, Path(tmp) / "score_histogram.png")), "scoring")
+        return run.info.run_id
+
+
+def _histogram_png(scores: np.ndarray, path: Path) -> Path:
+    from propensity.models.evaluate import save_histogram
+
+    return save_histogram(scores, path, title="Scores of this run", xlabel="score (0-100)")
+
+
+def explain_profile(
+    model_name: str,
+    events: str | Path,
+    config: ProjectConfig,
+    profile_id: str,
+    as_of: dt.date | None = None,
+    alias: str | None = None,
+    version: str | None = None,
+    factors: int | None = None,
+) -> Explanation:
+    """The score, bucket and factors of one profile, or which population conditions it fails."""
+    prep = _prepare(model_name, events, config, as_of, alias, version)
+    con = prep.loaded.con
+    where = f"profile_id = {sql_string(profile_id)}"
+    row = con.execute(f"SELECT * FROM ({snapshot_sql(prep.fs, prep.as_of, con)}) WHERE {where}").df()
+    if row.empty:
+        known = con.execute(f"SELECT count(*) FROM profiles WHERE {where}").fetchone()[0]
+        raise UserError(
+            f"profile '{profile_id}' "
+            + (
+                f"has no events in the {prep.fs.lookback_days} days before {prep.as_of}"
+                if known
+                else "is not in these events (profile ids come from `propensity ingest`)"
+            )
+        )
+    con.register("_explained", row)
+    failed = [
+        part.text
+        for part in conjuncts(prep.population)
+        if not con.execute(f"SELECT count(*) FROM _explained WHERE {part.sql('duckdb')}").fetchone()[0]
+    ]
+    values = {c: _plain(row[c].iloc[0]) for c in sorted(prep.population.columns) if c in row.columns}
+    con.unregister("_explained")
+    if failed:
+        return Explanation(
+            model_name, prep.version, profile_id, prep.as_of, False, failed_conditions=failed, values=values
+        )
+    k = config.scoring.factors if factors is None else factors
+    table = score_batch(
+        prep.model,
+        row,
+        model_name=model_name,
+        model_version=prep.version,
+        as_of=prep.as_of,
+        factors=k,
+        scored_at=dt.datetime.now(dt.UTC),
+    ).to_pylist()[0]
+    return Explanation(
+        model_name,
+        prep.version,
+        profile_id,
+        prep.as_of,
+        True,
+        values=values,
+        probability=table["probability"],
+        score=table["score"],
+        bucket=table["bucket"],
+        factors=table["factors"],
+    )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return None if pd.isna(value) else value
