@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -10,6 +11,7 @@ from typer.testing import CliRunner
 
 from propensity.core.config import ProjectConfig
 from propensity.features.synthetic import GeneratorSettings, generate
+from propensity.pipeline import ingest_jobs, model_jobs
 from propensity.pipeline.cli import app
 
 
@@ -46,3 +48,29 @@ def luma_small(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("luma") / "luma"
     generate(GeneratorSettings(profiles=1500, days=240, seed=7), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def luma_ingested(tmp_path_factory):
+    """Enough synthetic customers for stable test metrics, ingested once."""
+    root = tmp_path_factory.mktemp("models")
+    generate(GeneratorSettings(profiles=15_000, days=330, seed=11), root / "raw")
+    ingest_jobs.ingest(root / "raw", root / "ingested", ProjectConfig(), on_bad_rows="quarantine")
+    return root / "ingested"
+
+
+@pytest.fixture(scope="session")
+def tracking(tmp_path_factory):
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    yield uri
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+@pytest.fixture(scope="session")
+def churn_run(luma_ingested, tracking):
+    return model_jobs.train_model("churn", luma_ingested, ProjectConfig())

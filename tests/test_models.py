@@ -16,12 +16,11 @@ from mlflow.tracking import MlflowClient
 
 from propensity.core.config import ProjectConfig, TrainingConfig
 from propensity.core.errors import UserError
-from propensity.features.synthetic import GeneratorSettings, generate
 from propensity.models import evaluate as ev
 from propensity.models import tracking as mlflow_tracking
 from propensity.models.calibration import Calibrator
 from propensity.models.train import DEFAULT_LIGHTGBM, split
-from propensity.pipeline import feature_jobs, ingest_jobs, model_jobs
+from propensity.pipeline import feature_jobs, model_jobs
 from tests.conftest import invoke
 
 METRIC_KEYS = (
@@ -36,32 +35,6 @@ METRIC_KEYS = (
     "oracle_auc",
     "auc_to_oracle",
 )
-
-
-@pytest.fixture(scope="module")
-def luma_ingested(tmp_path_factory):
-    """Enough synthetic customers for stable test metrics, ingested once."""
-    root = tmp_path_factory.mktemp("models")
-    generate(GeneratorSettings(profiles=15_000, days=330, seed=11), root / "raw")
-    ingest_jobs.ingest(root / "raw", root / "ingested", ProjectConfig(), on_bad_rows="quarantine")
-    return root / "ingested"
-
-
-@pytest.fixture(scope="module")
-def tracking(tmp_path_factory):
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    yield uri
-    if old is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = old
-
-
-@pytest.fixture(scope="module")
-def churn_run(luma_ingested, tracking):
-    return model_jobs.train_model("churn", luma_ingested, ProjectConfig())
 
 
 def test_train_logs_metrics_baselines_oracle_and_registers_challenger(churn_run, tracking):

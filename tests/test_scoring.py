@@ -1,0 +1,247 @@
+"""Batch scoring, explanations and serving: the score table a downstream job relies on."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from mlflow.tracking import MlflowClient
+
+from propensity.core.config import ProjectConfig
+from propensity.models import tracking as mlflow_tracking
+from propensity.pipeline import feature_jobs, score_jobs
+from tests.conftest import invoke
+
+AS_OF = "2025-11-10"
+SCORE_COLUMNS = [
+    "profile_id",
+    "model",
+    "model_version",
+    "as_of",
+    "probability",
+    "score",
+    "bucket",
+    "factors",
+    "crm_id",
+    "email_sha256",
+    "phone_sha256",
+    "ecid",
+    "percentile",
+    "scored_at",
+]
+
+
+def _partition(root: Path, model: str = "churn", as_of: str = AS_OF) -> pd.DataFrame:
+    return pq.read_table(root / f"model={model}" / f"as_of={as_of}").to_pandas()
+
+
+@pytest.fixture(scope="module")
+def scored(churn_run, luma_ingested, tracking, tmp_path_factory):
+    out = tmp_path_factory.mktemp("scores")
+    run = score_jobs.score_model(
+        "churn", luma_ingested, ProjectConfig(), dt.date.fromisoformat(AS_OF), out, alias="challenger"
+    )
+    return run, out
+
+
+def test_score_table_follows_the_contract(scored, tracking):
+    run, out = scored
+    table = _partition(out)
+    assert list(table.columns) == SCORE_COLUMNS
+    assert run.scored == len(table) == run.eligible > 100 and run.profiles > run.eligible
+    assert table["profile_id"].is_unique and (table["model"] == "churn").all()
+    assert (table["model_version"] == run.version).all() and (table["as_of"] == dt.date(2025, 11, 10)).all()
+    assert table["probability"].between(0, 1, inclusive="neither").all()
+    assert table["score"].between(0, 100).all() and table["percentile"].between(1, 100).all()
+    # Buckets follow the model's thresholds on the score; percentiles rank the probability.
+    expected = np.where(table["score"] >= 70, "high", np.where(table["score"] >= 40, "medium", "low"))
+    assert (table["bucket"] == expected).all()
+    ordered = table.sort_values("probability")
+    assert ordered["percentile"].is_monotonic_increasing
+    assert {b: n for b, n in run.bucket_sizes.items() if n} == table["bucket"].value_counts().to_dict()
+    # Churn's population is customers: all known, so every profile carries its crm_id.
+    assert table["crm_id"].notna().mean() > 0.9
+    # A scoring run in the model's experiment.
+    logged = MlflowClient(tracking_uri=tracking).get_run(run.run_id)
+    assert logged.data.tags["step"] == "score" and logged.data.metrics["scored"] == len(table)
+
+
+def test_factors_are_the_exact_strongest_contributions(scored, luma_ingested, tmp_path):
+    run, out = scored
+    table = _partition(out).set_index("profile_id")
+    model, _ = mlflow_tracking.load_propensity_model(
+        mlflow_tracking.configure(ProjectConfig()), "churn", version=run.version
+    )
+    # The same profiles' features, built independently by the features job, explained by
+    # LightGBM's own TreeSHAP.
+    built = feature_jobs.build_features(
+        luma_ingested, tmp_path / "f.parquet", ProjectConfig(), dt.date.fromisoformat(AS_OF), "churn"
+    )
+    frame = pd.read_parquet(built.out).sample(300, random_state=0)
+    truth = model.booster.predict(model.matrix(frame), pred_contrib=True)[:, :-1]
+    names = np.asarray(model.feature_names)
+    for row, profile_id in zip(truth, frame["profile_id"], strict=True):
+        factors = table.loc[profile_id, "factors"]
+        strongest = np.argsort(-np.abs(row), kind="stable")[: len(factors)]
+        assert 0 < len(factors) <= 5
+        assert [f["impact"] for f in factors] == pytest.approx(row[strongest], abs=1e-9)
+        assert {f["feature"] for f in factors} == set(names[strongest]) or np.isclose(
+            np.sort(np.abs(row))[-len(factors)], np.sort(np.abs(row))[-len(factors) - 1]
+        )
+        assert all(f["label"] == model.feature_labels[f["feature"]] for f in factors)
+
+
+def test_rescoring_replaces_the_partition_with_identical_rows(scored, luma_ingested):
+    run, out = scored
+    before = _partition(out).drop(columns="scored_at")
+    again = score_jobs.score_model(
+        "churn",
+        luma_ingested,
+        ProjectConfig(),
+        dt.date.fromisoformat(AS_OF),
+        out,
+        alias="challenger",
+        chunk_rows=1_000,  # many chunks: same rows as one big chunk
+    )
+    after = _partition(out).drop(columns="scored_at")
+    pd.testing.assert_frame_equal(before, after)
+    assert again.scored == run.scored
+    leftovers = [p.name for p in (out / "model=churn").iterdir()]
+    assert leftovers == [f"as_of={AS_OF}"]
+
+
+def test_scoring_mistakes_are_one_clear_line(churn_run, luma_ingested, tracking, runner, tmp_path):
+    late = invoke(
+        runner,
+        "score",
+        "churn",
+        "--events",
+        str(luma_ingested),
+        "--as-of",
+        "2030-01-01",
+        "--alias",
+        "challenger",
+        "--out",
+        str(tmp_path),
+    )
+    assert late.exit_code == 2 and "is after the data" in late.output
+    unknown = invoke(
+        runner, "score", "churn", "--events", str(luma_ingested), "--alias", "nobody", "--out", str(tmp_path)
+    )
+    assert unknown.exit_code == 2 and "has no alias 'nobody'" in unknown.output
+    missing = invoke(runner, "score", "spaceships", "--events", str(luma_ingested), "--out", str(tmp_path))
+    assert missing.exit_code == 2 and "spaceships" in missing.output
+    assert not any(tmp_path.rglob("*.parquet"))
+
+
+def test_explain_shows_factors_or_the_failed_population_condition(scored, luma_ingested, runner):
+    _, out = scored
+    table = _partition(out)
+    profile = table.sort_values("probability").iloc[-1]
+    shown = invoke(
+        runner,
+        "explain",
+        "churn",
+        "--profile",
+        profile["profile_id"],
+        "--events",
+        str(luma_ingested),
+        "--as-of",
+        AS_OF,
+        "--alias",
+        "challenger",
+    )
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.split())
+    assert f"probability {profile['probability']:.3f}" in text and profile["factors"][0]["label"] in text
+    # A prospect (no purchase in a year) is outside churn's customer population.
+    prospect = next(
+        pid
+        for pid in pd.read_parquet(luma_ingested / "profiles.parquet")["profile_id"]
+        if pid not in set(table["profile_id"])
+    )
+    refused = invoke(
+        runner,
+        "explain",
+        "churn",
+        "--profile",
+        prospect,
+        "--events",
+        str(luma_ingested),
+        "--as-of",
+        AS_OF,
+        "--alias",
+        "challenger",
+    )
+    text = " ".join(refused.output.split())
+    assert refused.exit_code in (0, 2)
+    assert "not in the churn population" in text or "has no events" in text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_champion_serves_over_http(churn_run, luma_ingested, tracking, tmp_path):
+    model, _ = mlflow_tracking.load_propensity_model(
+        mlflow_tracking.configure(ProjectConfig()), "churn", alias="challenger"
+    )
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            "models:/churn@challenger",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                pytest.skip(f"mlflow models serve could not start here: {server.stdout.read()[-500:]!r}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.skip("mlflow models serve did not answer /ping within 120 s on this machine")
+        example = mlflow.models.Model.load("models:/churn@challenger").load_input_example()
+        body = json.dumps({"dataframe_split": json.loads(example.to_json(orient="split"))}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
+        answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
+        served = [row["probability"] for row in answer["predictions"]]
+        assert served == pytest.approx(model.predict_proba(example).tolist())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
