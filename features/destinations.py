@@ -167,8 +167,8 @@ def _export_segment(
         FROM _export_eligible
     """).fetchone()
     values = " UNION ALL ".join(
-        f"SELECT {sql_string(ns)} AS namespace, unnest({sql_ident(ns)}) AS value, status, qualified_at, as_of "
-        f"FROM _export_eligible WHERE consented"
+        f"SELECT {sql_string(ns)} AS namespace, unnest({sql_ident(ns)}) AS value, status, qualified_at, "
+        f"as_of FROM _export_eligible WHERE consented"
         for ns in destination.identities
     )
     path = directory / f"segment={segment}.{destination.format}"
