@@ -150,17 +150,22 @@ def score_files(scores_dir: str | Path, segments: Sequence[Segment], as_of: dt.d
     files: dict[str, list[str]] = {}
     for segment in segments:
         for model in segment.models:
-            if model in files:
-                continue
-            directory = Path(scores_dir) / f"model={model}" / f"as_of={as_of}"
-            found = sorted(str(p) for p in directory.rglob("*.parquet")) if directory.is_dir() else []
-            if not found:
-                raise UserError(
-                    f"segment '{segment.name}': model '{model}' has no scores at {as_of} (no Parquet "
-                    f"under {directory}); run `propensity score {model} --as-of {as_of}` first"
-                )
-            files[model] = found
+            if model not in files:
+                files[model] = score_partition(scores_dir, model, as_of, f"segment '{segment.name}'")
     return files
+
+
+def score_partition(scores_dir: str | Path, model: str, as_of: dt.date, who: str = "") -> list[str]:
+    """The Parquet files of ``SCORES_DIR/model=<model>/as_of=<date>/``; missing is a UserError
+    naming ``who`` needs it, the model and the partition."""
+    directory = Path(scores_dir) / f"model={model}" / f"as_of={as_of}"
+    found = sorted(str(p) for p in directory.rglob("*.parquet")) if directory.is_dir() else []
+    if not found:
+        raise UserError(
+            f"{who + ': ' if who else ''}model '{model}' has no scores at {as_of} (no Parquet under "
+            f"{directory}); run `propensity score {model} --as-of {as_of}` first"
+        )
+    return found
 
 
 def partition_dir(out_dir: str | Path, as_of: dt.date) -> Path:
