@@ -165,7 +165,7 @@ def _export_segment(
         SELECT count(*) FILTER (WHERE NOT consented), count(*) FILTER (WHERE consented AND NOT has_identity),
                count(*) FILTER (WHERE consented AND has_identity)
         FROM _export_eligible
-    """).fetchone()
+    """).fetchall()[0]
     values = " UNION ALL ".join(
         f"SELECT {sql_string(ns)} AS namespace, unnest({sql_ident(ns)}) AS value, status, qualified_at, "
         f"as_of FROM _export_eligible WHERE consented"
@@ -180,9 +180,8 @@ def _export_segment(
             FROM ({values}) WHERE value IS NOT NULL ORDER BY namespace, value
         ) TO {sql_string(str(path))} ({options})
     """)
-    rows = con.execute(f"SELECT count(*) FROM read_{destination.format}({sql_string(str(path))})").fetchone()[
-        0
-    ]
+    reader = f"read_{destination.format}({sql_string(str(path))})"
+    rows = con.execute(f"SELECT count(*) FROM {reader}").fetchall()[0][0]
     con.execute("DROP TABLE _export_eligible")
     return SegmentExport(segment, path, int(rows), int(exported), int(skipped), int(held_back))
 

@@ -258,7 +258,7 @@ def qualified_fingerprint(con: duckdb.DuckDBPyConnection, memberships_file: str 
         SELECT count(*),
                coalesce(sum(md5_number_upper(profile_id || '|' || segment || '|' || qualified_at)), 0)
         FROM read_parquet({sql_string(str(memberships_file))}) WHERE status IN ('realized', 'existing')
-    """).fetchone()
+    """).fetchall()[0]
     return f"{count}:{checksum}"
 
 
@@ -307,7 +307,7 @@ def _write_profiles(
             GROUP BY ALL ORDER BY m.profile_id
         ) TO {sql_string(str(target))} (FORMAT parquet, COMPRESSION zstd)
     """)
-    return con.execute(f"SELECT count(*) FROM read_parquet({sql_string(str(target))})").fetchone()[0]
+    return con.execute(f"SELECT count(*) FROM read_parquet({sql_string(str(target))})").fetchall()[0][0]
 
 
 def qualify(
