@@ -34,13 +34,8 @@ import duckdb
 from propensity.core.config import DestinationConfig
 from propensity.core.errors import UserError
 from propensity.core.io import atomic_path, write_json
-from propensity.features.engine import sql_ident, sql_string
-from propensity.features.segments import (
-    CONSENT_COLUMNS,
-    MEMBERSHIPS_FILE,
-    PROFILES_FILE,
-    partition_dir,
-)
+from propensity.features.engine import sql_string
+from propensity.features.segments import IDENTITIES_FILE, MEMBERSHIPS_FILE, partition_dir
 
 EXPORTED_STATUSES: tuple[str, ...] = ("realized", "existing")
 
@@ -93,15 +88,13 @@ def governance_refusals(
     return refusals
 
 
-def profile_namespaces(
-    con: duckdb.DuckDBPyConnection, memberships_dir: str | Path, as_of: dt.date
-) -> list[str]:
-    """The identity namespaces recorded with the memberships at ``as_of``."""
-    path = partition_dir(memberships_dir, as_of) / PROFILES_FILE
-    if not path.is_file():
+def recorded_namespaces(memberships_dir: str | Path, as_of: dt.date, summary: Mapping) -> list[str]:
+    """The identity namespaces written with the memberships at ``as_of`` (from its summary)."""
+    path = partition_dir(memberships_dir, as_of) / IDENTITIES_FILE
+    namespaces = summary.get("identity_namespaces")
+    if namespaces is None or not path.is_file():
         raise UserError(f"{path}: missing; re-run `propensity segments --as-of {as_of}` to write it")
-    described = con.execute(f"DESCRIBE SELECT * FROM read_parquet({sql_string(str(path))})").fetchall()
-    return [name for name, *_ in described if name != "profile_id" and name not in CONSENT_COLUMNS]
+    return list(namespaces)
 
 
 def check_destinations(
@@ -125,28 +118,34 @@ def check_destinations(
             if namespace not in namespaces:
                 problems.append(
                     f"destination '{destination.name}': identity namespace '{namespace}' is not one the "
-                    f"profiles carry ({', '.join(namespaces)})"
+                    f"memberships carry ({', '.join(namespaces)})"
                 )
         problems += governance_refusals(destination, segment_models, model_actions)
     if problems:
         raise UserError("; ".join(problems) + "; nothing was exported")
 
 
-def _eligible_sql(memberships: Path, profiles: Path, segment: str, destination: DestinationConfig) -> str:
+def _members_sql(memberships: Path, identities: Path, segment: str, destination: DestinationConfig) -> str:
+    """The segment's members to consider, whether their consent allows this destination and
+    whether they have an identity it may receive."""
     statuses = (*EXPORTED_STATUSES, "exited") if destination.include_exited else EXPORTED_STATUSES
-    consents = " AND ".join(
-        ["p.consent_personalization IS DISTINCT FROM 'n'"]
-        + [f"p.{c} IS NOT DISTINCT FROM 'y'" for c in destination.required_consents]
-    )
-    has_identity = " OR ".join(f"len(coalesce(p.{sql_ident(ns)}, [])) > 0" for ns in destination.identities)
+    # Any 'n' among a profile's rows wins; a required consent needs 'y' on every row.
+    required = "".join(f" AND coalesce(c.{c}_given, false)" for c in destination.required_consents)
+    allowed = ", ".join(sql_string(ns) for ns in destination.identities)
     return f"""
+        WITH ids AS (SELECT * FROM read_parquet({sql_string(str(identities))})),
+        consent AS (
+            SELECT profile_id, bool_or(consent_personalization = 'n') AS opted_out,
+                   bool_and(consent_personalization = 'y') AS consent_personalization_given,
+                   bool_and(consent_marketing = 'y') AS consent_marketing_given
+            FROM ids GROUP BY profile_id
+        )
         SELECT m.profile_id, m.status, m.qualified_at, m.as_of,
-               coalesce({consents}, false) AS consented, coalesce({has_identity}, false) AS has_identity,
-               {", ".join(f"p.{sql_ident(ns)}" for ns in destination.identities)}
+               NOT coalesce(c.opted_out, false){required} AS consented,
+               m.profile_id IN (SELECT profile_id FROM ids WHERE namespace IN ({allowed})) AS has_identity
         FROM read_parquet({sql_string(str(memberships))}) m
-        LEFT JOIN read_parquet({sql_string(str(profiles))}) p ON p.profile_id = m.profile_id
-        WHERE m.segment = {sql_string(segment)}
-          AND m.status IN ({", ".join(sql_string(s) for s in statuses)})
+        LEFT JOIN consent c ON c.profile_id = m.profile_id
+        WHERE m.segment = {sql_string(segment)} AND m.status IN ({", ".join(sql_string(s) for s in statuses)})
     """
 
 
@@ -159,30 +158,30 @@ def _export_segment(
     directory: Path,
 ) -> SegmentExport:
     source = partition_dir(memberships_dir, as_of)
-    eligible = _eligible_sql(source / MEMBERSHIPS_FILE, source / PROFILES_FILE, segment, destination)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _export_eligible AS {eligible}")
+    identities = source / IDENTITIES_FILE
+    members = _members_sql(source / MEMBERSHIPS_FILE, identities, segment, destination)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _export_members AS {members}")
     held_back, skipped, exported = con.execute("""
         SELECT count(*) FILTER (WHERE NOT consented), count(*) FILTER (WHERE consented AND NOT has_identity),
                count(*) FILTER (WHERE consented AND has_identity)
-        FROM _export_eligible
+        FROM _export_members
     """).fetchall()[0]
-    values = " UNION ALL ".join(
-        f"SELECT {sql_string(ns)} AS namespace, unnest({sql_ident(ns)}) AS value, status, qualified_at, "
-        f"as_of FROM _export_eligible WHERE consented"
-        for ns in destination.identities
-    )
     path = directory / f"segment={segment}.{destination.format}"
     options = "FORMAT csv, HEADER true" if destination.format == "csv" else "FORMAT parquet, COMPRESSION zstd"
+    allowed = ", ".join(sql_string(ns) for ns in destination.identities)
     con.execute(f"""
         COPY (
-            SELECT namespace, value, {sql_string(segment)} AS segment, status, qualified_at, as_of,
+            SELECT i.namespace, i.value, {sql_string(segment)} AS segment, m.status, m.qualified_at, m.as_of,
                    {sql_string(destination.marketing_action)} AS marketing_action
-            FROM ({values}) WHERE value IS NOT NULL ORDER BY namespace, value
+            FROM _export_members m
+            JOIN read_parquet({sql_string(str(identities))}) i
+              ON i.profile_id = m.profile_id AND i.namespace IN ({allowed})
+            WHERE m.consented ORDER BY i.namespace, i.value
         ) TO {sql_string(str(path))} ({options})
     """)
     reader = f"read_{destination.format}({sql_string(str(path))})"
     rows = con.execute(f"SELECT count(*) FROM {reader}").fetchall()[0][0]
-    con.execute("DROP TABLE _export_eligible")
+    con.execute("DROP TABLE _export_members")
     return SegmentExport(segment, path, int(rows), int(exported), int(skipped), int(held_back))
 
 

@@ -150,9 +150,9 @@ def export_segments(
     segment_models = {name: tuple(s.get("models", ())) for name, s in summary["segments"].items()}
     wanted = {seg for d in destinations for seg in d.segments}
     actions = model_actions({m for seg in wanted for m in segment_models.get(seg, ())}, config)
-    con = connect(config.engine)
-    namespaces = destinations_mod.profile_namespaces(con, memberships_dir, as_of)
+    namespaces = destinations_mod.recorded_namespaces(memberships_dir, as_of, summary)
     destinations_mod.check_destinations(destinations, segment_models, actions, namespaces, as_of)
+    con = connect(config.engine)
     exports = [
         destinations_mod.export_destination(con, memberships_dir, as_of, d, export_dir) for d in destinations
     ]

@@ -138,16 +138,25 @@ def test_required_consent_must_be_an_explicit_yes(memberships, tmp_path):
 
 
 def test_opted_out_profiles_are_filtered_again_at_export(memberships, tmp_path):
-    # A memberships file produced some other way lists p4, who opted out of personalisation.
-    path = seg.partition_dir(memberships, D1) / seg.MEMBERSHIPS_FILE
-    frame = pd.read_parquet(path)
+    # Files produced some other way list p4, who opted out of personalisation.
+    directory = seg.partition_dir(memberships, D1)
+    frame = pd.read_parquet(directory / seg.MEMBERSHIPS_FILE)
     assert "p4" not in set(frame["profile_id"])
-    frame = pd.concat([frame, frame.iloc[:1].assign(profile_id="p4")], ignore_index=True)
-    frame.to_parquet(path)
-    profiles_path = seg.partition_dir(memberships, D1) / seg.PROFILES_FILE
-    profiles = pd.read_parquet(profiles_path)
-    p4 = profiles.iloc[:1].assign(profile_id="p4", consent_personalization="n", email_sha256=[["e4"]])
-    pd.concat([profiles, p4], ignore_index=True).to_parquet(profiles_path)
+    pd.concat([frame, frame.iloc[:1].assign(profile_id="p4")], ignore_index=True).to_parquet(
+        directory / seg.MEMBERSHIPS_FILE
+    )
+    identities = pd.read_parquet(directory / seg.IDENTITIES_FILE)
+    assert list(identities.columns) == [
+        "profile_id",
+        "namespace",
+        "value",
+        "consent_personalization",
+        "consent_marketing",
+    ]
+    p4 = identities.iloc[:1].assign(
+        profile_id="p4", namespace="email_sha256", value="e4", consent_personalization="n"
+    )
+    pd.concat([identities, p4], ignore_index=True).to_parquet(directory / seg.IDENTITIES_FILE)
     written = export(memberships, tmp_path / "exports")
     assert "e4" not in {value for _, value, _ in rows(written.path)}
     assert written.held_back_consent == 1
@@ -192,11 +201,11 @@ def test_unknown_segments_and_namespaces_are_named(memberships):
             [destination(segments=["all", "gone"], identities=["email_sha256", "loyalty_id"])],
             {"all": ()},
             {},
-            dest.profile_namespaces(duckdb.connect(), memberships, D1),
+            dest.recorded_namespaces(memberships, D1, seg.read_summary(memberships, D1)),
             D1,
         )
     assert "segment 'gone' has no memberships at 2025-03-01 (segments: all)" in str(error.value)
-    assert "identity namespace 'loyalty_id' is not one the profiles carry (crm_id, email_sha256" in str(
+    assert "identity namespace 'loyalty_id' is not one the memberships carry (crm_id, email_sha256" in str(
         error.value
     )
 
