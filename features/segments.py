@@ -47,6 +47,7 @@ from propensity.core.config import SegmentConfig
 from propensity.core.errors import UserError
 from propensity.core.io import atomic_path, write_json
 from propensity.features.engine import sql_ident, sql_string
+from propensity.features.registry import CARRIED_COLUMNS
 from propensity.features.rules import Rule, parse_rule
 
 STATUSES: tuple[str, ...] = ("realized", "existing", "exited")
@@ -58,7 +59,7 @@ SCORE_COLUMNS: dict[str, str] = {
     "bucket": "string",
 }
 MEMBERSHIPS_FILE, IDENTITIES_FILE, SUMMARY_FILE = "memberships.parquet", "identities.parquet", "summary.json"
-CONSENT_COLUMNS: tuple[str, ...] = ("consent_personalization", "consent_marketing")
+CONSENT_COLUMNS: tuple[str, ...] = CARRIED_COLUMNS  # consent_personalization, consent_marketing
 # The internal status of opted-out profiles that qualify: counted, never written.
 HELD_BACK = "held_back"
 _PARTITION = re.compile(r"^as_of=(\d{4}-\d{2}-\d{2})$")
@@ -207,7 +208,9 @@ def qualification_sql(
     Opted-out profiles that qualify come back with status ``held_back`` (to be counted, not
     written); an opted-out profile never comes back as ``exited``.
     """
-    features = sorted({c for s in segments for c in s.rule.columns if "." not in c} - set(CONSENT_COLUMNS))
+    features = sorted(
+        {c for s in segments for c in s.rule.columns if "." not in c} - {"consent_personalization"}
+    )
     columns = [f"f.{sql_ident(c)}" for c in (*features, "consent_personalization")]
     joins = []
     for i, model in enumerate(sorted(scores)):

@@ -252,6 +252,19 @@ def test_opted_out_profiles_are_in_no_output_and_counted_as_held_back(tmp_path):
     assert {c.segment: c.held_back for c in later.counts} == {"big": 2, "all": 3}
     summary = seg.read_summary(out, D2)
     assert summary["counts"]["big"]["held_back"] == 2
+    # Rules may read the consent columns too (here: explicitly given personalisation consent).
+    kinds = {"x": "number", "consent_personalization": "string", "consent_marketing": "string"}
+    given = seg.compile_segments(
+        [SegmentConfig(name="given", rule="consent_personalization = 'y' AND consent_marketing = 'y'")],
+        kinds,
+        [],
+        "segments.yaml",
+    )
+    con.register("feats", pd.DataFrame({"profile_id": ["p1", "p2", "p3"], "x": 1,
+                                        "consent_personalization": ["y", "y", None],
+                                        "consent_marketing": ["y", "n", "y"]}))  # fmt: skip
+    seg.qualify(con, given, "SELECT * FROM feats", {}, tmp_path / "given", D1)
+    assert memberships(tmp_path / "given", D1) == {("p1", "given", "realized", "2025-03-01", "2025-03-01")}
     assert summary["segments"]["big"] == {"description": "", "rule": "x > 5", "models": []}
 
 
