@@ -142,7 +142,8 @@ def print_exports(result) -> None:
         "no allowed identity",
         "held back (consent)",
     ):
-        table.add_column(column, justify="right" if column in ("profiles", "identity rows") else "left")
+        numeric = column in ("profiles", "identity rows", "no allowed identity", "held back (consent)")
+        table.add_column(column, justify="right" if numeric else "left")
     for d in result.destinations:
         for e in d.segments:
             table.add_row(
