@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+import tempfile
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from propensity.core.config import ProjectConfig, SegmentConfig
 from propensity.core.errors import UserError
@@ -36,7 +39,11 @@ def segment(name: str, rule: str) -> seg.Segment:
 def run(con, segments, rows: dict[str, tuple], out: Path, as_of: dt.date, scores=None) -> seg.Qualification:
     """Qualify hand-written features: profile -> (x, consent_personalization)."""
     frame = pd.DataFrame(
-        [{"profile_id": p, "x": x, "consent_personalization": c} for p, (x, c) in rows.items()]
+        {
+            "profile_id": pd.Series(list(rows), dtype="string"),
+            "x": pd.Series([x for x, _ in rows.values()], dtype="float64"),
+            "consent_personalization": pd.Series([c for _, c in rows.values()], dtype="string"),
+        }
     )
     con.register("feats", frame)
     return seg.qualify(con, segments, "SELECT * FROM feats", scores or {}, out, as_of)
@@ -157,6 +164,37 @@ def test_enter_stay_exit_and_re_enter(tmp_path):
         2,
     )
     assert third.stale_later == []
+
+
+day_rows = st.dictionaries(
+    st.sampled_from([f"p{i}" for i in range(8)]),
+    st.tuples(st.integers(0, 10), st.sampled_from(["y", "n", None])),
+    max_size=8,
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(day_rows, min_size=1, max_size=3))
+def test_statuses_follow_the_set_definitions_on_any_history(days):
+    """realized = now and not before, existing = both (entry date carried), exited = before and
+    not now; opted-out profiles appear nowhere."""
+    big = [segment("big", "x > 5")]
+    dates = [D1, D2, D3][: len(days)]
+    stays: dict[str, str] = {}  # member -> date its current stay began
+    con = duckdb.connect()
+    with tempfile.TemporaryDirectory() as tmp:
+        for date, rows in zip(dates, days, strict=True):
+            run(con, big, rows, Path(tmp), date)
+            opted_out = {p for p, (_, consent) in rows.items() if consent == "n"}
+            now = {p for p, (x, consent) in rows.items() if x > 5 and consent != "n"}
+            before = {p: began for p, began in stays.items() if p not in opted_out}
+            day = str(date)
+            expected = {
+                (p, "big", "existing" if p in before else "realized", day, before.get(p, day)) for p in now
+            }
+            expected |= {(p, "big", "exited", day, before[p]) for p in set(before) - now}
+            assert memberships(Path(tmp), date) == expected
+            stays = {p: before.get(p, day) for p in now}
 
 
 def test_exited_profiles_are_not_carried_into_the_next_date(tmp_path):
