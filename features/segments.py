@@ -22,8 +22,12 @@ qualified set (realized or existing there) and does not qualify now. ``qualified
 date the current stay began: ``as_of`` for realized, carried forward for existing; an exited
 row keeps the date its ended stay began, and its ``as_of`` is the date it left.
 
+Segments are compared by name: a segment new in the file starts with realized members only;
+one removed from the file is no longer written (its members do not "exit").
+
 Consent: a profile whose ``consent_personalization`` is ``'n'`` appears in no membership file,
-not even as ``exited``; per segment, the qualifying ones held back are counted.
+not even as ``exited``; per segment, the qualifying ones held back are counted. A missing
+flag (not given) does not hold a profile back; destinations may require an explicit 'y'.
 
 Back-fill: writing a date earlier than dates already present uses the latest earlier date as
 its previous, so it is computed correctly; but the next later date's statuses were computed
