@@ -158,6 +158,8 @@ def monitored(luma_small, tmp_path_factory, tracking):
     model.booster_text = booster.model_to_string()
     model.calibrator.fit(model.raw_score(train), y)
     registry.configure(config)
+    # Artifacts under the test's directory, not ./mlruns (a sqlite store's default).
+    mlflow.create_experiment("drifty", artifact_location=(root / "artifacts").as_uri())
     mlflow.set_experiment("drifty")
     with mlflow.start_run(run_name="train drifty"):
         _, version = registry.log_model(model, train, "drifty")
