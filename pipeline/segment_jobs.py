@@ -83,8 +83,9 @@ def qualify_segments(
         definitions.segments, kinds, known_models(config, scores_dir), str(segments_path)
     )
     scores = segments_mod.score_files(scores_dir, segments, as_of)
-    # Only the features the rules read are computed (plus one, so a rule over scores and
-    # attributes alone still has every profile of the snapshot to qualify).
+    # Only the features the rules read are computed; the snapshot's profiles do not depend on
+    # which (every profile with events in the lookback). `is_known` keeps the list non-empty:
+    # an empty include would select every feature.
     used = {c for s in segments for c in s.rule.columns if "." not in c} & set(fs.names(False))
     chosen = fs.select(include=sorted(used | {"is_known"}))
     outcome = segments_mod.qualify(
