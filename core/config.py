@@ -210,3 +210,95 @@ class ModelConfig(_Strict):
     features: FeatureSelection = Field(default_factory=FeatureSelection)
     buckets: BucketConfig = Field(default_factory=BucketConfig)
     governance: GovernanceConfig = Field(default_factory=GovernanceConfig)
+
+
+# --- segments, destinations and monitoring -----------------------------------------------
+
+# Segment and destination names become file and directory names (segment=<name>.csv).
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+
+
+def _unique(values: list[str], what: str) -> list[str]:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{what} '{value}' is listed twice")
+        seen.add(value)
+    return values
+
+
+class SegmentConfig(_Strict):
+    """One audience: a rule over features, profile attributes and model scores."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    # e.g. "upsell.score >= 70 AND days_since_last_purchase > 60"; checked by features.rules.
+    rule: str = Field(min_length=1)
+
+
+class SegmentsFile(_Strict):
+    """configs/segments.yaml"""
+
+    segments: list[SegmentConfig] = Field(min_length=1)
+
+    @field_validator("segments")
+    @classmethod
+    def _unique_names(cls, value: list[SegmentConfig]) -> list[SegmentConfig]:
+        _unique([s.name for s in value], "segment")
+        return value
+
+
+class DestinationConfig(_Strict):
+    """Where segments are activated, and which identities and purpose that destination has."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    format: Literal["csv", "parquet"] = "csv"
+    # Identity namespaces this destination may receive; nothing else is ever written.
+    identities: list[str] = Field(min_length=1)
+    # What the destination does with the audience; a segment built on a model governed for
+    # another action is refused for it.
+    marketing_action: str = Field(min_length=1)
+    segments: list[str] = Field(min_length=1)
+    # Also send profiles that left a segment (status `exited`), for destinations that sync changes.
+    include_exited: bool = False
+    # Consents that must be explicitly 'y' for a profile to be sent (e.g. consent_marketing for email).
+    required_consents: list[Literal["consent_personalization", "consent_marketing"]] = Field(
+        default_factory=list
+    )
+
+    @field_validator("identities")
+    @classmethod
+    def _hashed_only(cls, value: list[str]) -> list[str]:
+        for raw in ("email", "phone"):
+            if raw in value:
+                raise ValueError(f"'{raw}' is hashed on ingest and never exported; list '{raw}_sha256'")
+        return _unique(value, "identity namespace")
+
+    @field_validator("segments")
+    @classmethod
+    def _unique_segments(cls, value: list[str]) -> list[str]:
+        return _unique(value, "segment")
+
+
+class DestinationsFile(_Strict):
+    """configs/destinations.yaml"""
+
+    destinations: list[DestinationConfig] = Field(min_length=1)
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique_names(cls, value: list[DestinationConfig]) -> list[DestinationConfig]:
+        _unique([d.name for d in value], "destination")
+        return value
+
+
+class MonitorConfig(_Strict):
+    """configs/monitoring.yaml: drift of a model's scores and top features."""
+
+    # PSI at or above this on the score or any monitored feature raises the alert
+    # (0.1-0.2: moderate shift; >= 0.2: significant, the usual rule of thumb).
+    psi_threshold: float = Field(default=0.2, gt=0)
+    top_features: int = Field(default=10, ge=0)  # the model's most important, by gain
+    bins: int = Field(default=10, ge=2, le=100)  # quantile bins of the reference
+    epsilon: float = Field(default=1e-4, gt=0, lt=0.01)  # share given to an empty bin

@@ -31,6 +31,7 @@ from propensity.pipeline.printing import (
     print_score_run,
     print_summary,
 )
+from propensity.pipeline.segment_commands import register as register_segment_commands
 
 app = typer.Typer(
     name="propensity",
@@ -323,6 +324,9 @@ def demo(
     from propensity.pipeline import demo as demo_mod
 
     demo_mod.run(out, load_config(config), profiles=profiles, days=days, console=console)
+
+
+register_segment_commands(app)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -143,3 +143,82 @@ def print_explanation(explanation: Explanation) -> None:
     for factor in e.factors:
         table.add_row(factor["label"], _value(factor["value"]), f"{factor['impact']:+.3f}")
     console.print(table)
+
+
+def print_segments(result) -> None:
+    """Per segment of a SegmentsResult: size, transitions and profiles held back for consent."""
+    since = f" (statuses against {result.previous_as_of})" if result.previous_as_of else " (first as-of)"
+    table = Table(title=f"segments at {result.as_of}{since}")
+    for column in ("segment", "size", "realized", "existing", "exited", "held back (consent)"):
+        table.add_column(column, justify="left" if column == "segment" else "right")
+    for c in result.segments:
+        table.add_row(
+            c.segment,
+            f"{c.size:,}",
+            f"{c.realized:,}",
+            f"{c.existing:,}",
+            f"{c.exited:,}",
+            f"{c.held_back:,}",
+        )
+    console.print(table)
+    console.print(f"wrote {result.rows:,} memberships of {result.profiles:,} profiles to {result.out}")
+    if result.stale_later:
+        dates = ", ".join(str(d) for d in result.stale_later)
+        console.print(
+            f"[yellow]stale:[/] the statuses stored at {dates} were computed against another previous "
+            f"as-of; re-run `propensity segments --as-of DATE` for each, in date order"
+        )
+
+
+def print_exports(result) -> None:
+    """Per destination and segment of an ExportResult: what was written and who was left out."""
+    table = Table(title=f"exports at {result.as_of}")
+    for column in (
+        "destination",
+        "action",
+        "identities",
+        "segment",
+        "profiles",
+        "identity rows",
+        "no allowed identity",
+        "held back (consent)",
+    ):
+        numeric = column in ("profiles", "identity rows", "no allowed identity", "held back (consent)")
+        table.add_column(column, justify="right" if numeric else "left")
+    for d in result.destinations:
+        for e in d.segments:
+            table.add_row(
+                d.destination,
+                d.marketing_action,
+                ", ".join(d.identities),
+                e.segment,
+                f"{e.profiles:,}",
+                f"{e.rows:,}",
+                f"{e.skipped_no_identity:,}",
+                f"{e.held_back_consent:,}",
+            )
+    console.print(table)
+    console.print(f"wrote {sum(len(d.segments) for d in result.destinations)} files under {result.out}")
+
+
+def print_drift(result) -> None:
+    """A MonitorResult: PSI, missing and out-of-range shares for the score and top features."""
+    report = result.report
+    table = Table(
+        title=f"{result.model} v{result.version}: {result.as_of} against {result.reference_as_of} "
+        f"(PSI alert at {report.psi_threshold})"
+    )
+    for column in ("variable", "PSI", "missing (ref -> now)", "out of range"):
+        table.add_column(column, justify="left" if column == "variable" else "right")
+    for drift in (report.score, *report.features):
+        flag = " [bold red]drift[/]" if drift.psi >= report.psi_threshold else ""
+        table.add_row(
+            drift.label,
+            f"{drift.psi:.4f}{flag}",
+            f"{drift.reference_missing:.1%} -> {drift.current_missing:.1%}",
+            "" if drift.out_of_range is None else f"{drift.out_of_range:.1%}",
+        )
+    console.print(table)
+    console.print(f"report {result.report_path}, plot {result.plot_path}, MLflow run {result.run_id}")
+    if report.alert:
+        console.print(f"[bold red]alert:[/] PSI >= {report.psi_threshold} for {', '.join(report.drifted)}")
