@@ -312,6 +312,31 @@ def explain(
 
 @app.command()
 @user_errors
+def report(
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="HTML file (default: WORK_DIR/reports/MODEL_vN.html).")
+    ] = None,
+    scores: Annotated[
+        Path | None, typer.Option("--scores", help="Score directory (default: WORK_DIR/scores).")
+    ] = None,
+    version: ModelVersionOption = None,
+    alias: ModelAliasOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """One self-contained HTML page: quality vs baselines, calibration, drivers, scoring history."""
+    from propensity.pipeline import report_jobs
+
+    with console.status(f"writing the {model} report"):
+        result = report_jobs.write_report(model, load_config(config), out, alias, version, scores)
+    console.print(
+        f"wrote {result.path} ({result.figures} charts, {result.score_runs} scoring runs); "
+        f"logged to MLflow run {result.run_id}"
+    )
+
+
+@app.command()
+@user_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Where the demo writes everything.")] = Path(
         "demo_output"

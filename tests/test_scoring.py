@@ -47,15 +47,6 @@ def _partition(root: Path, model: str = "churn", as_of: str = AS_OF) -> pd.DataF
     return pq.read_table(root / f"model={model}" / f"as_of={as_of}").to_pandas()
 
 
-@pytest.fixture(scope="module")
-def scored(churn_run, luma_ingested, tracking, tmp_path_factory):
-    out = tmp_path_factory.mktemp("scores")
-    run = score_jobs.score_model(
-        "churn", luma_ingested, ProjectConfig(), dt.date.fromisoformat(AS_OF), out, alias="challenger"
-    )
-    return run, out
-
-
 def test_score_table_follows_the_contract(scored, tracking):
     run, out = scored
     table = _partition(out)
