@@ -26,9 +26,11 @@ class PropensityModel:
     calibrator: Calibrator
     metadata: dict = field(default_factory=dict)
     _booster: lgb.Booster | None = field(default=None, repr=False, compare=False)
+    _explainer: object | None = field(default=None, repr=False, compare=False)
 
     @property
     def booster(self) -> lgb.Booster:
+        """The LightGBM booster, rebuilt from its text on first use."""
         if self._booster is None:
             self._booster = lgb.Booster(model_str=self.booster_text)
         return self._booster
@@ -36,7 +38,12 @@ class PropensityModel:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_booster"] = None  # the text form is the stable serialisation
+        state["_explainer"] = None  # rebuilt from the booster on first use
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("_explainer", None)  # models saved before explanations were cached
+        self.__dict__.update(state)
 
     def matrix(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The model's columns, numeric as float64, categoricals with the training categories."""
@@ -61,9 +68,39 @@ class PropensityModel:
         """Calibrated probability of the outcome."""
         return self.calibrator.transform(self.raw_score(frame))
 
+    def lightgbm_array(self, matrix: pd.DataFrame) -> np.ndarray:
+        """:meth:`matrix` as the float64 array LightGBM sees: category codes, missing as NaN."""
+        columns = []
+        for column in self.feature_names:
+            values = matrix[column]
+            if column in self.categories:
+                codes = values.cat.codes.to_numpy().astype(np.float64)
+                codes[codes < 0] = np.nan
+                columns.append(codes)
+            else:
+                columns.append(values.to_numpy(dtype=np.float64))
+        return np.column_stack(columns) if columns else np.empty((len(matrix), 0))
+
+    @property
+    def explainer(self):
+        """Exact TreeSHAP over this model's trees, compiled on first use."""
+        if self._explainer is None:
+            from propensity.models.treeshap import TreeShapExplainer
+
+            self._explainer = TreeShapExplainer.from_booster(self.booster)
+        return self._explainer
+
     def contributions(self, frame: pd.DataFrame) -> np.ndarray:
-        """TreeSHAP log-odds contributions (n, features + 1); the last column is the bias."""
-        return self.booster.predict(self.matrix(frame), pred_contrib=True)
+        """TreeSHAP log-odds contributions (n, features + 1); the last column is the bias.
+
+        Equal to LightGBM's ``pred_contrib`` (tested to 1e-9), at a fraction of its cost.
+        """
+        return self.explainer.contributions(self.lightgbm_array(self.matrix(frame)))
+
+    def top_contributions(self, matrix: pd.DataFrame, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` strongest contributions per row of :meth:`matrix`: feature indices (n, k)
+        and their log-odds impacts (n, k), strongest |impact| first; no full sort per row."""
+        return self.explainer.top_k(self.lightgbm_array(matrix), k)
 
     def save(self, path: str | Path) -> Path:
         """Write the model to one file (joblib); :meth:`load` reads it back."""

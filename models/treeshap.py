@@ -367,7 +367,7 @@ def _split_fields(node: dict, bits: list[int]) -> dict:
     if node["decision_type"] != "<=":
         raise ValueError(f"unknown decision_type {node['decision_type']!r} in the model dump")
     threshold = float(node["threshold"])
-    zero_left = default_left if missing == "Zero" else 0.0 <= threshold
+    zero_left = default_left if missing == "Zero" else threshold >= 0.0
     nan_left = default_left if missing == "NaN" else zero_left
     return {"threshold": threshold, "categorical": False, "nan_left": nan_left, "zero_left": zero_left,
             "cat_start": 0, "cat_words": 0}  # fmt: skip

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from propensity.core.config import ProjectConfig
 from propensity.core.errors import UserError
 from propensity.core.io import atomic_path
-from propensity.features.engine import sql_ident, sql_string
+from propensity.features.engine import arrow_batches, sql_ident, sql_string
 from propensity.features.event_queries import data_end
 from propensity.features.feature_set import FeatureSet
 from propensity.features.registry import PROFILE_ATTRIBUTE_FEATURES
@@ -167,7 +167,7 @@ def score_model(
     where = prep.population.sql("duckdb")
     profiles, eligible = con.execute(
         f"SELECT count(*), count(*) FILTER (WHERE {where}) FROM score_features"
-    ).fetchone()
+    ).fetchall()[0]
     identities, identity_columns = _identities_sql(prep.loaded)
     rows_sql = f"""
         SELECT f.*{"".join(f", i.{sql_ident(c)}" for c in identity_columns)}
@@ -179,7 +179,7 @@ def score_model(
     with tempfile.TemporaryDirectory(dir=_existing_parent(out_root)) as tmp:
         parts = Path(tmp) / "unranked.parquet"
         writer: pq.ParquetWriter | None = None
-        reader = con.execute(rows_sql).fetch_record_batch(chunk_rows)
+        reader = arrow_batches(con, rows_sql, chunk_rows)
         for batch in reader:
             table = score_batch(
                 prep.model,
@@ -299,7 +299,7 @@ def explain_profile(
     where = f"profile_id = {sql_string(profile_id)}"
     row = con.execute(f"SELECT * FROM ({snapshot_sql(prep.fs, prep.as_of, con)}) WHERE {where}").df()
     if row.empty:
-        known = con.execute(f"SELECT count(*) FROM profiles WHERE {where}").fetchone()[0]
+        known = con.execute(f"SELECT count(*) FROM profiles WHERE {where}").fetchall()[0][0]
         raise UserError(
             f"profile '{profile_id}' "
             + (
@@ -312,7 +312,7 @@ def explain_profile(
     failed = [
         part.text
         for part in conjuncts(prep.population)
-        if not con.execute(f"SELECT count(*) FROM _explained WHERE {part.sql('duckdb')}").fetchone()[0]
+        if not con.execute(f"SELECT count(*) FROM _explained WHERE {part.sql('duckdb')}").fetchall()[0][0]
     ]
     values = {c: _plain(row[c].iloc[0]) for c in sorted(prep.population.columns) if c in row.columns}
     con.unregister("_explained")
