@@ -1,0 +1,155 @@
+"""Per-profile factors: our compiled TreeSHAP (models.treeshap) against LightGBM's ``pred_contrib``.
+
+    python benchmarks/factors.py [--rows 100000] [--pred-contrib-rows 20000] [--train-rows 200000]
+
+Trains a fixed LightGBM model (300 trees, 31 leaves, max_depth 6) on synthetic rows x 60 features
+(some NaNs, one categorical), then times in the same run, best of 2 after a warm-up call: our
+top-k factors, our full contribution matrix, and ``pred_contrib`` (on fewer rows: rows/s is what
+counts), and checks ours against ``pred_contrib`` on the same rows. Prints a small table and, last,
+one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import lightgbm as lgb
+import numpy as np
+
+from propensity.models.treeshap import TreeShapExplainer
+
+N_FEATURES = 60
+CATEGORICAL = 7  # the column holding category codes
+PARAMS = {
+    "objective": "binary",
+    "num_leaves": 31,
+    "max_depth": 6,
+    "learning_rate": 0.05,
+    "min_child_samples": 50,
+    "feature_fraction": 0.8,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "seed": 11,
+    "deterministic": True,
+    "force_row_wise": True,
+    "num_threads": 2,
+    "verbosity": -1,
+}
+TREES = 300
+
+
+def _best_seconds(run, repeats: int = 2) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def compare_with_pred_contrib(
+    booster: lgb.Booster, X: np.ndarray, k: int = 5, pred_contrib_rows: int | None = None
+) -> dict:
+    """Time our top-k and full contributions on all of ``X`` and ``pred_contrib`` on its first
+    ``pred_contrib_rows`` rows (default all), best of 2 after a warm-up; return rows/s, the top-k
+    speed-up, the max |ours - pred_contrib| on the same rows, whether our top-k |impacts| equal the
+    k largest |pred_contrib| on every row, and the build and first-call (compile) seconds."""
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    start = time.perf_counter()
+    explainer = TreeShapExplainer.from_booster(booster)
+    build_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    explainer.top_k(X[:8], k)
+    explainer.contributions(X[:8])
+    compile_seconds = time.perf_counter() - start
+
+    factors_seconds = _best_seconds(lambda: explainer.top_k(X, k))
+    contributions_seconds = _best_seconds(lambda: explainer.contributions(X))
+    sample = X[: pred_contrib_rows or len(X)]
+    booster.predict(sample[:8], pred_contrib=True)
+    pred_contrib_seconds = _best_seconds(lambda: booster.predict(sample, pred_contrib=True))
+    predict_seconds = _best_seconds(lambda: booster.predict(sample, raw_score=True))
+
+    reference = booster.predict(sample, pred_contrib=True)
+    ours = explainer.contributions(sample)
+    _, impacts = explainer.top_k(sample, k)
+    expected = -np.sort(-np.abs(reference[:, :-1]), axis=1)[:, : impacts.shape[1]]
+    factors = len(X) / factors_seconds
+    pred_contrib = len(sample) / pred_contrib_seconds
+    return {
+        "factors_rows_per_s": factors,
+        "contributions_rows_per_s": len(X) / contributions_seconds,
+        "pred_contrib_rows_per_s": pred_contrib,
+        "predict_rows_per_s": len(sample) / predict_seconds,
+        "factors_ratio": factors / pred_contrib,
+        "max_abs_diff": float(np.abs(ours - reference).max()),
+        "top_k_agrees": bool(np.allclose(np.abs(impacts), expected, rtol=0, atol=1e-9)),
+        "compile_seconds": compile_seconds,
+        "build_seconds": build_seconds,
+        "pred_contrib_rows": len(sample),
+    }
+
+
+def synthetic(rows: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Rows x 60 features (a few with NaNs, one categorical with 12 codes) and a binary label
+    that depends on many features with interactions, so the trees fill their 31 leaves."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(rows, N_FEATURES))
+    X[:, 40:50] = rng.exponential(size=(rows, 10)).round(1)  # count-like, with zeros
+    X[:, CATEGORICAL] = rng.integers(0, 12, size=rows)
+    for column in range(20, 30):
+        X[rng.random(rows) < 0.08, column] = np.nan
+    signal = (
+        X[:, :20] @ rng.normal(scale=0.3, size=20)
+        + np.sin(3 * X[:, 0]) * X[:, 1]
+        + 0.8 * np.isin(X[:, CATEGORICAL], [1, 4, 9])
+        + np.nan_to_num(X[:, 20:30], nan=1.0) @ rng.normal(scale=0.2, size=10)
+        + 0.3 * (X[:, 40:50] > 1).sum(axis=1)
+    )
+    y = (signal + rng.logistic(size=rows) > np.median(signal)).astype(float)
+    return X, y
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000, help="rows explained (ours)")
+    parser.add_argument("--pred-contrib-rows", type=int, default=20_000, help="rows for pred_contrib")
+    parser.add_argument("--train-rows", type=int, default=200_000)
+    parser.add_argument("--k", type=int, default=5)
+    args = parser.parse_args()
+
+    X, y = synthetic(args.train_rows)
+    start = time.perf_counter()
+    booster = lgb.train(PARAMS, lgb.Dataset(X, y, categorical_feature=[CATEGORICAL]), num_boost_round=TREES)
+    train_seconds = time.perf_counter() - start
+    explain, _ = synthetic(args.rows, seed=4)
+    result = compare_with_pred_contrib(booster, explain, k=args.k, pred_contrib_rows=args.pred_contrib_rows)
+    trees = booster.dump_model()["tree_info"]
+    result.update(
+        rows=args.rows,
+        trees=len(trees),
+        leaves=int(sum(t["num_leaves"] for t in trees)),
+        depth=PARAMS["max_depth"],
+        train_seconds=train_seconds,
+    )
+    print(f"model: {result['trees']} trees, {result['leaves']} leaves, max_depth {result['depth']}")
+    print(f"{'path':<26}{'rows':>9}{'rows/s':>12}")
+    print(
+        f"{'ours, top-' + str(args.k) + ' factors':<26}{args.rows:>9}{result['factors_rows_per_s']:>12,.0f}"
+    )
+    print(f"{'ours, all contributions':<26}{args.rows:>9}{result['contributions_rows_per_s']:>12,.0f}")
+    rows = result["pred_contrib_rows"]
+    print(f"{'lightgbm pred_contrib':<26}{rows:>9}{result['pred_contrib_rows_per_s']:>12,.0f}")
+    print(f"{'lightgbm predict (raw)':<26}{rows:>9}{result['predict_rows_per_s']:>12,.0f}")
+    print(
+        f"factors {result['factors_ratio']:.1f}x pred_contrib; max |ours - pred_contrib| "
+        f"{result['max_abs_diff']:.2e}; top-k agrees: {result['top_k_agrees']}; "
+        f"compile {result['compile_seconds']:.1f} s, build {result['build_seconds']:.2f} s"
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
