@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import joblib
 import lightgbm as lgb
@@ -12,6 +13,9 @@ import pandas as pd
 
 from propensity.core.errors import UserError
 from propensity.models.calibration import Calibrator
+
+if TYPE_CHECKING:  # numba loads only when explanations are asked for; the served pyfunc has none
+    from propensity.models.treeshap import TreeShapExplainer
 
 
 @dataclass
@@ -26,6 +30,7 @@ class PropensityModel:
     calibrator: Calibrator
     metadata: dict = field(default_factory=dict)
     _booster: lgb.Booster | None = field(default=None, repr=False, compare=False)
+    _explainer: TreeShapExplainer | None = field(default=None, repr=False, compare=False)
 
     @property
     def booster(self) -> lgb.Booster:
@@ -33,9 +38,19 @@ class PropensityModel:
             self._booster = lgb.Booster(model_str=self.booster_text)
         return self._booster
 
+    @property
+    def explainer(self) -> TreeShapExplainer:
+        """The compiled exact TreeSHAP over the booster's trees, built on first use."""
+        if self._explainer is None:
+            from propensity.models.treeshap import TreeShapExplainer
+
+            self._explainer = TreeShapExplainer.from_booster(self.booster)
+        return self._explainer
+
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_booster"] = None  # the text form is the stable serialisation
+        state["_explainer"] = None  # rebuilt from the booster on first use
         return state
 
     def matrix(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -53,6 +68,11 @@ class PropensityModel:
                 columns[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
         return pd.DataFrame(columns, index=frame.index)
 
+    def lightgbm_array(self, frame: pd.DataFrame) -> np.ndarray:
+        """The float64 rows LightGBM sees for ``frame``: categoricals as category codes, missing
+        and unknown categories as NaN (what ``booster.predict`` makes of :meth:`matrix`)."""
+        return lightgbm_array(self.matrix(frame), self.booster.pandas_categorical)
+
     def raw_score(self, frame: pd.DataFrame) -> np.ndarray:
         """Uncalibrated log-odds."""
         return self.booster.predict(self.matrix(frame), raw_score=True)
@@ -62,8 +82,9 @@ class PropensityModel:
         return self.calibrator.transform(self.raw_score(frame))
 
     def contributions(self, frame: pd.DataFrame) -> np.ndarray:
-        """TreeSHAP log-odds contributions (n, features + 1); the last column is the bias."""
-        return self.booster.predict(self.matrix(frame), pred_contrib=True)
+        """TreeSHAP log-odds contributions (n, features + 1); the last column is the bias. The same
+        values as LightGBM's ``pred_contrib`` (exact TreeSHAP), computed by :attr:`explainer`."""
+        return self.explainer.contributions(self.lightgbm_array(frame))
 
     def save(self, path: str | Path) -> Path:
         """Write the model to one file (joblib); :meth:`load` reads it back."""
@@ -79,6 +100,25 @@ class PropensityModel:
             if error.name not in LEGACY_PACKAGES:
                 raise
         return _load_legacy(Path(path))
+
+
+def lightgbm_array(matrix: pd.DataFrame, pandas_categorical: list[list] | None = None) -> np.ndarray:
+    """A model matrix (float64 and ``pd.Categorical`` columns) as the float64 array LightGBM predicts
+    on: each categorical as its category code, -1 (missing or unknown) as NaN. With the booster's
+    ``pandas_categorical`` the codes refer to its category lists, as in ``booster.predict``."""
+    out = np.empty(matrix.shape, dtype=np.float64)
+    categorical = iter(pandas_categorical or [])
+    for j, column in enumerate(matrix.columns):
+        values = matrix[column]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            trained = next(categorical, None)
+            if trained is not None and list(values.cat.categories) != list(trained):
+                values = values.cat.set_categories(trained)
+            codes = values.cat.codes.to_numpy()
+            out[:, j] = np.where(codes < 0, np.nan, codes)
+        else:
+            out[:, j] = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    return out
 
 
 # Models registered before version 0.2 pickled their classes as top-level `models.*` and
