@@ -19,6 +19,7 @@ then a few length-Q vector operations per node.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -30,8 +31,7 @@ import numpy as np
 # to zero before predicting, and missing_type Zero treats them as missing.
 ZERO_THRESHOLD = float(np.float32(1e-35))
 MAX_PATH_FEATURES = 62  # which path features a row satisfies is a 64-bit mask
-CHUNK_ROWS = 1 << 16  # rows converted to float64 at a time: peak memory does not grow with n
-BLOCK_ROWS = 64  # rows a thread explains with one set of scratch buffers
+BLOCK_ROWS = 4096  # rows a thread converts to float64 and explains at a time
 MISSING_TYPES = ("None", "Zero", "NaN")
 # Unsigned constants: kernel indices stay uint64 (mixing in a signed int would make them floats).
 U0, U1, U2, U3, U4, U5, U31 = (np.uint64(i) for i in (0, 1, 2, 3, 4, 5, 31))
@@ -45,7 +45,6 @@ class FlatTrees(NamedTuple):
     node_start: np.ndarray  # int64 (trees,)
     node_count: np.ndarray  # int64 (trees,): internal nodes; the tree has node_count + 1 leaves
     slot_start: np.ndarray  # int64 (trees,)
-    leaf_start: np.ndarray  # int64 (trees,)
     feature: np.ndarray  # int64 (nodes,)
     threshold: np.ndarray  # float64 (nodes,): numeric splits go left when x <= threshold
     categorical: np.ndarray  # bool (nodes,): split by the category bitset instead
@@ -57,26 +56,28 @@ class FlatTrees(NamedTuple):
     cat_start: np.ndarray  # int64 (nodes,): first word of the bitset in ``bits``
     cat_words: np.ndarray  # int64 (nodes,)
     bits: np.ndarray  # uint32: categories going left, LightGBM's bitset layout
-    leaf_value: np.ndarray  # float64 (leaves,)
-    # (edges + 1, 3, Q): what the edge multiplies the path product by, F_o / F_o' of the previous
+    # (edges + 1, 3, Q), flat: what the edge multiplies the path product by, F_o / F_o' of the previous
     # edge on the same feature (1 if none), for (o', o) = (0, 0), (1, 0), (1, 1) as index o' + o,
     # with F_0 = z (1 - t) and F_1 = z + (1 - z) t at the quadrature points t.
     multiplier: np.ndarray
-    share: np.ndarray  # (edges + 1, 2, Q): w (o - z) / F_o for o = 0, 1; w the quadrature weights
-    handed_start: np.ndarray  # int64 (edges + 2,): where the edge's list starts in ``handed``
-    handed: np.ndarray  # int64: tree-local slots of the nearest same-feature splits at or below an
-    #                     edge: their leaves belong to those deeper edges
+    share: np.ndarray  # (edges + 1, 2, Q), flat: w (o - z) / F_o for o = 0, 1; w the quadrature weights
+    handover_start: np.ndarray  # uint64 (trees + 1,): where each tree's list starts in ``handover``
+    # uint64 (entries x 3, flat): feature, child slot, slot of a nearest split on the same feature
+    # at or below that child: the leaves under it belong to that deeper split's edges.
+    handover: np.ndarray
     expected_value: float  # the bias: sum over trees of the count-weighted mean leaf value
+    points: tuple  # the Gauss-Legendre points on [0, 1]; kernels compile for their count
 
 
 @numba.njit(cache=True, nogil=True)
-def _explain_row(x, shares, m, pattern, hot, down, up):  # pragma: no cover - compiled
-    """Add every tree's SHAP values for row ``x`` to ``shares`` (n_features, Q): one column a
-    quadrature point, summed by the caller. ``pattern``, ``hot``, ``down``, ``up``: per-slot scratch.
+def _explain_row(x, phi, m, pattern, offset, value):  # pragma: no cover - compiled
+    """Add every tree's SHAP values for row ``x`` to ``phi`` (n_features). Per-slot scratch:
+    ``pattern``; ``offset`` of the edge's share row; ``value`` (slot x Q: at the quadrature
+    points, the path product on the way down, the subtree sum on the way up).
 
-    Indices are unsigned (numba then skips negative-index wraparound) and the point loops go 4 at
-    a time with every load before the first store, so LLVM packs them into vector instructions."""
-    points = np.uint64(m.share.shape[2])
+    Q is the length of a tuple, so numba compiles the point loops and flat-index arithmetic with
+    constants; indices are unsigned so numba adds no negative-index wraparound."""
+    Q = np.uint64(len(m.points))
     for tree in range(len(m.node_start)):
         internal = m.node_count[tree]
         if internal == U0:  # a stump only adds to the bias
@@ -84,24 +85,25 @@ def _explain_row(x, shares, m, pattern, hot, down, up):  # pragma: no cover - co
         n0 = m.node_start[tree]
         s0 = m.slot_start[tree]
         pattern[0] = ~U0  # bit b: the row satisfies every split so far on the path's b-th feature
-        down[0, :] = 1.0
+        for q in range(Q):
+            value[q] = 1.0
         for node in range(internal):
             g = n0 + node
             # LightGBM's Tree::Decision on a dense float64 row (written out: a call costs more).
-            value = x[m.feature[g]]
-            if np.isnan(value):
+            x_g = x[m.feature[g]]
+            if np.isnan(x_g):
                 left_way = m.nan_left[g]
-            elif -ZERO_THRESHOLD <= value <= ZERO_THRESHOLD:
+            elif -ZERO_THRESHOLD <= x_g <= ZERO_THRESHOLD:
                 left_way = m.zero_left[g]
             elif m.categorical[g]:  # negatives (and values beyond int32) go right
                 left_way = False
-                if -1.0 < value < 2147483648.0:
-                    category = np.uint64(value)
+                if -1.0 < x_g < 2147483648.0:
+                    category = np.uint64(x_g)
                     word = category >> U5
                     if word < m.cat_words[g]:
                         left_way = ((m.bits[m.cat_start[g] + word] >> (category & U31)) & U1) == U1
             else:
-                left_way = value <= m.threshold[g]
+                left_way = x_g <= m.threshold[g]
             here = pattern[node]
             bit = U1 << m.bitpos[g]
             before = U1 if here & bit else U0
@@ -110,112 +112,88 @@ def _explain_row(x, shares, m, pattern, hot, down, up):  # pragma: no cover - co
             hot_b = before - hot_a
             pattern[a] = here if left_way else here & ~bit
             pattern[b] = here & ~bit if left_way else here
-            hot[a], hot[b] = hot_a, hot_b
             ea, eb = s0 + a, s0 + b
-            ma, mb = before + hot_a, before + hot_b
-            for q in range(U0, points, U4):
-                q1, q2, q3 = q + U1, q + U2, q + U3
-                p0, p1, p2, p3 = down[node, q], down[node, q1], down[node, q2], down[node, q3]
-                a0, a1 = m.multiplier[ea, ma, q], m.multiplier[ea, ma, q1]
-                a2, a3 = m.multiplier[ea, ma, q2], m.multiplier[ea, ma, q3]
-                b0, b1 = m.multiplier[eb, mb, q], m.multiplier[eb, mb, q1]
-                b2, b3 = m.multiplier[eb, mb, q2], m.multiplier[eb, mb, q3]
-                down[a, q], down[a, q1], down[a, q2], down[a, q3] = p0 * a0, p1 * a1, p2 * a2, p3 * a3
-                down[b, q], down[b, q1], down[b, q2], down[b, q3] = p0 * b0, p1 * b1, p2 * b2, p3 * b3
-        l0 = m.leaf_start[tree]
-        for leaf in range(internal + U1):
-            v = m.leaf_value[l0 + leaf]
-            s = internal + leaf
-            for q in range(U0, points, U4):
-                q1, q2, q3 = q + U1, q + U2, q + U3
-                p0, p1, p2, p3 = down[s, q], down[s, q1], down[s, q2], down[s, q3]
-                up[s, q], up[s, q1], up[s, q2], up[s, q3] = v * p0, v * p1, v * p2, v * p3
-        # Children before parents: a subtree sum is final when its parent is reached.
+            offset[a] = (ea * U2 + hot_a) * Q
+            offset[b] = (eb * U2 + hot_b) * Q
+            ma = (ea * U3 + before + hot_a) * Q
+            mb = (eb * U3 + before + hot_b) * Q
+            here_value, va, vb = node * Q, a * Q, b * Q
+            for q in range(Q):
+                value[va + q] = value[here_value + q] * m.multiplier[ma + q]
+                value[vb + q] = value[here_value + q] * m.multiplier[mb + q]
+        # Children before parents: a subtree sum is final when its parent is reached. A leaf's
+        # value already holds leaf value x path product (its edge multiplier carries the value).
         for step in range(internal):
             node = internal - U1 - step
             g = n0 + node
-            feature = m.feature[g]
             a, b = m.left[g], m.right[g]
-            ea, eb = s0 + a, s0 + b
-            oa, ob = hot[a], hot[b]
-            for q in range(U0, points, U4):
-                q1, q2, q3 = q + U1, q + U2, q + U3
-                a0, a1, a2, a3 = up[a, q], up[a, q1], up[a, q2], up[a, q3]
-                b0, b1, b2, b3 = up[b, q], up[b, q1], up[b, q2], up[b, q3]
-                wa0, wa1 = m.share[ea, oa, q], m.share[ea, oa, q1]
-                wa2, wa3 = m.share[ea, oa, q2], m.share[ea, oa, q3]
-                wb0, wb1 = m.share[eb, ob, q], m.share[eb, ob, q1]
-                wb2, wb3 = m.share[eb, ob, q2], m.share[eb, ob, q3]
-                f0, f1 = shares[feature, q], shares[feature, q1]
-                f2, f3 = shares[feature, q2], shares[feature, q3]
-                shares[feature, q] = f0 + wa0 * a0 + wb0 * b0
-                shares[feature, q1] = f1 + wa1 * a1 + wb1 * b1
-                shares[feature, q2] = f2 + wa2 * a2 + wb2 * b2
-                shares[feature, q3] = f3 + wa3 * a3 + wb3 * b3
-                up[node, q], up[node, q1], up[node, q2], up[node, q3] = a0 + b0, a1 + b1, a2 + b2, a3 + b3
-            # Leaves under a deeper split on the same feature belong to that split's edges: take
-            # their sums back out (rare: only where a path splits on a feature again).
-            for side in range(2):
-                edge, o = (ea, oa) if side == 0 else (eb, ob)
-                for j in range(m.handed_start[edge], m.handed_start[edge + U1]):
-                    h = m.handed[j]
-                    for q in range(points):
-                        shares[feature, q] -= m.share[edge, o, q] * up[h, q]
+            sa, sb = offset[a], offset[b]
+            here_value, va, vb = node * Q, a * Q, b * Q
+            contribution = 0.0
+            for q in range(Q):
+                value_a, value_b = value[va + q], value[vb + q]
+                contribution += m.share[sa + q] * value_a + m.share[sb + q] * value_b
+                value[here_value + q] = value_a + value_b
+            phi[m.feature[g]] += contribution
+        # Leaves under a deeper split on the same feature belong to that split's edges: take
+        # their subtree sums back out of the shallower edge's share (only where a path splits on
+        # a feature again; a list per tree, so no per-node branch).
+        for j in range(m.handover_start[tree], m.handover_start[tree + U1]):
+            feature, child, h = m.handover[j * U3], m.handover[j * U3 + U1], m.handover[j * U3 + U2]
+            share, deeper = offset[child], h * Q
+            correction = 0.0
+            for q in range(Q):
+                correction += m.share[share + q] * value[deeper + q]
+            phi[feature] -= correction
 
 
 @numba.njit(cache=True, nogil=True)
 def _scratch(n_features, slots, points):  # pragma: no cover - compiled
     return (
-        np.zeros((n_features, points)),
+        np.zeros(n_features),
         np.empty(slots, dtype=np.uint64),
         np.empty(slots, dtype=np.uint64),
-        np.empty((slots, points)),
-        np.empty((slots, points)),
+        np.empty(slots * points),
     )
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _contributions_kernel(X, out, m, slots):  # pragma: no cover - compiled
+@numba.njit(cache=True, nogil=True)
+def _contributions_rows(X, out, m, slots):  # pragma: no cover - compiled
     n, n_features = X.shape
-    points = m.share.shape[2]
-    for block in numba.prange((n + BLOCK_ROWS - 1) // BLOCK_ROWS):
-        shares, pattern, hot, down, up = _scratch(n_features, slots, points)
-        for r in range(block * BLOCK_ROWS, min(n, (block + 1) * BLOCK_ROWS)):
-            shares[:] = 0.0
-            _explain_row(X[r], shares, m, pattern, hot, down, up)
-            for j in range(n_features):
-                out[r, j] = shares[j].sum()
-            out[r, n_features] = m.expected_value
+    phi, pattern, hot, value = _scratch(n_features, slots, len(m.points))
+    for r in range(n):
+        phi[:] = 0.0
+        _explain_row(X[r], phi, m, pattern, hot, value)
+        out[r, :n_features] = phi
+        out[r, n_features] = m.expected_value
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _top_k_kernel(X, k, out_index, out_impact, m, slots):  # pragma: no cover - compiled
+@numba.njit(cache=True, nogil=True)
+def _top_k_rows(X, k, out_index, out_impact, m, slots):  # pragma: no cover - compiled
     n, n_features = X.shape
-    points = m.share.shape[2]
-    for block in numba.prange((n + BLOCK_ROWS - 1) // BLOCK_ROWS):
-        shares, pattern, hot, down, up = _scratch(n_features, slots, points)
-        strength = np.empty(k)
-        for r in range(block * BLOCK_ROWS, min(n, (block + 1) * BLOCK_ROWS)):
-            shares[:] = 0.0
-            _explain_row(X[r], shares, m, pattern, hot, down, up)
-            # Insertion into a k-long list kept sorted by |impact|; ties keep the lower feature
-            # first, as a stable argsort would. O(n_features) a row: most values do not qualify.
-            kept = 0
-            for j in range(n_features):
-                impact = shares[j].sum()
-                a = abs(impact)
-                if kept == k and not a > strength[k - 1]:
-                    continue
-                pos = kept if kept < k else k - 1
-                while pos > 0 and strength[pos - 1] < a:
-                    strength[pos] = strength[pos - 1]
-                    out_index[r, pos] = out_index[r, pos - 1]
-                    out_impact[r, pos] = out_impact[r, pos - 1]
-                    pos -= 1
-                strength[pos] = a
-                out_index[r, pos] = j
-                out_impact[r, pos] = impact
-                kept = min(kept + 1, k)
+    phi, pattern, hot, value = _scratch(n_features, slots, len(m.points))
+    strength = np.empty(k)
+    for r in range(n):
+        phi[:] = 0.0
+        _explain_row(X[r], phi, m, pattern, hot, value)
+        # Insertion into a k-long list kept sorted by |impact|; ties keep the lower feature first,
+        # as a stable argsort would. O(n_features) a row: most values do not qualify.
+        kept = 0
+        for j in range(n_features):
+            impact = phi[j]
+            a = abs(impact)
+            if kept == k and not a > strength[k - 1]:
+                continue
+            pos = kept if kept < k else k - 1
+            while pos > 0 and strength[pos - 1] < a:
+                strength[pos] = strength[pos - 1]
+                out_index[r, pos] = out_index[r, pos - 1]
+                out_impact[r, pos] = out_impact[r, pos - 1]
+                pos -= 1
+            strength[pos] = a
+            out_index[r, pos] = j
+            out_impact[r, pos] = impact
+            kept = min(kept + 1, k)
 
 
 @dataclass(frozen=True, eq=False)
@@ -257,10 +235,9 @@ class TreeShapExplainer:
         LightGBM sees it: categoricals as codes, missing as NaN); the last column is the bias."""
         X = self._checked(X)
         out = np.empty((X.shape[0], self.n_features + 1))
-        for start in range(0, X.shape[0], CHUNK_ROWS):
-            stop = start + CHUNK_ROWS
-            chunk = np.ascontiguousarray(X[start:stop], dtype=np.float64)
-            _contributions_kernel(chunk, out[start:stop], self.trees, self.slots)
+        self._each_block(
+            X, lambda rows, start, stop: _contributions_rows(rows, out[start:stop], self.trees, self.slots)
+        )
         return out
 
     def top_k(self, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -273,11 +250,32 @@ class TreeShapExplainer:
         k = min(int(k), self.n_features)
         index = np.empty((X.shape[0], k), dtype=np.int32)
         impact = np.empty((X.shape[0], k))
-        for start in range(0, X.shape[0], CHUNK_ROWS):
-            stop = start + CHUNK_ROWS
-            chunk = np.ascontiguousarray(X[start:stop], dtype=np.float64)
-            _top_k_kernel(chunk, k, index[start:stop], impact[start:stop], self.trees, self.slots)
+
+        def explain(rows: np.ndarray, start: int, stop: int) -> None:
+            _top_k_rows(rows, k, index[start:stop], impact[start:stop], self.trees, self.slots)
+
+        self._each_block(X, explain)
         return index, impact
+
+    @staticmethod
+    def _each_block(X: np.ndarray, explain) -> None:
+        """Call ``explain(rows, start, stop)`` on blocks of BLOCK_ROWS float64 rows, on as many
+        threads as numba is set to use (the kernels release the GIL); only the blocks in flight are
+        converted, so memory does not grow with n."""
+        starts = range(0, X.shape[0], BLOCK_ROWS)
+
+        def run(start: int) -> None:
+            stop = min(start + BLOCK_ROWS, X.shape[0])
+            explain(np.ascontiguousarray(X[start:stop], dtype=np.float64), start, stop)
+
+        threads = min(numba.get_num_threads(), len(starts))
+        if threads <= 1:
+            for start in starts:
+                run(start)
+            return
+        with ThreadPoolExecutor(threads) as pool:
+            for done in pool.map(run, starts):
+                del done
 
     def _checked(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X)
@@ -286,8 +284,18 @@ class TreeShapExplainer:
         return X
 
 
-NODE_FIELDS = ("feature", "threshold", "categorical", "nan_left", "zero_left", "bitpos", "left", "right",
-               "cat_start", "cat_words")  # fmt: skip
+NODE_FIELDS = (
+    "feature",
+    "threshold",
+    "categorical",
+    "nan_left",
+    "zero_left",
+    "bitpos",
+    "left",
+    "right",
+    "cat_start",
+    "cat_words",
+)  # fmt: skip
 
 
 def _split_fields(node: dict, bits: list[int]) -> dict:
@@ -326,14 +334,14 @@ class _Builder:
     def __init__(self) -> None:
         self.nodes: dict[str, list] = {name: [] for name in NODE_FIELDS}
         self.bits: list[int] = []
-        self.leaf_value: list[float] = []
+        self.slot_value: list[float] = []  # per global slot: 1, or the leaf's value
         self.edge_zero: list[float] = []  # per global slot: z of the edge into it (1 for a root)
         self.previous: list[int] = []  # per global slot: global slot of the previous same-feature edge
-        self.handed: list[list[int]] = []  # per global slot: tree-local slots
+        self.handover: list[tuple[int, int, int]] = []  # (feature, child slot, deeper split slot)
+        self.handover_start: list[int] = []
         self.node_start: list[int] = []
         self.node_count: list[int] = []
         self.slot_start: list[int] = []
-        self.leaf_start: list[int] = []
         self.depth = 1
         self.expected_value = 0.0
 
@@ -347,12 +355,11 @@ class _Builder:
         self.node_start.append(len(self.nodes["feature"]))
         self.node_count.append(len(internal))
         self.slot_start.append(s0)
-        self.leaf_start.append(len(self.leaf_value))
-        self.leaf_value.extend(float(leaf["leaf_value"]) for leaf in leaves)
+        self.slot_value.extend([1.0] * len(internal) + [float(leaf["leaf_value"]) for leaf in leaves])
         n_slots = 2 * len(internal) + 1
         self.edge_zero.extend([1.0] * n_slots)
         self.previous.extend([-1] * n_slots)
-        self.handed.extend([] for _ in range(n_slots))
+        self.handover_start.append(len(self.handover))
         self.nodes_of_tree = [dict.fromkeys(NODE_FIELDS) for _ in internal]
         if internal:
             self._walk(root, [], [], [], slot, s0)
@@ -388,7 +395,7 @@ class _Builder:
             edge = s0 + child_slot
             self.edge_zero[edge] = child_zeros[position]
             self.previous[edge] = last[position]
-            self.handed[edge] = [slot[id(n)] for n in _nearest_splits(child, feature)]
+            self.handover.extend((feature, child_slot, slot[id(n)]) for n in _nearest_splits(child, feature))
             child_last = list(last)
             child_last[position] = edge
             if "split_index" in child:
@@ -422,8 +429,8 @@ def _flatten(roots: list[dict]) -> FlatTrees:
     build = _Builder()
     for root in roots:
         build.add_tree(root)
-    # Gauss-Legendre on [0, 1], exact for the integrands (degree < depth); a multiple of 4 points.
-    x, w = np.polynomial.legendre.leggauss(4 * ((build.depth + 7) // 8))
+    # Gauss-Legendre on [0, 1]: ceil(depth / 2) points integrate the degree < depth integrands exactly.
+    x, w = np.polynomial.legendre.leggauss((build.depth + 1) // 2)
     t, w = (x + 1.0) / 2.0, w / 2.0
     neutral = len(build.edge_zero)
     z = np.append(build.edge_zero, 1.0)[:, None]
@@ -439,10 +446,12 @@ def _flatten(roots: list[dict]) -> FlatTrees:
         ],
         axis=1,
     )
+    # An edge into a leaf also multiplies by the leaf's value: the downward product arriving at a
+    # leaf is then the leaf's term of its subtree sums.
+    multiplier *= np.append(build.slot_value, 1.0)[:, None, None]
     share = np.stack(
         [np.broadcast_to(-w / (1.0 - t), factor[:, 0].shape), w * (1.0 - z) / factor[:, 1]], axis=1
     )
-    handed_start = np.cumsum([0] + [len(h) for h in build.handed] + [0], dtype=np.int64)
     nodes = {name: np.asarray(values) for name, values in build.nodes.items()}
 
     def ints(values) -> np.ndarray:
@@ -452,7 +461,6 @@ def _flatten(roots: list[dict]) -> FlatTrees:
         node_start=ints(build.node_start),
         node_count=ints(build.node_count),
         slot_start=ints(build.slot_start),
-        leaf_start=ints(build.leaf_start),
         feature=ints(nodes["feature"]),
         threshold=nodes["threshold"].astype(np.float64),
         categorical=nodes["categorical"].astype(np.bool_),
@@ -464,10 +472,10 @@ def _flatten(roots: list[dict]) -> FlatTrees:
         cat_start=ints(nodes["cat_start"]),
         cat_words=ints(nodes["cat_words"]),
         bits=np.asarray(build.bits, dtype=np.uint32),
-        leaf_value=np.asarray(build.leaf_value, dtype=np.float64),
-        multiplier=np.ascontiguousarray(multiplier),
-        share=np.ascontiguousarray(share),
-        handed_start=handed_start,
-        handed=ints([s for h in build.handed for s in h]),
+        multiplier=np.ascontiguousarray(multiplier).ravel(),
+        share=np.ascontiguousarray(share).ravel(),
+        handover_start=ints([*build.handover_start, len(build.handover)]),
+        handover=ints(build.handover).ravel(),
         expected_value=float(build.expected_value),
+        points=tuple(float(p) for p in t),
     )

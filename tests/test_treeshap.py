@@ -214,7 +214,7 @@ def test_chunked_rows_give_the_same_result(monkeypatch):
     X, y = _data(800, 5, seed=17)
     explainer = TreeShapExplainer.from_booster(_train(X, y, num_leaves=7))
     whole, (index, impact) = explainer.contributions(X), explainer.top_k(X, 2)
-    monkeypatch.setattr(treeshap, "CHUNK_ROWS", 37)
+    monkeypatch.setattr(treeshap, "BLOCK_ROWS", 37)  # many blocks, on several threads
     assert np.array_equal(explainer.contributions(X), whole)
     chunked = explainer.top_k(X, 2)
     assert np.array_equal(chunked[0], index) and np.array_equal(chunked[1], impact)
