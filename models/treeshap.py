@@ -9,12 +9,14 @@ where ``z_j`` is the product over j's splits on the path of child count / parent
 ``o_j`` whether the row satisfies all of them (the Shapley weights ``s! (d-s-1)! / d!`` are the
 Beta integrals of ``t^s (1-t)^(d-s-1)``). The integrand is a polynomial of degree < depth, so
 Gauss-Legendre with ``ceil(depth / 2)`` points ``t_q`` integrates it exactly, and as in Linear
-TreeSHAP the sum over leaves factors along the tree: a downward pass carries each node's product of
-path factors at the points (``F_o = z + (o - z) t``, precomputed per edge with its inverse and
-``w_q (o - z) / F_o``), an upward pass sums ``v * product`` over each subtree, and each edge adds
-``sum_q w_q (o - z) / F_o(t_q) * subtree sum`` to its feature. A feature split again further down
-hands the leaves below that split to the deeper edge. Per row and tree: each split decided once,
-then a few length-Q vector operations per node.
+TreeSHAP the sum over leaves factors along the tree. Per row and tree: a downward pass decides
+each split once and carries each slot's product of path factors ``F_o(t_q) = z + (o - z) t_q``
+(precomputed per edge, divided by the factor of the path's previous split on the same feature,
+times the leaf value on edges into leaves); an upward pass sums those products over each subtree
+and adds ``sum_q w_q (o - z) / F_o(t_q) * subtree sum`` of each edge to its feature. Where a
+feature is split again further down, the leaves below the deeper split belong to the deeper edge
+and their sums are taken back out of the shallower one. That is a few length-Q operations per node
+instead of classic TreeSHAP's O(depth^2) per leaf.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ U0, U1, U2, U3, U4, U5, U31 = (np.uint64(i) for i in (0, 1, 2, 3, 4, 5, 31))
 class FlatTrees(NamedTuple):
     """The model as the kernels read it. A tree's slots are its internal nodes in preorder, then
     its leaves; the edge into a slot belongs to that slot. Per-edge arrays are indexed by the
-    tree's ``slot_start`` + slot; their last row is a neutral edge (all factors 1)."""
+    tree's ``slot_start`` + slot (the last row is a neutral edge, all factors 1); rows of Q
+    values are stored flat."""
 
     node_start: np.ndarray  # int64 (trees,)
     node_count: np.ndarray  # int64 (trees,): internal nodes; the tree has node_count + 1 leaves
@@ -56,11 +59,11 @@ class FlatTrees(NamedTuple):
     cat_start: np.ndarray  # int64 (nodes,): first word of the bitset in ``bits``
     cat_words: np.ndarray  # int64 (nodes,)
     bits: np.ndarray  # uint32: categories going left, LightGBM's bitset layout
-    # (edges + 1, 3, Q), flat: what the edge multiplies the path product by, F_o / F_o' of the previous
-    # edge on the same feature (1 if none), for (o', o) = (0, 0), (1, 0), (1, 1) as index o' + o,
-    # with F_0 = z (1 - t) and F_1 = z + (1 - z) t at the quadrature points t.
+    # (edges + 1, 3, Q): what the edge multiplies the path product by: F_o / F_o' of the path's
+    # previous edge on the feature (1 if none) for (o', o) = (0, 0), (1, 0), (1, 1) as index o' + o,
+    # times the leaf value on an edge into a leaf.
     multiplier: np.ndarray
-    share: np.ndarray  # (edges + 1, 2, Q), flat: w (o - z) / F_o for o = 0, 1; w the quadrature weights
+    share: np.ndarray  # (edges + 1, 2, Q): w (o - z) / F_o for o = 0, 1; w the quadrature weights
     handover_start: np.ndarray  # uint64 (trees + 1,): where each tree's list starts in ``handover``
     # uint64 (entries x 3, flat): feature, child slot, slot of a nearest split on the same feature
     # at or below that child: the leaves under it belong to that deeper split's edges.
@@ -274,8 +277,7 @@ class TreeShapExplainer:
                 run(start)
             return
         with ThreadPoolExecutor(threads) as pool:
-            for done in pool.map(run, starts):
-                del done
+            list(pool.map(run, starts))  # list(): re-raises a block's exception here
 
     def _checked(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X)

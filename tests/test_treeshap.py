@@ -333,3 +333,11 @@ def test_lightgbm_array_maps_categories_as_the_booster_does(propensity_model):
     trained = propensity_model.booster.pandas_categorical
     assert np.array_equal(lightgbm_array(reordered, trained), lightgbm_array(matrix), equal_nan=True)
     joblib.dump(propensity_model, "/dev/null")  # picklable with a built explainer
+
+
+def test_the_model_module_does_not_load_numba_for_scoring():
+    import subprocess
+    import sys
+
+    code = "import sys, propensity.models.estimator; assert 'numba' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
