@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from propensity.features.synthetic import GeneratorSettings, generate
+from propensity.features.simulator import GeneratorSettings
+from propensity.features.synthetic_io import generate
 
 DATA = Path(__file__).parent / ".data"
 
@@ -43,14 +44,14 @@ def main() -> None:
     (DATA / "rewrite.parquet").unlink()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
-        f"profiles {args.profiles:,}  events {summary['events']:,}  generate {seconds:.1f}s  "
+        f"profiles {args.profiles:,}  events {summary.events:,}  generate {seconds:.1f}s  "
         f"(writing alone {write_seconds:.1f}s)  peak RSS {peak:,.0f} MiB"
     )
     print(
         json.dumps(
             {
                 "profiles": args.profiles,
-                "events": summary["events"],
+                "events": summary.events,
                 "seconds": round(seconds, 2),
                 "write_only_seconds": round(write_seconds, 2),
                 "ratio": round(seconds / write_seconds, 2),

@@ -11,7 +11,8 @@ from rich.table import Table
 
 from propensity.core.config import ProjectConfig
 from propensity.features.rules import parse_rule
-from propensity.features.synthetic import GeneratorSettings, generate
+from propensity.features.simulator import GeneratorSettings
+from propensity.features.synthetic_io import generate
 from propensity.pipeline import modelling, steps
 
 LAPSED_YOGA = "category_purchase_count_365d_yoga >= 1 AND days_since_last_purchase > 60"
@@ -27,8 +28,8 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
         generated = generate(GeneratorSettings(profiles=profiles, days=days, seed=config.seed), data_dir)
     console.rule("[bold]1/5 generate")
     console.print(
-        f"{generated['events']:,} events for {generated['people']:,} people "
-        f"({generated['purchases']:,} purchases) in {data_dir}"
+        f"{generated.events:,} events for {generated.people:,} people "
+        f"({generated.purchases:,} purchases) in {data_dir}"
     )
 
     with console.status("2/5 validating, hashing, de-duplicating and stitching"):

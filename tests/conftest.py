@@ -9,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from propensity.core.config import ProjectConfig
-from propensity.features.synthetic import GeneratorSettings, generate
+from propensity.features.simulator import GeneratorSettings
+from propensity.features.synthetic_io import generate
 from propensity.pipeline.cli import app
 
 
