@@ -20,8 +20,8 @@ from propensity.features.labels import (
     snapshot_dates,
     training_frame,
 )
+from propensity.features.oracle import oracle_probabilities
 from propensity.features.registry import PROFILE_ATTRIBUTE_FEATURES, FeatureSet
-from propensity.features.synthetic import oracle_probabilities
 from propensity.models import evaluate as ev
 from propensity.models import registry
 from propensity.models.explain import global_importance
