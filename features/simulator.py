@@ -98,7 +98,7 @@ def _simulate_realistic(
         share_with=share_with,
         rng=events_rng,
         days_run=until,
-        events=ev.arrays() if emit else {},
+        events=ev.take_arrays() if emit else {},
         purchases=log.arrays(),
         daily_probability=truth_p,
         states=states,

@@ -112,7 +112,9 @@ class RealisticDynamics:
             lapsed=traits.customer & (rng.random(n) < 0.3),
         )
 
-    def emails(self, day: int, traits: Traits, state: SimState, rng: np.random.Generator):
+    def emails(
+        self, day: int, traits: Traits, state: SimState, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Opens and clicks of the day's campaign email (bools per person); clicks raise interest."""
         n = len(traits)
         theme = int(self.calendar.theme[day])
@@ -185,7 +187,15 @@ class RealisticDynamics:
         """
         return self._kind(day, traits, buys, rng, uncounted=True, category=category)
 
-    def _kind(self, day, traits, buys, rng, uncounted: bool, category: int | None) -> Purchases:
+    def _kind(
+        self,
+        day: int,
+        traits: Traits,
+        buys: np.ndarray,
+        rng: np.random.Generator,
+        uncounted: bool,
+        category: int | None,
+    ) -> Purchases:
         n = len(traits)
         buyers = np.flatnonzero(buys)
         offline_share = traits.offline_share[buyers]
@@ -207,7 +217,13 @@ class RealisticDynamics:
         return Purchases(buys=buys, channel=channel, category=category_of)
 
     def sessions(
-        self, day: int, traits: Traits, state: SimState, purchases: Purchases, clicked: np.ndarray, rng
+        self,
+        day: int,
+        traits: Traits,
+        state: SimState,
+        purchases: Purchases,
+        clicked: np.ndarray,
+        rng: np.random.Generator,
     ) -> Sessions:
         """Visits (store or online), product views and carts; a purchase brings its own visit."""
         n = len(traits)
@@ -276,7 +292,9 @@ class EasyDynamics:
     def __init__(self, calendar: Calendar) -> None:
         self.calendar = calendar
 
-    def emails(self, day: int, traits: Traits, state: SimState, rng: np.random.Generator):
+    def emails(
+        self, day: int, traits: Traits, state: SimState, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
         n = len(traits)
         theme = int(self.calendar.theme[day])
         if theme < 0:
@@ -316,7 +334,15 @@ class EasyDynamics:
         category_of[buyers] = _draw(rng, weights)
         return Purchases(buys=buys, channel=np.zeros(n, np.int8), category=category_of)
 
-    def sessions(self, day, traits, state, purchases, clicked, rng) -> Sessions:
+    def sessions(
+        self,
+        day: int,
+        traits: Traits,
+        state: SimState,
+        purchases: Purchases,
+        clicked: np.ndarray,
+        rng: np.random.Generator,
+    ) -> Sessions:
         n = len(traits)
         buys = purchases.buys
         visit_p = easy_visit_probability(traits, state, self.calendar.season[day], clicked)
@@ -330,7 +356,14 @@ class EasyDynamics:
         carting = buying_online | ((views > 0) & (rng.random(len(online)) < cart_p))
         return Sessions(visits, online, store, views, carting, buying_online)
 
-    def update(self, traits, state, purchases, sessions, rng) -> None:
+    def update(
+        self,
+        traits: Traits,
+        state: SimState,
+        purchases: Purchases,
+        sessions: Sessions,
+        rng: np.random.Generator,
+    ) -> None:
         abandoned = sessions.online[sessions.carting & ~sessions.buying_online]
         easy_update(state, purchases.buys, sessions.visits, abandoned)
 

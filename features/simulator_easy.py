@@ -387,7 +387,7 @@ def simulate_easy(
         share_with=share_with,
         rng=rng,
         days_run=until,
-        events=ev.arrays() if emit else {},
+        events=ev.take_arrays() if emit else {},
         purchases=log.arrays(),
         daily_probability=truth_p,
         states=states,

@@ -85,13 +85,16 @@ class EventBuffer:
         c["with_phone"].append(full(with_phone, bool))
         c["sku"].append(full(sku, np.int32))
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        """All events so far, one array per column (empty arrays if there are none)."""
+    def take_arrays(self) -> dict[str, np.ndarray]:
+        """All events, one array per column (empty if there are none); empties the buffer column
+        by column, so memory holds one copy of the events at a time."""
         dtypes = {"ts": np.int64, "type": np.int8, "person": np.int32, "device": np.int64}
-        return {
-            k: np.concatenate(v) if v else np.zeros(0, dtypes.get(k, np.float64))
-            for k, v in self.chunks.items()
-        }
+        out = {}
+        for key in COLUMNS:
+            chunks = self.chunks.pop(key)
+            out[key] = np.concatenate(chunks) if chunks else np.zeros(0, dtypes.get(key, np.float64))
+        self.chunks = {k: [] for k in COLUMNS}
+        return out
 
 
 def choose_category(rng: np.random.Generator, weights: np.ndarray) -> np.ndarray:
@@ -313,7 +316,12 @@ def _skus(rng: np.random.Generator, categories: np.ndarray) -> np.ndarray:
 
 
 def _prices(
-    day, calendar: Calendar, traits: Traits, purchases: Purchases, people: np.ndarray, rng
+    day: int,
+    calendar: Calendar,
+    traits: Traits,
+    purchases: Purchases,
+    people: np.ndarray,
+    rng: np.random.Generator,
 ) -> np.ndarray:
     """Unit price paid: the person's price level, noise, and the promotion's discount if it applies."""
     depth = calendar.promo_depth[day]

@@ -71,11 +71,13 @@ def generate(settings: GeneratorSettings, out_dir: str | Path) -> GenerationSumm
     purchase_only = settings.scenario == "purchase_only"
     n = settings.profiles
     test_accounts = 0 if purchase_only else settings.test_accounts
-    arrays = sim.events
+    # The writer consumes the event columns: one copy of them in memory at a time.
+    arrays, sim.events = sim.events, {}
     if purchase_only:
         arrays = _purchases_only(arrays)
     else:
         arrays = _add_test_accounts(sim, arrays, test_accounts)
+    purchase_events = int((arrays["type"] == ET["purchase"]).sum())
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
@@ -92,7 +94,7 @@ def generate(settings: GeneratorSettings, out_dir: str | Path) -> GenerationSumm
         people=n,
         days=settings.days,
         events=int(events.num_rows),
-        purchases=int((arrays["type"] == ET["purchase"]).sum()),
+        purchases=purchase_events,
         unrecorded_purchases=int((~recorded).sum()),
         known_people=int((sim.traits.known_from <= settings.days).sum()),
         bots=int(sim.traits.is_bot.sum()),
@@ -130,11 +132,12 @@ def _strings(prefix: str, numbers: np.ndarray, width: int = 0) -> pa.Array:
 
 
 def _add_test_accounts(sim: Simulation, arrays: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
-    """Test/kiosk accounts: one crm_id + email signed in on ~120 store tablets each."""
+    """Test/kiosk accounts: one crm_id + email signed in on ~120 store tablets each (appended
+    to ``arrays`` in place, column by column)."""
     settings, rng = sim.settings, sim.rng
     n, total_devices = settings.profiles, int(sim.traits.n_devices.sum())
     start_us = _start_micros(settings)
-    extra = {k: [v] for k, v in arrays.items()}
+    extra: dict[str, list[np.ndarray]] = {k: [] for k in arrays}
     for k in range(count):
         devices = total_devices + k * 1000 + np.arange(120)
         size = len(devices)
@@ -155,7 +158,9 @@ def _add_test_accounts(sim: Simulation, arrays: dict[str, np.ndarray], count: in
         }
         for key, value in add.items():
             extra[key].append(value)
-    return {k: np.concatenate(v) for k, v in extra.items()}
+    for key, parts in extra.items():
+        arrays[key] = np.concatenate([arrays[key], *parts])
+    return arrays
 
 
 def _start_micros(settings: GeneratorSettings) -> int:
@@ -171,19 +176,26 @@ def _dictionary(codes: np.ndarray, dictionary: pa.Array) -> pa.DictionaryArray:
 
 
 def _events_table(
-    sim: Simulation, a: dict[str, np.ndarray], test_accounts: int
+    sim: Simulation, columns: dict[str, np.ndarray], test_accounts: int
 ) -> tuple[pa.Table, np.ndarray]:
-    """The events as an Arrow table, and the (person, device) pairs of shared-device use."""
+    """The events as an Arrow table, and the (person, device) pairs of shared-device use.
+
+    Consumes ``columns`` (emptied, column by column, so memory holds one copy at a time).
+    """
     settings, rng = sim.settings, sim.rng
     n, total_devices = settings.profiles, int(sim.traits.n_devices.sum())
     # Trackers resend: a few events arrive twice with the same event_id.
-    rows = len(a["ts"])
+    rows = len(columns["ts"])
     event_number = np.arange(rows)
     dup = np.flatnonzero(rng.random(rows) < settings.duplicate_rate)
-    a = {k: np.concatenate([v, v[dup]]) for k, v in a.items()}
+    a = {}
+    for key in list(columns):
+        column = columns.pop(key)
+        a[key] = np.concatenate([column, column[dup]])
     event_number = np.concatenate([event_number, dup])
     order = np.lexsort((event_number, a["person"], a["ts"]))
-    a = {k: v[order] for k, v in a.items()}
+    for key in list(a):
+        a[key] = a[key][order]
     event_number = event_number[order]
     rows = len(a["ts"])
     people = n + test_accounts
