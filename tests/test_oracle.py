@@ -177,7 +177,7 @@ def test_oracle_is_deterministic_and_its_auc_noise_is_small(luma_small):
 @pytest.fixture(scope="module")
 def realistic_ingested(tmp_path_factory):
     root = tmp_path_factory.mktemp("bound")
-    generate(GeneratorSettings(profiles=9000, days=300, seed=13), root / "raw")
+    generate(GeneratorSettings(profiles=6000, days=300, seed=13), root / "raw")
     steps.ingest(root / "raw", root / "ingested", ProjectConfig(), on_bad_rows="quarantine")
     return steps.load_events(root / "ingested", ProjectConfig())
 
