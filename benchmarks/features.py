@@ -28,7 +28,8 @@ from propensity.core.config import EngineConfig, ProjectConfig
 from propensity.features import event_queries, sql_compiler, stacked_build
 from propensity.features.labels import snapshot_dates
 from propensity.features.registry import build_registry
-from propensity.features.synthetic import GeneratorSettings, generate
+from propensity.features.simulator import GeneratorSettings
+from propensity.features.synthetic_io import generate
 from propensity.pipeline import feature_jobs, ingest_jobs
 
 DATA = Path(__file__).parent / ".data"

@@ -60,20 +60,37 @@ def generate(
     days: Annotated[int, typer.Option("--days", min=30, help="Days of history.")] = 365,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 42,
     start: Annotated[str, typer.Option("--start", help="First day, YYYY-MM-DD.")] = "2025-01-01",
-    ground_truth: Annotated[bool, typer.Option(help="Write the daily purchase probabilities.")] = True,
+    ground_truth: Annotated[bool, typer.Option(help="Write the ground truth (for the oracle).")] = True,
+    difficulty: Annotated[
+        str,
+        typer.Option(
+            "--difficulty",
+            help="realistic (hidden purchase cycles, offline purchases, promotions, bots, drift) or easy.",
+        ),
+    ] = "realistic",
+    scenario: Annotated[
+        str,
+        typer.Option("--scenario", help="omnichannel, or purchase_only (only purchases, each with crm_id)."),
+    ] = "omnichannel",
 ) -> None:
     """Generate synthetic Luma events, profile attributes and ground truth."""
-    from propensity.features.synthetic import GeneratorSettings
-    from propensity.features.synthetic import generate as run
+    from propensity.features.simulator import GeneratorSettings
+    from propensity.features.synthetic_io import generate as run
 
     settings = GeneratorSettings(
-        profiles=profiles, days=days, seed=seed, start=parse_date(start, "--start"), ground_truth=ground_truth
+        profiles=profiles,
+        days=days,
+        seed=seed,
+        start=parse_date(start, "--start"),
+        ground_truth=ground_truth,
+        difficulty=difficulty,
+        scenario=scenario,
     )
     with console.status("generating events"):
         summary = run(settings, out)
     console.print(
-        f"wrote {summary['events']:,} events for {summary['people']:,} people "
-        f"({summary['purchases']:,} purchases) to {out}"
+        f"wrote {summary.events:,} events for {summary.people:,} people "
+        f"({summary.purchases:,} purchases) to {out}"
     )
 
 

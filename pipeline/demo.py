@@ -20,7 +20,8 @@ from rich.table import Table
 from propensity.core.config import ProjectConfig
 from propensity.features.engine import sql_string
 from propensity.features.event_queries import data_end
-from propensity.features.synthetic import GeneratorSettings, generate
+from propensity.features.simulator import GeneratorSettings
+from propensity.features.synthetic_io import generate
 from propensity.pipeline import ingest_jobs, model_jobs, report_jobs, score_jobs, segment_jobs
 from propensity.pipeline.printing import (
     print_buckets,

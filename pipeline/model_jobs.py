@@ -22,8 +22,8 @@ from propensity.features.labels import (
     snapshot_dates,
     training_frame,
 )
+from propensity.features.oracle import oracle_probabilities
 from propensity.features.registry import model_features
-from propensity.features.synthetic import oracle_probabilities
 from propensity.models import evaluate as ev
 from propensity.models import tracking
 from propensity.models.explain import global_importance

@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from propensity.core.config import ProjectConfig
-from propensity.features.synthetic import GeneratorSettings, generate
+from propensity.features.simulator import GeneratorSettings
+from propensity.features.synthetic_io import generate
 from propensity.pipeline import ingest_jobs, model_jobs, score_jobs
 from propensity.pipeline.cli import app
 

@@ -42,7 +42,9 @@ def test_train_logs_metrics_baselines_oracle_and_registers_challenger(churn_run,
     run = client.get_run(churn_run.run_id)
     for key in METRIC_KEYS:
         assert key in run.data.metrics, key
-    assert run.data.metrics["auc_to_oracle"] >= 0.95
+    # The realistic world hides much of what drives purchases (cycles, lapsing, unrecorded
+    # purchases): the model learns a good share of what the oracle knows, and never more.
+    assert 0.7 < run.data.metrics["auc_to_oracle"] < 1.02
     assert run.data.metrics["test_auc"] > run.data.metrics["baseline_recency_auc"]
     assert run.data.tags["git_commit"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
