@@ -87,6 +87,30 @@ class LogScaledDesign:
         return out
 
 
+class LinearBooster:
+    """The linear model seen through the part of LightGBM's ``Booster`` interface that code
+    written for trees calls (scoring, explanations, notebooks): ``predict`` with
+    ``raw_score`` or ``pred_contrib``, and ``feature_importance``."""
+
+    def __init__(self, model: LinearPropensityModel) -> None:
+        self.model = model
+
+    def predict(
+        self, matrix: pd.DataFrame, raw_score: bool = False, pred_contrib: bool = False, **_
+    ) -> np.ndarray:
+        """Contributions (with ``pred_contrib``), raw log-odds (``raw_score``) or the
+        uncalibrated probability, as ``lgb.Booster.predict``."""
+        if pred_contrib:
+            return self.model.contributions(matrix)
+        raw = self.model.raw_score(matrix)
+        return raw if raw_score else 1.0 / (1.0 + np.exp(-raw))
+
+    def feature_importance(self, importance_type: str = "gain") -> np.ndarray:
+        """Per feature, the sum of |coefficient| over its standardised design columns (the
+        log-odds a one-standard-deviation change moves): the linear counterpart of gain."""
+        return np.abs(self.model.coef) @ self.model._column_to_feature()
+
+
 @dataclass
 class LinearPropensityModel:
     """Logistic regression with its feature contract and calibrator; the interface of
@@ -101,6 +125,11 @@ class LinearPropensityModel:
     intercept: float
     calibrator: Calibrator
     metadata: dict = field(default_factory=dict)
+
+    @property
+    def booster(self) -> LinearBooster:
+        """Booster-shaped access for code written against LightGBM (see :class:`LinearBooster`)."""
+        return LinearBooster(self)
 
     def matrix(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The model's columns, numeric as float64, categoricals with the training categories."""
@@ -193,27 +222,13 @@ def fit_linear(
     """
     X_train, X_valid = draft.design.transform(train_matrix), draft.design.transform(valid_matrix)
     losses: dict[float, float] = {}
-    best: LogisticRegression | None = None
-    for C in C_GRID:
-        fitted = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(X_train, y_train)
+    coefficients: dict[float, tuple[np.ndarray, float]] = {}
+    # Strengths in increasing order, each fit starting from the previous solution.
+    fitted = LogisticRegression(max_iter=2000, random_state=seed, warm_start=True)
+    for C in sorted(C_GRID):
+        fitted.set_params(C=C).fit(X_train, y_train)
         losses[C] = float(log_loss(y_valid, fitted.predict_proba(X_valid)[:, 1], labels=[0, 1]))
-        if best is None or losses[C] < min(v for c, v in losses.items() if c != C):
-            best = fitted
+        coefficients[C] = (fitted.coef_[0].astype(float).copy(), float(fitted.intercept_[0]))
     C = min(losses, key=losses.get)
-    draft.coef, draft.intercept = best.coef_[0].astype(float), float(best.intercept_[0])
+    draft.coef, draft.intercept = coefficients[C]
     return LinearFit(draft, C, losses)
-
-
-def linear_importance(model: LinearPropensityModel, frame: pd.DataFrame) -> pd.DataFrame:
-    """Per feature: label, gain (NaN: a linear model has none) and mean |contribution| on
-    ``frame`` (log-odds), strongest first; the table ``explain.global_importance`` gives trees."""
-    contributions = model.contributions(frame)[:, :-1]
-    table = pd.DataFrame(
-        {
-            "feature": model.feature_names,
-            "label": [model.feature_labels.get(f, f) for f in model.feature_names],
-            "gain": np.nan,
-            "mean_abs_shap": np.abs(contributions).mean(axis=0),
-        }
-    )
-    return table.sort_values("mean_abs_shap", ascending=False).reset_index(drop=True)
