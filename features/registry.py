@@ -129,6 +129,7 @@ def purchase_cycle_features(
         ),
     ]
     if not name_format:
+        out.append(_purchase_day_dispersion(agg, purchases, first, family))
         squares = agg("order_value_squared", "sum", None)
         # Sample standard deviation from exact sums: n, sum and sum of squares.
         spread = (
@@ -146,6 +147,30 @@ def purchase_cycle_features(
             )
         )
     return out
+
+
+def _purchase_day_dispersion(agg, purchases: str, first, family: str) -> Feature:
+    """How unevenly purchase days fall over the last four 90-day quarters: variance over mean
+    of the quarters' purchase-day counts (about 1 for purchases at random, below 1 for a
+    steady rhythm, above for bursts), for customers who bought before the first quarter.
+
+    The proxy for the spread of the gaps between purchase days, which needs each purchase
+    day's predecessor: an ordered statistic that none of the window functions (sum, max,
+    first / last day, active days) give, and that would take a window function over every
+    profile's purchase days in the SQL plans.
+    """
+    quarters = [agg(purchases, "active_days", start, start - 90) for start in (90, 180, 270, 360)]
+    names = [q.name for q in quarters]
+    total = " + ".join(names)
+    mean = f"(CAST({total} AS DOUBLE) / 4)"
+    variance = " + ".join(f"({n} - {mean}) * ({n} - {mean})" for n in names)
+    return Feature(
+        "purchase_day_dispersion",
+        "Unevenness of purchase days over the last four quarters (1 = random)",
+        family,
+        f"CASE WHEN {first.name} < as_of_day - 360 AND {total} > 0 THEN ({variance}) / 3 / {mean} END",
+        (first, *quarters),
+    )
 
 
 def category_names(categories: list[str]) -> dict[str, str]:

@@ -31,7 +31,6 @@ from propensity.models import evaluate as ev
 from propensity.models.bootstrap import bootstrap_intervals
 from propensity.models.explain import global_importance
 from propensity.models.holdout_figures import holdout_figures
-from propensity.models.linear import LinearPropensityModel, linear_importance
 from propensity.models.snapshot_plan import adapt_snapshots
 from propensity.models.train import fit_candidates, split
 from propensity.pipeline import feature_jobs, ingest_jobs
@@ -52,6 +51,7 @@ class TrainResult:
     snapshots: list[dt.date]  # oldest first; the last is the test snapshot
     features: int
     model_family: str  # lightgbm | logistic: the candidate validation chose
+    validation: dict[str, dict[str, float]]  # every candidate's validation metrics, by family
     selection_reason: str
     snapshot_plan: str | None  # why the snapshot plan differs from the config, if it does
     fit_seconds: float  # from reading the events to a fitted, calibrated model
@@ -115,12 +115,6 @@ def _baselines(parts, test: pd.DataFrame, model_cfg: ModelConfig) -> dict[str, t
     if bgnbd is not None:
         out["bgnbd"] = (bgnbd, True)
     return out
-
-
-def _importance(model, frame: pd.DataFrame) -> pd.DataFrame:
-    if isinstance(model, LinearPropensityModel):
-        return linear_importance(model, frame)
-    return global_importance(model, frame)
 
 
 def _log_candidates(trained, metric: str) -> None:
@@ -203,7 +197,7 @@ def train_model(
     score = ev.scores_from_reference(p, reference)
     bucket_table = ev.bucket_table(y, p, ev.buckets(score, model_cfg.buckets.medium, model_cfg.buckets.high))
     deciles = ev.decile_table(y, p)
-    importance = _importance(model, test.sample(min(len(test), 20_000), random_state=0))
+    importance = global_importance(model, test.sample(min(len(test), 20_000), random_state=0))
 
     client = tracking.configure(config)
     champion = _champion_on(client, model_cfg.name, test, y)
@@ -293,6 +287,7 @@ def train_model(
         snapshots=list(dates),
         features=len(names),
         model_family=trained.chosen.family,
+        validation={c.family: c.validation for c in trained.candidates},
         selection_reason=trained.reason,
         snapshot_plan=snapshot_note,
         fit_seconds=fit_seconds,

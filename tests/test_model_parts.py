@@ -239,6 +239,13 @@ def test_purchase_cycle_known_answers(path):
     assert pd.isna(row["category_mean_days_between_purchases_running"])
     assert row["category_days_since_first_purchase_running"] == 150
     assert row["category_average_order_value_yoga"] == pytest.approx(170 / 3)
+    assert pd.isna(row["purchase_day_dispersion"])  # first purchase within the four quarters
+    # Purchase days per 90-day quarter (newest first): 1 (day 10), 3 (94, 95, 100), 2, 1 (300).
+    spread = [event(d, "purchase", revenue=10.0) for d in (400, 300, 250, 200, 100, 95, 94, 10)]
+    quarters = np.array([1, 3, 2, 1])
+    assert snapshot(spread, path=path).loc["p1", "purchase_day_dispersion"] == pytest.approx(
+        quarters.var(ddof=1) / quarters.mean()
+    )
     # One purchase day: no gap, no overdue ratio, no spread.
     single = snapshot([event(30, "purchase", revenue=10.0)], path=path).loc["p1"]
     assert single["purchase_days"] == 1 and pd.isna(single["mean_days_between_purchases"])
