@@ -192,7 +192,10 @@ def _categories(parts: Split, feature_names: list[str]) -> dict[str, list[str]]:
     }
 
 
-def _lightgbm(parts: Split, names: list[str], labels: dict[str, str], training: TrainingConfig, name: str):
+def _lightgbm(
+    parts: Split, names: list[str], labels: dict[str, str], training: TrainingConfig, name: str
+) -> tuple[PropensityModel, dict, dict]:
+    """The best LightGBM of the search (uncalibrated), its parameters and the trials."""
     draft = PropensityModel(
         name=name,
         feature_names=names,
@@ -209,7 +212,12 @@ def _lightgbm(parts: Split, names: list[str], labels: dict[str, str], training: 
         free_raw_data=False,
     )
     valid_matrix = draft.matrix(parts.early_stopping)
-    valid_set = lgb.Dataset(valid_matrix, label=parts.early_stopping["label"].to_numpy(), reference=train_set)
+    valid_set = lgb.Dataset(
+        valid_matrix,
+        label=parts.early_stopping["label"].to_numpy(),
+        reference=train_set,
+        params={"feature_pre_filter": False, "verbosity": -1},
+    )
     cells = len(parts.train) * len(names)
     result = search_lightgbm(
         train_set,
@@ -225,7 +233,11 @@ def _lightgbm(parts: Split, names: list[str], labels: dict[str, str], training: 
     return draft, params, details
 
 
-def _logistic(parts: Split, names: list[str], labels: dict[str, str], training: TrainingConfig, name: str):
+def _logistic(
+    parts: Split, names: list[str], labels: dict[str, str], training: TrainingConfig, name: str
+) -> tuple[LinearPropensityModel, dict, dict]:
+    """The logistic regression of the best strength (uncalibrated), its parameters and the
+    validation log loss of every strength."""
     categories = _categories(parts, names)
     shell = LinearPropensityModel(
         name=name,

@@ -90,6 +90,7 @@ def search_lightgbm(
     start = time.perf_counter()
 
     def objective(trial: optuna.Trial) -> float:
+        began = time.perf_counter()
         params = {**fixed, **search_space(trial, training.lightgbm)}
         booster = lgb.train(
             params,
@@ -101,8 +102,15 @@ def search_lightgbm(
         )
         p = booster.predict(valid_matrix, num_iteration=booster.best_iteration)
         value = score(metric, y_valid, p)
+        seconds = round(time.perf_counter() - began, 2)
         trials.append(
-            {"trial": trial.number, metric: value, "best_iteration": booster.best_iteration, **params}
+            {
+                "trial": trial.number,
+                metric: value,
+                "best_iteration": booster.best_iteration,
+                "seconds": seconds,
+            }
+            | params
         )
         if not best or better(metric, value, best["value"]):
             best.update(
