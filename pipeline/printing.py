@@ -52,16 +52,16 @@ def print_summary(summary: IngestSummary, title: str) -> None:
     )
 
 
-BASELINE_COLUMNS = {"logreg": "logistic regression (RFM)", "recency": "recency", "bgnbd": "BG/NBD"}
+BASELINE_COLUMNS = {"logreg": "logistic RFM", "recency": "recency", "bgnbd": "BG/NBD"}
 
 
 def _with_interval(metrics: dict, key: str) -> str:
-    """``0.7812 [0.7701, 0.7920]``: the value and its bootstrap interval, when logged."""
+    """``0.7812`` over ``[0.770, 0.792]``: the value and its bootstrap interval, when logged."""
     value = metrics.get(key)
     if value is None:
         return ""
     low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
-    return f"{value:.4f}" if low is None or high is None else f"{value:.4f} [{low:.4f}, {high:.4f}]"
+    return f"{value:.4f}" if low is None or high is None else f"{value:.4f}\n[{low:.3f}, {high:.3f}]"
 
 
 def print_metrics(metrics: dict, title: str, note: str | None = None) -> None:
@@ -76,10 +76,10 @@ def print_metrics(metrics: dict, title: str, note: str | None = None) -> None:
         table.add_column(column, justify="right" if column != "metric" else "left")
     for key, label in (
         ("auc", "AUC"),
-        ("average_precision", "average precision"),
+        ("average_precision", "avg precision"),
         ("brier", "Brier score"),
         ("log_loss", "log loss"),
-        ("lift_at_10", "lift at top 10 %"),
+        ("lift_at_10", "lift top 10 %"),
     ):
         row = [label, _with_interval(metrics, f"{prefix}{key}")]
         row += [_with_interval(metrics, f"baseline_{b}_{key}") for b in baselines]
@@ -87,15 +87,15 @@ def print_metrics(metrics: dict, title: str, note: str | None = None) -> None:
             row.append(f"{oracle:.4f}" if key == "auc" else "")
         table.add_row(*row)
     blank = [""] * (len(columns) - 2)
-    for key, label in (("ece", "expected calibration error"), ("base_rate", "base rate")):
+    for key, label in (("ece", "calibration error"), ("base_rate", "base rate")):
         value = metrics.get(f"{prefix}{key}")
         table.add_row(label, "" if value is None else f"{value:.4f}", *blank)
     positives, rows = metrics.get(f"{prefix}positives"), metrics.get(f"{prefix}rows")
     if positives is not None:
-        table.add_row("positives / rows", f"{positives:,.0f} / {rows or 0:,.0f}", *blank)
+        table.add_row("positives/rows", f"{positives:,.0f}/{rows or 0:,.0f}", *blank)
     ratio = metrics.get("auc_to_oracle", metrics.get("eval_auc_to_oracle"))
     if ratio is not None:
-        table.add_row("AUC / oracle AUC", f"{ratio:.4f}", *blank)
+        table.add_row("AUC/oracle AUC", f"{ratio:.4f}", *blank)
     console.print(table)
 
 
