@@ -109,11 +109,14 @@ def _baselines(parts, test: pd.DataFrame, model_cfg: ModelConfig) -> dict[str, t
         "logreg": (baselines.logreg_baseline(parts.train, test, model_cfg.training.seed), True),
         "recency": (baselines.recency_baseline(parts.train, test), False),
     }
-    bgnbd = baselines.bgnbd_baseline(
-        parts.train, test, model_cfg.outcome.horizon_days, occurs=model_cfg.outcome.occurs
-    )
-    if bgnbd is not None:
-        out["bgnbd"] = (bgnbd, True)
+    outcome = model_cfg.outcome
+    # BG/NBD models any next purchase: a baseline only for outcomes that are exactly that.
+    if outcome.event_type == "purchase" and not (
+        outcome.category or outcome.min_revenue is not None or outcome.above_average_order_value
+    ):
+        bgnbd = baselines.bgnbd_baseline(parts.train, test, outcome.horizon_days, occurs=outcome.occurs)
+        if bgnbd is not None:
+            out["bgnbd"] = (bgnbd, True)
     return out
 
 
