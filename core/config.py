@@ -171,7 +171,9 @@ class TuningConfig(_Strict):
     """
 
     trials: int = Field(default=12, ge=1, le=500)
-    timeout_seconds: float | None = Field(default=90.0, gt=0)
+    # High enough never to cut a search on the demo or test data (which would make the model
+    # depend on the machine's load); None: no cap.
+    timeout_seconds: float | None = Field(default=600.0, gt=0)
     max_boost_rounds: int = Field(default=1000, ge=10)
 
 
