@@ -120,7 +120,7 @@ def _baselines(parts, test: pd.DataFrame, model_cfg: ModelConfig) -> dict[str, t
     return out
 
 
-def _log_candidates(trained, metric: str) -> None:
+def _log_candidates(trained) -> None:
     """One child run per candidate: its parameters and validation metrics."""
     for candidate in trained.candidates:
         with mlflow.start_run(run_name=f"candidate {candidate.family}", nested=True):
@@ -249,7 +249,7 @@ def train_model(
             }
         )
         mlflow.log_metrics({**results, "fit_seconds": fit_seconds})
-        _log_candidates(trained, training.selection_metric)
+        _log_candidates(trained)
         if champion is not None:
             # What `promote` compares against: the champion on this very test snapshot.
             mlflow.set_tag("compared_champion_version", champion[0])
