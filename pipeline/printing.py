@@ -95,7 +95,7 @@ def print_metrics(metrics: dict, title: str, note: str | None = None) -> None:
         table.add_row("positives/rows", f"{positives:,.0f}/{rows or 0:,.0f}", *blank)
     ratio = metrics.get("auc_to_oracle", metrics.get("eval_auc_to_oracle"))
     if ratio is not None:
-        table.add_row("AUC/oracle AUC", f"{ratio:.4f}", *blank)
+        table.add_row("AUC / oracle AUC", f"{ratio:.4f}", *blank)
     console.print(table)
 
 
