@@ -199,7 +199,8 @@ class TrainingConfig(_Strict):
     # Share of profiles held out for the test snapshot, so no profile is in train and test.
     test_profile_fraction: float = Field(default=0.3, gt=0.0, lt=1.0)
     # Share of the other profiles kept for the validation snapshot only (early stopping,
-    # tuning, candidate choice, calibration), so none of them is seen in training.
+    # tuning, candidate choice, calibration), so none of them is seen in training; raised (up
+    # to 0.6) when the validation snapshot's rarer outcome is scarce.
     validation_profile_fraction: float = Field(default=0.3, gt=0.0, lt=1.0)
     max_training_rows: int = Field(default=2_000_000, ge=1000)
     early_stopping_rounds: int = Field(default=50, ge=1)

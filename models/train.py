@@ -104,6 +104,21 @@ class Split:
         }
 
 
+# Each validation half should hold this many of the rarer outcome; with less data the
+# validation share grows (up to MAX_VALIDATION_SHARE) rather than leave early stopping, the
+# search and calibration a handful of positives to go on.
+MIN_MINORITY_PER_HALF = 25
+MAX_VALIDATION_SHARE = 0.6
+
+
+def validation_share(labels: pd.Series, training: TrainingConfig) -> float:
+    """The share of non-test profiles kept for validation, given the validation snapshot's
+    labels: the configured share, or more when the rarer outcome is scarce."""
+    minority = min(int(labels.sum()), int(len(labels) - labels.sum()))
+    needed = 2 * MIN_MINORITY_PER_HALF / max(minority, 1)
+    return float(min(max(training.validation_profile_fraction, needed), MAX_VALIDATION_SHARE))
+
+
 def split(frame: pd.DataFrame, training: TrainingConfig) -> Split:
     """Out-of-time and profile-disjoint split of stacked, labelled snapshots.
 
@@ -119,10 +134,8 @@ def split(frame: pd.DataFrame, training: TrainingConfig) -> Split:
         raise UserError(f"need at least 3 snapshots with labels to train, got {len(dates)}")
     test_date, valid_date = dates[-1], dates[-2]
     held_out = profile_fraction(frame["profile_id"], f"test-{training.seed}") < training.test_profile_fraction
-    validating = (
-        profile_fraction(frame["profile_id"], f"validation-{training.seed}")
-        < training.validation_profile_fraction
-    ) & ~held_out
+    share = validation_share(frame["label"][(frame["as_of"] == valid_date) & ~held_out], training)
+    validating = (profile_fraction(frame["profile_id"], f"validation-{training.seed}") < share) & ~held_out
     halves = profile_fraction(frame["profile_id"], f"calibration-{training.seed}") < 0.5
     in_train = (frame["as_of"] < valid_date) & ~held_out & ~validating
     valid = (frame["as_of"] == valid_date) & validating

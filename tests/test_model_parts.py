@@ -188,6 +188,16 @@ def test_linear_contributions_are_exact_and_top_factors_come_strongest_first(tmp
     np.testing.assert_array_equal(loaded.predict_proba(frame), model.predict_proba(frame))
 
 
+def test_validation_share_grows_when_the_rarer_outcome_is_scarce():
+    from propensity.core.config import TrainingConfig
+    from propensity.models.train import validation_share
+
+    training = TrainingConfig(validation_profile_fraction=0.3)
+    assert validation_share(pd.Series([1] * 400 + [0] * 2000), training) == 0.3
+    assert validation_share(pd.Series([1] * 100 + [0] * 2000), training) == pytest.approx(0.5)
+    assert validation_share(pd.Series([0] * 30 + [1] * 2000), training) == 0.6  # rare negatives too
+
+
 # --- snapshot plan ------------------------------------------------------------------------------
 
 
