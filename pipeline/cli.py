@@ -204,7 +204,9 @@ def train(
         f"(alias challenger), {result.features} features, snapshots {result.snapshots[0]} .. "
         f"{result.snapshots[-1]}"
     )
-    print_metrics(result.metrics, f"{model}: test snapshot {result.snapshots[-1]}")
+    print_metrics(
+        result.metrics, f"{model}: test snapshot {result.snapshots[-1]}", note=result.selection_reason
+    )
     print_buckets(result.buckets)
 
 
@@ -239,13 +241,19 @@ def evaluate(
 @user_errors
 def promote(
     model: Annotated[str, typer.Argument(help="Model name.")],
-    version: Annotated[str | None, typer.Option("--version", help="Promote this version regardless.")] = None,
+    version: Annotated[
+        str | None, typer.Option("--version", help="Promote this version, better than the champion or not.")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote even if it loses to a baseline on its test snapshot.")
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Move the champion alias to the challenger if it is better (or to --version)."""
+    """Move the champion alias to the challenger if it is better (or to --version); refused when
+    it loses to the best baseline on its test snapshot, unless --force."""
     from propensity.pipeline import model_jobs
 
-    outcome = model_jobs.promote_model(model, load_config(config), version)
+    outcome = model_jobs.promote_model(model, load_config(config), version, force=force)
     console.print(
         ("[green]promoted[/]: " if outcome.promoted else "[yellow]not promoted[/]: ") + outcome.reason
     )

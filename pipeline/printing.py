@@ -52,44 +52,50 @@ def print_summary(summary: IngestSummary, title: str) -> None:
     )
 
 
-def print_metrics(metrics: dict, title: str) -> None:
-    """Model vs baselines vs oracle, side by side."""
-    table = Table(title=title)
-    for column in ("metric", "model", "logistic regression (RFM)", "recency", "oracle"):
-        table.add_column(column, justify="right" if column != "metric" else "left")
-    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+BASELINE_COLUMNS = {"logreg": "logistic RFM", "recency": "recency", "bgnbd": "BG/NBD"}
+
+
+def _with_interval(metrics: dict, key: str) -> str:
+    """``0.7812`` over ``[0.770, 0.792]``: the value and its bootstrap interval, when logged."""
+    value = metrics.get(key)
+    if value is None:
+        return ""
+    low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+    return f"{value:.4f}" if low is None or high is None else f"{value:.4f}\n[{low:.3f}, {high:.3f}]"
+
+
+def print_metrics(metrics: dict, title: str, note: str | None = None) -> None:
+    """Model vs baselines vs oracle, side by side, with 95 % bootstrap intervals in brackets
+    and the number of positives they rest on; ``note`` (why this model) under the table."""
     prefix = "test_" if "test_auc" in metrics else "eval_"
-    table.add_row(
-        "AUC",
-        fmt(metrics.get(f"{prefix}auc")),
-        fmt(metrics.get("baseline_logreg_auc")),
-        fmt(metrics.get("baseline_recency_auc")),
-        fmt(metrics.get(f"{'' if prefix == 'test_' else prefix}oracle_auc")),
-    )
-    table.add_row(
-        "average precision",
-        fmt(metrics.get(f"{prefix}average_precision")),
-        fmt(metrics.get("baseline_logreg_average_precision")),
-        "",
-        "",
-    )
-    table.add_row(
-        "lift at top 10 %",
-        fmt(metrics.get(f"{prefix}lift_at_10")),
-        fmt(metrics.get("baseline_logreg_lift_at_10")),
-        "",
-        "",
-    )
+    baselines = [b for b in BASELINE_COLUMNS if f"baseline_{b}_auc" in metrics]
+    oracle = metrics.get(f"{'' if prefix == 'test_' else prefix}oracle_auc")
+    table = Table(title=title, caption=note)
+    columns = ["metric", "model", *(BASELINE_COLUMNS[b] for b in baselines)] + (["oracle"] if oracle else [])
+    for column in columns:
+        table.add_column(column, justify="right" if column != "metric" else "left")
     for key, label in (
+        ("auc", "AUC"),
+        ("average_precision", "avg precision"),
         ("brier", "Brier score"),
         ("log_loss", "log loss"),
-        ("ece", "expected calibration error"),
-        ("base_rate", "base rate"),
+        ("lift_at_10", "lift top 10 %"),
     ):
-        table.add_row(label, fmt(metrics.get(f"{prefix}{key}")), "", "", "")
+        row = [label, _with_interval(metrics, f"{prefix}{key}")]
+        row += [_with_interval(metrics, f"baseline_{b}_{key}") for b in baselines]
+        if oracle:
+            row.append(f"{oracle:.4f}" if key == "auc" else "")
+        table.add_row(*row)
+    blank = [""] * (len(columns) - 2)
+    for key, label in (("ece", "calibration error"), ("base_rate", "base rate")):
+        value = metrics.get(f"{prefix}{key}")
+        table.add_row(label, "" if value is None else f"{value:.4f}", *blank)
+    positives, rows = metrics.get(f"{prefix}positives"), metrics.get(f"{prefix}rows")
+    if positives is not None:
+        table.add_row("positives/rows", f"{positives:,.0f}/{rows or 0:,.0f}", *blank)
     ratio = metrics.get("auc_to_oracle", metrics.get("eval_auc_to_oracle"))
     if ratio is not None:
-        table.add_row("AUC / oracle AUC", fmt(ratio), "", "", "")
+        table.add_row("AUC / oracle AUC", f"{ratio:.4f}", *blank)
     console.print(table)
 
 
