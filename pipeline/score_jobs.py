@@ -278,7 +278,7 @@ def _log_scoring_run(
 
 
 def _histogram_png(scores: np.ndarray, path: Path) -> Path:
-    from propensity.models.evaluate import save_histogram
+    from propensity.models.plots import save_histogram
 
     return save_histogram(scores, path, title="Scores of this run", xlabel="score (0-100)")
 
