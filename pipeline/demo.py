@@ -60,7 +60,7 @@ def _find_sarah(
     """A profile that tells the story: browsed anonymously before signing up, bought yoga,
     lapsed, is in the lapsed-yoga segment and went to the email platform. The most complete
     such profile wins; the story says which parts it lacks otherwise."""
-    member_files = sql_string(str(memberships / f"as_of={as_of}" / "*.parquet"))
+    member_files = sql_string(str(memberships / f"as_of={as_of}" / "memberships.parquet"))
     export_glob = exports / f"destination={EMAIL_DESTINATION}"
     exported = (
         f"(SELECT DISTINCT value FROM read_csv({sql_string(str(export_glob / '**' / '*.csv'))}, "
@@ -116,7 +116,7 @@ def _sarah_story(
         lapsed = (as_of - last_purchase.date()).days
         lines.append(f"bought yoga apparel {yoga_orders} time(s); last purchase {lapsed} days before {as_of}")
     statuses = con.execute(f"""
-        SELECT as_of, status FROM read_parquet({sql_string(str(memberships / "*" / "*.parquet"))},
+        SELECT as_of, status FROM read_parquet({sql_string(str(memberships / "*" / "memberships.parquet"))},
                                                  hive_partitioning=false)
         WHERE profile_id = {sql_string(profile_id)} AND segment = {sql_string(LAPSED_YOGA)}
         ORDER BY as_of

@@ -17,7 +17,7 @@ from propensity.features.simulator import GeneratorSettings, replay, simulate
 from propensity.features.simulator_world import CATEGORIES, OFFLINE
 from propensity.features.synthetic_io import generate
 from propensity.models import evaluate as ev
-from propensity.models.train import fit, split
+from propensity.models.train import fit_candidates, split
 from propensity.pipeline import feature_jobs, ingest_jobs
 
 # Two-sided 99 % normal quantile: each check is one of several in this file.
@@ -209,7 +209,7 @@ def test_a_fitted_model_does_not_beat_the_oracle(realistic_ingested, population,
     names = list(labels)
     frame, _ = training_frame(con, fs, model_cfg, cutoff)
     parts = split(frame, model_cfg.training)
-    model, _ = fit(parts, names, labels, model_cfg.training, model_cfg.name)
+    model = fit_candidates(parts, names, labels, model_cfg.training, model_cfg.name).model
     test = parts.test
     oracle = oracle_probabilities(con, test, outcome, realistic_ingested.inputs.ground_truth).to_numpy()
     known = ~np.isnan(oracle)
