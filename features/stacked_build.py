@@ -14,10 +14,12 @@ import re
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
 from propensity.features.engine import fetch_arrow
 from propensity.features.feature_set import EVERY_EVENT, FeatureSet
-from propensity.features.sql_compiler import DUCKDB, day_number, features_sql_from
+from propensity.features.identity_as_of import Reattributed
+from propensity.features.sql_compiler import DUCKDB, day_number, features_sql_from, snapshot_sql
 
 
 def _keyed(con: duckdb.DuckDBPyConnection, events: str) -> tuple[str, str]:
@@ -127,6 +129,7 @@ def build_snapshots(
     table: str = "snapshot_features",
     events: str = "events",
     where: str | None = None,
+    reattributed: Reattributed | None = None,
 ) -> int:
     """Stacked feature tables for several as-of dates, as the temp table ``table``.
 
@@ -137,8 +140,16 @@ def build_snapshots(
     ``BATCH_BYTES``; ``where`` (a rule over ``f.`` feature columns, e.g. a population) keeps
     only the rows a caller needs. Values equal :func:`snapshots_sql` (the engine-neutral form,
     used on Spark); the tests hold them to it. Returns the number of rows.
+
+    With ``reattributed`` (:meth:`features.identity_as_of.IdentityGraph.reattributed`), the
+    rows of the profiles whose identities were not yet one profile at a date come from that
+    date's single snapshot over just their events, attributed as of that date; every other
+    profile's events were its profile's then too, so the compiled pass keyed by the final
+    profiles gives its rows.
     """
     keyed, keys = _keyed(con, events)
+    if reattributed is not None and keys != "profiles":
+        raise ValueError("reattributed profiles need events and profiles keyed by the ingest's profile_key")
     values = _daily_rollup(con, fs, keyed, packed=True)
     if values is None:  # a profile with 2^15 events in a day: the packed counts would overflow
         values = _daily_rollup(con, fs, keyed, packed=False)
@@ -154,6 +165,23 @@ def build_snapshots(
     dates = [day_number(d) for d in sorted(set(as_ofs))]
     if not dates:
         raise ValueError("build_snapshots needs at least one as-of date")
+    aggregates = "SELECT * FROM _snapshot_aggregates"
+    if reattributed is not None and reattributed.skip:
+        skip_days = list(reattributed.skip)
+        con.register(
+            "_snapshot_skip",
+            pa.table(
+                {
+                    "profile_key": np.concatenate([reattributed.skip[d] for d in skip_days]).astype(np.int32),
+                    "as_of_day": np.repeat(
+                        np.array(skip_days, dtype=np.int32), [len(reattributed.skip[d]) for d in skip_days]
+                    ),
+                }
+            ),
+        )
+        aggregates = (
+            "SELECT a.* FROM _snapshot_aggregates a ANTI JOIN _snapshot_skip USING (profile_key, as_of_day)"
+        )
     for start in range(0, len(dates), per_batch):
         stacked = window_kernel(pk, days, values, fs, dates[start : start + per_batch])
         stacked = stacked.append_column("profile_id", ids.take(stacked["pk"]))
@@ -161,7 +189,7 @@ def build_snapshots(
         con.register("_snapshot_aggregates", stacked)
         features_sql = features_sql_from(
             fs,
-            "SELECT * FROM _snapshot_aggregates",
+            aggregates,
             con,
             DUCKDB,
             where=where,
@@ -175,4 +203,12 @@ def build_snapshots(
         )
         con.unregister("_snapshot_aggregates")
         del stacked
+    if reattributed is not None:
+        if reattributed.skip:
+            con.unregister("_snapshot_skip")
+        for source in reattributed.sources:
+            single = snapshot_sql(
+                fs, source.as_of, con, events=source.events, where=where, profiles=source.profiles
+            )
+            con.execute(f"INSERT INTO {table} BY NAME {single}")
     return con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]

@@ -1,0 +1,284 @@
+"""The identity graph at an as-of date: events, profiles and outcomes as they were known then.
+
+A profile at ``as_of`` is the identity graph built from the links observed before ``as_of``,
+with the same guardrails as the whole history's (:mod:`propensity.features.identity_graph`).
+Ingest stored every identity and link with the time it was first observed, and the few
+components whose identities seen by some date were not yet the one profile they end up as
+(``identity_unsettled``). Every other profile is *settled* at that date: its events before
+``as_of`` are exactly its final profile's, so they pass through unchanged; only the events
+of unsettled components are attributed again, through the graph rebuilt at ``as_of``.
+
+Profile ids at ``as_of``: a profile that is exactly its final profile's identities seen by
+then keeps the final ``profile_id``; any other (part of a final profile, or identities that
+the guardrails separated later) is named like every profile, ``p_`` + a hash of its
+smallest identity. No two profiles of one date share an id.
+
+Outcomes (labels) in ``[as_of, as_of + horizon)`` count for the profile, at ``as_of``, of the
+event's first identity in namespace precedence that existed at ``as_of``; an outcome none
+of whose identities existed then counts for nobody: the label is about the people the
+snapshot knew, never about links that only a later event made (see :meth:`outcomes_sql`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from propensity.core.config import IdentityConfig
+from propensity.features.contract import CONSENT_COLUMNS
+from propensity.features.engine import sql_ident, sql_string
+from propensity.features.identity import SEPARATOR, anchor_sql, attributes_sql
+from propensity.features.identity_graph import group_identities
+
+
+@dataclass(frozen=True)
+class AsOfSources:
+    """Relations (names of views) to build features at ``as_of`` from."""
+
+    as_of: dt.date
+    events: str  # events before as_of, profile_id as of as_of (no profile_key)
+    profiles: str  # profile_id and the profile attributes as of as_of
+    identity_map: str  # namespace, value, profile_id of the identities seen before as_of
+
+
+@dataclass(frozen=True)
+class Reattributed:
+    """What stacked snapshots build apart: per as-of day (days since 1970), the final
+    ``profile_key``\\ s whose identities were not yet one profile then, and the sources that
+    hold just their events, attributed as of that date."""
+
+    skip: dict[int, np.ndarray]
+    sources: list[AsOfSources]
+
+    @property
+    def changed_profiles(self) -> dict[dt.date, int]:
+        """Final profiles attributed again, per as-of date."""
+        epoch = dt.date(1970, 1, 1)
+        return {epoch + dt.timedelta(days=day): len(keys) for day, keys in self.skip.items()}
+
+
+def _ts(as_of: dt.date) -> str:
+    return f"TIMESTAMP '{as_of} 00:00:00'"
+
+
+def _tag(as_of: dt.date) -> str:
+    return as_of.strftime("%Y%m%d")
+
+
+class IdentityGraph:
+    """The stored identity graph of one connection, rebuilt at as-of dates on demand.
+
+    Reads ``identity_map`` (namespace, value, node_key, component, first_seen, profile_id,
+    profile_key), ``identity_links``, ``identity_unsettled``, ``profiles`` and, when present,
+    ``profile_attributes``, as ingest writes them (:func:`features.identity.stitch`). The
+    graph of each date is built once per connection, into the temp table
+    ``identity_as_of`` (as_of, node_key, node, namespace, value, profile_id, final_key): the
+    identities of unsettled components seen before the date, with their profile then.
+    """
+
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, identity: IdentityConfig, events: str = "events"
+    ) -> None:
+        self.con, self.identity, self.events = con, identity, events
+        self._built: set[dt.date] = set()
+        con.execute("""
+            CREATE OR REPLACE TEMP TABLE identity_as_of (
+                as_of DATE, node_key INTEGER, node VARCHAR, namespace VARCHAR, value VARCHAR,
+                profile_id VARCHAR, final_key INTEGER)
+        """)
+        con.execute("CREATE OR REPLACE TEMP TABLE identity_as_of_changed (as_of DATE, profile_key INTEGER)")
+
+    def prepare(self, as_ofs: list[dt.date]) -> None:
+        """Build the graph at each date not built yet."""
+        for as_of in sorted(set(as_ofs) - self._built):
+            self._build(as_of)
+            self._built.add(as_of)
+
+    def _build(self, as_of: dt.date) -> None:
+        con, d = self.con, _ts(as_of)
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _unsettled_nodes AS
+            SELECT node_key, namespace, value, profile_id, profile_key, first_seen
+            FROM identity_map
+            WHERE component IN (
+                SELECT component FROM identity_unsettled
+                WHERE (after IS NULL OR after < {d}) AND {d} <= until)
+        """)
+        con.execute(f"""
+            INSERT INTO identity_as_of_changed
+            SELECT DISTINCT DATE '{as_of}', profile_key FROM _unsettled_nodes
+        """)
+        nodes = con.execute(f"""
+            SELECT node_key, namespace FROM _unsettled_nodes
+            WHERE first_seen IS NULL OR first_seen < {d} ORDER BY node_key
+        """).fetchnumpy()
+        keys = np.asarray(nodes["node_key"], dtype=np.int64)
+        if len(keys) == 0:
+            con.execute("DROP TABLE _unsettled_nodes")
+            return
+        links = con.execute(f"""
+            SELECT a, b FROM identity_links
+            WHERE (first_seen IS NULL OR first_seen < {d})
+              AND a IN (SELECT node_key FROM _unsettled_nodes)
+        """).fetchnumpy()
+        # A link is never older than its identities, so both ends are among the nodes.
+        src = np.searchsorted(keys, np.asarray(links["a"], dtype=np.int64))
+        dst = np.searchsorted(keys, np.asarray(links["b"], dtype=np.int64))
+        grouping = group_identities(np.asarray(nodes["namespace"], dtype=object), src, dst, self.identity)
+        con.register("_as_of_groups", pd.DataFrame({"node_key": keys, "grp": grouping.group}))
+        sep = sql_string(SEPARATOR)
+        con.execute(f"""
+            INSERT INTO identity_as_of
+            WITH n AS (
+                SELECT u.*, g.grp, u.namespace || {sep} || u.value AS node
+                FROM _unsettled_nodes u JOIN _as_of_groups g USING (node_key)
+            ), groups AS (
+                SELECT grp, min(node) AS smallest, count(*) AS size,
+                       min(profile_id) AS some_final, max(profile_id) AS other_final
+                FROM n GROUP BY grp
+            ), seen AS (SELECT profile_id, count(*) AS size FROM n GROUP BY profile_id)
+            SELECT DATE '{as_of}', n.node_key, n.node, n.namespace, n.value,
+                   CASE WHEN g.some_final = g.other_final AND g.size = s.size THEN g.some_final
+                        ELSE 'p_' || left(sha256(g.smallest), 16) END,
+                   n.profile_key
+            FROM n JOIN groups g USING (grp) JOIN seen s ON s.profile_id = g.some_final
+            ORDER BY n.node_key
+        """)
+        con.unregister("_as_of_groups")
+        con.execute("DROP TABLE _unsettled_nodes")
+
+    def changed_keys(self, as_of: dt.date) -> np.ndarray:
+        """Final ``profile_key``\\ s whose events are attributed again at ``as_of``."""
+        self.prepare([as_of])
+        rows = self.con.execute(
+            f"SELECT profile_key FROM identity_as_of_changed WHERE as_of = DATE '{as_of}' ORDER BY 1"
+        ).fetchnumpy()
+        return np.asarray(rows["profile_key"], dtype=np.int64)
+
+    def _changed_events_sql(self, as_of: dt.date, events: str) -> str:
+        """Events before ``as_of`` of the changed profiles, attributed through the graph then."""
+        return f"""
+            SELECT e.* EXCLUDE (profile_key) REPLACE (m.profile_id AS profile_id)
+            FROM {events} e
+            JOIN identity_as_of m
+              ON m.as_of = DATE '{as_of}' AND m.node = {anchor_sql(self.identity.namespaces, "e")}
+            WHERE e.timestamp < {_ts(as_of)}
+              AND e.profile_key IN (
+                  SELECT profile_key FROM identity_as_of_changed WHERE as_of = DATE '{as_of}')
+        """
+
+    def _profiles_view(self, as_of: dt.date) -> str:
+        """Profile attributes at ``as_of``: settled profiles' rows as they are, and the
+        attributes of the profiles rebuilt then, from the attribute rows whose first identity
+        they hold."""
+        con, name = self.con, f"profiles_as_of_{_tag(as_of)}"
+        nodes = f"(SELECT node, profile_id FROM identity_as_of WHERE as_of = DATE '{as_of}')"
+        try:
+            rebuilt, columns = attributes_sql(con, self.identity, nodes)
+        except duckdb.CatalogException:  # no profile-attributes file: consent not given
+            columns = list(CONSENT_COLUMNS)
+            rebuilt = f"SELECT DISTINCT profile_id, {', '.join(f'NULL AS {c}' for c in columns)} FROM {nodes}"
+        listed = ", ".join(sql_ident(c) for c in columns)
+        con.execute(f"""
+            CREATE OR REPLACE TEMP VIEW {name} AS
+            SELECT profile_id, {listed} FROM profiles
+            WHERE profile_key NOT IN (
+                SELECT profile_key FROM identity_as_of_changed WHERE as_of = DATE '{as_of}')
+            UNION ALL BY NAME
+            SELECT * FROM ({rebuilt})
+        """)
+        return name
+
+    def sources(self, as_of: dt.date) -> AsOfSources:
+        """Views of the events, profiles and identities at ``as_of`` (built once per date)."""
+        self.prepare([as_of])
+        tag, d = _tag(as_of), _ts(as_of)
+        events = f"events_as_of_{tag}"
+        self.con.execute(f"""
+            CREATE OR REPLACE TEMP VIEW {events} AS
+            SELECT * EXCLUDE (profile_key) FROM {self.events}
+            WHERE timestamp < {d}
+              AND profile_key NOT IN (
+                  SELECT profile_key FROM identity_as_of_changed WHERE as_of = DATE '{as_of}')
+            UNION ALL
+            {self._changed_events_sql(as_of, self.events)}
+        """)
+        identities = f"identity_map_as_of_{tag}"
+        self.con.execute(f"""
+            CREATE OR REPLACE TEMP VIEW {identities} AS
+            SELECT m.namespace, m.value, coalesce(a.profile_id, m.profile_id) AS profile_id
+            FROM identity_map m
+            LEFT JOIN identity_as_of a ON a.as_of = DATE '{as_of}' AND a.node_key = m.node_key
+            WHERE m.first_seen IS NULL OR m.first_seen < {d}
+        """)
+        return AsOfSources(as_of, events, self._profiles_view(as_of), identities)
+
+    def reattributed(self, as_ofs: list[dt.date], events: str) -> Reattributed:
+        """For stacked snapshots: the profiles to build apart at each date, and their sources.
+
+        Their events are copied once (one scan of ``events``) into ``events_unsettled``.
+        """
+        self.prepare(as_ofs)
+        epoch = dt.date(1970, 1, 1)
+        days = ", ".join(f"DATE '{d}'" for d in sorted(set(as_ofs)))
+        self.con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE events_unsettled AS
+            SELECT * FROM {events} WHERE profile_key IN (
+                SELECT profile_key FROM identity_as_of_changed WHERE as_of IN ({days}))
+        """)
+        skip, sources = {}, []
+        for as_of in sorted(set(as_ofs)):
+            keys = self.changed_keys(as_of)
+            if len(keys) == 0:
+                continue
+            skip[(as_of - epoch).days] = keys
+            name = f"events_unsettled_as_of_{_tag(as_of)}"
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP VIEW {name} AS {self._changed_events_sql(as_of, 'events_unsettled')}"
+            )
+            full = self.sources(as_of)
+            sources.append(AsOfSources(as_of, name, full.profiles, full.identity_map))
+        return Reattributed(skip, sources)
+
+    def outcomes_sql(self, condition: str, horizon_days: int, as_ofs: list[dt.date], events: str) -> str:
+        """Outcome events per (profile_id, as_of) with their largest ``revenue`` (``max_revenue``).
+
+        An event of ``events`` (aliased ``e``) matching ``condition`` in ``[as_of, as_of +
+        horizon_days)`` counts for the profile, at ``as_of``, of its first identity in
+        namespace precedence seen before ``as_of``; if it has none, for nobody.
+        """
+        self.prepare(as_ofs)
+        days = ", ".join(f"(DATE '{d}')" for d in sorted(set(as_ofs)))
+        day = "CAST(date_diff('day', DATE '1970-01-01', CAST({} AS DATE)) AS INTEGER)"
+        event_day, as_of_day = day.format("e.timestamp"), day.format("s.as_of")
+        candidates = " UNION ALL ".join(
+            f"SELECT outcome_row, as_of, revenue, {rank} AS rank, {sql_string(ns)} AS namespace, "
+            f"{sql_ident(ns)} AS value FROM outcomes WHERE {sql_ident(ns)} IS NOT NULL"
+            for rank, ns in enumerate(self.identity.namespaces)
+        )
+        return f"""
+            WITH outcomes AS (
+                SELECT row_number() OVER () AS outcome_row, s.as_of, e.*
+                FROM {events} e
+                JOIN (VALUES {days}) AS s(as_of)
+                  ON {event_day} >= {as_of_day} AND {event_day} < {as_of_day} + {int(horizon_days)}
+                WHERE {condition}
+            ), candidates AS ({candidates}),
+            placed AS (
+                SELECT c.outcome_row, c.as_of, c.revenue, c.rank,
+                       coalesce(a.profile_id, m.profile_id) AS profile_id
+                FROM candidates c
+                JOIN identity_map m ON m.namespace = c.namespace AND m.value = c.value
+                LEFT JOIN identity_as_of a ON a.as_of = c.as_of AND a.node_key = m.node_key
+                WHERE m.first_seen IS NULL OR m.first_seen < CAST(c.as_of AS TIMESTAMP)
+            ), attributed AS (
+                SELECT outcome_row, as_of, any_value(revenue) AS revenue,
+                       arg_min(profile_id, rank) AS profile_id
+                FROM placed GROUP BY outcome_row, as_of
+            )
+            SELECT profile_id, as_of, max(revenue) AS max_revenue FROM attributed GROUP BY profile_id, as_of
+        """
