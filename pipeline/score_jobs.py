@@ -162,7 +162,8 @@ def score_model(
     out_root = Path(out) if out is not None else Path(config.work_dir) / "scores"
     target = out_root / f"model={model_name}" / f"as_of={prep.as_of}"
 
-    features_sql = snapshot_sql(prep.fs, prep.as_of, con)
+    sources = prep.loaded.sources(prep.as_of)
+    features_sql = snapshot_sql(prep.fs, prep.as_of, con, events=sources.events, profiles=sources.profiles)
     con.execute(f"CREATE OR REPLACE TEMP TABLE score_features AS {features_sql}")
     where = prep.population.sql("duckdb")
     profiles, eligible = con.execute(
@@ -297,7 +298,9 @@ def explain_profile(
     prep = _prepare(model_name, events, config, as_of, alias, version)
     con = prep.loaded.con
     where = f"profile_id = {sql_string(profile_id)}"
-    row = con.execute(f"SELECT * FROM ({snapshot_sql(prep.fs, prep.as_of, con)}) WHERE {where}").df()
+    sources = prep.loaded.sources(prep.as_of)
+    features_sql = snapshot_sql(prep.fs, prep.as_of, con, events=sources.events, profiles=sources.profiles)
+    row = con.execute(f"SELECT * FROM ({features_sql}) WHERE {where}").df()
     if row.empty:
         known = con.execute(f"SELECT count(*) FROM profiles WHERE {where}").fetchone()[0]
         raise UserError(
