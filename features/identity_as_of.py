@@ -75,28 +75,38 @@ class IdentityGraph:
     Reads ``identity_map`` (namespace, value, node_key, component, first_seen, profile_id,
     profile_key), ``identity_links``, ``identity_unsettled``, ``profiles`` and, when present,
     ``profile_attributes``, as ingest writes them (:func:`features.identity.stitch`). The
-    graph of each date is built once per connection, into the temp table
-    ``identity_as_of`` (as_of, node_key, node, namespace, value, profile_id, final_key): the
-    identities of unsettled components seen before the date, with their profile then.
+    graph of each date is built once per connection (the dates built are in the temp table
+    ``identity_as_of_dates``), into the temp table ``identity_as_of`` (as_of, node_key, node,
+    namespace, value, profile_id, final_key): the identities of unsettled components seen
+    before the date, with their profile then; ``identity_as_of_changed`` (as_of,
+    profile_key) lists the final profiles of those components.
     """
 
     def __init__(
         self, con: duckdb.DuckDBPyConnection, identity: IdentityConfig, events: str = "events"
     ) -> None:
         self.con, self.identity, self.events = con, identity, events
-        self._built: set[dt.date] = set()
         con.execute("""
-            CREATE OR REPLACE TEMP TABLE identity_as_of (
+            CREATE TEMP TABLE IF NOT EXISTS identity_as_of (
                 as_of DATE, node_key INTEGER, node VARCHAR, namespace VARCHAR, value VARCHAR,
                 profile_id VARCHAR, final_key INTEGER)
         """)
-        con.execute("CREATE OR REPLACE TEMP TABLE identity_as_of_changed (as_of DATE, profile_key INTEGER)")
+        con.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS identity_as_of_changed (as_of DATE, profile_key INTEGER)"
+        )
+        con.execute("CREATE TEMP TABLE IF NOT EXISTS identity_as_of_dates (as_of DATE)")
+
+    def forget(self) -> None:
+        """Drop every date's graph built so far (the next use builds it again)."""
+        for table in ("identity_as_of", "identity_as_of_changed", "identity_as_of_dates"):
+            self.con.execute(f"DELETE FROM {table}")
 
     def prepare(self, as_ofs: list[dt.date]) -> None:
         """Build the graph at each date not built yet."""
-        for as_of in sorted(set(as_ofs) - self._built):
+        built = {r[0] for r in self.con.execute("SELECT as_of FROM identity_as_of_dates").fetchall()}
+        for as_of in sorted(set(as_ofs) - built):
             self._build(as_of)
-            self._built.add(as_of)
+            self.con.execute(f"INSERT INTO identity_as_of_dates VALUES (DATE '{as_of}')")
 
     def _build(self, as_of: dt.date) -> None:
         con, d = self.con, _ts(as_of)

@@ -369,3 +369,28 @@ def test_an_older_ingest_directory_asks_to_ingest_again(tmp_path):
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": 3}))
     with pytest.raises(UserError, match="run `propensity ingest` again"):
         ingest_jobs.load_events(tmp_path / "out", ProjectConfig())
+
+
+def test_unsettled_intervals_are_the_times_a_component_was_in_pieces():
+    import numpy as np
+
+    from propensity.features.identity_graph import ALWAYS, group_identities, unsettled_intervals
+
+    # 0 and 1 are seen apart (t=1, t=2) and linked at t=3; 2 arrives already linked (t=5);
+    # 3 and 4 are one profile row from the start, 5 joins them at t=7 on its first sighting.
+    namespaces = np.array(["ecid", "email_sha256", "ecid", "crm_id", "email_sha256", "ecid"], dtype=object)
+    node_time = np.array([1, 2, 5, ALWAYS, ALWAYS, 7])
+    src, dst, link_time = np.array([0, 1, 3, 3]), np.array([1, 2, 4, 5]), np.array([3, 5, ALWAYS, 7])
+    grouping = group_identities(namespaces, src, dst, IdentityConfig())
+    found = unsettled_intervals(grouping, node_time, src, dst, link_time)
+    assert list(zip(found.component, found.after, found.until, strict=True)) == [
+        (grouping.component[0], 2, 3)
+    ]
+    # Two accounts in one component: rebuilt at every date until its last identity arrives.
+    namespaces[2] = "crm_id"
+    namespaces[0] = "crm_id"
+    grouping = group_identities(namespaces, src, dst, IdentityConfig())
+    found = unsettled_intervals(grouping, node_time, src, dst, link_time)
+    assert list(zip(found.component, found.after, found.until, strict=True)) == [
+        (grouping.component[0], ALWAYS, 5)
+    ]
