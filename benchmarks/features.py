@@ -9,7 +9,11 @@ times in the same run, on the same 35 core features at one as-of date:
   * pandas: the same features with vectorised pandas group-bys;
 and then 8 stacked snapshots (``build_snapshots``: one daily rollup, then every snapshot's
 windows from it) against the single snapshot. Ours, handwritten and pandas are checked to
-agree. The last line is one JSON object.
+agree. The single and stacked builds run twice: over the identity graph of each as-of date
+(what the pipeline does) and over the final graph (the all-time attribution, for
+comparison); the run reports the profiles attributed again at each date, the ingest time
+(``--ingest`` to measure it again) and the ingest's point-in-time work
+(``benchmarks/point_in_time.py``). The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ from propensity.features.labels import snapshot_dates
 from propensity.features.registry import build_registry
 from propensity.features.synthetic import GeneratorSettings, generate
 from propensity.pipeline import feature_jobs, ingest_jobs
+
+try:  # run as a script (python benchmarks/features.py) or imported as benchmarks.features
+    from point_in_time import AsOfVariants, ingest_extras
+except ImportError:  # pragma: no cover
+    from benchmarks.point_in_time import AsOfVariants, ingest_extras
 
 DATA = Path(__file__).parent / ".data"
 
@@ -304,6 +313,7 @@ def main() -> None:
         help="instead: every registry feature (8 learned categories), both single-snapshot plans "
         "and 8 stacked snapshots",
     )
+    parser.add_argument("--ingest", action="store_true", help="ingest again, to time the ingest")
     args = parser.parse_args()
 
     raw, ingested = DATA / f"luma_{args.profiles}", DATA / f"ingested_{args.profiles}"
@@ -314,10 +324,12 @@ def main() -> None:
     manifest = ingested / "manifest.json"
     newest_raw = max(f.stat().st_mtime for f in (raw / "events").iterdir())
     stale = (
-        not manifest.is_file()
+        args.ingest
+        or not manifest.is_file()
         or manifest.stat().st_mtime < newest_raw
         or json.loads(manifest.read_text()).get("format") != ingest_jobs.INGEST_FORMAT
     )
+    ingest_seconds = None
     if stale:
         print("ingesting ...", flush=True)
         summary, ingest_seconds = timed(
@@ -328,6 +340,8 @@ def main() -> None:
     loaded = ingest_jobs.load_events(ingested, config)
     con = loaded.con
     events = con.execute("SELECT count(*) FROM events").fetchone()[0]
+    extras = ingest_extras(con, ingested, loaded.graph)
+    print(f"ingest: {ingest_seconds or float('nan'):.1f}s; {extras['summary']}", flush=True)
     cutoff = event_queries.data_end(con)
     as_of = cutoff - dt.timedelta(days=30)
     if args.all_features:
@@ -350,6 +364,15 @@ def main() -> None:
         nonlocal stacked_rows
         stacked_rows = stacked_build.build_snapshots(con, fs, dates, table="stacked")
 
+    as_of_graph = AsOfVariants(con, loaded.graph, fs, as_of, dates)
+    variants = (
+        ("handwritten", handwritten),
+        ("ours", ours),
+        ("ours as of", as_of_graph.single),
+        ("stacked", stacked),
+        ("stacked as of", as_of_graph.stacked),
+    )
+
     # Warm the file cache once so that neither side pays for the first read; then two rounds,
     # each variant timed in each, best of two (first calls also pay for memory the process
     # has not touched yet, which this VM makes slow).
@@ -357,7 +380,7 @@ def main() -> None:
     results: dict[str, list[float]] = {}
     peak_ours = 0.0
     for _ in range(2):
-        for name, fn in (("handwritten", handwritten), ("ours", ours), ("stacked", stacked)):
+        for name, fn in variants:
             _, seconds = timed(fn)
             results.setdefault(name, []).append(seconds)
             if name == "ours" and not peak_ours:
@@ -373,6 +396,8 @@ def main() -> None:
     stacked_df = con.execute(f"SELECT * FROM stacked WHERE as_of = DATE '{as_of}'").df()
     compare(ours_df, stacked_df, "ours vs the same date in the stacked snapshots")
     del stacked_df
+    compare(*as_of_graph.frames_at_as_of(), "ours vs stacked, over the graph at as_of")
+    as_of_s, eight_as_of_s = min(results["ours as of"]), min(results["stacked as of"])
 
     # Spilling: the same build with DuckDB held to a small memory limit.
     spill_con = ingest_jobs.load_events(
@@ -409,6 +434,13 @@ def main() -> None:
         f"8 snapshots / 1 snapshot: {eight_s / ours_s:.2f}   pandas / ours: {pandas_s / ours_s:.2f}   "
         f"peak RSS after our build: {peak_ours:,.0f} MiB, after the stacked build: {peak_stacked:,.0f} MiB"
     )
+    profiles = con.execute("SELECT count(*) FROM profiles").fetchone()[0]
+    changed = as_of_graph.changed
+    print(
+        f"over the graph at each as-of date / over the final graph: 1 snapshot {as_of_s / ours_s:.2f}, "
+        f"8 stacked snapshots {eight_as_of_s / eight_s:.2f}; profiles attributed again per date "
+        f"(of {profiles:,}): {', '.join(f'{d}: {n:,}' for d, n in changed.items())}"
+    )
     print(
         json.dumps(
             {
@@ -426,6 +458,14 @@ def main() -> None:
                 "memory_limit": args.memory_limit,
                 "peak_rss_mib": round(peak_ours),
                 "peak_rss_stacked_mib": round(peak_stacked),
+                "as_of_graph_seconds": round(as_of_s, 3),
+                "as_of_graph_ratio": round(as_of_s / ours_s, 3),
+                "snapshots_as_of_graph_seconds": round(eight_as_of_s, 3),
+                "snapshots_as_of_graph_ratio": round(eight_as_of_s / eight_s, 3),
+                "changed_profiles": {str(d): n for d, n in changed.items()},
+                "profiles_total": profiles,
+                "ingest_seconds": round(ingest_seconds, 3) if ingest_seconds else None,
+                "ingest_point_in_time": extras,
                 "runs": {name: [round(x, 3) for x in xs] for name, xs in results.items()},
             }
         )
