@@ -314,13 +314,16 @@ def main() -> None:
         "and 8 stacked snapshots",
     )
     parser.add_argument("--ingest", action="store_true", help="ingest again, to time the ingest")
+    parser.add_argument(
+        "--engine-memory-limit", default=None, help="DuckDB limit for every other run (default: 60%% of RAM)"
+    )
     args = parser.parse_args()
 
     raw, ingested = DATA / f"luma_{args.profiles}", DATA / f"ingested_{args.profiles}"
     if not (raw / "events").is_dir():
         print(f"generating {args.profiles:,} profiles ...", flush=True)
         generate(GeneratorSettings(profiles=args.profiles, days=args.days, ground_truth=False), raw)
-    config = ProjectConfig()
+    config = ProjectConfig(engine=EngineConfig(memory_limit=args.engine_memory_limit))
     manifest = ingested / "manifest.json"
     newest_raw = max(f.stat().st_mtime for f in (raw / "events").iterdir())
     stale = (

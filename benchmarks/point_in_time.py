@@ -94,7 +94,7 @@ class AsOfVariants:
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE ours_as_of AS {sql}")
 
     def stacked(self) -> None:
-        reattributed = self._fresh().reattributed(self.dates, "events")
+        reattributed = self._fresh().reattributed(self.dates, "events", self.fs.lookback_days)
         self.changed = reattributed.changed_profiles
         build_snapshots(self.con, self.fs, self.dates, table="stacked_as_of", reattributed=reattributed)
 

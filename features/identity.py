@@ -199,12 +199,15 @@ def stitch(con: duckdb.DuckDBPyConnection, identity: IdentityConfig, with_profil
 
 
 def attribute_events(con: duckdb.DuckDBPyConnection, identity: IdentityConfig) -> None:
-    """The view ``stitched_events``: ``clean_events`` with ``profile_id`` and ``new_identities``.
+    """The view ``stitched_events``: ``clean_events`` with ``profile_id``, ``profile_key``,
+    ``new_identities`` and ``anchor_key``.
 
-    ``profile_id`` comes through each row's anchor identity. ``new_identities`` counts the
-    identities seen on this event for the first time (ties broken by event_id), so that
-    "identities known by as_of" is a plain sum over events before as_of: point in time.
-    A view, not a copy: writing it out streams the join instead of holding the events twice.
+    ``profile_id`` comes through each row's anchor identity, whose ``node_key`` is
+    ``anchor_key`` (through which the graph at an as-of date attributes the event again).
+    ``new_identities`` counts the identities seen on this event for the first time (ties
+    broken by event_id), so that "identities known by as_of" is a plain sum over events
+    before as_of: point in time. A view, not a copy: writing it out streams the join instead
+    of holding the events twice.
     """
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE identity_firsts AS
@@ -219,7 +222,8 @@ def attribute_events(con: duckdb.DuckDBPyConnection, identity: IdentityConfig) -
     """)
     con.execute(f"""
         CREATE OR REPLACE TEMP VIEW stitched_events AS
-        SELECT m.profile_id, e.*, coalesce(f.new_identities, 0) AS new_identities, m.profile_key
+        SELECT m.profile_id, e.*, coalesce(f.new_identities, 0) AS new_identities, m.profile_key,
+               m.node_key AS anchor_key
         FROM clean_events e
         JOIN identity_map m ON m.node = {anchor_sql(identity.namespaces, "e")}
         LEFT JOIN identity_firsts f ON f.event_id = e.event_id

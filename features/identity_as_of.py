@@ -26,12 +26,12 @@ from dataclasses import dataclass
 
 import duckdb
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 
 from propensity.core.config import IdentityConfig
 from propensity.features.contract import CONSENT_COLUMNS
 from propensity.features.engine import sql_ident, sql_string
-from propensity.features.identity import SEPARATOR, anchor_sql, attributes_sql
+from propensity.features.identity import SEPARATOR, attributes_sql
 from propensity.features.identity_graph import group_identities
 
 
@@ -47,12 +47,21 @@ class AsOfSources:
 
 @dataclass(frozen=True)
 class Reattributed:
-    """What stacked snapshots build apart: per as-of day (days since 1970), the final
-    ``profile_key``\\ s whose identities were not yet one profile then, and the sources that
-    hold just their events, attributed as of that date."""
+    """What stacked snapshots build apart, from :meth:`IdentityGraph.reattributed`.
+
+    ``skip``: per as-of day (days since 1970), the final ``profile_key``\\ s whose identities
+    were not one profile then, left out of the pass over the final profiles. ``events``: the
+    events of those profiles, attributed as of each date, with ``profile_key`` a dense
+    integer per (date, profile as of that date); ``keys`` maps it to ``profile_id`` and
+    ``as_of_day``, ``key_days`` is each key's day (keys in date order), and ``profiles`` holds
+    the attributes of each key's profile.
+    """
 
     skip: dict[int, np.ndarray]
-    sources: list[AsOfSources]
+    events: str
+    keys: str
+    key_days: np.ndarray
+    profiles: str
 
     @property
     def changed_profiles(self) -> dict[dt.date, int]:
@@ -102,63 +111,71 @@ class IdentityGraph:
             self.con.execute(f"DELETE FROM {table}")
 
     def prepare(self, as_ofs: list[dt.date]) -> None:
-        """Build the graph at each date not built yet."""
+        """Build the graph at each date not built yet, all dates in one pass: the identities
+        of every date are vertices of one graph (a date's vertices link only among themselves)."""
         built = {r[0] for r in self.con.execute("SELECT as_of FROM identity_as_of_dates").fetchall()}
-        for as_of in sorted(set(as_ofs) - built):
-            self._build(as_of)
-            self.con.execute(f"INSERT INTO identity_as_of_dates VALUES (DATE '{as_of}')")
-
-    def _build(self, as_of: dt.date) -> None:
-        con, d = self.con, _ts(as_of)
+        new = sorted(set(as_ofs) - built)
+        if not new:
+            return
+        con = self.con
+        days = ", ".join(f"(DATE '{d}')" for d in new)
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE _unsettled_nodes AS
-            SELECT node_key, namespace, value, profile_id, profile_key, first_seen
-            FROM identity_map
-            WHERE component IN (
-                SELECT component FROM identity_unsettled
-                WHERE (after IS NULL OR after < {d}) AND {d} <= until)
+            WITH components AS (
+                SELECT DISTINCT d.as_of, u.component
+                FROM identity_unsettled u JOIN (VALUES {days}) AS d(as_of)
+                  ON (u.after IS NULL OR u.after < d.as_of) AND d.as_of <= u.until
+            )
+            SELECT c.as_of, m.node_key, m.namespace, m.value, m.profile_id, m.profile_key, m.first_seen
+            FROM components c JOIN identity_map m USING (component)
         """)
-        con.execute(f"""
-            INSERT INTO identity_as_of_changed
-            SELECT DISTINCT DATE '{as_of}', profile_key FROM _unsettled_nodes
+        con.execute(
+            "INSERT INTO identity_as_of_changed SELECT DISTINCT as_of, profile_key FROM _unsettled_nodes"
+        )
+        con.execute("""
+            CREATE OR REPLACE TEMP TABLE _vertices AS
+            SELECT (row_number() OVER (ORDER BY as_of, node_key) - 1)::BIGINT AS vertex, *
+            FROM _unsettled_nodes WHERE first_seen IS NULL OR first_seen < as_of
         """)
-        nodes = con.execute(f"""
-            SELECT node_key, namespace FROM _unsettled_nodes
-            WHERE first_seen IS NULL OR first_seen < {d} ORDER BY node_key
+        vertices = con.execute("SELECT namespace FROM _vertices ORDER BY vertex").fetchnumpy()
+        # A link is never older than its identities, so both ends are vertices of its date.
+        links = con.execute("""
+            SELECT va.vertex AS a, vb.vertex AS b
+            FROM identity_links l
+            JOIN _vertices va ON va.node_key = l.a
+            JOIN _vertices vb ON vb.node_key = l.b AND vb.as_of = va.as_of
+            WHERE l.first_seen IS NULL OR l.first_seen < va.as_of
         """).fetchnumpy()
-        keys = np.asarray(nodes["node_key"], dtype=np.int64)
-        if len(keys) == 0:
-            con.execute("DROP TABLE _unsettled_nodes")
-            return
-        links = con.execute(f"""
-            SELECT a, b FROM identity_links
-            WHERE (first_seen IS NULL OR first_seen < {d})
-              AND a IN (SELECT node_key FROM _unsettled_nodes)
-        """).fetchnumpy()
-        # A link is never older than its identities, so both ends are among the nodes.
-        src = np.searchsorted(keys, np.asarray(links["a"], dtype=np.int64))
-        dst = np.searchsorted(keys, np.asarray(links["b"], dtype=np.int64))
-        grouping = group_identities(np.asarray(nodes["namespace"], dtype=object), src, dst, self.identity)
-        con.register("_as_of_groups", pd.DataFrame({"node_key": keys, "grp": grouping.group}))
+        grouping = group_identities(
+            np.asarray(vertices["namespace"], dtype=object),
+            np.asarray(links["a"], dtype=np.int64),
+            np.asarray(links["b"], dtype=np.int64),
+            self.identity,
+        )
+        con.register(
+            "_vertex_groups", pa.table({"vertex": np.arange(len(grouping.group)), "grp": grouping.group})
+        )
         sep = sql_string(SEPARATOR)
         con.execute(f"""
             INSERT INTO identity_as_of
             WITH n AS (
-                SELECT u.*, g.grp, u.namespace || {sep} || u.value AS node
-                FROM _unsettled_nodes u JOIN _as_of_groups g USING (node_key)
+                SELECT v.*, g.grp, v.namespace || {sep} || v.value AS node
+                FROM _vertices v JOIN _vertex_groups g USING (vertex)
             ), groups AS (
                 SELECT grp, min(node) AS smallest, count(*) AS size,
                        min(profile_id) AS some_final, max(profile_id) AS other_final
                 FROM n GROUP BY grp
-            ), seen AS (SELECT profile_id, count(*) AS size FROM n GROUP BY profile_id)
-            SELECT DATE '{as_of}', n.node_key, n.node, n.namespace, n.value,
+            ), seen AS (SELECT as_of, profile_id, count(*) AS size FROM n GROUP BY as_of, profile_id)
+            SELECT n.as_of, n.node_key, n.node, n.namespace, n.value,
                    CASE WHEN g.some_final = g.other_final AND g.size = s.size THEN g.some_final
                         ELSE 'p_' || left(sha256(g.smallest), 16) END,
                    n.profile_key
-            FROM n JOIN groups g USING (grp) JOIN seen s ON s.profile_id = g.some_final
-            ORDER BY n.node_key
+            FROM n JOIN groups g USING (grp) JOIN seen s ON s.as_of = n.as_of AND s.profile_id = g.some_final
+            ORDER BY n.as_of, n.node_key
         """)
-        con.unregister("_as_of_groups")
+        con.execute(f"INSERT INTO identity_as_of_dates VALUES {days}")
+        con.unregister("_vertex_groups")
+        con.execute("DROP TABLE _vertices")
         con.execute("DROP TABLE _unsettled_nodes")
 
     def changed_keys(self, as_of: dt.date) -> np.ndarray:
@@ -174,8 +191,7 @@ class IdentityGraph:
         return f"""
             SELECT e.* EXCLUDE (profile_key) REPLACE (m.profile_id AS profile_id)
             FROM {events} e
-            JOIN identity_as_of m
-              ON m.as_of = DATE '{as_of}' AND m.node = {anchor_sql(self.identity.namespaces, "e")}
+            JOIN identity_as_of m ON m.as_of = DATE '{as_of}' AND m.node_key = e.anchor_key
             WHERE e.timestamp < {_ts(as_of)}
               AND e.profile_key IN (
                   SELECT profile_key FROM identity_as_of_changed WHERE as_of = DATE '{as_of}')
@@ -227,32 +243,57 @@ class IdentityGraph:
         """)
         return AsOfSources(as_of, events, self._profiles_view(as_of), identities)
 
-    def reattributed(self, as_ofs: list[dt.date], events: str) -> Reattributed:
-        """For stacked snapshots: the profiles to build apart at each date, and their sources.
-
-        Their events are copied once (one scan of ``events``) into ``events_unsettled``.
+    def reattributed(
+        self, as_ofs: list[dt.date], events: str, lookback_days: int | None = None
+    ) -> Reattributed:
+        """For stacked snapshots: the final profiles to leave out at each date, and the events
+        of the profiles the graph at that date makes of them instead (those within
+        ``lookback_days`` before it, when given), keyed by a dense integer per (date, profile).
         """
         self.prepare(as_ofs)
-        epoch = dt.date(1970, 1, 1)
+        con, epoch = self.con, dt.date(1970, 1, 1)
         days = ", ".join(f"DATE '{d}'" for d in sorted(set(as_ofs)))
-        self.con.execute(f"""
-            CREATE OR REPLACE TEMP TABLE events_unsettled AS
-            SELECT * FROM {events} WHERE profile_key IN (
-                SELECT profile_key FROM identity_as_of_changed WHERE as_of IN ({days}))
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE reattributed_keys AS
+            SELECT (row_number() OVER (ORDER BY as_of, profile_id) - 1)::INTEGER AS profile_key,
+                   as_of, date_diff('day', DATE '1970-01-01', as_of)::INTEGER AS as_of_day, profile_id
+            FROM (SELECT DISTINCT as_of, profile_id FROM identity_as_of WHERE as_of IN ({days}))
         """)
-        skip, sources = {}, []
+        oldest = f"AND e.timestamp >= c.as_of - INTERVAL {int(lookback_days)} DAY" if lookback_days else ""
+        con.execute(f"""
+            CREATE OR REPLACE TEMP VIEW reattributed_events AS
+            SELECT k.profile_key, e.* EXCLUDE (profile_key, profile_id)
+            FROM {events} e
+            JOIN identity_as_of_changed c ON c.profile_key = e.profile_key AND c.as_of IN ({days})
+            JOIN identity_as_of m ON m.as_of = c.as_of AND m.node_key = e.anchor_key
+            JOIN reattributed_keys k ON k.as_of = c.as_of AND k.profile_id = m.profile_id
+            WHERE e.timestamp < c.as_of {oldest}
+        """)
+        # Attributes grouped by key: the nodes carry their (date, profile)'s key as "profile_id".
+        nodes = (
+            "(SELECT m.node, k.profile_key AS profile_id "
+            "FROM identity_as_of m JOIN reattributed_keys k USING (as_of, profile_id))"
+        )
+        try:
+            attributes, _ = attributes_sql(con, self.identity, nodes)
+            profiles = f"SELECT profile_id AS profile_key, * EXCLUDE (profile_id) FROM ({attributes})"
+        except duckdb.CatalogException:  # no profile-attributes file: consent not given
+            profiles = "SELECT profile_key, " + ", ".join(f"NULL::VARCHAR AS {c}" for c in CONSENT_COLUMNS)
+            profiles += " FROM reattributed_keys"
+        con.execute(f"CREATE OR REPLACE TEMP VIEW reattributed_profiles AS {profiles}")
+        skip = {}
         for as_of in sorted(set(as_ofs)):
             keys = self.changed_keys(as_of)
-            if len(keys) == 0:
-                continue
-            skip[(as_of - epoch).days] = keys
-            name = f"events_unsettled_as_of_{_tag(as_of)}"
-            self.con.execute(
-                f"CREATE OR REPLACE TEMP VIEW {name} AS {self._changed_events_sql(as_of, 'events_unsettled')}"
-            )
-            full = self.sources(as_of)
-            sources.append(AsOfSources(as_of, name, full.profiles, full.identity_map))
-        return Reattributed(skip, sources)
+            if len(keys):
+                skip[(as_of - epoch).days] = keys
+        key_days = con.execute("SELECT as_of_day FROM reattributed_keys ORDER BY profile_key").fetchnumpy()
+        return Reattributed(
+            skip=skip,
+            events="reattributed_events",
+            keys="reattributed_keys",
+            key_days=np.asarray(key_days["as_of_day"], dtype=np.int64),
+            profiles="reattributed_profiles",
+        )
 
     def outcomes_sql(self, condition: str, horizon_days: int, as_ofs: list[dt.date], events: str) -> str:
         """Outcome events per (profile_id, as_of) with their largest ``revenue`` (``max_revenue``).

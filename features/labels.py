@@ -178,7 +178,7 @@ def training_frame(
     )
     # Only the population is kept: the rest of each snapshot is never stored.
     population = population_rule(model, fs).sql("duckdb", column_prefix="f")
-    reattributed = graph.reattributed(dates, "events_seen") if graph is not None else None
+    reattributed = graph.reattributed(dates, "events_seen", fs.lookback_days) if graph is not None else None
     build_snapshots(
         con,
         fs,

@@ -27,7 +27,7 @@ from propensity.features.staging import bad_rows_message, stage_events, stage_pr
 OnBadRows = Literal["fail", "quarantine"]
 # Bumped whenever the ingest output changes shape (2: events carry new_identities;
 # 3: events and profiles carry profile_key; 4: the identity graph keeps when each identity
-# and link was first seen, for profiles as of a date).
+# and link was first seen, and events their anchor identity, for profiles as of a date).
 INGEST_FORMAT = 4
 # The identity graph's tables, written by ingest and read back as views of the same name.
 GRAPH_TABLES = ("identity_map", "identity_links", "identity_unsettled")
@@ -135,9 +135,10 @@ def validate(
 ) -> IngestSummary:
     """Dry run of ingest: the summary, including bad rows by reason; writes nothing."""
     inputs = resolve_input(events)
-    con = connect(config.engine)
-    profiles_path = Path(profiles) if profiles else inputs.profiles
-    return _stage(con, inputs, config, "quarantine", as_of, profiles_path)
+    # Closed on the way out: the staged events would otherwise hold memory until collected.
+    with connect(config.engine) as con:
+        profiles_path = Path(profiles) if profiles else inputs.profiles
+        return _stage(con, inputs, config, "quarantine", as_of, profiles_path)
 
 
 def ingest(
@@ -161,51 +162,52 @@ def ingest(
     if inputs.ingested is not None:
         raise UserError(f"{events}: already an ingest output directory")
     on_bad_rows = on_bad_rows or config.ingest.on_bad_rows
-    con = connect(config.engine)
-    profiles_path = Path(profiles) if profiles else inputs.profiles
-    summary = _stage(con, inputs, config, on_bad_rows, as_of, profiles_path)
-    with atomic_path(out) as tmp:
-        tmp.mkdir(parents=True)
-        _copy(
-            con,
-            "SELECT * EXCLUDE (_source_file, _source_row) FROM stitched_events ORDER BY timestamp, event_id",
-            tmp / "events.parquet",
-        )
-        _copy(
-            con,
-            "SELECT namespace, value, profile_id, profile_key, node_key, component, first_seen "
-            "FROM identity_map ORDER BY profile_id, namespace, value",
-            tmp / "identity_map.parquet",
-        )
-        _copy(con, "SELECT * FROM identity_links ORDER BY a, b", tmp / "identity_links.parquet")
-        _copy(con, "SELECT * FROM identity_unsettled", tmp / "identity_unsettled.parquet")
-        if profiles_path:
+    with connect(config.engine) as con:
+        profiles_path = Path(profiles) if profiles else inputs.profiles
+        summary = _stage(con, inputs, config, on_bad_rows, as_of, profiles_path)
+        with atomic_path(out) as tmp:
+            tmp.mkdir(parents=True)
             _copy(
                 con,
-                "SELECT * FROM profile_attributes ORDER BY _source_row",
-                tmp / "profile_attributes.parquet",
+                "SELECT * EXCLUDE (_source_file, _source_row) FROM stitched_events "
+                "ORDER BY timestamp, event_id",
+                tmp / "events.parquet",
             )
-        _copy(con, "SELECT * FROM profiles ORDER BY profile_id", tmp / "profiles.parquet")
-        if on_bad_rows == "quarantine" and summary.bad_rows:
             _copy(
                 con,
-                "SELECT reason, _source_file AS source_file, _source_row AS source_row, "
-                "* EXCLUDE (reason, _source_file, _source_row) FROM bad_events "
-                "ORDER BY source_file, source_row",
-                tmp / "quarantine.parquet",
+                "SELECT namespace, value, profile_id, profile_key, node_key, component, first_seen "
+                "FROM identity_map ORDER BY profile_id, namespace, value",
+                tmp / "identity_map.parquet",
             )
-        manifest = {
-            "format": INGEST_FORMAT,
-            "source": inputs.display,
-            "profiles_source": str(profiles_path) if profiles_path else None,
-            "ground_truth": str(inputs.ground_truth.resolve()) if inputs.ground_truth else None,
-            "as_of": str(as_of) if as_of else None,
-            "on_bad_rows": on_bad_rows,
-            # The rules the graph was stitched with: the graph as of a date must use the same.
-            "identity": config.identity.model_dump(),
-            **asdict(summary),
-        }
-        write_json(manifest, tmp / "manifest.json")
+            _copy(con, "SELECT * FROM identity_links ORDER BY a, b", tmp / "identity_links.parquet")
+            _copy(con, "SELECT * FROM identity_unsettled", tmp / "identity_unsettled.parquet")
+            if profiles_path:
+                _copy(
+                    con,
+                    "SELECT * FROM profile_attributes ORDER BY _source_row",
+                    tmp / "profile_attributes.parquet",
+                )
+            _copy(con, "SELECT * FROM profiles ORDER BY profile_id", tmp / "profiles.parquet")
+            if on_bad_rows == "quarantine" and summary.bad_rows:
+                _copy(
+                    con,
+                    "SELECT reason, _source_file AS source_file, _source_row AS source_row, "
+                    "* EXCLUDE (reason, _source_file, _source_row) FROM bad_events "
+                    "ORDER BY source_file, source_row",
+                    tmp / "quarantine.parquet",
+                )
+            manifest = {
+                "format": INGEST_FORMAT,
+                "source": inputs.display,
+                "profiles_source": str(profiles_path) if profiles_path else None,
+                "ground_truth": str(inputs.ground_truth.resolve()) if inputs.ground_truth else None,
+                "as_of": str(as_of) if as_of else None,
+                "on_bad_rows": on_bad_rows,
+                # The rules the graph was stitched with: the graph as of a date must use the same.
+                "identity": config.identity.model_dump(),
+                **asdict(summary),
+            }
+            write_json(manifest, tmp / "manifest.json")
     return summary
 
 
