@@ -11,7 +11,9 @@ of unsettled components are attributed again, through the graph rebuilt at ``as_
 Profile ids at ``as_of``: a profile that is exactly its final profile's identities seen by
 then keeps the final ``profile_id``; any other (part of a final profile, or identities that
 the guardrails separated later) is named like every profile, ``p_`` + a hash of its
-smallest identity. No two profiles of one date share an id.
+smallest identity. No two profiles of one date share an id. Profile attributes (tier,
+sign-up date, consent: the attributes file is today's view) stay with a settled profile; a
+rebuilt one takes the rows whose first identity it holds, when that identity existed then.
 
 Outcomes (labels) in ``[as_of, as_of + horizon)`` count for the profile, at ``as_of``, of the
 event's first identity in namespace precedence that existed at ``as_of``; an outcome none
