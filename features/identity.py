@@ -230,11 +230,25 @@ def attribute_events(con: duckdb.DuckDBPyConnection, identity: IdentityConfig) -
     """)
 
 
+def anchor_attributes(con: duckdb.DuckDBPyConnection, identity: IdentityConfig) -> None:
+    """Give each ``profile_attributes`` row its ``anchor_key``: the ``node_key`` of its first
+    identity in precedence order, through which it belongs to a profile."""
+    present = {r[0] for r in con.execute("DESCRIBE profile_attributes").fetchall()}
+    namespaces = [n for n in identity.namespaces if n in present]
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE profile_attributes AS
+        SELECT a.*, m.node_key AS anchor_key
+        FROM profile_attributes a JOIN identity_map m ON m.node = {anchor_sql(namespaces, "a")}
+        ORDER BY a._source_row
+    """)
+
+
 def attributes_sql(
     con: duckdb.DuckDBPyConnection, identity: IdentityConfig, nodes: str = "identity_map"
 ) -> tuple[str, list[str]]:
     """Attributes per profile: SQL giving ``profile_id`` and the attribute columns, and their
-    names, from ``profile_attributes`` rows attributed through ``nodes`` (node, profile_id).
+    names, from ``profile_attributes`` rows (with their ``anchor_key``,
+    :func:`anchor_attributes`) attributed through ``nodes`` (node_key, profile_id).
 
     A row belongs to the profile of its first identity in precedence order. Consent is
     conservative when several rows meet in one profile: any 'n' wins, then any 'y'; missing
@@ -242,7 +256,8 @@ def attributes_sql(
     """
     present = [r[0] for r in con.execute("DESCRIBE profile_attributes").fetchall()]
     namespaces = [n for n in identity.namespaces if n in present]
-    others = [c for c in present if c not in namespaces and c not in (*CONSENT_COLUMNS, "_source_row")]
+    bookkeeping = (*CONSENT_COLUMNS, "_source_row", "anchor_key")
+    others = [c for c in present if c not in namespaces and c not in bookkeeping]
     consent = ", ".join(
         f"CASE WHEN bool_or(a.{c} = 'n') THEN 'n' WHEN bool_or(a.{c} = 'y') THEN 'y' END AS {c}"
         for c in CONSENT_COLUMNS
@@ -250,8 +265,7 @@ def attributes_sql(
     first_values = "".join(f", arg_min(a.{sql_ident(c)}, a._source_row) AS {sql_ident(c)}" for c in others)
     sql = f"""
         SELECT m.profile_id, {consent} {first_values}
-        FROM profile_attributes a
-        JOIN {nodes} m ON m.node = {anchor_sql(namespaces, "a")}
+        FROM profile_attributes a JOIN {nodes} m ON m.node_key = a.anchor_key
         GROUP BY m.profile_id
     """
     return sql, [*CONSENT_COLUMNS, *others]

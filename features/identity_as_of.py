@@ -87,10 +87,10 @@ class IdentityGraph:
     profile_key), ``identity_links``, ``identity_unsettled``, ``profiles`` and, when present,
     ``profile_attributes``, as ingest writes them (:func:`features.identity.stitch`). The
     graph of each date is built once per connection (the dates built are in the temp table
-    ``identity_as_of_dates``), into the temp table ``identity_as_of`` (as_of, node_key, node,
-    namespace, value, profile_id, final_key): the identities of unsettled components seen
-    before the date, with their profile then; ``identity_as_of_changed`` (as_of,
-    profile_key) lists the final profiles of those components.
+    ``identity_as_of_dates``), into the temp table ``identity_as_of`` (as_of, node_key,
+    profile_id, final_key): the identities of unsettled components seen before the date,
+    with their profile then; ``identity_as_of_changed`` (as_of, profile_key) lists the final
+    profiles of those components.
     """
 
     def __init__(
@@ -99,8 +99,7 @@ class IdentityGraph:
         self.con, self.identity, self.events = con, identity, events
         con.execute("""
             CREATE TEMP TABLE IF NOT EXISTS identity_as_of (
-                as_of DATE, node_key INTEGER, node VARCHAR, namespace VARCHAR, value VARCHAR,
-                profile_id VARCHAR, final_key INTEGER)
+                as_of DATE, node_key INTEGER, profile_id VARCHAR, final_key INTEGER)
         """)
         con.execute(
             "CREATE TEMP TABLE IF NOT EXISTS identity_as_of_changed (as_of DATE, profile_key INTEGER)"
@@ -128,7 +127,7 @@ class IdentityGraph:
                 FROM identity_unsettled u JOIN (VALUES {days}) AS d(as_of)
                   ON (u.after IS NULL OR u.after < d.as_of) AND d.as_of <= u.until
             )
-            SELECT c.as_of, m.node_key, m.namespace, m.value, m.profile_id, m.profile_key, m.first_seen
+            SELECT c.as_of, m.node_key, m.namespace, m.profile_key, m.first_seen
             FROM components c JOIN identity_map m USING (component)
         """)
         con.execute(
@@ -157,22 +156,28 @@ class IdentityGraph:
         con.register(
             "_vertex_groups", pa.table({"vertex": np.arange(len(grouping.group)), "grp": grouping.group})
         )
+        # Node keys follow node order, so a group's smallest key is its smallest identity.
         sep = sql_string(SEPARATOR)
         con.execute(f"""
             INSERT INTO identity_as_of
             WITH n AS (
-                SELECT v.*, g.grp, v.namespace || {sep} || v.value AS node
+                SELECT v.as_of, v.node_key, v.profile_key, g.grp
                 FROM _vertices v JOIN _vertex_groups g USING (vertex)
             ), groups AS (
-                SELECT grp, min(node) AS smallest, count(*) AS size,
-                       min(profile_id) AS some_final, max(profile_id) AS other_final
+                SELECT grp, any_value(as_of) AS as_of, min(node_key) AS smallest, count(*) AS size,
+                       min(profile_key) AS some_final, max(profile_key) AS other_final
                 FROM n GROUP BY grp
-            ), seen AS (SELECT as_of, profile_id, count(*) AS size FROM n GROUP BY as_of, profile_id)
-            SELECT n.as_of, n.node_key, n.node, n.namespace, n.value,
-                   CASE WHEN g.some_final = g.other_final AND g.size = s.size THEN g.some_final
-                        ELSE 'p_' || left(sha256(g.smallest), 16) END,
-                   n.profile_key
-            FROM n JOIN groups g USING (grp) JOIN seen s ON s.as_of = n.as_of AND s.profile_id = g.some_final
+            ), seen AS (SELECT as_of, profile_key, count(*) AS size FROM n GROUP BY as_of, profile_key),
+            named AS (
+                SELECT g.grp,
+                       CASE WHEN g.some_final = g.other_final AND g.size = s.size THEN m.profile_id
+                            ELSE 'p_' || left(sha256(m.namespace || {sep} || m.value), 16) END AS profile_id
+                FROM groups g
+                JOIN seen s ON s.as_of = g.as_of AND s.profile_key = g.some_final
+                JOIN identity_map m ON m.node_key = g.smallest
+            )
+            SELECT n.as_of, n.node_key, named.profile_id, n.profile_key
+            FROM n JOIN named USING (grp)
             ORDER BY n.as_of, n.node_key
         """)
         con.execute(f"INSERT INTO identity_as_of_dates VALUES {days}")
@@ -189,14 +194,13 @@ class IdentityGraph:
         return np.asarray(rows["profile_key"], dtype=np.int64)
 
     def _changed_events_sql(self, as_of: dt.date, events: str) -> str:
-        """Events before ``as_of`` of the changed profiles, attributed through the graph then."""
+        """Events before ``as_of`` of the changed profiles, attributed through the graph then
+        (an event whose anchor is a node of that graph belongs to a changed profile)."""
         return f"""
             SELECT e.* EXCLUDE (profile_key) REPLACE (m.profile_id AS profile_id)
             FROM {events} e
             JOIN identity_as_of m ON m.as_of = DATE '{as_of}' AND m.node_key = e.anchor_key
             WHERE e.timestamp < {_ts(as_of)}
-              AND e.profile_key IN (
-                  SELECT profile_key FROM identity_as_of_changed WHERE as_of = DATE '{as_of}')
         """
 
     def _profiles_view(self, as_of: dt.date) -> str:
@@ -204,7 +208,7 @@ class IdentityGraph:
         attributes of the profiles rebuilt then, from the attribute rows whose first identity
         they hold."""
         con, name = self.con, f"profiles_as_of_{_tag(as_of)}"
-        nodes = f"(SELECT node, profile_id FROM identity_as_of WHERE as_of = DATE '{as_of}')"
+        nodes = f"(SELECT node_key, profile_id FROM identity_as_of WHERE as_of = DATE '{as_of}')"
         try:
             rebuilt, columns = attributes_sql(con, self.identity, nodes)
         except duckdb.CatalogException:  # no profile-attributes file: consent not given
@@ -261,19 +265,23 @@ class IdentityGraph:
                    as_of, date_diff('day', DATE '1970-01-01', as_of)::INTEGER AS as_of_day, profile_id
             FROM (SELECT DISTINCT as_of, profile_id FROM identity_as_of WHERE as_of IN ({days}))
         """)
-        oldest = f"AND e.timestamp >= c.as_of - INTERVAL {int(lookback_days)} DAY" if lookback_days else ""
+        con.execute("""
+            CREATE OR REPLACE TEMP TABLE reattributed_nodes AS
+            SELECT m.as_of, m.node_key, k.profile_key
+            FROM identity_as_of m JOIN reattributed_keys k USING (as_of, profile_id)
+        """)
+        # An event before a date whose anchor is a node of that date's graph belongs to a
+        # changed profile: the anchor's component is unsettled then.
+        oldest = f"AND e.timestamp >= n.as_of - INTERVAL {int(lookback_days)} DAY" if lookback_days else ""
         con.execute(f"""
             CREATE OR REPLACE TEMP VIEW reattributed_events AS
-            SELECT k.profile_key, e.* EXCLUDE (profile_key, profile_id)
-            FROM {events} e
-            JOIN identity_as_of_changed c ON c.profile_key = e.profile_key AND c.as_of IN ({days})
-            JOIN identity_as_of m ON m.as_of = c.as_of AND m.node_key = e.anchor_key
-            JOIN reattributed_keys k ON k.as_of = c.as_of AND k.profile_id = m.profile_id
-            WHERE e.timestamp < c.as_of {oldest}
+            SELECT n.profile_key, e.* EXCLUDE (profile_key, profile_id)
+            FROM {events} e JOIN reattributed_nodes n ON n.node_key = e.anchor_key
+            WHERE e.timestamp < n.as_of {oldest}
         """)
         # Attributes grouped by key: the nodes carry their (date, profile)'s key as "profile_id".
         nodes = (
-            "(SELECT m.node, k.profile_key AS profile_id "
+            "(SELECT m.node_key, k.profile_key AS profile_id "
             "FROM identity_as_of m JOIN reattributed_keys k USING (as_of, profile_id))"
         )
         try:

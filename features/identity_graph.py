@@ -117,13 +117,29 @@ def group_identities(
     group = component.copy()
     collapses: list[Collapse] = []
     if guarded.any():
-        symmetric = (graph + graph.T).tocsr()
         next_group = int(sizes.size)
         order = np.argsort(component, kind="stable")
         starts = np.concatenate([[0], np.cumsum(sizes)])
+        # Each node's place among its component's members, and the links by component: a
+        # component's own small graph costs its size, not the whole graph's.
+        place = np.empty(n, dtype=np.int64)
+        place[order] = np.arange(n) - starts[component[order]]
+        link_order = np.argsort(component[src], kind="stable")
+        link_starts = np.searchsorted(component[src][link_order], np.arange(sizes.size + 1))
         for comp in np.flatnonzero(guarded):
             members = order[starts[comp] : starts[comp + 1]]
-            sub = symmetric[members][:, members]
+            own = link_order[link_starts[comp] : link_starts[comp + 1]]
+            size = len(members)
+            sub = coo_matrix(
+                (
+                    np.ones(2 * len(own), dtype=np.int8),
+                    (
+                        np.concatenate([place[src[own]], place[dst[own]]]),
+                        np.concatenate([place[dst[own]], place[src[own]]]),
+                    ),
+                ),
+                shape=(size, size),
+            ).tocsr()
             labels, collapse = _split_component(namespaces[members], sub, identity)
             if collapse is None:
                 continue

@@ -123,6 +123,8 @@ def _stage(
         stage_profiles(con, profiles, config.identity)
     stitched = identity_mod.stitch(con, config.identity, with_profiles)
     identity_mod.attribute_events(con, config.identity)
+    if with_profiles:
+        identity_mod.anchor_attributes(con, config.identity)
     identity_mod.build_profiles(con, config.identity, with_profiles)
     return _summarise(con, staged, stitched, on_bad_rows == "quarantine")
 
