@@ -22,6 +22,7 @@ import argparse
 import datetime as dt
 import json
 import multiprocessing
+import os
 import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -248,8 +249,11 @@ def pandas_features(events_path: Path, as_of: dt.date, lookback: int) -> pd.Data
 
 
 def timed_ingest(raw: Path, ingested: Path, config: ProjectConfig) -> tuple[int, float]:
-    """Rows in and seconds of one ingest."""
-    summary, seconds = timed(lambda: ingest_jobs.ingest(raw, ingested, config, on_bad_rows="quarantine"))
+    """Rows in and seconds of one ingest (DuckDB's progress bars, which a child process
+    shows, go nowhere)."""
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 1)
+        summary, seconds = timed(lambda: ingest_jobs.ingest(raw, ingested, config, on_bad_rows="quarantine"))
     return summary.rows_in, seconds
 
 
