@@ -356,7 +356,8 @@ def main() -> None:
     con = loaded.con
     events = con.execute("SELECT count(*) FROM events").fetchone()[0]
     extras = ingest_extras(con, ingested, loaded.graph)
-    print(f"ingest: {ingest_seconds or float('nan'):.1f}s; {extras['summary']}", flush=True)
+    took = f"{ingest_seconds:.1f}s" if ingest_seconds else "not run (--ingest to time it)"
+    print(f"ingest: {took}; {extras['summary']}", flush=True)
     cutoff = event_queries.data_end(con)
     as_of = cutoff - dt.timedelta(days=30)
     if args.all_features:

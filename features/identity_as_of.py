@@ -138,7 +138,7 @@ class IdentityGraph:
             SELECT (row_number() OVER (ORDER BY as_of, node_key) - 1)::BIGINT AS vertex, *
             FROM _unsettled_nodes WHERE first_seen IS NULL OR first_seen < as_of
         """)
-        vertices = con.execute("SELECT namespace FROM _vertices ORDER BY vertex").fetchnumpy()
+        vertices = con.execute("SELECT namespace, node_key FROM _vertices ORDER BY vertex").fetchnumpy()
         # A link is never older than its identities, so both ends are vertices of its date.
         links = con.execute("""
             SELECT va.vertex AS a, vb.vertex AS b
@@ -152,6 +152,7 @@ class IdentityGraph:
             np.asarray(links["a"], dtype=np.int64),
             np.asarray(links["b"], dtype=np.int64),
             self.identity,
+            names=np.asarray(vertices["node_key"], dtype=np.int64),
         )
         con.register(
             "_vertex_groups", pa.table({"vertex": np.arange(len(grouping.group)), "grp": grouping.group})

@@ -98,13 +98,20 @@ def _split_component(
 
 
 def group_identities(
-    namespaces: np.ndarray, src: np.ndarray, dst: np.ndarray, identity: IdentityConfig
+    namespaces: np.ndarray,
+    src: np.ndarray,
+    dst: np.ndarray,
+    identity: IdentityConfig,
+    names: np.ndarray | None = None,
 ) -> Grouping:
     """Profiles of the graph with ``len(namespaces)`` nodes and links ``src[i] -- dst[i]``.
 
     ``namespaces[i]`` is node i's namespace. Components are split by the guardrails; a
     component's first group keeps the component's number, so groups of unsplit components
-    equal their component.
+    equal their component. ``names`` (an integer per node, in node order within a
+    component) says which nodes are the same identity when the graph holds several copies of
+    one (the graphs of several dates): a copy with the same identities and as many links
+    (links only ever add up) is the same component, split once.
     """
     n = len(namespaces)
     graph = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n, n)).tocsr()
@@ -126,21 +133,19 @@ def group_identities(
         place[order] = np.arange(n) - starts[component[order]]
         link_order = np.argsort(component[src], kind="stable")
         link_starts = np.searchsorted(component[src][link_order], np.arange(sizes.size + 1))
+        splits: dict[tuple[bytes, int], tuple[np.ndarray, Collapse | None]] = {}
         for comp in np.flatnonzero(guarded):
             members = order[starts[comp] : starts[comp + 1]]
             own = link_order[link_starts[comp] : link_starts[comp + 1]]
-            size = len(members)
-            sub = coo_matrix(
-                (
-                    np.ones(2 * len(own), dtype=np.int8),
-                    (
-                        np.concatenate([place[src[own]], place[dst[own]]]),
-                        np.concatenate([place[dst[own]], place[src[own]]]),
-                    ),
-                ),
-                shape=(size, size),
-            ).tocsr()
-            labels, collapse = _split_component(namespaces[members], sub, identity)
+            seen = (names[members].tobytes(), len(own)) if names is not None else None
+            if seen in splits:
+                labels, collapse = splits[seen]
+            else:
+                labels, collapse = _split_component(
+                    namespaces[members], _own_graph(members, own, place, src, dst), identity
+                )
+                if seen is not None:
+                    splits[seen] = labels, collapse
             if collapse is None:
                 continue
             collapses.append(collapse)
@@ -149,6 +154,21 @@ def group_identities(
             group[members[extra]] = next_group + labels[extra] - 1
             next_group += int(labels.max())
     return Grouping(component=component, group=group, guarded=guarded[: sizes.size], collapses=collapses)
+
+
+def _own_graph(members: np.ndarray, own: np.ndarray, place: np.ndarray, src: np.ndarray, dst: np.ndarray):
+    """The symmetric adjacency of one component's ``members`` from its links ``own``."""
+    size = len(members)
+    return coo_matrix(
+        (
+            np.ones(2 * len(own), dtype=np.int8),
+            (
+                np.concatenate([place[src[own]], place[dst[own]]]),
+                np.concatenate([place[dst[own]], place[src[own]]]),
+            ),
+        ),
+        shape=(size, size),
+    ).tocsr()
 
 
 @dataclass(frozen=True)

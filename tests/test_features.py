@@ -206,6 +206,13 @@ def test_stacked_snapshots_equal_single_snapshots_and_the_sql_form(luma_small, c
             assert len(single) > 100
             # Exactly: training (stacked) and scoring (single) must see the same numbers.
             pd.testing.assert_frame_equal(single, part, check_dtype=False, check_exact=True, obj=plan)
+    # The graphs of several dates are built in one pass: the same as one date at a time.
+    graphs = "SELECT * FROM identity_as_of ORDER BY as_of, node_key"
+    together = con.execute(graphs).df()
+    loaded.graph.forget()
+    for date in dates:
+        loaded.graph.prepare([date])
+    pd.testing.assert_frame_equal(con.execute(graphs).df(), together)
 
 
 # --- property tests: nothing at or after as_of, nor older than a feature's reach, matters ---
