@@ -308,10 +308,17 @@ def stale_later_dates(con: duckdb.DuckDBPyConnection, out_dir: str | Path, as_of
     return stale
 
 
-def _write_identities(con: duckdb.DuckDBPyConnection, target: Path, namespaces: Sequence[str]) -> int:
+def _write_identities(
+    con: duckdb.DuckDBPyConnection,
+    target: Path,
+    namespaces: Sequence[str],
+    identity_map: str = "identity_map",
+    profiles: str = "profiles",
+) -> int:
     """Every identity (in ``namespaces``) of every profile in ``_segment_rows``, with the
-    profile's consent flags: one row per value, sorted. Returns the number of rows."""
-    available = {r[0] for r in con.execute("DESCRIBE profiles").fetchall()}
+    profile's consent flags: one row per value, sorted. ``identity_map`` and ``profiles`` name
+    the relations of the profiles as of the qualified date. Returns the number of rows."""
+    available = {r[0] for r in con.execute(f"DESCRIBE {profiles}").fetchall()}
     consent = ", ".join(
         f"CAST({'p.' + c if c in available else 'NULL'} AS VARCHAR) AS {c}" for c in CONSENT_COLUMNS
     )
@@ -321,8 +328,8 @@ def _write_identities(con: duckdb.DuckDBPyConnection, target: Path, namespaces: 
             WITH members AS (SELECT DISTINCT profile_id FROM _segment_rows WHERE status <> '{HELD_BACK}')
             SELECT m.profile_id, i.namespace, i.value, {consent}
             FROM members m
-            JOIN identity_map i ON i.profile_id = m.profile_id AND i.namespace IN ({listed})
-            LEFT JOIN profiles p ON p.profile_id = m.profile_id
+            JOIN {identity_map} i ON i.profile_id = m.profile_id AND i.namespace IN ({listed})
+            LEFT JOIN {profiles} p ON p.profile_id = m.profile_id
             ORDER BY m.profile_id, i.namespace, i.value
         ) TO {sql_string(str(target))} (FORMAT parquet, COMPRESSION zstd)
     """)
@@ -337,13 +344,16 @@ def qualify(
     out_dir: str | Path,
     as_of: dt.date,
     identity_namespaces: Sequence[str] | None = None,
+    identity_map: str = "identity_map",
+    profiles: str = "profiles",
 ) -> Qualification:
     """Qualify every segment at ``as_of`` and write ``OUT/as_of=<date>/`` atomically.
 
     ``features_sql``: a query giving one row per profile with ``profile_id``, the columns the
     rules read and ``consent_personalization``. ``scores``: model -> its Parquet files at
     ``as_of`` (:func:`score_files`). With ``identity_namespaces``, also writes
-    ``identities.parquet`` from the connection's ``identity_map`` and ``profiles``. Re-running
+    ``identities.parquet`` from ``identity_map`` and ``profiles`` (relations of the profiles as
+    of ``as_of``). Re-running
     a date replaces it with identical rows.
     """
     if not segments:
@@ -374,7 +384,7 @@ def qualify(
                 f"SELECT count(DISTINCT profile_id) FROM _segment_rows WHERE status <> '{HELD_BACK}'"
             ).fetchall()[0][0]
             identities = (
-                _write_identities(con, tmp / IDENTITIES_FILE, identity_namespaces)
+                _write_identities(con, tmp / IDENTITIES_FILE, identity_namespaces, identity_map, profiles)
                 if identity_namespaces is not None
                 else None
             )

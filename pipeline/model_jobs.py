@@ -170,7 +170,7 @@ def train_model(
     population_rule(model_cfg, fs)
     labels = model_features(fs, model_cfg.features, model_cfg.governance, model_cfg.name)
     names = list(labels)
-    frame, dates = training_frame(con, fs, model_cfg, cutoff)
+    frame, dates = training_frame(con, fs, model_cfg, cutoff, graph=loaded.graph)
     parts = split(frame, training)
     trained = fit_candidates(parts, names, labels, training, model_cfg.name)
     model = trained.model
@@ -329,7 +329,7 @@ def evaluate_model(
             f"(last complete day {cutoff - dt.timedelta(days=1)}); choose an earlier date"
         )
     fs = feature_jobs.feature_set(con, config, before=as_of, categories=model.metadata.get("categories"))
-    sql, _ = population_snapshot_sql(fs, model_cfg, as_of, con, cutoff)
+    sql, _ = population_snapshot_sql(fs, model_cfg, as_of, con, cutoff, graph=loaded.graph)
     frame = con.execute(sql).df()
     if frame["label"].nunique() < 2:
         raise UserError(

@@ -50,6 +50,11 @@ class SegmentsResult:
     stale_later: list[dt.date] = field(default_factory=list)
 
 
+def _snapshot(fs, as_of: dt.date, con, sources, where: str | None = None) -> str:
+    """The feature snapshot at ``as_of`` over the events and profiles as of that date."""
+    return snapshot_sql(fs, as_of, con, events=sources.events, profiles=sources.profiles, where=where)
+
+
 def known_models(config: ProjectConfig, scores_dir: str | Path) -> list[str]:
     """Models a rule may name: configured ones (configs/models) and ones with score partitions."""
     configured = {p.stem for p in Path(config.models_dir).glob("*.yaml")}
@@ -78,8 +83,10 @@ def qualify_segments(
     loaded = load_events(events, config)
     con = loaded.con
     as_of = as_of or data_end(con)
+    # Profiles as they were at as_of (the identity graph before it), as the scores were built.
+    sources = loaded.sources(as_of)
     fs = feature_set(con, config, before=as_of)
-    kinds = segments_mod.column_kinds(con, snapshot_sql(fs, as_of, con))
+    kinds = segments_mod.column_kinds(con, _snapshot(fs, as_of, con, sources))
     segments = segments_mod.compile_segments(
         definitions.segments, kinds, known_models(config, scores_dir), str(segments_path)
     )
@@ -92,11 +99,13 @@ def qualify_segments(
     outcome = segments_mod.qualify(
         con,
         segments,
-        snapshot_sql(chosen, as_of, con),
+        _snapshot(chosen, as_of, con, sources),
         scores,
         out_dir,
         as_of,
         identity_namespaces=config.identity.namespaces,
+        identity_map=sources.identity_map,
+        profiles=sources.profiles,
     )
     return SegmentsResult(
         as_of=outcome.as_of,
@@ -215,14 +224,17 @@ def monitor_model(
     monitor_cfg = monitor_config or load_monitor_config()
     model_cfg = load_model_config(model, config)
     files = segments_mod.score_partition(scores_dir, model_cfg.name, as_of, f"monitor {model_cfg.name}")
-    con = load_events(events, config).con
+    loaded = load_events(events, config)
+    con = loaded.con
     version = _scored_version(con, files, model_cfg.name, as_of)
     client = tracking.configure(config)
     estimator, _ = tracking.load_propensity_model(client, model_cfg.name, version=version)
     reference_as_of = dt.date.fromisoformat(estimator.metadata["test_as_of"])
     fs = feature_set(con, config, before=reference_as_of, categories=estimator.metadata.get("categories"))
     where = population_rule(model_cfg, fs).sql("duckdb", column_prefix="f")
-    reference = con.execute(snapshot_sql(fs, reference_as_of, con, where=where)).df()
+    reference = con.execute(
+        _snapshot(fs, reference_as_of, con, loaded.sources(reference_as_of), where=where)
+    ).df()
     if reference.empty:
         raise UserError(f"model '{model_cfg.name}': no profiles in its population at {reference_as_of}")
     reference[SCORE] = estimator.predict_proba(reference)
@@ -231,7 +243,7 @@ def monitor_model(
     listed = ", ".join(sql_string(f) for f in files)
     current = con.execute(f"""
         SELECT f.*, s.probability AS {SCORE}
-        FROM ({snapshot_sql(chosen, as_of, con)}) f
+        FROM ({_snapshot(chosen, as_of, con, loaded.sources(as_of))}) f
         JOIN read_parquet([{listed}]) s ON s.profile_id = f.profile_id
         ORDER BY f.profile_id
     """).df()
