@@ -380,7 +380,7 @@ def qualify(
             counts = {s.name: SegmentCounts(s.name) for s in segments}
             for segment, status, n in tallies:
                 setattr(counts[segment], status, int(n))
-            profiles = con.execute(
+            member_profiles = con.execute(
                 f"SELECT count(DISTINCT profile_id) FROM _segment_rows WHERE status <> '{HELD_BACK}'"
             ).fetchall()[0][0]
             identities = (
@@ -394,7 +394,7 @@ def qualify(
                 previous_as_of=previous,
                 counts=list(counts.values()),
                 rows=sum(c.size + c.exited for c in counts.values()),
-                profiles=profiles,
+                profiles=member_profiles,
                 identities=identities,
                 identity_namespaces=list(identity_namespaces) if identity_namespaces is not None else None,
             )

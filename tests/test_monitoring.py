@@ -135,10 +135,18 @@ def monitored(luma_small, tmp_path_factory, tracking):
     model_yaml = root / "drifty.yaml"
     model_yaml.write_text("name: drifty\npopulation: 'days_since_last_event <= 120'\n")
     model_cfg = load_model_config(str(model_yaml), config)
-    con = ingest_jobs.load_events(ingested, config).con
+    loaded = ingest_jobs.load_events(ingested, config)
+    con = loaded.con
     fs = feature_set(con, config, before=REFERENCE_AS_OF)
     where = population_rule(model_cfg, fs).sql("duckdb", column_prefix="f")
-    frames = {d: con.execute(snapshot_sql(fs, d, con, where=where)).df() for d in (REFERENCE_AS_OF, LATER)}
+
+    def snapshot(as_of: dt.date) -> pd.DataFrame:
+        # Profiles as of the date, as the score job builds them.
+        sources = loaded.sources(as_of)
+        sql = snapshot_sql(fs, as_of, con, events=sources.events, profiles=sources.profiles, where=where)
+        return con.execute(sql).df()
+
+    frames = {d: snapshot(d) for d in (REFERENCE_AS_OF, LATER)}
     train = frames[REFERENCE_AS_OF]
     rng = np.random.default_rng(0)
     y = (
