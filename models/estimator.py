@@ -59,18 +59,7 @@ class PropensityModel:
 
     def matrix(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The model's columns, numeric as float64, categoricals with the training categories."""
-        missing = [c for c in self.feature_names if c not in frame.columns]
-        if missing:
-            raise UserError(f"feature table lacks {len(missing)} model features, e.g. `{missing[0]}`")
-        columns = {}
-        for column in self.feature_names:
-            if column in self.categories:
-                columns[column] = pd.Categorical(
-                    frame[column].astype("object"), categories=self.categories[column]
-                )
-            else:
-                columns[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
-        return pd.DataFrame(columns, index=frame.index)
+        return feature_matrix(frame, self.feature_names, self.categories)
 
     def lightgbm_array(self, frame: pd.DataFrame) -> np.ndarray:
         """The float64 rows LightGBM sees for ``frame``: categoricals as category codes, missing
@@ -108,6 +97,23 @@ class PropensityModel:
         ``propensity.*`` homes, even where some other ``models`` package is importable.
         """
         return _load_legacy(Path(path))
+
+
+def feature_matrix(
+    frame: pd.DataFrame, feature_names: list[str], categories: dict[str, list[str]]
+) -> pd.DataFrame:
+    """A feature table -> the model's columns in order: numeric as float64, categoricals as
+    ``pd.Categorical`` with the categories fixed at training. A missing column is a UserError."""
+    missing = [c for c in feature_names if c not in frame.columns]
+    if missing:
+        raise UserError(f"feature table lacks {len(missing)} model features, e.g. `{missing[0]}`")
+    columns = {}
+    for column in feature_names:
+        if column in categories:
+            columns[column] = pd.Categorical(frame[column].astype("object"), categories=categories[column])
+        else:
+            columns[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+    return pd.DataFrame(columns, index=frame.index)
 
 
 def lightgbm_array(matrix: pd.DataFrame, pandas_categorical: list[list] | None = None) -> np.ndarray:

@@ -19,8 +19,8 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 
-from propensity.core.errors import UserError
 from propensity.models.calibration import Calibrator
+from propensity.models.estimator import feature_matrix
 
 # Inverse regularisation strengths tried on the validation rows (standardised columns).
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
@@ -133,18 +133,7 @@ class LinearPropensityModel:
 
     def matrix(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The model's columns, numeric as float64, categoricals with the training categories."""
-        missing = [c for c in self.feature_names if c not in frame.columns]
-        if missing:
-            raise UserError(f"feature table lacks {len(missing)} model features, e.g. `{missing[0]}`")
-        columns = {}
-        for column in self.feature_names:
-            if column in self.categories:
-                columns[column] = pd.Categorical(
-                    frame[column].astype("object"), categories=self.categories[column]
-                )
-            else:
-                columns[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
-        return pd.DataFrame(columns, index=frame.index)
+        return feature_matrix(frame, self.feature_names, self.categories)
 
     def raw_score(self, frame: pd.DataFrame) -> np.ndarray:
         """Uncalibrated log-odds."""

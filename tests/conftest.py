@@ -63,6 +63,7 @@ def luma_ingested(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tracking(tmp_path_factory):
+    """One MLflow tracking database for the session (each xdist worker has its own)."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri

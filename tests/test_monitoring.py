@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
 from pathlib import Path
 
 import lightgbm as lgb
@@ -92,18 +91,6 @@ def test_psi_is_never_negative_and_zero_for_the_same_sample(reference, current, 
 
 
 # -- a small real model, registered in MLflow --------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tracking(tmp_path_factory):
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    yield uri
-    if old is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = old
 
 
 def write_scores(root: Path, as_of: dt.date, frame: pd.DataFrame, probability: np.ndarray) -> None:

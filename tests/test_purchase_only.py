@@ -4,8 +4,6 @@ must carry its interval and the positives it rests on."""
 
 from __future__ import annotations
 
-import os
-
 import mlflow
 import numpy as np
 import pytest
@@ -25,18 +23,6 @@ def purchases(tmp_path_factory):
     write_purchase_only(root / "raw", customers=8000, days=730, seed=1)
     ingest_jobs.ingest(root / "raw", root / "ingested", ProjectConfig())
     return root / "ingested"
-
-
-@pytest.fixture(scope="module")
-def tracking(tmp_path_factory):
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    yield uri
-    if old is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = old
 
 
 @pytest.fixture(scope="module")
