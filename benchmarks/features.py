@@ -21,12 +21,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import multiprocessing
-import os
 import resource
 import time
-from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import pandas as pd
 
@@ -34,27 +30,16 @@ from propensity.core.config import EngineConfig, ProjectConfig
 from propensity.features import event_queries, sql_compiler, stacked_build
 from propensity.features.labels import snapshot_dates
 from propensity.features.registry import build_registry
-from propensity.features.simulator import GeneratorSettings
-from propensity.features.synthetic_io import generate
 from propensity.pipeline import feature_jobs, ingest_jobs
 
 try:  # run as a script (python benchmarks/features.py) or imported as benchmarks.features
+    from data import DATA, ensure_ingested
     from point_in_time import AsOfVariants, ingest_extras
     from references import CORE, handwritten_sql, pandas_features
 except ImportError:  # pragma: no cover
+    from benchmarks.data import DATA, ensure_ingested
     from benchmarks.point_in_time import AsOfVariants, ingest_extras
     from benchmarks.references import CORE, handwritten_sql, pandas_features
-
-DATA = Path(__file__).parent / ".data"
-
-
-def timed_ingest(raw: Path, ingested: Path, config: ProjectConfig) -> tuple[int, float]:
-    """Rows in and seconds of one ingest (DuckDB's progress bars, which a child process
-    shows, go nowhere)."""
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 1)
-        summary, seconds = timed(lambda: ingest_jobs.ingest(raw, ingested, config, on_bad_rows="quarantine"))
-    return summary.rows_in, seconds
 
 
 def timed(fn):
@@ -131,26 +116,8 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    raw, ingested = DATA / f"luma_{args.profiles}", DATA / f"ingested_{args.profiles}"
-    if not (raw / "events").is_dir():
-        print(f"generating {args.profiles:,} profiles ...", flush=True)
-        generate(GeneratorSettings(profiles=args.profiles, days=args.days, ground_truth=False), raw)
     config = ProjectConfig(engine=EngineConfig(memory_limit=args.engine_memory_limit))
-    manifest = ingested / "manifest.json"
-    newest_raw = max(f.stat().st_mtime for f in (raw / "events").iterdir())
-    stale = (
-        args.ingest
-        or not manifest.is_file()
-        or manifest.stat().st_mtime < newest_raw
-        or json.loads(manifest.read_text()).get("format") != ingest_jobs.INGEST_FORMAT
-    )
-    ingest_seconds = None
-    if stale:
-        print("ingesting ...", flush=True)
-        # In a process of its own: what the ingest's engine held does not weigh on the runs after.
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            rows_in, ingest_seconds = pool.submit(timed_ingest, raw, ingested, config).result()
-        print(f"ingest: {rows_in:,} rows in {ingest_seconds:.1f}s", flush=True)
+    _, ingested, ingest_seconds = ensure_ingested(args.profiles, args.days, config, force_ingest=args.ingest)
 
     loaded = ingest_jobs.load_events(ingested, config)
     con = loaded.con

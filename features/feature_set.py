@@ -101,3 +101,8 @@ def is_selected(name: str, family: str, include: list[str] | None, exclude: list
     """Include (empty = everything) and exclude, each by exact feature name or family name."""
     included = not include or name in include or family in include
     return included and not (exclude and (name in exclude or family in exclude))
+
+
+def safe_ratio(numerator: str, denominator: str) -> str:
+    """SQL for ``numerator / denominator`` as a double, NULL when the denominator is not positive."""
+    return f"CASE WHEN {denominator} > 0 THEN CAST({numerator} AS DOUBLE) / {denominator} END"

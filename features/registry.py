@@ -16,7 +16,16 @@ import re
 from propensity.core.config import FeatureConfig, FeatureSelection, GovernanceConfig
 from propensity.core.errors import UserError
 from propensity.features.contract import ACTIVITY_EVENT_TYPES, CHANNELS, CONSENT_COLUMNS
-from propensity.features.feature_set import EVERY_EVENT, Aggregate, Feature, FeatureSet, Measure, is_selected
+from propensity.features.feature_set import (
+    EVERY_EVENT,
+    Aggregate,
+    Feature,
+    FeatureSet,
+    Measure,
+    is_selected,
+    safe_ratio,
+)
+from propensity.features.purchase_cycle import purchase_cycle_features
 
 KNOWN_NAMESPACES_SQL = "(crm_id IS NOT NULL OR email_sha256 IS NOT NULL OR phone_sha256 IS NOT NULL)"
 # Orders above this count as this much in the spread of order values (keeps squares exact).
@@ -57,119 +66,11 @@ def _window_label(days: int) -> str:
     }.get(days, f"last {days} days")
 
 
-def _safe_ratio(numerator: str, denominator: str) -> str:
-    return f"CASE WHEN {denominator} > 0 THEN CAST({numerator} AS DOUBLE) / {denominator} END"
-
-
 def _trend(recent_count: str, recent_days: int, prior_count: str, prior_days: int) -> str:
     # Smoothed by 0.05 events a day, so that no activity in either window reads as 1 (flat).
     return (
         f"(CAST({recent_count} AS DOUBLE) / {recent_days} + 0.05) / "
         f"(CAST({prior_count} AS DOUBLE) / {prior_days} + 0.05)"
-    )
-
-
-def purchase_cycle_features(
-    agg, purchases: str, revenue: str, family: str, name_format: str, label_suffix: str
-) -> list[Feature]:
-    """Customer age, distinct purchase days, the typical gap between them, how overdue the next
-    purchase is against that gap, purchase days per 30 days of age and order values, all over
-    the lookback (``name_format`` "" for all purchases, else e.g. ``category_{}_yoga``)."""
-    named = (lambda base: name_format.format(base)) if name_format else (lambda base: base)
-    first, last = agg(purchases, "first_day", None), agg(purchases, "last_day", None)
-    days, orders, value = (
-        agg(purchases, "active_days", None),
-        agg(purchases, "sum", None),
-        agg(revenue, "sum", None),
-    )
-    mean_gap = f"CAST({last.name} - {first.name} AS DOUBLE) / ({days.name} - 1)"
-    out = [
-        Feature(
-            named("days_since_first_purchase"),
-            f"Days since the first purchase{label_suffix}",
-            family,
-            f"as_of_day - {first.name}",
-            (first,),
-        ),
-        Feature(
-            named("purchase_days"),
-            f"Days with a purchase, lookback{label_suffix}",
-            family,
-            days.name,
-            (days,),
-        ),
-        Feature(
-            named("mean_days_between_purchases"),
-            f"Mean days between purchase days{label_suffix}",
-            family,
-            f"CASE WHEN {days.name} >= 2 THEN {mean_gap} END",
-            (first, last, days),
-        ),
-        # Days since the last purchase in units of the customer's own mean gap: 1 = due now.
-        Feature(
-            named("purchase_overdue_ratio"),
-            f"Days since the last purchase over the mean gap{label_suffix}",
-            family,
-            f"CASE WHEN {days.name} >= 2 THEN (as_of_day - {last.name}) / ({mean_gap}) END",
-            (first, last, days),
-        ),
-        Feature(
-            named("purchase_days_per_30d"),
-            f"Purchase days per 30 days since the first purchase{label_suffix}",
-            family,
-            f"CASE WHEN {days.name} > 0 THEN 30.0 * {days.name} / (as_of_day - {first.name}) END",
-            (first, days),
-        ),
-        Feature(
-            named("average_order_value"),
-            f"Average order value, lookback{label_suffix}",
-            family,
-            _safe_ratio(value.name, orders.name),
-            (value, orders),
-        ),
-    ]
-    if not name_format:
-        out.append(_purchase_day_dispersion(agg, purchases, first, family))
-        squares = agg("order_value_squared", "sum", None)
-        # Sample standard deviation from exact sums: n, sum and sum of squares.
-        spread = (
-            f"CASE WHEN {orders.name} >= 2 THEN sqrt(greatest(CAST({squares.name} AS DOUBLE) - "
-            f"CAST({value.name} AS DOUBLE) * CAST({value.name} AS DOUBLE) / {orders.name}, 0) "
-            f"/ ({orders.name} - 1)) END"
-        )
-        out.append(
-            Feature(
-                "order_value_std",
-                "Spread (standard deviation) of order values, lookback",
-                family,
-                spread,
-                (squares, value, orders),
-            )
-        )
-    return out
-
-
-def _purchase_day_dispersion(agg, purchases: str, first, family: str) -> Feature:
-    """How unevenly purchase days fall over the last four 90-day quarters: variance over mean
-    of the quarters' purchase-day counts (about 1 for purchases at random, below 1 for a
-    steady rhythm, above for bursts), for customers who bought before the first quarter.
-
-    The proxy for the spread of the gaps between purchase days, which needs each purchase
-    day's predecessor: an ordered statistic that none of the window functions (sum, max,
-    first / last day, active days) give, and that would take a window function over every
-    profile's purchase days in the SQL plans.
-    """
-    quarters = [agg(purchases, "active_days", start, start - 90) for start in (90, 180, 270, 360)]
-    names = [q.name for q in quarters]
-    total = " + ".join(names)
-    mean = f"(CAST({total} AS DOUBLE) / 4)"
-    variance = " + ".join(f"({n} - {mean}) * ({n} - {mean})" for n in names)
-    return Feature(
-        "purchase_day_dispersion",
-        "Unevenness of purchase days over the last four quarters (1 = random)",
-        family,
-        f"CASE WHEN {first.name} < as_of_day - 360 AND {total} > 0 THEN ({variance}) / 3 / {mean} END",
-        (first, *quarters),
     )
 
 
@@ -305,7 +206,7 @@ def build_registry(
                 f"average_order_value_{_w(w)}",
                 f"Average order value, {_window_label(w)}",
                 "monetary",
-                _safe_ratio(rev.name, n.name),
+                safe_ratio(rev.name, n.name),
                 (rev, n),
             )
         )
@@ -339,7 +240,7 @@ def build_registry(
                 f"view_to_cart_ratio_{_w(w)}",
                 f"Add-to-carts per product view, {_window_label(w)}",
                 "funnel",
-                _safe_ratio(cart.name, view.name),
+                safe_ratio(cart.name, view.name),
                 (cart, view),
             )
         )
@@ -348,7 +249,7 @@ def build_registry(
                 f"cart_to_purchase_ratio_{_w(w)}",
                 f"Purchases per add-to-cart, {_window_label(w)}",
                 "funnel",
-                _safe_ratio(buy.name, cart.name),
+                safe_ratio(buy.name, cart.name),
                 (buy, cart),
             )
         )
@@ -392,7 +293,7 @@ def build_registry(
                         f"channel_share_{c}_{_w(w)}",
                         f"Share of events on {c.replace('_', ' ')}, {_window_label(w)}",
                         "channel",
-                        _safe_ratio(a.name, total.name),
+                        safe_ratio(a.name, total.name),
                         (a, total),
                     )
                 )
@@ -406,7 +307,7 @@ def build_registry(
                 f"email_open_rate_{_w(w)}",
                 f"Email opens per email received, {_window_label(w)}",
                 "channel",
-                _safe_ratio(opened.name, send.name),
+                safe_ratio(opened.name, send.name),
                 (opened, send),
             )
         )
@@ -415,7 +316,7 @@ def build_registry(
                 f"email_click_rate_{_w(w)}",
                 f"Email clicks per email opened, {_window_label(w)}",
                 "channel",
-                _safe_ratio(click.name, opened.name),
+                safe_ratio(click.name, opened.name),
                 (click, opened),
             )
         )
