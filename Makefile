@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench install constraints clean
+.PHONY: demo test lint bench docs install constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,11 +28,18 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 test: lint
-	$(BIN)/pytest -n 2 -q
+	$(BIN)/pytest -n 2 --dist loadgroup -q
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/generate.py
 	$(BIN)/python benchmarks/features.py
+
+# The README's generated parts: the config reference (from the pydantic models) and the
+# pictures of the demo's report (runs the demo first when there is none).
+docs: $(STAMP)
+	test -f demo_output/demo.json || $(BIN)/propensity demo
+	$(BIN)/propensity docs config-reference --write README.md
+	$(BIN)/propensity docs report-images demo_output/reports/upsell.html --out docs/images --readme README.md
 
 constraints: $(STAMP)
 	$(BIN)/pip freeze --exclude-editable --exclude propensity > constraints.txt

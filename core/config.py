@@ -15,19 +15,23 @@ from propensity.core.errors import UserError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Each field's docstring is its description: the config reference in README is generated from them.
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class IdentityConfig(_Strict):
     """How identities are stitched into profiles."""
 
-    # Precedence order: an event is attributed through its first non-null namespace here,
-    # so authenticated ids win over device ids when the graph had to be split.
     namespaces: list[str] = Field(default_factory=lambda: ["crm_id", "email_sha256", "phone_sha256", "ecid"])
+    """Precedence order: an event is attributed through its first non-null namespace here, so authenticated
+    ids win over device ids when the graph had to be split.
+    """
     anonymous_namespaces: list[str] = Field(default_factory=lambda: ["ecid"])
-    # A profile may hold at most one value of each of these (two crm_ids = two people).
+    """Namespaces of devices and cookies: a profile with only these is anonymous."""
     unique_namespaces: list[str] = Field(default_factory=lambda: ["crm_id"])
+    """A profile may hold at most one value of each of these (two crm_ids = two people)."""
     max_identities_per_profile: int = Field(default=50, ge=2)
+    """A component with more identities is split (a shared or kiosk device, a test account)."""
 
     @field_validator("namespaces")
     @classmethod
@@ -44,18 +48,24 @@ class IngestConfig(_Strict):
     """Validation policy for incoming events."""
 
     on_bad_rows: Literal["fail", "quarantine"] = "fail"
-    # Rows named in a failure message; the full list goes to the quarantine file.
+    """fail: stop at the first bad row, naming file, column and rows; quarantine: write good rows and set bad
+    ones aside with their reason.
+    """
     max_reported_rows: int = Field(default=5, ge=1)
+    """Rows named in a failure message; the full list goes to the quarantine file."""
 
 
 class FeatureConfig(_Strict):
     """Windows and parameters of the feature families."""
 
     windows_days: list[int] = Field(default_factory=lambda: [7, 30, 90, 365])
-    # Categories with their own affinity features; None = learned from the training snapshot.
+    """Look-back windows, in days, of the windowed features (counts, revenue, funnel, channels...)."""
     categories: list[str] | None = None
+    """Categories with their own affinity features; None = learned from the training snapshot."""
     max_learned_categories: int = Field(default=8, ge=1)
+    """When categories are learned: the most purchased this many get affinity features."""
     cart_abandonment_days: int = Field(default=3, ge=1)
+    """A cart with no purchase within this many days counts as abandoned."""
 
     @field_validator("windows_days")
     @classmethod
@@ -69,34 +79,46 @@ class EngineConfig(_Strict):
     """The embedded DuckDB engine (Spark is the scale-out alternative)."""
 
     name: Literal["duckdb", "spark"] = "duckdb"
-    memory_limit: str | None = None  # e.g. "4GB"; DuckDB spills to temp_directory past it
+    """duckdb (one machine) or spark (a cluster)."""
+    memory_limit: str | None = None
+    """e.g. "4GB"; DuckDB spills to temp_directory past it"""
     threads: int | None = Field(default=None, ge=1)
+    """DuckDB threads; None: all cores."""
     temp_directory: str | None = None
+    """Where DuckDB spills; None: DuckDB's default."""
 
 
 class MlflowConfig(_Strict):
     """Where runs and models are tracked (MLFLOW_TRACKING_URI wins over it)."""
 
     tracking_uri: str | None = None
+    """None: sqlite:///mlflow.db in the working directory."""
 
 
 class ScoringConfig(_Strict):
     """Batch scoring: how many factors per profile, how many profiles per chunk."""
 
     factors: int = Field(default=5, ge=0, le=50)
-    # Peak memory grows with the chunk, not the population (features of one chunk, their
-    # explanations and the Arrow batch being written).
+    """Top factors (exact TreeSHAP, log-odds) written per profile; 0: none."""
     chunk_rows: int = Field(default=100_000, ge=1_000)
+    """Peak memory grows with the chunk, not the population (features of one chunk, their explanations and
+    the Arrow batch being written).
+    """
 
 
 class ProjectConfig(_Strict):
     """configs/project.yaml"""
 
     name: str = "luma"
+    """The project (brand) name."""
     seed: int = 42
+    """Seed of the synthetic data and of everything random outside training."""
     events: str = "data/luma"
+    """Default --events: raw events (Parquet, CSV, JSONL, hive directories) or an ingest directory."""
     work_dir: str = "work"
+    """Default home of outputs: WORK_DIR/scores, WORK_DIR/segments, WORK_DIR/reports."""
     models_dir: str = "configs/models"
+    """Where the model configs (NAME.yaml) are."""
     identity: IdentityConfig = Field(default_factory=IdentityConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     features: FeatureConfig = Field(default_factory=FeatureConfig)
@@ -138,12 +160,17 @@ class OutcomeConfig(_Strict):
     """What the model predicts: an event that will (or will not) occur within the horizon."""
 
     event_type: str = "purchase"
-    category: str | None = None  # product_category the event must have
+    """The event that makes the outcome (any event type of the contract, or a custom one)."""
+    category: str | None = None
+    """product_category the event must have"""
     min_revenue: float | None = Field(default=None, ge=0)
-    # Upsell variant: an order above the profile's own 365-day average order value.
+    """Only events with at least this revenue count."""
     above_average_order_value: bool = False
+    """Upsell variant: an order above the profile's own 365-day average order value."""
     horizon_days: int = Field(default=30, ge=1, le=730)
-    occurs: bool = True  # False: the label is 1 when the event does NOT occur (churn)
+    """Days after the as-of date in which the outcome is looked for."""
+    occurs: bool = True
+    """False: the label is 1 when the event does NOT occur (churn)"""
 
 
 class SnapshotConfig(_Strict):
@@ -156,10 +183,15 @@ class SnapshotConfig(_Strict):
     """
 
     count: int = Field(default=8, ge=3, le=64)
+    """Training snapshots; the last is the test snapshot, the one before it validation."""
     spacing_days: int = Field(default=28, ge=1)
+    """Days between consecutive snapshot dates."""
     adapt: bool = True
+    """Shrink spacing, then count, when the events are too short for the plan."""
     min_history_days: int = Field(default=90, ge=1)
+    """Days of events required before the first snapshot."""
     min_spacing_days: int = Field(default=7, ge=1)
+    """The spacing never shrinks below this."""
 
 
 class TuningConfig(_Strict):
@@ -171,10 +203,13 @@ class TuningConfig(_Strict):
     """
 
     trials: int = Field(default=12, ge=1, le=500)
-    # High enough never to cut a search on the demo or test data (which would make the model
-    # depend on the machine's load); None: no cap.
+    """Optuna trials; 1: LightGBM with the defaults and training.lightgbm only."""
     timeout_seconds: float | None = Field(default=600.0, gt=0)
+    """High enough never to cut a search on the demo or test data (which would make the model depend on the
+    machine's load); None: no cap.
+    """
     max_boost_rounds: int = Field(default=1000, ge=10)
+    """Boosting rounds at most (early stopping usually ends sooner)."""
 
 
 Candidate = Literal["lightgbm", "logistic"]
@@ -184,29 +219,40 @@ class TrainingConfig(_Strict):
     """How a model is trained; every key has a sensible default."""
 
     seed: int = 42
+    """Seed of the split, the search, LightGBM and the bootstrap."""
     snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig)
-    # auto: isotonic or sigmoid, whichever has the lower cross-validated log loss on the
-    # calibration rows (isotonic overfits small calibration sets).
     calibration: Literal["auto", "isotonic", "sigmoid"] = "auto"
-    # Model families fitted; the one with the best validation `selection_metric` is registered.
+    """auto: isotonic or sigmoid, whichever has the lower cross-validated log loss on the calibration rows
+    (isotonic overfits small calibration sets).
+    """
     candidates: list[Candidate] = Field(default_factory=lambda: ["lightgbm", "logistic"], min_length=1)
+    """Model families fitted; the one with the best validation `selection_metric` is registered."""
     selection_metric: Literal["auc", "average_precision", "log_loss", "brier"] = "log_loss"
+    """Validation metric that chooses among candidates (log_loss rewards calibrated probabilities)."""
     tuning: TuningConfig = Field(default_factory=TuningConfig)
-    # Test metrics carry percentile intervals from this many seeded bootstrap resamples.
     bootstrap_resamples: int = Field(default=1000, ge=50, le=20_000)
+    """Test metrics carry percentile intervals from this many seeded bootstrap resamples."""
     min_positives: int = Field(default=100, ge=1)
+    """Fewer positives in the training snapshots: the run stops with a clear error."""
     min_negatives: int = Field(default=100, ge=1)
-    # Share of profiles held out for the test snapshot, so no profile is in train and test.
+    """Fewer negatives in the training snapshots: the run stops with a clear error."""
     test_profile_fraction: float = Field(default=0.3, gt=0.0, lt=1.0)
-    # Share of the other profiles kept for the validation snapshot only (early stopping,
-    # tuning, candidate choice, calibration), so none of them is seen in training; raised (up
-    # to 0.6) when the validation snapshot's rarer outcome is scarce.
+    """Share of profiles held out for the test snapshot, so no profile is in train and test."""
     validation_profile_fraction: float = Field(default=0.3, gt=0.0, lt=1.0)
+    """Share of the other profiles kept for the validation snapshot only (early stopping, tuning, candidate
+    choice, calibration), so none of them is seen in training; raised (up to 0.6) when the validation
+    snapshot's rarer outcome is scarce.
+    """
     max_training_rows: int = Field(default=2_000_000, ge=1000)
+    """Training rows at most; a sample stratified by label beyond it (said in the run)."""
     early_stopping_rounds: int = Field(default=50, ge=1)
+    """Stop boosting after this many rounds without validation improvement."""
     lightgbm: dict[str, Any] = Field(default_factory=dict)
+    """LightGBM parameters fixed instead of searched (objective and re-weighting are refused)."""
     promote_metric: Literal["test_auc", "test_average_precision", "test_log_loss", "test_brier"] = "test_auc"
+    """Test metric compared by `promote` (challenger against champion and baselines)."""
     promote_min_improvement: float = 0.0
+    """A challenger must beat the champion by at least this much on promote_metric."""
 
     @field_validator("candidates")
     @classmethod
@@ -227,30 +273,39 @@ class TrainingConfig(_Strict):
 class FeatureSelection(_Strict):
     """Which registry features a model may use, by name or family."""
 
-    include: list[str] = Field(default_factory=list)  # feature or family names; empty = all
+    include: list[str] = Field(default_factory=list)
+    """feature or family names; empty = all"""
     exclude: list[str] = Field(default_factory=list)
+    """Feature or family names left out."""
 
 
 class BucketConfig(_Strict):
     """Score (0-100) thresholds: score >= high is `high`, >= medium is `medium`, else `low`."""
 
     medium: int = Field(default=40, ge=1, le=99)
+    """Scores from here up to `high` are the medium bucket."""
     high: int = Field(default=70, ge=2, le=100)
+    """Scores from here up are the high bucket."""
 
 
 class GovernanceConfig(_Strict):
     """What a model's scores may be used for, and the features refused for it."""
 
     marketing_action: str = "personalization"
+    """What the scores may be used for; destinations with another purpose refuse segments built on them."""
     sensitive_features: list[str] = Field(default_factory=list)
+    """Features this model must never use (training refuses to start if selected)."""
 
 
 class ModelConfig(_Strict):
     """configs/models/NAME.yaml: a model is data, not code."""
 
     name: str
+    """The registered model name (defaults to the file name)."""
     description: str = ""
+    """What the model predicts, for people."""
     population: str = "days_since_last_event <= 90"
+    """Who is scored: a rule over features and profile attributes (the same grammar as segment rules)."""
     outcome: OutcomeConfig = Field(default_factory=OutcomeConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     features: FeatureSelection = Field(default_factory=FeatureSelection)
@@ -277,15 +332,18 @@ class SegmentConfig(_Strict):
     """One audience: a rule over features, profile attributes and model scores."""
 
     name: str = Field(pattern=NAME_PATTERN)
+    """Lower case letters, digits and _: it becomes file names."""
     description: str = ""
-    # e.g. "upsell.score >= 70 AND days_since_last_purchase > 60"; checked by features.rules.
+    """What the audience is for, for people."""
     rule: str = Field(min_length=1)
+    """e.g. "upsell.score >= 70 AND days_since_last_purchase > 60"; checked by features.rules."""
 
 
 class SegmentsFile(_Strict):
     """configs/segments.yaml"""
 
     segments: list[SegmentConfig] = Field(min_length=1)
+    """The audiences, each qualified at every as-of date."""
 
     @field_validator("segments")
     @classmethod
@@ -298,20 +356,25 @@ class DestinationConfig(_Strict):
     """Where segments are activated, and which identities and purpose that destination has."""
 
     name: str = Field(pattern=NAME_PATTERN)
+    """Lower case letters, digits and _: it becomes directory names."""
     description: str = ""
+    """What the destination is, for people."""
     format: Literal["csv", "parquet"] = "csv"
-    # Identity namespaces this destination may receive; nothing else is ever written.
+    """File format of the export."""
     identities: list[str] = Field(min_length=1)
-    # What the destination does with the audience; a segment built on a model governed for
-    # another action is refused for it.
+    """Identity namespaces this destination may receive; nothing else is ever written."""
     marketing_action: str = Field(min_length=1)
+    """What the destination does with the audience; a segment built on a model governed for another action is
+    refused for it.
+    """
     segments: list[str] = Field(min_length=1)
-    # Also send profiles that left a segment (status `exited`), for destinations that sync changes.
+    """Segments sent to this destination."""
     include_exited: bool = False
-    # Consents that must be explicitly 'y' for a profile to be sent (e.g. consent_marketing for email).
+    """Also send profiles that left a segment (status `exited`), for destinations that sync changes."""
     required_consents: list[Literal["consent_personalization", "consent_marketing"]] = Field(
         default_factory=list
     )
+    """Consents that must be explicitly 'y' for a profile to be sent (e.g. consent_marketing for email)."""
 
     @field_validator("identities")
     @classmethod
@@ -331,6 +394,7 @@ class DestinationsFile(_Strict):
     """configs/destinations.yaml"""
 
     destinations: list[DestinationConfig] = Field(min_length=1)
+    """Where segments are activated."""
 
     @field_validator("destinations")
     @classmethod
@@ -342,9 +406,13 @@ class DestinationsFile(_Strict):
 class MonitorConfig(_Strict):
     """configs/monitoring.yaml: drift of a model's scores and top features."""
 
-    # PSI at or above this on the score or any monitored feature raises the alert
-    # (0.1-0.2: moderate shift; >= 0.2: significant, the usual rule of thumb).
     psi_threshold: float = Field(default=0.2, gt=0)
-    top_features: int = Field(default=10, ge=0)  # the model's most important, by gain
-    bins: int = Field(default=10, ge=2, le=100)  # quantile bins of the reference
-    epsilon: float = Field(default=1e-4, gt=0, lt=0.01)  # share given to an empty bin
+    """PSI at or above this on the score or any monitored feature raises the alert (0.1-0.2: moderate shift;
+    >= 0.2: significant, the usual rule of thumb).
+    """
+    top_features: int = Field(default=10, ge=0)
+    """the model's most important, by gain"""
+    bins: int = Field(default=10, ge=2, le=100)
+    """quantile bins of the reference"""
+    epsilon: float = Field(default=1e-4, gt=0, lt=0.01)
+    """share given to an empty bin"""

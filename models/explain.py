@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from propensity.models.estimator import PropensityModel, lightgbm_array
+from propensity.models.estimator import PropensityModel
 
 
 def global_importance(model: PropensityModel, frame: pd.DataFrame) -> pd.DataFrame:
@@ -27,32 +27,26 @@ def global_importance(model: PropensityModel, frame: pd.DataFrame) -> pd.DataFra
 def top_factors(model: PropensityModel, frame: pd.DataFrame, k: int = 5) -> list[list[dict]]:
     """Up to ``k`` factors per row, strongest |impact| first (ties: model feature order), each
     {feature, label, value, impact}; a row stops at its first zero impact. ``value`` is the
-    feature's value as the model saw it: a float, the category text, or None when missing."""
+    feature's value as the model saw it: a float, the category text, or None when missing.
+    Works for both model families (``top_contributions``: compiled TreeSHAP or linear terms)."""
     matrix = model.matrix(frame)
-    rows = lightgbm_array(matrix, model.booster.pandas_categorical)
-    index, impact = model.explainer.top_k(rows, k)  # the k strongest per row, selected compiled
-    numbers = np.take_along_axis(rows, index.astype(np.intp), axis=1)
+    index, impact = model.top_contributions(matrix, k)
     names = list(model.feature_names)
     labels = [model.feature_labels.get(f, f) for f in names]
-    categories = {
-        j: matrix[f].astype("object").tolist()
-        for j, f in enumerate(names)
-        if isinstance(matrix[f].dtype, pd.CategoricalDtype)
-    }
+    categorical = [isinstance(matrix[f].dtype, pd.CategoricalDtype) for f in names]
+    cells = matrix.astype(object).to_numpy()
     out: list[list[dict]] = []
-    for i, (features, impacts, values) in enumerate(
-        zip(index.tolist(), impact.tolist(), numbers.tolist(), strict=True)
-    ):
+    for i, (features, impacts) in enumerate(zip(index.tolist(), impact.tolist(), strict=True)):
         factors = []
-        for j, number, effect in zip(features, values, impacts, strict=True):
+        for j, effect in zip(features, impacts, strict=True):
             if effect == 0.0:
                 break
-            value = categories[j][i] if j in categories else number
+            value = cells[i, j]
             factors.append(
                 {
                     "feature": names[j],
                     "label": labels[j],
-                    "value": None if pd.isna(value) else (str(value) if j in categories else float(value)),
+                    "value": None if pd.isna(value) else (str(value) if categorical[j] else float(value)),
                     "impact": effect,
                 }
             )

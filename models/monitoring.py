@@ -28,16 +28,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # batch jobs and CI have no display
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from propensity.core.config import MonitorConfig
 from propensity.core.io import atomic_path, write_json
 from propensity.models.estimator import PropensityModel
+from propensity.models.plots import plt  # pyplot, with the backend chosen for batch jobs
 
 SCORE = "probability"
 

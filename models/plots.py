@@ -1,12 +1,18 @@
-"""Plots of a model on its test snapshot: gains, lift, calibration, scores, importance."""
+"""Plots of a model: gains, lift, calibration, scores, importance, SHAP summary.
+
+Each ``*_figure`` function returns a matplotlib Figure (for notebooks); each ``plot_*`` writes
+the same figure to a PNG (for MLflow and the report) and returns the path.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # batch jobs and CI have no display
+if "ipykernel" not in sys.modules:  # batch jobs and CI have no display; notebooks keep theirs
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -36,17 +42,24 @@ def plot_gains(y: np.ndarray, curves: dict[str, np.ndarray], path: Path) -> Path
     return _save(fig, path)
 
 
-def plot_lift(table: pd.DataFrame, path: Path) -> Path:
-    """Lift per score decile from :func:`decile_table`; writes and returns the PNG path."""
+def lift_figure(table: pd.DataFrame):
+    """Lift per score decile from :func:`models.evaluate.decile_table`."""
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.bar(table["decile"], table["lift"], color="#3b7dd8")
     ax.axhline(1, color="k", linestyle="--")
     ax.set(xlabel="score decile (1 = highest)", ylabel="lift over base rate", title="Lift by decile")
-    return _save(fig, path)
+    fig.tight_layout()
+    return fig
 
 
-def plot_calibration(y: np.ndarray, p: np.ndarray, path: Path, bins: int = 10) -> Path:
-    """Reliability diagram over equal-frequency bins; writes and returns the PNG path."""
+def plot_lift(table: pd.DataFrame, path: Path) -> Path:
+    """:func:`lift_figure` written to ``path``; returns the path."""
+    return _save(lift_figure(table), path)
+
+
+def calibration_figure(y: np.ndarray, p: np.ndarray, bins: int = 10):
+    """Reliability diagram: mean predicted probability against the observed rate over
+    equal-frequency bins of ``p``."""
     order = np.argsort(p, kind="stable")
     chunks = [c for c in np.array_split(order, bins) if len(c)]
     predicted = [p[c].mean() for c in chunks]
@@ -57,7 +70,13 @@ def plot_calibration(y: np.ndarray, p: np.ndarray, path: Path, bins: int = 10) -
     ax.plot(predicted, observed, "o-", label="model")
     ax.set(xlabel="predicted probability", ylabel="observed rate", title="Calibration (equal-frequency bins)")
     ax.legend()
-    return _save(fig, path)
+    fig.tight_layout()
+    return fig
+
+
+def plot_calibration(y: np.ndarray, p: np.ndarray, path: Path, bins: int = 10) -> Path:
+    """:func:`calibration_figure` written to ``path``; returns the path."""
+    return _save(calibration_figure(y, p, bins), path)
 
 
 def plot_distribution(y: np.ndarray, p: np.ndarray, path: Path) -> Path:
@@ -79,9 +98,9 @@ def save_histogram(values: np.ndarray, path: Path, title: str, xlabel: str, bins
     return _save(fig, path)
 
 
-def plot_importance(importance: pd.DataFrame, path: Path, top: int = 20) -> Path:
-    """The top features by mean |SHAP|; writes and returns the PNG path."""
-    # A linear model has no gain: its panel is left out.
+def importance_figure(importance: pd.DataFrame, top: int = 20):
+    """The top features by gain and by mean |SHAP| (from :func:`models.explain.global_importance`),
+    side by side; a linear model has no gain, and its panel is left out."""
     panels = [(c, t) for c, t in (("gain", "Gain"), ("mean_abs_shap", "Mean |SHAP| (log-odds)"))]
     panels = [(c, t) for c, t in panels if importance[c].notna().any()]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 6), squeeze=False)
@@ -90,4 +109,36 @@ def plot_importance(importance: pd.DataFrame, path: Path, top: int = 20) -> Path
         ax.barh(part["label"], part[column], color="#3b7dd8")
         ax.set_title(title)
         ax.tick_params(axis="y", labelsize=7)
-    return _save(fig, path)
+    fig.tight_layout()
+    return fig
+
+
+def plot_importance(importance: pd.DataFrame, path: Path, top: int = 20) -> Path:
+    """:func:`importance_figure` written to ``path``; returns the path."""
+    return _save(importance_figure(importance, top), path)
+
+
+def beeswarm_figure(
+    contributions: np.ndarray, values: np.ndarray, labels: list[str], top: int = 15, title: str = ""
+):
+    """SHAP summary (beeswarm) with the ``shap`` library: one dot per profile and feature at its
+    contribution (log-odds), coloured by the feature's value, the ``top`` features by mean
+    |SHAP|. ``contributions``: (n, features + 1), the bias last; ``values``: (n, features)
+    numbers as the model saw them (category codes for categoricals)."""
+    try:
+        import shap
+    except ImportError:  # pragma: no cover - the notebooks extra brings it
+        raise ImportError("the SHAP summary plot needs shap: pip install 'propensity[notebooks]'") from None
+    explanation = shap.Explanation(
+        values=contributions[:, :-1],
+        base_values=contributions[:, -1],
+        data=values,
+        feature_names=list(labels),
+    )
+    fig = plt.figure()  # shap draws on the current axes: a fresh figure's
+    shap.plots.beeswarm(explanation, max_display=top + 1, show=False)
+    fig.set_size_inches(9, 0.35 * (top + 1) + 1.5)
+    if title:
+        fig.axes[0].set_title(title)
+    fig.tight_layout()
+    return fig

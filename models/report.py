@@ -9,14 +9,13 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from dataclasses import dataclass, field
 
-import matplotlib
-
-matplotlib.use("Agg")  # batch jobs and CI have no display
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+
+from propensity.models.plots import plt  # pyplot, with the backend chosen for batch jobs
 
 STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2rem auto;
@@ -133,3 +132,18 @@ def render_report(title: str, subtitle: str, sections: list[ReportSection]) -> s
         parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+_FIGURE = re.compile(
+    r'<figure><img alt="(?P<title>[^"]*)" src="data:image/png;base64,(?P<data>[A-Za-z0-9+/=]+)">'
+    r"<figcaption>(?P<caption>.*?)</figcaption></figure>"
+)
+
+
+def report_figures(page: str) -> list[Figure]:
+    """The charts of a page written by :func:`render_report`, in page order (its inverse for
+    figures: what the README's pictures are cut from)."""
+    return [
+        Figure(html.unescape(m["title"]), base64.b64decode(m["data"]), html.unescape(m["caption"]))
+        for m in _FIGURE.finditer(page)
+    ]

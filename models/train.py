@@ -88,6 +88,7 @@ class Split:
     early_stopping: pd.DataFrame  # validation half 1: early stopping, search, strength
     calibration: pd.DataFrame  # validation half 2: candidate choice, calibration
     test: pd.DataFrame
+    train_rows_before_sample: int | None = None  # set when training.max_training_rows cut it
 
     def summary(self) -> dict:
         """Rows, positives and dates of each part, for the run's record."""
@@ -99,9 +100,12 @@ class Split:
                 "as_of": sorted({str(d.date()) for d in pd.to_datetime(frame["as_of"])}),
             }
 
-        return {
+        parts = {
             name: part(getattr(self, name)) for name in ("train", "early_stopping", "calibration", "test")
         }
+        if self.train_rows_before_sample is not None:
+            parts["train"]["sampled_from"] = self.train_rows_before_sample
+        return parts
 
 
 # Each validation half should hold this many of the rarer outcome; with less data the
@@ -139,14 +143,32 @@ def split(frame: pd.DataFrame, training: TrainingConfig) -> Split:
     halves = profile_fraction(frame["profile_id"], f"calibration-{training.seed}") < 0.5
     in_train = (frame["as_of"] < valid_date) & ~held_out & ~validating
     valid = (frame["as_of"] == valid_date) & validating
+    train, before = sample_by_label(frame[in_train], training.max_training_rows, training.seed)
     result = Split(
-        train=frame[in_train],
+        train=train,
         early_stopping=frame[valid & halves],
         calibration=frame[valid & ~halves],
         test=frame[(frame["as_of"] == test_date) & held_out],
+        train_rows_before_sample=before,
     )
     _check_counts(result, training)
     return result
+
+
+def sample_by_label(frame: pd.DataFrame, max_rows: int, seed: int) -> tuple[pd.DataFrame, int | None]:
+    """At most ``max_rows`` rows, the same share of each label, in their original order:
+    (rows, rows before sampling or None when nothing was cut). Only training rows are
+    sampled; validation and test keep every profile, so their figures are not thinned."""
+    if len(frame) <= max_rows:
+        return frame, None
+    share = max_rows / len(frame)
+    rng = np.random.default_rng(seed)
+    keep = np.zeros(len(frame), dtype=bool)
+    labels = frame["label"].to_numpy()
+    for value in np.unique(labels):
+        rows = np.flatnonzero(labels == value)
+        keep[rng.choice(rows, size=round(len(rows) * share), replace=False)] = True
+    return frame[keep], len(frame)
 
 
 def _check_counts(parts: Split, training: TrainingConfig) -> None:

@@ -24,6 +24,7 @@ from propensity.pipeline.cli_options import (
     parse_date,
     user_errors,
 )
+from propensity.pipeline.docs_commands import docs_app
 from propensity.pipeline.printing import (
     print_buckets,
     print_explanation,
@@ -377,6 +378,7 @@ def demo(
 
 
 register_segment_commands(app)
+app.add_typer(docs_app, name="docs")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -18,10 +18,12 @@ from rich.console import Console
 from rich.table import Table
 
 from propensity.core.config import ProjectConfig
+from propensity.core.io import write_json
 from propensity.features.engine import sql_string
 from propensity.features.event_queries import data_end
 from propensity.features.simulator import GeneratorSettings
 from propensity.features.synthetic_io import generate
+from propensity.models import tracking
 from propensity.pipeline import ingest_jobs, model_jobs, report_jobs, score_jobs, segment_jobs
 from propensity.pipeline.printing import (
     print_buckets,
@@ -223,6 +225,19 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
     console.print(f"{report.path} ({report.figures} charts): open it in a browser")
 
     result.seconds = time.perf_counter() - started
+    # What notebooks and the README's pictures start from (notebooks/feature_importance.ipynb).
+    write_json(
+        {
+            "as_of": latest,
+            "previous_as_of": previous,
+            "ingested": ingested.resolve(),
+            "scores": scores.resolve(),
+            "sarah": sarah,
+            "models": {name: fit.version for name, fit in trained.items()},
+            "tracking_uri": tracking.tracking_uri(config),
+        },
+        out / "demo.json",
+    )
     _summary(console, result, trained, config)
     return result
 
@@ -251,7 +266,7 @@ def _summary(console: Console, result: DemoResult, trained: dict[str, Any], conf
     for name, counts in result.segments.items():
         segments.add_row(name, *(f"{counts[k]:,}" for k in ("size", "realized", "existing", "exited")))
     console.print(segments)
-    uri = config.mlflow.tracking_uri or "sqlite:///mlflow.db"
+    uri = tracking.tracking_uri(config)
     console.print(
         f"outputs in {result.out}/ (data, ingested, scores, segments, exports, monitoring, reports)\n"
         f"MLflow: {uri}; browse with `.venv/bin/mlflow ui --backend-store-uri {uri}`"

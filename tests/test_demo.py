@@ -1,16 +1,42 @@
-"""The demo runs the whole story on a fresh directory."""
+"""The demo runs the whole story on a fresh directory; the notebooks run on what it leaves.
+
+Both tests share one demo run (one xdist group, so they land on the same worker).
+"""
 
 from __future__ import annotations
 
-import os
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
 
 from tests.conftest import invoke
 
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
-def test_demo_tells_the_story(tmp_path, runner, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
-    result = invoke(runner, "demo", "--profiles", "12000", "--days", "300", "--out", str(tmp_path / "demo"))
+pytestmark = pytest.mark.xdist_group("demo")
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """(CLI result, demo directory) of one small demo, with its own MLflow database."""
+    from typer.testing import CliRunner
+
+    tmp = tmp_path_factory.mktemp("demo")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+        patch.chdir(ROOT)
+        result = invoke(
+            CliRunner(), "demo", "--profiles", "12000", "--days", "300", "--out", str(tmp / "demo")
+        )
+    return result, tmp / "demo"
+
+
+def test_demo_tells_the_story(demo_run):
+    result, demo = demo_run
     assert result.exit_code == 0, result.output[-3000:]
     text = " ".join(result.output.split())
     for fragment in (
@@ -27,7 +53,39 @@ def test_demo_tells_the_story(tmp_path, runner, monkeypatch):
         "7. report",
     ):
         assert fragment in text, fragment
-    demo = tmp_path / "demo"
     assert (demo / "ingested" / "events.parquet").is_file()
     assert len(list((demo / "scores").glob("model=*/as_of=*/part-0.parquet"))) == 6
     assert any((demo / "exports").rglob("*.csv")) and (demo / "reports" / "upsell.html").is_file()
+    summary = json.loads((demo / "demo.json").read_text())
+    assert summary["sarah"] and set(summary["models"]) == {"conversion", "upsell", "churn"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_is_stored_without_outputs(path):
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: strip outputs"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_runs_on_the_demo(path, demo_run, monkeypatch):
+    result, demo = demo_run
+    assert result.exit_code == 0, result.output[-3000:]
+    summary = json.loads((demo / "demo.json").read_text())
+    # The kernel inherits the environment: the demo's directory and MLflow database.
+    monkeypatch.setenv("PROPENSITY_DEMO", str(demo))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", summary["tracking_uri"])
+    notebook = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    )
+    client.execute()
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    if path.name == "feature_importance.ipynb":
+        images = [o for o in outputs if "image/png" in o.get("data", {})]
+        assert len(images) >= 4  # importance, SHAP summary, lift, calibration
+        text = "\n".join(o.get("data", {}).get("text/plain", "") + o.get("text", "") for o in outputs)
+        assert summary["sarah"] in text  # Sarah's factors are shown
+        assert "mean_abs_shap" in text and "lift" in text

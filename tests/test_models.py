@@ -220,6 +220,31 @@ def test_split_is_out_of_time_and_profile_disjoint():
     assert 0.2 < len(test_profiles) / 2000 < 0.4
 
 
+def test_max_training_rows_samples_training_rows_by_label_only():
+    rng = np.random.default_rng(0)
+    dates = pd.to_datetime(["2025-01-01", "2025-02-01", "2025-03-01", "2025-04-01", "2025-05-01"])
+    frame = pd.DataFrame(
+        {
+            "profile_id": [f"p{i}" for i in range(3000)] * 5,
+            "as_of": np.repeat(dates, 3000),
+            "label": (rng.random(15_000) < 0.2).astype(int),
+        }
+    )
+    whole = split(frame, TrainingConfig(min_positives=10, min_negatives=10))
+    capped = split(frame, TrainingConfig(min_positives=10, min_negatives=10, max_training_rows=1000))
+    assert len(whole.train) > 1000 and abs(len(capped.train) - 1000) <= 1
+    assert capped.summary()["train"]["sampled_from"] == len(whole.train)
+    assert "sampled_from" not in whole.summary()["train"]
+    # The same share of each label, rows drawn from the training rows only, in their order.
+    assert capped.train["label"].mean() == pytest.approx(whole.train["label"].mean(), abs=0.005)
+    assert capped.train.index.isin(whole.train.index).all() and capped.train.index.is_monotonic_increasing
+    # Validation and test keep every profile; a re-run draws the same rows.
+    for name in ("early_stopping", "calibration", "test"):
+        pd.testing.assert_frame_equal(getattr(capped, name), getattr(whole, name))
+    again = split(frame, TrainingConfig(min_positives=10, min_negatives=10, max_training_rows=1000))
+    pd.testing.assert_frame_equal(again.train, capped.train)
+
+
 @pytest.mark.parametrize("method", ["isotonic", "sigmoid"])
 def test_calibration_makes_probabilities_honest(method):
     rng = np.random.default_rng(1)
