@@ -48,6 +48,7 @@ class DemoResult:
     seconds: float
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     segments: dict[str, dict[str, int]] = field(default_factory=dict)
+    buckets: dict[str, dict[str, int]] = field(default_factory=dict)  # per model, at the latest as-of
     sarah: str | None = None
     report: Path | None = None
 
@@ -186,6 +187,7 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
         for name in MODELS:
             with console.status(f"scoring {name} at {as_of}"):
                 scored = score_jobs.score_model(name, ingested, config, as_of, scores)
+            result.buckets[name] = scored.bucket_sizes
             sizes = ", ".join(f"{b} {n:,}" for b, n in scored.bucket_sizes.items())
             console.print(f"{name} at {as_of}: {scored.scored:,} profiles scored ({sizes})")
         with console.status(f"qualifying segments at {as_of}"):
@@ -244,7 +246,16 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
 
 def _summary(console: Console, result: DemoResult, trained: dict[str, Any], config: ProjectConfig) -> None:
     table = Table(title=f"Luma demo in {result.seconds:.0f} s")
-    for column in ("model", "version", "test AUC (95% interval)", "logistic RFM", "recency", "positives"):
+    columns = (
+        "model",
+        "version",
+        "test AUC (95% interval)",
+        "logistic RFM",
+        "recency",
+        "positives",
+        "scored high/medium/low",
+    )
+    for column in columns:
         table.add_column(column, justify="right" if column != "model" else "left")
     for name, fit in trained.items():
         m = fit.metrics
@@ -258,6 +269,7 @@ def _summary(console: Console, result: DemoResult, trained: dict[str, Any], conf
             f"{m.get('baseline_logreg_auc', float('nan')):.3f}",
             f"{m.get('baseline_recency_auc', float('nan')):.3f}",
             f"{int(m['test_positives']):,}" if "test_positives" in m else "",
+            "/".join(f"{result.buckets.get(name, {}).get(b, 0):,}" for b in ("high", "medium", "low")),
         )
     console.print(table)
     segments = Table(title="segments at the latest as-of")
