@@ -95,7 +95,10 @@ def print_metrics(metrics: dict, title: str, note: str | None = None) -> None:
         table.add_row("positives/rows", f"{positives:,.0f}/{rows or 0:,.0f}", *blank)
     ratio = metrics.get("auc_to_oracle", metrics.get("eval_auc_to_oracle"))
     if ratio is not None:
-        table.add_row("AUC / oracle AUC", f"{ratio:.4f}", *blank)
+        # On the rows the oracle covers (whole simulated people); the share it covers beside it.
+        coverage = metrics.get("oracle_coverage", metrics.get("eval_oracle_coverage"))
+        share = f" ({coverage:.0%} of rows)" if coverage is not None else ""
+        table.add_row("AUC / oracle AUC", f"{ratio:.4f}{share}", *blank)
     console.print(table)
 
 
