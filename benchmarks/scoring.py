@@ -1,0 +1,285 @@
+"""Batch scoring end to end on 1M generated profiles, and the factors step against ``pred_contrib``.
+
+    python benchmarks/scoring.py [--profiles 1000000] [--train-profiles 150000] [--trials 12]
+
+Reuses (or generates and ingests) the data of ``benchmarks/features.py``. Two registered models
+are scored, each in a fresh process so that its peak RSS is the scoring job's alone:
+
+  * ``trained``: what ``propensity train`` produces for a 30-day purchase model whose population
+    is every profile seen in the last year (so that ~all 1M profiles are scored); LightGBM
+    family, default tuning, trained on another generated dataset of ``--train-profiles``
+    people (training's stacked snapshots of 1M profiles would not fit this machine's memory;
+    scoring does not care where the model learnt);
+  * ``fixed_300``: the same features and calibrator with a fixed 300-tree, 31-leaf, depth-6
+    booster, fitted to labels drawn from the trained model's probabilities on a 200k sample of
+    the scoring-date features (so that the trees fill their leaves as on real data).
+
+Per model, the end-to-end job (``score_model``: load, point-in-time features, prediction, top-5
+factors, Parquet partition, MLflow run) is timed, and against it, in the same run, the feature
+build alone (the same SQL into a table) as the baseline. Then the factors step alone is timed
+against LightGBM's ``pred_contrib`` on the same model and rows (``benchmarks/factors.py``), and
+checked against it. Prints a table; the last line is one JSON object (top-level keys for the
+fixed 300-tree model, both models under ``models``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import yaml
+
+from propensity.core.config import ProjectConfig
+from propensity.features.event_queries import data_end
+
+try:  # run as a script (python benchmarks/scoring.py) or imported as benchmarks.scoring
+    from data import DATA, ensure_ingested
+    from factors import PARAMS, TREES, compare_with_pred_contrib
+except ImportError:  # pragma: no cover
+    from benchmarks.data import DATA, ensure_ingested
+    from benchmarks.factors import PARAMS, TREES, compare_with_pred_contrib
+
+WORK = DATA / "scoring"
+MODEL = "purchase_30d"
+FIXED = "fixed_300"
+FIT_ROWS = 200_000  # rows the fixed model is fitted on
+FACTOR_ROWS = 100_000  # rows for the factors-vs-pred_contrib comparison
+PRED_CONTRIB_ROWS = 20_000
+
+
+def project(work: Path) -> ProjectConfig:
+    """A throw-away project: its own MLflow store and work dir under ``benchmarks/.data``."""
+    return ProjectConfig(
+        work_dir=str(work / "work"),
+        mlflow={"tracking_uri": f"sqlite:///{work / 'mlflow.db'}"},
+    )
+
+
+def model_config(path: Path, max_training_rows: int, trials: int) -> Path:
+    """The benchmark's model: a 30-day purchase propensity over every profile active in a year."""
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": MODEL,
+                "description": "Any profile seen in the last year: purchase within 30 days.",
+                "population": "days_since_last_event <= 365",
+                "outcome": {"event_type": "purchase", "horizon_days": 30},
+                "training": {
+                    "candidates": ["lightgbm"],
+                    "max_training_rows": max_training_rows,
+                    "tuning": {"trials": trials},
+                },
+            }
+        )
+    )
+    return path
+
+
+def train(model_yaml: Path, ingested: Path, work: Path) -> dict:
+    """Child process: ``train_model`` as the CLI runs it; the version and training figures."""
+    from propensity.pipeline.model_jobs import train_model
+
+    start = time.perf_counter()
+    result = train_model(str(model_yaml), ingested, project(work))
+    return {
+        "version": result.version,
+        "seconds": time.perf_counter() - start,
+        "rows": result.rows,
+        "test_auc": result.metrics.get("test_auc"),
+    }
+
+
+def _features(ingested: Path, config: ProjectConfig, categories, rows: int | None = None):
+    """The point-in-time features at the data's end (what scoring builds), with the engine; a
+    fixed pseudo-random sample of ``rows`` profiles when given."""
+    from propensity.features.sql_compiler import snapshot_sql
+    from propensity.pipeline.feature_jobs import feature_set
+    from propensity.pipeline.ingest_jobs import load_events
+
+    loaded = load_events(ingested, config)
+    as_of = data_end(loaded.con)
+    fs = feature_set(loaded.con, config, before=as_of, categories=categories)
+    sources = loaded.sources(as_of)
+    sql = snapshot_sql(fs, as_of, loaded.con, events=sources.events, profiles=sources.profiles)
+    if rows is None:
+        loaded.con.execute(f"CREATE TEMP TABLE features AS {sql}")
+        return None
+    return loaded.con.execute(f"SELECT * FROM ({sql}) ORDER BY hash(profile_id) LIMIT {rows}").df()
+
+
+def register_fixed(ingested: Path, work: Path, version: str) -> dict:
+    """Child process: the fixed 300-tree model, registered as ``fixed_300``."""
+    import mlflow
+
+    from propensity.models import tracking
+
+    config = project(work)
+    client = tracking.configure(config)
+    trained, _ = tracking.load_propensity_model(client, MODEL, version=version)
+    frame = _features(ingested, config, trained.metadata.get("categories"), FIT_ROWS)
+    rng = np.random.default_rng(7)
+    labels = (rng.random(len(frame)) < trained.predict_proba(frame)).astype(float)
+    booster = lgb.train(PARAMS, lgb.Dataset(trained.matrix(frame), labels), num_boost_round=TREES)
+    fixed = dataclasses.replace(
+        trained,
+        name=FIXED,
+        booster_text=booster.model_to_string(),
+        metadata=dict(trained.metadata),
+        _booster=None,
+        _explainer=None,
+    )
+    fixed.metadata["reference_probabilities"] = np.quantile(
+        fixed.predict_proba(frame), np.linspace(0, 1, 1001)
+    ).tolist()
+    mlflow.set_experiment(FIXED)
+    with mlflow.start_run(run_name="fixed 300-tree model"):
+        _, fixed_version = tracking.log_model(fixed, frame.head(50), FIXED)
+    return {"version": fixed_version}
+
+
+def score(name: str, version: str, ingested: Path, work: Path) -> dict:
+    """Child process: the scoring job end to end, and this process's peak RSS."""
+    from propensity.pipeline.score_jobs import score_model
+
+    start = time.perf_counter()
+    run = score_model(name, ingested, project(work), out=work / "scores", version=version)
+    return {
+        "seconds": time.perf_counter() - start,
+        "profiles": run.profiles,
+        "scored": run.scored,
+        "as_of": str(run.as_of),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def features_only(name: str, version: str, ingested: Path, work: Path) -> dict:
+    """Child process (the baseline): loading the events and the same point-in-time feature
+    build into a table, alone."""
+    from propensity.models import tracking
+
+    config = project(work)
+    model, _ = tracking.load_propensity_model(tracking.configure(config), name, version=version)
+    start = time.perf_counter()
+    _features(ingested, config, model.metadata.get("categories"))
+    return {"seconds": time.perf_counter() - start}
+
+
+def factors_vs_pred_contrib(name: str, version: str, ingested: Path, work: Path) -> dict:
+    """Child process: our top-5 factors against ``pred_contrib`` on the same model and rows."""
+    from propensity.models import tracking
+
+    config = project(work)
+    model, _ = tracking.load_propensity_model(tracking.configure(config), name, version=version)
+    frame = _features(ingested, config, model.metadata.get("categories"), FACTOR_ROWS)
+    X = model.lightgbm_array(frame)
+    result = compare_with_pred_contrib(model.booster, X, k=5, pred_contrib_rows=PRED_CONTRIB_ROWS)
+    trees = model.booster.dump_model()["tree_info"]
+    result.update(
+        rows=len(X),
+        features=X.shape[1],
+        trees=len(trees),
+        leaves=int(sum(t["num_leaves"] for t in trees)),
+        depth=int(max(_depth(t["tree_structure"]) for t in trees)),
+    )
+    return result
+
+
+def _depth(node: dict) -> int:
+    if "leaf_index" in node or ("leaf_value" in node and "split_index" not in node):
+        return 0
+    return 1 + max(_depth(node["left_child"]), _depth(node["right_child"]))
+
+
+def in_child(fn, *args):
+    """``fn(*args)`` in a fresh process: its memory and compiled kernels are its own."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--profiles", type=int, default=1_000_000)
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--train-profiles", type=int, default=150_000)
+    parser.add_argument("--max-training-rows", type=int, default=2_000_000)
+    parser.add_argument("--trials", type=int, default=12, help="tuning trials of the trained model")
+    args = parser.parse_args()
+    _, ingested, _ = ensure_ingested(args.profiles, args.days, ProjectConfig())
+    _, train_ingested, _ = ensure_ingested(args.train_profiles, args.days, ProjectConfig())
+    work = WORK / str(args.profiles)
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    model_yaml = model_config(work / f"{MODEL}.yaml", args.max_training_rows, args.trials)
+
+    print("training ...", flush=True)
+    trained = in_child(train, model_yaml, train_ingested, work)
+    print(f"trained {MODEL} v{trained['version']} in {trained['seconds']:.0f} s", flush=True)
+    fixed = in_child(register_fixed, ingested, work, trained["version"])
+    models = {"trained": (MODEL, trained["version"]), FIXED: (FIXED, fixed["version"])}
+
+    results: dict[str, dict] = {}
+    for key, (name, version) in models.items():
+        print(f"scoring {key} ...", flush=True)
+        run = in_child(score, name, version, ingested, work)
+        baseline = in_child(features_only, name, version, ingested, work)
+        factors = in_child(factors_vs_pred_contrib, name, version, ingested, work)
+        results[key] = {
+            **factors,
+            **run,
+            "features_only_seconds": baseline["seconds"],
+            "ratio_to_features_only": run["seconds"] / baseline["seconds"],
+        }
+
+    print(f"\n{results[FIXED]['profiles']:,} profiles at {results[FIXED]['as_of']}")
+    header = (
+        f"{'model':<10}{'trees':>6}{'leaves':>7}{'scored':>10}{'end-to-end s':>13}{'features s':>11}"
+        f"{'x feat':>7}{'factors/s':>11}{'contrib/s':>10}{'ratio':>7}{'max diff':>10}{'RSS MiB':>9}"
+    )
+    print(header)
+    for key, r in results.items():
+        print(
+            f"{key:<10}{r['trees']:>6}{r['leaves']:>7}{r['scored']:>10,}{r['seconds']:>13.1f}"
+            f"{r['features_only_seconds']:>11.1f}{r['ratio_to_features_only']:>7.2f}"
+            f"{r['factors_rows_per_s']:>11,.0f}{r['pred_contrib_rows_per_s']:>10,.0f}"
+            f"{r['factors_ratio']:>7.1f}{r['max_abs_diff']:>10.1e}{r['peak_rss_mib']:>9,.0f}"
+        )
+    top = results[FIXED]
+    print(
+        json.dumps(
+            {
+                "profiles": top["profiles"],
+                "scored": top["scored"],
+                "seconds": round(top["seconds"], 2),
+                "features_only_seconds": round(top["features_only_seconds"], 2),
+                "factors_rows_per_s": round(top["factors_rows_per_s"]),
+                "pred_contrib_rows_per_s": round(top["pred_contrib_rows_per_s"]),
+                "factors_ratio": round(top["factors_ratio"], 2),
+                "factors_ratio_cpu": round(top["factors_ratio_cpu"], 2),
+                "max_abs_diff": top["max_abs_diff"],
+                "top_k_agrees": top["top_k_agrees"],
+                "peak_rss_mib": round(top["peak_rss_mib"]),
+                "training_seconds": round(trained["seconds"], 1),
+                "training_profiles": args.train_profiles,
+                "trained_test_auc": trained["test_auc"],
+                "models": results,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
