@@ -73,6 +73,18 @@ class EngineConfig(_Strict):
     threads: int | None = Field(default=None, ge=1)
     temp_directory: str | None = None
 
+    class SparkSettings(_Strict):
+        """The SparkSession the Spark jobs build (``engine.name: spark``)."""
+
+        # None: whatever spark-submit or the cluster sets (pyspark alone falls back to local[*]).
+        master: str | None = None
+        app_name: str = "propensity"
+        shuffle_partitions: int | None = Field(default=None, ge=1)
+        # Any other Spark setting, e.g. {"spark.hadoop.fs.s3a.endpoint": "...", "spark.executor.memory": "8g"}.
+        conf: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+
 
 class MlflowConfig(_Strict):
     """Where runs and models are tracked (MLFLOW_TRACKING_URI wins over it)."""
