@@ -202,7 +202,9 @@ def load_events(
                 f"{manifest.get('format', 1)}, need {INGEST_FORMAT}); run `propensity ingest` again"
             )
         for view in ("events", "profiles", "identity_map"):
-            source = sql_string(str(directory / f"{view}.parquet"))
+            path = directory / f"{view}.parquet"
+            # The Spark ingest writes each table as a directory of parts.
+            source = sql_string(str(path / "*.parquet" if path.is_dir() else path))
             con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet({source})")
         gt = manifest.get("ground_truth")
         if gt and Path(gt).is_dir():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,8 +95,35 @@ def train_model(
     # A bad rule or feature name fails before any heavy work.
     population_rule(model_cfg, fs)
     labels = model_features(fs, model_cfg.features, model_cfg.governance, model_cfg.name)
-    names = list(labels)
     frame, dates = training_frame(con, fs, model_cfg, cutoff)
+    return fit_and_register(
+        model_cfg,
+        config,
+        fs,
+        labels,
+        frame,
+        dates,
+        cutoff,
+        loaded.inputs.display,
+        ground_truth=lambda test, p: _ground_truth_metrics(loaded, test, p, model_cfg),
+    )
+
+
+def fit_and_register(
+    model_cfg: ModelConfig,
+    config: ProjectConfig,
+    fs,
+    labels: dict[str, str],
+    frame: pd.DataFrame,
+    dates: list[dt.date],
+    cutoff: dt.date,
+    events_display: str,
+    ground_truth: Callable[[pd.DataFrame, np.ndarray], dict[str, float]] | None = None,
+    sampling: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Split, fit, evaluate and register a model on ``frame`` (stacked labelled snapshots, from
+    DuckDB or a Spark sample); ``sampling`` says how the rows were drawn, for the run's record."""
+    names = list(labels)
     parts = split(frame, model_cfg.training)
     model, fit_info = fit(parts, names, labels, model_cfg.training, model_cfg.name)
 
@@ -126,7 +154,7 @@ def train_model(
             if k in ("test_average_precision", "test_lift_at_10")
         }
     )
-    results.update(_ground_truth_metrics(loaded, test, p, model_cfg))
+    results.update(ground_truth(test, p) if ground_truth else {})
     score = ev.scores_from_reference(p, reference)
     bucket_table = ev.bucket_table(y, p, ev.buckets(score, model_cfg.buckets.medium, model_cfg.buckets.high))
     deciles = ev.decile_table(y, p)
@@ -150,7 +178,7 @@ def train_model(
         mlflow.set_tags(
             {
                 "git_commit": tracking.git_commit() or "unknown",
-                "events": loaded.inputs.display,
+                "events": events_display,
                 "step": "train",
                 "trained_until": str(cutoff),
             }
@@ -163,7 +191,7 @@ def train_model(
                 "horizon_days": model_cfg.outcome.horizon_days,
                 "population": model_cfg.population,
                 "snapshots": len(dates),
-                "snapshot_spacing_days": spacing.spacing_days,
+                "snapshot_spacing_days": model_cfg.training.snapshots.spacing_days,
                 "test_as_of": str(dates[-1]),
                 "features": len(names),
                 "best_iteration": fit_info["best_iteration"],
@@ -172,6 +200,8 @@ def train_model(
             }
         )
         mlflow.log_metrics(results)
+        if sampling:
+            mlflow.log_params(sampling)
         if champion is not None:
             # What `promote` compares against: the champion on this very test snapshot.
             mlflow.set_tag("compared_champion_version", champion[0])
