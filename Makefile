@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench install constraints clean
+.PHONY: demo test test-spark lint bench install constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest -n 2 -q
+
+# Spark in local mode against DuckDB (needs Java 17+); the lead wires it into CI.
+test-spark: $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,spark]"
+	$(BIN)/pytest -p no:xdist -q -m spark tests/test_spark.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/generate.py

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,6 +67,15 @@ def spark_session(engine: EngineConfig | None = None) -> SparkSession:
     builder = SparkSession.builder.appName(settings.app_name)
     if settings.master:
         builder = builder.master(settings.master)
+    # Without a master and outside spark-submit (which sets the gateway port), pyspark runs
+    # locally too.
+    local = (
+        settings.master.startswith("local") if settings.master else "PYSPARK_GATEWAY_PORT" not in os.environ
+    )
+    if local and "PYSPARK_PYTHON" not in os.environ:
+        # Local executors are processes on this machine: run them with this interpreter (the
+        # one with propensity installed), not whatever `python3` is first on the PATH.
+        os.environ["PYSPARK_PYTHON"] = sys.executable
     conf: dict[str, str] = {
         "spark.sql.session.timeZone": "UTC",
         # Parquet written by Spark reads back in DuckDB and pandas with no INT96 surprises.
@@ -135,6 +145,20 @@ def _write_small_text(spark: SparkSession, text: str, path: str) -> None:
         stream.write(bytearray(text.encode("utf-8")))
     finally:
         stream.close()
+
+
+def first_line(spark: SparkSession, path: str) -> str:
+    """The first line of a text file (a CSV header) on any Hadoop path, without reading the rest."""
+    if not is_remote(path):
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.readline().rstrip("\r\n")
+    jvm = spark.sparkContext._jvm
+    fs, jpath = _hadoop_fs(spark, hadoop_path(path))
+    reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(fs.open(jpath), "UTF-8"))
+    try:
+        return reader.readLine() or ""
+    finally:
+        reader.close()
 
 
 def write_text(spark: SparkSession, text: str, path: str | Path) -> None:

@@ -18,6 +18,8 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import pandas as pd
+
 from propensity.core.config import ModelConfig
 from propensity.core.errors import UserError
 from propensity.features.feature_set import FeatureSet
@@ -32,7 +34,6 @@ from propensity.features.spark_engine import to_pandas
 from propensity.features.sql_compiler import SPARK, rollup_sql, snapshot_sql, snapshots_sql
 
 if TYPE_CHECKING:
-    import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
 
 
@@ -219,7 +220,16 @@ def sample_by_label(frame: DataFrame, max_rows: int, seed: int) -> TrainingSampl
     same sample. Each label's quota is filled exactly: a hash threshold a little above the
     share narrows the rows on the cluster, the driver keeps the lowest hashes.
     """
-    from pyspark.sql import functions as F  # noqa: N812 - the PySpark convention
+    # Read twice (label counts, then the rows): held once, not computed twice.
+    frame = frame.persist()
+    try:
+        return _sample(frame, max_rows, seed)
+    finally:
+        frame.unpersist()
+
+
+def _sample(frame: DataFrame, max_rows: int, seed: int) -> TrainingSample:
+    from pyspark.sql import functions as F  # noqa: N812
 
     counts = {row["label"]: int(row["count"]) for row in frame.groupBy("label").count().collect()}
     total, positives = sum(counts.values()), counts.get(1, 0)
@@ -227,7 +237,11 @@ def sample_by_label(frame: DataFrame, max_rows: int, seed: int) -> TrainingSampl
         kept = to_pandas(frame.orderBy("as_of", "profile_id"))
         return TrainingSample(kept, total, positives, 1.0)
     fraction = max_rows / total
-    quotas = {label: round(n * fraction) for label, n in counts.items()}
+    # Each label its share, rounded; the last label takes what is left, so the rows add up to
+    # max_rows exactly.
+    labels = sorted(counts)
+    quotas = {label: round(counts[label] * fraction) for label in labels[:-1]}
+    quotas[labels[-1]] = min(counts[labels[-1]], max_rows - sum(quotas.values()))
     # 2**-52 resolution; the margin (5 standard deviations plus a little) makes a shortfall
     # practically impossible, and it is checked.
     unit = (
@@ -247,7 +261,5 @@ def sample_by_label(frame: DataFrame, max_rows: int, seed: int) -> TrainingSampl
         if len(rows) < quota:
             raise RuntimeError(f"sample_by_label: {len(rows)} candidates for a quota of {quota}")
         parts.append(rows.head(quota))
-    import pandas as pd
-
     kept = pd.concat(parts).drop(columns="_u").sort_values(["as_of", "profile_id"]).reset_index(drop=True)
     return TrainingSample(kept, total, positives, fraction)

@@ -33,6 +33,7 @@ from propensity.features.inputs import EVENT_FILE_SUFFIXES, event_files
 from propensity.features.spark_engine import (
     SparkInput,
     file_uri,
+    first_line,
     is_remote,
     list_files,
     normalised_uri,
@@ -70,26 +71,40 @@ def read_source(spark: SparkSession, files: list[str], sources: list[str], fmt: 
     F = _f()
     reader = spark.read
     if fmt == "parquet":
-        raw = reader.option("mergeSchema", "true").parquet(*files)
+        groups = [reader.option("mergeSchema", "true").parquet(*files)]
     elif fmt == "csv":
-        raw = reader.option("header", "true").option("mode", "PERMISSIVE").csv(files)
+        # Spark reads every CSV file with the first one's columns, by position; DuckDB matches
+        # them by name. Files are read in groups of one header each, then unioned by name.
+        by_header: dict[str, list[str]] = {}
+        for f in files:
+            by_header.setdefault(first_line(spark, f), []).append(f)
+        groups = [reader.option("header", "true").csv(group) for group in by_header.values()]
     else:
-        raw = reader.option("primitivesAsString", "true").option("mode", "PERMISSIVE").json(files)
-    if "_corrupt_record" in raw.columns:
+        groups = [reader.option("primitivesAsString", "true").option("mode", "PERMISSIVE").json(files)]
+    if "_corrupt_record" in groups[0].columns:
         raise UserError(
             f"{sources[0] if len(sources) == 1 else files[0]}: cannot read events: malformed JSON"
         )
-    columns = list(raw.columns)
+    columns: list[str] = []
+    for group in groups:
+        columns += [c for c in group.columns if c not in columns]
     uris = spark.createDataFrame(
         [(file_uri(spark, f), s, i) for i, (f, s) in enumerate(zip(files, sources, strict=True))],
         "_uri string, _source_file string, _file_order int",
     )
-    frame = raw.select(
-        *(F.col(f"`{c}`") for c in columns),
-        normalised_uri(F.col("_metadata.file_path")).alias("_uri"),
-        *([F.col("_metadata.row_index").alias("_row_index")] if fmt == "parquet" else []),
-        F.monotonically_increasing_id().alias("_mid"),
-    ).join(F.broadcast(uris), "_uri")
+    parts = [
+        group.select(
+            *(F.col(f"`{c}`") for c in group.columns),
+            normalised_uri(F.col("_metadata.file_path")).alias("_uri"),
+            *([F.col("_metadata.row_index").alias("_row_index")] if fmt == "parquet" else []),
+            F.monotonically_increasing_id().alias("_mid"),
+        )
+        for group in groups
+    ]
+    raw = parts[0]
+    for part in parts[1:]:
+        raw = raw.unionByName(part, allowMissingColumns=True)
+    frame = raw.join(F.broadcast(uris), "_uri")
     if fmt == "parquet":
         return frame.select(*columns, "_source_file", (F.col("_row_index") + 1).alias("_source_row"))
     # A file's rows keep their order across Spark's partitions (splits of one file are read in
@@ -143,7 +158,9 @@ def duckdb_double_text(column: Column) -> Column:
         mantissa,
         F.lit("e"),
         F.when(exponent < 0, F.lit("-")).otherwise(F.lit("+")),
-        F.lpad(F.abs(exponent).cast("string"), 2, "0"),
+        # At least two digits (lpad would also cut 300 down to 30).
+        F.when(F.abs(exponent) < 10, F.lit("0")).otherwise(F.lit("")),
+        F.abs(exponent).cast("string"),
     )
     layout = (
         F.when(exponent >= 16, scientific)
