@@ -80,7 +80,7 @@ class EngineConfig(_Strict):
         master: str | None = None
         app_name: str = "propensity"
         shuffle_partitions: int | None = Field(default=None, ge=1)
-        # Any other Spark setting, e.g. {"spark.hadoop.fs.s3a.endpoint": "...", "spark.executor.memory": "8g"}.
+        # Any other Spark setting: {"spark.executor.memory": "8g", "spark.hadoop.fs.s3a.endpoint": ...}.
         conf: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
     spark: SparkSettings = Field(default_factory=SparkSettings)

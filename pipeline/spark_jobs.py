@@ -42,6 +42,8 @@ from propensity.pipeline.ingest_jobs import INGEST_FORMAT, IngestSummary, OnBadR
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
+    from propensity.features.identity import StitchResult
+    from propensity.features.spark_ingest import SparkStaged
     from propensity.pipeline.model_jobs import TrainResult
 
 
@@ -59,8 +61,8 @@ class SparkEvents:
 
 @dataclass
 class _Stitched:
-    staged: Any  # features.spark_ingest.SparkStaged
-    stitch: Any  # features.identity.StitchResult
+    staged: SparkStaged
+    stitch: StitchResult
     events: DataFrame  # stitched, with _source_file / _source_row
     identity_map: DataFrame
     profiles: DataFrame

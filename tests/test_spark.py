@@ -38,7 +38,8 @@ from propensity.features.spark_engine import (  # noqa: E402
     spark_session,
     to_pandas,
 )
-from propensity.features.spark_ingest import duckdb_double_text, stage_events, stage_profiles  # noqa: E402
+from propensity.features.spark_ingest import stage_events, stage_profiles  # noqa: E402
+from propensity.features.spark_sources import duckdb_double_text  # noqa: E402
 from propensity.features.staging import stage_events as duck_stage_events  # noqa: E402
 from propensity.features.staging import stage_profiles as duck_stage_profiles  # noqa: E402
 from propensity.pipeline import feature_jobs, ingest_jobs, score_jobs, spark_jobs, spark_score_jobs  # noqa: E402
