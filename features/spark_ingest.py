@@ -83,7 +83,9 @@ def _timestamp(frame_types: dict[str, object], display: str, nanos_as_long: bool
     if isinstance(data_type, T.LongType) and nanos_as_long:
         # Nanosecond Parquet timestamps arrive as longs under spark.sql.legacy.parquet.nanosAsLong;
         # DuckDB keeps their microseconds.
-        return F.timestamp_micros(F.floor(col / 1000)).cast("timestamp_ntz")
+        # DuckDB rounds them to the nearest microsecond; exact integer arithmetic, half up.
+        micros = F.expr("(`timestamp` + 500 - pmod(`timestamp` + 500, 1000)) div 1000")
+        return F.timestamp_micros(micros).cast("timestamp_ntz")
     if isinstance(data_type, T.StringType):
         text = F.trim(col)
         # Spellings DuckDB reads and Spark's cast does not: 2025/01/31 dates, 24:00 midnight.

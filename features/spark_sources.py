@@ -35,23 +35,23 @@ def read_source(spark: SparkSession, files: list[str], sources: list[str], fmt: 
     1-based row across all files in list order for CSV and JSON lines. Every column of a
     CSV or JSON file is read as text, so a bad value becomes a bad row, not a failed read.
     """
+    from pyspark.errors import PySparkException
+
     F = _f()
-    reader = spark.read
-    if fmt == "parquet":
-        groups = [reader.option("mergeSchema", "true").parquet(*files)]
-    elif fmt == "csv":
-        # Spark reads every CSV file with the first one's columns, by position; DuckDB matches
-        # them by name. Files are read in groups of one header each, then unioned by name.
-        by_header: dict[str, list[str]] = {}
-        for f in files:
-            by_header.setdefault(first_line(spark, f), []).append(f)
-        groups = [reader.option("header", "true").csv(group) for group in by_header.values()]
-    else:
-        groups = [reader.option("primitivesAsString", "true").option("mode", "PERMISSIVE").json(files)]
-    if "_corrupt_record" in groups[0].columns:
-        raise UserError(
-            f"{sources[0] if len(sources) == 1 else files[0]}: cannot read events: malformed JSON"
+    display = sources[0] if len(sources) == 1 else sources[0].rsplit("/", 1)[0]
+    try:
+        groups = _read_groups(spark, files, fmt)
+    except PySparkException as error:
+        first = str(error).strip().splitlines()[0]
+        hint = (
+            "; Spark reads no nanosecond Parquet timestamps: write microseconds, or set "
+            "engine.spark.conf spark.sql.legacy.parquet.nanosAsLong: true"
+            if "NANOS" in first
+            else ""
         )
+        raise UserError(f"{display}: cannot read events: {first}{hint}") from None
+    if "_corrupt_record" in groups[0].columns:
+        raise UserError(f"{display}: cannot read events: malformed JSON")
     columns: list[str] = []
     for group in groups:
         columns += [c for c in group.columns if c not in columns]
@@ -94,6 +94,21 @@ def read_source(spark: SparkSession, files: list[str], sources: list[str], fmt: 
     return frame.join(F.broadcast(offset_frame), ["_file_order", "_part"]).select(
         *columns, "_source_file", (F.col("_offset") + F.col("_pos") + 1).alias("_source_row")
     )
+
+
+def _read_groups(spark: SparkSession, files: list[str], fmt: str) -> list[DataFrame]:
+    """The files as DataFrames with one schema each (one for Parquet and JSON)."""
+    reader = spark.read
+    if fmt == "parquet":
+        return [reader.option("mergeSchema", "true").parquet(*files)]
+    if fmt == "csv":
+        # Spark reads every CSV file with the first one's columns, by position; DuckDB matches
+        # them by name. Files are read in groups of one header each, then unioned by name.
+        by_header: dict[str, list[str]] = {}
+        for f in files:
+            by_header.setdefault(first_line(spark, f), []).append(f)
+        return [reader.option("header", "true").csv(group) for group in by_header.values()]
+    return [reader.option("primitivesAsString", "true").option("mode", "PERMISSIVE").json(files)]
 
 
 def duckdb_double_text(column: Column) -> Column:

@@ -205,6 +205,24 @@ def test_staged_and_bad_rows_equal_duckdb(spark, hand, source):
     )
 
 
+def test_nanosecond_parquet_timestamps_are_named_or_read_as_duckdb_reads_them(spark, tmp_path):
+    times = pd.to_datetime(["2025-03-01 10:00:00.123456789", "2025-03-02 00:00:00.000000999"]).as_unit("ns")
+    pd.DataFrame({"timestamp": times, "event_type": ["page_view", "login"], "ecid": ["a", "b"]}).to_parquet(
+        tmp_path / "events.parquet"
+    )
+    inputs = resolve_spark_input(spark, tmp_path / "events.parquet")
+    with pytest.raises(UserError, match="nanosAsLong"):
+        stage_events(spark, inputs, GUARDED)
+    spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
+    try:
+        staged = stage_events(spark, inputs, GUARDED)
+    finally:
+        spark.conf.unset("spark.sql.legacy.parquet.nanosAsLong")
+    con, _ = _duck_staged(tmp_path / "events.parquet", GUARDED)
+    expected = con.execute("SELECT * FROM clean_events").df()
+    assert_same_rows(to_pandas(staged.clean), expected, ["_source_row"])
+
+
 def test_doubles_in_derived_event_ids_are_spelled_as_duckdb_spells_them(spark):
     values = [
         0.0,
