@@ -9,7 +9,11 @@ times in the same run, on the same 35 core features at one as-of date:
   * pandas: the same features with vectorised pandas group-bys;
 and then 8 stacked snapshots (``build_snapshots``: one daily rollup, then every snapshot's
 windows from it) against the single snapshot. Ours, handwritten and pandas are checked to
-agree. The last line is one JSON object.
+agree. The single and stacked builds run twice: over the identity graph of each as-of date
+(what the pipeline does) and over the final graph (the all-time attribution, for
+comparison); the run reports the profiles attributed again at each date, the ingest time
+(``--ingest`` to measure it again) and the ingest's point-in-time work
+(``benchmarks/point_in_time.py``). The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -17,223 +21,40 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import multiprocessing
+import os
 import resource
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from propensity.core.config import EngineConfig, ProjectConfig
 from propensity.features import event_queries, sql_compiler, stacked_build
 from propensity.features.labels import snapshot_dates
 from propensity.features.registry import build_registry
-from propensity.features.synthetic import GeneratorSettings, generate
+from propensity.features.simulator import GeneratorSettings
+from propensity.features.synthetic_io import generate
 from propensity.pipeline import feature_jobs, ingest_jobs
+
+try:  # run as a script (python benchmarks/features.py) or imported as benchmarks.features
+    from point_in_time import AsOfVariants, ingest_extras
+    from references import CORE, handwritten_sql, pandas_features
+except ImportError:  # pragma: no cover
+    from benchmarks.point_in_time import AsOfVariants, ingest_extras
+    from benchmarks.references import CORE, handwritten_sql, pandas_features
 
 DATA = Path(__file__).parent / ".data"
 
-CORE = [
-    "event_count_7d",
-    "event_count_30d",
-    "event_count_90d",
-    "active_days_30d",
-    "page_view_count_7d",
-    "page_view_count_30d",
-    "product_view_count_7d",
-    "product_view_count_30d",
-    "add_to_cart_count_7d",
-    "add_to_cart_count_30d",
-    "checkout_count_30d",
-    "purchase_count_30d",
-    "purchase_count_90d",
-    "purchase_count_365d",
-    "email_open_count_30d",
-    "email_click_count_30d",
-    "store_visit_count_90d",
-    "app_launch_count_30d",
-    "days_since_first_event",
-    "days_since_last_event",
-    "days_since_last_purchase",
-    "days_since_last_add_to_cart",
-    "revenue_sum_30d",
-    "revenue_sum_90d",
-    "revenue_sum_365d",
-    "average_order_value_365d",
-    "max_order_value_365d",
-    "funnel_stage_30d",
-    "view_to_cart_ratio_30d",
-    "cart_to_purchase_ratio_90d",
-    "channel_share_web_90d",
-    "channel_share_mobile_app_90d",
-    "channel_share_email_90d",
-    "channel_share_store_90d",
-    "events_trend_7d_vs_prior_30d",
-]
 
-
-def handwritten_sql(as_of: dt.date, lookback: int) -> str:
-    """What an engineer would write by hand for CORE: one scan, conditional aggregates."""
-
-    def n(cond: str) -> str:
-        return f"sum(CASE WHEN {cond} THEN 1 ELSE 0 END)"
-
-    t = lambda name: f"event_type = '{name}'"  # noqa: E731
-    return f"""
-    WITH e AS (
-        SELECT profile_id, event_type, channel, revenue,
-               CAST(timestamp AS DATE) AS day,
-               date_diff('day', CAST(timestamp AS DATE), DATE '{as_of}') AS ago
-        FROM events
-        WHERE timestamp < TIMESTAMP '{as_of}' AND timestamp >= TIMESTAMP '{as_of}' - INTERVAL {lookback} DAY
-    ), a AS (
-        SELECT profile_id,
-          {n("ago <= 7")} AS event_count_7d, {n("ago <= 30")} AS event_count_30d,
-          {n("ago <= 90")} AS event_count_90d,
-          count(DISTINCT CASE WHEN ago <= 30 THEN day END) AS active_days_30d,
-          {n("ago <= 7 AND " + t("page_view"))} AS page_view_count_7d,
-          {n("ago <= 30 AND " + t("page_view"))} AS page_view_count_30d,
-          {n("ago <= 7 AND " + t("product_view"))} AS product_view_count_7d,
-          {n("ago <= 30 AND " + t("product_view"))} AS product_view_count_30d,
-          {n("ago <= 7 AND " + t("add_to_cart"))} AS add_to_cart_count_7d,
-          {n("ago <= 30 AND " + t("add_to_cart"))} AS add_to_cart_count_30d,
-          {n("ago <= 30 AND " + t("checkout"))} AS checkout_count_30d,
-          {n("ago <= 30 AND " + t("purchase"))} AS purchase_count_30d,
-          {n("ago <= 90 AND " + t("purchase"))} AS purchase_count_90d,
-          {n("ago <= 365 AND " + t("purchase"))} AS purchase_count_365d,
-          {n("ago <= 30 AND " + t("email_open"))} AS email_open_count_30d,
-          {n("ago <= 30 AND " + t("email_click"))} AS email_click_count_30d,
-          {n("ago <= 90 AND " + t("store_visit"))} AS store_visit_count_90d,
-          {n("ago <= 30 AND " + t("app_launch"))} AS app_launch_count_30d,
-          max(ago) AS days_since_first_event, min(ago) AS days_since_last_event,
-          min(CASE WHEN {t("purchase")} THEN ago END) AS days_since_last_purchase,
-          min(CASE WHEN {t("add_to_cart")} THEN ago END) AS days_since_last_add_to_cart,
-          coalesce(sum(CASE WHEN ago <= 30 AND {t("purchase")} THEN revenue END), 0) AS revenue_sum_30d,
-          coalesce(sum(CASE WHEN ago <= 90 AND {t("purchase")} THEN revenue END), 0) AS revenue_sum_90d,
-          coalesce(sum(CASE WHEN ago <= 365 AND {t("purchase")} THEN revenue END), 0) AS revenue_sum_365d,
-          max(CASE WHEN ago <= 365 AND {t("purchase")} THEN revenue END) AS max_order_value_365d,
-          {n("ago <= 90 AND " + t("add_to_cart"))} AS add_to_cart_count_90d,
-          {n("ago <= 90 AND channel = 'web'")} AS web_90,
-          {n("ago <= 90 AND channel = 'mobile_app'")} AS app_90,
-          {n("ago <= 90 AND channel = 'email'")} AS email_90,
-          {n("ago <= 90 AND channel = 'store'")} AS store_90,
-          {n("ago > 7 AND ago <= 37")} AS prior_30
-        FROM e GROUP BY profile_id
-    )
-    SELECT profile_id, event_count_7d, event_count_30d, event_count_90d, active_days_30d,
-           page_view_count_7d, page_view_count_30d, product_view_count_7d, product_view_count_30d,
-           add_to_cart_count_7d, add_to_cart_count_30d, checkout_count_30d,
-           purchase_count_30d, purchase_count_90d, purchase_count_365d,
-           email_open_count_30d, email_click_count_30d, store_visit_count_90d, app_launch_count_30d,
-           days_since_first_event, days_since_last_event, days_since_last_purchase,
-           days_since_last_add_to_cart,
-           revenue_sum_30d, revenue_sum_90d, revenue_sum_365d,
-           CASE WHEN purchase_count_365d > 0 THEN revenue_sum_365d / purchase_count_365d END
-             AS average_order_value_365d,
-           max_order_value_365d,
-           CASE WHEN purchase_count_30d > 0 THEN 4 WHEN checkout_count_30d > 0 THEN 3
-                WHEN add_to_cart_count_30d > 0 THEN 2 WHEN product_view_count_30d > 0 THEN 1 ELSE 0 END
-             AS funnel_stage_30d,
-           CASE WHEN product_view_count_30d > 0 THEN add_to_cart_count_30d / product_view_count_30d END
-             AS view_to_cart_ratio_30d,
-           CASE WHEN add_to_cart_count_90d > 0 THEN purchase_count_90d / add_to_cart_count_90d END
-             AS cart_to_purchase_ratio_90d,
-           CASE WHEN event_count_90d > 0 THEN web_90 / event_count_90d END AS channel_share_web_90d,
-           CASE WHEN event_count_90d > 0 THEN app_90 / event_count_90d END AS channel_share_mobile_app_90d,
-           CASE WHEN event_count_90d > 0 THEN email_90 / event_count_90d END AS channel_share_email_90d,
-           CASE WHEN event_count_90d > 0 THEN store_90 / event_count_90d END AS channel_share_store_90d,
-           (event_count_7d / 7 + 0.05) / (prior_30 / 30 + 0.05) AS events_trend_7d_vs_prior_30d
-    FROM a
-    """
-
-
-def pandas_features(events_path: Path, as_of: dt.date, lookback: int) -> pd.DataFrame:
-    """CORE in plain pandas: read, one indicator frame, group-bys."""
-    frame = pd.read_parquet(
-        events_path, columns=["profile_id", "timestamp", "event_type", "channel", "revenue"]
-    )
-    as_of_ts = pd.Timestamp(as_of)
-    frame = frame[
-        (frame["timestamp"] < as_of_ts) & (frame["timestamp"] >= as_of_ts - pd.Timedelta(days=lookback))
-    ]
-    day = frame["timestamp"].dt.floor("D")
-    ago = (as_of_ts - day).dt.days.to_numpy()
-    et = frame["event_type"].to_numpy()
-    ch = frame["channel"].to_numpy()
-    revenue = frame["revenue"].fillna(0).to_numpy()
-    is_ = lambda name: et == name  # noqa: E731
-    cols = {
-        "event_count_7d": ago <= 7,
-        "event_count_30d": ago <= 30,
-        "event_count_90d": ago <= 90,
-        "page_view_count_7d": (ago <= 7) & is_("page_view"),
-        "page_view_count_30d": (ago <= 30) & is_("page_view"),
-        "product_view_count_7d": (ago <= 7) & is_("product_view"),
-        "product_view_count_30d": (ago <= 30) & is_("product_view"),
-        "add_to_cart_count_7d": (ago <= 7) & is_("add_to_cart"),
-        "add_to_cart_count_30d": (ago <= 30) & is_("add_to_cart"),
-        "add_to_cart_count_90d": (ago <= 90) & is_("add_to_cart"),
-        "checkout_count_30d": (ago <= 30) & is_("checkout"),
-        "purchase_count_30d": (ago <= 30) & is_("purchase"),
-        "purchase_count_90d": (ago <= 90) & is_("purchase"),
-        "purchase_count_365d": (ago <= 365) & is_("purchase"),
-        "email_open_count_30d": (ago <= 30) & is_("email_open"),
-        "email_click_count_30d": (ago <= 30) & is_("email_click"),
-        "store_visit_count_90d": (ago <= 90) & is_("store_visit"),
-        "app_launch_count_30d": (ago <= 30) & is_("app_launch"),
-        "web_90": (ago <= 90) & (ch == "web"),
-        "app_90": (ago <= 90) & (ch == "mobile_app"),
-        "email_90": (ago <= 90) & (ch == "email"),
-        "store_90": (ago <= 90) & (ch == "store"),
-        "prior_30": (ago > 7) & (ago <= 37),
-    }
-    ind = pd.DataFrame({k: v.astype(np.int32) for k, v in cols.items()})
-    purchase = is_("purchase")
-    ind["revenue_sum_30d"] = np.where((ago <= 30) & purchase, revenue, 0.0)
-    ind["revenue_sum_90d"] = np.where((ago <= 90) & purchase, revenue, 0.0)
-    ind["revenue_sum_365d"] = np.where((ago <= 365) & purchase, revenue, 0.0)
-    ind["profile_id"] = frame["profile_id"].to_numpy()
-    g = ind.groupby("profile_id", sort=True)
-    out = g.sum()
-    aux = pd.DataFrame(
-        {
-            "profile_id": ind["profile_id"],
-            "ago": ago,
-            "purchase_ago": np.where(purchase, ago, np.nan),
-            "cart_ago": np.where(is_("add_to_cart"), ago, np.nan),
-            "order": np.where((ago <= 365) & purchase, frame["revenue"].to_numpy(), np.nan),
-            "day30": np.where(ago <= 30, ago, np.nan),
-        }
-    ).groupby("profile_id", sort=True)
-    out["days_since_first_event"] = aux["ago"].max()
-    out["days_since_last_event"] = aux["ago"].min()
-    out["days_since_last_purchase"] = aux["purchase_ago"].min()
-    out["days_since_last_add_to_cart"] = aux["cart_ago"].min()
-    out["max_order_value_365d"] = aux["order"].max()
-    out["active_days_30d"] = aux["day30"].nunique()
-    div = lambda a, b: (out[a] / out[b]).where(out[b] > 0)  # noqa: E731
-    out["average_order_value_365d"] = div("revenue_sum_365d", "purchase_count_365d")
-    out["funnel_stage_30d"] = np.select(
-        [
-            out["purchase_count_30d"] > 0,
-            out["checkout_count_30d"] > 0,
-            out["add_to_cart_count_30d"] > 0,
-            out["product_view_count_30d"] > 0,
-        ],
-        [4, 3, 2, 1],
-        0,
-    )
-    out["view_to_cart_ratio_30d"] = div("add_to_cart_count_30d", "product_view_count_30d")
-    out["cart_to_purchase_ratio_90d"] = div("purchase_count_90d", "add_to_cart_count_90d")
-    for src, name in (
-        ("web_90", "web"),
-        ("app_90", "mobile_app"),
-        ("email_90", "email"),
-        ("store_90", "store"),
-    ):
-        out[f"channel_share_{name}_90d"] = div(src, "event_count_90d")
-    out["events_trend_7d_vs_prior_30d"] = (out["event_count_7d"] / 7 + 0.05) / (out["prior_30"] / 30 + 0.05)
-    return out[CORE].reset_index()
+def timed_ingest(raw: Path, ingested: Path, config: ProjectConfig) -> tuple[int, float]:
+    """Rows in and seconds of one ingest (DuckDB's progress bars, which a child process
+    shows, go nowhere)."""
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 1)
+        summary, seconds = timed(lambda: ingest_jobs.ingest(raw, ingested, config, on_bad_rows="quarantine"))
+    return summary.rows_in, seconds
 
 
 def timed(fn):
@@ -304,30 +125,39 @@ def main() -> None:
         help="instead: every registry feature (8 learned categories), both single-snapshot plans "
         "and 8 stacked snapshots",
     )
+    parser.add_argument("--ingest", action="store_true", help="ingest again, to time the ingest")
+    parser.add_argument(
+        "--engine-memory-limit", default=None, help="DuckDB limit for every other run (default: 60%% of RAM)"
+    )
     args = parser.parse_args()
 
     raw, ingested = DATA / f"luma_{args.profiles}", DATA / f"ingested_{args.profiles}"
     if not (raw / "events").is_dir():
         print(f"generating {args.profiles:,} profiles ...", flush=True)
         generate(GeneratorSettings(profiles=args.profiles, days=args.days, ground_truth=False), raw)
-    config = ProjectConfig()
+    config = ProjectConfig(engine=EngineConfig(memory_limit=args.engine_memory_limit))
     manifest = ingested / "manifest.json"
     newest_raw = max(f.stat().st_mtime for f in (raw / "events").iterdir())
     stale = (
-        not manifest.is_file()
+        args.ingest
+        or not manifest.is_file()
         or manifest.stat().st_mtime < newest_raw
         or json.loads(manifest.read_text()).get("format") != ingest_jobs.INGEST_FORMAT
     )
+    ingest_seconds = None
     if stale:
         print("ingesting ...", flush=True)
-        summary, ingest_seconds = timed(
-            lambda: ingest_jobs.ingest(raw, ingested, config, on_bad_rows="quarantine")
-        )
-        print(f"ingest: {summary.rows_in:,} rows in {ingest_seconds:.1f}s", flush=True)
+        # In a process of its own: what the ingest's engine held does not weigh on the runs after.
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows_in, ingest_seconds = pool.submit(timed_ingest, raw, ingested, config).result()
+        print(f"ingest: {rows_in:,} rows in {ingest_seconds:.1f}s", flush=True)
 
     loaded = ingest_jobs.load_events(ingested, config)
     con = loaded.con
     events = con.execute("SELECT count(*) FROM events").fetchone()[0]
+    extras = ingest_extras(con, ingested, loaded.graph)
+    took = f"{ingest_seconds:.1f}s" if ingest_seconds else "not run (--ingest to time it)"
+    print(f"ingest: {took}; {extras['summary']}", flush=True)
     cutoff = event_queries.data_end(con)
     as_of = cutoff - dt.timedelta(days=30)
     if args.all_features:
@@ -350,6 +180,15 @@ def main() -> None:
         nonlocal stacked_rows
         stacked_rows = stacked_build.build_snapshots(con, fs, dates, table="stacked")
 
+    as_of_graph = AsOfVariants(con, loaded.graph, fs, as_of, dates)
+    variants = (
+        ("handwritten", handwritten),
+        ("ours", ours),
+        ("ours as of", as_of_graph.single),
+        ("stacked", stacked),
+        ("stacked as of", as_of_graph.stacked),
+    )
+
     # Warm the file cache once so that neither side pays for the first read; then two rounds,
     # each variant timed in each, best of two (first calls also pay for memory the process
     # has not touched yet, which this VM makes slow).
@@ -357,7 +196,7 @@ def main() -> None:
     results: dict[str, list[float]] = {}
     peak_ours = 0.0
     for _ in range(2):
-        for name, fn in (("handwritten", handwritten), ("ours", ours), ("stacked", stacked)):
+        for name, fn in variants:
             _, seconds = timed(fn)
             results.setdefault(name, []).append(seconds)
             if name == "ours" and not peak_ours:
@@ -373,6 +212,8 @@ def main() -> None:
     stacked_df = con.execute(f"SELECT * FROM stacked WHERE as_of = DATE '{as_of}'").df()
     compare(ours_df, stacked_df, "ours vs the same date in the stacked snapshots")
     del stacked_df
+    compare(*as_of_graph.frames_at_as_of(), "ours vs stacked, over the graph at as_of")
+    as_of_s, eight_as_of_s = min(results["ours as of"]), min(results["stacked as of"])
 
     # Spilling: the same build with DuckDB held to a small memory limit.
     spill_con = ingest_jobs.load_events(
@@ -409,6 +250,13 @@ def main() -> None:
         f"8 snapshots / 1 snapshot: {eight_s / ours_s:.2f}   pandas / ours: {pandas_s / ours_s:.2f}   "
         f"peak RSS after our build: {peak_ours:,.0f} MiB, after the stacked build: {peak_stacked:,.0f} MiB"
     )
+    profiles = con.execute("SELECT count(*) FROM profiles").fetchone()[0]
+    changed = as_of_graph.changed
+    print(
+        f"over the graph at each as-of date / over the final graph: 1 snapshot {as_of_s / ours_s:.2f}, "
+        f"8 stacked snapshots {eight_as_of_s / eight_s:.2f}; profiles attributed again per date "
+        f"(of {profiles:,}): {', '.join(f'{d}: {n:,}' for d, n in changed.items())}"
+    )
     print(
         json.dumps(
             {
@@ -426,6 +274,14 @@ def main() -> None:
                 "memory_limit": args.memory_limit,
                 "peak_rss_mib": round(peak_ours),
                 "peak_rss_stacked_mib": round(peak_stacked),
+                "as_of_graph_seconds": round(as_of_s, 3),
+                "as_of_graph_ratio": round(as_of_s / ours_s, 3),
+                "snapshots_as_of_graph_seconds": round(eight_as_of_s, 3),
+                "snapshots_as_of_graph_ratio": round(eight_as_of_s / eight_s, 3),
+                "changed_profiles": {str(d): n for d, n in changed.items()},
+                "profiles_total": profiles,
+                "ingest_seconds": round(ingest_seconds, 3) if ingest_seconds else None,
+                "ingest_point_in_time": extras,
                 "runs": {name: [round(x, 3) for x in xs] for name, xs in results.items()},
             }
         )

@@ -159,10 +159,37 @@ class OutcomeConfig(_Strict):
 
 
 class SnapshotConfig(_Strict):
-    """How many training snapshots, and how many days apart."""
+    """How many training snapshots, and how many days apart.
+
+    With ``adapt`` (the default), when the events do not reach back far enough for ``count``
+    snapshots ``spacing_days`` apart plus ``min_history_days`` of history before the first,
+    the spacing shrinks (down to ``min_spacing_days``) and then the count (down to 3) instead
+    of failing; the run records what was used.
+    """
 
     count: int = Field(default=8, ge=3, le=64)
     spacing_days: int = Field(default=28, ge=1)
+    adapt: bool = True
+    min_history_days: int = Field(default=90, ge=1)
+    min_spacing_days: int = Field(default=7, ge=1)
+
+
+class TuningConfig(_Strict):
+    """The LightGBM hyperparameter search (Optuna, seeded TPE) on time-ordered validation.
+
+    ``trials`` bounds the search and keeps it deterministic; ``timeout_seconds`` is a safety
+    cap: a search it cuts short depends on the machine's speed (the run records it).
+    ``trials: 1`` fits the defaults only.
+    """
+
+    trials: int = Field(default=12, ge=1, le=500)
+    # High enough never to cut a search on the demo or test data (which would make the model
+    # depend on the machine's load); None: no cap.
+    timeout_seconds: float | None = Field(default=600.0, gt=0)
+    max_boost_rounds: int = Field(default=1000, ge=10)
+
+
+Candidate = Literal["lightgbm", "logistic"]
 
 
 class TrainingConfig(_Strict):
@@ -170,16 +197,35 @@ class TrainingConfig(_Strict):
 
     seed: int = 42
     snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig)
-    calibration: Literal["isotonic", "sigmoid"] = "isotonic"
+    # auto: isotonic or sigmoid, whichever has the lower cross-validated log loss on the
+    # calibration rows (isotonic overfits small calibration sets).
+    calibration: Literal["auto", "isotonic", "sigmoid"] = "auto"
+    # Model families fitted; the one with the best validation `selection_metric` is registered.
+    candidates: list[Candidate] = Field(default_factory=lambda: ["lightgbm", "logistic"], min_length=1)
+    selection_metric: Literal["auc", "average_precision", "log_loss", "brier"] = "log_loss"
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
+    # Test metrics carry percentile intervals from this many seeded bootstrap resamples.
+    bootstrap_resamples: int = Field(default=1000, ge=50, le=20_000)
     min_positives: int = Field(default=100, ge=1)
     min_negatives: int = Field(default=100, ge=1)
     # Share of profiles held out for the test snapshot, so no profile is in train and test.
     test_profile_fraction: float = Field(default=0.3, gt=0.0, lt=1.0)
+    # Share of the other profiles kept for the validation snapshot only (early stopping,
+    # tuning, candidate choice, calibration), so none of them is seen in training; raised (up
+    # to 0.6) when the validation snapshot's rarer outcome is scarce.
+    validation_profile_fraction: float = Field(default=0.3, gt=0.0, lt=1.0)
     max_training_rows: int = Field(default=2_000_000, ge=1000)
     early_stopping_rounds: int = Field(default=50, ge=1)
     lightgbm: dict[str, Any] = Field(default_factory=dict)
     promote_metric: Literal["test_auc", "test_average_precision", "test_log_loss", "test_brier"] = "test_auc"
     promote_min_improvement: float = 0.0
+
+    @field_validator("candidates")
+    @classmethod
+    def _unique_candidates(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("candidates must be unique")
+        return value
 
     @field_validator("lightgbm")
     @classmethod
@@ -222,3 +268,95 @@ class ModelConfig(_Strict):
     features: FeatureSelection = Field(default_factory=FeatureSelection)
     buckets: BucketConfig = Field(default_factory=BucketConfig)
     governance: GovernanceConfig = Field(default_factory=GovernanceConfig)
+
+
+# --- segments, destinations and monitoring -----------------------------------------------
+
+# Segment and destination names become file and directory names (segment=<name>.csv).
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+
+
+def _unique(values: list[str], what: str) -> list[str]:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{what} '{value}' is listed twice")
+        seen.add(value)
+    return values
+
+
+class SegmentConfig(_Strict):
+    """One audience: a rule over features, profile attributes and model scores."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    # e.g. "upsell.score >= 70 AND days_since_last_purchase > 60"; checked by features.rules.
+    rule: str = Field(min_length=1)
+
+
+class SegmentsFile(_Strict):
+    """configs/segments.yaml"""
+
+    segments: list[SegmentConfig] = Field(min_length=1)
+
+    @field_validator("segments")
+    @classmethod
+    def _unique_names(cls, value: list[SegmentConfig]) -> list[SegmentConfig]:
+        _unique([s.name for s in value], "segment")
+        return value
+
+
+class DestinationConfig(_Strict):
+    """Where segments are activated, and which identities and purpose that destination has."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    format: Literal["csv", "parquet"] = "csv"
+    # Identity namespaces this destination may receive; nothing else is ever written.
+    identities: list[str] = Field(min_length=1)
+    # What the destination does with the audience; a segment built on a model governed for
+    # another action is refused for it.
+    marketing_action: str = Field(min_length=1)
+    segments: list[str] = Field(min_length=1)
+    # Also send profiles that left a segment (status `exited`), for destinations that sync changes.
+    include_exited: bool = False
+    # Consents that must be explicitly 'y' for a profile to be sent (e.g. consent_marketing for email).
+    required_consents: list[Literal["consent_personalization", "consent_marketing"]] = Field(
+        default_factory=list
+    )
+
+    @field_validator("identities")
+    @classmethod
+    def _hashed_only(cls, value: list[str]) -> list[str]:
+        for raw in ("email", "phone"):
+            if raw in value:
+                raise ValueError(f"'{raw}' is hashed on ingest and never exported; list '{raw}_sha256'")
+        return _unique(value, "identity namespace")
+
+    @field_validator("segments")
+    @classmethod
+    def _unique_segments(cls, value: list[str]) -> list[str]:
+        return _unique(value, "segment")
+
+
+class DestinationsFile(_Strict):
+    """configs/destinations.yaml"""
+
+    destinations: list[DestinationConfig] = Field(min_length=1)
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique_names(cls, value: list[DestinationConfig]) -> list[DestinationConfig]:
+        _unique([d.name for d in value], "destination")
+        return value
+
+
+class MonitorConfig(_Strict):
+    """configs/monitoring.yaml: drift of a model's scores and top features."""
+
+    # PSI at or above this on the score or any monitored feature raises the alert
+    # (0.1-0.2: moderate shift; >= 0.2: significant, the usual rule of thumb).
+    psi_threshold: float = Field(default=0.2, gt=0)
+    top_features: int = Field(default=10, ge=0)  # the model's most important, by gain
+    bins: int = Field(default=10, ge=2, le=100)  # quantile bins of the reference
+    epsilon: float = Field(default=1e-4, gt=0, lt=0.01)  # share given to an empty bin

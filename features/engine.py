@@ -60,3 +60,12 @@ def sql_string(value: str) -> str:
 def sql_ident(name: str, quote: str = '"') -> str:
     """Quote an identifier (column names come from user files): ``"a""b"``, or with backticks."""
     return quote + str(name).replace(quote, quote * 2) + quote
+
+
+def arrow_batches(con: duckdb.DuckDBPyConnection, query: str, batch_rows: int):
+    """A query's result as a stream of Arrow record batches of about ``batch_rows`` rows, so a
+    large result never has to fit in memory at once (DuckDB 2 ``to_arrow_reader``; 1.x
+    ``fetch_record_batch``)."""
+    relation = con.sql(query)
+    method = getattr(relation, "to_arrow_reader", None) or relation.fetch_record_batch
+    return method(batch_rows)

@@ -1,17 +1,23 @@
 """Identity stitching: identities seen together become one profile, with collapse guardrails.
 
-Nodes are ``namespace:value`` strings; an edge joins identities that appear on the same
-event row or the same profile-attributes row. Connected components (scipy, vectorised) are
-profiles, except where a component would collapse distinct people:
+Nodes are ``namespace:value`` strings; a link joins identities that appear on the same
+event row or the same profile-attributes row. Connected components are profiles, except
+where a component would collapse distinct people:
 
 * it holds two values of a *unique* namespace (two ``crm_id``\\ s), e.g. a shared family
   tablet or a store kiosk: each identity then joins its nearest unique-namespace anchor,
   and identities equally near two anchors (the shared device) become profiles of their own;
 * it holds more identities than ``max_identities_per_profile`` (test accounts signed in on
-  hundreds of devices): its anonymous identities become profiles of their own.
+  hundreds of devices): its anonymous identities become profiles of their own
+  (the graph algorithms live in :mod:`propensity.features.identity_graph`).
 
 Each such split is reported. ``profile_id`` is a hash of the component's smallest identity,
 so the same inputs always give the same ids.
+
+This is the graph of the whole history. Every identity and link keeps the time it was
+first observed (an event's timestamp; a profile-attributes row's ``signup_date``, or "from
+the start" without one), so that the graph at any as-of date can be rebuilt from the links
+observed before it (:mod:`propensity.features.identity_as_of`).
 """
 
 from __future__ import annotations
@@ -21,25 +27,13 @@ from dataclasses import dataclass, field
 import duckdb
 import numpy as np
 import pandas as pd
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components, dijkstra
 
 from propensity.core.config import IdentityConfig
 from propensity.features.contract import CONSENT_COLUMNS
 from propensity.features.engine import sql_ident, sql_string
+from propensity.features.identity_graph import ALWAYS, Collapse, group_identities, unsettled_intervals
 
 SEPARATOR = ":"
-
-
-@dataclass
-class Collapse:
-    """One component the guardrails split, for the run report."""
-
-    reason: str  # "unique_namespace_conflict" | "too_many_identities"
-    identities: int
-    unique_values: dict[str, int]
-    profiles_after_split: int
-    separated_identities: int
 
 
 @dataclass
@@ -50,6 +44,8 @@ class StitchResult:
     known_profiles: int
     identities: int
     collapses: list[Collapse] = field(default_factory=list)
+    # Final profiles whose identities were, at some earlier time, not yet that one profile.
+    unsettled_profiles: int = 0
 
 
 def _node_list_sql(namespaces: list[str]) -> str:
@@ -67,60 +63,35 @@ def anchor_sql(namespaces: list[str], alias: str = "") -> str:
     )
 
 
-def _split_component(
-    nodes: np.ndarray,
-    namespaces: np.ndarray,
-    adjacency,
-    identity: IdentityConfig,
-) -> tuple[np.ndarray, Collapse | None]:
-    """Group labels (0..k-1) for the nodes of one component, splitting it if it collapses."""
-    size = len(nodes)
-    is_unique = np.isin(namespaces, identity.unique_namespaces)
-    is_anonymous = np.isin(namespaces, identity.anonymous_namespaces)
-    unique_values = {ns: int((namespaces == ns).sum()) for ns in identity.unique_namespaces}
-    conflict = any(count > 1 for count in unique_values.values())
-    if not conflict and size <= identity.max_identities_per_profile:
-        return np.zeros(size, dtype=np.int64), None
+def attribute_link_time_sql(columns: set[str]) -> str:
+    """When the identities of a profile-attributes row count as linked: from midnight of its
+    ``signup_date`` (when tier and tenure start counting too), else from the start."""
+    if "signup_date" not in columns:
+        return "CAST(NULL AS TIMESTAMP)"
+    return "TRY_CAST(signup_date AS TIMESTAMP)"
 
-    labels = np.full(size, -1, dtype=np.int64)
-    separated = 0
-    if conflict:
-        seeds = np.flatnonzero(is_unique)
-        distance = dijkstra(adjacency, directed=False, unweighted=True, indices=seeds)
-        nearest = distance.min(axis=0)
-        ties = (distance == nearest).sum(axis=0) > 1
-        labels = np.where(ties, -1, distance.argmin(axis=0))
-        labels[seeds] = np.arange(len(seeds))
-        next_label = len(seeds)
-        for position in np.flatnonzero(labels == -1):
-            labels[position] = next_label
-            next_label += 1
-            separated += 1
-    else:
-        labels[:] = 0
 
-    # Any group still over the limit keeps its known identities; its anonymous ones go alone.
-    for group in np.unique(labels):
-        members = np.flatnonzero(labels == group)
-        if len(members) > identity.max_identities_per_profile:
-            anonymous = members[is_anonymous[members]]
-            labels[anonymous] = labels.max() + 1 + np.arange(len(anonymous))
-            separated += len(anonymous)
-    _, labels = np.unique(labels, return_inverse=True)
-    collapse = Collapse(
-        reason="unique_namespace_conflict" if conflict else "too_many_identities",
-        identities=size,
-        unique_values=unique_values,
-        profiles_after_split=int(labels.max() + 1),
-        separated_identities=separated,
-    )
-    return labels, collapse
+def _micros(timestamp_sql: str) -> str:
+    # "From the start" (NULL) becomes ALWAYS so that min() keeps it first.
+    return f"coalesce(epoch_us({timestamp_sql}), {ALWAYS})"
+
+
+def _timestamp(micros_sql: str) -> str:
+    return f"CASE WHEN {micros_sql} = {ALWAYS} THEN NULL ELSE make_timestamp({micros_sql}) END"
 
 
 def stitch(con: duckdb.DuckDBPyConnection, identity: IdentityConfig, with_profiles: bool) -> StitchResult:
-    """Build the temp table ``identity_map`` (namespace, value, node, profile_id, profile_key).
+    """Build the temp tables of the identity graph from ``clean_events`` (and, when
+    ``with_profiles``, ``profile_attributes``).
 
-    Reads ``clean_events`` and, when ``with_profiles``, ``profile_attributes``.
+    * ``identity_map``: namespace, value, node, ``node_key`` (dense, in node order),
+      ``component`` (connected component before guardrail splits), ``first_seen`` (the first
+      event or profile row holding it; NULL: known from the start), profile_id, profile_key;
+    * ``identity_links``: node keys ``a < b`` seen together, and when first (NULL: from the start);
+    * ``identity_unsettled``: components and as-of times ``after < as_of <= until`` (``after``
+      NULL: from the start) at which their identities seen so far were not yet the profiles
+      the whole history makes of them (:func:`features.identity_graph.unsettled_intervals`).
+
     ``profile_key`` numbers the profiles 0, 1, ... in ``profile_id`` order: a compact key for
     this ingest's group-bys and joins, not an identifier to keep (it shifts as profiles come).
     """
@@ -128,97 +99,115 @@ def stitch(con: duckdb.DuckDBPyConnection, identity: IdentityConfig, with_profil
     columns = ", ".join(sql_ident(n) for n in namespaces)
     # Distinct identity tuples first: millions of events share a few hundred thousand.
     sources = [
-        f"SELECT {_node_list_sql(namespaces)} AS ids FROM (SELECT DISTINCT {columns} FROM clean_events)"
+        f"SELECT {_node_list_sql(namespaces)} AS ids, t FROM ("
+        f"SELECT {columns}, {_micros('min(timestamp)')} AS t FROM clean_events GROUP BY ALL)"
     ]
     if with_profiles:
-        present = [
-            n
-            for n in namespaces
-            if n in {r[0] for r in con.execute("DESCRIBE profile_attributes").fetchall()}
-        ]
+        present = {r[0] for r in con.execute("DESCRIBE profile_attributes").fetchall()}
+        keyed = [n for n in namespaces if n in present]
         sources.append(
-            f"SELECT {_node_list_sql(present)} AS ids FROM (SELECT DISTINCT "
-            f"{', '.join(sql_ident(n) for n in present)} FROM profile_attributes)"
+            f"SELECT {_node_list_sql(keyed)} AS ids, {_micros(attribute_link_time_sql(present))} AS t "
+            f"FROM profile_attributes"
         )
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE id_rows AS SELECT DISTINCT ids FROM ({' UNION ALL '.join(sources)})"
-    )
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE id_nodes AS
-        SELECT node, (row_number() OVER (ORDER BY node) - 1)::BIGINT AS idx
-        FROM (SELECT DISTINCT unnest(ids) AS node FROM id_rows)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE id_rows AS
+        SELECT ids, min(t) AS t FROM ({" UNION ALL ".join(sources)}) GROUP BY ids
     """)
-    edges = con.execute("""
-        SELECT DISTINCT a.idx, b.idx FROM (
-            SELECT ids[1] AS a, unnest(ids[2:]) AS b FROM id_rows WHERE len(ids) > 1
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE id_nodes AS
+        SELECT node, (row_number() OVER (ORDER BY node) - 1)::BIGINT AS idx,
+               split_part(node, {sql_string(SEPARATOR)}, 1) AS namespace, t
+        FROM (SELECT unnest(ids) AS node, min(t) AS t FROM id_rows GROUP BY node)
+        ORDER BY idx
+    """)
+    # Each row links its first identity to the others (a star: the same components).
+    links = con.execute("""
+        SELECT least(a.idx, b.idx) AS a, greatest(a.idx, b.idx) AS b, min(e.t) AS t FROM (
+            SELECT ids[1] AS a, unnest(ids[2:]) AS b, t FROM id_rows WHERE len(ids) > 1
         ) e JOIN id_nodes a ON e.a = a.node JOIN id_nodes b ON e.b = b.node
+        GROUP BY ALL ORDER BY a, b
     """).fetchnumpy()
-    node_table = con.execute(
-        f"SELECT idx, split_part(node, {sql_string(SEPARATOR)}, 1) AS namespace FROM id_nodes ORDER BY idx"
-    ).fetchnumpy()
-    n = len(node_table["idx"])
+    node_table = con.execute("SELECT namespace, t FROM id_nodes ORDER BY idx").fetchnumpy()
     node_namespace = np.asarray(node_table["namespace"], dtype=object)
-    src = np.asarray(edges["idx"], dtype=np.int64)
-    dst = np.asarray(edges["idx_1"], dtype=np.int64)
-    graph = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n, n)).tocsr()
-    _, component = connected_components(graph, directed=False)
+    src, dst = (np.asarray(links[c], dtype=np.int64) for c in ("a", "b"))
+    link_time = np.asarray(links["t"], dtype=np.int64)
+    grouping = group_identities(node_namespace, src, dst, identity)
+    unsettled = unsettled_intervals(
+        grouping, np.asarray(node_table["t"], dtype=np.int64), src, dst, link_time
+    )
 
-    sizes = np.bincount(component)
-    suspicious = sizes > identity.max_identities_per_profile
-    for ns in identity.unique_namespaces:
-        suspicious |= np.bincount(component, weights=(node_namespace == ns), minlength=len(sizes)) > 1
-    group = component.astype(np.int64)
-    collapses: list[Collapse] = []
-    if suspicious.any():
-        symmetric = (graph + graph.T).tocsr()
-        next_group = int(group.max()) + 1
-        order = np.argsort(component, kind="stable")
-        starts = np.concatenate([[0], np.cumsum(sizes)])
-        for comp in np.flatnonzero(suspicious):
-            members = order[starts[comp] : starts[comp + 1]]
-            sub = symmetric[members][:, members]
-            labels, collapse = _split_component(members, node_namespace[members], sub, identity)
-            if collapse is None:
-                continue
-            collapses.append(collapse)
-            # Label 0 keeps the component's id; the others get fresh group numbers.
-            extra = labels > 0
-            group[members[extra]] = next_group + labels[extra] - 1
-            next_group += int(labels.max())
-
-    con.register("_node_groups", pd.DataFrame({"idx": np.arange(n, dtype=np.int64), "grp": group}))
-    anonymous = ", ".join(sql_string(ns) for ns in identity.anonymous_namespaces) or "''"
+    con.register(
+        "_node_groups",
+        pd.DataFrame(
+            {
+                "idx": np.arange(len(node_namespace), dtype=np.int64),
+                "grp": grouping.group,
+                "component": grouping.component,
+            }
+        ),
+    )
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE identity_map AS
         WITH g AS (
-            SELECT n.node, n.idx, ng.grp FROM id_nodes n JOIN _node_groups ng USING (idx)
+            SELECT n.node, n.idx, n.namespace, n.t, ng.grp, ng.component
+            FROM id_nodes n JOIN _node_groups ng USING (idx)
         ), ids AS (
             SELECT grp, profile_id, (row_number() OVER (ORDER BY profile_id) - 1)::INTEGER AS profile_key
             FROM (SELECT grp, 'p_' || left(sha256(min(node)), 16) AS profile_id FROM g GROUP BY grp)
         )
-        SELECT split_part(g.node, {sql_string(SEPARATOR)}, 1) AS namespace,
-               substr(g.node, strpos(g.node, {sql_string(SEPARATOR)}) + 1) AS value,
-               g.node, ids.profile_id, ids.profile_key
+        SELECT g.namespace, substr(g.node, strpos(g.node, {sql_string(SEPARATOR)}) + 1) AS value,
+               g.node, g.idx::INTEGER AS node_key, g.component::INTEGER AS component,
+               {_timestamp("g.t")} AS first_seen, ids.profile_id, ids.profile_key
         FROM g JOIN ids USING (grp)
         ORDER BY profile_id, node
     """)
     con.unregister("_node_groups")
+    con.register("_links", pd.DataFrame({"a": src, "b": dst, "t": link_time}))
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE identity_links AS
+        SELECT a::INTEGER AS a, b::INTEGER AS b, {_timestamp("t")} AS first_seen FROM _links ORDER BY a, b
+    """)
+    con.unregister("_links")
+    con.register(
+        "_unsettled",
+        pd.DataFrame({"component": unsettled.component, "after": unsettled.after, "until": unsettled.until}),
+    )
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE identity_unsettled AS
+        SELECT component::INTEGER AS component, {_timestamp("after")} AS after,
+               make_timestamp(until) AS until
+        FROM _unsettled ORDER BY component, after NULLS FIRST
+    """)
+    con.unregister("_unsettled")
     con.execute("DROP TABLE id_rows")
-    profiles, known = con.execute(f"""
+    con.execute("DROP TABLE id_nodes")
+    anonymous = ", ".join(sql_string(ns) for ns in identity.anonymous_namespaces) or "''"
+    profiles, known, unsettled_profiles = con.execute(f"""
         SELECT count(DISTINCT profile_id),
-               count(DISTINCT profile_id) FILTER (WHERE namespace NOT IN ({anonymous}))
+               count(DISTINCT profile_id) FILTER (WHERE namespace NOT IN ({anonymous})),
+               count(DISTINCT profile_id) FILTER (
+                   WHERE component IN (SELECT component FROM identity_unsettled))
         FROM identity_map
     """).fetchone()
-    return StitchResult(profiles=profiles, known_profiles=known, identities=n, collapses=collapses)
+    return StitchResult(
+        profiles=profiles,
+        known_profiles=known,
+        identities=len(node_namespace),
+        collapses=grouping.collapses,
+        unsettled_profiles=unsettled_profiles,
+    )
 
 
 def attribute_events(con: duckdb.DuckDBPyConnection, identity: IdentityConfig) -> None:
-    """The view ``stitched_events``: ``clean_events`` with ``profile_id`` and ``new_identities``.
+    """The view ``stitched_events``: ``clean_events`` with ``profile_id``, ``profile_key``,
+    ``new_identities`` and ``anchor_key``.
 
-    ``profile_id`` comes through each row's anchor identity. ``new_identities`` counts the
-    identities seen on this event for the first time (ties broken by event_id), so that
-    "identities known by as_of" is a plain sum over events before as_of: point in time.
-    A view, not a copy: writing it out streams the join instead of holding the events twice.
+    ``profile_id`` comes through each row's anchor identity, whose ``node_key`` is
+    ``anchor_key`` (through which the graph at an as-of date attributes the event again).
+    ``new_identities`` counts the identities seen on this event for the first time (ties
+    broken by event_id), so that "identities known by as_of" is a plain sum over events
+    before as_of: point in time. A view, not a copy: writing it out streams the join instead
+    of holding the events twice.
     """
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE identity_firsts AS
@@ -233,46 +222,68 @@ def attribute_events(con: duckdb.DuckDBPyConnection, identity: IdentityConfig) -
     """)
     con.execute(f"""
         CREATE OR REPLACE TEMP VIEW stitched_events AS
-        SELECT m.profile_id, e.*, coalesce(f.new_identities, 0) AS new_identities, m.profile_key
+        SELECT m.profile_id, e.*, coalesce(f.new_identities, 0) AS new_identities, m.profile_key,
+               m.node_key AS anchor_key
         FROM clean_events e
         JOIN identity_map m ON m.node = {anchor_sql(identity.namespaces, "e")}
         LEFT JOIN identity_firsts f ON f.event_id = e.event_id
     """)
 
 
-def build_profiles(con: duckdb.DuckDBPyConnection, identity: IdentityConfig, with_attributes: bool) -> None:
-    """The temp table ``profiles``: one row per profile_id with identity facts and attributes.
+def anchor_attributes(con: duckdb.DuckDBPyConnection, identity: IdentityConfig) -> None:
+    """Give each ``profile_attributes`` row its ``anchor_key``: the ``node_key`` of its first
+    identity in precedence order, through which it belongs to a profile."""
+    present = {r[0] for r in con.execute("DESCRIBE profile_attributes").fetchall()}
+    namespaces = [n for n in identity.namespaces if n in present]
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE profile_attributes AS
+        SELECT a.*, m.node_key AS anchor_key
+        FROM profile_attributes a JOIN identity_map m ON m.node = {anchor_sql(namespaces, "a")}
+        ORDER BY a._source_row
+    """)
 
-    Consent is conservative when several attribute rows meet in one profile: any 'n' wins,
-    then any 'y'; missing means not given.
+
+def attributes_sql(
+    con: duckdb.DuckDBPyConnection, identity: IdentityConfig, nodes: str = "identity_map"
+) -> tuple[str, list[str]]:
+    """Attributes per profile: SQL giving ``profile_id`` and the attribute columns, and their
+    names, from ``profile_attributes`` rows (with their ``anchor_key``,
+    :func:`anchor_attributes`) attributed through ``nodes`` (node_key, profile_id).
+
+    A row belongs to the profile of its first identity in precedence order. Consent is
+    conservative when several rows meet in one profile: any 'n' wins, then any 'y'; missing
+    means not given. Other attributes come from the first row (in file order) that has them.
     """
+    present = [r[0] for r in con.execute("DESCRIBE profile_attributes").fetchall()]
+    namespaces = [n for n in identity.namespaces if n in present]
+    bookkeeping = (*CONSENT_COLUMNS, "_source_row", "anchor_key")
+    others = [c for c in present if c not in namespaces and c not in bookkeeping]
+    consent = ", ".join(
+        f"CASE WHEN bool_or(a.{c} = 'n') THEN 'n' WHEN bool_or(a.{c} = 'y') THEN 'y' END AS {c}"
+        for c in CONSENT_COLUMNS
+    )
+    first_values = "".join(f", arg_min(a.{sql_ident(c)}, a._source_row) AS {sql_ident(c)}" for c in others)
+    sql = f"""
+        SELECT m.profile_id, {consent} {first_values}
+        FROM profile_attributes a JOIN {nodes} m ON m.node_key = a.anchor_key
+        GROUP BY m.profile_id
+    """
+    return sql, [*CONSENT_COLUMNS, *others]
+
+
+def build_profiles(con: duckdb.DuckDBPyConnection, identity: IdentityConfig, with_attributes: bool) -> None:
+    """The temp table ``profiles``: one row per profile_id with identity facts and attributes
+    (:func:`attributes_sql`; without an attributes file, consent columns of NULL)."""
     anonymous = ", ".join(sql_string(ns) for ns in identity.anonymous_namespaces) or "''"
     per_namespace = ", ".join(
         f"count(*) FILTER (WHERE namespace = {sql_string(ns)}) AS {sql_ident(ns + '_count')}"
         for ns in identity.namespaces
     )
-    attributes_sql, attribute_columns = "", ""
+    attributes_cte = ""
     if with_attributes:
-        present = [r[0] for r in con.execute("DESCRIBE profile_attributes").fetchall()]
-        namespaces = [n for n in identity.namespaces if n in present]
-        others = [c for c in present if c not in namespaces and c not in (*CONSENT_COLUMNS, "_source_row")]
-        # A profile's identities may carry conflicting flags: any 'n' wins, then any 'y'.
-        consent = ", ".join(
-            f"CASE WHEN bool_or(a.{c} = 'n') THEN 'n' WHEN bool_or(a.{c} = 'y') THEN 'y' END AS {c}"
-            for c in CONSENT_COLUMNS
-        )
-        first_values = "".join(
-            f", arg_min(a.{sql_ident(c)}, a._source_row) AS {sql_ident(c)}" for c in others
-        )
-        attributes_sql = f"""
-            , attrs AS (
-                SELECT m.profile_id, {consent}
-                       {first_values}
-                FROM profile_attributes a
-                JOIN identity_map m ON m.node = {anchor_sql(namespaces, "a")}
-                GROUP BY m.profile_id
-            )"""
-        attribute_columns = ", ".join(CONSENT_COLUMNS) + "".join(f", {sql_ident(c)}" for c in others)
+        sql, names = attributes_sql(con, identity)
+        attributes_cte = f", attrs AS ({sql})"
+        attribute_columns = ", ".join(sql_ident(c) for c in names)
     else:
         attribute_columns = ", ".join(f"CAST(NULL AS VARCHAR) AS {c}" for c in CONSENT_COLUMNS)
     con.execute(f"""
@@ -287,7 +298,7 @@ def build_profiles(con: duckdb.DuckDBPyConnection, identity: IdentityConfig, wit
             SELECT profile_id, min(timestamp) AS first_seen, max(timestamp) AS last_seen,
                    count(*) AS event_count
             FROM stitched_events GROUP BY profile_id
-        ){attributes_sql}
+        ){attributes_cte}
         SELECT idf.*, activity.first_seen, activity.last_seen,
                coalesce(activity.event_count, 0) AS event_count,
                {attribute_columns}

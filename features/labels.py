@@ -14,6 +14,7 @@ from propensity.core.config import ModelConfig, OutcomeConfig
 from propensity.core.errors import UserError
 from propensity.features.engine import sql_string
 from propensity.features.feature_set import FeatureSet
+from propensity.features.identity_as_of import IdentityGraph
 from propensity.features.rules import Rule, parse_rule
 from propensity.features.sql_compiler import DUCKDB, Dialect, snapshot_sql
 from propensity.features.stacked_build import build_snapshots
@@ -73,11 +74,15 @@ def labelled_sql(
     dialect: Dialect = DUCKDB,
     events: str = "events",
     usual_order_value: str = "average_order_value_365d",
+    outcomes: str | None = None,
 ) -> str:
     """Add ``label`` (0/1) to a feature query whose snapshots' horizons have all passed.
 
     ``usual_order_value`` names the feature an upsell order must exceed
-    (:func:`order_value_feature`).
+    (:func:`order_value_feature`). ``outcomes``: SQL of the outcome events per (profile_id,
+    as_of) with ``max_revenue``, attributed through the identity graph at each as_of
+    (:meth:`features.identity_as_of.IdentityGraph.outcomes_sql`); without it, each event of
+    ``events`` counts for its own ``profile_id``.
     """
     if outcome.above_average_order_value and outcome.event_type != "purchase":
         raise UserError("outcome.above_average_order_value only applies to event_type 'purchase'")
@@ -88,16 +93,17 @@ def labelled_sql(
         # No earlier order to compare with: any purchase is above "usual".
         hit = f"h.profile_id IS NOT NULL AND ({usual} IS NULL OR h.max_revenue > {usual})"
     label = f"CASE WHEN {hit} THEN 1 ELSE 0 END" if outcome.occurs else f"CASE WHEN {hit} THEN 0 ELSE 1 END"
+    own_profile = f"""
+        SELECT e.profile_id, s.as_of, max(e.revenue) AS max_revenue
+        FROM {events} e
+        JOIN (SELECT DISTINCT as_of FROM feats) s
+          ON {event_day} >= {as_of_day} AND {event_day} < {as_of_day} + {int(outcome.horizon_days)}
+        WHERE {outcome_filter(outcome)}
+        GROUP BY e.profile_id, s.as_of
+    """
     return f"""
         WITH feats AS ({features_sql}),
-        hits AS (
-            SELECT e.profile_id, s.as_of, max(e.revenue) AS max_revenue
-            FROM {events} e
-            JOIN (SELECT DISTINCT as_of FROM feats) s
-              ON {event_day} >= {as_of_day} AND {event_day} < {as_of_day} + {int(outcome.horizon_days)}
-            WHERE {outcome_filter(outcome)}
-            GROUP BY e.profile_id, s.as_of
-        )
+        hits AS ({outcomes or own_profile})
         SELECT feats.*, {label} AS label
         FROM feats LEFT JOIN hits h ON h.profile_id = feats.profile_id AND h.as_of = feats.as_of
         ORDER BY feats.as_of, feats.profile_id
@@ -105,23 +111,50 @@ def labelled_sql(
 
 
 def population_snapshot_sql(
-    fs: FeatureSet, model: ModelConfig, as_of: dt.date, con, cutoff: dt.date
+    fs: FeatureSet,
+    model: ModelConfig,
+    as_of: dt.date,
+    con,
+    cutoff: dt.date,
+    graph: IdentityGraph | None = None,
 ) -> tuple[str, bool]:
     """The model's population at ``as_of`` with its features, and ``label`` when the horizon
-    has passed by ``cutoff``: (SQL, labelled). What scoring, evaluation and ``features`` read."""
+    has passed by ``cutoff``: (SQL, labelled). What scoring, evaluation and ``features`` read.
+
+    With ``graph``, profiles are those of the identity graph at ``as_of``, for the features,
+    the population and the labels alike (:mod:`features.identity_as_of`).
+    """
     where = population_rule(model, fs).sql("duckdb", column_prefix="f")
-    sql = snapshot_sql(fs, as_of, con, where=where)
+    sources = graph.sources(as_of) if graph is not None else None
+    sql = snapshot_sql(
+        fs,
+        as_of,
+        con,
+        where=where,
+        events=sources.events if sources else "events",
+        profiles=sources.profiles if sources else "profiles",
+    )
     if not horizon_passed(as_of, model.outcome.horizon_days, cutoff):
         return sql, False
     usual = order_value_feature(fs) if model.outcome.above_average_order_value else "average_order_value_365d"
-    return labelled_sql(sql, model.outcome, usual_order_value=usual), True
+    outcomes = (
+        graph.outcomes_sql(outcome_filter(model.outcome), model.outcome.horizon_days, [as_of], graph.events)
+        if graph is not None
+        else None
+    )
+    return labelled_sql(sql, model.outcome, usual_order_value=usual, outcomes=outcomes), True
 
 
-def training_frame(con, fs: FeatureSet, model: ModelConfig, cutoff: dt.date):
+def training_frame(
+    con, fs: FeatureSet, model: ModelConfig, cutoff: dt.date, graph: IdentityGraph | None = None
+):
     """Stacked, labelled snapshots of the model's population whose horizons end by ``cutoff``.
 
     The events before ``cutoff`` are condensed once into a daily rollup; every snapshot
-    comes from it (see :func:`features.stacked_build.build_snapshots`). Returns (frame, dates).
+    comes from it (see :func:`features.stacked_build.build_snapshots`). With ``graph``, each
+    snapshot's profiles, population and labels are those of the identity graph at its date
+    (the few profiles that graph builds differently from the final one are computed apart).
+    Returns (frame, dates).
     """
     dates = snapshot_dates(
         cutoff,
@@ -145,10 +178,28 @@ def training_frame(con, fs: FeatureSet, model: ModelConfig, cutoff: dt.date):
     )
     # Only the population is kept: the rest of each snapshot is never stored.
     population = population_rule(model, fs).sql("duckdb", column_prefix="f")
-    build_snapshots(con, fs, dates, table="snapshot_features", events="events_seen", where=population)
+    reattributed = graph.reattributed(dates, "events_seen", fs.lookback_days) if graph is not None else None
+    build_snapshots(
+        con,
+        fs,
+        dates,
+        table="snapshot_features",
+        events="events_seen",
+        where=population,
+        reattributed=reattributed,
+    )
     usual = order_value_feature(fs) if model.outcome.above_average_order_value else "average_order_value_365d"
+    outcomes = (
+        graph.outcomes_sql(outcome_filter(model.outcome), model.outcome.horizon_days, dates, "events_seen")
+        if graph is not None
+        else None
+    )
     sql = labelled_sql(
-        "SELECT * FROM snapshot_features", model.outcome, events="events_seen", usual_order_value=usual
+        "SELECT * FROM snapshot_features",
+        model.outcome,
+        events="events_seen",
+        usual_order_value=usual,
+        outcomes=outcomes,
     )
     frame = con.execute(sql).df()
     return frame, dates

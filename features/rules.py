@@ -4,18 +4,28 @@ Populations (``days_since_last_event <= 45 AND purchase_count_365d = 0``) and se
 (``conversion.score >= 80 AND days_since_last_purchase > 60``) are SQL-like expressions. They
 are parsed by sqlglot, every node is checked against an allow-list (comparisons, AND/OR/NOT,
 IN, BETWEEN, IS NULL, arithmetic, literals, known columns), and rendered back as SQL for the
-engine. Anything else (functions, subqueries, unknown columns) is refused with a message.
+engine. Anything else (functions, subqueries, ``;``, ``*``, unknown columns) is refused with a
+message naming the rule's owner (a config key, a segment) before anything runs.
+
+Given the columns' kinds (``number``, ``string``, ``boolean``), a rule is also type-checked:
+text is never compared with a number, arithmetic takes numbers, AND/OR/NOT take conditions, and
+the whole rule must be a condition. Qualified names (``upsell.score``) read a model's scores.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import sqlglot
 from sqlglot import exp
+from sqlglot.tokens import TokenType
 
 from propensity.core.errors import UserError
+
+ColumnKind = Literal["number", "string", "boolean"]
+KINDS: tuple[str, ...] = ("number", "string", "boolean")
 
 ALLOWED_NODES: tuple[type[exp.Expression], ...] = (
     exp.And,
@@ -42,6 +52,9 @@ ALLOWED_NODES: tuple[type[exp.Expression], ...] = (
     exp.Boolean,
     exp.Null,
 )
+ALLOWED_TEXT = "only comparisons, AND/OR/NOT, IN, BETWEEN, IS NULL, arithmetic, literals and column names"
+ORDERING = (exp.GT, exp.GTE, exp.LT, exp.LTE)
+ARITHMETIC = (exp.Add, exp.Sub, exp.Mul, exp.Div)
 
 
 @dataclass(frozen=True)
@@ -58,7 +71,13 @@ class Rule:
             # A qualified name (conversion.score) reads the column conversion__score.
             name = column_name(column).replace(".", "__")
             column.replace(exp.column(name, table=column_prefix or None, quoted=True))
-        return tree.sql(dialect=dialect)
+        # Comments never reach the engine: the rendered SQL is only what was checked.
+        return tree.sql(dialect=dialect, comments=False)
+
+    @property
+    def qualifiers(self) -> frozenset[str]:
+        """The models a rule reads scores of: ``upsell`` for ``upsell.score``."""
+        return frozenset(c.split(".", 1)[0] for c in self.columns if "." in c)
 
 
 def column_name(column: exp.Column) -> str:
@@ -66,30 +85,46 @@ def column_name(column: exp.Column) -> str:
     return ".".join(part.name for part in column.parts)
 
 
-def parse_rule(text: str, allowed_columns: Iterable[str], where: str) -> Rule:
-    """Parse ``text`` and check it; ``where`` names the config key for error messages."""
-    allowed = set(allowed_columns)
+def _refusal(node: exp.Expression) -> str:
+    if isinstance(node, exp.Func):
+        return f"function calls such as `{node.sql()}` are not allowed in a rule"
+    if isinstance(node, (exp.Subquery, exp.Select, exp.Query)):
+        return f"subqueries such as `{node.sql()}` are not allowed in a rule"
+    if isinstance(node, exp.Star):
+        return "`*` is not allowed in a rule"
+    return f"`{node.sql()}` is not allowed in a rule"
+
+
+def parse_rule(text: str, allowed_columns: Iterable[str] | Mapping[str, str], where: str) -> Rule:
+    """Parse ``text`` and check it; ``where`` names the owner (config key, segment) in errors.
+
+    ``allowed_columns``: column names, or a mapping of name -> kind (``number``, ``string``,
+    ``boolean``), in which case the rule is type-checked too. Names with a dot
+    (``upsell.score``) are a model's score columns. Returns the checked :class:`Rule`;
+    anything outside the allow-list raises :class:`UserError`.
+    """
+    kinds = dict(allowed_columns) if isinstance(allowed_columns, Mapping) else None
+    allowed = set(kinds) if kinds is not None else set(allowed_columns)
     if not isinstance(text, str) or not text.strip():
         raise UserError(f"{where}: expected a rule such as `days_since_last_event <= 45`")
     try:
+        tokens = sqlglot.tokenize(text, read="duckdb")
+        if any(t.token_type == TokenType.SEMICOLON for t in tokens):
+            raise UserError(f"{where}: a rule is one expression; `;` is not allowed in rule `{text}`")
         tree = sqlglot.parse_one(text, read="duckdb")
-    except sqlglot.errors.ParseError as error:
+    except sqlglot.errors.SqlglotError as error:
         first = str(error).splitlines()[0]
         raise UserError(f"{where}: cannot parse rule `{text}`: {first}") from None
     for node in tree.walk():
         if not isinstance(node, ALLOWED_NODES):
-            raise UserError(
-                f"{where}: `{node.sql()}` is not allowed in a rule (only comparisons, AND/OR/NOT, "
-                f"IN, BETWEEN, IS NULL, arithmetic, literals and column names)"
-            )
+            raise UserError(f"{where}: {_refusal(node)} ({ALLOWED_TEXT}); rule `{text}`")
     columns = {column_name(c) for c in tree.find_all(exp.Column)}
-    unknown = sorted(columns - allowed)
-    if unknown:
-        hint = ", ".join(sorted(allowed)[:8])
-        raise UserError(
-            f"{where}: unknown column `{unknown[0]}` in rule `{text}` (known columns include {hint}, ...)"
-        )
-    if not isinstance(tree, exp.Condition) or isinstance(tree, (exp.Column, exp.Literal)):
+    for name in sorted(columns - allowed):
+        raise UserError(f"{where}: {_unknown(name, allowed)} in rule `{text}`")
+    if kinds is not None:
+        if _kind(tree, kinds, where, text) != "boolean":
+            raise UserError(f"{where}: rule `{text}` is not a condition (it must be true or false)")
+    elif not isinstance(tree, exp.Condition) or isinstance(tree, (exp.Column, exp.Literal)):
         raise UserError(f"{where}: rule `{text}` is not a condition")
     return Rule(text=text, columns=frozenset(columns), tree=tree)
 
@@ -103,3 +138,79 @@ def conjuncts(rule: Rule) -> list[Rule]:
         Rule(text=part.sql(), columns=frozenset(column_name(c) for c in part.find_all(exp.Column)), tree=part)
         for part in parts
     ]
+
+
+def _unknown(name: str, allowed: set[str]) -> str:
+    models = sorted({c.split(".", 1)[0] for c in allowed if "." in c})
+    if "." in name:
+        model, _, column = name.partition(".")
+        if model not in models:
+            return f"unknown model `{model}` in `{name}` (models: {', '.join(models) or 'none'})"
+        offered = sorted(c.split(".", 1)[1] for c in allowed if c.startswith(model + "."))
+        return f"unknown score column `{column}` in `{name}` (scores give {', '.join(offered)})"
+    hint = ", ".join(sorted(c for c in allowed if "." not in c)[:8])
+    return f"unknown column `{name}` (known columns include {hint}, ...)"
+
+
+def _kind(node: exp.Expression, kinds: Mapping[str, str], where: str, text: str) -> str:
+    """The kind of value ``node`` gives (number, string, boolean or null), checking operands."""
+
+    def fail(message: str) -> UserError:
+        return UserError(f"{where}: {message} in rule `{text}`")
+
+    def kind(n: exp.Expression) -> str:
+        return _kind(n, kinds, where, text)
+
+    def describe(n: exp.Expression, k: str) -> str:
+        return f"{'text' if k == 'string' else 'a ' + k} `{n.sql(comments=False)}`"
+
+    def comparable(left: exp.Expression, right: exp.Expression, ordered: bool) -> None:
+        a, b = kind(left), kind(right)
+        if "null" in (a, b):
+            # x = NULL is never true: a rule written so would silently qualify nobody.
+            raise fail(f"`{node.sql(comments=False)}` is never true; test for missing values with IS NULL")
+        if a != b:
+            raise fail(f"cannot compare {describe(left, a)} with {describe(right, b)}")
+        if ordered and a != "number":
+            what = "text" if a == "string" else f"{a} values"
+            raise fail(f"`{node.sql(comments=False)}` orders {what}, which compares only with =, <> or IN")
+
+    if isinstance(node, exp.Column):
+        return kinds[column_name(node)]
+    if isinstance(node, exp.Literal):
+        return "string" if node.is_string else "number"
+    if isinstance(node, exp.Boolean):
+        return "boolean"
+    if isinstance(node, exp.Null):
+        return "null"
+    if isinstance(node, exp.Paren):
+        return kind(node.this)
+    if isinstance(node, (exp.Neg, *ARITHMETIC)):
+        for operand in (node.this, node.args.get("expression")):
+            if operand is not None and kind(operand) not in ("number", "null"):
+                raise fail(f"arithmetic needs numbers, not {describe(operand, kind(operand))}")
+        return "number"
+    if isinstance(node, (exp.And, exp.Or, exp.Not)):
+        for operand in (node.this, node.args.get("expression")):
+            if operand is not None and kind(operand) not in ("boolean", "null"):
+                raise fail(f"{describe(operand, kind(operand))} is not a condition")
+        return "boolean"
+    if isinstance(node, (exp.EQ, exp.NEQ, *ORDERING)):
+        comparable(node.this, node.expression, isinstance(node, ORDERING))
+        return "boolean"
+    if isinstance(node, exp.Is):
+        subject = kind(node.this)
+        if isinstance(node.expression, exp.Boolean) and subject != "boolean":
+            raise fail(f"{describe(node.this, subject)} is not a condition")
+        return "boolean"
+    if isinstance(node, exp.In):
+        if any(isinstance(item, exp.Null) for item in node.expressions):
+            raise fail("NULL in an IN list never matches; test for missing values with IS NULL")
+        for item in node.expressions:
+            comparable(node.this, item, ordered=False)
+        return "boolean"
+    if isinstance(node, exp.Between):
+        comparable(node.this, node.args["low"], ordered=True)
+        comparable(node.this, node.args["high"], ordered=True)
+        return "boolean"
+    raise fail(_refusal(node))  # unreachable: every allowed node is handled above

@@ -171,16 +171,20 @@ def _feature_select(features: list[Feature], dialect: Dialect) -> str:
     return ",\n       ".join(f"{f.sql} AS {dialect.ident(f.name)}" for f in features)
 
 
-def _profile_join(con: duckdb.DuckDBPyConnection | None, dialect: Dialect, key: str) -> tuple[str, str]:
+def _profile_join(
+    con: duckdb.DuckDBPyConnection | None, dialect: Dialect, key: str, profiles: str = "profiles"
+) -> tuple[str, str]:
     """Columns and join for profile attributes (tier, tenure, consent), point in time.
 
     The attributes file is today's view, so a tier or tenure is only used for as-of dates
     after the profile signed up; consent is carried for segments, never modelled.
+    ``profiles`` is the relation of attributes per profile (the profiles as of a date:
+    ``features.identity_as_of.AsOfSources.profiles``).
     """
     available: set[str] = set()
     if con is not None:
         try:
-            available = {r[0] for r in con.execute("DESCRIBE profiles").fetchall()}
+            available = {r[0] for r in con.execute(f"DESCRIBE {profiles}").fetchall()}
         except duckdb.Error:
             available = set()
     as_of_date = dialect.date("f.as_of_day")
@@ -203,7 +207,7 @@ def _profile_join(con: duckdb.DuckDBPyConnection | None, dialect: Dialect, key: 
         columns.append("CAST(NULL AS INTEGER) AS tenure_days")
     for c in CARRIED_COLUMNS:
         columns.append(f"CAST({'p.' + c if c in available else 'NULL'} AS {dialect.string_type}) AS {c}")
-    join = f"LEFT JOIN profiles p ON p.{key} = f.{key}" if available else ""
+    join = f"LEFT JOIN {profiles} p ON p.{key} = f.{key}" if available else ""
     return ", ".join(columns), join
 
 
@@ -215,10 +219,11 @@ def features_sql_from(
     where: str | None = None,
     ordered: bool = True,
     join_key: str = "profile_id",
+    profiles: str = "profiles",
 ) -> str:
-    """Feature expressions over aggregates, with profile attributes joined on ``join_key``
-    (``profile_key`` when the aggregates carry it: an integer join is the cheaper one)."""
-    profile_columns, profile_join = _profile_join(con, dialect, join_key)
+    """Feature expressions over aggregates, with profile attributes from ``profiles`` joined on
+    ``join_key`` (``profile_key`` when the aggregates carry it: an integer join is the cheaper one)."""
+    profile_columns, profile_join = _profile_join(con, dialect, join_key, profiles)
     key = ", profile_key" if join_key == "profile_key" else ""
     feature_columns = ", ".join(f"f.{dialect.ident(f.name)}" for f in fs.features)
     # A population rule reads feature columns, which all live in ``f``.
@@ -292,12 +297,16 @@ def snapshot_sql(
     events: str = "events",
     where: str | None = None,
     plan: str = "auto",
+    profiles: str = "profiles",
 ) -> str:
     """One snapshot straight off the events: one scan, then aggregates per profile.
 
     ``plan``: ``windows`` (each aggregate over its window, one group-by), ``buckets`` (sums
     per window bucket, then windows from buckets) or ``auto`` (:func:`choose_plan`). All
-    give the same values; the tests hold them to it.
+    give the same values; the tests hold them to it. ``events`` and ``profiles`` name the
+    relations to read: with an identity graph, those as of ``as_of``
+    (``features.identity_as_of.IdentityGraph.sources``), so that no later link moves an
+    event into a profile.
     """
     if plan == "auto":
         plan = choose_plan(fs)
@@ -317,14 +326,19 @@ def snapshot_sql(
         if plan == "windows"
         else _aggregates(fs, rows, daily_rows=False)
     )
-    return features_sql_from(fs, aggregates, con, dialect, where)
+    return features_sql_from(fs, aggregates, con, dialect, where, profiles=profiles)
 
 
 def build_snapshot(
-    con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_of: dt.date, plan: str = "auto"
+    con: duckdb.DuckDBPyConnection,
+    fs: FeatureSet,
+    as_of: dt.date,
+    plan: str = "auto",
+    events: str = "events",
+    profiles: str = "profiles",
 ) -> pd.DataFrame:
     """The feature table at ``as_of`` for every profile active in the lookback."""
-    return con.execute(snapshot_sql(fs, as_of, con, plan=plan)).df()
+    return con.execute(snapshot_sql(fs, as_of, con, events=events, plan=plan, profiles=profiles)).df()
 
 
 def build_rollup(

@@ -14,9 +14,11 @@ import re
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
 from propensity.features.engine import fetch_arrow
 from propensity.features.feature_set import EVERY_EVENT, FeatureSet
+from propensity.features.identity_as_of import Reattributed
 from propensity.features.sql_compiler import DUCKDB, day_number, features_sql_from
 
 
@@ -120,6 +122,51 @@ def _daily_rollup(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str, pa
 BATCH_BYTES = 2 << 30
 
 
+def _rollup_arrays(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str):
+    """The daily rollup's keys, days and measure columns (packed when the counts allow)."""
+    values = _daily_rollup(con, fs, keyed, packed=True)
+    if values is None:  # a profile with 2^15 events in a day: the packed counts would overflow
+        values = _daily_rollup(con, fs, keyed, packed=False)
+    return values.pop("profile_key"), values.pop("day"), values
+
+
+def _rows(values: dict, lo: int, hi: int) -> dict:
+    """Rollup rows ``[lo, hi)`` of every measure, as views; packed fields that share a column
+    keep sharing it."""
+    columns: dict[int, np.ndarray] = {}
+    out = {}
+    for name, value in values.items():
+        if isinstance(value, tuple):  # Packed / Scaled: a column and how to read it
+            column = columns.setdefault(id(value.column), value.column[lo:hi])
+            out[name] = value._replace(column=column)
+        else:
+            out[name] = value[lo:hi]
+    return out
+
+
+def _insert(
+    con: duckdb.DuckDBPyConnection,
+    fs: FeatureSet,
+    stacked: pa.Table,
+    ids: pa.Array,
+    table: str,
+    create: bool,
+    aggregates: str = "SELECT * FROM _snapshot_aggregates",
+    **features_options,
+) -> None:
+    """Features of the compiled pass's aggregates (``pk`` -> ``ids``) into ``table``."""
+    stacked = stacked.append_column("profile_id", ids.take(stacked["pk"]))
+    stacked = stacked.rename_columns(["profile_key" if c == "pk" else c for c in stacked.column_names])
+    con.register("_snapshot_aggregates", stacked)
+    features_sql = features_sql_from(fs, aggregates, con, DUCKDB, ordered=False, **features_options)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {table} AS {features_sql}"
+        if create
+        else f"INSERT INTO {table} {features_sql}"
+    )
+    con.unregister("_snapshot_aggregates")
+
+
 def build_snapshots(
     con: duckdb.DuckDBPyConnection,
     fs: FeatureSet,
@@ -127,6 +174,7 @@ def build_snapshots(
     table: str = "snapshot_features",
     events: str = "events",
     where: str | None = None,
+    reattributed: Reattributed | None = None,
 ) -> int:
     """Stacked feature tables for several as-of dates, as the temp table ``table``.
 
@@ -137,12 +185,17 @@ def build_snapshots(
     ``BATCH_BYTES``; ``where`` (a rule over ``f.`` feature columns, e.g. a population) keeps
     only the rows a caller needs. Values equal :func:`snapshots_sql` (the engine-neutral form,
     used on Spark); the tests hold them to it. Returns the number of rows.
+
+    With ``reattributed`` (:meth:`features.identity_as_of.IdentityGraph.reattributed`), each
+    date's rows of the final profiles whose identities were not one profile yet then are
+    left out, and the profiles the graph at that date makes of them come from the same
+    compiled pass over their events attributed as of that date; every other profile's events
+    were its profile's then too.
     """
     keyed, keys = _keyed(con, events)
-    values = _daily_rollup(con, fs, keyed, packed=True)
-    if values is None:  # a profile with 2^15 events in a day: the packed counts would overflow
-        values = _daily_rollup(con, fs, keyed, packed=False)
-    pk, days = values.pop("profile_key"), values.pop("day")
+    if reattributed is not None and keys != "profiles":
+        raise ValueError("reattributed profiles need events and profiles keyed by the ingest's profile_key")
+    pk, days, values = _rollup_arrays(con, fs, keyed)
     # Compiled on first use; numba loads only here.
     from propensity.features.kernels import WindowPlan, window_kernel
 
@@ -154,25 +207,60 @@ def build_snapshots(
     dates = [day_number(d) for d in sorted(set(as_ofs))]
     if not dates:
         raise ValueError("build_snapshots needs at least one as-of date")
+    aggregates = "SELECT * FROM _snapshot_aggregates"
+    skip = reattributed.skip if reattributed is not None else {}
+    if skip:
+        con.register(
+            "_snapshot_skip",
+            pa.table(
+                {
+                    "profile_key": np.concatenate(list(skip.values())).astype(np.int32),
+                    "as_of_day": np.repeat(
+                        np.array(list(skip), dtype=np.int32), [len(k) for k in skip.values()]
+                    ),
+                }
+            ),
+        )
+        aggregates = (
+            "SELECT a.* FROM _snapshot_aggregates a ANTI JOIN _snapshot_skip USING (profile_key, as_of_day)"
+        )
+    join_key = "profile_key" if keys == "profiles" else "profile_id"
     for start in range(0, len(dates), per_batch):
         stacked = window_kernel(pk, days, values, fs, dates[start : start + per_batch])
-        stacked = stacked.append_column("profile_id", ids.take(stacked["pk"]))
-        stacked = stacked.rename_columns(["profile_key" if c == "pk" else c for c in stacked.column_names])
-        con.register("_snapshot_aggregates", stacked)
-        features_sql = features_sql_from(
-            fs,
-            "SELECT * FROM _snapshot_aggregates",
-            con,
-            DUCKDB,
-            where=where,
-            ordered=False,
-            join_key="profile_key" if keys == "profiles" else "profile_id",
-        )
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE {table} AS {features_sql}"
-            if start == 0
-            else f"INSERT INTO {table} {features_sql}"
-        )
-        con.unregister("_snapshot_aggregates")
+        _insert(con, fs, stacked, ids, table, start == 0, aggregates, where=where, join_key=join_key)
         del stacked
+    if skip:
+        con.unregister("_snapshot_skip")
+    if reattributed is not None and len(reattributed.key_days):
+        _insert_reattributed(con, fs, reattributed, table, where)
     return con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+
+
+def _insert_reattributed(
+    con: duckdb.DuckDBPyConnection, fs: FeatureSet, reattributed: Reattributed, table: str, where: str | None
+) -> None:
+    """Rows of the profiles built apart: one rollup of their events, then the compiled pass
+    over each date's keys (contiguous, keys being in date order) with that date alone."""
+    from propensity.features.kernels import window_kernel
+
+    pk, days, values = _rollup_arrays(con, fs, reattributed.events)
+    ids = fetch_arrow(con, f"SELECT profile_id FROM {reattributed.keys} ORDER BY profile_key")["profile_id"]
+    key_days = reattributed.key_days
+    parts = []
+    for day in np.unique(key_days):
+        first_key, end_key = np.searchsorted(key_days, day), np.searchsorted(key_days, day, side="right")
+        lo, hi = np.searchsorted(pk, first_key), np.searchsorted(pk, end_key)
+        if hi > lo:
+            parts.append(window_kernel(pk[lo:hi], days[lo:hi], _rows(values, lo, hi), fs, [int(day)]))
+    if parts:
+        _insert(
+            con,
+            fs,
+            pa.concat_tables(parts),
+            ids,
+            table,
+            False,
+            where=where,
+            join_key="profile_key",
+            profiles=reattributed.profiles,
+        )

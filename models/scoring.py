@@ -88,7 +88,7 @@ def score_batch(
     ``scored_at`` and the ``identity_columns`` carried from ``frame``.
     """
     matrix = model.matrix(frame)
-    probability = model.calibrator.transform(model.booster.predict(matrix, raw_score=True))
+    probability = model.predict_proba(frame)
     score = scores_from_reference(probability, np.asarray(model.metadata["reference_probabilities"]))
     medium, high = bucket_thresholds(model)
     n = len(frame)

@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from propensity.core.config import ProjectConfig
 from propensity.core.errors import UserError
 from propensity.models.estimator import PropensityModel
+from propensity.models.linear import LinearPropensityModel
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 LOWER_IS_BETTER = {"test_log_loss", "test_brier", "test_ece"}
@@ -63,7 +64,7 @@ def _requirements() -> list[str]:
     return [f"{p}=={version(p)}" for p in ("mlflow", "lightgbm", "scikit-learn", "pandas", "numpy", "joblib")]
 
 
-def signature_frame(model: PropensityModel, frame: pd.DataFrame) -> pd.DataFrame:
+def signature_frame(model: PropensityModel | LinearPropensityModel, frame: pd.DataFrame) -> pd.DataFrame:
     """The input example: model columns as the pyfunc expects them (floats, categoricals as text)."""
     sample = model.matrix(frame.head(5))
     for column in model.categories:
@@ -85,7 +86,9 @@ def _shipped_code(tmp: Path) -> Path:
     return root
 
 
-def log_model(model: PropensityModel, example: pd.DataFrame, registered_name: str) -> tuple[str, str]:
+def log_model(
+    model: PropensityModel | LinearPropensityModel, example: pd.DataFrame, registered_name: str
+) -> tuple[str, str]:
     """Log the pyfunc in the active run and register it; returns (model_uri, version)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "propensity_model.joblib"
@@ -121,8 +124,9 @@ def version_for(client: MlflowClient, name: str, version: str | None = None, ali
 
 def load_propensity_model(
     client: MlflowClient, name: str, version: str | None = None, alias: str | None = None
-) -> tuple[PropensityModel, object]:
-    """The PropensityModel behind a registered version (for scoring and explanations)."""
+) -> tuple[PropensityModel | LinearPropensityModel, object]:
+    """The model behind a registered version (for scoring and explanations): a LightGBM
+    PropensityModel or a LinearPropensityModel, with the same methods."""
     mv = version_for(client, name, version, alias)
     local = mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}")
     return PropensityModel.load(Path(local) / "artifacts" / "propensity_model.joblib"), mv
@@ -145,15 +149,63 @@ class Promotion:
     reason: str
 
 
+def best_baseline(metrics: dict[str, float], metric: str) -> tuple[str, float] | None:
+    """The best baseline by ``metric`` (``test_auc`` ...) among a run's ``baseline_<name>_<m>``
+    metrics, as (name, value); None when the run logged none."""
+    suffix = metric.removeprefix("test_")
+    values = {
+        key.removeprefix("baseline_").removesuffix(f"_{suffix}"): value
+        for key, value in metrics.items()
+        if key.startswith("baseline_") and key.endswith(f"_{suffix}") and "_ci_" not in key
+    }
+    if not values:
+        return None
+    pick = min if metric in LOWER_IS_BETTER else max
+    name = pick(sorted(values), key=values.get)
+    return name, float(values[name])
+
+
+def _loses_to_baseline(client: MlflowClient, mv, metric: str) -> str | None:
+    """Why version ``mv`` loses to a baseline on its own test snapshot, or None if it does not."""
+    if not mv.run_id:
+        return None
+    metrics = client.get_run(mv.run_id).data.metrics
+    own, best = metrics.get(metric), best_baseline(metrics, metric)
+    if own is None or best is None:
+        return None
+    worse = own > best[1] if metric in LOWER_IS_BETTER else own < best[1]
+    if not worse:
+        return None
+    return (
+        f"v{mv.version} {metric} {_fmt(own)} loses to the {best[0]} baseline ({_fmt(best[1])}) on its "
+        f"test snapshot; promote with --force to override"
+    )
+
+
 def promote(
-    client: MlflowClient, name: str, metric: str, min_improvement: float, version: str | None = None
+    client: MlflowClient,
+    name: str,
+    metric: str,
+    min_improvement: float,
+    version: str | None = None,
+    force: bool = False,
 ) -> Promotion:
-    """Move ``champion`` to the challenger when it is better by the margin, or to ``version``."""
+    """Move ``champion`` to the challenger when it is better by the margin, or to ``version``.
+
+    Either is refused when it loses to the best baseline on its test snapshot by ``metric``,
+    unless ``force``.
+    """
     if version is not None:
         mv = version_for(client, name, version=version)
+        refusal = None if force else _loses_to_baseline(client, mv, metric)
+        if refusal:
+            return Promotion(False, mv.version, refusal)
         client.set_registered_model_alias(name, CHAMPION, mv.version)
         return Promotion(True, mv.version, f"version {mv.version} promoted explicitly")
     challenger = version_for(client, name, alias=CHALLENGER)
+    refusal = None if force else _loses_to_baseline(client, challenger, metric)
+    if refusal:
+        return Promotion(False, challenger.version, refusal)
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:

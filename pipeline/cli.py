@@ -33,6 +33,7 @@ from propensity.pipeline.printing import (
     print_score_run,
     print_summary,
 )
+from propensity.pipeline.segment_commands import register as register_segment_commands
 
 app = typer.Typer(
     name="propensity",
@@ -61,20 +62,37 @@ def generate(
     days: Annotated[int, typer.Option("--days", min=30, help="Days of history.")] = 365,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 42,
     start: Annotated[str, typer.Option("--start", help="First day, YYYY-MM-DD.")] = "2025-01-01",
-    ground_truth: Annotated[bool, typer.Option(help="Write the daily purchase probabilities.")] = True,
+    ground_truth: Annotated[bool, typer.Option(help="Write the ground truth (for the oracle).")] = True,
+    difficulty: Annotated[
+        str,
+        typer.Option(
+            "--difficulty",
+            help="realistic (hidden purchase cycles, offline purchases, promotions, bots, drift) or easy.",
+        ),
+    ] = "realistic",
+    scenario: Annotated[
+        str,
+        typer.Option("--scenario", help="omnichannel, or purchase_only (only purchases, each with crm_id)."),
+    ] = "omnichannel",
 ) -> None:
     """Generate synthetic Luma events, profile attributes and ground truth."""
-    from propensity.features.synthetic import GeneratorSettings
-    from propensity.features.synthetic import generate as run
+    from propensity.features.simulator import GeneratorSettings
+    from propensity.features.synthetic_io import generate as run
 
     settings = GeneratorSettings(
-        profiles=profiles, days=days, seed=seed, start=parse_date(start, "--start"), ground_truth=ground_truth
+        profiles=profiles,
+        days=days,
+        seed=seed,
+        start=parse_date(start, "--start"),
+        ground_truth=ground_truth,
+        difficulty=difficulty,
+        scenario=scenario,
     )
     with console.status("generating events"):
         summary = run(settings, out)
     console.print(
-        f"wrote {summary['events']:,} events for {summary['people']:,} people "
-        f"({summary['purchases']:,} purchases) to {out}"
+        f"wrote {summary.events:,} events for {summary.people:,} people "
+        f"({summary.purchases:,} purchases) to {out}"
     )
 
 
@@ -196,7 +214,9 @@ def train(
         f"(alias challenger), {result.features} features, snapshots {result.snapshots[0]} .. "
         f"{result.snapshots[-1]}"
     )
-    print_metrics(result.metrics, f"{model}: test snapshot {result.snapshots[-1]}")
+    print_metrics(
+        result.metrics, f"{model}: test snapshot {result.snapshots[-1]}", note=result.selection_reason
+    )
     print_buckets(result.buckets)
 
 
@@ -231,13 +251,19 @@ def evaluate(
 @user_errors
 def promote(
     model: Annotated[str, typer.Argument(help="Model name.")],
-    version: Annotated[str | None, typer.Option("--version", help="Promote this version regardless.")] = None,
+    version: Annotated[
+        str | None, typer.Option("--version", help="Promote this version, better than the champion or not.")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote even if it loses to a baseline on its test snapshot.")
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Move the champion alias to the challenger if it is better (or to --version)."""
+    """Move the champion alias to the challenger if it is better (or to --version); refused when
+    it loses to the best baseline on its test snapshot, unless --force."""
     from propensity.pipeline import model_jobs
 
-    outcome = model_jobs.promote_model(model, load_config(config), version)
+    outcome = model_jobs.promote_model(model, load_config(config), version, force=force)
     console.print(
         ("[green]promoted[/]: " if outcome.promoted else "[yellow]not promoted[/]: ") + outcome.reason
     )
@@ -323,6 +349,31 @@ def explain(
 
 @app.command()
 @user_errors
+def report(
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="HTML file (default: WORK_DIR/reports/MODEL_vN.html).")
+    ] = None,
+    scores: Annotated[
+        Path | None, typer.Option("--scores", help="Score directory (default: WORK_DIR/scores).")
+    ] = None,
+    version: ModelVersionOption = None,
+    alias: ModelAliasOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """One self-contained HTML page: quality vs baselines, calibration, drivers, scoring history."""
+    from propensity.pipeline import report_jobs
+
+    with console.status(f"writing the {model} report"):
+        result = report_jobs.write_report(model, load_config(config), out, alias, version, scores)
+    console.print(
+        f"wrote {result.path} ({result.figures} charts, {result.score_runs} scoring runs); "
+        f"logged to MLflow run {result.run_id}"
+    )
+
+
+@app.command()
+@user_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Where the demo writes everything.")] = Path(
         "demo_output"
@@ -335,6 +386,9 @@ def demo(
     from propensity.pipeline import demo as demo_mod
 
     demo_mod.run(out, load_config(config), profiles=profiles, days=days, console=console)
+
+
+register_segment_commands(app)
 
 
 def main() -> None:  # pragma: no cover - console entry point

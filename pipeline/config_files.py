@@ -1,4 +1,4 @@
-"""Reading the YAML configs: the project file and one file per model.
+"""Reading the YAML configs: the project file, one file per model, segments, destinations, monitoring.
 
 The schemas live in :mod:`propensity.core.config`; this module only finds, reads and parses
 files, turning a missing file or bad YAML into a :class:`UserError` naming it.
@@ -11,7 +11,14 @@ from typing import Any
 
 import yaml
 
-from propensity.core.config import ModelConfig, ProjectConfig, parse_config
+from propensity.core.config import (
+    DestinationsFile,
+    ModelConfig,
+    MonitorConfig,
+    ProjectConfig,
+    SegmentsFile,
+    parse_config,
+)
 from propensity.core.errors import UserError
 
 DEFAULT_PROJECT_CONFIG = Path("configs/project.yaml")
@@ -53,3 +60,25 @@ def load_model_config(name_or_path: str, project: ProjectConfig) -> ModelConfig:
     if isinstance(data, dict):
         data.setdefault("name", path.stem)
     return parse_config(ModelConfig, data, str(path))
+
+
+DEFAULT_MONITOR_CONFIG = Path("configs/monitoring.yaml")
+
+
+def load_segments(path: str | Path) -> SegmentsFile:
+    """``configs/segments.yaml``: the segment definitions (rules are checked when qualifying)."""
+    return parse_config(SegmentsFile, read_yaml(path), str(path))
+
+
+def load_destinations(path: str | Path) -> DestinationsFile:
+    """``configs/destinations.yaml``: where segments go and which identities each may receive."""
+    return parse_config(DestinationsFile, read_yaml(path), str(path))
+
+
+def load_monitor_config(path: str | Path | None = None) -> MonitorConfig:
+    """Monitoring thresholds; without a file at the default path, the defaults."""
+    if path is None:
+        if not DEFAULT_MONITOR_CONFIG.is_file():
+            return MonitorConfig()
+        path = DEFAULT_MONITOR_CONFIG
+    return parse_config(MonitorConfig, read_yaml(path), str(path))

@@ -70,10 +70,14 @@ def build_features(
     cutoff = data_end(con)
     as_of = as_of or cutoff
     fs = feature_set(con, config, as_of)
+    # Profiles as the identity graph knew them at as_of: no later link moves an event.
     if model:
-        sql, labelled = population_snapshot_sql(fs, load_model_config(model, config), as_of, con, cutoff)
+        model_config = load_model_config(model, config)
+        sql, labelled = population_snapshot_sql(fs, model_config, as_of, con, cutoff, graph=loaded.graph)
     else:
-        sql, labelled = snapshot_sql(fs, as_of, con), False
+        sources = loaded.sources(as_of)
+        sql = snapshot_sql(fs, as_of, con, events=sources.events, profiles=sources.profiles)
+        labelled = False
     metadata = json.dumps(
         {
             "as_of": str(as_of),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 
 from propensity.core.config import ModelConfig, ProjectConfig
 from propensity.core.errors import UserError
@@ -23,12 +25,15 @@ from propensity.features.labels import (
     snapshot_dates,
     training_frame,
 )
+from propensity.features.oracle import oracle_probabilities
 from propensity.features.registry import model_features
-from propensity.features.synthetic import oracle_probabilities
+from propensity.models import baselines, plots, tracking
 from propensity.models import evaluate as ev
-from propensity.models import tracking
+from propensity.models.bootstrap import bootstrap_intervals
 from propensity.models.explain import global_importance
-from propensity.models.train import fit, split
+from propensity.models.holdout_figures import holdout_figures
+from propensity.models.snapshot_plan import adapt_snapshots
+from propensity.models.train import fit_candidates, split
 from propensity.pipeline import feature_jobs, ingest_jobs
 from propensity.pipeline.config_files import load_model_config
 
@@ -46,7 +51,11 @@ class TrainResult:
     rows: dict[str, Any]  # rows, positives and dates of each part of the split
     snapshots: list[dt.date]  # oldest first; the last is the test snapshot
     features: int
-    best_iteration: int
+    model_family: str  # lightgbm | logistic: the candidate validation chose
+    validation: dict[str, dict[str, float]]  # every candidate's validation metrics, by family
+    selection_reason: str
+    snapshot_plan: str | None  # why the snapshot plan differs from the config, if it does
+    fit_seconds: float  # from reading the events to a fitted, calibrated model
     trained_until: dt.date
 
 
@@ -70,8 +79,8 @@ def _ground_truth_metrics(loaded, frame: pd.DataFrame, p: np.ndarray, model: Mod
     y = frame["label"].to_numpy()
     if known.sum() < 50 or len(np.unique(y[known])) < 2:
         return {}
-    oracle_auc = ev.roc_auc_score(y[known], oracle[known])
-    model_auc = ev.roc_auc_score(y[known], p[known])
+    oracle_auc = roc_auc_score(y[known], oracle[known])
+    model_auc = roc_auc_score(y[known], p[known])
     return {
         "oracle_auc": float(oracle_auc),
         "auc_to_oracle": float(model_auc / oracle_auc),
@@ -79,23 +88,89 @@ def _ground_truth_metrics(loaded, frame: pd.DataFrame, p: np.ndarray, model: Mod
     }
 
 
+def _adapted(model_cfg: ModelConfig, con, cutoff: dt.date) -> tuple[ModelConfig, str | None]:
+    """The model config with the snapshot plan adapted to the span of the events."""
+    first = con.execute("SELECT min(timestamp) FROM events").fetchone()[0]
+    if first is None:
+        raise UserError("no events to train on")
+    snapshots, note = adapt_snapshots(
+        model_cfg.training.snapshots,
+        pd.Timestamp(first).date(),
+        cutoff,
+        model_cfg.outcome.horizon_days,
+        model_cfg.name,
+    )
+    training = model_cfg.training.model_copy(update={"snapshots": snapshots})
+    return model_cfg.model_copy(update={"training": training}), note
+
+
+def _baselines(parts, test: pd.DataFrame, model_cfg: ModelConfig) -> dict[str, tuple[np.ndarray, bool]]:
+    """Every baseline's test scores and whether they are probabilities."""
+    out = {
+        "logreg": (baselines.logreg_baseline(parts.train, test, model_cfg.training.seed), True),
+        "recency": (baselines.recency_baseline(parts.train, test), False),
+    }
+    outcome = model_cfg.outcome
+    # BG/NBD models any next purchase: a baseline only for outcomes that are exactly that.
+    if outcome.event_type == "purchase" and not (
+        outcome.category or outcome.min_revenue is not None or outcome.above_average_order_value
+    ):
+        bgnbd = baselines.bgnbd_baseline(parts.train, test, outcome.horizon_days, occurs=outcome.occurs)
+        if bgnbd is not None:
+            out["bgnbd"] = (bgnbd, True)
+    return out
+
+
+def _log_candidates(trained) -> None:
+    """One child run per candidate: its parameters and validation metrics."""
+    for candidate in trained.candidates:
+        with mlflow.start_run(run_name=f"candidate {candidate.family}", nested=True):
+            mlflow.set_tags(
+                {
+                    "step": "candidate",
+                    "model_family": candidate.family,
+                    "chosen": str(candidate is trained.chosen),
+                }
+            )
+            mlflow.log_params({k: v for k, v in candidate.params.items() if not isinstance(v, dict)})
+            mlflow.log_metrics(
+                {
+                    **{f"valid_{k}": v for k, v in candidate.validation.items()},
+                    **{
+                        f"valid_calibration_log_loss_{k}": v
+                        for k, v in candidate.calibration_log_loss.items()
+                    },
+                    "fit_seconds": candidate.seconds,
+                }
+            )
+            trials = candidate.details.get("trials")
+            if trials:
+                mlflow.log_table(pd.DataFrame(trials), "tuning/trials.json")
+                mlflow.set_tag("tuning_timed_out", str(candidate.details.get("timed_out", False)))
+            strengths = candidate.details.get("validation_log_loss_by_C")
+            if strengths:
+                mlflow.log_dict({str(k): v for k, v in strengths.items()}, "validation_log_loss_by_C.json")
+
+
 def train_model(
     model_name: str, events: str | Path, config: ProjectConfig, as_of: dt.date | None = None
-) -> dict:
-    """Train, evaluate against baselines (and the oracle), log to MLflow, register as challenger."""
+) -> TrainResult:
+    """Fit the candidates, choose one on validation, measure it and the baselines on the test
+    snapshot with bootstrap intervals (and the oracle), log to MLflow, register as challenger."""
+    started = time.perf_counter()
     model_cfg = load_model_config(model_name, config)
     loaded = ingest_jobs.load_events(events, config)
     con = loaded.con
     cutoff = as_of or data_end(con)
-    spacing = model_cfg.training.snapshots
-    first_date = snapshot_dates(cutoff, model_cfg.outcome.horizon_days, spacing.count, spacing.spacing_days)[
-        0
-    ]
+    model_cfg, snapshot_note = _adapted(model_cfg, con, cutoff)
+    training = model_cfg.training
+    plan = training.snapshots
+    first_date = snapshot_dates(cutoff, model_cfg.outcome.horizon_days, plan.count, plan.spacing_days)[0]
     fs = feature_jobs.feature_set(con, config, before=first_date)
     # A bad rule or feature name fails before any heavy work.
     population_rule(model_cfg, fs)
     labels = model_features(fs, model_cfg.features, model_cfg.governance, model_cfg.name)
-    frame, dates = training_frame(con, fs, model_cfg, cutoff)
+    frame, dates = training_frame(con, fs, model_cfg, cutoff, graph=loaded.graph)
     return fit_and_register(
         model_cfg,
         config,
@@ -105,6 +180,8 @@ def train_model(
         dates,
         cutoff,
         loaded.inputs.display,
+        snapshot_note=snapshot_note,
+        started=started,
         ground_truth=lambda test, p: _ground_truth_metrics(loaded, test, p, model_cfg),
     )
 
@@ -118,14 +195,23 @@ def fit_and_register(
     dates: list[dt.date],
     cutoff: dt.date,
     events_display: str,
+    snapshot_note: str | None = None,
+    started: float | None = None,
     ground_truth: Callable[[pd.DataFrame, np.ndarray], dict[str, float]] | None = None,
     sampling: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Split, fit, evaluate and register a model on ``frame`` (stacked labelled snapshots, from
-    DuckDB or a Spark sample); ``sampling`` says how the rows were drawn, for the run's record."""
+    """Split, fit the candidates, evaluate and register a model on ``frame`` (stacked labelled
+    snapshots, from DuckDB or a Spark sample; ``model_cfg`` with its snapshot plan already
+    adapted, ``snapshot_note`` saying how). ``sampling`` says how the rows were drawn, for the
+    run's record; ``started`` is when reading the events began (``fit_seconds``)."""
+    started = time.perf_counter() if started is None else started
+    training = model_cfg.training
+    plan = training.snapshots
     names = list(labels)
-    parts = split(frame, model_cfg.training)
-    model, fit_info = fit(parts, names, labels, model_cfg.training, model_cfg.name)
+    parts = split(frame, training)
+    trained = fit_candidates(parts, names, labels, training, model_cfg.name)
+    model = trained.model
+    fit_seconds = time.perf_counter() - started
 
     test = parts.test
     y = test["label"].to_numpy()
@@ -140,20 +226,13 @@ def fit_and_register(
             "categories": fs.categories,
             "trained_until": str(cutoff),
             "test_as_of": str(dates[-1]),
+            "model_family": trained.chosen.family,
+            "selection_reason": trained.reason,
         }
     )
-    results = ev.metrics(y, p)
-    recency = ev.recency_baseline(parts.train, test)
-    logreg = ev.logreg_baseline(parts.train, test, model_cfg.training.seed)
-    results["baseline_recency_auc"] = float(ev.roc_auc_score(y, recency))
-    results["baseline_logreg_auc"] = float(ev.roc_auc_score(y, logreg))
-    results.update(
-        {
-            f"baseline_logreg_{k[5:]}": v
-            for k, v in ev.metrics(y, logreg).items()
-            if k in ("test_average_precision", "test_lift_at_10")
-        }
-    )
+    baseline_scores = _baselines(parts, test, model_cfg)
+    results = holdout_figures(y, p, baseline_scores, training.bootstrap_resamples, training.seed)
+    results.update({f"valid_{k}": v for k, v in trained.chosen.validation.items()})
     results.update(ground_truth(test, p) if ground_truth else {})
     score = ev.scores_from_reference(p, reference)
     bucket_table = ev.bucket_table(y, p, ev.buckets(score, model_cfg.buckets.medium, model_cfg.buckets.high))
@@ -166,8 +245,10 @@ def fit_and_register(
     summary = {
         "rows": parts.summary(),
         "snapshots": [str(d) for d in dates],
+        "snapshot_plan": snapshot_note or "as configured",
         "features": len(names),
-        "best_iteration": fit_info["best_iteration"],
+        "model_family": trained.chosen.family,
+        "selection_reason": trained.reason,
         "trained_until": str(cutoff),
     }  # logged as training_data.json
     with (
@@ -181,27 +262,33 @@ def fit_and_register(
                 "events": events_display,
                 "step": "train",
                 "trained_until": str(cutoff),
+                "model_family": trained.chosen.family,
+                "selection_reason": trained.reason,
+                **({"snapshot_plan": snapshot_note} if snapshot_note else {}),
             }
         )
+        chosen_params = {k: v for k, v in trained.chosen.params.items() if not isinstance(v, dict)}
         mlflow.log_params(
             {
-                **{f"lgbm_{k}": v for k, v in fit_info["params"].items()},
-                "calibration": model_cfg.training.calibration,
-                "seed": model_cfg.training.seed,
+                **{f"{trained.chosen.family}_{k}": v for k, v in chosen_params.items()},
+                "calibration": trained.chosen.params["calibration"],
+                "seed": training.seed,
                 "horizon_days": model_cfg.outcome.horizon_days,
                 "population": model_cfg.population,
                 "snapshots": len(dates),
-                "snapshot_spacing_days": model_cfg.training.snapshots.spacing_days,
+                "snapshot_spacing_days": plan.spacing_days,
                 "test_as_of": str(dates[-1]),
                 "features": len(names),
-                "best_iteration": fit_info["best_iteration"],
                 "train_rows": len(parts.train),
                 "test_rows": len(test),
+                "selection_metric": training.selection_metric,
+                "candidates": ",".join(training.candidates),
             }
         )
-        mlflow.log_metrics(results)
+        mlflow.log_metrics({**results, "fit_seconds": fit_seconds})
         if sampling:
             mlflow.log_params(sampling)
+        _log_candidates(trained)
         if champion is not None:
             # What `promote` compares against: the champion on this very test snapshot.
             mlflow.set_tag("compared_champion_version", champion[0])
@@ -213,19 +300,23 @@ def fit_and_register(
         mlflow.log_table(bucket_table, "evaluation/buckets.json")
         mlflow.log_table(deciles, "evaluation/deciles.json")
         mlflow.log_table(importance, "evaluation/feature_importance.json")
+        curves = {"model": p, "logistic regression (RFM)": baseline_scores["logreg"][0]}
+        curves["recency"] = baseline_scores["recency"][0]
+        if "bgnbd" in baseline_scores:
+            curves["BG/NBD"] = baseline_scores["bgnbd"][0]
         for path in (
-            ev.plot_gains(
-                y, {"model": p, "logistic regression (RFM)": logreg, "recency": recency}, out / "gains.png"
-            ),
-            ev.plot_lift(deciles, out / "lift_by_decile.png"),
-            ev.plot_calibration(y, p, out / "calibration.png"),
-            ev.plot_distribution(y, p, out / "score_distribution.png"),
-            ev.plot_importance(importance, out / "feature_importance.png"),
+            plots.plot_gains(y, curves, out / "gains.png"),
+            plots.plot_lift(deciles, out / "lift_by_decile.png"),
+            plots.plot_calibration(y, p, out / "calibration.png"),
+            plots.plot_distribution(y, p, out / "score_distribution.png"),
+            plots.plot_importance(importance, out / "feature_importance.png"),
         ):
             mlflow.log_artifact(str(path), "plots")
         model_uri, version = tracking.log_model(model, test, model_cfg.name)
         client.set_registered_model_alias(model_cfg.name, tracking.CHALLENGER, version)
         client.set_model_version_tag(model_cfg.name, version, "trained_until", str(cutoff))
+        client.set_model_version_tag(model_cfg.name, version, "model_family", trained.chosen.family)
+        client.set_model_version_tag(model_cfg.name, version, "selection_reason", trained.reason)
         run_id = run.info.run_id
     return TrainResult(
         run_id=run_id,
@@ -237,7 +328,11 @@ def fit_and_register(
         rows=parts.summary(),
         snapshots=list(dates),
         features=len(names),
-        best_iteration=fit_info["best_iteration"],
+        model_family=trained.chosen.family,
+        validation={c.family: c.validation for c in trained.candidates},
+        selection_reason=trained.reason,
+        snapshot_plan=snapshot_note,
+        fit_seconds=fit_seconds,
         trained_until=cutoff,
     )
 
@@ -273,7 +368,7 @@ def evaluate_model(
             f"(last complete day {cutoff - dt.timedelta(days=1)}); choose an earlier date"
         )
     fs = feature_jobs.feature_set(con, config, before=as_of, categories=model.metadata.get("categories"))
-    sql, _ = population_snapshot_sql(fs, model_cfg, as_of, con, cutoff)
+    sql, _ = population_snapshot_sql(fs, model_cfg, as_of, con, cutoff, graph=loaded.graph)
     frame = con.execute(sql).df()
     if frame["label"].nunique() < 2:
         raise UserError(
@@ -281,6 +376,7 @@ def evaluate_model(
         )
     y, p = frame["label"].to_numpy(), model.predict_proba(frame)
     results = ev.metrics(y, p, prefix="eval_")
+    results.update(_intervals(y, p, model_cfg.training, "eval_"))
     results.update({f"eval_{k}": v for k, v in _ground_truth_metrics(loaded, frame, p, model_cfg).items()})
     buckets_cfg = model.metadata.get("buckets", model_cfg.buckets.model_dump())
     score = ev.scores_from_reference(p, np.asarray(model.metadata["reference_probabilities"]))
@@ -307,8 +403,20 @@ def evaluate_model(
     )
 
 
-def promote_model(model_name: str, config: ProjectConfig, version: str | None = None) -> tracking.Promotion:
-    """Move the champion alias to the challenger when it is better, or to ``version``."""
+def _intervals(y: np.ndarray, p: np.ndarray, training, prefix: str) -> dict[str, float]:
+    """Bootstrap intervals of a model's metrics and the positives they rest on."""
+    intervals = bootstrap_intervals(y, {"model": p}, {"model"}, training.bootstrap_resamples, training.seed)
+    out = {f"{prefix}positives": float(np.sum(y)), f"{prefix}rows": float(len(y))}
+    for metric, (low, high) in intervals["model"].items():
+        out[f"{prefix}{metric}_ci_low"], out[f"{prefix}{metric}_ci_high"] = low, high
+    return out
+
+
+def promote_model(
+    model_name: str, config: ProjectConfig, version: str | None = None, force: bool = False
+) -> tracking.Promotion:
+    """Move the champion alias to the challenger when it is better, or to ``version``; refused
+    when it loses to the best baseline on its test snapshot, unless ``force``."""
     model_cfg = load_model_config(model_name, config)
     client = tracking.configure(config)
     return tracking.promote(
@@ -317,4 +425,5 @@ def promote_model(model_name: str, config: ProjectConfig, version: str | None = 
         model_cfg.training.promote_metric,
         model_cfg.training.promote_min_improvement,
         version,
+        force=force,
     )

@@ -52,44 +52,50 @@ def print_summary(summary: IngestSummary, title: str) -> None:
     )
 
 
-def print_metrics(metrics: dict, title: str) -> None:
-    """Model vs baselines vs oracle, side by side."""
-    table = Table(title=title)
-    for column in ("metric", "model", "logistic regression (RFM)", "recency", "oracle"):
-        table.add_column(column, justify="right" if column != "metric" else "left")
-    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+BASELINE_COLUMNS = {"logreg": "logistic RFM", "recency": "recency", "bgnbd": "BG/NBD"}
+
+
+def _with_interval(metrics: dict, key: str) -> str:
+    """``0.7812`` over ``[0.770, 0.792]``: the value and its bootstrap interval, when logged."""
+    value = metrics.get(key)
+    if value is None:
+        return ""
+    low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+    return f"{value:.4f}" if low is None or high is None else f"{value:.4f}\n[{low:.3f}, {high:.3f}]"
+
+
+def print_metrics(metrics: dict, title: str, note: str | None = None) -> None:
+    """Model vs baselines vs oracle, side by side, with 95 % bootstrap intervals in brackets
+    and the number of positives they rest on; ``note`` (why this model) under the table."""
     prefix = "test_" if "test_auc" in metrics else "eval_"
-    table.add_row(
-        "AUC",
-        fmt(metrics.get(f"{prefix}auc")),
-        fmt(metrics.get("baseline_logreg_auc")),
-        fmt(metrics.get("baseline_recency_auc")),
-        fmt(metrics.get(f"{'' if prefix == 'test_' else prefix}oracle_auc")),
-    )
-    table.add_row(
-        "average precision",
-        fmt(metrics.get(f"{prefix}average_precision")),
-        fmt(metrics.get("baseline_logreg_average_precision")),
-        "",
-        "",
-    )
-    table.add_row(
-        "lift at top 10 %",
-        fmt(metrics.get(f"{prefix}lift_at_10")),
-        fmt(metrics.get("baseline_logreg_lift_at_10")),
-        "",
-        "",
-    )
+    baselines = [b for b in BASELINE_COLUMNS if f"baseline_{b}_auc" in metrics]
+    oracle = metrics.get(f"{'' if prefix == 'test_' else prefix}oracle_auc")
+    table = Table(title=title, caption=note)
+    columns = ["metric", "model", *(BASELINE_COLUMNS[b] for b in baselines)] + (["oracle"] if oracle else [])
+    for column in columns:
+        table.add_column(column, justify="right" if column != "metric" else "left")
     for key, label in (
+        ("auc", "AUC"),
+        ("average_precision", "avg precision"),
         ("brier", "Brier score"),
         ("log_loss", "log loss"),
-        ("ece", "expected calibration error"),
-        ("base_rate", "base rate"),
+        ("lift_at_10", "lift top 10 %"),
     ):
-        table.add_row(label, fmt(metrics.get(f"{prefix}{key}")), "", "", "")
+        row = [label, _with_interval(metrics, f"{prefix}{key}")]
+        row += [_with_interval(metrics, f"baseline_{b}_{key}") for b in baselines]
+        if oracle:
+            row.append(f"{oracle:.4f}" if key == "auc" else "")
+        table.add_row(*row)
+    blank = [""] * (len(columns) - 2)
+    for key, label in (("ece", "calibration error"), ("base_rate", "base rate")):
+        value = metrics.get(f"{prefix}{key}")
+        table.add_row(label, "" if value is None else f"{value:.4f}", *blank)
+    positives, rows = metrics.get(f"{prefix}positives"), metrics.get(f"{prefix}rows")
+    if positives is not None:
+        table.add_row("positives/rows", f"{positives:,.0f}/{rows or 0:,.0f}", *blank)
     ratio = metrics.get("auc_to_oracle", metrics.get("eval_auc_to_oracle"))
     if ratio is not None:
-        table.add_row("AUC / oracle AUC", fmt(ratio), "", "", "")
+        table.add_row("AUC / oracle AUC", f"{ratio:.4f}", *blank)
     console.print(table)
 
 
@@ -143,3 +149,82 @@ def print_explanation(explanation: Explanation) -> None:
     for factor in e.factors:
         table.add_row(factor["label"], _value(factor["value"]), f"{factor['impact']:+.3f}")
     console.print(table)
+
+
+def print_segments(result) -> None:
+    """Per segment of a SegmentsResult: size, transitions and profiles held back for consent."""
+    since = f" (statuses against {result.previous_as_of})" if result.previous_as_of else " (first as-of)"
+    table = Table(title=f"segments at {result.as_of}{since}")
+    for column in ("segment", "size", "realized", "existing", "exited", "held back (consent)"):
+        table.add_column(column, justify="left" if column == "segment" else "right")
+    for c in result.segments:
+        table.add_row(
+            c.segment,
+            f"{c.size:,}",
+            f"{c.realized:,}",
+            f"{c.existing:,}",
+            f"{c.exited:,}",
+            f"{c.held_back:,}",
+        )
+    console.print(table)
+    console.print(f"wrote {result.rows:,} memberships of {result.profiles:,} profiles to {result.out}")
+    if result.stale_later:
+        dates = ", ".join(str(d) for d in result.stale_later)
+        console.print(
+            f"[yellow]stale:[/] the statuses stored at {dates} were computed against another previous "
+            f"as-of; re-run `propensity segments --as-of DATE` for each, in date order"
+        )
+
+
+def print_exports(result) -> None:
+    """Per destination and segment of an ExportResult: what was written and who was left out."""
+    table = Table(title=f"exports at {result.as_of}")
+    for column in (
+        "destination",
+        "action",
+        "identities",
+        "segment",
+        "profiles",
+        "identity rows",
+        "no allowed identity",
+        "held back (consent)",
+    ):
+        numeric = column in ("profiles", "identity rows", "no allowed identity", "held back (consent)")
+        table.add_column(column, justify="right" if numeric else "left")
+    for d in result.destinations:
+        for e in d.segments:
+            table.add_row(
+                d.destination,
+                d.marketing_action,
+                ", ".join(d.identities),
+                e.segment,
+                f"{e.profiles:,}",
+                f"{e.rows:,}",
+                f"{e.skipped_no_identity:,}",
+                f"{e.held_back_consent:,}",
+            )
+    console.print(table)
+    console.print(f"wrote {sum(len(d.segments) for d in result.destinations)} files under {result.out}")
+
+
+def print_drift(result) -> None:
+    """A MonitorResult: PSI, missing and out-of-range shares for the score and top features."""
+    report = result.report
+    table = Table(
+        title=f"{result.model} v{result.version}: {result.as_of} against {result.reference_as_of} "
+        f"(PSI alert at {report.psi_threshold})"
+    )
+    for column in ("variable", "PSI", "missing (ref -> now)", "out of range"):
+        table.add_column(column, justify="left" if column == "variable" else "right")
+    for drift in (report.score, *report.features):
+        flag = " [bold red]drift[/]" if drift.psi >= report.psi_threshold else ""
+        table.add_row(
+            drift.label,
+            f"{drift.psi:.4f}{flag}",
+            f"{drift.reference_missing:.1%} -> {drift.current_missing:.1%}",
+            "" if drift.out_of_range is None else f"{drift.out_of_range:.1%}",
+        )
+    console.print(table)
+    console.print(f"report {result.report_path}, plot {result.plot_path}, MLflow run {result.run_id}")
+    if report.alert:
+        console.print(f"[bold red]alert:[/] PSI >= {report.psi_threshold} for {', '.join(report.drifted)}")

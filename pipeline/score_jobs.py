@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from propensity.core.config import ProjectConfig
 from propensity.core.errors import UserError
 from propensity.core.io import atomic_path
-from propensity.features.engine import sql_ident, sql_string
+from propensity.features.engine import arrow_batches, sql_ident, sql_string
 from propensity.features.event_queries import data_end
 from propensity.features.feature_set import FeatureSet
 from propensity.features.registry import PROFILE_ATTRIBUTE_FEATURES
@@ -124,13 +124,13 @@ def _prepare(
     return _Prepared(model, str(mv.version), loaded, fs, population, as_of)
 
 
-def _identities_sql(loaded: LoadedEvents) -> tuple[str, list[str]]:
-    present = {r[0] for r in loaded.con.execute("SELECT DISTINCT namespace FROM identity_map").fetchall()}
+def _identities_sql(loaded: LoadedEvents, identity_map: str) -> tuple[str, list[str]]:
+    present = {r[0] for r in loaded.con.execute(f"SELECT DISTINCT namespace FROM {identity_map}").fetchall()}
     columns = [c for c in SCORE_IDENTITY_COLUMNS if c in present]
     selects = ", ".join(
         f"min(value) FILTER (WHERE namespace = {sql_string(c)}) AS {sql_ident(c)}" for c in columns
     )
-    sql = f"SELECT profile_id{', ' + selects if selects else ''} FROM identity_map GROUP BY profile_id"
+    sql = f"SELECT profile_id{', ' + selects if selects else ''} FROM {identity_map} GROUP BY profile_id"
     return sql, columns
 
 
@@ -162,13 +162,14 @@ def score_model(
     out_root = Path(out) if out is not None else Path(config.work_dir) / "scores"
     target = out_root / f"model={model_name}" / f"as_of={prep.as_of}"
 
-    features_sql = snapshot_sql(prep.fs, prep.as_of, con)
+    sources = prep.loaded.sources(prep.as_of)
+    features_sql = snapshot_sql(prep.fs, prep.as_of, con, events=sources.events, profiles=sources.profiles)
     con.execute(f"CREATE OR REPLACE TEMP TABLE score_features AS {features_sql}")
     where = prep.population.sql("duckdb")
     profiles, eligible = con.execute(
         f"SELECT count(*), count(*) FILTER (WHERE {where}) FROM score_features"
-    ).fetchone()
-    identities, identity_columns = _identities_sql(prep.loaded)
+    ).fetchall()[0]
+    identities, identity_columns = _identities_sql(prep.loaded, sources.identity_map)
     rows_sql = f"""
         SELECT f.*{"".join(f", i.{sql_ident(c)}" for c in identity_columns)}
         FROM score_features f LEFT JOIN ({identities}) i USING (profile_id)
@@ -179,7 +180,7 @@ def score_model(
     with tempfile.TemporaryDirectory(dir=_existing_parent(out_root)) as tmp:
         parts = Path(tmp) / "unranked.parquet"
         writer: pq.ParquetWriter | None = None
-        reader = con.execute(rows_sql).fetch_record_batch(chunk_rows)
+        reader = arrow_batches(con, rows_sql, chunk_rows)
         for batch in reader:
             table = score_batch(
                 prep.model,
@@ -278,7 +279,7 @@ def _log_scoring_run(
 
 
 def _histogram_png(scores: np.ndarray, path: Path) -> Path:
-    from propensity.models.evaluate import save_histogram
+    from propensity.models.plots import save_histogram
 
     return save_histogram(scores, path, title="Scores of this run", xlabel="score (0-100)")
 
@@ -297,9 +298,11 @@ def explain_profile(
     prep = _prepare(model_name, events, config, as_of, alias, version)
     con = prep.loaded.con
     where = f"profile_id = {sql_string(profile_id)}"
-    row = con.execute(f"SELECT * FROM ({snapshot_sql(prep.fs, prep.as_of, con)}) WHERE {where}").df()
+    sources = prep.loaded.sources(prep.as_of)
+    features_sql = snapshot_sql(prep.fs, prep.as_of, con, events=sources.events, profiles=sources.profiles)
+    row = con.execute(f"SELECT * FROM ({features_sql}) WHERE {where}").df()
     if row.empty:
-        known = con.execute(f"SELECT count(*) FROM profiles WHERE {where}").fetchone()[0]
+        known = con.execute(f"SELECT count(*) FROM profiles WHERE {where}").fetchall()[0][0]
         raise UserError(
             f"profile '{profile_id}' "
             + (
@@ -312,7 +315,7 @@ def explain_profile(
     failed = [
         part.text
         for part in conjuncts(prep.population)
-        if not con.execute(f"SELECT count(*) FROM _explained WHERE {part.sql('duckdb')}").fetchone()[0]
+        if not con.execute(f"SELECT count(*) FROM _explained WHERE {part.sql('duckdb')}").fetchall()[0][0]
     ]
     values = {c: _plain(row[c].iloc[0]) for c in sorted(prep.population.columns) if c in row.columns}
     con.unregister("_explained")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 
@@ -10,8 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from propensity.core.config import ProjectConfig
-from propensity.features.synthetic import GeneratorSettings, generate
-from propensity.pipeline import ingest_jobs, model_jobs
+from propensity.features.simulator import GeneratorSettings
+from propensity.features.synthetic_io import generate
+from propensity.pipeline import ingest_jobs, model_jobs, score_jobs
 from propensity.pipeline.cli import app
 
 
@@ -61,6 +63,7 @@ def luma_ingested(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tracking(tmp_path_factory):
+    """One MLflow tracking database for the session (each xdist worker has its own)."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri
@@ -74,3 +77,13 @@ def tracking(tmp_path_factory):
 @pytest.fixture(scope="session")
 def churn_run(luma_ingested, tracking):
     return model_jobs.train_model("churn", luma_ingested, ProjectConfig())
+
+
+@pytest.fixture(scope="session")
+def scored(churn_run, luma_ingested, tracking, tmp_path_factory):
+    """The challenger churn model scored at 2025-11-10: (ScoreRun, scores directory)."""
+    out = tmp_path_factory.mktemp("scores")
+    run = score_jobs.score_model(
+        "churn", luma_ingested, ProjectConfig(), dt.date(2025, 11, 10), out, alias="challenger"
+    )
+    return run, out

@@ -14,16 +14,20 @@ def test_demo_tells_the_story(tmp_path, runner, monkeypatch):
     assert result.exit_code == 0, result.output[-3000:]
     text = " ".join(result.output.split())
     for fragment in (
-        "1/5 generate",
-        "2/5 ingest and stitch identities",
-        "both histories are now one profile",
-        "lapsed yoga buyers",
-        "4/5 train conversion",
-        "4/5 train upsell",
-        "becomes champion",
-        "5/5 why this score?",
-        "AUC / oracle AUC",
+        "1. generate",
+        "2. ingest and stitch identities",
+        "3. train conversion",
+        "3. train upsell",
+        "3. train churn",
+        "4. score, qualify segments, export",
+        "lapsed_yoga",
+        "5. monitor",
+        "score PSI",
+        "6. Sarah",
+        "7. report",
     ):
         assert fragment in text, fragment
-    assert (tmp_path / "demo" / "ingested" / "events.parquet").is_file()
-    assert (tmp_path / "demo" / "features" / "latest.parquet").is_file()
+    demo = tmp_path / "demo"
+    assert (demo / "ingested" / "events.parquet").is_file()
+    assert len(list((demo / "scores").glob("model=*/as_of=*/part-0.parquet"))) == 6
+    assert any((demo / "exports").rglob("*.csv")) and (demo / "reports" / "upsell.html").is_file()

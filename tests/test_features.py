@@ -7,6 +7,8 @@ import datetime as dt
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -186,13 +188,31 @@ def test_stacked_snapshots_equal_single_snapshots_and_the_sql_form(luma_small, c
     active = stacked[stacked["event_count_30d"] > 0].reset_index(drop=True)
     assert 0 < len(batched) < len(stacked)
     pd.testing.assert_frame_equal(batched, active)
+
+    # Profiles as of each date: those whose identities were not one profile yet are built
+    # apart, and the whole still equals the single snapshots over the graph at each date.
+    reattributed = loaded.graph.reattributed(dates, "events")
+    assert all(n > 10 for n in reattributed.changed_profiles.values())
+    stacked_build.build_snapshots(con, fs, dates, table="as_of", reattributed=reattributed)
+    as_of = con.execute("SELECT * FROM as_of ORDER BY as_of, profile_id").df()
+    assert not as_of.equals(stacked)
     for date in dates:
-        part = stacked[stacked["as_of"] == pd.Timestamp(date)].reset_index(drop=True)
+        part = as_of[as_of["as_of"] == pd.Timestamp(date)].reset_index(drop=True)
+        sources = loaded.sources(date)
         for plan in ("windows", "buckets"):
-            single = sql_compiler.build_snapshot(con, fs, date, plan=plan)
+            single = sql_compiler.build_snapshot(
+                con, fs, date, plan=plan, events=sources.events, profiles=sources.profiles
+            )
             assert len(single) > 100
             # Exactly: training (stacked) and scoring (single) must see the same numbers.
             pd.testing.assert_frame_equal(single, part, check_dtype=False, check_exact=True, obj=plan)
+    # The graphs of several dates are built in one pass: the same as one date at a time.
+    graphs = "SELECT * FROM identity_as_of ORDER BY as_of, node_key"
+    together = con.execute(graphs).df()
+    loaded.graph.forget()
+    for date in dates:
+        loaded.graph.prepare([date])
+    pd.testing.assert_frame_equal(con.execute(graphs).df(), together)
 
 
 # --- property tests: nothing at or after as_of, nor older than a feature's reach, matters ---
@@ -283,6 +303,89 @@ def test_events_older_than_a_features_reach_never_change_it(path, history, seed)
     columns = [f.name for f in FS.features if f.reach(FS.lookback_days) <= reach]
     profiles = base.index.intersection(changed.index)
     pd.testing.assert_frame_equal(base.loc[profiles, columns], changed.loc[profiles, columns])
+
+
+# --- the identity graph at as_of: links first observed at or after as_of never matter ---
+
+identity_event_strategy = st.fixed_dictionaries(
+    {
+        "days_before": st.integers(min_value=1, max_value=60),
+        "hour": st.integers(min_value=0, max_value=23),
+        "event_type": st.sampled_from(EVENT_TYPES),
+        "ecid": st.sampled_from([None, "d1", "d2", "d3", "d4"]),
+        "email_sha256": st.sampled_from([None, "e1", "e2"]),
+        "crm_id": st.sampled_from([None, "C1", "C2"]),
+        "revenue": st.floats(min_value=1, max_value=500).map(lambda x: round(x, 2)),
+    }
+)
+
+
+def _identity_rows(specs: list[dict]) -> pa.Table:
+    rows = {
+        "timestamp": [ts(s["days_before"], s["hour"]) for s in specs],
+        "event_type": [s["event_type"] for s in specs],
+        # An event needs an identity: a device of its own when it drew none.
+        "ecid": [
+            s["ecid"] or (None if s["email_sha256"] or s["crm_id"] else f"solo{i}")
+            for i, s in enumerate(specs)
+        ],
+        "email_sha256": [s["email_sha256"] for s in specs],
+        "crm_id": [s["crm_id"] for s in specs],
+        "revenue": [s["revenue"] if s["event_type"] == "purchase" else None for s in specs],
+    }
+    types = {"timestamp": pa.timestamp("us"), "revenue": pa.float64()}
+    return pa.table({k: pa.array(v, type=types.get(k, pa.string())) for k, v in rows.items()})
+
+
+def _snapshots_as_of(path, specs: list[dict], config, paths=tuple(PATHS)) -> dict[str, pd.DataFrame]:
+    """Each path's snapshot at AS_OF over the graph then, rows named by their identities."""
+    from propensity.pipeline import ingest_jobs
+
+    pq.write_table(_identity_rows(specs), path)
+    loaded = ingest_jobs.load_events(path, config)
+    con, sources = loaded.con, loaded.sources(AS_OF)
+    frames = {
+        plan: sql_compiler.build_snapshot(
+            con, FS, AS_OF, plan=plan, events=sources.events, profiles=sources.profiles
+        )
+        for plan in ("windows", "buckets")
+        if plan in paths
+    }
+    if "stacked" in paths:
+        reattributed = loaded.graph.reattributed([AS_OF], "events")
+        stacked_build.build_snapshots(con, FS, [AS_OF], reattributed=reattributed)
+        frames["stacked"] = con.execute("SELECT * FROM snapshot_features").df()
+    members = con.execute(f"""
+        SELECT profile_id, string_agg(namespace || ':' || value, ',' ORDER BY namespace, value) AS who
+        FROM {sources.identity_map} GROUP BY profile_id
+    """).df()
+    who = dict(zip(members["profile_id"], members["who"], strict=True))
+    return {
+        name: frame.assign(profile_id=frame["profile_id"].map(who)).set_index("profile_id").sort_index()
+        for name, frame in frames.items()
+    }
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    history=st.lists(identity_event_strategy, min_size=1, max_size=14),
+    future=st.lists(identity_event_strategy, min_size=1, max_size=8),
+)
+def test_links_observed_at_or_after_as_of_never_change_a_snapshot(history, future):
+    """With future events (whose identities link devices, emails and accounts seen before
+    as_of), every path gives the snapshot of the past alone: same profiles, same values,
+    same guardrail splits (a low identity limit and two accounts make some)."""
+    import tempfile
+    from pathlib import Path
+
+    from propensity.core.config import IdentityConfig, ProjectConfig
+
+    config = ProjectConfig(identity=IdentityConfig(max_identities_per_profile=3))
+    later = [{**s, "days_before": -(s["days_before"] % 40)} for s in future]
+    with tempfile.TemporaryDirectory() as tmp:
+        alone = _snapshots_as_of(Path(tmp) / "past.parquet", history, config, ("windows",))["windows"]
+        for path, frame in _snapshots_as_of(Path(tmp) / "all.parquet", history + later, config).items():
+            pd.testing.assert_frame_equal(frame, alone, check_dtype=False, obj=path)
 
 
 @pytest.mark.parametrize("plan", ["windows", "buckets", "rollup"])

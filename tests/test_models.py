@@ -34,6 +34,12 @@ METRIC_KEYS = (
     "baseline_logreg_auc",
     "oracle_auc",
     "auc_to_oracle",
+    "test_auc_ci_low",
+    "test_auc_ci_high",
+    "test_brier_ci_low",
+    "test_positives",
+    "baseline_logreg_auc_ci_low",
+    "valid_log_loss",
 )
 
 
@@ -42,7 +48,9 @@ def test_train_logs_metrics_baselines_oracle_and_registers_challenger(churn_run,
     run = client.get_run(churn_run.run_id)
     for key in METRIC_KEYS:
         assert key in run.data.metrics, key
-    assert run.data.metrics["auc_to_oracle"] >= 0.95
+    # The realistic world hides much of what drives purchases (cycles, lapsing, unrecorded
+    # purchases): the model learns a good share of what the oracle knows, and never more.
+    assert 0.7 < run.data.metrics["auc_to_oracle"] < 1.02
     assert run.data.metrics["test_auc"] > run.data.metrics["baseline_recency_auc"]
     assert run.data.tags["git_commit"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
@@ -56,8 +64,10 @@ def test_train_logs_metrics_baselines_oracle_and_registers_challenger(churn_run,
     features = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/features.json")["features"]
     assert {"name": "days_since_last_purchase", "label": "Days since the last purchase"} in features
     assert str(client.get_model_version_by_alias("churn", "challenger").version) == churn_run.version
-    # Default trees stay shallow: explanations cost grows with depth squared.
-    assert 0 < int(run.data.params["lgbm_max_depth"]) <= 6
+    assert run.data.tags["model_family"] in ("lightgbm", "logistic") and run.data.tags["selection_reason"]
+    if run.data.tags["model_family"] == "lightgbm":
+        # Trees stay shallow, tuned or not: explanations cost grows with depth squared.
+        assert 0 < int(run.data.params["lightgbm_max_depth"]) <= 6
 
 
 def test_logged_model_loads_in_a_fresh_process(churn_run, luma_ingested, tracking, tmp_path):
@@ -111,7 +121,11 @@ def test_same_data_and_config_give_the_same_model(churn_run, luma_ingested, trac
     client = mlflow_tracking.configure(ProjectConfig())
     first, _ = mlflow_tracking.load_propensity_model(client, "churn", version=churn_run.version)
     second, _ = mlflow_tracking.load_propensity_model(client, "churn", version=again.version)
-    assert first.booster_text == second.booster_text
+    assert type(first) is type(second)
+    if hasattr(first, "booster_text"):
+        assert first.booster_text == second.booster_text
+    else:
+        np.testing.assert_array_equal(first.coef, second.coef)
 
 
 def test_promote_compares_on_the_challengers_test_snapshot(churn_run, luma_ingested, tracking, runner):
@@ -200,6 +214,9 @@ def test_split_is_out_of_time_and_profile_disjoint():
         assert part["as_of"].max() < parts.test["as_of"].min()
     assert parts.train["as_of"].max() < parts.early_stopping["as_of"].min()
     assert not set(parts.early_stopping["profile_id"]) & set(parts.calibration["profile_id"])
+    # Validation profiles are never trained on: their later snapshot would reward memorising them.
+    validation = set(parts.early_stopping["profile_id"]) | set(parts.calibration["profile_id"])
+    assert validation and not validation & set(parts.train["profile_id"])
     assert 0.2 < len(test_profiles) / 2000 < 0.4
 
 

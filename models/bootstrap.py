@@ -1,0 +1,109 @@
+"""Bootstrap intervals for test metrics: how much a figure could move on another sample.
+
+Every score is measured on the same seeded resamples of the test rows (drawn as multinomial
+counts, i.e. rows with replacement), so the differences between two scores are paired. The
+metrics are computed for all resamples at once from per-resample weights: one sort of each
+score, then sums over tied-score groups, no Python loop per resample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+PROBABILITY_METRICS = ("brier", "log_loss")
+RANKING_METRICS = ("auc", "average_precision")
+CHUNK = 100  # resamples per batch: the weights matrix is CHUNK x rows
+
+
+def _groups(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ascending order of ``score`` and the start of each run of equal scores in that order."""
+    order = np.argsort(score, kind="stable")
+    ordered = score[order]
+    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
+    return order, starts
+
+
+def weighted_ranking_metrics(
+    y: np.ndarray, score: np.ndarray, weights: np.ndarray, groups: tuple[np.ndarray, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
+    """AUC and average precision (sklearn's definitions, ties included) for each column of
+    ``weights`` (rows x resamples): one value per resample. ``groups``: ``_groups(score)``,
+    when already computed."""
+    order, starts = groups if groups is not None else _groups(score)
+    # Rows gathered whole (one resample per column): contiguous copies, not a strided gather.
+    w = weights[order]
+    positive = y[order][:, None]
+    pos = np.add.reduceat(w * positive, starts, axis=0)  # tie groups (ascending) x resamples
+    neg = np.add.reduceat(w, starts, axis=0) - pos
+    total_pos, total_neg = pos.sum(axis=0), neg.sum(axis=0)
+    below = np.cumsum(neg, axis=0) - neg
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (pos * (below + 0.5 * neg)).sum(axis=0) / (total_pos * total_neg)
+        # Average precision: thresholds from the highest score down.
+        tp, fp = np.cumsum(pos[::-1], axis=0), np.cumsum(neg[::-1], axis=0)
+        precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-300), 0.0)
+        average_precision = (pos[::-1] * precision).sum(axis=0) / total_pos
+    return {"auc": auc, "average_precision": average_precision}
+
+
+def weighted_probability_metrics(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Brier score and log loss for each column of ``weights`` (rows x resamples)."""
+    p = np.clip(p, 1e-9, 1 - 1e-9)
+    total = weights.sum(axis=0)
+    loss = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    return {"brier": ((p - y) ** 2) @ weights / total, "log_loss": loss @ weights / total}
+
+
+def resample_weights(n: int, resamples: int, seed: int) -> Iterable[np.ndarray]:
+    """Seeded resamples of ``n`` rows as count matrices (rows x resamples), ``CHUNK`` at a time."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, resamples, CHUNK):
+        size = min(CHUNK, resamples - start)
+        # Row indices drawn with replacement, counted per resample in one bincount.
+        drawn = rng.integers(0, n, size=(size, n)) * size + np.arange(size)[:, None]
+        yield np.bincount(drawn.ravel(), minlength=size * n).reshape(n, size).astype(float)
+
+
+def bootstrap_intervals(
+    y: np.ndarray,
+    scores: dict[str, np.ndarray],
+    probabilities: set[str],
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    reference: str | None = None,
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """Percentile intervals of each score's metrics over ``resamples`` paired resamples.
+
+    ``scores`` maps a name to scores of the test rows; those named in ``probabilities`` also
+    get Brier and log loss. With ``reference`` (one of the names), also the interval of
+    ``reference`` minus each other score, keyed ``"<reference>-<name>"``: a difference whose
+    interval excludes 0 is beyond resampling noise. Returns name -> metric -> (low, high).
+    """
+    y = np.asarray(y, dtype=float)
+    scores = {name: np.asarray(score, dtype=float) for name, score in scores.items()}
+    groups = {name: _groups(score) for name, score in scores.items()}
+    draws: dict[str, dict[str, list[np.ndarray]]] = {name: {} for name in scores}
+    for weights in resample_weights(len(y), resamples, seed):
+        for name, score in scores.items():
+            values = weighted_ranking_metrics(y, score, weights, groups[name])
+            if name in probabilities:
+                values |= weighted_probability_metrics(y, score, weights)
+            for metric, value in values.items():
+                draws[name].setdefault(metric, []).append(value)
+    samples = {name: {m: np.concatenate(v) for m, v in metrics.items()} for name, metrics in draws.items()}
+    if reference is not None:
+        for name in scores:
+            if name != reference:
+                shared = samples[reference].keys() & samples[name].keys()
+                samples[f"{reference}-{name}"] = {m: samples[reference][m] - samples[name][m] for m in shared}
+    tail = 100 * (1 - level) / 2
+    return {
+        name: {
+            metric: (float(np.nanpercentile(v, tail)), float(np.nanpercentile(v, 100 - tail)))
+            for metric, v in metrics.items()
+        }
+        for name, metrics in samples.items()
+    }

@@ -1,0 +1,73 @@
+"""The model report: one self-contained HTML page whose every chart renders."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import shutil
+
+from PIL import Image
+
+from tests.conftest import invoke
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _rendered_in_browser(path) -> list[dict] | None:
+    """Each image's natural size as a real headless Chromium renders the page (None: no browser)."""
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        return None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return None
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(path.as_uri())
+            page.wait_for_load_state("load")
+            script = "() => [...document.images].map(i => ({complete: i.complete, width: i.naturalWidth}))"
+            return page.evaluate(script)
+        finally:
+            browser.close()
+
+
+def test_report_is_self_contained_and_every_chart_renders(scored, runner, tmp_path):
+    run, scores = scored
+    out = tmp_path / "churn.html"
+    result = invoke(
+        runner, "report", "churn", "--version", run.version, "--scores", str(scores), "--out", str(out)
+    )
+    assert result.exit_code == 0, result.output
+    html = out.read_text()
+    # No server, no network: nothing is fetched from anywhere.
+    assert not re.search(r"(src|href)=\"(?!data:)", html)
+    for heading in (
+        "How good is it?",
+        "Are the probabilities honest?",
+        "What drives the score?",
+        "Scores and their history",
+    ):
+        assert heading in html
+    assert "Top factors per bucket" in html and "Predicted vs actual per bucket" in html
+    images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) >= 6
+    for alt, data in images:
+        with Image.open(io.BytesIO(base64.b64decode(data))) as image:
+            image.verify()
+            assert image.size[0] > 100 and image.size[1] > 100, alt
+    rendered = _rendered_in_browser(out)
+    if rendered is None:  # no headless Chromium on this machine: decoding every chart above stands
+        return
+    assert len(rendered) == len(images)
+    assert all(image["complete"] and image["width"] > 0 for image in rendered), rendered

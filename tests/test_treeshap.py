@@ -1,0 +1,343 @@
+"""The compiled TreeSHAP equals LightGBM's pred_contrib on every row and feature, whatever the model."""
+
+from __future__ import annotations
+
+import json
+
+import joblib
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from propensity.models import treeshap
+from propensity.models.calibration import Calibrator
+from propensity.models.estimator import PropensityModel, lightgbm_array
+from propensity.models.explain import top_factors
+from propensity.models.treeshap import TreeShapExplainer
+
+TOLERANCE = 1e-9
+# Values that exercise every routing rule: NaN, zeros and what LightGBM rounds to zero, negatives
+# and fractions (categorical codes truncate; negatives go right), codes past the bitsets, infinities.
+SPECIAL = [
+    np.nan,
+    0.0,
+    -0.0,
+    1e-36,
+    -1e-36,
+    -0.5,
+    -1.0,
+    -3.0,
+    0.5,
+    2.7,
+    31.0,
+    32.0,
+    40.0,
+    1e12,
+    np.inf,
+    -np.inf,
+]
+
+
+def _train(X, y, rounds=12, categorical="auto", **params) -> lgb.Booster:
+    base = {
+        "objective": "binary",
+        "verbosity": -1,
+        "seed": 3,
+        "deterministic": True,
+        "num_threads": 1,
+        "force_row_wise": True,
+        "min_data_in_leaf": 5,
+        "min_data_per_group": 5,
+        "cat_smooth": 1.0,
+    }
+    dataset = lgb.Dataset(X, y, categorical_feature=categorical)
+    return lgb.train({**base, **params}, dataset, num_boost_round=rounds)
+
+
+def _data(rows: int, features: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Numeric rows with zeros and NaNs in some columns, and a label that needs interactions."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(rows, features))
+    X[:, 1] = np.where(rng.random(rows) < 0.3, 0.0, X[:, 1])
+    X[rng.random(rows) < 0.2, 2] = np.nan
+    signal = np.nan_to_num(X[:, 0]) * np.nan_to_num(X[:, 2], nan=1.5) + (X[:, 1] == 0) + np.sin(3 * X[:, 3])
+    return X, (signal + 0.3 * rng.normal(size=rows) > 0.4).astype(float)
+
+
+def _with_specials(X: np.ndarray, seed: int) -> np.ndarray:
+    """A copy with a fifth of the cells replaced by the special values."""
+    rng = np.random.default_rng(seed)
+    out = X.copy()
+    mask = rng.random(out.shape) < 0.2
+    out[mask] = rng.choice(SPECIAL, size=int(mask.sum()))
+    return out
+
+
+def _assert_equal_to_pred_contrib(booster: lgb.Booster, X: np.ndarray, **predict) -> np.ndarray:
+    expected = booster.predict(X, pred_contrib=True, **predict)
+    ours = TreeShapExplainer.from_booster(booster, **predict).contributions(X)
+    assert ours.shape == expected.shape
+    assert np.abs(ours - expected).max() <= TOLERANCE
+    return ours
+
+
+def _split_nodes(booster: lgb.Booster) -> list[dict]:
+    nodes, stack = [], [t["tree_structure"] for t in booster.dump_model()["tree_info"]]
+    while stack:
+        node = stack.pop()
+        if "split_index" in node:
+            nodes.append(node)
+            stack += [node["left_child"], node["right_child"]]
+    return nodes
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"num_leaves": 63, "max_depth": -1, "min_data_in_leaf": 3},  # deep, many leaves
+        {"num_leaves": 4, "max_depth": 2},  # shallow, few leaves
+        {"num_leaves": 2},  # one split a tree
+        {"num_leaves": 31, "max_depth": 6, "objective": "regression"},
+        {"num_leaves": 15, "zero_as_missing": True},  # missing_type Zero, both default directions
+    ],
+    ids=["deep", "shallow", "single-split", "regression", "zero-as-missing"],
+)
+def test_equals_pred_contrib_on_numeric_models_with_missing_values(params):
+    X, y = _data(1500, 6, seed=1)
+    booster = _train(X, y, **params)
+    test, _ = _data(700, 6, seed=2)
+    _assert_equal_to_pred_contrib(booster, _with_specials(test, seed=3))
+    _assert_equal_to_pred_contrib(booster, test)
+
+
+def test_every_missing_type_and_default_direction_is_covered():
+    X, y = _data(1500, 6, seed=1)
+    seen = {(n["missing_type"], n["default_left"]) for n in _split_nodes(_train(X, y, num_leaves=15))}
+    seen |= {
+        (n["missing_type"], n["default_left"])
+        for n in _split_nodes(_train(X, y, num_leaves=15, zero_as_missing=True))
+    }
+    assert {"None", "Zero", "NaN"} <= {kind for kind, _ in seen}
+    assert {("Zero", True), ("Zero", False), ("NaN", True), ("NaN", False)} <= seen
+
+
+def test_categorical_splits_with_many_categories_and_unseen_codes():
+    rng = np.random.default_rng(4)
+    X, y = _data(3000, 5, seed=5)
+    X[:, 4] = rng.integers(0, 45, size=len(X))  # bitsets of two 32-bit words
+    X[rng.random(len(X)) < 0.1, 4] = np.nan
+    y = ((np.isin(X[:, 4], [1, 3, 33, 40]) + (X[:, 0] > 0)) > 0).astype(float)
+    booster = _train(X, y, categorical=[4], num_leaves=15, max_cat_to_onehot=2)
+    categorical = [n for n in _split_nodes(booster) if n["decision_type"] == "=="]
+    assert categorical and any(
+        max(int(c) for c in str(n["threshold"]).split("||")) >= 32 for n in categorical
+    )
+    test, _ = _data(800, 5, seed=6)
+    test[:, 4] = rng.choice([*range(50), *SPECIAL], size=len(test))
+    _assert_equal_to_pred_contrib(booster, test)
+
+
+def test_a_feature_split_again_on_the_same_path():
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(2000, 2))
+    X[rng.random(2000) < 0.1, 0] = np.nan
+    y = ((np.sin(4 * np.nan_to_num(X[:, 0])) + X[:, 1] * np.nan_to_num(X[:, 0])) > 0).astype(float)
+    booster = _train(X, y, num_leaves=31, max_depth=8)
+    assert _has_repeated_path_feature(booster)
+    _assert_equal_to_pred_contrib(booster, _with_specials(rng.normal(size=(600, 2)), seed=8))
+
+
+def _has_repeated_path_feature(booster: lgb.Booster) -> bool:
+    def walk(node, path) -> bool:
+        if "split_index" not in node:
+            return False
+        if node["split_feature"] in path:
+            return True
+        path = path | {node["split_feature"]}
+        return walk(node["left_child"], path) or walk(node["right_child"], path)
+
+    return any(walk(t["tree_structure"], set()) for t in booster.dump_model()["tree_info"])
+
+
+def test_a_stump_is_all_bias():
+    X, _ = _data(300, 4, seed=9)
+    booster = _train(X, np.linspace(0, 1, 300), objective="regression", min_data_in_leaf=200)
+    assert booster.dump_model()["tree_info"][0]["num_leaves"] == 1
+    ours = _assert_equal_to_pred_contrib(booster, X)
+    assert np.all(ours[:, :-1] == 0.0)
+
+
+def test_stumps_between_trees_add_their_value_to_the_bias():
+    X, y = _data(1000, 4, seed=10)
+    booster = _train(X, y, num_leaves=7)
+    dump = booster.dump_model()
+    stump = {"tree_index": 0, "num_leaves": 1, "tree_structure": {"leaf_value": 0.25, "leaf_count": 1000}}
+    dump["tree_info"] = [stump, *dump["tree_info"][:3], stump, *dump["tree_info"][3:]]
+    explainer = TreeShapExplainer.from_dump(dump)
+    expected = booster.predict(X, pred_contrib=True)
+    expected[:, -1] += 0.5
+    assert np.abs(explainer.contributions(X) - expected).max() <= TOLERANCE
+
+
+def test_trimmed_models_explain_only_the_trees_they_keep():
+    X, y = _data(1500, 6, seed=11)
+    booster = _train(X, y, rounds=30, num_leaves=15)
+    test = _with_specials(_data(500, 6, seed=12)[0], seed=13)
+    trimmed = lgb.Booster(model_str=booster.model_to_string(num_iteration=12))
+    assert trimmed.num_trees() == 12
+    _assert_equal_to_pred_contrib(trimmed, test)
+    _assert_equal_to_pred_contrib(booster, test, num_iteration=12)
+    full = TreeShapExplainer.from_booster(booster).contributions(test)
+    assert np.abs(full - booster.predict(test, pred_contrib=True)).max() <= TOLERANCE
+
+
+def test_top_k_are_the_k_largest_contributions_strongest_first():
+    X, y = _data(1500, 8, seed=14)
+    booster = _train(X, y, num_leaves=15)
+    test = _with_specials(_data(900, 8, seed=15)[0], seed=16)
+    expected = booster.predict(test, pred_contrib=True)[:, :-1]
+    explainer = TreeShapExplainer.from_booster(booster)
+    for k in (1, 3, 8, 20):
+        index, impact = explainer.top_k(test, k)
+        assert index.shape == impact.shape == (len(test), min(k, 8)) and index.dtype == np.int32
+        strongest = -np.sort(-np.abs(expected), axis=1)[:, : min(k, 8)]
+        assert np.abs(np.abs(impact) - strongest).max() <= TOLERANCE
+        assert np.abs(impact - np.take_along_axis(expected, index.astype(np.intp), axis=1)).max() <= TOLERANCE
+        assert all(len(set(row)) == len(row) for row in index.tolist())
+
+
+def test_chunked_rows_give_the_same_result(monkeypatch):
+    X, y = _data(800, 5, seed=17)
+    explainer = TreeShapExplainer.from_booster(_train(X, y, num_leaves=7))
+    whole, (index, impact) = explainer.contributions(X), explainer.top_k(X, 2)
+    monkeypatch.setattr(treeshap, "BLOCK_ROWS", 37)  # many blocks, on several threads
+    assert np.array_equal(explainer.contributions(X), whole)
+    chunked = explainer.top_k(X, 2)
+    assert np.array_equal(chunked[0], index) and np.array_equal(chunked[1], impact)
+
+
+def test_unsupported_models_and_inputs_are_refused():
+    X, _ = _data(600, 4, seed=18)
+    labels = np.arange(600) % 3
+    multiclass = _train(X, labels, objective="multiclass", num_class=3, rounds=2)
+    with pytest.raises(ValueError, match="one output per iteration"):
+        TreeShapExplainer.from_booster(multiclass)
+    explainer = TreeShapExplainer.from_booster(_train(X, (labels == 1).astype(float), rounds=2))
+    with pytest.raises(ValueError, match="4 columns"):
+        explainer.contributions(X[:, :3])
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        explainer.top_k(X, 0)
+
+
+@pytest.fixture(scope="module")
+def small_model() -> tuple[lgb.Booster, TreeShapExplainer]:
+    rng = np.random.default_rng(19)
+    X, y = _data(1500, 4, seed=20)
+    X[:, 3] = rng.integers(0, 40, size=len(X))
+    booster = _train(X, y, categorical=[3], num_leaves=15, max_cat_to_onehot=2)
+    return booster, TreeShapExplainer.from_booster(booster)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    arrays(
+        np.float64,
+        st.tuples(st.integers(1, 20), st.just(4)),
+        elements=st.one_of(st.sampled_from(SPECIAL), st.floats(-5, 45, allow_nan=False)),
+    )
+)
+def test_any_rows_get_pred_contrib_values_and_add_up_to_the_raw_score(small_model, rows):
+    booster, explainer = small_model
+    ours = explainer.contributions(rows)
+    assert np.abs(ours - booster.predict(rows, pred_contrib=True)).max() <= TOLERANCE
+    assert np.abs(ours.sum(axis=1) - booster.predict(rows, raw_score=True)).max() <= 1e-9
+
+
+def _frame(rows: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "orders_90d": rng.poisson(2.0, rows).astype(float),
+            "days_since_last_event": rng.exponential(20.0, rows),
+            "revenue_30d": np.where(rng.random(rows) < 0.2, np.nan, rng.gamma(2.0, 30.0, rows)),
+            "loyalty_tier": rng.choice(["bronze", "gold", "silver", None], rows, p=[0.4, 0.2, 0.3, 0.1]),
+        }
+    )
+    frame["label"] = (
+        (frame["orders_90d"] > 2) ^ (frame["loyalty_tier"] == "gold") | (frame["days_since_last_event"] < 5)
+    ).astype(float)
+    return frame
+
+
+@pytest.fixture(scope="module")
+def propensity_model() -> PropensityModel:
+    features = ["orders_90d", "days_since_last_event", "revenue_30d", "loyalty_tier"]
+    model = PropensityModel(
+        name="test",
+        feature_names=features,
+        feature_labels={"orders_90d": "Orders (90 days)", "loyalty_tier": "Loyalty tier"},
+        categories={"loyalty_tier": ["bronze", "gold", "silver"]},
+        booster_text="",
+        calibrator=Calibrator("sigmoid"),
+    )
+    train = _frame(2000, seed=21)
+    booster = _train(model.matrix(train), train["label"].to_numpy(), rounds=20, num_leaves=7)
+    model.booster_text = booster.model_to_string()
+    return model
+
+
+def test_model_contributions_equal_pred_contrib_on_a_frame_with_a_categorical(propensity_model, tmp_path):
+    frame = _frame(500, seed=22)
+    frame.loc[:9, "loyalty_tier"] = "platinum"  # unknown to the model: missing, as LightGBM sees it
+    expected = propensity_model.booster.predict(propensity_model.matrix(frame), pred_contrib=True)
+    assert np.abs(propensity_model.contributions(frame) - expected).max() <= TOLERANCE
+    codes = propensity_model.lightgbm_array(frame)[:, 3]
+    assert np.isnan(codes[:10]).all() and set(np.unique(codes[10:][~np.isnan(codes[10:])])) <= {0.0, 1.0, 2.0}
+    saved = PropensityModel.load(propensity_model.save(tmp_path / "model.joblib"))
+    assert saved._explainer is None
+    assert np.abs(saved.contributions(frame) - expected).max() <= TOLERANCE
+
+
+def test_top_factors_are_pred_contribs_strongest_with_their_values(propensity_model):
+    frame = _frame(300, seed=23)
+    factors = top_factors(propensity_model, frame, k=3)
+    contributions = propensity_model.booster.predict(propensity_model.matrix(frame), pred_contrib=True)[
+        :, :-1
+    ]
+    names = propensity_model.feature_names
+    assert len(factors) == len(frame)
+    for i, row in enumerate(factors):
+        order = np.argsort(-np.abs(contributions[i]), kind="stable")[:3]
+        expected = [j for j in order if contributions[i, j] != 0.0]
+        assert [f["feature"] for f in row] == [names[j] for j in expected]
+        for factor, j in zip(row, expected, strict=True):
+            assert factor["impact"] == pytest.approx(contributions[i, j], abs=TOLERANCE)
+            assert factor["label"] == propensity_model.feature_labels.get(names[j], names[j])
+            raw = frame[names[j]].iloc[i]
+            assert factor["value"] == (
+                None if pd.isna(raw) else raw if names[j] == "loyalty_tier" else float(raw)
+            )
+    json.dumps(factors)  # plain Python values only
+
+
+def test_lightgbm_array_maps_categories_as_the_booster_does(propensity_model):
+    frame = _frame(50, seed=24)
+    matrix = propensity_model.matrix(frame)
+    reordered = matrix.assign(
+        loyalty_tier=matrix["loyalty_tier"].cat.reorder_categories(["silver", "gold", "bronze"])
+    )
+    trained = propensity_model.booster.pandas_categorical
+    assert np.array_equal(lightgbm_array(reordered, trained), lightgbm_array(matrix), equal_nan=True)
+    joblib.dump(propensity_model, "/dev/null")  # picklable with a built explainer
+
+
+def test_the_model_module_does_not_load_numba_for_scoring():
+    import subprocess
+    import sys
+
+    code = "import sys, propensity.models.estimator; assert 'numba' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
