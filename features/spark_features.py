@@ -27,6 +27,7 @@ from propensity.features.labels import (
     horizon_passed,
     labelled_sql,
     order_value_feature,
+    outcome_filter,
     population_rule,
     snapshot_dates,
 )
@@ -35,6 +36,8 @@ from propensity.features.sql_compiler import SPARK, rollup_sql, snapshot_sql, sn
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+    from propensity.features.spark_as_of import SparkIdentityGraph
 
 
 class SparkDescriber:
@@ -99,22 +102,35 @@ def snapshot(
     where: str | None = None,
     plan: str = "rollup",
     events: str = "events",
+    profiles: str = "profiles",
 ) -> DataFrame:
-    """The feature table at ``as_of`` for every profile active in the lookback.
+    """The feature table at ``as_of`` for every profile active in the lookback, from the views
+    ``events`` and ``profiles`` (those of the identity graph at ``as_of``:
+    :meth:`SparkIdentityGraph.sources`).
 
     ``plan``: ``rollup`` (the default on Spark: the lookback's events condensed per profile
     and day, then ``snapshots_sql`` for the one date: no ``count(DISTINCT)``, which Spark
     answers by copying every row once per distinct aggregate), or ``windows`` / ``buckets`` /
     ``auto`` (``snapshot_sql`` straight off the events). All give the same values.
     """
+    describer = SparkDescriber(spark)
     if plan != "rollup":
-        return spark.sql(snapshot_sql(fs, as_of, SparkDescriber(spark), SPARK, events, where, plan))
+        return spark.sql(snapshot_sql(fs, as_of, describer, SPARK, events, where, plan, profiles=profiles))
     lowest = as_of - dt.timedelta(days=fs.lookback_days)
+    tag = as_of.strftime("%Y%m%d")
     spark.sql(
         f"SELECT * FROM {events} WHERE timestamp < TIMESTAMP '{as_of} 00:00:00' "
         f"AND timestamp >= TIMESTAMP '{lowest} 00:00:00'"
-    ).createOrReplaceTempView("lookback_events")
-    return snapshots(spark, fs, [as_of], where, events="lookback_events", rollup="lookback_rollup")
+    ).createOrReplaceTempView(f"lookback_events_{tag}")
+    return snapshots(
+        spark,
+        fs,
+        [as_of],
+        where,
+        events=f"lookback_events_{tag}",
+        rollup=f"lookback_rollup_{tag}",
+        profiles=profiles,
+    )
 
 
 def snapshots(
@@ -124,12 +140,16 @@ def snapshots(
     where: str | None = None,
     events: str = "events",
     rollup: str = "daily_rollup",
+    profiles: str = "profiles",
 ) -> DataFrame:
-    """Stacked feature tables for several as-of dates, from one daily rollup of ``events``."""
+    """Stacked feature tables for several as-of dates, from one daily rollup of ``events``
+    (every date sees the same profiles: for profiles as of each date, stack :func:`snapshot`)."""
     if not as_ofs:
         raise ValueError("snapshots needs at least one as-of date")
     spark.sql(rollup_sql(fs, SPARK, events)).createOrReplaceTempView(rollup)
-    return spark.sql(snapshots_sql(fs, as_ofs, SparkDescriber(spark), SPARK, rollup, where))
+    return spark.sql(
+        snapshots_sql(fs, as_ofs, SparkDescriber(spark), SPARK, rollup, where, profiles=profiles)
+    )
 
 
 def _usual_order_value(fs: FeatureSet, model: ModelConfig) -> str:
@@ -137,36 +157,48 @@ def _usual_order_value(fs: FeatureSet, model: ModelConfig) -> str:
 
 
 def population_snapshot(
-    spark: SparkSession, fs: FeatureSet, model: ModelConfig, as_of: dt.date, cutoff: dt.date
+    spark: SparkSession,
+    fs: FeatureSet,
+    model: ModelConfig,
+    as_of: dt.date,
+    cutoff: dt.date,
+    graph: SparkIdentityGraph,
 ) -> tuple[DataFrame, bool]:
     """The model's population at ``as_of`` with its features, and ``label`` when the horizon
-    has passed by ``cutoff`` (``labels.population_snapshot_sql``): (DataFrame, labelled)."""
+    has passed by ``cutoff`` (``labels.population_snapshot_sql``), profiles, population and
+    outcomes those of the identity graph at ``as_of``: (DataFrame, labelled)."""
     where = population_rule(model, fs).sql("spark", column_prefix="f")
-    features = snapshot(spark, fs, as_of, where=where)
+    sources = graph.sources(as_of)
+    features = snapshot(spark, fs, as_of, where=where, events=sources.events, profiles=sources.profiles)
     if not horizon_passed(as_of, model.outcome.horizon_days, cutoff):
         return features, False
     features.createOrReplaceTempView("population_features")
+    outcomes = graph.outcomes_sql(
+        outcome_filter(model.outcome), model.outcome.horizon_days, [as_of], graph.events
+    )
     labelled = labelled_sql(
         "SELECT * FROM population_features",
         model.outcome,
         SPARK,
         usual_order_value=_usual_order_value(fs, model),
+        outcomes=outcomes,
     )
     return spark.sql(labelled), True
 
 
 def training_snapshots(
-    spark: SparkSession, fs: FeatureSet, model: ModelConfig, cutoff: dt.date
+    spark: SparkSession, fs: FeatureSet, model: ModelConfig, cutoff: dt.date, graph: SparkIdentityGraph
 ) -> tuple[DataFrame, list[dt.date]]:
     """Stacked, labelled snapshots of the model's population whose horizons end by ``cutoff``
-    (``labels.training_frame`` on Spark): (DataFrame, dates, oldest first)."""
+    (``labels.training_frame`` on Spark): each date's profiles, population and labels are
+    those of the identity graph at that date. (DataFrame, dates, oldest first)."""
     dates = snapshot_dates(
         cutoff,
         model.outcome.horizon_days,
         model.training.snapshots.count,
         model.training.snapshots.spacing_days,
     )
-    first = spark.sql("SELECT min(timestamp) FROM events").first()[0]
+    first = spark.sql(f"SELECT min(timestamp) FROM {graph.events}").first()[0]
     if first is None or dates[0] <= first.date():
         raise UserError(
             f"model '{model.name}': {len(dates)} snapshots "
@@ -177,11 +209,19 @@ def training_snapshots(
         )
     # Nothing at or after the cutoff may be seen: not by features, not by labels.
     spark.sql(
-        f"SELECT * FROM events WHERE timestamp < TIMESTAMP '{cutoff} 00:00:00'"
+        f"SELECT * FROM {graph.events} WHERE timestamp < TIMESTAMP '{cutoff} 00:00:00'"
     ).createOrReplaceTempView("events_seen")
     population = population_rule(model, fs).sql("spark", column_prefix="f")
-    snapshots(spark, fs, dates, where=population, events="events_seen").createOrReplaceTempView(
-        "snapshot_features"
+    graph.prepare(dates)
+    stacked = None
+    for as_of in dates:
+        # Each date's events (all before it, so before the cutoff) as the graph then saw them.
+        sources = graph.sources(as_of)
+        table = snapshot(spark, fs, as_of, where=population, events=sources.events, profiles=sources.profiles)
+        stacked = table if stacked is None else stacked.unionByName(table)
+    stacked.createOrReplaceTempView("snapshot_features")
+    outcomes = graph.outcomes_sql(
+        outcome_filter(model.outcome), model.outcome.horizon_days, dates, "events_seen"
     )
     sql = labelled_sql(
         "SELECT * FROM snapshot_features",
@@ -189,6 +229,7 @@ def training_snapshots(
         SPARK,
         events="events_seen",
         usual_order_value=_usual_order_value(fs, model),
+        outcomes=outcomes,
     )
     return spark.sql(sql), dates
 

@@ -14,19 +14,23 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from propensity.core.config import ProjectConfig
+from propensity.core.config import IdentityConfig, ModelConfig, ProjectConfig
 from propensity.core.errors import UserError
 from propensity.features import spark_features as sf
 from propensity.features import spark_identity
+from propensity.features.identity_as_of import AsOfSources
 from propensity.features.registry import build_registry, model_features
+from propensity.features.spark_as_of import SparkIdentityGraph
 from propensity.features.spark_engine import (
     SparkInput,
     atomic_output,
     is_remote,
+    path_exists,
     read_text,
     resolve_spark_input,
     spark_session,
@@ -37,35 +41,40 @@ from propensity.features.spark_ingest import stage_events, stage_profiles
 from propensity.features.staging import bad_rows_message
 from propensity.pipeline.config_files import load_model_config
 from propensity.pipeline.feature_jobs import FeatureTable
-from propensity.pipeline.ingest_jobs import INGEST_FORMAT, IngestSummary, OnBadRows
+from propensity.pipeline.ingest_jobs import GRAPH_TABLES, INGEST_FORMAT, IngestSummary, OnBadRows
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from propensity.features.identity import StitchResult
+    from propensity.features.spark_identity import SparkGraph
     from propensity.features.spark_ingest import SparkStaged
     from propensity.pipeline.model_jobs import TrainResult
 
 
 @dataclass
 class SparkEvents:
-    """Events on Spark: the temp views ``events`` and ``profiles`` and where they came from."""
+    """Events on Spark: the temp views ``events``, ``profiles`` and the identity graph's
+    (``identity_map``, ``identity_links``, ``identity_unsettled``), where they came from, and
+    ``graph`` to see them as of a date."""
 
     spark: SparkSession
     inputs: SparkInput
-    events: DataFrame
-    profiles: DataFrame
-    identity_map: DataFrame
+    tables: dict[str, DataFrame]
+    graph: SparkIdentityGraph
     manifest: dict[str, Any] | None = None
+
+    def sources(self, as_of: dt.date) -> AsOfSources:
+        """The events and profiles as of ``as_of``: what every snapshot at that date reads."""
+        return self.graph.sources(as_of)
 
 
 @dataclass
 class _Stitched:
     staged: SparkStaged
-    stitch: StitchResult
+    graph: SparkGraph
     events: DataFrame  # stitched, with _source_file / _source_row
-    identity_map: DataFrame
     profiles: DataFrame
+    attributes: DataFrame | None  # staged profile attributes with their anchor_key
 
 
 def _stage_and_stitch(
@@ -83,11 +92,15 @@ def _stage_and_stitch(
     attributes = namespaces = None
     if profiles is not None:
         attributes, namespaces = stage_profiles(spark, profiles, profiles, identity)
-    links = spark_identity.identity_links(staged.clean, identity, attributes, namespaces)
-    identity_map, stitch = spark_identity.stitch(spark, links, identity)
-    events = spark_identity.attribute_events(staged.clean, identity_map, identity).persist()
-    profile_table = spark_identity.build_profiles(identity_map, events, identity, attributes, namespaces)
-    return _Stitched(staged, stitch, events, identity_map, profile_table)
+    rows = spark_identity.identity_rows(staged.clean, identity, attributes, namespaces)
+    graph = spark_identity.stitch(spark, rows, identity)
+    events = spark_identity.attribute_events(staged.clean, graph.identity_map, identity).persist()
+    if attributes is not None:
+        attributes = spark_identity.anchor_attributes(attributes, graph.identity_map, identity, namespaces)
+    profile_table = spark_identity.build_profiles(
+        graph.identity_map, events, identity, attributes, namespaces
+    )
+    return _Stitched(staged, graph, events, profile_table, attributes)
 
 
 def _summarise(stitched: _Stitched, quarantined: bool) -> IngestSummary:
@@ -100,7 +113,7 @@ def _summarise(stitched: _Stitched, quarantined: bool) -> IngestSummary:
         return {row["key"]: int(row["count"]) for row in rows}
 
     span = events.agg(F.min("timestamp"), F.max("timestamp")).first()
-    identities = stitched.identity_map.groupBy("namespace").count().orderBy("namespace").collect()
+    identities = stitched.graph.identity_map.groupBy("namespace").count().orderBy("namespace").collect()
     return IngestSummary(
         rows_in=staged.rows_in,
         rows_written=staged.rows_clean,
@@ -113,9 +126,10 @@ def _summarise(stitched: _Stitched, quarantined: bool) -> IngestSummary:
         events_by_type=ordered(F.col("event_type")),
         events_by_channel=ordered(F.coalesce(F.col("channel"), F.lit("(none)"))),
         identities_by_namespace={row["namespace"]: int(row["count"]) for row in identities},
-        profiles=stitched.stitch.profiles,
-        known_profiles=stitched.stitch.known_profiles,
-        identity_collapses=[asdict(c) for c in stitched.stitch.collapses],
+        profiles=stitched.graph.result.profiles,
+        known_profiles=stitched.graph.result.known_profiles,
+        identity_collapses=[asdict(c) for c in stitched.graph.result.collapses],
+        unsettled_profiles=stitched.graph.result.unsettled_profiles,
     )
 
 
@@ -161,12 +175,20 @@ def ingest(
             stitched.events.drop("_source_file", "_source_row").orderBy("timestamp", "event_id"),
             f"{tmp}/events.parquet",
         )
+        graph = stitched.graph
         write_parquet(
-            stitched.identity_map.select("namespace", "value", "profile_id").orderBy(
-                "profile_id", "namespace", "value"
-            ),
+            graph.identity_map.select(
+                "namespace", "value", "profile_id", "profile_key", "node_key", "component", "first_seen"
+            ).orderBy("profile_id", "namespace", "value"),
             f"{tmp}/identity_map.parquet",
         )
+        write_parquet(graph.identity_links.orderBy("a", "b"), f"{tmp}/identity_links.parquet")
+        write_parquet(
+            graph.identity_unsettled.orderBy("component", F.col("after").asc_nulls_first()),
+            f"{tmp}/identity_unsettled.parquet",
+        )
+        if stitched.attributes is not None:
+            write_parquet(stitched.attributes.orderBy("_source_row"), f"{tmp}/profile_attributes.parquet")
         write_parquet(stitched.profiles, f"{tmp}/profiles.parquet")
         if on_bad_rows == "quarantine" and summary.bad_rows:
             bad = stitched.staged.bad
@@ -184,12 +206,13 @@ def ingest(
             )
         manifest = {
             "format": INGEST_FORMAT,
-            "engine": "spark",
             "source": inputs.display,
             "profiles_source": profiles_path,
             "ground_truth": _ground_truth(inputs),
             "as_of": str(as_of) if as_of else None,
             "on_bad_rows": on_bad_rows,
+            # The rules the graph was stitched with: the graph as of a date must use the same.
+            "identity": config.identity.model_dump(),
             **asdict(summary),
         }
         write_text(spark, json.dumps(manifest, indent=2, default=str), f"{tmp}/manifest.json")
@@ -204,7 +227,8 @@ def _ground_truth(inputs: SparkInput) -> str | None:
 
 
 def load_events(spark: SparkSession, events: str | Path, config: ProjectConfig) -> SparkEvents:
-    """Raw events or an ingest directory (either engine's) -> the views ``events`` and ``profiles``.
+    """Raw events or an ingest directory (either engine's) -> the views ``events``,
+    ``profiles`` and the identity graph's, with the graph to see them as of a date.
 
     Raw events are validated and stitched in memory exactly as :func:`ingest` would.
     """
@@ -217,15 +241,30 @@ def load_events(spark: SparkSession, events: str | Path, config: ProjectConfig) 
                 f"{root}: written by an older propensity (ingest format "
                 f"{manifest.get('format', 1)}, need {INGEST_FORMAT}); run `propensity ingest` again"
             )
-        tables = {name: spark.read.parquet(f"{root}/{name}.parquet") for name in ("events", "profiles")}
-        identity_map = spark.read.parquet(f"{root}/identity_map.parquet")
-        sf.register(tables["events"], tables["profiles"])
-        return SparkEvents(spark, inputs, tables["events"], tables["profiles"], identity_map, manifest)
-    on_bad_rows = config.ingest.on_bad_rows
-    stitched = _stage_and_stitch(spark, inputs, config, on_bad_rows, None, inputs.profiles)
-    events_frame = stitched.events.drop("_source_file", "_source_row")
-    sf.register(events_frame, stitched.profiles)
-    return SparkEvents(spark, inputs, events_frame, stitched.profiles, stitched.identity_map)
+        tables = {
+            name: spark.read.parquet(f"{root}/{name}.parquet")
+            for name in ("events", "profiles", *GRAPH_TABLES)
+        }
+        if path_exists(spark, f"{root}/profile_attributes.parquet"):
+            tables["profile_attributes"] = spark.read.parquet(f"{root}/profile_attributes.parquet")
+        identity = IdentityConfig.model_validate(manifest["identity"])
+    else:
+        stitched = _stage_and_stitch(spark, inputs, config, config.ingest.on_bad_rows, None, inputs.profiles)
+        graph = stitched.graph
+        tables = {
+            "events": stitched.events.drop("_source_file", "_source_row"),
+            "profiles": stitched.profiles,
+            "identity_map": graph.identity_map,
+            "identity_links": graph.identity_links,
+            "identity_unsettled": graph.identity_unsettled,
+        }
+        if stitched.attributes is not None:
+            tables["profile_attributes"] = stitched.attributes
+        manifest, identity = None, config.identity
+    for name, frame in tables.items():
+        frame.createOrReplaceTempView(name)
+    graph_as_of = SparkIdentityGraph(spark, identity, tables)
+    return SparkEvents(spark, inputs, tables, graph_as_of, manifest)
 
 
 def feature_set(
@@ -253,14 +292,18 @@ def build_features(
     from pyspark.sql import functions as F  # noqa: N812
 
     spark = spark_session(config.engine)
-    load_events(spark, events, config)
+    loaded = load_events(spark, events, config)
     cutoff = sf.data_end(spark)
     as_of = as_of or cutoff
     fs = feature_set(spark, config, as_of)
+    # Profiles as the identity graph knew them at as_of: no later link moves an event.
     if model:
-        table, labelled = sf.population_snapshot(spark, fs, load_model_config(model, config), as_of, cutoff)
+        model_cfg = load_model_config(model, config)
+        table, labelled = sf.population_snapshot(spark, fs, model_cfg, as_of, cutoff, loaded.graph)
     else:
-        table, labelled = sf.snapshot(spark, fs, as_of), False
+        sources = loaded.sources(as_of)
+        table = sf.snapshot(spark, fs, as_of, events=sources.events, profiles=sources.profiles)
+        labelled = False
     metadata = {
         "as_of": str(as_of),
         "model": model,
@@ -298,29 +341,40 @@ class TrainingData:
     dates: list[dt.date]
     cutoff: dt.date
     display: str
+    model: ModelConfig  # with its snapshot plan adapted to the span of the events
+    snapshot_note: str | None  # why the plan differs from the config, if it does
 
 
 def training_sample(
     model_name: str, events: str | Path, config: ProjectConfig, as_of: dt.date | None = None
 ) -> TrainingData:
-    """Stacked, labelled snapshots of the model's population built on Spark, sampled to at most
+    """Stacked, labelled snapshots of the model's population built on Spark (each date's
+    profiles as the identity graph knew them then), sampled to at most
     ``training.max_training_rows`` rows with the same share of each label."""
     from propensity.features.labels import population_rule, snapshot_dates
+    from propensity.models.snapshot_plan import adapt_snapshots
 
     model_cfg = load_model_config(model_name, config)
     spark = spark_session(config.engine)
     loaded = load_events(spark, events, config)
     cutoff = as_of or sf.data_end(spark)
-    spacing = model_cfg.training.snapshots
-    first_date = snapshot_dates(cutoff, model_cfg.outcome.horizon_days, spacing.count, spacing.spacing_days)[
-        0
-    ]
+    first = spark.sql("SELECT min(timestamp) FROM events").first()[0]
+    if first is None:
+        raise UserError("no events to train on")
+    # The snapshot plan adapted to the span of the events, as model_jobs does.
+    plan, note = adapt_snapshots(
+        model_cfg.training.snapshots, first.date(), cutoff, model_cfg.outcome.horizon_days, model_cfg.name
+    )
+    model_cfg = model_cfg.model_copy(
+        update={"training": model_cfg.training.model_copy(update={"snapshots": plan})}
+    )
+    first_date = snapshot_dates(cutoff, model_cfg.outcome.horizon_days, plan.count, plan.spacing_days)[0]
     fs = feature_set(spark, config, before=first_date)
     population_rule(model_cfg, fs)  # a bad rule or feature name fails before any heavy work
     labels = model_features(fs, model_cfg.features, model_cfg.governance, model_cfg.name)
-    frame, dates = sf.training_snapshots(spark, fs, model_cfg, cutoff)
+    frame, dates = sf.training_snapshots(spark, fs, model_cfg, cutoff, loaded.graph)
     sample = sf.sample_by_label(frame, model_cfg.training.max_training_rows, model_cfg.training.seed)
-    return TrainingData(sample, fs, labels, dates, cutoff, loaded.inputs.display)
+    return TrainingData(sample, fs, labels, dates, cutoff, loaded.inputs.display, model_cfg, note)
 
 
 def train_model(
@@ -330,9 +384,10 @@ def train_model(
     with how the sample was drawn, and register it as challenger (``model_jobs.train_model``)."""
     from propensity.pipeline.model_jobs import fit_and_register
 
+    started = time.perf_counter()
     data = training_sample(model_name, events, config, as_of)
     return fit_and_register(
-        load_model_config(model_name, config),
+        data.model,
         config,
         data.fs,
         data.labels,
@@ -340,5 +395,7 @@ def train_model(
         data.dates,
         data.cutoff,
         events_display=data.display,
+        snapshot_note=data.snapshot_note,
+        started=started,
         sampling={"engine": "spark", **data.sample.describe()},
     )

@@ -149,11 +149,13 @@ def score_model(
     out_root = hadoop_path(out) if out is not None else str(Path(config.work_dir) / "scores")
     target = f"{out_root.rstrip('/')}/model={model_name}/as_of={as_of}"
 
-    features = sf.snapshot(spark, fs, as_of).persist()
+    # Profiles as the identity graph knew them at as_of, as the DuckDB job reads them.
+    sources = loaded.sources(as_of)
+    features = sf.snapshot(spark, fs, as_of, events=sources.events, profiles=sources.profiles).persist()
     where = F.expr(population.sql("spark"))
     counts = features.agg(F.count(F.lit(1)), F.count(F.when(where, 1))).first()
     profiles, eligible = int(counts[0]), int(counts[1])
-    identities, identity_columns = _identities(loaded.identity_map)
+    identities, identity_columns = _identities(spark.table(sources.identity_map))
     rows = features.where(where).join(identities, "profile_id", "left")
     scored_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
     spark.conf.set(
