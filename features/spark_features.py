@@ -218,6 +218,9 @@ def training_snapshots(
         # Each date's events (all before it, so before the cutoff) as the graph then saw them.
         sources = graph.sources(as_of)
         table = snapshot(spark, fs, as_of, where=population, events=sources.events, profiles=sources.profiles)
+        # Materialised date by date: a population is small beside the events, and the stacked
+        # query keeps a plan of one scan instead of one compiled snapshot per date.
+        table = table.localCheckpoint()
         stacked = table if stacked is None else stacked.unionByName(table)
     stacked.createOrReplaceTempView("snapshot_features")
     outcomes = graph.outcomes_sql(
