@@ -19,11 +19,11 @@ def connect(engine: EngineConfig | None = None) -> duckdb.DuckDBPyConnection:
     if engine.name != "duckdb":
         from propensity.core.errors import UserError
 
-        # Spark runs validate, ingest, features, train and score (pipeline.spark_jobs); a step
+        # Spark runs validate, ingest, features, train, score and segments (pipeline.spark_*); a step
         # without a Spark path says so rather than quietly running on one machine.
         raise UserError(
-            f"engine.name: '{engine.name}' is not available yet for this step (Spark runs validate, "
-            f"ingest, features, train and score); use 'duckdb' for it (--engine duckdb)"
+            f"engine.name: '{engine.name}' is not available yet for this step (Spark runs validate, ingest, "
+            f"features, train, score and segments); use 'duckdb' for it (--engine duckdb)"
         )
     con = duckdb.connect(config={"preserve_insertion_order": True})
     con.execute("SET TimeZone = 'UTC'")
