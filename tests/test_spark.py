@@ -29,9 +29,11 @@ from propensity.core.errors import UserError  # noqa: E402
 from propensity.features import identity as duck_identity  # noqa: E402
 from propensity.features import spark_features, spark_identity, sql_compiler  # noqa: E402
 from propensity.features.engine import connect  # noqa: E402
+from propensity.features.identity_as_of import IdentityGraph  # noqa: E402
 from propensity.features.inputs import resolve_input  # noqa: E402
 from propensity.features.labels import training_frame  # noqa: E402
 from propensity.features.registry import build_registry  # noqa: E402
+from propensity.features.spark_as_of import SparkIdentityGraph  # noqa: E402
 from propensity.features.spark_engine import (  # noqa: E402
     hadoop_path,
     resolve_spark_input,
@@ -250,52 +252,82 @@ def test_doubles_in_derived_event_ids_are_spelled_as_duckdb_spells_them(spark):
     assert got == expected
 
 
-def _duck_stitch(hand: Path, identity: IdentityConfig, before: dt.date | None):
-    con, _ = _duck_staged(hand / "events", identity)
-    duck_stage_profiles(con, hand / "profiles.csv", identity)
-    if before is not None:  # the graph as of a date: the events before it
-        con.execute(
-            f"CREATE TEMP TABLE early AS SELECT * FROM clean_events WHERE timestamp < DATE '{before}'"
-        )
-        con.execute("CREATE OR REPLACE TEMP VIEW clean_events AS SELECT * FROM early")
-    result = duck_identity.stitch(con, identity, with_profiles=True)
-    return con, result
-
-
 @pytest.fixture(scope="module")
-def hand_links(spark, hand):
+def hand_graphs(spark, hand):
+    """The hand events and profiles stitched by both engines: (Spark tables, DuckDB connection)."""
     staged = stage_events(spark, resolve_spark_input(spark, hand / "events"), GUARDED)
     attributes, namespaces = stage_profiles(spark, str(hand / "profiles.csv"), "profiles.csv", GUARDED)
-    links = spark_identity.identity_links(staged.clean, GUARDED, attributes, namespaces).localCheckpoint()
-    return staged, attributes, namespaces, links
-
-
-def test_guardrails_split_profiles_as_duckdb_does(spark, hand, hand_links):
-    staged, attributes, namespaces, links = hand_links
-    identity_map, result = spark_identity.stitch(spark, links, GUARDED)
-    con, expected = _duck_stitch(hand, GUARDED, None)
-    assert result == expected
-    assert {c.reason for c in result.collapses} == {"unique_namespace_conflict", "too_many_identities"}
-    assert_same_rows(to_pandas(identity_map), con.execute("SELECT * FROM identity_map").df(), ["node"])
-    stitched = spark_identity.attribute_events(staged.clean, identity_map, GUARDED)
+    rows = spark_identity.identity_rows(staged.clean, GUARDED, attributes, namespaces)
+    graph = spark_identity.stitch(spark, rows, GUARDED)
+    events = spark_identity.attribute_events(staged.clean, graph.identity_map, GUARDED).localCheckpoint()
+    attributes = spark_identity.anchor_attributes(attributes, graph.identity_map, GUARDED, namespaces)
+    profiles = spark_identity.build_profiles(graph.identity_map, events, GUARDED, attributes, namespaces)
+    tables = {
+        "events": events.drop("_source_file", "_source_row"),
+        "profiles": profiles.localCheckpoint(),
+        "identity_map": graph.identity_map,
+        "identity_links": graph.identity_links,
+        "identity_unsettled": graph.identity_unsettled,
+        "profile_attributes": attributes.localCheckpoint(),
+    }
+    con, _ = _duck_staged(hand / "events", GUARDED)
+    duck_stage_profiles(con, hand / "profiles.csv", GUARDED)
+    result = duck_identity.stitch(con, GUARDED, with_profiles=True)
     duck_identity.attribute_events(con, GUARDED)
-    assert_same_rows(to_pandas(stitched), con.execute("SELECT * FROM stitched_events").df(), ["event_id"])
-    profiles = spark_identity.build_profiles(identity_map, stitched, GUARDED, attributes, namespaces)
+    duck_identity.anchor_attributes(con, GUARDED)
     duck_identity.build_profiles(con, GUARDED, with_attributes=True)
-    got = to_pandas(profiles)
-    assert_same_rows(got, con.execute("SELECT * FROM profiles").df(), ["profile_id"])
+    return graph, tables, con, result
+
+
+def test_identity_graph_equals_duckdbs(hand_graphs):
+    """Both guardrails, the links' first-seen times, the unsettled intervals, node keys,
+    components, profile ids and keys, anchors and profiles: what DuckDB's ingest makes."""
+    graph, tables, con, expected = hand_graphs
+    assert graph.result == expected
+    assert {c.reason for c in expected.collapses} == {"unique_namespace_conflict", "too_many_identities"}
+    assert expected.unsettled_profiles > 0
+    for name, keys in (
+        ("identity_map", ["node"]),
+        ("identity_links", ["a", "b"]),
+        ("identity_unsettled", ["component", "until"]),
+        ("profile_attributes", ["_source_row"]),
+        ("profiles", ["profile_id"]),
+    ):
+        assert_same_rows(to_pandas(tables[name]), con.table(name).df(), keys)
+    assert_same_rows(
+        to_pandas(tables["events"]),
+        con.execute("SELECT * EXCLUDE (_source_file, _source_row) FROM stitched_events").df(),
+        ["event_id"],
+    )
     # Consent is conservative across a profile's attribute rows: C1's email said no.
-    assert set(got["consent_marketing"].dropna()) == {"n", "y"}
+    assert set(to_pandas(tables["profiles"])["consent_marketing"].dropna()) == {"n", "y"}
 
 
-def test_a_graph_as_of_a_date_uses_only_links_seen_before_it(spark, hand, hand_links):
-    *_, links = hand_links
-    before = dt.date(2025, 3, 20)  # before C2 shared the tablet: no conflict yet
-    identity_map, result = spark_identity.stitch(spark, spark_identity.links_as_of(links, before), GUARDED)
-    con, expected = _duck_stitch(hand, GUARDED, before)
-    assert result == expected
-    assert "unique_namespace_conflict" not in {c.reason for c in result.collapses}
-    assert_same_rows(to_pandas(identity_map), con.execute("SELECT * FROM identity_map").df(), ["node"])
+@pytest.mark.parametrize("as_of", [dt.date(2025, 3, 3), dt.date(2025, 3, 21), dt.date(2025, 3, 23)])
+def test_profiles_as_of_a_date_equal_duckdbs(spark, hand_graphs, as_of):
+    """Events, profile attributes and identities as the graph knew them at ``as_of`` (before
+    and after C1 and C2 met on the tablet; before C8's emails made it too big)."""
+    _, tables, con, _ = hand_graphs
+    for name, frame in tables.items():
+        frame.createOrReplaceTempView(name)
+    graph = SparkIdentityGraph(spark, GUARDED, tables)
+    con.execute(
+        "CREATE OR REPLACE TEMP VIEW events AS "
+        "SELECT * EXCLUDE (_source_file, _source_row) FROM stitched_events"
+    )
+    duck = IdentityGraph(con, GUARDED)
+    got, expected = graph.sources(as_of), duck.sources(as_of)
+    for relation, keys in (
+        ("events", ["event_id"]),
+        ("profiles", ["profile_id"]),
+        ("identity_map", ["namespace", "value"]),
+    ):
+        assert_same_rows(
+            to_pandas(spark.table(getattr(got, relation))),
+            con.execute(f"SELECT * FROM {getattr(expected, relation)}").df(),
+            keys,
+        )
+    assert len(duck.changed_keys(as_of)) > 0
 
 
 @pytest.fixture(scope="module")
@@ -331,13 +363,19 @@ def runner_module():
 
 
 def test_ingest_writes_what_duckdb_writes(ingested):
+    """The same format-4 directory: every table (columns, types, rows) and the manifest."""
     spark_dir, duck_dir, duck_summary = ingested
     manifest = json.loads((spark_dir / "manifest.json").read_text())
-    summary = {k: v for k, v in manifest.items() if k in duck_summary.__dataclass_fields__}
-    assert summary == json.loads(json.dumps(duck_summary.__dict__))
+    expected_manifest = json.loads((duck_dir / "manifest.json").read_text())
+    assert {k for k in manifest if manifest[k] != expected_manifest.get(k)} == set()
+    assert manifest.keys() == expected_manifest.keys()
+    assert duck_summary.unsettled_profiles > 0
     for table, keys in (
         ("events", ["event_id"]),
         ("identity_map", ["namespace", "value"]),
+        ("identity_links", ["a", "b"]),
+        ("identity_unsettled", ["component", "until"]),
+        ("profile_attributes", ["_source_row"]),
         ("profiles", ["profile_id"]),
     ):
         got = duckdb.sql(f"SELECT * FROM read_parquet('{spark_dir / table}.parquet/*.parquet')")
@@ -346,40 +384,67 @@ def test_ingest_writes_what_duckdb_writes(ingested):
         assert_same_rows(got.df(), expected.df(), keys)
 
 
+# Dates at which the identity graph then was not the final one for hundreds of profiles.
+AS_OFS = [dt.date(2025, 3, 1), dt.date(2025, 6, 12)]
+
+
 def test_duckdb_jobs_read_a_spark_ingest(ingested):
     spark_dir, duck_dir, _ = ingested
     fs = build_registry(CONFIG.features, ["yoga", "running"])
-    as_of = dt.date(2025, 7, 1)
+    as_of = AS_OFS[1]
     frames = []
     for directory in (spark_dir, duck_dir):
-        con = ingest_jobs.load_events(directory, ProjectConfig()).con
-        frames.append(con.execute(sql_compiler.snapshot_sql(fs, as_of, con)).df())
+        loaded = ingest_jobs.load_events(directory, ProjectConfig())
+        sources = loaded.sources(as_of)
+        con = loaded.con
+        sql = sql_compiler.snapshot_sql(fs, as_of, con, events=sources.events, profiles=sources.profiles)
+        frames.append(con.execute(sql).df())
     assert len(frames[1]) > 100
     assert_same_rows(frames[0], frames[1], ["profile_id"])
 
 
-def test_feature_snapshot_equals_duckdb(spark, ingested):
+@pytest.mark.parametrize("engine_dir", ["spark", "duckdb"])
+def test_feature_snapshots_use_the_profiles_duckdb_uses_at_each_date(spark, ingested, engine_dir):
+    """Snapshots at dates where the graph then differs from the final one (profiles split,
+    not yet joined): the same profile ids and values as DuckDB's, from either engine's ingest."""
     spark_dir, duck_dir, _ = ingested
-    fs = build_registry(CONFIG.features, ["yoga", "running"])
-    as_of = dt.date(2025, 6, 12)
-    spark_jobs.load_events(spark, spark_dir, CONFIG)
-    got = to_pandas(spark_features.snapshot(spark, fs, as_of))
-    con = ingest_jobs.load_events(duck_dir, ProjectConfig()).con
-    expected = con.execute(sql_compiler.snapshot_sql(fs, as_of, con)).df()
-    assert len(expected) > 100 and expected["loyalty_tier"].notna().any()
-    assert_same_rows(got, expected, ["profile_id"])
+    fs = build_registry(LIGHT_SPARK.features, ["yoga", "running"])
+    loaded = spark_jobs.load_events(spark, spark_dir if engine_dir == "spark" else duck_dir, LIGHT_SPARK)
+    duck = ingest_jobs.load_events(duck_dir, ProjectConfig())
+    con = duck.con
+    for as_of in AS_OFS:
+        sources = loaded.sources(as_of)
+        got = to_pandas(
+            spark_features.snapshot(spark, fs, as_of, events=sources.events, profiles=sources.profiles)
+        )
+        expected_sources = duck.sources(as_of)
+        expected = con.execute(
+            sql_compiler.snapshot_sql(
+                fs, as_of, con, events=expected_sources.events, profiles=expected_sources.profiles
+            )
+        ).df()
+        assert len(expected) > 100 and expected["loyalty_tier"].notna().any()
+        assert len(duck.graph.changed_keys(as_of)) > 100
+        assert_same_rows(got, expected, ["profile_id"])
 
 
 def test_labelled_stacked_snapshots_equal_duckdb_training_frame(spark, ingested):
+    """Labels attributed through the identity known at each as_of, as DuckDB attributes them."""
     spark_dir, duck_dir, _ = ingested
     model = load_model_config("conversion", ProjectConfig())
+    snapshots = model.training.snapshots.model_copy(update={"count": 3})
+    model = model.model_copy(update={"training": model.training.model_copy(update={"snapshots": snapshots})})
     cutoff = dt.date(2025, 8, 29)
-    con = ingest_jobs.load_events(duck_dir, ProjectConfig()).con
-    fs = feature_jobs.feature_set(con, ProjectConfig(), before=dt.date(2025, 2, 1))
-    expected, dates = training_frame(con, fs, model, cutoff)
-    spark_jobs.load_events(spark, spark_dir, CONFIG)
-    assert spark_features.learn_categories(spark, dt.date(2025, 2, 1), 8) == fs.categories
-    frame, spark_dates = spark_features.training_snapshots(spark, fs, model, cutoff)
+    loaded = ingest_jobs.load_events(duck_dir, LIGHT_DUCKDB)
+    con = loaded.con
+    fs = feature_jobs.feature_set(con, LIGHT_DUCKDB, before=dt.date(2025, 2, 1))
+    expected, dates = training_frame(con, fs, model, cutoff, graph=loaded.graph)
+    spark_loaded = spark_jobs.load_events(spark, spark_dir, LIGHT_SPARK)
+    assert (
+        spark_features.learn_categories(spark, dt.date(2025, 2, 1), 8)
+        == feature_jobs.feature_set(con, ProjectConfig(), before=dt.date(2025, 2, 1)).categories
+    )
+    frame, spark_dates = spark_features.training_snapshots(spark, fs, model, cutoff, spark_loaded.graph)
     assert spark_dates == dates
     frame = frame.persist()
     got = to_pandas(frame)
@@ -416,73 +481,101 @@ def test_feature_job_writes_the_duckdb_table(ingested, tmp_path):
     assert_same_rows(pd.read_parquet(got.out), pd.read_parquet(expected.out), ["profile_id"])
 
 
-def _duckdb_scores(model, version: str, duck_dir: Path, as_of: dt.date, factors: int) -> pd.DataFrame:
-    """What the DuckDB score job writes, built from its parts (features, identities,
-    score_batch, percentile) in one batch."""
-    from propensity.features.rules import parse_rule
-    from propensity.models.scoring import score_batch
-
-    loaded = ingest_jobs.load_events(duck_dir, LIGHT_DUCKDB)
-    con = loaded.con
-    fs = feature_jobs.feature_set(con, LIGHT_DUCKDB, before=as_of, categories=model.metadata["categories"])
-    population = parse_rule(model.metadata["population"], fs.names(model_features_only=False), "population")
-    identities, columns = score_jobs._identities_sql(loaded)
-    frame = con.execute(f"""
-        SELECT f.*{"".join(f", i.{c}" for c in columns)}
-        FROM ({sql_compiler.snapshot_sql(fs, as_of, con)}) f LEFT JOIN ({identities}) i USING (profile_id)
-        WHERE {population.sql("duckdb", column_prefix="f")} ORDER BY f.profile_id
-    """).df()
-    table = score_batch(
-        model,
-        frame,
-        model_name="churn",
-        model_version=version,
-        as_of=as_of,
-        factors=factors,
-        scored_at=dt.datetime.now(dt.UTC),
-        identity_columns=columns,
+@pytest.fixture(scope="module")
+def scored(ingested, tracking, tmp_path_factory):
+    """churn trained on a Spark sample, then scored by both engines' score jobs."""
+    spark_dir, duck_dir, _ = ingested
+    root = tmp_path_factory.mktemp("scored")
+    trained = spark_jobs.train_model("churn", spark_dir, LIGHT_SPARK)
+    version = trained.version
+    spark_run = spark_score_jobs.score_model(
+        "churn", spark_dir, LIGHT_SPARK, out=root / "spark", version=version, factors=3
     )
-    con.register("unranked", table)
-    return con.execute("""
-        SELECT * EXCLUDE (scored_at),
-               greatest(1, ceil(100 * cume_dist() OVER (ORDER BY probability)))::SMALLINT AS percentile,
-               scored_at
-        FROM unranked
-    """).df()
+    duck_run = score_jobs.score_model(
+        "churn", duck_dir, LIGHT_DUCKDB, out=root / "duckdb", version=version, factors=3
+    )
+    return trained, spark_run, duck_run
 
 
-def test_train_on_a_spark_sample_then_score_as_duckdb_scores(ingested, tracking, tmp_path):
+def test_training_on_spark_logs_its_sample(scored):
     import mlflow
 
-    from propensity.models import tracking as model_tracking
-    from propensity.models.estimator import PropensityModel
-
-    spark_dir, duck_dir, _ = ingested
-    trained = spark_jobs.train_model("churn", spark_dir, LIGHT_SPARK)
+    trained, *_ = scored
     params = mlflow.get_run(trained.run_id).data.params
     assert params["engine"] == "spark" and int(params["sample_rows"]) == int(params["sample_rows_available"])
+    assert trained.model_family in ("lightgbm", "logistic")
 
-    # Factors need the exact TreeSHAP of models.estimator; without it scores carry none.
-    factors = 3 if hasattr(PropensityModel, "top_contributions") else 0
-    run = spark_score_jobs.score_model(
-        "churn", spark_dir, LIGHT_SPARK, out=tmp_path / "scores", version=trained.version, factors=factors
+
+def test_scores_and_factors_equal_duckdb_score_job(scored):
+    """Same partition, probabilities, scores, buckets, percentiles, identities and TreeSHAP
+    factors (the model's top_contributions) as the DuckDB score job."""
+    _, spark_run, duck_run = scored
+    assert (spark_run.as_of, spark_run.profiles, spark_run.eligible, spark_run.scored) == (
+        duck_run.as_of,
+        duck_run.profiles,
+        duck_run.eligible,
+        duck_run.scored,
     )
-    model, _ = model_tracking.load_propensity_model(
-        model_tracking.configure(ProjectConfig()), "churn", version=trained.version
+    assert spark_run.scored > 100 and spark_run.bucket_sizes == duck_run.bucket_sizes
+    assert spark_run.out.relative_to(spark_run.out.parents[1]) == duck_run.out.relative_to(
+        duck_run.out.parents[1]
     )
-    expected = _duckdb_scores(model, trained.version, duck_dir, run.as_of, factors)
-    got = pd.read_parquet(run.out)
-    assert run.scored == len(expected) > 100 and run.out.name == f"as_of={run.as_of}"
-    assert sorted(run.bucket_sizes.items()) == sorted(expected["bucket"].value_counts().to_dict().items())
+    got, expected = pd.read_parquet(spark_run.out), pd.read_parquet(duck_run.out)
     assert_same_rows(
         got.drop(columns=["factors", "scored_at"]),
         expected.drop(columns=["factors", "scored_at"]),
         ["profile_id"],
     )
     got, expected = got.sort_values("profile_id"), expected.sort_values("profile_id")
+    assert any(len(f) == 3 for f in expected["factors"])
     for mine, theirs in zip(got["factors"], expected["factors"], strict=True):
-        assert [f["feature"] for f in mine] == [f["feature"] for f in theirs]
+        assert [(f["feature"], f["label"], f["value"]) for f in mine] == [
+            (f["feature"], f["label"], f["value"]) for f in theirs
+        ]
         assert np.allclose([f["impact"] for f in mine], [f["impact"] for f in theirs], rtol=0, atol=1e-9)
+
+
+def test_segment_memberships_equal_duckdbs(ingested, scored, tmp_path):
+    """Two dates of memberships (realized / existing / exited, consent hold-back, a score rule
+    and feature rules) and identities, summaries and fingerprints: the DuckDB job's files."""
+    from propensity.pipeline import segment_jobs, spark_segment_jobs
+
+    spark_dir, duck_dir, _ = ingested
+    _, spark_run, duck_run = scored
+    features_only = tmp_path / "first.yaml"
+    features_only.write_text(
+        "segments:\n"
+        "  - {name: recent_buyers, rule: 'days_since_last_purchase <= 60 AND purchase_count_365d >= 1'}\n"
+        "  - {name: active_known, rule: 'is_known = 1 AND days_since_last_event <= 30'}\n"
+    )
+    with_scores = tmp_path / "second.yaml"
+    with_scores.write_text(
+        features_only.read_text()
+        + "  - {name: likely_churners, rule: 'churn.score >= 50 AND purchase_count_365d >= 1'}\n"
+    )
+    results = {}
+    for as_of, segments_file in ((AS_OFS[1], features_only), (spark_run.as_of, with_scores)):
+        got = spark_segment_jobs.qualify_segments(
+            spark_dir, spark_run.out.parents[1], as_of, segments_file, tmp_path / "spark", LIGHT_SPARK
+        )
+        expected = segment_jobs.qualify_segments(
+            duck_dir, duck_run.out.parents[1], as_of, segments_file, tmp_path / "duckdb", LIGHT_DUCKDB
+        )
+        assert got.segments == expected.segments and (got.rows, got.profiles) == (
+            expected.rows,
+            expected.profiles,
+        )
+        results[as_of] = expected
+        for name in ("memberships.parquet", "identities.parquet"):
+            mine = pd.read_parquet(got.out / name)
+            theirs = pd.read_parquet(expected.out / name)
+            pd.testing.assert_frame_equal(mine, theirs)
+        assert json.loads((got.out / "summary.json").read_text()) == json.loads(
+            (expected.out / "summary.json").read_text()
+        )
+    last = results[spark_run.as_of].segments
+    assert all(c.exited > 0 and c.existing > 0 for c in last[:2]) and last[2].realized > 0
+    assert sum(c.held_back for c in last) > 0
 
 
 def test_engine_settings_and_paths():
