@@ -230,7 +230,7 @@ def _log_scoring_run(
     histogram: list[int],
     sample: np.ndarray,
 ) -> str:
-    from propensity.models.evaluate import save_histogram
+    from propensity.models.plots import save_histogram
 
     mlflow.set_experiment(model_name)
     with mlflow.start_run(run_name=f"score v{version} at {as_of}") as run:
