@@ -27,8 +27,9 @@ from pathlib import Path
 from propensity.core.config import EngineConfig, ProjectConfig
 from propensity.features import event_queries, sql_compiler
 from propensity.features import spark_features as sf
+from propensity.features.simulator import GeneratorSettings
 from propensity.features.spark_engine import spark_session
-from propensity.features.synthetic import GeneratorSettings, generate
+from propensity.features.synthetic_io import generate
 from propensity.pipeline import feature_jobs, ingest_jobs, spark_jobs
 
 DATA = Path(__file__).parent / ".data"
@@ -81,12 +82,14 @@ def main() -> None:
     config = ProjectConfig()
     loaded = ingest_jobs.load_events(ingested, config)
     con = loaded.con
-    events = con.execute("SELECT count(*) FROM events").fetchone()[0]
+    events = con.execute("SELECT count(*) FROM events").fetchall()[0][0]
     as_of = event_queries.data_end(con)
     fs = feature_jobs.feature_set(con, config, as_of)
-    duck_sql = sql_compiler.snapshot_sql(fs, as_of, con)
+    # Both engines read the profiles as the identity graph knew them at as_of.
+    sources = loaded.sources(as_of)
+    duck_sql = sql_compiler.snapshot_sql(fs, as_of, con, events=sources.events, profiles=sources.profiles)
     _, duck_seconds = timed(lambda: con.execute(f"CREATE TEMP TABLE duck_features AS {duck_sql}"))
-    duck_rows = con.execute("SELECT count(*) FROM duck_features").fetchone()[0]
+    duck_rows = con.execute("SELECT count(*) FROM duck_features").fetchall()[0][0]
 
     engine = EngineConfig(
         name="spark",
@@ -103,10 +106,13 @@ def main() -> None:
     spark, session_seconds = timed(lambda: spark_session(engine))
     spark.sparkContext.setLogLevel("ERROR")
     spark_config = ProjectConfig(engine=engine)
-    spark_jobs.load_events(spark, ingested, spark_config)
+    spark_sources = spark_jobs.load_events(spark, ingested, spark_config).sources(as_of)
+
+    def snapshot():
+        return sf.snapshot(spark, fs, as_of, events=spark_sources.events, profiles=spark_sources.profiles)
 
     def spark_run() -> None:
-        sf.snapshot(spark, fs, as_of).write.format("noop").mode("overwrite").save()
+        snapshot().write.format("noop").mode("overwrite").save()
 
     _, spark_seconds = timed(spark_run)
     _, spark_warm_seconds = timed(spark_run)
@@ -115,14 +121,14 @@ def main() -> None:
     )
 
     # Agreement: rows and the sum of every numeric feature.
-    sf.snapshot(spark, fs, as_of).createOrReplaceTempView("spark_features")
+    snapshot().createOrReplaceTempView("spark_features")
     spark_rows = spark.table("spark_features").count()
     numeric = [
         row[0]
         for row in con.execute("DESCRIBE duck_features").fetchall()
         if row[1].split("(")[0] in NUMERIC_TYPES
     ]
-    duck_sums = numeric_sums(numeric, lambda s: con.execute(f"SELECT {s} FROM duck_features").fetchone())
+    duck_sums = numeric_sums(numeric, lambda s: con.execute(f"SELECT {s} FROM duck_features").fetchall()[0])
     spark_sums = numeric_sums(numeric, lambda s: spark.sql(f"SELECT {s} FROM spark_features").first())
     worst = max(difference(duck_sums[c], spark_sums[c]) for c in numeric)
     agree = spark_rows == duck_rows and worst < 1e-9

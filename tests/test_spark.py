@@ -486,11 +486,13 @@ def scored(ingested, tracking, tmp_path_factory):
     """churn trained on a Spark sample, then scored by both engines' score jobs."""
     spark_dir, duck_dir, _ = ingested
     root = tmp_path_factory.mktemp("scored")
-    # The shipped churn model with three snapshots instead of six: less to build, same code.
+    # The shipped churn model on three snapshots instead of six (and so fewer examples to ask
+    # for): less to build, the same code.
     models = root / "models"
     models.mkdir()
     shipped = Path("configs/models/churn.yaml").read_text()
-    (models / "churn.yaml").write_text(shipped.replace("{count: 6,", "{count: 3,"))
+    fewer = "{count: 3, spacing_days: 28}\n  min_positives: 20\n  min_negatives: 20"
+    (models / "churn.yaml").write_text(shipped.replace("{count: 6, spacing_days: 28}", fewer))
     assert "{count: 3," in (models / "churn.yaml").read_text()
     spark_config, duck_config = (
         c.model_copy(update={"models_dir": str(models)}) for c in (LIGHT_SPARK, LIGHT_DUCKDB)
