@@ -1,10 +1,9 @@
-"""Graph algorithms for identity stitching on Spark, written as DataFrame operations.
+"""Connected components for identity stitching on Spark, written as DataFrame operations.
 
-* :func:`connected_components`: the large-star / small-star iteration (Kiveris et al.,
-  "Connected Components in MapReduce and Beyond", SoCC 2014): O(log² n) rounds of joins
-  and group-bys, however long the chains in the graph;
-* :func:`nearest_seeds`: a breadth-first search from many seeds at once, keeping for every
-  node the seeds at the smallest distance (what the nearest-anchor split needs).
+:func:`connected_components` is the large-star / small-star iteration (Kiveris et al.,
+"Connected Components in MapReduce and Beyond", SoCC 2014): O(log² n) rounds of joins and
+group-bys, however long the chains in the graph. (The guardrail splits, which need each
+component's own graph, run per component: :mod:`propensity.features.spark_identity`.)
 
 Nodes are long integers; edges are undirected pairs given in any orientation.
 """
@@ -89,29 +88,3 @@ def connected_components(nodes: DataFrame, edges: DataFrame, max_rounds: int = 1
     return nodes.join(
         current.select(F.col("child").alias("node"), F.col("parent").alias("component")), "node", "left"
     ).select("node", F.coalesce("component", "node").alias("component"))
-
-
-def nearest_seeds(seeds: DataFrame, edges: DataFrame) -> DataFrame:
-    """(node, seed) for every node reachable from ``seeds`` (column ``node``) through ``edges``
-    (``a``, ``b``, undirected), one row per seed at the node's smallest distance.
-
-    A node with several rows is equally near several seeds. Breadth-first, all seeds at
-    once: a node first reached at distance d takes every seed that reaches it at d.
-    """
-    F = _f()
-    directed = (
-        edges.select("a", "b").union(edges.select(F.col("b").alias("a"), F.col("a").alias("b"))).distinct()
-    )
-    directed = directed.localCheckpoint()
-    frontier = seeds.select("node", F.col("node").alias("seed")).localCheckpoint()
-    reached = frontier
-    while True:
-        candidates = (
-            frontier.join(directed, frontier["node"] == directed["a"])
-            .select(F.col("b").alias("node"), "seed")
-            .distinct()
-        )
-        frontier = candidates.join(reached.select("node").distinct(), "node", "left_anti").localCheckpoint()
-        if frontier.limit(1).count() == 0:
-            return reached
-        reached = reached.union(frontier).localCheckpoint()

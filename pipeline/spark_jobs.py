@@ -156,9 +156,11 @@ def ingest(
 ) -> IngestSummary:
     """Validate, hash, de-duplicate and stitch events on Spark (``ingest_jobs.ingest``).
 
-    ``out`` (any Hadoop path) receives Parquet directories ``events.parquet``,
-    ``identity_map.parquet``, ``profiles.parquet``, ``quarantine.parquet`` (bad rows, with
-    ``on_bad_rows="quarantine"``) and ``manifest.json``, all at once or not at all.
+    ``out`` (any Hadoop path) receives what the DuckDB ingest writes (ingest format 4), each
+    table a Parquet directory: ``events``, ``identity_map``, ``identity_links``,
+    ``identity_unsettled``, ``profile_attributes`` (with profile attributes), ``profiles``,
+    ``quarantine`` (bad rows, with ``on_bad_rows="quarantine"``) and ``manifest.json``, all at
+    once or not at all.
     """
     spark = spark_session(config.engine)
     inputs = resolve_spark_input(spark, events)
