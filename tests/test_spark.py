@@ -546,7 +546,7 @@ def test_scores_and_factors_equal_duckdb_score_job(scored):
         assert np.allclose([f["impact"] for f in mine], [f["impact"] for f in theirs], rtol=0, atol=1e-9)
 
 
-def test_segment_memberships_equal_duckdbs(ingested, scored, tmp_path):
+def test_segment_memberships_equal_duckdbs(ingested, scored, tmp_path, runner_module):
     """Two dates of memberships (realized / existing / exited, consent hold-back, a score rule
     and feature rules) and identities, summaries and fingerprints: the DuckDB job's files."""
     from propensity.pipeline import segment_jobs, spark_segment_jobs
@@ -565,23 +565,35 @@ def test_segment_memberships_equal_duckdbs(ingested, scored, tmp_path):
         + "  - {name: likely_churners, rule: 'churn.score >= 50 AND purchase_count_365d >= 1'}\n"
     )
     results = {}
+    project = tmp_path / "project.yaml"
+    project.write_text(json.dumps({"engine": ENGINE.model_dump(), **LIGHT}))
     for as_of, segments_file in ((AS_OFS[1], features_only), (spark_run.as_of, with_scores)):
-        got = spark_segment_jobs.qualify_segments(
-            spark_dir, spark_run.out.parents[1], as_of, segments_file, tmp_path / "spark", LIGHT_SPARK
-        )
         expected = segment_jobs.qualify_segments(
             duck_dir, duck_run.out.parents[1], as_of, segments_file, tmp_path / "duckdb", LIGHT_DUCKDB
         )
-        assert got.segments == expected.segments and (got.rows, got.profiles) == (
-            expected.rows,
-            expected.profiles,
-        )
+        if as_of == AS_OFS[1]:
+            got = spark_segment_jobs.qualify_segments(
+                spark_dir, spark_run.out.parents[1], as_of, segments_file, tmp_path / "spark", LIGHT_SPARK
+            )
+            assert got.segments == expected.segments and (got.rows, got.profiles) == (
+                expected.rows,
+                expected.profiles,
+            )
+        else:  # through the CLI: `segments --engine spark`
+            result = invoke(
+                runner_module,
+                *("segments", "--engine", "spark", "--config", str(project), "--events", str(spark_dir)),
+                *("--scores", str(spark_run.out.parents[1]), "--as-of", str(as_of)),
+                *("--segments", str(segments_file), "--out", str(tmp_path / "spark")),
+            )
+            assert result.exit_code == 0, result.output
         results[as_of] = expected
+        mine_dir = tmp_path / "spark" / f"as_of={as_of}"
         for name in ("memberships.parquet", "identities.parquet"):
-            mine = pd.read_parquet(got.out / name)
-            theirs = pd.read_parquet(expected.out / name)
-            pd.testing.assert_frame_equal(mine, theirs)
-        assert json.loads((got.out / "summary.json").read_text()) == json.loads(
+            pd.testing.assert_frame_equal(
+                pd.read_parquet(mine_dir / name), pd.read_parquet(expected.out / name)
+            )
+        assert json.loads((mine_dir / "summary.json").read_text()) == json.loads(
             (expected.out / "summary.json").read_text()
         )
     last = results[spark_run.as_of].segments
