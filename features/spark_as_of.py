@@ -19,7 +19,7 @@ import duckdb
 
 from propensity.core.config import IdentityConfig
 from propensity.features.contract import CONSENT_COLUMNS
-from propensity.features.engine import sql_ident, sql_string
+from propensity.features.engine import fetch_arrow, sql_ident, sql_string
 from propensity.features.identity_as_of import AsOfSources, IdentityGraph
 from propensity.features.sql_compiler import SPARK
 
@@ -100,8 +100,18 @@ class SparkIdentityGraph:
             ("identity_as_of", "as_of date, node_key int, profile_id string, final_key int"),
             ("identity_as_of_changed", "as_of date, profile_key int"),
         ):
-            rows = self._local.execute(f"SELECT * FROM {name} ORDER BY ALL").fetchall()
-            self.spark.createDataFrame(rows, schema).createOrReplaceTempView(name)
+            # As Arrow: at scale a date rebuilds hundreds of thousands of identities.
+            table = fetch_arrow(self._local, f"SELECT * FROM {name} ORDER BY ALL")
+            frame = (
+                self.spark.createDataFrame(table)
+                if table.num_rows
+                else self.spark.createDataFrame([], schema)
+            )
+            typed = [
+                f"CAST({column} AS {kind}) AS {column}"
+                for column, kind in (c.split() for c in schema.split(", "))
+            ]
+            frame.selectExpr(*typed).createOrReplaceTempView(name)
 
     def prepare(self, as_ofs: list[dt.date]) -> None:
         """Build the graph at each date not built yet (on the driver, as DuckDB does)."""
@@ -125,12 +135,15 @@ class SparkIdentityGraph:
         else:  # no profile-attributes file: consent not given
             columns = list(CONSENT_COLUMNS)
             sql = f"SELECT DISTINCT profile_id, {', '.join(f'NULL AS {c}' for c in columns)} FROM {nodes}"
-        profiles = self.tables["profiles"]
-        schema = profiles.select("profile_id", *(_col(c) for c in columns)).schema
-        rows = con.execute(
-            f"SELECT profile_id, {', '.join(sql_ident(c) for c in columns)} FROM ({sql})"
-        ).fetchall()
-        return self.spark.createDataFrame(rows, schema), columns
+        schema = self.tables["profiles"].select("profile_id", *(_col(c) for c in columns)).schema
+        table = fetch_arrow(
+            con, f"SELECT profile_id, {', '.join(sql_ident(c) for c in columns)} FROM ({sql})"
+        )
+        if not table.num_rows:
+            return self.spark.createDataFrame([], schema), columns
+        # Arrow, then the profiles' own types (a DuckDB VARCHAR or DATE is Spark's string or date).
+        frame = self.spark.createDataFrame(table)
+        return frame.select(*(_col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields)), columns
 
     def sources(self, as_of: dt.date) -> AsOfSources:
         """Spark views of the events, profiles and identities at ``as_of``."""
