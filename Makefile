@@ -8,14 +8,20 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SPARK_STAMP := $(VENV)/.installed-spark
 
-.PHONY: demo test lint bench docs install constraints clean
+.PHONY: demo test test-spark lint bench docs install constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
+
+# The Spark tests need pyspark (the spark extra) and Java 17+; without Java they are skipped.
+$(SPARK_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,spark]"
+	touch $(SPARK_STAMP)
 
 install: $(STAMP)
 
@@ -27,8 +33,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-test: lint
+# The default suite (spark tests excluded by pyproject's addopts), then the Spark group on its
+# own: one JVM, one process.
+test: lint $(SPARK_STAMP)
 	$(BIN)/pytest -n 2 --dist loadgroup -q
+	$(BIN)/pytest -p no:xdist -q -m spark tests/test_spark.py
+
+# Spark in local mode against DuckDB alone (needs Java 17+).
+test-spark: $(SPARK_STAMP)
+	$(BIN)/pytest -p no:xdist -q -m spark tests/test_spark.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/generate.py

@@ -87,6 +87,20 @@ class EngineConfig(_Strict):
     temp_directory: str | None = None
     """Where DuckDB spills; None: DuckDB's default."""
 
+    class SparkSettings(_Strict):
+        """The SparkSession the Spark jobs build (``engine.name: spark``)."""
+
+        master: str | None = None
+        """None: whatever spark-submit or the cluster sets (pyspark alone falls back to local[*])."""
+        app_name: str = "propensity"
+        """The Spark application name."""
+        shuffle_partitions: int | None = Field(default=None, ge=1)
+        """spark.sql.shuffle.partitions; None: Spark's default."""
+        conf: dict[str, str | int | float | bool] = Field(default_factory=dict)
+        """Any other Spark setting: {"spark.executor.memory": "8g", "spark.hadoop.fs.s3a.endpoint": ...}."""
+
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+
 
 class MlflowConfig(_Strict):
     """Where runs and models are tracked (MLFLOW_TRACKING_URI wins over it)."""

@@ -19,8 +19,12 @@ def connect(engine: EngineConfig | None = None) -> duckdb.DuckDBPyConnection:
     if engine.name != "duckdb":
         from propensity.core.errors import UserError
 
-        # The SQL is written for both (features.sql_compiler.SPARK), but no Spark runner ships yet.
-        raise UserError(f"engine.name: '{engine.name}' is not available yet; use 'duckdb' (the default)")
+        # Spark runs validate, ingest, features, train, score and segments (pipeline.spark_*); a step
+        # without a Spark path says so rather than quietly running on one machine.
+        raise UserError(
+            f"engine.name: '{engine.name}' is not available yet for this step (Spark runs validate, ingest, "
+            f"features, train, score and segments); use 'duckdb' for it (--engine duckdb)"
+        )
     con = duckdb.connect(config={"preserve_insertion_order": True})
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"SET memory_limit = '{engine.memory_limit or default_memory_limit()}'")

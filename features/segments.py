@@ -205,42 +205,58 @@ def qualification_sql(
     scores: Mapping[str, Sequence[str]],
     previous_file: str | Path | None,
     as_of: dt.date,
+    dialect: str = "duckdb",
+    relations: Mapping[str, str] | None = None,
 ) -> str:
     """The one query: every segment's rule (UNION ALL) against the previous memberships (FULL
     OUTER JOIN) -> profile_id, segment, status, as_of, qualified_at.
 
     Opted-out profiles that qualify come back with status ``held_back`` (to be counted, not
-    written); an opted-out profile never comes back as ``exited``.
+    written); an opted-out profile never comes back as ``exited``. ``dialect``: ``duckdb`` or
+    ``spark`` (Spark SQL, reading each model's scores and the previous memberships from the
+    views ``relations`` names: model -> view, and ``previous`` -> view).
     """
+    spark = dialect == "spark"
+    quote = "`" if spark else '"'
+    relations = relations or {}
+
+    def ident(name: str) -> str:
+        return sql_ident(name, quote)
+
+    def null(kind: str) -> str:
+        return f"CAST(NULL AS {'STRING' if spark and kind == 'VARCHAR' else kind})"
+
     features = sorted(
         {c for s in segments for c in s.rule.columns if "." not in c} - {"consent_personalization"}
     )
-    columns = [f"f.{sql_ident(c)}" for c in (*features, "consent_personalization")]
+    columns = [f"f.{ident(c)}" for c in (*features, "consent_personalization")]
     joins = []
     for i, model in enumerate(sorted(scores)):
         used = sorted(
             {c.split(".", 1)[1] for s in segments for c in s.rule.columns if c.startswith(model + ".")}
         )
-        columns += [f"s{i}.{sql_ident(c)} AS {sql_ident(f'{model}__{c}')}" for c in used]
+        columns += [f"s{i}.{ident(c)} AS {ident(f'{model}__{c}')}" for c in used]
         files = ", ".join(sql_string(str(f)) for f in scores[model])
-        joins.append(f"LEFT JOIN read_parquet([{files}]) s{i} ON s{i}.profile_id = f.profile_id")
+        relation = relations.get(model) or f"read_parquet([{files}])"
+        joins.append(f"LEFT JOIN {relation} s{i} ON s{i}.profile_id = f.profile_id")
     qualified = "\n        UNION ALL ".join(
-        f"SELECT profile_id, {sql_string(s.name)} AS segment, opted_out FROM base WHERE {s.rule.sql()}"
+        f"SELECT profile_id, {sql_string(s.name)} AS segment, opted_out FROM base WHERE {s.rule.sql(dialect)}"
         for s in segments
     )
     day = f"DATE '{as_of.isoformat()}'"
     names = ", ".join(sql_string(s.name) for s in segments)
     previous = (
-        f"""SELECT profile_id, segment, qualified_at FROM read_parquet({sql_string(str(previous_file))})
+        f"""SELECT profile_id, segment, qualified_at
+            FROM {relations.get("previous") or f"read_parquet({sql_string(str(previous_file))})"}
             WHERE status IN ('realized', 'existing') AND segment IN ({names})
               AND profile_id NOT IN (SELECT profile_id FROM base WHERE opted_out)"""
         if previous_file is not None
-        else "SELECT NULL::VARCHAR AS profile_id, NULL::VARCHAR AS segment, NULL::DATE AS qualified_at "
-        "LIMIT 0"
+        else f"SELECT {null('VARCHAR')} AS profile_id, {null('VARCHAR')} AS segment, "
+        f"{null('DATE')} AS qualified_at LIMIT 0"
     )
     # MATERIALIZED: the feature snapshot is computed once however many segments read it.
     return f"""
-        WITH base AS MATERIALIZED (
+        WITH base AS {"" if spark else "MATERIALIZED "}(
             SELECT f.profile_id, coalesce(f.consent_personalization = 'n', false) AS opted_out,
                    {", ".join(columns)}
             FROM ({features_sql}) f
@@ -257,7 +273,7 @@ def qualification_sql(
                coalesce(p.qualified_at, {day}) AS qualified_at
         FROM current c FULL OUTER JOIN previous p ON c.profile_id = p.profile_id AND c.segment = p.segment
         UNION ALL
-        SELECT profile_id, segment, '{HELD_BACK}', {day}, NULL::DATE FROM qualified WHERE opted_out
+        SELECT profile_id, segment, '{HELD_BACK}', {day}, {null("DATE")} FROM qualified WHERE opted_out
     """
 
 
@@ -360,11 +376,27 @@ def qualify(
         raise UserError("no segments to qualify")
     previous = previous_as_of(out_dir, as_of)
     previous_file = partition_dir(out_dir, previous) / MEMBERSHIPS_FILE if previous else None
-    target = partition_dir(out_dir, as_of)
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _segment_rows AS "
         + qualification_sql(segments, features_sql, scores, previous_file, as_of)
     )
+    return write_qualification(con, segments, out_dir, as_of, identity_namespaces, identity_map, profiles)
+
+
+def write_qualification(
+    con: duckdb.DuckDBPyConnection,
+    segments: Sequence[Segment],
+    out_dir: str | Path,
+    as_of: dt.date,
+    identity_namespaces: Sequence[str] | None = None,
+    identity_map: str = "identity_map",
+    profiles: str = "profiles",
+) -> Qualification:
+    """Write ``OUT/as_of=<date>/`` from the temp table ``_segment_rows`` (the rows of
+    :func:`qualification_sql`, from DuckDB or from Spark), then drop it: memberships,
+    tallies, identities and the summary, atomically."""
+    previous = previous_as_of(out_dir, as_of)
+    target = partition_dir(out_dir, as_of)
     try:
         with atomic_path(target) as tmp:
             tmp.mkdir(parents=True)

@@ -356,8 +356,10 @@ def snapshots_sql(
     dialect: Dialect = DUCKDB,
     rollup: str = "daily_rollup",
     where: str | None = None,
+    profiles: str = "profiles",
 ) -> str:
-    """Every snapshot in one query: each rollup row joins the snapshots whose lookback holds it."""
+    """Every snapshot in one query: each rollup row joins the snapshots whose lookback holds it
+    (profile attributes from ``profiles``)."""
     days = ", ".join(f"({day_number(d)})" for d in sorted(set(as_ofs)))
     rows = f"""
         SELECT r.*, s.as_of_day, s.as_of_day - r.day AS ago
@@ -365,4 +367,6 @@ def snapshots_sql(
         JOIN (VALUES {days}) AS s(as_of_day)
           ON r.day < s.as_of_day AND r.day >= s.as_of_day - {fs.lookback_days}
     """
-    return features_sql_from(fs, _aggregates(fs, rows, daily_rows=True), con, dialect, where)
+    return features_sql_from(
+        fs, _aggregates(fs, rows, daily_rows=True), con, dialect, where, profiles=profiles
+    )

@@ -15,11 +15,13 @@ from propensity.core.errors import UserError
 from propensity.pipeline.cli_options import (
     AsOfOption,
     ConfigOption,
+    EngineOption,
     EventsOption,
     OnBadRowsOption,
     console,
     events_path,
     load_config,
+    load_config_for,
     on_bad_rows_policy,
     parse_date,
     user_errors,
@@ -103,13 +105,15 @@ def validate(
     as_of: AsOfOption = None,
     on_bad_rows: OnBadRowsOption = None,
     config: ConfigOption = None,
+    engine: EngineOption = None,
 ) -> None:
     """Dry run: validate events and print a summary; exit 2 on bad rows unless quarantining."""
-    from propensity.pipeline import ingest_jobs
+    from propensity.pipeline import ingest_jobs, spark_jobs
 
-    cfg = load_config(config)
+    cfg = load_config_for(config, engine)
+    jobs = spark_jobs if cfg.engine.name == "spark" else ingest_jobs
     policy = on_bad_rows_policy(on_bad_rows) or cfg.ingest.on_bad_rows
-    summary = ingest_jobs.validate(events_path(events, cfg), cfg, parse_date(as_of), profiles)
+    summary = jobs.validate(events_path(events, cfg), cfg, parse_date(as_of), profiles)
     print_summary(summary, f"validate {events_path(events, cfg)}")
     if summary.bad_rows and policy == "fail":
         reasons = ", ".join(f"{k}: {v}" for k, v in summary.bad_rows_by_reason.items())
@@ -129,14 +133,16 @@ def ingest(
     as_of: AsOfOption = None,
     on_bad_rows: OnBadRowsOption = None,
     config: ConfigOption = None,
+    engine: EngineOption = None,
 ) -> None:
     """Validate, hash, de-duplicate and stitch events into an ingest directory."""
-    from propensity.pipeline import ingest_jobs
+    from propensity.pipeline import ingest_jobs, spark_jobs
 
-    cfg = load_config(config)
+    cfg = load_config_for(config, engine)
+    jobs = spark_jobs if cfg.engine.name == "spark" else ingest_jobs
     target = out or Path(cfg.work_dir) / "ingested"
     with console.status("ingesting events"):
-        summary = ingest_jobs.ingest(
+        summary = jobs.ingest(
             events_path(events, cfg),
             target,
             cfg,
@@ -157,11 +163,13 @@ def features(
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Parquet file to write.")] = None,
     config: ConfigOption = None,
+    engine: EngineOption = None,
 ) -> None:
     """Point-in-time feature table at --as-of (default: the day after the last event)."""
-    from propensity.pipeline import feature_jobs
+    from propensity.pipeline import feature_jobs, spark_jobs
 
-    cfg = load_config(config)
+    cfg = load_config_for(config, engine)
+    jobs = spark_jobs if cfg.engine.name == "spark" else feature_jobs
     date = parse_date(as_of)
     target = (
         out
@@ -170,7 +178,7 @@ def features(
         / f"features_{as_of or 'latest'}{'_' + model if model else ''}.parquet"
     )
     with console.status("building features"):
-        summary = feature_jobs.build_features(events_path(events, cfg), target, cfg, date, model)
+        summary = jobs.build_features(events_path(events, cfg), target, cfg, date, model)
     label_note = (
         f", {summary.positives:,} positive labels"
         if summary.labelled
@@ -193,13 +201,15 @@ def train(
         str | None, typer.Option("--as-of", help="End of the data training may see (default: all).")
     ] = None,
     config: ConfigOption = None,
+    engine: EngineOption = None,
 ) -> None:
     """Train a model on stacked snapshots, log it to MLflow and register it as challenger."""
-    from propensity.pipeline import model_jobs
+    from propensity.pipeline import model_jobs, spark_jobs
 
-    cfg = load_config(config)
+    cfg = load_config_for(config, engine)
+    jobs = spark_jobs if cfg.engine.name == "spark" else model_jobs
     with console.status(f"training {model}"):
-        result = model_jobs.train_model(model, events_path(events, cfg), cfg, parse_date(as_of))
+        result = jobs.train_model(model, events_path(events, cfg), cfg, parse_date(as_of))
     console.print(
         f"run [bold]{result.run_id}[/]  registered [bold]{model} v{result.version}[/] "
         f"(alias challenger), {result.features} features, snapshots {result.snapshots[0]} .. "
@@ -281,13 +291,15 @@ def score(
         int | None, typer.Option("--factors", help="Influential factors per profile (default: config).")
     ] = None,
     config: ConfigOption = None,
+    engine: EngineOption = None,
 ) -> None:
     """Score the model's population at --as-of: probability, score, bucket and top factors."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from propensity.pipeline import score_jobs
+    from propensity.pipeline import score_jobs, spark_score_jobs
 
-    cfg = load_config(config)
+    cfg = load_config_for(config, engine)
+    jobs = spark_score_jobs if cfg.engine.name == "spark" else score_jobs
     with Progress(
         TextColumn(f"scoring {model}"),
         BarColumn(),
@@ -297,7 +309,7 @@ def score(
         transient=True,
     ) as bar:
         task = bar.add_task("score", total=None)
-        run = score_jobs.score_model(
+        run = jobs.score_model(
             model,
             events_path(events, cfg),
             cfg,

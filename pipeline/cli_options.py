@@ -31,6 +31,9 @@ EventsOption = Annotated[
 ]
 AsOfOption = Annotated[str | None, typer.Option("--as-of", help="As-of date, YYYY-MM-DD.")]
 OnBadRowsOption = Annotated[str | None, typer.Option("--on-bad-rows", help="fail (default) or quarantine.")]
+EngineOption = Annotated[
+    str | None, typer.Option("--engine", help="duckdb or spark (default: the config's engine.name).")
+]
 
 
 def user_errors(func: F) -> F:
@@ -72,3 +75,13 @@ def load_config(path: Path | None) -> ProjectConfig:
 def events_path(events: Path | None, config: ProjectConfig) -> Path:
     """``--events``, else the config's ``events`` path."""
     return events if events is not None else Path(config.events)
+
+
+def load_config_for(path: Path | None, engine: str | None) -> ProjectConfig:
+    """The project config, with ``--engine`` (when given) in place of ``engine.name``."""
+    config = load_project_config(path)
+    if engine is None:
+        return config
+    if engine not in ("duckdb", "spark"):
+        raise UserError(f"--engine: expected 'duckdb' or 'spark', got {engine!r}")
+    return config.model_copy(update={"engine": config.engine.model_copy(update={"name": engine})})

@@ -113,6 +113,9 @@ def read_feature_metadata(path: str | Path) -> dict:
     """The registry facts (labels, categories, as_of) stored in a feature table."""
     import pyarrow.parquet as pq
 
+    if Path(path).is_dir():  # written on Spark: the facts sit beside the parts
+        sidecar = Path(path) / "_propensity.json"
+        return json.loads(sidecar.read_text()) if sidecar.is_file() else {}
     meta = pq.read_schema(path).metadata or {}
     raw = meta.get(b"propensity")
     return json.loads(raw) if raw else {}

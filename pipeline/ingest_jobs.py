@@ -238,9 +238,11 @@ def load_events(
             )
         for view in ("events", "profiles", *GRAPH_TABLES, "profile_attributes"):
             path = directory / f"{view}.parquet"
-            if view == "profile_attributes" and not path.is_file():
+            if view == "profile_attributes" and not path.exists():
                 continue
-            con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet({sql_string(str(path))})")
+            # The Spark ingest writes each table as a directory of parts.
+            source = sql_string(str(path / "*.parquet" if path.is_dir() else path))
+            con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet({source})")
         graph = IdentityGraph(con, IdentityConfig.model_validate(manifest["identity"]))
         gt = manifest.get("ground_truth")
         if gt and Path(gt).is_dir():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,8 +170,44 @@ def train_model(
     # A bad rule or feature name fails before any heavy work.
     population_rule(model_cfg, fs)
     labels = model_features(fs, model_cfg.features, model_cfg.governance, model_cfg.name)
-    names = list(labels)
     frame, dates = training_frame(con, fs, model_cfg, cutoff, graph=loaded.graph)
+    return fit_and_register(
+        model_cfg,
+        config,
+        fs,
+        labels,
+        frame,
+        dates,
+        cutoff,
+        loaded.inputs.display,
+        snapshot_note=snapshot_note,
+        started=started,
+        ground_truth=lambda test, p: _ground_truth_metrics(loaded, test, p, model_cfg),
+    )
+
+
+def fit_and_register(
+    model_cfg: ModelConfig,
+    config: ProjectConfig,
+    fs,
+    labels: dict[str, str],
+    frame: pd.DataFrame,
+    dates: list[dt.date],
+    cutoff: dt.date,
+    events_display: str,
+    snapshot_note: str | None = None,
+    started: float | None = None,
+    ground_truth: Callable[[pd.DataFrame, np.ndarray], dict[str, float]] | None = None,
+    sampling: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Split, fit the candidates, evaluate and register a model on ``frame`` (stacked labelled
+    snapshots, from DuckDB or a Spark sample; ``model_cfg`` with its snapshot plan already
+    adapted, ``snapshot_note`` saying how). ``sampling`` says how the rows were drawn, for the
+    run's record; ``started`` is when reading the events began (``fit_seconds``)."""
+    started = time.perf_counter() if started is None else started
+    training = model_cfg.training
+    plan = training.snapshots
+    names = list(labels)
     parts = split(frame, training)
     trained = fit_candidates(parts, names, labels, training, model_cfg.name)
     model = trained.model
@@ -196,7 +233,7 @@ def train_model(
     baseline_scores = _baselines(parts, test, model_cfg)
     results = holdout_figures(y, p, baseline_scores, training.bootstrap_resamples, training.seed)
     results.update({f"valid_{k}": v for k, v in trained.chosen.validation.items()})
-    results.update(_ground_truth_metrics(loaded, test, p, model_cfg))
+    results.update(ground_truth(test, p) if ground_truth else {})
     score = ev.scores_from_reference(p, reference)
     bucket_table = ev.bucket_table(y, p, ev.buckets(score, model_cfg.buckets.medium, model_cfg.buckets.high))
     deciles = ev.decile_table(y, p)
@@ -222,7 +259,7 @@ def train_model(
         mlflow.set_tags(
             {
                 "git_commit": tracking.git_commit() or "unknown",
-                "events": loaded.inputs.display,
+                "events": events_display,
                 "step": "train",
                 "trained_until": str(cutoff),
                 "model_family": trained.chosen.family,
@@ -249,6 +286,8 @@ def train_model(
             }
         )
         mlflow.log_metrics({**results, "fit_seconds": fit_seconds})
+        if sampling:
+            mlflow.log_params(sampling)
         _log_candidates(trained)
         if champion is not None:
             # What `promote` compares against: the champion on this very test snapshot.

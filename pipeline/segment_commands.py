@@ -14,10 +14,12 @@ import typer
 from propensity.pipeline.cli_options import (
     AsOfOption,
     ConfigOption,
+    EngineOption,
     EventsOption,
     console,
     events_path,
     load_config,
+    load_config_for,
     parse_date,
     user_errors,
 )
@@ -44,14 +46,16 @@ def segments(
         Path | None, typer.Option("--out", help="Memberships directory (default: WORK_DIR/segments).")
     ] = None,
     config: ConfigOption = None,
+    engine: EngineOption = None,
 ) -> None:
     """Qualify profiles into segments at --as-of: memberships with realized / existing / exited."""
-    from propensity.pipeline import segment_jobs
+    from propensity.pipeline import segment_jobs, spark_segment_jobs
 
-    cfg = load_config(config)
+    cfg = load_config_for(config, engine)
+    jobs = spark_segment_jobs if cfg.engine.name == "spark" else segment_jobs
     work = Path(cfg.work_dir)
     with console.status("qualifying segments"):
-        result = segment_jobs.qualify_segments(
+        result = jobs.qualify_segments(
             events_path(events, cfg),
             scores or work / "scores",
             parse_date(as_of),

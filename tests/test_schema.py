@@ -199,12 +199,13 @@ def test_bad_option_values(tmp_path, runner):
     )
 
 
-def test_unavailable_engine_is_refused_not_silently_replaced(tmp_path, runner):
-    cfg = tmp_path / "project.yaml"
-    cfg.write_text("engine: {name: spark}\n")
+def test_unavailable_engine_is_refused_not_silently_replaced(tmp_path):
+    # `validate` has a Spark path (pipeline.spark_jobs); a DuckDB job given engine spark refuses.
+    from propensity.core.config import EngineConfig, ProjectConfig
+
     path = write_events(tmp_path / "events.csv", [GOOD])
-    result = invoke(runner, "validate", "--config", str(cfg), "--events", str(path))
-    assert result.exit_code == 2 and "'spark' is not available yet" in result.output
+    with pytest.raises(UserError, match="'spark' is not available yet for this step"):
+        ingest_jobs.validate(path, ProjectConfig(engine=EngineConfig(name="spark")))
 
 
 def test_ingest_output_from_an_older_format_is_named(tmp_path, runner, config):

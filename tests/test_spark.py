@@ -1,0 +1,615 @@
+"""Spark (local mode) against DuckDB on the same events: staged rows, profile ids, features,
+labels and scores are equal (counts and ids exactly, floats within 1e-9).
+
+One SparkSession for the module (``local[2]``, two shuffle partitions, no UI). Run with
+``make test-spark`` (``pytest -m spark``); skipped only when pyspark or Java is missing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.spark
+
+pytest.importorskip("pyspark", reason="pyspark is not installed: pip install -e '.[spark]'")
+if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+    pytest.skip("Java is not installed: Spark needs Java 17+", allow_module_level=True)
+
+from propensity.core.config import EngineConfig, IdentityConfig, ProjectConfig, parse_config  # noqa: E402
+from propensity.core.errors import UserError  # noqa: E402
+from propensity.features import identity as duck_identity  # noqa: E402
+from propensity.features import spark_features, spark_identity, sql_compiler  # noqa: E402
+from propensity.features.engine import connect  # noqa: E402
+from propensity.features.identity_as_of import IdentityGraph  # noqa: E402
+from propensity.features.inputs import resolve_input  # noqa: E402
+from propensity.features.labels import training_frame  # noqa: E402
+from propensity.features.registry import build_registry  # noqa: E402
+from propensity.features.spark_as_of import SparkIdentityGraph  # noqa: E402
+from propensity.features.spark_engine import (  # noqa: E402
+    hadoop_path,
+    resolve_spark_input,
+    spark_session,
+    to_pandas,
+)
+from propensity.features.spark_ingest import stage_events, stage_profiles  # noqa: E402
+from propensity.features.spark_sources import duckdb_double_text  # noqa: E402
+from propensity.features.staging import stage_events as duck_stage_events  # noqa: E402
+from propensity.features.staging import stage_profiles as duck_stage_profiles  # noqa: E402
+from propensity.pipeline import feature_jobs, ingest_jobs, score_jobs, spark_jobs, spark_score_jobs  # noqa: E402
+from propensity.pipeline.cli_options import load_config_for  # noqa: E402
+from propensity.pipeline.config_files import load_model_config  # noqa: E402
+from tests.conftest import invoke, write_events  # noqa: E402
+
+ENGINE = EngineConfig(
+    name="spark",
+    spark={
+        "master": "local[2]",
+        "app_name": "propensity-tests",
+        "shuffle_partitions": 2,
+        "conf": {"spark.ui.enabled": False, "spark.sql.adaptive.enabled": False},
+    },
+)
+CONFIG = ProjectConfig(engine=ENGINE)
+# Jobs whose point is not the registry itself build fewer features (Spark compiles each
+# query it meets: fewer aggregates, less to compile).
+LIGHT = {"features": {"windows_days": [30, 365], "categories": ["yoga", "running"]}}
+LIGHT_SPARK, LIGHT_DUCKDB = ProjectConfig(engine=ENGINE, **LIGHT), ProjectConfig(**LIGHT)
+# Small limits, so that a handful of hand-written events meets every guardrail.
+GUARDED = IdentityConfig(max_identities_per_profile=4)
+
+
+@pytest.fixture(scope="module")
+def spark():
+    session = spark_session(ENGINE)
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+def assert_same_rows(got: pd.DataFrame, expected: pd.DataFrame, keys: list[str]) -> None:
+    """Same columns in the same order, same rows; floats within 1e-9, everything else exact."""
+    assert list(got.columns) == list(expected.columns)
+    assert len(got) == len(expected)
+    got = got.sort_values(keys).reset_index(drop=True)
+    expected = expected.sort_values(keys).reset_index(drop=True)
+    for column in expected.columns:
+        a, b = got[column], expected[column]
+        if column == "as_of" or pd.api.types.is_datetime64_any_dtype(b):
+            a, b = pd.to_datetime(a), pd.to_datetime(b)
+        if pd.api.types.is_numeric_dtype(b) and not pd.api.types.is_bool_dtype(b):
+            x, y = a.astype("float64").to_numpy(), b.astype("float64").to_numpy()
+            assert np.allclose(x, y, rtol=0, atol=1e-9, equal_nan=True), column
+        else:
+            same = (a.astype(object) == b.astype(object)) | (a.isna() & b.isna())
+            assert same.all(), (column, a[~same].head(3).tolist(), b[~same].head(3).tolist())
+
+
+def event(day: int, event_type: str, hour: int = 10, **fields) -> dict:
+    return {"timestamp": f"2025-03-{day:02d} {hour:02d}:00:00", "event_type": event_type, **fields}
+
+
+# Bad rows of every reason, XDM names, raw PII to hash, offsets, derived and repeated ids,
+# and an identity graph that meets both guardrails (max 4 identities a profile):
+# * C1 and C2 share the tablet T (equally near both: alone) and, through e2, the device B;
+# * C9 signs in on six devices: its anonymous identities go, the email stays;
+# * C8 has four emails: over the limit with nothing anonymous to let go.
+HAND_EVENTS = [
+    event(1, "page_view", crm_id="C1", ecid="A1", channel="Web"),
+    event(1, "commerce.productViews", ecid="A1", email=" Ann@Example.COM ", product_category="Yoga"),
+    {
+        "timestamp": "2025-03-02T09:30:00+02:00",
+        "event_type": "commerce.purchases",
+        "crm_id": "C2",
+        "ecid": "A2",
+        "revenue": "12345678.9",
+        "quantity": "2",
+    },
+    event(2, "purchase", 11, phone="+1 (555) 123-4567", ecid="A2", revenue="0.00001"),
+    event(3, "page_view", crm_id="C1", ecid="T"),
+    {"timestamp": "not a date", "event_type": "page_view", "ecid": "E3"},
+    event(3, "  ", ecid="E3"),
+    event(3, "page_view"),
+    event(3, "purchase", ecid="E4", revenue="abc"),
+    event(3, "purchase", ecid="E4", revenue="-5"),
+    event(3, "add_to_cart", ecid="E4", quantity="x1"),
+    {"timestamp": "2030-01-01 00:00:00", "event_type": "page_view", "ecid": "E4"},
+    {
+        "timestamp": "2025/03/04 08:00:00",
+        "event_type": "Custom_Event",
+        "ecid": "E5",
+        "email_sha256": "ABCDEF",
+    },
+    {"timestamp": "2025-03-04 24:00:00", "event_type": "page_view", "ecid": "E5", "revenue": "100"},
+    event(1, "page_view", crm_id="C1", ecid="A1", channel="Web"),  # a copy: same derived id
+    event(5, "email_open", email="ann@example.com", event_id="X1", campaign="c9"),
+    event(6, "email_click", email="bob@example.com", event_id="X1"),  # same id, dropped
+    event(6, "purchase", ecid="E6", revenue="0.0001", quantity="1e20"),
+    event(20, "page_view", crm_id="C2", ecid="T"),
+    event(21, "login", email="e2@example.com", ecid="T"),
+    event(21, "login", email="e2@example.com", ecid="B"),
+    *(event(22, "login", crm_id="C9", ecid=f"D{i}") for i in range(6)),
+    event(22, "login", crm_id="C9", email="c9@example.com"),
+    *(event(23, "email_open", crm_id="C8", email=f"c8-{i}@example.com") for i in range(4)),
+]
+HAND_PROFILES = [
+    {
+        "crm_id": "C1",
+        "email": "",
+        "loyalty_tier": None,
+        "consent_marketing": "y",
+        "consent_personalization": "yes",
+    },
+    {
+        "crm_id": "",
+        "email": "ann@example.com",
+        "loyalty_tier": "gold",
+        "consent_marketing": "n",
+        "consent_personalization": "",
+    },
+    {
+        "crm_id": "C9",
+        "email": "",
+        "loyalty_tier": "silver",
+        "consent_marketing": "1",
+        "consent_personalization": "0",
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def hand(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("hand")
+    (root / "events").mkdir()
+    # Two files: DuckDB numbers CSV rows across files, in list order.
+    write_events(root / "events" / "a.csv", HAND_EVENTS[:10])
+    write_events(root / "events" / "b.csv", HAND_EVENTS[10:])
+    write_events(root / "profiles.csv", HAND_PROFILES)
+    (root / "jsonl").mkdir()
+    write_events(root / "jsonl" / "events.jsonl", HAND_EVENTS)
+    return root
+
+
+def _duck_staged(path: Path, identity: IdentityConfig, as_of: dt.date | None = None):
+    con = connect()
+    staged = duck_stage_events(con, resolve_input(path), identity, as_of)
+    return con, staged
+
+
+@pytest.mark.parametrize("source", ["events", "jsonl"])
+def test_staged_and_bad_rows_equal_duckdb(spark, hand, source):
+    as_of = dt.date(2025, 3, 31)
+    staged = stage_events(spark, resolve_spark_input(spark, hand / source), GUARDED, as_of)
+    con, expected = _duck_staged(hand / source, GUARDED, as_of)
+    assert staged.summary.bad_by_reason == expected.bad_by_reason
+    assert len(expected.bad_by_reason) == 7  # every reason, once
+    assert (staged.summary.rows_in, staged.summary.rows_clean, staged.summary.rows_duplicate) == (
+        expected.rows_in,
+        expected.rows_clean,
+        expected.rows_duplicate,
+    )
+    assert staged.summary.first_bad == expected.first_bad
+    assert_same_rows(
+        to_pandas(staged.clean),
+        con.execute("SELECT * FROM clean_events").df(),
+        ["_source_file", "_source_row"],
+    )
+    assert_same_rows(
+        to_pandas(staged.bad), con.execute("SELECT * FROM bad_events").df(), ["_source_file", "_source_row"]
+    )
+
+
+def test_nanosecond_parquet_timestamps_are_named_or_read_as_duckdb_reads_them(spark, tmp_path):
+    times = pd.to_datetime(["2025-03-01 10:00:00.123456789", "2025-03-02 00:00:00.000000999"]).as_unit("ns")
+    pd.DataFrame({"timestamp": times, "event_type": ["page_view", "login"], "ecid": ["a", "b"]}).to_parquet(
+        tmp_path / "events.parquet"
+    )
+    inputs = resolve_spark_input(spark, tmp_path / "events.parquet")
+    with pytest.raises(UserError, match="nanosAsLong"):
+        stage_events(spark, inputs, GUARDED)
+    spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
+    try:
+        staged = stage_events(spark, inputs, GUARDED)
+    finally:
+        spark.conf.unset("spark.sql.legacy.parquet.nanosAsLong")
+    con, _ = _duck_staged(tmp_path / "events.parquet", GUARDED)
+    expected = con.execute("SELECT * FROM clean_events").df()
+    assert_same_rows(to_pandas(staged.clean), expected, ["_source_row"])
+
+
+def test_doubles_in_derived_event_ids_are_spelled_as_duckdb_spells_them(spark):
+    values = [
+        0.0,
+        -0.0,
+        100.0,
+        49.99,
+        0.1,
+        1e7,
+        12345678.9,
+        1e15,
+        1e16,
+        1e-3,
+        1e-4,
+        1e-5,
+        1e20,
+        -1.5e-7,
+        1e300,
+    ]
+    values += [float(v) for v in np.random.default_rng(3).uniform(-1e6, 1e6, 200).round(2)]
+    frame = spark.createDataFrame([(float(v),) for v in values], "x double")
+    got = [r[0] for r in frame.select(duckdb_double_text(frame["x"])).collect()]
+    con = duckdb.connect()
+    con.register("doubles", pd.DataFrame({"x": np.asarray(values, dtype="float64")}))
+    expected = [r[0] for r in con.execute("SELECT CAST(x AS VARCHAR) FROM doubles").fetchall()]
+    assert got == expected
+
+
+@pytest.fixture(scope="module")
+def hand_graphs(spark, hand):
+    """The hand events and profiles stitched by both engines: (Spark tables, DuckDB connection)."""
+    staged = stage_events(spark, resolve_spark_input(spark, hand / "events"), GUARDED)
+    attributes, namespaces = stage_profiles(spark, str(hand / "profiles.csv"), "profiles.csv", GUARDED)
+    rows = spark_identity.identity_rows(staged.clean, GUARDED, attributes, namespaces)
+    graph = spark_identity.stitch(spark, rows, GUARDED)
+    events = spark_identity.attribute_events(staged.clean, graph.identity_map, GUARDED).localCheckpoint()
+    attributes = spark_identity.anchor_attributes(attributes, graph.identity_map, GUARDED, namespaces)
+    profiles = spark_identity.build_profiles(graph.identity_map, events, GUARDED, attributes, namespaces)
+    tables = {
+        "events": events.drop("_source_file", "_source_row"),
+        "profiles": profiles.localCheckpoint(),
+        "identity_map": graph.identity_map,
+        "identity_links": graph.identity_links,
+        "identity_unsettled": graph.identity_unsettled,
+        "profile_attributes": attributes.localCheckpoint(),
+    }
+    con, _ = _duck_staged(hand / "events", GUARDED)
+    duck_stage_profiles(con, hand / "profiles.csv", GUARDED)
+    result = duck_identity.stitch(con, GUARDED, with_profiles=True)
+    duck_identity.attribute_events(con, GUARDED)
+    duck_identity.anchor_attributes(con, GUARDED)
+    duck_identity.build_profiles(con, GUARDED, with_attributes=True)
+    return graph, tables, con, result
+
+
+def test_identity_graph_equals_duckdbs(hand_graphs):
+    """Both guardrails, the links' first-seen times, the unsettled intervals, node keys,
+    components, profile ids and keys, anchors and profiles: what DuckDB's ingest makes."""
+    graph, tables, con, expected = hand_graphs
+    assert graph.result == expected
+    assert {c.reason for c in expected.collapses} == {"unique_namespace_conflict", "too_many_identities"}
+    assert expected.unsettled_profiles > 0
+    for name, keys in (
+        ("identity_map", ["node"]),
+        ("identity_links", ["a", "b"]),
+        ("identity_unsettled", ["component", "until"]),
+        ("profile_attributes", ["_source_row"]),
+        ("profiles", ["profile_id"]),
+    ):
+        assert_same_rows(to_pandas(tables[name]), con.table(name).df(), keys)
+    assert_same_rows(
+        to_pandas(tables["events"]),
+        con.execute("SELECT * EXCLUDE (_source_file, _source_row) FROM stitched_events").df(),
+        ["event_id"],
+    )
+    # Consent is conservative across a profile's attribute rows: C1's email said no.
+    assert set(to_pandas(tables["profiles"])["consent_marketing"].dropna()) == {"n", "y"}
+
+
+@pytest.mark.parametrize("as_of", [dt.date(2025, 3, 3), dt.date(2025, 3, 21), dt.date(2025, 3, 23)])
+def test_profiles_as_of_a_date_equal_duckdbs(spark, hand_graphs, as_of):
+    """Events, profile attributes and identities as the graph knew them at ``as_of`` (before
+    and after C1 and C2 met on the tablet; before C8's emails made it too big)."""
+    _, tables, con, _ = hand_graphs
+    for name, frame in tables.items():
+        frame.createOrReplaceTempView(name)
+    graph = SparkIdentityGraph(spark, GUARDED, tables)
+    con.execute(
+        "CREATE OR REPLACE TEMP VIEW events AS "
+        "SELECT * EXCLUDE (_source_file, _source_row) FROM stitched_events"
+    )
+    duck = IdentityGraph(con, GUARDED)
+    got, expected = graph.sources(as_of), duck.sources(as_of)
+    for relation, keys in (
+        ("events", ["event_id"]),
+        ("profiles", ["profile_id"]),
+        ("identity_map", ["namespace", "value"]),
+    ):
+        assert_same_rows(
+            to_pandas(spark.table(getattr(got, relation))),
+            con.execute(f"SELECT * FROM {getattr(expected, relation)}").df(),
+            keys,
+        )
+    assert len(duck.changed_keys(as_of)) > 0
+
+
+@pytest.fixture(scope="module")
+def ingested(luma_small, tmp_path_factory, runner_module):
+    """luma_small ingested by both engines: Spark through the CLI, DuckDB through the job."""
+    root = tmp_path_factory.mktemp("ingested")
+    project = root / "project.yaml"
+    project.write_text(json.dumps({"engine": ENGINE.model_dump()}))
+    result = invoke(
+        runner_module,
+        "ingest",
+        "--engine",
+        "spark",
+        "--config",
+        str(project),
+        "--events",
+        str(luma_small),
+        "--out",
+        str(root / "spark"),
+        "--on-bad-rows",
+        "quarantine",
+    )
+    assert result.exit_code == 0, result.output
+    summary = ingest_jobs.ingest(luma_small, root / "duckdb", ProjectConfig(), on_bad_rows="quarantine")
+    return root / "spark", root / "duckdb", summary
+
+
+@pytest.fixture(scope="module")
+def runner_module():
+    from typer.testing import CliRunner
+
+    return CliRunner()
+
+
+def test_ingest_writes_what_duckdb_writes(ingested):
+    """The same format-4 directory: every table (columns, types, rows) and the manifest."""
+    spark_dir, duck_dir, duck_summary = ingested
+    manifest = json.loads((spark_dir / "manifest.json").read_text())
+    expected_manifest = json.loads((duck_dir / "manifest.json").read_text())
+    assert {k for k in manifest if manifest[k] != expected_manifest.get(k)} == set()
+    assert manifest.keys() == expected_manifest.keys()
+    assert duck_summary.unsettled_profiles > 0
+    for table, keys in (
+        ("events", ["event_id"]),
+        ("identity_map", ["namespace", "value"]),
+        ("identity_links", ["a", "b"]),
+        ("identity_unsettled", ["component", "until"]),
+        ("profile_attributes", ["_source_row"]),
+        ("profiles", ["profile_id"]),
+    ):
+        got = duckdb.sql(f"SELECT * FROM read_parquet('{spark_dir / table}.parquet/*.parquet')")
+        expected = duckdb.sql(f"SELECT * FROM read_parquet('{duck_dir / table}.parquet')")
+        assert got.dtypes == expected.dtypes, table
+        assert_same_rows(got.df(), expected.df(), keys)
+
+
+# Dates at which the identity graph then was not the final one for hundreds of profiles.
+AS_OFS = [dt.date(2025, 3, 1), dt.date(2025, 6, 12)]
+
+
+def test_duckdb_jobs_read_a_spark_ingest(ingested):
+    spark_dir, duck_dir, _ = ingested
+    fs = build_registry(CONFIG.features, ["yoga", "running"])
+    as_of = AS_OFS[1]
+    frames = []
+    for directory in (spark_dir, duck_dir):
+        loaded = ingest_jobs.load_events(directory, ProjectConfig())
+        sources = loaded.sources(as_of)
+        con = loaded.con
+        sql = sql_compiler.snapshot_sql(fs, as_of, con, events=sources.events, profiles=sources.profiles)
+        frames.append(con.execute(sql).df())
+    assert len(frames[1]) > 100
+    assert_same_rows(frames[0], frames[1], ["profile_id"])
+
+
+@pytest.mark.parametrize("engine_dir", ["spark", "duckdb"])
+def test_feature_snapshots_use_the_profiles_duckdb_uses_at_each_date(spark, ingested, engine_dir):
+    """Snapshots at dates where the graph then differs from the final one (profiles split,
+    not yet joined): the same profile ids and values as DuckDB's, from either engine's ingest."""
+    spark_dir, duck_dir, _ = ingested
+    fs = build_registry(LIGHT_SPARK.features, ["yoga", "running"])
+    loaded = spark_jobs.load_events(spark, spark_dir if engine_dir == "spark" else duck_dir, LIGHT_SPARK)
+    duck = ingest_jobs.load_events(duck_dir, ProjectConfig())
+    con = duck.con
+    for as_of in AS_OFS:
+        sources = loaded.sources(as_of)
+        got = to_pandas(
+            spark_features.snapshot(spark, fs, as_of, events=sources.events, profiles=sources.profiles)
+        )
+        expected_sources = duck.sources(as_of)
+        expected = con.execute(
+            sql_compiler.snapshot_sql(
+                fs, as_of, con, events=expected_sources.events, profiles=expected_sources.profiles
+            )
+        ).df()
+        assert len(expected) > 100 and expected["loyalty_tier"].notna().any()
+        assert len(duck.graph.changed_keys(as_of)) > 100
+        assert_same_rows(got, expected, ["profile_id"])
+
+
+def test_labelled_stacked_snapshots_equal_duckdb_training_frame(spark, ingested):
+    """Labels attributed through the identity known at each as_of, as DuckDB attributes them."""
+    spark_dir, duck_dir, _ = ingested
+    model = load_model_config("conversion", ProjectConfig())
+    snapshots = model.training.snapshots.model_copy(update={"count": 3})
+    model = model.model_copy(update={"training": model.training.model_copy(update={"snapshots": snapshots})})
+    cutoff = dt.date(2025, 8, 29)
+    loaded = ingest_jobs.load_events(duck_dir, LIGHT_DUCKDB)
+    con = loaded.con
+    fs = feature_jobs.feature_set(con, LIGHT_DUCKDB, before=dt.date(2025, 2, 1))
+    expected, dates = training_frame(con, fs, model, cutoff, graph=loaded.graph)
+    spark_loaded = spark_jobs.load_events(spark, spark_dir, LIGHT_SPARK)
+    assert (
+        spark_features.learn_categories(spark, dt.date(2025, 2, 1), 8)
+        == feature_jobs.feature_set(con, ProjectConfig(), before=dt.date(2025, 2, 1)).categories
+    )
+    frame, spark_dates = spark_features.training_snapshots(spark, fs, model, cutoff, spark_loaded.graph)
+    assert spark_dates == dates
+    frame = frame.persist()
+    got = to_pandas(frame)
+    assert expected["label"].sum() > 20 and (expected["label"] == 0).sum() > 20
+    assert_same_rows(got, expected, ["as_of", "profile_id"])
+
+    # One machine trains on at most max_rows rows, the same share of each label, reproducibly.
+    cap = len(expected) // 3
+    sample = spark_features.sample_by_label(frame, max_rows=cap, seed=5)
+    assert len(sample.frame) == cap and sample.fraction == pytest.approx(cap / len(expected))
+    assert sample.frame["label"].sum() == round(expected["label"].sum() * sample.fraction)
+    assert_same_rows(
+        sample.frame, sample.frame.merge(expected[["as_of", "profile_id"]]), ["as_of", "profile_id"]
+    )
+    again = spark_features.sample_by_label(frame, max_rows=cap, seed=5)
+    pd.testing.assert_frame_equal(again.frame, sample.frame)
+    other = spark_features.sample_by_label(frame, max_rows=cap, seed=6)
+    assert set(other.frame["profile_id"]) != set(sample.frame["profile_id"])
+    everything = spark_features.sample_by_label(frame, max_rows=len(expected), seed=5)
+    assert everything.fraction == 1.0 and len(everything.frame) == len(expected)
+
+
+def test_feature_job_writes_the_duckdb_table(ingested, tmp_path):
+    spark_dir, duck_dir, _ = ingested
+    got = spark_jobs.build_features(spark_dir, tmp_path / "spark.parquet", LIGHT_SPARK, model="churn")
+    expected = feature_jobs.build_features(duck_dir, tmp_path / "duck.parquet", LIGHT_DUCKDB, model="churn")
+    assert (got.rows, got.features, got.labelled, got.as_of) == (
+        expected.rows,
+        expected.features,
+        expected.labelled,
+        expected.as_of,
+    )
+    assert feature_jobs.read_feature_metadata(got.out) == feature_jobs.read_feature_metadata(expected.out)
+    assert_same_rows(pd.read_parquet(got.out), pd.read_parquet(expected.out), ["profile_id"])
+
+
+@pytest.fixture(scope="module")
+def scored(ingested, tracking, tmp_path_factory):
+    """churn trained on a Spark sample, then scored by both engines' score jobs."""
+    spark_dir, duck_dir, _ = ingested
+    root = tmp_path_factory.mktemp("scored")
+    # The shipped churn model on three snapshots instead of six (and so fewer examples to ask
+    # for): less to build, the same code.
+    models = root / "models"
+    models.mkdir()
+    shipped = Path("configs/models/churn.yaml").read_text()
+    fewer = "{count: 3, spacing_days: 28}\n  min_positives: 20\n  min_negatives: 20"
+    (models / "churn.yaml").write_text(shipped.replace("{count: 6, spacing_days: 28}", fewer))
+    assert "{count: 3," in (models / "churn.yaml").read_text()
+    spark_config, duck_config = (
+        c.model_copy(update={"models_dir": str(models)}) for c in (LIGHT_SPARK, LIGHT_DUCKDB)
+    )
+    trained = spark_jobs.train_model("churn", spark_dir, spark_config)
+    version = trained.version
+    spark_run = spark_score_jobs.score_model(
+        "churn", spark_dir, spark_config, out=root / "spark", version=version, factors=3
+    )
+    duck_run = score_jobs.score_model(
+        "churn", duck_dir, duck_config, out=root / "duckdb", version=version, factors=3
+    )
+    return trained, spark_run, duck_run
+
+
+def test_training_on_spark_logs_its_sample(scored):
+    import mlflow
+
+    trained, *_ = scored
+    params = mlflow.get_run(trained.run_id).data.params
+    assert params["engine"] == "spark" and int(params["sample_rows"]) == int(params["sample_rows_available"])
+    assert trained.model_family in ("lightgbm", "logistic")
+
+
+def test_scores_and_factors_equal_duckdb_score_job(scored):
+    """Same partition, probabilities, scores, buckets, percentiles, identities and TreeSHAP
+    factors (the model's top_contributions) as the DuckDB score job."""
+    _, spark_run, duck_run = scored
+    assert (spark_run.as_of, spark_run.profiles, spark_run.eligible, spark_run.scored) == (
+        duck_run.as_of,
+        duck_run.profiles,
+        duck_run.eligible,
+        duck_run.scored,
+    )
+    assert spark_run.scored > 100 and spark_run.bucket_sizes == duck_run.bucket_sizes
+    assert spark_run.out.relative_to(spark_run.out.parents[1]) == duck_run.out.relative_to(
+        duck_run.out.parents[1]
+    )
+    got, expected = pd.read_parquet(spark_run.out), pd.read_parquet(duck_run.out)
+    assert_same_rows(
+        got.drop(columns=["factors", "scored_at"]),
+        expected.drop(columns=["factors", "scored_at"]),
+        ["profile_id"],
+    )
+    got, expected = got.sort_values("profile_id"), expected.sort_values("profile_id")
+    assert any(len(f) == 3 for f in expected["factors"])
+    for mine, theirs in zip(got["factors"], expected["factors"], strict=True):
+        assert [(f["feature"], f["label"], f["value"]) for f in mine] == [
+            (f["feature"], f["label"], f["value"]) for f in theirs
+        ]
+        assert np.allclose([f["impact"] for f in mine], [f["impact"] for f in theirs], rtol=0, atol=1e-9)
+
+
+def test_segment_memberships_equal_duckdbs(ingested, scored, tmp_path, runner_module):
+    """Two dates of memberships (realized / existing / exited, consent hold-back, a score rule
+    and feature rules) and identities, summaries and fingerprints: the DuckDB job's files."""
+    from propensity.pipeline import segment_jobs, spark_segment_jobs
+
+    spark_dir, duck_dir, _ = ingested
+    _, spark_run, duck_run = scored
+    features_only = tmp_path / "first.yaml"
+    features_only.write_text(
+        "segments:\n"
+        "  - {name: recent_buyers, rule: 'days_since_last_purchase <= 60 AND purchase_count_365d >= 1'}\n"
+        "  - {name: active_known, rule: 'is_known = 1 AND days_since_last_event <= 30'}\n"
+    )
+    with_scores = tmp_path / "second.yaml"
+    with_scores.write_text(
+        features_only.read_text()
+        + "  - {name: likely_churners, rule: 'churn.score >= 50 AND purchase_count_365d >= 1'}\n"
+    )
+    results = {}
+    project = tmp_path / "project.yaml"
+    project.write_text(json.dumps({"engine": ENGINE.model_dump(), **LIGHT}))
+    for as_of, segments_file in ((AS_OFS[1], features_only), (spark_run.as_of, with_scores)):
+        expected = segment_jobs.qualify_segments(
+            duck_dir, duck_run.out.parents[1], as_of, segments_file, tmp_path / "duckdb", LIGHT_DUCKDB
+        )
+        if as_of == AS_OFS[1]:
+            got = spark_segment_jobs.qualify_segments(
+                spark_dir, spark_run.out.parents[1], as_of, segments_file, tmp_path / "spark", LIGHT_SPARK
+            )
+            assert got.segments == expected.segments and (got.rows, got.profiles) == (
+                expected.rows,
+                expected.profiles,
+            )
+        else:  # through the CLI: `segments --engine spark`
+            result = invoke(
+                runner_module,
+                *("segments", "--engine", "spark", "--config", str(project), "--events", str(spark_dir)),
+                *("--scores", str(spark_run.out.parents[1]), "--as-of", str(as_of)),
+                *("--segments", str(segments_file), "--out", str(tmp_path / "spark")),
+            )
+            assert result.exit_code == 0, result.output
+        results[as_of] = expected
+        mine_dir = tmp_path / "spark" / f"as_of={as_of}"
+        for name in ("memberships.parquet", "identities.parquet"):
+            pd.testing.assert_frame_equal(
+                pd.read_parquet(mine_dir / name), pd.read_parquet(expected.out / name)
+            )
+        assert json.loads((mine_dir / "summary.json").read_text()) == json.loads(
+            (expected.out / "summary.json").read_text()
+        )
+    last = results[spark_run.as_of].segments
+    assert all(c.exited > 0 and c.existing > 0 for c in last[:2]) and last[2].realized > 0
+    assert sum(c.held_back for c in last) > 0
+
+
+def test_engine_settings_and_paths():
+    config = load_config_for(None, "spark")
+    assert config.engine.name == "spark"
+    with pytest.raises(UserError, match="--engine"):
+        load_config_for(None, "flink")
+    assert hadoop_path(Path("s3a://bucket/events")) == "s3a://bucket/events"
+    assert (
+        hadoop_path("abfss://c@account.dfs.core.windows.net/x") == "abfss://c@account.dfs.core.windows.net/x"
+    )
+    assert hadoop_path("data/luma") == "data/luma"
+    with pytest.raises(UserError, match="unknown key"):
+        parse_config(ProjectConfig, {"engine": {"spark": {"mastr": "local"}}}, "project.yaml")
