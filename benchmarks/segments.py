@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from propensity.core.config import EngineConfig, SegmentConfig
+from propensity.features import membership_store
 from propensity.features import segments as seg
 from propensity.features.engine import connect
 
@@ -362,7 +363,7 @@ def main() -> None:
             con, segments, features[D2], scores, ours_dir, D2, ["crm_id", "email_sha256", "ecid"]
         )
     )
-    summary = seg.read_summary(ours_dir, D2)
+    summary = membership_store.read_summary(ours_dir, D2)
     rows = summary["rows"]
     ours_s, hand_s = min(runs["ours"]), min(runs["handwritten"])
 

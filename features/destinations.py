@@ -35,7 +35,7 @@ from propensity.core.config import DestinationConfig
 from propensity.core.errors import UserError
 from propensity.core.io import atomic_path, write_json
 from propensity.features.engine import sql_string
-from propensity.features.segments import IDENTITIES_FILE, MEMBERSHIPS_FILE, partition_dir
+from propensity.features.membership_store import IDENTITIES_FILE, MEMBERSHIPS_FILE, partition_dir
 
 EXPORTED_STATUSES: tuple[str, ...] = ("realized", "existing")
 

@@ -39,8 +39,6 @@ dates in date order restates them. Nothing is rewritten behind the user's back.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +49,16 @@ from propensity.core.config import SegmentConfig
 from propensity.core.errors import UserError
 from propensity.core.io import atomic_path, write_json
 from propensity.features.engine import sql_ident, sql_string
+from propensity.features.membership_store import (
+    IDENTITIES_FILE,
+    MEMBERSHIPS_FILE,
+    SUMMARY_FILE,
+    partition_dir,
+    previous_as_of,
+    qualified_fingerprint,
+    stale_later_dates,
+    stored_fingerprint,
+)
 from propensity.features.registry import CARRIED_COLUMNS
 from propensity.features.rules import Rule, parse_rule
 
@@ -62,11 +70,9 @@ SCORE_COLUMNS: dict[str, str] = {
     "percentile": "number",
     "bucket": "string",
 }
-MEMBERSHIPS_FILE, IDENTITIES_FILE, SUMMARY_FILE = "memberships.parquet", "identities.parquet", "summary.json"
 CONSENT_COLUMNS: tuple[str, ...] = CARRIED_COLUMNS  # consent_personalization, consent_marketing
 # The internal status of opted-out profiles that qualify: counted, never written.
 HELD_BACK = "held_back"
-_PARTITION = re.compile(r"^as_of=(\d{4}-\d{2}-\d{2})$")
 
 
 @dataclass(frozen=True)
@@ -176,29 +182,6 @@ def score_partition(scores_dir: str | Path, model: str, as_of: dt.date, who: str
     return found
 
 
-def partition_dir(out_dir: str | Path, as_of: dt.date) -> Path:
-    return Path(out_dir) / f"as_of={as_of}"
-
-
-def membership_dates(out_dir: str | Path) -> list[dt.date]:
-    """The as-of dates with memberships in ``out_dir``, oldest first."""
-    root = Path(out_dir)
-    if not root.is_dir():
-        return []
-    dates = []
-    for child in root.iterdir():
-        match = _PARTITION.match(child.name)
-        if match and (child / MEMBERSHIPS_FILE).is_file():
-            dates.append(dt.date.fromisoformat(match.group(1)))
-    return sorted(dates)
-
-
-def previous_as_of(out_dir: str | Path, as_of: dt.date) -> dt.date | None:
-    """The latest as-of in ``out_dir`` strictly before ``as_of`` (by date), or None."""
-    earlier = [d for d in membership_dates(out_dir) if d < as_of]
-    return earlier[-1] if earlier else None
-
-
 def qualification_sql(
     segments: Sequence[Segment],
     features_sql: str,
@@ -275,53 +258,6 @@ def qualification_sql(
         UNION ALL
         SELECT profile_id, segment, '{HELD_BACK}', {day}, {null("DATE")} FROM qualified WHERE opted_out
     """
-
-
-def qualified_fingerprint(con: duckdb.DuckDBPyConnection, rows: str) -> str:
-    """Count and checksum of the qualified set (realized and existing rows, with qualified_at)
-    of ``rows`` (a table, or ``read_parquet(...)``): all the next date's statuses depend on.
-
-    DuckDB's ``hash`` is fast (md5 took 0.9 s for 700k rows, hash 0.05 s); it may change
-    between DuckDB versions, which can only make a later date look stale, never hide it.
-    """
-    count, checksum = con.execute(f"""
-        SELECT count(*), coalesce(sum(hash(profile_id, segment, qualified_at)), 0)
-        FROM {rows} WHERE status IN ('realized', 'existing')
-    """).fetchall()[0]
-    return f"{count}:{checksum}"
-
-
-def _read_summary(directory: Path) -> dict:
-    try:
-        return json.loads((directory / SUMMARY_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _fingerprint_of(con: duckdb.DuckDBPyConnection, out_dir: str | Path, as_of: dt.date) -> str:
-    """A stored date's fingerprint, from its summary (or its file, for an older summary)."""
-    directory = partition_dir(out_dir, as_of)
-    stored = _read_summary(directory).get("fingerprint")
-    return stored or qualified_fingerprint(
-        con, f"read_parquet({sql_string(str(directory / MEMBERSHIPS_FILE))})"
-    )
-
-
-def stale_later_dates(con: duckdb.DuckDBPyConnection, out_dir: str | Path, as_of: dt.date) -> list[dt.date]:
-    """Dates after ``as_of`` whose statuses were computed against a previous date (or content)
-    other than the one that now precedes them."""
-    dates = membership_dates(out_dir)
-    stale = []
-    for i, date in enumerate(dates):
-        if date <= as_of or i == 0:
-            continue
-        expected = dates[i - 1]
-        recorded = _read_summary(partition_dir(out_dir, date)).get("previous") or {}
-        if recorded.get("as_of") != str(expected) or recorded.get("fingerprint") != _fingerprint_of(
-            con, out_dir, expected
-        ):
-            stale.append(date)
-    return stale
 
 
 def _write_identities(
@@ -430,7 +366,7 @@ def write_qualification(
                 identities=identities,
                 identity_namespaces=list(identity_namespaces) if identity_namespaces is not None else None,
             )
-            previous_fingerprint = _fingerprint_of(con, out_dir, previous) if previous else None
+            previous_fingerprint = stored_fingerprint(con, out_dir, previous) if previous else None
             fingerprint = qualified_fingerprint(con, "_segment_rows")
             write_json(_summary(result, segments, fingerprint, previous_fingerprint), tmp / SUMMARY_FILE)
     finally:
@@ -462,18 +398,3 @@ def _summary(
         "identities": result.identities,
         "identity_namespaces": result.identity_namespaces,
     }
-
-
-def read_summary(out_dir: str | Path, as_of: dt.date) -> dict:
-    """The summary of one as-of's memberships; a UserError when that date was never qualified."""
-    directory = partition_dir(out_dir, as_of)
-    if not (directory / MEMBERSHIPS_FILE).is_file():
-        present = ", ".join(str(d) for d in membership_dates(out_dir)) or "none"
-        raise UserError(
-            f"no memberships at {as_of} in {out_dir} (dates present: {present}); "
-            f"run `propensity segments --as-of {as_of}` first"
-        )
-    summary = _read_summary(directory)
-    if not summary.get("segments"):
-        raise UserError(f"{directory / SUMMARY_FILE}: missing or unreadable; re-run the segments job")
-    return summary

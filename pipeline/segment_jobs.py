@@ -19,6 +19,7 @@ import mlflow
 from propensity.core.config import MonitorConfig, ProjectConfig
 from propensity.core.errors import UserError
 from propensity.features import destinations as destinations_mod
+from propensity.features import membership_store
 from propensity.features import segments as segments_mod
 from propensity.features.engine import connect, sql_string
 from propensity.features.event_queries import data_end
@@ -152,12 +153,12 @@ def export_segments(
     file is written.
     """
     destinations = load_destinations(destinations_path).destinations
-    dates = segments_mod.membership_dates(memberships_dir)
+    dates = membership_store.membership_dates(memberships_dir)
     if as_of is None:
         if not dates:
             raise UserError(f"{memberships_dir}: no memberships; run `propensity segments` first")
         as_of = dates[-1]
-    summary = segments_mod.read_summary(memberships_dir, as_of)
+    summary = membership_store.read_summary(memberships_dir, as_of)
     segment_models = {name: tuple(s.get("models", ())) for name, s in summary["segments"].items()}
     wanted = {seg for d in destinations for seg in d.segments}
     actions = model_actions({m for seg in wanted for m in segment_models.get(seg, ())}, config)

@@ -18,6 +18,7 @@ from propensity.core.config import (
 )
 from propensity.core.errors import UserError
 from propensity.features import destinations as dest
+from propensity.features import membership_store
 from propensity.features import segments as seg
 from propensity.pipeline import segment_jobs
 from propensity.pipeline.config_files import load_destinations, load_model_config, load_segments
@@ -201,7 +202,7 @@ def test_unknown_segments_and_namespaces_are_named(memberships):
             [destination(segments=["all", "gone"], identities=["email_sha256", "loyalty_id"])],
             {"all": ()},
             {},
-            dest.recorded_namespaces(memberships, D1, seg.read_summary(memberships, D1)),
+            dest.recorded_namespaces(memberships, D1, membership_store.read_summary(memberships, D1)),
             D1,
         )
     assert "segment 'gone' has no memberships at 2025-03-01 (segments: all)" in str(error.value)

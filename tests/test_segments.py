@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from propensity.core.config import ProjectConfig, SegmentConfig
 from propensity.core.errors import UserError
+from propensity.features import membership_store
 from propensity.features import segments as seg
 from propensity.pipeline import ingest_jobs
 from propensity.pipeline.config_files import load_segments
@@ -288,7 +289,7 @@ def test_opted_out_profiles_are_in_no_output_and_counted_as_held_back(tmp_path):
     later = run(con, both, {"p1": (10, "n"), "p2": (10, "n"), "p3": (1, "n"), "p4": (7, None)}, out, D2)
     assert {m[0] for m in memberships(out, D2)} == {"p4"}
     assert {c.segment: c.held_back for c in later.counts} == {"big": 2, "all": 3}
-    summary = seg.read_summary(out, D2)
+    summary = membership_store.read_summary(out, D2)
     assert summary["counts"]["big"]["held_back"] == 2
     # Rules may read the consent columns too (here: explicitly given personalisation consent).
     kinds = {"x": "number", "consent_personalization": "string", "consent_marketing": "string"}
@@ -393,7 +394,7 @@ def test_segments_and_export_end_to_end_through_the_cli(runner, luma_ingested, t
         assert result.exit_code == 0, result.output
     assert "statuses against 2025-07-01" in result.output
     assert "lapsed_yoga" in result.output  # the name may wrap in an 80-column table
-    summary = seg.read_summary(out, dates[1])
+    summary = membership_store.read_summary(out, dates[1])
     assert set(summary["segments"]) == {
         "lapsed_yoga_buyers_likely_to_return",
         "high_propensity_prospects",
