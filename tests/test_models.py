@@ -277,25 +277,3 @@ def test_reweighting_options_are_refused():
 
     with pytest.raises(UserError, match="scale_pos_weight"):
         parse_config(ModelConfig, {"name": "m", "training": {"lightgbm": {"scale_pos_weight": 10}}}, "m.yaml")
-
-
-def test_feature_importance_notebook_runs(churn_run, luma_ingested, tracking, monkeypatch):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    notebook = json.loads(
-        (
-            __import__("pathlib").Path(__file__).parents[1] / "notebooks" / "feature_importance.ipynb"
-        ).read_text()
-    )
-    monkeypatch.setenv("PROPENSITY_MODEL", "churn")
-    monkeypatch.setenv("PROPENSITY_EVENTS", str(luma_ingested))
-    monkeypatch.setenv("PROPENSITY_ALIAS", "challenger")
-    monkeypatch.setenv("PROPENSITY_AS_OF", "2025-10-15")
-    namespace: dict = {}
-    for cell in notebook["cells"]:
-        if cell["cell_type"] == "code":
-            exec(compile("".join(cell["source"]), "feature_importance.ipynb", "exec"), namespace)
-    importance, factors = namespace["importance"], namespace["factors"]
-    assert importance["mean_abs_shap"].iloc[0] > 0 and importance["label"].iloc[0]
-    assert 0 < len(factors) <= 8 and factors["impact"].abs().is_monotonic_decreasing
