@@ -305,8 +305,7 @@ def qualify(
     rules read and ``consent_personalization``. ``scores``: model -> its Parquet files at
     ``as_of`` (:func:`score_files`). With ``identity_namespaces``, also writes
     ``identities.parquet`` from ``identity_map`` and ``profiles`` (relations of the profiles as
-    of ``as_of``). Re-running
-    a date replaces it with identical rows.
+    of ``as_of``). Re-running a date replaces it with identical rows.
     """
     if not segments:
         raise UserError("no segments to qualify")

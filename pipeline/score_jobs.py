@@ -101,27 +101,39 @@ def _prepare(
     client = tracking.configure(config)
     model, mv = tracking.load_propensity_model(client, model_name, version=version, alias=alias)
     loaded = load_events(events, config)
-    cutoff = data_end(loaded.con)
+    as_of = checked_as_of(as_of, data_end(loaded.con))
+    fs = feature_set(loaded.con, config, before=as_of, categories=model.metadata.get("categories"))
+    population = model_population(model, model_name, str(mv.version), fs, config)
+    return _Prepared(model, str(mv.version), loaded, fs, population, as_of)
+
+
+def checked_as_of(as_of: dt.date | None, cutoff: dt.date) -> dt.date:
+    """``as_of`` (default: ``cutoff``, the day after the last event); after the data: UserError."""
     as_of = as_of or cutoff
     if as_of > cutoff:
         raise UserError(
             f"--as-of {as_of} is after the data: the last event is on {cutoff - dt.timedelta(days=1)}, "
             f"so the latest as-of is {cutoff}"
         )
-    fs = feature_set(loaded.con, config, before=as_of, categories=model.metadata.get("categories"))
+    return as_of
+
+
+def model_population(
+    model: PropensityModel, model_name: str, version: str, fs: FeatureSet, config: ProjectConfig
+) -> Rule:
+    """The model's population rule, once every feature the model uses is one ``fs`` can build
+    (else a UserError naming one); shared by the DuckDB and Spark score jobs."""
     buildable = set(fs.names()) | set(PROFILE_ATTRIBUTE_FEATURES)
     missing = [name for name in model.feature_names if name not in buildable]
     if missing:
         raise UserError(
-            f"model '{model_name}' v{mv.version} uses {len(missing)} features these events and the "
+            f"model '{model_name}' v{version} uses {len(missing)} features these events and the "
             f"project config cannot build, e.g. `{missing[0]}` (check features.windows_days and "
             f"categories against the config it was trained with)"
         )
     population_text = model.metadata.get("population") or load_model_config(model_name, config).population
-    population = parse_rule(
-        population_text, fs.names(model_features_only=False), f"model '{model_name}': population"
-    )
-    return _Prepared(model, str(mv.version), loaded, fs, population, as_of)
+    names = fs.names(model_features_only=False)
+    return parse_rule(population_text, names, f"model '{model_name}': population")
 
 
 def _identities_sql(loaded: LoadedEvents, identity_map: str) -> tuple[str, list[str]]:

@@ -24,14 +24,17 @@ import numpy as np
 from propensity.core.config import ProjectConfig
 from propensity.core.errors import UserError
 from propensity.features import spark_features as sf
-from propensity.features.registry import PROFILE_ATTRIBUTE_FEATURES
-from propensity.features.rules import parse_rule
 from propensity.features.spark_engine import atomic_output, hadoop_path, spark_session, write_parquet
 from propensity.features.spark_ordering import cumulative_counts
 from propensity.models import tracking
 from propensity.models.scoring import score_batch
-from propensity.pipeline.config_files import load_model_config
-from propensity.pipeline.score_jobs import SCORE_IDENTITY_COLUMNS, Progress, ScoreRun
+from propensity.pipeline.score_jobs import (
+    SCORE_IDENTITY_COLUMNS,
+    Progress,
+    ScoreRun,
+    checked_as_of,
+    model_population,
+)
 from propensity.pipeline.spark_jobs import feature_set, load_events
 
 if TYPE_CHECKING:
@@ -123,26 +126,9 @@ def score_model(
     model, mv = tracking.load_propensity_model(client, model_name, version=version, alias=alias)
     spark = spark_session(config.engine)
     loaded = load_events(spark, events, config)
-    cutoff = sf.data_end(spark)
-    as_of = as_of or cutoff
-    if as_of > cutoff:
-        raise UserError(
-            f"--as-of {as_of} is after the data: the last event is on {cutoff - dt.timedelta(days=1)}, "
-            f"so the latest as-of is {cutoff}"
-        )
+    as_of = checked_as_of(as_of, sf.data_end(spark))
     fs = feature_set(spark, config, before=as_of, categories=model.metadata.get("categories"))
-    buildable = set(fs.names()) | set(PROFILE_ATTRIBUTE_FEATURES)
-    missing = [name for name in model.feature_names if name not in buildable]
-    if missing:
-        raise UserError(
-            f"model '{model_name}' v{mv.version} uses {len(missing)} features these events and the "
-            f"project config cannot build, e.g. `{missing[0]}` (check features.windows_days and "
-            f"categories against the config it was trained with)"
-        )
-    population_text = model.metadata.get("population") or load_model_config(model_name, config).population
-    population = parse_rule(
-        population_text, fs.names(model_features_only=False), f"model '{model_name}': population"
-    )
+    population = model_population(model, model_name, str(mv.version), fs, config)
     factors = config.scoring.factors if factors is None else factors
     if factors < 0:
         raise UserError(f"--factors must be 0 or more, got {factors}")
