@@ -298,6 +298,7 @@ def snapshot_sql(
     where: str | None = None,
     plan: str = "auto",
     profiles: str = "profiles",
+    ordered: bool = True,
 ) -> str:
     """One snapshot straight off the events: one scan, then aggregates per profile.
 
@@ -306,7 +307,8 @@ def snapshot_sql(
     give the same values; the tests hold them to it. ``events`` and ``profiles`` name the
     relations to read: with an identity graph, those as of ``as_of``
     (``features.identity_as_of.IdentityGraph.sources``), so that no later link moves an
-    event into a profile.
+    event into a profile. ``ordered=False`` leaves the rows in no particular order (a consumer
+    that sorts or streams them saves the sort of the whole feature table).
     """
     if plan == "auto":
         plan = choose_plan(fs)
@@ -321,12 +323,21 @@ def snapshot_sql(
         FROM {events}
         WHERE timestamp < TIMESTAMP '{as_of} 00:00:00' AND timestamp >= TIMESTAMP '{lowest} 00:00:00'
     """
-    aggregates = (
-        _window_aggregates(fs, rows, as_of_day)
-        if plan == "windows"
-        else _aggregates(fs, rows, daily_rows=False)
-    )
-    return features_sql_from(fs, aggregates, con, dialect, where, profiles=profiles)
+    if plan == "windows":
+        aggregates = _window_aggregates(fs, rows, as_of_day)
+    else:
+        # Buckets read one row per profile and active day: distinct active days become sums
+        # of daily flags (DuckDB runs each count(DISTINCT) as its own pass over the events).
+        window = f"""(
+            SELECT * FROM {events}
+            WHERE timestamp < TIMESTAMP '{as_of} 00:00:00' AND timestamp >= TIMESTAMP '{lowest} 00:00:00'
+        )"""
+        daily = f"""
+            SELECT r.*, {as_of_day} AS as_of_day, {as_of_day} - r.day AS ago
+            FROM ({rollup_sql(fs, dialect, events=window)}) r
+        """
+        aggregates = _aggregates(fs, daily, daily_rows=True)
+    return features_sql_from(fs, aggregates, con, dialect, where, ordered=ordered, profiles=profiles)
 
 
 def build_snapshot(

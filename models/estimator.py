@@ -10,6 +10,8 @@ import joblib
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from propensity.core.errors import UserError
 from propensity.models.calibration import Calibrator
@@ -84,6 +86,25 @@ class PropensityModel:
         their log-odds impacts (n, k), strongest |impact| first; no full sort per row."""
         return self.explainer.top_k(lightgbm_array(matrix, self.booster.pandas_categorical), k)
 
+    def predict_and_explain(self, table: pa.Table, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Calibrated probabilities and the ``k`` strongest contributions of an Arrow feature table:
+        (probability (n,), feature indices (n, k), impacts (n, k)), as :meth:`predict_proba` and
+        :meth:`top_contributions` on the same rows. The batch-scoring path: the table goes straight
+        to LightGBM's float64 rows, one conversion for the prediction and the explanation."""
+        rows = arrow_lightgbm_array(table, self.feature_names, self._categorical_lists())
+        probability = self.calibrator.transform(self.booster.predict(rows, raw_score=True))
+        if k <= 0:
+            return probability, np.zeros((len(rows), 0), np.int32), np.zeros((len(rows), 0))
+        indices, impacts = self.explainer.top_k(rows, k)
+        return probability, indices, impacts
+
+    def _categorical_lists(self) -> dict[str, list]:
+        """Categorical column -> the category list its codes index, the booster's own when it has
+        one (as ``booster.predict`` on a DataFrame does)."""
+        names = [c for c in self.feature_names if c in self.categories]
+        trained = list(self.booster.pandas_categorical or [])
+        return {c: (trained[i] if i < len(trained) else self.categories[c]) for i, c in enumerate(names)}
+
     def save(self, path: str | Path) -> Path:
         """Write the model to one file (joblib); :meth:`load` reads it back."""
         joblib.dump(self, path)
@@ -110,7 +131,9 @@ def feature_matrix(
     columns = {}
     for column in feature_names:
         if column in categories:
-            columns[column] = pd.Categorical(frame[column].astype("object"), categories=categories[column])
+            values = frame[column].astype("object")
+            known = values.where(values.isin(categories[column]))  # unknown -> missing, as LightGBM
+            columns[column] = pd.Categorical(known, categories=categories[column])
         else:
             columns[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
     return pd.DataFrame(columns, index=frame.index)
@@ -132,6 +155,37 @@ def lightgbm_array(matrix: pd.DataFrame, pandas_categorical: list[list] | None =
             out[:, j] = np.where(codes < 0, np.nan, codes)
         else:
             out[:, j] = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    return out
+
+
+def arrow_lightgbm_array(
+    table: pa.Table, feature_names: list[str], categorical: dict[str, list]
+) -> np.ndarray:
+    """An Arrow feature table as the float64 rows LightGBM predicts on, without pandas: numeric
+    columns cast to float64 (null -> NaN), each column of ``categorical`` as the index of its value
+    in that category list (null or unknown -> NaN). Equal to ``lightgbm_array(feature_matrix(...))``."""
+    missing = [c for c in feature_names if c not in table.column_names]
+    if missing:
+        raise UserError(f"feature table lacks {len(missing)} model features, e.g. `{missing[0]}`")
+    out = np.empty((table.num_rows, len(feature_names)), dtype=np.float64)
+    for j, name in enumerate(feature_names):
+        column = table.column(name)
+        if name in categorical:
+            values = pa.array([str(c) for c in categorical[name]], type=pa.string())
+            codes = pc.index_in(pc.cast(column, pa.string()), value_set=values)
+            out[:, j] = pc.cast(codes, pa.float64()).to_numpy(zero_copy_only=False)
+        elif (
+            pa.types.is_integer(column.type)
+            or pa.types.is_floating(column.type)
+            or pa.types.is_boolean(column.type)
+            or pa.types.is_decimal(column.type)
+            or pa.types.is_null(column.type)
+        ):
+            out[:, j] = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+        else:  # text in a numeric feature: what the DataFrame path makes of it (non-numbers: NaN)
+            out[:, j] = pd.to_numeric(column.to_pandas(), errors="coerce").to_numpy(
+                np.float64, na_value=np.nan
+            )
     return out
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 
@@ -175,6 +176,16 @@ class LinearPropensityModel:
         order = np.lexsort((top, -chosen), axis=1)
         indices = np.take_along_axis(top, order, axis=1)
         return indices, np.take_along_axis(contributions, indices, axis=1)
+
+    def predict_and_explain(self, table: pa.Table, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Calibrated probabilities and the ``k`` strongest contributions of an Arrow feature table
+        (the interface of :meth:`PropensityModel.predict_and_explain`)."""
+        frame = table.to_pandas()
+        probability = self.predict_proba(frame)
+        if k <= 0:
+            return probability, np.zeros((len(frame), 0), np.int32), np.zeros((len(frame), 0))
+        indices, impacts = self.top_contributions(self.matrix(frame), k)
+        return probability, indices, impacts
 
     def save(self, path: str | Path) -> Path:
         """Write the model to one file (joblib); :meth:`load` reads it back."""

@@ -33,46 +33,75 @@ def bucket_thresholds(model: PropensityModel) -> tuple[int, int]:
     return int(configured["medium"]), int(configured["high"])
 
 
-def _display_values(column: pd.Series) -> pa.Array:
-    """A feature column as short text: numbers rounded to 4 decimals, categories as they are."""
-    if isinstance(column.dtype, pd.CategoricalDtype) or column.dtype == object:
-        return pa.array(column.astype("object").where(column.notna(), None), type=pa.string())
-    values = pa.array(column.to_numpy(dtype=np.float64), from_pandas=True)
-    return pc.cast(pc.round(values, 4), pa.string())
+def _display_values(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Feature values as short text: numbers rounded to 4 decimals (NaN as missing), text as it is."""
+    if (
+        pa.types.is_dictionary(values.type)
+        or pa.types.is_string(values.type)
+        or pa.types.is_large_string(values.type)
+    ):
+        return pc.cast(values, pa.string())
+    numbers = pc.cast(values, pa.float64())
+    numbers = pc.if_else(pc.is_nan(numbers), pa.scalar(None, pa.float64()), numbers)
+    return pc.cast(pc.round(numbers, 4), pa.string())
 
 
-def factor_lists(model: PropensityModel, matrix: pd.DataFrame, k: int) -> pa.Array:
-    """Per row, up to ``k`` factors strongest |impact| first; features with no impact left out."""
-    n = len(matrix)
-    k = min(k, len(model.feature_names))
-    if k <= 0 or n == 0:
+def _factor_values(table: pa.Table, names: list[str], rows: np.ndarray, columns: np.ndarray) -> pa.Array:
+    """The display value of each (row, feature) factor: one take per feature that appears, never a
+    display column for every feature and row."""
+    order = np.argsort(columns, kind="stable")
+    grouped = columns[order]
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+    stops = np.r_[starts[1:], len(order)]
+    pieces = [
+        _display_values(table.column(names[grouped[a]]).take(pa.array(rows[order[a:b]])))
+        for a, b in zip(starts, stops, strict=True)
+    ]
+    in_column_order = pa.chunked_array(pieces, type=pa.string()).combine_chunks()
+    back = np.empty_like(order)
+    back[order] = np.arange(len(order))
+    return in_column_order.take(pa.array(back))
+
+
+def factor_lists(
+    model: PropensityModel, table: pa.Table, indices: np.ndarray, impacts: np.ndarray
+) -> pa.Array:
+    """Per row, the factors of ``indices``/``impacts`` (strongest |impact| first, as
+    ``top_contributions`` gives them) with labels and the row's values; no-impact features left out."""
+    n = table.num_rows
+    k = indices.shape[1] if indices.ndim == 2 else 0
+    if k == 0 or n == 0:
         return pa.array([[] for _ in range(n)], type=pa.list_(FACTOR_TYPE))
-    indices, impacts = model.top_contributions(matrix, k)
-    keep = impacts != 0.0
-    rows = np.repeat(np.arange(n), k)[keep.ravel()]
-    columns = indices.ravel()[keep.ravel()].astype(np.int64)
+    keep = (impacts != 0.0).ravel()
+    rows = np.repeat(np.arange(n), k)[keep]
+    columns = indices.ravel()[keep].astype(np.int64)
     names = np.asarray(model.feature_names, dtype=object)
     labels = np.asarray([model.feature_labels.get(f, f) for f in model.feature_names], dtype=object)
-    # One display column per feature, then a take per factor: no Python loop over rows.
-    display = [_display_values(matrix[name]) for name in model.feature_names]
-    flat_values = pa.chunked_array(display).combine_chunks()
-    value_index = columns * n + rows
     structs = pa.StructArray.from_arrays(
         [
             pa.array(names[columns], type=pa.string()),
             pa.array(labels[columns], type=pa.string()),
-            flat_values.take(pa.array(value_index)),
-            pa.array(impacts.ravel()[keep.ravel()], type=pa.float64()),
+            _factor_values(table, list(model.feature_names), rows, columns),
+            pa.array(impacts.ravel()[keep], type=pa.float64()),
         ],
         fields=list(FACTOR_TYPE),
     )
-    offsets = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum(keep.reshape(n, k).sum(axis=1))]).astype(np.int32)
     return pa.ListArray.from_arrays(pa.array(offsets), structs)
+
+
+def as_arrow(batch: pa.Table | pa.RecordBatch | pd.DataFrame) -> pa.Table:
+    """A feature batch as an Arrow table (what DuckDB and Spark hand over; a DataFrame is converted)."""
+    if isinstance(batch, pa.Table):
+        return batch
+    if isinstance(batch, pa.RecordBatch):
+        return pa.Table.from_batches([batch])
+    return pa.Table.from_pandas(batch, preserve_index=False)
 
 
 def score_batch(
     model: PropensityModel,
-    frame: pd.DataFrame,
+    batch: pa.Table | pa.RecordBatch | pd.DataFrame,
     *,
     model_name: str,
     model_version: str,
@@ -81,28 +110,29 @@ def score_batch(
     scored_at: dt.datetime,
     identity_columns: list[str] | None = None,
 ) -> pa.Table:
-    """Score one batch of profiles (rows of the feature table at ``as_of``).
+    """Score one batch of profiles (rows of the feature table at ``as_of``, Arrow or pandas).
 
     Returns ``profile_id``, ``model``, ``model_version``, ``as_of``, ``probability``,
     ``score`` (0-100 against the model's reference distribution), ``bucket``, ``factors``,
-    ``scored_at`` and the ``identity_columns`` carried from ``frame``.
+    ``scored_at`` and the ``identity_columns`` carried from ``batch``.
     """
-    matrix = model.matrix(frame)
-    probability = model.predict_proba(frame)
+    table = as_arrow(batch)
+    k = min(factors, len(model.feature_names))
+    probability, indices, impacts = model.predict_and_explain(table, k)
     score = scores_from_reference(probability, np.asarray(model.metadata["reference_probabilities"]))
     medium, high = bucket_thresholds(model)
-    n = len(frame)
+    n = table.num_rows
     columns: dict[str, pa.Array] = {
-        "profile_id": pa.array(frame["profile_id"].astype(str).to_numpy(), type=pa.string()),
+        "profile_id": pc.cast(table.column("profile_id"), pa.string()),
         "model": pa.array([model_name] * n, type=pa.string()),
         "model_version": pa.array([str(model_version)] * n, type=pa.string()),
         "as_of": pa.array([as_of] * n, type=pa.date32()),
         "probability": pa.array(probability, type=pa.float64()),
         "score": pa.array(score, type=pa.int16()),
         "bucket": pa.array(buckets(score, medium, high), type=pa.string()),
-        "factors": factor_lists(model, matrix, factors),
+        "factors": factor_lists(model, table, indices, impacts),
         "scored_at": pa.array([scored_at] * n, type=pa.timestamp("us", tz="UTC")),
     }
     for column in identity_columns or []:
-        columns[column] = pa.array(frame[column].astype("object").where(frame[column].notna(), None))
+        columns[column] = pc.cast(table.column(column), pa.string())
     return pa.table(columns)

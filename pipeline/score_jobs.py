@@ -19,6 +19,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from propensity.core.config import ProjectConfig
@@ -41,7 +42,8 @@ from propensity.pipeline.ingest_jobs import LoadedEvents, load_events
 # smallest); every identity of a profile is in the ingest's identity_map.
 SCORE_IDENTITY_COLUMNS = ("crm_id", "email_sha256", "phone_sha256", "ecid")
 
-Progress = Callable[[int, int], None]  # (rows done, rows in all)
+Progress = Callable[[int, int | None], None]  # (profiles scored, all to score once known)
+ELIGIBLE = "__in_population"
 
 
 @dataclass(frozen=True)
@@ -175,45 +177,61 @@ def score_model(
     target = out_root / f"model={model_name}" / f"as_of={prep.as_of}"
 
     sources = prep.loaded.sources(prep.as_of)
-    features_sql = snapshot_sql(prep.fs, prep.as_of, con, events=sources.events, profiles=sources.profiles)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE score_features AS {features_sql}")
-    where = prep.population.sql("duckdb")
-    profiles, eligible = con.execute(
-        f"SELECT count(*), count(*) FILTER (WHERE {where}) FROM score_features"
-    ).fetchall()[0]
     identities, identity_columns = _identities_sql(prep.loaded, sources.identity_map)
-    rows_sql = f"""
-        SELECT f.*{"".join(f", i.{sql_ident(c)}" for c in identity_columns)}
-        FROM score_features f LEFT JOIN ({identities}) i USING (profile_id)
-        WHERE {where} ORDER BY f.profile_id
-    """
+    partitions = config.scoring.profile_partitions
+
+    def rows_sql(part: int) -> str:
+        """The feature rows of one profile partition, streamed in one pass: each row once with its
+        population flag and only the columns the model reads (DuckDB then skips the features no
+        one reads), in no particular order (the partition is sorted when it is written)."""
+        events = sources.events
+        if partitions > 1:  # by the profile the events belong to at as_of: a profile is never split
+            events = f"(SELECT * FROM {events} WHERE hash(profile_id) % {partitions} = {part})"
+        features_sql = snapshot_sql(
+            prep.fs, prep.as_of, con, events=events, profiles=sources.profiles, ordered=False
+        )
+        model_columns = "".join(f", f.{sql_ident(c)}" for c in prep.model.feature_names)
+        return f"""
+            SELECT f.profile_id{model_columns},
+                   coalesce(({prep.population.sql("duckdb")}), false) AS {ELIGIBLE}
+                   {"".join(f", i.{sql_ident(c)}" for c in identity_columns)}
+            FROM ({features_sql}) f LEFT JOIN ({identities}) i USING (profile_id)
+        """
+
     scored_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    scored = 0
+    profiles = eligible = scored = 0
     with tempfile.TemporaryDirectory(dir=_existing_parent(out_root)) as tmp:
         parts = Path(tmp) / "unranked.parquet"
         writer: pq.ParquetWriter | None = None
-        reader = arrow_batches(con, rows_sql, chunk_rows)
-        for batch in reader:
-            table = score_batch(
-                prep.model,
-                batch.to_pandas(),
-                model_name=model_name,
-                model_version=prep.version,
-                as_of=prep.as_of,
-                factors=factors,
-                scored_at=scored_at,
-                identity_columns=identity_columns,
-            )
-            if writer is None:
-                writer = pq.ParquetWriter(parts, table.schema, compression="zstd")
-            writer.write_table(table)
-            scored += table.num_rows
+        batches = (
+            batch for part in range(partitions) for batch in arrow_batches(con, rows_sql(part), chunk_rows)
+        )
+        for batch in batches:
+            profiles += batch.num_rows
+            rows = pa.Table.from_batches([batch]).filter(batch.column(ELIGIBLE))
+            eligible += rows.num_rows
+            if rows.num_rows:
+                table = score_batch(
+                    prep.model,
+                    rows,
+                    model_name=model_name,
+                    model_version=prep.version,
+                    as_of=prep.as_of,
+                    factors=factors,
+                    scored_at=scored_at,
+                    identity_columns=identity_columns,
+                )
+                if writer is None:
+                    writer = pq.ParquetWriter(parts, table.schema, compression="zstd")
+                writer.write_table(table)
+                scored += table.num_rows
             if progress is not None:
-                progress(scored, eligible)
+                progress(scored, None)
         if writer is not None:
             writer.close()
         bucket_sizes = _write_partition(con, parts if writer is not None else None, target)
-    con.execute("DROP TABLE score_features")
+    if progress is not None:
+        progress(scored, scored)
     run_id = _log_scoring_run(prep, model_name, target, profiles, eligible, scored, bucket_sizes)
     return ScoreRun(
         model=model_name,

@@ -71,7 +71,7 @@ def _scorer(
                 continue
             table = score_batch(
                 model,
-                batch.to_pandas(),
+                batch,
                 model_name=model_name,
                 model_version=version,
                 as_of=as_of,

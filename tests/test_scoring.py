@@ -97,23 +97,35 @@ def test_factors_are_the_exact_strongest_contributions(scored, luma_ingested, tm
             np.sort(np.abs(row))[-len(factors)], np.sort(np.abs(row))[-len(factors) - 1]
         )
         assert all(f["label"] == model.feature_labels[f["feature"]] for f in factors)
+        # Each factor shows the profile's value: text as it is, numbers to 4 decimals.
+        features = frame.set_index("profile_id").loc[profile_id]
+        for f in factors:
+            raw = features[f["feature"]]
+            if pd.isna(raw):
+                assert f["value"] is None
+            elif isinstance(raw, str):
+                assert f["value"] == raw
+            else:
+                assert float(f["value"]) == pytest.approx(round(float(raw), 4), abs=1e-12)
 
 
 def test_rescoring_replaces_the_partition_with_identical_rows(scored, luma_ingested):
     run, out = scored
     before = _partition(out).drop(columns="scored_at")
+    # Many chunks and the features built a third of the profiles at a time: the same rows as
+    # one big chunk over one feature build.
     again = score_jobs.score_model(
         "churn",
         luma_ingested,
-        ProjectConfig(),
+        ProjectConfig(scoring={"profile_partitions": 3}),
         dt.date.fromisoformat(AS_OF),
         out,
         alias="challenger",
-        chunk_rows=1_000,  # many chunks: same rows as one big chunk
+        chunk_rows=1_000,
     )
     after = _partition(out).drop(columns="scored_at")
     pd.testing.assert_frame_equal(before, after)
-    assert again.scored == run.scored
+    assert (again.scored, again.eligible, again.profiles) == (run.scored, run.eligible, run.profiles)
     leftovers = [p.name for p in (out / "model=churn").iterdir()]
     assert leftovers == [f"as_of={AS_OF}"]
 

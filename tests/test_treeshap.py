@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import joblib
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -15,7 +17,7 @@ from hypothesis.extra.numpy import arrays
 
 from propensity.models import treeshap
 from propensity.models.calibration import Calibrator
-from propensity.models.estimator import PropensityModel, lightgbm_array
+from propensity.models.estimator import PropensityModel, arrow_lightgbm_array, lightgbm_array
 from propensity.models.explain import top_factors
 from propensity.models.treeshap import TreeShapExplainer
 
@@ -333,6 +335,32 @@ def test_lightgbm_array_maps_categories_as_the_booster_does(propensity_model):
     trained = propensity_model.booster.pandas_categorical
     assert np.array_equal(lightgbm_array(reordered, trained), lightgbm_array(matrix), equal_nan=True)
     joblib.dump(propensity_model, "/dev/null")  # picklable with a built explainer
+
+
+def test_arrow_batches_predict_and_explain_as_the_dataframe_path(propensity_model):
+    """Batch scoring reads DuckDB's Arrow batches without pandas: integer and null numbers,
+    unknown and missing categories give the probabilities and factors of the DataFrame path."""
+    frame = _frame(400, seed=25).drop(columns="label")
+    frame.loc[:9, "loyalty_tier"] = "platinum"
+    frame["orders_90d"] = frame["orders_90d"].astype("Int64")
+    frame.loc[10:19, "orders_90d"] = pd.NA
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    assert table.schema.field("orders_90d").type == pa.int64()
+    expected_rows = propensity_model.lightgbm_array(frame)
+    assert np.array_equal(
+        arrow_lightgbm_array(table, propensity_model.feature_names, propensity_model._categorical_lists()),
+        expected_rows,
+        equal_nan=True,
+    )
+    train = _frame(500, seed=26)
+    model = dataclasses.replace(
+        propensity_model,
+        calibrator=Calibrator("sigmoid").fit(propensity_model.raw_score(train), train["label"].to_numpy()),
+    )
+    probability, indices, impacts = model.predict_and_explain(table, 3)
+    assert np.array_equal(probability, model.predict_proba(frame))
+    want_indices, want_impacts = propensity_model.top_contributions(propensity_model.matrix(frame), 3)
+    assert np.array_equal(indices, want_indices) and np.array_equal(impacts, want_impacts)
 
 
 def test_the_model_module_does_not_load_numba_for_scoring():
