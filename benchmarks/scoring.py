@@ -17,10 +17,11 @@ are scored, each in a fresh process so that its peak RSS is the scoring job's al
 Per model, the end-to-end job (``score_model``: load, point-in-time features, prediction, top-5
 factors, Parquet partition, MLflow run) is timed twice, with DuckDB's default memory limit and
 memory-bounded (``BOUNDED_MEMORY``, features built in ``BOUNDED_PARTITIONS`` profile partitions),
-and against it, in the same run, the feature build alone (the same SQL into a table) as the baseline. Then the factors step alone is timed
-against LightGBM's ``pred_contrib`` on the same model and rows (``benchmarks/factors.py``), and
-checked against it. Prints a table; the last line is one JSON object (top-level keys for the
-fixed 300-tree model, both models under ``models``).
+and against it, in the same run, the feature build alone (the same SQL into a table) as the
+baseline. Then the factors step alone is timed against LightGBM's ``pred_contrib`` on the same
+model and rows (``benchmarks/factors.py``), and checked against it. Prints a table; the last
+line is one JSON object (top-level keys for the fixed 300-tree model, both models under
+``models``).
 """
 
 from __future__ import annotations
