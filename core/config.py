@@ -119,7 +119,7 @@ class ScoringConfig(_Strict):
     the Arrow batch being written).
     """
     profile_partitions: int = Field(default=1, ge=1, le=256)
-    """Build the features of 1/N of the profiles (by a hash of the id) at a time: the feature build's
+    """DuckDB: build the features of 1/N of the profiles (by a hash of the id) at a time: the feature build's
     memory shrinks about N-fold, at the cost of N reads of the events. With ``engine.memory_limit``, raise
     it until DuckDB no longer spills (spilling wide aggregates is slower than reading the events again)."""
 

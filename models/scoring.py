@@ -49,6 +49,8 @@ def _display_values(values: pa.Array | pa.ChunkedArray) -> pa.Array:
 def _factor_values(table: pa.Table, names: list[str], rows: np.ndarray, columns: np.ndarray) -> pa.Array:
     """The display value of each (row, feature) factor: one take per feature that appears, never a
     display column for every feature and row."""
+    if len(columns) == 0:
+        return pa.array([], type=pa.string())
     order = np.argsort(columns, kind="stable")
     grouped = columns[order]
     starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])

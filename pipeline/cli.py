@@ -51,6 +51,7 @@ def _quiet_libraries() -> None:
     # MLflow narrates every registration and pickling choice; our own output says what matters.
     # It reads this when it is imported (later, lazily), so a user's own setting wins.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the report's downloads
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module="mlflow")
 

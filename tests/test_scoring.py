@@ -259,3 +259,26 @@ def test_champion_serves_over_http(churn_run, luma_ingested, tracking, tmp_path)
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_factor_lists_skip_no_impact_features_and_show_each_value():
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    from propensity.models.scoring import factor_lists
+
+    model = SimpleNamespace(feature_names=["visits", "tier"], feature_labels={"tier": "Loyalty tier"})
+    table = pa.table({"visits": pa.array([3, 7, None]), "tier": ["gold", None, "silver"]})
+    indices = np.array([[1, 0], [0, 1], [0, 1]])
+    impacts = np.array([[0.4, -0.25], [0.0, 0.0], [1.5, 0.0]])  # row 2: no feature moves it
+    factors = factor_lists(model, table, indices, impacts).to_pylist()
+    assert factors == [
+        [
+            {"feature": "tier", "label": "Loyalty tier", "value": "gold", "impact": 0.4},
+            {"feature": "visits", "label": "visits", "value": "3", "impact": -0.25},
+        ],
+        [],
+        [{"feature": "visits", "label": "visits", "value": None, "impact": 1.5}],
+    ]
+    assert factor_lists(model, table, indices, np.zeros((3, 2))).to_pylist() == [[], [], []]
