@@ -118,10 +118,10 @@ class ScoringConfig(_Strict):
     """Peak memory grows with the chunk, not the population (features of one chunk, their explanations and
     the Arrow batch being written).
     """
-    profile_partitions: int = Field(default=1, ge=1, le=256)
-    """DuckDB: build the features of 1/N of the profiles (by a hash of the id) at a time: the feature build's
-    memory shrinks about N-fold, at the cost of N reads of the events. With ``engine.memory_limit``, raise
-    it until DuckDB no longer spills (spilling wide aggregates is slower than reading the events again)."""
+    profile_partitions: int | None = Field(default=None, ge=1, le=256)
+    """DuckDB: build the features of 1/N of the profiles (by a hash of the id) at a time, each partition's
+    aggregates held in memory instead of all of them; None: one partition per 125,000 profiles (at 1M
+    profiles, 8 partitions built 1.1x faster than one, in a fifth of the memory)."""
 
 
 class ProjectConfig(_Strict):
