@@ -126,12 +126,9 @@ def _features(ingested: Path, config: ProjectConfig, categories, rows: int | Non
     as_of = data_end(loaded.con)
     fs = feature_set(loaded.con, config, before=as_of, categories=categories)
     sources = loaded.sources(as_of)
-    sql = snapshot_sql(fs, as_of, loaded.con, events=sources.events, profiles=sources.profiles)
+    sql = snapshot_sql(fs, as_of, loaded.con, events=sources.events, profiles=sources.profiles, ordered=False)
     if rows is None:
-        unordered = snapshot_sql(
-            fs, as_of, loaded.con, events=sources.events, profiles=sources.profiles, ordered=False
-        )
-        loaded.con.execute(f"CREATE TEMP TABLE features AS {unordered}")
+        loaded.con.execute(f"CREATE TEMP TABLE features AS {sql}")
         return None
     return loaded.con.execute(f"SELECT * FROM ({sql}) ORDER BY hash(profile_id) LIMIT {rows}").df()
 

@@ -317,21 +317,20 @@ def snapshot_sql(
     as_of_day = day_number(as_of)
     lowest = as_of - dt.timedelta(days=fs.lookback_days)
     day = dialect.day("timestamp")
-    rows = f"""
-        SELECT profile_id, {as_of_day} AS as_of_day, {day} AS day, {as_of_day} - {day} AS ago,
-               {measure_columns(fs)}
-        FROM {events}
+    window = f"""(
+        SELECT * FROM {events}
         WHERE timestamp < TIMESTAMP '{as_of} 00:00:00' AND timestamp >= TIMESTAMP '{lowest} 00:00:00'
-    """
+    )"""
     if plan == "windows":
+        rows = f"""
+            SELECT profile_id, {as_of_day} AS as_of_day, {day} AS day, {as_of_day} - {day} AS ago,
+                   {measure_columns(fs)}
+            FROM {window}
+        """
         aggregates = _window_aggregates(fs, rows, as_of_day)
     else:
         # Buckets read one row per profile and active day: distinct active days become sums
         # of daily flags (DuckDB runs each count(DISTINCT) as its own pass over the events).
-        window = f"""(
-            SELECT * FROM {events}
-            WHERE timestamp < TIMESTAMP '{as_of} 00:00:00' AND timestamp >= TIMESTAMP '{lowest} 00:00:00'
-        )"""
         daily = f"""
             SELECT r.*, {as_of_day} AS as_of_day, {as_of_day} - r.day AS ago
             FROM ({rollup_sql(fs, dialect, events=window)}) r

@@ -138,7 +138,10 @@ class LinearPropensityModel:
 
     def raw_score(self, frame: pd.DataFrame) -> np.ndarray:
         """Uncalibrated log-odds."""
-        return self.design.transform(self.matrix(frame)) @ self.coef + self.intercept
+        return self._raw_from_matrix(self.matrix(frame))
+
+    def _raw_from_matrix(self, matrix: pd.DataFrame) -> np.ndarray:
+        return self.design.transform(matrix) @ self.coef + self.intercept
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         """Calibrated probability of the outcome."""
@@ -180,11 +183,11 @@ class LinearPropensityModel:
     def predict_and_explain(self, table: pa.Table, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Calibrated probabilities and the ``k`` strongest contributions of an Arrow feature table
         (the interface of :meth:`PropensityModel.predict_and_explain`)."""
-        frame = table.to_pandas()
-        probability = self.predict_proba(frame)
+        matrix = self.matrix(table.to_pandas())
+        probability = self.calibrator.transform(self._raw_from_matrix(matrix))
         if k <= 0:
-            return probability, np.zeros((len(frame), 0), np.int32), np.zeros((len(frame), 0))
-        indices, impacts = self.top_contributions(self.matrix(frame), k)
+            return probability, np.zeros((len(matrix), 0), np.int32), np.zeros((len(matrix), 0))
+        indices, impacts = self.top_contributions(matrix, k)
         return probability, indices, impacts
 
     def save(self, path: str | Path) -> Path:

@@ -340,8 +340,16 @@ def explain_profile(
     con = prep.loaded.con
     where = f"profile_id = {sql_string(profile_id)}"
     sources = prep.loaded.sources(prep.as_of)
-    features_sql = snapshot_sql(prep.fs, prep.as_of, con, events=sources.events, profiles=sources.profiles)
-    row = con.execute(f"SELECT * FROM ({features_sql}) WHERE {where}").df()
+    # Only this profile's events (as attributed at as_of): one profile's features, not everyone's.
+    features_sql = snapshot_sql(
+        prep.fs,
+        prep.as_of,
+        con,
+        events=f"(SELECT * FROM {sources.events} WHERE {where})",
+        profiles=sources.profiles,
+        ordered=False,
+    )
+    row = con.execute(features_sql).df()
     if row.empty:
         known = con.execute(f"SELECT count(*) FROM profiles WHERE {where}").fetchall()[0][0]
         raise UserError(

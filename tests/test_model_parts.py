@@ -7,6 +7,7 @@ import datetime as dt
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -186,6 +187,11 @@ def test_linear_contributions_are_exact_and_top_factors_come_strongest_first(tmp
     assert model.booster.feature_importance("gain").shape == (4,)
     loaded = LinearPropensityModel.load(model.save(tmp_path / "m.joblib"))
     np.testing.assert_array_equal(loaded.predict_proba(frame), model.predict_proba(frame))
+    # Batch scoring hands it Arrow tables: the same probabilities and factors.
+    probability, top, top_impacts = model.predict_and_explain(pa.Table.from_pandas(frame), 2)
+    np.testing.assert_array_equal(probability, model.predict_proba(frame))
+    np.testing.assert_array_equal(top, indices)
+    np.testing.assert_array_equal(top_impacts, impacts)
 
 
 def test_validation_share_grows_when_the_rarer_outcome_is_scarce():
