@@ -212,14 +212,28 @@ def test_top_k_are_the_k_largest_contributions_strongest_first():
         assert all(len(set(row)) == len(row) for row in index.tolist())
 
 
-def test_chunked_rows_give_the_same_result(monkeypatch):
+def test_blocks_and_row_groups_do_not_change_a_row_s_values(monkeypatch):
     X, y = _data(800, 5, seed=17)
     explainer = TreeShapExplainer.from_booster(_train(X, y, num_leaves=7))
     whole, (index, impact) = explainer.contributions(X), explainer.top_k(X, 2)
+    assert explainer.group_rows == treeshap.GROUP_ROWS  # small trees: full groups
+    # A row explained alone (a group of one) gets the values it gets beside 63 others.
+    alone = np.vstack([explainer.contributions(X[i : i + 1]) for i in range(70)])
+    assert np.array_equal(alone, whole[:70])
     monkeypatch.setattr(treeshap, "BLOCK_ROWS", 37)  # many blocks, on several threads
+    monkeypatch.setattr(treeshap, "GROUP_ROWS", 8)  # several groups a block, the last one partial
+    assert explainer.group_rows == 8
     assert np.array_equal(explainer.contributions(X), whole)
     chunked = explainer.top_k(X, 2)
     assert np.array_equal(chunked[0], index) and np.array_equal(chunked[1], impact)
+
+
+def test_big_trees_explain_smaller_row_groups():
+    X, y = _data(3000, 6, seed=21)
+    booster = _train(X, y, rounds=3, num_leaves=400, min_data_in_leaf=2)
+    explainer = TreeShapExplainer.from_booster(booster)
+    assert 8 <= explainer.group_rows < treeshap.GROUP_ROWS
+    _assert_equal_to_pred_contrib(booster, _with_specials(X[:300], seed=22))
 
 
 def test_unsupported_models_and_inputs_are_refused():
