@@ -92,11 +92,12 @@ class PropensityModel:
         :meth:`top_contributions` on the same rows. The batch-scoring path: the table goes straight
         to LightGBM's float64 rows, one conversion for the prediction and the explanation."""
         rows = arrow_lightgbm_array(table, self.feature_names, self._categorical_lists())
-        probability = self.calibrator.transform(self.booster.predict(rows, raw_score=True))
         if k <= 0:
+            probability = self.calibrator.transform(self.booster.predict(rows, raw_score=True))
             return probability, np.zeros((len(rows), 0), np.int32), np.zeros((len(rows), 0))
-        indices, impacts = self.explainer.top_k(rows, k)
-        return probability, indices, impacts
+        # One pass over the trees: the explainer's raw scores are LightGBM's, bit for bit.
+        raw, indices, impacts = self.explainer.raw_score_and_top_k(rows, k)
+        return self.calibrator.transform(raw), indices, impacts
 
     def _categorical_lists(self) -> dict[str, list]:
         """Categorical column -> the category list its codes index, the booster's own when it has

@@ -43,6 +43,9 @@ class FlatTrees(NamedTuple):
     # uint64 (entries x 3, flat): feature, child slot, slot of a nearest split on the same feature
     # at or below that child: the leaves under it belong to that deeper split's edges.
     handover: np.ndarray
+    # float64 (edges + 1,): per slot, the leaf's value (0 on an internal node's slot): raw scores
+    # add the value of the leaf each row reaches, tree by tree, as LightGBM's predict does.
+    leaf_value: np.ndarray
     expected_value: float  # the bias: sum over trees of the count-weighted mean leaf value
     points: tuple  # the Gauss-Legendre points on [0, 1]; kernels compile for their count
 
@@ -98,6 +101,7 @@ class _Builder:
         self.nodes: dict[str, list] = {name: [] for name in NODE_FIELDS}
         self.bits: list[int] = []
         self.slot_value: list[float] = []  # per global slot: 1, or the leaf's value
+        self.leaf_slot: list[bool] = []  # per global slot: is it a leaf's
         self.edge_zero: list[float] = []  # per global slot: z of the edge into it (1 for a root)
         self.previous: list[int] = []  # per global slot: global slot of the previous same-feature edge
         self.handover: list[tuple[int, int, int]] = []  # (feature, child slot, deeper split slot)
@@ -119,6 +123,7 @@ class _Builder:
         self.node_count.append(len(internal))
         self.slot_start.append(s0)
         self.slot_value.extend([1.0] * len(internal) + [float(leaf["leaf_value"]) for leaf in leaves])
+        self.leaf_slot.extend([False] * len(internal) + [True] * len(leaves))
         n_slots = 2 * len(internal) + 1
         self.edge_zero.extend([1.0] * n_slots)
         self.previous.extend([-1] * n_slots)
@@ -216,6 +221,7 @@ def flatten_trees(roots: list[dict]) -> FlatTrees:
         [np.broadcast_to(-w / (1.0 - t), factor[:, 0].shape), w * (1.0 - z) / factor[:, 1]], axis=1
     )
     nodes = {name: np.asarray(values) for name, values in build.nodes.items()}
+    leaf_slot = np.asarray(build.leaf_slot, dtype=np.bool_)
 
     def ints(values) -> np.ndarray:
         return np.asarray(values, dtype=np.uint64)
@@ -239,6 +245,7 @@ def flatten_trees(roots: list[dict]) -> FlatTrees:
         share=np.ascontiguousarray(share).ravel(),
         handover_start=ints([*build.handover_start, len(build.handover)]),
         handover=ints(build.handover).ravel(),
+        leaf_value=np.append(np.where(leaf_slot, build.slot_value, 0.0), 0.0),
         expected_value=float(build.expected_value),
         points=tuple(float(p) for p in t),
     )

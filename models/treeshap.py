@@ -45,9 +45,11 @@ U0, U1, U2, U3, U4, U5, U31 = (np.uint64(i) for i in (0, 1, 2, 3, 4, 5, 31))
 
 
 @numba.njit(cache=True, nogil=True)
-def _explain_group(XT, n, phi, m, s):  # pragma: no cover - compiled
+def _explain_group(XT, n, phi, raw, m, s):  # pragma: no cover - compiled
     """Add every tree's SHAP values for the first ``n`` rows of the group ``XT`` (n_features x R:
-    a row per column) to ``phi`` (n_features x R). Scratch ``s`` (see :func:`_scratch`) holds per
+    a row per column) to ``phi`` (n_features x R), and the value of the leaf each row reaches to
+    ``raw`` (R,), tree after tree as LightGBM's predict sums them, so the raw score is LightGBM's
+    to the last bit. Scratch ``s`` (see :func:`_scratch`) holds per
     slot and row: ``pattern``, ``hot`` (whether the row satisfies every split on the edge's
     feature, which picks the edge's share row), ``value`` (flat, (slot x Q + q) x R + r: at the
     quadrature points, the path product on the way down, the subtree sum on the way up).
@@ -63,10 +65,13 @@ def _explain_group(XT, n, phi, m, s):  # pragma: no cover - compiled
     n = np.uint64(n)
     for tree in range(len(m.node_start)):
         internal = m.node_count[tree]
-        if internal == U0:  # a stump only adds to the bias
-            continue
         n0 = m.node_start[tree]
         s0 = m.slot_start[tree]
+        if internal == U0:  # a stump adds its value to the score and nothing to a feature
+            stump = m.leaf_value[s0]
+            for r in range(n):
+                raw[r] += stump
+            continue
         for r in range(n):
             pattern[0, r] = ~U0  # bit b: the row satisfies every split so far on the path's b-th feature
         for q in range(Q):
@@ -131,6 +136,12 @@ def _explain_group(XT, n, phi, m, s):  # pragma: no cover - compiled
                     va, vb = variant[0, r], variant[1, r]
                     value[a_row + r] = v * (a0 if va == U0 else (a1 if va == U1 else a2))
                     value[b_row + r] = v * (b0 if vb == U0 else (b1 if vb == U1 else b2))
+        # The row reaches the one leaf whose path it follows at every split: no bit cleared. Adding
+        # 0.0 for the other leaves leaves the sum as it is.
+        for leaf in range(internal, internal + internal + U1):
+            leaf_value = m.leaf_value[s0 + leaf]
+            for r in range(n):
+                raw[r] += leaf_value if pattern[leaf, r] == ~U0 else 0.0
         # Children before parents: a subtree sum is final when its parent is reached. A leaf's
         # value already holds leaf value x path product (its edge multiplier carries the value).
         for step in range(internal):
@@ -181,40 +192,43 @@ def _scratch(slots, points, rows):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _load_group(X, start, XT, phi):  # pragma: no cover - compiled
-    """Rows ``start`` .. of ``X`` into the columns of ``XT``; zero ``phi``. Returns the row count."""
+def _load_group(X, start, XT, phi, raw):  # pragma: no cover - compiled
+    """Rows ``start`` .. of ``X`` into the columns of ``XT``; zero ``phi`` and ``raw``. Returns the
+    row count."""
     n = min(XT.shape[1], X.shape[0] - start)
     for r in range(n):
         for j in range(X.shape[1]):
             XT[j, r] = X[start + r, j]
     phi[:] = 0.0
+    raw[:] = 0.0
     return n
 
 
 @numba.njit(cache=True, nogil=True)
 def _contributions_rows(X, out, m, slots, rows):  # pragma: no cover - compiled
     n_features = X.shape[1]
-    XT, phi = np.empty((n_features, rows)), np.empty((n_features, rows))
+    XT, phi, raw = np.empty((n_features, rows)), np.empty((n_features, rows)), np.empty(rows)
     s = _scratch(slots, len(m.points), rows)
     for start in range(0, X.shape[0], rows):
-        n = _load_group(X, start, XT, phi)
-        _explain_group(XT, n, phi, m, s)
+        n = _load_group(X, start, XT, phi, raw)
+        _explain_group(XT, n, phi, raw, m, s)
         for r in range(n):
             out[start + r, :n_features] = phi[:, r]
             out[start + r, n_features] = m.expected_value
 
 
 @numba.njit(cache=True, nogil=True)
-def _top_k_rows(X, k, out_index, out_impact, m, slots, rows):  # pragma: no cover - compiled
+def _top_k_rows(X, k, out_raw, out_index, out_impact, m, slots, rows):  # pragma: no cover - compiled
     n_features = X.shape[1]
-    XT, phi = np.empty((n_features, rows)), np.empty((n_features, rows))
+    XT, phi, raw = np.empty((n_features, rows)), np.empty((n_features, rows)), np.empty(rows)
     s = _scratch(slots, len(m.points), rows)
     strength = np.empty(k)
     for start in range(0, X.shape[0], rows):
-        n = _load_group(X, start, XT, phi)
-        _explain_group(XT, n, phi, m, s)
+        n = _load_group(X, start, XT, phi, raw)
+        _explain_group(XT, n, phi, raw, m, s)
         for r in range(n):
             i = start + r
+            out_raw[i] = raw[r]
             # Insertion into a k-long list kept sorted by |impact|; ties keep the lower feature
             # first, as a stable argsort would. O(n_features) a row: most values do not qualify.
             kept = 0
@@ -293,20 +307,35 @@ class TreeShapExplainer:
         """The ``k`` features with the largest |SHAP value| per row, strongest first (ties: lower
         index first): feature indices int32 (n, k) and their signed SHAP values float64 (n, k).
         ``k`` is capped at n_features; the (n, n_features) matrix is never built."""
+        _, index, impact = self.raw_score_and_top_k(X, k)
+        return index, impact
+
+    def raw_score_and_top_k(self, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`top_k` and, from the same pass over the trees, each row's raw score (n,), equal to
+        ``booster.predict(X, raw_score=True)`` bit for bit (the same leaves added in the same
+        order): batch scoring predicts and explains in one pass."""
         X = self._checked(X)
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         k = min(int(k), self.n_features)
+        raw = np.empty(X.shape[0])
         index = np.empty((X.shape[0], k), dtype=np.int32)
         impact = np.empty((X.shape[0], k))
 
         def explain(rows: np.ndarray, start: int, stop: int) -> None:
             _top_k_rows(
-                rows, k, index[start:stop], impact[start:stop], self.trees, self.slots, self.group_rows
+                rows,
+                k,
+                raw[start:stop],
+                index[start:stop],
+                impact[start:stop],
+                self.trees,
+                self.slots,
+                self.group_rows,
             )
 
         self._each_block(X, explain)
-        return index, impact
+        return raw, index, impact
 
     @staticmethod
     def _each_block(X: np.ndarray, explain) -> None:

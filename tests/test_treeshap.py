@@ -81,9 +81,13 @@ def _with_specials(X: np.ndarray, seed: int) -> np.ndarray:
 
 def _assert_equal_to_pred_contrib(booster: lgb.Booster, X: np.ndarray, **predict) -> np.ndarray:
     expected = booster.predict(X, pred_contrib=True, **predict)
-    ours = TreeShapExplainer.from_booster(booster, **predict).contributions(X)
+    explainer = TreeShapExplainer.from_booster(booster, **predict)
+    ours = explainer.contributions(X)
     assert ours.shape == expected.shape
     assert np.abs(ours - expected).max() <= TOLERANCE
+    # The raw score from the same pass is LightGBM's prediction to the last bit.
+    raw, _, _ = explainer.raw_score_and_top_k(X, 1)
+    assert np.array_equal(raw, booster.predict(X, raw_score=True, **predict))
     return ours
 
 
@@ -183,6 +187,8 @@ def test_stumps_between_trees_add_their_value_to_the_bias():
     expected = booster.predict(X, pred_contrib=True)
     expected[:, -1] += 0.5
     assert np.abs(explainer.contributions(X) - expected).max() <= TOLERANCE
+    raw, _, _ = explainer.raw_score_and_top_k(X, 1)  # the stumps' values are in the score too
+    assert np.abs(raw - (booster.predict(X, raw_score=True) + 0.5)).max() <= 1e-12
 
 
 def test_trimmed_models_explain_only_the_trees_they_keep():
@@ -271,6 +277,8 @@ def test_any_rows_get_pred_contrib_values_and_add_up_to_the_raw_score(small_mode
     ours = explainer.contributions(rows)
     assert np.abs(ours - booster.predict(rows, pred_contrib=True)).max() <= TOLERANCE
     assert np.abs(ours.sum(axis=1) - booster.predict(rows, raw_score=True)).max() <= 1e-9
+    raw, _, _ = explainer.raw_score_and_top_k(rows, 2)
+    assert np.array_equal(raw, booster.predict(rows, raw_score=True))
 
 
 def _frame(rows: int, seed: int) -> pd.DataFrame:
