@@ -63,6 +63,12 @@ class PropensityModel:
         """The model's columns, numeric as float64, categoricals with the training categories."""
         return feature_matrix(frame, self.feature_names, self.categories)
 
+    def used_features(self) -> list[str]:
+        """The features some tree splits on (of the trees ``predict`` uses), in model order: the
+        others cannot change a prediction or a contribution, whatever their values."""
+        splits = self.booster.feature_importance("split")
+        return [name for name, count in zip(self.feature_names, splits, strict=True) if count > 0]
+
     def lightgbm_array(self, frame: pd.DataFrame) -> np.ndarray:
         """The float64 rows LightGBM sees for ``frame``: categoricals as category codes, missing
         and unknown categories as NaN (what ``booster.predict`` makes of :meth:`matrix`)."""

@@ -136,6 +136,10 @@ class LinearPropensityModel:
         """The model's columns, numeric as float64, categoricals with the training categories."""
         return feature_matrix(frame, self.feature_names, self.categories)
 
+    def used_features(self) -> list[str]:
+        """Every feature: the design imputes and scales each one, so all are read."""
+        return list(self.feature_names)
+
     def raw_score(self, frame: pd.DataFrame) -> np.ndarray:
         """Uncalibrated log-odds."""
         return self._raw_from_matrix(self.matrix(frame))

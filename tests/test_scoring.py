@@ -87,6 +87,11 @@ def test_factors_are_the_exact_strongest_contributions(scored, luma_ingested, tm
     )
     frame = pd.read_parquet(built.out).sample(300, random_state=0)
     truth = model.booster.predict(model.matrix(frame), pred_contrib=True)[:, :-1]
+    # Scoring builds only the features the trees split on (the rest are NULL in its query): the
+    # probabilities are still those of every feature.
+    assert 0 < len(model.used_features()) < len(model.feature_names)
+    probability = table.loc[frame["profile_id"], "probability"].to_numpy()
+    assert np.array_equal(probability, model.predict_proba(frame))
     names = np.asarray(model.feature_names)
     for row, profile_id in zip(truth, frame["profile_id"], strict=True):
         factors = table.loc[profile_id, "factors"]
