@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from pyspark.sql import DataFrame
 
+    from propensity.features.rules import Rule
     from propensity.models.estimator import PropensityModel
 
 SCORE_SCHEMA = (
@@ -82,6 +83,22 @@ def _scorer(
             yield from table.to_batches()
 
     return score
+
+
+def _model_inputs(features: DataFrame, model: PropensityModel, population: Rule) -> DataFrame:
+    """The columns scoring reads: the profile, what the population rule reads and the features the
+    model's trees split on; the model's other features as typed NULLs (they cannot change a
+    score), so Spark prunes their aggregates, as the DuckDB job does."""
+    from pyspark.sql import functions as F  # noqa: N812 - the PySpark convention
+
+    used = set(model.used_features())
+    keep = [c for c in features.columns if c == "profile_id" or c in used or c in population.columns]
+    nulls = {
+        c: F.lit(None).cast("string" if c in model.categories else "double")
+        for c in model.feature_names
+        if c not in keep
+    }
+    return features.select(*keep).withColumns(nulls)
 
 
 def _identities(identity_map: DataFrame) -> tuple[DataFrame, list[str]]:
@@ -137,7 +154,9 @@ def score_model(
 
     # Profiles as the identity graph knew them at as_of, as the DuckDB job reads them.
     sources = loaded.sources(as_of)
-    features = sf.snapshot(spark, fs, as_of, events=sources.events, profiles=sources.profiles).persist()
+    features = _model_inputs(
+        sf.snapshot(spark, fs, as_of, events=sources.events, profiles=sources.profiles), model, population
+    ).persist()
     where = F.expr(population.sql("spark"))
     counts = features.agg(F.count(F.lit(1)), F.count(F.when(where, 1))).first()
     profiles, eligible = int(counts[0]), int(counts[1])
