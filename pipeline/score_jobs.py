@@ -9,12 +9,14 @@ score?" for one profile, including why a profile is not scored at all.
 from __future__ import annotations
 
 import datetime as dt
+import queue
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 import numpy as np
@@ -44,6 +46,7 @@ SCORE_IDENTITY_COLUMNS = ("crm_id", "email_sha256", "phone_sha256", "ecid")
 
 Progress = Callable[[int, int | None], None]  # (profiles scored, all to score once known)
 ELIGIBLE = "__in_population"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,53 @@ def _identities_sql(loaded: LoadedEvents, identity_map: str) -> tuple[str, list[
     return sql, columns
 
 
+def _prefetched(items: Iterator[T], depth: int = 2, on_stop: Callable[[], None] | None = None) -> Iterator[T]:
+    """``items``, produced by a background thread up to ``depth`` ahead of the consumer: DuckDB
+    builds the next features while this thread predicts and explains, so either fills the cores
+    the other leaves idle. A producer's exception is raised here. When the consumer stops early,
+    ``on_stop`` (e.g. the connection's ``interrupt``) cuts a long call short and the producer
+    is joined before this returns, so nothing else uses the connection meanwhile."""
+    handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(kind: str, value: Any) -> None:
+        while not stop.is_set():
+            try:
+                handoff.put((kind, value), timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        try:
+            for item in items:
+                put("item", item)
+                if stop.is_set():
+                    return
+            put("done", None)
+        except BaseException as error:  # handed to the consumer, raised there
+            put("error", error)
+
+    producer = threading.Thread(target=produce, name="propensity-feature-batches", daemon=True)
+    producer.start()
+    finished = False
+    try:
+        while True:
+            kind, value = handoff.get()
+            if kind == "done":
+                finished = True
+                return
+            if kind == "error":
+                finished = True
+                raise value
+            yield value
+    finally:
+        stop.set()
+        if not finished and on_stop is not None:
+            on_stop()
+        producer.join()
+
+
 def _model_columns(model: PropensityModel) -> str:
     """The model's feature columns for the scoring query; a feature the model never splits on is
     a typed NULL, so DuckDB skips its aggregates (a trained model often reads a fifth of the
@@ -220,8 +270,9 @@ def score_model(
     with tempfile.TemporaryDirectory(dir=_existing_parent(out_root)) as tmp:
         parts = Path(tmp) / "unranked.parquet"
         writer: pq.ParquetWriter | None = None
-        batches = (
-            batch for part in range(partitions) for batch in arrow_batches(con, rows_sql(part), chunk_rows)
+        batches = _prefetched(
+            (batch for part in range(partitions) for batch in arrow_batches(con, rows_sql(part), chunk_rows)),
+            on_stop=con.interrupt,
         )
         for batch in batches:
             profiles += batch.num_rows

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -287,3 +288,32 @@ def test_factor_lists_skip_no_impact_features_and_show_each_value():
         [{"feature": "visits", "label": "visits", "value": None, "impact": 1.5}],
     ]
     assert factor_lists(model, table, indices, np.zeros((3, 2))).to_pylist() == [[], [], []]
+
+
+def test_prefetched_batches_arrive_in_order_and_errors_and_early_stops_reach_the_producer():
+    assert list(score_jobs._prefetched(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("feature query failed")
+
+    with pytest.raises(ValueError, match="feature query failed"):
+        list(score_jobs._prefetched(failing()))
+
+    produced, stopped = [], []
+
+    def endless():
+        n = 0
+        while True:
+            produced.append(n)
+            yield n
+            n += 1
+
+    batches = score_jobs._prefetched(endless(), depth=2, on_stop=lambda: stopped.append(True))
+    assert [next(batches) for _ in range(3)] == [0, 1, 2]
+    batches.close()  # the consumer gives up (an exception while scoring does the same)
+    assert stopped == [True]
+    count = len(produced)
+    assert count <= 3 + 2 + 1  # never more than `depth` ahead (plus the one being handed over)
+    assert len(produced) == count  # the producer has stopped: joined before close() returned
+    assert not any(t.name == "propensity-feature-batches" for t in threading.enumerate())
