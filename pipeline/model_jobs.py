@@ -29,7 +29,7 @@ from propensity.features.oracle import oracle_probabilities
 from propensity.features.registry import model_features
 from propensity.models import baselines, plots, tracking
 from propensity.models import evaluate as ev
-from propensity.models.bootstrap import bootstrap_intervals
+from propensity.models.bootstrap import auc_ratio_interval, bootstrap_intervals
 from propensity.models.explain import global_importance
 from propensity.models.holdout_figures import holdout_figures
 from propensity.models.snapshot_plan import adapt_snapshots
@@ -81,9 +81,16 @@ def _ground_truth_metrics(loaded, frame: pd.DataFrame, p: np.ndarray, model: Mod
         return {}
     oracle_auc = roc_auc_score(y[known], oracle[known])
     model_auc = roc_auc_score(y[known], p[known])
+    # A ratio on ~100 positives moves by several points between samples: its own interval
+    # says whether a shortfall against the oracle is real.
+    low, high = auc_ratio_interval(
+        y[known], p[known], oracle[known], model.training.bootstrap_resamples, model.training.seed
+    )
     return {
         "oracle_auc": float(oracle_auc),
         "auc_to_oracle": float(model_auc / oracle_auc),
+        "auc_to_oracle_ci_low": low,
+        "auc_to_oracle_ci_high": high,
         "oracle_coverage": float(known.mean()),
     }
 

@@ -98,7 +98,10 @@ def print_metrics(metrics: dict, title: str, note: str | None = None) -> None:
         # On the rows the oracle covers (whole simulated people); the share it covers beside it.
         coverage = metrics.get("oracle_coverage", metrics.get("eval_oracle_coverage"))
         share = f" ({coverage:.0%} of rows)" if coverage is not None else ""
-        table.add_row("AUC / oracle AUC", f"{ratio:.4f}{share}", *blank)
+        key = "auc_to_oracle" if "auc_to_oracle" in metrics else "eval_auc_to_oracle"
+        low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+        interval = f"\n[{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+        table.add_row("AUC / oracle AUC", f"{ratio:.4f}{share}{interval}", *blank)
     console.print(table)
 
 

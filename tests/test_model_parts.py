@@ -17,6 +17,7 @@ from propensity.core.config import SnapshotConfig
 from propensity.core.errors import UserError
 from propensity.models.bgnbd import BgNbd, fit_bgnbd
 from propensity.models.bootstrap import (
+    auc_ratio_interval,
     bootstrap_intervals,
     resample_weights,
     weighted_probability_metrics,
@@ -67,6 +68,20 @@ def test_intervals_are_seeded_cover_the_estimate_and_pair_the_scores():
     assert first["good-noise"]["auc"][0] > 0.2  # a real difference is far beyond the noise
     other = bootstrap_intervals(y, {"good": good}, {"good"}, 400, seed=6)
     assert other["good"]["auc"] != first["good"]["auc"]
+
+
+def test_auc_ratio_interval_is_seeded_covers_the_ratio_and_is_paired():
+    rng = np.random.default_rng(4)
+    y = (rng.random(2000) < 0.05).astype(int)
+    oracle = y + rng.normal(0, 0.8, 2000)
+    model = oracle + rng.normal(0, 0.6, 2000)
+    ratio = roc_auc_score(y, model) / roc_auc_score(y, oracle)
+    low, high = auc_ratio_interval(y, model, oracle, 400, seed=2)
+    assert (low, high) == auc_ratio_interval(y, model, oracle, 400, seed=2)
+    assert low < ratio < high < 1.0  # the noisier score never reaches the oracle
+    # Paired: the ratio moves less than the model's own AUC does.
+    auc_low, auc_high = bootstrap_intervals(y, {"model": model}, set(), 400, seed=2)["model"]["auc"]
+    assert high - low < (auc_high - auc_low) / roc_auc_score(y, oracle)
 
 
 # --- calibration --------------------------------------------------------------------------------
