@@ -34,6 +34,8 @@ METRIC_KEYS = (
     "baseline_logreg_auc",
     "oracle_auc",
     "auc_to_oracle",
+    "auc_to_oracle_ci_low",
+    "auc_to_oracle_ci_high",
     "test_auc_ci_low",
     "test_auc_ci_high",
     "test_brier_ci_low",
@@ -51,6 +53,8 @@ def test_train_logs_metrics_baselines_oracle_and_registers_challenger(churn_run,
     # The realistic world hides much of what drives purchases (cycles, lapsing, unrecorded
     # purchases): the model learns a good share of what the oracle knows, and never more.
     assert 0.7 < run.data.metrics["auc_to_oracle"] < 1.02
+    ratio_low, ratio_high = (run.data.metrics[f"auc_to_oracle_ci_{end}"] for end in ("low", "high"))
+    assert ratio_low < run.data.metrics["auc_to_oracle"] < ratio_high
     assert run.data.metrics["test_auc"] > run.data.metrics["baseline_recency_auc"]
     assert run.data.tags["git_commit"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
