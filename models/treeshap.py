@@ -44,19 +44,39 @@ GROUP_VALUES = 32768
 U0, U1, U2, U3, U4, U5, U31 = (np.uint64(i) for i in (0, 1, 2, 3, 4, 5, 31))
 
 
+@numba.njit(inline="always")
+def _route(pattern, hot, variant, node, a, b, r, position, left_way):  # pragma: no cover - compiled
+    """Row ``r`` at ``node`` goes ``left_way``: its path pattern and hot flags on both child edges,
+    and which multiplier row each child edge takes: (o', o) = (0, 0), (1, 0), (1, 1) as o' + o.
+    Inlined into the kernel's row loops (so they still vectorise)."""
+    here = pattern[node, r]
+    before = (here >> position) & U1
+    bit = U1 << position
+    hot_a = before if left_way else U0
+    hot_b = before - hot_a
+    pattern[a, r] = here if left_way else here & ~bit
+    pattern[b, r] = here & ~bit if left_way else here
+    hot[a, r] = hot_a
+    hot[b, r] = hot_b
+    variant[0, r] = before + hot_a
+    variant[1, r] = before + hot_b
+
+
 @numba.njit(cache=True, nogil=True)
 def _explain_group(XT, n, phi, raw, m, s):  # pragma: no cover - compiled
     """Add every tree's SHAP values for the first ``n`` rows of the group ``XT`` (n_features x R:
     a row per column) to ``phi`` (n_features x R), and the value of the leaf each row reaches to
     ``raw`` (R,), tree after tree as LightGBM's predict sums them, so the raw score is LightGBM's
-    to the last bit. Scratch ``s`` (see :func:`_scratch`) holds per
-    slot and row: ``pattern``, ``hot`` (whether the row satisfies every split on the edge's
+    to the last bit. Scratch ``s`` (see :func:`_scratch`) holds per slot and row: ``pattern``,
+    ``hot`` (whether the row satisfies every split on the edge's
     feature, which picks the edge's share row), ``value`` (flat, (slot x Q + q) x R + r: at the
     quadrature points, the path product on the way down, the subtree sum on the way up).
 
     The trees are the outer loop and the group's rows the inner one: a tree's arrays are read once
     a group instead of once a row, and each node's arithmetic runs over the rows in SIMD lanes
-    (the choices between an edge's factors are selects, not branches). Q is the length of a
+    (the choices between an edge's factors are selects, not branches). Which loop shapes
+    vectorise was measured: a numeric split decides and routes in one loop, the upward sums take
+    each row's Q points in one go, while the downward products run point by point. Q is the length of a
     tuple, so the point loops compile with constants; indices are unsigned so numba adds no
     negative-index wraparound."""
     pattern, hot, variant, left, acc, value = s
@@ -96,28 +116,19 @@ def _explain_group(XT, n, phi, raw, m, s):  # pragma: no cover - compiled
                             if word < m.cat_words[g]:
                                 left_way = ((m.bits[m.cat_start[g] + word] >> (category & U31)) & U1) == U1
                     left[r] = left_way
+            position = m.bitpos[g]
+            a, b = m.left[g], m.right[g]
+            if m.categorical[g]:
+                for r in range(n):
+                    _route(pattern, hot, variant, node, a, b, r, position, left[r])
             else:  # NaN fails both comparisons, so the last select alone decides it
                 threshold, nan_left, zero_left = m.threshold[g], m.nan_left[g], m.zero_left[g]
                 for r in range(n):
                     x_g = xs[r]
                     left_way = x_g <= threshold
                     left_way = zero_left if (x_g >= -ZERO_THRESHOLD) & (x_g <= ZERO_THRESHOLD) else left_way
-                    left[r] = nan_left if np.isnan(x_g) else left_way
-            position = m.bitpos[g]
-            bit = U1 << position
-            a, b = m.left[g], m.right[g]
-            for r in range(n):
-                here = pattern[node, r]
-                before = (here >> position) & U1
-                left_way = left[r]
-                hot_a = before if left_way else U0
-                hot_b = before - hot_a
-                pattern[a, r] = here if left_way else here & ~bit
-                pattern[b, r] = here & ~bit if left_way else here
-                hot[a, r] = hot_a
-                hot[b, r] = hot_b
-                variant[0, r] = before + hot_a  # the multiplier row: (o', o) = (0, 0), (1, 0), (1, 1)
-                variant[1, r] = before + hot_b
+                    left_way = nan_left if np.isnan(x_g) else left_way
+                    _route(pattern, hot, variant, node, a, b, r, position, left_way)
             ea, eb = (s0 + a) * U3, (s0 + b) * U3
             for q in range(Q):
                 a0, a1, a2 = (
@@ -149,17 +160,17 @@ def _explain_group(XT, n, phi, raw, m, s):  # pragma: no cover - compiled
             g = n0 + node
             a, b = m.left[g], m.right[g]
             ea, eb = (s0 + a) * U2, (s0 + b) * U2
-            for r in range(n):
-                acc[r] = 0.0
-            for q in range(Q):
-                sa0, sa1 = m.share[ea * Q + q], m.share[(ea + U1) * Q + q]
-                sb0, sb1 = m.share[eb * Q + q], m.share[(eb + U1) * Q + q]
-                here_row, a_row, b_row = (node * Q + q) * R, (a * Q + q) * R, (b * Q + q) * R
-                for r in range(n):
-                    value_a, value_b = value[a_row + r], value[b_row + r]
-                    acc[r] += (sa1 if hot[a, r] else sa0) * value_a + (sb1 if hot[b, r] else sb0) * value_b
-                    value[here_row + r] = value_a + value_b
             feature = m.feature[g]
+            for r in range(n):
+                hot_a, hot_b = hot[a, r], hot[b, r]
+                contribution = 0.0
+                for q in range(Q):
+                    sa0, sa1 = m.share[ea * Q + q], m.share[(ea + U1) * Q + q]
+                    sb0, sb1 = m.share[eb * Q + q], m.share[(eb + U1) * Q + q]
+                    value_a, value_b = value[(a * Q + q) * R + r], value[(b * Q + q) * R + r]
+                    contribution += (sa1 if hot_a else sa0) * value_a + (sb1 if hot_b else sb0) * value_b
+                    value[(node * Q + q) * R + r] = value_a + value_b
+                acc[r] = contribution
             for r in range(n):
                 phi[feature, r] += acc[r]
         # Leaves under a deeper split on the same feature belong to that split's edges: take
