@@ -207,9 +207,14 @@ def _load_group(X, start, XT, phi, raw):  # pragma: no cover - compiled
     """Rows ``start`` .. of ``X`` into the columns of ``XT``; zero ``phi`` and ``raw``. Returns the
     row count."""
     n = min(XT.shape[1], X.shape[0] - start)
-    for r in range(n):
+    if X.strides[0] <= X.strides[1]:  # column-major rows (scoring's): read each column's run
         for j in range(X.shape[1]):
-            XT[j, r] = X[start + r, j]
+            for r in range(n):
+                XT[j, r] = X[start + r, j]
+    else:
+        for r in range(n):
+            for j in range(X.shape[1]):
+                XT[j, r] = X[start + r, j]
     phi[:] = 0.0
     raw[:] = 0.0
     return n
@@ -351,13 +356,17 @@ class TreeShapExplainer:
     @staticmethod
     def _each_block(X: np.ndarray, explain) -> None:
         """Call ``explain(rows, start, stop)`` on blocks of BLOCK_ROWS float64 rows, on as many
-        threads as numba is set to use (the kernels release the GIL); only the blocks in flight are
-        converted, so memory does not grow with n."""
+        threads as numba is set to use (the kernels release the GIL). Row- or column-major float64
+        arrays are read in place; others are converted a block at a time, so memory does not grow
+        with n."""
         starts = range(0, X.shape[0], BLOCK_ROWS)
 
         def run(start: int) -> None:
             stop = min(start + BLOCK_ROWS, X.shape[0])
-            explain(np.ascontiguousarray(X[start:stop], dtype=np.float64), start, stop)
+            rows = X[start:stop]
+            if rows.dtype != np.float64 or not (rows.flags.c_contiguous or X.flags.f_contiguous):
+                rows = np.ascontiguousarray(rows, dtype=np.float64)
+            explain(rows, start, stop)
 
         threads = min(numba.get_num_threads(), len(starts))
         if threads <= 1:

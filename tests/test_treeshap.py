@@ -226,6 +226,12 @@ def test_blocks_and_row_groups_do_not_change_a_row_s_values(monkeypatch):
     # A row explained alone (a group of one) gets the values it gets beside 63 others.
     alone = np.vstack([explainer.contributions(X[i : i + 1]) for i in range(70)])
     assert np.array_equal(alone, whole[:70])
+    # Column-major rows (what scoring converts Arrow batches to) and float32 rows read alike.
+    assert np.array_equal(explainer.contributions(np.asfortranarray(X)), whole)
+    assert np.array_equal(
+        explainer.contributions(X.astype(np.float32)),
+        explainer.contributions(X.astype(np.float32).astype(np.float64)),
+    )
     monkeypatch.setattr(treeshap, "BLOCK_ROWS", 37)  # many blocks, on several threads
     monkeypatch.setattr(treeshap, "GROUP_ROWS", 8)  # several groups a block, the last one partial
     assert explainer.group_rows == 8
