@@ -16,11 +16,12 @@ are scored, each in a fresh process so that its peak RSS is the scoring job's al
 
 Per model, the end-to-end job (``score_model``: load, point-in-time features, prediction, top-5
 factors, Parquet partition, MLflow run) is timed twice, with DuckDB's default memory limit and
-memory-bounded (DuckDB limited to ``BOUNDED_MEMORY``),
-and against it, in the same run, the feature build alone (the same SQL into a table) as the
-baseline. Then the factors step alone is timed against LightGBM's ``pred_contrib`` on the same
-model and rows (``benchmarks/factors.py``), and checked against it. Prints a table; the last
-line is one JSON object (top-level keys for the fixed 300-tree model, both models under
+memory-bounded (DuckDB limited to ``BOUNDED_MEMORY``), and against it, in the same run, the
+feature build alone (the same SQL for the features the model's trees split on, which is what the
+job builds, into a table in one query) as the baseline. Then the factors step alone is timed
+against LightGBM's ``pred_contrib`` on the same model and rows (``benchmarks/factors.py``), and
+checked against it. Prints a table; the last line is one JSON object (top-level keys for the
+fixed 300-tree model, both models under
 ``models``).
 """
 
@@ -42,6 +43,7 @@ import numpy as np
 import yaml
 
 from propensity.core.config import ProjectConfig
+from propensity.features.engine import sql_ident
 from propensity.features.event_queries import data_end
 
 try:  # run as a script (python benchmarks/scoring.py) or imported as benchmarks.scoring
@@ -115,9 +117,15 @@ def train(model_yaml: Path, ingested: Path, work: Path) -> dict:
     }
 
 
-def _features(ingested: Path, config: ProjectConfig, categories, rows: int | None = None):
+def _features(
+    ingested: Path,
+    config: ProjectConfig,
+    categories,
+    rows: int | None = None,
+    columns: list[str] | None = None,
+):
     """The point-in-time features at the data's end (what scoring builds), with the engine; a
-    fixed pseudo-random sample of ``rows`` profiles when given."""
+    fixed pseudo-random sample of ``rows`` profiles when given; only ``columns`` when given."""
     from propensity.features.sql_compiler import snapshot_sql
     from propensity.pipeline.feature_jobs import feature_set
     from propensity.pipeline.ingest_jobs import load_events
@@ -127,6 +135,8 @@ def _features(ingested: Path, config: ProjectConfig, categories, rows: int | Non
     fs = feature_set(loaded.con, config, before=as_of, categories=categories)
     sources = loaded.sources(as_of)
     sql = snapshot_sql(fs, as_of, loaded.con, events=sources.events, profiles=sources.profiles, ordered=False)
+    if columns is not None:
+        sql = f"SELECT profile_id, {', '.join(sql_ident(c) for c in columns)} FROM ({sql})"
     if rows is None:
         loaded.con.execute(f"CREATE TEMP TABLE features AS {sql}")
         return None
@@ -180,13 +190,14 @@ def score(name: str, version: str, ingested: Path, work: Path, bounded: bool = F
 
 def features_only(name: str, version: str, ingested: Path, work: Path) -> dict:
     """Child process (the baseline): loading the events and the same point-in-time feature
-    build into a table, alone."""
+    build into a table, alone, in one query: the features the model splits on, which is what
+    the job builds."""
     from propensity.models import tracking
 
     config = project(work)
     model, _ = tracking.load_propensity_model(tracking.configure(config), name, version=version)
     start = time.perf_counter()
-    _features(ingested, config, model.metadata.get("categories"))
+    _features(ingested, config, model.metadata.get("categories"), columns=model.used_features())
     return {"seconds": time.perf_counter() - start}
 
 
@@ -203,6 +214,7 @@ def factors_vs_pred_contrib(name: str, version: str, ingested: Path, work: Path)
     result.update(
         rows=len(X),
         features=X.shape[1],
+        used_features=len(model.used_features()),
         trees=len(trees),
         leaves=int(sum(t["num_leaves"] for t in trees)),
         depth=int(max(_depth(t["tree_structure"]) for t in trees)),
