@@ -13,6 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import duckdb
 import mlflow
 import numpy as np
 import pandas as pd
@@ -317,3 +318,12 @@ def test_prefetched_batches_arrive_in_order_and_errors_and_early_stops_reach_the
     assert count <= 3 + 2 + 1  # never more than `depth` ahead (plus the one being handed over)
     assert len(produced) == count  # the producer has stopped: joined before close() returned
     assert not any(t.name == "propensity-feature-batches" for t in threading.enumerate())
+
+
+def test_automatic_partitions_hold_a_bounded_number_of_profile_features():
+    con = duckdb.connect()
+    con.execute("CREATE TABLE profiles AS SELECT 'p' || i AS profile_id FROM range(1_000_000) t(i)")
+    wide = score_jobs._partitions_for(con, "profiles", 232)
+    narrow = score_jobs._partitions_for(con, "profiles", 41)
+    assert wide == 8 and 1 < narrow < wide  # a model reading fewer features takes more profiles a time
+    assert score_jobs._partitions_for(con, "(SELECT * FROM profiles LIMIT 1000)", 232) == 1
