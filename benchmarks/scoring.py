@@ -21,8 +21,7 @@ feature build alone (the same SQL for the features the model's trees split on, w
 job builds, into a table in one query) as the baseline. Then the factors step alone is timed
 against LightGBM's ``pred_contrib`` on the same model and rows (``benchmarks/factors.py``), and
 checked against it. Prints a table; the last line is one JSON object (top-level keys for the
-fixed 300-tree model, both models under
-``models``).
+fixed 300-tree model, both models under ``models``).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ BLOCK_ROWS = 4096  # rows a thread converts to float64 and explains at a time
 GROUP_ROWS = 64
 GROUP_VALUES = 32768
 # Unsigned constants: kernel indices stay uint64 (mixing in a signed int would make them floats).
-U0, U1, U2, U3, U4, U5, U31 = (np.uint64(i) for i in (0, 1, 2, 3, 4, 5, 31))
+U0, U1, U2, U3, U5, U31 = (np.uint64(i) for i in (0, 1, 2, 3, 5, 31))
 
 
 @numba.njit(inline="always")

@@ -198,19 +198,26 @@ def _prefetched(items: Iterator[T], depth: int = 2, on_stop: Callable[[], None] 
         producer.join()
 
 
-def _model_columns(model: PropensityModel) -> str:
-    """The model's feature columns for the scoring query; a feature the model never splits on is
-    a typed NULL, so DuckDB skips its aggregates (a trained model often reads a fifth of the
-    registry: its feature build is then several times faster) and its values cannot matter."""
+def unused_feature_types(model: PropensityModel) -> dict[str, str]:
+    """The model's features no tree splits on, each with the type of the NULL that stands in for
+    it ("string" for a categorical, else "double": DuckDB and Spark SQL both read them). Both
+    score jobs build only the other features: these cannot change a score or a factor, and a
+    trained model often reads a fifth of the registry, so its feature build is several times
+    faster."""
     used = set(model.used_features())
-    columns = []
-    for name in model.feature_names:
-        if name in used:
-            columns.append(f", f.{sql_ident(name)}")
-        else:
-            kind = "VARCHAR" if name in model.categories else "DOUBLE"
-            columns.append(f", CAST(NULL AS {kind}) AS {sql_ident(name)}")
-    return "".join(columns)
+    return {
+        name: "string" if name in model.categories else "double"
+        for name in model.feature_names
+        if name not in used
+    }
+
+
+def _model_columns(model: PropensityModel, unused: dict[str, str]) -> str:
+    """The model's feature columns for the scoring query, ``unused`` ones as typed NULLs."""
+    return "".join(
+        f", CAST(NULL AS {unused[name]}) AS {sql_ident(name)}" if name in unused else f", f.{sql_ident(name)}"
+        for name in model.feature_names
+    )
 
 
 def score_model(
@@ -243,10 +250,11 @@ def score_model(
 
     sources = prep.loaded.sources(prep.as_of)
     identities, identity_columns = _identities_sql(prep.loaded, sources.identity_map)
+    unused = unused_feature_types(prep.model)
     partitions = config.scoring.profile_partitions or _partitions_for(
-        con, sources.profiles, len(prep.model.used_features())
+        con, sources.profiles, len(prep.model.feature_names) - len(unused)
     )
-    model_columns = _model_columns(prep.model)
+    model_columns = _model_columns(prep.model, unused)
 
     def rows_sql(part: int) -> str:
         """The feature rows of one profile partition, streamed in one pass: each row once with its

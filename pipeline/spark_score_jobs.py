@@ -34,6 +34,7 @@ from propensity.pipeline.score_jobs import (
     ScoreRun,
     checked_as_of,
     model_population,
+    unused_feature_types,
 )
 from propensity.pipeline.spark_jobs import feature_set, load_events
 
@@ -87,17 +88,14 @@ def _scorer(
 
 def _model_inputs(features: DataFrame, model: PropensityModel, population: Rule) -> DataFrame:
     """The columns scoring reads: the profile, what the population rule reads and the features the
-    model's trees split on; the model's other features as typed NULLs (they cannot change a
-    score), so Spark prunes their aggregates, as the DuckDB job does."""
+    model's trees split on; the others as typed NULLs (``unused_feature_types``), so Spark prunes
+    their aggregates, as the DuckDB job does."""
     from pyspark.sql import functions as F  # noqa: N812 - the PySpark convention
 
-    used = set(model.used_features())
-    keep = [c for c in features.columns if c == "profile_id" or c in used or c in population.columns]
-    nulls = {
-        c: F.lit(None).cast("string" if c in model.categories else "double")
-        for c in model.feature_names
-        if c not in keep
-    }
+    unused = unused_feature_types(model)
+    read = {"profile_id", *population.columns, *(c for c in model.feature_names if c not in unused)}
+    keep = [c for c in features.columns if c in read]
+    nulls = {c: F.lit(None).cast(kind) for c, kind in unused.items() if c not in keep}
     return features.select(*keep).withColumns(nulls)
 
 
