@@ -15,9 +15,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from propensity.core.config import ProjectConfig
-from propensity.features.simulator import GeneratorSettings
-from propensity.features.synthetic_io import generate
-from propensity.pipeline import ingest_jobs
+from propensity.features.synthetic.simulator import GeneratorSettings
+from propensity.features.synthetic.writer import generate
+from propensity.pipeline.jobs import ingest as ingest_jobs
 
 DATA = Path(__file__).parent / ".data"
 

@@ -29,10 +29,11 @@ from pathlib import Path
 import pandas as pd
 
 from propensity.core.config import EngineConfig, ProjectConfig
-from propensity.features import event_queries, sql_compiler, stacked_build
-from propensity.features.labels import snapshot_dates
-from propensity.features.registry import build_registry
-from propensity.pipeline import feature_jobs, ingest_jobs
+from propensity.features.build import event_queries, sql_compiler, stacked_build
+from propensity.features.build.labels import snapshot_dates
+from propensity.features.build.registry import build_registry
+from propensity.pipeline.jobs import features as feature_jobs
+from propensity.pipeline.jobs import ingest as ingest_jobs
 
 try:  # run as a script (python benchmarks/features.py) or imported as benchmarks.features
     from data import DATA, ensure_ingested

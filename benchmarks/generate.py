@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from propensity.features.simulator import GeneratorSettings
-from propensity.features.synthetic_io import generate
+from propensity.features.synthetic.simulator import GeneratorSettings
+from propensity.features.synthetic.writer import generate
 
 DATA = Path(__file__).parent / ".data"
 

@@ -28,8 +28,8 @@ DATA = Path(__file__).parent / ".data"
 
 def generate(out: Path, customers: int, days: int, seed: int) -> str:
     """Order-only events in ``out``; returns which generator wrote them."""
-    from propensity.features.simulator import GeneratorSettings
-    from propensity.features.synthetic_io import generate
+    from propensity.features.synthetic.simulator import GeneratorSettings
+    from propensity.features.synthetic.writer import generate
 
     try:
         settings = GeneratorSettings(profiles=customers, days=days, seed=seed, scenario="purchase_only")
@@ -61,8 +61,9 @@ def main() -> None:
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
 
     from propensity.core.config import ProjectConfig
-    from propensity.pipeline import ingest_jobs, model_jobs
-    from propensity.pipeline.printing import print_metrics
+    from propensity.pipeline.cli.printing import print_metrics
+    from propensity.pipeline.jobs import ingest as ingest_jobs
+    from propensity.pipeline.jobs import train as model_jobs
 
     config = ProjectConfig()
     source = "your events"

@@ -3,7 +3,7 @@
 Ingest: the work only the point-in-time graph needs, re-run on an ingest's stored graph in
 the same process as the ingest: the first-seen time of every identity tuple (a ``min`` beside
 what was a ``DISTINCT``) and the unsettled intervals (one spanning forest with link times as
-weights, :func:`propensity.features.identity_graph.unsettled_intervals`). Snapshots: the
+weights, :func:`propensity.features.identity.graph.unsettled_intervals`). Snapshots: the
 same builds over the graph of each as-of date and over the final graph (the all-time
 attribution, which leaks later links into earlier snapshots), timed in the same rounds.
 """
@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from propensity.features.engine import sql_string
-from propensity.features.identity_as_of import IdentityGraph
-from propensity.features.identity_graph import ALWAYS, group_identities, unsettled_intervals
-from propensity.features.sql_compiler import snapshot_sql
-from propensity.features.stacked_build import build_snapshots
+from propensity.features.build.sql_compiler import snapshot_sql
+from propensity.features.build.stacked_build import build_snapshots
+from propensity.features.identity.as_of import IdentityGraph
+from propensity.features.identity.graph import ALWAYS, group_identities, unsettled_intervals
+from propensity.features.sql import sql_string
 
 
 def timed(fn):

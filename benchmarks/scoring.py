@@ -42,8 +42,8 @@ import numpy as np
 import yaml
 
 from propensity.core.config import ProjectConfig
-from propensity.features.engine import sql_ident
-from propensity.features.event_queries import data_end
+from propensity.features.build.event_queries import data_end
+from propensity.features.sql import sql_ident
 
 try:  # run as a script (python benchmarks/scoring.py) or imported as benchmarks.scoring
     from data import DATA, ensure_ingested
@@ -104,7 +104,7 @@ def model_config(path: Path, max_training_rows: int, trials: int) -> Path:
 
 def train(model_yaml: Path, ingested: Path, work: Path) -> dict:
     """Child process: ``train_model`` as the CLI runs it; the version and training figures."""
-    from propensity.pipeline.model_jobs import train_model
+    from propensity.pipeline.jobs.train import train_model
 
     start = time.perf_counter()
     result = train_model(str(model_yaml), ingested, project(work))
@@ -125,9 +125,9 @@ def _features(
 ):
     """The point-in-time features at the data's end (what scoring builds), with the engine; a
     fixed pseudo-random sample of ``rows`` profiles when given; only ``columns`` when given."""
-    from propensity.features.sql_compiler import snapshot_sql
-    from propensity.pipeline.feature_jobs import feature_set
-    from propensity.pipeline.ingest_jobs import load_events
+    from propensity.features.build.sql_compiler import snapshot_sql
+    from propensity.pipeline.jobs.features import feature_set
+    from propensity.pipeline.jobs.ingest import load_events
 
     loaded = load_events(ingested, config)
     as_of = data_end(loaded.con)
@@ -174,7 +174,7 @@ def register_fixed(ingested: Path, work: Path, version: str) -> dict:
 
 def score(name: str, version: str, ingested: Path, work: Path, bounded: bool = False) -> dict:
     """Child process: the scoring job end to end, and this process's peak RSS."""
-    from propensity.pipeline.score_jobs import score_model
+    from propensity.pipeline.jobs.score import score_model
 
     start = time.perf_counter()
     run = score_model(name, ingested, project(work, bounded), out=work / "scores", version=version)

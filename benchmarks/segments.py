@@ -38,9 +38,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from propensity.core.config import EngineConfig, SegmentConfig
-from propensity.features import membership_store
-from propensity.features import segments as seg
-from propensity.features.engine import connect
+from propensity.features.activation import membership_store
+from propensity.features.activation import segments as seg
+from propensity.features.connection import connect
 
 DATA = Path(__file__).parent / ".data"
 D1, D2 = dt.date(2025, 6, 1), dt.date(2025, 7, 1)

@@ -25,12 +25,14 @@ import time
 from pathlib import Path
 
 from propensity.core.config import EngineConfig, ProjectConfig
-from propensity.features import event_queries, sql_compiler
-from propensity.features import spark_features as sf
-from propensity.features.simulator import GeneratorSettings
-from propensity.features.spark_engine import spark_session
-from propensity.features.synthetic_io import generate
-from propensity.pipeline import feature_jobs, ingest_jobs, spark_jobs
+from propensity.features.build import event_queries, sql_compiler
+from propensity.features.spark import features as sf
+from propensity.features.spark.session import spark_session
+from propensity.features.synthetic.simulator import GeneratorSettings
+from propensity.features.synthetic.writer import generate
+from propensity.pipeline.jobs import features as feature_jobs
+from propensity.pipeline.jobs import ingest as ingest_jobs
+from propensity.pipeline.jobs import spark as spark_jobs
 
 DATA = Path(__file__).parent / ".data"
 

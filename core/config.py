@@ -2,7 +2,7 @@
 
 One module, so that a key means one thing everywhere. Unknown keys and wrong types are
 refused with a message that names the source, the key and what was expected. Reading the
-YAML files is the pipeline's job (``propensity.pipeline.config_files``).
+YAML files is the pipeline's job (``propensity.pipeline.jobs.config_files``).
 """
 
 from __future__ import annotations

@@ -11,10 +11,12 @@ import pytest
 from typer.testing import CliRunner
 
 from propensity.core.config import ProjectConfig
-from propensity.features.simulator import GeneratorSettings
-from propensity.features.synthetic_io import generate
-from propensity.pipeline import ingest_jobs, model_jobs, score_jobs
-from propensity.pipeline.cli import app
+from propensity.features.synthetic.simulator import GeneratorSettings
+from propensity.features.synthetic.writer import generate
+from propensity.pipeline.cli.app import app
+from propensity.pipeline.jobs import ingest as ingest_jobs
+from propensity.pipeline.jobs import score as score_jobs
+from propensity.pipeline.jobs import train as model_jobs
 
 
 @pytest.fixture

@@ -17,11 +17,11 @@ from propensity.core.config import (
     parse_config,
 )
 from propensity.core.errors import UserError
-from propensity.features import destinations as dest
-from propensity.features import membership_store
-from propensity.features import segments as seg
-from propensity.pipeline import segment_jobs
-from propensity.pipeline.config_files import load_destinations, load_model_config, load_segments
+from propensity.features.activation import destinations as dest
+from propensity.features.activation import membership_store
+from propensity.features.activation import segments as seg
+from propensity.pipeline.jobs import segments as segment_jobs
+from propensity.pipeline.jobs.config_files import load_destinations, load_model_config, load_segments
 
 D1, D2 = dt.date(2025, 3, 1), dt.date(2025, 4, 1)
 NAMESPACES = ["crm_id", "email_sha256", "phone_sha256", "ecid"]

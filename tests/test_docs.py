@@ -11,8 +11,8 @@ import pandas as pd
 from propensity.core.config import ModelConfig, ProjectConfig
 from propensity.models.plots import plt
 from propensity.models.report import Figure, ReportSection, png_of, render_report, report_figures
-from propensity.pipeline.config_reference import END, START, config_reference
-from propensity.pipeline.docs_commands import GALLERY_END, GALLERY_START
+from propensity.pipeline.cli.config_reference import END, START, config_reference
+from propensity.pipeline.cli.docs_commands import GALLERY_END, GALLERY_START
 from tests.conftest import invoke
 
 ROOT = Path(__file__).resolve().parents[1]

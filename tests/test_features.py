@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from propensity.core.config import FeatureConfig
-from propensity.features import sql_compiler, stacked_build
-from propensity.features.registry import build_registry
+from propensity.features.build import sql_compiler, stacked_build
+from propensity.features.build.registry import build_registry
 
 AS_OF = dt.date(2025, 6, 1)
 CONFIG = FeatureConfig(categories=["yoga", "running"])
@@ -168,7 +168,7 @@ def test_every_feature_has_a_readable_label_and_a_unique_name():
 
 
 def test_stacked_snapshots_equal_single_snapshots_and_the_sql_form(luma_small, config):
-    from propensity.pipeline import ingest_jobs
+    from propensity.pipeline.jobs import ingest as ingest_jobs
 
     loaded = ingest_jobs.load_events(luma_small, config)
     con = loaded.con
@@ -339,7 +339,7 @@ def _identity_rows(specs: list[dict]) -> pa.Table:
 
 def _snapshots_as_of(path, specs: list[dict], config, paths=tuple(PATHS)) -> dict[str, pd.DataFrame]:
     """Each path's snapshot at AS_OF over the graph then, rows named by their identities."""
-    from propensity.pipeline import ingest_jobs
+    from propensity.pipeline.jobs import ingest as ingest_jobs
 
     pq.write_table(_identity_rows(specs), path)
     loaded = ingest_jobs.load_events(path, config)
@@ -393,7 +393,7 @@ def test_the_spark_spelling_means_the_same_as_duckdbs(luma_small, config, plan):
     """The Spark dialect's SQL, read as Spark SQL and run here, gives DuckDB's values."""
     import sqlglot
 
-    from propensity.pipeline import ingest_jobs
+    from propensity.pipeline.jobs import ingest as ingest_jobs
 
     con = ingest_jobs.load_events(luma_small, config).con
     fs = build_registry(config.features, ["yoga", "running"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from propensity.core.config import IdentityConfig, ProjectConfig
-from propensity.pipeline import ingest_jobs
+from propensity.pipeline.jobs import ingest as ingest_jobs
 from tests.conftest import write_events
 
 
@@ -124,8 +124,8 @@ def test_generated_data_stitches_sign_ins(luma_small, config):
 
 
 def test_identity_count_is_point_in_time(tmp_path):
-    from propensity.features import sql_compiler
-    from propensity.features.registry import build_registry
+    from propensity.features.build import sql_compiler
+    from propensity.features.build.registry import build_registry
 
     _ingest(tmp_path, SARAH, profiles=[{"crm_id": "C1", "email": "sarah@example.com"}])
     loaded = ingest_jobs.load_events(tmp_path / "out", ProjectConfig())
@@ -192,8 +192,8 @@ def _owners(loaded, as_of: dt.date) -> dict[str, str]:
 
 def test_a_link_made_after_as_of_leaves_the_snapshot_at_as_of_alone(tmp_path):
     from propensity.core.config import ModelConfig
-    from propensity.features.labels import training_frame
-    from propensity.pipeline import feature_jobs
+    from propensity.features.build.labels import training_frame
+    from propensity.pipeline.jobs import features as feature_jobs
 
     _ingest(tmp_path, LATE_LINK)
     config = ProjectConfig()
@@ -246,9 +246,9 @@ def test_a_link_made_after_as_of_leaves_the_snapshot_at_as_of_alone(tmp_path):
 
 def test_outcomes_count_for_the_first_identity_known_at_as_of(tmp_path):
     from propensity.core.config import OutcomeConfig
-    from propensity.features.labels import labelled_sql, outcome_filter
-    from propensity.features.registry import build_registry
-    from propensity.features.sql_compiler import snapshot_sql
+    from propensity.features.build.labels import labelled_sql, outcome_filter
+    from propensity.features.build.registry import build_registry
+    from propensity.features.build.sql_compiler import snapshot_sql
 
     rows = [
         *LATE_LINK[:5],
@@ -374,7 +374,7 @@ def test_an_older_ingest_directory_asks_to_ingest_again(tmp_path):
 def test_unsettled_intervals_are_the_times_a_component_was_in_pieces():
     import numpy as np
 
-    from propensity.features.identity_graph import ALWAYS, group_identities, unsettled_intervals
+    from propensity.features.identity.graph import ALWAYS, group_identities, unsettled_intervals
 
     # 0 and 1 are seen apart (t=1, t=2) and linked at t=3; 2 arrives already linked (t=5);
     # 3 and 4 are one profile row from the start, 5 joins them at t=7 on its first sighting.

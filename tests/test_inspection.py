@@ -11,7 +11,7 @@ from propensity.core.config import ProjectConfig
 from propensity.core.errors import UserError
 from propensity.models.explain import top_factors
 from propensity.models.plots import plt
-from propensity.pipeline.inspection import inspect_model
+from propensity.pipeline.jobs.inspection import inspect_model
 
 AS_OF = dt.date(2025, 11, 10)
 

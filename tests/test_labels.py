@@ -9,10 +9,10 @@ import pytest
 
 from propensity.core.config import ModelConfig, OutcomeConfig, ProjectConfig
 from propensity.core.errors import UserError
-from propensity.features import sql_compiler
-from propensity.features.labels import labelled_sql, population_rule, snapshot_dates
-from propensity.features.rules import parse_rule
-from propensity.pipeline.config_files import load_model_config
+from propensity.features.build import sql_compiler
+from propensity.features.build.labels import labelled_sql, population_rule, snapshot_dates
+from propensity.features.build.rules import parse_rule
+from propensity.pipeline.jobs.config_files import load_model_config
 from tests.conftest import invoke
 from tests.test_features import AS_OF, FS, connection, event
 
@@ -101,7 +101,7 @@ def test_shipped_model_configs_load_and_bad_ones_are_named(tmp_path):
 
 
 def test_features_cli_writes_population_labels_and_feature_labels(luma_small, tmp_path, runner):
-    from propensity.pipeline.feature_jobs import read_feature_metadata
+    from propensity.pipeline.jobs.features import read_feature_metadata
 
     out = tmp_path / "f.parquet"
     result = invoke(
@@ -130,7 +130,7 @@ def test_features_cli_writes_population_labels_and_feature_labels(luma_small, tm
 
 def test_sensitive_features_are_refused_and_bad_names_fail_early():
     from propensity.core.config import ModelConfig
-    from propensity.features.registry import model_features
+    from propensity.features.build.registry import model_features
 
     def chosen(model: ModelConfig) -> dict[str, str]:
         return model_features(FS, model.features, model.governance, model.name)

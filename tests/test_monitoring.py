@@ -18,15 +18,15 @@ from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
 from propensity.core.config import MonitorConfig, ProjectConfig
-from propensity.features.labels import population_rule
-from propensity.features.sql_compiler import snapshot_sql
+from propensity.features.build.labels import population_rule
+from propensity.features.build.sql_compiler import snapshot_sql
 from propensity.models import monitoring as mon
 from propensity.models import tracking as mlflow_tracking
 from propensity.models.calibration import Calibrator
 from propensity.models.estimator import PropensityModel
-from propensity.pipeline import ingest_jobs
-from propensity.pipeline.config_files import load_model_config
-from propensity.pipeline.feature_jobs import feature_set
+from propensity.pipeline.jobs import ingest as ingest_jobs
+from propensity.pipeline.jobs.config_files import load_model_config
+from propensity.pipeline.jobs.features import feature_set
 from tests.conftest import invoke
 
 EPS = 1e-4

@@ -11,7 +11,8 @@ from mlflow.tracking import MlflowClient
 
 from propensity.core.config import ProjectConfig
 from propensity.models import tracking as mlflow_tracking
-from propensity.pipeline import ingest_jobs, model_jobs
+from propensity.pipeline.jobs import ingest as ingest_jobs
+from propensity.pipeline.jobs import train as model_jobs
 from tests.conftest import invoke
 from tests.purchase_data import write_purchase_only
 
@@ -77,8 +78,8 @@ def test_candidates_are_child_runs_and_the_winner_is_tagged(repeat_run, tracking
 
 
 def test_registered_model_scores_and_explains_through_one_interface(repeat_run, purchases, tracking):
-    from propensity.features.labels import population_snapshot_sql
-    from propensity.pipeline import feature_jobs
+    from propensity.features.build.labels import population_snapshot_sql
+    from propensity.pipeline.jobs import features as feature_jobs
 
     model, _ = mlflow_tracking.load_propensity_model(
         mlflow_tracking.configure(ProjectConfig()), "repeat_purchase", version=repeat_run.version
@@ -88,7 +89,7 @@ def test_registered_model_scores_and_explains_through_one_interface(repeat_run, 
     fs = feature_jobs.feature_set(
         loaded.con, ProjectConfig(), before=as_of, categories=model.metadata["categories"]
     )
-    from propensity.pipeline.config_files import load_model_config
+    from propensity.pipeline.jobs.config_files import load_model_config
 
     sql, _ = population_snapshot_sql(
         fs, load_model_config("repeat_purchase", ProjectConfig()), as_of, loaded.con, repeat_run.trained_until

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from propensity.core.errors import UserError
-from propensity.pipeline import ingest_jobs
+from propensity.pipeline.jobs import ingest as ingest_jobs
 from tests.conftest import invoke, write_events
 
 GOOD = {"timestamp": "2025-03-01T10:00:00", "event_type": "page_view", "ecid": "dev-1"}

@@ -23,7 +23,8 @@ from mlflow.tracking import MlflowClient
 
 from propensity.core.config import ProjectConfig
 from propensity.models import tracking as mlflow_tracking
-from propensity.pipeline import feature_jobs, score_jobs
+from propensity.pipeline.jobs import features as feature_jobs
+from propensity.pipeline.jobs import score as score_jobs
 from tests.conftest import invoke
 
 AS_OF = "2025-11-10"

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 from propensity.core.config import ProjectConfig, SegmentConfig
 from propensity.core.errors import UserError
-from propensity.features import membership_store
-from propensity.features import segments as seg
-from propensity.pipeline import ingest_jobs
-from propensity.pipeline.config_files import load_segments
+from propensity.features.activation import membership_store
+from propensity.features.activation import segments as seg
+from propensity.pipeline.jobs import ingest as ingest_jobs
+from propensity.pipeline.jobs.config_files import load_segments
 from tests.conftest import invoke
 
 D1, D2, D3 = dt.date(2025, 3, 1), dt.date(2025, 4, 1), dt.date(2025, 5, 1)

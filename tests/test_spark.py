@@ -26,27 +26,33 @@ if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
 
 from propensity.core.config import EngineConfig, IdentityConfig, ProjectConfig, parse_config  # noqa: E402
 from propensity.core.errors import UserError  # noqa: E402
-from propensity.features import identity as duck_identity  # noqa: E402
-from propensity.features import spark_features, spark_identity, sql_compiler  # noqa: E402
-from propensity.features.engine import connect  # noqa: E402
-from propensity.features.identity_as_of import IdentityGraph  # noqa: E402
-from propensity.features.inputs import resolve_input  # noqa: E402
-from propensity.features.labels import training_frame  # noqa: E402
-from propensity.features.registry import build_registry  # noqa: E402
-from propensity.features.spark_as_of import SparkIdentityGraph  # noqa: E402
-from propensity.features.spark_engine import (  # noqa: E402
+from propensity.features.build import sql_compiler  # noqa: E402
+from propensity.features.build.labels import training_frame  # noqa: E402
+from propensity.features.build.registry import build_registry  # noqa: E402
+from propensity.features.connection import connect  # noqa: E402
+from propensity.features.identity import stitching as duck_identity  # noqa: E402
+from propensity.features.identity.as_of import IdentityGraph  # noqa: E402
+from propensity.features.ingest.inputs import resolve_input  # noqa: E402
+from propensity.features.ingest.staging import stage_events as duck_stage_events  # noqa: E402
+from propensity.features.ingest.staging import stage_profiles as duck_stage_profiles  # noqa: E402
+from propensity.features.spark import features as spark_features  # noqa: E402
+from propensity.features.spark import identity as spark_identity  # noqa: E402
+from propensity.features.spark.as_of import SparkIdentityGraph  # noqa: E402
+from propensity.features.spark.ingest import stage_events, stage_profiles  # noqa: E402
+from propensity.features.spark.session import (  # noqa: E402
     hadoop_path,
     resolve_spark_input,
     spark_session,
     to_pandas,
 )
-from propensity.features.spark_ingest import stage_events, stage_profiles  # noqa: E402
-from propensity.features.spark_sources import duckdb_double_text  # noqa: E402
-from propensity.features.staging import stage_events as duck_stage_events  # noqa: E402
-from propensity.features.staging import stage_profiles as duck_stage_profiles  # noqa: E402
-from propensity.pipeline import feature_jobs, ingest_jobs, score_jobs, spark_jobs, spark_score_jobs  # noqa: E402
-from propensity.pipeline.cli_options import load_config_for  # noqa: E402
-from propensity.pipeline.config_files import load_model_config  # noqa: E402
+from propensity.features.spark.sources import duckdb_double_text  # noqa: E402
+from propensity.pipeline.cli.options import load_config_for  # noqa: E402
+from propensity.pipeline.jobs import features as feature_jobs  # noqa: E402
+from propensity.pipeline.jobs import ingest as ingest_jobs  # noqa: E402
+from propensity.pipeline.jobs import score as score_jobs  # noqa: E402
+from propensity.pipeline.jobs import spark as spark_jobs  # noqa: E402
+from propensity.pipeline.jobs import spark_score as spark_score_jobs  # noqa: E402
+from propensity.pipeline.jobs.config_files import load_model_config  # noqa: E402
 from tests.conftest import invoke, write_events  # noqa: E402
 
 ENGINE = EngineConfig(
@@ -549,7 +555,8 @@ def test_scores_and_factors_equal_duckdb_score_job(scored):
 def test_segment_memberships_equal_duckdbs(ingested, scored, tmp_path, runner_module):
     """Two dates of memberships (realized / existing / exited, consent hold-back, a score rule
     and feature rules) and identities, summaries and fingerprints: the DuckDB job's files."""
-    from propensity.pipeline import segment_jobs, spark_segment_jobs
+    from propensity.pipeline.jobs import segments as segment_jobs
+    from propensity.pipeline.jobs import spark_segments as spark_segment_jobs
 
     spark_dir, duck_dir, _ = ingested
     _, spark_run, duck_run = scored

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from propensity.core.errors import UserError
-from propensity.features.simulator import GeneratorSettings, simulate
-from propensity.features.simulator_world import CATEGORIES, OFFLINE, YOGA
-from propensity.features.synthetic_io import generate
+from propensity.features.synthetic.simulator import GeneratorSettings, simulate
+from propensity.features.synthetic.world import CATEGORIES, OFFLINE, YOGA
+from propensity.features.synthetic.writer import generate
 from tests.conftest import invoke
 
 

@@ -1,0 +1,229 @@
+"""Destination exports: one as-of's memberships -> one file per destination and segment.
+
+For each destination (``DestinationConfig``) and each of its segments, the profiles in the
+segment at ``as_of`` (status ``realized`` or ``existing``; also ``exited`` when the destination
+sets ``include_exited``, so it can remove them) are written with only the identity namespaces
+that destination may receive, one row per identity value:
+
+    namespace, value, segment, status, qualified_at, as_of, marketing_action
+
+sorted by (namespace, value), to ``EXPORT_DIR/destination=<name>/as_of=<date>/segment=<s>.csv``
+(or ``.parquet``), with a ``manifest.json`` of counts. Each destination's directory is
+written atomically and replaced whole on a re-run (identical bytes for identical inputs).
+
+Never exported: other namespaces (and raw email or phone, which do not exist after ingest),
+the internal ``profile_id``, profiles that opted out of personalisation (they are not in the
+memberships, and are filtered again here in case a file was produced otherwise), profiles
+without an explicit 'y' for a consent the destination requires. A profile with no value of
+any allowed namespace is skipped. Both are counted.
+
+Governance: a segment whose rule reads a model governed for another marketing action than
+the destination's (or a model whose action is unknown) is refused for that destination;
+:func:`check_destinations` raises before anything is written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from propensity.core.config import DestinationConfig
+from propensity.core.errors import UserError
+from propensity.core.io import atomic_path, write_json
+from propensity.features.activation.membership_store import IDENTITIES_FILE, MEMBERSHIPS_FILE, partition_dir
+from propensity.features.sql import sql_string
+
+EXPORTED_STATUSES: tuple[str, ...] = ("realized", "existing")
+
+
+@dataclass
+class SegmentExport:
+    """One segment's file for one destination, and who was left out of it and why."""
+
+    segment: str
+    path: Path
+    rows: int  # identity values written
+    profiles: int  # profiles with at least one written value
+    skipped_no_identity: int  # eligible, but no value of any namespace this destination may receive
+    held_back_consent: int  # opted out of personalisation, or a required consent not given
+
+
+@dataclass
+class DestinationExport:
+    destination: str
+    directory: Path
+    marketing_action: str
+    identities: list[str]
+    segments: list[SegmentExport]
+
+
+def governance_refusals(
+    destination: DestinationConfig,
+    segment_models: Mapping[str, Sequence[str]],
+    model_actions: Mapping[str, str | None],
+) -> list[str]:
+    """Why each of the destination's segments may not go there (empty: all may).
+
+    ``segment_models``: segment -> the models its rule reads; ``model_actions``: model -> its
+    governance ``marketing_action`` (None when the model has no config).
+    """
+    refusals = []
+    for segment in destination.segments:
+        for model in segment_models.get(segment, ()):
+            action = model_actions.get(model)
+            if action is None:
+                refusals.append(
+                    f"destination '{destination.name}': segment '{segment}' reads model '{model}', whose "
+                    f"marketing action is unknown (no model config); refused"
+                )
+            elif action != destination.marketing_action:
+                refusals.append(
+                    f"destination '{destination.name}': segment '{segment}' reads model '{model}', governed "
+                    f"for marketing action '{action}', not '{destination.marketing_action}'; refused"
+                )
+    return refusals
+
+
+def recorded_namespaces(memberships_dir: str | Path, as_of: dt.date, summary: Mapping) -> list[str]:
+    """The identity namespaces written with the memberships at ``as_of`` (from its summary)."""
+    path = partition_dir(memberships_dir, as_of) / IDENTITIES_FILE
+    namespaces = summary.get("identity_namespaces")
+    if namespaces is None or not path.is_file():
+        raise UserError(f"{path}: missing; re-run `propensity segments --as-of {as_of}` to write it")
+    return list(namespaces)
+
+
+def check_destinations(
+    destinations: Sequence[DestinationConfig],
+    segment_models: Mapping[str, Sequence[str]],
+    model_actions: Mapping[str, str | None],
+    namespaces: Sequence[str],
+    as_of: dt.date,
+) -> None:
+    """Every destination's segments exist at ``as_of``, its namespaces are known and governance
+    allows each segment; otherwise one UserError naming every problem."""
+    problems = []
+    for destination in destinations:
+        for segment in destination.segments:
+            if segment not in segment_models:
+                problems.append(
+                    f"destination '{destination.name}': segment '{segment}' has no memberships at {as_of} "
+                    f"(segments: {', '.join(sorted(segment_models))})"
+                )
+        for namespace in destination.identities:
+            if namespace not in namespaces:
+                problems.append(
+                    f"destination '{destination.name}': identity namespace '{namespace}' is not one the "
+                    f"memberships carry ({', '.join(namespaces)})"
+                )
+        problems += governance_refusals(destination, segment_models, model_actions)
+    if problems:
+        raise UserError("; ".join(problems) + "; nothing was exported")
+
+
+def _members_sql(memberships: Path, identities: Path, segment: str, destination: DestinationConfig) -> str:
+    """The segment's members to consider, whether their consent allows this destination and
+    whether they have an identity it may receive."""
+    statuses = (*EXPORTED_STATUSES, "exited") if destination.include_exited else EXPORTED_STATUSES
+    # Any 'n' among a profile's rows wins; a required consent needs 'y' on every row.
+    required = "".join(f" AND coalesce(c.{c}_given, false)" for c in destination.required_consents)
+    allowed = ", ".join(sql_string(ns) for ns in destination.identities)
+    return f"""
+        WITH ids AS (SELECT * FROM read_parquet({sql_string(str(identities))})),
+        consent AS (
+            SELECT profile_id, bool_or(consent_personalization = 'n') AS opted_out,
+                   bool_and(consent_personalization = 'y') AS consent_personalization_given,
+                   bool_and(consent_marketing = 'y') AS consent_marketing_given
+            FROM ids GROUP BY profile_id
+        )
+        SELECT m.profile_id, m.status, m.qualified_at, m.as_of,
+               NOT coalesce(c.opted_out, false){required} AS consented,
+               m.profile_id IN (SELECT profile_id FROM ids WHERE namespace IN ({allowed})) AS has_identity
+        FROM read_parquet({sql_string(str(memberships))}) m
+        LEFT JOIN consent c ON c.profile_id = m.profile_id
+        WHERE m.segment = {sql_string(segment)} AND m.status IN ({", ".join(sql_string(s) for s in statuses)})
+    """
+
+
+def _export_segment(
+    con: duckdb.DuckDBPyConnection,
+    memberships_dir: Path,
+    as_of: dt.date,
+    destination: DestinationConfig,
+    segment: str,
+    directory: Path,
+) -> SegmentExport:
+    source = partition_dir(memberships_dir, as_of)
+    identities = source / IDENTITIES_FILE
+    members = _members_sql(source / MEMBERSHIPS_FILE, identities, segment, destination)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _export_members AS {members}")
+    held_back, skipped, exported = con.execute("""
+        SELECT count(*) FILTER (WHERE NOT consented), count(*) FILTER (WHERE consented AND NOT has_identity),
+               count(*) FILTER (WHERE consented AND has_identity)
+        FROM _export_members
+    """).fetchall()[0]
+    path = directory / f"segment={segment}.{destination.format}"
+    options = "FORMAT csv, HEADER true" if destination.format == "csv" else "FORMAT parquet, COMPRESSION zstd"
+    allowed = ", ".join(sql_string(ns) for ns in destination.identities)
+    con.execute(f"""
+        COPY (
+            SELECT i.namespace, i.value, {sql_string(segment)} AS segment, m.status, m.qualified_at, m.as_of,
+                   {sql_string(destination.marketing_action)} AS marketing_action
+            FROM _export_members m
+            JOIN read_parquet({sql_string(str(identities))}) i
+              ON i.profile_id = m.profile_id AND i.namespace IN ({allowed})
+            WHERE m.consented ORDER BY i.namespace, i.value
+        ) TO {sql_string(str(path))} ({options})
+    """)
+    reader = f"read_{destination.format}({sql_string(str(path))})"
+    rows = con.execute(f"SELECT count(*) FROM {reader}").fetchall()[0][0]
+    con.execute("DROP TABLE _export_members")
+    return SegmentExport(segment, path, int(rows), int(exported), int(skipped), int(held_back))
+
+
+def export_destination(
+    con: duckdb.DuckDBPyConnection,
+    memberships_dir: str | Path,
+    as_of: dt.date,
+    destination: DestinationConfig,
+    export_dir: str | Path,
+) -> DestinationExport:
+    """Write one destination's segment files for ``as_of`` (checked by :func:`check_destinations`
+    first) to ``export_dir/destination=<name>/as_of=<date>/``, atomically."""
+    target = Path(export_dir) / f"destination={destination.name}" / f"as_of={as_of}"
+    with atomic_path(target) as tmp:
+        tmp.mkdir(parents=True)
+        exports = [
+            _export_segment(con, Path(memberships_dir), as_of, destination, segment, tmp)
+            for segment in destination.segments
+        ]
+        for export in exports:
+            export.path = target / export.path.name
+        write_json(
+            {
+                "destination": destination.name,
+                "as_of": str(as_of),
+                "marketing_action": destination.marketing_action,
+                "identities": destination.identities,
+                "include_exited": destination.include_exited,
+                "required_consents": destination.required_consents,
+                "segments": {
+                    e.segment: {
+                        "file": e.path.name,
+                        "rows": e.rows,
+                        "profiles": e.profiles,
+                        "skipped_no_identity": e.skipped_no_identity,
+                        "held_back_consent": e.held_back_consent,
+                    }
+                    for e in exports
+                },
+            },
+            tmp / "manifest.json",
+        )
+    return DestinationExport(
+        destination.name, target, destination.marketing_action, list(destination.identities), exports
+    )

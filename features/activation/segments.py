@@ -1,0 +1,399 @@
+"""Segment qualification: rules over point-in-time features and model scores -> memberships.
+
+A segment is a checked rule (:mod:`propensity.features.build.rules`) over the feature table at
+``as_of`` (every profile with events in the lookback, with its attributes) LEFT JOINed with
+the score partitions of the models the rule names, at the same ``as_of``. A profile a model
+did not score has NULL scores and does not qualify on them.
+
+Each ``as_of`` is one directory ``OUT/as_of=<date>/``, written atomically:
+
+* ``memberships.parquet``: ``profile_id``, ``segment``, ``status``, ``as_of``,
+  ``qualified_at``, sorted by (segment, profile_id);
+* ``identities.parquet``: ``profile_id``, ``namespace``, ``value``, and the profile's consent
+  flags, one row per identity value of every profile in the memberships: what an export
+  needs, so exports never re-read events (and identities are those of the qualification);
+* ``summary.json``: the segment rules and the models they read, counts per status, the
+  profiles held back for consent, and which previous as-of the statuses were computed from.
+
+Statuses against the *previous* as-of (the latest earlier date present in ``OUT``):
+``realized`` = qualifies now and was not in the previous qualified set (first run, entry or
+re-entry); ``existing`` = qualifies now and did before; ``exited`` = was in the previous
+qualified set (realized or existing there) and does not qualify now. ``qualified_at`` is the
+date the current stay began: ``as_of`` for realized, carried forward for existing; an exited
+row keeps the date its ended stay began, and its ``as_of`` is the date it left.
+
+Segments are compared by name: a segment new in the file starts with realized members only;
+one removed from the file is no longer written (its members do not "exit").
+
+Consent: a profile whose ``consent_personalization`` is ``'n'`` appears in no membership file,
+not even as ``exited``; per segment, the qualifying ones held back are counted. A missing
+flag (not given) does not hold a profile back; destinations may require an explicit 'y'.
+
+Back-fill: writing a date earlier than dates already present uses the latest earlier date as
+its previous, so it is computed correctly; but the next later date's statuses were computed
+against another previous. That is detected (each summary records its previous date and a
+fingerprint of that date's qualified set) and reported as ``stale_later``; re-running those
+dates in date order restates them. Nothing is rewritten behind the user's back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from propensity.core.config import SegmentConfig
+from propensity.core.errors import UserError
+from propensity.core.io import atomic_path, write_json
+from propensity.features.activation.membership_store import (
+    IDENTITIES_FILE,
+    MEMBERSHIPS_FILE,
+    SUMMARY_FILE,
+    partition_dir,
+    previous_as_of,
+    qualified_fingerprint,
+    stale_later_dates,
+    stored_fingerprint,
+)
+from propensity.features.build.registry import CARRIED_COLUMNS
+from propensity.features.build.rules import Rule, parse_rule
+from propensity.features.sql import sql_ident, sql_string
+
+STATUSES: tuple[str, ...] = ("realized", "existing", "exited")
+# Score table columns a rule may read, as `<model>.<column>` (ARCHITECTURE.md "Score table").
+SCORE_COLUMNS: dict[str, str] = {
+    "probability": "number",
+    "score": "number",
+    "percentile": "number",
+    "bucket": "string",
+}
+CONSENT_COLUMNS: tuple[str, ...] = CARRIED_COLUMNS  # consent_personalization, consent_marketing
+# The internal status of opted-out profiles that qualify: counted, never written.
+HELD_BACK = "held_back"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A segment whose rule has been checked against the feature and score columns."""
+
+    name: str
+    rule: Rule
+    description: str = ""
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models whose scores the rule reads, sorted."""
+        return tuple(sorted(self.rule.qualifiers))
+
+
+@dataclass
+class SegmentCounts:
+    segment: str
+    realized: int = 0
+    existing: int = 0
+    exited: int = 0
+    held_back: int = 0  # qualified but opted out of personalisation: in no output
+
+    @property
+    def size(self) -> int:
+        """Profiles in the segment at this as-of (realized + existing)."""
+        return self.realized + self.existing
+
+
+@dataclass
+class Qualification:
+    """What one as-of's qualification wrote."""
+
+    as_of: dt.date
+    directory: Path
+    previous_as_of: dt.date | None
+    counts: list[SegmentCounts]
+    rows: int
+    profiles: int
+    identities: int | None = None  # rows of identities.parquet (None: not written)
+    identity_namespaces: list[str] | None = None
+    # Later dates whose statuses were computed against another previous (see module doc).
+    stale_later: list[dt.date] = field(default_factory=list)
+
+
+def kind_of(duckdb_type: str) -> str | None:
+    """number / string / boolean for a DuckDB column type; None for types rules cannot use."""
+    upper = duckdb_type.upper()
+    if upper in ("VARCHAR", "STRING", "TEXT") or upper.startswith("VARCHAR"):
+        return "string"
+    if upper in ("BOOLEAN", "BOOL"):
+        return "boolean"
+    numeric = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE", "REAL")
+    if upper.lstrip("U") in numeric or upper.startswith("DECIMAL"):
+        return "number"
+    return None
+
+
+def column_kinds(con: duckdb.DuckDBPyConnection, relation_sql: str) -> dict[str, str]:
+    """Each usable column of a query and its kind, from DuckDB's binder (nothing is run)."""
+    described = con.execute(f"DESCRIBE SELECT * FROM ({relation_sql}) AS described").fetchall()
+    kinds = {name: kind_of(str(dtype)) for name, dtype, *_ in described}
+    return {name: kind for name, kind in kinds.items() if kind is not None and name != "profile_id"}
+
+
+def compile_segments(
+    definitions: Sequence[SegmentConfig],
+    feature_kinds: Mapping[str, str],
+    models: Iterable[str],
+    source: str,
+) -> list[Segment]:
+    """Check every segment's rule against the feature columns and ``<model>.<score column>``.
+
+    ``models``: the models a rule may name (configured or with scores). ``source`` (the
+    segments file) prefixes error messages, which also name the segment.
+    """
+    columns = dict(feature_kinds)
+    for model in models:
+        columns.update({f"{model}.{column}": kind for column, kind in SCORE_COLUMNS.items()})
+    return [
+        Segment(d.name, parse_rule(d.rule, columns, f"{source}: segment '{d.name}'"), d.description)
+        for d in definitions
+    ]
+
+
+def score_files(scores_dir: str | Path, segments: Sequence[Segment], as_of: dt.date) -> dict[str, list[str]]:
+    """The Parquet files of each model the segments read, at ``as_of``; missing is a UserError."""
+    files: dict[str, list[str]] = {}
+    for segment in segments:
+        for model in segment.models:
+            if model not in files:
+                files[model] = score_partition(scores_dir, model, as_of, f"segment '{segment.name}'")
+    return files
+
+
+def score_partition(scores_dir: str | Path, model: str, as_of: dt.date, who: str = "") -> list[str]:
+    """The Parquet files of ``SCORES_DIR/model=<model>/as_of=<date>/``; missing is a UserError
+    naming ``who`` needs it, the model and the partition."""
+    directory = Path(scores_dir) / f"model={model}" / f"as_of={as_of}"
+    found = sorted(str(p) for p in directory.rglob("*.parquet")) if directory.is_dir() else []
+    if not found:
+        raise UserError(
+            f"{who + ': ' if who else ''}model '{model}' has no scores at {as_of} (no Parquet under "
+            f"{directory}); run `propensity score {model} --as-of {as_of}` first"
+        )
+    return found
+
+
+def qualification_sql(
+    segments: Sequence[Segment],
+    features_sql: str,
+    scores: Mapping[str, Sequence[str]],
+    previous_file: str | Path | None,
+    as_of: dt.date,
+    dialect: str = "duckdb",
+    relations: Mapping[str, str] | None = None,
+) -> str:
+    """The one query: every segment's rule (UNION ALL) against the previous memberships (FULL
+    OUTER JOIN) -> profile_id, segment, status, as_of, qualified_at.
+
+    Opted-out profiles that qualify come back with status ``held_back`` (to be counted, not
+    written); an opted-out profile never comes back as ``exited``. ``dialect``: ``duckdb`` or
+    ``spark`` (Spark SQL, reading each model's scores and the previous memberships from the
+    views ``relations`` names: model -> view, and ``previous`` -> view).
+    """
+    spark = dialect == "spark"
+    quote = "`" if spark else '"'
+    relations = relations or {}
+
+    def ident(name: str) -> str:
+        return sql_ident(name, quote)
+
+    def null(kind: str) -> str:
+        return f"CAST(NULL AS {'STRING' if spark and kind == 'VARCHAR' else kind})"
+
+    features = sorted(
+        {c for s in segments for c in s.rule.columns if "." not in c} - {"consent_personalization"}
+    )
+    columns = [f"f.{ident(c)}" for c in (*features, "consent_personalization")]
+    joins = []
+    for i, model in enumerate(sorted(scores)):
+        used = sorted(
+            {c.split(".", 1)[1] for s in segments for c in s.rule.columns if c.startswith(model + ".")}
+        )
+        columns += [f"s{i}.{ident(c)} AS {ident(f'{model}__{c}')}" for c in used]
+        files = ", ".join(sql_string(str(f)) for f in scores[model])
+        relation = relations.get(model) or f"read_parquet([{files}])"
+        joins.append(f"LEFT JOIN {relation} s{i} ON s{i}.profile_id = f.profile_id")
+    qualified = "\n        UNION ALL ".join(
+        f"SELECT profile_id, {sql_string(s.name)} AS segment, opted_out FROM base WHERE {s.rule.sql(dialect)}"
+        for s in segments
+    )
+    day = f"DATE '{as_of.isoformat()}'"
+    names = ", ".join(sql_string(s.name) for s in segments)
+    previous = (
+        f"""SELECT profile_id, segment, qualified_at
+            FROM {relations.get("previous") or f"read_parquet({sql_string(str(previous_file))})"}
+            WHERE status IN ('realized', 'existing') AND segment IN ({names})
+              AND profile_id NOT IN (SELECT profile_id FROM base WHERE opted_out)"""
+        if previous_file is not None
+        else f"SELECT {null('VARCHAR')} AS profile_id, {null('VARCHAR')} AS segment, "
+        f"{null('DATE')} AS qualified_at LIMIT 0"
+    )
+    # MATERIALIZED: the feature snapshot is computed once however many segments read it.
+    return f"""
+        WITH base AS {"" if spark else "MATERIALIZED "}(
+            SELECT f.profile_id, coalesce(f.consent_personalization = 'n', false) AS opted_out,
+                   {", ".join(columns)}
+            FROM ({features_sql}) f
+            {" ".join(joins)}
+        ),
+        qualified AS ({qualified}),
+        previous AS ({previous}),
+        current AS (SELECT profile_id, segment FROM qualified WHERE NOT opted_out)
+        SELECT coalesce(c.profile_id, p.profile_id) AS profile_id,
+               coalesce(c.segment, p.segment) AS segment,
+               CASE WHEN p.profile_id IS NULL THEN 'realized'
+                    WHEN c.profile_id IS NULL THEN 'exited' ELSE 'existing' END AS status,
+               {day} AS as_of,
+               coalesce(p.qualified_at, {day}) AS qualified_at
+        FROM current c FULL OUTER JOIN previous p ON c.profile_id = p.profile_id AND c.segment = p.segment
+        UNION ALL
+        SELECT profile_id, segment, '{HELD_BACK}', {day}, {null("DATE")} FROM qualified WHERE opted_out
+    """
+
+
+def _write_identities(
+    con: duckdb.DuckDBPyConnection,
+    target: Path,
+    namespaces: Sequence[str],
+    identity_map: str = "identity_map",
+    profiles: str = "profiles",
+) -> int:
+    """Every identity (in ``namespaces``) of every profile in ``_segment_rows``, with the
+    profile's consent flags: one row per value, sorted. ``identity_map`` and ``profiles`` name
+    the relations of the profiles as of the qualified date. Returns the number of rows."""
+    available = {r[0] for r in con.execute(f"DESCRIBE {profiles}").fetchall()}
+    consent = ", ".join(
+        f"CAST({'p.' + c if c in available else 'NULL'} AS VARCHAR) AS {c}" for c in CONSENT_COLUMNS
+    )
+    listed = ", ".join(sql_string(ns) for ns in namespaces) or "NULL"
+    con.execute(f"""
+        COPY (
+            WITH members AS (SELECT DISTINCT profile_id FROM _segment_rows WHERE status <> '{HELD_BACK}')
+            SELECT m.profile_id, i.namespace, i.value, {consent}
+            FROM members m
+            JOIN {identity_map} i ON i.profile_id = m.profile_id AND i.namespace IN ({listed})
+            LEFT JOIN {profiles} p ON p.profile_id = m.profile_id
+            ORDER BY m.profile_id, i.namespace, i.value
+        ) TO {sql_string(str(target))} (FORMAT parquet, COMPRESSION zstd)
+    """)
+    return con.execute(f"SELECT count(*) FROM read_parquet({sql_string(str(target))})").fetchall()[0][0]
+
+
+def qualify(
+    con: duckdb.DuckDBPyConnection,
+    segments: Sequence[Segment],
+    features_sql: str,
+    scores: Mapping[str, Sequence[str]],
+    out_dir: str | Path,
+    as_of: dt.date,
+    identity_namespaces: Sequence[str] | None = None,
+    identity_map: str = "identity_map",
+    profiles: str = "profiles",
+) -> Qualification:
+    """Qualify every segment at ``as_of`` and write ``OUT/as_of=<date>/`` atomically.
+
+    ``features_sql``: a query giving one row per profile with ``profile_id``, the columns the
+    rules read and ``consent_personalization``. ``scores``: model -> its Parquet files at
+    ``as_of`` (:func:`score_files`). With ``identity_namespaces``, also writes
+    ``identities.parquet`` from ``identity_map`` and ``profiles`` (relations of the profiles as
+    of ``as_of``). Re-running a date replaces it with identical rows.
+    """
+    if not segments:
+        raise UserError("no segments to qualify")
+    previous = previous_as_of(out_dir, as_of)
+    previous_file = partition_dir(out_dir, previous) / MEMBERSHIPS_FILE if previous else None
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _segment_rows AS "
+        + qualification_sql(segments, features_sql, scores, previous_file, as_of)
+    )
+    return write_qualification(con, segments, out_dir, as_of, identity_namespaces, identity_map, profiles)
+
+
+def write_qualification(
+    con: duckdb.DuckDBPyConnection,
+    segments: Sequence[Segment],
+    out_dir: str | Path,
+    as_of: dt.date,
+    identity_namespaces: Sequence[str] | None = None,
+    identity_map: str = "identity_map",
+    profiles: str = "profiles",
+) -> Qualification:
+    """Write ``OUT/as_of=<date>/`` from the temp table ``_segment_rows`` (the rows of
+    :func:`qualification_sql`, from DuckDB or from Spark), then drop it: memberships,
+    tallies, identities and the summary, atomically."""
+    previous = previous_as_of(out_dir, as_of)
+    target = partition_dir(out_dir, as_of)
+    try:
+        with atomic_path(target) as tmp:
+            tmp.mkdir(parents=True)
+            memberships = tmp / MEMBERSHIPS_FILE
+            con.execute(f"""
+                COPY (SELECT profile_id, segment, status, as_of, qualified_at FROM _segment_rows
+                      WHERE status <> '{HELD_BACK}' ORDER BY segment, profile_id)
+                TO {sql_string(str(memberships))} (FORMAT parquet, COMPRESSION zstd)
+            """)
+            tallies = con.execute(
+                "SELECT segment, status, count(*) FROM _segment_rows GROUP BY ALL"
+            ).fetchall()
+            counts = {s.name: SegmentCounts(s.name) for s in segments}
+            for segment, status, n in tallies:
+                setattr(counts[segment], status, int(n))
+            member_profiles = con.execute(
+                f"SELECT count(DISTINCT profile_id) FROM _segment_rows WHERE status <> '{HELD_BACK}'"
+            ).fetchall()[0][0]
+            identities = (
+                _write_identities(con, tmp / IDENTITIES_FILE, identity_namespaces, identity_map, profiles)
+                if identity_namespaces is not None
+                else None
+            )
+            result = Qualification(
+                as_of=as_of,
+                directory=target,
+                previous_as_of=previous,
+                counts=list(counts.values()),
+                rows=sum(c.size + c.exited for c in counts.values()),
+                profiles=member_profiles,
+                identities=identities,
+                identity_namespaces=list(identity_namespaces) if identity_namespaces is not None else None,
+            )
+            previous_fingerprint = stored_fingerprint(con, out_dir, previous) if previous else None
+            fingerprint = qualified_fingerprint(con, "_segment_rows")
+            write_json(_summary(result, segments, fingerprint, previous_fingerprint), tmp / SUMMARY_FILE)
+    finally:
+        con.execute("DROP TABLE IF EXISTS _segment_rows")
+    result.stale_later = stale_later_dates(con, out_dir, as_of)
+    return result
+
+
+def _summary(
+    result: Qualification, segments: Sequence[Segment], fingerprint: str, previous_fingerprint: str | None
+) -> dict:
+    previous = result.previous_as_of
+    return {
+        "as_of": str(result.as_of),
+        "previous": None
+        if previous is None
+        else {"as_of": str(previous), "fingerprint": previous_fingerprint},
+        "fingerprint": fingerprint,
+        "segments": {
+            s.name: {"description": s.description, "rule": s.rule.text, "models": list(s.models)}
+            for s in segments
+        },
+        "counts": {
+            c.segment: {**{k: getattr(c, k) for k in (*STATUSES, "held_back")}, "size": c.size}
+            for c in result.counts
+        },
+        "rows": result.rows,
+        "profiles": result.profiles,
+        "identities": result.identities,
+        "identity_namespaces": result.identity_namespaces,
+    }

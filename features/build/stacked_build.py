@@ -1,0 +1,266 @@
+"""Stacked snapshots for training: many as-of dates from one scan of the events.
+
+The events are condensed once into a daily rollup keyed by the integer ``profile_key`` and
+sorted by (profile, day); every snapshot's windows then come from one compiled pass over it
+(:mod:`propensity.features.build.kernels`). The values equal
+:func:`propensity.features.build.sql_compiler.snapshots_sql`, the engine-neutral form; the tests
+hold them to it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from propensity.features.build.feature_set import EVERY_EVENT, FeatureSet
+from propensity.features.build.sql_compiler import DUCKDB, day_number, features_sql_from
+from propensity.features.connection import fetch_arrow
+from propensity.features.identity.as_of import Reattributed
+
+
+def _keyed(con: duckdb.DuckDBPyConnection, events: str) -> tuple[str, str]:
+    """``events`` with an integer ``profile_key``, and the table that maps keys to profile_id.
+
+    Ingested events carry the key (dense, in profile_id order, see ``features.identity``);
+    other event tables get one here.
+    """
+    columns = {r[0] for r in con.execute(f"DESCRIBE {events}").fetchall()}
+    if "profile_key" in columns:
+        try:
+            profiles = {r[0] for r in con.execute("DESCRIBE profiles").fetchall()}
+        except duckdb.Error:
+            profiles = set()
+        if "profile_key" in profiles:
+            return events, "profiles"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE snapshot_keys AS
+        SELECT profile_id, (row_number() OVER (ORDER BY profile_id) - 1)::INTEGER AS profile_key
+        FROM (SELECT DISTINCT profile_id FROM {events})
+    """)
+    other_columns = "e.* EXCLUDE (profile_key)" if "profile_key" in columns else "e.*"
+    return (
+        f"(SELECT {other_columns}, k.profile_key FROM {events} e JOIN snapshot_keys k USING (profile_id))",
+        "snapshot_keys",
+    )
+
+
+# Daily counts of 0/1 measures travel packed, four to a BIGINT in 15-bit fields: DuckDB's
+# grouped aggregation pays per aggregate and row, so one sum instead of four (at 1M profiles
+# the 16-measure rollup took 5.5 s unpacked, 3.7 s packed) and a quarter of the columns to sort
+# and fetch. Exact while no (profile, day) holds 2^15 events, which is checked.
+PACK_BITS, PACK_FIELDS = 15, 4
+
+
+def _decimal_scale(sql_type: str) -> int | None:
+    """The scale of ``DECIMAL(p, s)`` (digits after the point), None for other types."""
+    match = re.fullmatch(r"DECIMAL\(\s*\d+\s*,\s*(\d+)\s*\)", sql_type.strip(), flags=re.IGNORECASE)
+    return int(match.group(1)) if match else None
+
+
+def _daily_rollup(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str, packed: bool) -> dict | None:
+    """The daily rollup sorted by (profile_key, day): per measure, a float64 array or a packed
+    field (:class:`features.kernels.Packed`).
+
+    None when ``packed`` and a day has too many events for the packed fields.
+    """
+    measures = list(fs.measures.values())
+    counted = [m for m in measures if m.condition == EVERY_EVENT]  # count(*) is their daily sum
+    indicators = [m for m in measures if packed and m.condition not in (None, EVERY_EVENT)]
+    packs = [indicators[i : i + PACK_FIELDS] for i in range(0, len(indicators), PACK_FIELDS)]
+    columns = ["count(*) AS event_rows"]
+    for i, pack in enumerate(packs):
+        terms = " + ".join(
+            f"CASE WHEN {m.condition} THEN {1 << (PACK_BITS * j)} ELSE 0 END" for j, m in enumerate(pack)
+        )
+        columns.append(f"CAST(sum({terms}) AS BIGINT) AS packed_{i}")
+    plain = [m for m in measures if m not in counted and m not in indicators]
+    scales = {m.name: _decimal_scale(m.sql_type) if m.rollup == "sum" else None for m in plain}
+    # Decimals as whole units of their last digit (exact sums); others as DOUBLE, the float64
+    # array the compiled pass reads.
+    columns += [
+        f"CAST({m.rollup}({m.sql}) * {10 ** scales[m.name]} AS BIGINT) AS m_{m.name}"
+        if scales[m.name] is not None
+        else f"CAST({m.rollup}({m.sql}) AS DOUBLE) AS m_{m.name}"
+        for m in plain
+    ]
+    day = DUCKDB.day("timestamp")
+    # The only scan of the events.
+    rollup = con.execute(f"""
+        SELECT profile_key, {day} AS day, {", ".join(columns)} FROM {keyed}
+        GROUP BY profile_key, {day} ORDER BY profile_key, day
+    """).fetchnumpy()
+    rows = np.asarray(rollup.pop("event_rows"), dtype=np.int64)
+    if packs and len(rows) and rows.max() >= 1 << PACK_BITS:
+        return None
+    from propensity.features.build.kernels import Packed, Scaled
+
+    # The compiled pass reads the packed fields in place: no unpacked copy of the counts.
+    values: dict[str, np.ndarray | Packed | Scaled] = {m.name: Packed(rows, 0, 62) for m in counted}
+    for i, pack in enumerate(packs):
+        sums = np.asarray(rollup.pop(f"packed_{i}"), dtype=np.int64)
+        for j, m in enumerate(pack):
+            values[m.name] = Packed(sums, PACK_BITS * j, PACK_BITS)
+    for m in plain:
+        column = rollup.pop(f"m_{m.name}")
+        if scales[m.name] is not None:  # a sum of a decimal, never NULL
+            values[m.name] = Scaled(np.asarray(column, dtype=np.int64), scales[m.name])
+        else:  # masked where NULL (only maxima can be): NaN for the compiled pass
+            values[m.name] = np.ma.filled(column, np.nan)
+    return {
+        "profile_key": np.asarray(rollup["profile_key"], dtype=np.int64),
+        "day": np.asarray(rollup["day"], dtype=np.int64),
+        **{m.name: values[m.name] for m in measures},
+    }
+
+
+# The compiled pass's output for one batch of snapshots stays under this many bytes: the
+# stacked table grows in DuckDB (which spills past its memory limit), not in NumPy.
+BATCH_BYTES = 2 << 30
+
+
+def _rollup_arrays(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str):
+    """The daily rollup's keys, days and measure columns (packed when the counts allow)."""
+    values = _daily_rollup(con, fs, keyed, packed=True)
+    if values is None:  # a profile with 2^15 events in a day: the packed counts would overflow
+        values = _daily_rollup(con, fs, keyed, packed=False)
+    return values.pop("profile_key"), values.pop("day"), values
+
+
+def _rows(values: dict, lo: int, hi: int) -> dict:
+    """Rollup rows ``[lo, hi)`` of every measure, as views; packed fields that share a column
+    keep sharing it."""
+    columns: dict[int, np.ndarray] = {}
+    out = {}
+    for name, value in values.items():
+        if isinstance(value, tuple):  # Packed / Scaled: a column and how to read it
+            column = columns.setdefault(id(value.column), value.column[lo:hi])
+            out[name] = value._replace(column=column)
+        else:
+            out[name] = value[lo:hi]
+    return out
+
+
+def _insert(
+    con: duckdb.DuckDBPyConnection,
+    fs: FeatureSet,
+    stacked: pa.Table,
+    ids: pa.Array,
+    table: str,
+    create: bool,
+    aggregates: str = "SELECT * FROM _snapshot_aggregates",
+    **features_options,
+) -> None:
+    """Features of the compiled pass's aggregates (``pk`` -> ``ids``) into ``table``."""
+    stacked = stacked.append_column("profile_id", ids.take(stacked["pk"]))
+    stacked = stacked.rename_columns(["profile_key" if c == "pk" else c for c in stacked.column_names])
+    con.register("_snapshot_aggregates", stacked)
+    features_sql = features_sql_from(fs, aggregates, con, DUCKDB, ordered=False, **features_options)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {table} AS {features_sql}"
+        if create
+        else f"INSERT INTO {table} {features_sql}"
+    )
+    con.unregister("_snapshot_aggregates")
+
+
+def build_snapshots(
+    con: duckdb.DuckDBPyConnection,
+    fs: FeatureSet,
+    as_ofs: list[dt.date],
+    table: str = "snapshot_features",
+    events: str = "events",
+    where: str | None = None,
+    reattributed: Reattributed | None = None,
+) -> int:
+    """Stacked feature tables for several as-of dates, as the temp table ``table``.
+
+    The events are condensed once into a daily rollup keyed by the integer ``profile_key``
+    and sorted by (profile, day); the windows of every snapshot then come from one compiled
+    pass over it (``features.kernels``): no re-scan of the events, no join that copies the
+    rollup once per snapshot. Snapshots go through the pass in batches whose output fits
+    ``BATCH_BYTES``; ``where`` (a rule over ``f.`` feature columns, e.g. a population) keeps
+    only the rows a caller needs. Values equal :func:`snapshots_sql` (the engine-neutral form,
+    used on Spark); the tests hold them to it. Returns the number of rows.
+
+    With ``reattributed`` (:meth:`features.identity_as_of.IdentityGraph.reattributed`), each
+    date's rows of the final profiles whose identities were not one profile yet then are
+    left out, and the profiles the graph at that date makes of them come from the same
+    compiled pass over their events attributed as of that date; every other profile's events
+    were its profile's then too.
+    """
+    keyed, keys = _keyed(con, events)
+    if reattributed is not None and keys != "profiles":
+        raise ValueError("reattributed profiles need events and profiles keyed by the ingest's profile_key")
+    pk, days, values = _rollup_arrays(con, fs, keyed)
+    # Compiled on first use; numba loads only here.
+    from propensity.features.build.kernels import WindowPlan, window_kernel
+
+    # Keys are dense row numbers in key order: a take, not a join, gives each id back.
+    ids = fetch_arrow(con, f"SELECT profile_id FROM {keys} ORDER BY profile_key")["profile_id"]
+    plan = WindowPlan.of(fs, list(fs.measures))
+    row_bytes = 8 + 4 * plan.n_counts + 8 * plan.n_amounts
+    per_batch = max(1, BATCH_BYTES // max(1, len(ids) * row_bytes))
+    dates = [day_number(d) for d in sorted(set(as_ofs))]
+    if not dates:
+        raise ValueError("build_snapshots needs at least one as-of date")
+    aggregates = "SELECT * FROM _snapshot_aggregates"
+    skip = reattributed.skip if reattributed is not None else {}
+    if skip:
+        con.register(
+            "_snapshot_skip",
+            pa.table(
+                {
+                    "profile_key": np.concatenate(list(skip.values())).astype(np.int32),
+                    "as_of_day": np.repeat(
+                        np.array(list(skip), dtype=np.int32), [len(k) for k in skip.values()]
+                    ),
+                }
+            ),
+        )
+        aggregates = (
+            "SELECT a.* FROM _snapshot_aggregates a ANTI JOIN _snapshot_skip USING (profile_key, as_of_day)"
+        )
+    join_key = "profile_key" if keys == "profiles" else "profile_id"
+    for start in range(0, len(dates), per_batch):
+        stacked = window_kernel(pk, days, values, fs, dates[start : start + per_batch])
+        _insert(con, fs, stacked, ids, table, start == 0, aggregates, where=where, join_key=join_key)
+        del stacked
+    if skip:
+        con.unregister("_snapshot_skip")
+    if reattributed is not None and len(reattributed.key_days):
+        _insert_reattributed(con, fs, reattributed, table, where)
+    return con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+
+
+def _insert_reattributed(
+    con: duckdb.DuckDBPyConnection, fs: FeatureSet, reattributed: Reattributed, table: str, where: str | None
+) -> None:
+    """Rows of the profiles built apart: one rollup of their events, then the compiled pass
+    over each date's keys (contiguous, keys being in date order) with that date alone."""
+    from propensity.features.build.kernels import window_kernel
+
+    pk, days, values = _rollup_arrays(con, fs, reattributed.events)
+    ids = fetch_arrow(con, f"SELECT profile_id FROM {reattributed.keys} ORDER BY profile_key")["profile_id"]
+    key_days = reattributed.key_days
+    parts = []
+    for day in np.unique(key_days):
+        first_key, end_key = np.searchsorted(key_days, day), np.searchsorted(key_days, day, side="right")
+        lo, hi = np.searchsorted(pk, first_key), np.searchsorted(pk, end_key)
+        if hi > lo:
+            parts.append(window_kernel(pk[lo:hi], days[lo:hi], _rows(values, lo, hi), fs, [int(day)]))
+    if parts:
+        _insert(
+            con,
+            fs,
+            pa.concat_tables(parts),
+            ids,
+            table,
+            False,
+            where=where,
+            join_key="profile_key",
+            profiles=reattributed.profiles,
+        )

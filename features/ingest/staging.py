@@ -1,0 +1,306 @@
+"""Staging events: validation, normalisation, PII hashing and de-duplication, as DuckDB SQL.
+
+Everything runs as SQL over the files, so a 20M-row input never has to fit in a pandas
+frame. Rows that break the contract (:mod:`propensity.features.contract`) are counted by
+reason and either refused or quarantined.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from propensity.core.config import IdentityConfig
+from propensity.core.errors import UserError
+from propensity.features.contract import (
+    BAD_ROW_REASONS,
+    CONSENT_COLUMNS,
+    HASHED_IDENTITIES,
+    NUMERIC_COLUMNS,
+    REQUIRED_COLUMNS,
+    STRING_COLUMNS,
+    XDM_EVENT_TYPES,
+)
+from propensity.features.ingest.inputs import InputFiles, describe, event_files, reader_sql
+from propensity.features.sql import sql_ident, sql_string
+
+
+def _timestamp_sql(column_type: str, display: str) -> str:
+    col = sql_ident("timestamp")
+    t = column_type.upper()
+    if t.startswith("TIMESTAMP WITH TIME ZONE") or t == "TIMESTAMPTZ":
+        return f"timezone('UTC', {col})"
+    if t.startswith("TIMESTAMP") or t == "DATE":
+        return f"CAST({col} AS TIMESTAMP)"
+    if t == "VARCHAR":
+        # The session runs in UTC, so naive strings are read as UTC and offsets converted.
+        return f"timezone('UTC', TRY_CAST(trim({col}) AS TIMESTAMPTZ))"
+    raise UserError(
+        f"{display}: column `timestamp` has type {column_type}; expected a timestamp or ISO-8601 string"
+    )
+
+
+def _numeric_sql(name: str, column_type: str | None, display: str) -> tuple[str, str]:
+    """(parsed value, condition that the present value did not parse)."""
+    if column_type is None:
+        return "CAST(NULL AS DOUBLE)", "false"
+    col = sql_ident(name)
+    t = column_type.upper()
+    if t == "VARCHAR":
+        parsed = f"TRY_CAST(nullif(trim({col}), '') AS DOUBLE)"
+        return parsed, f"(nullif(trim({col}), '') IS NOT NULL AND {parsed} IS NULL)"
+    if any(k in t for k in ("INT", "DOUBLE", "FLOAT", "DECIMAL", "REAL", "NUMERIC")):
+        return f"CAST({col} AS DOUBLE)", "false"
+    raise UserError(f"{display}: column `{name}` has type {column_type}; expected a number")
+
+
+def _text(name: str) -> str:
+    return f"nullif(trim(CAST({sql_ident(name)} AS VARCHAR)), '')"
+
+
+def identity_sql(columns: dict[str, str], identity: IdentityConfig) -> dict[str, str]:
+    """SQL for each identity namespace, hashing raw email/phone (the raw value never leaves)."""
+    out: dict[str, str] = {}
+    for namespace in identity.namespaces:
+        raw = next((r for r, hashed in HASHED_IDENTITIES.items() if hashed == namespace), None)
+        parts = []
+        if raw is not None and raw in columns:
+            if raw == "email":
+                normalised = f"nullif(lower(trim(CAST({sql_ident(raw)} AS VARCHAR))), '')"
+            else:
+                # Phone numbers compare on their digits (and a leading +), not their formatting.
+                normalised = (
+                    f"nullif(regexp_replace(CAST({sql_ident(raw)} AS VARCHAR), '[^0-9+]', '', 'g'), '')"
+                )
+            parts.append(f"sha256({normalised})")
+        if namespace in columns:
+            value = _text(namespace)
+            parts.append(f"lower({value})" if namespace in HASHED_IDENTITIES.values() else value)
+        out[namespace] = f"coalesce({', '.join(parts)})" if parts else "CAST(NULL AS VARCHAR)"
+    return out
+
+
+def present_identity_columns(columns: dict[str, str], identity: IdentityConfig) -> list[str]:
+    """The identity namespaces ``columns`` can provide (raw email/phone count as their hashes)."""
+    accepted = [*identity.namespaces, *(r for r, h in HASHED_IDENTITIES.items() if h in identity.namespaces)]
+    return [c for c in accepted if c in columns]
+
+
+@dataclass
+class StagedEvents:
+    """Result of :func:`stage_events`: DuckDB tables ``staged_events`` / ``bad_events``."""
+
+    rows_in: int
+    rows_bad: int
+    rows_duplicate: int
+    rows_clean: int
+    bad_by_reason: dict[str, int]
+    first_bad: list[dict]
+    columns: list[str] = field(default_factory=list)
+
+
+def stage_events(
+    con: duckdb.DuckDBPyConnection,
+    files: InputFiles,
+    identity: IdentityConfig,
+    as_of: dt.date | None = None,
+    max_reported_rows: int = 5,
+) -> StagedEvents:
+    """Validate and normalise raw events into the temp view ``clean_events``.
+
+    Bad rows go to ``bad_events`` with a ``reason``; duplicates (same ``event_id``) are
+    dropped keeping the first row in file order. Rows in = clean + bad + duplicates.
+    """
+    source = reader_sql(files.events, files.fmt, files.hive)
+    columns = describe(con, source, files.display)
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise UserError(
+            f"{files.display}: missing required column `{missing[0]}` "
+            f"(events need {', '.join(REQUIRED_COLUMNS)} and at least one identity column)"
+        )
+    id_columns = present_identity_columns(columns, identity)
+    if not id_columns:
+        accepted = [*identity.namespaces, *HASHED_IDENTITIES]
+        raise UserError(
+            f"{files.display}: no identity column; expected at least one of {', '.join(accepted)}"
+        )
+
+    ts = _timestamp_sql(columns["timestamp"], files.display)
+    revenue, revenue_bad = _numeric_sql("revenue", columns.get("revenue"), files.display)
+    quantity, quantity_bad = _numeric_sql("quantity", columns.get("quantity"), files.display)
+    ids = identity_sql(columns, identity)
+    xdm = " ".join(f"WHEN {sql_string(k.lower())} THEN {sql_string(v)}" for k, v in XDM_EVENT_TYPES.items())
+    raw_type = _text("event_type")
+    event_type = f"CASE lower({raw_type}) {xdm} ELSE {raw_type} END"
+    strings = {
+        c: (f"lower({_text(c)})" if c in ("channel", "product_category") else _text(c))
+        if c in columns
+        else "CAST(NULL AS VARCHAR)"
+        for c in STRING_COLUMNS
+    }
+    row_number = "file_row_number + 1" if files.fmt == "parquet" else "row_number() OVER ()"
+    reserved = {
+        *REQUIRED_COLUMNS,
+        *STRING_COLUMNS,
+        *NUMERIC_COLUMNS,
+        "event_id",
+        *identity.namespaces,
+        *HASHED_IDENTITIES,
+        "filename",
+        "file_row_number",
+    }
+    extras = [c for c in columns if c not in reserved]
+    given_id = _text("event_id") if "event_id" in columns else "CAST(NULL AS VARCHAR)"
+    as_of_check = f"ts >= TIMESTAMP {sql_string(str(as_of))} + INTERVAL 1 DAY" if as_of else "false"
+    any_identity = " OR ".join(f"{sql_ident(n)} IS NOT NULL" for n in identity.namespaces)
+    content = ", ".join(
+        [
+            "CAST(ts AS VARCHAR)",
+            "event_type",
+            *(f"coalesce({sql_ident(n)}, '')" for n in identity.namespaces),
+            *(f"coalesce({c}, '')" for c in STRING_COLUMNS),
+            "coalesce(CAST(revenue AS VARCHAR), '')",
+            "coalesce(CAST(quantity AS VARCHAR), '')",
+        ]
+    )
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE parsed_events AS
+        WITH src AS (
+            SELECT *, {row_number} AS _source_row FROM {source}
+        ), typed AS (
+            SELECT
+                {ts} AS ts,
+                {event_type} AS event_type,
+                {", ".join(f"{expr} AS {sql_ident(n)}" for n, expr in ids.items())},
+                {", ".join(f"{expr} AS {c}" for c, expr in strings.items())},
+                {revenue} AS revenue, {revenue_bad} AS _revenue_bad,
+                {quantity} AS quantity, {quantity_bad} AS _quantity_bad,
+                {given_id} AS _given_id,
+                {"".join(f"{sql_ident(c)}, " for c in extras)}
+                filename AS _source_file, _source_row
+            FROM src
+        )
+        SELECT
+            coalesce(_given_id, 'e_' || md5(concat_ws('|', {content}))) AS event_id,
+            * EXCLUDE (_given_id, _revenue_bad, _quantity_bad),
+            CASE
+                WHEN ts IS NULL THEN 'unparseable_timestamp'
+                WHEN event_type IS NULL THEN 'missing_event_type'
+                WHEN NOT ({any_identity}) THEN 'no_identity'
+                WHEN _revenue_bad THEN 'invalid_revenue'
+                WHEN event_type = 'purchase' AND revenue < 0 THEN 'negative_revenue'
+                WHEN _quantity_bad THEN 'invalid_quantity'
+                WHEN {as_of_check} THEN 'future_timestamp'
+            END AS reason
+        FROM typed
+    """)
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE bad_events AS SELECT * FROM parsed_events WHERE reason IS NOT NULL"
+    )
+    # Duplicates are rare: find them on event_id alone, then drop all but the first in file
+    # order. A window over every row and column would hold the whole input in memory.
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE duplicate_rows AS
+        SELECT _source_file, _source_row FROM (
+            SELECT _source_file, _source_row,
+                   row_number() OVER (PARTITION BY event_id ORDER BY _source_file, _source_row) AS copy
+            FROM parsed_events
+            WHERE reason IS NULL AND event_id IN (
+                SELECT event_id FROM parsed_events WHERE reason IS NULL GROUP BY event_id HAVING count(*) > 1)
+        ) WHERE copy > 1
+    """)
+    # A view: the parsed rows are held once, however many steps read the clean events.
+    con.execute("""
+        CREATE OR REPLACE TEMP VIEW clean_events AS
+        SELECT p.* EXCLUDE (reason) RENAME (ts AS timestamp) FROM parsed_events p
+        ANTI JOIN duplicate_rows d ON d._source_file = p._source_file AND d._source_row = p._source_row
+        WHERE p.reason IS NULL
+    """)
+    rows_in = con.execute("SELECT count(*) FROM parsed_events").fetchone()[0]
+    rows_bad = con.execute("SELECT count(*) FROM bad_events").fetchone()[0]
+    rows_clean = con.execute("SELECT count(*) FROM clean_events").fetchone()[0]
+    by_reason = dict(
+        con.execute("SELECT reason, count(*) FROM bad_events GROUP BY reason ORDER BY reason").fetchall()
+    )
+    first_bad = [
+        {"file": r[0], "row": r[1], "reason": r[2]}
+        for r in con.execute(
+            f"SELECT _source_file, _source_row, reason FROM bad_events ORDER BY _source_file, _source_row "
+            f"LIMIT {int(max_reported_rows)}"
+        ).fetchall()
+    ]
+    return StagedEvents(
+        rows_in=rows_in,
+        rows_bad=rows_bad,
+        rows_duplicate=rows_in - rows_bad - rows_clean,
+        rows_clean=rows_clean,
+        bad_by_reason={r: by_reason.get(r, 0) for r in BAD_ROW_REASONS if by_reason.get(r)},
+        first_bad=first_bad,
+        columns=list(columns),
+    )
+
+
+def bad_rows_message(display: str, staged: StagedEvents) -> str:
+    """The one-line failure for ``--on-bad-rows fail``: counts by reason and first rows."""
+    reasons = ", ".join(f"{k}: {v}" for k, v in staged.bad_by_reason.items())
+    multi_file = len({row["file"] for row in staged.first_bad}) > 1
+    rows = "; ".join(
+        (f"{Path(r['file']).name} row {r['row']}" if multi_file else f"row {r['row']}") + f" ({r['reason']})"
+        for r in staged.first_bad
+    )
+    return (
+        f"{display}: {staged.rows_bad} bad rows ({reasons}); first: {rows}. "
+        f"Fix them, or pass --on-bad-rows quarantine to set them aside."
+    )
+
+
+def stage_profiles(con: duckdb.DuckDBPyConnection, path: Path, identity: IdentityConfig) -> list[str]:
+    """Normalise the profile-attributes file into the temp table ``profile_attributes``.
+
+    Identity columns are hashed like events; consent flags become 'y' / 'n' / NULL
+    (missing means not given). Returns the identity namespaces the file carries.
+    """
+    files, fmt = event_files(path)
+    source = reader_sql(files, fmt)
+    columns = describe(con, source, str(path))
+    id_columns = present_identity_columns(columns, identity)
+    if not id_columns:
+        accepted = [*identity.namespaces, *HASHED_IDENTITIES]
+        raise UserError(
+            f"{path}: no identity column to key profiles by; expected one of {', '.join(accepted)}"
+        )
+    ids = identity_sql(columns, identity)
+    namespaces = [n for n in identity.namespaces if ids[n] != "CAST(NULL AS VARCHAR)"]
+    consent = {
+        c: (
+            f"CASE WHEN lower({_text(c)}) IN ('y', 'yes', 'true', '1') THEN 'y' "
+            f"WHEN lower({_text(c)}) IN ('n', 'no', 'false', '0') THEN 'n' END"
+        )
+        if c in columns
+        else "CAST(NULL AS VARCHAR)"
+        for c in CONSENT_COLUMNS
+    }
+    skip = {*identity.namespaces, *HASHED_IDENTITIES, *CONSENT_COLUMNS, "filename", "file_row_number"}
+    attributes = [c for c in columns if c not in skip]
+    row_number = "file_row_number + 1" if fmt == "parquet" else "row_number() OVER ()"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE profile_attributes AS
+        SELECT {", ".join(f"{ids[n]} AS {sql_ident(n)}" for n in namespaces)},
+               {", ".join(f"{expr} AS {c}" for c, expr in consent.items())}
+               {"".join(f", {sql_ident(c)}" for c in attributes)},
+               {row_number} AS _source_row
+        FROM {source}
+    """)
+    no_id = con.execute(
+        "SELECT _source_row FROM profile_attributes WHERE "
+        + " AND ".join(f"{sql_ident(n)} IS NULL" for n in namespaces)
+        + " ORDER BY 1 LIMIT 5"
+    ).fetchall()
+    if no_id:
+        rows = ", ".join(str(r[0]) for r in no_id)
+        raise UserError(f"{path}: profile rows without any identity value (rows {rows})")
+    return namespaces

@@ -1,0 +1,360 @@
+"""Staging events on Spark: the contract, reasons, hashing and de-duplication of
+:mod:`propensity.features.ingest.staging`, as DataFrame operations.
+
+Same inputs, same rows out: timestamps in UTC, XDM event types mapped, email / phone
+normalised and SHA-256 hashed, ``event_id`` derived from the row when absent (the same MD5 of
+the same text), bad rows with the first reason they break (``contract.BAD_ROW_REASONS``
+order), duplicates dropped keeping the first row by (source file, source row). The tests
+hold the staged rows equal to DuckDB's.
+
+Where the engines' text differs, DuckDB's spelling is reproduced: doubles are written as
+DuckDB writes them (``1e+16``, not Java's ``1.0E16``) inside the derived event ids.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from propensity.core.config import IdentityConfig
+from propensity.core.errors import UserError
+from propensity.features.contract import (
+    BAD_ROW_REASONS,
+    CONSENT_COLUMNS,
+    HASHED_IDENTITIES,
+    NUMERIC_COLUMNS,
+    REQUIRED_COLUMNS,
+    STRING_COLUMNS,
+    XDM_EVENT_TYPES,
+)
+from propensity.features.ingest.inputs import EVENT_FILE_SUFFIXES, event_files
+from propensity.features.ingest.staging import StagedEvents, present_identity_columns
+from propensity.features.spark.session import (
+    SparkInput,
+    is_remote,
+    list_files,
+    qualified,
+)
+from propensity.features.spark.sources import duckdb_double_text, read_source
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+
+def _types():
+    from pyspark.sql import types
+
+    return types
+
+
+def _f():
+    from pyspark.sql import functions
+
+    return functions
+
+
+def _text(frame_types: dict[str, object], name: str) -> Column:
+    """``nullif(trim(CAST(x AS VARCHAR)), '')``, doubles spelled as DuckDB spells them."""
+    F = _f()
+    return F.nullif(F.trim(_as_text(F.col(f"`{name}`"), frame_types[name])), F.lit(""))
+
+
+def _as_text(column: Column, data_type) -> Column:
+    T = _types()
+    if isinstance(data_type, T.DoubleType | T.FloatType):
+        return duckdb_double_text(column.cast("double"))
+    return column.cast("string")
+
+
+def _null_text() -> Column:
+    return _f().lit(None).cast("string")
+
+
+def _timestamp(frame_types: dict[str, object], display: str, nanos_as_long: bool) -> Column:
+    """The event time as a UTC ``timestamp_ntz`` (the session runs in UTC), NULL if unparseable."""
+    F, T = _f(), _types()
+    col, data_type = F.col("`timestamp`"), frame_types["timestamp"]
+    if isinstance(data_type, T.TimestampNTZType):
+        return col
+    if isinstance(data_type, T.TimestampType | T.DateType):
+        return col.cast("timestamp_ntz")
+    if isinstance(data_type, T.LongType) and nanos_as_long:
+        # Nanosecond Parquet timestamps arrive as longs under spark.sql.legacy.parquet.nanosAsLong;
+        # DuckDB keeps their microseconds.
+        # DuckDB rounds them to the nearest microsecond; exact integer arithmetic, half up.
+        micros = F.expr("(`timestamp` + 500 - pmod(`timestamp` + 500, 1000)) div 1000")
+        return F.timestamp_micros(micros).cast("timestamp_ntz")
+    if isinstance(data_type, T.StringType):
+        text = F.trim(col)
+        # Spellings DuckDB reads and Spark's cast does not: 2025/01/31 dates, 24:00 midnight.
+        text = F.regexp_replace(text, r"^(\d{4})/(\d{1,2})/(\d{1,2})", "$1-$2-$3")
+        midnight = r"^(\d{4}-\d{1,2}-\d{1,2})[ T]24:00(:00(\.0*)?)?$"
+        parsed = text.try_cast("timestamp")
+        next_day = F.date_add(F.regexp_extract(text, midnight, 1).try_cast("date"), 1).cast("timestamp")
+        return F.when(text.rlike(midnight), next_day).otherwise(parsed).cast("timestamp_ntz")
+    raise UserError(
+        f"{display}: column `timestamp` has type {data_type.simpleString()}; "
+        "expected a timestamp or ISO-8601 string"
+    )
+
+
+def _numeric(frame_types: dict[str, object], name: str, display: str) -> tuple[Column, Column]:
+    """(parsed value, condition that the present value did not parse), as in staging._numeric_sql."""
+    F, T = _f(), _types()
+    if name not in frame_types:
+        return F.lit(None).cast("double"), F.lit(False)
+    data_type = frame_types[name]
+    col = F.col(f"`{name}`")
+    if isinstance(data_type, T.StringType):
+        present = F.nullif(F.trim(col), F.lit(""))
+        parsed = present.try_cast("double")
+        return parsed, present.isNotNull() & parsed.isNull()
+    if isinstance(data_type, T.NumericType):
+        return col.cast("double"), F.lit(False)
+    raise UserError(f"{display}: column `{name}` has type {data_type.simpleString()}; expected a number")
+
+
+def identity_columns(frame_types: dict[str, object], identity: IdentityConfig) -> dict[str, Column]:
+    """Each identity namespace as a column, hashing raw email / phone (staging.identity_sql)."""
+    F = _f()
+    out: dict[str, Column] = {}
+    for namespace in identity.namespaces:
+        raw = next((r for r, hashed in HASHED_IDENTITIES.items() if hashed == namespace), None)
+        parts = []
+        if raw is not None and raw in frame_types:
+            text = _as_text(F.col(f"`{raw}`"), frame_types[raw])
+            if raw == "email":
+                normalised = F.nullif(F.lower(F.trim(text)), F.lit(""))
+            else:
+                # Phone numbers compare on their digits (and a leading +), not their formatting.
+                normalised = F.nullif(F.regexp_replace(text, "[^0-9+]", ""), F.lit(""))
+            parts.append(F.sha2(normalised, 256))
+        if namespace in frame_types:
+            value = _text(frame_types, namespace)
+            parts.append(F.lower(value) if namespace in HASHED_IDENTITIES.values() else value)
+        out[namespace] = F.coalesce(*parts) if parts else _null_text()
+    return out
+
+
+@dataclass
+class SparkStaged:
+    """Staged events on Spark: the counts of :class:`StagedEvents` and the DataFrames behind them."""
+
+    summary: StagedEvents
+    clean: DataFrame  # clean_events: de-duplicated, ``timestamp`` in UTC, _source_file / _source_row
+    bad: DataFrame  # bad_events: every column of the parsed row and its ``reason``
+
+
+def stage_events(
+    spark: SparkSession,
+    inputs: SparkInput,
+    identity: IdentityConfig,
+    as_of: dt.date | None = None,
+    max_reported_rows: int = 5,
+) -> SparkStaged:
+    """Validate and normalise raw events, exactly as :func:`features.staging.stage_events`.
+
+    Rows in = clean + bad + duplicates; the parsed rows are cached once for the counts and
+    every later step.
+    """
+    F = _f()
+    source = read_source(spark, inputs.events, list(inputs.sources), inputs.fmt)
+    types = {field.name: field.dataType for field in source.schema.fields}
+    columns = [c for c in types if c not in ("_source_file", "_source_row")]
+    missing = [c for c in REQUIRED_COLUMNS if c not in types]
+    if missing:
+        raise UserError(
+            f"{inputs.display}: missing required column `{missing[0]}` "
+            f"(events need {', '.join(REQUIRED_COLUMNS)} and at least one identity column)"
+        )
+    if not present_identity_columns(types, identity):
+        accepted = [*identity.namespaces, *HASHED_IDENTITIES]
+        raise UserError(
+            f"{inputs.display}: no identity column; expected at least one of {', '.join(accepted)}"
+        )
+    revenue, revenue_bad = _numeric(types, "revenue", inputs.display)
+    quantity, quantity_bad = _numeric(types, "quantity", inputs.display)
+    raw_type = _text(types, "event_type")
+    mapped = None
+    for xdm, canonical in XDM_EVENT_TYPES.items():
+        is_xdm = F.lower(raw_type) == xdm.lower()
+        mapped = F.when(is_xdm, canonical) if mapped is None else mapped.when(is_xdm, canonical)
+    strings = {
+        c: (F.lower(_text(types, c)) if c in ("channel", "product_category") else _text(types, c))
+        if c in types
+        else _null_text()
+        for c in STRING_COLUMNS
+    }
+    reserved = {
+        *REQUIRED_COLUMNS,
+        *STRING_COLUMNS,
+        *NUMERIC_COLUMNS,
+        "event_id",
+        *identity.namespaces,
+        *HASHED_IDENTITIES,
+        "filename",
+        "file_row_number",
+    }
+    extras = [c for c in columns if c not in reserved]
+    typed = source.select(
+        _timestamp(types, inputs.display, _nanos_as_long(spark)).alias("ts"),
+        mapped.otherwise(raw_type).alias("event_type"),
+        *(expr.alias(n) for n, expr in identity_columns(types, identity).items()),
+        *(expr.alias(c) for c, expr in strings.items()),
+        revenue.alias("revenue"),
+        revenue_bad.alias("_revenue_bad"),
+        quantity.alias("quantity"),
+        quantity_bad.alias("_quantity_bad"),
+        (_text(types, "event_id") if "event_id" in types else _null_text()).alias("_given_id"),
+        *(F.col(f"`{c}`") for c in extras),
+        "_source_file",
+        "_source_row",
+    )
+    content = F.concat_ws(
+        "|",
+        F.col("ts").cast("string"),
+        F.col("event_type"),
+        *(F.coalesce(F.col(n), F.lit("")) for n in identity.namespaces),
+        *(F.coalesce(F.col(c), F.lit("")) for c in STRING_COLUMNS),
+        F.coalesce(duckdb_double_text(F.col("revenue")), F.lit("")),
+        F.coalesce(duckdb_double_text(F.col("quantity")), F.lit("")),
+    )
+    any_identity = F.lit(False)
+    for n in identity.namespaces:
+        any_identity = any_identity | F.col(n).isNotNull()
+    future = (
+        F.col("ts")
+        >= F.lit(dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())).cast("timestamp_ntz")
+        if as_of
+        else F.lit(False)
+    )
+    reason = (
+        F.when(F.col("ts").isNull(), "unparseable_timestamp")
+        .when(F.col("event_type").isNull(), "missing_event_type")
+        .when(~any_identity, "no_identity")
+        .when(F.col("_revenue_bad"), "invalid_revenue")
+        .when((F.col("event_type") == "purchase") & (F.col("revenue") < 0), "negative_revenue")
+        .when(F.col("_quantity_bad"), "invalid_quantity")
+        .when(future, "future_timestamp")
+    )
+    kept = [c for c in typed.columns if c not in ("_given_id", "_revenue_bad", "_quantity_bad")]
+    parsed = typed.select(
+        F.coalesce(F.col("_given_id"), F.concat(F.lit("e_"), F.md5(content))).alias("event_id"),
+        *(F.col(f"`{c}`") for c in kept),
+        reason.alias("reason"),
+    ).persist()
+    bad = parsed.where(F.col("reason").isNotNull())
+    valid = parsed.where(F.col("reason").isNull()).drop("reason")
+    # Duplicates are rare: find the repeated event_ids, then keep each one's first row by
+    # (file, row), as DuckDB does.
+    firsts = (
+        valid.groupBy("event_id")
+        .agg(
+            F.count(F.lit(1)).alias("_copies"), F.min(F.struct("_source_file", "_source_row")).alias("_first")
+        )
+        .where(F.col("_copies") > 1)
+        .select("event_id", "_first")
+    )
+    clean = (
+        valid.join(firsts, "event_id", "left")
+        .where(
+            F.col("_first").isNull()
+            | (
+                (F.col("_first._source_file") == F.col("_source_file"))
+                & (F.col("_first._source_row") == F.col("_source_row"))
+            )
+        )
+        .drop("_first")
+        .withColumnRenamed("ts", "timestamp")
+        .persist()
+    )
+    by_reason = {r["reason"]: r["count"] for r in parsed.groupBy("reason").count().collect()}
+    rows_in = sum(by_reason.values())
+    rows_bad = rows_in - by_reason.get(None, 0)
+    rows_clean = clean.count()
+    first_bad = [
+        {"file": r["_source_file"], "row": r["_source_row"], "reason": r["reason"]}
+        for r in bad.orderBy("_source_file", "_source_row").limit(int(max_reported_rows)).collect()
+    ]
+    summary = StagedEvents(
+        rows_in=rows_in,
+        rows_bad=rows_bad,
+        rows_duplicate=rows_in - rows_bad - rows_clean,
+        rows_clean=rows_clean,
+        bad_by_reason={r: by_reason[r] for r in BAD_ROW_REASONS if by_reason.get(r)},
+        first_bad=first_bad,
+        columns=columns,
+    )
+    return SparkStaged(summary=summary, clean=clean, bad=bad)
+
+
+def stage_profiles(
+    spark: SparkSession, path: str, source_name: str, identity: IdentityConfig
+) -> tuple[DataFrame, list[str]]:
+    """The profile-attributes file normalised as in :func:`features.staging.stage_profiles`.
+
+    Returns (profile_attributes, the identity namespaces it carries); rows without any
+    identity value are a UserError naming them.
+    """
+    F = _f()
+    if is_remote(path):
+        files = sources = list_files(spark, qualified(path))
+    else:
+        local_files, _ = event_files(Path(path))
+        files, sources = [qualified(p) for p in local_files], [str(p) for p in local_files]
+    fmt = _format_of(files[0])
+    source = read_source(spark, files, sources, fmt)
+    types = {field.name: field.dataType for field in source.schema.fields}
+    if not present_identity_columns(types, identity):
+        accepted = [*identity.namespaces, *HASHED_IDENTITIES]
+        raise UserError(
+            f"{source_name}: no identity column to key profiles by; expected one of {', '.join(accepted)}"
+        )
+    ids = identity_columns(types, identity)
+    namespaces = [n for n in identity.namespaces if n in types or _raw_for(n) in types]
+    consent = {}
+    for c in CONSENT_COLUMNS:
+        if c in types:
+            flag = F.lower(_text(types, c))
+            consent[c] = (
+                F.when(flag.isin("y", "yes", "true", "1"), F.lit("y"))
+                .when(flag.isin("n", "no", "false", "0"), F.lit("n"))
+                .otherwise(_null_text())
+            )
+        else:
+            consent[c] = _null_text()
+    skip = {*identity.namespaces, *HASHED_IDENTITIES, *CONSENT_COLUMNS, "filename", "file_row_number"}
+    attributes = [c for c in types if c not in skip and c not in ("_source_file", "_source_row")]
+    profiles = source.select(
+        *(ids[n].alias(n) for n in namespaces),
+        *(expr.alias(c) for c, expr in consent.items()),
+        *(F.col(f"`{c}`") for c in attributes),
+        "_source_row",
+    ).persist()
+    no_id = F.lit(True)
+    for n in namespaces:
+        no_id = no_id & F.col(n).isNull()
+    rows = [r["_source_row"] for r in profiles.where(no_id).orderBy("_source_row").limit(5).collect()]
+    if rows:
+        raise UserError(
+            f"{source_name}: profile rows without any identity value (rows {', '.join(map(str, rows))})"
+        )
+    return profiles, namespaces
+
+
+def _raw_for(namespace: str) -> str | None:
+    return next((r for r, hashed in HASHED_IDENTITIES.items() if hashed == namespace), None)
+
+
+def _nanos_as_long(spark: SparkSession) -> bool:
+    return spark.conf.get("spark.sql.legacy.parquet.nanosAsLong", "false") == "true"
+
+
+def _format_of(path: str) -> str:
+    name = path.rsplit("/", 1)[-1]
+    suffix = name[name.rfind(".") :].lower() if "." in name else ""
+    if suffix not in EVENT_FILE_SUFFIXES:
+        raise UserError(f"{path}: unsupported file type '{suffix}'; expected .parquet, .csv or .jsonl")
+    return EVENT_FILE_SUFFIXES[suffix]

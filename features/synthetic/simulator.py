@@ -1,0 +1,124 @@
+"""The Luma simulation: people with latent traits live through a calendar, one vectorised day at a time.
+
+``simulate(settings)`` runs the world the settings name and returns a :class:`Simulation`
+(events as codes, every purchase including unrecorded ones, daily probabilities); it writes
+nothing (see ``synthetic_io``). ``replay(settings, days)`` reruns the same world without
+events and returns its state at the start of the given days, which is what the oracle
+continues from.
+
+The realistic world draws from four independent streams (traits, calendar, dynamics,
+events), so a replay of the dynamics alone repeats the original run exactly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+
+from propensity.features.synthetic.dynamics import EasyDynamics, RealisticDynamics, SimState
+from propensity.features.synthetic.easy import simulate_easy
+from propensity.features.synthetic.events import MICROS, DayClock, EventBuffer, emit_realistic_day
+from propensity.features.synthetic.result import PurchaseLog, Simulation
+from propensity.features.synthetic.world import (
+    Calendar,
+    GeneratorSettings,
+    Traits,
+    realistic_calendar,
+    realistic_traits,
+)
+
+__all__ = ["GeneratorSettings", "Simulation", "dynamics_for", "replay", "simulate"]
+
+
+def _streams(seed: int) -> list[np.random.Generator]:
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
+
+
+def dynamics_for(simulation: Simulation) -> RealisticDynamics | EasyDynamics:
+    """The daily transition of the world a simulation ran in."""
+    if simulation.settings.difficulty == "easy":
+        return EasyDynamics(simulation.calendar)
+    return RealisticDynamics(simulation.calendar)
+
+
+def _world(settings: GeneratorSettings) -> tuple[Traits, Calendar, SimState, np.ndarray, np.ndarray, list]:
+    traits_rng, calendar_rng, dynamics_rng, events_rng = _streams(settings.seed)
+    traits = realistic_traits(settings, traits_rng)
+    calendar = realistic_calendar(settings, calendar_rng)
+    state = RealisticDynamics(calendar).initial_state(traits, traits_rng)
+    # Households: ~4 % of people also use another person's first device.
+    humans = np.flatnonzero(~traits.is_bot)
+    sharing = humans[traits_rng.random(len(humans)) < 0.04]
+    share_with = humans[traits_rng.integers(0, len(humans), len(sharing))]
+    return traits, calendar, state, sharing, share_with, [dynamics_rng, events_rng]
+
+
+def _simulate_realistic(
+    settings: GeneratorSettings, emit: bool, snapshot_days: frozenset[int], until: int
+) -> Simulation:
+    traits, calendar, state, sharers, share_with, (dyn_rng, events_rng) = _world(settings)
+    n = len(traits)
+    world = RealisticDynamics(calendar)
+    device_offset = np.concatenate([[0], np.cumsum(traits.n_devices)[:-1]])
+    start_us = (
+        int((dt.datetime.combine(settings.start, dt.time()) - dt.datetime(1970, 1, 1)).total_seconds())
+        * MICROS
+    )
+    clock = DayClock(start_us, events_rng)
+    ev = EventBuffer(enabled=emit)
+    log = PurchaseLog()
+    truth_p = np.empty((settings.days, n), dtype=np.float32) if settings.ground_truth and emit else None
+    states = {}
+    for day in range(until):
+        if day in snapshot_days:
+            states[day] = state.copy()
+        emails = world.emails(day, traits, state, dyn_rng)
+        p = world.purchase_probability(day, traits, state)
+        if truth_p is not None:
+            truth_p[day] = p
+        buys = dyn_rng.random(n) < p
+        purchases = world.purchase_kind(day, traits, buys, dyn_rng)
+        sessions = world.sessions(day, traits, state, purchases, emails[1], dyn_rng)
+        buyers = np.flatnonzero(buys)
+        log.add(day, buyers, purchases.channel[buyers], purchases.category[buyers])
+        if emit:
+            emit_realistic_day(
+                ev, day, calendar, traits, state, emails, purchases, sessions, device_offset, clock
+            )
+        world.update(traits, state, purchases, sessions, dyn_rng)
+    if until in snapshot_days:
+        states[until] = state.copy()
+    return Simulation(
+        settings=settings,
+        traits=traits,
+        calendar=calendar,
+        device_offset=device_offset,
+        sharers=sharers,
+        share_with=share_with,
+        rng=events_rng,
+        days_run=until,
+        events=ev.take_arrays() if emit else {},
+        purchases=log.arrays(),
+        daily_probability=truth_p,
+        states=states,
+    )
+
+
+def simulate(settings: GeneratorSettings) -> Simulation:
+    """Run the whole period of the world ``settings`` describe, keeping its events."""
+    if settings.difficulty == "easy":
+        return simulate_easy(settings)
+    return _simulate_realistic(settings, True, frozenset(), settings.days)
+
+
+def replay(settings: GeneratorSettings, days: list[int]) -> Simulation:
+    """Rerun the world without keeping events, keeping the state at the start of each of
+    ``days`` (``Simulation.states``) and every purchase drawn up to the last of them (easy
+    world: the whole period)."""
+    wanted = frozenset(int(d) for d in days)
+    if settings.difficulty == "easy":
+        # Campaign themes are drawn on the day in this world: the whole period is replayed so
+        # continuations know them (the realistic world draws its calendar up front).
+        return simulate_easy(settings, emit=False, snapshot_days=wanted, until=settings.days)
+    return _simulate_realistic(settings, False, wanted, max(wanted, default=0))

@@ -1,0 +1,369 @@
+"""Writing a simulated Luma to disk: ``events/`` (Parquet by month), ``profiles.csv``, ``ground_truth/``.
+
+Identities behave like real ones: many people browse anonymously (``ecid`` only) and sign
+in later (``ecid`` + email on one event), some devices are shared by two people, a few
+test accounts sign in on hundreds of devices (which the stitching guardrails must catch),
+trackers resend a few events, and some emails are typed with capitals and spaces.
+
+``ground_truth/`` holds what the oracle needs to replay the run (``simulation.json``: the
+settings and a daily purchase check) and to map profiles to people
+(``person_identities.parquet``), plus the truth behind the data: latent traits, every
+purchase including unrecorded ones, the calendar and the daily purchase probabilities.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from propensity.core.io import atomic_path
+from propensity.features.synthetic.events import MICROS, SECONDS_PER_DAY
+from propensity.features.synthetic.result import Simulation
+from propensity.features.synthetic.simulator import simulate
+from propensity.features.synthetic.world import (
+    CATEGORIES,
+    CH,
+    CHANNEL_NAMES,
+    ET,
+    EVENT_TYPES,
+    OFFLINE,
+    PURCHASE_CHANNELS,
+    SKUS_PER_CATEGORY,
+    TIERS,
+    GeneratorSettings,
+)
+
+# Bumped whenever a replay of the same settings would no longer repeat the written run.
+SIMULATOR_VERSION = 2
+
+
+@dataclass(frozen=True)
+class GenerationSummary:
+    """What ``generate`` wrote."""
+
+    people: int  # simulated people (bots included, test accounts not)
+    days: int
+    events: int  # rows in events/ (resent duplicates included)
+    purchases: int  # purchase events
+    unrecorded_purchases: int  # purchases no event records (offline)
+    known_people: int  # people with a crm_id (in profiles.csv)
+    bots: int
+    difficulty: str
+    scenario: str
+    out: str
+
+
+def generate(settings: GeneratorSettings, out_dir: str | Path) -> GenerationSummary:
+    """Simulate Luma and write ``events/``, ``profiles.csv`` and (optionally) ``ground_truth/``.
+
+    Deterministic for given settings; the directory appears whole or not at all.
+    """
+    sim = simulate(settings)
+    purchase_only = settings.scenario == "purchase_only"
+    n = settings.profiles
+    test_accounts = 0 if purchase_only else settings.test_accounts
+    # The writer consumes the event columns: one copy of them in memory at a time.
+    arrays, sim.events = sim.events, {}
+    if purchase_only:
+        arrays = _purchases_only(arrays)
+    else:
+        arrays = _add_test_accounts(sim, arrays, test_accounts)
+    purchase_events = int((arrays["type"] == ET["purchase"]).sum())
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        events, shared_pairs = _events_table(sim, arrays, test_accounts)
+        (tmp / "events").mkdir()
+        _write_partitioned(events, tmp / "events")
+        profiles = _profiles_table(sim, test_accounts)
+        pacsv.write_csv(profiles, tmp / "profiles.csv")
+        if settings.ground_truth:
+            (tmp / "ground_truth").mkdir()
+            _write_ground_truth(tmp / "ground_truth", sim, shared_pairs)
+    recorded = sim.purchases["channel"] != OFFLINE
+    return GenerationSummary(
+        people=n,
+        days=settings.days,
+        events=int(events.num_rows),
+        purchases=purchase_events,
+        unrecorded_purchases=int((~recorded).sum()),
+        known_people=int((sim.traits.known_from <= settings.days).sum()),
+        bots=int(sim.traits.is_bot.sum()),
+        difficulty=settings.difficulty,
+        scenario=settings.scenario,
+        out=str(out_dir),
+    )
+
+
+def _purchases_only(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A transaction log: purchase rows only, each with the customer's crm_id and nothing else."""
+    keep = arrays["type"] == ET["purchase"]
+    out = {k: v[keep] for k, v in arrays.items()}
+    rows = int(keep.sum())
+    out.update(
+        device=np.full(rows, -1, np.int64),
+        campaign=np.full(rows, -1, np.int32),
+        with_email=np.zeros(rows, bool),
+        with_crm=np.ones(rows, bool),
+        with_phone=np.zeros(rows, bool),
+    )
+    return out
+
+
+def _device_ids(count: int) -> pa.Array:
+    """ecid strings for device numbers 0..count-1; events and ground truth must agree on them."""
+    return _strings("ecid-", (np.arange(count) * 2654435761 + 97) % 10**12, 12)
+
+
+def _strings(prefix: str, numbers: np.ndarray, width: int = 0) -> pa.Array:
+    text = pc.cast(pa.array(numbers), pa.string())
+    if width:
+        text = pc.utf8_lpad(text, width=width, padding="0")
+    return pc.binary_join_element_wise(prefix, text, "")
+
+
+def _add_test_accounts(sim: Simulation, arrays: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
+    """Test/kiosk accounts: one crm_id + email signed in on ~120 store tablets each (appended
+    to ``arrays`` in place, column by column)."""
+    settings, rng = sim.settings, sim.rng
+    n, total_devices = settings.profiles, int(sim.traits.n_devices.sum())
+    start_us = _start_micros(settings)
+    extra: dict[str, list[np.ndarray]] = {k: [] for k in arrays}
+    for k in range(count):
+        devices = total_devices + k * 1000 + np.arange(120)
+        size = len(devices)
+        add = {
+            "ts": start_us + rng.integers(0, settings.days * SECONDS_PER_DAY, size) * MICROS,
+            "type": np.full(size, ET["login"], np.int8),
+            "person": np.full(size, n + k, np.int32),
+            "device": devices.astype(np.int64),
+            "channel": np.full(size, CH["web"], np.int8),
+            "category": np.full(size, -1, np.int8),
+            "revenue": np.full(size, np.nan),
+            "quantity": np.full(size, np.nan),
+            "campaign": np.full(size, -1, np.int32),
+            "with_email": np.ones(size, bool),
+            "with_crm": np.ones(size, bool),
+            "with_phone": np.zeros(size, bool),
+            "sku": np.full(size, -1, np.int32),
+        }
+        for key, value in add.items():
+            extra[key].append(value)
+    for key, parts in extra.items():
+        arrays[key] = np.concatenate([arrays[key], *parts])
+    return arrays
+
+
+def _start_micros(settings: GeneratorSettings) -> int:
+    # Not datetime.timestamp(): on a naive datetime it uses the machine's local time zone.
+    return int((np.datetime64(settings.start, "s") - np.datetime64(0, "s")).astype(np.int64)) * MICROS
+
+
+def _dictionary(codes: np.ndarray, dictionary: pa.Array) -> pa.DictionaryArray:
+    mask = codes < 0
+    return pa.DictionaryArray.from_arrays(
+        pa.array(np.where(mask, 0, codes).astype(np.int32), mask=mask), dictionary
+    )
+
+
+def _events_table(
+    sim: Simulation, columns: dict[str, np.ndarray], test_accounts: int
+) -> tuple[pa.Table, np.ndarray]:
+    """The events as an Arrow table, and the (person, device) pairs of shared-device use.
+
+    Consumes ``columns`` (emptied, column by column, so memory holds one copy at a time).
+    """
+    settings, rng = sim.settings, sim.rng
+    n, total_devices = settings.profiles, int(sim.traits.n_devices.sum())
+    # Trackers resend: a few events arrive twice with the same event_id.
+    rows = len(columns["ts"])
+    event_number = np.arange(rows)
+    dup = np.flatnonzero(rng.random(rows) < settings.duplicate_rate)
+    a = {}
+    for key in list(columns):
+        column = columns.pop(key)
+        a[key] = np.concatenate([column, column[dup]])
+    event_number = np.concatenate([event_number, dup])
+    order = np.lexsort((event_number, a["person"], a["ts"]))
+    for key in list(a):
+        a[key] = a[key][order]
+    event_number = event_number[order]
+    rows = len(a["ts"])
+    people = n + test_accounts
+    # Identity values are dictionary-encoded: building 20M Python strings would dominate.
+    ecids = _device_ids(total_devices + test_accounts * 1000)
+    device = a["device"].copy()
+    # A shared device: the sharer's sessions sometimes happen on the other person's first device.
+    person_is_sharer = np.zeros(people, dtype=np.int64) - 1
+    person_is_sharer[sim.sharers] = sim.device_offset[sim.share_with]
+    shared = (device >= 0) & (person_is_sharer[a["person"]] >= 0) & (rng.random(rows) < 0.5)
+    device[shared] = person_is_sharer[a["person"][shared]]
+    shared_pairs = np.unique(np.stack([a["person"][shared].astype(np.int64), device[shared]], axis=1), axis=0)
+    crm = _strings("C", np.arange(people) + 100_000, 7)
+    emails = pc.binary_join_element_wise(_strings("user", np.arange(people), 7), "@example.com", "")
+    # Every 7th email is typed with capitals and spaces: normalisation must make them one.
+    messy = pc.binary_join_element_wise(" ", pc.utf8_upper(emails), " ", "")
+    email_dict = pa.concat_arrays([emails, messy])
+    email_code = np.where(a["with_email"], a["person"] + people * (rng.random(rows) < 1 / 7), -1)
+    phone = pc.binary_join_element_wise("+1 (555) ", _strings("", np.arange(people) % 10**7, 7), "")
+    campaign_names = _strings("cmp-", np.arange(max(int(a["campaign"].max(initial=-1)) + 1, 1)), 3)
+    sku_names = _strings("SKU-", np.arange(len(CATEGORIES) * SKUS_PER_CATEGORY), 4)
+    table = pa.table(
+        {
+            "event_id": _strings("evt-", event_number, 9),
+            "timestamp": pa.array(a["ts"], type=pa.timestamp("us")),
+            "event_type": _dictionary(a["type"].astype(np.int32), pa.array(EVENT_TYPES)),
+            "ecid": _dictionary(device, ecids),
+            "email": _dictionary(email_code, email_dict),
+            "crm_id": _dictionary(np.where(a["with_crm"], a["person"], -1), crm),
+            "phone": _dictionary(np.where(a["with_phone"], a["person"], -1), phone),
+            "channel": _dictionary(a["channel"].astype(np.int32), pa.array(CHANNEL_NAMES)),
+            "product_category": _dictionary(a["category"].astype(np.int32), pa.array(CATEGORIES)),
+            "sku": _dictionary(a["sku"], sku_names),
+            "revenue": pa.array(a["revenue"], mask=np.isnan(a["revenue"])),
+            "quantity": pa.array(a["quantity"], mask=np.isnan(a["quantity"])),
+            "campaign": _dictionary(a["campaign"], campaign_names),
+        }
+    )
+    return table, shared_pairs
+
+
+def _write_partitioned(table: pa.Table, directory: Path) -> None:
+    """One Parquet file per month (events are sorted by time), so readers can prune by date."""
+    micros = table["timestamp"].cast(pa.int64()).to_numpy()
+    month = micros.astype("datetime64[us]").astype("datetime64[M]")
+    bounds = np.flatnonzero(np.concatenate([[True], month[1:] != month[:-1], [True]]))
+    # event_id is unique: trying a dictionary for it first only wastes the writer's time.
+    dictionary_columns = [
+        c for c in table.column_names if c not in ("event_id", "timestamp", "revenue", "quantity")
+    ]
+    for start, stop in itertools.pairwise(bounds):
+        pq.write_table(
+            table.slice(start, stop - start),
+            directory / f"events-{month[start]}.parquet",
+            compression="zstd",
+            compression_level=1,
+            row_group_size=1_000_000,
+            use_dictionary=dictionary_columns,
+        )
+
+
+def _profiles_table(sim: Simulation, test_accounts: int) -> pa.Table:
+    settings, rng, tr = sim.settings, sim.rng, sim.traits
+    n = settings.profiles
+    people = np.flatnonzero(tr.known_from <= settings.days)
+    score = tr.intent[people] + 1.2 * tr.customer[people]
+    if settings.difficulty == "realistic":
+        # Frequent buyers climb the tiers.
+        score = 0.5 * tr.intent[people] - 0.7 * np.log(tr.cycle_days[people] / 75) + 1.2 * tr.customer[people]
+    tier = np.digitize(score + rng.normal(0, 0.5, len(people)), [0.0, 0.9, 1.8])
+    signup = np.where(tr.known_from[people] < 0, -rng.integers(30, 1500, len(people)), tr.known_from[people])
+    start = np.datetime64(settings.start)
+    test = np.arange(n, n + test_accounts)
+    ids = np.concatenate([people, test])
+    marketing = np.concatenate([tr.consent_marketing[people], np.full(len(test), "n")])
+    personal = np.concatenate([tr.consent_personal[people], np.full(len(test), "n")])
+    signup_dates = np.concatenate([start + signup.astype("timedelta64[D]"), np.full(len(test), start)])
+    return pa.table(
+        {
+            "crm_id": _strings("C", ids + 100_000, 7),
+            "email": pc.binary_join_element_wise(_strings("user", ids, 7), "@example.com", ""),
+            "phone": pc.binary_join_element_wise("+1 (555) ", _strings("", ids % 10**7, 7), ""),
+            "loyalty_tier": np.concatenate([TIERS[tier], np.full(len(test), "none")]),
+            "signup_date": pa.array(signup_dates.astype("datetime64[D]")),
+            "consent_personalization": pa.array(personal, mask=personal == ""),
+            "consent_marketing": pa.array(marketing, mask=marketing == ""),
+        }
+    )
+
+
+def _write_ground_truth(directory: Path, sim: Simulation, shared_pairs: np.ndarray) -> None:
+    settings, tr, cal = sim.settings, sim.traits, sim.calendar
+    n, days = settings.profiles, settings.days
+    dates = np.datetime64(settings.start) + np.arange(days).astype("timedelta64[D]")
+    parquet = {"compression": "zstd"}
+    if sim.daily_probability is not None:
+        # Person-major order: Parquet then run-length encodes person_id and day almost for free.
+        probability = pa.table(
+            {
+                "person_id": pa.array(np.repeat(np.arange(n, dtype=np.int32), days)),
+                "day": pa.array(np.tile(dates, n)),
+                "probability": pa.array(np.ascontiguousarray(sim.daily_probability.T).reshape(-1)),
+            }
+        )
+        pq.write_table(
+            probability, directory / "daily_purchase_probability.parquet", row_group_size=4_000_000, **parquet
+        )
+    traits = {"person_id": np.arange(n, dtype=np.int32)}
+    for i, category in enumerate(CATEGORIES):
+        traits[f"affinity_{category}"] = tr.affinity[:, i].astype(np.float32)
+    for name in (
+        "intent",
+        "customer",
+        "is_bot",
+        "cycle_days",
+        "cycle_shape",
+        "dropout",
+        "sensitivity",
+        "offline_share",
+    ):
+        traits[name] = getattr(tr, name)
+    pq.write_table(pa.table(traits), directory / "person_traits.parquet", **parquet)
+
+    # Each person's own devices and crm_id, plus devices they used that belong to someone else.
+    person_of_device = np.repeat(np.arange(n, dtype=np.int32), tr.n_devices)
+    device_numbers = np.concatenate([np.arange(len(person_of_device)), shared_pairs[:, 1]])
+    ecids = _device_ids(int(tr.n_devices.sum())).take(pa.array(device_numbers))
+    known = np.flatnonzero(tr.known_from <= days)
+    identities = pa.table(
+        {
+            "person_id": np.concatenate([person_of_device, shared_pairs[:, 0], known]).astype(np.int32),
+            "namespace": pa.array(["ecid"] * len(device_numbers) + ["crm_id"] * len(known)),
+            "value": pa.concat_arrays([ecids, _strings("C", known + 100_000, 7)]),
+        }
+    )
+    pq.write_table(identities, directory / "person_identities.parquet", **parquet)
+
+    bought = sim.purchases
+    purchases = pa.table(
+        {
+            "person_id": bought["person"],
+            "day": pa.array(dates[bought["day"]]),
+            "channel": PURCHASE_CHANNELS[bought["channel"]],
+            "category": CATEGORIES[bought["category"]],
+            "recorded": bought["channel"] != OFFLINE,
+        }
+    )
+    pq.write_table(purchases, directory / "purchases.parquet", **parquet)
+    calendar = {
+        "day": dates,
+        "weekday": cal.weekday,
+        "campaign": cal.campaign,
+        "campaign_theme": np.where(cal.theme >= 0, CATEGORIES[np.maximum(cal.theme, 0)], None),
+        "promotion_depth": cal.promo_depth,
+        "promotion_category": np.where(
+            cal.promo_category >= 0, CATEGORIES[np.maximum(cal.promo_category, 0)], None
+        ),
+        "season": cal.season,
+        "email_effect": cal.email_effect,
+    }
+    for i, category in enumerate(CATEGORIES):
+        calendar[f"appeal_{category}"] = cal.appeal[:, i]
+    pq.write_table(pa.table(calendar), directory / "calendar.parquet", **parquet)
+    settings_json = {k: str(v) if k == "start" else v for k, v in dataclasses.asdict(settings).items()}
+    meta = {
+        "simulator_version": SIMULATOR_VERSION,
+        "settings": settings_json,
+        # A replay checks it repeats the run: purchases drawn per day (recorded or not).
+        "daily_purchases": np.bincount(bought["day"], minlength=days).tolist(),
+    }
+    (directory / "simulation.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")

@@ -1,0 +1,87 @@
+"""What every command shares: options, date parsing, config loading and the one-line errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from propensity.core.config import ProjectConfig
+from propensity.core.errors import UserError
+from propensity.pipeline.jobs.config_files import load_project_config
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="Project YAML (default: configs/project.yaml if present).")
+]
+EventsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--events", help="Events file or directory, or an `ingest` output (default: config `events`)."
+    ),
+]
+AsOfOption = Annotated[str | None, typer.Option("--as-of", help="As-of date, YYYY-MM-DD.")]
+OnBadRowsOption = Annotated[str | None, typer.Option("--on-bad-rows", help="fail (default) or quarantine.")]
+EngineOption = Annotated[
+    str | None, typer.Option("--engine", help="duckdb or spark (default: the config's engine.name).")
+]
+
+
+def user_errors(func: F) -> F:
+    """Turn a UserError into one red line on stderr and exit code 2 (no traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UserError as error:
+            err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_date(value: str | None, option: str = "--as-of") -> dt.date | None:
+    """YYYY-MM-DD -> date, or a UserError naming the option."""
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise UserError(f"{option}: expected a date as YYYY-MM-DD, got {value!r}") from None
+
+
+def on_bad_rows_policy(value: str | None) -> str | None:
+    """Check an ``--on-bad-rows`` value; None leaves the config's policy."""
+    if value is not None and value not in ("fail", "quarantine"):
+        raise UserError(f"--on-bad-rows: expected 'fail' or 'quarantine', got {value!r}")
+    return value
+
+
+def load_config(path: Path | None) -> ProjectConfig:
+    """The project config from ``--config`` or the default path."""
+    return load_project_config(path)
+
+
+def events_path(events: Path | None, config: ProjectConfig) -> Path:
+    """``--events``, else the config's ``events`` path."""
+    return events if events is not None else Path(config.events)
+
+
+def load_config_for(path: Path | None, engine: str | None) -> ProjectConfig:
+    """The project config, with ``--engine`` (when given) in place of ``engine.name``."""
+    config = load_project_config(path)
+    if engine is None:
+        return config
+    if engine not in ("duckdb", "spark"):
+        raise UserError(f"--engine: expected 'duckdb' or 'spark', got {engine!r}")
+    return config.model_copy(update={"engine": config.engine.model_copy(update={"name": engine})})

@@ -1,0 +1,236 @@
+"""Rich tables for the summaries the jobs return: what a person reads in the terminal."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+
+from propensity.pipeline.cli.options import console
+
+if TYPE_CHECKING:  # the jobs import DuckDB, MLflow and LightGBM: not needed to print
+    from propensity.pipeline.jobs.ingest import IngestSummary
+    from propensity.pipeline.jobs.score import Explanation, ScoreRun
+
+
+def print_summary(summary: IngestSummary, title: str) -> None:
+    """The validate/ingest summary as rich tables."""
+    counts = Table(title=title, show_header=False)
+    for key in ("rows_in", "rows_written", "duplicates_dropped", "rows_quarantined", "bad_rows"):
+        counts.add_row(key.replace("_", " "), f"{getattr(summary, key):,}")
+    if summary.profiles is not None:
+        counts.add_row("profiles", f"{summary.profiles:,}")
+        counts.add_row("known profiles", f"{summary.known_profiles:,}")
+    counts.add_row("time range", f"{summary.first_event} .. {summary.last_event}")
+    console.print(counts)
+    for values, label in (
+        (summary.events_by_type, "event type"),
+        (summary.events_by_channel, "channel"),
+        (summary.identities_by_namespace, "identity namespace"),
+        (summary.bad_rows_by_reason, "bad-row reason"),
+    ):
+        if not values:
+            continue
+        table = Table(show_header=True)
+        table.add_column(label)
+        table.add_column("count", justify="right")
+        for name, count in values.items():
+            table.add_row(str(name), f"{count:,}")
+        console.print(table)
+    collapses = summary.identity_collapses
+    for reason in sorted({c["reason"] for c in collapses}):
+        group = [c for c in collapses if c["reason"] == reason]
+        console.print(
+            f"[yellow]identity guardrail ({reason}):[/] split {len(group)} components of "
+            f"{sum(c['identities'] for c in group):,} identities into "
+            f"{sum(c['profiles_after_split'] for c in group):,} profiles "
+            f"({sum(c['separated_identities'] for c in group):,} identities kept apart)"
+        )
+    console.print(
+        f"rows in {summary.rows_in:,} = written {summary.rows_written:,} + duplicates "
+        f"{summary.duplicates_dropped:,} + bad {summary.bad_rows:,}"
+    )
+
+
+BASELINE_COLUMNS = {"logreg": "logistic RFM", "recency": "recency", "bgnbd": "BG/NBD"}
+
+
+def _with_interval(metrics: dict, key: str) -> str:
+    """``0.7812`` over ``[0.770, 0.792]``: the value and its bootstrap interval, when logged."""
+    value = metrics.get(key)
+    if value is None:
+        return ""
+    low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+    return f"{value:.4f}" if low is None or high is None else f"{value:.4f}\n[{low:.3f}, {high:.3f}]"
+
+
+def print_metrics(metrics: dict, title: str, note: str | None = None) -> None:
+    """Model vs baselines vs oracle, side by side, with 95 % bootstrap intervals in brackets
+    and the number of positives they rest on; ``note`` (why this model) under the table."""
+    prefix = "test_" if "test_auc" in metrics else "eval_"
+    baselines = [b for b in BASELINE_COLUMNS if f"baseline_{b}_auc" in metrics]
+    oracle = metrics.get(f"{'' if prefix == 'test_' else prefix}oracle_auc")
+    table = Table(title=title, caption=note)
+    columns = ["metric", "model", *(BASELINE_COLUMNS[b] for b in baselines)] + (["oracle"] if oracle else [])
+    for column in columns:
+        table.add_column(column, justify="right" if column != "metric" else "left")
+    for key, label in (
+        ("auc", "AUC"),
+        ("average_precision", "avg precision"),
+        ("brier", "Brier score"),
+        ("log_loss", "log loss"),
+        ("lift_at_10", "lift top 10 %"),
+    ):
+        row = [label, _with_interval(metrics, f"{prefix}{key}")]
+        row += [_with_interval(metrics, f"baseline_{b}_{key}") for b in baselines]
+        if oracle:
+            row.append(f"{oracle:.4f}" if key == "auc" else "")
+        table.add_row(*row)
+    blank = [""] * (len(columns) - 2)
+    for key, label in (("ece", "calibration error"), ("base_rate", "base rate")):
+        value = metrics.get(f"{prefix}{key}")
+        table.add_row(label, "" if value is None else f"{value:.4f}", *blank)
+    positives, rows = metrics.get(f"{prefix}positives"), metrics.get(f"{prefix}rows")
+    if positives is not None:
+        table.add_row("positives/rows", f"{positives:,.0f}/{rows or 0:,.0f}", *blank)
+    ratio = metrics.get("auc_to_oracle", metrics.get("eval_auc_to_oracle"))
+    if ratio is not None:
+        # On the rows the oracle covers (whole simulated people); the share it covers beside it.
+        coverage = metrics.get("oracle_coverage", metrics.get("eval_oracle_coverage"))
+        share = f" ({coverage:.0%} of rows)" if coverage is not None else ""
+        key = "auc_to_oracle" if "auc_to_oracle" in metrics else "eval_auc_to_oracle"
+        low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+        interval = f"\n[{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+        table.add_row("AUC / oracle AUC", f"{ratio:.4f}{share}{interval}", *blank)
+    console.print(table)
+
+
+def print_buckets(buckets) -> None:
+    """Predicted vs actual rate per bucket."""
+    table = Table(title="buckets: predicted vs actual")
+    for column in buckets.columns:
+        table.add_column(str(column), justify="right")
+    for row in buckets.itertuples(index=False):
+        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
+
+
+def print_score_run(run: ScoreRun) -> None:
+    """How many profiles were eligible and scored, and the bucket sizes."""
+    console.print(
+        f"{run.model} v{run.version} at {run.as_of}: {run.eligible:,} of {run.profiles:,} profiles in the "
+        f"population, {run.scored:,} scored in {run.seconds:.1f}s -> {run.out} (run {run.run_id})"
+    )
+    table = Table(title="bucket sizes")
+    for column in ("bucket", "profiles", "share"):
+        table.add_column(column, justify="right")
+    for bucket, count in run.bucket_sizes.items():
+        table.add_row(bucket, f"{count:,}", f"{count / max(run.scored, 1):.1%}")
+    console.print(table)
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "missing"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def print_explanation(explanation: Explanation) -> None:
+    """A profile's score and factors, or the population conditions it fails."""
+    e = explanation
+    if not e.eligible:
+        console.print(
+            f"{e.profile_id} is not in the {e.model} population at {e.as_of}; it fails: "
+            + "; ".join(f"`{c}`" for c in e.failed_conditions)
+        )
+        for column, value in e.values.items():
+            console.print(f"  {column} = {_value(value)}")
+        return
+    table = Table(
+        title=f"{e.model} v{e.version} for {e.profile_id} at {e.as_of}: probability {e.probability:.3f}, "
+        f"score {e.score}, bucket {e.bucket}"
+    )
+    for column in ("factor", "value", "impact (log-odds)"):
+        table.add_column(column)
+    for factor in e.factors:
+        table.add_row(factor["label"], _value(factor["value"]), f"{factor['impact']:+.3f}")
+    console.print(table)
+
+
+def print_segments(result) -> None:
+    """Per segment of a SegmentsResult: size, transitions and profiles held back for consent."""
+    since = f" (statuses against {result.previous_as_of})" if result.previous_as_of else " (first as-of)"
+    table = Table(title=f"segments at {result.as_of}{since}")
+    for column in ("segment", "size", "realized", "existing", "exited", "held back (consent)"):
+        table.add_column(column, justify="left" if column == "segment" else "right")
+    for c in result.segments:
+        table.add_row(
+            c.segment,
+            f"{c.size:,}",
+            f"{c.realized:,}",
+            f"{c.existing:,}",
+            f"{c.exited:,}",
+            f"{c.held_back:,}",
+        )
+    console.print(table)
+    console.print(f"wrote {result.rows:,} memberships of {result.profiles:,} profiles to {result.out}")
+    if result.stale_later:
+        dates = ", ".join(str(d) for d in result.stale_later)
+        console.print(
+            f"[yellow]stale:[/] the statuses stored at {dates} were computed against another previous "
+            f"as-of; re-run `propensity segments --as-of DATE` for each, in date order"
+        )
+
+
+def print_exports(result) -> None:
+    """Per destination and segment of an ExportResult: what was written and who was left out."""
+    table = Table(title=f"exports at {result.as_of}")
+    for column in (
+        "destination",
+        "action",
+        "identities",
+        "segment",
+        "profiles",
+        "identity rows",
+        "no allowed identity",
+        "held back (consent)",
+    ):
+        numeric = column in ("profiles", "identity rows", "no allowed identity", "held back (consent)")
+        table.add_column(column, justify="right" if numeric else "left")
+    for d in result.destinations:
+        for e in d.segments:
+            table.add_row(
+                d.destination,
+                d.marketing_action,
+                ", ".join(d.identities),
+                e.segment,
+                f"{e.profiles:,}",
+                f"{e.rows:,}",
+                f"{e.skipped_no_identity:,}",
+                f"{e.held_back_consent:,}",
+            )
+    console.print(table)
+    console.print(f"wrote {sum(len(d.segments) for d in result.destinations)} files under {result.out}")
+
+
+def print_drift(result) -> None:
+    """A MonitorResult: PSI, missing and out-of-range shares for the score and top features."""
+    report = result.report
+    table = Table(
+        title=f"{result.model} v{result.version}: {result.as_of} against {result.reference_as_of} "
+        f"(PSI alert at {report.psi_threshold})"
+    )
+    for column in ("variable", "PSI", "missing (ref -> now)", "out of range"):
+        table.add_column(column, justify="left" if column == "variable" else "right")
+    for drift in (report.score, *report.features):
+        flag = " [bold red]drift[/]" if drift.psi >= report.psi_threshold else ""
+        table.add_row(
+            drift.label,
+            f"{drift.psi:.4f}{flag}",
+            f"{drift.reference_missing:.1%} -> {drift.current_missing:.1%}",
+            "" if drift.out_of_range is None else f"{drift.out_of_range:.1%}",
+        )
+    console.print(table)
+    console.print(f"report {result.report_path}, plot {result.plot_path}, MLflow run {result.run_id}")
+    if report.alert:
+        console.print(f"[bold red]alert:[/] PSI >= {report.psi_threshold} for {', '.join(report.drifted)}")
