@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import itertools
 
 import duckdb
 import numpy as np
@@ -445,3 +447,27 @@ def test_categories_named_by_the_data_make_valid_feature_names(path):
     assert row["days_since_last_purchase_kids_shoes"] == 5
     label = next(f.label for f in fs.features if f.name == "days_since_last_purchase_kids_shoes")
     assert label == "Days since the last Kids' shoes purchase"
+
+
+def test_registry_order_is_pinned():
+    """The registry's names, labels, SQL and order are the feature table's columns: composing
+    the families differently must not move, rename or rewrite one (pinned by hash)."""
+    families = [(k, len(list(g))) for k, g in itertools.groupby(f.family for f in FS.features)]
+    assert families == [
+        ("activity", 72),
+        ("recency", 18),
+        ("monetary", 12),
+        ("funnel", 17),
+        ("channel", 32),
+        ("category", 14),
+        ("purchase_cycle", 8),
+        ("category", 12),
+        ("trend", 4),
+        ("profile", 2),
+    ]
+    text = "\n".join(f"{f.name}|{f.label}|{f.sql}" for f in FS.features)
+    assert hashlib.sha256(text.encode()).hexdigest() == (
+        "0aee7238fb476ff095c908232d4ab003a1db00666b86a2b9212c9cc1dabd507e"
+    )
+    assert list(FS.measures)[:3] == ["events", "page_view", "product_view"]
+    assert list(FS.measures)[-3:] == ["view_running", "purchase_running", "revenue_running"]

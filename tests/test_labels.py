@@ -130,7 +130,7 @@ def test_features_cli_writes_population_labels_and_feature_labels(luma_small, tm
 
 def test_sensitive_features_are_refused_and_bad_names_fail_early():
     from propensity.core.config import ModelConfig
-    from propensity.features.build.registry import model_features
+    from propensity.features.build import model_features
 
     def chosen(model: ModelConfig) -> dict[str, str]:
         return model_features(FS, model.features, model.governance, model.name)

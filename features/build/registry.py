@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import re
 
-from propensity.core.config import FeatureConfig, FeatureSelection, GovernanceConfig
-from propensity.core.errors import UserError
+from propensity.core.config import FeatureConfig
 from propensity.features.build.feature_set import (
     EVERY_EVENT,
     Aggregate,
     Feature,
     FeatureSet,
     Measure,
-    is_selected,
     safe_ratio,
 )
 from propensity.features.build.purchase_cycle import purchase_cycle_features
@@ -30,7 +28,6 @@ from propensity.features.contract import ACTIVITY_EVENT_TYPES, CHANNELS, CONSENT
 KNOWN_NAMESPACES_SQL = "(crm_id IS NOT NULL OR email_sha256 IS NOT NULL OR phone_sha256 IS NOT NULL)"
 # Orders above this count as this much in the spread of order values (keeps squares exact).
 ORDER_VALUE_CAP = 1_000_000
-FUNNEL_STAGES = {0: "none", 1: "viewed a product", 2: "added to cart", 3: "checked out", 4: "purchased"}
 
 PRETTY = {
     "page_view": "Page views",
@@ -89,13 +86,14 @@ def category_names(categories: list[str]) -> dict[str, str]:
     return names
 
 
-def build_registry(
-    config: FeatureConfig, categories: list[str] | None = None, lookback_days: int = 730
-) -> FeatureSet:
-    """Declare every feature for the configured windows and categories."""
-    windows = config.windows_days
-    categories = list(categories if categories is not None else (config.categories or []))
-    lookback = max(lookback_days, max(windows))
+def _agg(measure: str, fn: str, start: int | None, end: int = 0) -> Aggregate:
+    """``fn`` over ``measure`` in ``[as_of - start, as_of - end)``, named after all four."""
+    span = "all" if start is None else f"{start}_{end}"
+    return Aggregate(f"a_{fn}_{measure}_{span}", measure, fn, start, end)
+
+
+def _measures(named: dict[str, str]) -> dict[str, Measure]:
+    """The per-event measures every family reads, categories' own last."""
     measures: dict[str, Measure] = {"events": Measure("events", "1", condition=EVERY_EVENT)}
     for t in ACTIVITY_EVENT_TYPES:
         measures[t] = Measure.indicator(t, f"event_type = '{t}'")
@@ -124,35 +122,38 @@ def build_registry(
     measures["new_identities"] = Measure("new_identities", "coalesce(new_identities, 0)")
     for c in CHANNELS:
         measures[f"channel_{c}"] = Measure.indicator(f"channel_{c}", f"channel = '{c}'")
-    named = category_names(categories)
     for cat, name in named.items():
-        safe = cat.replace("'", "''")
-        measures[f"view_{name}"] = Measure.indicator(
+        measures.update(_category_measures(cat, name))
+    return measures
+
+
+def _category_measures(category: str, name: str) -> dict[str, Measure]:
+    """Product views, purchases and revenue of one category."""
+    safe = category.replace("'", "''")
+    return {
+        f"view_{name}": Measure.indicator(
             f"view_{name}", f"event_type = 'product_view' AND product_category = '{safe}'"
-        )
-        measures[f"purchase_{name}"] = Measure.indicator(
+        ),
+        f"purchase_{name}": Measure.indicator(
             f"purchase_{name}", f"event_type = 'purchase' AND product_category = '{safe}'"
-        )
-        measures[f"revenue_{name}"] = Measure(
+        ),
+        f"revenue_{name}": Measure(
             f"revenue_{name}",
             f"CAST(CASE WHEN event_type = 'purchase' AND product_category = '{safe}' "
             f"THEN coalesce(revenue, 0) ELSE 0 END AS DECIMAL(18, 2))",
             sql_type="DECIMAL(18, 2)",
-        )
+        ),
+    }
 
-    def agg(measure: str, fn: str, start: int | None, end: int = 0) -> Aggregate:
-        span = "all" if start is None else f"{start}_{end}"
-        return Aggregate(f"a_{fn}_{measure}_{span}", measure, fn, start, end)
 
-    features: list[Feature] = []
-    add = features.append
-
-    # activity
+def activity_features(windows: list[int]) -> list[Feature]:
+    """Events, active days and each activity type's count, per window."""
+    out = []
     for w in windows:
-        a = agg("events", "sum", w)
-        add(Feature(f"event_count_{_w(w)}", f"Events, {_window_label(w)}", "activity", a.name, (a,)))
-        a = agg("events", "active_days", w)
-        add(
+        a = _agg("events", "sum", w)
+        out.append(Feature(f"event_count_{_w(w)}", f"Events, {_window_label(w)}", "activity", a.name, (a,)))
+        a = _agg("events", "active_days", w)
+        out.append(
             Feature(
                 f"active_days_{_w(w)}",
                 f"Days with any activity, {_window_label(w)}",
@@ -162,32 +163,35 @@ def build_registry(
             )
         )
         for t in ACTIVITY_EVENT_TYPES:
-            a = agg(t, "sum", w)
-            add(Feature(f"{t}_count_{_w(w)}", f"{PRETTY[t]}, {_window_label(w)}", "activity", a.name, (a,)))
+            a = _agg(t, "sum", w)
+            label = f"{PRETTY[t]}, {_window_label(w)}"
+            out.append(Feature(f"{t}_count_{_w(w)}", label, "activity", a.name, (a,)))
+    return out
 
-    # recency (within the lookback; NULL when never seen there)
-    first, last = agg("events", "first_day", None), agg("events", "last_day", None)
-    add(
+
+def recency_features() -> list[Feature]:
+    """Days since the first and last event and each type's last (within the lookback; NULL
+    when never seen there)."""
+    first, last = _agg("events", "first_day", None), _agg("events", "last_day", None)
+    out = [
         Feature(
             "days_since_first_event",
             "Days since the first event",
             "recency",
             f"as_of_day - {first.name}",
             (first,),
-        )
-    )
-    add(
+        ),
         Feature(
             "days_since_last_event",
             "Days since the last event",
             "recency",
             f"as_of_day - {last.name}",
             (last,),
-        )
-    )
+        ),
+    ]
     for t in ACTIVITY_EVENT_TYPES:
-        a = agg(t, "last_day", None)
-        add(
+        a = _agg(t, "last_day", None)
+        out.append(
             Feature(
                 f"days_since_last_{t}",
                 f"Days since the last {PRETTY[t].lower().rstrip('s')}",
@@ -196,82 +200,40 @@ def build_registry(
                 (a,),
             )
         )
+    return out
 
-    # monetary
+
+def monetary_features(windows: list[int]) -> list[Feature]:
+    """Revenue, average and largest order, per window."""
+    out = []
     for w in windows:
-        rev, n, mx = agg("revenue", "sum", w), agg("purchase", "sum", w), agg("max_order_value", "max", w)
-        add(Feature(f"revenue_sum_{_w(w)}", f"Revenue, {_window_label(w)}", "monetary", rev.name, (rev,)))
-        add(
+        rev, n = _agg("revenue", "sum", w), _agg("purchase", "sum", w)
+        mx = _agg("max_order_value", "max", w)
+        label = _window_label(w)
+        out += [
+            Feature(f"revenue_sum_{_w(w)}", f"Revenue, {label}", "monetary", rev.name, (rev,)),
             Feature(
                 f"average_order_value_{_w(w)}",
-                f"Average order value, {_window_label(w)}",
+                f"Average order value, {label}",
                 "monetary",
                 safe_ratio(rev.name, n.name),
                 (rev, n),
-            )
-        )
-        add(
-            Feature(
-                f"max_order_value_{_w(w)}", f"Largest order, {_window_label(w)}", "monetary", mx.name, (mx,)
-            )
-        )
+            ),
+            Feature(f"max_order_value_{_w(w)}", f"Largest order, {label}", "monetary", mx.name, (mx,)),
+        ]
+    return out
 
-    # funnel
-    n_days = config.cart_abandonment_days
+
+def funnel_features(windows: list[int], n_days: int) -> list[Feature]:
+    """Deepest stage and step ratios per window, abandoned carts in windows longer than
+    ``n_days``, and an open cart from the last ``n_days`` days."""
+    out = []
     for w in windows:
-        view, cart, check, buy = (
-            agg(m, "sum", w) for m in ("product_view", "add_to_cart", "checkout", "purchase")
-        )
-        stage = (
-            f"CASE WHEN {buy.name} > 0 THEN 4 WHEN {check.name} > 0 THEN 3 WHEN {cart.name} > 0 THEN 2 "
-            f"WHEN {view.name} > 0 THEN 1 ELSE 0 END"
-        )
-        add(
-            Feature(
-                f"funnel_stage_{_w(w)}",
-                f"Deepest funnel stage (0 none .. 4 purchase), {_window_label(w)}",
-                "funnel",
-                stage,
-                (view, cart, check, buy),
-            )
-        )
-        add(
-            Feature(
-                f"view_to_cart_ratio_{_w(w)}",
-                f"Add-to-carts per product view, {_window_label(w)}",
-                "funnel",
-                safe_ratio(cart.name, view.name),
-                (cart, view),
-            )
-        )
-        add(
-            Feature(
-                f"cart_to_purchase_ratio_{_w(w)}",
-                f"Purchases per add-to-cart, {_window_label(w)}",
-                "funnel",
-                safe_ratio(buy.name, cart.name),
-                (buy, cart),
-            )
-        )
+        out += _funnel_window(w)
         if w > n_days:
-            # The last cart of the window, old enough that its N-day chance to convert is over
-            # before as_of, with no purchase on or after its day.
-            last_cart, last_buy = agg("add_to_cart", "last_day", w), agg("purchase", "last_day", w)
-            abandoned = (
-                f"CASE WHEN {last_cart.name} IS NOT NULL AND {last_cart.name} <= as_of_day - {n_days} "
-                f"AND ({last_buy.name} IS NULL OR {last_buy.name} < {last_cart.name}) THEN 1 ELSE 0 END"
-            )
-            add(
-                Feature(
-                    f"cart_abandoned_{_w(w)}",
-                    f"Abandoned a cart (no purchase within {n_days} days), {_window_label(w)}",
-                    "funnel",
-                    abandoned,
-                    (last_cart, last_buy),
-                )
-            )
-    last_cart, last_buy = agg("add_to_cart", "last_day", None), agg("purchase", "last_day", None)
-    add(
+            out.append(_cart_abandoned(w, n_days))
+    last_cart, last_buy = _agg("add_to_cart", "last_day", None), _agg("purchase", "last_day", None)
+    out.append(
         Feature(
             "open_cart",
             f"Has a cart from the last {n_days} days with no purchase since",
@@ -281,14 +243,70 @@ def build_registry(
             (last_cart, last_buy),
         )
     )
+    return out
 
-    # channel
+
+def _funnel_window(w: int) -> list[Feature]:
+    """The deepest funnel stage of window ``w`` and its view -> cart -> purchase ratios."""
+    view, cart, check, buy = (
+        _agg(m, "sum", w) for m in ("product_view", "add_to_cart", "checkout", "purchase")
+    )
+    stage = (
+        f"CASE WHEN {buy.name} > 0 THEN 4 WHEN {check.name} > 0 THEN 3 WHEN {cart.name} > 0 THEN 2 "
+        f"WHEN {view.name} > 0 THEN 1 ELSE 0 END"
+    )
+    return [
+        Feature(
+            f"funnel_stage_{_w(w)}",
+            f"Deepest funnel stage (0 none .. 4 purchase), {_window_label(w)}",
+            "funnel",
+            stage,
+            (view, cart, check, buy),
+        ),
+        Feature(
+            f"view_to_cart_ratio_{_w(w)}",
+            f"Add-to-carts per product view, {_window_label(w)}",
+            "funnel",
+            safe_ratio(cart.name, view.name),
+            (cart, view),
+        ),
+        Feature(
+            f"cart_to_purchase_ratio_{_w(w)}",
+            f"Purchases per add-to-cart, {_window_label(w)}",
+            "funnel",
+            safe_ratio(buy.name, cart.name),
+            (buy, cart),
+        ),
+    ]
+
+
+def _cart_abandoned(w: int, n_days: int) -> Feature:
+    """The last cart of the window, old enough that its N-day chance to convert is over before
+    as_of, with no purchase on or after its day."""
+    last_cart, last_buy = _agg("add_to_cart", "last_day", w), _agg("purchase", "last_day", w)
+    abandoned = (
+        f"CASE WHEN {last_cart.name} IS NOT NULL AND {last_cart.name} <= as_of_day - {n_days} "
+        f"AND ({last_buy.name} IS NULL OR {last_buy.name} < {last_cart.name}) THEN 1 ELSE 0 END"
+    )
+    return Feature(
+        f"cart_abandoned_{_w(w)}",
+        f"Abandoned a cart (no purchase within {n_days} days), {_window_label(w)}",
+        "funnel",
+        abandoned,
+        (last_cart, last_buy),
+    )
+
+
+def channel_features(windows: list[int]) -> list[Feature]:
+    """Each channel's share of events (windows of 30 days or more) and email open and click
+    rates, per window."""
+    out = []
     for w in windows:
-        total = agg("events", "sum", w)
+        total = _agg("events", "sum", w)
         if w >= 30:
             for c in CHANNELS:
-                a = agg(f"channel_{c}", "sum", w)
-                add(
+                a = _agg(f"channel_{c}", "sum", w)
+                out.append(
                     Feature(
                         f"channel_share_{c}_{_w(w)}",
                         f"Share of events on {c.replace('_', ' ')}, {_window_label(w)}",
@@ -297,55 +315,53 @@ def build_registry(
                         (a, total),
                     )
                 )
-        send, opened, click = (
-            agg("email_send", "sum", w),
-            agg("email_open", "sum", w),
-            agg("email_click", "sum", w),
-        )
-        add(
+        send, opened, click = (_agg(f"email_{m}", "sum", w) for m in ("send", "open", "click"))
+        out += [
             Feature(
                 f"email_open_rate_{_w(w)}",
                 f"Email opens per email received, {_window_label(w)}",
                 "channel",
                 safe_ratio(opened.name, send.name),
                 (opened, send),
-            )
-        )
-        add(
+            ),
             Feature(
                 f"email_click_rate_{_w(w)}",
                 f"Email clicks per email opened, {_window_label(w)}",
                 "channel",
                 safe_ratio(click.name, opened.name),
                 (click, opened),
-            )
-        )
+            ),
+        ]
+    return out
 
-    # category affinity
+
+def category_features(named: dict[str, str], windows: list[int]) -> list[Feature]:
+    """Per category: product views and purchases in the long windows (30 days or more, else
+    the longest), and days since its last purchase."""
     long_windows = [w for w in windows if w >= 30] or windows[-1:]
+    out = []
     for cat, name in named.items():
         for w in long_windows:
-            v, p = agg(f"view_{name}", "sum", w), agg(f"purchase_{name}", "sum", w)
-            add(
+            v, p = _agg(f"view_{name}", "sum", w), _agg(f"purchase_{name}", "sum", w)
+            label = _window_label(w)
+            out += [
                 Feature(
                     f"category_view_count_{_w(w)}_{name}",
-                    f"{cat.title()} product views, {_window_label(w)}",
+                    f"{cat.title()} product views, {label}",
                     "category",
                     v.name,
                     (v,),
-                )
-            )
-            add(
+                ),
                 Feature(
                     f"category_purchase_count_{_w(w)}_{name}",
-                    f"{cat.title()} purchases, {_window_label(w)}",
+                    f"{cat.title()} purchases, {label}",
                     "category",
                     p.name,
                     (p,),
-                )
-            )
-        last = agg(f"purchase_{name}", "last_day", None)
-        add(
+                ),
+            ]
+        last = _agg(f"purchase_{name}", "last_day", None)
+        out.append(
             Feature(
                 f"days_since_last_purchase_{name}",
                 f"Days since the last {cat} purchase",
@@ -354,96 +370,81 @@ def build_registry(
                 (last,),
             )
         )
+    return out
 
-    # purchase cycle: the customer's own rhythm over the lookback
-    features += purchase_cycle_features(agg, "purchase", "revenue", "purchase_cycle", "", "")
+
+def purchase_cycles(named: dict[str, str]) -> list[Feature]:
+    """The customer's own rhythm over the lookback, for all purchases and for each category
+    (:mod:`propensity.features.build.purchase_cycle`)."""
+    out = purchase_cycle_features(_agg, "purchase", "revenue", "purchase_cycle", "", "")
     for cat, name in named.items():
-        features += purchase_cycle_features(
-            agg, f"purchase_{name}", f"revenue_{name}", "category", f"category_{{}}_{name}", f" ({cat})"
+        out += purchase_cycle_features(
+            _agg, f"purchase_{name}", f"revenue_{name}", "category", f"category_{{}}_{name}", f" ({cat})"
         )
+    return out
 
-    # trend: daily rate of the recent window against the one before it
+
+def trend_features() -> list[Feature]:
+    """Daily rate of events and of product views in the recent window against the one before."""
+    out = []
     for recent, prior in ((7, 30), (30, 90)):
-        a, b = agg("events", "sum", recent), agg("events", "sum", recent + prior, recent)
-        add(
-            Feature(
-                f"events_trend_{recent}d_vs_prior_{prior}d",
-                f"Activity in the last {recent} days relative to the {prior} days before",
-                "trend",
-                _trend(a.name, recent, b.name, prior),
-                (a, b),
+        for measure, what in (("events", "Activity"), ("product_view", "Product views")):
+            a, b = _agg(measure, "sum", recent), _agg(measure, "sum", recent + prior, recent)
+            out.append(
+                Feature(
+                    f"{measure}_trend_{recent}d_vs_prior_{prior}d",
+                    f"{what} in the last {recent} days relative to the {prior} days before",
+                    "trend",
+                    _trend(a.name, recent, b.name, prior),
+                    (a, b),
+                )
             )
-        )
-        a, b = agg("product_view", "sum", recent), agg("product_view", "sum", recent + prior, recent)
-        add(
-            Feature(
-                f"product_view_trend_{recent}d_vs_prior_{prior}d",
-                f"Product views in the last {recent} days relative to the {prior} days before",
-                "trend",
-                _trend(a.name, recent, b.name, prior),
-                (a, b),
-            )
-        )
+    return out
 
-    # profile (point in time: known only once a known identity was seen before as_of)
-    known = agg("known_identity", "sum", None)
-    add(
+
+def profile_features() -> list[Feature]:
+    """Known or anonymous, and identities seen so far (point in time: known only once a known
+    identity was seen before as_of)."""
+    known, identities = _agg("known_identity", "sum", None), _agg("new_identities", "sum", None)
+    return [
         Feature(
             "is_known",
             "Signed in or identified before",
             "profile",
             f"CASE WHEN {known.name} > 0 THEN 1 ELSE 0 END",
             (known,),
-        )
-    )
-    identities = agg("new_identities", "sum", None)
-    add(
+        ),
         Feature(
             "identity_count",
             "Identities (devices, accounts, emails) seen so far",
             "profile",
             identities.name,
             (identities,),
-        )
-    )
-    return FeatureSet(measures, features, lookback, categories)
+        ),
+    ]
 
 
-# Profile attributes joined after aggregation; see sql_compiler.PROFILE_FEATURES for their SQL.
-PROFILE_ATTRIBUTE_FEATURES: dict[str, tuple[str, str]] = {
-    "loyalty_tier": ("Loyalty tier", "profile"),
-    "tenure_days": ("Days since sign-up", "profile"),
-}
+def build_registry(
+    config: FeatureConfig, categories: list[str] | None = None, lookback_days: int = 730
+) -> FeatureSet:
+    """Declare every feature for the configured windows and categories, family by family (the
+    order is the feature table's column order)."""
+    windows = config.windows_days
+    categories = list(categories if categories is not None else (config.categories or []))
+    named = category_names(categories)
+    features = [
+        *activity_features(windows),
+        *recency_features(),
+        *monetary_features(windows),
+        *funnel_features(windows, config.cart_abandonment_days),
+        *channel_features(windows),
+        *category_features(named, windows),
+        *purchase_cycles(named),
+        *trend_features(),
+        *profile_features(),
+    ]
+    return FeatureSet(_measures(named), features, max(lookback_days, max(windows)), categories)
+
+
+# Profile attributes carried in the feature table but never modelled (consent flags).
 CARRIED_COLUMNS: tuple[str, ...] = CONSENT_COLUMNS
-
-
-def model_features(
-    fs: FeatureSet, selection: FeatureSelection, governance: GovernanceConfig, model_name: str
-) -> dict[str, str]:
-    """The features a model trains on, name -> label, in registry order.
-
-    ``selection`` includes / excludes by name or family; features ``governance`` labels
-    sensitive are dropped, and naming one in ``include`` is refused, as is an unknown name.
-    """
-    labels = fs.labels()
-    families = {f.name: f.family for f in fs.features if f.is_feature}
-    for name, (label, family) in PROFILE_ATTRIBUTE_FEATURES.items():
-        families[name], labels[name] = family, label
-    include, exclude = set(selection.include), set(selection.exclude)
-    unknown = sorted((include | exclude) - set(families) - set(families.values()))
-    if unknown:
-        raise UserError(
-            f"model '{model_name}': features include/exclude names unknown feature or family `{unknown[0]}`"
-        )
-    sensitive = set(governance.sensitive_features)
-    refused = sorted(include & sensitive)
-    if refused:
-        raise UserError(
-            f"model '{model_name}': feature `{refused[0]}` is labelled sensitive and is refused for "
-            f"marketing action '{governance.marketing_action}'"
-        )
-    return {
-        name: labels[name]
-        for name, family in families.items()
-        if is_selected(name, family, list(include), list(exclude)) and name not in sensitive
-    }

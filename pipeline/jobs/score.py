@@ -29,8 +29,8 @@ from propensity.core.errors import UserError
 from propensity.core.io import atomic_path
 from propensity.features.build.event_queries import data_end
 from propensity.features.build.feature_set import FeatureSet
-from propensity.features.build.registry import PROFILE_ATTRIBUTE_FEATURES
 from propensity.features.build.rules import Rule, conjuncts, parse_rule
+from propensity.features.build.selection import PROFILE_ATTRIBUTE_FEATURES
 from propensity.features.build.sql_compiler import snapshot_sql
 from propensity.features.connection import arrow_batches
 from propensity.features.sql import sql_ident, sql_string

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from propensity.core.config import IdentityConfig, ModelConfig, ProjectConfig
 from propensity.core.errors import UserError
-from propensity.features.build.registry import build_registry, model_features
+from propensity.features.build.registry import build_registry
+from propensity.features.build.selection import model_features
 from propensity.features.identity.as_of import AsOfSources
 from propensity.features.ingest.staging import bad_rows_message
 from propensity.features.spark import features as sf

@@ -25,7 +25,7 @@ from propensity.features.build.labels import (
     snapshot_dates,
     training_frame,
 )
-from propensity.features.build.registry import model_features
+from propensity.features.build.selection import model_features
 from propensity.features.synthetic.oracle import oracle_probabilities
 from propensity.models import baselines, plots, tracking
 from propensity.models import evaluate as ev
