@@ -192,7 +192,7 @@ def _owners(loaded, as_of: dt.date) -> dict[str, str]:
 
 def test_a_link_made_after_as_of_leaves_the_snapshot_at_as_of_alone(tmp_path):
     from propensity.core.config import ModelConfig
-    from propensity.features.build.labels import training_frame
+    from propensity.features.build import training_frame
     from propensity.pipeline.jobs import features as feature_jobs
 
     _ingest(tmp_path, LATE_LINK)

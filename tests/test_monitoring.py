@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
 from propensity.core.config import MonitorConfig, ProjectConfig
-from propensity.features.build.labels import population_rule
+from propensity.features.build import population_rule
 from propensity.features.build.sql_compiler import snapshot_sql
 from propensity.models import monitoring as mon
 from propensity.models import tracking as mlflow_tracking

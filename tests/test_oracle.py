@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from propensity.core.config import ModelConfig, OutcomeConfig, ProjectConfig, TrainingConfig
-from propensity.features.build import model_features
+from propensity.features.build import model_features, snapshot_dates, training_frame
 from propensity.features.build.event_queries import data_end
-from propensity.features.build.labels import labelled_sql, snapshot_dates, training_frame
+from propensity.features.build.labels import labelled_sql
 from propensity.features.synthetic.oracle import no_counted_purchase_probability, oracle_probabilities
 from propensity.features.synthetic.simulator import GeneratorSettings, replay, simulate
 from propensity.features.synthetic.world import CATEGORIES, OFFLINE

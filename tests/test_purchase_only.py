@@ -78,7 +78,7 @@ def test_candidates_are_child_runs_and_the_winner_is_tagged(repeat_run, tracking
 
 
 def test_registered_model_scores_and_explains_through_one_interface(repeat_run, purchases, tracking):
-    from propensity.features.build.labels import population_snapshot_sql
+    from propensity.features.build import population_snapshot_sql
     from propensity.pipeline.jobs import features as feature_jobs
 
     model, _ = mlflow_tracking.load_propensity_model(

@@ -26,9 +26,7 @@ if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
 
 from propensity.core.config import EngineConfig, IdentityConfig, ProjectConfig, parse_config  # noqa: E402
 from propensity.core.errors import UserError  # noqa: E402
-from propensity.features.build import sql_compiler  # noqa: E402
-from propensity.features.build.labels import training_frame  # noqa: E402
-from propensity.features.build.registry import build_registry  # noqa: E402
+from propensity.features.build import build_registry, sql_compiler, training_frame  # noqa: E402
 from propensity.features.connection import connect  # noqa: E402
 from propensity.features.identity import stitching as duck_identity  # noqa: E402
 from propensity.features.identity.as_of import IdentityGraph  # noqa: E402

@@ -23,14 +23,9 @@ import pandas as pd
 from propensity.core.config import ModelConfig
 from propensity.core.errors import UserError
 from propensity.features.build.feature_set import FeatureSet
-from propensity.features.build.labels import (
-    horizon_passed,
-    labelled_sql,
-    order_value_feature,
-    outcome_filter,
-    population_rule,
-    snapshot_dates,
-)
+from propensity.features.build.labels import labelled_sql, order_value_feature, outcome_filter
+from propensity.features.build.population import population_rule
+from propensity.features.build.snapshots import horizon_passed, snapshot_dates
 from propensity.features.build.sql_compiler import SPARK, rollup_sql, snapshot_sql, snapshots_sql
 from propensity.features.spark.session import to_pandas
 

@@ -12,7 +12,7 @@ import duckdb
 from propensity.core.config import ProjectConfig
 from propensity.core.io import atomic_path
 from propensity.features.build.event_queries import data_end, learn_categories
-from propensity.features.build.labels import population_snapshot_sql
+from propensity.features.build.model_frames import population_snapshot_sql
 from propensity.features.build.registry import build_registry
 from propensity.features.build.sql_compiler import snapshot_sql
 from propensity.features.sql import sql_string

@@ -19,7 +19,8 @@ import pandas as pd
 from propensity.core.config import ProjectConfig
 from propensity.core.errors import UserError
 from propensity.features.build.event_queries import data_end
-from propensity.features.build.labels import horizon_passed, population_snapshot_sql
+from propensity.features.build.model_frames import population_snapshot_sql
+from propensity.features.build.snapshots import horizon_passed
 from propensity.models import plots, tracking
 from propensity.models.estimator import PropensityModel
 from propensity.models.evaluate import decile_table

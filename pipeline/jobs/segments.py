@@ -22,7 +22,7 @@ from propensity.features.activation import destinations as destinations_mod
 from propensity.features.activation import membership_store
 from propensity.features.activation import segments as segments_mod
 from propensity.features.build.event_queries import data_end
-from propensity.features.build.labels import population_rule
+from propensity.features.build.population import population_rule
 from propensity.features.build.sql_compiler import snapshot_sql
 from propensity.features.connection import connect
 from propensity.features.sql import sql_string

@@ -354,7 +354,8 @@ def training_sample(
     """Stacked, labelled snapshots of the model's population built on Spark (each date's
     profiles as the identity graph knew them then), sampled to at most
     ``training.max_training_rows`` rows with the same share of each label."""
-    from propensity.features.build.labels import population_rule, snapshot_dates
+    from propensity.features.build.population import population_rule
+    from propensity.features.build.snapshots import snapshot_dates
     from propensity.models.snapshot_plan import adapt_snapshots
 
     model_cfg = load_model_config(model_name, config)

@@ -18,14 +18,10 @@ from sklearn.metrics import roc_auc_score
 from propensity.core.config import ModelConfig, ProjectConfig
 from propensity.core.errors import UserError
 from propensity.features.build.event_queries import data_end
-from propensity.features.build.labels import (
-    horizon_passed,
-    population_rule,
-    population_snapshot_sql,
-    snapshot_dates,
-    training_frame,
-)
+from propensity.features.build.model_frames import population_snapshot_sql, training_frame
+from propensity.features.build.population import population_rule
 from propensity.features.build.selection import model_features
+from propensity.features.build.snapshots import horizon_passed, snapshot_dates
 from propensity.features.synthetic.oracle import oracle_probabilities
 from propensity.models import baselines, plots, tracking
 from propensity.models import evaluate as ev
