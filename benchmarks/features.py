@@ -4,7 +4,7 @@
 
 Generates (or reuses) N synthetic profiles (default 1M, ~20M events), ingests them once, then
 times in the same run, on the same 35 core features at one as-of date:
-  * ours: the registry compiled to SQL (``features.sql_compiler.build_snapshot``);
+  * ours: the registry compiled to SQL (``features.build.sql_compiler.build_snapshot``);
   * handwritten: one DuckDB query written by hand for exactly these features;
   * pandas: the same features with vectorised pandas group-bys;
 and then 8 stacked snapshots (``build_snapshots``: one daily rollup, then every snapshot's

@@ -10,7 +10,7 @@ upsell, conversion and churn at both dates. The 4 shipped segments plus 6 more a
 at the first date (untimed: the previous memberships), then at the second, where statuses
 come from a FULL OUTER JOIN with the first:
 
-  * ours: ``features.segments.qualify`` (rules checked and compiled, one query, memberships
+  * ours: ``features.activation.segments.qualify`` (rules checked and compiled, one query, memberships
     written with counts per status and consent hold-backs, summary, staleness check);
   * handwritten: one DuckDB query written by hand for the same 10 rules, statuses and consent,
     COPY'd to Parquet in the same order;
@@ -379,7 +379,7 @@ def main() -> None:
     print(f"\n{'variant (memory limit ' + args.memory_limit + ')':<44}{'seconds':>9}{'x handwritten':>15}")
     for name, seconds in (
         ("hand-written DuckDB query", hand_s),
-        ("ours (features.segments.qualify)", ours_s),
+        ("ours (features.activation.segments.qualify)", ours_s),
         ("ours + identities file for exports", with_identities),
     ):
         print(f"{name:<44}{seconds:>9.2f}{seconds / hand_s:>15.2f}")

@@ -355,7 +355,7 @@ class SegmentConfig(_Strict):
     description: str = ""
     """What the audience is for, for people."""
     rule: str = Field(min_length=1)
-    """e.g. "upsell.score >= 70 AND days_since_last_purchase > 60"; checked by features.rules."""
+    """e.g. "upsell.score >= 70 AND days_since_last_purchase > 60"; checked by features.build.rules."""
 
 
 class SegmentsFile(_Strict):

@@ -19,7 +19,7 @@ def connect(engine: EngineConfig | None = None) -> duckdb.DuckDBPyConnection:
     if engine.name != "duckdb":
         from propensity.core.errors import UserError
 
-        # Spark runs validate, ingest, features, train, score and segments (pipeline.spark_*); a step
+        # Spark runs validate, ingest, features, train, score and segments (pipeline.jobs.spark*); a step
         # without a Spark path says so rather than quietly running on one machine.
         raise UserError(
             f"engine.name: '{engine.name}' is not available yet for this step (Spark runs validate, ingest, "

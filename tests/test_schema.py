@@ -200,7 +200,7 @@ def test_bad_option_values(tmp_path, runner):
 
 
 def test_unavailable_engine_is_refused_not_silently_replaced(tmp_path):
-    # `validate` has a Spark path (pipeline.spark_jobs); a DuckDB job given engine spark refuses.
+    # `validate` has a Spark path (pipeline.jobs.spark); a DuckDB job given engine spark refuses.
     from propensity.core.config import EngineConfig, ProjectConfig
 
     path = write_events(tmp_path / "events.csv", [GOOD])

@@ -18,6 +18,7 @@ from propensity.core.config import ProjectConfig, SegmentConfig
 from propensity.core.errors import UserError
 from propensity.features.activation import membership_store
 from propensity.features.activation import segments as seg
+from propensity.features.sql import column_kind
 from propensity.pipeline.jobs import ingest as ingest_jobs
 from propensity.pipeline.jobs.config_files import load_segments
 from tests.conftest import invoke
@@ -450,3 +451,39 @@ def test_cli_errors_exit_2_with_one_line(runner, luma_ingested, tmp_path):
     result = invoke(runner, "export", "--memberships", str(tmp_path / "o"), "--out", str(tmp_path / "e"))
     assert result.exit_code == 2 and "no memberships" in result.output
     shutil.rmtree(tmp_path / "o", ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("type_name", "kind"),
+    [
+        ("VARCHAR", "string"),
+        ("string", "string"),
+        ("BOOLEAN", "boolean"),
+        ("boolean", "boolean"),
+        ("INTEGER", "number"),
+        ("UBIGINT", "number"),
+        ("HUGEINT", "number"),
+        ("DECIMAL(18,2)", "number"),
+        ("int", "number"),
+        ("bigint", "number"),
+        ("double", "number"),
+        ("decimal(38,4)", "number"),
+        ("DATE", None),
+        ("timestamp", None),
+        ("UUID", None),
+        ("INTEGER[]", None),
+        ("array<int>", None),
+    ],
+)
+def test_one_column_kind_for_both_engines(type_name, kind):
+    """DuckDB's and Spark's type names map to the kinds rules compare through one function."""
+    assert column_kind(type_name) == kind
+
+
+def test_column_kinds_of_a_duckdb_query():
+    con = duckdb.connect()
+    sql = (
+        "SELECT 'p' AS profile_id, 1 AS n, 1.5::DECIMAL(9,2) AS d, 'a' AS s, TRUE AS b, "
+        "DATE '2025-01-01' AS t"
+    )
+    assert seg.column_kinds(con, sql) == {"n": "number", "d": "number", "s": "string", "b": "boolean"}

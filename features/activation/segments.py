@@ -60,7 +60,7 @@ from propensity.features.activation.membership_store import (
 )
 from propensity.features.build.registry import CARRIED_COLUMNS
 from propensity.features.build.rules import Rule, parse_rule
-from propensity.features.sql import sql_ident, sql_string
+from propensity.features.sql import column_kind, sql_ident, sql_string
 
 STATUSES: tuple[str, ...] = ("realized", "existing", "exited")
 # Score table columns a rule may read, as `<model>.<column>` (ARCHITECTURE.md "Score table").
@@ -119,23 +119,10 @@ class Qualification:
     stale_later: list[dt.date] = field(default_factory=list)
 
 
-def kind_of(duckdb_type: str) -> str | None:
-    """number / string / boolean for a DuckDB column type; None for types rules cannot use."""
-    upper = duckdb_type.upper()
-    if upper in ("VARCHAR", "STRING", "TEXT") or upper.startswith("VARCHAR"):
-        return "string"
-    if upper in ("BOOLEAN", "BOOL"):
-        return "boolean"
-    numeric = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE", "REAL")
-    if upper.lstrip("U") in numeric or upper.startswith("DECIMAL"):
-        return "number"
-    return None
-
-
 def column_kinds(con: duckdb.DuckDBPyConnection, relation_sql: str) -> dict[str, str]:
     """Each usable column of a query and its kind, from DuckDB's binder (nothing is run)."""
     described = con.execute(f"DESCRIBE SELECT * FROM ({relation_sql}) AS described").fetchall()
-    kinds = {name: kind_of(str(dtype)) for name, dtype, *_ in described}
+    kinds = {name: column_kind(str(dtype)) for name, dtype, *_ in described}
     return {name: kind for name, kind in kinds.items() if kind is not None and name != "profile_id"}
 
 

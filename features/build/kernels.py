@@ -1,4 +1,4 @@
-"""The compiled window pass behind stacked snapshots (``features.stacked_build.build_snapshots``).
+"""The compiled window pass behind stacked snapshots (``features.build.stacked_build.build_snapshots``).
 
 Rows are a daily rollup sorted by (profile, day). Each profile's rows are visited once for
 all as-of dates together: one pass builds the profile's running sums (and running "last /
@@ -6,7 +6,7 @@ next active row" indices), after which every window of every snapshot is a diffe
 two running sums found by binary search on the profile's days. Work is
 ``rows x measures + profiles x snapshots x (edges x log(rows) + aggregates)`` instead of
 ``rows x snapshots x windows``. Results equal the SQL form
-(``features.sql_compiler.snapshots_sql``); the tests hold them to it.
+(``features.build.sql_compiler.snapshots_sql``); the tests hold them to it.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ def labelled_sql(
     ``usual_order_value`` names the feature an upsell order must exceed
     (:func:`order_value_feature`). ``outcomes``: SQL of the outcome events per (profile_id,
     as_of) with ``max_revenue``, attributed through the identity graph at each as_of
-    (:meth:`features.identity_as_of.IdentityGraph.outcomes_sql`); without it, each event of
+    (:meth:`features.identity.as_of.IdentityGraph.outcomes_sql`); without it, each event of
     ``events`` counts for its own ``profile_id``.
     """
     if outcome.above_average_order_value and outcome.event_type != "purchase":

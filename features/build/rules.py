@@ -16,16 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
 
 import sqlglot
 from sqlglot import exp
 from sqlglot.tokens import TokenType
 
 from propensity.core.errors import UserError
-
-ColumnKind = Literal["number", "string", "boolean"]
-KINDS: tuple[str, ...] = ("number", "string", "boolean")
 
 ALLOWED_NODES: tuple[type[exp.Expression], ...] = (
     exp.And,

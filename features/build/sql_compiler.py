@@ -179,7 +179,7 @@ def _profile_join(
     The attributes file is today's view, so a tier or tenure is only used for as-of dates
     after the profile signed up; consent is carried for segments, never modelled.
     ``profiles`` is the relation of attributes per profile (the profiles as of a date:
-    ``features.identity_as_of.AsOfSources.profiles``).
+    ``features.identity.as_of.AsOfSources.profiles``).
     """
     available: set[str] = set()
     if con is not None:
@@ -306,7 +306,7 @@ def snapshot_sql(
     per window bucket, then windows from buckets) or ``auto`` (:func:`choose_plan`). All
     give the same values; the tests hold them to it. ``events`` and ``profiles`` name the
     relations to read: with an identity graph, those as of ``as_of``
-    (``features.identity_as_of.IdentityGraph.sources``), so that no later link moves an
+    (``features.identity.as_of.IdentityGraph.sources``), so that no later link moves an
     event into a profile. ``ordered=False`` leaves the rows in no particular order (a consumer
     that sorts or streams them saves the sort of the whole feature table).
     """

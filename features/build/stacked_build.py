@@ -63,7 +63,7 @@ def _decimal_scale(sql_type: str) -> int | None:
 
 def _daily_rollup(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str, packed: bool) -> dict | None:
     """The daily rollup sorted by (profile_key, day): per measure, a float64 array or a packed
-    field (:class:`features.kernels.Packed`).
+    field (:class:`features.build.kernels.Packed`).
 
     None when ``packed`` and a day has too many events for the packed fields.
     """
@@ -180,13 +180,13 @@ def build_snapshots(
 
     The events are condensed once into a daily rollup keyed by the integer ``profile_key``
     and sorted by (profile, day); the windows of every snapshot then come from one compiled
-    pass over it (``features.kernels``): no re-scan of the events, no join that copies the
+    pass over it (``features.build.kernels``): no re-scan of the events, no join that copies the
     rollup once per snapshot. Snapshots go through the pass in batches whose output fits
     ``BATCH_BYTES``; ``where`` (a rule over ``f.`` feature columns, e.g. a population) keeps
     only the rows a caller needs. Values equal :func:`snapshots_sql` (the engine-neutral form,
     used on Spark); the tests hold them to it. Returns the number of rows.
 
-    With ``reattributed`` (:meth:`features.identity_as_of.IdentityGraph.reattributed`), each
+    With ``reattributed`` (:meth:`features.identity.as_of.IdentityGraph.reattributed`), each
     date's rows of the final profiles whose identities were not one profile yet then are
     left out, and the profiles the graph at that date makes of them come from the same
     compiled pass over their events attributed as of that date; every other profile's events

@@ -90,7 +90,7 @@ def stitch(con: duckdb.DuckDBPyConnection, identity: IdentityConfig, with_profil
     * ``identity_links``: node keys ``a < b`` seen together, and when first (NULL: from the start);
     * ``identity_unsettled``: components and as-of times ``after < as_of <= until`` (``after``
       NULL: from the start) at which their identities seen so far were not yet the profiles
-      the whole history makes of them (:func:`features.identity_graph.unsettled_intervals`).
+      the whole history makes of them (:func:`features.identity.graph.unsettled_intervals`).
 
     ``profile_key`` numbers the profiles 0, 1, ... in ``profile_id`` order: a compact key for
     this ingest's group-bys and joins, not an identifier to keep (it shifts as profiles come).

@@ -22,19 +22,10 @@ from propensity.features.activation import segments as segments_mod
 from propensity.features.contract import CONSENT_COLUMNS
 from propensity.features.spark import features as sf
 from propensity.features.spark.session import spark_session
+from propensity.features.sql import column_kind
 from propensity.pipeline.jobs.config_files import load_segments
 from propensity.pipeline.jobs.segments import SegmentsResult, known_models
 from propensity.pipeline.jobs.spark import feature_set, load_events
-
-# Spark's simple type names -> the kinds rules compare (segments.kind_of for DuckDB's).
-_SPARK_KINDS = {"string": "string", "boolean": "boolean"}
-_SPARK_NUMBERS = ("tinyint", "smallint", "int", "bigint", "float", "double", "decimal")
-
-
-def _kind(spark_type: str) -> str | None:
-    if spark_type in _SPARK_KINDS:
-        return _SPARK_KINDS[spark_type]
-    return "number" if spark_type.split("(")[0] in _SPARK_NUMBERS else None
 
 
 def qualify_segments(
@@ -55,7 +46,7 @@ def qualify_segments(
     sources = loaded.sources(as_of)
     fs = feature_set(spark, config, before=as_of)
     full = sf.snapshot(spark, fs, as_of, events=sources.events, profiles=sources.profiles)
-    kinds = {f.name: _kind(f.dataType.simpleString()) for f in full.schema.fields}
+    kinds = {f.name: column_kind(f.dataType.simpleString()) for f in full.schema.fields}
     kinds = {name: kind for name, kind in kinds.items() if kind is not None and name != "profile_id"}
     segments = segments_mod.compile_segments(
         definitions.segments, kinds, known_models(config, scores_dir), str(segments_path)
