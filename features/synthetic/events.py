@@ -136,10 +136,27 @@ def emit_realistic_day(
     clock: DayClock,
 ) -> None:
     """The events a realistic day leaves: emails, online sessions with their funnel, store
-    visits and purchases, redeemed offers, push opens and calls. Offline purchases leave none."""
-    rng = clock.rng
+    visits and purchases, redeemed offers, push opens and calls. Offline purchases leave none.
+
+    The steps run in this order because they share one random stream (a replay must draw the
+    same numbers in the same order)."""
     opened, clicked = np.flatnonzero(emails[0]), np.flatnonzero(emails[1])
     campaign = int(calendar.campaign[day])
+    _emit_email_engagement(ev, day, opened, clicked, campaign, clock)
+    known = traits.known_from <= day
+    visits = _open_visits(day, traits, sessions, known, device_offset, clock)
+    _emit_sign_ins(ev, visits, day, traits)
+    _emit_browsing(ev, visits, day, calendar, traits, sessions, clicked, campaign)
+    promo_campaign = int(calendar.promo_campaign[day])
+    _emit_cart_to_purchase(ev, visits, day, calendar, traits, purchases, sessions, promo_campaign)
+    _emit_store(ev, day, calendar, traits, state, purchases, sessions, clock, promo_campaign)
+    _emit_pushes_and_calls(ev, day, traits, state, known, device_offset, clock)
+
+
+def _emit_email_engagement(
+    ev: EventBuffer, day: int, opened: np.ndarray, clicked: np.ndarray, campaign: int, clock: DayClock
+) -> None:
+    """Opens and clicks of the day's campaign email."""
     ev.add(
         opened,
         clock.sessions(day, len(opened)),
@@ -156,39 +173,83 @@ def emit_realistic_day(
         campaign=campaign,
         with_email=True,
     )
-    known = traits.known_from <= day
+
+
+@dataclass
+class _Visits:
+    """The day's online sessions: who, on which device and channel, starting when."""
+
+    online: np.ndarray
+    device: np.ndarray
+    on_app: np.ndarray
+    channel: np.ndarray
+    t0: np.ndarray
+    signed_in: np.ndarray
+    rng: np.random.Generator
+
+    def step(self, k: int, spread: int = 60) -> np.ndarray:
+        """The time of the session's ``k``-th step (90 s apart, jittered)."""
+        return self.t0 + (k * 90 + self.rng.integers(0, spread, len(self.t0))) * MICROS
+
+
+def _open_visits(
+    day: int,
+    traits: Traits,
+    sessions: Sessions,
+    known: np.ndarray,
+    device_offset: np.ndarray,
+    clock: DayClock,
+) -> _Visits:
+    """Each online session's device, app or web, and start time."""
+    rng = clock.rng
     online = sessions.online
     device = pick_device(rng, online, traits.n_devices, device_offset)
     on_app = rng.random(len(online)) < traits.app_share[online]
     channel = np.where(on_app, CH["mobile_app"], CH["web"])
     t0 = clock.sessions(day, len(online))
+    return _Visits(online, device, on_app, channel, t0, known[online], rng)
 
-    def step(k: int, spread: int = 60) -> np.ndarray:
-        return t0 + (k * 90 + rng.integers(0, spread, len(t0))) * MICROS
 
-    signed_in = known[online]
+def _emit_sign_ins(ev: EventBuffer, v: _Visits, day: int, traits: Traits) -> None:
+    """App launches, the day's sign-ups and log-ins on the web."""
+    online, on_app, device, channel, rng = v.online, v.on_app, v.device, v.channel, v.rng
     ev.add(
-        online[on_app], t0[on_app], ET["app_launch"], CH["mobile_app"], device=device[on_app], with_crm=True
+        online[on_app], v.t0[on_app], ET["app_launch"], CH["mobile_app"], device=device[on_app], with_crm=True
     )
     signing_up = traits.known_from[online] == day
     ev.add(
         online[signing_up],
-        step(1)[signing_up],
+        v.step(1)[signing_up],
         ET["signup"],
         channel[signing_up],
         device=device[signing_up],
         with_email=True,
         with_crm=True,
     )
-    logging_in = signed_in & ~signing_up & ~on_app & (rng.random(len(online)) < 0.3)
+    logging_in = v.signed_in & ~signing_up & ~on_app & (rng.random(len(online)) < 0.3)
     ev.add(
         online[logging_in],
-        step(1)[logging_in],
+        v.step(1)[logging_in],
         ET["login"],
         channel[logging_in],
         device=device[logging_in],
         with_email=True,
     )
+
+
+def _emit_browsing(
+    ev: EventBuffer,
+    v: _Visits,
+    day: int,
+    calendar: Calendar,
+    traits: Traits,
+    sessions: Sessions,
+    clicked: np.ndarray,
+    campaign: int,
+) -> None:
+    """Page views (bots view many; a click in the day's email tags them), searches and product
+    views of categories the person likes, as the day's calendar favours them."""
+    online, device, channel, rng = v.online, v.device, v.channel, v.rng
     bot = traits.is_bot[online]
     pages = 1 + rng.poisson(np.where(bot, 3.0, 0.8))
     rep = np.repeat(np.arange(len(online)), pages)
@@ -196,26 +257,42 @@ def emit_realistic_day(
     came_by_email[clicked] = True
     ev.add(
         online[rep],
-        step(2)[rep] + rng.integers(0, 600, len(rep)) * MICROS,
+        v.step(2)[rep] + rng.integers(0, 600, len(rep)) * MICROS,
         ET["page_view"],
         channel[rep],
         device=device[rep],
-        with_crm=(signed_in & on_app)[rep],
+        with_crm=(v.signed_in & v.on_app)[rep],
         campaign=np.where(came_by_email[online[rep]], campaign, -1),
     )
     searching = rng.random(len(online)) < np.where(bot, 0.9, 0.3)
-    ev.add(online[searching], step(3)[searching], ET["search"], channel[searching], device=device[searching])
+    ev.add(
+        online[searching], v.step(3)[searching], ET["search"], channel[searching], device=device[searching]
+    )
     rep = np.repeat(np.arange(len(online)), sessions.views)
     view_cat = choose_category(rng, traits.affinity[online[rep]] * calendar.appeal[day])
     ev.add(
         online[rep],
-        step(4)[rep] + rng.integers(0, 600, len(rep)) * MICROS,
+        v.step(4)[rep] + rng.integers(0, 600, len(rep)) * MICROS,
         ET["product_view"],
         channel[rep],
         device=device[rep],
         category=view_cat,
         sku=_skus(rng, view_cat),
     )
+
+
+def _emit_cart_to_purchase(
+    ev: EventBuffer,
+    v: _Visits,
+    day: int,
+    calendar: Calendar,
+    traits: Traits,
+    purchases: Purchases,
+    sessions: Sessions,
+    promo_campaign: int,
+) -> None:
+    """Carts (some emptied again), checkouts and the online purchases, in the bought category."""
+    online, device, channel, rng = v.online, v.device, v.channel, v.rng
     buying = sessions.buying_online
     carting = sessions.carting
     cart_cat = np.where(buying, purchases.category[online], choose_category(rng, traits.affinity[online]))
@@ -225,7 +302,7 @@ def emit_realistic_day(
     ):
         ev.add(
             online[mask],
-            step(k)[mask],
+            v.step(k)[mask],
             etype,
             channel[mask],
             device=device[mask],
@@ -235,30 +312,43 @@ def emit_realistic_day(
     checking = buying | (carting & (rng.random(len(online)) < 0.2))
     ev.add(
         online[checking],
-        step(16)[checking],
+        v.step(16)[checking],
         ET["checkout"],
         channel[checking],
         device=device[checking],
-        with_email=signed_in[checking],
+        with_email=v.signed_in[checking],
     )
     price = _prices(day, calendar, traits, purchases, online, rng)
     qty = 1 + rng.poisson(0.4, len(online))
-    promo_campaign = int(calendar.promo_campaign[day])
     ev.add(
         online[buying],
-        step(18)[buying],
+        v.step(18)[buying],
         ET["purchase"],
         channel[buying],
         device=device[buying],
         category=cart_cat[buying],
         revenue=np.round(price[buying] * qty[buying], 2),
         quantity=qty[buying].astype(float),
-        with_email=signed_in[buying],
+        with_email=v.signed_in[buying],
         campaign=promo_campaign,
         sku=_skus(rng, cart_cat[buying]),
     )
 
-    # Store: loyalty card = crm_id. Promotions and strong interest come with a redeemed offer.
+
+def _emit_store(
+    ev: EventBuffer,
+    day: int,
+    calendar: Calendar,
+    traits: Traits,
+    state: SimState,
+    purchases: Purchases,
+    sessions: Sessions,
+    clock: DayClock,
+    promo_campaign: int,
+) -> None:
+    """Store visits and purchases (loyalty card = crm_id); promotions and strong interest come
+    with a redeemed offer."""
+    rng = clock.rng
     store = sessions.store
     ev.add(store, clock.sessions(day, len(store)), ET["store_visit"], CH["store"], with_crm=True)
     store_buys = store[purchases.buys[store] & (purchases.channel[store] == STORE)]
@@ -287,6 +377,18 @@ def emit_realistic_day(
         campaign=promo_campaign if promo_campaign >= 0 else last_campaign,
     )
 
+
+def _emit_pushes_and_calls(
+    ev: EventBuffer,
+    day: int,
+    traits: Traits,
+    state: SimState,
+    known: np.ndarray,
+    device_offset: np.ndarray,
+    clock: DayClock,
+) -> None:
+    """Push opens of known app users and calls to the call centre (more with a cart open)."""
+    rng = clock.rng
     n = len(traits)
     pushers = np.flatnonzero(known & traits.has_app & (rng.random(n) < 0.004 * (1 + state.interest)))
     ev.add(
