@@ -30,7 +30,14 @@ import pandas as pd
 
 from propensity.core.config import IdentityConfig
 from propensity.features.contract import CONSENT_COLUMNS
-from propensity.features.identity.graph import ALWAYS, Collapse, group_identities, unsettled_intervals
+from propensity.features.identity.graph import (
+    ALWAYS,
+    Collapse,
+    Grouping,
+    Unsettled,
+    group_identities,
+    unsettled_intervals,
+)
 from propensity.features.sql import sql_ident, sql_string
 
 SEPARATOR = ":"
@@ -95,6 +102,32 @@ def stitch(con: duckdb.DuckDBPyConnection, identity: IdentityConfig, with_profil
     ``profile_key`` numbers the profiles 0, 1, ... in ``profile_id`` order: a compact key for
     this ingest's group-bys and joins, not an identifier to keep (it shifts as profiles come).
     """
+    _identity_nodes(con, identity, with_profiles)
+    # Each row links its first identity to the others (a star: the same components).
+    links = con.execute("""
+        SELECT least(a.idx, b.idx) AS a, greatest(a.idx, b.idx) AS b, min(e.t) AS t FROM (
+            SELECT ids[1] AS a, unnest(ids[2:]) AS b, t FROM id_rows WHERE len(ids) > 1
+        ) e JOIN id_nodes a ON e.a = a.node JOIN id_nodes b ON e.b = b.node
+        GROUP BY ALL ORDER BY a, b
+    """).fetchnumpy()
+    node_table = con.execute("SELECT namespace, t FROM id_nodes ORDER BY idx").fetchnumpy()
+    node_namespace = np.asarray(node_table["namespace"], dtype=object)
+    src, dst = (np.asarray(links[c], dtype=np.int64) for c in ("a", "b"))
+    link_time = np.asarray(links["t"], dtype=np.int64)
+    grouping = group_identities(node_namespace, src, dst, identity)
+    unsettled = unsettled_intervals(
+        grouping, np.asarray(node_table["t"], dtype=np.int64), src, dst, link_time
+    )
+    _write_identity_map(con, grouping)
+    _write_links_and_unsettled(con, src, dst, link_time, unsettled)
+    con.execute("DROP TABLE id_rows")
+    con.execute("DROP TABLE id_nodes")
+    return _stitch_result(con, identity, len(node_namespace), grouping.collapses)
+
+
+def _identity_nodes(con: duckdb.DuckDBPyConnection, identity: IdentityConfig, with_profiles: bool) -> None:
+    """The temp tables ``id_rows`` (each distinct identity tuple of the events and profile
+    rows, first seen when) and ``id_nodes`` (each identity, numbered in order, first seen when)."""
     namespaces = identity.namespaces
     columns = ", ".join(sql_ident(n) for n in namespaces)
     # Distinct identity tuples first: millions of events share a few hundred thousand.
@@ -120,27 +153,16 @@ def stitch(con: duckdb.DuckDBPyConnection, identity: IdentityConfig, with_profil
         FROM (SELECT unnest(ids) AS node, min(t) AS t FROM id_rows GROUP BY node)
         ORDER BY idx
     """)
-    # Each row links its first identity to the others (a star: the same components).
-    links = con.execute("""
-        SELECT least(a.idx, b.idx) AS a, greatest(a.idx, b.idx) AS b, min(e.t) AS t FROM (
-            SELECT ids[1] AS a, unnest(ids[2:]) AS b, t FROM id_rows WHERE len(ids) > 1
-        ) e JOIN id_nodes a ON e.a = a.node JOIN id_nodes b ON e.b = b.node
-        GROUP BY ALL ORDER BY a, b
-    """).fetchnumpy()
-    node_table = con.execute("SELECT namespace, t FROM id_nodes ORDER BY idx").fetchnumpy()
-    node_namespace = np.asarray(node_table["namespace"], dtype=object)
-    src, dst = (np.asarray(links[c], dtype=np.int64) for c in ("a", "b"))
-    link_time = np.asarray(links["t"], dtype=np.int64)
-    grouping = group_identities(node_namespace, src, dst, identity)
-    unsettled = unsettled_intervals(
-        grouping, np.asarray(node_table["t"], dtype=np.int64), src, dst, link_time
-    )
 
+
+def _write_identity_map(con: duckdb.DuckDBPyConnection, grouping: Grouping) -> None:
+    """``identity_map``: every node with its component, its group's profile_id (a hash of the
+    group's smallest node) and profile_key (profiles numbered in profile_id order)."""
     con.register(
         "_node_groups",
         pd.DataFrame(
             {
-                "idx": np.arange(len(node_namespace), dtype=np.int64),
+                "idx": np.arange(len(grouping.group), dtype=np.int64),
                 "grp": grouping.group,
                 "component": grouping.component,
             }
@@ -162,6 +184,16 @@ def stitch(con: duckdb.DuckDBPyConnection, identity: IdentityConfig, with_profil
         ORDER BY profile_id, node
     """)
     con.unregister("_node_groups")
+
+
+def _write_links_and_unsettled(
+    con: duckdb.DuckDBPyConnection,
+    src: np.ndarray,
+    dst: np.ndarray,
+    link_time: np.ndarray,
+    unsettled: Unsettled,
+) -> None:
+    """``identity_links`` (node keys seen together, first when) and ``identity_unsettled``."""
     con.register("_links", pd.DataFrame({"a": src, "b": dst, "t": link_time}))
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE identity_links AS
@@ -179,8 +211,12 @@ def stitch(con: duckdb.DuckDBPyConnection, identity: IdentityConfig, with_profil
         FROM _unsettled ORDER BY component, after NULLS FIRST
     """)
     con.unregister("_unsettled")
-    con.execute("DROP TABLE id_rows")
-    con.execute("DROP TABLE id_nodes")
+
+
+def _stitch_result(
+    con: duckdb.DuckDBPyConnection, identity: IdentityConfig, identities: int, collapses: list[Collapse]
+) -> StitchResult:
+    """Profiles, known profiles and unsettled profiles of the written ``identity_map``."""
     anonymous = ", ".join(sql_string(ns) for ns in identity.anonymous_namespaces) or "''"
     profiles, known, unsettled_profiles = con.execute(f"""
         SELECT count(DISTINCT profile_id),
@@ -192,8 +228,8 @@ def stitch(con: duckdb.DuckDBPyConnection, identity: IdentityConfig, with_profil
     return StitchResult(
         profiles=profiles,
         known_profiles=known,
-        identities=len(node_namespace),
-        collapses=grouping.collapses,
+        identities=identities,
+        collapses=collapses,
         unsettled_profiles=unsettled_profiles,
     )
 

@@ -132,18 +132,7 @@ def realistic_traits(settings: GeneratorSettings, rng: np.random.Generator) -> T
     # Browsing says less about buying than in the easy world.
     activity = 0.5 * intent + 0.85 * rng.normal(0, 1, n)
     affinity = rng.dirichlet(np.full(len(CATEGORIES), 0.5), n)
-    account = rng.random(n)
-    signup_day = rng.integers(0, days, n)
-    known_from = np.where(account < 0.45, -1, np.where(account < 0.62, signup_day, days + 1))
-    if purchase_only:
-        # A transaction log only knows customers.
-        known_from = np.full(n, -1)
-    known_from = np.where(is_bot, days + 1, known_from)
-    has_account = known_from <= days
-    customer_draw = rng.random(n)
-    customer = has_account & (known_from < 0) & (customer_draw < 0.55 + 0.2 * (intent > 0))
-    if purchase_only:
-        customer = customer_draw < 0.9
+    known_from, has_account, customer = _accounts(rng, days, purchase_only, is_bot, intent)
     has_app = ~is_bot & (rng.random(n) < 0.35)
     app_share = np.where(has_app, rng.beta(3, 2, n), 0.0)
     store_goer = has_account & (rng.random(n) < 0.3)
@@ -185,6 +174,27 @@ def realistic_traits(settings: GeneratorSettings, rng: np.random.Generator) -> T
         consent_marketing=consent_marketing,
         consent_personal=consent_personal,
     )
+
+
+def _accounts(
+    rng: np.random.Generator, days: int, purchase_only: bool, is_bot: np.ndarray, intent: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(known_from, has_account, customer): who has an account from the start (-1), signs up
+    on a day, or stays anonymous (days + 1); who already bought before the simulation."""
+    n = len(intent)
+    account = rng.random(n)
+    signup_day = rng.integers(0, days, n)
+    known_from = np.where(account < 0.45, -1, np.where(account < 0.62, signup_day, days + 1))
+    if purchase_only:
+        # A transaction log only knows customers.
+        known_from = np.full(n, -1)
+    known_from = np.where(is_bot, days + 1, known_from)
+    has_account = known_from <= days
+    customer_draw = rng.random(n)
+    customer = has_account & (known_from < 0) & (customer_draw < 0.55 + 0.2 * (intent > 0))
+    if purchase_only:
+        customer = customer_draw < 0.9
+    return known_from, has_account, customer
 
 
 def consents(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -230,6 +240,24 @@ def realistic_calendar(settings: GeneratorSettings, rng: np.random.Generator) ->
     weekday = np.array([d.weekday() for d in dates])
     month = np.array([d.month for d in dates])
     day_of_year = np.array([d.timetuple().tm_yday for d in dates])
+    promo_depth, promo_category, starts = _promotions(dates, rng)
+    theme, campaign, promo_campaign = _emails(weekday, starts, promo_depth, promo_category, rng)
+    appeal, email_effect = _appeal_and_email_effect(month, day_of_year)
+    return Calendar(
+        weekday=weekday,
+        theme=theme,
+        campaign=campaign,
+        promo_depth=promo_depth,
+        promo_category=promo_category,
+        promo_campaign=promo_campaign,
+        season=_season(dates, weekday, month),
+        appeal=appeal,
+        email_effect=email_effect,
+    )
+
+
+def _season(dates: list[dt.date], weekday: np.ndarray, month: np.ndarray) -> np.ndarray:
+    """The day's log-rate effect: weekends, Black Friday, the run-up to Christmas, summer."""
     season = np.select([weekday >= 5, weekday == 4, weekday == 0], [0.3, 0.1, -0.1], 0.0)
     for year in sorted({d.year for d in dates}):
         black_friday = _black_friday(year)
@@ -244,8 +272,13 @@ def realistic_calendar(settings: GeneratorSettings, rng: np.random.Generator) ->
             elif date.month == 12 and date.day in (25, 26):
                 season[i] -= 0.8
     season += np.where((month >= 7) & (month <= 8), -0.1, 0.0)
+    return season
 
-    # Promotions: about one a month (3-5 days), plus Black Friday; half are category sales.
+
+def _promotions(dates: list[dt.date], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(depth, category, start days): about one a month (3-5 days), plus Black Friday; half
+    are category sales."""
+    days = len(dates)
     promo_depth = np.zeros(days)
     promo_category = np.full(days, -1)
     starts = []
@@ -264,8 +297,19 @@ def realistic_calendar(settings: GeneratorSettings, rng: np.random.Generator) ->
             promo_depth[i], promo_category[i] = 0.3, -1
             if date == black_friday:
                 starts.append(i)
+    return promo_depth, promo_category, starts
 
-    # Emails: a themed newsletter every Tuesday, and an announcement when a promotion starts.
+
+def _emails(
+    weekday: np.ndarray,
+    starts: list[int],
+    promo_depth: np.ndarray,
+    promo_category: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(theme, campaign, promotion campaign): a themed newsletter every Tuesday, and an
+    announcement when a promotion starts (its campaign runs as long as the promotion)."""
+    days = len(weekday)
     theme = np.full(days, -1)
     campaign = np.full(days, -1)
     promo_campaign = np.full(days, -1)
@@ -281,9 +325,13 @@ def realistic_calendar(settings: GeneratorSettings, rng: np.random.Generator) ->
                     promo_campaign[run] = next_id
                     run += 1
             next_id += 1
+    return theme, campaign, promo_campaign
 
-    # Category seasons (yoga after New Year, running in spring, hiking in summer) and drift:
-    # yoga's appeal grows through the period, email clicks move people less and less.
+
+def _appeal_and_email_effect(month: np.ndarray, day_of_year: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Category seasons (yoga after New Year, running in spring, hiking in summer) and drift:
+    yoga's appeal grows through the period, email clicks move people less and less."""
+    days = len(month)
     phase = 2 * np.pi * (day_of_year - 1) / 365.25
     appeal = np.ones((days, len(CATEGORIES)))
     appeal[:, 0] *= 1 + 0.35 * (month == 1)
@@ -292,14 +340,4 @@ def realistic_calendar(settings: GeneratorSettings, rng: np.random.Generator) ->
     progress = np.arange(days) / max(days - 1, 1)
     appeal[:, YOGA] *= 1 + 0.9 * progress
     email_effect = 1.0 - 0.55 * progress
-    return Calendar(
-        weekday=weekday,
-        theme=theme,
-        campaign=campaign,
-        promo_depth=promo_depth,
-        promo_category=promo_category,
-        promo_campaign=promo_campaign,
-        season=season,
-        appeal=appeal,
-        email_effect=email_effect,
-    )
+    return appeal, email_effect

@@ -39,7 +39,9 @@ from propensity.features.synthetic.world import (
     PURCHASE_CHANNELS,
     SKUS_PER_CATEGORY,
     TIERS,
+    Calendar,
     GeneratorSettings,
+    Traits,
 )
 
 # Bumped whenever a replay of the same settings would no longer repeat the written run.
@@ -286,23 +288,60 @@ def _profiles_table(sim: Simulation, test_accounts: int) -> pa.Table:
     )
 
 
+_PARQUET = {"compression": "zstd"}
+
+
 def _write_ground_truth(directory: Path, sim: Simulation, shared_pairs: np.ndarray) -> None:
-    settings, tr, cal = sim.settings, sim.traits, sim.calendar
-    n, days = settings.profiles, settings.days
-    dates = np.datetime64(settings.start) + np.arange(days).astype("timedelta64[D]")
-    parquet = {"compression": "zstd"}
+    """What the simulation knows and the events do not show: each day's purchase probability,
+    traits, identities, every purchase (recorded or not), the calendar and the settings."""
+    settings = sim.settings
+    dates = np.datetime64(settings.start) + np.arange(settings.days).astype("timedelta64[D]")
     if sim.daily_probability is not None:
-        # Person-major order: Parquet then run-length encodes person_id and day almost for free.
-        probability = pa.table(
-            {
-                "person_id": pa.array(np.repeat(np.arange(n, dtype=np.int32), days)),
-                "day": pa.array(np.tile(dates, n)),
-                "probability": pa.array(np.ascontiguousarray(sim.daily_probability.T).reshape(-1)),
-            }
-        )
-        pq.write_table(
-            probability, directory / "daily_purchase_probability.parquet", row_group_size=4_000_000, **parquet
-        )
+        _write_daily_probability(directory, sim.daily_probability, dates, settings.profiles)
+    _write_traits(directory, sim.traits, settings.profiles)
+    _write_person_identities(directory, sim.traits, settings.profiles, settings.days, shared_pairs)
+    bought = sim.purchases
+    purchases = pa.table(
+        {
+            "person_id": bought["person"],
+            "day": pa.array(dates[bought["day"]]),
+            "channel": PURCHASE_CHANNELS[bought["channel"]],
+            "category": CATEGORIES[bought["category"]],
+            "recorded": bought["channel"] != OFFLINE,
+        }
+    )
+    pq.write_table(purchases, directory / "purchases.parquet", **_PARQUET)
+    _write_calendar(directory, sim.calendar, dates)
+    settings_json = {k: str(v) if k == "start" else v for k, v in dataclasses.asdict(settings).items()}
+    meta = {
+        "simulator_version": SIMULATOR_VERSION,
+        "settings": settings_json,
+        # A replay checks it repeats the run: purchases drawn per day (recorded or not).
+        "daily_purchases": np.bincount(bought["day"], minlength=settings.days).tolist(),
+    }
+    (directory / "simulation.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+
+
+def _write_daily_probability(
+    directory: Path, daily_probability: np.ndarray, dates: np.ndarray, n: int
+) -> None:
+    """Each person's purchase probability on each day (days x people; the oracle's target)."""
+    days = len(dates)
+    # Person-major order: Parquet then run-length encodes person_id and day almost for free.
+    probability = pa.table(
+        {
+            "person_id": pa.array(np.repeat(np.arange(n, dtype=np.int32), days)),
+            "day": pa.array(np.tile(dates, n)),
+            "probability": pa.array(np.ascontiguousarray(daily_probability.T).reshape(-1)),
+        }
+    )
+    pq.write_table(
+        probability, directory / "daily_purchase_probability.parquet", row_group_size=4_000_000, **_PARQUET
+    )
+
+
+def _write_traits(directory: Path, tr: Traits, n: int) -> None:
+    """Each person's latent traits."""
     traits = {"person_id": np.arange(n, dtype=np.int32)}
     for i, category in enumerate(CATEGORIES):
         traits[f"affinity_{category}"] = tr.affinity[:, i].astype(np.float32)
@@ -317,9 +356,13 @@ def _write_ground_truth(directory: Path, sim: Simulation, shared_pairs: np.ndarr
         "offline_share",
     ):
         traits[name] = getattr(tr, name)
-    pq.write_table(pa.table(traits), directory / "person_traits.parquet", **parquet)
+    pq.write_table(pa.table(traits), directory / "person_traits.parquet", **_PARQUET)
 
-    # Each person's own devices and crm_id, plus devices they used that belong to someone else.
+
+def _write_person_identities(
+    directory: Path, tr: Traits, n: int, days: int, shared_pairs: np.ndarray
+) -> None:
+    """Each person's own devices and crm_id, plus devices they used that belong to someone else."""
     person_of_device = np.repeat(np.arange(n, dtype=np.int32), tr.n_devices)
     device_numbers = np.concatenate([np.arange(len(person_of_device)), shared_pairs[:, 1]])
     ecids = _device_ids(int(tr.n_devices.sum())).take(pa.array(device_numbers))
@@ -331,19 +374,11 @@ def _write_ground_truth(directory: Path, sim: Simulation, shared_pairs: np.ndarr
             "value": pa.concat_arrays([ecids, _strings("C", known + 100_000, 7)]),
         }
     )
-    pq.write_table(identities, directory / "person_identities.parquet", **parquet)
+    pq.write_table(identities, directory / "person_identities.parquet", **_PARQUET)
 
-    bought = sim.purchases
-    purchases = pa.table(
-        {
-            "person_id": bought["person"],
-            "day": pa.array(dates[bought["day"]]),
-            "channel": PURCHASE_CHANNELS[bought["channel"]],
-            "category": CATEGORIES[bought["category"]],
-            "recorded": bought["channel"] != OFFLINE,
-        }
-    )
-    pq.write_table(purchases, directory / "purchases.parquet", **parquet)
+
+def _write_calendar(directory: Path, cal: Calendar, dates: np.ndarray) -> None:
+    """The calendar the simulation lived through: weekdays, campaigns, promotions, seasons."""
     calendar = {
         "day": dates,
         "weekday": cal.weekday,
@@ -358,12 +393,4 @@ def _write_ground_truth(directory: Path, sim: Simulation, shared_pairs: np.ndarr
     }
     for i, category in enumerate(CATEGORIES):
         calendar[f"appeal_{category}"] = cal.appeal[:, i]
-    pq.write_table(pa.table(calendar), directory / "calendar.parquet", **parquet)
-    settings_json = {k: str(v) if k == "start" else v for k, v in dataclasses.asdict(settings).items()}
-    meta = {
-        "simulator_version": SIMULATOR_VERSION,
-        "settings": settings_json,
-        # A replay checks it repeats the run: purchases drawn per day (recorded or not).
-        "daily_purchases": np.bincount(bought["day"], minlength=days).tolist(),
-    }
-    (directory / "simulation.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    pq.write_table(pa.table(calendar), directory / "calendar.parquet", **_PARQUET)
