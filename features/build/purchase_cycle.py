@@ -8,7 +8,7 @@ so one snapshot and stacked snapshots compute them alike.
 
 from __future__ import annotations
 
-from propensity.features.build.feature_set import Feature, safe_ratio
+from propensity.features.build.feature_set import Aggregate, Feature, safe_ratio
 
 
 def purchase_cycle_features(
@@ -19,11 +19,8 @@ def purchase_cycle_features(
     the lookback (``name_format`` "" for all purchases, else e.g. ``category_{}_yoga``)."""
     named = (lambda base: name_format.format(base)) if name_format else (lambda base: base)
     first, last = agg(purchases, "first_day", None), agg(purchases, "last_day", None)
-    days, orders, value = (
-        agg(purchases, "active_days", None),
-        agg(purchases, "sum", None),
-        agg(revenue, "sum", None),
-    )
+    days, orders = agg(purchases, "active_days", None), agg(purchases, "sum", None)
+    value = agg(revenue, "sum", None)
     mean_gap = f"CAST({last.name} - {first.name} AS DOUBLE) / ({days.name} - 1)"
     out = [
         Feature(
@@ -72,23 +69,26 @@ def purchase_cycle_features(
     ]
     if not name_format:
         out.append(_purchase_day_dispersion(agg, purchases, first, family))
-        squares = agg("order_value_squared", "sum", None)
-        # Sample standard deviation from exact sums: n, sum and sum of squares.
-        spread = (
-            f"CASE WHEN {orders.name} >= 2 THEN sqrt(greatest(CAST({squares.name} AS DOUBLE) - "
-            f"CAST({value.name} AS DOUBLE) * CAST({value.name} AS DOUBLE) / {orders.name}, 0) "
-            f"/ ({orders.name} - 1)) END"
-        )
-        out.append(
-            Feature(
-                "order_value_std",
-                "Spread (standard deviation) of order values, lookback",
-                family,
-                spread,
-                (squares, value, orders),
-            )
-        )
+        out.append(_order_value_spread(agg, value, orders, family))
     return out
+
+
+def _order_value_spread(agg, value: Aggregate, orders: Aggregate, family: str) -> Feature:
+    """The sample standard deviation of order values, from exact sums: n, sum and sum of
+    squares (of order values capped as the registry's ``order_value_squared`` measure says)."""
+    squares = agg("order_value_squared", "sum", None)
+    spread = (
+        f"CASE WHEN {orders.name} >= 2 THEN sqrt(greatest(CAST({squares.name} AS DOUBLE) - "
+        f"CAST({value.name} AS DOUBLE) * CAST({value.name} AS DOUBLE) / {orders.name}, 0) "
+        f"/ ({orders.name} - 1)) END"
+    )
+    return Feature(
+        "order_value_std",
+        "Spread (standard deviation) of order values, lookback",
+        family,
+        spread,
+        (squares, value, orders),
+    )
 
 
 def _purchase_day_dispersion(agg, purchases: str, first, family: str) -> Feature:
