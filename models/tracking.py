@@ -16,6 +16,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
@@ -196,12 +197,7 @@ def promote(
     unless ``force``.
     """
     if version is not None:
-        mv = version_for(client, name, version=version)
-        refusal = None if force else _loses_to_baseline(client, mv, metric)
-        if refusal:
-            return Promotion(False, mv.version, refusal)
-        client.set_registered_model_alias(name, CHAMPION, mv.version)
-        return Promotion(True, mv.version, f"version {mv.version} promoted explicitly")
+        return _promote_version(client, name, metric, version, force)
     challenger = version_for(client, name, alias=CHALLENGER)
     refusal = None if force else _loses_to_baseline(client, challenger, metric)
     if refusal:
@@ -220,6 +216,29 @@ def promote(
         )
     if champion.version == challenger.version:
         return Promotion(False, champion.version, f"challenger v{challenger.version} is already champion")
+    return _challenge(client, name, metric, min_improvement, challenger, champion, new)
+
+
+def _promote_version(client: MlflowClient, name: str, metric: str, version: str, force: bool) -> Promotion:
+    """Move ``champion`` to ``version`` unless it loses to the best baseline (or ``force``)."""
+    mv = version_for(client, name, version=version)
+    refusal = None if force else _loses_to_baseline(client, mv, metric)
+    if refusal:
+        return Promotion(False, mv.version, refusal)
+    client.set_registered_model_alias(name, CHAMPION, mv.version)
+    return Promotion(True, mv.version, f"version {mv.version} promoted explicitly")
+
+
+def _challenge(
+    client: MlflowClient,
+    name: str,
+    metric: str,
+    min_improvement: float,
+    challenger: ModelVersion,
+    champion: ModelVersion,
+    new: float | None,
+) -> Promotion:
+    """The challenger (scoring ``new``) takes ``champion`` when better by ``min_improvement``."""
     # Best: the champion scored on the challenger's own test snapshot when it was trained.
     run = client.get_run(challenger.run_id) if challenger.run_id else None
     same_snapshot = run is not None and run.data.tags.get("compared_champion_version") == str(

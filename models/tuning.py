@@ -92,16 +92,8 @@ def search_lightgbm(
     def objective(trial: optuna.Trial) -> float:
         began = time.perf_counter()
         params = {**fixed, **search_space(trial, training.lightgbm)}
-        booster = lgb.train(
-            params,
-            train_set,
-            num_boost_round=rounds,
-            valid_sets=[valid_set],
-            valid_names=["valid"],
-            callbacks=[lgb.early_stopping(training.early_stopping_rounds, verbose=False)],
-        )
-        p = booster.predict(valid_matrix, num_iteration=booster.best_iteration)
-        value = score(metric, y_valid, p)
+        booster = _fit_trial(params, rounds, train_set, valid_set, training.early_stopping_rounds)
+        value = score(metric, y_valid, booster.predict(valid_matrix, num_iteration=booster.best_iteration))
         seconds = round(time.perf_counter() - began, 2)
         trials.append(
             {
@@ -137,6 +129,20 @@ def search_lightgbm(
         trials=trials,
         timed_out=len(trials) < tuning.trials,
         seconds=time.perf_counter() - start,
+    )
+
+
+def _fit_trial(
+    params: dict, rounds: int, train_set: lgb.Dataset, valid_set: lgb.Dataset, early_stopping_rounds: int
+) -> lgb.Booster:
+    """One trial's booster, stopped early on the validation rows."""
+    return lgb.train(
+        params,
+        train_set,
+        num_boost_round=rounds,
+        valid_sets=[valid_set],
+        valid_names=["valid"],
+        callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False)],
     )
 
 

@@ -207,23 +207,8 @@ def build_snapshots(
     dates = [day_number(d) for d in sorted(set(as_ofs))]
     if not dates:
         raise ValueError("build_snapshots needs at least one as-of date")
-    aggregates = "SELECT * FROM _snapshot_aggregates"
     skip = reattributed.skip if reattributed is not None else {}
-    if skip:
-        con.register(
-            "_snapshot_skip",
-            pa.table(
-                {
-                    "profile_key": np.concatenate(list(skip.values())).astype(np.int32),
-                    "as_of_day": np.repeat(
-                        np.array(list(skip), dtype=np.int32), [len(k) for k in skip.values()]
-                    ),
-                }
-            ),
-        )
-        aggregates = (
-            "SELECT a.* FROM _snapshot_aggregates a ANTI JOIN _snapshot_skip USING (profile_key, as_of_day)"
-        )
+    aggregates = _kept_aggregates(con, skip)
     join_key = "profile_key" if keys == "profiles" else "profile_id"
     for start in range(0, len(dates), per_batch):
         stacked = window_kernel(pk, days, values, fs, dates[start : start + per_batch])
@@ -234,6 +219,23 @@ def build_snapshots(
     if reattributed is not None and len(reattributed.key_days):
         _insert_reattributed(con, fs, reattributed, table, where)
     return con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+
+
+def _kept_aggregates(con: duckdb.DuckDBPyConnection, skip: dict[int, np.ndarray]) -> str:
+    """The query of the kernel's aggregates to keep: all, or (registering ``_snapshot_skip``)
+    all but the profile keys ``skip`` lists per as-of day."""
+    if not skip:
+        return "SELECT * FROM _snapshot_aggregates"
+    con.register(
+        "_snapshot_skip",
+        pa.table(
+            {
+                "profile_key": np.concatenate(list(skip.values())).astype(np.int32),
+                "as_of_day": np.repeat(np.array(list(skip), dtype=np.int32), [len(k) for k in skip.values()]),
+            }
+        ),
+    )
+    return "SELECT a.* FROM _snapshot_aggregates a ANTI JOIN _snapshot_skip USING (profile_key, as_of_day)"
 
 
 def _insert_reattributed(

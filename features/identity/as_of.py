@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from propensity.core.config import IdentityConfig
 from propensity.features.contract import CONSENT_COLUMNS
-from propensity.features.identity.graph import group_identities
+from propensity.features.identity.graph import Grouping, group_identities
 from propensity.features.identity.stitching import SEPARATOR, attributes_sql
 from propensity.features.sql import sql_ident, sql_string
 
@@ -118,8 +118,18 @@ class IdentityGraph:
         new = sorted(set(as_ofs) - built)
         if not new:
             return
-        con = self.con
         days = ", ".join(f"(DATE '{d}')" for d in new)
+        self._unsettled_vertices(days)
+        self._insert_profiles(self._group_vertices())
+        self.con.execute(f"INSERT INTO identity_as_of_dates VALUES {days}")
+        self.con.execute("DROP TABLE _vertices")
+        self.con.execute("DROP TABLE _unsettled_nodes")
+
+    def _unsettled_vertices(self, days: str) -> None:
+        """``_unsettled_nodes``: the nodes of components unsettled at each new date (their
+        profiles go to ``identity_as_of_changed``); ``_vertices``: those seen before the date,
+        numbered in (date, node) order."""
+        con = self.con
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE _unsettled_nodes AS
             WITH components AS (
@@ -138,6 +148,10 @@ class IdentityGraph:
             SELECT (row_number() OVER (ORDER BY as_of, node_key) - 1)::BIGINT AS vertex, *
             FROM _unsettled_nodes WHERE first_seen IS NULL OR first_seen < as_of
         """)
+
+    def _group_vertices(self) -> Grouping:
+        """The vertices grouped into profiles by the links seen before their date."""
+        con = self.con
         vertices = con.execute("SELECT namespace, node_key FROM _vertices ORDER BY vertex").fetchnumpy()
         # A link is never older than its identities, so both ends are vertices of its date.
         links = con.execute("""
@@ -147,13 +161,19 @@ class IdentityGraph:
             JOIN _vertices vb ON vb.node_key = l.b AND vb.as_of = va.as_of
             WHERE l.first_seen IS NULL OR l.first_seen < va.as_of
         """).fetchnumpy()
-        grouping = group_identities(
+        return group_identities(
             np.asarray(vertices["namespace"], dtype=object),
             np.asarray(links["a"], dtype=np.int64),
             np.asarray(links["b"], dtype=np.int64),
             self.identity,
             names=np.asarray(vertices["node_key"], dtype=np.int64),
         )
+
+    def _insert_profiles(self, grouping: Grouping) -> None:
+        """Each vertex's profile_id at its date into ``identity_as_of``: the final profile's id
+        when the group is exactly its final profile's nodes seen so far, else a hash of the
+        group's smallest identity."""
+        con = self.con
         con.register(
             "_vertex_groups", pa.table({"vertex": np.arange(len(grouping.group)), "grp": grouping.group})
         )
@@ -181,10 +201,7 @@ class IdentityGraph:
             FROM n JOIN named USING (grp)
             ORDER BY n.as_of, n.node_key
         """)
-        con.execute(f"INSERT INTO identity_as_of_dates VALUES {days}")
         con.unregister("_vertex_groups")
-        con.execute("DROP TABLE _vertices")
-        con.execute("DROP TABLE _unsettled_nodes")
 
     def changed_keys(self, as_of: dt.date) -> np.ndarray:
         """Final ``profile_key``\\ s whose events are attributed again at ``as_of``."""

@@ -216,22 +216,7 @@ def unsettled_intervals(
     comp = np.concatenate([component[keep_nodes], forest_comp[keep_links]])
     rank = np.concatenate([node_rank[keep_nodes], forest_rank[keep_links]])
     delta = np.concatenate([np.ones(keep_nodes.sum(), np.int64), -np.ones(keep_links.sum(), np.int64)])
-    split = np.zeros(0, np.int64)
-    if len(comp):
-        order = np.lexsort((rank, comp))
-        comp, rank, delta = comp[order], rank[order], delta[order]
-        new_step = np.concatenate([[True], (comp[1:] != comp[:-1]) | (rank[1:] != rank[:-1])])
-        steps = np.flatnonzero(new_step)
-        comp, rank = comp[steps], rank[steps]
-        pieces = np.cumsum(np.add.reduceat(delta, steps))
-        # Every component ends as one piece, so earlier components add one each to the
-        # running count: subtract their number to count each component's own pieces.
-        earlier = np.zeros(len(comp), np.int64)
-        firsts = np.flatnonzero(np.concatenate([[True], comp[1:] != comp[:-1]]))
-        earlier[firsts] = np.arange(len(firsts))
-        pieces -= np.maximum.accumulate(earlier)
-        # Pieces after step k hold for as-of times in (time of step k, time of step k + 1].
-        split = np.flatnonzero((pieces[:-1] >= 2) & (comp[:-1] == comp[1:]))
+    comp, rank, split = _split_steps(comp, rank, delta)
 
     guarded = np.flatnonzero(grouping.guarded & (sizes > 0))
     last = np.full(n_components, -1, np.int64)
@@ -243,3 +228,30 @@ def unsettled_intervals(
         after=np.concatenate([times[rank[split]], np.full(len(guarded), ALWAYS, np.int64)]),
         until=np.concatenate([times[rank[split + 1]], times[last[guarded]]]),
     )
+
+
+def _split_steps(
+    comp: np.ndarray, rank: np.ndarray, delta: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per component, the time steps at which its piece count changes (``delta``: +1 per node,
+    -1 per forest link, at its time rank), and which steps leave it in two or more pieces.
+
+    Returns (component, rank) per step and the indices of the split steps.
+    """
+    if not len(comp):
+        return comp, rank, np.zeros(0, np.int64)
+    order = np.lexsort((rank, comp))
+    comp, rank, delta = comp[order], rank[order], delta[order]
+    new_step = np.concatenate([[True], (comp[1:] != comp[:-1]) | (rank[1:] != rank[:-1])])
+    steps = np.flatnonzero(new_step)
+    comp, rank = comp[steps], rank[steps]
+    pieces = np.cumsum(np.add.reduceat(delta, steps))
+    # Every component ends as one piece, so earlier components add one each to the
+    # running count: subtract their number to count each component's own pieces.
+    earlier = np.zeros(len(comp), np.int64)
+    firsts = np.flatnonzero(np.concatenate([[True], comp[1:] != comp[:-1]]))
+    earlier[firsts] = np.arange(len(firsts))
+    pieces -= np.maximum.accumulate(earlier)
+    # Pieces after step k hold for as-of times in (time of step k, time of step k + 1].
+    split = np.flatnonzero((pieces[:-1] >= 2) & (comp[:-1] == comp[1:]))
+    return comp, rank, split
