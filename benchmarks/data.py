@@ -15,8 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from propensity.core.config import ProjectConfig
-from propensity.features.synthetic.simulator import GeneratorSettings
-from propensity.features.synthetic.writer import generate
+from propensity.features.synthetic import GeneratorSettings, generate
 from propensity.pipeline.jobs import ingest as ingest_jobs
 
 DATA = Path(__file__).parent / ".data"

@@ -29,8 +29,13 @@ from pathlib import Path
 import pandas as pd
 
 from propensity.core.config import EngineConfig, ProjectConfig
-from propensity.features.build import event_queries, snapshot_dates, sql_compiler, stacked_build
-from propensity.features.build.registry import build_registry
+from propensity.features.build import (
+    build_registry,
+    event_queries,
+    snapshot_dates,
+    sql_compiler,
+    stacked_build,
+)
 from propensity.pipeline.jobs import features as feature_jobs
 from propensity.pipeline.jobs import ingest as ingest_jobs
 

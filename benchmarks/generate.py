@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from propensity.features.synthetic.simulator import GeneratorSettings
-from propensity.features.synthetic.writer import generate
+from propensity.features.synthetic import GeneratorSettings, generate
 
 DATA = Path(__file__).parent / ".data"
 

@@ -28,8 +28,7 @@ DATA = Path(__file__).parent / ".data"
 
 def generate(out: Path, customers: int, days: int, seed: int) -> str:
     """Order-only events in ``out``; returns which generator wrote them."""
-    from propensity.features.synthetic.simulator import GeneratorSettings
-    from propensity.features.synthetic.writer import generate
+    from propensity.features.synthetic import GeneratorSettings, generate
 
     try:
         settings = GeneratorSettings(profiles=customers, days=days, seed=seed, scenario="purchase_only")

@@ -19,7 +19,7 @@ import pandas as pd
 
 from propensity.features.build.sql_compiler import snapshot_sql
 from propensity.features.build.stacked_build import build_snapshots
-from propensity.features.identity.as_of import IdentityGraph
+from propensity.features.identity import IdentityGraph
 from propensity.features.identity.graph import ALWAYS, group_identities, unsettled_intervals
 from propensity.features.sql import sql_string
 

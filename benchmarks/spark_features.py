@@ -28,8 +28,7 @@ from propensity.core.config import EngineConfig, ProjectConfig
 from propensity.features.build import event_queries, sql_compiler
 from propensity.features.spark import features as sf
 from propensity.features.spark.session import spark_session
-from propensity.features.synthetic.simulator import GeneratorSettings
-from propensity.features.synthetic.writer import generate
+from propensity.features.synthetic import GeneratorSettings, generate
 from propensity.pipeline.jobs import features as feature_jobs
 from propensity.pipeline.jobs import ingest as ingest_jobs
 from propensity.pipeline.jobs import spark as spark_jobs

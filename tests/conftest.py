@@ -11,8 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from propensity.core.config import ProjectConfig
-from propensity.features.synthetic.simulator import GeneratorSettings
-from propensity.features.synthetic.writer import generate
+from propensity.features.synthetic import GeneratorSettings, generate
 from propensity.pipeline.cli.app import app
 from propensity.pipeline.jobs import ingest as ingest_jobs
 from propensity.pipeline.jobs import score as score_jobs

@@ -16,8 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from propensity.core.config import FeatureConfig
-from propensity.features.build import sql_compiler, stacked_build
-from propensity.features.build.registry import build_registry
+from propensity.features.build import build_registry, sql_compiler, stacked_build
 
 AS_OF = dt.date(2025, 6, 1)
 CONFIG = FeatureConfig(categories=["yoga", "running"])

@@ -124,8 +124,7 @@ def test_generated_data_stitches_sign_ins(luma_small, config):
 
 
 def test_identity_count_is_point_in_time(tmp_path):
-    from propensity.features.build import sql_compiler
-    from propensity.features.build.registry import build_registry
+    from propensity.features.build import build_registry, sql_compiler
 
     _ingest(tmp_path, SARAH, profiles=[{"crm_id": "C1", "email": "sarah@example.com"}])
     loaded = ingest_jobs.load_events(tmp_path / "out", ProjectConfig())
@@ -246,8 +245,8 @@ def test_a_link_made_after_as_of_leaves_the_snapshot_at_as_of_alone(tmp_path):
 
 def test_outcomes_count_for_the_first_identity_known_at_as_of(tmp_path):
     from propensity.core.config import OutcomeConfig
+    from propensity.features.build import build_registry
     from propensity.features.build.labels import labelled_sql, outcome_filter
-    from propensity.features.build.registry import build_registry
     from propensity.features.build.sql_compiler import snapshot_sql
 
     rows = [

@@ -12,10 +12,10 @@ from propensity.core.config import ModelConfig, OutcomeConfig, ProjectConfig, Tr
 from propensity.features.build import model_features, snapshot_dates, training_frame
 from propensity.features.build.event_queries import data_end
 from propensity.features.build.labels import labelled_sql
+from propensity.features.synthetic import GeneratorSettings, generate, simulate
 from propensity.features.synthetic.oracle import no_counted_purchase_probability, oracle_probabilities
-from propensity.features.synthetic.simulator import GeneratorSettings, replay, simulate
+from propensity.features.synthetic.simulator import replay
 from propensity.features.synthetic.world import CATEGORIES, OFFLINE
-from propensity.features.synthetic.writer import generate
 from propensity.models import evaluate as ev
 from propensity.models.train import fit_candidates, split
 from propensity.pipeline.jobs import features as feature_jobs

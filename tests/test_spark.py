@@ -28,11 +28,11 @@ from propensity.core.config import EngineConfig, IdentityConfig, ProjectConfig, 
 from propensity.core.errors import UserError  # noqa: E402
 from propensity.features.build import build_registry, sql_compiler, training_frame  # noqa: E402
 from propensity.features.connection import connect  # noqa: E402
+from propensity.features.identity import IdentityGraph  # noqa: E402
 from propensity.features.identity import stitching as duck_identity  # noqa: E402
-from propensity.features.identity.as_of import IdentityGraph  # noqa: E402
-from propensity.features.ingest.inputs import resolve_input  # noqa: E402
-from propensity.features.ingest.staging import stage_events as duck_stage_events  # noqa: E402
-from propensity.features.ingest.staging import stage_profiles as duck_stage_profiles  # noqa: E402
+from propensity.features.ingest import resolve_input  # noqa: E402
+from propensity.features.ingest import stage_events as duck_stage_events  # noqa: E402
+from propensity.features.ingest import stage_profiles as duck_stage_profiles  # noqa: E402
 from propensity.features.spark import features as spark_features  # noqa: E402
 from propensity.features.spark import identity as spark_identity  # noqa: E402
 from propensity.features.spark.as_of import SparkIdentityGraph  # noqa: E402

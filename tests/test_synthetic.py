@@ -9,9 +9,8 @@ import pandas as pd
 import pytest
 
 from propensity.core.errors import UserError
-from propensity.features.synthetic.simulator import GeneratorSettings, simulate
+from propensity.features.synthetic import GeneratorSettings, generate, simulate
 from propensity.features.synthetic.world import CATEGORIES, OFFLINE, YOGA
-from propensity.features.synthetic.writer import generate
 from tests.conftest import invoke
 
 
