@@ -6,7 +6,7 @@ Generates (or reuses) N synthetic profiles (default 1M, ~20M events) and ingests
 with DuckDB, then builds the full registry's feature table at the day after the data:
 
   * duckdb: ``sql_compiler.snapshot_sql`` (the plan DuckDB picks), materialised as a table;
-  * spark: ``spark_features.snapshot`` (the daily-rollup plan), executed to a no-op sink;
+  * spark: ``features.spark.features.snapshot`` (the daily-rollup plan), executed to a no-op sink;
     twice: the first run pays Spark's code generation for a query of ~300 aggregates, the
     second is what every later run of the same query costs.
 

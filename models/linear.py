@@ -186,7 +186,7 @@ class LinearPropensityModel:
 
     def predict_and_explain(self, table: pa.Table, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Calibrated probabilities and the ``k`` strongest contributions of an Arrow feature table
-        (the interface of :meth:`PropensityModel.predict_and_explain`)."""
+        (the interface of :meth:`propensity.models.estimator.PropensityModel.predict_and_explain`)."""
         matrix = self.matrix(table.to_pandas())
         probability = self.calibrator.transform(self._raw_from_matrix(matrix))
         if k <= 0:

@@ -94,3 +94,22 @@ def test_report_images_cut_every_chart_of_a_report_and_write_the_gallery(tmp_pat
     assert "![Calibration](docs/images/02_calibration.png)" in readme.read_text()
     missing = invoke(runner, "docs", "report-images", str(tmp_path / "nope.html"), "--out", str(out))
     assert missing.exit_code == 2 and "no such report" in missing.output
+
+
+def test_readme_layout_lists_each_module_of_core_features_and_models_once():
+    """One row a module for ``core/``, ``features/`` (the Spark wing aside) and ``models/``: a
+    new, moved or deleted module shows up here before a newcomer is misled."""
+    layout = (
+        (ROOT / "README.md").read_text(encoding="utf-8").split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    )
+    rows = [line.split("|")[1].strip() for line in layout.splitlines() if line.startswith("| `")]
+    listed = [row.strip("`") for row in rows if row.startswith(("`core/", "`features/", "`models/"))]
+    mine = [row for row in listed if not row.startswith("features/spark/")]
+    assert all("`" not in row for row in mine), "one module a row"
+    on_disk = sorted(
+        p.relative_to(ROOT).as_posix()
+        for folder in ("core", "features", "models")
+        for p in (ROOT / folder).rglob("*.py")
+        if p.name != "__init__.py" and "spark" not in p.relative_to(ROOT).parts
+    )
+    assert sorted(mine) == on_disk

@@ -183,7 +183,7 @@ def build_snapshots(
     pass over it (``features.build.kernels``): no re-scan of the events, no join that copies the
     rollup once per snapshot. Snapshots go through the pass in batches whose output fits
     ``BATCH_BYTES``; ``where`` (a rule over ``f.`` feature columns, e.g. a population) keeps
-    only the rows a caller needs. Values equal :func:`snapshots_sql` (the engine-neutral form,
+    only the rows a caller needs. Values equal :func:`.sql_compiler.snapshots_sql` (the engine-neutral form,
     used on Spark); the tests hold them to it. Returns the number of rows.
 
     With ``reattributed`` (:meth:`features.identity.as_of.IdentityGraph.reattributed`), each

@@ -285,7 +285,7 @@ class RealisticDynamics:
 class EasyDynamics:
     """The original world's daily transition (interest, open cart, time since purchase).
 
-    Formulas and probabilities are those of ``simulator_easy``'s generator loop; only the
+    Formulas and probabilities are those of the generator loop in :mod:`.easy`; only the
     order of the random draws differs, which a continuation does not need to share.
     """
 

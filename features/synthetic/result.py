@@ -38,7 +38,7 @@ class PurchaseLog:
 class Simulation:
     """A finished (or replayed) run.
 
-    ``events`` holds event columns as codes (see ``simulator_events.COLUMNS``), empty on a
+    ``events`` holds event columns as codes (see ``features.synthetic.events.COLUMNS``), empty on a
     replay; ``states`` the state at the start of each requested day; ``rng`` the random
     stream the writer continues with (duplicates, shared devices, profile attributes).
     """

@@ -2,7 +2,7 @@
 
 ``simulate(settings)`` runs the world the settings name and returns a :class:`Simulation`
 (events as codes, every purchase including unrecorded ones, daily probabilities); it writes
-nothing (see ``synthetic_io``). ``replay(settings, days)`` reruns the same world without
+nothing (see :mod:`.writer`). ``replay(settings, days)`` reruns the same world without
 events and returns its state at the start of the given days, which is what the oracle
 continues from.
 
