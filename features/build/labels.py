@@ -43,7 +43,7 @@ def order_value_feature(fs: FeatureSet) -> str:
     return windows[-1][1]
 
 
-def usual_order_value(fs: FeatureSet, outcome: OutcomeConfig) -> str:
+def order_value_to_beat(fs: FeatureSet, outcome: OutcomeConfig) -> str:
     """The feature an upsell order must exceed (:func:`order_value_feature` when the outcome
     asks for it; the 365-day average otherwise, which the label then does not read)."""
     return order_value_feature(fs) if outcome.above_average_order_value else "average_order_value_365d"

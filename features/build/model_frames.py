@@ -15,7 +15,7 @@ import pandas as pd
 from propensity.core.config import ModelConfig
 from propensity.core.errors import UserError
 from propensity.features.build.feature_set import FeatureSet
-from propensity.features.build.labels import labelled_sql, outcome_filter, usual_order_value
+from propensity.features.build.labels import labelled_sql, order_value_to_beat, outcome_filter
 from propensity.features.build.population import population_rule
 from propensity.features.build.snapshots import horizon_passed, snapshot_dates
 from propensity.features.build.sql_compiler import snapshot_sql
@@ -49,7 +49,7 @@ def population_snapshot_sql(
     )
     if not horizon_passed(as_of, model.outcome.horizon_days, cutoff):
         return sql, False
-    usual = usual_order_value(fs, model.outcome)
+    usual = order_value_to_beat(fs, model.outcome)
     outcomes = (
         graph.outcomes_sql(outcome_filter(model.outcome), model.outcome.horizon_days, [as_of], graph.events)
         if graph is not None
@@ -106,7 +106,7 @@ def training_frame(
         "SELECT * FROM snapshot_features",
         model.outcome,
         events="events_seen",
-        usual_order_value=usual_order_value(fs, model.outcome),
+        usual_order_value=order_value_to_beat(fs, model.outcome),
         outcomes=outcomes,
     )
     frame = con.execute(sql).df()
