@@ -4,6 +4,10 @@ Each declaration is a measure, aggregates over windows and a feature expression
 (:mod:`propensity.features.build.feature_set`), all plain SQL fragments that DuckDB and Spark SQL
 both accept.
 
+One function per family (activity, recency, monetary, funnel, channel, category, purchase
+cycles, trend, profile) declares its features; :func:`build_registry` composes them in the
+feature table's column order. Which of them a model trains on is :mod:`.selection`'s business.
+
 Because the aggregates read the same measure columns whether they come from raw events or
 from the daily rollup, one compiled query serves one snapshot straight off the events and
 many stacked snapshots off the rollup, with identical values.
@@ -175,19 +179,13 @@ def recency_features() -> list[Feature]:
     first, last = _agg("events", "first_day", None), _agg("events", "last_day", None)
     out = [
         Feature(
-            "days_since_first_event",
-            "Days since the first event",
+            f"days_since_{which}_event",
+            f"Days since the {which} event",
             "recency",
-            f"as_of_day - {first.name}",
-            (first,),
-        ),
-        Feature(
-            "days_since_last_event",
-            "Days since the last event",
-            "recency",
-            f"as_of_day - {last.name}",
-            (last,),
-        ),
+            f"as_of_day - {a.name}",
+            (a,),
+        )
+        for which, a in (("first", first), ("last", last))
     ]
     for t in ACTIVITY_EVENT_TYPES:
         a = _agg(t, "last_day", None)
