@@ -432,3 +432,129 @@ def test_data_driven_attribution_finds_the_simulated_order_where_rules_do_not():
     assert result.conversions_without_touch == int(
         (sim.events.groupby("profile_id")["event_type"].agg(lambda s: list(s) == ["purchase"])).sum()
     )
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def _images_decode(html: str) -> int:
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    assert not re.search(r"(src|href)=\"(?!data:)", html)  # nothing fetched from anywhere
+    images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', html)
+    for alt, data in images:
+        with Image.open(io.BytesIO(base64.b64decode(data))) as image:
+            image.verify()
+            assert image.size[0] > 100 and image.size[1] > 100, alt
+    return len(images)
+
+
+def test_journey_commands_write_tables_html_and_mlflow_runs(luma_small, runner, tracking, tmp_path):
+    import json
+
+    import mlflow
+
+    from tests.conftest import invoke
+    from tests.test_report import _rendered_in_browser
+
+    funnel_out = tmp_path / "funnel"
+    result = invoke(
+        runner,
+        "funnel",
+        "product_view[category=yoga] > add_to_cart > checkout > purchase",
+        "--events",
+        str(luma_small),
+        "--window",
+        "14d",
+        "--by",
+        "channel",
+        "--out",
+        str(funnel_out),
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.output.strip().splitlines()[-1])
+    steps = pd.read_parquet(funnel_out / "funnel_steps.parquet")
+    whole = steps[steps["group"] == "all"]
+    assert facts["entrants"] == whole["entrants"].tolist()
+    assert whole["entrants"].is_monotonic_decreasing and whole["entrants"].iloc[0] > 50
+    # Every unit is in exactly one channel group, so the groups add up to the whole.
+    per_group = steps[steps["group"] != "all"].groupby("step")["entrants"].sum()
+    assert per_group.tolist() == whole["entrants"].tolist()
+    units = pd.read_parquet(funnel_out / "funnel_units.parquet")
+    assert len(units) == facts["units"] == whole["entrants"].iloc[0]
+    fallout = pd.read_parquet(funnel_out / "funnel_fallout.parquet")
+    assert set(fallout["step"]) <= {2, 3, 4} and len(fallout)
+
+    paths_out = tmp_path / "paths"
+    result = invoke(
+        runner, "paths", "purchase", "--events", str(luma_small), "--out", str(paths_out), "--depth", "3"
+    )
+    assert result.exit_code == 0, result.output
+    paths = pd.read_parquet(paths_out / "paths.parquet")
+    counted = pd.read_parquet(paths_out / "paths_counted.parquet")
+    assert paths["path"].str.endswith("[purchase]").all()
+    assert paths["profiles"].iloc[0] == counted["profiles"].max()
+
+    attribution_out = tmp_path / "attribution"
+    result = invoke(
+        runner,
+        "attribution",
+        "purchase",
+        "--events",
+        str(luma_small),
+        "--lookback",
+        "30d",
+        "--since",
+        "2025-05-01",
+        "--bootstrap",
+        "40",
+        "--out",
+        str(attribution_out),
+    )
+    assert result.exit_code == 0, result.output
+    credit = pd.read_parquet(attribution_out / "attribution.parquet")
+    facts = json.loads((attribution_out / "journey.json").read_text())
+    touched = facts["conversions"] - facts["conversions_without_touch"]
+    for method, group in credit.groupby("method"):
+        assert group["credit"].sum() == pytest.approx(touched), method
+
+    for out, expected in ((funnel_out, 2), (paths_out, 1), (attribution_out, 1)):
+        html = (out / "journey.html").read_text()
+        images = _images_decode(html)
+        assert images >= expected
+        rendered = _rendered_in_browser(out / "journey.html")
+        if rendered is not None:  # a headless Chromium here: every chart renders in it too
+            assert len(rendered) == images
+            assert all(image["complete"] and image["width"] > 0 for image in rendered), rendered
+
+    mlflow.set_tracking_uri(tracking)
+    runs = mlflow.search_runs(experiment_names=["journeys"])
+    assert {"funnel", "paths", "attribution"} <= set(runs["tags.step"])
+    latest = runs[runs["tags.step"] == "attribution"].iloc[0]
+    assert latest["metrics.conversions"] == facts["conversions"]
+
+
+def test_journey_commands_give_one_line_errors(luma_small, runner, tmp_path):
+    from tests.conftest import invoke
+
+    result = invoke(
+        runner, "funnel", "product_view[colour=red] > purchase", "--events", str(luma_small), "--no-track"
+    )
+    assert (
+        result.exit_code == 2 and "no column 'colour'" in result.output and "Traceback" not in result.output
+    )
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "precious.txt").write_text("keep me")
+    result = invoke(
+        runner, "paths", "purchase", "--events", str(luma_small), "--out", str(taken), "--no-track"
+    )
+    assert result.exit_code == 2 and "not a journey output" in result.output
+    assert (taken / "precious.txt").read_text() == "keep me"
+    result = invoke(runner, "funnel", "a > b", "--window", "soon", "--events", str(luma_small), "--no-track")
+    assert result.exit_code == 2 and "--window" in result.output
