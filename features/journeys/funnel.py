@@ -142,7 +142,7 @@ def funnel_units_sql(
         ctes.append(f"levels AS (SELECT *, {done} AS done FROM ev)")
         reached = [f"min(CASE WHEN done >= {k + 1} THEN t END) AS t_{k}" for k in range(n)]
         open_row = f"t > {end_us} - {W} AND done < {n}"
-        first = "done >= 1 AND m0"
+        first = "done >= 1 AND (" + " OR ".join(f"m{i}" for i in range(n)) + ")"
     else:
         previous = "l0"
         ctes.append("l0 AS (SELECT *, CASE WHEN m0 THEN t END AS s0 FROM ev)")
