@@ -28,6 +28,12 @@ class Dialect:
     quote: str
     string_type: str
     micros_function: str
+    struct_function: str
+    asof_join: bool  # ASOF JOIN ... ON a.t > b.t (DuckDB); else windows do its work
+
+    def pair(self, a: str, b: str) -> str:
+        """A comparable (a, b) pair: ordered by a, then b."""
+        return f"{self.struct_function}({a}, {b})"
 
     def ident(self, name: str) -> str:
         """A quoted identifier."""
@@ -43,8 +49,8 @@ class Dialect:
         return f"TIMESTAMP '{text}'"
 
 
-DUCKDB = Dialect("duckdb", '"', "VARCHAR", "epoch_us")
-SPARK = Dialect("spark", "`", "STRING", "unix_micros")
+DUCKDB = Dialect("duckdb", '"', "VARCHAR", "epoch_us", "row", asof_join=True)
+SPARK = Dialect("spark", "`", "STRING", "unix_micros", "struct", asof_join=False)
 
 
 class Runner(Protocol):

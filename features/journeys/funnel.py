@@ -86,11 +86,13 @@ def funnel_units_sql(
     dialect: Dialect,
     since: dt.datetime | None = None,
     columns: set[str] | None = None,
+    first_channel: bool = True,
 ) -> str:
     """One row per unit that reached the first step: ``profile_id``, ``session``, ``t_0`` ..
     ``t_{n-1}`` (microseconds when the unit first reached each step, NULL if never),
     ``open_chain`` (1 when a chain can still advance at ``end``), ``session_end`` and
-    ``first_channel`` (the channel of the first step's event, the smallest on a tie)."""
+    ``first_channel`` (the channel of the first step's event, the smallest on a tie; NULL
+    without ``first_channel``, which then never reads the column)."""
     q = dialect.ident
     n, W = len(spec.steps), spec.window_seconds * MICROS
     end_us = f"{dialect.micros(dialect.timestamp(end))}"
@@ -99,14 +101,20 @@ def funnel_units_sql(
     where = f"{q('timestamp')} < {dialect.timestamp(end)}"
     if since is not None:
         where += f" AND {q('timestamp')} >= {dialect.timestamp(since)}"
-    tiebreak = (
-        f"{q('event_type')}, {q('event_id')}" if columns is None or "event_id" in columns else q("event_type")
-    )
+    # Strict mode orders ties by type and event id; the other modes never need the id.
+    has_id = columns is None or "event_id" in columns
+    tiebreak = f", {q('event_id')} AS _tb" if spec.mode == "strict" and has_id else ""
+    # Without sessions or strict order only the events of a step or an exclusion matter: the
+    # scan filters them (on the column values, before the flags are computed).
+    narrow = spec.mode != "strict" and not spec.session_gap_seconds
+    prefilter = " AND (" + " OR ".join(steps + excluded) + ")" if narrow else ""
+    channel = q("channel") if first_channel else f"CAST(NULL AS {dialect.string_type})"
+    event_type = f", {q('event_type')} AS et" if spec.mode == "strict" else ""
     ctes = [
         f"base AS (SELECT {q('profile_id')} AS pid, {dialect.micros(q('timestamp'))} AS t, "
-        f"{q('event_type')} AS et, {q('channel')} AS ch, {tiebreak} AS _tb, "
+        f"{channel} AS ch{event_type}{tiebreak}, "
         + ", ".join(flags)
-        + f" FROM {events} WHERE {where} AND {q('profile_id')} IS NOT NULL)"
+        + f" FROM {events} WHERE {where} AND {q('profile_id')} IS NOT NULL{prefilter})"
     ]
     # Sessions need every event (a gap is a gap whatever happens in it); then only the
     # events that match a step or an exclusion go on, unless strict mode needs them all.
@@ -122,15 +130,18 @@ def funnel_units_sql(
         )
         ctes.append("sessioned AS (SELECT *, max(t) OVER (PARTITION BY pid, sn) AS se FROM sess)")
         source = "sessioned"
+    elif spec.mode == "ordered":
+        source = "base"  # one unit per profile: no session columns
     else:
         ctes.append(
             f"sessioned AS (SELECT *, CAST(0 AS BIGINT) AS sn, CAST({end_us} AS BIGINT) AS se FROM base)"
         )
         source = "sessioned"
+    unit = "pid" if source == "base" else "pid, sn"
     matched = " OR ".join([f"m{i}" for i in range(n)] + [f"x{j}" for j in range(len(excluded))])
-    keep = "" if spec.mode == "strict" else f" WHERE {matched}"
+    keep = "" if spec.mode == "strict" or narrow else f" WHERE {matched}"
     epochs = "".join(
-        f", sum(CASE WHEN x{j} THEN 1 ELSE 0 END) OVER (PARTITION BY pid, sn ORDER BY t "
+        f", sum(CASE WHEN x{j} THEN 1 ELSE 0 END) OVER (PARTITION BY {unit} ORDER BY t "
         f"RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS xe{j}"
         for j in range(len(excluded))
     )
@@ -143,23 +154,17 @@ def funnel_units_sql(
         reached = [f"min(CASE WHEN done >= {k + 1} THEN t END) AS t_{k}" for k in range(n)]
         open_row = f"t > {end_us} - {W} AND done < {n}"
         first = "done >= 1 AND (" + " OR ".join(f"m{i}" for i in range(n)) + ")"
-    else:
+    elif spec.mode == "ordered":
+        return _ordered_sql(spec, ctes, dialect, end_us, len(excluded))
+    else:  # strict: only consecutive events of the unit chain
         previous = "l0"
         ctes.append("l0 AS (SELECT *, CASE WHEN m0 THEN t END AS s0 FROM ev)")
         for k in range(1, n):
-            guard = "".join(f", xe{j}" for j, x in enumerate(spec.exclusions) if x.first < k <= x.last)
-            if spec.mode == "strict":
-                window = "PARTITION BY pid, sn ORDER BY t, _tb"
-                raw = (
-                    f"CASE WHEN m{k} AND t - lag(t) OVER ({window}) <= {spec.limit_micros(k)} "
-                    f"THEN lag(s{k - 1}) OVER ({window}) END"
-                )
-            else:
-                frame = (
-                    f"PARTITION BY pid, sn{guard} ORDER BY t "
-                    f"RANGE BETWEEN {spec.limit_micros(k)} PRECEDING AND 1 PRECEDING"
-                )
-                raw = f"CASE WHEN m{k} THEN max(s{k - 1}) OVER ({frame}) END"
+            window = f"PARTITION BY pid, sn ORDER BY t, et{', _tb' if has_id else ''}"
+            raw = (
+                f"CASE WHEN m{k} AND t - lag(t) OVER ({window}) <= {spec.limit_micros(k)} "
+                f"THEN lag(s{k - 1}) OVER ({window}) END"
+            )
             ctes.append(
                 f"l{k} AS (SELECT *, CASE WHEN r{k} >= t - {W} THEN r{k} END AS s{k} "
                 f"FROM (SELECT *, {raw} AS r{k} FROM {previous}) AS q{k})"
@@ -167,25 +172,18 @@ def funnel_units_sql(
             previous = f"l{k}"
         reached = [f"min(CASE WHEN s{k} IS NOT NULL THEN t END) AS t_{k}" for k in range(n)]
         # A chain at level k can still advance when its window and step k+1's limit are
-        # open at the end of the data (strict: and nothing came after its last event).
-        last = (
-            " AND lead(t) OVER (PARTITION BY pid, sn ORDER BY t, _tb) IS NULL"
-            if spec.mode == "strict"
-            else ""
-        )
+        # open at the end of the data and nothing came after its last event.
+        last = f" AND lead(t) OVER (PARTITION BY pid, sn ORDER BY t, et{', _tb' if has_id else ''}) IS NULL"
         open_row = " OR ".join(
             f"(s{k} IS NOT NULL AND s{k} > {end_us} - {W} "
             f"AND t > {end_us} - {spec.limit_micros(k + 1)}{last})"
             for k in range(n - 1)
         )
-        if last:
-            ctes.append(f"levels AS (SELECT *, CASE WHEN {open_row} THEN 1 ELSE 0 END AS op FROM {previous})")
-            open_row = "op = 1"
-        else:
-            ctes.append(f"levels AS (SELECT * FROM {previous})")
+        ctes.append(f"levels AS (SELECT *, CASE WHEN {open_row} THEN 1 ELSE 0 END AS op FROM {previous})")
+        open_row = "op = 1"
         first = "s0 IS NOT NULL"
     width = 20
-    first_channel = (
+    first_sql = (
         f"min(CASE WHEN {first} THEN lpad(CAST(t AS {dialect.string_type}), {width}, '0') "
         f"|| coalesce(ch, '') END) AS fc"
     )
@@ -193,7 +191,7 @@ def funnel_units_sql(
         "units AS (SELECT pid, sn, "
         + ", ".join(reached)
         + f", max(CASE WHEN {open_row} THEN 1 ELSE 0 END) AS open_chain, "
-        f"max(se) AS session_end, {first_channel} "
+        f"max(se) AS session_end, {first_sql} "
         "FROM levels GROUP BY pid, sn)"
     )
     columns_out = ", ".join(f"t_{k}" for k in range(n))
@@ -202,6 +200,90 @@ def funnel_units_sql(
         + ",\n".join(ctes)
         + f"\nSELECT pid AS profile_id, sn AS session, {columns_out}, open_chain, session_end, "
         f"nullif(substring(fc, {width + 1}), '') AS first_channel FROM units WHERE t_0 IS NOT NULL"
+    )
+
+
+def _ordered_sql(spec: FunnelSpec, ctes: list[str], dialect: Dialect, end_us: str, exclusions: int) -> str:
+    """The ordered funnel after ``ev``: one relation per step of the events where a chain
+    reaches it, with the chain's latest start ``s``.
+
+    A chain's latest start never decreases along a unit's events of one step (a later event
+    has every earlier predecessor and more), so the best predecessor of an event is simply
+    the latest earlier event of the step before (in the same exclusion epoch): an ``ASOF``
+    join on DuckDB, a running ``max`` on engines without one (the same rows). Step k's pass
+    sees only the chains of step k-1 and the events of step k of the units that have such
+    chains: later steps cost less, not more.
+    """
+    n, W = len(spec.steps), spec.window_seconds * MICROS
+    keys = ["pid", "sn"] if spec.session_gap_seconds else ["pid"]
+    key = ", ".join(keys)
+    xs = "".join(f", xe{j}" for j in range(exclusions))
+    se = ", se" if spec.session_gap_seconds else ""
+    ctes.append(f"lv0 AS (SELECT {key}, t, t AS s, ch{se}{xs} FROM ev WHERE m0)")
+    for k in range(1, n):
+        guards = [f"xe{j}" for j, x in enumerate(spec.exclusions) if x.first < k <= x.last]
+        limit = spec.limit_micros(k)
+        # Step k's events, of the profiles with a chain at step k-1 only.
+        candidates = f"SELECT {key}, t{xs} FROM ev WHERE m{k}"
+        if dialect.asof_join:
+            # A hash join on the unit, the latest start among the earlier chains in reach
+            # (by the monotony above, the latest chain's): what a hand-written DuckDB funnel does.
+            on = " AND ".join(f"e.{c} = p.{c}" for c in keys + guards)
+            ex = "".join(f", e.xe{j}" for j in range(exclusions))
+            group = ", ".join(f"e.{c}" for c in keys) + ", e.t" + ex
+            ctes.append(
+                f"lv{k} AS (SELECT {group}, max(p.s) AS s FROM ({candidates}) AS e "
+                f"JOIN lv{k - 1} AS p ON {on} AND p.t < e.t AND p.t >= e.t - {limit} AND p.s >= e.t - {W} "
+                f"GROUP BY {group})"
+            )
+        else:
+            # The latest earlier chain within the step limit: a sliding max when the limit is
+            # tighter than the window, else a running one (an older start fails the check).
+            lower = f"{limit} PRECEDING" if limit < W else "UNBOUNDED PRECEDING"
+            frame = (
+                f"PARTITION BY {', '.join(keys + guards)} ORDER BY t RANGE BETWEEN {lower} AND 1 PRECEDING"
+            )
+            ctes.append(
+                f"lv{k} AS (SELECT {key}, t, r AS s{xs} FROM ("
+                f"SELECT *, CASE WHEN is_k THEN max(s) OVER ({frame}) END AS r FROM ("
+                f"SELECT {key}, t, s{xs}, false AS is_k FROM lv{k - 1} UNION ALL "
+                f"SELECT {key}, t, CAST(NULL AS BIGINT) AS s{xs}, true AS is_k FROM ({candidates}"
+                f" AND pid IN (SELECT pid FROM lv{k - 1})) AS c{k}"
+                f") AS u{k}) AS w{k} WHERE is_k AND r >= t - {W})"
+            )
+    nothing = "CAST(NULL AS BIGINT)"
+    extra = f", {nothing} AS se" if se else ""
+    union = " UNION ALL ".join(
+        f"SELECT {key}, t, s, {k} AS lvl, "
+        + (f"ch{se}" if k == 0 else f"CAST(NULL AS {dialect.string_type}) AS ch{extra}")
+        + f" FROM lv{k}"
+        for k in range(n)
+    )
+    # A chain at step k can still advance when its window and step k+1's limit are open at
+    # the end of the data.
+    open_row = " OR ".join(
+        f"(lvl = {k} AND s > {end_us} - {W} AND t > {end_us} - {spec.limit_micros(k + 1)})"
+        for k in range(n - 1)
+    )
+    reached = ", ".join(f"min(CASE WHEN lvl = {k} THEN t END) AS t_{k}" for k in range(n))
+    # The first step's channel: of its earliest event, the smallest channel on a tie.
+    channel = "coalesce(ch, '')"
+    first = (
+        f"min_by(CASE WHEN lvl = 0 THEN {channel} END, "
+        f"CASE WHEN lvl = 0 THEN {dialect.pair('t', channel)} END) AS fc"
+    )
+    session_end = "max(se)" if se else f"CAST({end_us} AS BIGINT)"
+    session = "sn" if spec.session_gap_seconds else "CAST(0 AS BIGINT)"
+    columns_out = ", ".join(f"t_{k}" for k in range(n))
+    ctes.append(
+        f"units AS (SELECT {key}, {reached}, max(CASE WHEN {open_row} THEN 1 ELSE 0 END) AS open_chain, "
+        f"{session_end} AS session_end, {first} FROM ({union}) AS levels GROUP BY {key})"
+    )
+    return (
+        "WITH "
+        + ",\n".join(ctes)
+        + f"\nSELECT pid AS profile_id, {session} AS session, {columns_out}, open_chain, session_end, "
+        "nullif(fc, '') AS first_channel FROM units"
     )
 
 
@@ -375,11 +457,13 @@ def run_funnel(
     events: str,
     end: dt.datetime,
     since: dt.datetime | None = None,
+    first_channel: bool = True,
 ) -> FunnelUnits:
-    """The funnel's units on one engine (the columns of ``events`` checked first)."""
+    """The funnel's units on one engine (the columns of ``events`` checked first; without
+    ``first_channel`` the first step's channel is not looked up: "(none)" for every unit)."""
     columns = runner.columns(events)
     for needed in ("profile_id", "timestamp", "event_type", "channel"):
         if needed not in columns:
             raise UserError(f"funnel: the events have no column '{needed}'")
-    sql = funnel_units_sql(spec, events, end, runner.dialect, since, columns)
+    sql = funnel_units_sql(spec, events, end, runner.dialect, since, columns, first_channel)
     return units_from_arrow(runner.query(sql), spec, end)

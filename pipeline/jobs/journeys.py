@@ -217,7 +217,8 @@ def run_funnel(
     _check_out(out)
     with journey_data(events, config, as_of) as data:
         since_at = dt.datetime.combine(since, dt.time()) if since else None
-        units = funnel_mod.run_funnel(data.runner, spec, data.events, data.end, since_at)
+        # The first step's channel is read only for a breakdown by it.
+        units = funnel_mod.run_funnel(data.runner, spec, data.events, data.end, since_at, by == "channel")
         table = _summarise_groups(units, spec, _breakdown(data, units, by))
         data.runner.register("journey_fallen", funnel_mod.fallen_units(units))
         rows = data.runner.query(
