@@ -95,6 +95,7 @@ def touches_sql(
         FROM u LEFT JOIN e
           ON e.pid = u.pid AND e.tp AND e.t < coalesce(u.ct, {end_us})
          AND e.t >= coalesce(u.ct, {end_us}) - {lookback}
+        ORDER BY 1, 3, 4
     """
 
 
@@ -115,25 +116,46 @@ class Paths:
         return len(self.profile_id)
 
 
+def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list]:
+    """Dense codes of a column's values in sorted order (so the same values always get the
+    same codes, whatever the engine's row order), and the sorted values."""
+    import pyarrow.compute as pc
+
+    values = pc.unique(column.drop_null() if column.null_count else column)
+    values = values.take(pc.sort_indices(values))
+    codes = pc.index_in(column, value_set=values).to_numpy(zero_copy_only=False)
+    return codes, values.to_pylist()
+
+
 def paths_from_arrow(table: pa.Table) -> Paths:
     """The rows of :func:`touches_sql` as :class:`Paths` (deterministic whatever the row order)."""
-    frame = table.to_pandas()
-    people = frame[["profile_id", "converted_at"]].drop_duplicates("profile_id")
-    people = people.sort_values("profile_id", kind="stable").reset_index(drop=True)
-    index = pd.Index(people["profile_id"])
-    touches = frame[frame["touch"].notna()]
-    channels = sorted(touches["touch"].unique().tolist())
-    codes = pd.Index(channels)
-    path = index.get_indexer(touches["profile_id"]).astype(np.int64)
-    channel = codes.get_indexer(touches["touch"]).astype(np.int64)
-    time = touches["t"].to_numpy(dtype=np.int64)
-    order = np.lexsort((channel, time, path))
-    converted_at = people["converted_at"].fillna(-1).to_numpy(dtype=np.int64)
+    import pyarrow.compute as pc
+
+    table = table.combine_chunks()
+    path, profiles = _codes(table.column("profile_id"))
+    n = len(profiles)
+    converted_at = np.full(n, -1, dtype=np.int64)
+    at = table.column("converted_at").fill_null(-1).to_numpy()
+    converted_at[path] = at  # the same for every row of a profile
+    touched = pc.is_valid(table.column("touch")).to_numpy(zero_copy_only=False)
+    touches = table.filter(pa.array(touched))
+    channel, channels = _codes(touches.column("touch"))
+    path = path[touched].astype(np.int64)
+    channel = channel.astype(np.int64)
+    time = touches.column("t").to_numpy().astype(np.int64)
+    # The query returns the rows in this order already; sort only when an engine did not.
+    same_path, same_time = path[1:] == path[:-1], time[1:] == time[:-1]
+    ordered = (
+        (path[1:] > path[:-1])
+        | (same_path & (time[1:] > time[:-1]))
+        | (same_path & same_time & (channel[1:] >= channel[:-1]))
+    ).all()
+    order = slice(None) if ordered else np.lexsort((channel, time, path))
     return Paths(
-        profile_id=people["profile_id"].to_numpy(dtype=object),
+        profile_id=np.asarray(profiles, dtype=object),
         converted=converted_at >= 0,
         converted_at=converted_at,
-        channels=channels,
+        channels=[str(c) for c in channels],
         touch_path=path[order],
         touch_channel=channel[order],
         touch_time=time[order],

@@ -29,7 +29,7 @@ class Dialect:
     string_type: str
     micros_function: str
     struct_function: str
-    asof_join: bool  # ASOF JOIN ... ON a.t > b.t (DuckDB); else windows do its work
+    join_steps: bool  # funnel steps by a hash join on the unit (DuckDB); else by windows
 
     def pair(self, a: str, b: str) -> str:
         """A comparable (a, b) pair: ordered by a, then b."""
@@ -49,8 +49,8 @@ class Dialect:
         return f"TIMESTAMP '{text}'"
 
 
-DUCKDB = Dialect("duckdb", '"', "VARCHAR", "epoch_us", "row", asof_join=True)
-SPARK = Dialect("spark", "`", "STRING", "unix_micros", "struct", asof_join=False)
+DUCKDB = Dialect("duckdb", '"', "VARCHAR", "epoch_us", "row", join_steps=True)
+SPARK = Dialect("spark", "`", "STRING", "unix_micros", "struct", join_steps=False)
 
 
 class Runner(Protocol):

@@ -208,11 +208,12 @@ def _ordered_sql(spec: FunnelSpec, ctes: list[str], dialect: Dialect, end_us: st
     reaches it, with the chain's latest start ``s``.
 
     A chain's latest start never decreases along a unit's events of one step (a later event
-    has every earlier predecessor and more), so the best predecessor of an event is simply
-    the latest earlier event of the step before (in the same exclusion epoch): an ``ASOF``
-    join on DuckDB, a running ``max`` on engines without one (the same rows). Step k's pass
-    sees only the chains of step k-1 and the events of step k of the units that have such
-    chains: later steps cost less, not more.
+    has every earlier predecessor and more), so the latest start among the earlier chains of
+    the step before (in reach, in the same exclusion epoch) is the latest earlier chain's.
+    DuckDB takes the max over a hash join on the unit (what a hand-written DuckDB funnel
+    does: as fast); Spark a running max over a window (no pairs, whatever a unit's size):
+    the same rows. Step k's pass sees only the chains of step k-1 and the events of step k:
+    later steps cost less, not more.
     """
     n, W = len(spec.steps), spec.window_seconds * MICROS
     keys = ["pid", "sn"] if spec.session_gap_seconds else ["pid"]
@@ -225,7 +226,7 @@ def _ordered_sql(spec: FunnelSpec, ctes: list[str], dialect: Dialect, end_us: st
         limit = spec.limit_micros(k)
         # Step k's events, of the profiles with a chain at step k-1 only.
         candidates = f"SELECT {key}, t{xs} FROM ev WHERE m{k}"
-        if dialect.asof_join:
+        if dialect.join_steps:
             # A hash join on the unit, the latest start among the earlier chains in reach
             # (by the monotony above, the latest chain's): what a hand-written DuckDB funnel does.
             on = " AND ".join(f"e.{c} = p.{c}" for c in keys + guards)
