@@ -6,12 +6,14 @@ strictly later than the one before, fits in the funnel window (first to last ste
 each step's own time limit after the previous step. Among chains ending at an event, the one
 that started latest is the best for everything that follows (it leaves the most window), so
 one number per event and step is enough: ``s_k`` = the latest start of a chain ending there.
-``s_k`` is a windowed ``max(s_{k-1})`` over the events in the previous ``min(limit, window)``
-(a ``RANGE`` frame), kept when the start is within the window: one window pass per step over
-the matching events only, so 32 or 64 steps grow the query linearly, never as a join of
-steps. Exclusion events split a unit's events into epochs (a running count); the steps
-they guard only chain inside one epoch. ``strict`` chains only consecutive events of the
-unit; ``any`` order counts the distinct steps done within a window ending at each event.
+``s_k`` is the largest ``s_{k-1}`` of the unit's earlier step-(k-1) events within
+``min(limit, window)``, kept when the start is within the window (:func:`_ordered_sql`: a
+join of step k's events to the step before's chains on DuckDB, a running max over a window on
+Spark). One pass per step over that step's events only, so 32 or 64 steps grow the query
+linearly, never as a join of all steps. Exclusion events split a unit's events into epochs
+(a running count); the steps they guard only chain inside one epoch. ``strict`` chains only
+consecutive events of the unit; ``any`` order counts the distinct steps done within a window
+ending at each event.
 
 **The figures.** Per step: entrants (units that reached it), units still in progress (they
 reached the step before, and a chain of theirs can still advance: its window and step limit
