@@ -37,11 +37,11 @@ lint: $(STAMP)
 # own: one JVM, one process.
 test: lint $(SPARK_STAMP)
 	$(BIN)/pytest -n 2 --dist loadgroup -q
-	$(BIN)/pytest -p no:xdist -q -m spark tests/test_spark.py
+	$(BIN)/pytest -p no:xdist -q -m spark tests/test_spark.py tests/test_journeys_spark.py
 
 # Spark in local mode against DuckDB alone (needs Java 17+).
 test-spark: $(SPARK_STAMP)
-	$(BIN)/pytest -p no:xdist -q -m spark tests/test_spark.py
+	$(BIN)/pytest -p no:xdist -q -m spark tests/test_spark.py tests/test_journeys_spark.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/generate.py

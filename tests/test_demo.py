@@ -51,11 +51,15 @@ def test_demo_tells_the_story(demo_run):
         "score PSI",
         "6. Sarah",
         "7. report",
+        "8. journeys",
+        "Yoga funnel",
+        "What drives yoga purchases",
     ):
         assert fragment in text, fragment
     assert (demo / "ingested" / "events.parquet").is_file()
     assert len(list((demo / "scores").glob("model=*/as_of=*/part-0.parquet"))) == 6
     assert any((demo / "exports").rglob("*.csv")) and (demo / "reports" / "upsell.html").is_file()
+    assert (demo / "journeys" / "attribution" / "journey.html").is_file()
     summary = json.loads((demo / "demo.json").read_text())
     assert summary["sarah"] and set(summary["models"]) == {"conversion", "upsell", "churn"}
 
@@ -72,6 +76,7 @@ def test_notebook_is_stored_without_outputs(path):
 def test_notebook_runs_on_the_demo(path, demo_run, monkeypatch):
     result, demo = demo_run
     assert result.exit_code == 0, result.output[-3000:]
+    assert (demo / "journeys" / "attribution" / "journey.html").is_file()
     summary = json.loads((demo / "demo.json").read_text())
     # The kernel inherits the environment: the demo's directory and MLflow database.
     monkeypatch.setenv("PROPENSITY_DEMO", str(demo))

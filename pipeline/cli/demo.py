@@ -24,6 +24,7 @@ from propensity.features.sql import sql_string
 from propensity.features.synthetic.simulator import GeneratorSettings
 from propensity.features.synthetic.writer import generate
 from propensity.models import tracking
+from propensity.pipeline.cli import journey_demo
 from propensity.pipeline.cli.printing import (
     print_buckets,
     print_explanation,
@@ -55,6 +56,7 @@ class DemoResult:
     buckets: dict[str, dict[str, int]] = field(default_factory=dict)  # per model, at the latest as-of
     sarah: str | None = None
     report: Path | None = None
+    journeys: dict[str, Any] = field(default_factory=dict)
 
 
 def _step(console: Console, title: str) -> None:
@@ -229,6 +231,10 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
     report = report_jobs.write_report("upsell", config, out / "reports" / "upsell.html", scores_dir=scores)
     result.report = report.path
     console.print(f"{report.path} ({report.figures} charts): open it in a browser")
+
+    _step(console, "8. journeys")
+    upsell_scores = scores / "model=upsell" / f"as_of={latest}"
+    result.journeys = journey_demo.run(ingested, config, out / "journeys", upsell_scores, latest, console)
 
     result.seconds = time.perf_counter() - started
     # What notebooks and the README's pictures start from (notebooks/feature_importance.ipynb).
