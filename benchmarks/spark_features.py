@@ -30,9 +30,8 @@ from propensity.features.spark import features as sf
 from propensity.features.spark.session import spark_session
 from propensity.features.synthetic.simulator import GeneratorSettings
 from propensity.features.synthetic.writer import generate
-from propensity.pipeline.jobs import features as feature_jobs
+from propensity.pipeline.jobs import events as event_jobs
 from propensity.pipeline.jobs import ingest as ingest_jobs
-from propensity.pipeline.jobs import spark as spark_jobs
 
 DATA = Path(__file__).parent / ".data"
 
@@ -82,11 +81,11 @@ def main() -> None:
 
     ingested = prepare(args.profiles, args.days)
     config = ProjectConfig()
-    loaded = ingest_jobs.load_events(ingested, config)
+    loaded = event_jobs.load_events(ingested, config)
     con = loaded.con
     events = con.execute("SELECT count(*) FROM events").fetchall()[0][0]
     as_of = event_queries.data_end(con)
-    fs = feature_jobs.feature_set(con, config, as_of)
+    fs = event_jobs.feature_set(loaded, config, as_of)
     # Both engines read the profiles as the identity graph knew them at as_of.
     sources = loaded.sources(as_of)
     duck_sql = sql_compiler.snapshot_sql(fs, as_of, con, events=sources.events, profiles=sources.profiles)
@@ -108,7 +107,7 @@ def main() -> None:
     spark, session_seconds = timed(lambda: spark_session(engine))
     spark.sparkContext.setLogLevel("ERROR")
     spark_config = ProjectConfig(engine=engine)
-    spark_sources = spark_jobs.load_events(spark, ingested, spark_config).sources(as_of)
+    spark_sources = event_jobs.load_events(ingested, spark_config).sources(as_of)
 
     def snapshot():
         return sf.snapshot(spark, fs, as_of, events=spark_sources.events, profiles=spark_sources.profiles)

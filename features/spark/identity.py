@@ -30,18 +30,13 @@ from propensity.features.identity.graph import ALWAYS, Collapse, group_identitie
 from propensity.features.identity.stitching import SEPARATOR, StitchResult
 from propensity.features.spark.graph import connected_components
 from propensity.features.spark.ordering import number_rows
+from propensity.features.spark.session import functions as _f
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
 # What the per-component pass returns: a node's group, an unsettled interval, or a split.
 _COMPONENT_SCHEMA = "comp long, idx long, grp long, after long, until long, collapse string"
-
-
-def _f():
-    from pyspark.sql import functions
-
-    return functions
 
 
 def _node_list(namespaces: list[str]) -> Column:

@@ -37,6 +37,9 @@ from propensity.features.spark.session import (
     list_files,
     qualified,
 )
+from propensity.features.spark.session import (
+    functions as _f,
+)
 from propensity.features.spark.sources import duckdb_double_text, read_source
 
 if TYPE_CHECKING:
@@ -47,12 +50,6 @@ def _types():
     from pyspark.sql import types
 
     return types
-
-
-def _f():
-    from pyspark.sql import functions
-
-    return functions
 
 
 def _text(frame_types: dict[str, object], name: str) -> Column:

@@ -13,15 +13,10 @@ from typing import TYPE_CHECKING
 
 from propensity.core.errors import UserError
 from propensity.features.spark.session import file_uri, first_line, normalised_uri
+from propensity.features.spark.session import functions as _f
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
-
-
-def _f():
-    from pyspark.sql import functions
-
-    return functions
 
 
 # Row numbers within a partition live in the low 33 bits of monotonically_increasing_id.

@@ -31,7 +31,12 @@ from propensity.pipeline.cli.printing import (
     print_segments,
     print_summary,
 )
+from propensity.pipeline.jobs import evaluate as evaluate_jobs
+from propensity.pipeline.jobs import events as event_jobs
+from propensity.pipeline.jobs import explain as explain_jobs
+from propensity.pipeline.jobs import export as export_jobs
 from propensity.pipeline.jobs import ingest as ingest_jobs
+from propensity.pipeline.jobs import monitor as monitor_jobs
 from propensity.pipeline.jobs import report as report_jobs
 from propensity.pipeline.jobs import score as score_jobs
 from propensity.pipeline.jobs import segments as segment_jobs
@@ -167,7 +172,7 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
         summary = ingest_jobs.ingest(data_dir, ingested, config, on_bad_rows="quarantine")
     _step(console, "2. ingest and stitch identities")
     print_summary(summary, f"ingest -> {ingested}")
-    loaded = ingest_jobs.load_events(ingested, config)
+    loaded = event_jobs.load_events(ingested, config)
     con = loaded.con
     latest = data_end(con)
     previous = latest - dt.timedelta(days=PREVIOUS_RUN_DAYS)
@@ -176,7 +181,7 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
     for name in MODELS:
         with console.status(f"training {name}"):
             trained[name] = model_jobs.train_model(name, ingested, config)
-        promotion = model_jobs.promote_model(name, config)
+        promotion = evaluate_jobs.promote_model(name, config)
         _step(console, f"3. train {name}")
         fit = trained[name]
         console.print(f"registered {name} v{fit.version} (run {fit.run_id}); {promotion.reason}")
@@ -203,13 +208,13 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
         s.segment: {"size": s.size, "realized": s.realized, "existing": s.existing, "exited": s.exited}
         for s in qualified.segments
     }
-    exported = segment_jobs.export_segments(memberships, latest, destinations_file, exports, config)
+    exported = export_jobs.export_segments(memberships, latest, destinations_file, exports, config)
     console.print(f"exported {len(exported.destinations)} destinations to {exports}")
 
     _step(console, "5. monitor")
     for name in MODELS:
         with console.status(f"monitoring {name}"):
-            drift = segment_jobs.monitor_model(name, ingested, scores, latest, config, out / "monitoring")
+            drift = monitor_jobs.monitor_model(name, ingested, scores, latest, config, out / "monitoring")
         worst = max(drift.report.features, key=lambda d: d.psi) if drift.report.features else None
         console.print(
             f"{name}: score PSI {drift.report.score.psi:.3f}"
@@ -223,7 +228,7 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
     if sarah is not None:
         for line in _sarah_story(con, sarah, memberships, exports, latest):
             console.print(f"Sarah ({sarah}) {line}")
-        print_explanation(score_jobs.explain_profile("upsell", ingested, config, sarah, latest))
+        print_explanation(explain_jobs.explain_profile("upsell", ingested, config, sarah, latest))
 
     _step(console, "7. report")
     report = report_jobs.write_report("upsell", config, out / "reports" / "upsell.html", scores_dir=scores)

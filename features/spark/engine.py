@@ -1,0 +1,335 @@
+"""Every job's engine steps on Apache Spark (``engine.name: spark``).
+
+:class:`SparkEngine` and :class:`SparkEvents` satisfy :mod:`propensity.features.engine`'s
+protocols with the heavy work on a cluster: staging, stitching, feature tables and labels are
+Spark DataFrames; outputs are Parquet directories on any Hadoop path (local, ``hdfs://``,
+``s3a://``, ``abfss://``). Training stays on one machine: Spark builds the stacked, labelled
+snapshots and hands over a sample of at most ``training.max_training_rows`` rows (the same
+share of each label). An ingest directory written here reads on DuckDB and the other way round.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from propensity.core.config import IdentityConfig, ModelConfig, OutcomeConfig, ProjectConfig
+from propensity.features.activation import segments as segments_mod
+from propensity.features.build.feature_set import FeatureSet
+from propensity.features.engine import Breakdown, Scored, ScoringPlan, TrainingRows
+from propensity.features.identity.as_of import AsOfSources
+from propensity.features.ingest.staging import StagedEvents
+from propensity.features.spark import features as sf
+from propensity.features.spark import identity as spark_identity
+from propensity.features.spark import scoring
+from propensity.features.spark.as_of import SparkIdentityGraph
+from propensity.features.spark.ingest import SparkStaged, stage_events, stage_profiles
+from propensity.features.spark.qualify import qualify
+from propensity.features.spark.session import (
+    SparkInput,
+    atomic_output,
+    functions,
+    hadoop_path,
+    path_exists,
+    read_text,
+    resolve_spark_input,
+    spark_session,
+    to_pandas,
+    write_parquet,
+    write_text,
+)
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from propensity.features.spark.identity import SparkGraph
+
+
+@dataclass
+class SparkEvents:
+    """Events on Spark: the temp views ``events``, ``profiles`` and the identity graph's
+    (``identity_map``, ``identity_links``, ``identity_unsettled``), where they came from, and
+    ``graph`` to see them as of a date."""
+
+    spark: SparkSession
+    inputs: SparkInput
+    tables: dict[str, DataFrame]
+    graph: SparkIdentityGraph
+    manifest: dict[str, Any] | None = None
+
+    def sources(self, as_of: dt.date) -> AsOfSources:
+        """The events and profiles as of ``as_of``: what every snapshot at that date reads."""
+        return self.graph.sources(as_of)
+
+    def data_end(self) -> dt.date:
+        """The day after the last event."""
+        return sf.data_end(self.spark)
+
+    def first_event(self) -> dt.date | None:
+        """The day of the first event (None without events)."""
+        first = self.spark.sql("SELECT min(timestamp) FROM events").first()[0]
+        return None if first is None else first.date()
+
+    def learn_categories(self, before: dt.date, limit: int) -> list[str]:
+        """The most viewed and bought categories before ``before``."""
+        return sf.learn_categories(self.spark, before, limit)
+
+    def snapshot(self, fs: FeatureSet, as_of: dt.date, where: str | None = None) -> DataFrame:
+        """The feature snapshot at ``as_of`` over the events and profiles as of that date."""
+        sources = self.sources(as_of)
+        return sf.snapshot(self.spark, fs, as_of, where, events=sources.events, profiles=sources.profiles)
+
+    def population_snapshot(
+        self, fs: FeatureSet, model: ModelConfig, as_of: dt.date, cutoff: dt.date
+    ) -> tuple[DataFrame, bool]:
+        """The model's population at ``as_of``, labelled when its horizon has passed."""
+        return sf.population_snapshot(self.spark, fs, model, as_of, cutoff, self.graph)
+
+    def training_rows(self, fs: FeatureSet, model: ModelConfig, cutoff: dt.date) -> TrainingRows:
+        """Stacked labelled snapshots built on Spark, sampled to ``training.max_training_rows``
+        rows with the same share of each label."""
+        frame, dates = sf.training_snapshots(self.spark, fs, model, cutoff, self.graph)
+        sample = sf.sample_by_label(frame, model.training.max_training_rows, model.training.seed)
+        return TrainingRows(sample.frame, dates, {"engine": "spark", **sample.describe()})
+
+    def column_kinds(self, relation: DataFrame) -> dict[str, str]:
+        """The kinds (number, string, boolean) rules compare, by column of ``relation``."""
+        kinds = {f.name: _kind(f.dataType.simpleString()) for f in relation.schema.fields}
+        return {name: kind for name, kind in kinds.items() if kind is not None and name != "profile_id"}
+
+    def frame(self, relation: DataFrame) -> pd.DataFrame:
+        """A relation's rows on this machine (through Arrow)."""
+        return to_pandas(relation)
+
+    def oracle(self, frame: pd.DataFrame, outcome: OutcomeConfig) -> np.ndarray | None:
+        """No oracle on Spark: a synthetic world's ground truth is a one-machine check."""
+        return None
+
+
+# Spark's simple type names -> the kinds rules compare (segments.kind_of for DuckDB's).
+_SPARK_KINDS = {"string": "string", "boolean": "boolean"}
+_SPARK_NUMBERS = ("tinyint", "smallint", "int", "bigint", "float", "double", "decimal")
+
+
+def _kind(spark_type: str) -> str | None:
+    if spark_type in _SPARK_KINDS:
+        return _SPARK_KINDS[spark_type]
+    return "number" if spark_type.split("(")[0] in _SPARK_NUMBERS else None
+
+
+@dataclass
+class Stitched:
+    """Events staged (and, once :meth:`SparkEngine.stitch` ran, stitched) on Spark."""
+
+    inputs: SparkInput
+    staged: SparkStaged
+    graph: SparkGraph | None = None
+    events: DataFrame | None = None  # stitched, with _source_file / _source_row
+    profiles: DataFrame | None = None
+    attributes: DataFrame | None = None  # staged profile attributes with their anchor_key
+
+    @property
+    def counts(self) -> StagedEvents:
+        return self.staged.summary
+
+    @property
+    def result(self):
+        return self.graph.result
+
+    def close(self) -> None:
+        """Release the cached stitched events."""
+        if self.events is not None:
+            self.events.unpersist()
+
+
+class SparkEngine:
+    """The Spark side of every job (``engine.name: spark``)."""
+
+    name = "spark"
+
+    def __init__(self, config: ProjectConfig) -> None:
+        self.config = config
+        self.spark = spark_session(config.engine)
+
+    def resolve_input(self, path: str | Path) -> SparkInput:
+        """Events files, a folder of them, or an ingest directory, on any Hadoop path."""
+        return resolve_spark_input(self.spark, path)
+
+    def read_text(self, path: str) -> str:
+        """A small text file (a manifest) on any Hadoop path."""
+        return read_text(self.spark, path)
+
+    def stage_events(self, inputs: SparkInput, as_of: dt.date | None) -> Stitched:
+        """Validate, normalise and de-duplicate the events (Column-API staging)."""
+        config = self.config
+        staged = stage_events(self.spark, inputs, config.identity, as_of, config.ingest.max_reported_rows)
+        return Stitched(inputs, staged)
+
+    def stitch(self, staged: Stitched, profiles: str | Path | None) -> Stitched:
+        """Stitch identities into profiles (large-star/small-star components), attribute events."""
+        identity = self.config.identity
+        attributes = namespaces = None
+        if profiles is not None:
+            attributes, namespaces = stage_profiles(self.spark, str(profiles), str(profiles), identity)
+        rows = spark_identity.identity_rows(staged.staged.clean, identity, attributes, namespaces)
+        graph = spark_identity.stitch(self.spark, rows, identity)
+        events = spark_identity.attribute_events(staged.staged.clean, graph.identity_map, identity).persist()
+        if attributes is not None:
+            attributes = spark_identity.anchor_attributes(
+                attributes, graph.identity_map, identity, namespaces
+            )
+        staged.graph, staged.events, staged.attributes = graph, events, attributes
+        staged.profiles = spark_identity.build_profiles(
+            graph.identity_map, events, identity, attributes, namespaces
+        )
+        return staged
+
+    def breakdown(self, stitched: Stitched) -> Breakdown:
+        """The time range, events by type and channel, identities by namespace."""
+        events = stitched.events
+
+        def ordered(column) -> dict[str, int]:
+            rows = (
+                events.groupBy(column.alias("key"))
+                .count()
+                .orderBy(functions().desc("count"), "key")
+                .collect()
+            )
+            return {row["key"]: int(row["count"]) for row in rows}
+
+        span = events.agg(functions().min("timestamp"), functions().max("timestamp")).first()
+        identities = stitched.graph.identity_map.groupBy("namespace").count().orderBy("namespace").collect()
+        return Breakdown(
+            first_event=str(span[0]) if span[0] else None,
+            last_event=str(span[1]) if span[1] else None,
+            events_by_type=ordered(functions().col("event_type")),
+            events_by_channel=ordered(
+                functions().coalesce(functions().col("channel"), functions().lit("(none)"))
+            ),
+            identities_by_namespace={row["namespace"]: int(row["count"]) for row in identities},
+        )
+
+    def write_ingest(self, stitched: Stitched, directory: str, quarantine: bool) -> None:
+        """The ingest tables, one Parquet directory each, into ``directory``."""
+        tmp, graph = directory, stitched.graph
+        write_parquet(
+            stitched.events.drop("_source_file", "_source_row").orderBy("timestamp", "event_id"),
+            f"{tmp}/events.parquet",
+        )
+        columns = ("namespace", "value", "profile_id", "profile_key", "node_key", "component", "first_seen")
+        write_parquet(
+            graph.identity_map.select(*columns).orderBy("profile_id", "namespace", "value"),
+            f"{tmp}/identity_map.parquet",
+        )
+        write_parquet(graph.identity_links.orderBy("a", "b"), f"{tmp}/identity_links.parquet")
+        write_parquet(
+            graph.identity_unsettled.orderBy("component", functions().col("after").asc_nulls_first()),
+            f"{tmp}/identity_unsettled.parquet",
+        )
+        if stitched.attributes is not None:
+            write_parquet(stitched.attributes.orderBy("_source_row"), f"{tmp}/profile_attributes.parquet")
+        write_parquet(stitched.profiles, f"{tmp}/profiles.parquet")
+        if quarantine:
+            bad = stitched.staged.bad
+            others = [
+                functions().col(f"`{c}`")
+                for c in bad.columns
+                if c not in ("reason", "_source_file", "_source_row")
+            ]
+            source = (
+                functions().col("_source_file").alias("source_file"),
+                functions().col("_source_row").alias("source_row"),
+            )
+            write_parquet(
+                bad.select("reason", *source, *others).orderBy("source_file", "source_row"),
+                f"{tmp}/quarantine.parquet",
+            )
+
+    def open_stitched(self, stitched: Stitched) -> SparkEvents:
+        """Stitched raw events as the temp views every later step reads."""
+        graph = stitched.graph
+        tables = {
+            "events": stitched.events.drop("_source_file", "_source_row"),
+            "profiles": stitched.profiles,
+            "identity_map": graph.identity_map,
+            "identity_links": graph.identity_links,
+            "identity_unsettled": graph.identity_unsettled,
+        }
+        if stitched.attributes is not None:
+            tables["profile_attributes"] = stitched.attributes
+        return self._publish(stitched.inputs, tables, self.config.identity, None)
+
+    def open_ingested(
+        self, inputs: SparkInput, manifest: dict[str, Any], tables: tuple[str, ...]
+    ) -> SparkEvents:
+        """An ingest directory (either engine's) as temp views; ``profile_attributes`` when written."""
+        root = inputs.ingested
+        frames = {name: self.spark.read.parquet(f"{root}/{name}.parquet") for name in tables}
+        if path_exists(self.spark, f"{root}/profile_attributes.parquet"):
+            frames["profile_attributes"] = self.spark.read.parquet(f"{root}/profile_attributes.parquet")
+        return self._publish(inputs, frames, IdentityConfig.model_validate(manifest["identity"]), manifest)
+
+    def _publish(
+        self, inputs, tables: dict[str, DataFrame], identity: IdentityConfig, manifest
+    ) -> SparkEvents:
+        for name, frame in tables.items():
+            frame.createOrReplaceTempView(name)
+        graph = SparkIdentityGraph(self.spark, identity, tables)
+        return SparkEvents(self.spark, inputs, tables, graph, manifest)
+
+    def atomic_directory(self, path: str | Path):
+        """A temporary path that replaces ``path`` whole when the block succeeds."""
+        return atomic_output(self.spark, path)
+
+    def write_text(self, text: str, path: str) -> None:
+        """A small text file on any Hadoop path."""
+        write_text(self.spark, text, path)
+
+    def output_path(self, path: str | Path) -> str:
+        """Where outputs go, as Hadoop spells the path."""
+        return hadoop_path(path)
+
+    def write_feature_table(
+        self,
+        events: SparkEvents,
+        relation: DataFrame,
+        out: str | Path,
+        metadata: dict[str, Any],
+        labelled: bool,
+    ) -> tuple[int, int | None]:
+        """A Parquet directory at ``out``, the registry facts in ``OUT/_propensity.json``."""
+        fn = functions()
+        with atomic_output(self.spark, out) as tmp:
+            write_parquet(relation.orderBy("profile_id"), tmp)
+            write_text(self.spark, json.dumps(metadata), f"{tmp}/_propensity.json")
+            written = (
+                self.spark.read.parquet(tmp)
+                .agg(fn.count(fn.lit(1)), fn.sum("label") if labelled else fn.lit(None))
+                .first()
+            )
+        return int(written[0]), (int(written[1] or 0) if labelled else None)
+
+    def score(self, events: SparkEvents, plan: ScoringPlan, target: str) -> Scored:
+        """The population scored on the executors (``mapInArrow``), ranked, written to ``target``."""
+        return scoring.score(self.spark, events.sources(plan.as_of), plan, target)
+
+    def qualify(
+        self,
+        events: SparkEvents,
+        segments: list[segments_mod.Segment],
+        features: DataFrame,
+        scores: dict[str, list[str]],
+        out_dir: str | Path,
+        as_of: dt.date,
+        namespaces: list[str],
+    ) -> segments_mod.Qualification:
+        """Every segment's rule compiled to Spark SQL; the rows written as the DuckDB job writes them."""
+        return qualify(
+            self.spark, events.sources(as_of), segments, features, scores, out_dir, as_of, namespaces
+        )
