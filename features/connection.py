@@ -45,6 +45,14 @@ def default_memory_limit(share: float = 0.6) -> str:
     return f"{max(1, int(total * share / 2**20))}MB"
 
 
+def relation_columns(con: duckdb.DuckDBPyConnection, relation: str) -> set[str]:
+    """The column names of a table or view (none when it does not exist)."""
+    try:
+        return {r[0] for r in con.execute(f"DESCRIBE {relation}").fetchall()}
+    except duckdb.Error:
+        return set()
+
+
 def fetch_arrow(con: duckdb.DuckDBPyConnection, query: str):
     """A query's result as a pyarrow Table (DuckDB 2 calls it to_arrow_table, 1.x arrow)."""
     relation = con.sql(query)

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from propensity.core.io import atomic_path
 from propensity.core.score_table import BUCKETS, histogram_bins
 from propensity.features.build.sql_compiler import snapshot_sql
-from propensity.features.connection import arrow_batches
+from propensity.features.connection import arrow_batches, relation_columns
 from propensity.features.engine import Scored, ScoringPlan
 from propensity.features.identity.as_of import AsOfSources
 from propensity.features.sql import sql_ident, sql_string
@@ -124,13 +124,14 @@ def _rows_sql(
     one reads), in no particular order (the partition is sorted when it is written)."""
     identities_sql, identity_columns = identities
     model_columns = _model_columns(plan)
+    columns = relation_columns(con, sources.profiles)
 
     def rows_sql(part: int) -> str:
         events = sources.events
         if partitions > 1:  # by the profile the events belong to at as_of: a profile is never split
             events = f"(SELECT * FROM {events} WHERE hash(profile_id) % {partitions} = {part})"
         features_sql = snapshot_sql(
-            plan.fs, plan.as_of, con, events=events, profiles=sources.profiles, ordered=False
+            plan.fs, plan.as_of, columns, events=events, profiles=sources.profiles, ordered=False
         )
         return f"""
             SELECT f.profile_id{model_columns}, f.{ELIGIBLE}

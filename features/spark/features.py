@@ -40,30 +40,10 @@ if TYPE_CHECKING:
     from propensity.features.spark.as_of import SparkIdentityGraph
 
 
-class SparkDescriber:
-    """What the SQL compiler asks of its connection (``DESCRIBE profiles``), answered by Spark.
-
-    The compiler joins profile attributes only when the ``profiles`` view has them; a
-    missing view reads as no columns, as a DuckDB connection without the table does.
-    """
-
-    def __init__(self, spark: SparkSession):
-        self.spark = spark
-        self._rows: list[tuple[str, str]] = []
-
-    def execute(self, sql: str) -> SparkDescriber:
-        words = sql.split()
-        if len(words) != 2 or words[0].upper() != "DESCRIBE":
-            raise ValueError(f"SparkDescriber answers DESCRIBE <view> only, not {sql!r}")
-        if self.spark.catalog.tableExists(words[1]):
-            schema = self.spark.table(words[1]).schema
-            self._rows = [(field.name, field.dataType.simpleString()) for field in schema.fields]
-        else:
-            self._rows = []
-        return self
-
-    def fetchall(self) -> list[tuple[str, str]]:
-        return self._rows
+def profile_columns(spark: SparkSession, profiles: str) -> list[str]:
+    """The columns of the ``profiles`` view the compiled SQL joins (none when it does not exist:
+    the compiler then joins no profile attributes, as on DuckDB)."""
+    return spark.table(profiles).columns if spark.catalog.tableExists(profiles) else []
 
 
 def register(events: DataFrame, profiles: DataFrame | None = None) -> None:
@@ -113,9 +93,9 @@ def snapshot(
     answers by copying every row once per distinct aggregate), or ``windows`` / ``buckets`` /
     ``auto`` (``snapshot_sql`` straight off the events). All give the same values.
     """
-    describer = SparkDescriber(spark)
     if plan != "rollup":
-        return spark.sql(snapshot_sql(fs, as_of, describer, SPARK, events, where, plan, profiles=profiles))
+        columns = profile_columns(spark, profiles)
+        return spark.sql(snapshot_sql(fs, as_of, columns, SPARK, events, where, plan, profiles=profiles))
     lowest = as_of - dt.timedelta(days=fs.lookback_days)
     tag = as_of.strftime("%Y%m%d")
     spark.sql(
@@ -148,7 +128,7 @@ def snapshots(
         raise ValueError("snapshots needs at least one as-of date")
     spark.sql(rollup_sql(fs, SPARK, events)).createOrReplaceTempView(rollup)
     return spark.sql(
-        snapshots_sql(fs, as_ofs, SparkDescriber(spark), SPARK, rollup, where, profiles=profiles)
+        snapshots_sql(fs, as_ofs, profile_columns(spark, profiles), SPARK, rollup, where, profiles=profiles)
     )
 
 

@@ -20,6 +20,7 @@ from rich.table import Table
 from propensity.core.config import ProjectConfig
 from propensity.core.io import write_json
 from propensity.features.build.event_queries import data_end
+from propensity.features.duckdb import DuckDBEngine
 from propensity.features.sql import sql_string
 from propensity.features.synthetic.simulator import GeneratorSettings
 from propensity.features.synthetic.writer import generate
@@ -153,30 +154,8 @@ def _sarah_story(
     return lines
 
 
-def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Console) -> DemoResult:
-    """Run the whole Luma journey into ``out``; MLflow runs go where the config says."""
-    started = time.perf_counter()
-    result = DemoResult(out=out, seconds=0.0)
-    data_dir, ingested = out / "data", out / "ingested"
-    scores, memberships, exports = out / "scores", out / "segments", out / "exports"
-
-    with console.status("generating synthetic Luma events"):
-        generated = generate(GeneratorSettings(profiles=profiles, days=days, seed=config.seed), data_dir)
-    _step(console, "1. generate")
-    console.print(
-        f"{generated.events:,} events for {generated.people:,} people ({generated.purchases:,} purchases) "
-        f"in {data_dir}"
-    )
-
-    with console.status("validating, hashing, de-duplicating and stitching identities"):
-        summary = ingest_jobs.ingest(data_dir, ingested, config, on_bad_rows="quarantine")
-    _step(console, "2. ingest and stitch identities")
-    print_summary(summary, f"ingest -> {ingested}")
-    loaded = event_jobs.load_events(ingested, config)
-    con = loaded.con
-    latest = data_end(con)
-    previous = latest - dt.timedelta(days=PREVIOUS_RUN_DAYS)
-
+def _train(ingested: Path, config: ProjectConfig, console: Console, result: DemoResult) -> dict[str, Any]:
+    """Step 3: train and promote every model."""
     trained: dict[str, Any] = {}
     for name in MODELS:
         with console.status(f"training {name}"):
@@ -189,6 +168,15 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
         print_buckets(fit.buckets)
         result.metrics[name] = fit.metrics
 
+    return trained
+
+
+def _score_and_qualify(
+    ingested: Path, out: Path, config: ProjectConfig, console: Console, result: DemoResult, dates
+) -> None:
+    """Step 4: score every model at both dates, qualify segments after each, export the latest."""
+    previous, latest = dates
+    scores, memberships, exports = out / "scores", out / "segments", out / "exports"
     _step(console, "4. score, qualify segments, export")
     segments_file = Path(config.models_dir).parent / "segments.yaml"
     destinations_file = Path(config.models_dir).parent / "destinations.yaml"
@@ -211,6 +199,10 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
     exported = export_jobs.export_segments(memberships, latest, destinations_file, exports, config)
     console.print(f"exported {len(exported.destinations)} destinations to {exports}")
 
+
+def _monitor(ingested: Path, out: Path, config: ProjectConfig, console: Console, latest: dt.date) -> None:
+    """Step 5: drift of every model's latest scores against its test snapshot."""
+    scores = out / "scores"
     _step(console, "5. monitor")
     for name in MODELS:
         with console.status(f"monitoring {name}"):
@@ -222,6 +214,34 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
             + (" [bold red]ALERT[/]" if drift.alert else "")
         )
 
+
+def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Console) -> DemoResult:
+    """Run the whole Luma journey into ``out``; MLflow runs go where the config says."""
+    started = time.perf_counter()
+    result = DemoResult(out=out, seconds=0.0)
+    data_dir, ingested = out / "data", out / "ingested"
+    scores, memberships, exports = out / "scores", out / "segments", out / "exports"
+
+    with console.status("generating synthetic Luma events"):
+        generated = generate(GeneratorSettings(profiles=profiles, days=days, seed=config.seed), data_dir)
+    _step(console, "1. generate")
+    console.print(
+        f"{generated.events:,} events for {generated.people:,} people ({generated.purchases:,} purchases) "
+        f"in {data_dir}"
+    )
+
+    with console.status("validating, hashing, de-duplicating and stitching identities"):
+        summary = ingest_jobs.ingest(data_dir, ingested, config, on_bad_rows="quarantine")
+    _step(console, "2. ingest and stitch identities")
+    print_summary(summary, f"ingest -> {ingested}")
+    # The demo's own look at the data (dates, Sarah) is on DuckDB, as its files are local.
+    con = event_jobs.load_events(ingested, config, engine=DuckDBEngine(config)).con
+    latest = data_end(con)
+    previous = latest - dt.timedelta(days=PREVIOUS_RUN_DAYS)
+
+    trained = _train(ingested, config, console, result)
+    _score_and_qualify(ingested, out, config, console, result, (previous, latest))
+    _monitor(ingested, out, config, console, latest)
     _step(console, "6. Sarah")
     sarah = _find_sarah(con, memberships, exports, latest)
     result.sarah = sarah

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 
 from propensity.core.config import MonitorConfig, ProjectConfig
 from propensity.core.errors import UserError
@@ -86,27 +87,58 @@ def monitor_model(
     estimator, _ = tracking.load_propensity_model(client, model_cfg.name, version=version)
     reference_as_of = dt.date.fromisoformat(estimator.metadata["test_as_of"])
     fs = feature_set(loaded, config, before=reference_as_of, categories=estimator.metadata.get("categories"))
+    reference = _reference(loaded, fs, model_cfg, estimator, reference_as_of)
+    current = _current(loaded, fs, estimator, monitor_cfg, files, as_of, model_cfg.name)
+    report = monitor(
+        estimator, reference, current, monitor_cfg, str(as_of), str(reference_as_of), version=version
+    )
+    report_path, plot_path = write_report(report, reference, current, out_dir)
+    run_id = _log_monitor_run(
+        model_cfg.name, version, as_of, reference_as_of, report, (report_path, plot_path)
+    )
+    return MonitorResult(
+        model=model_cfg.name,
+        version=version,
+        as_of=as_of,
+        reference_as_of=reference_as_of,
+        report=report,
+        report_path=report_path,
+        plot_path=plot_path,
+        run_id=run_id,
+    )
+
+
+def _reference(loaded, fs, model_cfg, estimator, reference_as_of: dt.date) -> pd.DataFrame:
+    """The model's population at its test snapshot date, scored by the monitored version."""
     where = population_rule(model_cfg, fs).sql("duckdb", column_prefix="f")
     reference = loaded.frame(loaded.snapshot(fs, reference_as_of, where=where))
     if reference.empty:
         raise UserError(f"model '{model_cfg.name}': no profiles in its population at {reference_as_of}")
     reference[SCORE] = estimator.predict_proba(reference)
-    watched = [name for name, _ in top_features(estimator, monitor_cfg.top_features)]
+    return reference
+
+
+def _current(loaded, fs, estimator, monitor_cfg, files: list[str], as_of: dt.date, name: str) -> pd.DataFrame:
+    """The scored profiles at ``as_of`` with their probability and the watched features."""
+    watched = [feature for feature, _ in top_features(estimator, monitor_cfg.top_features)]
     chosen = fs.select(include=[n for n in watched if n in set(fs.names(False))] or ["is_known"])
     listed = ", ".join(sql_string(f) for f in files)
-    current = con.execute(f"""
+    current = loaded.frame(f"""
         SELECT f.*, s.probability AS {SCORE}
         FROM ({loaded.snapshot(chosen, as_of)}) f
         JOIN read_parquet([{listed}]) s ON s.profile_id = f.profile_id
         ORDER BY f.profile_id
-    """).df()
+    """)
     if current.empty:
-        raise UserError(f"none of the profiles scored by '{model_cfg.name}' at {as_of} has features then")
-    report = monitor(
-        estimator, reference, current, monitor_cfg, str(as_of), str(reference_as_of), version=version
-    )
-    report_path, plot_path = write_report(report, reference, current, out_dir)
-    mlflow.set_experiment(model_cfg.name)
+        raise UserError(f"none of the profiles scored by '{name}' at {as_of} has features then")
+    return current
+
+
+def _log_monitor_run(
+    name: str, version: str, as_of: dt.date, reference_as_of: dt.date, report: MonitorReport, paths
+) -> str:
+    """The monitor run in the model's MLflow experiment: PSIs, alert, report and plot."""
+    mlflow.set_experiment(name)
     with mlflow.start_run(run_name=f"monitor v{version} at {as_of}") as run:
         mlflow.set_tags(
             {
@@ -127,15 +159,6 @@ def monitor_model(
                 "current_rows": float(report.current_rows),
             }
         )
-        mlflow.log_artifact(str(report_path), "monitoring")
-        mlflow.log_artifact(str(plot_path), "monitoring")
-    return MonitorResult(
-        model=model_cfg.name,
-        version=version,
-        as_of=as_of,
-        reference_as_of=reference_as_of,
-        report=report,
-        report_path=report_path,
-        plot_path=plot_path,
-        run_id=run.info.run_id,
-    )
+        for path in paths:
+            mlflow.log_artifact(str(path), "monitoring")
+        return run.info.run_id
