@@ -1,4 +1,9 @@
-"""Small questions asked of the events: where the data ends, which categories matter."""
+"""Small questions asked of the events: where the data ends, which categories matter.
+
+Each is written once, in DuckDB's SQL: :func:`learn_categories_sql` and :func:`data_end_sql`
+run here as they are, and on Spark transpiled by sqlglot
+(:func:`propensity.features.spark.features.learn_categories`), so the engines cannot drift.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +15,33 @@ import pandas as pd
 from propensity.core.errors import UserError
 
 
-def learn_categories(con: duckdb.DuckDBPyConnection, before: dt.date, limit: int) -> list[str]:
+def learn_categories_sql(before: dt.date, limit: int, events: str = "events") -> str:
     """The most viewed and bought categories before ``before`` (the training snapshot only)."""
-    rows = con.execute(f"""
-        SELECT product_category FROM events
+    return f"""
+        SELECT product_category FROM {events}
         WHERE timestamp < TIMESTAMP '{before} 00:00:00' AND product_category IS NOT NULL
           AND event_type IN ('product_view', 'purchase', 'add_to_cart')
         GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT {int(limit)}
-    """).fetchall()
-    return [r[0] for r in rows]
+    """
+
+
+def data_end_sql(events: str = "events") -> str:
+    """The last event's timestamp (see :func:`day_after`)."""
+    return f"SELECT max(timestamp) FROM {events}"
+
+
+def day_after(last) -> dt.date:
+    """The day after the last event: the default cutoff (every earlier day is complete)."""
+    if last is None:
+        raise UserError("no events to build features from")
+    return pd.Timestamp(last).date() + dt.timedelta(days=1)
+
+
+def learn_categories(con: duckdb.DuckDBPyConnection, before: dt.date, limit: int) -> list[str]:
+    """The most viewed and bought categories before ``before`` (the training snapshot only)."""
+    return [r[0] for r in con.execute(learn_categories_sql(before, limit)).fetchall()]
 
 
 def data_end(con: duckdb.DuckDBPyConnection) -> dt.date:
     """The day after the last event: the default cutoff (every earlier day is complete)."""
-    last = con.execute("SELECT max(timestamp) FROM events").fetchone()[0]
-    if last is None:
-        raise UserError("no events to build features from")
-    return pd.Timestamp(last).date() + dt.timedelta(days=1)
+    return day_after(con.execute(data_end_sql()).fetchone()[0])

@@ -22,6 +22,7 @@ import pandas as pd
 
 from propensity.core.config import ModelConfig
 from propensity.core.errors import UserError
+from propensity.features.build.event_queries import data_end_sql, day_after, learn_categories_sql
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.labels import (
     horizon_passed,
@@ -56,23 +57,22 @@ def register(events: DataFrame, profiles: DataFrame | None = None) -> None:
         spark.catalog.dropTempView("profiles")
 
 
+def duckdb_to_spark(sql: str) -> str:
+    """Query-shaped DuckDB SQL spelled for Spark (sqlglot): one text for both engines."""
+    import sqlglot
+
+    return sqlglot.transpile(sql, read="duckdb", write="spark")[0]
+
+
 def learn_categories(spark: SparkSession, before: dt.date, limit: int, events: str = "events") -> list[str]:
     """The most viewed and bought categories before ``before`` (``event_queries.learn_categories``)."""
-    rows = spark.sql(f"""
-        SELECT product_category FROM {events}
-        WHERE timestamp < TIMESTAMP '{before} 00:00:00' AND product_category IS NOT NULL
-          AND event_type IN ('product_view', 'purchase', 'add_to_cart')
-        GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT {int(limit)}
-    """).collect()
+    rows = spark.sql(duckdb_to_spark(learn_categories_sql(before, limit, events))).collect()
     return [r[0] for r in rows]
 
 
 def data_end(spark: SparkSession, events: str = "events") -> dt.date:
     """The day after the last event: the default cutoff (``event_queries.data_end``)."""
-    last = spark.sql(f"SELECT max(timestamp) FROM {events}").first()[0]
-    if last is None:
-        raise UserError("no events to build features from")
-    return last.date() + dt.timedelta(days=1)
+    return day_after(spark.sql(duckdb_to_spark(data_end_sql(events))).first()[0])
 
 
 def snapshot(

@@ -229,13 +229,13 @@ def evaluate(
     config: ConfigOption = None,
 ) -> None:
     """Expected vs actual: evaluate a registered version on a later snapshot."""
-    from propensity.pipeline.jobs import evaluate as model_jobs
+    from propensity.pipeline.jobs import evaluate as evaluate_jobs
 
     cfg = load_config(config)
     if version and alias:
         raise UserError("give --version or --alias, not both")
     with console.status(f"evaluating {model}"):
-        result = model_jobs.evaluate_model(
+        result = evaluate_jobs.evaluate_model(
             model, events_path(events, cfg), cfg, parse_date(as_of), version, alias
         )
     console.print(
@@ -259,9 +259,9 @@ def promote(
 ) -> None:
     """Move the champion alias to the challenger if it is better (or to --version); refused when
     it loses to the best baseline on its test snapshot, unless --force."""
-    from propensity.pipeline.jobs import evaluate as model_jobs
+    from propensity.pipeline.jobs import evaluate as evaluate_jobs
 
-    outcome = model_jobs.promote_model(model, load_config(config), version, force=force)
+    outcome = evaluate_jobs.promote_model(model, load_config(config), version, force=force)
     console.print(
         ("[green]promoted[/]: " if outcome.promoted else "[yellow]not promoted[/]: ") + outcome.reason
     )
