@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from propensity.core.config import IdentityConfig, ModelConfig, OutcomeConfig, ProjectConfig
+from propensity.core.errors import UserError
 from propensity.core.io import atomic_path
 from propensity.features.activation import segments as segments_mod
 from propensity.features.build import event_queries
@@ -32,7 +33,8 @@ from propensity.features.engine import Breakdown, Scored, ScoringPlan, TrainingR
 from propensity.features.identity import stitching as identity_mod
 from propensity.features.identity.as_of import AsOfSources, IdentityGraph
 from propensity.features.ingest.inputs import InputFiles, resolve_input
-from propensity.features.ingest.staging import StagedEvents, stage_events, stage_profiles
+from propensity.features.ingest.manifest import INGEST_TABLES, OnBadRows, checked_manifest
+from propensity.features.ingest.staging import StagedEvents, refuse_bad_rows, stage_events, stage_profiles
 from propensity.features.sql import sql_string
 
 
@@ -54,7 +56,7 @@ class LoadedEvents:
 
     def data_end(self) -> dt.date:
         """The day after the last event."""
-        return event_queries.data_end(self.con)
+        return event_queries.day_after(self.con.execute(event_queries.data_end_sql()).fetchone()[0])
 
     def first_event(self) -> dt.date | None:
         """The day of the first event (None without events)."""
@@ -63,7 +65,8 @@ class LoadedEvents:
 
     def learn_categories(self, before: dt.date, limit: int) -> list[str]:
         """The most viewed and bought categories before ``before``."""
-        return event_queries.learn_categories(self.con, before, limit)
+        rows = self.con.execute(event_queries.learn_categories_sql(before, limit)).fetchall()
+        return [r[0] for r in rows]
 
     def snapshot(self, fs: FeatureSet, as_of: dt.date, where: str | None = None) -> str:
         """The feature snapshot at ``as_of`` over the events and profiles as of that date (SQL)."""
@@ -132,20 +135,33 @@ class DuckDBEngine:
         """Events files, a folder of them, or an ingest directory."""
         return resolve_input(path)
 
-    def read_text(self, path: str | Path) -> str:
-        """A small text file (a manifest)."""
-        return Path(path).read_text()
+    def load_events(self, path: str | Path, on_bad_rows: OnBadRows | None = None) -> LoadedEvents:
+        """Raw events (validated and stitched in memory, as ``ingest`` would) or an ingest
+        directory (either engine's) as the views every later step reads."""
+        inputs = resolve_input(path)
+        if inputs.ingested is not None:
+            text = (inputs.ingested / "manifest.json").read_text()
+            return self._open_ingested(inputs, checked_manifest(text, inputs.ingested))
+        stitched = self.stage(inputs, inputs.profiles, on_bad_rows or self.config.ingest.on_bad_rows, None)
+        con = stitched.con
+        con.execute("CREATE VIEW events AS SELECT * EXCLUDE (_source_file, _source_row) FROM stitched_events")
+        return LoadedEvents(con=con, inputs=inputs, graph=IdentityGraph(con, self.config.identity))
 
-    def stage_events(self, inputs: InputFiles, as_of: dt.date | None) -> Stitched:
-        """Validate, normalise and de-duplicate the events on a new connection (not stitched yet)."""
-        con = connect(self.config.engine)
-        counts = stage_events(con, inputs, self.config.identity, as_of, self.config.ingest.max_reported_rows)
-        return Stitched(con, inputs, counts)
-
-    def stitch(self, staged: Stitched, profiles: str | Path | None) -> Stitched:
-        """Stitch identities into profiles, attribute the events, build ``profiles``."""
-        con, identity = staged.con, self.config.identity
-        staged.with_profiles = profiles is not None
+    def stage(
+        self, inputs: InputFiles, profiles: str | Path | None, on_bad_rows: OnBadRows, as_of: dt.date | None
+    ) -> Stitched:
+        """Validate, normalise and de-duplicate the events on a new connection (a bad row stops
+        here with ``on_bad_rows="fail"``), then stitch identities into profiles, attribute the
+        events and build ``profiles``."""
+        config, identity = self.config, self.config.identity
+        con = connect(config.engine)
+        counts = stage_events(con, inputs, identity, as_of, config.ingest.max_reported_rows)
+        staged = Stitched(con, inputs, counts, with_profiles=profiles is not None)
+        try:
+            refuse_bad_rows(inputs.display, counts, on_bad_rows)
+        except UserError:
+            staged.close()
+            raise
         if staged.with_profiles:
             stage_profiles(con, Path(profiles), identity)
         staged.result = identity_mod.stitch(con, identity, staged.with_profiles)
@@ -206,19 +222,11 @@ class DuckDBEngine:
                 tmp / "quarantine.parquet",
             )
 
-    def open_stitched(self, stitched: Stitched) -> LoadedEvents:
-        """Stitched raw events as the views every later step reads."""
-        con = stitched.con
-        con.execute("CREATE VIEW events AS SELECT * EXCLUDE (_source_file, _source_row) FROM stitched_events")
-        return LoadedEvents(con=con, inputs=stitched.inputs, graph=IdentityGraph(con, self.config.identity))
-
-    def open_ingested(
-        self, inputs: InputFiles, manifest: dict[str, Any], tables: tuple[str, ...]
-    ) -> LoadedEvents:
+    def _open_ingested(self, inputs: InputFiles, manifest: dict[str, Any]) -> LoadedEvents:
         """An ingest directory (either engine's) as views; ``profile_attributes`` when written."""
         con = connect(self.config.engine)
         directory = inputs.ingested
-        for view in (*tables, "profile_attributes"):
+        for view in (*INGEST_TABLES, "profile_attributes"):
             path = directory / f"{view}.parquet"
             if view == "profile_attributes" and not path.exists():
                 continue

@@ -24,7 +24,8 @@ from propensity.features.activation import segments as segments_mod
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.engine import Breakdown, Scored, ScoringPlan, TrainingRows
 from propensity.features.identity.as_of import AsOfSources
-from propensity.features.ingest.staging import StagedEvents
+from propensity.features.ingest.manifest import INGEST_TABLES, OnBadRows, checked_manifest
+from propensity.features.ingest.staging import StagedEvents, refuse_bad_rows
 from propensity.features.spark import features as sf
 from propensity.features.spark import identity as spark_identity
 from propensity.features.spark import scoring
@@ -125,14 +126,14 @@ def _kind(spark_type: str) -> str | None:
 
 @dataclass
 class Stitched:
-    """Events staged (and, once :meth:`SparkEngine.stitch` ran, stitched) on Spark."""
+    """Events staged and stitched on Spark, with their counts."""
 
     inputs: SparkInput
     staged: SparkStaged
-    graph: SparkGraph | None = None
-    events: DataFrame | None = None  # stitched, with _source_file / _source_row
-    profiles: DataFrame | None = None
-    attributes: DataFrame | None = None  # staged profile attributes with their anchor_key
+    graph: SparkGraph
+    events: DataFrame  # stitched, with _source_file / _source_row
+    profiles: DataFrame
+    attributes: DataFrame | None  # staged profile attributes with their anchor_key
 
     @property
     def counts(self) -> StagedEvents:
@@ -144,8 +145,7 @@ class Stitched:
 
     def close(self) -> None:
         """Release the cached stitched events."""
-        if self.events is not None:
-            self.events.unpersist()
+        self.events.unpersist()
 
 
 class SparkEngine:
@@ -161,34 +161,50 @@ class SparkEngine:
         """Events files, a folder of them, or an ingest directory, on any Hadoop path."""
         return resolve_spark_input(self.spark, path)
 
-    def read_text(self, path: str) -> str:
-        """A small text file (a manifest) on any Hadoop path."""
-        return read_text(self.spark, path)
+    def load_events(self, path: str | Path, on_bad_rows: OnBadRows | None = None) -> SparkEvents:
+        """Raw events (validated and stitched in memory, as ``ingest`` would) or an ingest
+        directory (either engine's) as the temp views every later step reads."""
+        inputs = resolve_spark_input(self.spark, path)
+        if inputs.ingested is not None:
+            root = inputs.ingested
+            manifest = checked_manifest(read_text(self.spark, f"{root}/manifest.json"), root)
+            return self._open_ingested(inputs, manifest)
+        stitched = self.stage(inputs, inputs.profiles, on_bad_rows or self.config.ingest.on_bad_rows, None)
+        graph = stitched.graph
+        tables = {
+            "events": stitched.events.drop("_source_file", "_source_row"),
+            "profiles": stitched.profiles,
+            "identity_map": graph.identity_map,
+            "identity_links": graph.identity_links,
+            "identity_unsettled": graph.identity_unsettled,
+        }
+        if stitched.attributes is not None:
+            tables["profile_attributes"] = stitched.attributes
+        return self._publish(inputs, tables, self.config.identity, None)
 
-    def stage_events(self, inputs: SparkInput, as_of: dt.date | None) -> Stitched:
-        """Validate, normalise and de-duplicate the events (Column-API staging)."""
-        config = self.config
-        staged = stage_events(self.spark, inputs, config.identity, as_of, config.ingest.max_reported_rows)
-        return Stitched(inputs, staged)
-
-    def stitch(self, staged: Stitched, profiles: str | Path | None) -> Stitched:
-        """Stitch identities into profiles (large-star/small-star components), attribute events."""
-        identity = self.config.identity
+    def stage(
+        self, inputs: SparkInput, profiles: str | Path | None, on_bad_rows: OnBadRows, as_of: dt.date | None
+    ) -> Stitched:
+        """Validate, normalise and de-duplicate the events (Column-API staging; a bad row stops
+        here with ``on_bad_rows="fail"``), then stitch identities into profiles (large-star /
+        small-star components) and attribute the events."""
+        config, identity = self.config, self.config.identity
+        staged = stage_events(self.spark, inputs, identity, as_of, config.ingest.max_reported_rows)
+        refuse_bad_rows(inputs.display, staged.summary, on_bad_rows)
         attributes = namespaces = None
         if profiles is not None:
             attributes, namespaces = stage_profiles(self.spark, str(profiles), str(profiles), identity)
-        rows = spark_identity.identity_rows(staged.staged.clean, identity, attributes, namespaces)
+        rows = spark_identity.identity_rows(staged.clean, identity, attributes, namespaces)
         graph = spark_identity.stitch(self.spark, rows, identity)
-        events = spark_identity.attribute_events(staged.staged.clean, graph.identity_map, identity).persist()
+        events = spark_identity.attribute_events(staged.clean, graph.identity_map, identity).persist()
         if attributes is not None:
             attributes = spark_identity.anchor_attributes(
                 attributes, graph.identity_map, identity, namespaces
             )
-        staged.graph, staged.events, staged.attributes = graph, events, attributes
-        staged.profiles = spark_identity.build_profiles(
+        profile_table = spark_identity.build_profiles(
             graph.identity_map, events, identity, attributes, namespaces
         )
-        return staged
+        return Stitched(inputs, staged, graph, events, profile_table, attributes)
 
     def breakdown(self, stitched: Stitched) -> Breakdown:
         """The time range, events by type and channel, identities by namespace."""
@@ -251,26 +267,10 @@ class SparkEngine:
                 f"{tmp}/quarantine.parquet",
             )
 
-    def open_stitched(self, stitched: Stitched) -> SparkEvents:
-        """Stitched raw events as the temp views every later step reads."""
-        graph = stitched.graph
-        tables = {
-            "events": stitched.events.drop("_source_file", "_source_row"),
-            "profiles": stitched.profiles,
-            "identity_map": graph.identity_map,
-            "identity_links": graph.identity_links,
-            "identity_unsettled": graph.identity_unsettled,
-        }
-        if stitched.attributes is not None:
-            tables["profile_attributes"] = stitched.attributes
-        return self._publish(stitched.inputs, tables, self.config.identity, None)
-
-    def open_ingested(
-        self, inputs: SparkInput, manifest: dict[str, Any], tables: tuple[str, ...]
-    ) -> SparkEvents:
+    def _open_ingested(self, inputs: SparkInput, manifest: dict[str, Any]) -> SparkEvents:
         """An ingest directory (either engine's) as temp views; ``profile_attributes`` when written."""
         root = inputs.ingested
-        frames = {name: self.spark.read.parquet(f"{root}/{name}.parquet") for name in tables}
+        frames = {name: self.spark.read.parquet(f"{root}/{name}.parquet") for name in INGEST_TABLES}
         if path_exists(self.spark, f"{root}/profile_attributes.parquet"):
             frames["profile_attributes"] = self.spark.read.parquet(f"{root}/profile_attributes.parquet")
         return self._publish(inputs, frames, IdentityConfig.model_validate(manifest["identity"]), manifest)

@@ -18,7 +18,8 @@ from propensity.core.config import ProjectConfig
 from propensity.core.errors import UserError
 from propensity.features.engine import Engine, Stitched
 from propensity.features.ingest.inputs import is_remote
-from propensity.pipeline.jobs.events import INGEST_FORMAT, OnBadRows, engine_for, stage_and_stitch
+from propensity.features.ingest.manifest import INGEST_FORMAT, OnBadRows
+from propensity.pipeline.jobs.events import engine_for
 
 __all__ = ["INGEST_FORMAT", "IngestSummary", "ingest", "validate"]
 
@@ -73,7 +74,7 @@ def validate(
     inputs = engine.resolve_input(events)
     profiles_path = profiles or inputs.profiles
     # Closed on the way out: the staged events would otherwise hold memory until collected.
-    with closing(stage_and_stitch(engine, inputs, config, "quarantine", as_of, profiles_path)) as stitched:
+    with closing(engine.stage(inputs, profiles_path, "quarantine", as_of)) as stitched:
         return _summarise(engine, stitched, True)
 
 
@@ -128,7 +129,7 @@ def ingest(
         raise UserError(f"{events}: already an ingest output directory")
     on_bad_rows = on_bad_rows or config.ingest.on_bad_rows
     profiles_path = profiles or inputs.profiles
-    with closing(stage_and_stitch(engine, inputs, config, on_bad_rows, as_of, profiles_path)) as stitched:
+    with closing(engine.stage(inputs, profiles_path, on_bad_rows, as_of)) as stitched:
         summary = _summarise(engine, stitched, on_bad_rows == "quarantine")
         manifest = ingest_manifest(inputs, profiles_path, as_of, on_bad_rows, config, summary)
         with engine.atomic_directory(out) as tmp:
