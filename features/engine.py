@@ -22,6 +22,7 @@ wings import these data types without importing the jobs.
 from __future__ import annotations
 
 import datetime as dt
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -32,11 +33,13 @@ import pandas as pd
 import pyarrow as pa
 
 from propensity.core.config import ModelConfig, OutcomeConfig
+from propensity.features.build.event_queries import data_end_sql, day_after, learn_categories_sql
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.rules import Rule
 from propensity.features.identity.as_of import AsOfSources
 from propensity.features.ingest.manifest import OnBadRows
 from propensity.features.ingest.staging import StagedEvents
+from propensity.features.ingest.summary import Breakdown
 
 # A query's result on an engine: DuckDB SQL text over the events' connection, or a Spark
 # DataFrame. Only the engine that made it reads it.
@@ -45,17 +48,6 @@ Relation = Any
 # percentile: the same function on a DuckDB thread and in Spark's mapInArrow.
 Scorer = Callable[[pa.RecordBatch, list[str]], pa.Table]
 Progress = Callable[[int, int | None], None]  # (profiles scored, all to score once known)
-
-
-@dataclass(frozen=True)
-class Breakdown:
-    """What an ingest summary reports of the stitched events beyond the staging counts."""
-
-    first_event: str | None
-    last_event: str | None
-    events_by_type: dict[str, int]
-    events_by_channel: dict[str, int]
-    identities_by_namespace: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -113,6 +105,28 @@ class Events(Protocol):
     def column_kinds(self, relation: Relation) -> dict[str, str]: ...
     def frame(self, relation: Relation) -> pd.DataFrame: ...
     def oracle(self, frame: pd.DataFrame, outcome: OutcomeConfig) -> np.ndarray | None: ...
+
+
+class SqlEvents(ABC):
+    """The questions loaded events answer with one query each, written once in DuckDB's SQL; an
+    engine supplies :meth:`rows` (Spark transpiles the query with sqlglot)."""
+
+    @abstractmethod
+    def rows(self, sql: str) -> list[tuple]:
+        """The rows of a query over the loaded views, on this machine."""
+
+    def data_end(self) -> dt.date:
+        """The day after the last event: the default cutoff."""
+        return day_after(self.rows(data_end_sql())[0][0])
+
+    def first_event(self) -> dt.date | None:
+        """The day of the first event (None without events)."""
+        first = self.rows("SELECT min(timestamp) FROM events")[0][0]
+        return None if first is None else pd.Timestamp(first).date()
+
+    def learn_categories(self, before: dt.date, limit: int) -> list[str]:
+        """The most viewed and bought categories before ``before``."""
+        return [r[0] for r in self.rows(learn_categories_sql(before, limit))]
 
 
 class Stitched(Protocol):

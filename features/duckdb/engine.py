@@ -23,23 +23,24 @@ from propensity.core.config import IdentityConfig, ModelConfig, OutcomeConfig, P
 from propensity.core.errors import UserError
 from propensity.core.io import atomic_path
 from propensity.features.activation import segments as segments_mod
-from propensity.features.build import event_queries
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.labels import population_snapshot_sql, training_frame
 from propensity.features.build.sql_compiler import snapshot_sql
 from propensity.features.connection import connect
 from propensity.features.duckdb import scoring
-from propensity.features.engine import Breakdown, Scored, ScoringPlan, TrainingRows
+from propensity.features.engine import Scored, ScoringPlan, SqlEvents, TrainingRows
 from propensity.features.identity import stitching as identity_mod
 from propensity.features.identity.as_of import AsOfSources, IdentityGraph
+from propensity.features.ingest import summary
 from propensity.features.ingest.inputs import InputFiles, resolve_input
 from propensity.features.ingest.manifest import INGEST_TABLES, OnBadRows, checked_manifest
 from propensity.features.ingest.staging import StagedEvents, refuse_bad_rows, stage_events, stage_profiles
+from propensity.features.ingest.summary import Breakdown
 from propensity.features.sql import sql_string
 
 
 @dataclass
-class LoadedEvents:
+class LoadedEvents(SqlEvents):
     """A DuckDB connection holding ``events`` (with profile_id), ``profiles`` and the identity
     graph's views, with ``graph`` to see them as of a date."""
 
@@ -54,19 +55,9 @@ class LoadedEvents:
             return AsOfSources(as_of, "events", "profiles", "identity_map")
         return self.graph.sources(as_of)
 
-    def data_end(self) -> dt.date:
-        """The day after the last event."""
-        return event_queries.day_after(self.con.execute(event_queries.data_end_sql()).fetchone()[0])
-
-    def first_event(self) -> dt.date | None:
-        """The day of the first event (None without events)."""
-        first = self.con.execute("SELECT min(timestamp) FROM events").fetchone()[0]
-        return None if first is None else pd.Timestamp(first).date()
-
-    def learn_categories(self, before: dt.date, limit: int) -> list[str]:
-        """The most viewed and bought categories before ``before``."""
-        rows = self.con.execute(event_queries.learn_categories_sql(before, limit)).fetchall()
-        return [r[0] for r in rows]
+    def rows(self, sql: str) -> list[tuple]:
+        """The rows of a query over the loaded views."""
+        return self.con.execute(sql).fetchall()
 
     def snapshot(self, fs: FeatureSet, as_of: dt.date, where: str | None = None) -> str:
         """The feature snapshot at ``as_of`` over the events and profiles as of that date (SQL)."""
@@ -172,22 +163,10 @@ class DuckDBEngine:
         return staged
 
     def breakdown(self, stitched: Stitched) -> Breakdown:
-        """The time range and events by type and channel (one scan), identities by namespace."""
+        """The time range, events by type and channel, identities by namespace."""
         con = stitched.con
-        rows = con.execute("""
-            SELECT grouping(event_type) AS all_types, grouping(channel) AS all_channels, event_type,
-                   coalesce(channel, '(none)') AS channel, count(*) AS n, min(timestamp), max(timestamp)
-            FROM clean_events GROUP BY GROUPING SETS ((event_type), (channel), ())
-            ORDER BY n DESC, event_type, channel
-        """).fetchall()
-        first, last = next(((r[5], r[6]) for r in rows if (r[0], r[1]) == (1, 1)), (None, None))
-        identities = con.execute("SELECT namespace, count(*) FROM identity_map GROUP BY 1 ORDER BY 1")
-        return Breakdown(
-            first_event=str(first) if first else None,
-            last_event=str(last) if last else None,
-            events_by_type={r[2]: r[4] for r in rows if (r[0], r[1]) == (0, 1)},
-            events_by_channel={r[3]: r[4] for r in rows if (r[0], r[1]) == (1, 0)},
-            identities_by_namespace=dict(identities.fetchall()),
+        return summary.breakdown(
+            con.execute(summary.events_sql()).fetchall(), con.execute(summary.identities_sql()).fetchall()
         )
 
     def write_ingest(self, stitched: Stitched, directory: str, quarantine: bool) -> None:

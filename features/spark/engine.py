@@ -22,10 +22,12 @@ import pandas as pd
 from propensity.core.config import IdentityConfig, ModelConfig, OutcomeConfig, ProjectConfig
 from propensity.features.activation import segments as segments_mod
 from propensity.features.build.feature_set import FeatureSet
-from propensity.features.engine import Breakdown, Scored, ScoringPlan, TrainingRows
+from propensity.features.engine import Scored, ScoringPlan, SqlEvents, TrainingRows
 from propensity.features.identity.as_of import AsOfSources
+from propensity.features.ingest import summary
 from propensity.features.ingest.manifest import INGEST_TABLES, OnBadRows, checked_manifest
 from propensity.features.ingest.staging import StagedEvents, refuse_bad_rows
+from propensity.features.ingest.summary import Breakdown
 from propensity.features.spark import features as sf
 from propensity.features.spark import identity as spark_identity
 from propensity.features.spark import scoring
@@ -53,7 +55,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class SparkEvents:
+class SparkEvents(SqlEvents):
     """Events on Spark: the temp views ``events``, ``profiles`` and the identity graph's
     (``identity_map``, ``identity_links``, ``identity_unsettled``), where they came from, and
     ``graph`` to see them as of a date."""
@@ -68,18 +70,9 @@ class SparkEvents:
         """The events and profiles as of ``as_of``: what every snapshot at that date reads."""
         return self.graph.sources(as_of)
 
-    def data_end(self) -> dt.date:
-        """The day after the last event."""
-        return sf.data_end(self.spark)
-
-    def first_event(self) -> dt.date | None:
-        """The day of the first event (None without events)."""
-        first = self.spark.sql("SELECT min(timestamp) FROM events").first()[0]
-        return None if first is None else first.date()
-
-    def learn_categories(self, before: dt.date, limit: int) -> list[str]:
-        """The most viewed and bought categories before ``before``."""
-        return sf.learn_categories(self.spark, before, limit)
+    def rows(self, sql: str) -> list[tuple]:
+        """The rows of a query (DuckDB's SQL, transpiled) over the temp views."""
+        return [tuple(r) for r in self.spark.sql(sf.duckdb_to_spark(sql)).collect()]
 
     def snapshot(self, fs: FeatureSet, as_of: dt.date, where: str | None = None) -> DataFrame:
         """The feature snapshot at ``as_of`` over the events and profiles as of that date."""
@@ -207,28 +200,17 @@ class SparkEngine:
         return Stitched(inputs, staged, graph, events, profile_table, attributes)
 
     def breakdown(self, stitched: Stitched) -> Breakdown:
-        """The time range, events by type and channel, identities by namespace."""
-        events = stitched.events
+        """The time range, events by type and channel, identities by namespace: the DuckDB
+        engine's queries, transpiled, over the stitched events and identity map."""
+        stitched.events.createOrReplaceTempView("ingest_clean_events")
+        stitched.graph.identity_map.createOrReplaceTempView("ingest_identity_map")
 
-        def ordered(column) -> dict[str, int]:
-            rows = (
-                events.groupBy(column.alias("key"))
-                .count()
-                .orderBy(functions().desc("count"), "key")
-                .collect()
-            )
-            return {row["key"]: int(row["count"]) for row in rows}
+        def rows(sql: str) -> list[tuple]:
+            return [tuple(r) for r in self.spark.sql(sf.duckdb_to_spark(sql)).collect()]
 
-        span = events.agg(functions().min("timestamp"), functions().max("timestamp")).first()
-        identities = stitched.graph.identity_map.groupBy("namespace").count().orderBy("namespace").collect()
-        return Breakdown(
-            first_event=str(span[0]) if span[0] else None,
-            last_event=str(span[1]) if span[1] else None,
-            events_by_type=ordered(functions().col("event_type")),
-            events_by_channel=ordered(
-                functions().coalesce(functions().col("channel"), functions().lit("(none)"))
-            ),
-            identities_by_namespace={row["namespace"]: int(row["count"]) for row in identities},
+        return summary.breakdown(
+            rows(summary.events_sql("ingest_clean_events")),
+            rows(summary.identities_sql("ingest_identity_map")),
         )
 
     def write_ingest(self, stitched: Stitched, directory: str, quarantine: bool) -> None:
