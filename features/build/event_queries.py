@@ -1,8 +1,8 @@
 """Small questions asked of the events: where the data ends, which categories matter.
 
-Each is written once, in DuckDB's SQL: :func:`learn_categories_sql` and :func:`data_end_sql`
-run here as they are, and on Spark transpiled by sqlglot
-(:func:`propensity.features.spark.features.learn_categories`), so the engines cannot drift.
+Each is written once, in DuckDB's SQL: it runs on DuckDB as it is and on Spark transpiled by
+sqlglot (:func:`propensity.features.spark.features.duckdb_to_spark`), so the engines cannot
+drift.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import duckdb
 import pandas as pd
 
 from propensity.core.errors import UserError
+from propensity.features.sql import sql_ident, sql_string
 
 
 def learn_categories_sql(before: dt.date, limit: int, events: str = "events") -> str:
@@ -28,6 +29,20 @@ def learn_categories_sql(before: dt.date, limit: int, events: str = "events") ->
 def data_end_sql(events: str = "events") -> str:
     """The last event's timestamp (see :func:`day_after`)."""
     return f"SELECT max(timestamp) FROM {events}"
+
+
+def namespaces_sql(identity_map: str = "identity_map") -> str:
+    """The identity namespaces present."""
+    return f"SELECT DISTINCT namespace FROM {identity_map} ORDER BY 1"
+
+
+def representatives_sql(identity_map: str, namespaces: list[str]) -> str:
+    """One representative identity per namespace and profile (the smallest value): the score
+    table's identity columns."""
+    selects = "".join(
+        f", min(value) FILTER (WHERE namespace = {sql_string(n)}) AS {sql_ident(n)}" for n in namespaces
+    )
+    return f"SELECT profile_id{selects} FROM {identity_map} GROUP BY profile_id"
 
 
 def day_after(last) -> dt.date:

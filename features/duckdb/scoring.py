@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from propensity.core.io import atomic_path
 from propensity.core.score_table import BUCKETS, histogram_bins
+from propensity.features.build.event_queries import namespaces_sql, representatives_sql
 from propensity.features.build.sql_compiler import snapshot_sql
 from propensity.features.connection import arrow_batches, relation_columns
 from propensity.features.engine import Scored, ScoringPlan
@@ -97,14 +98,10 @@ def partitions_for(con: duckdb.DuckDBPyConnection, profiles: str, features: int)
 
 
 def _identities_sql(con: duckdb.DuckDBPyConnection, identity_map: str, namespaces) -> tuple[str, list[str]]:
-    """One representative identity per namespace and profile (the smallest value)."""
-    present = {r[0] for r in con.execute(f"SELECT DISTINCT namespace FROM {identity_map}").fetchall()}
+    """One representative identity per namespace and profile, for the namespaces present."""
+    present = {r[0] for r in con.execute(namespaces_sql(identity_map)).fetchall()}
     columns = [c for c in namespaces if c in present]
-    selects = ", ".join(
-        f"min(value) FILTER (WHERE namespace = {sql_string(c)}) AS {sql_ident(c)}" for c in columns
-    )
-    sql = f"SELECT profile_id{', ' + selects if selects else ''} FROM {identity_map} GROUP BY profile_id"
-    return sql, columns
+    return representatives_sql(identity_map, columns), columns
 
 
 def _model_columns(plan: ScoringPlan) -> str:

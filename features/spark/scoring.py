@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from propensity.core.score_table import BUCKETS, PERCENTILE, batch_schema
+from propensity.features.build.event_queries import namespaces_sql, representatives_sql
 from propensity.features.engine import Scored, Scorer, ScoringPlan
 from propensity.features.identity.as_of import AsOfSources
 from propensity.features.spark import features as sf
@@ -54,17 +55,12 @@ def _model_inputs(features: DataFrame, plan: ScoringPlan) -> DataFrame:
     return features.select(*keep).withColumns(nulls)
 
 
-def _identities(identity_map: DataFrame, namespaces) -> tuple[DataFrame, list[str]]:
-    """One representative identity per namespace and profile (the smallest value)."""
-    F = functions()
-    present = {r[0] for r in identity_map.select("namespace").distinct().collect()}
+def _identities(spark: SparkSession, identity_map: str, namespaces) -> tuple[DataFrame, list[str]]:
+    """One representative identity per namespace and profile, for the namespaces present (the
+    DuckDB engine's queries, transpiled)."""
+    present = {r[0] for r in spark.sql(sf.duckdb_to_spark(namespaces_sql(identity_map))).collect()}
     columns = [c for c in namespaces if c in present]
-    return (
-        identity_map.groupBy("profile_id").agg(
-            *(F.min(F.when(F.col("namespace") == c, F.col("value"))).alias(c) for c in columns)
-        ),
-        columns,
-    )
+    return spark.sql(sf.duckdb_to_spark(representatives_sql(identity_map, columns))), columns
 
 
 def _spark_schema(identity_columns: list[str]):
@@ -100,7 +96,7 @@ def score(spark: SparkSession, sources: AsOfSources, plan: ScoringPlan, target: 
     where = F.expr(plan.population.sql("spark"))
     counts = features.agg(F.count(F.lit(1)), F.count(F.when(where, 1))).first()
     profiles, eligible = int(counts[0]), int(counts[1])
-    identities, identity_columns = _identities(spark.table(sources.identity_map), plan.identity_namespaces)
+    identities, identity_columns = _identities(spark, sources.identity_map, plan.identity_namespaces)
     rows = features.where(where).join(identities, "profile_id", "left")
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(plan.chunk_rows))
     scorer = _on_executors(plan.scorer, identity_columns)
