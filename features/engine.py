@@ -95,7 +95,7 @@ class Events(Protocol):
 
     def sources(self, as_of: dt.date) -> AsOfSources: ...
     def data_end(self) -> dt.date: ...
-    def first_event(self) -> dt.date | None: ...
+    def span(self) -> tuple[dt.date, dt.date] | None: ...
     def learn_categories(self, before: dt.date, limit: int) -> list[str]: ...
     def snapshot(self, fs: FeatureSet, as_of: dt.date, where: str | None = None) -> Relation: ...
     def population_snapshot(
@@ -119,10 +119,11 @@ class SqlEvents(ABC):
         """The day after the last event: the default cutoff."""
         return day_after(self.rows(data_end_sql())[0][0])
 
-    def first_event(self) -> dt.date | None:
-        """The day of the first event (None without events)."""
-        first = self.rows("SELECT min(timestamp) FROM events")[0][0]
-        return None if first is None else pd.Timestamp(first).date()
+    def span(self) -> tuple[dt.date, dt.date] | None:
+        """The day of the first event and the data end (the day after the last), in one scan;
+        None without events."""
+        first, last = self.rows("SELECT min(timestamp), max(timestamp) FROM events")[0]
+        return None if first is None else (pd.Timestamp(first).date(), day_after(last))
 
     def learn_categories(self, before: dt.date, limit: int) -> list[str]:
         """The most viewed and bought categories before ``before``."""

@@ -53,12 +53,8 @@ class TrainResult:
     trained_until: dt.date
 
 
-def _adapted(
-    model_cfg: ModelConfig, first: dt.date | None, cutoff: dt.date
-) -> tuple[ModelConfig, str | None]:
+def _adapted(model_cfg: ModelConfig, first: dt.date, cutoff: dt.date) -> tuple[ModelConfig, str | None]:
     """The model config with the snapshot plan adapted to the span of the events."""
-    if first is None:
-        raise UserError("no events to train on")
     snapshots, note = adapt_snapshots(
         model_cfg.training.snapshots,
         first,
@@ -160,8 +156,11 @@ def training_data(
     """The model's stacked labelled snapshots on the events' engine (each date's profiles as the
     identity graph knew them then; on Spark a sample of at most ``training.max_training_rows``
     rows, the same share of each label)."""
-    cutoff = as_of or loaded.data_end()
-    model_cfg, snapshot_note = _adapted(load_model_config(model_name, config), loaded.first_event(), cutoff)
+    span = loaded.span()
+    if span is None:
+        raise UserError("no events to train on")
+    cutoff = as_of or span[1]
+    model_cfg, snapshot_note = _adapted(load_model_config(model_name, config), span[0], cutoff)
     plan = model_cfg.training.snapshots
     first_date = snapshot_dates(cutoff, model_cfg.outcome.horizon_days, plan.count, plan.spacing_days)[0]
     fs = feature_set(loaded, config, before=first_date)
