@@ -195,7 +195,7 @@ def export_destination(
     """Write one destination's segment files for ``as_of`` (checked by :func:`check_destinations`
     first) to ``export_dir/destination=<name>/as_of=<date>/``, atomically."""
     target = Path(export_dir) / f"destination={destination.name}" / f"as_of={as_of}"
-    with atomic_path(target) as tmp:
+    with atomic_path(target, root=export_dir, kind="exports") as tmp:
         tmp.mkdir(parents=True)
         exports = [
             _export_segment(con, Path(memberships_dir), as_of, destination, segment, tmp)

@@ -88,7 +88,7 @@ def build_features(
         }
     )
     out = Path(out)
-    with atomic_path(out) as tmp:
+    with atomic_path(out, kind="features") as tmp:
         con.execute(
             f"COPY ({sql}) TO {sql_string(str(tmp))} "
             f"(FORMAT parquet, COMPRESSION zstd, KV_METADATA {{propensity: {sql_string(metadata)}}})"

@@ -17,7 +17,7 @@ import duckdb
 
 from propensity.core.config import IdentityConfig, ProjectConfig
 from propensity.core.errors import UserError
-from propensity.core.io import atomic_path, write_json
+from propensity.core.io import atomic_path, check_output, write_json
 from propensity.features.connection import connect
 from propensity.features.identity import stitching as identity_mod
 from propensity.features.identity.as_of import AsOfSources, IdentityGraph
@@ -165,10 +165,11 @@ def ingest(
     if inputs.ingested is not None:
         raise UserError(f"{events}: already an ingest output directory")
     on_bad_rows = on_bad_rows or config.ingest.on_bad_rows
+    check_output(out, "ingest")
     with connect(config.engine) as con:
         profiles_path = Path(profiles) if profiles else inputs.profiles
         summary = _stage(con, inputs, config, on_bad_rows, as_of, profiles_path)
-        with atomic_path(out) as tmp:
+        with atomic_path(out, kind="ingest") as tmp:
             tmp.mkdir(parents=True)
             _copy(
                 con,

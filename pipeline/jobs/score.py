@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from propensity.core.config import ProjectConfig
 from propensity.core.errors import UserError
-from propensity.core.io import atomic_path
+from propensity.core.io import atomic_path, output_lock, scratch_dir
 from propensity.features.build.event_queries import data_end
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.registry import PROFILE_ATTRIBUTE_FEATURES
@@ -278,7 +278,8 @@ def score_model(
 
     scored_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
     profiles = eligible = scored = 0
-    with tempfile.TemporaryDirectory(dir=_existing_parent(out_root)) as tmp:
+    # The lock is held from the first temp file to the partition's replace; temps stay outside scores/.
+    with output_lock(target, root=out_root, kind="scores"), scratch_dir(target, root=out_root) as tmp:
         parts = Path(tmp) / "unranked.parquet"
         writer: pq.ParquetWriter | None = None
         batches = _prefetched(
@@ -343,11 +344,6 @@ def _partitions_for(con, profiles: str, features: int) -> int:
     count = con.execute(f"SELECT count(*) FROM {profiles}").fetchall()[0][0]
     cells = int(count) * (features + PROFILE_OVERHEAD_FEATURES)
     return max(1, -(-cells // CELLS_PER_PARTITION))
-
-
-def _existing_parent(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _write_partition(con, unranked: Path | None, target: Path) -> dict[str, int]:

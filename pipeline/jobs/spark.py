@@ -172,7 +172,7 @@ def ingest(
     summary = _summarise(stitched, on_bad_rows == "quarantine")
     from pyspark.sql import functions as F  # noqa: N812
 
-    with atomic_output(spark, out) as tmp:
+    with atomic_output(spark, out, kind="ingest") as tmp:
         write_parquet(
             stitched.events.drop("_source_file", "_source_row").orderBy("timestamp", "event_id"),
             f"{tmp}/events.parquet",
@@ -313,7 +313,7 @@ def build_features(
         "labels": fs.labels(),
         "features": fs.names(),
     }
-    with atomic_output(spark, out) as tmp:
+    with atomic_output(spark, out, kind="features") as tmp:
         write_parquet(table.orderBy("profile_id"), tmp)
         write_text(spark, json.dumps(metadata), f"{tmp}/_propensity.json")
         written = (

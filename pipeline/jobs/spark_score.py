@@ -175,7 +175,7 @@ def score_model(
         .alias("percentile"),
         "scored_at",
     )
-    with atomic_output(spark, target) as tmp:
+    with atomic_output(spark, target, root=out_root, kind="scores") as tmp:
         write_parquet(ranked.orderBy("profile_id"), tmp)
     sizes = {r["bucket"]: int(r["count"]) for r in scored.groupBy("bucket").count().collect()}
     bucket_sizes = {b: sizes.get(b, 0) for b in ("high", "medium", "low")} if total else {}

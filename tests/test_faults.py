@@ -1,0 +1,340 @@
+"""Fault injection: killed steps, concurrent runs, interrupted replaces and foreign ``--out`` folders.
+
+Each writing step runs in a subprocess, is killed (SIGKILL) at seeded random moments, and then:
+the previous output is intact and readable, no temp file is visible to ``pyarrow.dataset`` or a
+DuckDB glob of the output tree, and a re-run gives identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pyarrow.dataset as ds
+import pytest
+
+from propensity.core import io
+from propensity.core.errors import UserError
+from propensity.features.synthetic.simulator import GeneratorSettings
+from propensity.features.synthetic.writer import generate
+from tests.conftest import invoke
+
+CLI = str(Path(sys.executable).parent / "propensity")
+# Files whose bytes legitimately differ between two runs of one step (a run's own clock).
+VOLATILE = {io.MARKER}
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file under ``root`` (hidden ones too) -> its SHA-256."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name not in VOLATILE
+    }
+
+
+def assert_no_visible_temps(root: Path) -> None:
+    """Readers of the output tree see only real outputs: no staging, no leftover temp names."""
+    names = [p.name for p in root.rglob("*")]
+    assert not [n for n in names if n.endswith((".tmp", ".old", ".new", ".scratch", ".lock"))], names
+    assert not [n for n in names if n.startswith(".") and n != io.MARKER], names
+    staging = root.parent / io.STAGING
+    if staging.exists():  # only lock files survive a finished run
+        assert all(p.suffix == ".lock" for p in staging.iterdir()), list(staging.iterdir())
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def killed_at(args: list[str], delay: float, env: dict | None = None) -> int | None:
+    """Start the CLI, SIGKILL it after ``delay`` seconds; its exit code if it finished first."""
+    proc = subprocess.Popen([CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        return proc.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return None
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("faults") / "raw"
+    generate(GeneratorSettings(profiles=600, days=120, seed=3), out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# defect 1: --out never deletes a folder that is not the step's own output
+
+
+def test_ingest_refuses_to_overwrite_its_own_input(raw, runner, tmp_path):
+    before = tree_digest(raw)
+    result = invoke(runner, "ingest", "--events", str(raw), "--out", str(raw))
+    assert result.exit_code == 2
+    assert "not a ingest output" in result.output or "is a propensity" in result.output
+    assert str(raw) in result.output and len(result.output.strip().splitlines()) == 1
+    assert tree_digest(raw) == before
+
+
+def test_steps_refuse_a_work_folder_holding_other_outputs(raw, runner, tmp_path):
+    work = tmp_path / "work"
+    ingested = work / "ingested"
+    assert invoke(runner, "ingest", "--events", str(raw), "--out", str(ingested)).exit_code == 0
+    (work / "notes.txt").write_text("mine")
+    before = tree_digest(work)
+    for args in (
+        ["ingest", "--events", str(raw), "--out", str(work)],
+        ["features", "--events", str(ingested), "--as-of", "2025-04-01", "--out", str(work)],
+        ["generate", "--profiles", "10", "--days", "30", "--out", str(work)],
+        ["features", "--events", str(ingested), "--as-of", "2025-04-01", "--out", str(work / "notes.txt")],
+    ):
+        result = invoke(runner, *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "nothing was changed" in result.output and len(result.output.strip().splitlines()) == 1
+        assert tree_digest(work) == before, args
+    # its own kind of output is replaced as before
+    assert invoke(runner, "ingest", "--events", str(raw), "--out", str(ingested)).exit_code == 0
+    assert io.output_kind(ingested) == "ingest"
+
+
+def test_outputs_of_another_kind_are_refused_by_marker(tmp_path):
+    scores = tmp_path / "scores"
+    with io.atomic_path(scores / "model=m" / "as_of=2025-01-01", root=scores, kind="scores") as tmp:
+        tmp.mkdir()
+        (tmp / "part-0.parquet").write_bytes(b"x")
+    assert io.output_kind(scores) == "scores"
+    with pytest.raises(UserError, match="is a propensity scores output, not segments"):
+        io.check_output(scores, "segments")
+    io.check_output(scores, "scores")
+    io.check_output(tmp_path / "absent", "segments")
+    (tmp_path / "empty").mkdir()
+    io.check_output(tmp_path / "empty", "segments")
+
+
+def test_outputs_written_before_markers_are_recognised(tmp_path):
+    old_scores = tmp_path / "old_scores"
+    (old_scores / "model=m" / "as_of=2025-01-01").mkdir(parents=True)
+    io.check_output(old_scores, "scores")
+    with pytest.raises(UserError):
+        io.check_output(old_scores, "exports")
+    (old_scores / "stray.csv").write_text("a")
+    with pytest.raises(UserError, match="not a scores output"):
+        io.check_output(old_scores, "scores")
+
+
+def test_a_file_output_never_replaces_a_folder(tmp_path):
+    folder = tmp_path / "report.html"
+    (folder / "inside").mkdir(parents=True)
+    with pytest.raises(UserError, match="is a folder"), io.atomic_path(folder) as tmp:
+        tmp.write_text("page")
+    assert (folder / "inside").is_dir()
+
+
+# ---------------------------------------------------------------------------------------------
+# defect 9: the interrupted replace, temps outside the tree, cleaned by the next run
+
+
+def _write_partition(root: Path, name: str, text: str) -> Path:
+    target = root / name
+    with io.atomic_path(target, root=root, kind="segments") as tmp:
+        tmp.mkdir()
+        (tmp / "part-0.parquet").write_text(text)
+    return target
+
+
+KILL_BETWEEN_RENAMES = """
+import os, signal, sys
+from pathlib import Path
+from propensity.core import io
+root, mode = Path(sys.argv[1]), sys.argv[2]
+io._exchange = lambda a, b: False  # a filesystem without RENAME_EXCHANGE: the two-rename path
+real_replace, calls = os.replace, []
+def replace(src, dst):
+    calls.append(src)
+    real_replace(src, dst)
+    if mode == "kill" and len(calls) == 1:
+        os.kill(os.getpid(), signal.SIGKILL)  # killed between the two renames
+    if mode == "raise" and len(calls) == 1:
+        raise KeyboardInterrupt
+io.os.replace = replace
+with io.atomic_path(root / "as_of=2025-01-01", root=root, kind="segments") as tmp:
+    tmp.mkdir()
+    (tmp / "part-0.parquet").write_text("new")
+"""
+
+
+@pytest.mark.parametrize("mode", ["kill", "raise"])
+def test_an_interrupted_double_rename_is_finished(tmp_path, mode):
+    root = tmp_path / "segments"
+    target = _write_partition(root, "as_of=2025-01-01", "old")
+    done = subprocess.run([sys.executable, "-c", KILL_BETWEEN_RENAMES, str(root), mode], capture_output=True)
+    assert done.returncode != 0
+    if mode == "kill":
+        # killed mid-replace: the date is missing for now, the new partition complete outside the tree
+        assert not target.exists()
+        assert not [p for p in root.rglob("*") if p.name.endswith((".old", ".new"))]
+        # the next run of that output finishes the replace before anything else
+        with io.output_lock(target, root=root, kind="segments"):
+            pass
+    assert (target / "part-0.parquet").read_text() == "new"
+    assert_no_visible_temps(root)
+
+
+def test_a_crash_before_the_old_output_moved_keeps_it(tmp_path):
+    root = tmp_path / "segments"
+    target = _write_partition(root, "as_of=2025-01-01", "old")
+
+    def half_written() -> None:
+        with io.atomic_path(target, root=root, kind="segments") as tmp:
+            tmp.mkdir()
+            (tmp / "part-0.parquet").write_text("half")
+            raise RuntimeError("killed while writing")
+
+    with pytest.raises(RuntimeError):
+        half_written()
+    assert (target / "part-0.parquet").read_text() == "old"
+    assert_no_visible_temps(root)
+
+
+def test_leftovers_of_older_versions_are_cleaned_and_an_old_backup_restored(tmp_path):
+    root = tmp_path / "scores"
+    partition = root / "model=m" / "as_of=2025-01-01"
+    (root / "model=m" / ".as_of=2025-01-02.abcd.tmp").mkdir(parents=True)
+    (root / "model=m" / ".as_of=2025-01-02.abcd.tmp" / "part-0.parquet").write_bytes(b"")
+    backup = root / "model=m" / ".as_of=2025-01-01.old"
+    backup.mkdir()
+    (backup / "part-0.parquet").write_text("kept")
+    with io.output_lock(partition, root=root, kind="scores"):
+        pass
+    with io.output_lock(root / "model=m" / "as_of=2025-01-02", root=root, kind="scores"):
+        pass
+    assert (partition / "part-0.parquet").read_text() == "kept"
+    assert_no_visible_temps(root)
+
+
+def test_the_exchange_is_atomic_and_used(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "x").write_text("a")
+    (b / "x").write_text("b")
+    assert io._exchange(a, b)  # Linux: one renameat2 call, no moment without ``b``
+    assert (a / "x").read_text() == "b" and (b / "x").read_text() == "a"
+
+
+# ---------------------------------------------------------------------------------------------
+# kills at random points: previous output intact, nothing visible, re-run identical
+
+
+def _visible_parquet(root: Path) -> tuple[int, set[str]]:
+    """Rows pyarrow.dataset reads from the tree and the files DuckDB's ``**`` glob finds."""
+    files = set(ds.dataset(root, format="parquet").files)
+    duck = {r[0] for r in duckdb.sql(f"SELECT file FROM glob('{root}/**')").fetchall()}
+    return len(files), duck
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "step",
+    ["generate", "ingest", "features"],
+)
+def test_killing_a_step_keeps_the_previous_output(raw, tmp_path, step):
+    if step == "generate":
+        out = tmp_path / "generated"
+        args = ["generate", "--profiles", "400", "--days", "60", "--seed", "5", "--out", str(out)]
+    elif step == "ingest":
+        out = tmp_path / "ingested"
+        args = ["ingest", "--events", str(raw), "--out", str(out)]
+    else:
+        out = tmp_path / "features.parquet"
+        args = ["features", "--events", str(raw), "--as-of", "2025-04-01", "--out", str(out)]
+    started = time.perf_counter()
+    first = run_cli(*args)
+    duration = time.perf_counter() - started
+    assert first.returncode == 0, first.stderr
+    root = out if out.is_dir() else out.parent
+    reference = tree_digest(root)
+    visible = _visible_parquet(root) if out.is_dir() else None
+    rng = random.Random(21)
+    kills = 0
+    for delay in sorted(rng.uniform(0.3, duration) for _ in range(4)):
+        code = killed_at(args, delay)
+        kills += code is None
+        assert code in (None, 0)
+        # the previous output is intact: the same bytes, the same rows for readers
+        current = {k: v for k, v in tree_digest(root).items() if io.STAGING not in k}
+        assert current == {k: v for k, v in reference.items() if io.STAGING not in k}
+        if visible is not None:
+            assert _visible_parquet(root) == visible
+            assert not [p for p in out.rglob("*") if p.name.startswith(".") and p.name != io.MARKER]
+    assert kills >= 2  # the seeded delays kill most runs part-way
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert {k: v for k, v in tree_digest(root).items() if io.STAGING not in k} == {
+        k: v for k, v in reference.items() if io.STAGING not in k
+    }
+    if out.is_dir():
+        assert_no_visible_temps(out)
+    else:  # a file output: beside it only the staging folder, holding only locks
+        assert sorted(p.name for p in root.iterdir()) == sorted([io.STAGING, out.name])
+        assert all(p.suffix == ".lock" for p in (root / io.STAGING).iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
+# defect 10: two runs of the same output at once
+
+
+def test_a_second_concurrent_run_fails_in_one_line(raw, tmp_path):
+    out = tmp_path / "ingested"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from propensity.core import io\n"
+            f"with io.output_lock({str(out)!r}, kind='ingest'):\n"
+            "    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = run_cli("ingest", "--events", str(raw), "--out", str(out))
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "another propensity run is writing it" in lines[0], result.stderr
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the lock dies with its process: the next run goes ahead
+    assert run_cli("ingest", "--events", str(raw), "--out", str(out)).returncode == 0
+
+
+def test_three_concurrent_runs_end_cleanly(raw, tmp_path):
+    out = tmp_path / "ingested"
+    procs = [
+        subprocess.Popen(
+            [CLI, "ingest", "--events", str(raw), "--out", str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    assert any(code == 0 for code, _ in results), results
+    for code, err in results:
+        assert code in (0, 2), err
+        assert "Traceback" not in err
+        if code == 2:
+            assert len(err.strip().splitlines()) == 1 and "another propensity run" in err
+    assert io.output_kind(out) == "ingest"
