@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 
 from propensity.core import io
 from propensity.core.errors import UserError
+from propensity.features.build.rules import parse_rule
 from propensity.features.synthetic.simulator import GeneratorSettings
 from propensity.features.synthetic.writer import generate
 from tests.conftest import invoke
@@ -338,3 +340,43 @@ def test_three_concurrent_runs_end_cleanly(raw, tmp_path):
         if code == 2:
             assert len(err.strip().splitlines()) == 1 and "another propensity run" in err
     assert io.output_kind(out) == "ingest"
+
+
+# ---------------------------------------------------------------------------------------------
+# defects 2 and 11: NULL-safe rule arithmetic, size limits
+
+RULE_ROWS = (
+    "(VALUES (1, 0.0, 0.0), (2, 50.0, 0.0), (3, 500.0, 2.0), (4, 150.0, 2.0), (5, 'nan'::DOUBLE, 1.0), "
+    "(6, 'inf'::DOUBLE, 1.0), (7, 1e308, 1e-300), (8, NULL, 1.0))"
+)
+RULE_KINDS = {"revenue": "number", "purchases": "number"}
+
+
+def qualifying(rule_text: str) -> list[int]:
+    rule = parse_rule(rule_text, RULE_KINDS, "test")
+    sql = f"SELECT id FROM {RULE_ROWS} t(id, revenue, purchases) WHERE {rule.sql('duckdb')} ORDER BY id"
+    return [r[0] for r in duckdb.sql(sql).fetchall()]
+
+
+def test_division_by_zero_nan_and_inf_never_qualify():
+    # 0/0 and x/0 would be NaN and inf (greater than any number): only the genuine 250 qualifies
+    assert qualifying("revenue / purchases > 100") == [3]
+    assert qualifying("revenue / purchases <= 100") == [4]
+    assert qualifying("revenue + 0 > 100") == [3, 4, 7]  # NaN and inf results count as missing
+    assert qualifying("revenue * 10 > 100") == [2, 3, 4]  # 1e308 * 10 overflows to inf: missing
+    assert qualifying("revenue / purchases IS NULL") == [1, 2, 5, 6, 7, 8]
+    assert qualifying("-revenue < 0") == [2, 3, 4, 7]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (" AND ".join(f"revenue > {i}" for i in range(10_000)), "longer than 20,000 characters"),
+        (" OR ".join("revenue > 1" for _ in range(1_000)), "too large (over 100 levels of nesting"),
+        ("(" * 600 + "revenue > 1" + ")" * 600, "nests too deeply"),
+    ],
+)
+def test_huge_rules_end_in_one_clear_line(text, message):
+    with pytest.raises(UserError, match=re.escape(message)) as error:
+        parse_rule(text, RULE_KINDS, "segments.yaml: segment 'big'")
+    assert len(str(error.value)) < 500 and "\n" not in str(error.value)

@@ -620,3 +620,27 @@ def test_engine_settings_and_paths():
     assert hadoop_path("data/luma") == "data/luma"
     with pytest.raises(UserError, match="unknown key"):
         parse_config(ProjectConfig, {"engine": {"spark": {"mastr": "local"}}}, "project.yaml")
+
+
+def test_rule_arithmetic_is_null_safe_on_spark_as_on_duckdb(spark):
+    """Division by zero, NaN and overflow never qualify anyone, on Spark exactly as on DuckDB."""
+    from propensity.features.build.rules import parse_rule
+
+    rows = [(1, 0.0, 0.0), (2, 50.0, 0.0), (3, 500.0, 2.0), (4, 150.0, 2.0), (5, float("nan"), 1.0)]
+    rows += [(6, float("inf"), 1.0), (7, 1e308, 1e-300), (8, None, 1.0)]
+    frame = spark.createDataFrame(rows, "id int, revenue double, purchases double")
+    duck = duckdb.connect()
+    duck.register("t", pd.DataFrame(rows, columns=["id", "revenue", "purchases"]))
+    kinds = {"revenue": "number", "purchases": "number"}
+    for text, expected in [
+        ("revenue / purchases > 100", [3]),
+        ("revenue / purchases <= 100", [4]),
+        ("revenue * 10 > 100", [2, 3, 4]),
+        ("revenue / purchases IS NULL", [1, 2, 5, 6, 7, 8]),
+    ]:
+        rule = parse_rule(text, kinds, "test")
+        on_spark = sorted(r["id"] for r in frame.where(rule.sql("spark")).collect())
+        on_duckdb = [
+            r[0] for r in duck.execute(f"SELECT id FROM t WHERE {rule.sql()} ORDER BY id").fetchall()
+        ]
+        assert on_spark == on_duckdb == expected, text
