@@ -72,6 +72,24 @@ BAD_ROW_REASONS: tuple[str, ...] = (
 # Profile attributes that are consent flags ('y' / 'n' / NULL = not given): carried for
 # segments and exports, never used as features.
 CONSENT_COLUMNS: tuple[str, ...] = ("consent_personalization", "consent_marketing")
+# The closed vocabulary of consent values (compared trimmed and lower-cased); empty means not
+# given. Anything else is refused at validate/ingest, or with quarantine counts as opted out:
+# an unrecognised value (``off``, ``revoked``) must never let a profile be exported.
+CONSENT_GIVEN: tuple[str, ...] = ("y", "yes", "true", "1")
+CONSENT_REFUSED: tuple[str, ...] = ("n", "no", "false", "0")
+UNRECOGNISED_CONSENT = "?"  # staged stand-in for a value outside the vocabulary, resolved at once
+
+
+def consent_message(source: str, column: str, count: int, values: list[str], rows: list[int]) -> str:
+    """The one-line refusal of unrecognised consent values (file, column, rows, values)."""
+    shown = ", ".join(repr(v[:40]) for v in values)
+    return (
+        f"{source}: column {column} has {count} unrecognised consent values ({shown}; rows "
+        f"{', '.join(map(str, rows))}); use {'/'.join(CONSENT_GIVEN)} for given, "
+        f"{'/'.join(CONSENT_REFUSED)} for refused or leave it empty, or pass --on-bad-rows "
+        "quarantine to treat them as opted out"
+    )
+
 
 # Event types with their own activity features, in feature-table order (sign-ups are a
 # profile fact, not activity).

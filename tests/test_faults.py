@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 
@@ -25,7 +26,8 @@ from propensity.core.errors import UserError
 from propensity.features.build.rules import parse_rule
 from propensity.features.synthetic.simulator import GeneratorSettings
 from propensity.features.synthetic.writer import generate
-from tests.conftest import invoke
+from propensity.pipeline.jobs import ingest as ingest_jobs
+from tests.conftest import invoke, write_events
 
 CLI = str(Path(sys.executable).parent / "propensity")
 # Files whose bytes legitimately differ between two runs of one step (a run's own clock).
@@ -380,3 +382,47 @@ def test_huge_rules_end_in_one_clear_line(text, message):
     with pytest.raises(UserError, match=re.escape(message)) as error:
         parse_rule(text, RULE_KINDS, "segments.yaml: segment 'big'")
     assert len(str(error.value)) < 500 and "\n" not in str(error.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# defect 3: consent values outside the vocabulary
+
+
+def _consent_input(tmp_path: Path) -> Path:
+    root = tmp_path / "consent"
+    (root / "events").mkdir(parents=True)
+    write_events(
+        root / "events" / "a.csv",
+        [{"timestamp": f"2025-03-0{i}", "event_type": "page_view", "crm_id": f"C{i}"} for i in range(1, 5)],
+    )
+    write_events(
+        root / "profiles.csv",
+        [
+            {"crm_id": "C1", "consent_personalization": "y", "consent_marketing": "Yes "},
+            {"crm_id": "C2", "consent_personalization": "off", "consent_marketing": "n"},
+            {"crm_id": "C3", "consent_personalization": "", "consent_marketing": "FALSE"},
+            {"crm_id": "C4", "consent_personalization": "revoked", "consent_marketing": "1"},
+        ],
+    )
+    return root
+
+
+def test_unrecognised_consent_is_refused_naming_file_column_rows(tmp_path, config, runner):
+    root = _consent_input(tmp_path)
+    with pytest.raises(UserError) as error:
+        ingest_jobs.ingest(root, tmp_path / "out", config)
+    message = str(error.value)
+    assert "profiles.csv: column consent_personalization has 2 unrecognised consent values" in message
+    assert "'off', 'revoked'; rows 2, 4" in message and "\n" not in message
+    assert not (tmp_path / "out").exists()
+    # validate says so too, in one line, exit 2
+    result = invoke(runner, "validate", "--events", str(root))
+    assert result.exit_code == 2 and "unrecognised consent values" in result.output
+
+
+def test_with_quarantine_unrecognised_consent_counts_as_opted_out(tmp_path, config):
+    root = _consent_input(tmp_path)
+    ingest_jobs.ingest(root, tmp_path / "out", config, on_bad_rows="quarantine")
+    attributes = pd.read_parquet(tmp_path / "out" / "profile_attributes.parquet").sort_values("_source_row")
+    assert attributes["consent_personalization"].fillna("-").tolist() == ["y", "n", "-", "n"]
+    assert attributes["consent_marketing"].tolist() == ["y", "n", "n", "y"]

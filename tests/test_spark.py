@@ -644,3 +644,41 @@ def test_rule_arithmetic_is_null_safe_on_spark_as_on_duckdb(spark):
             r[0] for r in duck.execute(f"SELECT id FROM t WHERE {rule.sql()} ORDER BY id").fetchall()
         ]
         assert on_spark == on_duckdb == expected, text
+
+
+def test_unrecognised_consent_refused_or_opted_out_as_on_duckdb(spark, tmp_path):
+    """A consent value outside the vocabulary: the same one-line refusal as DuckDB, or with
+    quarantine the same opted-out flags."""
+    from propensity.features.spark.ingest import stage_profiles as spark_stage_profiles
+
+    path = write_events(
+        tmp_path / "profiles.csv",
+        [
+            {"crm_id": "C1", "consent_personalization": "y", "consent_marketing": "Yes "},
+            {"crm_id": "C2", "consent_personalization": "off", "consent_marketing": "n"},
+            {"crm_id": "C3", "consent_personalization": "", "consent_marketing": "FALSE"},
+            {"crm_id": "C4", "consent_personalization": "revoked", "consent_marketing": "1"},
+        ],
+    )
+    identity = IdentityConfig()
+    with pytest.raises(UserError) as on_spark:
+        spark_stage_profiles(spark, str(path), str(path), identity)
+    with pytest.raises(UserError) as on_duckdb:
+        duck_stage_profiles(connect(), path, identity)
+    assert str(on_spark.value) == str(on_duckdb.value)
+    assert (
+        "column consent_personalization has 2 unrecognised consent values ('off', 'revoked'; rows 2, 4)"
+        in str(on_spark.value)
+    )
+    staged, _ = spark_stage_profiles(spark, str(path), str(path), identity, "quarantine")
+    con = connect()
+    duck_stage_profiles(con, path, identity, "quarantine")
+    columns = ["_source_row", "consent_personalization", "consent_marketing"]
+    expected = con.execute(f"SELECT {', '.join(columns)} FROM profile_attributes").df()
+    assert_same_rows(to_pandas(staged.select(*columns)), expected, ["_source_row"])
+    assert expected.sort_values("_source_row")["consent_personalization"].fillna("-").tolist() == [
+        "y",
+        "n",
+        "-",
+        "n",
+    ]

@@ -18,11 +18,15 @@ from propensity.core.errors import UserError
 from propensity.features.contract import (
     BAD_ROW_REASONS,
     CONSENT_COLUMNS,
+    CONSENT_GIVEN,
+    CONSENT_REFUSED,
     HASHED_IDENTITIES,
     NUMERIC_COLUMNS,
     REQUIRED_COLUMNS,
     STRING_COLUMNS,
+    UNRECOGNISED_CONSENT,
     XDM_EVENT_TYPES,
+    consent_message,
 )
 from propensity.features.ingest.inputs import InputFiles, describe, event_files, reader_sql
 from propensity.features.sql import sql_ident, sql_string
@@ -258,11 +262,15 @@ def bad_rows_message(display: str, staged: StagedEvents) -> str:
     )
 
 
-def stage_profiles(con: duckdb.DuckDBPyConnection, path: Path, identity: IdentityConfig) -> list[str]:
+def stage_profiles(
+    con: duckdb.DuckDBPyConnection, path: Path, identity: IdentityConfig, on_bad_rows: str = "fail"
+) -> list[str]:
     """Normalise the profile-attributes file into the temp table ``profile_attributes``.
 
     Identity columns are hashed like events; consent flags become 'y' / 'n' / NULL
-    (missing means not given). Returns the identity namespaces the file carries.
+    (missing means not given). A consent value outside the vocabulary is refused (file, column,
+    rows named) or, with ``on_bad_rows="quarantine"``, counts as opted out ('n'). Returns the
+    identity namespaces the file carries.
     """
     files, fmt = event_files(path)
     source = reader_sql(files, fmt)
@@ -275,10 +283,12 @@ def stage_profiles(con: duckdb.DuckDBPyConnection, path: Path, identity: Identit
         )
     ids = identity_sql(columns, identity)
     namespaces = [n for n in identity.namespaces if ids[n] != "CAST(NULL AS VARCHAR)"]
+    given, refused = (", ".join(sql_string(v) for v in vs) for vs in (CONSENT_GIVEN, CONSENT_REFUSED))
     consent = {
         c: (
-            f"CASE WHEN lower({_text(c)}) IN ('y', 'yes', 'true', '1') THEN 'y' "
-            f"WHEN lower({_text(c)}) IN ('n', 'no', 'false', '0') THEN 'n' END"
+            f"CASE WHEN lower(trim({_text(c)})) IN ({given}) THEN 'y' "
+            f"WHEN lower(trim({_text(c)})) IN ({refused}) THEN 'n' "
+            f"WHEN {_text(c)} IS NOT NULL THEN {sql_string(UNRECOGNISED_CONSENT)} END"
         )
         if c in columns
         else "CAST(NULL AS VARCHAR)"
@@ -303,4 +313,31 @@ def stage_profiles(con: duckdb.DuckDBPyConnection, path: Path, identity: Identit
     if no_id:
         rows = ", ".join(str(r[0]) for r in no_id)
         raise UserError(f"{path}: profile rows without any identity value (rows {rows})")
+    for c in CONSENT_COLUMNS:
+        if c not in columns:
+            continue
+        unknown = f"{c} = {sql_string(UNRECOGNISED_CONSENT)}"
+        if on_bad_rows != "quarantine":
+            count = con.execute(f"SELECT count(*) FROM profile_attributes WHERE {unknown}").fetchone()[0]
+            if count:
+                rows = [
+                    int(r[0])
+                    for r in con.execute(
+                        f"SELECT _source_row FROM profile_attributes WHERE {unknown} ORDER BY 1 LIMIT 5"
+                    ).fetchall()
+                ]
+                values = _raw_values(con, source, c, rows, row_number)
+                raise UserError(consent_message(str(path), c, int(count), values, rows))
+        con.execute(f"UPDATE profile_attributes SET {c} = 'n' WHERE {unknown}")
     return namespaces
+
+
+def _raw_values(
+    con: duckdb.DuckDBPyConnection, source: str, column: str, rows: list[int], row_number: str
+) -> list[str]:
+    """The distinct raw values of ``column`` at source ``rows``, for an error message."""
+    found = con.execute(
+        f"SELECT DISTINCT {_text(column)} FROM (SELECT *, {row_number} AS _r FROM {source}) "
+        f"WHERE _r IN ({', '.join(map(str, rows))}) ORDER BY 1"
+    ).fetchall()
+    return [str(r[0]) for r in found]

@@ -23,11 +23,15 @@ from propensity.core.errors import UserError
 from propensity.features.contract import (
     BAD_ROW_REASONS,
     CONSENT_COLUMNS,
+    CONSENT_GIVEN,
+    CONSENT_REFUSED,
     HASHED_IDENTITIES,
     NUMERIC_COLUMNS,
     REQUIRED_COLUMNS,
     STRING_COLUMNS,
+    UNRECOGNISED_CONSENT,
     XDM_EVENT_TYPES,
+    consent_message,
 )
 from propensity.features.ingest.inputs import EVENT_FILE_SUFFIXES, event_files
 from propensity.features.ingest.staging import StagedEvents, present_identity_columns
@@ -291,7 +295,7 @@ def stage_events(
 
 
 def stage_profiles(
-    spark: SparkSession, path: str, source_name: str, identity: IdentityConfig
+    spark: SparkSession, path: str, source_name: str, identity: IdentityConfig, on_bad_rows: str = "fail"
 ) -> tuple[DataFrame, list[str]]:
     """The profile-attributes file normalised as in :func:`features.staging.stage_profiles`.
 
@@ -319,8 +323,10 @@ def stage_profiles(
         if c in types:
             flag = F.lower(_text(types, c))
             consent[c] = (
-                F.when(flag.isin("y", "yes", "true", "1"), F.lit("y"))
-                .when(flag.isin("n", "no", "false", "0"), F.lit("n"))
+                F.when(flag.isin(*CONSENT_GIVEN), F.lit("y"))
+                .when(flag.isin(*CONSENT_REFUSED), F.lit("n"))
+                # outside the vocabulary: refused below, or opted out with quarantine
+                .when(flag.isNotNull(), F.lit("n" if on_bad_rows == "quarantine" else UNRECOGNISED_CONSENT))
                 .otherwise(_null_text())
             )
         else:
@@ -341,6 +347,17 @@ def stage_profiles(
         raise UserError(
             f"{source_name}: profile rows without any identity value (rows {', '.join(map(str, rows))})"
         )
+    for c in CONSENT_COLUMNS:
+        if c not in types or on_bad_rows == "quarantine":
+            continue
+        unknown = profiles.where(F.col(c) == UNRECOGNISED_CONSENT)
+        count = unknown.count()
+        if count:
+            first = unknown.orderBy("_source_row").limit(5).select("_source_row").collect()
+            rows = [int(r["_source_row"]) for r in first]
+            raw = source.where(F.col("_source_row").isin(rows)).select(_text(types, c).alias("v")).distinct()
+            values = sorted(str(r["v"]) for r in raw.collect())
+            raise UserError(consent_message(source_name, c, count, values, rows))
     return profiles, namespaces
 
 

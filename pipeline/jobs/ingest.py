@@ -115,13 +115,16 @@ def _stage(
     on_bad_rows: OnBadRows,
     as_of: dt.date | None,
     profiles: Path | None,
+    consent_rows: OnBadRows | None = None,
 ) -> IngestSummary:
+    """Stage events (and profile attributes: unrecognised consent values per ``consent_rows``,
+    by default ``on_bad_rows``) and stitch them."""
     staged = stage_events(con, inputs, config.identity, as_of, config.ingest.max_reported_rows)
     if staged.rows_bad and on_bad_rows == "fail":
         raise UserError(bad_rows_message(inputs.display, staged))
     with_profiles = profiles is not None
     if with_profiles:
-        stage_profiles(con, profiles, config.identity)
+        stage_profiles(con, profiles, config.identity, consent_rows or on_bad_rows)
     stitched = identity_mod.stitch(con, config.identity, with_profiles)
     identity_mod.attribute_events(con, config.identity)
     if with_profiles:
@@ -141,7 +144,9 @@ def validate(
     # Closed on the way out: the staged events would otherwise hold memory until collected.
     with connect(config.engine) as con:
         profiles_path = Path(profiles) if profiles else inputs.profiles
-        return _stage(con, inputs, config, "quarantine", as_of, profiles_path)
+        # Bad events are counted, not fatal; a consent value outside the vocabulary is refused
+        # unless the project quarantines bad rows.
+        return _stage(con, inputs, config, "quarantine", as_of, profiles_path, config.ingest.on_bad_rows)
 
 
 def ingest(

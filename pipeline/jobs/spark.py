@@ -84,6 +84,7 @@ def _stage_and_stitch(
     on_bad_rows: OnBadRows,
     as_of: dt.date | None,
     profiles: str | None,
+    consent_rows: OnBadRows | None = None,
 ) -> _Stitched:
     identity = config.identity
     staged = stage_events(spark, inputs, identity, as_of, config.ingest.max_reported_rows)
@@ -91,7 +92,9 @@ def _stage_and_stitch(
         raise UserError(bad_rows_message(inputs.display, staged.summary))
     attributes = namespaces = None
     if profiles is not None:
-        attributes, namespaces = stage_profiles(spark, profiles, profiles, identity)
+        attributes, namespaces = stage_profiles(
+            spark, profiles, profiles, identity, consent_rows or on_bad_rows
+        )
     rows = spark_identity.identity_rows(staged.clean, identity, attributes, namespaces)
     graph = spark_identity.stitch(spark, rows, identity)
     events = spark_identity.attribute_events(staged.clean, graph.identity_map, identity).persist()
@@ -143,7 +146,10 @@ def validate(
     spark = spark_session(config.engine)
     inputs = resolve_spark_input(spark, events)
     profiles_path = str(profiles) if profiles else inputs.profiles
-    return _summarise(_stage_and_stitch(spark, inputs, config, "quarantine", as_of, profiles_path), True)
+    stitched = _stage_and_stitch(
+        spark, inputs, config, "quarantine", as_of, profiles_path, config.ingest.on_bad_rows
+    )
+    return _summarise(stitched, True)
 
 
 def ingest(
