@@ -7,6 +7,7 @@ DuckDB glob of the output tree, and a re-run gives identical files.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import random
 import re
@@ -22,7 +23,10 @@ import pyarrow.dataset as ds
 import pytest
 
 from propensity.core import io
+from propensity.core.config import DestinationConfig, SegmentConfig
 from propensity.core.errors import UserError
+from propensity.features.activation import destinations as dest
+from propensity.features.activation import segments as seg
 from propensity.features.build.rules import parse_rule
 from propensity.features.synthetic.simulator import GeneratorSettings
 from propensity.features.synthetic.writer import generate
@@ -426,3 +430,62 @@ def test_with_quarantine_unrecognised_consent_counts_as_opted_out(tmp_path, conf
     attributes = pd.read_parquet(tmp_path / "out" / "profile_attributes.parquet").sort_values("_source_row")
     assert attributes["consent_personalization"].fillna("-").tolist() == ["y", "n", "-", "n"]
     assert attributes["consent_marketing"].tolist() == ["y", "n", "n", "y"]
+
+
+# ---------------------------------------------------------------------------------------------
+# defect 4: a consent withdrawal reaches destinations that sync exits
+
+
+def _qualify_people(con, out: Path, as_of: dt.date, consent: dict[str, str | None]) -> None:
+    people = {"p1": ["e1"], "p2": ["e2"], "p3": ["e3"]}
+    con.register(
+        "profiles",
+        pd.DataFrame({"profile_id": list(consent), "consent_personalization": list(consent.values())}),
+    )
+    con.register(
+        "identity_map",
+        pd.DataFrame(
+            [
+                {"namespace": "email_sha256", "value": v, "profile_id": p}
+                for p, vs in people.items()
+                for v in vs
+            ]
+        ),
+    )
+    con.register(
+        "feats",
+        pd.DataFrame(
+            {"profile_id": list(consent), "x": 10, "consent_personalization": list(consent.values())}
+        ),
+    )
+    segments = seg.compile_segments(
+        [SegmentConfig(name="all", rule="x > 5")],
+        {"x": "number", "consent_personalization": "string"},
+        [],
+        "s.yaml",
+    )
+    seg.qualify(con, segments, "SELECT * FROM feats", {}, out, as_of, identity_namespaces=["email_sha256"])
+
+
+@pytest.mark.parametrize("include_exited", [True, False])
+def test_a_consent_withdrawal_is_exported_as_an_exit(tmp_path, include_exited):
+    con, out = duckdb.connect(), tmp_path / "segments"
+    d1, d2, d3 = dt.date(2025, 3, 1), dt.date(2025, 4, 1), dt.date(2025, 5, 1)
+    _qualify_people(con, out, d1, {"p1": "y", "p2": "y", "p3": "n"})
+    _qualify_people(con, out, d2, {"p1": "y", "p2": "n", "p3": "n"})  # p2 withdraws
+    _qualify_people(con, out, d3, {"p1": "y", "p2": "n", "p3": "n"})
+    destination = DestinationConfig(
+        name="ads", identities=["email_sha256"], marketing_action="personalization", segments=["all"],
+        include_exited=include_exited,
+    )  # fmt: skip
+    rows = {}
+    for as_of in (d2, d3):
+        result = dest.export_destination(duckdb.connect(), out, as_of, destination, tmp_path / "exports")
+        frame = pd.read_csv(result.segments[0].path)
+        rows[as_of] = sorted(zip(frame["value"], frame["status"], strict=True))
+        if as_of == d2:
+            assert result.segments[0].exited_withdrawn == (1 if include_exited else 0)
+    # the opted-out p2 is in no membership (p3 never was), but the audience learns p2 left
+    assert "p2" not in set(pd.read_parquet(seg.partition_dir(out, d2) / seg.MEMBERSHIPS_FILE)["profile_id"])
+    assert rows[d2] == ([("e1", "existing"), ("e2", "exited")] if include_exited else [("e1", "existing")])
+    assert rows[d3] == [("e1", "existing")]  # an exit is sent once
