@@ -53,6 +53,10 @@ class IngestConfig(_Strict):
     """
     max_reported_rows: int = Field(default=5, ge=1)
     """Rows named in a failure message; the full list goes to the quarantine file."""
+    future_tolerance_hours: int = Field(default=24, ge=0)
+    """Without --as-of, events more than this many hours after the ingest time are bad rows
+    (`future_timestamp`), so a mistyped year never becomes the default as-of.
+    """
 
 
 class FeatureConfig(_Strict):

@@ -6,6 +6,8 @@ vocabulary from here; ARCHITECTURE.md has the prose version.
 
 from __future__ import annotations
 
+import datetime as dt
+
 CANONICAL_EVENT_TYPES: tuple[str, ...] = (
     "page_view",
     "product_view",
@@ -63,11 +65,32 @@ BAD_ROW_REASONS: tuple[str, ...] = (
     "unparseable_timestamp",
     "missing_event_type",
     "no_identity",
+    "invalid_identity",
     "invalid_revenue",
     "negative_revenue",
     "invalid_quantity",
     "future_timestamp",
 )
+
+# Plausibility limits: an identity value longer than this, or a revenue or quantity that is NaN,
+# infinite or larger in magnitude, is a bad row (``invalid_identity`` / ``invalid_revenue`` /
+# ``invalid_quantity``): such values are mistakes or abuse, and 1e308 overflows every sum to inf.
+MAX_IDENTITY_CHARS = 256
+MAX_ABS_REVENUE = 1e9
+MAX_ABS_QUANTITY = 1e6
+# Without --as-of, an event more than this after the ingest time is a ``future_timestamp`` bad
+# row, so one mistyped year can never become the default as-of.
+DEFAULT_FUTURE_TOLERANCE_HOURS = 24
+
+
+def future_limit(as_of: dt.date | None, tolerance_hours: int = DEFAULT_FUTURE_TOLERANCE_HOURS) -> dt.datetime:
+    """The first naive-UTC instant an event may not have: the day after ``as_of``, else now
+    plus the tolerance."""
+    if as_of is not None:
+        return dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+    return now + dt.timedelta(hours=tolerance_hours)
+
 
 # Profile attributes that are consent flags ('y' / 'n' / NULL = not given): carried for
 # segments and exports, never used as features.

@@ -489,3 +489,60 @@ def test_a_consent_withdrawal_is_exported_as_an_exit(tmp_path, include_exited):
     assert "p2" not in set(pd.read_parquet(seg.partition_dir(out, d2) / seg.MEMBERSHIPS_FILE)["profile_id"])
     assert rows[d2] == ([("e1", "existing"), ("e2", "exited")] if include_exited else [("e1", "existing")])
     assert rows[d3] == [("e1", "existing")]  # an exit is sent once
+
+
+# ---------------------------------------------------------------------------------------------
+# defects 5 and 7, plausibility: future events, NaN/inf/huge numbers, long identities
+
+IMPLAUSIBLE = [
+    {"timestamp": "2025-03-01", "event_type": "purchase", "crm_id": "C1", "revenue": "10"},  # row 1: good
+    {"timestamp": "2099-06-01", "event_type": "page_view", "crm_id": "C1"},  # row 2: far future
+    {"timestamp": "2025-03-02", "event_type": "purchase", "crm_id": "C1", "revenue": "nan"},  # row 3
+    {"timestamp": "2025-03-02", "event_type": "purchase", "crm_id": "C1", "revenue": "inf"},  # row 4
+    {"timestamp": "2025-03-02", "event_type": "purchase", "crm_id": "C1", "revenue": "1e308"},  # row 5
+    {"timestamp": "2025-03-02", "event_type": "purchase", "crm_id": "C1", "quantity": "1e308"},  # row 6
+    {"timestamp": "2025-03-02", "event_type": "page_view", "crm_id": "C" * 10_000},  # row 7
+    {"timestamp": "2025-03-03", "event_type": "purchase", "crm_id": "C2", "revenue": "-inf"},  # row 8
+]
+
+
+def test_implausible_events_are_bad_rows_with_their_reason(tmp_path, config):
+    path = write_events(tmp_path / "events.csv", IMPLAUSIBLE)
+    summary = ingest_jobs.ingest(path, tmp_path / "out", config, on_bad_rows="quarantine")
+    quarantine = pd.read_parquet(tmp_path / "out" / "quarantine.parquet").sort_values("source_row")
+    assert list(zip(quarantine["source_row"], quarantine["reason"], strict=True)) == [
+        (2, "future_timestamp"),
+        (3, "invalid_revenue"),
+        (4, "invalid_revenue"),
+        (5, "invalid_revenue"),
+        (6, "invalid_quantity"),
+        (7, "invalid_identity"),
+        (8, "invalid_revenue"),
+    ]
+    assert summary.rows_written == 1 and summary.last_event.startswith("2025-03-01")
+
+
+def test_the_default_as_of_never_lies_in_the_future(tmp_path, runner):
+    path = write_events(tmp_path / "events.csv", IMPLAUSIBLE)
+    result = invoke(runner, "validate", "--events", str(path))
+    assert result.exit_code == 2 and "future_timestamp: 1" in " ".join(result.output.split())
+    out = tmp_path / "f.parquet"
+    config = tmp_path / "propensity.yaml"
+    config.write_text("ingest:\n  on_bad_rows: quarantine\n")
+    result = invoke(runner, "features", "--events", str(path), "--out", str(out), "--config", str(config))
+    assert result.exit_code == 0, result.output
+    import json
+
+    import pyarrow.parquet as pq
+
+    metadata = json.loads(pq.read_schema(out).metadata[b"propensity"])
+    assert metadata["as_of"] == "2025-03-02"  # the day after the last good event, not 2099
+
+
+def test_a_tolerance_lets_slightly_early_clocks_through(tmp_path):
+    from propensity.features.contract import future_limit
+
+    limit = future_limit(None, 24)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    assert dt.timedelta(hours=23) < limit - now <= dt.timedelta(hours=24)
+    assert future_limit(dt.date(2025, 3, 1)) == dt.datetime(2025, 3, 2)

@@ -145,6 +145,7 @@ HAND_EVENTS = [
     *(event(22, "login", crm_id="C9", ecid=f"D{i}") for i in range(6)),
     event(22, "login", crm_id="C9", email="c9@example.com"),
     *(event(23, "email_open", crm_id="C8", email=f"c8-{i}@example.com") for i in range(4)),
+    event(24, "page_view", ecid="L" * 300),  # an implausibly long identity: invalid_identity
 ]
 HAND_PROFILES = [
     {
@@ -196,7 +197,7 @@ def test_staged_and_bad_rows_equal_duckdb(spark, hand, source):
     staged = stage_events(spark, resolve_spark_input(spark, hand / source), GUARDED, as_of)
     con, expected = _duck_staged(hand / source, GUARDED, as_of)
     assert staged.summary.bad_by_reason == expected.bad_by_reason
-    assert len(expected.bad_by_reason) == 7  # every reason, once
+    assert len(expected.bad_by_reason) == 8  # every reason, at least once
     assert (staged.summary.rows_in, staged.summary.rows_clean, staged.summary.rows_duplicate) == (
         expected.rows_in,
         expected.rows_clean,

@@ -20,13 +20,18 @@ from propensity.features.contract import (
     CONSENT_COLUMNS,
     CONSENT_GIVEN,
     CONSENT_REFUSED,
+    DEFAULT_FUTURE_TOLERANCE_HOURS,
     HASHED_IDENTITIES,
+    MAX_ABS_QUANTITY,
+    MAX_ABS_REVENUE,
+    MAX_IDENTITY_CHARS,
     NUMERIC_COLUMNS,
     REQUIRED_COLUMNS,
     STRING_COLUMNS,
     UNRECOGNISED_CONSENT,
     XDM_EVENT_TYPES,
     consent_message,
+    future_limit,
 )
 from propensity.features.ingest.inputs import InputFiles, describe, event_files, reader_sql
 from propensity.features.sql import sql_ident, sql_string
@@ -112,11 +117,14 @@ def stage_events(
     identity: IdentityConfig,
     as_of: dt.date | None = None,
     max_reported_rows: int = 5,
+    future_tolerance_hours: int = DEFAULT_FUTURE_TOLERANCE_HOURS,
 ) -> StagedEvents:
     """Validate and normalise raw events into the temp view ``clean_events``.
 
     Bad rows go to ``bad_events`` with a ``reason``; duplicates (same ``event_id``) are
-    dropped keeping the first row in file order. Rows in = clean + bad + duplicates.
+    dropped keeping the first row in file order. Rows in = clean + bad + duplicates. Events
+    from the day after ``as_of`` on (without ``as_of``: more than ``future_tolerance_hours``
+    after now) are ``future_timestamp`` rows.
     """
     source = reader_sql(files.events, files.fmt, files.hive)
     columns = describe(con, source, files.display)
@@ -159,8 +167,13 @@ def stage_events(
     }
     extras = [c for c in columns if c not in reserved]
     given_id = _text("event_id") if "event_id" in columns else "CAST(NULL AS VARCHAR)"
-    as_of_check = f"ts >= TIMESTAMP {sql_string(str(as_of))} + INTERVAL 1 DAY" if as_of else "false"
+    limit = future_limit(as_of, future_tolerance_hours)
+    as_of_check = f"ts >= TIMESTAMP {sql_string(limit.isoformat(sep=' '))}"
     any_identity = " OR ".join(f"{sql_ident(n)} IS NOT NULL" for n in identity.namespaces)
+    long_identity = " OR ".join(f"length({sql_ident(n)}) > {MAX_IDENTITY_CHARS}" for n in identity.namespaces)
+    # NaN and infinities fail ``abs(x) <= limit`` (NaN compares greater than any number).
+    bad_revenue = f"_revenue_bad OR NOT coalesce(abs(revenue) <= {MAX_ABS_REVENUE}, true)"
+    bad_quantity = f"_quantity_bad OR NOT coalesce(abs(quantity) <= {MAX_ABS_QUANTITY}, true)"
     content = ", ".join(
         [
             "CAST(ts AS VARCHAR)",
@@ -195,9 +208,10 @@ def stage_events(
                 WHEN ts IS NULL THEN 'unparseable_timestamp'
                 WHEN event_type IS NULL THEN 'missing_event_type'
                 WHEN NOT ({any_identity}) THEN 'no_identity'
-                WHEN _revenue_bad THEN 'invalid_revenue'
+                WHEN coalesce({long_identity}, false) THEN 'invalid_identity'
+                WHEN {bad_revenue} THEN 'invalid_revenue'
                 WHEN event_type = 'purchase' AND revenue < 0 THEN 'negative_revenue'
-                WHEN _quantity_bad THEN 'invalid_quantity'
+                WHEN {bad_quantity} THEN 'invalid_quantity'
                 WHEN {as_of_check} THEN 'future_timestamp'
             END AS reason
         FROM typed

@@ -25,13 +25,18 @@ from propensity.features.contract import (
     CONSENT_COLUMNS,
     CONSENT_GIVEN,
     CONSENT_REFUSED,
+    DEFAULT_FUTURE_TOLERANCE_HOURS,
     HASHED_IDENTITIES,
+    MAX_ABS_QUANTITY,
+    MAX_ABS_REVENUE,
+    MAX_IDENTITY_CHARS,
     NUMERIC_COLUMNS,
     REQUIRED_COLUMNS,
     STRING_COLUMNS,
     UNRECOGNISED_CONSENT,
     XDM_EVENT_TYPES,
     consent_message,
+    future_limit,
 )
 from propensity.features.ingest.inputs import EVENT_FILE_SUFFIXES, event_files
 from propensity.features.ingest.staging import StagedEvents, present_identity_columns
@@ -157,6 +162,7 @@ def stage_events(
     identity: IdentityConfig,
     as_of: dt.date | None = None,
     max_reported_rows: int = 5,
+    future_tolerance_hours: int = DEFAULT_FUTURE_TOLERANCE_HOURS,
 ) -> SparkStaged:
     """Validate and normalise raw events, exactly as :func:`features.staging.stage_events`.
 
@@ -228,19 +234,21 @@ def stage_events(
     any_identity = F.lit(False)
     for n in identity.namespaces:
         any_identity = any_identity | F.col(n).isNotNull()
-    future = (
-        F.col("ts")
-        >= F.lit(dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())).cast("timestamp_ntz")
-        if as_of
-        else F.lit(False)
-    )
+    future = F.col("ts") >= F.lit(future_limit(as_of, future_tolerance_hours)).cast("timestamp_ntz")
+    long_identity = F.lit(False)
+    for n in identity.namespaces:
+        long_identity = long_identity | F.coalesce(F.length(F.col(n)) > MAX_IDENTITY_CHARS, F.lit(False))
+    # NaN and infinities fail ``abs(x) <= limit`` on Spark as on DuckDB.
+    implausible_revenue = ~F.coalesce(F.abs(F.col("revenue")) <= MAX_ABS_REVENUE, F.lit(True))
+    implausible_quantity = ~F.coalesce(F.abs(F.col("quantity")) <= MAX_ABS_QUANTITY, F.lit(True))
     reason = (
         F.when(F.col("ts").isNull(), "unparseable_timestamp")
         .when(F.col("event_type").isNull(), "missing_event_type")
         .when(~any_identity, "no_identity")
-        .when(F.col("_revenue_bad"), "invalid_revenue")
+        .when(long_identity, "invalid_identity")
+        .when(F.col("_revenue_bad") | implausible_revenue, "invalid_revenue")
         .when((F.col("event_type") == "purchase") & (F.col("revenue") < 0), "negative_revenue")
-        .when(F.col("_quantity_bad"), "invalid_quantity")
+        .when(F.col("_quantity_bad") | implausible_quantity, "invalid_quantity")
         .when(future, "future_timestamp")
     )
     kept = [c for c in typed.columns if c not in ("_given_id", "_revenue_bad", "_quantity_bad")]

@@ -119,7 +119,14 @@ def _stage(
 ) -> IngestSummary:
     """Stage events (and profile attributes: unrecognised consent values per ``consent_rows``,
     by default ``on_bad_rows``) and stitch them."""
-    staged = stage_events(con, inputs, config.identity, as_of, config.ingest.max_reported_rows)
+    staged = stage_events(
+        con,
+        inputs,
+        config.identity,
+        as_of,
+        config.ingest.max_reported_rows,
+        config.ingest.future_tolerance_hours,
+    )
     if staged.rows_bad and on_bad_rows == "fail":
         raise UserError(bad_rows_message(inputs.display, staged))
     with_profiles = profiles is not None

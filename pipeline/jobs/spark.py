@@ -87,7 +87,9 @@ def _stage_and_stitch(
     consent_rows: OnBadRows | None = None,
 ) -> _Stitched:
     identity = config.identity
-    staged = stage_events(spark, inputs, identity, as_of, config.ingest.max_reported_rows)
+    staged = stage_events(
+        spark, inputs, identity, as_of, config.ingest.max_reported_rows, config.ingest.future_tolerance_hours
+    )
     if staged.summary.rows_bad and on_bad_rows == "fail":
         raise UserError(bad_rows_message(inputs.display, staged.summary))
     attributes = namespaces = None
