@@ -546,3 +546,34 @@ def test_a_tolerance_lets_slightly_early_clocks_through(tmp_path):
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     assert dt.timedelta(hours=23) < limit - now <= dt.timedelta(hours=24)
     assert future_limit(dt.date(2025, 3, 1)) == dt.datetime(2025, 3, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# defect 6: export refuses memberships a back-fill made stale
+
+
+def test_export_refuses_stale_memberships_naming_the_date(tmp_path):
+    from propensity.core.config import ProjectConfig
+    from propensity.pipeline.jobs import segments as segment_jobs
+
+    con, out = duckdb.connect(), tmp_path / "segments"
+    d1, d2, d3 = dt.date(2025, 3, 1), dt.date(2025, 4, 1), dt.date(2025, 5, 1)
+    _qualify_people(con, out, d1, {"p1": "y", "p2": "y", "p3": "y"})
+    _qualify_people(con, out, d3, {"p1": "y", "p2": "n", "p3": "y"})
+    destinations = tmp_path / "destinations.yaml"
+    destinations.write_text(
+        "destinations:\n  - name: ads\n    identities: [email_sha256]\n"
+        "    marketing_action: personalization\n    include_exited: true\n    segments: [all]\n"
+    )
+    exports = tmp_path / "exports"
+    segment_jobs.export_segments(out, d3, destinations, exports, ProjectConfig())
+    before = tree_digest(exports)
+    _qualify_people(con, out, d2, {"p1": "y", "p2": "n", "p3": "n"})  # a back-fill: d3 is now stale
+    with pytest.raises(
+        UserError, match=r"as_of=2025-05-01: statuses are stale .* segments --as-of 2025-05-01"
+    ):
+        segment_jobs.export_segments(out, d3, destinations, exports, ProjectConfig())
+    assert tree_digest(exports) == before  # nothing shipped
+    segment_jobs.export_segments(out, d2, destinations, exports, ProjectConfig())  # d2 itself is fine
+    _qualify_people(con, out, d3, {"p1": "y", "p2": "n", "p3": "y"})
+    segment_jobs.export_segments(out, d3, destinations, exports, ProjectConfig())
