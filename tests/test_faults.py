@@ -577,3 +577,41 @@ def test_export_refuses_stale_memberships_naming_the_date(tmp_path):
     segment_jobs.export_segments(out, d2, destinations, exports, ProjectConfig())  # d2 itself is fine
     _qualify_people(con, out, d3, {"p1": "y", "p2": "n", "p3": "y"})
     segment_jobs.export_segments(out, d3, destinations, exports, ProjectConfig())
+
+
+# ---------------------------------------------------------------------------------------------
+# defect 8: YAML alias bombs and huge echoes
+
+LAUGHS = """\
+a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+destinations: *h
+"""
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, runner):
+    from propensity.pipeline.jobs.config_files import load_destinations
+
+    path = tmp_path / "destinations.yaml"
+    path.write_text(LAUGHS)
+    started = time.perf_counter()
+    with pytest.raises(UserError, match="expands to more than 100,000 values") as error:
+        load_destinations(path)
+    assert time.perf_counter() - started < 5 and len(str(error.value)) < 300
+
+
+def test_validation_errors_quote_a_few_hundred_characters_at_most(tmp_path):
+    from propensity.pipeline.jobs.config_files import load_destinations
+
+    path = tmp_path / "destinations.yaml"
+    # 4,000 aliases of a 500-character string: well under the value limit, 2 MB if echoed whole
+    path.write_text("x: &x " + "y" * 500 + "\ndestinations:\n" + "".join("  - *x\n" for _ in range(4000)))
+    with pytest.raises(UserError) as error:
+        load_destinations(path)
+    assert len(str(error.value)) < 2_500 and "more problems" in str(error.value)
