@@ -615,3 +615,16 @@ def test_validation_errors_quote_a_few_hundred_characters_at_most(tmp_path):
     with pytest.raises(UserError) as error:
         load_destinations(path)
     assert len(str(error.value)) < 2_500 and "more problems" in str(error.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# defect 12: error text is printed as written
+
+
+def test_error_messages_keep_bracketed_text(runner, tmp_path):
+    path = tmp_path / "models" / "x.yaml"
+    path.parent.mkdir()
+    path.write_text("name: Bad-Name[a-z]\n")
+    result = invoke(runner, "validate", "--events", str(tmp_path / "[a-z]{0,63}" / "events.csv"))
+    assert result.exit_code == 2
+    assert "[a-z]{0,63}" in result.output  # rich markup would have swallowed `[a-z]`
