@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import random
 import re
 import signal
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 import pytest
@@ -628,3 +631,89 @@ def test_error_messages_keep_bracketed_text(runner, tmp_path):
     result = invoke(runner, "validate", "--events", str(tmp_path / "[a-z]{0,63}" / "events.csv"))
     assert result.exit_code == 2
     assert "[a-z]{0,63}" in result.output  # rich markup would have swallowed `[a-z]`
+
+
+# ---------------------------------------------------------------------------------------------
+# risk: loading a model can run code
+
+
+def _tiny_model():
+    import lightgbm as lgb
+
+    from propensity.models.calibration import Calibrator
+    from propensity.models.estimator import PropensityModel
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=300), "b": rng.normal(size=300)})
+    y = (frame["a"] + rng.normal(scale=0.5, size=300) > 0).astype(int)
+    booster = lgb.train({"objective": "binary", "verbosity": -1, "num_leaves": 4}, lgb.Dataset(frame, y), 5)
+    calibrator = Calibrator("isotonic").fit(booster.predict(frame, raw_score=True), y.to_numpy())
+    return PropensityModel(
+        "m", ["a", "b"], {"a": "A", "b": "B"}, {}, booster.model_to_string(), calibrator
+    ), frame
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/propensity-pwned-by-pickle",))
+
+
+def test_models_are_stored_without_pickle_and_load_equal(tmp_path):
+    import zipfile
+
+    from propensity.models.estimator import PropensityModel, load_model
+
+    model, frame = _tiny_model()
+    path = model.save(tmp_path / "propensity_model.skops")
+    assert zipfile.is_zipfile(path) and b"booster_text" in zipfile.ZipFile(path).read("schema.json")
+    np.testing.assert_array_equal(load_model(path).predict_proba(frame), model.predict_proba(frame))
+    assert type(PropensityModel.load(path)) is PropensityModel
+
+
+def test_a_model_file_that_would_run_code_is_refused(tmp_path):
+    import pickle
+
+    import skops.io as sio
+
+    from propensity.models.estimator import load_model
+
+    marker = Path("/tmp/propensity-pwned-by-pickle")
+    marker.unlink(missing_ok=True)
+    pickled = tmp_path / "propensity_model.joblib"
+    pickled.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(UserError, match=r"references posix\.system, which no model holds"):
+        load_model(pickled)
+    assert not marker.exists()
+    foreign = tmp_path / "foreign.skops"
+    model, _ = _tiny_model()
+    model.metadata["x"] = Fraction(1, 3)  # any type outside the allow-list
+    sio.dump(model, foreign)
+    with pytest.raises(UserError, match=r"types outside the allow-list \(fractions\.Fraction\)"):
+        load_model(foreign)
+
+
+def test_the_registry_checksum_is_verified_at_load(tmp_path, monkeypatch):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from propensity.models import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        model, frame = _tiny_model()
+        mlflow.set_experiment("checksum")
+        with mlflow.start_run():
+            _, version = tracking.log_model(model, frame, "tiny")
+        client = MlflowClient()
+        loaded, mv = tracking.load_propensity_model(client, "tiny", version=version)
+        np.testing.assert_array_equal(loaded.predict_proba(frame), model.predict_proba(frame))
+        assert len(mv.tags[tracking.CHECKSUM_TAG]) == 64
+        # someone with write access to the artifact store swaps the model file
+        client.set_model_version_tag("tiny", version, tracking.CHECKSUM_TAG, "0" * 64)
+        with pytest.raises(UserError, match="does not match the SHA-256 the registry recorded"):
+            tracking.load_propensity_model(client, "tiny", version=version)
+    finally:
+        mlflow.set_tracking_uri(previous)
