@@ -2,7 +2,8 @@
 labels and scores are equal (counts and ids exactly, floats within 1e-9).
 
 One SparkSession for the module (``local[2]``, two shuffle partitions, no UI). Run with
-``make test-spark`` (``pytest -m spark``); skipped only when pyspark or Java is missing.
+``make test-spark`` (``pytest -m spark``); skipped only when pyspark or Java is missing, and
+never under ``make test`` (``PROPENSITY_REQUIRE_SPARK=1``), which fails instead.
 """
 
 from __future__ import annotations
@@ -20,8 +21,18 @@ import pytest
 
 pytestmark = pytest.mark.spark
 
+# `make test` sets PROPENSITY_REQUIRE_SPARK: there a missing pyspark or Java fails the run
+# instead of skipping the group (a green CI must mean the engines were compared).
+_REQUIRED = bool(os.environ.get("PROPENSITY_REQUIRE_SPARK"))
+if _REQUIRED:
+    import importlib.util
+
+    if importlib.util.find_spec("pyspark") is None:
+        pytest.fail("pyspark is not installed: pip install -e '.[spark]'", pytrace=False)
 pytest.importorskip("pyspark", reason="pyspark is not installed: pip install -e '.[spark]'")
 if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+    if _REQUIRED:
+        pytest.fail("Java is not installed: Spark needs Java 17+", pytrace=False)
     pytest.skip("Java is not installed: Spark needs Java 17+", allow_module_level=True)
 
 from propensity.core.config import EngineConfig, IdentityConfig, ProjectConfig, parse_config  # noqa: E402
