@@ -417,6 +417,10 @@ class DestinationConfig(_Strict):
         default_factory=list
     )
     """Consents that must be explicitly 'y' for a profile to be sent (e.g. consent_marketing for email)."""
+    file_mode: str = Field(default="0600", pattern=r"^0?[0-7]{3}$")
+    """Permissions of the exported files (octal): they hold identities, so by default only their owner may
+    read them; folders get the same bits plus search (x) where read is set.
+    """
 
     @field_validator("identities")
     @classmethod

@@ -717,3 +717,23 @@ def test_the_registry_checksum_is_verified_at_load(tmp_path, monkeypatch):
             tracking.load_propensity_model(client, "tiny", version=version)
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+# ---------------------------------------------------------------------------------------------
+# risk: exports holding identities readable by every local user
+
+
+@pytest.mark.parametrize(("setting", "file_mode", "dir_mode"), [(None, 0o600, 0o700), ("0640", 0o640, 0o750)])
+def test_exports_are_private_by_default(tmp_path, setting, file_mode, dir_mode):
+    con, out = duckdb.connect(), tmp_path / "segments"
+    _qualify_people(con, out, dt.date(2025, 3, 1), {"p1": "y", "p2": "y", "p3": "y"})
+    extra = {"file_mode": setting} if setting else {}
+    destination = DestinationConfig(
+        name="ads", identities=["email_sha256"], marketing_action="personalization", segments=["all"], **extra
+    )
+    result = dest.export_destination(
+        duckdb.connect(), out, dt.date(2025, 3, 1), destination, tmp_path / "exports"
+    )
+    assert result.directory.stat().st_mode & 0o777 == dir_mode
+    files = list(result.directory.iterdir())
+    assert len(files) == 2 and all(f.stat().st_mode & 0o777 == file_mode for f in files)

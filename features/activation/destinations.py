@@ -245,6 +245,14 @@ def _export_segment(
     return SegmentExport(segment, path, int(rows), int(exported), int(skipped), int(held_back), int(gone))
 
 
+def _restrict(directory: Path, mode: int) -> None:
+    """Give the export's files ``mode`` and its folder the same bits plus search where read is
+    set (identities are personal data: by default only the owner may read them)."""
+    for path in directory.iterdir():
+        path.chmod(mode)
+    directory.chmod(mode | ((mode & 0o444) >> 2))
+
+
 def export_destination(
     con: duckdb.DuckDBPyConnection,
     memberships_dir: str | Path,
@@ -285,6 +293,7 @@ def export_destination(
             },
             tmp / "manifest.json",
         )
+        _restrict(tmp, int(destination.file_mode, 8))
     return DestinationExport(
         destination.name, target, destination.marketing_action, list(destination.identities), exports
     )
