@@ -737,3 +737,36 @@ def test_exports_are_private_by_default(tmp_path, setting, file_mode, dir_mode):
     assert result.directory.stat().st_mode & 0o777 == dir_mode
     files = list(result.directory.iterdir())
     assert len(files) == 2 and all(f.stat().st_mode & 0o777 == file_mode for f in files)
+
+
+def test_conflicting_duplicates_are_counted_apart(tmp_path, config, runner):
+    rows = [
+        {
+            "timestamp": "2025-03-01",
+            "event_type": "purchase",
+            "crm_id": "C1",
+            "event_id": "x",
+            "revenue": "10",
+        },
+        {
+            "timestamp": "2025-03-01",
+            "event_type": "purchase",
+            "crm_id": "C1",
+            "event_id": "x",
+            "revenue": "10",
+        },
+        {
+            "timestamp": "2025-03-01",
+            "event_type": "purchase",
+            "crm_id": "C1",
+            "event_id": "x",
+            "revenue": "99",
+        },
+        {"timestamp": "2025-03-02", "event_type": "page_view", "crm_id": "C2", "event_id": "y"},
+        {"timestamp": "2025-03-02", "event_type": "page_view", "crm_id": "C3", "event_id": "y"},
+    ]
+    path = write_events(tmp_path / "events.csv", rows)
+    summary = ingest_jobs.validate(path, config)
+    assert (summary.duplicates_dropped, summary.conflicting_duplicates) == (3, 2)
+    result = invoke(runner, "validate", "--events", str(path))
+    assert "of which conflicting" in result.output

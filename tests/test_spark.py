@@ -209,6 +209,8 @@ def test_staged_and_bad_rows_equal_duckdb(spark, hand, source):
     con, expected = _duck_staged(hand / source, GUARDED, as_of)
     assert staged.summary.bad_by_reason == expected.bad_by_reason
     assert len(expected.bad_by_reason) == 8  # every reason, at least once
+    # X1 arrives twice with different payloads: counted apart from the plain copy
+    assert staged.summary.rows_conflicting == expected.rows_conflicting == 1
     assert (staged.summary.rows_in, staged.summary.rows_clean, staged.summary.rows_duplicate) == (
         expected.rows_in,
         expected.rows_clean,

@@ -109,6 +109,9 @@ class StagedEvents:
     bad_by_reason: dict[str, int]
     first_bad: list[dict]
     columns: list[str] = field(default_factory=list)
+    # Of the duplicates dropped, those whose content differs from the kept row (same event_id,
+    # another payload): a source problem, counted apart from plain re-deliveries.
+    rows_conflicting: int = 0
 
 
 def stage_events(
@@ -238,6 +241,17 @@ def stage_events(
         ANTI JOIN duplicate_rows d ON d._source_file = p._source_file AND d._source_row = p._source_row
         WHERE p.reason IS NULL
     """)
+    conflicting = con.execute(f"""
+        WITH copies AS (
+            SELECT event_id, md5(concat_ws('|', {content})) AS payload,
+                   row_number() OVER (PARTITION BY event_id ORDER BY _source_file, _source_row) AS copy
+            FROM parsed_events
+            WHERE reason IS NULL AND event_id IN (
+                SELECT event_id FROM parsed_events WHERE reason IS NULL GROUP BY event_id HAVING count(*) > 1)
+        )
+        SELECT count(*) FROM copies d JOIN copies f ON f.event_id = d.event_id AND f.copy = 1
+        WHERE d.copy > 1 AND d.payload <> f.payload
+    """).fetchone()[0]
     rows_in = con.execute("SELECT count(*) FROM parsed_events").fetchone()[0]
     rows_bad = con.execute("SELECT count(*) FROM bad_events").fetchone()[0]
     rows_clean = con.execute("SELECT count(*) FROM clean_events").fetchone()[0]
@@ -255,6 +269,7 @@ def stage_events(
         rows_in=rows_in,
         rows_bad=rows_bad,
         rows_duplicate=rows_in - rows_bad - rows_clean,
+        rows_conflicting=int(conflicting),
         rows_clean=rows_clean,
         bad_by_reason={r: by_reason.get(r, 0) for r in BAD_ROW_REASONS if by_reason.get(r)},
         first_bad=first_bad,

@@ -282,6 +282,18 @@ def stage_events(
         .withColumnRenamed("ts", "timestamp")
         .persist()
     )
+    # Dropped copies whose payload differs from the kept row's, as DuckDB counts them.
+    is_first = (F.col("_first._source_file") == F.col("_source_file")) & (
+        F.col("_first._source_row") == F.col("_source_row")
+    )
+    copies = valid.join(firsts, "event_id").withColumn("_payload", F.md5(content))
+    kept_payload = copies.where(is_first).select("event_id", F.col("_payload").alias("_kept"))
+    conflicting = (
+        copies.where(~is_first)
+        .join(kept_payload, "event_id")
+        .where(F.col("_payload") != F.col("_kept"))
+        .count()
+    )
     by_reason = {r["reason"]: r["count"] for r in parsed.groupBy("reason").count().collect()}
     rows_in = sum(by_reason.values())
     rows_bad = rows_in - by_reason.get(None, 0)
@@ -294,6 +306,7 @@ def stage_events(
         rows_in=rows_in,
         rows_bad=rows_bad,
         rows_duplicate=rows_in - rows_bad - rows_clean,
+        rows_conflicting=int(conflicting),
         rows_clean=rows_clean,
         bad_by_reason={r: by_reason[r] for r in BAD_ROW_REASONS if by_reason.get(r)},
         first_bad=first_bad,

@@ -19,6 +19,8 @@ def print_summary(summary: IngestSummary, title: str) -> None:
     counts = Table(title=title, show_header=False)
     for key in ("rows_in", "rows_written", "duplicates_dropped", "rows_quarantined", "bad_rows"):
         counts.add_row(key.replace("_", " "), f"{getattr(summary, key):,}")
+        if key == "duplicates_dropped" and summary.conflicting_duplicates:
+            counts.add_row("  of which conflicting", f"{summary.conflicting_duplicates:,}")
     if summary.profiles is not None:
         counts.add_row("profiles", f"{summary.profiles:,}")
         counts.add_row("known profiles", f"{summary.known_profiles:,}")

@@ -71,6 +71,8 @@ class IngestSummary:
     identity_collapses: list[dict[str, Any]] = field(default_factory=list)
     # Profiles whose identities were, at some earlier date, not yet that one profile.
     unsettled_profiles: int | None = None
+    # Of duplicates_dropped: same event_id, another payload (counted apart from re-deliveries).
+    conflicting_duplicates: int = 0
 
 
 def _summarise(con: duckdb.DuckDBPyConnection, staged, stitched, quarantined: bool) -> IngestSummary:
@@ -93,6 +95,7 @@ def _summarise(con: duckdb.DuckDBPyConnection, staged, stitched, quarantined: bo
         rows_in=staged.rows_in,
         rows_written=staged.rows_clean,
         duplicates_dropped=staged.rows_duplicate,
+        conflicting_duplicates=staged.rows_conflicting,
         rows_quarantined=staged.rows_bad if quarantined else 0,
         bad_rows=staged.rows_bad,
         bad_rows_by_reason=staged.bad_by_reason,

@@ -123,6 +123,7 @@ def _summarise(stitched: _Stitched, quarantined: bool) -> IngestSummary:
         rows_in=staged.rows_in,
         rows_written=staged.rows_clean,
         duplicates_dropped=staged.rows_duplicate,
+        conflicting_duplicates=staged.rows_conflicting,
         rows_quarantined=staged.rows_bad if quarantined else 0,
         bad_rows=staged.rows_bad,
         bad_rows_by_reason=staged.bad_by_reason,
