@@ -770,3 +770,20 @@ def test_conflicting_duplicates_are_counted_apart(tmp_path, config, runner):
     assert (summary.duplicates_dropped, summary.conflicting_duplicates) == (3, 2)
     result = invoke(runner, "validate", "--events", str(path))
     assert "of which conflicting" in result.output
+
+
+# ---------------------------------------------------------------------------------------------
+# guard: email_sha256 is what advertising destinations match on
+
+
+def test_email_sha256_is_the_sha256_of_the_normalised_email(tmp_path, config):
+    rows = [
+        {"timestamp": "2025-03-01", "event_type": "page_view", "email": "  Sarah.Lee@Example.COM "},
+        {"timestamp": "2025-03-01", "event_type": "page_view", "phone": "+1 (555) 123-4567"},
+    ]
+    path = write_events(tmp_path / "events.csv", rows)
+    ingest_jobs.ingest(path, tmp_path / "out", config)
+    identity = pd.read_parquet(tmp_path / "out" / "identity_map.parquet")
+    values = dict(zip(identity["namespace"], identity["value"], strict=True))
+    assert values["email_sha256"] == hashlib.sha256(b"sarah.lee@example.com").hexdigest()
+    assert values["phone_sha256"] == hashlib.sha256(b"+15551234567").hexdigest()

@@ -696,3 +696,32 @@ def test_unrecognised_consent_refused_or_opted_out_as_on_duckdb(spark, tmp_path)
         "-",
         "n",
     ]
+
+
+def test_spark_ingest_refuses_a_foreign_out_and_stages_outside_the_tree(
+    spark, ingested, luma_small, runner_module, tmp_path
+):
+    """--out of another kind (here the raw events themselves) is refused in one line with
+    nothing deleted; a finished Spark output has only its marker beside the tables."""
+    spark_dir, _, _ = ingested
+    before = sorted(p.name for p in luma_small.rglob("*"))
+    project = tmp_path / "project.yaml"
+    project.write_text(json.dumps({"engine": ENGINE.model_dump()}))
+    args = [
+        "--engine",
+        "spark",
+        "--config",
+        str(project),
+        "--events",
+        str(luma_small),
+        "--out",
+        str(luma_small),
+    ]
+    result = invoke(runner_module, "ingest", *args)
+    assert result.exit_code == 2 and "is not a ingest output" in result.output, result.output
+    assert sorted(p.name for p in luma_small.rglob("*")) == before
+    # Hadoop's own checksum files aside, the only hidden name is the marker: no temp in the tree.
+    hidden = [p.name for p in spark_dir.rglob(".*") if not p.name.endswith(".crc")]
+    assert hidden == [".propensity-output.json"]
+    staging = spark_dir.parent / ".propensity-tmp"
+    assert all(p.suffix == ".lock" for p in staging.iterdir())

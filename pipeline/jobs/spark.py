@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from propensity.core.config import IdentityConfig, ModelConfig, ProjectConfig
 from propensity.core.errors import UserError
+from propensity.core.io import check_output
 from propensity.features.build.registry import build_registry, model_features
 from propensity.features.identity.as_of import AsOfSources
 from propensity.features.ingest.staging import bad_rows_message
@@ -176,6 +177,8 @@ def ingest(
     if inputs.ingested is not None:
         raise UserError(f"{events}: already an ingest output directory")
     on_bad_rows = on_bad_rows or config.ingest.on_bad_rows
+    if not is_remote(out):
+        check_output(out, "ingest")  # refused before the work, not only at the swap
     profiles_path = str(profiles) if profiles else inputs.profiles
     stitched = _stage_and_stitch(spark, inputs, config, on_bad_rows, as_of, profiles_path)
     summary = _summarise(stitched, on_bad_rows == "quarantine")
