@@ -128,7 +128,7 @@ def test_rescoring_replaces_the_partition_with_identical_rows(scored, luma_inges
         ProjectConfig(scoring={"profile_partitions": 3}),
         dt.date.fromisoformat(AS_OF),
         out,
-        alias="challenger",
+        version=run.version,
         chunk_rows=1_000,
     )
     after = _partition(out).drop(columns="scored_at")
@@ -163,7 +163,7 @@ def test_scoring_mistakes_are_one_clear_line(churn_run, luma_ingested, tracking,
 
 
 def test_explain_shows_factors_or_the_failed_population_condition(scored, luma_ingested, runner):
-    _, out = scored
+    run, out = scored
     table = _partition(out)
     profile = table.sort_values("probability").iloc[-1]
     shown = invoke(
@@ -176,8 +176,8 @@ def test_explain_shows_factors_or_the_failed_population_condition(scored, luma_i
         str(luma_ingested),
         "--as-of",
         AS_OF,
-        "--alias",
-        "challenger",
+        "--version",
+        run.version,
     )
     assert shown.exit_code == 0, shown.output
     text = " ".join(shown.output.split())
@@ -198,8 +198,8 @@ def test_explain_shows_factors_or_the_failed_population_condition(scored, luma_i
         str(luma_ingested),
         "--as-of",
         AS_OF,
-        "--alias",
-        "challenger",
+        "--version",
+        run.version,
     )
     text = " ".join(refused.output.split())
     assert refused.exit_code in (0, 2)
@@ -213,8 +213,9 @@ def _free_port() -> int:
 
 
 def test_champion_serves_over_http(churn_run, luma_ingested, tracking, tmp_path):
+    # By version: the challenger alias moves when other tests retrain.
     model, _ = mlflow_tracking.load_propensity_model(
-        mlflow_tracking.configure(ProjectConfig()), "churn", alias="challenger"
+        mlflow_tracking.configure(ProjectConfig()), "churn", version=churn_run.version
     )
     port = _free_port()
     # MLflow starts `uvicorn` by name: the test interpreter's own uvicorn must be on PATH, as it
@@ -232,7 +233,7 @@ def test_champion_serves_over_http(churn_run, luma_ingested, tracking, tmp_path)
             "models",
             "serve",
             "-m",
-            "models:/churn@challenger",
+            f"models:/churn/{churn_run.version}",
             "--env-manager",
             "local",
             "--host",
@@ -263,7 +264,7 @@ def test_champion_serves_over_http(churn_run, luma_ingested, tracking, tmp_path)
                 time.sleep(1)
         else:
             pytest.fail("mlflow models serve did not answer /ping within 120 s")
-        example = mlflow.models.Model.load("models:/churn@challenger").load_input_example()
+        example = mlflow.models.Model.load(f"models:/churn/{churn_run.version}").load_input_example()
         body = json.dumps({"dataframe_split": json.loads(example.to_json(orient="split"))}).encode()
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
