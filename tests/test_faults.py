@@ -787,3 +787,60 @@ def test_email_sha256_is_the_sha256_of_the_normalised_email(tmp_path, config):
     values = dict(zip(identity["namespace"], identity["value"], strict=True))
     assert values["email_sha256"] == hashlib.sha256(b"sarah.lee@example.com").hexdigest()
     assert values["phone_sha256"] == hashlib.sha256(b"+15551234567").hexdigest()
+
+
+QUALIFY_AND_EXPORT = """
+import datetime as dt, sys
+from pathlib import Path
+import duckdb, pandas as pd
+from propensity.core.config import DestinationConfig, SegmentConfig
+from propensity.features.activation import destinations as dest, segments as seg
+out, exports, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+con = duckdb.connect()
+ids = [f"p{i}" for i in range(n)]
+con.register("profiles", pd.DataFrame({"profile_id": ids, "consent_personalization": "y"}))
+emails = [f"e{i}" for i in range(n)]
+con.register("identity_map", pd.DataFrame({"namespace": "email_sha256", "value": emails, "profile_id": ids}))
+x = [i % 100 for i in range(n)]
+con.register("feats", pd.DataFrame({"profile_id": ids, "x": x, "consent_personalization": "y"}))
+kinds = {"x": "number", "consent_personalization": "string"}
+rules = [SegmentConfig(name="big", rule="x > 10"), SegmentConfig(name="odd", rule="x IN (1, 3, 5)")]
+segments = seg.compile_segments(rules, kinds, [], "s.yaml")
+as_of = dt.date(2025, 3, 1)
+seg.qualify(con, segments, "SELECT * FROM feats", {}, out, as_of, identity_namespaces=["email_sha256"])
+destination = DestinationConfig(
+    name="ads", identities=["email_sha256"], marketing_action="personalization", segments=["big", "odd"]
+)
+dest.export_destination(con, out, as_of, destination, exports)
+"""
+
+
+@pytest.mark.slow
+def test_killing_segments_and_export_keeps_the_previous_output(tmp_path):
+    out, exports = tmp_path / "segments", tmp_path / "exports"
+    args = [str(out), str(exports), "300000"]
+    started = time.perf_counter()
+    first = subprocess.run([sys.executable, "-c", QUALIFY_AND_EXPORT, *args], capture_output=True, text=True)
+    duration = time.perf_counter() - started
+    assert first.returncode == 0, first.stderr
+    reference = {root: tree_digest(root) for root in (out, exports)}
+    rows = {root: _visible_parquet(root)[0] for root in (out,)}
+    rng, kills = random.Random(9), 0
+    for delay in sorted(rng.uniform(0.5, duration) for _ in range(4)):
+        proc = subprocess.Popen([sys.executable, "-c", QUALIFY_AND_EXPORT, *args], stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            kills += 1
+        for root in (out, exports):
+            assert tree_digest(root) == reference[root]  # the previous output, byte for byte
+        assert _visible_parquet(out)[0] == rows[out]
+        assert not [p for p in exports.rglob("*") if p.name.startswith(".") and p.name != io.MARKER]
+    assert kills >= 2
+    again = subprocess.run([sys.executable, "-c", QUALIFY_AND_EXPORT, *args], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    for root in (out, exports):
+        assert tree_digest(root) == reference[root]
+        assert_no_visible_temps(root)
