@@ -844,3 +844,16 @@ def test_killing_segments_and_export_keeps_the_previous_output(tmp_path):
     for root in (out, exports):
         assert tree_digest(root) == reference[root]
         assert_no_visible_temps(root)
+
+
+def test_scoring_without_factors_gives_the_same_probabilities():
+    """``scoring.factors: 0`` (no explanations) is a supported setting, not only the default 5."""
+    import pyarrow as pa
+
+    model, frame = _tiny_model()
+    probability, indices, impacts = model.predict_and_explain(pa.Table.from_pandas(frame), 0)
+    np.testing.assert_array_equal(probability, model.predict_proba(frame))
+    assert indices.shape == impacts.shape == (len(frame), 0)
+    with_factors, top, _ = model.predict_and_explain(pa.Table.from_pandas(frame), 2)
+    np.testing.assert_array_equal(with_factors, probability)
+    assert top.shape == (len(frame), 2)
