@@ -9,6 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SPARK_STAMP := $(VENV)/.installed-spark
+BROWSER_STAMP := $(VENV)/.installed-browser
 
 .PHONY: demo test test-spark lint bench docs install constraints clean
 
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-# The Spark tests need pyspark (the spark extra) and Java 17+; without Java they are skipped.
+# The Spark tests need pyspark (the spark extra) and Java 17+; `make test` fails without Java.
 $(SPARK_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,spark]"
 	touch $(SPARK_STAMP)
@@ -33,11 +34,20 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
+# The report and journey tests render pages in a headless Chromium: the system's, installed from
+# Debian's packages when missing (as root), else Playwright's own build.
+$(BROWSER_STAMP): $(STAMP)
+	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq chromium; } || \
+	  $(BIN)/python -m playwright install chromium
+	touch $(BROWSER_STAMP)
+
 # The default suite (spark tests excluded by pyproject's addopts), then the Spark group on its
-# own: one JVM, one process.
-test: lint $(SPARK_STAMP)
+# own: one JVM, one process. Without Java the Spark group would be skipped: CI must fail instead.
+test: lint $(SPARK_STAMP) $(BROWSER_STAMP)
+	@command -v java >/dev/null || { echo "make test: Java 17+ is required for the Spark group (install a JDK, e.g. apt-get install openjdk-17-jre-headless)"; exit 1; }
 	$(BIN)/pytest -n 2 --dist loadgroup -q
-	$(BIN)/pytest -p no:xdist -q -m spark tests/test_spark.py tests/test_journeys_spark.py
+	PROPENSITY_REQUIRE_SPARK=1 $(BIN)/pytest -p no:xdist -q -m spark tests/test_spark.py tests/test_journeys_spark.py
 
 # Spark in local mode against DuckDB alone (needs Java 17+).
 test-spark: $(SPARK_STAMP)

@@ -7,6 +7,7 @@ YAML files is the pipeline's job (``propensity.pipeline.jobs.config_files``).
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -53,6 +54,10 @@ class IngestConfig(_Strict):
     """
     max_reported_rows: int = Field(default=5, ge=1)
     """Rows named in a failure message; the full list goes to the quarantine file."""
+    future_tolerance_hours: int = Field(default=24, ge=0)
+    """Without --as-of, events more than this many hours after the ingest time are bad rows
+    (`future_timestamp`), so a mistyped year never becomes the default as-of.
+    """
 
 
 class FeatureConfig(_Strict):
@@ -149,17 +154,35 @@ class ProjectConfig(_Strict):
 M = TypeVar("M", bound=BaseModel)
 
 
-def describe_validation_error(source: str, error: ValidationError) -> str:
-    """One readable line per problem: ``file: key `a.b`: message (got 'x')``."""
+def _quoted(value: Any, limit: int = 200) -> str:
+    """``repr(value)`` clipped: an error message never echoes a whole (possibly huge) input."""
+    short = reprlib.Repr()  # attributes, not keywords: Python 3.11 has no keyword form
+    short.maxstring = short.maxother = limit
+    short.maxlist = short.maxdict = short.maxtuple = short.maxset = 6
+    short.maxlevel = 3
+    text = short.repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def describe_validation_error(source: str, error: ValidationError, max_problems: int = 5) -> str:
+    """One readable line per problem: ``file: key `a.b`: message (got 'x')``; at most
+    ``max_problems`` problems and a few hundred characters of input each."""
     lines = []
-    for item in error.errors():
+    problems = error.errors()
+    for item in problems[:max_problems]:
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key"
         got = item.get("input")
-        suffix = f" (got {got!r})" if item["type"] != "extra_forbidden" and not isinstance(got, dict) else ""
-        lines.append(f"{source}: key `{key}`: {message}{suffix}")
+        suffix = (
+            f" (got {_quoted(got)})"
+            if item["type"] != "extra_forbidden" and not isinstance(got, dict)
+            else ""
+        )
+        lines.append(f"{source}: key `{key[:200]}`: {message[:300]}{suffix}")
+    if len(problems) > max_problems:
+        lines.append(f"and {len(problems) - max_problems} more problems")
     return "; ".join(lines)
 
 
@@ -394,6 +417,10 @@ class DestinationConfig(_Strict):
         default_factory=list
     )
     """Consents that must be explicitly 'y' for a profile to be sent (e.g. consent_marketing for email)."""
+    file_mode: str = Field(default="0600", pattern=r"^0?[0-7]{3}$")
+    """Permissions of the exported files (octal): they hold identities, so by default only their owner may
+    read them; folders get the same bits plus search (x) where read is set.
+    """
 
     @field_validator("identities")
     @classmethod

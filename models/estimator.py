@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import joblib
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
@@ -113,18 +112,13 @@ class PropensityModel:
         return {c: (trained[i] if i < len(trained) else self.categories[c]) for i, c in enumerate(names)}
 
     def save(self, path: str | Path) -> Path:
-        """Write the model to one file (joblib); :meth:`load` reads it back."""
-        joblib.dump(self, path)
-        return Path(path)
+        """Write the model to one file without pickle (see :func:`save_model`)."""
+        return save_model(self, path)
 
     @staticmethod
     def load(path: str | Path) -> PropensityModel:
-        """Read a saved model, including one saved before the packages moved under ``propensity``.
-
-        Class paths of release 0.1 (``models.estimator`` ...) are always read as their
-        ``propensity.*`` homes, even where some other ``models`` package is importable.
-        """
-        return _load_legacy(Path(path))
+        """Read a saved model, including one pickled by an earlier release (see :func:`load_model`)."""
+        return load_model(path)
 
 
 def feature_matrix(
@@ -199,6 +193,112 @@ def arrow_lightgbm_array(
     return out
 
 
+# -- storage -------------------------------------------------------------------------------
+# A model is stored with skops (a zip of JSON and .npy arrays: the booster as LightGBM's own text
+# model, the calibrator's sklearn estimator and the logistic model's arrays), never pickle, and
+# loaded with only these types trusted besides skops' defaults (numpy, sklearn estimators):
+# loading a model file can build these objects and nothing else, so it cannot run code.
+MODEL_FILE = "propensity_model.skops"
+LEGACY_MODEL_FILE = "propensity_model.joblib"  # pickled by earlier releases; loaded restricted
+TRUSTED_TYPES = frozenset(
+    {
+        "propensity.models.estimator.PropensityModel",
+        "propensity.models.calibration.Calibrator",
+        "propensity.models.linear.LinearPropensityModel",
+        "propensity.models.linear.LogScaledDesign",
+    }
+)
+
+
+def save_model(model: object, path: str | Path) -> Path:
+    """Write a PropensityModel or LinearPropensityModel to ``path`` in the skops format."""
+    import skops.io as sio
+
+    sio.dump(model, path)
+    return Path(path)
+
+
+def load_model(path: str | Path):
+    """Read a model file: the skops format with only :data:`TRUSTED_TYPES` (and skops' own
+    trusted numpy/sklearn types) allowed, or a pickle of an earlier release through an unpickler
+    that resolves only the classes such a model holds. Anything else is a UserError."""
+    import zipfile
+
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        import skops.io as sio
+
+        untrusted = set(sio.get_untrusted_types(file=path))
+        refused = sorted(untrusted - TRUSTED_TYPES)
+        if refused:
+            raise UserError(
+                f"{path}: the model file holds types outside the allow-list ({', '.join(refused[:5])})"
+            )
+        return sio.load(path, trusted=sorted(untrusted))
+    return _load_legacy(path)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file (recorded in the registry when a model is logged, checked at load)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# What a model pickled by release 0.1-0.2 may reference: its own classes, numpy arrays, dtypes
+# and scalars, the sklearn calibrators and what they hold, and plain containers. A pickle naming
+# anything else (os.system, builtins.eval, numpy.load, subprocess...) is refused before it runs.
+_LEGACY_CLASS_MODULES = (
+    "propensity.models.",
+    "sklearn.isotonic.",
+    "sklearn.linear_model.",
+    "scipy.interpolate.",
+)
+_LEGACY_TOPS = ("propensity", "numpy", "sklearn", "scipy", "joblib", "copyreg", "collections", "builtins")
+_LEGACY_BUILTINS = (
+    "dict",
+    "list",
+    "tuple",
+    "set",
+    "frozenset",
+    "int",
+    "float",
+    "str",
+    "bytes",
+    "object",
+    "bool",
+)
+_LEGACY_ALLOWED = {
+    ("copyreg", "_reconstructor"),
+    ("collections", "OrderedDict"),
+    ("joblib.numpy_pickle", "NumpyArrayWrapper"),
+    *(("builtins", n) for n in _LEGACY_BUILTINS),
+    *(
+        (m, n)
+        for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for n in ("_reconstruct", "scalar")
+    ),
+    *((m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric")),
+}
+
+
+def _legacy_allowed(module: str, name: str, found: object) -> bool:
+    """Whether a pickled model may reference ``module.name`` (``found``, already resolved)."""
+    if (module, name) in _LEGACY_ALLOWED:
+        return True
+    if module.split(".")[0] == "numpy":
+        return (
+            found is np.ndarray
+            or (isinstance(found, type) and issubclass(found, np.generic | np.dtype))
+            or found is np.dtype
+        )
+    return isinstance(found, type) and f"{module}.".startswith(_LEGACY_CLASS_MODULES)
+
+
 # Models registered before version 0.2 pickled their classes as top-level `models.*` and
 # `pipeline.*` modules; on load those names are read as their `propensity.*` homes.
 LEGACY_PACKAGES = {
@@ -224,7 +324,14 @@ def _load_legacy(path: Path) -> PropensityModel:
 
     class RenamingUnpickler(NumpyUnpickler):
         def find_class(self, module: str, name: str):
-            return super().find_class(legacy_module(module), name)
+            module = legacy_module(module)
+            # Never import an unknown module just to look at it.
+            found = super().find_class(module, name) if module.split(".")[0] in _LEGACY_TOPS else None
+            if found is None or not _legacy_allowed(module, name, found):
+                raise UserError(
+                    f"{path}: the model pickle references {module}.{name}, which no model holds; refused"
+                )
+            return found
 
     with path.open("rb") as handle:
         try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -195,14 +194,17 @@ class LinearPropensityModel:
         return probability, indices, impacts
 
     def save(self, path: str | Path) -> Path:
-        """Write the model to one file (joblib); :meth:`load` reads it back."""
-        joblib.dump(self, path)
-        return Path(path)
+        """Write the model to one file without pickle (:func:`estimator.save_model`)."""
+        from propensity.models.estimator import save_model
+
+        return save_model(self, path)
 
     @staticmethod
     def load(path: str | Path) -> LinearPropensityModel:
-        """Read a model written by :meth:`save`."""
-        return joblib.load(path)
+        """Read a model written by :meth:`save`, or pickled by an earlier release (restricted)."""
+        from propensity.models.estimator import load_model
+
+        return load_model(path)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ import pandas as pd
 
 
 class PropensityPyfunc(mlflow.pyfunc.PythonModel):
-    """Wraps :class:`models.estimator.PropensityModel` (stored as a joblib artifact)."""
+    """Wraps :class:`models.estimator.PropensityModel` (a skops artifact, loaded with an allow-list
+    of types; a pickle of an earlier release through a restricted unpickler)."""
 
     def load_context(self, context) -> None:
         """Load the saved :class:`PropensityModel` from the model's artifacts."""

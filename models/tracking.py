@@ -23,12 +23,21 @@ from mlflow.tracking import MlflowClient
 
 from propensity.core.config import ProjectConfig
 from propensity.core.errors import UserError
-from propensity.models.estimator import PropensityModel
+from propensity.models.estimator import (
+    LEGACY_MODEL_FILE,
+    MODEL_FILE,
+    PropensityModel,
+    file_sha256,
+    load_model,
+)
 from propensity.models.linear import LinearPropensityModel
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 LOWER_IS_BETTER = {"test_log_loss", "test_brier", "test_ece"}
 PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+CHECKSUM_TAG = "propensity_model_sha256"
 
 
 def tracking_uri(config: ProjectConfig) -> str:
@@ -62,7 +71,8 @@ def _requirements() -> list[str]:
 
     # Pinned to what trained the model; given explicitly so MLflow does not load the model
     # in a subprocess to guess them.
-    return [f"{p}=={version(p)}" for p in ("mlflow", "lightgbm", "scikit-learn", "pandas", "numpy", "joblib")]
+    packages = ("mlflow", "lightgbm", "scikit-learn", "pandas", "numpy", "joblib", "skops")
+    return [f"{p}=={version(p)}" for p in packages]
 
 
 def signature_frame(model: PropensityModel | LinearPropensityModel, frame: pd.DataFrame) -> pd.DataFrame:
@@ -90,10 +100,14 @@ def _shipped_code(tmp: Path) -> Path:
 def log_model(
     model: PropensityModel | LinearPropensityModel, example: pd.DataFrame, registered_name: str
 ) -> tuple[str, str]:
-    """Log the pyfunc in the active run and register it; returns (model_uri, version)."""
+    """Log the pyfunc in the active run and register it; returns (model_uri, version).
+
+    The model file (skops, no pickle) has its SHA-256 recorded on the registered version
+    (tag ``propensity_model_sha256``), which :func:`load_propensity_model` checks."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "propensity_model.joblib"
+        path = Path(tmp) / MODEL_FILE
         model.save(path)
+        checksum = file_sha256(path)
         sample = signature_frame(model, example)
         output = pd.DataFrame({"probability": model.predict_proba(example.head(5))})
         info = mlflow.pyfunc.log_model(
@@ -106,6 +120,9 @@ def log_model(
             pip_requirements=_requirements(),
             registered_model_name=registered_name,
         )
+    MlflowClient().set_model_version_tag(
+        registered_name, str(info.registered_model_version), CHECKSUM_TAG, checksum
+    )
     return info.model_uri, str(info.registered_model_version)
 
 
@@ -129,8 +146,19 @@ def load_propensity_model(
     """The model behind a registered version (for scoring and explanations): a LightGBM
     PropensityModel or a LinearPropensityModel, with the same methods."""
     mv = version_for(client, name, version, alias)
-    local = mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}")
-    return PropensityModel.load(Path(local) / "artifacts" / "propensity_model.joblib"), mv
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}")) / "artifacts"
+    path = local / MODEL_FILE if (local / MODEL_FILE).is_file() else local / LEGACY_MODEL_FILE
+    expected = (mv.tags or {}).get(CHECKSUM_TAG)
+    if expected is None and path.name == MODEL_FILE:
+        raise UserError(
+            f"model '{name}' v{mv.version}: no {CHECKSUM_TAG} tag in the registry; refusing to load"
+        )
+    if expected is not None and file_sha256(path) != expected:
+        raise UserError(
+            f"model '{name}' v{mv.version}: {path.name} does not match the SHA-256 the registry recorded "
+            "when it was trained (the artifact store was changed); refusing to load"
+        )
+    return load_model(path), mv
 
 
 def run_metric(client: MlflowClient, mv, metric: str) -> float | None:

@@ -82,9 +82,10 @@ def churn_run(luma_ingested, tracking):
 
 @pytest.fixture(scope="session")
 def scored(churn_run, luma_ingested, tracking, tmp_path_factory):
-    """The challenger churn model scored at 2025-11-10: (ScoreRun, scores directory)."""
+    """The session's churn model scored at 2025-11-10: (ScoreRun, scores directory). By version,
+    not by the `challenger` alias, which later retrains (test_models) move."""
     out = tmp_path_factory.mktemp("scores")
     run = score_jobs.score_model(
-        "churn", luma_ingested, ProjectConfig(), dt.date(2025, 11, 10), out, alias="challenger"
+        "churn", luma_ingested, ProjectConfig(), dt.date(2025, 11, 10), out, version=churn_run.version
     )
     return run, out

@@ -265,45 +265,69 @@ def _features(rows: list[dict], path: str) -> pd.DataFrame:
     return snapshot(rows, path=path).drop(columns=["as_of"]).sort_index()
 
 
+def _at(days: st.SearchStrategy[int]) -> st.SearchStrategy[dict]:
+    """Events whose ``days_before`` is drawn from ``days``."""
+    return st.builds(lambda s, d: {**s, "days_before": d}, event_strategy, days)
+
+
 @pytest.mark.parametrize("path", PATHS)
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    history=st.lists(event_strategy, min_size=1, max_size=25),
+    past=st.lists(_at(st.integers(1, 800)), min_size=1, max_size=25),
     future=st.lists(event_strategy, min_size=1, max_size=10),
 )
-def test_events_at_or_after_as_of_never_change_features(path, history, future):
-    past = [s for s in history if s["days_before"] >= 1]
-    if not past:
-        return
+def test_events_at_or_after_as_of_never_change_features(path, past, future):
+    # Every example has history before as_of and events at or after it: none returns early.
     later = [{**s, "days_before": min(s["days_before"], 0) - (s["days_before"] % 30)} for s in future]
     base = _features(_rows(past), path)
     with_future = _features(_rows(past + later), path)
     pd.testing.assert_frame_equal(base, with_future)
 
 
+@st.composite
+def _recent_and_old(draw) -> tuple[int, list[dict], list[dict]]:
+    """A reach, events within it (days 1..reach before as_of) and events beyond it: every
+    example exercises the window (none is skipped for lack of recent or old events)."""
+    reach = draw(st.sampled_from([7, 30, 90, 365]))
+    recent = draw(st.lists(_at(st.integers(1, reach)), min_size=1, max_size=15))
+    old = draw(st.lists(_at(st.integers(reach + 1, reach + 400)), min_size=1, max_size=15))
+    return reach, recent, old
+
+
 @pytest.mark.parametrize("path", PATHS)
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(history=st.lists(event_strategy, min_size=1, max_size=25), seed=st.integers(0, 2**16))
-def test_events_older_than_a_features_reach_never_change_it(path, history, seed):
-    past = [s for s in history if s["days_before"] >= 1]
-    if not past:
-        return
+@given(events=_recent_and_old(), seed=st.integers(0, 2**16))
+def test_events_older_than_a_features_reach_never_change_it(path, events, seed):
+    reach, recent, older = events
+    past = recent + older
     rng = np.random.default_rng(seed)
-    reach = int(rng.choice([7, 30, 90, 365]))
-    recent = [s for s in past if s["days_before"] <= reach]
-    if not recent:
-        return
     # Change old events: drop some, move the others further back, retype them.
     old = [
         {**s, "days_before": s["days_before"] + 3, "event_type": "purchase"}
-        for s in past
-        if s["days_before"] > reach and rng.random() < 0.5
+        for s in older
+        if rng.random() < 0.5
     ]
     base = _features(_rows(past), path)
     changed = _features(_rows(recent + old), path)
     columns = [f.name for f in FS.features if f.reach(FS.lookback_days) <= reach]
     profiles = base.index.intersection(changed.index)
+    # Every profile with a recent event is in both snapshots: the comparison is never empty.
+    assert {s["profile"] for s in recent} <= set(profiles) and columns
     pd.testing.assert_frame_equal(base.loc[profiles, columns], changed.loc[profiles, columns])
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("window", [7, 30, 90])
+def test_an_event_on_a_windows_first_or_last_day_counts(path, window):
+    rows = [
+        event(window, "page_view", hour=0),  # the first instant of the window's first day: in
+        event(1, "page_view", hour=23),  # the last hour before as_of: in
+        event(window + 1, "page_view", hour=23),  # one hour before the window opens: out
+        event(0, "page_view", hour=0),  # at as_of: never
+    ]
+    row = snapshot(rows, path=path).loc["p1"]
+    assert row[f"event_count_{window}d"] == 2
+    assert row["event_count_365d"] == 3
 
 
 # --- the identity graph at as_of: links first observed at or after as_of never matter ---

@@ -53,9 +53,13 @@ def test_train_logs_metrics_baselines_oracle_and_registers_challenger(churn_run,
         assert key in run.data.metrics, key
     # The realistic world hides much of what drives purchases (cycles, lapsing, unrecorded
     # purchases): the model learns a good share of what the oracle knows, and never more.
-    assert 0.7 < run.data.metrics["auc_to_oracle"] < 1.02
     ratio_low, ratio_high = (run.data.metrics[f"auc_to_oracle_ci_{end}"] for end in ("low", "high"))
     assert ratio_low < run.data.metrics["auc_to_oracle"] < ratio_high
+    # a good share of the oracle, and never above it: the interval's lower end stays below 1
+    assert run.data.metrics["auc_to_oracle"] > 0.7 and ratio_low < 1.0
+    # calibrated on held-out rows: the test snapshot's expected calibration error stays small
+    # (0.042 measured for this seed and data)
+    assert run.data.metrics["test_ece"] < 0.06
     assert run.data.metrics["test_auc"] > run.data.metrics["baseline_recency_auc"]
     assert run.data.tags["git_commit"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}

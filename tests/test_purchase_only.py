@@ -38,7 +38,8 @@ def test_registered_model_beats_rfm_and_recency_beyond_the_interval(repeat_run):
         for metric in ("auc", "average_precision"):
             # The paired bootstrap interval of (model - baseline) lies above zero.
             assert m[f"test_{metric}_minus_baseline_{baseline}_ci_low"] > 0, (baseline, metric)
-    assert m["test_auc"] > m["baseline_bgnbd_auc"] - 0.01  # BG/NBD is measured too
+    # BG/NBD is measured too: the model does not lose to it, not even inside the paired interval.
+    assert m["test_auc"] > m["baseline_bgnbd_auc"] and m["test_auc_minus_baseline_bgnbd_ci_high"] > 0
 
 
 def test_every_test_figure_has_an_interval_and_its_positives(repeat_run, tracking):

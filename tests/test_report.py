@@ -21,17 +21,20 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def _rendered_in_browser(path) -> list[dict] | None:
-    """Each image's natural size as a real headless Chromium renders the page (None: no browser)."""
+def _rendered_in_browser(path) -> list[dict]:
+    """Each image's natural size as a real headless Chromium renders the page: the system's
+    Chromium, else Playwright's own. No browser is a failure (`make test` installs one)."""
+    from playwright.sync_api import Error, sync_playwright
+
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
-    if executable is None:
-        return None
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        return None
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        try:
+            browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        except Error as error:
+            raise AssertionError(
+                "no headless Chromium to render the report: install Debian's `chromium` or run "
+                f"`python -m playwright install chromium` (make test does): {str(error)[:300]}"
+            ) from None
         try:
             page = browser.new_page()
             page.goto(path.as_uri())
@@ -67,7 +70,5 @@ def test_report_is_self_contained_and_every_chart_renders(scored, runner, tmp_pa
             image.verify()
             assert image.size[0] > 100 and image.size[1] > 100, alt
     rendered = _rendered_in_browser(out)
-    if rendered is None:  # no headless Chromium on this machine: decoding every chart above stands
-        return
     assert len(rendered) == len(images)
     assert all(image["complete"] and image["width"] > 0 for image in rendered), rendered

@@ -129,7 +129,7 @@ def test_rescoring_replaces_the_partition_with_identical_rows(scored, luma_inges
         ProjectConfig(scoring={"profile_partitions": 3}),
         dt.date.fromisoformat(AS_OF),
         out,
-        alias="challenger",
+        version=run.version,
         chunk_rows=1_000,
     )
     after = _partition(out).drop(columns="scored_at")
@@ -164,7 +164,7 @@ def test_scoring_mistakes_are_one_clear_line(churn_run, luma_ingested, tracking,
 
 
 def test_explain_shows_factors_or_the_failed_population_condition(scored, luma_ingested, runner):
-    _, out = scored
+    run, out = scored
     table = _partition(out)
     profile = table.sort_values("probability").iloc[-1]
     shown = invoke(
@@ -177,8 +177,8 @@ def test_explain_shows_factors_or_the_failed_population_condition(scored, luma_i
         str(luma_ingested),
         "--as-of",
         AS_OF,
-        "--alias",
-        "challenger",
+        "--version",
+        run.version,
     )
     assert shown.exit_code == 0, shown.output
     text = " ".join(shown.output.split())
@@ -199,8 +199,8 @@ def test_explain_shows_factors_or_the_failed_population_condition(scored, luma_i
         str(luma_ingested),
         "--as-of",
         AS_OF,
-        "--alias",
-        "challenger",
+        "--version",
+        run.version,
     )
     text = " ".join(refused.output.split())
     assert refused.exit_code in (0, 2)
@@ -214,10 +214,18 @@ def _free_port() -> int:
 
 
 def test_champion_serves_over_http(churn_run, luma_ingested, tracking, tmp_path):
+    # By version: the challenger alias moves when other tests retrain.
     model, _ = mlflow_tracking.load_propensity_model(
-        mlflow_tracking.configure(ProjectConfig()), "churn", alias="challenger"
+        mlflow_tracking.configure(ProjectConfig()), "churn", version=churn_run.version
     )
     port = _free_port()
+    # MLflow starts `uvicorn` by name: the test interpreter's own uvicorn must be on PATH, as it
+    # is for a user who activated the virtualenv (a venv sharing another's packages may lack the
+    # script, so a shim runs the module with this interpreter).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "uvicorn").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m uvicorn "$@"\n')
+    (bin_dir / "uvicorn").chmod(0o755)
     server = subprocess.Popen(
         [
             sys.executable,
@@ -226,7 +234,7 @@ def test_champion_serves_over_http(churn_run, luma_ingested, tracking, tmp_path)
             "models",
             "serve",
             "-m",
-            "models:/churn@challenger",
+            f"models:/churn/{churn_run.version}",
             "--env-manager",
             "local",
             "--host",
@@ -234,12 +242,12 @@ def test_champion_serves_over_http(churn_run, luma_ingested, tracking, tmp_path)
             "--port",
             str(port),
         ],
-        # MLflow starts `uvicorn` by name: the virtualenv's bin must be on PATH, as it is for
-        # a user who activated it.
         env={
             **os.environ,
             "MLFLOW_TRACKING_URI": tracking,
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PATH": os.pathsep.join(
+                [str(bin_dir), str(Path(sys.executable).parent), os.environ.get("PATH", "")]
+            ),
         },
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -248,16 +256,16 @@ def test_champion_serves_over_http(churn_run, luma_ingested, tracking, tmp_path)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if server.poll() is not None:
-                pytest.skip(f"mlflow models serve could not start here: {server.stdout.read()[-500:]!r}")
+            # A server that cannot start (a model that fails to load) is a failure, never a skip.
+            assert server.poll() is None, f"mlflow models serve exited: {server.stdout.read()[-2000:]!r}"
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
                 break
             except OSError:
                 time.sleep(1)
         else:
-            pytest.skip("mlflow models serve did not answer /ping within 120 s on this machine")
-        example = mlflow.models.Model.load("models:/churn@challenger").load_input_example()
+            pytest.fail("mlflow models serve did not answer /ping within 120 s")
+        example = mlflow.models.Model.load(f"models:/churn/{churn_run.version}").load_input_example()
         body = json.dumps({"dataframe_split": json.loads(example.to_json(orient="split"))}).encode()
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}

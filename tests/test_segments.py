@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from propensity.core.config import ProjectConfig, SegmentConfig
 from propensity.core.errors import UserError
+from propensity.core.io import MARKER, STAGING
 from propensity.features.activation import membership_store
 from propensity.features.activation import segments as seg
 from propensity.features.sql import column_kind
@@ -233,7 +234,9 @@ def test_rerunning_an_as_of_replaces_it_with_identical_files(tmp_path):
     frame = pd.read_parquet(path)
     assert list(frame.columns) == ["profile_id", "segment", "status", "as_of", "qualified_at"]
     assert frame.equals(frame.sort_values(["segment", "profile_id"]).reset_index(drop=True))
-    assert not any(p.name.startswith(".") for p in out.iterdir())  # no temporary leftovers
+    # no temporary leftovers: inside the tree only the output's marker, beside it only locks
+    assert [p.name for p in out.rglob(".*")] == [MARKER]
+    assert all(p.suffix == ".lock" for p in (out.parent / STAGING).iterdir())
 
 
 def test_back_fill_uses_the_latest_earlier_date_and_flags_later_dates_as_stale(tmp_path):

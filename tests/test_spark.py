@@ -2,7 +2,8 @@
 labels and scores are equal (counts and ids exactly, floats within 1e-9).
 
 One SparkSession for the module (``local[2]``, two shuffle partitions, no UI). Run with
-``make test-spark`` (``pytest -m spark``); skipped only when pyspark or Java is missing.
+``make test-spark`` (``pytest -m spark``); skipped only when pyspark or Java is missing, and
+never under ``make test`` (``PROPENSITY_REQUIRE_SPARK=1``), which fails instead.
 """
 
 from __future__ import annotations
@@ -20,8 +21,18 @@ import pytest
 
 pytestmark = pytest.mark.spark
 
+# `make test` sets PROPENSITY_REQUIRE_SPARK: there a missing pyspark or Java fails the run
+# instead of skipping the group (a green CI must mean the engines were compared).
+_REQUIRED = bool(os.environ.get("PROPENSITY_REQUIRE_SPARK"))
+if _REQUIRED:
+    import importlib.util
+
+    if importlib.util.find_spec("pyspark") is None:
+        pytest.fail("pyspark is not installed: pip install -e '.[spark]'", pytrace=False)
 pytest.importorskip("pyspark", reason="pyspark is not installed: pip install -e '.[spark]'")
 if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+    if _REQUIRED:
+        pytest.fail("Java is not installed: Spark needs Java 17+", pytrace=False)
     pytest.skip("Java is not installed: Spark needs Java 17+", allow_module_level=True)
 
 from propensity.core.config import EngineConfig, IdentityConfig, ProjectConfig, parse_config  # noqa: E402
@@ -143,6 +154,7 @@ HAND_EVENTS = [
     *(event(22, "login", crm_id="C9", ecid=f"D{i}") for i in range(6)),
     event(22, "login", crm_id="C9", email="c9@example.com"),
     *(event(23, "email_open", crm_id="C8", email=f"c8-{i}@example.com") for i in range(4)),
+    event(24, "page_view", ecid="L" * 300),  # an implausibly long identity: invalid_identity
 ]
 HAND_PROFILES = [
     {
@@ -194,7 +206,9 @@ def test_staged_and_bad_rows_equal_duckdb(spark, hand, source):
     staged = stage_events(spark, resolve_spark_input(spark, hand / source), GUARDED, as_of)
     con, expected = _duck_staged(hand / source, GUARDED, as_of)
     assert staged.summary.bad_by_reason == expected.bad_by_reason
-    assert len(expected.bad_by_reason) == 7  # every reason, once
+    assert len(expected.bad_by_reason) == 8  # every reason, at least once
+    # X1 arrives twice with different payloads: counted apart from the plain copy
+    assert staged.summary.rows_conflicting == expected.rows_conflicting == 1
     assert (staged.summary.rows_in, staged.summary.rows_clean, staged.summary.rows_duplicate) == (
         expected.rows_in,
         expected.rows_clean,
@@ -617,3 +631,94 @@ def test_engine_settings_and_paths():
     assert hadoop_path("data/luma") == "data/luma"
     with pytest.raises(UserError, match="unknown key"):
         parse_config(ProjectConfig, {"engine": {"spark": {"mastr": "local"}}}, "project.yaml")
+
+
+def test_rule_arithmetic_is_null_safe_on_spark_as_on_duckdb(spark):
+    """Division by zero, NaN and overflow never qualify anyone, on Spark exactly as on DuckDB."""
+    from propensity.features.build.rules import parse_rule
+
+    rows = [(1, 0.0, 0.0), (2, 50.0, 0.0), (3, 500.0, 2.0), (4, 150.0, 2.0), (5, float("nan"), 1.0)]
+    rows += [(6, float("inf"), 1.0), (7, 1e308, 1e-300), (8, None, 1.0)]
+    frame = spark.createDataFrame(rows, "id int, revenue double, purchases double")
+    duck = duckdb.connect()
+    duck.register("t", pd.DataFrame(rows, columns=["id", "revenue", "purchases"]))
+    kinds = {"revenue": "number", "purchases": "number"}
+    for text, expected in [
+        ("revenue / purchases > 100", [3]),
+        ("revenue / purchases <= 100", [4]),
+        ("revenue * 10 > 100", [2, 3, 4]),
+        ("revenue / purchases IS NULL", [1, 2, 5, 6, 7, 8]),
+    ]:
+        rule = parse_rule(text, kinds, "test")
+        on_spark = sorted(r["id"] for r in frame.where(rule.sql("spark")).collect())
+        on_duckdb = [
+            r[0] for r in duck.execute(f"SELECT id FROM t WHERE {rule.sql()} ORDER BY id").fetchall()
+        ]
+        assert on_spark == on_duckdb == expected, text
+
+
+def test_unrecognised_consent_refused_or_opted_out_as_on_duckdb(spark, tmp_path):
+    """A consent value outside the vocabulary: the same one-line refusal as DuckDB, or with
+    quarantine the same opted-out flags."""
+    from propensity.features.spark.ingest import stage_profiles as spark_stage_profiles
+
+    path = write_events(
+        tmp_path / "profiles.csv",
+        [
+            {"crm_id": "C1", "consent_personalization": "y", "consent_marketing": "Yes "},
+            {"crm_id": "C2", "consent_personalization": "off", "consent_marketing": "n"},
+            {"crm_id": "C3", "consent_personalization": "", "consent_marketing": "FALSE"},
+            {"crm_id": "C4", "consent_personalization": "revoked", "consent_marketing": "1"},
+        ],
+    )
+    identity = IdentityConfig()
+    with pytest.raises(UserError) as on_spark:
+        spark_stage_profiles(spark, str(path), str(path), identity)
+    with pytest.raises(UserError) as on_duckdb:
+        duck_stage_profiles(connect(), path, identity)
+    assert str(on_spark.value) == str(on_duckdb.value)
+    assert (
+        "column consent_personalization has 2 unrecognised consent values ('off', 'revoked'; rows 2, 4)"
+        in str(on_spark.value)
+    )
+    staged, _ = spark_stage_profiles(spark, str(path), str(path), identity, "quarantine")
+    con = connect()
+    duck_stage_profiles(con, path, identity, "quarantine")
+    columns = ["_source_row", "consent_personalization", "consent_marketing"]
+    expected = con.execute(f"SELECT {', '.join(columns)} FROM profile_attributes").df()
+    assert_same_rows(to_pandas(staged.select(*columns)), expected, ["_source_row"])
+    assert expected.sort_values("_source_row")["consent_personalization"].fillna("-").tolist() == [
+        "y",
+        "n",
+        "-",
+        "n",
+    ]
+
+
+def test_spark_ingest_refuses_a_foreign_out_and_stages_outside_the_tree(
+    spark, ingested, luma_small, runner_module, tmp_path
+):
+    """--out of another kind (here the raw events themselves) is refused in one line with
+    nothing deleted; a finished Spark output has only its marker beside the tables."""
+    spark_dir, _, _ = ingested
+    before = sorted(p.name for p in luma_small.rglob("*"))
+    project = tmp_path / "project.yaml"
+    project.write_text(json.dumps({"engine": ENGINE.model_dump()}))
+    args = [
+        "--engine",
+        "spark",
+        "--config",
+        str(project),
+        "--events",
+        str(luma_small),
+        "--out",
+        str(luma_small),
+    ]
+    result = invoke(runner_module, "ingest", *args)
+    assert result.exit_code == 2 and "is not a ingest output" in result.output, result.output
+    assert sorted(p.name for p in luma_small.rglob("*")) == before
+    # Hadoop's own checksum files aside, the only hidden name is the marker: no temp in the tree.
+    hidden = [p.name for p in spark_dir.rglob(".*") if not p.name.endswith(".crc")]
+    assert hidden == [".propensity-output.json"]
+    staging = spark_dir.parent / ".propensity-tmp"
+    assert all(p.suffix == ".lock" for p in staging.iterdir())

@@ -17,6 +17,12 @@ memberships, and are filtered again here in case a file was produced otherwise),
 without an explicit 'y' for a consent the destination requires. A profile with no value of
 any allowed namespace is skipped. Both are counted.
 
+Consent withdrawals: a profile that opts out is in no later membership, so it never gets an
+``exited`` row there. For a destination that syncs exits (``include_exited``), a profile that was
+a member at the previous as-of (and was sent then: its consent allowed this destination) and has
+no row at all now is exported as ``exited``, with the identities the destination received then,
+so the audience drops them (counted as ``exited_withdrawn``).
+
 Governance: a segment whose rule reads a model governed for another marketing action than
 the destination's (or a model whose action is unknown) is refused for that destination;
 :func:`check_destinations` raises before anything is written.
@@ -34,7 +40,12 @@ import duckdb
 from propensity.core.config import DestinationConfig
 from propensity.core.errors import UserError
 from propensity.core.io import atomic_path, write_json
-from propensity.features.activation.membership_store import IDENTITIES_FILE, MEMBERSHIPS_FILE, partition_dir
+from propensity.features.activation.membership_store import (
+    IDENTITIES_FILE,
+    MEMBERSHIPS_FILE,
+    partition_dir,
+    previous_as_of,
+)
 from propensity.features.sql import sql_string
 
 EXPORTED_STATUSES: tuple[str, ...] = ("realized", "existing")
@@ -50,6 +61,7 @@ class SegmentExport:
     profiles: int  # profiles with at least one written value
     skipped_no_identity: int  # eligible, but no value of any namespace this destination may receive
     held_back_consent: int  # opted out of personalisation, or a required consent not given
+    exited_withdrawn: int = 0  # sent at the previous as-of, gone since (consent withdrawn): exited
 
 
 @dataclass
@@ -129,23 +141,56 @@ def _members_sql(memberships: Path, identities: Path, segment: str, destination:
     """The segment's members to consider, whether their consent allows this destination and
     whether they have an identity it may receive."""
     statuses = (*EXPORTED_STATUSES, "exited") if destination.include_exited else EXPORTED_STATUSES
-    # Any 'n' among a profile's rows wins; a required consent needs 'y' on every row.
-    required = "".join(f" AND coalesce(c.{c}_given, false)" for c in destination.required_consents)
-    allowed = ", ".join(sql_string(ns) for ns in destination.identities)
     return f"""
-        WITH ids AS (SELECT * FROM read_parquet({sql_string(str(identities))})),
-        consent AS (
-            SELECT profile_id, bool_or(consent_personalization = 'n') AS opted_out,
-                   bool_and(consent_personalization = 'y') AS consent_personalization_given,
-                   bool_and(consent_marketing = 'y') AS consent_marketing_given
-            FROM ids GROUP BY profile_id
-        )
+        WITH {_consent_ctes(identities, destination)}
         SELECT m.profile_id, m.status, m.qualified_at, m.as_of,
-               NOT coalesce(c.opted_out, false){required} AS consented,
-               m.profile_id IN (SELECT profile_id FROM ids WHERE namespace IN ({allowed})) AS has_identity
+               coalesce(c.consented, {"false" if destination.required_consents else "true"}) AS consented,
+               coalesce(c.has_identity, false) AS has_identity, false AS withdrawn
         FROM read_parquet({sql_string(str(memberships))}) m
         LEFT JOIN consent c ON c.profile_id = m.profile_id
         WHERE m.segment = {sql_string(segment)} AND m.status IN ({", ".join(sql_string(s) for s in statuses)})
+    """
+
+
+def _consent_ctes(identities: Path, destination: DestinationConfig) -> str:
+    """``ids`` and ``consent``: per profile, whether its consent allows this destination (any
+    'n' among its rows wins; a required consent needs 'y' on every row) and whether it has an
+    identity the destination may receive."""
+    required = "".join(f" AND coalesce(bool_and({c} = 'y'), false)" for c in destination.required_consents)
+    allowed = ", ".join(sql_string(ns) for ns in destination.identities)
+    return f"""ids AS (SELECT * FROM read_parquet({sql_string(str(identities))})),
+        consent AS (
+            SELECT profile_id,
+                   NOT coalesce(bool_or(consent_personalization = 'n'), false){required} AS consented,
+                   bool_or(namespace IN ({allowed})) AS has_identity
+            FROM ids GROUP BY profile_id
+        )"""
+
+
+def _withdrawn_sql(
+    memberships_dir: Path, as_of: dt.date, segment: str, destination: DestinationConfig
+) -> str | None:
+    """Members at the previous as-of whose consent allowed this destination then and who have no
+    row at all now (an opt-out removes a profile from memberships): ``exited`` rows, so that a
+    destination syncing exits removes them. None when there is no previous partition."""
+    previous = previous_as_of(memberships_dir, as_of)
+    if previous is None:
+        return None
+    before = partition_dir(memberships_dir, previous)
+    if not (before / IDENTITIES_FILE).is_file():
+        return None
+    now = partition_dir(memberships_dir, as_of) / MEMBERSHIPS_FILE
+    name = sql_string(segment)
+    return f"""
+        WITH {_consent_ctes(before / IDENTITIES_FILE, destination)}
+        SELECT m.profile_id, 'exited' AS status, m.qualified_at, DATE '{as_of.isoformat()}' AS as_of,
+               true AS consented, c.has_identity, true AS withdrawn
+        FROM read_parquet({sql_string(str(before / MEMBERSHIPS_FILE))}) m
+        JOIN consent c ON c.profile_id = m.profile_id AND c.consented
+        WHERE m.segment = {name} AND m.status IN ({", ".join(sql_string(s) for s in EXPORTED_STATUSES)})
+          AND m.profile_id NOT IN (
+              SELECT profile_id FROM read_parquet({sql_string(str(now))}) WHERE segment = {name}
+          )
     """
 
 
@@ -160,10 +205,25 @@ def _export_segment(
     source = partition_dir(memberships_dir, as_of)
     identities = source / IDENTITIES_FILE
     members = _members_sql(source / MEMBERSHIPS_FILE, identities, segment, destination)
+    withdrawn = (
+        _withdrawn_sql(memberships_dir, as_of, segment, destination) if destination.include_exited else None
+    )
+    id_sources = (
+        "SELECT profile_id, namespace, value, false AS withdrawn "
+        f"FROM read_parquet({sql_string(str(identities))})"
+    )
+    if withdrawn is not None:
+        members = f"({members}) UNION ALL ({withdrawn})"
+        previous = partition_dir(memberships_dir, previous_as_of(memberships_dir, as_of)) / IDENTITIES_FILE
+        id_sources += (
+            " UNION ALL SELECT profile_id, namespace, value, true "
+            f"FROM read_parquet({sql_string(str(previous))})"
+        )
     con.execute(f"CREATE OR REPLACE TEMP TABLE _export_members AS {members}")
-    held_back, skipped, exported = con.execute("""
+    held_back, skipped, exported, gone = con.execute("""
         SELECT count(*) FILTER (WHERE NOT consented), count(*) FILTER (WHERE consented AND NOT has_identity),
-               count(*) FILTER (WHERE consented AND has_identity)
+               count(*) FILTER (WHERE consented AND has_identity),
+               count(*) FILTER (WHERE withdrawn AND consented AND has_identity)
         FROM _export_members
     """).fetchall()[0]
     path = directory / f"segment={segment}.{destination.format}"
@@ -174,15 +234,23 @@ def _export_segment(
             SELECT i.namespace, i.value, {sql_string(segment)} AS segment, m.status, m.qualified_at, m.as_of,
                    {sql_string(destination.marketing_action)} AS marketing_action
             FROM _export_members m
-            JOIN read_parquet({sql_string(str(identities))}) i
-              ON i.profile_id = m.profile_id AND i.namespace IN ({allowed})
+            JOIN ({id_sources}) i
+              ON i.profile_id = m.profile_id AND i.withdrawn = m.withdrawn AND i.namespace IN ({allowed})
             WHERE m.consented ORDER BY i.namespace, i.value
         ) TO {sql_string(str(path))} ({options})
     """)
     reader = f"read_{destination.format}({sql_string(str(path))})"
     rows = con.execute(f"SELECT count(*) FROM {reader}").fetchall()[0][0]
     con.execute("DROP TABLE _export_members")
-    return SegmentExport(segment, path, int(rows), int(exported), int(skipped), int(held_back))
+    return SegmentExport(segment, path, int(rows), int(exported), int(skipped), int(held_back), int(gone))
+
+
+def _restrict(directory: Path, mode: int) -> None:
+    """Give the export's files ``mode`` and its folder the same bits plus search where read is
+    set (identities are personal data: by default only the owner may read them)."""
+    for path in directory.iterdir():
+        path.chmod(mode)
+    directory.chmod(mode | ((mode & 0o444) >> 2))
 
 
 def export_destination(
@@ -195,7 +263,7 @@ def export_destination(
     """Write one destination's segment files for ``as_of`` (checked by :func:`check_destinations`
     first) to ``export_dir/destination=<name>/as_of=<date>/``, atomically."""
     target = Path(export_dir) / f"destination={destination.name}" / f"as_of={as_of}"
-    with atomic_path(target) as tmp:
+    with atomic_path(target, root=export_dir, kind="exports") as tmp:
         tmp.mkdir(parents=True)
         exports = [
             _export_segment(con, Path(memberships_dir), as_of, destination, segment, tmp)
@@ -218,12 +286,14 @@ def export_destination(
                         "profiles": e.profiles,
                         "skipped_no_identity": e.skipped_no_identity,
                         "held_back_consent": e.held_back_consent,
+                        "exited_withdrawn": e.exited_withdrawn,
                     }
                     for e in exports
                 },
             },
             tmp / "manifest.json",
         )
+        _restrict(tmp, int(destination.file_mode, 8))
     return DestinationExport(
         destination.name, target, destination.marketing_action, list(destination.identities), exports
     )

@@ -93,6 +93,19 @@ def stale_later_dates(con: duckdb.DuckDBPyConnection, out_dir: str | Path, as_of
     return stale
 
 
+def refuse_stale(con: duckdb.DuckDBPyConnection, out_dir: str | Path, as_of: dt.date) -> None:
+    """A UserError naming the date to recompute when the statuses at ``as_of`` (or at a date
+    before it, which they build on) were computed against a previous date that a back-fill has
+    since replaced: exporting them would ship wrong realized/existing/exited rows."""
+    stale = [d for d in stale_later_dates(con, out_dir, dt.date.min) if d <= as_of]
+    if stale:
+        later = f" and then each later date up to {as_of} in order" if stale[0] != as_of else ""
+        raise UserError(
+            f"{partition_dir(out_dir, stale[0])}: statuses are stale (an earlier date was qualified again "
+            f"since); re-run `propensity segments --as-of {stale[0]}`{later} before exporting {as_of}"
+        )
+
+
 def read_summary(out_dir: str | Path, as_of: dt.date) -> dict:
     """The summary of one as-of's memberships; a UserError when that date was never qualified."""
     directory = partition_dir(out_dir, as_of)

@@ -335,7 +335,7 @@ def write_qualification(
     previous = previous_as_of(out_dir, as_of)
     target = partition_dir(out_dir, as_of)
     try:
-        with atomic_path(target) as tmp:
+        with atomic_path(target, root=out_dir, kind="segments") as tmp:
             tmp.mkdir(parents=True)
             memberships = tmp / MEMBERSHIPS_FILE
             con.execute(f"""

@@ -10,6 +10,11 @@ message naming the rule's owner (a config key, a segment) before anything runs.
 Given the columns' kinds (``number``, ``string``, ``boolean``), a rule is also type-checked:
 text is never compared with a number, arithmetic takes numbers, AND/OR/NOT take conditions, and
 the whole rule must be a condition. Qualified names (``upsell.score``) read a model's scores.
+
+Arithmetic is NULL-safe on every engine: a division by zero is NULL (DuckDB and Spark would give
+``inf`` or ``NaN``, which compare greater than any number and would let people in), and an
+arithmetic result that is ``NaN`` or infinite (an overflow) counts as missing, so it never
+qualifies. Rules have size and nesting limits, refused in one line.
 """
 
 from __future__ import annotations
@@ -51,6 +56,11 @@ ALLOWED_NODES: tuple[type[exp.Expression], ...] = (
 ALLOWED_TEXT = "only comparisons, AND/OR/NOT, IN, BETWEEN, IS NULL, arithmetic, literals and column names"
 ORDERING = (exp.GT, exp.GTE, exp.LT, exp.LTE)
 ARITHMETIC = (exp.Add, exp.Sub, exp.Mul, exp.Div)
+# A rule is a hand-written condition: these bounds are far above any real one and keep parsing,
+# checking and rendering away from Python's recursion limit.
+MAX_RULE_CHARS = 20_000
+MAX_RULE_NODES = 5_000
+MAX_RULE_DEPTH = 100
 
 
 @dataclass(frozen=True)
@@ -62,7 +72,7 @@ class Rule:
     tree: exp.Expression
 
     def sql(self, dialect: str = "duckdb", column_prefix: str = "") -> str:
-        tree = self.tree.copy()
+        tree = _null_safe(self.tree.copy())
         for column in tree.find_all(exp.Column):
             # A qualified name (conversion.score) reads the column conversion__score.
             name = column_name(column).replace(".", "__")
@@ -74,6 +84,58 @@ class Rule:
     def qualifiers(self) -> frozenset[str]:
         """The models a rule reads scores of: ``upsell`` for ``upsell.score``."""
         return frozenset(c.split(".", 1)[0] for c in self.columns if "." in c)
+
+
+def _finite(value: exp.Expression) -> exp.Expression:
+    """``value`` when it is a finite number, else NULL: ``v - v = 0`` is false for NaN and
+    infinities on DuckDB and Spark alike (neither has one spelling of ``isfinite``)."""
+    difference = exp.Sub(this=exp.paren(value.copy()), expression=exp.paren(value.copy()))
+    return exp.Case(ifs=[exp.If(this=exp.EQ(this=difference, expression=exp.Literal.number(0)), true=value)])
+
+
+def _null_safe(tree: exp.Expression) -> exp.Expression:
+    """Divisions by zero become NULL, and an arithmetic result that is NaN or infinite (an
+    overflow) becomes NULL where it is compared, so it never qualifies anyone. Columns are
+    compared as they are: ingest refuses NaN and infinite inputs, so features are finite."""
+
+    def outer(node: exp.Expression) -> exp.Expression | None:
+        parent = node.parent
+        while isinstance(parent, exp.Paren):
+            parent = parent.parent
+        return parent
+
+    for division in list(tree.find_all(exp.Div)):
+        divisor = division.expression
+        division.set("expression", exp.Nullif(this=divisor, expression=exp.Literal.number(0)))
+    arithmetic = (*ARITHMETIC, exp.Neg)
+    wrap = [n for n in tree.find_all(*arithmetic) if not isinstance(outer(n), arithmetic)]
+    for node in wrap:
+        if node is tree:
+            return _finite(node)
+        node.replace(_finite(node.copy()))
+    return tree
+
+
+def _check_size(tree: exp.Expression, text: str, where: str) -> None:
+    """Refuse rules past the node or nesting limits (iteratively: no recursion to overflow)."""
+    nodes, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_RULE_NODES or depth > MAX_RULE_DEPTH:
+            limit = (
+                f"{MAX_RULE_NODES} terms" if nodes > MAX_RULE_NODES else f"{MAX_RULE_DEPTH} levels of nesting"
+            )
+            raise UserError(
+                f"{where}: rule `{_clip(text)}` is too large (over {limit}; an AND/OR chain nests one "
+                "level per term): split it, or use IN (...) for long lists"
+            )
+        stack.extend((child, depth + 1) for child in node.iter_expressions())
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """At most ``limit`` characters of a user's text, for an error message."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def column_name(column: exp.Column) -> str:
@@ -103,14 +165,24 @@ def parse_rule(text: str, allowed_columns: Iterable[str] | Mapping[str, str], wh
     allowed = set(kinds) if kinds is not None else set(allowed_columns)
     if not isinstance(text, str) or not text.strip():
         raise UserError(f"{where}: expected a rule such as `days_since_last_event <= 45`")
+    if len(text) > MAX_RULE_CHARS:
+        raise UserError(f"{where}: rule `{_clip(text)}` is longer than {MAX_RULE_CHARS:,} characters")
+    try:
+        return _parse_checked(text, kinds, allowed, where)
+    except RecursionError:
+        raise UserError(f"{where}: rule `{_clip(text)}` nests too deeply to check; simplify it") from None
+
+
+def _parse_checked(text: str, kinds: dict[str, str] | None, allowed: set[str], where: str) -> Rule:
     try:
         tokens = sqlglot.tokenize(text, read="duckdb")
         if any(t.token_type == TokenType.SEMICOLON for t in tokens):
             raise UserError(f"{where}: a rule is one expression; `;` is not allowed in rule `{text}`")
         tree = sqlglot.parse_one(text, read="duckdb")
     except sqlglot.errors.SqlglotError as error:
-        first = str(error).splitlines()[0]
-        raise UserError(f"{where}: cannot parse rule `{text}`: {first}") from None
+        first = str(error).splitlines()[0][:300]
+        raise UserError(f"{where}: cannot parse rule `{_clip(text)}`: {first}") from None
+    _check_size(tree, text, where)
     for node in tree.walk():
         if not isinstance(node, ALLOWED_NODES):
             raise UserError(f"{where}: {_refusal(node)} ({ALLOWED_TEXT}); rule `{text}`")

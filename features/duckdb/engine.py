@@ -144,14 +144,27 @@ class DuckDBEngine:
         return LoadedEvents(con=con, inputs=inputs, graph=IdentityGraph(con, self.config.identity))
 
     def stage(
-        self, inputs: InputFiles, profiles: str | Path | None, on_bad_rows: OnBadRows, as_of: dt.date | None
+        self,
+        inputs: InputFiles,
+        profiles: str | Path | None,
+        on_bad_rows: OnBadRows,
+        as_of: dt.date | None,
+        consent_rows: OnBadRows | None = None,
     ) -> Stitched:
         """Validate, normalise and de-duplicate the events on a new connection (a bad row stops
-        here with ``on_bad_rows="fail"``), then stitch identities into profiles, attribute the
+        here with ``on_bad_rows="fail"``; an unrecognised consent value per ``consent_rows``, by
+        default ``on_bad_rows``), then stitch identities into profiles, attribute the
         events and build ``profiles``."""
         config, identity = self.config, self.config.identity
         con = connect(config.engine)
-        counts = stage_events(con, inputs, identity, as_of, config.ingest.max_reported_rows)
+        counts = stage_events(
+            con,
+            inputs,
+            identity,
+            as_of,
+            config.ingest.max_reported_rows,
+            config.ingest.future_tolerance_hours,
+        )
         staged = Stitched(con, inputs, counts, with_profiles=profiles is not None)
         try:
             refuse_bad_rows(inputs.display, counts, on_bad_rows)
@@ -159,7 +172,7 @@ class DuckDBEngine:
             staged.close()
             raise
         if staged.with_profiles:
-            stage_profiles(con, Path(profiles), identity)
+            stage_profiles(con, Path(profiles), identity, consent_rows or on_bad_rows)
         staged.result = identity_mod.stitch(con, identity, staged.with_profiles)
         identity_mod.attribute_events(con, identity)
         if staged.with_profiles:
@@ -230,9 +243,10 @@ class DuckDBEngine:
         return LoadedEvents(con=con, inputs=inputs, manifest=manifest, graph=graph)
 
     @contextmanager
-    def atomic_directory(self, path: str | Path) -> Iterator[str]:
-        """A new directory that replaces ``path`` whole when the block succeeds."""
-        with atomic_path(path) as tmp:
+    def atomic_directory(self, path: str | Path, kind: str | None = None) -> Iterator[str]:
+        """A new directory that replaces ``path`` whole when the block succeeds (a ``kind`` output:
+        another kind of folder is refused)."""
+        with atomic_path(path, kind=kind) as tmp:
             tmp.mkdir(parents=True)
             yield str(tmp)
 
@@ -249,7 +263,7 @@ class DuckDBEngine:
     ) -> tuple[int, int | None]:
         """One Parquet file at ``out``, the registry facts in its metadata; rows and positives."""
         con, text = events.con, json.dumps(metadata)
-        with atomic_path(out) as tmp:
+        with atomic_path(out, kind="features") as tmp:
             con.execute(
                 f"COPY ({relation}) TO {sql_string(str(tmp))} "
                 f"(FORMAT parquet, COMPRESSION zstd, KV_METADATA {{propensity: {sql_string(text)}}})"

@@ -8,7 +8,6 @@ population. The percentile is ``ceil(100 * cume_dist)`` over the whole run, as o
 from __future__ import annotations
 
 import queue
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from propensity.core.io import atomic_path
+from propensity.core.io import atomic_path, output_lock, scratch_dir
 from propensity.core.score_table import BUCKETS, histogram_bins
 from propensity.features.build.event_queries import namespaces_sql, representatives_sql
 from propensity.features.build.sql_compiler import snapshot_sql
@@ -151,7 +150,10 @@ def score(con: duckdb.DuckDBPyConnection, sources: AsOfSources, plan: ScoringPla
     )
     rows_sql = _rows_sql(con, plan, sources, partitions, identities)
     profiles = eligible = scored = 0
-    with tempfile.TemporaryDirectory(dir=_existing_parent(target.parent.parent)) as tmp:
+    # The lock is held from the first temp file to the partition's replace; temps stay outside
+    # the scores folder, where no reader globs them.
+    root = target.parent.parent
+    with output_lock(target, root=root, kind="scores"), scratch_dir(target, root=root) as tmp:
         unranked = Path(tmp) / "unranked.parquet"
         writer: pq.ParquetWriter | None = None
         batches = prefetched(
@@ -185,11 +187,6 @@ def score(con: duckdb.DuckDBPyConnection, sources: AsOfSources, plan: ScoringPla
     histogram = np.histogram(scores, bins=histogram_bins())[0].tolist() if scored else []
     sample = scores if scored else np.array([], dtype=float)
     return Scored(profiles, eligible, scored, bucket_sizes, histogram, sample)
-
-
-def _existing_parent(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def write_ranked(con: duckdb.DuckDBPyConnection, unranked: Path | None, target: Path) -> dict[str, int]:

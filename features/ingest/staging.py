@@ -18,11 +18,20 @@ from propensity.core.errors import UserError
 from propensity.features.contract import (
     BAD_ROW_REASONS,
     CONSENT_COLUMNS,
+    CONSENT_GIVEN,
+    CONSENT_REFUSED,
+    DEFAULT_FUTURE_TOLERANCE_HOURS,
     HASHED_IDENTITIES,
+    MAX_ABS_QUANTITY,
+    MAX_ABS_REVENUE,
+    MAX_IDENTITY_CHARS,
     NUMERIC_COLUMNS,
     REQUIRED_COLUMNS,
     STRING_COLUMNS,
+    UNRECOGNISED_CONSENT,
     XDM_EVENT_TYPES,
+    consent_message,
+    future_limit,
 )
 from propensity.features.ingest.inputs import InputFiles, describe, event_files, reader_sql
 from propensity.features.sql import sql_ident, sql_string
@@ -100,6 +109,9 @@ class StagedEvents:
     bad_by_reason: dict[str, int]
     first_bad: list[dict]
     columns: list[str] = field(default_factory=list)
+    # Of the duplicates dropped, those whose content differs from the kept row (same event_id,
+    # another payload): a source problem, counted apart from plain re-deliveries.
+    rows_conflicting: int = 0
 
 
 def stage_events(
@@ -108,11 +120,14 @@ def stage_events(
     identity: IdentityConfig,
     as_of: dt.date | None = None,
     max_reported_rows: int = 5,
+    future_tolerance_hours: int = DEFAULT_FUTURE_TOLERANCE_HOURS,
 ) -> StagedEvents:
     """Validate and normalise raw events into the temp view ``clean_events``.
 
     Bad rows go to ``bad_events`` with a ``reason``; duplicates (same ``event_id``) are
-    dropped keeping the first row in file order. Rows in = clean + bad + duplicates.
+    dropped keeping the first row in file order. Rows in = clean + bad + duplicates. Events
+    from the day after ``as_of`` on (without ``as_of``: more than ``future_tolerance_hours``
+    after now) are ``future_timestamp`` rows.
     """
     source = reader_sql(files.events, files.fmt, files.hive)
     columns = describe(con, source, files.display)
@@ -155,8 +170,13 @@ def stage_events(
     }
     extras = [c for c in columns if c not in reserved]
     given_id = _text("event_id") if "event_id" in columns else "CAST(NULL AS VARCHAR)"
-    as_of_check = f"ts >= TIMESTAMP {sql_string(str(as_of))} + INTERVAL 1 DAY" if as_of else "false"
+    limit = future_limit(as_of, future_tolerance_hours)
+    as_of_check = f"ts >= TIMESTAMP {sql_string(limit.isoformat(sep=' '))}"
     any_identity = " OR ".join(f"{sql_ident(n)} IS NOT NULL" for n in identity.namespaces)
+    long_identity = " OR ".join(f"length({sql_ident(n)}) > {MAX_IDENTITY_CHARS}" for n in identity.namespaces)
+    # NaN and infinities fail ``abs(x) <= limit`` (NaN compares greater than any number).
+    bad_revenue = f"_revenue_bad OR NOT coalesce(abs(revenue) <= {MAX_ABS_REVENUE}, true)"
+    bad_quantity = f"_quantity_bad OR NOT coalesce(abs(quantity) <= {MAX_ABS_QUANTITY}, true)"
     content = ", ".join(
         [
             "CAST(ts AS VARCHAR)",
@@ -191,9 +211,10 @@ def stage_events(
                 WHEN ts IS NULL THEN 'unparseable_timestamp'
                 WHEN event_type IS NULL THEN 'missing_event_type'
                 WHEN NOT ({any_identity}) THEN 'no_identity'
-                WHEN _revenue_bad THEN 'invalid_revenue'
+                WHEN coalesce({long_identity}, false) THEN 'invalid_identity'
+                WHEN {bad_revenue} THEN 'invalid_revenue'
                 WHEN event_type = 'purchase' AND revenue < 0 THEN 'negative_revenue'
-                WHEN _quantity_bad THEN 'invalid_quantity'
+                WHEN {bad_quantity} THEN 'invalid_quantity'
                 WHEN {as_of_check} THEN 'future_timestamp'
             END AS reason
         FROM typed
@@ -220,6 +241,17 @@ def stage_events(
         ANTI JOIN duplicate_rows d ON d._source_file = p._source_file AND d._source_row = p._source_row
         WHERE p.reason IS NULL
     """)
+    conflicting = con.execute(f"""
+        WITH copies AS (
+            SELECT event_id, md5(concat_ws('|', {content})) AS payload,
+                   row_number() OVER (PARTITION BY event_id ORDER BY _source_file, _source_row) AS copy
+            FROM parsed_events
+            WHERE reason IS NULL AND event_id IN (
+                SELECT event_id FROM parsed_events WHERE reason IS NULL GROUP BY event_id HAVING count(*) > 1)
+        )
+        SELECT count(*) FROM copies d JOIN copies f ON f.event_id = d.event_id AND f.copy = 1
+        WHERE d.copy > 1 AND d.payload <> f.payload
+    """).fetchone()[0]
     rows_in = con.execute("SELECT count(*) FROM parsed_events").fetchone()[0]
     rows_bad = con.execute("SELECT count(*) FROM bad_events").fetchone()[0]
     rows_clean = con.execute("SELECT count(*) FROM clean_events").fetchone()[0]
@@ -237,6 +269,7 @@ def stage_events(
         rows_in=rows_in,
         rows_bad=rows_bad,
         rows_duplicate=rows_in - rows_bad - rows_clean,
+        rows_conflicting=int(conflicting),
         rows_clean=rows_clean,
         bad_by_reason={r: by_reason.get(r, 0) for r in BAD_ROW_REASONS if by_reason.get(r)},
         first_bad=first_bad,
@@ -264,11 +297,15 @@ def refuse_bad_rows(display: str, staged: StagedEvents, on_bad_rows: str) -> Non
         raise UserError(bad_rows_message(display, staged))
 
 
-def stage_profiles(con: duckdb.DuckDBPyConnection, path: Path, identity: IdentityConfig) -> list[str]:
+def stage_profiles(
+    con: duckdb.DuckDBPyConnection, path: Path, identity: IdentityConfig, on_bad_rows: str = "fail"
+) -> list[str]:
     """Normalise the profile-attributes file into the temp table ``profile_attributes``.
 
     Identity columns are hashed like events; consent flags become 'y' / 'n' / NULL
-    (missing means not given). Returns the identity namespaces the file carries.
+    (missing means not given). A consent value outside the vocabulary is refused (file, column,
+    rows named) or, with ``on_bad_rows="quarantine"``, counts as opted out ('n'). Returns the
+    identity namespaces the file carries.
     """
     files, fmt = event_files(path)
     source = reader_sql(files, fmt)
@@ -281,10 +318,12 @@ def stage_profiles(con: duckdb.DuckDBPyConnection, path: Path, identity: Identit
         )
     ids = identity_sql(columns, identity)
     namespaces = [n for n in identity.namespaces if ids[n] != "CAST(NULL AS VARCHAR)"]
+    given, refused = (", ".join(sql_string(v) for v in vs) for vs in (CONSENT_GIVEN, CONSENT_REFUSED))
     consent = {
         c: (
-            f"CASE WHEN lower({_text(c)}) IN ('y', 'yes', 'true', '1') THEN 'y' "
-            f"WHEN lower({_text(c)}) IN ('n', 'no', 'false', '0') THEN 'n' END"
+            f"CASE WHEN lower(trim({_text(c)})) IN ({given}) THEN 'y' "
+            f"WHEN lower(trim({_text(c)})) IN ({refused}) THEN 'n' "
+            f"WHEN {_text(c)} IS NOT NULL THEN {sql_string(UNRECOGNISED_CONSENT)} END"
         )
         if c in columns
         else "CAST(NULL AS VARCHAR)"
@@ -309,4 +348,31 @@ def stage_profiles(con: duckdb.DuckDBPyConnection, path: Path, identity: Identit
     if no_id:
         rows = ", ".join(str(r[0]) for r in no_id)
         raise UserError(f"{path}: profile rows without any identity value (rows {rows})")
+    for c in CONSENT_COLUMNS:
+        if c not in columns:
+            continue
+        unknown = f"{c} = {sql_string(UNRECOGNISED_CONSENT)}"
+        if on_bad_rows != "quarantine":
+            count = con.execute(f"SELECT count(*) FROM profile_attributes WHERE {unknown}").fetchone()[0]
+            if count:
+                rows = [
+                    int(r[0])
+                    for r in con.execute(
+                        f"SELECT _source_row FROM profile_attributes WHERE {unknown} ORDER BY 1 LIMIT 5"
+                    ).fetchall()
+                ]
+                values = _raw_values(con, source, c, rows, row_number)
+                raise UserError(consent_message(str(path), c, int(count), values, rows))
+        con.execute(f"UPDATE profile_attributes SET {c} = 'n' WHERE {unknown}")
     return namespaces
+
+
+def _raw_values(
+    con: duckdb.DuckDBPyConnection, source: str, column: str, rows: list[int], row_number: str
+) -> list[str]:
+    """The distinct raw values of ``column`` at source ``rows``, for an error message."""
+    found = con.execute(
+        f"SELECT DISTINCT {_text(column)} FROM (SELECT *, {row_number} AS _r FROM {source}) "
+        f"WHERE _r IN ({', '.join(map(str, rows))}) ORDER BY 1"
+    ).fetchall()
+    return [str(r[0]) for r in found]

@@ -181,17 +181,31 @@ class SparkEngine:
         return self._publish(inputs, tables, self.config.identity, None)
 
     def stage(
-        self, inputs: SparkInput, profiles: str | Path | None, on_bad_rows: OnBadRows, as_of: dt.date | None
+        self,
+        inputs: SparkInput,
+        profiles: str | Path | None,
+        on_bad_rows: OnBadRows,
+        as_of: dt.date | None,
+        consent_rows: OnBadRows | None = None,
     ) -> Stitched:
         """Validate, normalise and de-duplicate the events (Column-API staging; a bad row stops
         here with ``on_bad_rows="fail"``), then stitch identities into profiles (large-star /
         small-star components) and attribute the events."""
         config, identity = self.config, self.config.identity
-        staged = stage_events(self.spark, inputs, identity, as_of, config.ingest.max_reported_rows)
+        staged = stage_events(
+            self.spark,
+            inputs,
+            identity,
+            as_of,
+            config.ingest.max_reported_rows,
+            config.ingest.future_tolerance_hours,
+        )
         refuse_bad_rows(inputs.display, staged.summary, on_bad_rows)
         attributes = namespaces = None
         if profiles is not None:
-            attributes, namespaces = stage_profiles(self.spark, str(profiles), str(profiles), identity)
+            attributes, namespaces = stage_profiles(
+                self.spark, str(profiles), str(profiles), identity, consent_rows or on_bad_rows
+            )
         rows = spark_identity.identity_rows(staged.clean, identity, attributes, namespaces)
         graph = spark_identity.stitch(self.spark, rows, identity)
         events = spark_identity.attribute_events(staged.clean, graph.identity_map, identity).persist()
@@ -270,9 +284,10 @@ class SparkEngine:
         graph = SparkIdentityGraph(self.spark, identity, tables)
         return SparkEvents(self.spark, inputs, tables, graph, manifest)
 
-    def atomic_directory(self, path: str | Path):
-        """A temporary path that replaces ``path`` whole when the block succeeds."""
-        return atomic_output(self.spark, path)
+    def atomic_directory(self, path: str | Path, kind: str | None = None):
+        """A temporary path that replaces ``path`` whole when the block succeeds (a ``kind``
+        output: another kind of local folder is refused)."""
+        return atomic_output(self.spark, path, kind=kind)
 
     def write_text(self, text: str, path: str) -> None:
         """A small text file on any Hadoop path."""
@@ -292,7 +307,7 @@ class SparkEngine:
     ) -> tuple[int, int | None]:
         """A Parquet directory at ``out``, the registry facts in ``OUT/_propensity.json``."""
         fn = functions()
-        with atomic_output(self.spark, out) as tmp:
+        with atomic_output(self.spark, out, kind="features") as tmp:
             write_parquet(relation.orderBy("profile_id"), tmp)
             write_text(self.spark, json.dumps(metadata), f"{tmp}/_propensity.json")
             written = (

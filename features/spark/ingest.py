@@ -23,11 +23,20 @@ from propensity.core.errors import UserError
 from propensity.features.contract import (
     BAD_ROW_REASONS,
     CONSENT_COLUMNS,
+    CONSENT_GIVEN,
+    CONSENT_REFUSED,
+    DEFAULT_FUTURE_TOLERANCE_HOURS,
     HASHED_IDENTITIES,
+    MAX_ABS_QUANTITY,
+    MAX_ABS_REVENUE,
+    MAX_IDENTITY_CHARS,
     NUMERIC_COLUMNS,
     REQUIRED_COLUMNS,
     STRING_COLUMNS,
+    UNRECOGNISED_CONSENT,
     XDM_EVENT_TYPES,
+    consent_message,
+    future_limit,
 )
 from propensity.features.ingest.inputs import EVENT_FILE_SUFFIXES, event_files
 from propensity.features.ingest.staging import StagedEvents, present_identity_columns
@@ -203,10 +212,11 @@ def _typed(
     )
 
 
-def _derived_id(identity: IdentityConfig) -> Column:
-    """The event id derived from the row's content when none is given, spelled as DuckDB's."""
+def _content(identity: IdentityConfig) -> Column:
+    """A row's payload as text, spelled as DuckDB's: the derived event id hashes it, and
+    duplicates whose payloads differ are counted apart by it."""
     F = _f()
-    content = F.concat_ws(
+    return F.concat_ws(
         "|",
         F.col("ts").cast("string"),
         F.col("event_type"),
@@ -215,35 +225,42 @@ def _derived_id(identity: IdentityConfig) -> Column:
         F.coalesce(duckdb_double_text(F.col("revenue")), F.lit("")),
         F.coalesce(duckdb_double_text(F.col("quantity")), F.lit("")),
     )
-    return F.concat(F.lit("e_"), F.md5(content))
 
 
-def _bad_reason(identity: IdentityConfig, as_of: dt.date | None) -> Column:
+def _derived_id(identity: IdentityConfig) -> Column:
+    """The event id derived from the row's content when none is given, spelled as DuckDB's."""
+    F = _f()
+    return F.concat(F.lit("e_"), F.md5(_content(identity)))
+
+
+def _bad_reason(identity: IdentityConfig, as_of: dt.date | None, future_tolerance_hours: int) -> Column:
     """Why a typed row is bad (the first reason, in DuckDB's order), NULL for a good one."""
     F = _f()
     any_identity = F.lit(False)
+    long_identity = F.lit(False)
     for n in identity.namespaces:
         any_identity = any_identity | F.col(n).isNotNull()
-    future = (
-        F.col("ts")
-        >= F.lit(dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())).cast("timestamp_ntz")
-        if as_of
-        else F.lit(False)
-    )
+        long_identity = long_identity | F.coalesce(F.length(F.col(n)) > MAX_IDENTITY_CHARS, F.lit(False))
+    future = F.col("ts") >= F.lit(future_limit(as_of, future_tolerance_hours)).cast("timestamp_ntz")
+    # NaN and infinities fail ``abs(x) <= limit`` on Spark as on DuckDB.
+    implausible_revenue = ~F.coalesce(F.abs(F.col("revenue")) <= MAX_ABS_REVENUE, F.lit(True))
+    implausible_quantity = ~F.coalesce(F.abs(F.col("quantity")) <= MAX_ABS_QUANTITY, F.lit(True))
     return (
         F.when(F.col("ts").isNull(), "unparseable_timestamp")
         .when(F.col("event_type").isNull(), "missing_event_type")
         .when(~any_identity, "no_identity")
-        .when(F.col("_revenue_bad"), "invalid_revenue")
+        .when(long_identity, "invalid_identity")
+        .when(F.col("_revenue_bad") | implausible_revenue, "invalid_revenue")
         .when((F.col("event_type") == "purchase") & (F.col("revenue") < 0), "negative_revenue")
-        .when(F.col("_quantity_bad"), "invalid_quantity")
+        .when(F.col("_quantity_bad") | implausible_quantity, "invalid_quantity")
         .when(future, "future_timestamp")
     )
 
 
-def _first_copies(valid: DataFrame) -> DataFrame:
-    """Each event_id once: duplicates are rare, so find the repeated ids, then keep each one's
-    first row by (file, row), as DuckDB does."""
+def _first_copies(valid: DataFrame, identity: IdentityConfig) -> tuple[DataFrame, int]:
+    """Each event_id once (duplicates are rare, so find the repeated ids, then keep each one's
+    first row by (file, row), as DuckDB does), and how many dropped copies carried another
+    payload than the kept row (conflicting duplicates, counted apart as DuckDB counts them)."""
     F = _f()
     firsts = (
         valid.groupBy("event_id")
@@ -256,11 +273,17 @@ def _first_copies(valid: DataFrame) -> DataFrame:
     first = (F.col("_first._source_file") == F.col("_source_file")) & (
         F.col("_first._source_row") == F.col("_source_row")
     )
-    return valid.join(firsts, "event_id", "left").where(F.col("_first").isNull() | first).drop("_first")
+    copies = valid.join(firsts, "event_id").withColumn("_payload", F.md5(_content(identity)))
+    kept_payload = copies.where(first).select("event_id", F.col("_payload").alias("_kept"))
+    conflicting = (
+        copies.where(~first).join(kept_payload, "event_id").where(F.col("_payload") != F.col("_kept")).count()
+    )
+    kept = valid.join(firsts, "event_id", "left").where(F.col("_first").isNull() | first).drop("_first")
+    return kept, int(conflicting)
 
 
 def _counts(
-    parsed: DataFrame, bad: DataFrame, clean: DataFrame, columns: list[str], max_rows: int
+    parsed: DataFrame, bad: DataFrame, clean: DataFrame, columns: list[str], max_rows: int, conflicting: int
 ) -> StagedEvents:
     """Rows in = clean + bad + duplicates, bad rows by reason and the first few of them."""
     by_reason = {r["reason"]: r["count"] for r in parsed.groupBy("reason").count().collect()}
@@ -275,6 +298,7 @@ def _counts(
         rows_in=rows_in,
         rows_bad=rows_bad,
         rows_duplicate=rows_in - rows_bad - rows_clean,
+        rows_conflicting=conflicting,
         rows_clean=rows_clean,
         bad_by_reason={r: by_reason[r] for r in BAD_ROW_REASONS if by_reason.get(r)},
         first_bad=first_bad,
@@ -288,6 +312,7 @@ def stage_events(
     identity: IdentityConfig,
     as_of: dt.date | None = None,
     max_reported_rows: int = 5,
+    future_tolerance_hours: int = DEFAULT_FUTURE_TOLERANCE_HOURS,
 ) -> SparkStaged:
     """Validate and normalise raw events, exactly as :func:`features.staging.stage_events`.
 
@@ -304,17 +329,18 @@ def stage_events(
     parsed = typed.select(
         F.coalesce(F.col("_given_id"), _derived_id(identity)).alias("event_id"),
         *(F.col(f"`{c}`") for c in kept),
-        _bad_reason(identity, as_of).alias("reason"),
+        _bad_reason(identity, as_of, future_tolerance_hours).alias("reason"),
     ).persist()
     bad = parsed.where(F.col("reason").isNotNull())
     valid = parsed.where(F.col("reason").isNull()).drop("reason")
-    clean = _first_copies(valid).withColumnRenamed("ts", "timestamp").persist()
-    summary = _counts(parsed, bad, clean, columns, max_reported_rows)
+    kept, conflicting = _first_copies(valid, identity)
+    clean = kept.withColumnRenamed("ts", "timestamp").persist()
+    summary = _counts(parsed, bad, clean, columns, max_reported_rows, conflicting)
     return SparkStaged(summary=summary, clean=clean, bad=bad)
 
 
 def stage_profiles(
-    spark: SparkSession, path: str, source_name: str, identity: IdentityConfig
+    spark: SparkSession, path: str, source_name: str, identity: IdentityConfig, on_bad_rows: str = "fail"
 ) -> tuple[DataFrame, list[str]]:
     """The profile-attributes file normalised as in :func:`features.staging.stage_profiles`.
 
@@ -342,8 +368,10 @@ def stage_profiles(
         if c in types:
             flag = F.lower(_text(types, c))
             consent[c] = (
-                F.when(flag.isin("y", "yes", "true", "1"), F.lit("y"))
-                .when(flag.isin("n", "no", "false", "0"), F.lit("n"))
+                F.when(flag.isin(*CONSENT_GIVEN), F.lit("y"))
+                .when(flag.isin(*CONSENT_REFUSED), F.lit("n"))
+                # outside the vocabulary: refused below, or opted out with quarantine
+                .when(flag.isNotNull(), F.lit("n" if on_bad_rows == "quarantine" else UNRECOGNISED_CONSENT))
                 .otherwise(_null_text())
             )
         else:
@@ -364,7 +392,28 @@ def stage_profiles(
         raise UserError(
             f"{source_name}: profile rows without any identity value (rows {', '.join(map(str, rows))})"
         )
+    if on_bad_rows != "quarantine":
+        _refuse_unrecognised_consent(profiles, source, types, source_name)
     return profiles, namespaces
+
+
+def _refuse_unrecognised_consent(
+    profiles: DataFrame, source: DataFrame, types: dict[str, object], source_name: str
+) -> None:
+    """A consent value outside the vocabulary stops the step in one line naming the file, the
+    column, the values and the first rows (as DuckDB's staging does)."""
+    F = _f()
+    for c in CONSENT_COLUMNS:
+        if c not in types:
+            continue
+        unknown = profiles.where(F.col(c) == UNRECOGNISED_CONSENT)
+        count = unknown.count()
+        if count:
+            first = unknown.orderBy("_source_row").limit(5).select("_source_row").collect()
+            rows = [int(r["_source_row"]) for r in first]
+            raw = source.where(F.col("_source_row").isin(rows)).select(_text(types, c).alias("v")).distinct()
+            values = sorted(str(r["v"]) for r in raw.collect())
+            raise UserError(consent_message(source_name, c, count, values, rows))
 
 
 def _raw_for(namespace: str) -> str | None:

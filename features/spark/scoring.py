@@ -102,7 +102,8 @@ def score(spark: SparkSession, sources: AsOfSources, plan: ScoringPlan, target: 
     scorer = _on_executors(plan.scorer, identity_columns)
     scored = rows.mapInArrow(scorer, _spark_schema(identity_columns)).persist()
     ranked, total = _ranked(scored)
-    with atomic_output(spark, target) as tmp:
+    root = target.rstrip("/").rsplit("/", 2)[0]  # scores/model=<name>/as_of=<date> -> scores
+    with atomic_output(spark, target, root=root, kind="scores") as tmp:
         write_parquet(ranked.orderBy("profile_id"), tmp)
     sizes = {r["bucket"]: int(r["count"]) for r in scored.groupBy("bucket").count().collect()}
     bucket_sizes = {b: sizes.get(b, 0) for b in BUCKETS} if total else {}

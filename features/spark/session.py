@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from propensity.core.config import EngineConfig
 from propensity.core.errors import UserError
+from propensity.core.io import atomic_path
 from propensity.features.ingest.inputs import EVENT_FILE_SUFFIXES, hadoop_path, is_remote, resolve_input
 
 if TYPE_CHECKING:
@@ -154,12 +155,20 @@ def write_text(spark: SparkSession, text: str, path: str | Path) -> None:
 
 
 @contextmanager
-def atomic_output(spark: SparkSession, path: str | Path) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` whole.
+def atomic_output(
+    spark: SparkSession, path: str | Path, *, root: str | Path | None = None, kind: str | None = None
+) -> Iterator[str]:
+    """Yield a temporary path; on success it replaces ``path`` whole.
 
-    The rename is atomic on local disks and HDFS; on object stores (S3, ABFS) it is a
-    copy, so readers should wait for the job's success rather than poll the directory.
+    Local paths go through :func:`propensity.core.io.atomic_path` (the output kind checked, a lock,
+    temps outside the output tree, an atomic exchange). Remote ones are written beside ``path``
+    and renamed: atomic on HDFS; on object stores (S3, ABFS) a copy, so readers should wait for
+    the job's success rather than poll the directory.
     """
+    if not is_remote(path):
+        with atomic_path(path, root=root, kind=kind) as tmp:
+            yield str(tmp)
+        return
     target = qualified(path)
     parent, name = target.rstrip("/").rsplit("/", 1)
     tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:12]}"

@@ -81,7 +81,7 @@ def generate(settings: GeneratorSettings, out_dir: str | Path) -> GenerationSumm
         arrays = _add_test_accounts(sim, arrays, test_accounts)
     purchase_events = int((arrays["type"] == ET["purchase"]).sum())
     out_dir = Path(out_dir)
-    with atomic_path(out_dir) as tmp:
+    with atomic_path(out_dir, kind="generated events") as tmp:
         tmp.mkdir(parents=True)
         events, shared_pairs = _events_table(sim, arrays, test_accounts)
         (tmp / "events").mkdir()

@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from propensity.core.config import ProjectConfig
 from propensity.core.errors import UserError
@@ -44,7 +45,9 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except UserError as error:
-            err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            # Escaped: a path, rule or pattern such as `^[a-z]{0,63}$` is printed as written,
+            # never read as rich markup.
+            err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]

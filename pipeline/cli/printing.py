@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from propensity.pipeline.cli.options import console
@@ -19,6 +20,8 @@ def print_summary(summary: IngestSummary, title: str) -> None:
     counts = Table(title=title, show_header=False)
     for key in ("rows_in", "rows_written", "duplicates_dropped", "rows_quarantined", "bad_rows"):
         counts.add_row(key.replace("_", " "), f"{getattr(summary, key):,}")
+        if key == "duplicates_dropped" and summary.conflicting_duplicates:
+            counts.add_row("  of which conflicting", f"{summary.conflicting_duplicates:,}")
     if summary.profiles is not None:
         counts.add_row("profiles", f"{summary.profiles:,}")
         counts.add_row("known profiles", f"{summary.known_profiles:,}")
@@ -36,13 +39,13 @@ def print_summary(summary: IngestSummary, title: str) -> None:
         table.add_column(label)
         table.add_column("count", justify="right")
         for name, count in values.items():
-            table.add_row(str(name), f"{count:,}")
+            table.add_row(_e(name), f"{count:,}")
         console.print(table)
     collapses = summary.identity_collapses
     for reason in sorted({c["reason"] for c in collapses}):
         group = [c for c in collapses if c["reason"] == reason]
         console.print(
-            f"[yellow]identity guardrail ({reason}):[/] split {len(group)} components of "
+            f"[yellow]identity guardrail ({_e(reason)}):[/] split {len(group)} components of "
             f"{sum(c['identities'] for c in group):,} identities into "
             f"{sum(c['profiles_after_split'] for c in group):,} profiles "
             f"({sum(c['separated_identities'] for c in group):,} identities kept apart)"
@@ -51,6 +54,12 @@ def print_summary(summary: IngestSummary, title: str) -> None:
         f"rows in {summary.rows_in:,} = written {summary.rows_written:,} + duplicates "
         f"{summary.duplicates_dropped:,} + bad {summary.bad_rows:,}"
     )
+
+
+def _e(value: Any) -> str:
+    """User or data text (paths, names, values, rules) escaped, so rich prints it as written
+    instead of reading ``[a-z]`` as markup."""
+    return escape(str(value))
 
 
 BASELINE_COLUMNS = {"logreg": "logistic RFM", "recency": "recency", "bgnbd": "BG/NBD"}
@@ -110,17 +119,17 @@ def print_buckets(buckets) -> None:
     """Predicted vs actual rate per bucket."""
     table = Table(title="buckets: predicted vs actual")
     for column in buckets.columns:
-        table.add_column(str(column), justify="right")
+        table.add_column(_e(column), justify="right")
     for row in buckets.itertuples(index=False):
-        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
+        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else _e(v) for v in row])
     console.print(table)
 
 
 def print_score_run(run: ScoreRun) -> None:
     """How many profiles were eligible and scored, and the bucket sizes."""
     console.print(
-        f"{run.model} v{run.version} at {run.as_of}: {run.eligible:,} of {run.profiles:,} profiles in the "
-        f"population, {run.scored:,} scored in {run.seconds:.1f}s -> {run.out} (run {run.run_id})"
+        f"{_e(run.model)} v{run.version} at {run.as_of}: {run.eligible:,} of {run.profiles:,} profiles "
+        f"in the population, {run.scored:,} scored in {run.seconds:.1f}s -> {_e(run.out)} (run {run.run_id})"
     )
     table = Table(title="bucket sizes")
     for column in ("bucket", "profiles", "share"):
@@ -141,20 +150,20 @@ def print_explanation(explanation: Explanation) -> None:
     e = explanation
     if not e.eligible:
         console.print(
-            f"{e.profile_id} is not in the {e.model} population at {e.as_of}; it fails: "
-            + "; ".join(f"`{c}`" for c in e.failed_conditions)
+            f"{_e(e.profile_id)} is not in the {_e(e.model)} population at {e.as_of}; it fails: "
+            + "; ".join(f"`{_e(c)}`" for c in e.failed_conditions)
         )
         for column, value in e.values.items():
-            console.print(f"  {column} = {_value(value)}")
+            console.print(f"  {_e(column)} = {_e(_value(value))}")
         return
     table = Table(
-        title=f"{e.model} v{e.version} for {e.profile_id} at {e.as_of}: probability {e.probability:.3f}, "
-        f"score {e.score}, bucket {e.bucket}"
+        title=f"{_e(e.model)} v{e.version} for {_e(e.profile_id)} at {e.as_of}: "
+        f"probability {e.probability:.3f}, score {e.score}, bucket {e.bucket}"
     )
     for column in ("factor", "value", "impact (log-odds)"):
         table.add_column(column)
     for factor in e.factors:
-        table.add_row(factor["label"], _value(factor["value"]), f"{factor['impact']:+.3f}")
+        table.add_row(_e(factor["label"]), _e(_value(factor["value"])), f"{factor['impact']:+.3f}")
     console.print(table)
 
 
@@ -166,7 +175,7 @@ def print_segments(result) -> None:
         table.add_column(column, justify="left" if column == "segment" else "right")
     for c in result.segments:
         table.add_row(
-            c.segment,
+            _e(c.segment),
             f"{c.size:,}",
             f"{c.realized:,}",
             f"{c.existing:,}",
@@ -174,7 +183,7 @@ def print_segments(result) -> None:
             f"{c.held_back:,}",
         )
     console.print(table)
-    console.print(f"wrote {result.rows:,} memberships of {result.profiles:,} profiles to {result.out}")
+    console.print(f"wrote {result.rows:,} memberships of {result.profiles:,} profiles to {_e(result.out)}")
     if result.stale_later:
         dates = ", ".join(str(d) for d in result.stale_later)
         console.print(
@@ -201,24 +210,24 @@ def print_exports(result) -> None:
     for d in result.destinations:
         for e in d.segments:
             table.add_row(
-                d.destination,
-                d.marketing_action,
-                ", ".join(d.identities),
-                e.segment,
+                _e(d.destination),
+                _e(d.marketing_action),
+                _e(", ".join(d.identities)),
+                _e(e.segment),
                 f"{e.profiles:,}",
                 f"{e.rows:,}",
                 f"{e.skipped_no_identity:,}",
                 f"{e.held_back_consent:,}",
             )
     console.print(table)
-    console.print(f"wrote {sum(len(d.segments) for d in result.destinations)} files under {result.out}")
+    console.print(f"wrote {sum(len(d.segments) for d in result.destinations)} files under {_e(result.out)}")
 
 
 def print_drift(result) -> None:
     """A MonitorResult: PSI, missing and out-of-range shares for the score and top features."""
     report = result.report
     table = Table(
-        title=f"{result.model} v{result.version}: {result.as_of} against {result.reference_as_of} "
+        title=f"{_e(result.model)} v{result.version}: {result.as_of} against {result.reference_as_of} "
         f"(PSI alert at {report.psi_threshold})"
     )
     for column in ("variable", "PSI", "missing (ref -> now)", "out of range"):
@@ -226,12 +235,14 @@ def print_drift(result) -> None:
     for drift in (report.score, *report.features):
         flag = " [bold red]drift[/]" if drift.psi >= report.psi_threshold else ""
         table.add_row(
-            drift.label,
+            _e(drift.label),
             f"{drift.psi:.4f}{flag}",
             f"{drift.reference_missing:.1%} -> {drift.current_missing:.1%}",
             "" if drift.out_of_range is None else f"{drift.out_of_range:.1%}",
         )
     console.print(table)
-    console.print(f"report {result.report_path}, plot {result.plot_path}, MLflow run {result.run_id}")
+    console.print(f"report {_e(result.report_path)}, plot {_e(result.plot_path)}, MLflow run {result.run_id}")
     if report.alert:
-        console.print(f"[bold red]alert:[/] PSI >= {report.psi_threshold} for {', '.join(report.drifted)}")
+        console.print(
+            f"[bold red]alert:[/] PSI >= {report.psi_threshold} for {_e(', '.join(report.drifted))}"
+        )

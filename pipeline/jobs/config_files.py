@@ -22,19 +22,63 @@ from propensity.core.config import (
 from propensity.core.errors import UserError
 
 DEFAULT_PROJECT_CONFIG = Path("configs/project.yaml")
+# A config is hand-written: far below these, and an alias bomb ("billion laughs", a few hundred
+# bytes expanding to billions of values) is refused before anything walks the expansion.
+MAX_CONFIG_BYTES = 1_000_000
+MAX_CONFIG_VALUES = 100_000
+
+
+def _expanded_values(data: Any) -> int:
+    """How many values ``data`` holds once its YAML aliases are expanded, counted without
+    expanding them (each shared object's size is computed once); stops past the limit."""
+    sizes: dict[int, int] = {}
+
+    def size(node: Any) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if isinstance(node, dict):
+            children = [*node.keys(), *node.values()]
+        elif isinstance(node, list):
+            children = node
+        else:
+            return 1
+        sizes[key] = MAX_CONFIG_VALUES + 1  # a cycle counts as too large
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_CONFIG_VALUES:
+                break
+        sizes[key] = min(total, MAX_CONFIG_VALUES + 1)
+        return sizes[key]
+
+    return size(data)
 
 
 def read_yaml(path: str | Path) -> Any:
-    """Read a YAML file, turning a missing file or a syntax error into a UserError."""
+    """Read a YAML file, turning a missing file, a syntax error or an oversized (or alias-bomb)
+    file into a UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise UserError(f"{path}: config file larger than {MAX_CONFIG_BYTES:,} bytes")
     try:
-        return yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text())
+    except RecursionError:
+        raise UserError(f"{path}: invalid YAML: nested too deeply") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{path}: invalid YAML{where}: {getattr(error, 'problem', error)}") from None
+        raise UserError(
+            f"{path}: invalid YAML{where}: {str(getattr(error, 'problem', error))[:200]}"
+        ) from None
+    if _expanded_values(data) > MAX_CONFIG_VALUES:
+        raise UserError(
+            f"{path}: expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases repeating "
+            "collections); write the values out instead"
+        )
+    return data
 
 
 def load_project_config(path: str | Path | None = None) -> ProjectConfig:

@@ -64,6 +64,7 @@ def export_segments(
     namespaces = destinations_mod.recorded_namespaces(memberships_dir, as_of, summary)
     destinations_mod.check_destinations(destinations, segment_models, actions, namespaces, as_of)
     con = connect(config.engine)
+    membership_store.refuse_stale(con, memberships_dir, as_of)
     exports = [
         destinations_mod.export_destination(con, memberships_dir, as_of, d, export_dir) for d in destinations
     ]

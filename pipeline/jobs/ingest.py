@@ -16,6 +16,7 @@ from typing import Any
 
 from propensity.core.config import ProjectConfig
 from propensity.core.errors import UserError
+from propensity.core.io import check_output
 from propensity.features.engine import Engine, Stitched
 from propensity.features.ingest.inputs import is_remote
 from propensity.features.ingest.manifest import INGEST_FORMAT, OnBadRows
@@ -44,6 +45,8 @@ class IngestSummary:
     identity_collapses: list[dict[str, Any]] = field(default_factory=list)
     # Profiles whose identities were, at some earlier date, not yet that one profile.
     unsettled_profiles: int | None = None
+    # Of duplicates_dropped: same event_id, another payload (counted apart from re-deliveries).
+    conflicting_duplicates: int = 0
 
 
 def _summarise(engine: Engine, stitched: Stitched, quarantined: bool) -> IngestSummary:
@@ -52,6 +55,7 @@ def _summarise(engine: Engine, stitched: Stitched, quarantined: bool) -> IngestS
         rows_in=counts.rows_in,
         rows_written=counts.rows_clean,
         duplicates_dropped=counts.rows_duplicate,
+        conflicting_duplicates=counts.rows_conflicting,
         rows_quarantined=counts.rows_bad if quarantined else 0,
         bad_rows=counts.rows_bad,
         bad_rows_by_reason=counts.bad_by_reason,
@@ -73,8 +77,11 @@ def validate(
     engine = engine_for(config)
     inputs = engine.resolve_input(events)
     profiles_path = profiles or inputs.profiles
-    # Closed on the way out: the staged events would otherwise hold memory until collected.
-    with closing(engine.stage(inputs, profiles_path, "quarantine", as_of)) as stitched:
+    # Closed on the way out: the staged events would otherwise hold memory until collected. Bad
+    # events are counted, not fatal; a consent value outside the vocabulary is refused unless the
+    # project quarantines bad rows.
+    stage = engine.stage(inputs, profiles_path, "quarantine", as_of, config.ingest.on_bad_rows)
+    with closing(stage) as stitched:
         return _summarise(engine, stitched, True)
 
 
@@ -129,10 +136,11 @@ def ingest(
         raise UserError(f"{events}: already an ingest output directory")
     on_bad_rows = on_bad_rows or config.ingest.on_bad_rows
     profiles_path = profiles or inputs.profiles
+    check_output(out, "ingest")  # a foreign folder is refused before the work, not only at the swap
     with closing(engine.stage(inputs, profiles_path, on_bad_rows, as_of)) as stitched:
         summary = _summarise(engine, stitched, on_bad_rows == "quarantine")
         manifest = ingest_manifest(inputs, profiles_path, as_of, on_bad_rows, config, summary)
-        with engine.atomic_directory(out) as tmp:
+        with engine.atomic_directory(out, kind="ingest") as tmp:
             engine.write_ingest(
                 stitched, tmp, quarantine=on_bad_rows == "quarantine" and summary.bad_rows > 0
             )
