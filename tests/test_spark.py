@@ -715,7 +715,7 @@ def test_spark_ingest_refuses_a_foreign_out_and_stages_outside_the_tree(
         str(luma_small),
     ]
     result = invoke(runner_module, "ingest", *args)
-    assert result.exit_code == 2 and "is not a ingest output" in result.output, result.output
+    assert result.exit_code == 2 and "not ingest; choose another --out" in result.output, result.output
     assert sorted(p.name for p in luma_small.rglob("*")) == before
     # Hadoop's own checksum files aside, the only hidden name is the marker: no temp in the tree.
     hidden = [p.name for p in spark_dir.rglob(".*") if not p.name.endswith(".crc")]
