@@ -557,7 +557,7 @@ def test_a_tolerance_lets_slightly_early_clocks_through(tmp_path):
 
 def test_export_refuses_stale_memberships_naming_the_date(tmp_path):
     from propensity.core.config import ProjectConfig
-    from propensity.pipeline.jobs import segments as segment_jobs
+    from propensity.pipeline.jobs import export as export_jobs
 
     con, out = duckdb.connect(), tmp_path / "segments"
     d1, d2, d3 = dt.date(2025, 3, 1), dt.date(2025, 4, 1), dt.date(2025, 5, 1)
@@ -569,17 +569,17 @@ def test_export_refuses_stale_memberships_naming_the_date(tmp_path):
         "    marketing_action: personalization\n    include_exited: true\n    segments: [all]\n"
     )
     exports = tmp_path / "exports"
-    segment_jobs.export_segments(out, d3, destinations, exports, ProjectConfig())
+    export_jobs.export_segments(out, d3, destinations, exports, ProjectConfig())
     before = tree_digest(exports)
     _qualify_people(con, out, d2, {"p1": "y", "p2": "n", "p3": "n"})  # a back-fill: d3 is now stale
     with pytest.raises(
         UserError, match=r"as_of=2025-05-01: statuses are stale .* segments --as-of 2025-05-01"
     ):
-        segment_jobs.export_segments(out, d3, destinations, exports, ProjectConfig())
+        export_jobs.export_segments(out, d3, destinations, exports, ProjectConfig())
     assert tree_digest(exports) == before  # nothing shipped
-    segment_jobs.export_segments(out, d2, destinations, exports, ProjectConfig())  # d2 itself is fine
+    export_jobs.export_segments(out, d2, destinations, exports, ProjectConfig())  # d2 itself is fine
     _qualify_people(con, out, d3, {"p1": "y", "p2": "n", "p3": "y"})
-    segment_jobs.export_segments(out, d3, destinations, exports, ProjectConfig())
+    export_jobs.export_segments(out, d3, destinations, exports, ProjectConfig())
 
 
 # ---------------------------------------------------------------------------------------------
