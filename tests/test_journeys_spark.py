@@ -8,19 +8,17 @@ Run with ``make test-spark`` (``pytest -m spark``); skipped only when pyspark or
 from __future__ import annotations
 
 import datetime as dt
-import os
-import shutil
 
 import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 
+from tests.spark_env import require_spark
+
 pytestmark = pytest.mark.spark
 
-pytest.importorskip("pyspark", reason="pyspark is not installed: pip install -e '.[spark]'")
-if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-    pytest.skip("Java is not installed: Spark needs Java 17+", allow_module_level=True)
+require_spark()
 
 from propensity.core.config import EngineConfig, ProjectConfig  # noqa: E402
 from propensity.features.journeys import DuckDBRunner, parse_exclusion, parse_steps  # noqa: E402

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import shutil
 from pathlib import Path
 
 import duckdb
@@ -19,21 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.spark_env import require_spark
+
 pytestmark = pytest.mark.spark
 
-# `make test` sets PROPENSITY_REQUIRE_SPARK: there a missing pyspark or Java fails the run
-# instead of skipping the group (a green CI must mean the engines were compared).
-_REQUIRED = bool(os.environ.get("PROPENSITY_REQUIRE_SPARK"))
-if _REQUIRED:
-    import importlib.util
-
-    if importlib.util.find_spec("pyspark") is None:
-        pytest.fail("pyspark is not installed: pip install -e '.[spark]'", pytrace=False)
-pytest.importorskip("pyspark", reason="pyspark is not installed: pip install -e '.[spark]'")
-if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-    if _REQUIRED:
-        pytest.fail("Java is not installed: Spark needs Java 17+", pytrace=False)
-    pytest.skip("Java is not installed: Spark needs Java 17+", allow_module_level=True)
+require_spark()
 
 from propensity.core.config import EngineConfig, IdentityConfig, ProjectConfig, parse_config  # noqa: E402
 from propensity.core.errors import UserError  # noqa: E402
