@@ -565,7 +565,7 @@ def test_the_join_and_the_window_forms_of_a_funnel_agree():
     On random journeys with limits, exclusions and sessions both give the same units."""
     import dataclasses
 
-    from propensity.features.journeys.engine import DUCKDB
+    from propensity.features.sql import DUCKDB
 
     rng = np.random.default_rng(11)
     types = ["a", "b", "c", "d", "x"]

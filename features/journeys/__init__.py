@@ -5,13 +5,10 @@ the Markov removal effect by absorbing-chain algebra, Shapley values over channe
 Steps are parsed in :mod:`.spec`; each query is written once and runs on DuckDB or Spark
 through :mod:`.engine`."""
 
-from propensity.features.journeys.engine import DUCKDB, SPARK, Dialect, DuckDBRunner, Runner
+from propensity.features.journeys.engine import DuckDBRunner, Runner
 from propensity.features.journeys.spec import Exclusion, Step, parse_duration, parse_exclusion, parse_steps
 
 __all__ = [
-    "DUCKDB",
-    "SPARK",
-    "Dialect",
     "DuckDBRunner",
     "Exclusion",
     "Runner",

@@ -44,8 +44,9 @@ import pandas as pd
 import pyarrow as pa
 
 from propensity.core.errors import UserError
-from propensity.features.journeys.engine import Dialect, Runner
+from propensity.features.journeys.engine import Runner
 from propensity.features.journeys.spec import Step
+from propensity.features.sql import Dialect
 
 RULES = ("first", "last", "linear", "time_decay", "position")
 METHODS = (*RULES, "markov", "shapley")

@@ -34,8 +34,9 @@ import pandas as pd
 import pyarrow as pa
 
 from propensity.core.errors import UserError
-from propensity.features.journeys.engine import Dialect, Runner
+from propensity.features.journeys.engine import Runner
 from propensity.features.journeys.spec import Exclusion, Step
+from propensity.features.sql import Dialect
 
 MODES = ("ordered", "strict", "any")
 MICROS = 1_000_000
