@@ -1,11 +1,11 @@
 """What the journey queries need of an engine: its SQL dialect, a query to Arrow, a table registered.
 
-The funnel, paths and attribution queries are written once (:mod:`.funnel`, :mod:`.paths`,
-:mod:`.attribution`) with the few dialect differences taken from
-:class:`propensity.features.sql.Dialect`; DuckDB
-runs them through :class:`DuckDBRunner`, Spark through the Spark wing's runner
-(``propensity.features.spark.journeys``). Everything after the query (counts, rates,
-intervals, credit) is numpy and identical for both engines.
+The funnel, paths and touchpoint queries are written once (:mod:`.funnel_sql`, :mod:`.paths`,
+:mod:`.touches`) with the few dialect differences taken from
+:class:`propensity.features.sql.Dialect`; DuckDB runs them through :class:`DuckDBRunner` (on
+:mod:`propensity.features.connection`'s Arrow fetch and relation columns), Spark through the
+Spark wing's runner (``propensity.features.spark.journeys``). Everything after the query
+(counts, rates, intervals, credit) is numpy and identical for both engines.
 """
 
 from __future__ import annotations
