@@ -32,8 +32,10 @@ import duckdb
 
 from propensity.features.connection import connect
 from propensity.features.journeys import DuckDBRunner, parse_steps
-from propensity.features.journeys.attribution import attribute, run_touches
-from propensity.features.journeys.funnel import FunnelSpec, run_funnel, summarise
+from propensity.features.journeys.attribution import attribute
+from propensity.features.journeys.funnel import run_funnel, summarise
+from propensity.features.journeys.funnel_sql import FunnelSpec
+from propensity.features.journeys.touches import run_touches
 
 TYPES = [
     ("page_view", 30),

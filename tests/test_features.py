@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from propensity.core.config import FeatureConfig
 from propensity.features.build import build_registry, sql_compiler, stacked_build
+from propensity.features.sql import SPARK
 
 AS_OF = dt.date(2025, 6, 1)
 CONFIG = FeatureConfig(categories=["yoga", "running"])
@@ -426,10 +427,10 @@ def test_the_spark_spelling_means_the_same_as_duckdbs(luma_small, config, plan):
     if plan == "rollup":
         sql_compiler.build_rollup(con, fs)
         native = sql_compiler.snapshots_sql(fs, dates, con)
-        spark = sql_compiler.snapshots_sql(fs, dates, con, dialect=sql_compiler.SPARK)
+        spark = sql_compiler.snapshots_sql(fs, dates, con, dialect=SPARK)
     else:
         native = sql_compiler.snapshot_sql(fs, dates[0], con, plan=plan)
-        spark = sql_compiler.snapshot_sql(fs, dates[0], con, dialect=sql_compiler.SPARK, plan=plan)
+        spark = sql_compiler.snapshot_sql(fs, dates[0], con, dialect=SPARK, plan=plan)
     assert "EXCLUDE" not in spark and '"' not in spark
     (translated,) = sqlglot.transpile(spark, read="spark", write="duckdb")
     expected = con.execute(native).df()

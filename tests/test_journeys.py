@@ -12,25 +12,13 @@ import pytest
 
 from propensity.core.errors import UserError
 from propensity.features.journeys import DuckDBRunner, parse_exclusion, parse_steps
-from propensity.features.journeys.attribution import (
-    METHODS,
-    attribute,
-    chain_transitions,
-    paths_from_lists,
-    removal_effects,
-    run_touches,
-    shapley_brute_force,
-    shapley_values,
-)
-from propensity.features.journeys.funnel import (
-    FunnelSpec,
-    fallen_units,
-    fallout_destinations,
-    fallout_next_sql,
-    run_funnel,
-    summarise,
-)
+from propensity.features.journeys.attribution import METHODS, attribute
+from propensity.features.journeys.funnel import fallen_units, fallout_destinations, run_funnel, summarise
+from propensity.features.journeys.funnel_sql import FunnelSpec, fallout_next_sql
+from propensity.features.journeys.markov import chain_transitions, removal_effects
 from propensity.features.journeys.paths import flow_links, run_paths, top_paths
+from propensity.features.journeys.shapley import shapley_brute_force, shapley_values
+from propensity.features.journeys.touches import paths_from_lists, run_touches
 from propensity.features.synthetic.journeys import JourneySettings, simulate_journeys
 
 START = dt.datetime(2024, 1, 1)
@@ -564,7 +552,7 @@ def test_the_join_and_the_window_forms_of_a_funnel_agree():
     On random journeys with limits, exclusions and sessions both give the same units."""
     import dataclasses
 
-    from propensity.features.journeys.engine import DUCKDB
+    from propensity.features.sql import DUCKDB
 
     rng = np.random.default_rng(11)
     types = ["a", "b", "c", "d", "x"]

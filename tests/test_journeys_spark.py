@@ -22,9 +22,11 @@ require_spark()
 
 from propensity.core.config import EngineConfig, ProjectConfig  # noqa: E402
 from propensity.features.journeys import DuckDBRunner, parse_exclusion, parse_steps  # noqa: E402
-from propensity.features.journeys.attribution import attribute, run_touches  # noqa: E402
-from propensity.features.journeys.funnel import FunnelSpec, run_funnel, summarise  # noqa: E402
+from propensity.features.journeys.attribution import attribute  # noqa: E402
+from propensity.features.journeys.funnel import run_funnel, summarise  # noqa: E402
+from propensity.features.journeys.funnel_sql import FunnelSpec  # noqa: E402
 from propensity.features.journeys.paths import run_paths  # noqa: E402
+from propensity.features.journeys.touches import run_touches  # noqa: E402
 from propensity.features.spark.journeys import SparkRunner  # noqa: E402
 from propensity.features.spark.session import spark_session  # noqa: E402
 from propensity.features.synthetic.journeys import JourneySettings, simulate_journeys  # noqa: E402

@@ -12,8 +12,7 @@ import re
 from propensity.core.config import OutcomeConfig
 from propensity.core.errors import UserError
 from propensity.features.build.feature_set import FeatureSet
-from propensity.features.build.sql_compiler import DUCKDB, Dialect
-from propensity.features.sql import sql_string
+from propensity.features.sql import DUCKDB, Dialect, sql_string
 
 
 def outcome_filter(outcome: OutcomeConfig, alias: str = "e") -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Collection
-from dataclasses import dataclass
 
 import duckdb
 import pandas as pd
@@ -28,50 +27,13 @@ import pandas as pd
 from propensity.features.build.feature_set import Aggregate, Feature, FeatureSet
 from propensity.features.build.registry import CARRIED_COLUMNS
 from propensity.features.connection import relation_columns
-from propensity.features.sql import sql_ident
+from propensity.features.sql import DUCKDB, Dialect
 
 EPOCH = dt.date(1970, 1, 1)
 # The columns of the ``profiles`` relation the compiled SQL joins (profile attributes are joined
 # only when present): the names themselves (Spark, tests), or a DuckDB connection whose relation
 # is described for them (:func:`propensity.features.connection.relation_columns`); None: none.
 ProfileColumns = Collection[str] | duckdb.DuckDBPyConnection | None
-
-
-@dataclass(frozen=True)
-class Dialect:
-    """The few SQL spellings that differ between engines."""
-
-    name: str
-    day_of_timestamp: str  # format with {col}
-    date_of_day: str  # format with {col}
-    quote: str = '"'  # around identifiers
-    string_type: str = "VARCHAR"
-
-    def day(self, column: str) -> str:
-        """SQL for the day number (days since 1970-01-01) of a timestamp column."""
-        return self.day_of_timestamp.format(col=column)
-
-    def date(self, column: str) -> str:
-        """SQL for the date of a day-number column."""
-        return self.date_of_day.format(col=column)
-
-    def ident(self, name: str) -> str:
-        """An identifier quoted for this engine."""
-        return sql_ident(name, self.quote)
-
-
-DUCKDB = Dialect(
-    "duckdb",
-    "CAST(date_diff('day', DATE '1970-01-01', CAST({col} AS DATE)) AS INTEGER)",
-    "(DATE '1970-01-01' + CAST({col} AS INTEGER))",
-)
-SPARK = Dialect(
-    "spark",
-    "datediff(to_date({col}), DATE'1970-01-01')",
-    "date_add(DATE'1970-01-01', {col})",
-    quote="`",
-    string_type="STRING",
-)
 
 
 def day_number(date: dt.date) -> int:

@@ -17,9 +17,10 @@ import numpy as np
 import pyarrow as pa
 
 from propensity.features.build.feature_set import EVERY_EVENT, FeatureSet
-from propensity.features.build.sql_compiler import DUCKDB, day_number, features_sql_from
+from propensity.features.build.sql_compiler import day_number, features_sql_from
 from propensity.features.connection import fetch_arrow, relation_columns
 from propensity.features.identity.as_of import Reattributed
+from propensity.features.sql import DUCKDB
 
 
 def _keyed(con: duckdb.DuckDBPyConnection, events: str) -> tuple[str, str]:

@@ -17,8 +17,9 @@ import itertools
 import pandas as pd
 
 from propensity.core.errors import UserError
-from propensity.features.journeys.engine import Dialect, Runner
+from propensity.features.journeys.engine import Runner
 from propensity.features.journeys.spec import Step
+from propensity.features.sql import Dialect
 
 START, END = "(start)", "(end)"
 

@@ -18,12 +18,11 @@ from typing import TYPE_CHECKING
 import duckdb
 
 from propensity.core.config import IdentityConfig
-from propensity.features.build.sql_compiler import SPARK
 from propensity.features.connection import fetch_arrow
 from propensity.features.contract import CONSENT_COLUMNS
 from propensity.features.identity.as_of import AsOfSources, IdentityGraph
 from propensity.features.spark.session import functions as _f
-from propensity.features.sql import sql_ident, sql_string
+from propensity.features.sql import SPARK, sql_ident, sql_string
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -31,7 +30,7 @@ if TYPE_CHECKING:
 
 def _col(name: str):
     """A column of any name (backquoted: names may hold dots)."""
-    return _f().col(f"`{name}`")
+    return _f().col(SPARK.ident(name))
 
 
 def _tag(as_of: dt.date) -> str:

@@ -48,6 +48,7 @@ from propensity.features.spark.session import (
     write_parquet,
     write_text,
 )
+from propensity.features.sql import SPARK
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -255,7 +256,7 @@ class SparkEngine:
         if quarantine:
             bad = stitched.staged.bad
             others = [
-                functions().col(f"`{c}`")
+                functions().col(SPARK.ident(c))
                 for c in bad.columns
                 if c not in ("reason", "_source_file", "_source_row")
             ]

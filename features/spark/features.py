@@ -27,8 +27,9 @@ from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.labels import labelled_sql, order_value_feature, outcome_filter
 from propensity.features.build.population import population_rule
 from propensity.features.build.snapshots import horizon_passed, snapshot_dates
-from propensity.features.build.sql_compiler import SPARK, rollup_sql, snapshot_sql, snapshots_sql
+from propensity.features.build.sql_compiler import rollup_sql, snapshot_sql, snapshots_sql
 from propensity.features.spark.session import to_pandas
+from propensity.features.sql import SPARK
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pyarrow as pa
 from pyspark.sql import SparkSession
 
-from propensity.features.journeys.engine import SPARK
+from propensity.features.sql import SPARK
 
 
 class SparkRunner:

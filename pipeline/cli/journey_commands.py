@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -26,6 +26,9 @@ from propensity.pipeline.cli.options import (
     parse_date,
     user_errors,
 )
+
+if TYPE_CHECKING:  # the jobs load lazily, when a command runs
+    from propensity.pipeline.jobs.journeys import AttributionResult, FunnelResult
 
 SinceOption = Annotated[str | None, typer.Option("--since", help="Only events from this date, YYYY-MM-DD.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object with the run's figures.")]
@@ -50,6 +53,64 @@ def _print_json(facts: dict[str, Any], **more: Any) -> None:
 
 def _rate(value: float) -> str:
     return "" if value != value else f"{value:.1%}"
+
+
+def _print_funnel(result: FunnelResult, as_json: bool) -> None:
+    """The funnel as JSON facts or as a table."""
+    if as_json:
+        whole = result.steps[result.steps["group"] == "all"]
+        _print_json(
+            result.facts, out=str(result.out), seconds=result.seconds, entrants=whole["entrants"].tolist()
+        )
+        return
+    table = Table(title=f"Funnel as of {result.as_of} ({result.units:,} units)")
+    for column in (
+        "step",
+        "entrants",
+        "in progress",
+        "fallout",
+        "from previous",
+        "from first",
+        "median time",
+    ):
+        table.add_column(column, justify="right" if column != "step" else "left")
+    for row in result.steps[result.steps["group"] == "all"].itertuples():
+        median = "" if row.median_seconds != row.median_seconds else f"{row.median_seconds / 3600:.1f} h"
+        table.add_row(
+            f"{row.step}. {row.name}",
+            f"{row.entrants:,}",
+            f"{row.in_progress:,}",
+            f"{row.fallout:,}",
+            _rate(row.conversion_from_previous),
+            _rate(row.conversion_from_first),
+            median,
+        )
+    console.print(table)
+    console.print(f"written to {result.out}")
+
+
+def _print_attribution(result: AttributionResult, outcome: str, by: str, as_json: bool) -> None:
+    """The credit as JSON facts or as a table (channels by method)."""
+    if as_json:
+        credit = {
+            m: dict(zip(g["channel"], g["credit"].round(3), strict=True))
+            for m, g in result.credit.groupby("method")
+        }
+        _print_json(result.facts, out=str(result.out), seconds=result.seconds, credit=credit)
+        return
+    wide = result.credit.pivot(index="channel", columns="method", values="credit")
+    table = Table(
+        title=f"Credit for {outcome}: {result.conversions:,} conversions of {result.paths:,} profiles, "
+        f"{result.conversions_without_touch:,} without a touchpoint"
+    )
+    table.add_column(by)
+    methods = ["first", "last", "linear", "time_decay", "position", "markov", "shapley"]
+    for method in methods:
+        table.add_column(method, justify="right")
+    for channel, row in wide.iterrows():
+        table.add_row(str(channel), *(f"{row[m]:,.1f}" for m in methods))
+    console.print(table)
+    console.print(f"written to {result.out}")
 
 
 @user_errors
@@ -109,36 +170,7 @@ def funnel(
             parse_date(since, "--since"),
             track,
         )
-    if as_json:
-        whole = result.steps[result.steps["group"] == "all"]
-        _print_json(
-            result.facts, out=str(result.out), seconds=result.seconds, entrants=whole["entrants"].tolist()
-        )
-        return
-    table = Table(title=f"Funnel as of {result.as_of} ({result.units:,} units)")
-    for column in (
-        "step",
-        "entrants",
-        "in progress",
-        "fallout",
-        "from previous",
-        "from first",
-        "median time",
-    ):
-        table.add_column(column, justify="right" if column != "step" else "left")
-    for row in result.steps[result.steps["group"] == "all"].itertuples():
-        median = "" if row.median_seconds != row.median_seconds else f"{row.median_seconds / 3600:.1f} h"
-        table.add_row(
-            f"{row.step}. {row.name}",
-            f"{row.entrants:,}",
-            f"{row.in_progress:,}",
-            f"{row.fallout:,}",
-            _rate(row.conversion_from_previous),
-            _rate(row.conversion_from_first),
-            median,
-        )
-    console.print(table)
-    console.print(f"written to {result.out}")
+    _print_funnel(result, as_json)
 
 
 @user_errors
@@ -249,26 +281,7 @@ def attribution(
             parse_date(since, "--since"),
             track,
         )
-    if as_json:
-        credit = {
-            m: dict(zip(g["channel"], g["credit"].round(3), strict=True))
-            for m, g in result.credit.groupby("method")
-        }
-        _print_json(result.facts, out=str(result.out), seconds=result.seconds, credit=credit)
-        return
-    wide = result.credit.pivot(index="channel", columns="method", values="credit")
-    table = Table(
-        title=f"Credit for {outcome}: {result.conversions:,} conversions of {result.paths:,} profiles, "
-        f"{result.conversions_without_touch:,} without a touchpoint"
-    )
-    table.add_column(by)
-    methods = ["first", "last", "linear", "time_decay", "position", "markov", "shapley"]
-    for method in methods:
-        table.add_column(method, justify="right")
-    for channel, row in wide.iterrows():
-        table.add_row(str(channel), *(f"{row[m]:,.1f}" for m in methods))
-    console.print(table)
-    console.print(f"written to {result.out}")
+    _print_attribution(result, outcome, by, as_json)
 
 
 def register(app: typer.Typer) -> None:

@@ -8,6 +8,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
@@ -18,14 +19,8 @@ YOGA_FUNNEL = "product_view[category=yoga] > add_to_cart > checkout > purchase[c
 YOGA_PURCHASE = "purchase[category=yoga]"
 
 
-def run(
-    ingested: Path, config: ProjectConfig, out: Path, scores: Path, as_of: dt.date, console: Console
-) -> dict[str, Any]:
-    """Funnel, paths and attribution on the demo's data; prints them and returns the figures."""
-    with console.status("yoga funnel"):
-        funnel = journeys.run_funnel(
-            ingested, out / "funnel", config, YOGA_FUNNEL, window="14d", by=f"{scores}:bucket", as_of=as_of
-        )
+def _print_funnel(funnel: journeys.FunnelResult, as_of: dt.date, console: Console) -> None:
+    """The funnel per score bucket, and where those who viewed yoga but did not add to cart went."""
     table = Table(title=f"Yoga funnel as of {as_of} (14-day window), by upsell score bucket")
     table.add_column("step")
     groups = list(dict.fromkeys(funnel.steps["group"]))
@@ -46,6 +41,34 @@ def run(
     if len(fallout):
         went = ", ".join(f"{r.next} {r.share:.0%}" for r in fallout.head(4).itertuples())
         console.print(f"viewed yoga but did not add to cart; their next event: {went}")
+
+
+def _print_credit(credit: journeys.AttributionResult, console: Console) -> pd.DataFrame:
+    """Each method's share of credit per channel (channels by Shapley credit); returns the shares."""
+    wide = credit.credit.pivot(index="channel", columns="method", values="share")
+    table = Table(
+        title=f"What drives yoga purchases: share of credit ({credit.conversions:,} purchases, "
+        f"{credit.conversions_without_touch:,} with no touchpoint in the 30 days before)"
+    )
+    table.add_column("channel")
+    methods = ["first", "last", "linear", "time_decay", "position", "markov", "shapley"]
+    for method in methods:
+        table.add_column(method, justify="right")
+    for channel, row in wide.sort_values("shapley", ascending=False).iterrows():
+        table.add_row(str(channel), *(f"{row[m]:.0%}" for m in methods))
+    console.print(table)
+    return wide
+
+
+def run(
+    ingested: Path, config: ProjectConfig, out: Path, scores: Path, as_of: dt.date, console: Console
+) -> dict[str, Any]:
+    """Funnel, paths and attribution on the demo's data; prints them and returns the figures."""
+    with console.status("yoga funnel"):
+        funnel = journeys.run_funnel(
+            ingested, out / "funnel", config, YOGA_FUNNEL, window="14d", by=f"{scores}:bucket", as_of=as_of
+        )
+    _print_funnel(funnel, as_of, console)
 
     with console.status("paths to a yoga purchase"):
         paths = journeys.run_paths(
@@ -68,18 +91,7 @@ def run(
             bootstrap=100,
             as_of=as_of,
         )
-    wide = credit.credit.pivot(index="channel", columns="method", values="share")
-    table = Table(
-        title=f"What drives yoga purchases: share of credit ({credit.conversions:,} purchases, "
-        f"{credit.conversions_without_touch:,} with no touchpoint in the 30 days before)"
-    )
-    table.add_column("channel")
-    methods = ["first", "last", "linear", "time_decay", "position", "markov", "shapley"]
-    for method in methods:
-        table.add_column(method, justify="right")
-    for channel, row in wide.sort_values("shapley", ascending=False).iterrows():
-        table.add_row(str(channel), *(f"{row[m]:.0%}" for m in methods))
-    console.print(table)
+    wide = _print_credit(credit, console)
     console.print(
         f"journey pages: {funnel.out / 'journey.html'}, {paths.out / 'journey.html'}, "
         f"{credit.out / 'journey.html'}"

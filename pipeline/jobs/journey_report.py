@@ -45,8 +45,9 @@ def funnel_figure(steps: pd.DataFrame, title: str) -> Figure:
     )
 
 
-def flow_figure(links: pd.DataFrame, title: str, nodes_per_column: int = 8) -> Figure:
-    """A Sankey-style flow: one column per position, bands as wide as the profiles moving."""
+def _squash(links: pd.DataFrame, nodes_per_column: int) -> pd.DataFrame:
+    """The links with their positions, the biggest nodes of each column kept and the rest one
+    ``other`` node per column."""
     frame = links.copy()
     frame["s_pos"] = frame["source"].str.split(":", n=1).str[0].astype(int)
     frame["t_pos"] = frame["target"].str.split(":", n=1).str[0].astype(int)
@@ -72,6 +73,12 @@ def flow_figure(links: pd.DataFrame, title: str, nodes_per_column: int = 8) -> F
 
     frame["source"], frame["target"] = frame["source"].map(squash), frame["target"].map(squash)
     frame = frame.groupby(["source", "target", "s_pos", "t_pos"], as_index=False)["profiles"].sum()
+    return frame
+
+
+def flow_figure(links: pd.DataFrame, title: str, nodes_per_column: int = 8) -> Figure:
+    """A Sankey-style flow: one column per position, bands as wide as the profiles moving."""
+    frame = _squash(links, nodes_per_column)
     positions = sorted(set(frame["s_pos"]) | set(frame["t_pos"]))
     size = pd.concat(
         [frame.groupby("source")["profiles"].sum(), frame.groupby("target")["profiles"].sum()], axis=1

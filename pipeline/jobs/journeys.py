@@ -19,17 +19,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from propensity.core.config import ProjectConfig
 from propensity.core.errors import UserError
 from propensity.core.io import atomic_path, write_json
-from propensity.features.journeys import Runner, parse_duration, parse_exclusion, parse_steps
+from propensity.features.journeys import (
+    Paths,
+    Runner,
+    Step,
+    parse_duration,
+    parse_steps,
+)
 from propensity.features.journeys import attribution as attribution_mod
 from propensity.features.journeys import funnel as funnel_mod
 from propensity.features.journeys import paths as paths_mod
+from propensity.features.journeys import touches as touches_mod
 from propensity.models.report import ReportSection
+from propensity.pipeline.jobs import journey_funnel as funnel_job
 from propensity.pipeline.jobs import journey_report as report
 from propensity.pipeline.jobs.events import load_events
 
@@ -117,61 +124,6 @@ class FunnelResult:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
-def _breakdown(data: JourneyData, units: funnel_mod.FunnelUnits, by: str | None) -> pd.DataFrame | None:
-    """(unit index, group) pairs: by the first step's channel, a profile attribute at as_of, or
-    ``PATH:COLUMN`` of any Parquet keyed by ``profile_id`` (a score partition's ``bucket``, a
-    memberships file's ``segment``); a unit in several rows of the file is in each group."""
-    if by is None:
-        return None
-    index = np.arange(len(units.profile_id))
-    if by == "channel":
-        return pd.DataFrame({"unit": index, "group": units.first_channel})
-    runner = data.runner
-    if ":" in by and not by.startswith("trait:"):
-        path, column = by.rsplit(":", 1)
-        source = Path(path)
-        files = sorted(source.rglob("*.parquet")) if source.is_dir() else [source]
-        if not files or not all(f.is_file() for f in files):
-            raise UserError(f"--by {by}: no Parquet file at {path}")
-        frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-        if "profile_id" not in frame or column not in frame:
-            raise UserError(f"--by {by}: {path} needs the columns profile_id and {column}")
-        mapping = frame[["profile_id", column]].drop_duplicates()
-    else:
-        column = by.removeprefix("trait:")
-        columns = runner.columns(data.profiles)
-        if column not in columns:
-            raise UserError(
-                f"--by {by}: the profiles have no attribute '{column}' "
-                f"(they have {', '.join(sorted(columns))})"
-            )
-        q = runner.dialect.ident
-        mapping = runner.query(f"SELECT profile_id, {q(column)} FROM {data.profiles}").to_pandas()
-    mapping = mapping.rename(columns={column: "group"})
-    mapping["group"] = mapping["group"].astype(object).where(mapping["group"].notna(), "(none)").astype(str)
-    joined = pd.DataFrame({"unit": index, "profile_id": units.profile_id}).merge(
-        mapping, on="profile_id", how="left"
-    )
-    joined["group"] = joined["group"].fillna("(none)")
-    return joined[["unit", "group"]]
-
-
-def _summarise_groups(units: funnel_mod.FunnelUnits, spec: funnel_mod.FunnelSpec, pairs: pd.DataFrame | None):
-    whole = funnel_mod.summarise(units, spec)
-    if pairs is None:
-        return whole
-    picked = pairs["unit"].to_numpy()
-    expanded = funnel_mod.FunnelUnits(
-        profile_id=units.profile_id[picked],
-        times=units.times[picked],
-        reached=units.reached[picked],
-        in_progress=units.in_progress[picked],
-        first_channel=units.first_channel[picked],
-    )
-    grouped = funnel_mod.summarise(expanded, spec, pairs["group"].to_numpy(dtype=object))
-    return pd.concat([whole, grouped], ignore_index=True)
-
-
 def run_funnel(
     events: str | Path,
     out: str | Path,
@@ -189,40 +141,23 @@ def run_funnel(
     """Write a funnel: per step entrants, in progress, fallout, conversion with intervals, time
     between steps, per breakdown group, and where units that fell out went next."""
     started = time.perf_counter()
-    parsed = parse_steps(steps)
-    spec = funnel_mod.FunnelSpec(
-        tuple(parsed),
-        parse_duration(window, "--window"),
-        mode,
-        tuple(parse_exclusion(x, len(parsed)) for x in exclude or []),
-        parse_duration(session_gap, "--session-gap") if session_gap else None,
-    )
+    spec = funnel_job.funnel_spec(steps, window, mode, exclude, session_gap)
     out = Path(out)
     _check_out(out)
     with journey_data(events, config, as_of) as data:
         since_at = dt.datetime.combine(since, dt.time()) if since else None
         # The first step's channel is read only for a breakdown by it.
         units = funnel_mod.run_funnel(data.runner, spec, data.events, data.end, since_at, by == "channel")
-        table = _summarise_groups(units, spec, _breakdown(data, units, by))
-        data.runner.register("journey_fallen", funnel_mod.fallen_units(units))
-        rows = data.runner.query(
-            funnel_mod.fallout_next_sql("journey_fallen", data.events, data.end, data.runner.dialect)
+        table = funnel_job.summarise_groups(
+            units, spec, funnel_job.breakdown(data.runner, data.profiles, units, by)
         )
-        fallout = funnel_mod.fallout_destinations(rows)
-        unit_table = pd.DataFrame(
-            {
-                "profile_id": units.profile_id,
-                "reached_step": units.reached + 1,
-                "in_progress": units.in_progress,
-                "first_channel": units.first_channel,
-            }
-        )
+        fallout = funnel_job.fallout_next(data.runner, data.events, data.end, units)
         date = data.as_of
     whole = table[table["group"] == "all"]
     facts = {
         "step": "funnel",
         "as_of": str(date),
-        "steps": [s.name for s in parsed],
+        "steps": [s.name for s in spec.steps],
         "window": window,
         "mode": mode,
         "exclude": exclude or [],
@@ -233,17 +168,13 @@ def run_funnel(
         "conversion": float(whole["conversion_from_first"].iloc[-1]) if len(whole) else float("nan"),
         "engine": config.engine.name,
     }
-    section = report.funnel_section(
-        table,
-        fallout,
-        "Funnel",
-        f"{' > '.join(s.name for s in parsed)}; window {window}, {mode} order"
-        + (f", per session (gap {session_gap})" if session_gap else ", per profile")
-        + f"; events before {date}. Rates count only units that had their chance; "
-        "in-progress units are apart.",
+    html = funnel_job.funnel_page(table, fallout, facts)
+    _write(
+        out,
+        {"funnel_steps": table, "funnel_fallout": fallout, "funnel_units": funnel_job.unit_table(units)},
+        html,
+        facts,
     )
-    html = report.page("Journeys: funnel", f"as of {date}", [section])
-    _write(out, {"funnel_steps": table, "funnel_fallout": fallout, "funnel_units": unit_table}, html, facts)
     seconds = time.perf_counter() - started
     run_id = None
     if track:
@@ -352,6 +283,68 @@ class AttributionResult:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
+def _attribution_page(result: attribution_mod.Attribution, facts: dict[str, Any]) -> str:
+    """The attribution's HTML page."""
+    outcome, by = facts["outcome"], facts["by"]
+    wide = result.credit.pivot(index="channel", columns="method", values="credit")[
+        list(attribution_mod.METHODS)
+    ]
+    section = ReportSection(
+        f"What drives {outcome}",
+        f"{result.paths:,} profiles, {result.conversions:,} conversions ({facts['share_without_touch']:.1%} "
+        f"with no touchpoint in the {facts['lookback']} before); credit by {by}. Markov: exact removal "
+        "effects of the absorbing chain; Shapley: exact values over channel sets (rate of the paths "
+        "within each set). Intervals: bootstrap over profiles.",
+        [report.attribution_figure(result.credit, f"Credit for {outcome} by {by}")],
+        [("Credit (conversions) per method", wide.reset_index()), ("Data-driven, raw", result.raw)],
+    )
+    return report.page("Journeys: attribution", f"as of {facts['as_of']}", [section])
+
+
+def _attribution_metrics(
+    result: attribution_mod.Attribution, share: float, seconds: float
+) -> dict[str, float]:
+    """What MLflow records of an attribution: the headline counts and the data-driven credit."""
+    return {
+        "paths": result.paths,
+        "conversions": result.conversions,
+        "share_without_touch": share,
+        "seconds": seconds,
+        **{
+            f"credit_{r.method}_{r.channel}": r.credit
+            for r in result.credit.itertuples()
+            if r.method in ("markov", "shapley")
+        },
+    }
+
+
+def _touch_paths(
+    events: str | Path,
+    config: ProjectConfig,
+    as_of: dt.date | None,
+    since: dt.date | None,
+    target: Step,
+    lookback_seconds: int,
+    by: str,
+    touchpoints: list[str] | None,
+) -> tuple[Paths, dt.datetime, dt.date]:
+    """The touchpoint paths (from ``since``, else one lookback before the end), their start and
+    the as-of date; none is a user error."""
+    with journey_data(events, config, as_of) as data:
+        start = (
+            dt.datetime.combine(since, dt.time())
+            if since
+            else data.end - dt.timedelta(seconds=lookback_seconds)
+        )
+        paths = touches_mod.run_touches(
+            data.runner, target, data.events, data.end, start, lookback_seconds, by, touchpoints
+        )
+        date = data.as_of
+    if not paths.n_paths:
+        raise UserError(f"attribution: no profile has events between {start.date()} and {date}")
+    return paths, start, date
+
+
 def run_attribution(
     events: str | Path,
     out: str | Path,
@@ -373,18 +366,7 @@ def run_attribution(
     lookback_seconds = parse_duration(lookback, "--lookback")
     out = Path(out)
     _check_out(out)
-    with journey_data(events, config, as_of) as data:
-        start = (
-            dt.datetime.combine(since, dt.time())
-            if since
-            else data.end - dt.timedelta(seconds=lookback_seconds)
-        )
-        paths = attribution_mod.run_touches(
-            data.runner, target, data.events, data.end, start, lookback_seconds, by, touchpoints
-        )
-        date = data.as_of
-    if not paths.n_paths:
-        raise UserError(f"attribution: no profile has events between {start.date()} and {date}")
+    paths, start, date = _touch_paths(events, config, as_of, since, target, lookback_seconds, by, touchpoints)
     result = attribution_mod.attribute(paths, parse_duration(half_life, "--half-life"), bootstrap, seed)
     share = result.conversions_without_touch / result.conversions if result.conversions else float("nan")
     facts = {
@@ -402,34 +384,12 @@ def run_attribution(
         "bootstrap": bootstrap,
         "engine": config.engine.name,
     }
-    wide = result.credit.pivot(index="channel", columns="method", values="credit")[
-        list(attribution_mod.METHODS)
-    ]
-    section = ReportSection(
-        f"What drives {target.name}",
-        f"{result.paths:,} profiles, {result.conversions:,} conversions ({share:.1%} with no touchpoint "
-        f"in the {lookback} before); credit by {by}. Markov: exact removal effects of the absorbing "
-        "chain; Shapley: exact values over channel sets (rate of the paths within each set). "
-        "Intervals: bootstrap over profiles.",
-        [report.attribution_figure(result.credit, f"Credit for {target.name} by {by}")],
-        [("Credit (conversions) per method", wide.reset_index()), ("Data-driven, raw", result.raw)],
-    )
-    html = report.page("Journeys: attribution", f"as of {date}", [section])
+    html = _attribution_page(result, facts)
     _write(out, {"attribution": result.credit, "attribution_raw": result.raw}, html, facts)
     seconds = time.perf_counter() - started
     run_id = None
     if track:
-        metrics = {
-            "paths": result.paths,
-            "conversions": result.conversions,
-            "share_without_touch": share,
-            "seconds": seconds,
-            **{
-                f"credit_{r.method}_{r.channel}": r.credit
-                for r in result.credit.itertuples()
-                if r.method in ("markov", "shapley")
-            },
-        }
+        metrics = _attribution_metrics(result, share, seconds)
         run_id = _log_mlflow(
             config, "attribution", {"as_of": str(date), "outcome": target.name, "by": by}, metrics, out
         )
