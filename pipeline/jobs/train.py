@@ -213,7 +213,8 @@ def fit_and_register(
     plan = training.snapshots
     names = list(labels)
     parts = split(frame, training)
-    trained = fit_candidates(parts, names, labels, training, model_cfg.name)
+    monotone = fs.monotone(model_cfg.outcome.occurs)  # quality: registry's monotone directions
+    trained = fit_candidates(parts, names, labels, training, model_cfg.name, monotone)
     model = trained.model
     fit_seconds = time.perf_counter() - started
 
