@@ -3,6 +3,8 @@ user gets are no worse than the classic baselines beyond their paired intervals.
 
 from __future__ import annotations
 
+import pytest
+
 from tests.cdnow import MODEL_YAML, cdnow_events, run_cli
 
 
@@ -19,6 +21,7 @@ def test_cdnow_events_follow_the_event_contract():
     )
 
 
+@pytest.mark.slow
 def test_cdnow_scores_are_no_worse_than_the_baselines(tmp_path):
     # Every 10th customer (2,357), the default LightGBM only: fast, and real data all the same.
     figures = run_cli(
