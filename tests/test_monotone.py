@@ -14,21 +14,32 @@ from propensity.models.train import CATEGORICAL_FEATURES, lightgbm_params, monot
 def test_registry_declares_directions_where_they_are_facts():
     fs = build_registry(FeatureConfig(), ["yoga"])
     directions = fs.monotone()
-    assert directions["days_since_last_purchase"] == -1 and directions["days_since_last_event"] == -1
-    assert directions["purchase_count_365d"] == 1 and directions["revenue_sum_90d"] == 1
-    assert directions["email_open_rate_30d"] == 1 and directions["category_purchase_count_90d_yoga"] == 1
-    # Not facts: customer age, order values, marketer-sent e-mails, trends.
-    for name in ("days_since_first_event", "average_order_value_365d", "email_send_count_30d"):
-        assert directions[name] == 0
-    assert directions["events_trend_7d_vs_prior_30d"] == 0
+    assert directions["days_since_last_product_view"] == -1 and directions["days_since_last_event"] == -1
+    assert directions["purchase_count_365d"] == 1 and directions["revenue_sum_365d"] == 1
+    assert directions["email_open_rate_30d"] == 1 and directions["category_purchase_count_365d_yoga"] == 1
+    assert directions["product_view_count_7d"] == 1 and directions["purchase_days"] == 1
+    # Not facts: customer age, order values, marketer-sent e-mails, trends, and purchase recency
+    # and short-window purchases (a customer who just bought may not be due again).
+    for name in (
+        "days_since_first_event",
+        "average_order_value_365d",
+        "email_send_count_30d",
+        "events_trend_7d_vs_prior_30d",
+        "days_since_last_purchase",
+        "days_since_last_purchase_yoga",
+        "purchase_count_30d",
+        "revenue_sum_30d",
+        "funnel_stage_30d",
+    ):
+        assert directions[name] == 0, name
     churn = fs.monotone(occurs=False)
-    assert churn["days_since_last_purchase"] == 1 and churn["purchase_count_365d"] == -1
+    assert churn["days_since_last_event"] == 1 and churn["purchase_count_365d"] == -1
 
 
 def test_constraint_vector_follows_the_model_order_with_categoricals_and_subsets():
     fs = build_registry(FeatureConfig(), []).select(include=["recency", "monetary"])
     directions = fs.monotone()
-    names = ["revenue_sum_30d", *CATEGORICAL_FEATURES, "days_since_last_purchase", "days_since_first_event"]
+    names = ["revenue_sum_365d", *CATEGORICAL_FEATURES, "days_since_last_event", "days_since_first_event"]
     assert monotone_vector(names, directions) == [1, 0, -1, 0]
     # A categorical gets no direction even if a caller declares one; unknown names get none.
     assert monotone_vector(["loyalty_tier", "x"], {"loyalty_tier": 1, "x": 0}) == [0, 0]

@@ -450,25 +450,33 @@ def build_registry(
 # the marketer, not chosen by the customer; removals from the cart and calls to the call
 # centre can as well be doubts or complaints.
 UNDIRECTED_EVENT_TYPES = ("email_send", "remove_from_cart", "call_center_call")
-_EVENT_TYPES = "|".join(t for t in ACTIVITY_EVENT_TYPES if t not in UNDIRECTED_EVENT_TYPES)
+# Purchases (and checkouts, their last step) follow each customer's own rhythm: one who bought
+# last week is often not due again yet, so their recency and short-window counts have no
+# direction (on the demo's churn model, holding them cost about 0.02 test AUC); only totals over
+# a year or the whole lookback, which measure the rate, are directed.
+PURCHASE_EVENT_TYPES = ("purchase", "checkout")
+_ENGAGEMENT = "|".join(
+    t for t in ACTIVITY_EVENT_TYPES if t not in UNDIRECTED_EVENT_TYPES + PURCHASE_EVENT_TYPES
+)
+_PURCHASES = "|".join(PURCHASE_EVENT_TYPES)
 # (pattern of the name, direction), first match wins. Directions are for an outcome that
 # occurs (a purchase, a click): more engagement and more recent engagement never make it less
-# likely. Recency: days since the last event of a kind, decreasing. Counts, active days,
-# revenue, purchase days and rates: increasing. No direction where it is not a fact: customer
-# age, order values (an upsell is an order above the customer's own average), gaps, shares,
-# trends, funnel flags, identities.
+# likely. Recency of engagement: decreasing. Engagement counts, active days and rates: increasing.
+# Purchases, checkouts and revenue: increasing over 365 days and the lookback only. No direction
+# where it is not a fact: customer age, purchase recency, order values (an upsell is an order
+# above the customer's own average), gaps, shares, trends, funnel stages and flags, identities.
 MONOTONE_RULES: tuple[tuple[str, int], ...] = (
     (r"days_since_last_event", -1),
-    (rf"days_since_last_({_EVENT_TYPES})", -1),
-    (r"days_since_last_purchase_.+", -1),  # of a category
+    (rf"days_since_last_({_ENGAGEMENT})", -1),
     (r"(event_count|active_days)_\d+d", 1),
-    (rf"({_EVENT_TYPES})_count_\d+d", 1),
-    (r"category_(view|purchase)_count_\d+d_.+", 1),
-    (r"revenue_sum_\d+d", 1),
+    (rf"({_ENGAGEMENT})_count_\d+d", 1),
+    (r"category_view_count_\d+d_.+", 1),
+    (rf"({_PURCHASES})_count_365d", 1),
+    (r"category_purchase_count_365d_.+", 1),
+    (r"revenue_sum_365d", 1),
     (r"(category_purchase_days_.+|purchase_days)", 1),
     (r"(category_purchase_days_per_30d_.+|purchase_days_per_30d)", 1),
-    (r"funnel_stage_\d+d", 1),
-    (r"(view_to_cart|cart_to_purchase)_ratio_\d+d", 1),
+    (r"view_to_cart_ratio_\d+d", 1),
     (r"email_(open|click)_rate_\d+d", 1),
 )
 
