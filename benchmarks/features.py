@@ -4,7 +4,7 @@
 
 Generates (or reuses) N synthetic profiles (default 1M, ~20M events), ingests them once, then
 times in the same run, on the same 35 core features at one as-of date:
-  * ours: the registry compiled to SQL (``features.build.sql_compiler.build_snapshot``);
+  * ours: the registry compiled to SQL (``features.sql_compiler.build_snapshot``);
   * handwritten: one DuckDB query written by hand for exactly these features;
   * pandas: the same features with vectorised pandas group-bys;
 and then 8 stacked snapshots (``build_snapshots``: one daily rollup, then every snapshot's
@@ -29,15 +29,10 @@ from pathlib import Path
 import pandas as pd
 
 from propensity.core.config import EngineConfig, ProjectConfig
-from propensity.features.build import (
-    build_registry,
-    event_queries,
-    snapshot_dates,
-    sql_compiler,
-    stacked_build,
-)
-from propensity.pipeline.jobs import features as feature_jobs
-from propensity.pipeline.jobs import ingest as ingest_jobs
+from propensity.features.build import event_queries, sql_compiler, stacked_build
+from propensity.features.build.registry import build_registry
+from propensity.features.build.snapshots import snapshot_dates
+from propensity.pipeline.jobs import events as event_jobs
 
 try:  # run as a script (python benchmarks/features.py) or imported as benchmarks.features
     from data import DATA, ensure_ingested
@@ -77,9 +72,10 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, name: str) -> None:
     )
 
 
-def all_features(con, config: ProjectConfig, cutoff: dt.date, as_of: dt.date, events: int) -> None:
+def all_features(loaded, config: ProjectConfig, cutoff: dt.date, as_of: dt.date, events: int) -> None:
     """Every feature of the registry: what training and scoring build by default."""
-    fs = feature_jobs.feature_set(con, config, as_of)
+    con = loaded.con
+    fs = event_jobs.feature_set(loaded, config, as_of)
     dates = snapshot_dates(cutoff, 30, 8, 28)
     runs = {}
     for plan in ("windows", "buckets"):
@@ -132,7 +128,7 @@ def main() -> None:
     config = ProjectConfig(engine=EngineConfig(memory_limit=args.engine_memory_limit))
     _, ingested, ingest_seconds = ensure_ingested(args.profiles, args.days, config, force_ingest=args.ingest)
 
-    loaded = ingest_jobs.load_events(ingested, config)
+    loaded = event_jobs.load_events(ingested, config)
     con = loaded.con
     events = con.execute("SELECT count(*) FROM events").fetchone()[0]
     extras = ingest_extras(con, ingested, loaded.graph)
@@ -141,7 +137,7 @@ def main() -> None:
     cutoff = event_queries.data_end(con)
     as_of = cutoff - dt.timedelta(days=30)
     if args.all_features:
-        all_features(con, config, cutoff, as_of, events)
+        all_features(loaded, config, cutoff, as_of, events)
         return
     fs = build_registry(config.features, []).select(include=CORE)
     assert [f.name for f in fs.features] == [c for c in [f.name for f in fs.features] if c in CORE]
@@ -197,7 +193,7 @@ def main() -> None:
     as_of_s, eight_as_of_s = min(results["ours as of"]), min(results["stacked as of"])
 
     # Spilling: the same build with DuckDB held to a small memory limit.
-    spill_con = ingest_jobs.load_events(
+    spill_con = event_jobs.load_events(
         ingested,
         config.model_copy(
             update={

@@ -126,12 +126,11 @@ def _features(
     """The point-in-time features at the data's end (what scoring builds), with the engine; a
     fixed pseudo-random sample of ``rows`` profiles when given; only ``columns`` when given."""
     from propensity.features.build.sql_compiler import snapshot_sql
-    from propensity.pipeline.jobs.features import feature_set
-    from propensity.pipeline.jobs.ingest import load_events
+    from propensity.pipeline.jobs.events import feature_set, load_events
 
     loaded = load_events(ingested, config)
     as_of = data_end(loaded.con)
-    fs = feature_set(loaded.con, config, before=as_of, categories=categories)
+    fs = feature_set(loaded, config, before=as_of, categories=categories)
     sources = loaded.sources(as_of)
     sql = snapshot_sql(fs, as_of, loaded.con, events=sources.events, profiles=sources.profiles, ordered=False)
     if columns is not None:

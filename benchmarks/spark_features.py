@@ -6,7 +6,7 @@ Generates (or reuses) N synthetic profiles (default 1M, ~20M events) and ingests
 with DuckDB, then builds the full registry's feature table at the day after the data:
 
   * duckdb: ``sql_compiler.snapshot_sql`` (the plan DuckDB picks), materialised as a table;
-  * spark: ``features.spark.features.snapshot`` (the daily-rollup plan), executed to a no-op sink;
+  * spark: ``spark_features.snapshot`` (the daily-rollup plan), executed to a no-op sink;
     twice: the first run pays Spark's code generation for a query of ~300 aggregates, the
     second is what every later run of the same query costs.
 
@@ -28,10 +28,10 @@ from propensity.core.config import EngineConfig, ProjectConfig
 from propensity.features.build import event_queries, sql_compiler
 from propensity.features.spark import features as sf
 from propensity.features.spark.session import spark_session
-from propensity.features.synthetic import GeneratorSettings, generate
-from propensity.pipeline.jobs import features as feature_jobs
+from propensity.features.synthetic.world import GeneratorSettings
+from propensity.features.synthetic.writer import generate
+from propensity.pipeline.jobs import events as event_jobs
 from propensity.pipeline.jobs import ingest as ingest_jobs
-from propensity.pipeline.jobs import spark as spark_jobs
 
 DATA = Path(__file__).parent / ".data"
 
@@ -81,11 +81,11 @@ def main() -> None:
 
     ingested = prepare(args.profiles, args.days)
     config = ProjectConfig()
-    loaded = ingest_jobs.load_events(ingested, config)
+    loaded = event_jobs.load_events(ingested, config)
     con = loaded.con
     events = con.execute("SELECT count(*) FROM events").fetchall()[0][0]
     as_of = event_queries.data_end(con)
-    fs = feature_jobs.feature_set(con, config, as_of)
+    fs = event_jobs.feature_set(loaded, config, as_of)
     # Both engines read the profiles as the identity graph knew them at as_of.
     sources = loaded.sources(as_of)
     duck_sql = sql_compiler.snapshot_sql(fs, as_of, con, events=sources.events, profiles=sources.profiles)
@@ -107,7 +107,7 @@ def main() -> None:
     spark, session_seconds = timed(lambda: spark_session(engine))
     spark.sparkContext.setLogLevel("ERROR")
     spark_config = ProjectConfig(engine=engine)
-    spark_sources = spark_jobs.load_events(spark, ingested, spark_config).sources(as_of)
+    spark_sources = event_jobs.load_events(ingested, spark_config).sources(as_of)
 
     def snapshot():
         return sf.snapshot(spark, fs, as_of, events=spark_sources.events, profiles=spark_sources.profiles)

@@ -9,5 +9,7 @@ connection). Each job has its own sub-package, and imports run one way:
 - :mod:`.build`: the feature registry compiled to SQL, labels, populations, stacked snapshots;
 - :mod:`.activation`: segment rules over features and scores, memberships, destination exports;
 - :mod:`.synthetic`: the Luma simulation and its oracle (depends on ``propensity.core`` only);
-- :mod:`.spark`: what is Spark by nature (the only place that imports pyspark).
+- :mod:`.engine`: the seam every job talks to (``Engine``, ``Events``), with two wings behind it:
+  :mod:`.duckdb` (the default) and :mod:`.spark` (what is Spark by nature; the only place that
+  imports pyspark).
 """

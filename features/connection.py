@@ -19,7 +19,7 @@ def connect(engine: EngineConfig | None = None) -> duckdb.DuckDBPyConnection:
     if engine.name != "duckdb":
         from propensity.core.errors import UserError
 
-        # Spark runs validate, ingest, features, train, score and segments (pipeline.jobs.spark*); a step
+        # Spark runs validate, ingest, features, train, score and segments (through the Spark engine); a step
         # without a Spark path says so rather than quietly running on one machine.
         raise UserError(
             f"engine.name: '{engine.name}' is not available yet for this step (Spark runs validate, ingest, "
@@ -43,6 +43,14 @@ def default_memory_limit(share: float = 0.6) -> str:
     except (ValueError, OSError, AttributeError):
         return "4GB"
     return f"{max(1, int(total * share / 2**20))}MB"
+
+
+def relation_columns(con: duckdb.DuckDBPyConnection, relation: str) -> set[str]:
+    """The column names of a table or view (none when it does not exist)."""
+    try:
+        return {r[0] for r in con.execute(f"DESCRIBE {relation}").fetchall()}
+    except duckdb.Error:
+        return set()
 
 
 def fetch_arrow(con: duckdb.DuckDBPyConnection, query: str):

@@ -14,17 +14,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from propensity.core.score_table import FACTOR_TYPE, batch_schema
 from propensity.models.estimator import PropensityModel
 from propensity.models.evaluate import buckets, scores_from_reference
-
-FACTOR_TYPE = pa.struct(
-    [
-        pa.field("feature", pa.string()),
-        pa.field("label", pa.string()),
-        pa.field("value", pa.string()),  # the profile's value as shown to a person ("12", "gold")
-        pa.field("impact", pa.float64()),  # log-odds contribution (exact TreeSHAP)
-    ]
-)
 
 
 def bucket_thresholds(model: PropensityModel) -> tuple[int, int]:
@@ -124,17 +116,31 @@ def score_batch(
     score = scores_from_reference(probability, np.asarray(model.metadata["reference_probabilities"]))
     medium, high = bucket_thresholds(model)
     n = table.num_rows
-    columns: dict[str, pa.Array] = {
-        "profile_id": pc.cast(table.column("profile_id"), pa.string()),
-        "model": pa.array([model_name] * n, type=pa.string()),
-        "model_version": pa.array([str(model_version)] * n, type=pa.string()),
-        "as_of": pa.array([as_of] * n, type=pa.date32()),
-        "probability": pa.array(probability, type=pa.float64()),
-        "score": pa.array(score, type=pa.int16()),
-        "bucket": pa.array(buckets(score, medium, high), type=pa.string()),
-        "factors": factor_lists(model, table, indices, impacts),
-        "scored_at": pa.array([scored_at] * n, type=pa.timestamp("us", tz="UTC")),
+    columns = [
+        pc.cast(table.column("profile_id"), pa.string()),
+        pa.array([model_name] * n, type=pa.string()),
+        pa.array([str(model_version)] * n, type=pa.string()),
+        pa.array([as_of] * n, type=pa.date32()),
+        pa.array(probability, type=pa.float64()),
+        pa.array(score, type=pa.int16()),
+        pa.array(buckets(score, medium, high), type=pa.string()),
+        factor_lists(model, table, indices, impacts),
+        pa.array([scored_at] * n, type=pa.timestamp("us", tz="UTC")),
+        *(pc.cast(table.column(column), pa.string()) for column in identity_columns or []),
+    ]
+    # The contract's schema, in its order (core.score_table): one declaration for both engines.
+    return pa.Table.from_arrays(columns, schema=batch_schema(identity_columns or []))
+
+
+def unused_feature_types(model: PropensityModel) -> dict[str, str]:
+    """The model's features no tree splits on, each with the type of the NULL that stands in for
+    it ("string" for a categorical, else "double": DuckDB and Spark SQL both read them). Both
+    engines build only the other features: these cannot change a score or a factor, and a
+    trained model often reads a fifth of the registry, so its feature build is several times
+    faster."""
+    used = set(model.used_features())
+    return {
+        name: "string" if name in model.categories else "double"
+        for name in model.feature_names
+        if name not in used
     }
-    for column in identity_columns or []:
-        columns[column] = pc.cast(table.column(column), pa.string())
-    return pa.table(columns)

@@ -20,7 +20,7 @@ from propensity.core.errors import UserError
 from propensity.features.activation import destinations as dest
 from propensity.features.activation import membership_store
 from propensity.features.activation import segments as seg
-from propensity.pipeline.jobs import segments as segment_jobs
+from propensity.pipeline.jobs import export as export_jobs
 from propensity.pipeline.jobs.config_files import load_destinations, load_model_config, load_segments
 
 D1, D2 = dt.date(2025, 3, 1), dt.date(2025, 4, 1)
@@ -232,13 +232,13 @@ def test_export_job_checks_governance_with_the_model_configs_before_writing(tmp_
     with pytest.raises(
         UserError, match="'churn', governed for marketing action 'retention', not 'personalization'"
     ):
-        segment_jobs.export_segments(out, D1, config, tmp_path / "exports", ProjectConfig())
+        export_jobs.export_segments(out, D1, config, tmp_path / "exports", ProjectConfig())
     assert not (tmp_path / "exports").exists()
     config.write_text(
         "destinations:\n"
         "  - {name: winback, identities: [crm_id], marketing_action: retention, segments: [churners]}\n"
     )
-    result = segment_jobs.export_segments(out, None, config, tmp_path / "exports", ProjectConfig())
+    result = export_jobs.export_segments(out, None, config, tmp_path / "exports", ProjectConfig())
     assert result.as_of == D1
     assert rows(result.destinations[0].segments[0].path) == [("crm_id", "C1", "realized")]
 

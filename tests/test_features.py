@@ -169,9 +169,9 @@ def test_every_feature_has_a_readable_label_and_a_unique_name():
 
 
 def test_stacked_snapshots_equal_single_snapshots_and_the_sql_form(luma_small, config):
-    from propensity.pipeline.jobs import ingest as ingest_jobs
+    from propensity.pipeline.jobs import events as event_jobs
 
-    loaded = ingest_jobs.load_events(luma_small, config)
+    loaded = event_jobs.load_events(luma_small, config)
     con = loaded.con
     fs = build_registry(config.features, ["yoga", "running"])
     dates = [dt.date(2025, 5, 1), dt.date(2025, 6, 12), dt.date(2025, 8, 1)]
@@ -340,10 +340,10 @@ def _identity_rows(specs: list[dict]) -> pa.Table:
 
 def _snapshots_as_of(path, specs: list[dict], config, paths=tuple(PATHS)) -> dict[str, pd.DataFrame]:
     """Each path's snapshot at AS_OF over the graph then, rows named by their identities."""
-    from propensity.pipeline.jobs import ingest as ingest_jobs
+    from propensity.pipeline.jobs import events as event_jobs
 
     pq.write_table(_identity_rows(specs), path)
-    loaded = ingest_jobs.load_events(path, config)
+    loaded = event_jobs.load_events(path, config)
     con, sources = loaded.con, loaded.sources(AS_OF)
     frames = {
         plan: sql_compiler.build_snapshot(
@@ -394,9 +394,9 @@ def test_the_spark_spelling_means_the_same_as_duckdbs(luma_small, config, plan):
     """The Spark dialect's SQL, read as Spark SQL and run here, gives DuckDB's values."""
     import sqlglot
 
-    from propensity.pipeline.jobs import ingest as ingest_jobs
+    from propensity.pipeline.jobs import events as event_jobs
 
-    con = ingest_jobs.load_events(luma_small, config).con
+    con = event_jobs.load_events(luma_small, config).con
     fs = build_registry(config.features, ["yoga", "running"])
     dates = [dt.date(2025, 6, 12), dt.date(2025, 8, 1)]
     if plan == "rollup":

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from propensity.core.config import IdentityConfig, ProjectConfig
+from propensity.pipeline.jobs import events as event_jobs
 from propensity.pipeline.jobs import ingest as ingest_jobs
 from tests.conftest import write_events
 
@@ -112,7 +113,7 @@ def test_generated_data_stitches_sign_ins(luma_small, config):
     # Test accounts on ~120 kiosks each are caught by the size guardrail.
     reasons = [c["reason"] for c in summary.identity_collapses]
     assert reasons.count("too_many_identities") == 2
-    loaded = ingest_jobs.load_events(luma_small, config)
+    loaded = event_jobs.load_events(luma_small, config)
     merged = loaded.con.execute("""
         SELECT count(*) FROM (
             SELECT profile_id FROM events GROUP BY profile_id
@@ -127,7 +128,7 @@ def test_identity_count_is_point_in_time(tmp_path):
     from propensity.features.build import build_registry, sql_compiler
 
     _ingest(tmp_path, SARAH, profiles=[{"crm_id": "C1", "email": "sarah@example.com"}])
-    loaded = ingest_jobs.load_events(tmp_path / "out", ProjectConfig())
+    loaded = event_jobs.load_events(tmp_path / "out", ProjectConfig())
     fs = build_registry(ProjectConfig().features, [])
     sarah = loaded.con.execute("SELECT profile_id FROM events WHERE ecid = 'sarah-phone' LIMIT 1").fetchone()[
         0
@@ -218,7 +219,7 @@ def test_a_link_made_after_as_of_leaves_the_snapshot_at_as_of_alone(tmp_path):
             tmp_path / "out", tmp_path / "l.parquet", config, LATE_AS_OF, model=str(models)
         ).out
     )
-    loaded = ingest_jobs.load_events(tmp_path / "out", config)
+    loaded = event_jobs.load_events(tmp_path / "out", config)
     owners = _owners(loaded, LATE_AS_OF)
     assert owners["email_sha256:buyer"] != owners["ecid:phone"]
     assert labelled["profile_id"].tolist() == [owners["email_sha256:buyer"]]
@@ -232,7 +233,7 @@ def test_a_link_made_after_as_of_leaves_the_snapshot_at_as_of_alone(tmp_path):
             "training": {"snapshots": {"count": 3, "spacing_days": 7}},
         }
     )
-    fs = feature_jobs.feature_set(loaded.con, config, LATE_AS_OF)
+    fs = event_jobs.feature_set(loaded, config, LATE_AS_OF)
     stacked, dates = training_frame(
         loaded.con, fs, model, LATE_AS_OF + dt.timedelta(days=30), graph=loaded.graph
     )
@@ -272,7 +273,7 @@ def test_outcomes_count_for_the_first_identity_known_at_as_of(tmp_path):
         *LATE_LINK[5:],
     ]
     _ingest(tmp_path, rows)
-    loaded = ingest_jobs.load_events(tmp_path / "out", ProjectConfig())
+    loaded = event_jobs.load_events(tmp_path / "out", ProjectConfig())
     graph, fs = loaded.graph, build_registry(ProjectConfig().features, [])
     sources = loaded.sources(LATE_AS_OF)
     outcome = OutcomeConfig(horizon_days=30)
@@ -308,7 +309,7 @@ def test_guardrails_hold_in_the_graph_at_each_date(tmp_path):
     ]
     config = ProjectConfig(identity=IdentityConfig(max_identities_per_profile=5))
     summary, _events, id_map = _ingest(tmp_path, rows, config=config)
-    loaded = ingest_jobs.load_events(tmp_path / "out", config)
+    loaded = event_jobs.load_events(tmp_path / "out", config)
     owner = _owners(loaded, LATE_AS_OF)
     # Two accounts on one tablet before as_of: split then, as in the final graph.
     assert owner["crm_id:C1"] != owner["crm_id:C2"] and owner["ecid:mum-phone"] == owner["crm_id:C1"]
@@ -332,7 +333,7 @@ def test_a_profile_row_links_its_identities_from_its_signup_date(tmp_path):
         {"crm_id": "C7", "email": "late@example.com", "signup_date": "2025-03-15", "loyalty_tier": "gold"}
     ]
     _ingest(tmp_path, rows, profiles=profiles)
-    loaded = ingest_jobs.load_events(tmp_path / "out", ProjectConfig())
+    loaded = event_jobs.load_events(tmp_path / "out", ProjectConfig())
     before, after = _owners(loaded, LATE_AS_OF), _owners(loaded, dt.date(2025, 3, 16))
     email = next(k for k in before if k.startswith("email_sha256:"))
     assert before["crm_id:C7"] != before[email] and after["crm_id:C7"] == after[email]
@@ -367,7 +368,7 @@ def test_an_older_ingest_directory_asks_to_ingest_again(tmp_path):
     manifest = tmp_path / "out" / "manifest.json"
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": 3}))
     with pytest.raises(UserError, match="run `propensity ingest` again"):
-        ingest_jobs.load_events(tmp_path / "out", ProjectConfig())
+        event_jobs.load_events(tmp_path / "out", ProjectConfig())
 
 
 def test_unsettled_intervals_are_the_times_a_component_was_in_pieces():

@@ -24,9 +24,10 @@ from propensity.models import monitoring as mon
 from propensity.models import tracking as mlflow_tracking
 from propensity.models.calibration import Calibrator
 from propensity.models.estimator import PropensityModel
+from propensity.pipeline.jobs import events as event_jobs
 from propensity.pipeline.jobs import ingest as ingest_jobs
 from propensity.pipeline.jobs.config_files import load_model_config
-from propensity.pipeline.jobs.features import feature_set
+from propensity.pipeline.jobs.events import feature_set
 from tests.conftest import invoke
 
 EPS = 1e-4
@@ -122,9 +123,9 @@ def monitored(luma_small, tmp_path_factory, tracking):
     model_yaml = root / "drifty.yaml"
     model_yaml.write_text("name: drifty\npopulation: 'days_since_last_event <= 120'\n")
     model_cfg = load_model_config(str(model_yaml), config)
-    loaded = ingest_jobs.load_events(ingested, config)
+    loaded = event_jobs.load_events(ingested, config)
     con = loaded.con
-    fs = feature_set(con, config, before=REFERENCE_AS_OF)
+    fs = feature_set(loaded, config, before=REFERENCE_AS_OF)
     where = population_rule(model_cfg, fs).sql("duckdb", column_prefix="f")
 
     def snapshot(as_of: dt.date) -> pd.DataFrame:

@@ -9,16 +9,20 @@ import pandas as pd
 import pytest
 
 from propensity.core.config import ModelConfig, OutcomeConfig, ProjectConfig, TrainingConfig
-from propensity.features.build import model_features, snapshot_dates, training_frame
 from propensity.features.build.event_queries import data_end
 from propensity.features.build.labels import labelled_sql
-from propensity.features.synthetic import GeneratorSettings, generate, simulate
+from propensity.features.build.model_frames import training_frame
+from propensity.features.build.selection import model_features
+from propensity.features.build.snapshots import snapshot_dates
 from propensity.features.synthetic.oracle import no_counted_purchase_probability, oracle_probabilities
-from propensity.features.synthetic.simulator import replay
-from propensity.features.synthetic.world import CATEGORIES, OFFLINE
+from propensity.features.synthetic.simulator import replay, simulate
+from propensity.features.synthetic.world import CATEGORIES, OFFLINE, GeneratorSettings
+from propensity.features.synthetic.writer import generate
 from propensity.models import evaluate as ev
 from propensity.models.train import fit_candidates, split
-from propensity.pipeline.jobs import features as feature_jobs
+from propensity.pipeline.jobs import events as event_jobs
+
+# Two-sided 99 % normal quantile: each check is one of several in this file.
 from propensity.pipeline.jobs import ingest as ingest_jobs
 
 # Two-sided 99 % normal quantile: each check is one of several in this file.
@@ -99,7 +103,7 @@ def transactions(tmp_path_factory):
     root = tmp_path_factory.mktemp("transactions")
     generate(GeneratorSettings(profiles=4000, days=240, seed=8, scenario="purchase_only"), root / "raw")
     ingest_jobs.ingest(root / "raw", root / "ingested", ProjectConfig(), on_bad_rows="quarantine")
-    return ingest_jobs.load_events(root / "ingested", ProjectConfig())
+    return event_jobs.load_events(root / "ingested", ProjectConfig())
 
 
 @pytest.mark.parametrize(
@@ -127,7 +131,7 @@ def test_oracle_probabilities_on_a_transaction_log(transactions, outcome):
 
 
 def test_oracle_covers_whole_people_and_judges_only_purchases(luma_small):
-    loaded = ingest_jobs.load_events(luma_small, ProjectConfig())
+    loaded = event_jobs.load_events(luma_small, ProjectConfig())
     con = loaded.con
     frame = con.execute("""
         SELECT profile_id, DATE '2025-07-01' AS as_of FROM (SELECT DISTINCT profile_id FROM events)
@@ -153,7 +157,7 @@ def test_oracle_covers_whole_people_and_judges_only_purchases(luma_small):
 
 
 def test_oracle_is_deterministic_and_its_auc_noise_is_small(luma_small):
-    loaded = ingest_jobs.load_events(luma_small, ProjectConfig())
+    loaded = event_jobs.load_events(luma_small, ProjectConfig())
     con, outcome = loaded.con, OutcomeConfig(horizon_days=30)
     frame = con.execute(
         labelled_sql(
@@ -181,7 +185,7 @@ def realistic_ingested(tmp_path_factory):
     root = tmp_path_factory.mktemp("bound")
     generate(GeneratorSettings(profiles=6000, days=300, seed=13), root / "raw")
     ingest_jobs.ingest(root / "raw", root / "ingested", ProjectConfig(), on_bad_rows="quarantine")
-    return ingest_jobs.load_events(root / "ingested", ProjectConfig())
+    return event_jobs.load_events(root / "ingested", ProjectConfig())
 
 
 @pytest.mark.parametrize(
@@ -205,7 +209,7 @@ def test_a_fitted_model_does_not_beat_the_oracle(realistic_ingested, population,
     con = realistic_ingested.con
     cutoff = data_end(con)
     first = snapshot_dates(cutoff, outcome.horizon_days, 5, 28)[0]
-    fs = feature_jobs.feature_set(con, config, before=first)
+    fs = event_jobs.feature_set(realistic_ingested, config, before=first)
     labels = model_features(fs, model_cfg.features, model_cfg.governance, model_cfg.name)
     names = list(labels)
     frame, _ = training_frame(con, fs, model_cfg, cutoff)

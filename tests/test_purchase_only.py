@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from propensity.core.config import ProjectConfig
 from propensity.models import tracking as mlflow_tracking
+from propensity.pipeline.jobs import events as event_jobs
 from propensity.pipeline.jobs import ingest as ingest_jobs
 from propensity.pipeline.jobs import train as model_jobs
 from tests.conftest import invoke
@@ -78,16 +79,15 @@ def test_candidates_are_child_runs_and_the_winner_is_tagged(repeat_run, tracking
 
 
 def test_registered_model_scores_and_explains_through_one_interface(repeat_run, purchases, tracking):
-    from propensity.features.build import population_snapshot_sql
-    from propensity.pipeline.jobs import features as feature_jobs
+    from propensity.features.build.model_frames import population_snapshot_sql
 
     model, _ = mlflow_tracking.load_propensity_model(
         mlflow_tracking.configure(ProjectConfig()), "repeat_purchase", version=repeat_run.version
     )
-    loaded = ingest_jobs.load_events(purchases, ProjectConfig())
+    loaded = event_jobs.load_events(purchases, ProjectConfig())
     as_of = repeat_run.snapshots[-1]
-    fs = feature_jobs.feature_set(
-        loaded.con, ProjectConfig(), before=as_of, categories=model.metadata["categories"]
+    fs = event_jobs.feature_set(
+        loaded, ProjectConfig(), before=as_of, categories=model.metadata["categories"]
     )
     from propensity.pipeline.jobs.config_files import load_model_config
 

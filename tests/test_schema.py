@@ -200,12 +200,16 @@ def test_bad_option_values(tmp_path, runner):
 
 
 def test_unavailable_engine_is_refused_not_silently_replaced(tmp_path):
-    # `validate` has a Spark path (pipeline.jobs.spark); a DuckDB job given engine spark refuses.
+    # `validate` runs on either engine; a DuckDB-only step (explain, evaluate, monitor: they
+    # open the events on the DuckDB engine) given engine spark refuses.
     from propensity.core.config import EngineConfig, ProjectConfig
+    from propensity.features.duckdb import DuckDBEngine
+    from propensity.pipeline.jobs.events import load_events
 
     path = write_events(tmp_path / "events.csv", [GOOD])
+    config = ProjectConfig(engine=EngineConfig(name="spark"))
     with pytest.raises(UserError, match="'spark' is not available yet for this step"):
-        ingest_jobs.validate(path, ProjectConfig(engine=EngineConfig(name="spark")))
+        load_events(path, config, engine=DuckDBEngine(config))
 
 
 def test_ingest_output_from_an_older_format_is_named(tmp_path, runner, config):

@@ -22,6 +22,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from propensity.core.config import ProjectConfig
+from propensity.features.duckdb import scoring as duckdb_scoring
 from propensity.models import tracking as mlflow_tracking
 from propensity.pipeline.jobs import features as feature_jobs
 from propensity.pipeline.jobs import score as score_jobs
@@ -293,14 +294,14 @@ def test_factor_lists_skip_no_impact_features_and_show_each_value():
 
 
 def test_prefetched_batches_arrive_in_order_and_errors_and_early_stops_reach_the_producer():
-    assert list(score_jobs._prefetched(iter(range(50)), depth=2)) == list(range(50))
+    assert list(duckdb_scoring.prefetched(iter(range(50)), depth=2)) == list(range(50))
 
     def failing():
         yield 1
         raise ValueError("feature query failed")
 
     with pytest.raises(ValueError, match="feature query failed"):
-        list(score_jobs._prefetched(failing()))
+        list(duckdb_scoring.prefetched(failing()))
 
     produced, stopped = [], []
 
@@ -311,7 +312,7 @@ def test_prefetched_batches_arrive_in_order_and_errors_and_early_stops_reach_the
             yield n
             n += 1
 
-    batches = score_jobs._prefetched(endless(), depth=2, on_stop=lambda: stopped.append(True))
+    batches = duckdb_scoring.prefetched(endless(), depth=2, on_stop=lambda: stopped.append(True))
     assert [next(batches) for _ in range(3)] == [0, 1, 2]
     batches.close()  # the consumer gives up (an exception while scoring does the same)
     assert stopped == [True]
@@ -324,7 +325,7 @@ def test_prefetched_batches_arrive_in_order_and_errors_and_early_stops_reach_the
 def test_automatic_partitions_hold_a_bounded_number_of_profile_features():
     con = duckdb.connect()
     con.execute("CREATE TABLE profiles AS SELECT 'p' || i AS profile_id FROM range(1_000_000) t(i)")
-    wide = score_jobs._partitions_for(con, "profiles", 232)
-    narrow = score_jobs._partitions_for(con, "profiles", 41)
+    wide = duckdb_scoring.partitions_for(con, "profiles", 232)
+    narrow = duckdb_scoring.partitions_for(con, "profiles", 41)
     assert wide == 8 and 1 < narrow < wide  # a model reading fewer features takes more profiles a time
-    assert score_jobs._partitions_for(con, "(SELECT * FROM profiles LIMIT 1000)", 232) == 1
+    assert duckdb_scoring.partitions_for(con, "(SELECT * FROM profiles LIMIT 1000)", 232) == 1

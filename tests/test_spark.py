@@ -45,11 +45,11 @@ from propensity.features.spark.session import (  # noqa: E402
 )
 from propensity.features.spark.sources import duckdb_double_text  # noqa: E402
 from propensity.pipeline.cli.options import load_config_for  # noqa: E402
+from propensity.pipeline.jobs import events as event_jobs  # noqa: E402
 from propensity.pipeline.jobs import features as feature_jobs  # noqa: E402
 from propensity.pipeline.jobs import ingest as ingest_jobs  # noqa: E402
 from propensity.pipeline.jobs import score as score_jobs  # noqa: E402
-from propensity.pipeline.jobs import spark as spark_jobs  # noqa: E402
-from propensity.pipeline.jobs import spark_score as spark_score_jobs  # noqa: E402
+from propensity.pipeline.jobs import train as model_jobs  # noqa: E402
 from propensity.pipeline.jobs.config_files import load_model_config  # noqa: E402
 from tests.conftest import invoke, write_events  # noqa: E402
 
@@ -398,7 +398,7 @@ def test_duckdb_jobs_read_a_spark_ingest(ingested):
     as_of = AS_OFS[1]
     frames = []
     for directory in (spark_dir, duck_dir):
-        loaded = ingest_jobs.load_events(directory, ProjectConfig())
+        loaded = event_jobs.load_events(directory, ProjectConfig())
         sources = loaded.sources(as_of)
         con = loaded.con
         sql = sql_compiler.snapshot_sql(fs, as_of, con, events=sources.events, profiles=sources.profiles)
@@ -413,8 +413,8 @@ def test_feature_snapshots_use_the_profiles_duckdb_uses_at_each_date(spark, inge
     not yet joined): the same profile ids and values as DuckDB's, from either engine's ingest."""
     spark_dir, duck_dir, _ = ingested
     fs = build_registry(LIGHT_SPARK.features, ["yoga", "running"])
-    loaded = spark_jobs.load_events(spark, spark_dir if engine_dir == "spark" else duck_dir, LIGHT_SPARK)
-    duck = ingest_jobs.load_events(duck_dir, ProjectConfig())
+    loaded = event_jobs.load_events(spark_dir if engine_dir == "spark" else duck_dir, LIGHT_SPARK)
+    duck = event_jobs.load_events(duck_dir, ProjectConfig())
     con = duck.con
     for as_of in AS_OFS:
         sources = loaded.sources(as_of)
@@ -439,14 +439,14 @@ def test_labelled_stacked_snapshots_equal_duckdb_training_frame(spark, ingested)
     snapshots = model.training.snapshots.model_copy(update={"count": 3})
     model = model.model_copy(update={"training": model.training.model_copy(update={"snapshots": snapshots})})
     cutoff = dt.date(2025, 8, 29)
-    loaded = ingest_jobs.load_events(duck_dir, LIGHT_DUCKDB)
+    loaded = event_jobs.load_events(duck_dir, LIGHT_DUCKDB)
     con = loaded.con
-    fs = feature_jobs.feature_set(con, LIGHT_DUCKDB, before=dt.date(2025, 2, 1))
+    fs = event_jobs.feature_set(loaded, LIGHT_DUCKDB, before=dt.date(2025, 2, 1))
     expected, dates = training_frame(con, fs, model, cutoff, graph=loaded.graph)
-    spark_loaded = spark_jobs.load_events(spark, spark_dir, LIGHT_SPARK)
+    spark_loaded = event_jobs.load_events(spark_dir, LIGHT_SPARK)
     assert (
         spark_features.learn_categories(spark, dt.date(2025, 2, 1), 8)
-        == feature_jobs.feature_set(con, ProjectConfig(), before=dt.date(2025, 2, 1)).categories
+        == event_jobs.feature_set(loaded, ProjectConfig(), before=dt.date(2025, 2, 1)).categories
     )
     frame, spark_dates = spark_features.training_snapshots(spark, fs, model, cutoff, spark_loaded.graph)
     assert spark_dates == dates
@@ -473,7 +473,7 @@ def test_labelled_stacked_snapshots_equal_duckdb_training_frame(spark, ingested)
 
 def test_feature_job_writes_the_duckdb_table(ingested, tmp_path):
     spark_dir, duck_dir, _ = ingested
-    got = spark_jobs.build_features(spark_dir, tmp_path / "spark.parquet", LIGHT_SPARK, model="churn")
+    got = feature_jobs.build_features(spark_dir, tmp_path / "spark.parquet", LIGHT_SPARK, model="churn")
     expected = feature_jobs.build_features(duck_dir, tmp_path / "duck.parquet", LIGHT_DUCKDB, model="churn")
     assert (got.rows, got.features, got.labelled, got.as_of) == (
         expected.rows,
@@ -501,9 +501,9 @@ def scored(ingested, tracking, tmp_path_factory):
     spark_config, duck_config = (
         c.model_copy(update={"models_dir": str(models)}) for c in (LIGHT_SPARK, LIGHT_DUCKDB)
     )
-    trained = spark_jobs.train_model("churn", spark_dir, spark_config)
+    trained = model_jobs.train_model("churn", spark_dir, spark_config)
     version = trained.version
-    spark_run = spark_score_jobs.score_model(
+    spark_run = score_jobs.score_model(
         "churn", spark_dir, spark_config, out=root / "spark", version=version, factors=3
     )
     duck_run = score_jobs.score_model(
@@ -554,7 +554,6 @@ def test_segment_memberships_equal_duckdbs(ingested, scored, tmp_path, runner_mo
     """Two dates of memberships (realized / existing / exited, consent hold-back, a score rule
     and feature rules) and identities, summaries and fingerprints: the DuckDB job's files."""
     from propensity.pipeline.jobs import segments as segment_jobs
-    from propensity.pipeline.jobs import spark_segments as spark_segment_jobs
 
     spark_dir, duck_dir, _ = ingested
     _, spark_run, duck_run = scored
@@ -577,7 +576,7 @@ def test_segment_memberships_equal_duckdbs(ingested, scored, tmp_path, runner_mo
             duck_dir, duck_run.out.parents[1], as_of, segments_file, tmp_path / "duckdb", LIGHT_DUCKDB
         )
         if as_of == AS_OFS[1]:
-            got = spark_segment_jobs.qualify_segments(
+            got = segment_jobs.qualify_segments(
                 spark_dir, spark_run.out.parents[1], as_of, segments_file, tmp_path / "spark", LIGHT_SPARK
             )
             assert got.segments == expected.segments and (got.rows, got.profiles) == (

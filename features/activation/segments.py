@@ -48,6 +48,7 @@ import duckdb
 from propensity.core.config import SegmentConfig
 from propensity.core.errors import UserError
 from propensity.core.io import atomic_path, write_json
+from propensity.core.score_table import RULE_COLUMNS
 from propensity.features.activation.membership_store import (
     IDENTITIES_FILE,
     MEMBERSHIPS_FILE,
@@ -64,12 +65,7 @@ from propensity.features.sql import column_kind, sql_ident, sql_string
 
 STATUSES: tuple[str, ...] = ("realized", "existing", "exited")
 # Score table columns a rule may read, as `<model>.<column>` (ARCHITECTURE.md "Score table").
-SCORE_COLUMNS: dict[str, str] = {
-    "probability": "number",
-    "score": "number",
-    "percentile": "number",
-    "bucket": "string",
-}
+SCORE_COLUMNS: dict[str, str] = RULE_COLUMNS
 CONSENT_COLUMNS: tuple[str, ...] = CARRIED_COLUMNS  # consent_personalization, consent_marketing
 # The internal status of opted-out profiles that qualify: counted, never written.
 HELD_BACK = "held_back"

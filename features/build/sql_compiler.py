@@ -19,6 +19,7 @@ Several ways to the same values:
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import duckdb
@@ -26,9 +27,14 @@ import pandas as pd
 
 from propensity.features.build.feature_set import Aggregate, Feature, FeatureSet
 from propensity.features.build.registry import CARRIED_COLUMNS
+from propensity.features.connection import relation_columns
 from propensity.features.sql import sql_ident
 
 EPOCH = dt.date(1970, 1, 1)
+# The columns of the ``profiles`` relation the compiled SQL joins (profile attributes are joined
+# only when present): the names themselves (Spark, tests), or a DuckDB connection whose relation
+# is described for them (:func:`propensity.features.connection.relation_columns`); None: none.
+ProfileColumns = Collection[str] | duckdb.DuckDBPyConnection | None
 
 
 @dataclass(frozen=True)
@@ -172,7 +178,7 @@ def _feature_select(features: list[Feature], dialect: Dialect) -> str:
 
 
 def _profile_join(
-    con: duckdb.DuckDBPyConnection | None, dialect: Dialect, key: str, profiles: str = "profiles"
+    columns: ProfileColumns, dialect: Dialect, key: str, profiles: str = "profiles"
 ) -> tuple[str, str]:
     """Columns and join for profile attributes (tier, tenure, consent), point in time.
 
@@ -181,12 +187,9 @@ def _profile_join(
     ``profiles`` is the relation of attributes per profile (the profiles as of a date:
     ``features.identity.as_of.AsOfSources.profiles``).
     """
-    available: set[str] = set()
-    if con is not None:
-        try:
-            available = {r[0] for r in con.execute(f"DESCRIBE {profiles}").fetchall()}
-        except duckdb.Error:
-            available = set()
+    if isinstance(columns, duckdb.DuckDBPyConnection):  # DuckDB callers may hand their connection
+        columns = relation_columns(columns, profiles)
+    available = set(columns or ())
     as_of_date = dialect.date("f.as_of_day")
     signed_up = f"p.signup_date IS NOT NULL AND CAST(p.signup_date AS DATE) < {as_of_date}"
     columns = []
@@ -214,7 +217,7 @@ def _profile_join(
 def features_sql_from(
     fs: FeatureSet,
     aggregates_sql: str,
-    con,
+    columns: ProfileColumns,
     dialect: Dialect,
     where: str | None = None,
     ordered: bool = True,
@@ -223,7 +226,7 @@ def features_sql_from(
 ) -> str:
     """Feature expressions over aggregates, with profile attributes from ``profiles`` joined on
     ``join_key`` (``profile_key`` when the aggregates carry it: an integer join is the cheaper one)."""
-    profile_columns, profile_join = _profile_join(con, dialect, join_key, profiles)
+    profile_columns, profile_join = _profile_join(columns, dialect, join_key, profiles)
     key = ", profile_key" if join_key == "profile_key" else ""
     feature_columns = ", ".join(f"f.{dialect.ident(f.name)}" for f in fs.features)
     # A population rule reads feature columns, which all live in ``f``.
@@ -292,7 +295,7 @@ def choose_plan(fs: FeatureSet) -> str:
 def snapshot_sql(
     fs: FeatureSet,
     as_of: dt.date,
-    con=None,
+    columns: ProfileColumns = None,
     dialect: Dialect = DUCKDB,
     events: str = "events",
     where: str | None = None,
@@ -336,7 +339,7 @@ def snapshot_sql(
             FROM ({rollup_sql(fs, dialect, events=window)}) r
         """
         aggregates = _aggregates(fs, daily, daily_rows=True)
-    return features_sql_from(fs, aggregates, con, dialect, where, ordered=ordered, profiles=profiles)
+    return features_sql_from(fs, aggregates, columns, dialect, where, ordered=ordered, profiles=profiles)
 
 
 def build_snapshot(
@@ -362,7 +365,7 @@ def build_rollup(
 def snapshots_sql(
     fs: FeatureSet,
     as_ofs: list[dt.date],
-    con=None,
+    columns: ProfileColumns = None,
     dialect: Dialect = DUCKDB,
     rollup: str = "daily_rollup",
     where: str | None = None,
@@ -378,5 +381,5 @@ def snapshots_sql(
           ON r.day < s.as_of_day AND r.day >= s.as_of_day - {fs.lookback_days}
     """
     return features_sql_from(
-        fs, _aggregates(fs, rows, daily_rows=True), con, dialect, where, profiles=profiles
+        fs, _aggregates(fs, rows, daily_rows=True), columns, dialect, where, profiles=profiles
     )

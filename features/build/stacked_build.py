@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from propensity.features.build.feature_set import EVERY_EVENT, FeatureSet
 from propensity.features.build.sql_compiler import DUCKDB, day_number, features_sql_from
-from propensity.features.connection import fetch_arrow
+from propensity.features.connection import fetch_arrow, relation_columns
 from propensity.features.identity.as_of import Reattributed
 
 
@@ -158,7 +158,8 @@ def _insert(
     stacked = stacked.append_column("profile_id", ids.take(stacked["pk"]))
     stacked = stacked.rename_columns(["profile_key" if c == "pk" else c for c in stacked.column_names])
     con.register("_snapshot_aggregates", stacked)
-    features_sql = features_sql_from(fs, aggregates, con, DUCKDB, ordered=False, **features_options)
+    columns = relation_columns(con, features_options.get("profiles", "profiles"))
+    features_sql = features_sql_from(fs, aggregates, columns, DUCKDB, ordered=False, **features_options)
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE {table} AS {features_sql}"
         if create

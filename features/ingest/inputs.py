@@ -6,6 +6,7 @@ directory written by ``generate`` or an ``ingest`` output directory.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,28 @@ EVENT_FILE_SUFFIXES = {
     ".ndjson": "json",
     ".json": "json",
 }
+
+
+# A scheme ("s3a://", "hdfs://", "file:/", "dbfs:/") marks a path Hadoop resolves; anything
+# else is local. Two letters at least, so that "C:/data" stays a local path.
+REMOTE_PATH = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+:/")
+# Schemes whose URIs name a host or bucket after "//", which pathlib.Path folds to one "/".
+AUTHORITY_SCHEMES = ("s3", "s3a", "s3n", "gs", "hdfs", "webhdfs", "viewfs", "abfs", "abfss", "wasb", "wasbs")
+
+
+def hadoop_path(path: str | Path) -> str:
+    """``path`` as Hadoop reads it, undoing what ``pathlib.Path`` does to a URI given on the
+    command line (``s3a://bucket/x`` becomes ``s3a:/bucket/x``)."""
+    text = str(path)
+    match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]+):/(?!/)", text)
+    if match and match.group(1).lower() in AUTHORITY_SCHEMES:
+        return f"{match.group(1)}://{text[match.end() :]}"
+    return text
+
+
+def is_remote(path: str | Path) -> bool:
+    """True for ``scheme:/...`` paths (``file:/`` included): Hadoop, not pathlib, reads them."""
+    return bool(REMOTE_PATH.match(hadoop_path(path)))
 
 
 @dataclass(frozen=True)

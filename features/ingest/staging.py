@@ -258,6 +258,12 @@ def bad_rows_message(display: str, staged: StagedEvents) -> str:
     )
 
 
+def refuse_bad_rows(display: str, staged: StagedEvents, on_bad_rows: str) -> None:
+    """With ``on_bad_rows="fail"``, a bad row stops the step here, before any stitching."""
+    if staged.rows_bad and on_bad_rows == "fail":
+        raise UserError(bad_rows_message(display, staged))
+
+
 def stage_profiles(con: duckdb.DuckDBPyConnection, path: Path, identity: IdentityConfig) -> list[str]:
     """Normalise the profile-attributes file into the temp table ``profile_attributes``.
 

@@ -22,16 +22,11 @@ from propensity.features.build.sql_compiler import SPARK
 from propensity.features.connection import fetch_arrow
 from propensity.features.contract import CONSENT_COLUMNS
 from propensity.features.identity.as_of import AsOfSources, IdentityGraph
+from propensity.features.spark.session import functions as _f
 from propensity.features.sql import sql_ident, sql_string
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-
-
-def _f():
-    from pyspark.sql import functions
-
-    return functions
 
 
 def _col(name: str):

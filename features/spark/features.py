@@ -22,6 +22,7 @@ import pandas as pd
 
 from propensity.core.config import ModelConfig
 from propensity.core.errors import UserError
+from propensity.features.build.event_queries import data_end_sql, day_after, learn_categories_sql
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.labels import labelled_sql, order_value_feature, outcome_filter
 from propensity.features.build.population import population_rule
@@ -35,30 +36,10 @@ if TYPE_CHECKING:
     from propensity.features.spark.as_of import SparkIdentityGraph
 
 
-class SparkDescriber:
-    """What the SQL compiler asks of its connection (``DESCRIBE profiles``), answered by Spark.
-
-    The compiler joins profile attributes only when the ``profiles`` view has them; a
-    missing view reads as no columns, as a DuckDB connection without the table does.
-    """
-
-    def __init__(self, spark: SparkSession):
-        self.spark = spark
-        self._rows: list[tuple[str, str]] = []
-
-    def execute(self, sql: str) -> SparkDescriber:
-        words = sql.split()
-        if len(words) != 2 or words[0].upper() != "DESCRIBE":
-            raise ValueError(f"SparkDescriber answers DESCRIBE <view> only, not {sql!r}")
-        if self.spark.catalog.tableExists(words[1]):
-            schema = self.spark.table(words[1]).schema
-            self._rows = [(field.name, field.dataType.simpleString()) for field in schema.fields]
-        else:
-            self._rows = []
-        return self
-
-    def fetchall(self) -> list[tuple[str, str]]:
-        return self._rows
+def profile_columns(spark: SparkSession, profiles: str) -> list[str]:
+    """The columns of the ``profiles`` view the compiled SQL joins (none when it does not exist:
+    the compiler then joins no profile attributes, as on DuckDB)."""
+    return spark.table(profiles).columns if spark.catalog.tableExists(profiles) else []
 
 
 def register(events: DataFrame, profiles: DataFrame | None = None) -> None:
@@ -71,23 +52,22 @@ def register(events: DataFrame, profiles: DataFrame | None = None) -> None:
         spark.catalog.dropTempView("profiles")
 
 
+def duckdb_to_spark(sql: str) -> str:
+    """Query-shaped DuckDB SQL spelled for Spark (sqlglot): one text for both engines."""
+    import sqlglot
+
+    return sqlglot.transpile(sql, read="duckdb", write="spark")[0]
+
+
 def learn_categories(spark: SparkSession, before: dt.date, limit: int, events: str = "events") -> list[str]:
     """The most viewed and bought categories before ``before`` (``event_queries.learn_categories``)."""
-    rows = spark.sql(f"""
-        SELECT product_category FROM {events}
-        WHERE timestamp < TIMESTAMP '{before} 00:00:00' AND product_category IS NOT NULL
-          AND event_type IN ('product_view', 'purchase', 'add_to_cart')
-        GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT {int(limit)}
-    """).collect()
+    rows = spark.sql(duckdb_to_spark(learn_categories_sql(before, limit, events))).collect()
     return [r[0] for r in rows]
 
 
 def data_end(spark: SparkSession, events: str = "events") -> dt.date:
     """The day after the last event: the default cutoff (``event_queries.data_end``)."""
-    last = spark.sql(f"SELECT max(timestamp) FROM {events}").first()[0]
-    if last is None:
-        raise UserError("no events to build features from")
-    return last.date() + dt.timedelta(days=1)
+    return day_after(spark.sql(duckdb_to_spark(data_end_sql(events))).first()[0])
 
 
 def snapshot(
@@ -108,9 +88,9 @@ def snapshot(
     answers by copying every row once per distinct aggregate), or ``windows`` / ``buckets`` /
     ``auto`` (``snapshot_sql`` straight off the events). All give the same values.
     """
-    describer = SparkDescriber(spark)
     if plan != "rollup":
-        return spark.sql(snapshot_sql(fs, as_of, describer, SPARK, events, where, plan, profiles=profiles))
+        columns = profile_columns(spark, profiles)
+        return spark.sql(snapshot_sql(fs, as_of, columns, SPARK, events, where, plan, profiles=profiles))
     lowest = as_of - dt.timedelta(days=fs.lookback_days)
     tag = as_of.strftime("%Y%m%d")
     spark.sql(
@@ -143,7 +123,7 @@ def snapshots(
         raise ValueError("snapshots needs at least one as-of date")
     spark.sql(rollup_sql(fs, SPARK, events)).createOrReplaceTempView(rollup)
     return spark.sql(
-        snapshots_sql(fs, as_ofs, SparkDescriber(spark), SPARK, rollup, where, profiles=profiles)
+        snapshots_sql(fs, as_ofs, profile_columns(spark, profiles), SPARK, rollup, where, profiles=profiles)
     )
 
 

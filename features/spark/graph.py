@@ -12,14 +12,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from propensity.features.spark.session import functions as _f
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
-
-
-def _f():
-    from pyspark.sql import functions
-
-    return functions
 
 
 def _undirected(edges: DataFrame) -> DataFrame:

@@ -30,18 +30,13 @@ from propensity.features.identity.graph import ALWAYS, Collapse, group_identitie
 from propensity.features.identity.stitching import SEPARATOR, StitchResult
 from propensity.features.spark.graph import connected_components
 from propensity.features.spark.ordering import number_rows
+from propensity.features.spark.session import functions as _f
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
 # What the per-component pass returns: a node's group, an unsettled interval, or a split.
 _COMPONENT_SCHEMA = "comp long, idx long, grp long, after long, until long, collapse string"
-
-
-def _f():
-    from pyspark.sql import functions
-
-    return functions
 
 
 def _node_list(namespaces: list[str]) -> Column:
@@ -146,11 +141,10 @@ def _per_component(identity: IdentityConfig):
     return run
 
 
-def stitch(spark: SparkSession, rows: DataFrame, identity: IdentityConfig) -> SparkGraph:
-    """The identity graph of ``rows`` (:func:`identity_rows`): the same tables, profile ids,
-    keys and counts as :func:`propensity.features.identity.stitching.stitch` on the same rows."""
+def _nodes_and_links(rows: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """Every identity as a numbered node with its namespace and first-seen time, and the links
+    between nodes seen on one row (each pair once, smaller index first, first seen)."""
     F = _f()
-    rows = rows.where(F.size("ids") > 0).localCheckpoint()
     nodes = number_rows(
         rows.select(F.explode("ids").alias("node"), "t").groupBy("node").agg(F.min("t").alias("t")),
         "node",
@@ -167,40 +161,46 @@ def stitch(spark: SparkSession, rows: DataFrame, identity: IdentityConfig) -> Sp
         .agg(F.min("t").alias("t"))
         .localCheckpoint()
     )
+    return nodes, links
+
+
+def _numbered_components(nodes: DataFrame, links: DataFrame) -> DataFrame:
+    """Each node with ``comp``, its component numbered in the order of its smallest node (as SciPy
+    numbers them)."""
+    F = _f()
     smallest = connected_components(nodes.select(F.col("idx").alias("node")), links.select("a", "b"))
-    # SciPy numbers components in the order of their smallest node.
     numbered = number_rows(
         smallest.select(F.col("component").alias("smallest")).distinct(), "smallest", "comp"
     )
-    graph = (
+    return (
         nodes.join(smallest.withColumnRenamed("node", "idx"), "idx")
         .join(numbered.withColumnRenamed("smallest", "component"), "component")
         .drop("component")
         .localCheckpoint()
     )
+
+
+def _components_split(graph: DataFrame, links: DataFrame, identity: IdentityConfig) -> DataFrame:
+    """Every component of more than one node through the guardrails (pandas, once per
+    component): its groups and the times it was in pieces."""
+    F = _f()
     sizes = graph.groupBy("comp").agg(F.count(F.lit(1)).alias("size"))
     shared = graph.join(sizes.where("size > 1"), "comp")
+    no_long, no_text = F.lit(None).cast("long"), F.lit(None).cast("string")
     inputs = shared.select(
-        "comp",
-        "idx",
-        "namespace",
-        F.lit(None).cast("long").alias("a"),
-        F.lit(None).cast("long").alias("b"),
-        "t",
+        "comp", "idx", "namespace", no_long.alias("a"), no_long.alias("b"), "t"
     ).unionByName(
         links.join(graph.select(F.col("idx").alias("a"), "comp"), "a").select(
-            "comp",
-            F.lit(None).cast("long").alias("idx"),
-            F.lit(None).cast("string").alias("namespace"),
-            "a",
-            "b",
-            "t",
+            "comp", no_long.alias("idx"), no_text.alias("namespace"), "a", "b", "t"
         )
     )
-    per_component = inputs.groupBy("comp").applyInPandas(_per_component(identity), _COMPONENT_SCHEMA)
-    per_component = per_component.localCheckpoint()
+    return inputs.groupBy("comp").applyInPandas(_per_component(identity), _COMPONENT_SCHEMA).localCheckpoint()
 
-    # A group is (component, label within it): label 0 for every unsplit component.
+
+def _identity_map(graph: DataFrame, per_component: DataFrame) -> DataFrame:
+    """Each identity with its profile: a group is (component, label within it), label 0 for
+    every unsplit component; profile ids hash the group's smallest node."""
+    F = _f()
     groups = graph.join(
         per_component.where(F.col("grp").isNotNull()).select("comp", "idx", "grp"), ["comp", "idx"], "left"
     ).withColumn("grp", F.coalesce("grp", F.lit(0)))
@@ -209,7 +209,7 @@ def stitch(spark: SparkSession, rows: DataFrame, identity: IdentityConfig) -> Sp
     )
     profile_keys = number_rows(profile_ids.select("profile_id"), "profile_id", "profile_key")
     mapped = groups.join(profile_ids, ["comp", "grp"]).join(profile_keys, "profile_id")
-    identity_map = mapped.select(
+    return mapped.select(
         "namespace",
         F.substring(F.col("node"), F.length("namespace") + len(SEPARATOR) + 1, 1 << 30).alias("value"),
         "node",
@@ -219,17 +219,30 @@ def stitch(spark: SparkSession, rows: DataFrame, identity: IdentityConfig) -> Sp
         "profile_id",
         F.col("profile_key").cast("int").alias("profile_key"),
     ).localCheckpoint()
+
+
+def stitch(spark: SparkSession, rows: DataFrame, identity: IdentityConfig) -> SparkGraph:
+    """The identity graph of ``rows`` (:func:`identity_rows`): the same tables, profile ids,
+    keys and counts as :func:`propensity.features.identity.stitching.stitch` on the same rows."""
+    F = _f()
+    nodes, links = _nodes_and_links(rows.where(F.size("ids") > 0).localCheckpoint())
+    graph = _numbered_components(nodes, links)
+    per_component = _components_split(graph, links, identity)
+    identity_map = _identity_map(graph, per_component)
     identity_links = links.select(
         F.col("a").cast("int").alias("a"),
         F.col("b").cast("int").alias("b"),
         _timestamp(F.col("t")).alias("first_seen"),
     )
-    identity_unsettled = per_component.where(F.col("until").isNotNull()).select(
-        F.col("comp").cast("int").alias("component"),
-        _timestamp(F.col("after")).alias("after"),
-        _timestamp(F.col("until")).alias("until"),
+    identity_unsettled = (
+        per_component.where(F.col("until").isNotNull())
+        .select(
+            F.col("comp").cast("int").alias("component"),
+            _timestamp(F.col("after")).alias("after"),
+            _timestamp(F.col("until")).alias("until"),
+        )
+        .localCheckpoint()
     )
-    identity_unsettled = identity_unsettled.localCheckpoint()
     return SparkGraph(
         identity_map,
         identity_links,

@@ -37,6 +37,9 @@ from propensity.features.spark.session import (
     list_files,
     qualified,
 )
+from propensity.features.spark.session import (
+    functions as _f,
+)
 from propensity.features.spark.sources import duckdb_double_text, read_source
 
 if TYPE_CHECKING:
@@ -47,12 +50,6 @@ def _types():
     from pyspark.sql import types
 
     return types
-
-
-def _f():
-    from pyspark.sql import functions
-
-    return functions
 
 
 def _text(frame_types: dict[str, object], name: str) -> Column:
@@ -147,35 +144,27 @@ class SparkStaged:
     bad: DataFrame  # bad_events: every column of the parsed row and its ``reason``
 
 
-def stage_events(
-    spark: SparkSession,
-    inputs: SparkInput,
-    identity: IdentityConfig,
-    as_of: dt.date | None = None,
-    max_reported_rows: int = 5,
-) -> SparkStaged:
-    """Validate and normalise raw events, exactly as :func:`features.staging.stage_events`.
-
-    Rows in = clean + bad + duplicates; the parsed rows are cached once for the counts and
-    every later step.
-    """
-    F = _f()
-    source = read_source(spark, inputs.events, list(inputs.sources), inputs.fmt)
-    types = {field.name: field.dataType for field in source.schema.fields}
-    columns = [c for c in types if c not in ("_source_file", "_source_row")]
+def _check_columns(types: dict[str, object], display: str, identity: IdentityConfig) -> None:
+    """The required columns and at least one identity column, or one line naming what is missing."""
     missing = [c for c in REQUIRED_COLUMNS if c not in types]
     if missing:
         raise UserError(
-            f"{inputs.display}: missing required column `{missing[0]}` "
+            f"{display}: missing required column `{missing[0]}` "
             f"(events need {', '.join(REQUIRED_COLUMNS)} and at least one identity column)"
         )
     if not present_identity_columns(types, identity):
         accepted = [*identity.namespaces, *HASHED_IDENTITIES]
-        raise UserError(
-            f"{inputs.display}: no identity column; expected at least one of {', '.join(accepted)}"
-        )
-    revenue, revenue_bad = _numeric(types, "revenue", inputs.display)
-    quantity, quantity_bad = _numeric(types, "quantity", inputs.display)
+        raise UserError(f"{display}: no identity column; expected at least one of {', '.join(accepted)}")
+
+
+def _typed(
+    spark: SparkSession, source: DataFrame, types: dict[str, object], display: str, identity
+) -> DataFrame:
+    """Every column parsed to its contract type (``ts``, the event type with XDM names mapped,
+    identities, text, numbers and their parse failures, the given event id), extras kept."""
+    F = _f()
+    revenue, revenue_bad = _numeric(types, "revenue", display)
+    quantity, quantity_bad = _numeric(types, "quantity", display)
     raw_type = _text(types, "event_type")
     mapped = None
     for xdm, canonical in XDM_EVENT_TYPES.items():
@@ -197,9 +186,9 @@ def stage_events(
         "filename",
         "file_row_number",
     }
-    extras = [c for c in columns if c not in reserved]
-    typed = source.select(
-        _timestamp(types, inputs.display, _nanos_as_long(spark)).alias("ts"),
+    extras = [c for c in types if c not in reserved and c not in ("_source_file", "_source_row")]
+    return source.select(
+        _timestamp(types, display, _nanos_as_long(spark)).alias("ts"),
         mapped.otherwise(raw_type).alias("event_type"),
         *(expr.alias(n) for n, expr in identity_columns(types, identity).items()),
         *(expr.alias(c) for c, expr in strings.items()),
@@ -212,6 +201,11 @@ def stage_events(
         "_source_file",
         "_source_row",
     )
+
+
+def _derived_id(identity: IdentityConfig) -> Column:
+    """The event id derived from the row's content when none is given, spelled as DuckDB's."""
+    F = _f()
     content = F.concat_ws(
         "|",
         F.col("ts").cast("string"),
@@ -221,6 +215,12 @@ def stage_events(
         F.coalesce(duckdb_double_text(F.col("revenue")), F.lit("")),
         F.coalesce(duckdb_double_text(F.col("quantity")), F.lit("")),
     )
+    return F.concat(F.lit("e_"), F.md5(content))
+
+
+def _bad_reason(identity: IdentityConfig, as_of: dt.date | None) -> Column:
+    """Why a typed row is bad (the first reason, in DuckDB's order), NULL for a good one."""
+    F = _f()
     any_identity = F.lit(False)
     for n in identity.namespaces:
         any_identity = any_identity | F.col(n).isNotNull()
@@ -230,7 +230,7 @@ def stage_events(
         if as_of
         else F.lit(False)
     )
-    reason = (
+    return (
         F.when(F.col("ts").isNull(), "unparseable_timestamp")
         .when(F.col("event_type").isNull(), "missing_event_type")
         .when(~any_identity, "no_identity")
@@ -239,16 +239,12 @@ def stage_events(
         .when(F.col("_quantity_bad"), "invalid_quantity")
         .when(future, "future_timestamp")
     )
-    kept = [c for c in typed.columns if c not in ("_given_id", "_revenue_bad", "_quantity_bad")]
-    parsed = typed.select(
-        F.coalesce(F.col("_given_id"), F.concat(F.lit("e_"), F.md5(content))).alias("event_id"),
-        *(F.col(f"`{c}`") for c in kept),
-        reason.alias("reason"),
-    ).persist()
-    bad = parsed.where(F.col("reason").isNotNull())
-    valid = parsed.where(F.col("reason").isNull()).drop("reason")
-    # Duplicates are rare: find the repeated event_ids, then keep each one's first row by
-    # (file, row), as DuckDB does.
+
+
+def _first_copies(valid: DataFrame) -> DataFrame:
+    """Each event_id once: duplicates are rare, so find the repeated ids, then keep each one's
+    first row by (file, row), as DuckDB does."""
+    F = _f()
     firsts = (
         valid.groupBy("event_id")
         .agg(
@@ -257,28 +253,25 @@ def stage_events(
         .where(F.col("_copies") > 1)
         .select("event_id", "_first")
     )
-    clean = (
-        valid.join(firsts, "event_id", "left")
-        .where(
-            F.col("_first").isNull()
-            | (
-                (F.col("_first._source_file") == F.col("_source_file"))
-                & (F.col("_first._source_row") == F.col("_source_row"))
-            )
-        )
-        .drop("_first")
-        .withColumnRenamed("ts", "timestamp")
-        .persist()
+    first = (F.col("_first._source_file") == F.col("_source_file")) & (
+        F.col("_first._source_row") == F.col("_source_row")
     )
+    return valid.join(firsts, "event_id", "left").where(F.col("_first").isNull() | first).drop("_first")
+
+
+def _counts(
+    parsed: DataFrame, bad: DataFrame, clean: DataFrame, columns: list[str], max_rows: int
+) -> StagedEvents:
+    """Rows in = clean + bad + duplicates, bad rows by reason and the first few of them."""
     by_reason = {r["reason"]: r["count"] for r in parsed.groupBy("reason").count().collect()}
     rows_in = sum(by_reason.values())
     rows_bad = rows_in - by_reason.get(None, 0)
     rows_clean = clean.count()
     first_bad = [
         {"file": r["_source_file"], "row": r["_source_row"], "reason": r["reason"]}
-        for r in bad.orderBy("_source_file", "_source_row").limit(int(max_reported_rows)).collect()
+        for r in bad.orderBy("_source_file", "_source_row").limit(int(max_rows)).collect()
     ]
-    summary = StagedEvents(
+    return StagedEvents(
         rows_in=rows_in,
         rows_bad=rows_bad,
         rows_duplicate=rows_in - rows_bad - rows_clean,
@@ -287,6 +280,36 @@ def stage_events(
         first_bad=first_bad,
         columns=columns,
     )
+
+
+def stage_events(
+    spark: SparkSession,
+    inputs: SparkInput,
+    identity: IdentityConfig,
+    as_of: dt.date | None = None,
+    max_reported_rows: int = 5,
+) -> SparkStaged:
+    """Validate and normalise raw events, exactly as :func:`features.staging.stage_events`.
+
+    Rows in = clean + bad + duplicates; the parsed rows are cached once for the counts and
+    every later step.
+    """
+    F = _f()
+    source = read_source(spark, inputs.events, list(inputs.sources), inputs.fmt)
+    types = {field.name: field.dataType for field in source.schema.fields}
+    columns = [c for c in types if c not in ("_source_file", "_source_row")]
+    _check_columns(types, inputs.display, identity)
+    typed = _typed(spark, source, types, inputs.display, identity)
+    kept = [c for c in typed.columns if c not in ("_given_id", "_revenue_bad", "_quantity_bad")]
+    parsed = typed.select(
+        F.coalesce(F.col("_given_id"), _derived_id(identity)).alias("event_id"),
+        *(F.col(f"`{c}`") for c in kept),
+        _bad_reason(identity, as_of).alias("reason"),
+    ).persist()
+    bad = parsed.where(F.col("reason").isNotNull())
+    valid = parsed.where(F.col("reason").isNull()).drop("reason")
+    clean = _first_copies(valid).withColumnRenamed("ts", "timestamp").persist()
+    summary = _counts(parsed, bad, clean, columns, max_reported_rows)
     return SparkStaged(summary=summary, clean=clean, bad=bad)
 
 

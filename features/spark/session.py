@@ -23,31 +23,18 @@ from typing import TYPE_CHECKING
 
 from propensity.core.config import EngineConfig
 from propensity.core.errors import UserError
-from propensity.features.ingest.inputs import EVENT_FILE_SUFFIXES, resolve_input
+from propensity.features.ingest.inputs import EVENT_FILE_SUFFIXES, hadoop_path, is_remote, resolve_input
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-# A scheme ("s3a://", "hdfs://", "file:/", "dbfs:/") marks a path Hadoop resolves; anything
-# else is local. Two letters at least, so that "C:/data" stays a local path.
-REMOTE_PATH = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+:/")
-# Schemes whose URIs name a host or bucket after "//", which pathlib.Path folds to one "/".
-AUTHORITY_SCHEMES = ("s3", "s3a", "s3n", "gs", "hdfs", "webhdfs", "viewfs", "abfs", "abfss", "wasb", "wasbs")
 
+def functions():
+    """``pyspark.sql.functions``, imported on first use: this wing's modules load without pyspark
+    (the CLI and the DuckDB jobs import them only to type-check or to choose the engine)."""
+    from pyspark.sql import functions as spark_functions
 
-def hadoop_path(path: str | Path) -> str:
-    """``path`` as Hadoop reads it, undoing what ``pathlib.Path`` does to a URI given on the
-    command line (``s3a://bucket/x`` becomes ``s3a:/bucket/x``)."""
-    text = str(path)
-    match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]+):/(?!/)", text)
-    if match and match.group(1).lower() in AUTHORITY_SCHEMES:
-        return f"{match.group(1)}://{text[match.end() :]}"
-    return text
-
-
-def is_remote(path: str | Path) -> bool:
-    """True for ``scheme:/...`` paths (``file:/`` included): Hadoop, not pathlib, reads them."""
-    return bool(REMOTE_PATH.match(hadoop_path(path)))
+    return spark_functions
 
 
 def spark_session(engine: EngineConfig | None = None) -> SparkSession:

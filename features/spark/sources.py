@@ -13,15 +13,10 @@ from typing import TYPE_CHECKING
 
 from propensity.core.errors import UserError
 from propensity.features.spark.session import file_uri, first_line, normalised_uri
+from propensity.features.spark.session import functions as _f
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
-
-
-def _f():
-    from pyspark.sql import functions
-
-    return functions
 
 
 # Row numbers within a partition live in the low 33 bits of monotonically_increasing_id.
@@ -74,9 +69,17 @@ def read_source(spark: SparkSession, files: list[str], sources: list[str], fmt: 
     frame = raw.join(F.broadcast(uris), "_uri")
     if fmt == "parquet":
         return frame.select(*columns, "_source_file", (F.col("_row_index") + 1).alias("_source_row"))
-    # A file's rows keep their order across Spark's partitions (splits of one file are read in
-    # offset order), and within a partition they are contiguous: a small table of
-    # (file, partition) blocks gives each row its place in the whole input.
+    return _rows_across_files(spark, frame, columns)
+
+
+def _rows_across_files(spark: SparkSession, frame: DataFrame, columns: list[str]) -> DataFrame:
+    """``_source_row`` for CSV and JSON lines: the 1-based row across all files in list order.
+
+    A file's rows keep their order across Spark's partitions (splits of one file are read in
+    offset order), and within a partition they are contiguous: a small table of
+    (file, partition) blocks gives each row its place in the whole input.
+    """
+    F = _f()
     frame = frame.withColumn("_part", F.shiftright("_mid", _ROW_BITS)).withColumn(
         "_pos", F.col("_mid").bitwiseAND((1 << _ROW_BITS) - 1)
     )

@@ -28,8 +28,9 @@ import pandas as pd
 
 from propensity.core.config import OutcomeConfig
 from propensity.core.errors import UserError
-from propensity.features.synthetic.simulator import GeneratorSettings, Simulation, dynamics_for, replay
-from propensity.features.synthetic.world import CATEGORIES
+from propensity.features.synthetic.result import Simulation
+from propensity.features.synthetic.simulator import dynamics_for, replay
+from propensity.features.synthetic.world import CATEGORIES, GeneratorSettings
 
 # Replicas per person; see the module docstring and the tests for how noisy this leaves the AUC.
 REPLICAS = 64

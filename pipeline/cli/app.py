@@ -79,7 +79,7 @@ def generate(
     ] = "omnichannel",
 ) -> None:
     """Generate synthetic Luma events, profile attributes and ground truth."""
-    from propensity.features.synthetic.simulator import GeneratorSettings
+    from propensity.features.synthetic.world import GeneratorSettings
     from propensity.features.synthetic.writer import generate as run
 
     settings = GeneratorSettings(
@@ -110,11 +110,9 @@ def validate(
     engine: EngineOption = None,
 ) -> None:
     """Dry run: validate events and print a summary; exit 2 on bad rows unless quarantining."""
-    from propensity.pipeline.jobs import ingest as ingest_jobs
-    from propensity.pipeline.jobs import spark as spark_jobs
+    from propensity.pipeline.jobs import ingest as jobs
 
     cfg = load_config_for(config, engine)
-    jobs = spark_jobs if cfg.engine.name == "spark" else ingest_jobs
     policy = on_bad_rows_policy(on_bad_rows) or cfg.ingest.on_bad_rows
     summary = jobs.validate(events_path(events, cfg), cfg, parse_date(as_of), profiles)
     print_summary(summary, f"validate {events_path(events, cfg)}")
@@ -139,11 +137,9 @@ def ingest(
     engine: EngineOption = None,
 ) -> None:
     """Validate, hash, de-duplicate and stitch events into an ingest directory."""
-    from propensity.pipeline.jobs import ingest as ingest_jobs
-    from propensity.pipeline.jobs import spark as spark_jobs
+    from propensity.pipeline.jobs import ingest as jobs
 
     cfg = load_config_for(config, engine)
-    jobs = spark_jobs if cfg.engine.name == "spark" else ingest_jobs
     target = out or Path(cfg.work_dir) / "ingested"
     with console.status("ingesting events"):
         summary = jobs.ingest(
@@ -170,11 +166,9 @@ def features(
     engine: EngineOption = None,
 ) -> None:
     """Point-in-time feature table at --as-of (default: the day after the last event)."""
-    from propensity.pipeline.jobs import features as feature_jobs
-    from propensity.pipeline.jobs import spark as spark_jobs
+    from propensity.pipeline.jobs import features as jobs
 
     cfg = load_config_for(config, engine)
-    jobs = spark_jobs if cfg.engine.name == "spark" else feature_jobs
     date = parse_date(as_of)
     target = (
         out
@@ -209,11 +203,9 @@ def train(
     engine: EngineOption = None,
 ) -> None:
     """Train a model on stacked snapshots, log it to MLflow and register it as challenger."""
-    from propensity.pipeline.jobs import spark as spark_jobs
-    from propensity.pipeline.jobs import train as model_jobs
+    from propensity.pipeline.jobs import train as jobs
 
     cfg = load_config_for(config, engine)
-    jobs = spark_jobs if cfg.engine.name == "spark" else model_jobs
     with console.status(f"training {model}"):
         result = jobs.train_model(model, events_path(events, cfg), cfg, parse_date(as_of))
     console.print(
@@ -238,13 +230,13 @@ def evaluate(
     config: ConfigOption = None,
 ) -> None:
     """Expected vs actual: evaluate a registered version on a later snapshot."""
-    from propensity.pipeline.jobs import train as model_jobs
+    from propensity.pipeline.jobs import evaluate as evaluate_jobs
 
     cfg = load_config(config)
     if version and alias:
         raise UserError("give --version or --alias, not both")
     with console.status(f"evaluating {model}"):
-        result = model_jobs.evaluate_model(
+        result = evaluate_jobs.evaluate_model(
             model, events_path(events, cfg), cfg, parse_date(as_of), version, alias
         )
     console.print(
@@ -268,9 +260,9 @@ def promote(
 ) -> None:
     """Move the champion alias to the challenger if it is better (or to --version); refused when
     it loses to the best baseline on its test snapshot, unless --force."""
-    from propensity.pipeline.jobs import train as model_jobs
+    from propensity.pipeline.jobs import evaluate as evaluate_jobs
 
-    outcome = model_jobs.promote_model(model, load_config(config), version, force=force)
+    outcome = evaluate_jobs.promote_model(model, load_config(config), version, force=force)
     console.print(
         ("[green]promoted[/]: " if outcome.promoted else "[yellow]not promoted[/]: ") + outcome.reason
     )
@@ -302,11 +294,9 @@ def score(
     """Score the model's population at --as-of: probability, score, bucket and top factors."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from propensity.pipeline.jobs import score as score_jobs
-    from propensity.pipeline.jobs import spark_score as spark_score_jobs
+    from propensity.pipeline.jobs import score as jobs
 
     cfg = load_config_for(config, engine)
-    jobs = spark_score_jobs if cfg.engine.name == "spark" else score_jobs
     with Progress(
         TextColumn(f"scoring {model}"),
         BarColumn(),
@@ -345,11 +335,11 @@ def explain(
     config: ConfigOption = None,
 ) -> None:
     """Why this score? One profile's probability, score, bucket and factors (or why it is not scored)."""
-    from propensity.pipeline.jobs import score as score_jobs
+    from propensity.pipeline.jobs import explain as explain_jobs
 
     cfg = load_config(config)
     with console.status(f"explaining {profile}"):
-        explanation = score_jobs.explain_profile(
+        explanation = explain_jobs.explain_profile(
             model, events_path(events, cfg), cfg, profile, parse_date(as_of), alias, version, factors
         )
     print_explanation(explanation)

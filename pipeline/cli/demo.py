@@ -20,8 +20,9 @@ from rich.table import Table
 from propensity.core.config import ProjectConfig
 from propensity.core.io import write_json
 from propensity.features.build.event_queries import data_end
+from propensity.features.duckdb import DuckDBEngine
 from propensity.features.sql import sql_string
-from propensity.features.synthetic.simulator import GeneratorSettings
+from propensity.features.synthetic.world import GeneratorSettings
 from propensity.features.synthetic.writer import generate
 from propensity.models import tracking
 from propensity.pipeline.cli import journey_demo
@@ -32,7 +33,12 @@ from propensity.pipeline.cli.printing import (
     print_segments,
     print_summary,
 )
+from propensity.pipeline.jobs import evaluate as evaluate_jobs
+from propensity.pipeline.jobs import events as event_jobs
+from propensity.pipeline.jobs import explain as explain_jobs
+from propensity.pipeline.jobs import export as export_jobs
 from propensity.pipeline.jobs import ingest as ingest_jobs
+from propensity.pipeline.jobs import monitor as monitor_jobs
 from propensity.pipeline.jobs import report as report_jobs
 from propensity.pipeline.jobs import score as score_jobs
 from propensity.pipeline.jobs import segments as segment_jobs
@@ -150,35 +156,13 @@ def _sarah_story(
     return lines
 
 
-def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Console) -> DemoResult:
-    """Run the whole Luma journey into ``out``; MLflow runs go where the config says."""
-    started = time.perf_counter()
-    result = DemoResult(out=out, seconds=0.0)
-    data_dir, ingested = out / "data", out / "ingested"
-    scores, memberships, exports = out / "scores", out / "segments", out / "exports"
-
-    with console.status("generating synthetic Luma events"):
-        generated = generate(GeneratorSettings(profiles=profiles, days=days, seed=config.seed), data_dir)
-    _step(console, "1. generate")
-    console.print(
-        f"{generated.events:,} events for {generated.people:,} people ({generated.purchases:,} purchases) "
-        f"in {data_dir}"
-    )
-
-    with console.status("validating, hashing, de-duplicating and stitching identities"):
-        summary = ingest_jobs.ingest(data_dir, ingested, config, on_bad_rows="quarantine")
-    _step(console, "2. ingest and stitch identities")
-    print_summary(summary, f"ingest -> {ingested}")
-    loaded = ingest_jobs.load_events(ingested, config)
-    con = loaded.con
-    latest = data_end(con)
-    previous = latest - dt.timedelta(days=PREVIOUS_RUN_DAYS)
-
+def _train(ingested: Path, config: ProjectConfig, console: Console, result: DemoResult) -> dict[str, Any]:
+    """Step 3: train and promote every model."""
     trained: dict[str, Any] = {}
     for name in MODELS:
         with console.status(f"training {name}"):
             trained[name] = model_jobs.train_model(name, ingested, config)
-        promotion = model_jobs.promote_model(name, config)
+        promotion = evaluate_jobs.promote_model(name, config)
         _step(console, f"3. train {name}")
         fit = trained[name]
         console.print(f"registered {name} v{fit.version} (run {fit.run_id}); {promotion.reason}")
@@ -186,6 +170,15 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
         print_buckets(fit.buckets)
         result.metrics[name] = fit.metrics
 
+    return trained
+
+
+def _score_and_qualify(
+    ingested: Path, out: Path, config: ProjectConfig, console: Console, result: DemoResult, dates
+) -> None:
+    """Step 4: score every model at both dates, qualify segments after each, export the latest."""
+    previous, latest = dates
+    scores, memberships, exports = out / "scores", out / "segments", out / "exports"
     _step(console, "4. score, qualify segments, export")
     segments_file = Path(config.models_dir).parent / "segments.yaml"
     destinations_file = Path(config.models_dir).parent / "destinations.yaml"
@@ -205,13 +198,17 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
         s.segment: {"size": s.size, "realized": s.realized, "existing": s.existing, "exited": s.exited}
         for s in qualified.segments
     }
-    exported = segment_jobs.export_segments(memberships, latest, destinations_file, exports, config)
+    exported = export_jobs.export_segments(memberships, latest, destinations_file, exports, config)
     console.print(f"exported {len(exported.destinations)} destinations to {exports}")
 
+
+def _monitor(ingested: Path, out: Path, config: ProjectConfig, console: Console, latest: dt.date) -> None:
+    """Step 5: drift of every model's latest scores against its test snapshot."""
+    scores = out / "scores"
     _step(console, "5. monitor")
     for name in MODELS:
         with console.status(f"monitoring {name}"):
-            drift = segment_jobs.monitor_model(name, ingested, scores, latest, config, out / "monitoring")
+            drift = monitor_jobs.monitor_model(name, ingested, scores, latest, config, out / "monitoring")
         worst = max(drift.report.features, key=lambda d: d.psi) if drift.report.features else None
         console.print(
             f"{name}: score PSI {drift.report.score.psi:.3f}"
@@ -219,13 +216,41 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
             + (" [bold red]ALERT[/]" if drift.alert else "")
         )
 
+
+def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Console) -> DemoResult:
+    """Run the whole Luma journey into ``out``; MLflow runs go where the config says."""
+    started = time.perf_counter()
+    result = DemoResult(out=out, seconds=0.0)
+    data_dir, ingested = out / "data", out / "ingested"
+    scores, memberships, exports = out / "scores", out / "segments", out / "exports"
+
+    with console.status("generating synthetic Luma events"):
+        generated = generate(GeneratorSettings(profiles=profiles, days=days, seed=config.seed), data_dir)
+    _step(console, "1. generate")
+    console.print(
+        f"{generated.events:,} events for {generated.people:,} people ({generated.purchases:,} purchases) "
+        f"in {data_dir}"
+    )
+
+    with console.status("validating, hashing, de-duplicating and stitching identities"):
+        summary = ingest_jobs.ingest(data_dir, ingested, config, on_bad_rows="quarantine")
+    _step(console, "2. ingest and stitch identities")
+    print_summary(summary, f"ingest -> {ingested}")
+    # The demo's own look at the data (dates, Sarah) is on DuckDB, as its files are local.
+    con = event_jobs.load_events(ingested, config, engine=DuckDBEngine(config)).con
+    latest = data_end(con)
+    previous = latest - dt.timedelta(days=PREVIOUS_RUN_DAYS)
+
+    trained = _train(ingested, config, console, result)
+    _score_and_qualify(ingested, out, config, console, result, (previous, latest))
+    _monitor(ingested, out, config, console, latest)
     _step(console, "6. Sarah")
     sarah = _find_sarah(con, memberships, exports, latest)
     result.sarah = sarah
     if sarah is not None:
         for line in _sarah_story(con, sarah, memberships, exports, latest):
             console.print(f"Sarah ({sarah}) {line}")
-        print_explanation(score_jobs.explain_profile("upsell", ingested, config, sarah, latest))
+        print_explanation(explain_jobs.explain_profile("upsell", ingested, config, sarah, latest))
 
     _step(console, "7. report")
     report = report_jobs.write_report("upsell", config, out / "reports" / "upsell.html", scores_dir=scores)

@@ -9,8 +9,9 @@ from rich.table import Table
 from propensity.pipeline.cli.options import console
 
 if TYPE_CHECKING:  # the jobs import DuckDB, MLflow and LightGBM: not needed to print
+    from propensity.pipeline.jobs.explain import Explanation
     from propensity.pipeline.jobs.ingest import IngestSummary
-    from propensity.pipeline.jobs.score import Explanation, ScoreRun
+    from propensity.pipeline.jobs.score import ScoreRun
 
 
 def print_summary(summary: IngestSummary, title: str) -> None:

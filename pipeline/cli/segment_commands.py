@@ -49,11 +49,9 @@ def segments(
     engine: EngineOption = None,
 ) -> None:
     """Qualify profiles into segments at --as-of: memberships with realized / existing / exited."""
-    from propensity.pipeline.jobs import segments as segment_jobs
-    from propensity.pipeline.jobs import spark_segments as spark_segment_jobs
+    from propensity.pipeline.jobs import segments as jobs
 
     cfg = load_config_for(config, engine)
-    jobs = spark_segment_jobs if cfg.engine.name == "spark" else segment_jobs
     work = Path(cfg.work_dir)
     with console.status("qualifying segments"):
         result = jobs.qualify_segments(
@@ -82,12 +80,12 @@ def export(
     config: ConfigOption = None,
 ) -> None:
     """Write each destination's segments with only the identities it may receive."""
-    from propensity.pipeline.jobs import segments as segment_jobs
+    from propensity.pipeline.jobs import export as export_jobs
 
     cfg = load_config(config)
     work = Path(cfg.work_dir)
     with console.status("exporting segments"):
-        result = segment_jobs.export_segments(
+        result = export_jobs.export_segments(
             memberships or work / "segments",
             parse_date(as_of),
             destinations,
@@ -114,7 +112,7 @@ def monitor(
     config: ConfigOption = None,
 ) -> None:
     """Score and feature drift (PSI) against the model's test snapshot; exit 1 on alert."""
-    from propensity.pipeline.jobs import segments as segment_jobs
+    from propensity.pipeline.jobs import monitor as monitor_jobs
     from propensity.pipeline.jobs.config_files import load_model_config, load_monitor_config
 
     cfg = load_config(config)
@@ -122,7 +120,7 @@ def monitor(
     name = load_model_config(model, cfg).name
     work = Path(cfg.work_dir)
     with console.status(f"monitoring {name}"):
-        result = segment_jobs.monitor_model(
+        result = monitor_jobs.monitor_model(
             model,
             events_path(events, cfg),
             scores or work / "scores",

@@ -7,35 +7,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
-
 from propensity.core.config import ProjectConfig
-from propensity.core.io import atomic_path
-from propensity.features.build.event_queries import data_end, learn_categories
-from propensity.features.build.model_frames import population_snapshot_sql
-from propensity.features.build.registry import build_registry
-from propensity.features.build.sql_compiler import snapshot_sql
-from propensity.features.sql import sql_string
 from propensity.pipeline.jobs.config_files import load_model_config
-from propensity.pipeline.jobs.ingest import load_events
-
-
-def feature_set(
-    con: duckdb.DuckDBPyConnection,
-    config: ProjectConfig,
-    before: dt.date,
-    categories: list[str] | None = None,
-):
-    """The registry for this project.
-
-    Categories: the ones given (a trained model's), else the config's, else learned from the
-    events before ``before``.
-    """
-
-    categories = categories if categories is not None else config.features.categories
-    if categories is None:
-        categories = learn_categories(con, before, config.features.max_learned_categories)
-    return build_registry(config.features, categories)
+from propensity.pipeline.jobs.events import engine_for, feature_set, load_events
 
 
 @dataclass(frozen=True)
@@ -62,48 +36,35 @@ def build_features(
     """Write the feature table at ``as_of`` (Parquet, atomically), labelled when possible.
 
     With a model, only its population is written, plus ``label`` when the horizon after
-    ``as_of`` has fully passed in the data. Feature labels travel in the Parquet metadata.
+    ``as_of`` has fully passed in the data. Feature labels travel in the Parquet metadata (on
+    Spark, a directory of parts with the facts in ``OUT/_propensity.json``).
     """
 
-    loaded = load_events(events, config)
-    con = loaded.con
-    cutoff = data_end(con)
+    engine = engine_for(config)
+    loaded = load_events(events, config, engine=engine)
+    cutoff = loaded.data_end()
     as_of = as_of or cutoff
-    fs = feature_set(con, config, as_of)
+    fs = feature_set(loaded, config, as_of)
     # Profiles as the identity graph knew them at as_of: no later link moves an event.
     if model:
-        model_config = load_model_config(model, config)
-        sql, labelled = population_snapshot_sql(fs, model_config, as_of, con, cutoff, graph=loaded.graph)
+        relation, labelled = loaded.population_snapshot(fs, load_model_config(model, config), as_of, cutoff)
     else:
-        sources = loaded.sources(as_of)
-        sql = snapshot_sql(fs, as_of, con, events=sources.events, profiles=sources.profiles)
-        labelled = False
-    metadata = json.dumps(
-        {
-            "as_of": str(as_of),
-            "model": model,
-            "categories": fs.categories,
-            "labels": fs.labels(),
-            "features": fs.names(),
-        }
-    )
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        con.execute(
-            f"COPY ({sql}) TO {sql_string(str(tmp))} "
-            f"(FORMAT parquet, COMPRESSION zstd, KV_METADATA {{propensity: {sql_string(metadata)}}})"
-        )
-        rows = con.execute(
-            f"SELECT count(*), {'sum(label)' if labelled else 'NULL'} "
-            f"FROM read_parquet({sql_string(str(tmp))})"
-        ).fetchone()
+        relation, labelled = loaded.snapshot(fs, as_of), False
+    metadata = {
+        "as_of": str(as_of),
+        "model": model,
+        "categories": fs.categories,
+        "labels": fs.labels(),
+        "features": fs.names(),
+    }
+    rows, positives = engine.write_feature_table(loaded, relation, out, metadata, labelled)
     return FeatureTable(
-        out=out,
+        out=Path(out),
         as_of=as_of,
-        rows=rows[0],
+        rows=rows,
         features=len(fs.names()),
         labelled=labelled,
-        positives=int(rows[1]) if labelled else None,
+        positives=positives,
         model=model,
         data_end=cutoff,
     )

@@ -18,16 +18,13 @@ import pandas as pd
 
 from propensity.core.config import ProjectConfig
 from propensity.core.errors import UserError
-from propensity.features.build.event_queries import data_end
-from propensity.features.build.model_frames import population_snapshot_sql
 from propensity.features.build.snapshots import horizon_passed
 from propensity.models import plots, tracking
 from propensity.models.estimator import PropensityModel
 from propensity.models.evaluate import decile_table
 from propensity.models.explain import global_importance, top_factors
-from propensity.pipeline.jobs import features as feature_jobs
-from propensity.pipeline.jobs import ingest as ingest_jobs
 from propensity.pipeline.jobs.config_files import load_model_config
+from propensity.pipeline.jobs.events import feature_set, load_events
 
 SAMPLE_SEED = 0
 
@@ -143,18 +140,16 @@ def inspect_model(
         raise UserError("give a version or an alias, not both")
     model_cfg = load_model_config(model_name, config)
     model, mv = tracking.load_propensity_model(tracking.configure(config), model_cfg.name, version, alias)
-    loaded = ingest_jobs.load_events(events, config)
-    cutoff = data_end(loaded.con)
+    loaded = load_events(events, config)
+    cutoff = loaded.data_end()
     as_of = as_of or cutoff
     if as_of > cutoff:
         raise UserError(f"as-of {as_of} is after the data (the latest as-of is {cutoff})")
 
     def snapshot(date: dt.date) -> pd.DataFrame:
-        fs = feature_jobs.feature_set(
-            loaded.con, config, before=date, categories=model.metadata.get("categories")
-        )
-        sql, _ = population_snapshot_sql(fs, model_cfg, date, loaded.con, cutoff, graph=loaded.graph)
-        frame = loaded.con.execute(sql).df()
+        fs = feature_set(loaded, config, before=date, categories=model.metadata.get("categories"))
+        relation, _ = loaded.population_snapshot(fs, model_cfg, date, cutoff)
+        frame = loaded.frame(relation)
         frame["probability"] = model.predict_proba(frame) if len(frame) else []
         return frame
 

@@ -25,12 +25,13 @@ import pandas as pd
 from propensity.core.config import ProjectConfig
 from propensity.core.errors import UserError
 from propensity.core.io import atomic_path, write_json
-from propensity.features.journeys import DuckDBRunner, Runner, parse_duration, parse_exclusion, parse_steps
+from propensity.features.journeys import Runner, parse_duration, parse_exclusion, parse_steps
 from propensity.features.journeys import attribution as attribution_mod
 from propensity.features.journeys import funnel as funnel_mod
 from propensity.features.journeys import paths as paths_mod
 from propensity.models.report import ReportSection
 from propensity.pipeline.jobs import journey_report as report
+from propensity.pipeline.jobs.events import load_events
 
 MARKER = "journey.json"
 
@@ -52,28 +53,11 @@ class JourneyData:
 @contextmanager
 def journey_data(events: str | Path, config: ProjectConfig, as_of: dt.date | None) -> Iterator[JourneyData]:
     """The events as of ``as_of`` on the configured engine (DuckDB or Spark)."""
-    if config.engine.name == "spark":
-        from propensity.features.spark.journeys import SparkRunner
-        from propensity.features.spark.session import spark_session
-        from propensity.pipeline.jobs import spark as spark_jobs
-
-        spark = spark_session(config.engine)
-        loaded = spark_jobs.load_events(spark, events, config)
-        runner: Runner = SparkRunner(spark)
-        date = as_of or _data_end(runner)
-        sources = loaded.sources(date)
-        yield JourneyData(runner, sources.events, sources.profiles, date)
-        return
-    from propensity.pipeline.jobs.ingest import load_events
-
     loaded = load_events(events, config)
-    runner = DuckDBRunner(loaded.con)
+    runner = loaded.journey_runner()
     date = as_of or _data_end(runner)
     sources = loaded.sources(date)
-    try:
-        yield JourneyData(runner, sources.events, sources.profiles, date)
-    finally:
-        loaded.con.close()
+    yield JourneyData(runner, sources.events, sources.profiles, date)
 
 
 def _data_end(runner: Runner) -> dt.date:

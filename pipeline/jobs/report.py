@@ -138,6 +138,70 @@ def _factors_by_bucket(directory: Path, top: int = 5) -> pd.DataFrame:
     )
 
 
+def _quality_sections(run, figures: dict[str, Figure], buckets: pd.DataFrame | None) -> list[ReportSection]:
+    """How good the model is on its test snapshot, and how honest its probabilities are."""
+    metrics = run.data.metrics
+    return [
+        ReportSection(
+            "How good is it?",
+            f"Test snapshot {run.data.params.get('test_as_of', '?')}: "
+            f"{int(metrics.get('test_positives', 0)) or 'n/a'} positives among "
+            f"{run.data.params.get('test_rows', '?')} profiles never seen in training.",
+            figures=[figures[n] for n in ("gains.png", "lift_by_decile.png") if n in figures],
+            tables=[("Model vs baselines", _metrics_table(metrics))],
+        ),
+        ReportSection(
+            "Are the probabilities honest?",
+            "Predicted against actual rates on the test snapshot, overall and per bucket.",
+            figures=[figures[n] for n in ("calibration.png",) if n in figures],
+            tables=[("Predicted vs actual per bucket", buckets)] if buckets is not None else [],
+        ),
+    ]
+
+
+def _drivers_section(
+    figures: dict[str, Figure], importance: pd.DataFrame | None, partitions
+) -> ReportSection:
+    """Global importance, and the latest run's most frequent top factors per bucket."""
+    drivers = ReportSection(
+        "What drives the score?",
+        "Global importance on the test snapshot, and the factors most often among the top three "
+        "of each bucket's profiles in the latest scoring run.",
+        figures=[figures[n] for n in ("feature_importance.png",) if n in figures],
+    )
+    if importance is not None:
+        drivers.tables.append(("Top features", importance.head(15)))
+    if partitions:
+        drivers.tables.append(
+            (f"Top factors per bucket ({partitions[-1][0]})", _factors_by_bucket(partitions[-1][1]))
+        )
+    return drivers
+
+
+def _scores_section(model, partitions: list[tuple[dt.date, Path]], scores_root: Path) -> ReportSection:
+    """The latest run's score distribution and every run's stability against the reference."""
+    if not partitions:
+        return ReportSection("Scores and their history", f"No score partitions under {scores_root} yet.")
+    reference = np.asarray(model.metadata["reference_probabilities"], dtype=float)
+    reference_scores = scores_from_reference(reference, reference).astype(float)
+    latest_as_of, latest = partitions[-1]
+    scores = (
+        duckdb.connect()
+        .execute(f"SELECT score FROM read_parquet({sql_string(str(latest / '*.parquet'))})")
+        .fetchnumpy()["score"]
+    )
+    history = _history(partitions, reference_scores)
+    return ReportSection(
+        "Scores and their history",
+        "Score distribution of the latest run and stability of every run against the reference.",
+        figures=[
+            score_distribution_figure(scores, bucket_thresholds(model), f"Scores at {latest_as_of}"),
+            history_figure(history),
+        ],
+        tables=[("Scoring runs", history)],
+    )
+
+
 def write_report(
     model_name: str,
     config: ProjectConfig,
@@ -161,71 +225,20 @@ def write_report(
         else Path(config.work_dir) / "reports" / f"{model_name}_v{mv.version}.html"
     )
     partitions = _partitions(scores_root, model_name)
-    reference = np.asarray(model.metadata["reference_probabilities"], dtype=float)
-    reference_scores = scores_from_reference(reference, reference).astype(float)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, dst_path=tmp))
-        plots = {name: (root / "plots" / name) for name in PLOTS}
         figures = {
             name: Figure(PLOTS[name][0], path.read_bytes(), PLOTS[name][1])
-            for name, path in plots.items()
+            for name, path in ((name, root / "plots" / name) for name in PLOTS)
             if path.is_file()
         }
         buckets = _logged_table(root, "buckets.json")
         importance = _logged_table(root, "feature_importance.json")
-    metrics = run.data.metrics
     sections = [
-        ReportSection(
-            "How good is it?",
-            f"Test snapshot {run.data.params.get('test_as_of', '?')}: "
-            f"{int(metrics.get('test_positives', 0)) or 'n/a'} positives among "
-            f"{run.data.params.get('test_rows', '?')} profiles never seen in training.",
-            figures=[figures[n] for n in ("gains.png", "lift_by_decile.png") if n in figures],
-            tables=[("Model vs baselines", _metrics_table(metrics))],
-        ),
-        ReportSection(
-            "Are the probabilities honest?",
-            "Predicted against actual rates on the test snapshot, overall and per bucket.",
-            figures=[figures[n] for n in ("calibration.png",) if n in figures],
-            tables=[("Predicted vs actual per bucket", buckets)] if buckets is not None else [],
-        ),
+        *_quality_sections(run, figures, buckets),
+        _drivers_section(figures, importance, partitions),
+        _scores_section(model, partitions, scores_root),
     ]
-    drivers = ReportSection(
-        "What drives the score?",
-        "Global importance on the test snapshot, and the factors most often among the top three "
-        "of each bucket's profiles in the latest scoring run.",
-        figures=[figures[n] for n in ("feature_importance.png",) if n in figures],
-    )
-    if importance is not None:
-        drivers.tables.append(("Top features", importance.head(15)))
-    if partitions:
-        drivers.tables.append(
-            (f"Top factors per bucket ({partitions[-1][0]})", _factors_by_bucket(partitions[-1][1]))
-        )
-    sections.append(drivers)
-    if partitions:
-        latest_as_of, latest = partitions[-1]
-        scores = (
-            duckdb.connect()
-            .execute(f"SELECT score FROM read_parquet({sql_string(str(latest / '*.parquet'))})")
-            .fetchnumpy()["score"]
-        )
-        history = _history(partitions, reference_scores)
-        sections.append(
-            ReportSection(
-                "Scores and their history",
-                "Score distribution of the latest run and stability of every run against the reference.",
-                figures=[
-                    score_distribution_figure(scores, bucket_thresholds(model), f"Scores at {latest_as_of}"),
-                    history_figure(history),
-                ],
-                tables=[("Scoring runs", history)],
-            )
-        )
-    else:
-        sections.append(
-            ReportSection("Scores and their history", f"No score partitions under {scores_root} yet.")
-        )
     generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     html_text = render_report(
         f"{model_name} v{mv.version}: propensity model report",

@@ -1,4 +1,5 @@
-"""The train, evaluate and promote jobs: events and MLflow in, typed summaries out."""
+"""The train job: stacked labelled snapshots on the config's engine, fitted on this machine,
+evaluated on the test snapshot, logged to MLflow and registered as the challenger."""
 
 from __future__ import annotations
 
@@ -13,26 +14,23 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
 from propensity.core.config import ModelConfig, ProjectConfig
 from propensity.core.errors import UserError
-from propensity.features.build.event_queries import data_end
-from propensity.features.build.model_frames import population_snapshot_sql, training_frame
+from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.population import population_rule
 from propensity.features.build.selection import model_features
-from propensity.features.build.snapshots import horizon_passed, snapshot_dates
-from propensity.features.synthetic.oracle import oracle_probabilities
+from propensity.features.build.snapshots import snapshot_dates
+from propensity.features.engine import Events
 from propensity.models import baselines, plots, tracking
 from propensity.models import evaluate as ev
-from propensity.models.bootstrap import auc_ratio_interval, bootstrap_intervals
 from propensity.models.explain import global_importance
 from propensity.models.holdout_figures import holdout_figures
 from propensity.models.snapshot_plan import adapt_snapshots
 from propensity.models.train import fit_candidates, split
-from propensity.pipeline.jobs import features as feature_jobs
-from propensity.pipeline.jobs import ingest as ingest_jobs
 from propensity.pipeline.jobs.config_files import load_model_config
+from propensity.pipeline.jobs.evaluate import ground_truth_metrics
+from propensity.pipeline.jobs.events import feature_set, load_events
 
 
 @dataclass(frozen=True)
@@ -56,50 +54,11 @@ class TrainResult:
     trained_until: dt.date
 
 
-@dataclass(frozen=True)
-class EvaluationResult:
-    """A registered version scored on a later snapshot whose horizon has passed."""
-
-    run_id: str
-    version: str
-    as_of: dt.date
-    rows: int
-    metrics: dict[str, float]
-    buckets: pd.DataFrame
-
-
-def _ground_truth_metrics(loaded, frame: pd.DataFrame, p: np.ndarray, model: ModelConfig) -> dict[str, float]:
-    if loaded.inputs.ground_truth is None:
-        return {}
-    oracle = oracle_probabilities(loaded.con, frame, model.outcome, loaded.inputs.ground_truth).to_numpy()
-    known = ~np.isnan(oracle)
-    y = frame["label"].to_numpy()
-    if known.sum() < 50 or len(np.unique(y[known])) < 2:
-        return {}
-    oracle_auc = roc_auc_score(y[known], oracle[known])
-    model_auc = roc_auc_score(y[known], p[known])
-    # A ratio on ~100 positives moves by several points between samples: its own interval
-    # says whether a shortfall against the oracle is real.
-    low, high = auc_ratio_interval(
-        y[known], p[known], oracle[known], model.training.bootstrap_resamples, model.training.seed
-    )
-    return {
-        "oracle_auc": float(oracle_auc),
-        "auc_to_oracle": float(model_auc / oracle_auc),
-        "auc_to_oracle_ci_low": low,
-        "auc_to_oracle_ci_high": high,
-        "oracle_coverage": float(known.mean()),
-    }
-
-
-def _adapted(model_cfg: ModelConfig, con, cutoff: dt.date) -> tuple[ModelConfig, str | None]:
+def _adapted(model_cfg: ModelConfig, first: dt.date, cutoff: dt.date) -> tuple[ModelConfig, str | None]:
     """The model config with the snapshot plan adapted to the span of the events."""
-    first = con.execute("SELECT min(timestamp) FROM events").fetchone()[0]
-    if first is None:
-        raise UserError("no events to train on")
     snapshots, note = adapt_snapshots(
         model_cfg.training.snapshots,
-        pd.Timestamp(first).date(),
+        first,
         cutoff,
         model_cfg.outcome.horizon_days,
         model_cfg.name,
@@ -156,71 +115,107 @@ def _log_candidates(trained) -> None:
                 mlflow.log_dict({str(k): v for k, v in strengths.items()}, "validation_log_loss_by_C.json")
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """What fitting starts from: stacked labelled snapshots and how they were built."""
+
+    model: ModelConfig  # with its snapshot plan adapted to the span of the events
+    fs: FeatureSet
+    labels: dict[str, str]  # model feature name -> label
+    frame: pd.DataFrame
+    dates: list[dt.date]
+    cutoff: dt.date
+    events_display: str
+    snapshot_note: str | None = None  # why the plan differs from the config, if it does
+    sampling: dict[str, Any] | None = None  # how the rows were drawn (Spark), for the run's record
+
+
+@dataclass
+class _Fitted:
+    parts: Any  # the split: train / valid / test
+    trained: Any  # every candidate and the chosen one
+    fit_seconds: float
+
+
+@dataclass
+class _TestFigures:
+    """The chosen model and the baselines on the test snapshot."""
+
+    test: pd.DataFrame
+    y: np.ndarray
+    p: np.ndarray
+    metrics: dict[str, float]
+    baselines: dict[str, tuple[np.ndarray, bool]]
+    buckets: pd.DataFrame
+    deciles: pd.DataFrame
+    importance: pd.DataFrame
+
+
+def training_data(
+    model_name: str, loaded: Events, config: ProjectConfig, as_of: dt.date | None
+) -> TrainingData:
+    """The model's stacked labelled snapshots on the events' engine (each date's profiles as the
+    identity graph knew them then; on Spark a sample of at most ``training.max_training_rows``
+    rows, the same share of each label)."""
+    span = loaded.span()
+    if span is None:
+        raise UserError("no events to train on")
+    cutoff = as_of or span[1]
+    model_cfg, snapshot_note = _adapted(load_model_config(model_name, config), span[0], cutoff)
+    plan = model_cfg.training.snapshots
+    first_date = snapshot_dates(cutoff, model_cfg.outcome.horizon_days, plan.count, plan.spacing_days)[0]
+    fs = feature_set(loaded, config, before=first_date)
+    # A bad rule or feature name fails before any heavy work.
+    population_rule(model_cfg, fs)
+    labels = model_features(fs, model_cfg.features, model_cfg.governance, model_cfg.name)
+    rows = loaded.training_rows(fs, model_cfg, cutoff)
+    return TrainingData(
+        model_cfg,
+        fs,
+        labels,
+        rows.frame,
+        rows.dates,
+        cutoff,
+        loaded.inputs.display,
+        snapshot_note,
+        rows.sampling,
+    )
+
+
 def train_model(
     model_name: str, events: str | Path, config: ProjectConfig, as_of: dt.date | None = None
 ) -> TrainResult:
     """Fit the candidates, choose one on validation, measure it and the baselines on the test
-    snapshot with bootstrap intervals (and the oracle), log to MLflow, register as challenger."""
+    snapshot with bootstrap intervals (and the oracle), log to MLflow, register as challenger.
+    The snapshots are built on the config's engine; the fit runs on this machine."""
     started = time.perf_counter()
-    model_cfg = load_model_config(model_name, config)
-    loaded = ingest_jobs.load_events(events, config)
-    con = loaded.con
-    cutoff = as_of or data_end(con)
-    model_cfg, snapshot_note = _adapted(model_cfg, con, cutoff)
-    training = model_cfg.training
-    plan = training.snapshots
-    first_date = snapshot_dates(cutoff, model_cfg.outcome.horizon_days, plan.count, plan.spacing_days)[0]
-    fs = feature_jobs.feature_set(con, config, before=first_date)
-    # A bad rule or feature name fails before any heavy work.
-    population_rule(model_cfg, fs)
-    labels = model_features(fs, model_cfg.features, model_cfg.governance, model_cfg.name)
-    frame, dates = training_frame(con, fs, model_cfg, cutoff, graph=loaded.graph)
+    loaded = load_events(events, config)
+    data = training_data(model_name, loaded, config, as_of)
     return fit_and_register(
-        model_cfg,
-        config,
-        fs,
-        labels,
-        frame,
-        dates,
-        cutoff,
-        loaded.inputs.display,
-        snapshot_note=snapshot_note,
-        started=started,
-        ground_truth=lambda test, p: _ground_truth_metrics(loaded, test, p, model_cfg),
+        data, config, started, ground_truth=lambda test, p: ground_truth_metrics(loaded, test, p, data.model)
     )
 
 
-def fit_and_register(
-    model_cfg: ModelConfig,
-    config: ProjectConfig,
-    fs,
-    labels: dict[str, str],
-    frame: pd.DataFrame,
-    dates: list[dt.date],
-    cutoff: dt.date,
-    events_display: str,
-    snapshot_note: str | None = None,
-    started: float | None = None,
-    ground_truth: Callable[[pd.DataFrame, np.ndarray], dict[str, float]] | None = None,
-    sampling: dict[str, Any] | None = None,
-) -> TrainResult:
-    """Split, fit the candidates, evaluate and register a model on ``frame`` (stacked labelled
-    snapshots, from DuckDB or a Spark sample; ``model_cfg`` with its snapshot plan already
-    adapted, ``snapshot_note`` saying how). ``sampling`` says how the rows were drawn, for the
-    run's record; ``started`` is when reading the events began (``fit_seconds``)."""
-    started = time.perf_counter() if started is None else started
-    training = model_cfg.training
-    plan = training.snapshots
-    names = list(labels)
-    parts = split(frame, training)
-    monotone = fs.monotone(model_cfg.outcome.occurs)  # quality: registry's monotone directions
-    trained = fit_candidates(parts, names, labels, training, model_cfg.name, monotone)
-    model = trained.model
-    fit_seconds = time.perf_counter() - started
+def fit(data: TrainingData, started: float) -> _Fitted:
+    """Split by snapshot and fit every candidate; validation chooses one."""
+    parts = split(data.frame, data.model.training)
+    monotone = data.fs.monotone(data.model.outcome.occurs)  # quality: the registry's monotone directions
+    trained = fit_candidates(
+        parts, list(data.labels), data.labels, data.model.training, data.model.name, monotone
+    )
+    return _Fitted(parts, trained, time.perf_counter() - started)
 
-    test = parts.test
-    y = test["label"].to_numpy()
-    p = model.predict_proba(test)
+
+def evaluate_on_test(
+    data: TrainingData,
+    fitted: _Fitted,
+    ground_truth: Callable[[pd.DataFrame, np.ndarray], dict[str, float]] | None,
+) -> _TestFigures:
+    """The chosen model on the test snapshot against the baselines, with intervals; records what
+    scoring needs (reference distribution, buckets, outcome, ...) in the model's metadata."""
+    model_cfg, trained, test = data.model, fitted.trained, fitted.parts.test
+    model, training = trained.model, model_cfg.training
+    y, p = test["label"].to_numpy(), model.predict_proba(test)
     reference = np.quantile(p, np.linspace(0, 1, 1001))
     model.metadata.update(
         {
@@ -228,118 +223,151 @@ def fit_and_register(
             "buckets": model_cfg.buckets.model_dump(),
             "outcome": model_cfg.outcome.model_dump(),
             "population": model_cfg.population,
-            "categories": fs.categories,
-            "trained_until": str(cutoff),
-            "test_as_of": str(dates[-1]),
+            "categories": data.fs.categories,
+            "trained_until": str(data.cutoff),
+            "test_as_of": str(data.dates[-1]),
             "model_family": trained.chosen.family,
             "selection_reason": trained.reason,
         }
     )
-    baseline_scores = _baselines(parts, test, model_cfg)
+    baseline_scores = _baselines(fitted.parts, test, model_cfg)
     results = holdout_figures(y, p, baseline_scores, training.bootstrap_resamples, training.seed)
     results.update({f"valid_{k}": v for k, v in trained.chosen.validation.items()})
     results.update(ground_truth(test, p) if ground_truth else {})
     score = ev.scores_from_reference(p, reference)
-    bucket_table = ev.bucket_table(y, p, ev.buckets(score, model_cfg.buckets.medium, model_cfg.buckets.high))
-    deciles = ev.decile_table(y, p)
+    buckets = ev.bucket_table(y, p, ev.buckets(score, model_cfg.buckets.medium, model_cfg.buckets.high))
     importance = global_importance(model, test.sample(min(len(test), 20_000), random_state=0))
+    return _TestFigures(test, y, p, results, baseline_scores, buckets, ev.decile_table(y, p), importance)
 
+
+def fit_and_register(
+    data: TrainingData,
+    config: ProjectConfig,
+    started: float | None = None,
+    ground_truth: Callable[[pd.DataFrame, np.ndarray], dict[str, float]] | None = None,
+) -> TrainResult:
+    """Fit, evaluate on the test snapshot, log to MLflow and register a model on ``data``
+    (stacked labelled snapshots from either engine); ``started`` is when reading the events
+    began (``fit_seconds``)."""
+    fitted = fit(data, time.perf_counter() if started is None else started)
+    figures = evaluate_on_test(data, fitted, ground_truth)
     client = tracking.configure(config)
-    champion = _champion_on(client, model_cfg.name, test, y)
-    mlflow.set_experiment(model_cfg.name)
-    summary = {
-        "rows": parts.summary(),
-        "snapshots": [str(d) for d in dates],
-        "snapshot_plan": snapshot_note or "as configured",
-        "features": len(names),
-        "model_family": trained.chosen.family,
-        "selection_reason": trained.reason,
-        "trained_until": str(cutoff),
-    }  # logged as training_data.json
-    with (
-        mlflow.start_run(run_name=f"train {model_cfg.name} until {cutoff}") as run,
-        tempfile.TemporaryDirectory() as tmp,
-    ):
-        out = Path(tmp)
-        mlflow.set_tags(
-            {
-                "git_commit": tracking.git_commit() or "unknown",
-                "events": events_display,
-                "step": "train",
-                "trained_until": str(cutoff),
-                "model_family": trained.chosen.family,
-                "selection_reason": trained.reason,
-                **({"snapshot_plan": snapshot_note} if snapshot_note else {}),
-            }
-        )
-        chosen_params = {k: v for k, v in trained.chosen.params.items() if not isinstance(v, dict)}
-        mlflow.log_params(
-            {
-                **{f"{trained.chosen.family}_{k}": v for k, v in chosen_params.items()},
-                "calibration": trained.chosen.params["calibration"],
-                "seed": training.seed,
-                "horizon_days": model_cfg.outcome.horizon_days,
-                "population": model_cfg.population,
-                "snapshots": len(dates),
-                "snapshot_spacing_days": plan.spacing_days,
-                "test_as_of": str(dates[-1]),
-                "features": len(names),
-                "train_rows": len(parts.train),
-                "test_rows": len(test),
-                "selection_metric": training.selection_metric,
-                "candidates": ",".join(training.candidates),
-            }
-        )
-        mlflow.log_metrics({**results, "fit_seconds": fit_seconds})
-        if sampling:
-            mlflow.log_params(sampling)
-        _log_candidates(trained)
-        if champion is not None:
-            # What `promote` compares against: the champion on this very test snapshot.
-            mlflow.set_tag("compared_champion_version", champion[0])
-            mlflow.log_metrics({f"champion_{k}": v for k, v in champion[1].items()})
-        mlflow.log_dict(model_cfg.model_dump(mode="json"), "config/model.json")
-        mlflow.log_dict(config.model_dump(mode="json"), "config/project.json")
-        mlflow.log_dict({"features": [{"name": n, "label": labels[n]} for n in names]}, "features.json")
-        mlflow.log_dict(summary, "training_data.json")
-        mlflow.log_table(bucket_table, "evaluation/buckets.json")
-        mlflow.log_table(deciles, "evaluation/deciles.json")
-        mlflow.log_table(importance, "evaluation/feature_importance.json")
-        curves = {"model": p, "logistic regression (RFM)": baseline_scores["logreg"][0]}
-        curves["recency"] = baseline_scores["recency"][0]
-        if "bgnbd" in baseline_scores:
-            curves["BG/NBD"] = baseline_scores["bgnbd"][0]
-        for path in (
-            plots.plot_gains(y, curves, out / "gains.png"),
-            plots.plot_lift(deciles, out / "lift_by_decile.png"),
-            plots.plot_calibration(y, p, out / "calibration.png"),
-            plots.plot_distribution(y, p, out / "score_distribution.png"),
-            plots.plot_importance(importance, out / "feature_importance.png"),
-        ):
-            mlflow.log_artifact(str(path), "plots")
-        model_uri, version = tracking.log_model(model, test, model_cfg.name)
-        client.set_registered_model_alias(model_cfg.name, tracking.CHALLENGER, version)
-        client.set_model_version_tag(model_cfg.name, version, "trained_until", str(cutoff))
-        client.set_model_version_tag(model_cfg.name, version, "model_family", trained.chosen.family)
-        client.set_model_version_tag(model_cfg.name, version, "selection_reason", trained.reason)
+    champion = _champion_on(client, data.model.name, figures.test, figures.y)
+    mlflow.set_experiment(data.model.name)
+    with mlflow.start_run(run_name=f"train {data.model.name} until {data.cutoff}") as run:
+        _log_training_run(data, config, fitted, figures, champion)
+        model_uri, version = _register(client, data, fitted, figures.test)
         run_id = run.info.run_id
+    trained = fitted.trained
     return TrainResult(
         run_id=run_id,
         version=version,
         model_uri=model_uri,
-        metrics=results,
-        buckets=bucket_table,
-        importance=importance,
-        rows=parts.summary(),
-        snapshots=list(dates),
-        features=len(names),
+        metrics=figures.metrics,
+        buckets=figures.buckets,
+        importance=figures.importance,
+        rows=fitted.parts.summary(),
+        snapshots=list(data.dates),
+        features=len(data.labels),
         model_family=trained.chosen.family,
         validation={c.family: c.validation for c in trained.candidates},
         selection_reason=trained.reason,
-        snapshot_plan=snapshot_note,
-        fit_seconds=fit_seconds,
-        trained_until=cutoff,
+        snapshot_plan=data.snapshot_note,
+        fit_seconds=fitted.fit_seconds,
+        trained_until=data.cutoff,
     )
+
+
+def _log_training_run(
+    data: TrainingData, config: ProjectConfig, fitted: _Fitted, figures: _TestFigures, champion
+) -> None:
+    """The train run's tags, parameters, metrics, candidates, configs and tables."""
+    model_cfg, trained, training = data.model, fitted.trained, data.model.training
+    names = list(data.labels)
+    mlflow.set_tags(
+        {
+            "git_commit": tracking.git_commit() or "unknown",
+            "events": data.events_display,
+            "step": "train",
+            "trained_until": str(data.cutoff),
+            "model_family": trained.chosen.family,
+            "selection_reason": trained.reason,
+            **({"snapshot_plan": data.snapshot_note} if data.snapshot_note else {}),
+        }
+    )
+    chosen_params = {k: v for k, v in trained.chosen.params.items() if not isinstance(v, dict)}
+    mlflow.log_params(
+        {
+            **{f"{trained.chosen.family}_{k}": v for k, v in chosen_params.items()},
+            "calibration": trained.chosen.params["calibration"],
+            "seed": training.seed,
+            "horizon_days": model_cfg.outcome.horizon_days,
+            "population": model_cfg.population,
+            "snapshots": len(data.dates),
+            "snapshot_spacing_days": training.snapshots.spacing_days,
+            "test_as_of": str(data.dates[-1]),
+            "features": len(names),
+            "train_rows": len(fitted.parts.train),
+            "test_rows": len(figures.test),
+            "selection_metric": training.selection_metric,
+            "candidates": ",".join(training.candidates),
+        }
+    )
+    mlflow.log_metrics({**figures.metrics, "fit_seconds": fitted.fit_seconds})
+    if data.sampling:
+        mlflow.log_params(data.sampling)
+    _log_candidates(trained)
+    if champion is not None:
+        # What `promote` compares against: the champion on this very test snapshot.
+        mlflow.set_tag("compared_champion_version", champion[0])
+        mlflow.log_metrics({f"champion_{k}": v for k, v in champion[1].items()})
+    summary = {
+        "rows": fitted.parts.summary(),
+        "snapshots": [str(d) for d in data.dates],
+        "snapshot_plan": data.snapshot_note or "as configured",
+        "features": len(names),
+        "model_family": trained.chosen.family,
+        "selection_reason": trained.reason,
+        "trained_until": str(data.cutoff),
+    }
+    mlflow.log_dict(model_cfg.model_dump(mode="json"), "config/model.json")
+    mlflow.log_dict(config.model_dump(mode="json"), "config/project.json")
+    mlflow.log_dict({"features": [{"name": n, "label": data.labels[n]} for n in names]}, "features.json")
+    mlflow.log_dict(summary, "training_data.json")
+    mlflow.log_table(figures.buckets, "evaluation/buckets.json")
+    mlflow.log_table(figures.deciles, "evaluation/deciles.json")
+    mlflow.log_table(figures.importance, "evaluation/feature_importance.json")
+    _log_plots(figures)
+
+
+def _log_plots(figures: _TestFigures) -> None:
+    """Gains against the baselines, lift, calibration, score distribution, importance."""
+    y, p, baseline_scores = figures.y, figures.p, figures.baselines
+    curves = {"model": p, "logistic regression (RFM)": baseline_scores["logreg"][0]}
+    curves["recency"] = baseline_scores["recency"][0]
+    if "bgnbd" in baseline_scores:
+        curves["BG/NBD"] = baseline_scores["bgnbd"][0]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        for path in (
+            plots.plot_gains(y, curves, out / "gains.png"),
+            plots.plot_lift(figures.deciles, out / "lift_by_decile.png"),
+            plots.plot_calibration(y, p, out / "calibration.png"),
+            plots.plot_distribution(y, p, out / "score_distribution.png"),
+            plots.plot_importance(figures.importance, out / "feature_importance.png"),
+        ):
+            mlflow.log_artifact(str(path), "plots")
+
+
+def _register(client, data: TrainingData, fitted: _Fitted, test: pd.DataFrame) -> tuple[str, str]:
+    """Log the model to the registry as the challenger, tagged with how it was trained."""
+    name, trained = data.model.name, fitted.trained
+    model_uri, version = tracking.log_model(trained.model, test, name)
+    client.set_registered_model_alias(name, tracking.CHALLENGER, version)
+    client.set_model_version_tag(name, version, "trained_until", str(data.cutoff))
+    client.set_model_version_tag(name, version, "model_family", trained.chosen.family)
+    client.set_model_version_tag(name, version, "selection_reason", trained.reason)
+    return model_uri, version
 
 
 def _champion_on(client, name: str, test: pd.DataFrame, y: np.ndarray) -> tuple[str, dict] | None:
@@ -350,85 +378,3 @@ def _champion_on(client, name: str, test: pd.DataFrame, y: np.ndarray) -> tuple[
     except UserError:
         # No champion yet, or one built on features this table lacks (other categories).
         return None
-
-
-def evaluate_model(
-    model_name: str,
-    events: str | Path,
-    config: ProjectConfig,
-    as_of: dt.date,
-    version: str | None = None,
-    alias: str | None = None,
-) -> EvaluationResult:
-    """Expected vs actual for a registered version on a snapshot whose horizon has passed."""
-    model_cfg = load_model_config(model_name, config)
-    client = tracking.configure(config)
-    model, mv = tracking.load_propensity_model(client, model_cfg.name, version, alias)
-    loaded = ingest_jobs.load_events(events, config)
-    con = loaded.con
-    cutoff = data_end(con)
-    if not horizon_passed(as_of, model_cfg.outcome.horizon_days, cutoff):
-        raise UserError(
-            f"--as-of {as_of}: its {model_cfg.outcome.horizon_days}-day horizon ends after the data "
-            f"(last complete day {cutoff - dt.timedelta(days=1)}); choose an earlier date"
-        )
-    fs = feature_jobs.feature_set(con, config, before=as_of, categories=model.metadata.get("categories"))
-    sql, _ = population_snapshot_sql(fs, model_cfg, as_of, con, cutoff, graph=loaded.graph)
-    frame = con.execute(sql).df()
-    if frame["label"].nunique() < 2:
-        raise UserError(
-            f"the population at {as_of} has only one outcome ({len(frame)} profiles); cannot evaluate"
-        )
-    y, p = frame["label"].to_numpy(), model.predict_proba(frame)
-    results = ev.metrics(y, p, prefix="eval_")
-    results.update(_intervals(y, p, model_cfg.training, "eval_"))
-    results.update({f"eval_{k}": v for k, v in _ground_truth_metrics(loaded, frame, p, model_cfg).items()})
-    buckets_cfg = model.metadata.get("buckets", model_cfg.buckets.model_dump())
-    score = ev.scores_from_reference(p, np.asarray(model.metadata["reference_probabilities"]))
-    table = ev.bucket_table(y, p, ev.buckets(score, buckets_cfg["medium"], buckets_cfg["high"]))
-    mlflow.set_experiment(model_cfg.name)
-    with mlflow.start_run(run_name=f"evaluate v{mv.version} at {as_of}") as run:
-        mlflow.set_tags(
-            {
-                "step": "evaluate",
-                "evaluated_version": mv.version,
-                "as_of": str(as_of),
-                "git_commit": tracking.git_commit() or "unknown",
-            }
-        )
-        mlflow.log_metrics(results)
-        mlflow.log_table(table, "evaluation/buckets.json")
-    return EvaluationResult(
-        run_id=run.info.run_id,
-        version=str(mv.version),
-        as_of=as_of,
-        rows=len(frame),
-        metrics=results,
-        buckets=table,
-    )
-
-
-def _intervals(y: np.ndarray, p: np.ndarray, training, prefix: str) -> dict[str, float]:
-    """Bootstrap intervals of a model's metrics and the positives they rest on."""
-    intervals = bootstrap_intervals(y, {"model": p}, {"model"}, training.bootstrap_resamples, training.seed)
-    out = {f"{prefix}positives": float(np.sum(y)), f"{prefix}rows": float(len(y))}
-    for metric, (low, high) in intervals["model"].items():
-        out[f"{prefix}{metric}_ci_low"], out[f"{prefix}{metric}_ci_high"] = low, high
-    return out
-
-
-def promote_model(
-    model_name: str, config: ProjectConfig, version: str | None = None, force: bool = False
-) -> tracking.Promotion:
-    """Move the champion alias to the challenger when it is better, or to ``version``; refused
-    when it loses to the best baseline on its test snapshot, unless ``force``."""
-    model_cfg = load_model_config(model_name, config)
-    client = tracking.configure(config)
-    return tracking.promote(
-        client,
-        model_cfg.name,
-        model_cfg.training.promote_metric,
-        model_cfg.training.promote_min_improvement,
-        version,
-        force=force,
-    )

@@ -1,0 +1,289 @@
+"""Every job's engine steps on DuckDB: one embedded connection over Parquet/CSV/JSONL files.
+
+:class:`DuckDBEngine` stages, stitches and writes; :class:`LoadedEvents` holds a connection with
+the views ``events``, ``profiles`` and the identity graph's, and answers the queries the jobs
+ask of loaded events. Both satisfy :mod:`propensity.features.engine`'s protocols.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from propensity.core.config import IdentityConfig, ModelConfig, OutcomeConfig, ProjectConfig
+from propensity.core.errors import UserError
+from propensity.core.io import atomic_path
+from propensity.features.activation import segments as segments_mod
+from propensity.features.build.feature_set import FeatureSet
+from propensity.features.build.model_frames import population_snapshot_sql, training_frame
+from propensity.features.build.sql_compiler import snapshot_sql
+from propensity.features.connection import connect
+from propensity.features.duckdb import scoring
+from propensity.features.engine import Scored, ScoringPlan, SqlEvents, TrainingRows
+from propensity.features.identity import stitching as identity_mod
+from propensity.features.identity.as_of import AsOfSources, IdentityGraph
+from propensity.features.ingest import summary
+from propensity.features.ingest.inputs import InputFiles, resolve_input
+from propensity.features.ingest.manifest import INGEST_TABLES, OnBadRows, checked_manifest
+from propensity.features.ingest.staging import StagedEvents, refuse_bad_rows, stage_events, stage_profiles
+from propensity.features.ingest.summary import Breakdown
+from propensity.features.journeys.engine import DuckDBRunner
+from propensity.features.sql import sql_string
+
+
+@dataclass
+class LoadedEvents(SqlEvents):
+    """A DuckDB connection holding ``events`` (with profile_id), ``profiles`` and the identity
+    graph's views, with ``graph`` to see them as of a date."""
+
+    con: duckdb.DuckDBPyConnection
+    inputs: InputFiles
+    manifest: dict[str, Any] | None = None  # an ingest directory's manifest.json
+    graph: IdentityGraph | None = None
+
+    def sources(self, as_of: dt.date) -> AsOfSources:
+        """The events and profiles as of ``as_of``: what every snapshot at that date reads."""
+        if self.graph is None:
+            return AsOfSources(as_of, "events", "profiles", "identity_map")
+        return self.graph.sources(as_of)
+
+    def rows(self, sql: str) -> list[tuple]:
+        """The rows of a query over the loaded views."""
+        return self.con.execute(sql).fetchall()
+
+    def journey_runner(self) -> DuckDBRunner:
+        """The journey queries' runner over this connection."""
+        return DuckDBRunner(self.con)
+
+    def snapshot(self, fs: FeatureSet, as_of: dt.date, where: str | None = None) -> str:
+        """The feature snapshot at ``as_of`` over the events and profiles as of that date (SQL)."""
+        sources = self.sources(as_of)
+        return snapshot_sql(
+            fs, as_of, self.con, events=sources.events, profiles=sources.profiles, where=where
+        )
+
+    def population_snapshot(
+        self, fs: FeatureSet, model: ModelConfig, as_of: dt.date, cutoff: dt.date
+    ) -> tuple[str, bool]:
+        """The model's population at ``as_of`` (SQL), labelled when its horizon has passed."""
+        return population_snapshot_sql(fs, model, as_of, self.con, cutoff, graph=self.graph)
+
+    def training_rows(self, fs: FeatureSet, model: ModelConfig, cutoff: dt.date) -> TrainingRows:
+        """Every stacked labelled snapshot of the model's population (no sampling)."""
+        frame, dates = training_frame(self.con, fs, model, cutoff, graph=self.graph)
+        return TrainingRows(frame, dates)
+
+    def column_kinds(self, relation: str) -> dict[str, str]:
+        """The kinds (number, string, boolean) rules compare, by column of ``relation``."""
+        return segments_mod.column_kinds(self.con, relation)
+
+    def frame(self, relation: str) -> pd.DataFrame:
+        """A relation's rows on this machine."""
+        return self.con.execute(relation).df()
+
+    def oracle(self, frame: pd.DataFrame, outcome: OutcomeConfig) -> np.ndarray | None:
+        """The true probabilities of a synthetic world's outcome for ``frame`` (None: not synthetic)."""
+        if self.inputs.ground_truth is None:
+            return None
+        from propensity.features.synthetic.oracle import oracle_probabilities
+
+        return oracle_probabilities(self.con, frame, outcome, self.inputs.ground_truth).to_numpy()
+
+
+@dataclass
+class Stitched:
+    """Events staged and stitched on a connection: the temp tables ``stitched_events``,
+    ``identity_map``, ``profiles`` ... and their counts."""
+
+    con: duckdb.DuckDBPyConnection
+    inputs: InputFiles
+    counts: StagedEvents
+    result: Any = None  # StitchResult, once stitched
+    with_profiles: bool = False
+
+    def close(self) -> None:
+        """Free the staged tables' memory now rather than when collected."""
+        self.con.close()
+
+
+def _copy(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
+    con.execute(f"COPY ({query}) TO {sql_string(str(path))} (FORMAT parquet, COMPRESSION zstd)")
+
+
+class DuckDBEngine:
+    """The DuckDB side of every job (``engine.name: duckdb``)."""
+
+    name = "duckdb"
+
+    def __init__(self, config: ProjectConfig) -> None:
+        self.config = config
+
+    def resolve_input(self, path: str | Path) -> InputFiles:
+        """Events files, a folder of them, or an ingest directory."""
+        return resolve_input(path)
+
+    def load_events(self, path: str | Path, on_bad_rows: OnBadRows | None = None) -> LoadedEvents:
+        """Raw events (validated and stitched in memory, as ``ingest`` would) or an ingest
+        directory (either engine's) as the views every later step reads."""
+        inputs = resolve_input(path)
+        if inputs.ingested is not None:
+            text = (inputs.ingested / "manifest.json").read_text()
+            return self._open_ingested(inputs, checked_manifest(text, inputs.ingested))
+        stitched = self.stage(inputs, inputs.profiles, on_bad_rows or self.config.ingest.on_bad_rows, None)
+        con = stitched.con
+        con.execute("CREATE VIEW events AS SELECT * EXCLUDE (_source_file, _source_row) FROM stitched_events")
+        return LoadedEvents(con=con, inputs=inputs, graph=IdentityGraph(con, self.config.identity))
+
+    def stage(
+        self, inputs: InputFiles, profiles: str | Path | None, on_bad_rows: OnBadRows, as_of: dt.date | None
+    ) -> Stitched:
+        """Validate, normalise and de-duplicate the events on a new connection (a bad row stops
+        here with ``on_bad_rows="fail"``), then stitch identities into profiles, attribute the
+        events and build ``profiles``."""
+        config, identity = self.config, self.config.identity
+        con = connect(config.engine)
+        counts = stage_events(con, inputs, identity, as_of, config.ingest.max_reported_rows)
+        staged = Stitched(con, inputs, counts, with_profiles=profiles is not None)
+        try:
+            refuse_bad_rows(inputs.display, counts, on_bad_rows)
+        except UserError:
+            staged.close()
+            raise
+        if staged.with_profiles:
+            stage_profiles(con, Path(profiles), identity)
+        staged.result = identity_mod.stitch(con, identity, staged.with_profiles)
+        identity_mod.attribute_events(con, identity)
+        if staged.with_profiles:
+            identity_mod.anchor_attributes(con, identity)
+        identity_mod.build_profiles(con, identity, staged.with_profiles)
+        return staged
+
+    def breakdown(self, stitched: Stitched) -> Breakdown:
+        """The time range, events by type and channel, identities by namespace."""
+        con = stitched.con
+        return summary.breakdown(
+            con.execute(summary.events_sql()).fetchall(), con.execute(summary.identities_sql()).fetchall()
+        )
+
+    def write_ingest(self, stitched: Stitched, directory: str, quarantine: bool) -> None:
+        """The ingest tables, one Parquet file each, into ``directory``."""
+        con, tmp = stitched.con, Path(directory)
+        _copy(
+            con,
+            "SELECT * EXCLUDE (_source_file, _source_row) FROM stitched_events ORDER BY timestamp, event_id",
+            tmp / "events.parquet",
+        )
+        _copy(
+            con,
+            "SELECT namespace, value, profile_id, profile_key, node_key, component, first_seen "
+            "FROM identity_map ORDER BY profile_id, namespace, value",
+            tmp / "identity_map.parquet",
+        )
+        _copy(con, "SELECT * FROM identity_links ORDER BY a, b", tmp / "identity_links.parquet")
+        _copy(con, "SELECT * FROM identity_unsettled", tmp / "identity_unsettled.parquet")
+        if stitched.with_profiles:
+            _copy(
+                con,
+                "SELECT * FROM profile_attributes ORDER BY _source_row",
+                tmp / "profile_attributes.parquet",
+            )
+        _copy(con, "SELECT * FROM profiles ORDER BY profile_id", tmp / "profiles.parquet")
+        if quarantine:
+            _copy(
+                con,
+                "SELECT reason, _source_file AS source_file, _source_row AS source_row, "
+                "* EXCLUDE (reason, _source_file, _source_row) FROM bad_events "
+                "ORDER BY source_file, source_row",
+                tmp / "quarantine.parquet",
+            )
+
+    def _open_ingested(self, inputs: InputFiles, manifest: dict[str, Any]) -> LoadedEvents:
+        """An ingest directory (either engine's) as views; ``profile_attributes`` when written."""
+        con = connect(self.config.engine)
+        directory = inputs.ingested
+        for view in (*INGEST_TABLES, "profile_attributes"):
+            path = directory / f"{view}.parquet"
+            if view == "profile_attributes" and not path.exists():
+                continue
+            # The Spark ingest writes each table as a directory of parts.
+            source = sql_string(str(path / "*.parquet" if path.is_dir() else path))
+            con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet({source})")
+        graph = IdentityGraph(con, IdentityConfig.model_validate(manifest["identity"]))
+        gt = manifest.get("ground_truth")
+        if gt and Path(gt).is_dir():
+            inputs = InputFiles(
+                events=inputs.events,
+                fmt=inputs.fmt,
+                ingested=directory,
+                ground_truth=Path(gt),
+                display=inputs.display,
+            )
+        return LoadedEvents(con=con, inputs=inputs, manifest=manifest, graph=graph)
+
+    @contextmanager
+    def atomic_directory(self, path: str | Path) -> Iterator[str]:
+        """A new directory that replaces ``path`` whole when the block succeeds."""
+        with atomic_path(path) as tmp:
+            tmp.mkdir(parents=True)
+            yield str(tmp)
+
+    def write_text(self, text: str, path: str) -> None:
+        """A small text file inside a directory being written atomically."""
+        Path(path).write_text(text)
+
+    def output_path(self, path: str | Path) -> str:
+        """Where outputs go, as this engine spells paths."""
+        return str(Path(path))
+
+    def write_feature_table(
+        self, events: LoadedEvents, relation: str, out: str | Path, metadata: dict[str, Any], labelled: bool
+    ) -> tuple[int, int | None]:
+        """One Parquet file at ``out``, the registry facts in its metadata; rows and positives."""
+        con, text = events.con, json.dumps(metadata)
+        with atomic_path(out) as tmp:
+            con.execute(
+                f"COPY ({relation}) TO {sql_string(str(tmp))} "
+                f"(FORMAT parquet, COMPRESSION zstd, KV_METADATA {{propensity: {sql_string(text)}}})"
+            )
+            positives = "sum(label)" if labelled else "NULL"
+            rows = con.execute(
+                f"SELECT count(*), {positives} FROM read_parquet({sql_string(str(tmp))})"
+            ).fetchone()
+        return rows[0], (int(rows[1]) if labelled else None)
+
+    def score(self, events: LoadedEvents, plan: ScoringPlan, target: str) -> Scored:
+        """The population scored in profile partitions, written ranked to ``target``."""
+        return scoring.score(events.con, events.sources(plan.as_of), plan, Path(target))
+
+    def qualify(
+        self,
+        events: LoadedEvents,
+        segments: list[segments_mod.Segment],
+        features: str,
+        scores: dict[str, list[str]],
+        out_dir: str | Path,
+        as_of: dt.date,
+        namespaces: list[str],
+    ) -> segments_mod.Qualification:
+        """Every segment's memberships at ``as_of`` in one query, written to ``out_dir``."""
+        sources = events.sources(as_of)
+        return segments_mod.qualify(
+            events.con,
+            segments,
+            features,
+            scores,
+            out_dir,
+            as_of,
+            identity_namespaces=namespaces,
+            identity_map=sources.identity_map,
+            profiles=sources.profiles,
+        )

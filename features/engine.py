@@ -1,0 +1,171 @@
+"""The engine seam: what every job asks of DuckDB or Spark, and nothing more.
+
+Each job in :mod:`propensity.pipeline.jobs` is written once against two small interfaces, the
+way Feast puts its offline stores (DuckDB, Spark, ...) behind one ``OfflineStore``:
+
+* :class:`Engine` - load events (raw ones staged and stitched in memory, or an ingest
+  directory) as :class:`Events`, stage and stitch them for an ingest directory and write it, write
+  a feature table, score a population with a scorer and
+  write the ranked partition, qualify segments, and atomic directories on its file system;
+* :class:`Events` - loaded events: the data end, learned categories, the sources as of a date,
+  a feature snapshot as a relation (DuckDB: SQL over the connection; Spark: a DataFrame), a
+  model's population and labelled training rows, and the kinds of a relation's columns.
+
+Two implementations satisfy them structurally (neither imports this module's protocols to
+inherit): :mod:`propensity.features.duckdb` (the default) and
+:mod:`propensity.features.spark.engine`. ``propensity.pipeline.jobs.events.engine_for`` is the
+one place that picks one. The protocols live here rather than in ``pipeline`` because their
+arguments and results are features' vocabulary (feature sets, rules, segments, sources): both
+wings import these data types without importing the jobs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from propensity.core.config import ModelConfig, OutcomeConfig
+from propensity.features.build.event_queries import data_end_sql, day_after, learn_categories_sql
+from propensity.features.build.feature_set import FeatureSet
+from propensity.features.build.rules import Rule
+from propensity.features.identity.as_of import AsOfSources
+from propensity.features.ingest.manifest import OnBadRows
+from propensity.features.ingest.staging import StagedEvents
+from propensity.features.ingest.summary import Breakdown
+from propensity.features.journeys.engine import Runner
+
+# A query's result on an engine: DuckDB SQL text over the events' connection, or a Spark
+# DataFrame. Only the engine that made it reads it.
+Relation = Any
+# One batch of feature rows (with the identity columns named) -> score-table rows, less the
+# percentile: the same function on a DuckDB thread and in Spark's mapInArrow.
+Scorer = Callable[[pa.RecordBatch, list[str]], pa.Table]
+Progress = Callable[[int, int | None], None]  # (profiles scored, all to score once known)
+
+
+@dataclass(frozen=True)
+class TrainingRows:
+    """Stacked labelled snapshots on one machine, and how they were drawn (None: all of them)."""
+
+    frame: pd.DataFrame
+    dates: list[dt.date]
+    sampling: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ScoringPlan:
+    """What an engine needs to score a model's population at ``as_of``."""
+
+    fs: FeatureSet
+    as_of: dt.date
+    population: Rule
+    feature_names: list[str]  # the model's feature columns, in its order
+    unused: dict[str, str]  # features no tree splits on -> the type of the NULL standing in
+    scorer: Scorer
+    identity_namespaces: tuple[str, ...]  # one representative value each, where present
+    chunk_rows: int
+    partitions: int | None  # profile partitions of the feature build (None: the engine's choice)
+    progress: Progress | None = None
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A written, ranked score partition: its counts and what its run logs."""
+
+    profiles: int  # profiles with a feature row at as_of
+    eligible: int  # of those, in the model's population
+    scored: int
+    bucket_sizes: dict[str, int]
+    histogram: list[int]  # scores counted in [0, 5), [5, 10), ... [95, 100]
+    sample: np.ndarray  # scores for the histogram figure (all of them, or a sample)
+
+
+class Events(Protocol):
+    """Events opened on an engine: ``events``, ``profiles`` and the identity graph."""
+
+    inputs: Any  # where they came from: .display, .ingested, .ground_truth
+    manifest: dict[str, Any] | None  # an ingest directory's manifest.json
+
+    def sources(self, as_of: dt.date) -> AsOfSources: ...
+    def data_end(self) -> dt.date: ...
+    def span(self) -> tuple[dt.date, dt.date] | None: ...
+    def learn_categories(self, before: dt.date, limit: int) -> list[str]: ...
+    def snapshot(self, fs: FeatureSet, as_of: dt.date, where: str | None = None) -> Relation: ...
+    def population_snapshot(
+        self, fs: FeatureSet, model: ModelConfig, as_of: dt.date, cutoff: dt.date
+    ) -> tuple[Relation, bool]: ...
+    def training_rows(self, fs: FeatureSet, model: ModelConfig, cutoff: dt.date) -> TrainingRows: ...
+    def column_kinds(self, relation: Relation) -> dict[str, str]: ...
+    def frame(self, relation: Relation) -> pd.DataFrame: ...
+    def oracle(self, frame: pd.DataFrame, outcome: OutcomeConfig) -> np.ndarray | None: ...
+    def journey_runner(self) -> Runner: ...
+
+
+class SqlEvents(ABC):
+    """The questions loaded events answer with one query each, written once in DuckDB's SQL; an
+    engine supplies :meth:`rows` (Spark transpiles the query with sqlglot)."""
+
+    @abstractmethod
+    def rows(self, sql: str) -> list[tuple]:
+        """The rows of a query over the loaded views, on this machine."""
+
+    def data_end(self) -> dt.date:
+        """The day after the last event: the default cutoff."""
+        return day_after(self.rows(data_end_sql())[0][0])
+
+    def span(self) -> tuple[dt.date, dt.date] | None:
+        """The day of the first event and the data end (the day after the last), in one scan;
+        None without events."""
+        first, last = self.rows("SELECT min(timestamp), max(timestamp) FROM events")[0]
+        return None if first is None else (pd.Timestamp(first).date(), day_after(last))
+
+    def learn_categories(self, before: dt.date, limit: int) -> list[str]:
+        """The most viewed and bought categories before ``before``."""
+        return [r[0] for r in self.rows(learn_categories_sql(before, limit))]
+
+
+class Stitched(Protocol):
+    """Events staged and stitched in memory (an engine's own handle), with their counts."""
+
+    counts: StagedEvents
+
+    def close(self) -> None: ...
+
+
+class Engine(Protocol):
+    """One engine's side of every job (see the module docstring)."""
+
+    name: str
+
+    def resolve_input(self, path: Any) -> Any: ...
+    def load_events(self, path: Any, on_bad_rows: OnBadRows | None = None) -> Events: ...
+    def stage(
+        self, inputs: Any, profiles: Any, on_bad_rows: OnBadRows, as_of: dt.date | None
+    ) -> Stitched: ...
+    def breakdown(self, stitched: Any) -> Breakdown: ...
+    def write_ingest(self, stitched: Any, directory: str, quarantine: bool) -> None: ...
+    def atomic_directory(self, path: Any) -> AbstractContextManager[str]: ...
+    def write_text(self, text: str, path: str) -> None: ...
+    def output_path(self, path: Any) -> str: ...
+    def write_feature_table(
+        self, events: Any, relation: Relation, out: Any, metadata: dict[str, Any], labelled: bool
+    ) -> tuple[int, int | None]: ...
+    def score(self, events: Any, plan: ScoringPlan, target: str) -> Scored: ...
+    def qualify(
+        self,
+        events: Any,
+        segments: list[Any],
+        features: Relation,
+        scores: dict[str, list[str]],
+        out_dir: Any,
+        as_of: dt.date,
+        namespaces: list[str],
+    ) -> Any: ...

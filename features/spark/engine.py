@@ -1,0 +1,322 @@
+"""Every job's engine steps on Apache Spark (``engine.name: spark``).
+
+:class:`SparkEngine` and :class:`SparkEvents` satisfy :mod:`propensity.features.engine`'s
+protocols with the heavy work on a cluster: staging, stitching, feature tables and labels are
+Spark DataFrames; outputs are Parquet directories on any Hadoop path (local, ``hdfs://``,
+``s3a://``, ``abfss://``). Training stays on one machine: Spark builds the stacked, labelled
+snapshots and hands over a sample of at most ``training.max_training_rows`` rows (the same
+share of each label). An ingest directory written here reads on DuckDB and the other way round.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from propensity.core.config import IdentityConfig, ModelConfig, OutcomeConfig, ProjectConfig
+from propensity.features.activation import segments as segments_mod
+from propensity.features.build.feature_set import FeatureSet
+from propensity.features.engine import Scored, ScoringPlan, SqlEvents, TrainingRows
+from propensity.features.identity.as_of import AsOfSources
+from propensity.features.ingest import summary
+from propensity.features.ingest.manifest import INGEST_TABLES, OnBadRows, checked_manifest
+from propensity.features.ingest.staging import StagedEvents, refuse_bad_rows
+from propensity.features.ingest.summary import Breakdown
+from propensity.features.spark import features as sf
+from propensity.features.spark import identity as spark_identity
+from propensity.features.spark import scoring
+from propensity.features.spark.as_of import SparkIdentityGraph
+from propensity.features.spark.ingest import SparkStaged, stage_events, stage_profiles
+from propensity.features.spark.journeys import SparkRunner
+from propensity.features.spark.qualify import qualify
+from propensity.features.spark.session import (
+    SparkInput,
+    atomic_output,
+    functions,
+    hadoop_path,
+    path_exists,
+    read_text,
+    resolve_spark_input,
+    spark_session,
+    to_pandas,
+    write_parquet,
+    write_text,
+)
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from propensity.features.spark.identity import SparkGraph
+
+
+@dataclass
+class SparkEvents(SqlEvents):
+    """Events on Spark: the temp views ``events``, ``profiles`` and the identity graph's
+    (``identity_map``, ``identity_links``, ``identity_unsettled``), where they came from, and
+    ``graph`` to see them as of a date."""
+
+    spark: SparkSession
+    inputs: SparkInput
+    tables: dict[str, DataFrame]
+    graph: SparkIdentityGraph
+    manifest: dict[str, Any] | None = None
+
+    def journey_runner(self) -> SparkRunner:
+        """The journey queries' runner over this session."""
+        return SparkRunner(self.spark)
+
+    def sources(self, as_of: dt.date) -> AsOfSources:
+        """The events and profiles as of ``as_of``: what every snapshot at that date reads."""
+        return self.graph.sources(as_of)
+
+    def rows(self, sql: str) -> list[tuple]:
+        """The rows of a query (DuckDB's SQL, transpiled) over the temp views."""
+        return [tuple(r) for r in self.spark.sql(sf.duckdb_to_spark(sql)).collect()]
+
+    def snapshot(self, fs: FeatureSet, as_of: dt.date, where: str | None = None) -> DataFrame:
+        """The feature snapshot at ``as_of`` over the events and profiles as of that date."""
+        sources = self.sources(as_of)
+        return sf.snapshot(self.spark, fs, as_of, where, events=sources.events, profiles=sources.profiles)
+
+    def population_snapshot(
+        self, fs: FeatureSet, model: ModelConfig, as_of: dt.date, cutoff: dt.date
+    ) -> tuple[DataFrame, bool]:
+        """The model's population at ``as_of``, labelled when its horizon has passed."""
+        return sf.population_snapshot(self.spark, fs, model, as_of, cutoff, self.graph)
+
+    def training_rows(self, fs: FeatureSet, model: ModelConfig, cutoff: dt.date) -> TrainingRows:
+        """Stacked labelled snapshots built on Spark, sampled to ``training.max_training_rows``
+        rows with the same share of each label."""
+        frame, dates = sf.training_snapshots(self.spark, fs, model, cutoff, self.graph)
+        sample = sf.sample_by_label(frame, model.training.max_training_rows, model.training.seed)
+        return TrainingRows(sample.frame, dates, {"engine": "spark", **sample.describe()})
+
+    def column_kinds(self, relation: DataFrame) -> dict[str, str]:
+        """The kinds (number, string, boolean) rules compare, by column of ``relation``."""
+        kinds = {f.name: _kind(f.dataType.simpleString()) for f in relation.schema.fields}
+        return {name: kind for name, kind in kinds.items() if kind is not None and name != "profile_id"}
+
+    def frame(self, relation: DataFrame) -> pd.DataFrame:
+        """A relation's rows on this machine (through Arrow)."""
+        return to_pandas(relation)
+
+    def oracle(self, frame: pd.DataFrame, outcome: OutcomeConfig) -> np.ndarray | None:
+        """No oracle on Spark: a synthetic world's ground truth is a one-machine check."""
+        return None
+
+
+# Spark's simple type names -> the kinds rules compare (segments.kind_of for DuckDB's).
+_SPARK_KINDS = {"string": "string", "boolean": "boolean"}
+_SPARK_NUMBERS = ("tinyint", "smallint", "int", "bigint", "float", "double", "decimal")
+
+
+def _kind(spark_type: str) -> str | None:
+    if spark_type in _SPARK_KINDS:
+        return _SPARK_KINDS[spark_type]
+    return "number" if spark_type.split("(")[0] in _SPARK_NUMBERS else None
+
+
+@dataclass
+class Stitched:
+    """Events staged and stitched on Spark, with their counts."""
+
+    inputs: SparkInput
+    staged: SparkStaged
+    graph: SparkGraph
+    events: DataFrame  # stitched, with _source_file / _source_row
+    profiles: DataFrame
+    attributes: DataFrame | None  # staged profile attributes with their anchor_key
+
+    @property
+    def counts(self) -> StagedEvents:
+        return self.staged.summary
+
+    @property
+    def result(self):
+        return self.graph.result
+
+    def close(self) -> None:
+        """Release the cached stitched events."""
+        self.events.unpersist()
+
+
+class SparkEngine:
+    """The Spark side of every job (``engine.name: spark``)."""
+
+    name = "spark"
+
+    def __init__(self, config: ProjectConfig) -> None:
+        self.config = config
+        self.spark = spark_session(config.engine)
+
+    def resolve_input(self, path: str | Path) -> SparkInput:
+        """Events files, a folder of them, or an ingest directory, on any Hadoop path."""
+        return resolve_spark_input(self.spark, path)
+
+    def load_events(self, path: str | Path, on_bad_rows: OnBadRows | None = None) -> SparkEvents:
+        """Raw events (validated and stitched in memory, as ``ingest`` would) or an ingest
+        directory (either engine's) as the temp views every later step reads."""
+        inputs = resolve_spark_input(self.spark, path)
+        if inputs.ingested is not None:
+            root = inputs.ingested
+            manifest = checked_manifest(read_text(self.spark, f"{root}/manifest.json"), root)
+            return self._open_ingested(inputs, manifest)
+        stitched = self.stage(inputs, inputs.profiles, on_bad_rows or self.config.ingest.on_bad_rows, None)
+        graph = stitched.graph
+        tables = {
+            "events": stitched.events.drop("_source_file", "_source_row"),
+            "profiles": stitched.profiles,
+            "identity_map": graph.identity_map,
+            "identity_links": graph.identity_links,
+            "identity_unsettled": graph.identity_unsettled,
+        }
+        if stitched.attributes is not None:
+            tables["profile_attributes"] = stitched.attributes
+        return self._publish(inputs, tables, self.config.identity, None)
+
+    def stage(
+        self, inputs: SparkInput, profiles: str | Path | None, on_bad_rows: OnBadRows, as_of: dt.date | None
+    ) -> Stitched:
+        """Validate, normalise and de-duplicate the events (Column-API staging; a bad row stops
+        here with ``on_bad_rows="fail"``), then stitch identities into profiles (large-star /
+        small-star components) and attribute the events."""
+        config, identity = self.config, self.config.identity
+        staged = stage_events(self.spark, inputs, identity, as_of, config.ingest.max_reported_rows)
+        refuse_bad_rows(inputs.display, staged.summary, on_bad_rows)
+        attributes = namespaces = None
+        if profiles is not None:
+            attributes, namespaces = stage_profiles(self.spark, str(profiles), str(profiles), identity)
+        rows = spark_identity.identity_rows(staged.clean, identity, attributes, namespaces)
+        graph = spark_identity.stitch(self.spark, rows, identity)
+        events = spark_identity.attribute_events(staged.clean, graph.identity_map, identity).persist()
+        if attributes is not None:
+            attributes = spark_identity.anchor_attributes(
+                attributes, graph.identity_map, identity, namespaces
+            )
+        profile_table = spark_identity.build_profiles(
+            graph.identity_map, events, identity, attributes, namespaces
+        )
+        return Stitched(inputs, staged, graph, events, profile_table, attributes)
+
+    def breakdown(self, stitched: Stitched) -> Breakdown:
+        """The time range, events by type and channel, identities by namespace: the DuckDB
+        engine's queries, transpiled, over the stitched events and identity map."""
+        stitched.events.createOrReplaceTempView("ingest_clean_events")
+        stitched.graph.identity_map.createOrReplaceTempView("ingest_identity_map")
+
+        def rows(sql: str) -> list[tuple]:
+            return [tuple(r) for r in self.spark.sql(sf.duckdb_to_spark(sql)).collect()]
+
+        return summary.breakdown(
+            rows(summary.events_sql("ingest_clean_events")),
+            rows(summary.identities_sql("ingest_identity_map")),
+        )
+
+    def write_ingest(self, stitched: Stitched, directory: str, quarantine: bool) -> None:
+        """The ingest tables, one Parquet directory each, into ``directory``."""
+        tmp, graph = directory, stitched.graph
+        write_parquet(
+            stitched.events.drop("_source_file", "_source_row").orderBy("timestamp", "event_id"),
+            f"{tmp}/events.parquet",
+        )
+        columns = ("namespace", "value", "profile_id", "profile_key", "node_key", "component", "first_seen")
+        write_parquet(
+            graph.identity_map.select(*columns).orderBy("profile_id", "namespace", "value"),
+            f"{tmp}/identity_map.parquet",
+        )
+        write_parquet(graph.identity_links.orderBy("a", "b"), f"{tmp}/identity_links.parquet")
+        write_parquet(
+            graph.identity_unsettled.orderBy("component", functions().col("after").asc_nulls_first()),
+            f"{tmp}/identity_unsettled.parquet",
+        )
+        if stitched.attributes is not None:
+            write_parquet(stitched.attributes.orderBy("_source_row"), f"{tmp}/profile_attributes.parquet")
+        write_parquet(stitched.profiles, f"{tmp}/profiles.parquet")
+        if quarantine:
+            bad = stitched.staged.bad
+            others = [
+                functions().col(f"`{c}`")
+                for c in bad.columns
+                if c not in ("reason", "_source_file", "_source_row")
+            ]
+            source = (
+                functions().col("_source_file").alias("source_file"),
+                functions().col("_source_row").alias("source_row"),
+            )
+            write_parquet(
+                bad.select("reason", *source, *others).orderBy("source_file", "source_row"),
+                f"{tmp}/quarantine.parquet",
+            )
+
+    def _open_ingested(self, inputs: SparkInput, manifest: dict[str, Any]) -> SparkEvents:
+        """An ingest directory (either engine's) as temp views; ``profile_attributes`` when written."""
+        root = inputs.ingested
+        frames = {name: self.spark.read.parquet(f"{root}/{name}.parquet") for name in INGEST_TABLES}
+        if path_exists(self.spark, f"{root}/profile_attributes.parquet"):
+            frames["profile_attributes"] = self.spark.read.parquet(f"{root}/profile_attributes.parquet")
+        return self._publish(inputs, frames, IdentityConfig.model_validate(manifest["identity"]), manifest)
+
+    def _publish(
+        self, inputs, tables: dict[str, DataFrame], identity: IdentityConfig, manifest
+    ) -> SparkEvents:
+        for name, frame in tables.items():
+            frame.createOrReplaceTempView(name)
+        graph = SparkIdentityGraph(self.spark, identity, tables)
+        return SparkEvents(self.spark, inputs, tables, graph, manifest)
+
+    def atomic_directory(self, path: str | Path):
+        """A temporary path that replaces ``path`` whole when the block succeeds."""
+        return atomic_output(self.spark, path)
+
+    def write_text(self, text: str, path: str) -> None:
+        """A small text file on any Hadoop path."""
+        write_text(self.spark, text, path)
+
+    def output_path(self, path: str | Path) -> str:
+        """Where outputs go, as Hadoop spells the path."""
+        return hadoop_path(path)
+
+    def write_feature_table(
+        self,
+        events: SparkEvents,
+        relation: DataFrame,
+        out: str | Path,
+        metadata: dict[str, Any],
+        labelled: bool,
+    ) -> tuple[int, int | None]:
+        """A Parquet directory at ``out``, the registry facts in ``OUT/_propensity.json``."""
+        fn = functions()
+        with atomic_output(self.spark, out) as tmp:
+            write_parquet(relation.orderBy("profile_id"), tmp)
+            write_text(self.spark, json.dumps(metadata), f"{tmp}/_propensity.json")
+            written = (
+                self.spark.read.parquet(tmp)
+                .agg(fn.count(fn.lit(1)), fn.sum("label") if labelled else fn.lit(None))
+                .first()
+            )
+        return int(written[0]), (int(written[1] or 0) if labelled else None)
+
+    def score(self, events: SparkEvents, plan: ScoringPlan, target: str) -> Scored:
+        """The population scored on the executors (``mapInArrow``), ranked, written to ``target``."""
+        return scoring.score(self.spark, events.sources(plan.as_of), plan, target)
+
+    def qualify(
+        self,
+        events: SparkEvents,
+        segments: list[segments_mod.Segment],
+        features: DataFrame,
+        scores: dict[str, list[str]],
+        out_dir: str | Path,
+        as_of: dt.date,
+        namespaces: list[str],
+    ) -> segments_mod.Qualification:
+        """Every segment's rule compiled to Spark SQL; the rows written as the DuckDB job writes them."""
+        return qualify(
+            self.spark, events.sources(as_of), segments, features, scores, out_dir, as_of, namespaces
+        )

@@ -1,0 +1,62 @@
+"""Opening events once for every job: the engine, the loaded events, the feature set.
+
+:func:`engine_for` is the one place that reads ``engine.name``; every job asks it for the
+engine and goes through :mod:`propensity.features.engine`'s interface. :func:`load_events`
+opens raw events (validated and stitched in memory, as ``ingest`` would) or an ingest
+directory written by either engine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from propensity.core.config import ProjectConfig
+from propensity.features.build.feature_set import FeatureSet
+from propensity.features.build.registry import build_registry
+from propensity.features.duckdb import DuckDBEngine, LoadedEvents
+from propensity.features.engine import Engine, Events
+from propensity.features.ingest.manifest import OnBadRows
+
+__all__ = ["LoadedEvents", "engine_for", "feature_set", "load_events"]
+
+
+def engine_for(config: ProjectConfig) -> Engine:
+    """The engine ``config.engine.name`` names: DuckDB (embedded, the default) or Spark, whose
+    wing is imported only when chosen (so nothing else needs pyspark installed)."""
+    if config.engine.name == "spark":
+        from propensity.features.spark.engine import SparkEngine
+
+        return SparkEngine(config)
+    return DuckDBEngine(config)
+
+
+def load_events(
+    events: str | Path,
+    config: ProjectConfig,
+    on_bad_rows: OnBadRows | None = None,
+    engine: Engine | None = None,
+) -> Events:
+    """Raw events or an ingest directory (either engine's) -> ``events``, ``profiles`` and the
+    identity graph (``identity_map``, ``identity_links``, ``identity_unsettled``, and
+    ``profile_attributes`` when there are some) on the config's engine (or ``engine``), with
+    the graph to see them as of a date. On DuckDB the result is a :class:`LoadedEvents`
+    (``.con``).
+
+    Raw events are validated and stitched in memory exactly as ``ingest`` would.
+    """
+    return (engine or engine_for(config)).load_events(events, on_bad_rows)
+
+
+def feature_set(
+    events: Events, config: ProjectConfig, before: dt.date, categories: list[str] | None = None
+) -> FeatureSet:
+    """The registry for this project.
+
+    Categories: the ones given (a trained model's), else the config's, else learned from the
+    events before ``before``.
+    """
+    categories = categories if categories is not None else config.features.categories
+    if categories is None:
+        categories = events.learn_categories(before, config.features.max_learned_categories)
+    return build_registry(config.features, categories)
