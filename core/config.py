@@ -263,9 +263,14 @@ class TrainingConfig(_Strict):
     seed: int = 42
     """Seed of the split, the search, LightGBM and the bootstrap."""
     snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig)
-    calibration: Literal["auto", "isotonic", "sigmoid"] = "auto"
-    """auto: isotonic or sigmoid, whichever has the lower cross-validated log loss on the calibration rows
-    (isotonic overfits small calibration sets).
+    calibration: Literal["auto", "none", "isotonic", "sigmoid"] = "auto"
+    """auto: no calibration unless isotonic or sigmoid (whichever has the lower cross-validated log loss on
+    the calibration rows) beats none by more than its paired bootstrap 95 % interval there; none: the model's
+    own probabilities; isotonic / sigmoid: always that calibrator.
+    """
+    monotone_constraints: bool = True
+    """LightGBM: hold each feature the registry gives a direction (recency decreasing; counts, revenue and
+    rates increasing; flipped for an outcome that must not occur) to that direction.
     """
     candidates: list[Candidate] = Field(default_factory=lambda: ["lightgbm", "logistic"], min_length=1)
     """Model families fitted; the one with the best validation `selection_metric` is registered."""

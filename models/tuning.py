@@ -102,7 +102,8 @@ def search_lightgbm(
                 "best_iteration": booster.best_iteration,
                 "seconds": seconds,
             }
-            | params
+            # The monotone vector is the same in every trial and as long as the feature list.
+            | {k: v for k, v in params.items() if k != "monotone_constraints"}
         )
         if not best or better(metric, value, best["value"]):
             best.update(

@@ -87,17 +87,35 @@ def test_auc_ratio_interval_is_seeded_covers_the_ratio_and_is_paired():
 # --- calibration --------------------------------------------------------------------------------
 
 
-def test_auto_calibration_picks_sigmoid_on_a_small_set_and_isotonic_for_a_bent_score():
+def test_auto_calibration_keeps_none_for_a_calibrated_score_and_isotonic_for_a_bent_score():
     rng = np.random.default_rng(0)
     raw = rng.normal(-1.5, 1.0, 300)
     y = (rng.random(300) < 1 / (1 + np.exp(-raw))).astype(int)
-    assert choose_calibration("auto", raw, y, seed=1).method == "sigmoid"  # isotonic overfits 300 rows
+    choice = choose_calibration("auto", raw, y, seed=1)
+    # Already calibrated: no calibrator beats the model's own probabilities beyond the interval.
+    assert choice.method == "none" and choice.gain_interval[1] >= 0
+    assert choice.log_loss["sigmoid"] < choice.log_loss["isotonic"]  # isotonic overfits 300 rows
+    assert choice.record()["method"] == "none" and "does not beat" in choice.record()["reason"]
     raw = rng.normal(0, 1.5, 40_000)
     bent = 1 / (1 + np.exp(-(raw**3) / 2))  # far from a sigmoid of the raw score
     y = (rng.random(len(raw)) < bent).astype(int)
     choice = choose_calibration("auto", raw, y, seed=1)
     assert choice.method == "isotonic" and choice.log_loss["isotonic"] < choice.log_loss["sigmoid"]
+    assert choice.gain_interval[1] < 0 and choice.log_loss["isotonic"] < choice.log_loss["none"]
     assert choose_calibration("sigmoid", raw, y, seed=1).method == "sigmoid"
+
+
+def test_auto_calibration_keeps_platt_for_a_deliberately_miscalibrated_score():
+    rng = np.random.default_rng(4)
+    truth = rng.normal(-1.0, 1.2, 5000)
+    y = (rng.random(len(truth)) < 1 / (1 + np.exp(-truth))).astype(int)
+    overconfident = 3.0 * truth + 1.5  # right order, wrong probabilities
+    choice = choose_calibration("auto", overconfident, y, seed=1)
+    assert choice.method in ("sigmoid", "isotonic") and choice.gain_interval[1] < 0
+    fitted = Calibrator(choice.method).fit(overconfident, y).transform(overconfident)
+    assert abs(fitted.mean() - y.mean()) < 0.01
+    assert choose_calibration("none", overconfident, y, seed=1).method == "none"
+    assert np.allclose(Calibrator("none").fit(overconfident, y).transform([0.0]), 0.5)
 
 
 def test_isotonic_keeps_the_raw_order_inside_its_steps():

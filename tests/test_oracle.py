@@ -222,7 +222,8 @@ def test_a_fitted_model_does_not_beat_the_oracle(realistic_ingested, population,
     names = list(labels)
     frame, _ = training_frame(con, fs, model_cfg, cutoff)
     parts = split(frame, model_cfg.training)
-    model = fit_candidates(parts, names, labels, model_cfg.training, model_cfg.name).model
+    monotone = fs.monotone(outcome.occurs)
+    model = fit_candidates(parts, names, labels, model_cfg.training, model_cfg.name, monotone).model
     test = parts.test
     oracle = oracle_probabilities(con, test, outcome, realistic_ingested.inputs.ground_truth).to_numpy()
     known = ~np.isnan(oracle)

@@ -56,6 +56,10 @@ class Feature:
     aggregates: tuple[Aggregate, ...] = ()
     is_feature: bool = True  # False: carried in the table (consent flags) but never modelled
     sensitive: bool = False
+    # How the chance of acting moves with this feature, where that is a fact and not a pattern
+    # of one data set: 1 never lowers it, -1 never raises it, 0 no constraint (the registry
+    # declares it per family, see ``registry.monotone_direction``).
+    monotone: int = 0
 
     def reach(self, lookback_days: int) -> int:
         """How many days back from as_of this feature looks: older events cannot change it."""
@@ -91,6 +95,12 @@ class FeatureSet:
         return FeatureSet(
             {k: v for k, v in self.measures.items() if k in used}, chosen, self.lookback_days, self.categories
         )
+
+    def monotone(self, occurs: bool = True) -> dict[str, int]:
+        """Feature name -> monotone direction for an outcome that occurs (``occurs=False``,
+        churn, flips every direction: what makes a purchase likelier makes its absence less)."""
+        sign = 1 if occurs else -1
+        return {f.name: sign * f.monotone for f in self.features if f.is_feature}
 
     def names(self, model_features_only: bool = True) -> list[str]:
         """Feature names in table order; with ``False``, also carried columns (consent)."""

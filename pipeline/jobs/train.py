@@ -199,7 +199,10 @@ def train_model(
 def fit(data: TrainingData, started: float) -> _Fitted:
     """Split by snapshot and fit every candidate; validation chooses one."""
     parts = split(data.frame, data.model.training)
-    trained = fit_candidates(parts, list(data.labels), data.labels, data.model.training, data.model.name)
+    monotone = data.fs.monotone(data.model.outcome.occurs)  # quality: the registry's monotone directions
+    trained = fit_candidates(
+        parts, list(data.labels), data.labels, data.model.training, data.model.name, monotone
+    )
     return _Fitted(parts, trained, time.perf_counter() - started)
 
 

@@ -1,0 +1,46 @@
+"""CDNOW, real purchases, through the command line on a slice of the customers: the scores a
+user gets are no worse than the classic baselines beyond their paired intervals."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.cdnow import MODEL_YAML, cdnow_events, run_cli
+
+
+def test_cdnow_events_follow_the_event_contract():
+    events = cdnow_events(every=10)
+    assert list(events.columns) == ["timestamp", "event_type", "crm_id", "revenue", "channel"]
+    assert (events["event_type"] == "purchase").all() and events["revenue"].ge(0).all()
+    # One row per customer and day: the day's orders are one purchase.
+    assert not events.assign(day=events["timestamp"].dt.date).duplicated(["crm_id", "day"]).any()
+    assert events["crm_id"].str.fullmatch(r"CD\d{5}").all()
+    assert (
+        events["timestamp"].min().year == 1997
+        and events["timestamp"].max().date().isoformat() == "1998-06-30"
+    )
+
+
+@pytest.mark.slow
+def test_cdnow_scores_are_no_worse_than_the_baselines(tmp_path):
+    # Every 10th customer (2,357), the default LightGBM only: fast, and real data all the same.
+    figures = run_cli(
+        tmp_path / "cdnow", every=10, model_yaml=MODEL_YAML + "training: {tuning: {trials: 1}}\n"
+    )
+    assert figures["rows"] == 2357 and figures["positives"] > 300
+    model = figures["model"]
+    assert (
+        model["auc"]["low"] > 0.5
+        and model["average_precision"]["low"] > figures["positives"] / figures["rows"]
+    )
+    # Probabilities that mean what they say: better than predicting the base rate for everyone.
+    base = figures["positives"] / figures["rows"]
+    assert model["brier"]["value"] < base * (1 - base)
+    for baseline in ("logistic", "bgnbd", "recency"):
+        difference = figures[f"model-{baseline}"]
+        assert difference["auc"]["high"] > 0, baseline
+        assert difference["average_precision"]["high"] > 0, baseline
+        if "brier" in difference:
+            assert difference["brier"]["low"] < 0, baseline
+    # Beyond recency where it matters to a campaign: who is at the top of the list.
+    assert figures["model-recency"]["average_precision"]["low"] > 0
