@@ -58,7 +58,7 @@ class Feature:
     sensitive: bool = False
     # How the chance of acting moves with this feature, where that is a fact and not a pattern
     # of one data set: 1 never lowers it, -1 never raises it, 0 no constraint (the registry
-    # declares it per family, see ``registry.monotone_direction``).
+    # declares it per family, see ``monotone.monotone_direction``).
     monotone: int = 0
 
     def reach(self, lookback_days: int) -> int:

@@ -1,8 +1,7 @@
 """The feature registry: every feature declared once, with a label a person can read.
 
-Each declaration is a measure, aggregates over windows and a feature expression
-(:mod:`propensity.features.build.feature_set`), all plain SQL fragments that DuckDB and Spark SQL
-both accept.
+Each declaration is a measure, aggregates over windows and a feature expression (:mod:`.feature_set`),
+all plain SQL fragments that DuckDB and Spark SQL both accept; directions are :mod:`.monotone`'s.
 
 One function per family (activity, recency, monetary, funnel, channel, category, purchase
 cycles, trend, profile) declares its features; :func:`build_registry` composes them in the
@@ -27,6 +26,7 @@ from propensity.features.build.feature_set import (
     Measure,
     safe_ratio,
 )
+from propensity.features.build.monotone import monotone_direction
 from propensity.features.build.purchase_cycle import purchase_cycle_features
 from propensity.features.contract import ACTIVITY_EVENT_TYPES, CHANNELS, CONSENT_COLUMNS
 
@@ -444,55 +444,6 @@ def build_registry(
     ]
     features = [replace(f, monotone=monotone_direction(f.name, f.family)) for f in features]
     return FeatureSet(_measures(named), features, max(lookback_days, max(windows)), categories)
-
-
-# Event types whose counts say nothing certain about the chance of acting: emails are sent by
-# the marketer, not chosen by the customer; removals from the cart and calls to the call
-# centre can as well be doubts or complaints.
-UNDIRECTED_EVENT_TYPES = ("email_send", "remove_from_cart", "call_center_call")
-# Purchases (and checkouts, their last step) follow each customer's own rhythm: one who bought
-# last week is often not due again yet, so their recency and short-window counts have no
-# direction (on the demo's churn model, holding them cost about 0.02 test AUC); only totals over
-# a year or the whole lookback, which measure the rate, are directed.
-PURCHASE_EVENT_TYPES = ("purchase", "checkout")
-_ENGAGEMENT = "|".join(
-    t for t in ACTIVITY_EVENT_TYPES if t not in UNDIRECTED_EVENT_TYPES + PURCHASE_EVENT_TYPES
-)
-_PURCHASES = "|".join(PURCHASE_EVENT_TYPES)
-# (pattern of the name, direction), first match wins. Directions are for an outcome that
-# occurs (a purchase, a click): more engagement and more recent engagement never make it less
-# likely. Recency of engagement: decreasing. Engagement counts, active days and rates: increasing.
-# Purchases, checkouts and revenue: increasing over 365 days and the lookback only. No direction
-# where it is not a fact: customer age, purchase recency, order values (an upsell is an order
-# above the customer's own average), gaps, shares, trends, funnel stages and flags, identities.
-MONOTONE_RULES: tuple[tuple[str, int], ...] = (
-    (r"days_since_last_event", -1),
-    (rf"days_since_last_({_ENGAGEMENT})", -1),
-    (r"(event_count|active_days)_\d+d", 1),
-    (rf"({_ENGAGEMENT})_count_\d+d", 1),
-    (r"category_view_count_\d+d_.+", 1),
-    (rf"({_PURCHASES})_count_365d", 1),
-    (r"category_purchase_count_365d_.+", 1),
-    (r"revenue_sum_365d", 1),
-    (r"(category_purchase_days_.+|purchase_days)", 1),
-    (r"(category_purchase_days_per_30d_.+|purchase_days_per_30d)", 1),
-    (r"view_to_cart_ratio_\d+d", 1),
-    (r"email_(open|click)_rate_\d+d", 1),
-)
-
-
-def monotone_direction(name: str, family: str) -> int:
-    """The declared monotone direction of a feature (see ``MONOTONE_RULES``): 1, -1 or 0.
-
-    ``family`` keeps the rules to the families they were written for: a profile attribute or
-    a trend never matches a count's pattern by accident.
-    """
-    if family not in ("activity", "recency", "monetary", "funnel", "channel", "category", "purchase_cycle"):
-        return 0
-    for pattern, direction in MONOTONE_RULES:
-        if re.fullmatch(pattern, name):
-            return direction
-    return 0
 
 
 # Profile attributes carried in the feature table but never modelled (consent flags).
