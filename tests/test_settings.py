@@ -4,6 +4,7 @@ metric and margin. Each test shows the behaviour follows the declared value, not
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -126,3 +127,41 @@ def test_promotion_settings_change_the_decision(tmp_path, monkeypatch, training,
     assert champion == ("2" if promoted else "1")
     metric = training.get("promote_metric", "test_auc")
     assert metric in outcome.reason
+
+
+@pytest.mark.slow
+def test_tuning_trials_and_sigmoid_calibration_are_what_training_does(tmp_path, monkeypatch):
+    """``training.tuning.trials: 2`` runs two Optuna trials (default 12) and ``calibration: sigmoid``
+    calibrates with a sigmoid (default auto): both in the registered model and its MLflow run."""
+    import json
+
+    from propensity.features.synthetic import GeneratorSettings, generate
+    from propensity.models import tracking as mlflow_tracking
+    from propensity.pipeline.jobs import ingest as ingest_jobs
+    from propensity.pipeline.jobs import train as train_jobs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    generate(GeneratorSettings(profiles=2000, days=330, seed=3), tmp_path / "raw")
+    ingest_jobs.ingest(tmp_path / "raw", tmp_path / "ingested", ProjectConfig(), on_bad_rows="quarantine")
+    model_cfg = yaml.safe_load((Path(__file__).parents[1] / "configs/models/churn.yaml").read_text())
+    model_cfg["name"] = "settings_churn"
+    model_cfg["training"].update(
+        {"candidates": ["lightgbm"], "calibration": "sigmoid", "tuning": {"trials": 2}}
+    )
+    path = tmp_path / "settings_churn.yaml"
+    path.write_text(yaml.safe_dump(model_cfg))
+    result = train_jobs.train_model(str(path), tmp_path / "ingested", ProjectConfig())
+    client = MlflowClient(tracking_uri=uri)
+    model, _ = mlflow_tracking.load_propensity_model(client, "settings_churn", result.version, None)
+    assert model.metadata["calibration"]["method"] == "sigmoid"
+    assert model.calibrator.method == "sigmoid"
+    assert client.get_run(result.run_id).data.params["calibration"] == "sigmoid"
+    children = client.search_runs(
+        [client.get_experiment_by_name("settings_churn").experiment_id], "tags.step = 'candidate'"
+    )
+    assert [c.data.params["calibration"] for c in children] == ["sigmoid"]
+    trials = json.loads(
+        Path(client.download_artifacts(children[0].info.run_id, "tuning/trials.json")).read_text()
+    )
+    assert len(trials["data"]) == 2
