@@ -864,3 +864,52 @@ def test_scoring_without_factors_gives_the_same_probabilities():
     with_factors, top, _ = model.predict_and_explain(pa.Table.from_pandas(frame), 2)
     np.testing.assert_array_equal(with_factors, probability)
     assert top.shape == (len(frame), 2)
+
+
+@pytest.mark.slow
+def test_killing_score_keeps_the_previous_partition(tmp_path):
+    """``score`` (DuckDB) killed at seeded moments: the previous partition keeps its bytes, readers
+    of the scores folder see only it, and a re-run gives the same rows as the first run."""
+    raw, ingested, scores = tmp_path / "raw", tmp_path / "ingested", tmp_path / "scores"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    for setup in (
+        ["generate", "--profiles", "2000", "--days", "330", "--seed", "3", "--out", str(raw)],
+        ["ingest", "--events", str(raw), "--out", str(ingested)],
+        ["train", "churn", "--events", str(ingested)],
+    ):
+        done = run_cli(*setup, env=env)
+        assert done.returncode == 0, done.stderr
+    args = ["score", "churn", "--events", str(ingested), "--version", "1", "--out", str(scores)]
+    args += ["--as-of", "2025-11-01"]
+    started = time.perf_counter()
+    first = run_cli(*args, env=env)
+    duration = time.perf_counter() - started
+    assert first.returncode == 0, first.stderr
+    partition = scores / "model=churn" / "as_of=2025-11-01"
+
+    def rows() -> pd.DataFrame:
+        frame = pd.read_parquet(partition).drop(columns=["scored_at"])
+        frame["factors"] = frame["factors"].map(lambda f: [tuple(sorted(x.items())) for x in f])
+        return frame.sort_values("profile_id").reset_index(drop=True)
+
+    reference, expected = tree_digest(scores), rows()
+    visible = _visible_parquet(scores)
+    assert visible[0] == 1 and len(expected) > 500
+    rng, kills = random.Random(5), 0
+    for delay in sorted(rng.uniform(1.0, duration) for _ in range(3)):
+        code = killed_at(args, delay, env=env)
+        kills += code is None
+        assert code in (None, 0)
+        # the previous partition (or, killed after its replace, the new one), never a mix: the
+        # same files and rows; only ``scored_at`` (the run's clock) may differ
+        assert tree_digest(scores).keys() == reference.keys()
+        pd.testing.assert_frame_equal(rows(), expected)
+        assert _visible_parquet(scores) == visible  # no temp file a reader or `**` glob finds
+        assert not [p for p in scores.rglob("*") if p.name.startswith(".") and p.name != io.MARKER]
+    assert kills >= 2
+    again = run_cli(*args, env=env)
+    assert again.returncode == 0, again.stderr
+    assert tree_digest(scores).keys() == reference.keys()
+    pd.testing.assert_frame_equal(rows(), expected)  # same probabilities, scores and factors
+    assert _visible_parquet(scores) == visible
+    assert_no_visible_temps(scores)

@@ -192,6 +192,64 @@ def test_evaluate_logs_expected_vs_actual(churn_run, luma_ingested, tracking, ru
     assert late.exit_code == 2 and "horizon ends after the data" in " ".join(late.output.split())
 
 
+def test_evaluate_reports_the_metrics_of_the_snapshot(churn_run, luma_ingested, tracking, tmp_path):
+    """The figures ``evaluate`` reports are those of the snapshot: recomputed here with sklearn
+    from the snapshot's labels and the probabilities ``score`` writes for the same date."""
+    import datetime as dt
+
+    from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+    from propensity.features.duckdb import DuckDBEngine
+    from propensity.pipeline.jobs import evaluate as evaluate_jobs
+    from propensity.pipeline.jobs import score as score_jobs
+    from propensity.pipeline.jobs.config_files import load_model_config
+    from propensity.pipeline.jobs.events import feature_set, load_events
+
+    config, as_of = ProjectConfig(), dt.date(2025, 9, 1)
+    result = evaluate_jobs.evaluate_model("churn", luma_ingested, config, as_of, version=churn_run.version)
+    # the labels: the population snapshot at as_of with its outcome over the horizon
+    loaded = load_events(luma_ingested, config, engine=DuckDBEngine(config))
+    model_cfg = load_model_config("churn", config)
+    model, _ = mlflow_tracking.load_propensity_model(
+        mlflow_tracking.configure(config), "churn", churn_run.version, None
+    )
+    fs = feature_set(loaded, config, before=as_of, categories=model.metadata.get("categories"))
+    relation, _ = loaded.population_snapshot(fs, model_cfg, as_of, loaded.data_end())
+    labels = loaded.frame(relation)[["profile_id", "label"]]
+    # the probabilities: the score job's output for the same version and date
+    score_jobs.score_model("churn", luma_ingested, config, as_of, tmp_path, version=churn_run.version)
+    scores = pd.read_parquet(tmp_path / "model=churn" / f"as_of={as_of}")
+    scores = scores[["profile_id", "probability"]]
+    joined = labels.merge(scores, on="profile_id", how="inner", validate="one_to_one")
+    assert len(joined) == len(labels) == result.rows
+    y, p = joined["label"].to_numpy().astype(int), joined["probability"].to_numpy()
+    metrics = result.metrics
+    assert metrics["eval_rows"] == len(y) and metrics["eval_positives"] == y.sum()
+    assert metrics["eval_base_rate"] == pytest.approx(y.mean())
+    expected = {
+        "auc": roc_auc_score(y, p),
+        "average_precision": average_precision_score(y, p),
+        "brier": brier_score_loss(y, p),
+    }
+    for name, value in expected.items():
+        assert metrics[f"eval_{name}"] == pytest.approx(value, abs=1e-6), name
+        # the interval holds the point value and is a real interval
+        low, high = metrics[f"eval_{name}_ci_low"], metrics[f"eval_{name}_ci_high"]
+        assert low < metrics[f"eval_{name}"] < high, (name, low, high)
+    # the bucket table: the score table's buckets, with their actual and predicted rates
+    scored = pd.read_parquet(tmp_path / "model=churn" / f"as_of={as_of}")[["profile_id", "bucket"]]
+    per_bucket = joined.merge(scored, on="profile_id").groupby("bucket")
+    table = result.buckets.set_index("bucket")
+    assert table["profiles"].to_dict() == per_bucket.size().to_dict()
+    assert table["positives"].to_dict() == per_bucket["label"].sum().to_dict()
+    pd.testing.assert_series_equal(
+        table["predicted_rate"].sort_index(),
+        per_bucket["probability"].mean().sort_index(),
+        check_names=False,
+        atol=1e-6,
+    )
+
+
 def test_too_few_positives_is_a_clear_error(luma_ingested, tracking, tmp_path, runner):
     model = tmp_path / "rare.yaml"
     model.write_text(
