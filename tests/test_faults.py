@@ -75,6 +75,29 @@ def killed_at(args: list[str], delay: float, env: dict | None = None) -> int | N
         return None
 
 
+class KillPoints:
+    """Seeded moments to kill a run at, across the ``duration`` of a first run. A run that
+    finishes before its moment (warm caches make later runs faster than the first) moves the
+    later moments earlier, so the plan ends after ``wanted`` real kills (``attempts`` at most)."""
+
+    def __init__(self, duration: float, seed: int, wanted: int = 3, attempts: int = 12) -> None:
+        self.duration, self.rng = duration, random.Random(seed)
+        self.wanted, self.attempts = wanted, attempts
+        self.kills = self.tries = 0
+
+    def __iter__(self):
+        while self.kills < self.wanted and self.tries < self.attempts:
+            self.tries += 1
+            yield self.rng.uniform(0.25, 0.9) * self.duration
+
+    def record(self, delay: float, killed: bool) -> None:
+        """Whether the run started for ``delay`` was killed (else it finished sooner)."""
+        if killed:
+            self.kills += 1
+        else:
+            self.duration = delay
+
+
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("faults") / "raw"
@@ -274,26 +297,18 @@ def test_killing_a_step_keeps_the_previous_output(raw, tmp_path, step):
     root = out if out.is_dir() else out.parent
     reference = tree_digest(root)
     visible = _visible_parquet(root) if out.is_dir() else None
-    # Seeded kill points across the run; a run that finishes first (warm caches make later runs
-    # faster than the first) moves the next points earlier, so every example really kills.
-    rng = random.Random(21)
-    kills = attempts = 0
-    while kills < 3 and attempts < 12:
-        attempts += 1
-        delay = rng.uniform(0.25, 0.9) * duration
+    plan = KillPoints(duration, seed=21)
+    for delay in plan:
         code = killed_at(args, delay)
         assert code in (None, 0)
-        if code is None:
-            kills += 1
-        else:
-            duration = delay
+        plan.record(delay, code is None)
         # the previous output is intact: the same bytes, the same rows for readers
         current = {k: v for k, v in tree_digest(root).items() if io.STAGING not in k}
         assert current == {k: v for k, v in reference.items() if io.STAGING not in k}
         if visible is not None:
             assert _visible_parquet(root) == visible
             assert not [p for p in out.rglob("*") if p.name.startswith(".") and p.name != io.MARKER]
-    assert kills == 3
+    assert plan.kills == plan.wanted
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr
     assert {k: v for k, v in tree_digest(root).items() if io.STAGING not in k} == {
@@ -832,20 +847,21 @@ def test_killing_segments_and_export_keeps_the_previous_output(tmp_path):
     assert first.returncode == 0, first.stderr
     reference = {root: tree_digest(root) for root in (out, exports)}
     rows = {root: _visible_parquet(root)[0] for root in (out,)}
-    rng, kills = random.Random(9), 0
-    for delay in sorted(rng.uniform(0.5, duration) for _ in range(4)):
+    plan = KillPoints(duration, seed=9)
+    for delay in plan:
         proc = subprocess.Popen([sys.executable, "-c", QUALIFY_AND_EXPORT, *args], stderr=subprocess.DEVNULL)
         try:
             proc.wait(timeout=delay)
+            plan.record(delay, killed=False)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            kills += 1
+            plan.record(delay, killed=True)
         for root in (out, exports):
             assert tree_digest(root) == reference[root]  # the previous output, byte for byte
         assert _visible_parquet(out)[0] == rows[out]
         assert not [p for p in exports.rglob("*") if p.name.startswith(".") and p.name != io.MARKER]
-    assert kills >= 2
+    assert plan.kills == plan.wanted
     again = subprocess.run([sys.executable, "-c", QUALIFY_AND_EXPORT, *args], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     for root in (out, exports):
@@ -895,18 +911,18 @@ def test_killing_score_keeps_the_previous_partition(tmp_path):
     reference, expected = tree_digest(scores), rows()
     visible = _visible_parquet(scores)
     assert visible[0] == 1 and len(expected) > 500
-    rng, kills = random.Random(5), 0
-    for delay in sorted(rng.uniform(1.0, duration) for _ in range(3)):
+    plan = KillPoints(duration, seed=5)
+    for delay in plan:
         code = killed_at(args, delay, env=env)
-        kills += code is None
         assert code in (None, 0)
+        plan.record(delay, code is None)
         # the previous partition (or, killed after its replace, the new one), never a mix: the
         # same files and rows; only ``scored_at`` (the run's clock) may differ
         assert tree_digest(scores).keys() == reference.keys()
         pd.testing.assert_frame_equal(rows(), expected)
         assert _visible_parquet(scores) == visible  # no temp file a reader or `**` glob finds
         assert not [p for p in scores.rglob("*") if p.name.startswith(".") and p.name != io.MARKER]
-    assert kills >= 2
+    assert plan.kills == plan.wanted
     again = run_cli(*args, env=env)
     assert again.returncode == 0, again.stderr
     assert tree_digest(scores).keys() == reference.keys()
