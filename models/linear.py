@@ -144,7 +144,10 @@ class LinearPropensityModel:
         return self._raw_from_matrix(self.matrix(frame))
 
     def _raw_from_matrix(self, matrix: pd.DataFrame) -> np.ndarray:
-        return self.design.transform(matrix) @ self.coef + self.intercept
+        # Each row summed on its own, in column order: a BLAS product's result for one row depends
+        # on the rows batched with it, so a profile's score changed (by 1e-16) with its chunk.
+        design = np.ascontiguousarray(self.design.transform(matrix), dtype=np.float64)
+        return (design * self.coef).sum(axis=1) + self.intercept
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         """Calibrated probability of the outcome."""

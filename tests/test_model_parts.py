@@ -227,6 +227,19 @@ def test_linear_contributions_are_exact_and_top_factors_come_strongest_first(tmp
     np.testing.assert_array_equal(top_impacts, impacts)
 
 
+def test_a_linear_score_does_not_depend_on_the_rows_scored_with_it():
+    """Re-scoring gives the same bits whatever the chunking: a profile's probability is the same
+    scored alone, in any batch, or in any order (a BLAS product's was not)."""
+    model, frame = _linear_model()
+    whole = model.predict_proba(frame)
+    alone = np.concatenate([model.predict_proba(frame.iloc[i : i + 1]) for i in range(0, len(frame), 7)])
+    np.testing.assert_array_equal(alone, whole[::7])
+    chunks = np.concatenate([model.predict_proba(frame.iloc[a : a + 333]) for a in range(0, len(frame), 333)])
+    np.testing.assert_array_equal(chunks, whole)
+    order = np.random.default_rng(3).permutation(len(frame))
+    np.testing.assert_array_equal(model.predict_proba(frame.iloc[order]), whole[order])
+
+
 def test_validation_share_grows_when_the_rarer_outcome_is_scarce():
     from propensity.core.config import TrainingConfig
     from propensity.models.train import validation_share
