@@ -80,6 +80,7 @@ LEGACY_LAYOUTS: dict[str, Callable[[Path], bool]] = {
     "segments": _partitioned("as_of=*"),
     "exports": _partitioned("destination=*"),
     "features": _propensity_parquet,
+    "journey": lambda path: (path / "journey.json").is_file(),
 }
 
 

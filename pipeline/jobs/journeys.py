@@ -23,7 +23,7 @@ import pandas as pd
 
 from propensity.core.config import ProjectConfig
 from propensity.core.errors import UserError
-from propensity.core.io import atomic_path, write_json
+from propensity.core.io import atomic_path, check_output, write_json
 from propensity.features.journeys import (
     Paths,
     Runner,
@@ -40,7 +40,7 @@ from propensity.pipeline.jobs import journey_funnel as funnel_job
 from propensity.pipeline.jobs import journey_report as report
 from propensity.pipeline.jobs.events import load_events
 
-MARKER = "journey.json"
+FACTS_FILE = "journey.json"
 
 
 @dataclass
@@ -74,12 +74,6 @@ def _data_end(runner: Runner) -> dt.date:
     return pd.Timestamp(last).date() + dt.timedelta(days=1)
 
 
-def _check_out(out: Path) -> None:
-    """A journey step replaces only its own output (or an empty / missing directory)."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
-        raise UserError(f"{out}: exists and is not a journey output (no {MARKER}); choose another --out")
-
-
 def _log_mlflow(
     config: ProjectConfig, step: str, tags: dict[str, str], metrics: dict[str, float], out: Path
 ) -> str:
@@ -98,13 +92,13 @@ def _log_mlflow(
 
 
 def _write(out: Path, tables: dict[str, pd.DataFrame], html: str, facts: dict[str, Any]) -> None:
-    _check_out(out)
-    with atomic_path(out) as tmp:
+    # Replaces only its own kind of output (or an empty / missing folder), under its lock.
+    with atomic_path(out, kind="journey") as tmp:
         tmp.mkdir(parents=True)
         for name, frame in tables.items():
             frame.to_parquet(tmp / f"{name}.parquet", index=False)
         (tmp / "journey.html").write_text(html)
-        write_json(facts, tmp / MARKER)
+        write_json(facts, tmp / FACTS_FILE)
 
 
 # --- funnel ---------------------------------------------------------------------------------
@@ -143,7 +137,7 @@ def run_funnel(
     started = time.perf_counter()
     spec = funnel_job.funnel_spec(steps, window, mode, exclude, session_gap)
     out = Path(out)
-    _check_out(out)
+    check_output(out, "journey")  # refused before the work, not only at the swap
     with journey_data(events, config, as_of) as data:
         since_at = dt.datetime.combine(since, dt.time()) if since else None
         # The first step's channel is read only for a breakdown by it.
@@ -222,7 +216,7 @@ def run_paths(
     if target.limit_seconds is not None:
         raise UserError(f"--event {event!r}: a path's event takes no time limit")
     out = Path(out)
-    _check_out(out)
+    check_output(out, "journey")  # refused before the work, not only at the swap
     with journey_data(events, config, as_of) as data:
         since_at = dt.datetime.combine(since, dt.time()) if since else None
         counted = paths_mod.run_paths(
@@ -365,7 +359,7 @@ def run_attribution(
     target = parse_steps([outcome])[0]
     lookback_seconds = parse_duration(lookback, "--lookback")
     out = Path(out)
-    _check_out(out)
+    check_output(out, "journey")  # refused before the work, not only at the swap
     paths, start, date = _touch_paths(events, config, as_of, since, target, lookback_seconds, by, touchpoints)
     result = attribution_mod.attribute(paths, parse_duration(half_life, "--half-life"), bootstrap, seed)
     share = result.conversions_without_touch / result.conversions if result.conversions else float("nan")
