@@ -1,0 +1,171 @@
+"""A model config: its outcome, snapshots, training, feature selection, buckets and governance."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from propensity.core.config.base import _Strict
+
+
+class OutcomeConfig(_Strict):
+    """What the model predicts: an event that will (or will not) occur within the horizon."""
+
+    event_type: str = "purchase"
+    """The event that makes the outcome (any event type of the contract, or a custom one)."""
+    category: str | None = None
+    """product_category the event must have"""
+    min_revenue: float | None = Field(default=None, ge=0)
+    """Only events with at least this revenue count."""
+    above_average_order_value: bool = False
+    """Upsell variant: an order above the profile's own 365-day average order value."""
+    horizon_days: int = Field(default=30, ge=1, le=730)
+    """Days after the as-of date in which the outcome is looked for."""
+    occurs: bool = True
+    """False: the label is 1 when the event does NOT occur (churn)"""
+
+
+class SnapshotConfig(_Strict):
+    """How many training snapshots, and how many days apart.
+
+    With ``adapt`` (the default), when the events do not reach back far enough for ``count``
+    snapshots ``spacing_days`` apart plus ``min_history_days`` of history before the first,
+    the spacing shrinks (down to ``min_spacing_days``) and then the count (down to 3) instead
+    of failing; the run records what was used.
+    """
+
+    count: int = Field(default=8, ge=3, le=64)
+    """Training snapshots; the last is the test snapshot, the one before it validation."""
+    spacing_days: int = Field(default=28, ge=1)
+    """Days between consecutive snapshot dates."""
+    adapt: bool = True
+    """Shrink spacing, then count, when the events are too short for the plan."""
+    min_history_days: int = Field(default=90, ge=1)
+    """Days of events required before the first snapshot."""
+    min_spacing_days: int = Field(default=7, ge=1)
+    """The spacing never shrinks below this."""
+
+
+class TuningConfig(_Strict):
+    """The LightGBM hyperparameter search (Optuna, seeded TPE) on time-ordered validation.
+
+    ``trials`` bounds the search and keeps it deterministic; ``timeout_seconds`` is a safety
+    cap: a search it cuts short depends on the machine's speed (the run records it).
+    ``trials: 1`` fits the defaults only.
+    """
+
+    trials: int = Field(default=12, ge=1, le=500)
+    """Optuna trials; 1: LightGBM with the defaults and training.lightgbm only."""
+    timeout_seconds: float | None = Field(default=600.0, gt=0)
+    """High enough never to cut a search on the demo or test data (which would make the model depend on the
+    machine's load); None: no cap.
+    """
+    max_boost_rounds: int = Field(default=1000, ge=10)
+    """Boosting rounds at most (early stopping usually ends sooner)."""
+
+
+Candidate = Literal["lightgbm", "logistic"]
+
+
+class TrainingConfig(_Strict):
+    """How a model is trained; every key has a sensible default."""
+
+    seed: int = 42
+    """Seed of the split, the search, LightGBM and the bootstrap."""
+    snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig)
+    calibration: Literal["auto", "none", "isotonic", "sigmoid"] = "auto"
+    """auto: no calibration unless isotonic or sigmoid (whichever has the lower cross-validated log loss on
+    the calibration rows) beats none by more than its paired bootstrap 95 % interval there; none: the model's
+    own probabilities; isotonic / sigmoid: always that calibrator.
+    """
+    monotone_constraints: bool = True
+    """LightGBM: hold each feature the registry gives a direction (recency decreasing; counts, revenue and
+    rates increasing; flipped for an outcome that must not occur) to that direction.
+    """
+    candidates: list[Candidate] = Field(default_factory=lambda: ["lightgbm", "logistic"], min_length=1)
+    """Model families fitted; the one with the best validation `selection_metric` is registered."""
+    selection_metric: Literal["auc", "average_precision", "log_loss", "brier"] = "log_loss"
+    """Validation metric that chooses among candidates (log_loss rewards calibrated probabilities)."""
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
+    bootstrap_resamples: int = Field(default=1000, ge=50, le=20_000)
+    """Test metrics carry percentile intervals from this many seeded bootstrap resamples."""
+    min_positives: int = Field(default=100, ge=1)
+    """Fewer positives in the training snapshots: the run stops with a clear error."""
+    min_negatives: int = Field(default=100, ge=1)
+    """Fewer negatives in the training snapshots: the run stops with a clear error."""
+    test_profile_fraction: float = Field(default=0.3, gt=0.0, lt=1.0)
+    """Share of profiles held out for the test snapshot, so no profile is in train and test."""
+    validation_profile_fraction: float = Field(default=0.3, gt=0.0, lt=1.0)
+    """Share of the other profiles kept for the validation snapshot only (early stopping, tuning, candidate
+    choice, calibration), so none of them is seen in training; raised (up to 0.6) when the validation
+    snapshot's rarer outcome is scarce.
+    """
+    max_training_rows: int = Field(default=2_000_000, ge=1000)
+    """Training rows at most; a sample stratified by label beyond it (said in the run)."""
+    early_stopping_rounds: int = Field(default=50, ge=1)
+    """Stop boosting after this many rounds without validation improvement."""
+    lightgbm: dict[str, Any] = Field(default_factory=dict)
+    """LightGBM parameters fixed instead of searched (objective and re-weighting are refused)."""
+    promote_metric: Literal["test_auc", "test_average_precision", "test_log_loss", "test_brier"] = "test_auc"
+    """Test metric compared by `promote` (challenger against champion and baselines)."""
+    promote_min_improvement: float = 0.0
+    """A challenger must beat the champion by at least this much on promote_metric."""
+
+    @field_validator("candidates")
+    @classmethod
+    def _unique_candidates(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("candidates must be unique")
+        return value
+
+    @field_validator("lightgbm")
+    @classmethod
+    def _no_reweighting(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in ("is_unbalance", "scale_pos_weight", "objective"):
+            if key in value:
+                raise ValueError(f"`{key}` is not allowed: it spoils calibrated probabilities")
+        return value
+
+
+class FeatureSelection(_Strict):
+    """Which registry features a model may use, by name or family."""
+
+    include: list[str] = Field(default_factory=list)
+    """feature or family names; empty = all"""
+    exclude: list[str] = Field(default_factory=list)
+    """Feature or family names left out."""
+
+
+class BucketConfig(_Strict):
+    """Score (0-100) thresholds: score >= high is `high`, >= medium is `medium`, else `low`."""
+
+    medium: int = Field(default=40, ge=1, le=99)
+    """Scores from here up to `high` are the medium bucket."""
+    high: int = Field(default=70, ge=2, le=100)
+    """Scores from here up are the high bucket."""
+
+
+class GovernanceConfig(_Strict):
+    """What a model's scores may be used for, and the features refused for it."""
+
+    marketing_action: str = "personalization"
+    """What the scores may be used for; destinations with another purpose refuse segments built on them."""
+    sensitive_features: list[str] = Field(default_factory=list)
+    """Features this model must never use (training refuses to start if selected)."""
+
+
+class ModelConfig(_Strict):
+    """configs/models/NAME.yaml: a model is data, not code."""
+
+    name: str
+    """The registered model name (defaults to the file name)."""
+    description: str = ""
+    """What the model predicts, for people."""
+    population: str = "days_since_last_event <= 90"
+    """Who is scored: a rule over features and profile attributes (the same grammar as segment rules)."""
+    outcome: OutcomeConfig = Field(default_factory=OutcomeConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    features: FeatureSelection = Field(default_factory=FeatureSelection)
+    buckets: BucketConfig = Field(default_factory=BucketConfig)
+    governance: GovernanceConfig = Field(default_factory=GovernanceConfig)
