@@ -577,6 +577,14 @@ def test_the_join_and_the_window_forms_of_a_funnel_agree():
         np.testing.assert_array_equal(joined.times, window.times)
         np.testing.assert_array_equal(joined.in_progress, window.in_progress)
         assert (joined.reached >= 1).sum() > 10, steps  # the funnels are not trivially empty
+        # Without the first step's channel (the lean query: no channel column carried), the
+        # same units, each in the "(none)" group.
+        for form in (runner, windowed):
+            lean = run_funnel(form, spec, "ev", at(390), first_channel=False)
+            assert lean.profile_id.tolist() == joined.profile_id.tolist(), steps
+            np.testing.assert_array_equal(lean.times, joined.times)
+            np.testing.assert_array_equal(lean.in_progress, joined.in_progress)
+            assert set(lean.first_channel.tolist()) == {"(none)"}
 
 
 def _brute_force_first_times(events: list[tuple[float, str]], steps: list[str], window: float, limits: list):

@@ -93,7 +93,7 @@ def funnel_units_sql(
     ctes = [_base_cte(spec, events, end, since, dialect, steps, excluded, has_id, narrow, first_channel)]
     _event_ctes(spec, ctes, end_us, narrow, len(excluded))
     if spec.mode == "ordered":
-        return _ordered_sql(spec, ctes, dialect, end_us, len(excluded))
+        return _ordered_sql(spec, ctes, dialect, end_us, len(excluded), first_channel)
     if spec.mode == "any":
         reached, open_row, first = _any_levels(spec, ctes, end_us, len(excluded))
     else:
@@ -238,20 +238,24 @@ def _units_sql(
     )
 
 
-def _ordered_sql(spec: FunnelSpec, ctes: list[str], dialect: Dialect, end_us: str, exclusions: int) -> str:
+def _ordered_sql(
+    spec: FunnelSpec, ctes: list[str], dialect: Dialect, end_us: str, exclusions: int, first_channel: bool
+) -> str:
     """The ordered funnel after ``ev``: the chains of every step (:func:`_ordered_steps`), then
-    per unit when it reached each step, whether a chain is open, and the first step's channel."""
+    per unit when it reached each step, whether a chain is open, and the first step's channel
+    (without ``first_channel``, no channel column is carried nor aggregated: NULL)."""
     n, W = len(spec.steps), spec.window_seconds * MICROS
     keys = ["pid", "sn"] if spec.session_gap_seconds else ["pid"]
     key = ", ".join(keys)
     se = ", se" if spec.session_gap_seconds else ""
-    _ordered_steps(spec, ctes, dialect, keys, exclusions)
+    ch = ", ch" if first_channel else ""
+    _ordered_steps(spec, ctes, dialect, keys, exclusions, ch)
     nothing = "CAST(NULL AS BIGINT)"
-    extra = f", {nothing} AS se" if se else ""
+    extra = (f", CAST(NULL AS {dialect.string_type}) AS ch" if ch else "") + (
+        f", {nothing} AS se" if se else ""
+    )
     union = " UNION ALL ".join(
-        f"SELECT {key}, t, s, {k} AS lvl, "
-        + (f"ch{se}" if k == 0 else f"CAST(NULL AS {dialect.string_type}) AS ch{extra}")
-        + f" FROM lv{k}"
+        f"SELECT {key}, t, s, {k} AS lvl" + (f"{ch}{se}" if k == 0 else extra) + f" FROM lv{k}"
         for k in range(n)
     )
     # A chain at step k can still advance when its window and step k+1's limit are open at
@@ -266,6 +270,8 @@ def _ordered_sql(spec: FunnelSpec, ctes: list[str], dialect: Dialect, end_us: st
     first = (
         f"min_by(CASE WHEN lvl = 0 THEN {channel} END, "
         f"CASE WHEN lvl = 0 THEN {dialect.pair('t', channel)} END) AS fc"
+        if first_channel
+        else f"CAST(NULL AS {dialect.string_type}) AS fc"
     )
     session_end = "max(se)" if se else f"CAST({end_us} AS BIGINT)"
     session = "sn" if spec.session_gap_seconds else "CAST(0 AS BIGINT)"
@@ -283,7 +289,7 @@ def _ordered_sql(spec: FunnelSpec, ctes: list[str], dialect: Dialect, end_us: st
 
 
 def _ordered_steps(
-    spec: FunnelSpec, ctes: list[str], dialect: Dialect, keys: list[str], exclusions: int
+    spec: FunnelSpec, ctes: list[str], dialect: Dialect, keys: list[str], exclusions: int, ch: str
 ) -> None:
     """Appends one relation per step (``lv0`` ..) of the events where a chain reaches it, with
     the chain's latest start ``s``.
@@ -300,7 +306,7 @@ def _ordered_steps(
     key = ", ".join(keys)
     xs = "".join(f", xe{j}" for j in range(exclusions))
     se = ", se" if spec.session_gap_seconds else ""
-    ctes.append(f"lv0 AS (SELECT {key}, t, t AS s, ch{se}{xs} FROM ev WHERE m0)")
+    ctes.append(f"lv0 AS (SELECT {key}, t, t AS s{ch}{se}{xs} FROM ev WHERE m0)")
     for k in range(1, n):
         guards = [f"xe{j}" for j, x in enumerate(spec.exclusions) if x.first < k <= x.last]
         limit = spec.limit_micros(k)
