@@ -36,6 +36,8 @@ EVENT_TYPES = np.array(
         "login",
         "signup",
         "remove_from_cart",
+        # Custom (not canonical) and last, so the codes before it never move: see .classes.
+        "class_registration",
     ]
 )
 ET = {name: i for i, name in enumerate(EVENT_TYPES)}

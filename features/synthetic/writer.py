@@ -26,6 +26,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from propensity.core.io import atomic_path
+from propensity.features.synthetic.classes import (
+    ClassRegistrations,
+    class_registrations_for,
+    with_registrations,
+)
 from propensity.features.synthetic.events import MICROS, SECONDS_PER_DAY
 from propensity.features.synthetic.result import Simulation
 from propensity.features.synthetic.simulator import simulate
@@ -79,11 +84,12 @@ def generate(settings: GeneratorSettings, out_dir: str | Path) -> GenerationSumm
         arrays = _purchases_only(arrays)
     else:
         arrays = _add_test_accounts(sim, arrays, test_accounts)
+    classes = class_registrations_for(settings, arrays, sim.traits, _start_micros(settings))
     purchase_events = int((arrays["type"] == ET["purchase"]).sum())
     out_dir = Path(out_dir)
     with atomic_path(out_dir, kind="generated events") as tmp:
         tmp.mkdir(parents=True)
-        events, shared_pairs = _events_table(sim, arrays, test_accounts)
+        events, shared_pairs = _events_table(sim, arrays, test_accounts, classes)
         (tmp / "events").mkdir()
         _write_partitioned(events, tmp / "events")
         profiles = _profiles_table(sim, test_accounts)
@@ -91,6 +97,8 @@ def generate(settings: GeneratorSettings, out_dir: str | Path) -> GenerationSumm
         if settings.ground_truth:
             (tmp / "ground_truth").mkdir()
             _write_ground_truth(tmp / "ground_truth", sim, shared_pairs)
+            if classes is not None:
+                classes.write_truth(tmp / "ground_truth" / "class_registrations.json")
     recorded = sim.purchases["channel"] != OFFLINE
     return GenerationSummary(
         people=n,
@@ -178,11 +186,16 @@ def _dictionary(codes: np.ndarray, dictionary: pa.Array) -> pa.DictionaryArray:
 
 
 def _events_table(
-    sim: Simulation, columns: dict[str, np.ndarray], test_accounts: int
+    sim: Simulation,
+    columns: dict[str, np.ndarray],
+    test_accounts: int,
+    classes: ClassRegistrations | None = None,
 ) -> tuple[pa.Table, np.ndarray]:
     """The events as an Arrow table, and the (person, device) pairs of shared-device use.
 
-    Consumes ``columns`` (emptied, column by column, so memory holds one copy at a time).
+    Consumes ``columns`` (emptied, column by column, so memory holds one copy at a time). The
+    class registrations join after the last random draw here, so the draws (resends, shared
+    devices, messy emails) and every other row stay what they were without them.
     """
     settings, rng = sim.settings, sim.rng
     n, total_devices = settings.profiles, int(sim.traits.n_devices.sum())
@@ -216,6 +229,8 @@ def _events_table(
     messy = pc.binary_join_element_wise(" ", pc.utf8_upper(emails), " ", "")
     email_dict = pa.concat_arrays([emails, messy])
     email_code = np.where(a["with_email"], a["person"] + people * (rng.random(rows) < 1 / 7), -1)
+    if classes is not None and len(classes.person):
+        a, device, email_code, event_number = with_registrations(a, device, email_code, event_number, classes)
     phone = pc.binary_join_element_wise("+1 (555) ", _strings("", np.arange(people) % 10**7, 7), "")
     campaign_names = _strings("cmp-", np.arange(max(int(a["campaign"].max(initial=-1)) + 1, 1)), 3)
     sku_names = _strings("SKU-", np.arange(len(CATEGORIES) * SKUS_PER_CATEGORY), 4)
