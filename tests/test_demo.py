@@ -54,12 +54,14 @@ def test_demo_tells_the_story(demo_run):
         "8. journeys",
         "Yoga funnel",
         "What drives yoga purchases",
+        "What drives yoga class registrations",
     ):
         assert fragment in text, fragment
     assert (demo / "ingested" / "events.parquet").is_file()
     assert len(list((demo / "scores").glob("model=*/as_of=*/part-0.parquet"))) == 6
     assert any((demo / "exports").rglob("*.csv")) and (demo / "reports" / "upsell.html").is_file()
     assert (demo / "journeys" / "attribution" / "journey.html").is_file()
+    assert (demo / "journeys" / "attribution_classes" / "journey.html").is_file()
     summary = json.loads((demo / "demo.json").read_text())
     assert summary["sarah"] and set(summary["models"]) == {"conversion", "upsell", "churn"}
 

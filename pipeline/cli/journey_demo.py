@@ -1,6 +1,7 @@
 """The demo's journeys step: the yoga funnel and its fallout (by upsell score bucket), the paths
-to a yoga purchase, and what drives yoga purchases across web, app, email, push, call centre
-and store (every credit method side by side)."""
+to a yoga purchase, and what drives yoga purchases and yoga class registrations (a custom event
+type of the simulation) across web, app, email, push, call centre and store (every credit
+method side by side)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from propensity.pipeline.jobs import journeys
 
 YOGA_FUNNEL = "product_view[category=yoga] > add_to_cart > checkout > purchase[category=yoga]"
 YOGA_PURCHASE = "purchase[category=yoga]"
+CLASS_REGISTRATION = "class_registration"
 
 
 def _print_funnel(funnel: journeys.FunnelResult, as_of: dt.date, console: Console) -> None:
@@ -43,11 +45,13 @@ def _print_funnel(funnel: journeys.FunnelResult, as_of: dt.date, console: Consol
         console.print(f"viewed yoga but did not add to cart; their next event: {went}")
 
 
-def _print_credit(credit: journeys.AttributionResult, console: Console) -> pd.DataFrame:
+def _print_credit(
+    credit: journeys.AttributionResult, console: Console, what: str = "yoga purchases"
+) -> pd.DataFrame:
     """Each method's share of credit per channel (channels by Shapley credit); returns the shares."""
     wide = credit.credit.pivot(index="channel", columns="method", values="share")
     table = Table(
-        title=f"What drives yoga purchases: share of credit ({credit.conversions:,} purchases, "
+        title=f"What drives {what}: share of credit ({credit.conversions:,} {what}, "
         f"{credit.conversions_without_touch:,} with no touchpoint in the 30 days before)"
     )
     table.add_column("channel")
@@ -80,27 +84,34 @@ def run(
         + "; ".join(f"{r.path} ({r.profiles:,})" for r in top.itertuples())
     )
 
-    with console.status("attributing yoga purchases"):
-        credit = journeys.run_attribution(
-            ingested,
-            out / "attribution",
-            config,
-            YOGA_PURCHASE,
-            lookback="30d",
-            since=as_of - dt.timedelta(days=90),
-            bootstrap=100,
-            as_of=as_of,
-        )
-    wide = _print_credit(credit, console)
-    console.print(
-        f"journey pages: {funnel.out / 'journey.html'}, {paths.out / 'journey.html'}, "
-        f"{credit.out / 'journey.html'}"
-    )
+    credits = {}
+    for name, outcome, what in (
+        ("attribution", YOGA_PURCHASE, "yoga purchases"),
+        ("attribution_classes", CLASS_REGISTRATION, "yoga class registrations"),
+    ):
+        with console.status(f"attributing {what}"):
+            credits[name] = journeys.run_attribution(
+                ingested,
+                out / name,
+                config,
+                outcome,
+                lookback="30d",
+                since=as_of - dt.timedelta(days=90),
+                bootstrap=100,
+                as_of=as_of,
+            )
+        _print_credit(credits[name], console, what)
+    wide = credits["attribution"].credit.pivot(index="channel", columns="method", values="share")
+    classes = credits["attribution_classes"].credit.pivot(index="channel", columns="method", values="share")
+    pages = [funnel.out, paths.out, *(c.out for c in credits.values())]
+    console.print("journey pages: " + ", ".join(str(p / "journey.html") for p in pages))
     whole = funnel.steps[funnel.steps["group"] == "all"]
     return {
         "funnel_entrants": whole["entrants"].tolist(),
         "funnel_conversion": float(whole["conversion_from_first"].iloc[-1]),
         "attribution_shapley": {str(k): float(v) for k, v in wide["shapley"].items()},
         "attribution_markov": {str(k): float(v) for k, v in wide["markov"].items()},
+        "class_registrations": credits["attribution_classes"].conversions,
+        "class_attribution_shapley": {str(k): float(v) for k, v in classes["shapley"].items()},
         "out": str(out),
     }
