@@ -52,11 +52,11 @@ def spark():
     session.stop()
 
 
-def both(spark, frame: pd.DataFrame):
-    spark.createDataFrame(frame).createOrReplaceTempView("ev")
+def both(spark, frame: pd.DataFrame, view: str = "ev"):
+    spark.createDataFrame(frame).createOrReplaceTempView(view)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    con.register("ev", frame)
+    con.register(view, frame)
     return SparkRunner(spark), DuckDBRunner(con)
 
 
@@ -71,6 +71,24 @@ MORE = [
 ]
 
 
+@pytest.fixture(scope="module")
+def shop(spark):
+    """The hand-made shop events on both engines, made once for the funnel and path tests (each
+    only reads them)."""
+    return both(spark, events_frame(MORE))
+
+
+@pytest.fixture(scope="module")
+def spark_ingested(spark, luma_small, tmp_path_factory):
+    """luma_small ingested once on Spark (validated, hashed, stitched: the whole Spark chain),
+    for every journey job below; DuckDB's side stitches the raw events itself."""
+    from propensity.pipeline.jobs import ingest as ingest_jobs
+
+    out = tmp_path_factory.mktemp("journeys_spark") / "ingested"
+    ingest_jobs.ingest(luma_small, out, ProjectConfig(engine=ENGINE))
+    return out
+
+
 @pytest.mark.parametrize(
     ("mode", "options"),
     [
@@ -81,8 +99,8 @@ MORE = [
         ("ordered", {"exclusions": ("remove_from_cart:1-2",)}),
     ],
 )
-def test_funnel_units_equal_duckdbs(spark, mode, options):
-    sr, dr = both(spark, events_frame(MORE))
+def test_funnel_units_equal_duckdbs(shop, mode, options):
+    sr, dr = shop
     steps = "product_view[category=yoga] > add_to_cart@4h > purchase"
     if mode == "any":
         steps = steps.replace("@4h", "")
@@ -99,8 +117,8 @@ def test_funnel_units_equal_duckdbs(spark, mode, options):
 
 
 @pytest.mark.parametrize("direction", ["to", "from"])
-def test_paths_equal_duckdbs(spark, direction):
-    sr, dr = both(spark, events_frame(MORE))
+def test_paths_equal_duckdbs(shop, direction):
+    sr, dr = shop
     target = parse_steps("add_to_cart")[0]
     for by in ("event_type", "channel"):
         got = run_paths(sr, target, "ev", at(1000), direction, 3, by)
@@ -110,9 +128,9 @@ def test_paths_equal_duckdbs(spark, direction):
 
 def test_attribution_equals_duckdbs(spark):
     sim = simulate_journeys(JourneySettings(profiles=3000, seed=2))
-    sr, dr = both(spark, sim.events)
+    sr, dr = both(spark, sim.events, "simulated")
     end = dt.datetime(2025, 3, 1)
-    args = (parse_steps("purchase")[0], "ev", end, end - dt.timedelta(days=30), 30 * 86400)
+    args = (parse_steps("purchase")[0], "simulated", end, end - dt.timedelta(days=30), 30 * 86400)
     got, expected = (
         attribute(run_touches(sr, *args), bootstrap=20),
         attribute(run_touches(dr, *args), bootstrap=20),
@@ -122,14 +140,31 @@ def test_attribution_equals_duckdbs(spark):
     assert got.conversions == expected.conversions == sim.conversions
 
 
-def test_funnel_job_on_spark_writes_what_duckdb_writes(spark, luma_small, tmp_path):
+def test_journey_jobs_on_spark_write_what_duckdb_writes(spark, spark_ingested, luma_small, tmp_path):
+    """Funnel, paths and attribution jobs on Spark (over Spark's ingest) against DuckDB's (over
+    the raw events, stitched in memory): the same tables."""
     steps = "product_view[category=yoga] > add_to_cart > checkout > purchase"
     common = {"window": "14d", "by": "channel", "track": False}
-    on_spark = journey_jobs.run_funnel(
-        luma_small, tmp_path / "s", ProjectConfig(engine=ENGINE), steps, **common
-    )
+    spark_config = ProjectConfig(engine=ENGINE)
+    on_spark = journey_jobs.run_funnel(spark_ingested, tmp_path / "s", spark_config, steps, **common)
     on_duckdb = journey_jobs.run_funnel(luma_small, tmp_path / "d", ProjectConfig(), steps, **common)
     assert on_spark.as_of == on_duckdb.as_of
     pd.testing.assert_frame_equal(on_spark.steps, on_duckdb.steps)
     pd.testing.assert_frame_equal(on_spark.fallout, on_duckdb.fallout)
     assert on_spark.steps["entrants"].iloc[0] > 50
+
+    paths = {"depth": 3, "by": "channel", "track": False}
+    spark_paths = journey_jobs.run_paths(spark_ingested, tmp_path / "sp", spark_config, "purchase", **paths)
+    duck_paths = journey_jobs.run_paths(luma_small, tmp_path / "dp", ProjectConfig(), "purchase", **paths)
+    pd.testing.assert_frame_equal(spark_paths.paths, duck_paths.paths)
+    assert len(duck_paths.paths) > 3
+
+    credit = {"lookback": "30d", "since": dt.date(2025, 6, 1), "bootstrap": 10, "track": False}
+    spark_credit = journey_jobs.run_attribution(
+        spark_ingested, tmp_path / "sa", spark_config, "class_registration", **credit
+    )
+    duck_credit = journey_jobs.run_attribution(
+        luma_small, tmp_path / "da", ProjectConfig(), "class_registration", **credit
+    )
+    pd.testing.assert_frame_equal(spark_credit.credit, duck_credit.credit, rtol=0, atol=1e-9)
+    assert spark_credit.conversions == duck_credit.conversions > 10
