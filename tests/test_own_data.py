@@ -89,6 +89,7 @@ def _mlflow_run(run_id: str, work: Path):
     return MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}").get_run(run_id)
 
 
+@pytest.mark.slow
 def test_readme_cdnow_block_runs_on_a_slice(cdnow_recipe):
     events = pd.read_csv(cdnow_recipe / "events.csv")
     customers = events["crm_id"].nunique()
@@ -98,6 +99,7 @@ def test_readme_cdnow_block_runs_on_a_slice(cdnow_recipe):
         assert "error" not in _json(cdnow_recipe, name), name
 
 
+@pytest.mark.slow
 def test_train_json_is_the_logged_run(cdnow_recipe):
     train = _json(cdnow_recipe, "train")
     assert train["model"] == "cdnow_repeat" and train["version"] == "1"
@@ -110,6 +112,7 @@ def test_train_json_is_the_logged_run(cdnow_recipe):
     assert train["feature_note"].startswith(f"{train['features']} features")
 
 
+@pytest.mark.slow
 def test_evaluate_json_is_the_logged_run(cdnow_recipe):
     evaluation = _json(cdnow_recipe, "evaluate")
     assert evaluation["model"] == "cdnow_repeat" and evaluation["as_of"] == "1997-10-01"
@@ -121,6 +124,7 @@ def test_evaluate_json_is_the_logged_run(cdnow_recipe):
     assert sum(b["profiles"] for b in evaluation["buckets"]) == evaluation["rows"]
 
 
+@pytest.mark.slow
 def test_score_json_counts_the_written_rows(cdnow_recipe):
     score = _json(cdnow_recipe, "score")
     written = pd.read_parquet(_path(cdnow_recipe, score["out"]))
@@ -131,6 +135,7 @@ def test_score_json_counts_the_written_rows(cdnow_recipe):
     assert score["features"] == _json(cdnow_recipe, "train")["features"]
 
 
+@pytest.mark.slow
 def test_segments_and_export_json_count_the_written_files(cdnow_recipe):
     segments = _json(cdnow_recipe, "segments")
     (segment,) = segments["segments"]
@@ -147,6 +152,7 @@ def test_segments_and_export_json_count_the_written_files(cdnow_recipe):
     assert (rows["namespace"] == "crm_id").all() and rows["value"].str.fullmatch(r"CD\d{5}").all()
 
 
+@pytest.mark.slow
 def test_monitor_json_is_the_drift_report(cdnow_recipe):
     monitor = _json(cdnow_recipe, "monitor")
     report = json.loads(_path(cdnow_recipe, monitor["report_path"]).read_text())
@@ -167,6 +173,7 @@ def _cli(runner, *args: str):
     return runner.invoke(app, [*args, "--events", "work/ingested", "--config", "project.yaml"])
 
 
+@pytest.mark.slow
 def test_tables_in_a_file_keep_labels_and_intervals_on_one_line(in_recipe, runner):
     # CliRunner's stdout is not a terminal: no 80-column width, and nothing wraps.
     result = _cli(runner, "evaluate", "cdnow_repeat", "--as-of", "1997-10-01", "--alias", "challenger")
@@ -199,6 +206,7 @@ def test_long_labels_in_a_file_are_never_cut(runner, tmp_path):
     assert line.rstrip().endswith("│") and " 1 │" in line
 
 
+@pytest.mark.slow
 def test_score_says_what_its_counts_are_and_warns_about_long_windows(in_recipe, runner, tmp_path):
     result = _cli(
         runner,
@@ -228,6 +236,7 @@ def test_score_says_what_its_counts_are_and_warns_about_long_windows(in_recipe, 
     assert "warning" not in result.stdout
 
 
+@pytest.mark.slow
 def test_train_features_and_score_count_the_same_features(in_recipe, runner, tmp_path):
     train, score = _json(in_recipe, "train"), _json(in_recipe, "score")
     out = tmp_path / "features.parquet"
@@ -242,6 +251,7 @@ def test_train_features_and_score_count_the_same_features(in_recipe, runner, tmp
     assert importance <= set(written.columns)
 
 
+@pytest.mark.slow
 def test_json_errors_are_one_object_on_stdout_and_exit_2(in_recipe, runner):
     result = _cli(runner, "score", "spaceships", "--json")
     assert result.exit_code == 2
