@@ -109,6 +109,13 @@ def test_train_json_is_the_logged_run(cdnow_recipe):
     assert train["metrics"]["test_positives"] > 30
     assert train["snapshots"][-1] < "1997-10-01" and train["trained_until"] == "1997-10-01"
     assert len(train["importance"]) == train["features"]
+    # The earliest snapshot sees fewer days than the 365-day window: named once, with the numbers.
+    first = dt.date.fromisoformat(train["snapshots"][0])
+    days = (first - dt.date(1997, 1, 1)).days
+    assert train["warnings"] == [
+        f"earliest training snapshot: window 365d reaches before the first event: at {first} the data "
+        f"hold {days} days (from 1997-01-01), so it counts only those {days} days"
+    ]
     assert train["feature_note"].startswith(f"{train['features']} features")
 
 
@@ -244,6 +251,7 @@ def test_train_features_and_score_count_the_same_features(in_recipe, runner, tmp
     assert result.exit_code == 0, result.output
     assert f"x {train['features']} features at 1997-10-01" in result.stdout
     assert f"model 'cdnow_repeat' selects {train['features']} features (" in result.stdout
+    assert "window 365d reaches before the first event: at 1997-10-01" in " ".join(result.stderr.split())
     assert score["features"] == train["features"]
     # The written table carries exactly those model features (besides keys, labels, consents).
     written = pd.read_parquet(out)
@@ -276,3 +284,42 @@ def test_windows_longer_than_the_data_are_named_with_their_numbers(history_days,
         assert warning is None
     else:
         assert warning.startswith(expected) and warning.count("only those") == 1
+
+
+def test_json_values_are_plain_and_nothing_is_dropped():
+    import dataclasses
+
+    import numpy as np
+
+    from propensity.pipeline.cli.json_output import to_jsonable
+
+    @dataclasses.dataclass
+    class Counts:
+        realized: int
+        existing: int
+
+        @property
+        def size(self) -> int:
+            return self.realized + self.existing
+
+    value = {
+        "when": dt.date(2025, 1, 2),
+        "path": Path("work/scores"),
+        "nan": float("nan"),
+        "numpy": np.float32(0.5),
+        "table": pd.DataFrame({"bucket": ["high"], "profiles": np.array([3], dtype=np.int64)}),
+        "counts": [Counts(2, 3)],
+        3: {"a", "b"},
+    }
+    out = to_jsonable(value)
+    assert json.loads(json.dumps(out, allow_nan=False)) == {
+        "when": "2025-01-02",
+        "path": "work/scores",
+        "nan": None,
+        "numpy": 0.5,
+        "table": [{"bucket": "high", "profiles": 3}],
+        "counts": [{"realized": 2, "existing": 3, "size": 5}],
+        "3": ["a", "b"],
+    }
+    with pytest.raises(TypeError, match="cannot write object as JSON"):
+        to_jsonable(object())
