@@ -222,6 +222,18 @@ def test_drift_alert_exits_1_and_is_logged_to_mlflow(monitored, runner, tracking
     assert artifacts == {"monitoring/drift_report.json", "monitoring/score_distributions.png"}
 
 
+def test_drift_alert_under_json_is_one_object_and_still_exits_1(monitored, runner, tracking, tmp_path):
+    out = tmp_path / "report"
+    result = monitor_cli(runner, monitored, LATER, "--out", str(out), "--json")
+    assert result.exit_code == 1
+    printed = json.loads(result.stdout)  # one object, nothing else on stdout
+    report = json.loads((out / "drift_report.json").read_text())
+    assert printed["alert"] is True and printed["report"]["drifted"] == report["drifted"]
+    assert printed["report"]["score"]["psi"] == pytest.approx(report["score"]["psi"], rel=1e-12)
+    assert printed["report_path"] == str(out / "drift_report.json") and printed["version"] == "1"
+    assert MlflowClient(tracking_uri=tracking).get_run(printed["run_id"]).data.metrics["alert"] == 1.0
+
+
 def test_missing_and_out_of_range_shares_per_feature(monitored):
     model, reference = monitored["model"], monitored["train"].copy()
     reference["probability"] = model.predict_proba(reference)

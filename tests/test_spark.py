@@ -477,11 +477,13 @@ def test_feature_job_writes_the_duckdb_table(ingested, tmp_path):
     spark_dir, duck_dir, _ = ingested
     got = feature_jobs.build_features(spark_dir, tmp_path / "spark.parquet", LIGHT_SPARK, model="churn")
     expected = feature_jobs.build_features(duck_dir, tmp_path / "duck.parquet", LIGHT_DUCKDB, model="churn")
-    assert (got.rows, got.features, got.labelled, got.as_of) == (
+    assert (got.rows, got.features, got.labelled, got.as_of, got.feature_note, got.warnings) == (
         expected.rows,
         expected.features,
         expected.labelled,
         expected.as_of,
+        expected.feature_note,
+        expected.warnings,
     )
     assert feature_jobs.read_feature_metadata(got.out) == feature_jobs.read_feature_metadata(expected.out)
     assert_same_rows(pd.read_parquet(got.out), pd.read_parquet(expected.out), ["profile_id"])

@@ -3,6 +3,8 @@ sensitive features, and the profile attributes joined after aggregation."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 from propensity.core.config import FeatureSelection, GovernanceConfig
 from propensity.core.errors import UserError
 from propensity.features.build.feature_set import FeatureSet, is_selected
@@ -44,3 +46,25 @@ def model_features(
         for name, family in families.items()
         if is_selected(name, family, list(include), list(exclude)) and name not in sensitive
     }
+
+
+def table_features(fs: FeatureSet) -> list[str]:
+    """The modelled columns a feature table carries: the registry's features, then the profile
+    attributes every snapshot joins (null when the profiles file has none)."""
+    return [*fs.names(), *PROFILE_ATTRIBUTE_FEATURES]
+
+
+def feature_count_note(fs: FeatureSet, selected: int, categories: str) -> str:
+    """What a feature count is made of, in the words ``train``, ``features`` and ``score``
+    share: ``selected`` of the table's features (events + profile attributes) and where the
+    product categories came from (``categories``: "learned from events before DATE", ...)."""
+    total = len(table_features(fs))
+    parts = f"{len(fs.names())} from events + {len(PROFILE_ATTRIBUTE_FEATURES)} profile attributes"
+    chosen = f"{selected} of {total} features" if selected != total else f"{total} features"
+    learned = f"{len(fs.categories)} product categories" if fs.categories else "no product categories"
+    return f"{chosen} ({parts}); {learned} {categories}"
+
+
+def categories_source(config_categories: list[str] | None, before: dt.date) -> str:
+    """Where a feature set's product categories came from, for :func:`feature_count_note`."""
+    return "from the config" if config_categories is not None else f"learned from events before {before}"

@@ -21,3 +21,20 @@ def snapshot_dates(cutoff: dt.date, horizon_days: int, count: int, spacing_days:
 def horizon_passed(as_of: dt.date, horizon_days: int, cutoff: dt.date) -> bool:
     """True when ``[as_of, as_of + horizon)`` ends by ``cutoff`` (the day after the data)."""
     return as_of + dt.timedelta(days=horizon_days) <= cutoff
+
+
+def windows_before_data(windows_days: list[int], first_event: dt.date, as_of: dt.date) -> str | None:
+    """A warning when look-back windows at ``as_of`` start before ``first_event`` (the day of the
+    first event in the data): such a window silently means "since the start of the data", so a
+    365-day count on 120 days of data is a 120-day count. None when every window fits."""
+    history = (as_of - first_event).days
+    longer = sorted(w for w in set(windows_days) if w > history)
+    if not longer:
+        return None
+    named = ", ".join(f"{w}d" for w in longer)
+    plural = "s" if len(longer) > 1 else ""
+    return (
+        f"window{plural} {named} reach{'' if plural else 'es'} before the first event: at {as_of} the data "
+        f"hold {history:,} days (from {first_event}), so {'they count' if plural else 'it counts'} "
+        f"only those {history:,} days"
+    )

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from propensity.core.errors import UserError
 from propensity.pipeline.cli.docs_commands import docs_app
 from propensity.pipeline.cli.journey_commands import register as register_journey_commands
+from propensity.pipeline.cli.json_output import JsonOption, print_json, to_jsonable
 from propensity.pipeline.cli.options import (
     AsOfOption,
     ConfigOption,
@@ -26,6 +28,7 @@ from propensity.pipeline.cli.options import (
     load_config_for,
     on_bad_rows_policy,
     parse_date,
+    status_console,
     user_errors,
 )
 from propensity.pipeline.cli.printing import (
@@ -34,6 +37,7 @@ from propensity.pipeline.cli.printing import (
     print_metrics,
     print_score_run,
     print_summary,
+    print_warnings,
 )
 from propensity.pipeline.cli.segment_commands import register as register_segment_commands
 
@@ -185,10 +189,13 @@ def features(
         if model
         else ""
     )
+    print_warnings(summary.warnings)
     console.print(
         f"wrote {summary.rows:,} profiles x {summary.features} features at {summary.as_of} "
-        f"to {summary.out}{label_note}"
+        f"to {escape(str(summary.out))}{label_note}"
     )
+    chooser = f"model '{escape(model)}' selects " if model else "feature count: "
+    console.print(chooser + escape(summary.feature_note))
 
 
 @app.command()
@@ -201,18 +208,24 @@ def train(
     ] = None,
     config: ConfigOption = None,
     engine: EngineOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """Train a model on stacked snapshots, log it to MLflow and register it as challenger."""
     from propensity.pipeline.jobs import train as jobs
 
     cfg = load_config_for(config, engine)
-    with console.status(f"training {model}"):
+    with status_console(json_output).status(f"training {model}"):
         result = jobs.train_model(model, events_path(events, cfg), cfg, parse_date(as_of))
+    print_warnings(result.warnings)
+    if json_output:
+        print_json(result)
+        return
     console.print(
-        f"run [bold]{result.run_id}[/]  registered [bold]{model} v{result.version}[/] "
+        f"run [bold]{result.run_id}[/]  registered [bold]{escape(str(result.model))} v{result.version}[/] "
         f"(alias challenger), {result.features} features, snapshots {result.snapshots[0]} .. "
         f"{result.snapshots[-1]}"
     )
+    console.print(f"feature count: {escape(result.feature_note)}")
     print_metrics(
         result.metrics, f"{model}: test snapshot {result.snapshots[-1]}", note=result.selection_reason
     )
@@ -228,6 +241,7 @@ def evaluate(
     version: Annotated[str | None, typer.Option("--version", help="Model version.")] = None,
     alias: Annotated[str | None, typer.Option("--alias", help="Model alias (default champion).")] = None,
     config: ConfigOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """Expected vs actual: evaluate a registered version on a later snapshot."""
     from propensity.pipeline.jobs import evaluate as evaluate_jobs
@@ -235,10 +249,13 @@ def evaluate(
     cfg = load_config(config)
     if version and alias:
         raise UserError("give --version or --alias, not both")
-    with console.status(f"evaluating {model}"):
+    with status_console(json_output).status(f"evaluating {model}"):
         result = evaluate_jobs.evaluate_model(
             model, events_path(events, cfg), cfg, parse_date(as_of), version, alias
         )
+    if json_output:
+        print_json({"model": model, **to_jsonable(result)})
+        return
     console.print(
         f"{model} v{result.version} on {result.rows:,} profiles at {result.as_of} (run {result.run_id})"
     )
@@ -290,6 +307,7 @@ def score(
     ] = None,
     config: ConfigOption = None,
     engine: EngineOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """Score the model's population at --as-of: probability, score, bucket and top factors."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -302,7 +320,7 @@ def score(
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=console,
+        console=status_console(json_output),
         transient=True,
     ) as bar:
         task = bar.add_task("score", total=None)
@@ -317,6 +335,10 @@ def score(
             factors,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
+    print_warnings(run.warnings)
+    if json_output:
+        print_json(run)
+        return
     print_score_run(run)
 
 

@@ -9,15 +9,42 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 
 from propensity.core.config import ProjectConfig
 from propensity.core.errors import UserError
+from propensity.pipeline.cli.json_output import print_json
 from propensity.pipeline.jobs.config_files import load_project_config
 
-console = Console()
-err_console = Console(stderr=True)
+# Wide enough that no label, figure or interval is ever cut or wrapped in a file or pipe.
+UNWRAPPED_WIDTH = 10_000
+RULE_WIDTH = 80
+
+
+class OutputConsole(Console):
+    """A rich console that never cuts or wraps when its output is not a terminal: a file, a
+    pipe or a script reads whole lines (a terminal still gets tables fitted to its width)."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        dimensions = super().size
+        if self._width is None and not self.is_terminal:
+            return ConsoleDimensions(UNWRAPPED_WIDTH, dimensions.height)
+        return dimensions
+
+    def rule(self, *args: Any, **kwargs: Any) -> None:
+        """A horizontal rule spans the width: 80 columns in a file, not :data:`UNWRAPPED_WIDTH`."""
+        if self._width is None and not self.is_terminal:
+            from rich.rule import Rule
+
+            self.print(Rule(*args, **kwargs), width=RULE_WIDTH)
+            return
+        super().rule(*args, **kwargs)
+
+
+console = OutputConsole()
+err_console = OutputConsole(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,7 +65,9 @@ EngineOption = Annotated[
 
 
 def user_errors(func: F) -> F:
-    """Turn a UserError into one red line on stderr and exit code 2 (no traceback)."""
+    """Turn a UserError into one red line on stderr and exit code 2 (no traceback); under
+    ``--json`` (a ``json_output`` parameter) also ``{"error": "..."}`` on stdout, so a script
+    reading stdout always gets one JSON object."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -48,6 +77,8 @@ def user_errors(func: F) -> F:
             # Escaped: a path, rule or pattern such as `^[a-z]{0,63}$` is printed as written,
             # never read as rich markup.
             err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+            if kwargs.get("json_output"):
+                print_json({"error": str(error)})
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -88,3 +119,8 @@ def load_config_for(path: Path | None, engine: str | None) -> ProjectConfig:
     if engine not in ("duckdb", "spark"):
         raise UserError(f"--engine: expected 'duckdb' or 'spark', got {engine!r}")
     return config.model_copy(update={"engine": config.engine.model_copy(update={"name": engine})})
+
+
+def status_console(json_output: bool) -> Console:
+    """Where progress goes: stdout for a person, stderr under ``--json`` (stdout is the JSON)."""
+    return err_console if json_output else console

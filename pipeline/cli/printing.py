@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 from rich.table import Table
 
-from propensity.pipeline.cli.options import console
+from propensity.pipeline.cli.options import console, err_console
 
 if TYPE_CHECKING:  # the jobs import DuckDB, MLflow and LightGBM: not needed to print
     from propensity.pipeline.jobs.explain import Explanation
@@ -71,7 +71,13 @@ def _with_interval(metrics: dict, key: str) -> str:
     if value is None:
         return ""
     low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
-    return f"{value:.4f}" if low is None or high is None else f"{value:.4f}\n[{low:.3f}, {high:.3f}]"
+    return f"{value:.4f}" if low is None or high is None else f"{value:.4f}{_break()}[{low:.3f}, {high:.3f}]"
+
+
+def _break() -> str:
+    """Between a figure and its interval: a new line in a terminal (narrow columns), a space in
+    a file or pipe, where every row stays one line a script can read."""
+    return "\n" if console.is_terminal else " "
 
 
 def print_metrics(metrics: dict, title: str, note: str | None = None) -> None:
@@ -110,7 +116,7 @@ def print_metrics(metrics: dict, title: str, note: str | None = None) -> None:
         share = f" ({coverage:.0%} of rows)" if coverage is not None else ""
         key = "auc_to_oracle" if "auc_to_oracle" in metrics else "eval_auc_to_oracle"
         low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
-        interval = f"\n[{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+        interval = f"{_break()}[{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
         table.add_row("AUC / oracle AUC", f"{ratio:.4f}{share}{interval}", *blank)
     console.print(table)
 
@@ -128,15 +134,34 @@ def print_buckets(buckets) -> None:
 def print_score_run(run: ScoreRun) -> None:
     """How many profiles were eligible and scored, and the bucket sizes."""
     console.print(
-        f"{_e(run.model)} v{run.version} at {run.as_of}: {run.eligible:,} of {run.profiles:,} profiles "
-        f"in the population, {run.scored:,} scored in {run.seconds:.1f}s -> {_e(run.out)} (run {run.run_id})"
+        f"{_e(run.model)} v{run.version} at {run.as_of}: {population_counts(run)}; "
+        f"{run.scored:,} scored in {run.seconds:.1f}s -> {_e(run.out)} (run {run.run_id})"
     )
+    if run.feature_note:
+        console.print(f"feature count: {_e(run.feature_note)}")
     table = Table(title="bucket sizes")
     for column in ("bucket", "profiles", "share"):
         table.add_column(column, justify="right")
     for bucket, count in run.bucket_sizes.items():
         table.add_row(bucket, f"{count:,}", f"{count / max(run.scored, 1):.1%}")
     console.print(table)
+
+
+def population_counts(run: ScoreRun) -> str:
+    """What the two counts of a score run are: profiles known at the date (everyone the identity
+    graph held then) and those the population rule admits, with the difference named."""
+    outside = run.profiles - run.eligible
+    rule = f" `{_e(run.population)}`" if run.population else ""
+    return (
+        f"{run.eligible:,} profiles eligible of {run.profiles:,} known at the date: "
+        f"{outside:,} outside the population{rule}"
+    )
+
+
+def print_warnings(warnings: list[str]) -> None:
+    """Warnings about the data (e.g. windows longer than the history), once each, on stderr."""
+    for warning in warnings:
+        err_console.print(f"[yellow]warning:[/] {_e(warning)}", highlight=False, soft_wrap=True)
 
 
 def _value(value: Any) -> str:

@@ -1,7 +1,8 @@
 """The ``segments``, ``export`` and ``monitor`` commands, added to the CLI by :func:`register`.
 
 Exit codes: 0 on success, 2 on a user error (one line on stderr), and for ``monitor`` 1 when
-the drift alert fires, so a scheduler can page someone.
+the drift alert fires, so a scheduler can page someone. ``--json`` prints the job's result as
+one JSON object on stdout (errors as ``{"error": ...}``, same exit codes).
 """
 
 from __future__ import annotations
@@ -11,16 +12,17 @@ from typing import Annotated
 
 import typer
 
+from propensity.pipeline.cli.json_output import JsonOption, print_json
 from propensity.pipeline.cli.options import (
     AsOfOption,
     ConfigOption,
     EngineOption,
     EventsOption,
-    console,
     events_path,
     load_config,
     load_config_for,
     parse_date,
+    status_console,
     user_errors,
 )
 from propensity.pipeline.cli.printing import print_drift, print_exports, print_segments
@@ -47,13 +49,14 @@ def segments(
     ] = None,
     config: ConfigOption = None,
     engine: EngineOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """Qualify profiles into segments at --as-of: memberships with realized / existing / exited."""
     from propensity.pipeline.jobs import segments as jobs
 
     cfg = load_config_for(config, engine)
     work = Path(cfg.work_dir)
-    with console.status("qualifying segments"):
+    with status_console(json_output).status("qualifying segments"):
         result = jobs.qualify_segments(
             events_path(events, cfg),
             scores or work / "scores",
@@ -62,6 +65,9 @@ def segments(
             out or work / "segments",
             cfg,
         )
+    if json_output:
+        print_json(result)
+        return
     print_segments(result)
 
 
@@ -78,13 +84,14 @@ def export(
         Path | None, typer.Option("--out", help="Export directory (default: WORK_DIR/exports).")
     ] = None,
     config: ConfigOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """Write each destination's segments with only the identities it may receive."""
     from propensity.pipeline.jobs import export as export_jobs
 
     cfg = load_config(config)
     work = Path(cfg.work_dir)
-    with console.status("exporting segments"):
+    with status_console(json_output).status("exporting segments"):
         result = export_jobs.export_segments(
             memberships or work / "segments",
             parse_date(as_of),
@@ -92,6 +99,9 @@ def export(
             out or work / "exports",
             cfg,
         )
+    if json_output:
+        print_json(result)
+        return
     print_exports(result)
 
 
@@ -110,6 +120,7 @@ def monitor(
         typer.Option("--out", help="Report directory (default: WORK_DIR/monitoring/model=NAME/as_of=DATE)."),
     ] = None,
     config: ConfigOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """Score and feature drift (PSI) against the model's test snapshot; exit 1 on alert."""
     from propensity.pipeline.jobs import monitor as monitor_jobs
@@ -119,7 +130,7 @@ def monitor(
     date = parse_date(as_of)
     name = load_model_config(model, cfg).name
     work = Path(cfg.work_dir)
-    with console.status(f"monitoring {name}"):
+    with status_console(json_output).status(f"monitoring {name}"):
         result = monitor_jobs.monitor_model(
             model,
             events_path(events, cfg),
@@ -129,7 +140,10 @@ def monitor(
             out or work / "monitoring" / f"model={name}" / f"as_of={date}",
             load_monitor_config(monitoring),
         )
-    print_drift(result)
+    if json_output:
+        print_json(result)
+    else:
+        print_drift(result)
     if result.alert:
         raise typer.Exit(code=1)
 

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from propensity.core.config import ProjectConfig
+from propensity.features.build.selection import (
+    categories_source,
+    feature_count_note,
+    model_features,
+    table_features,
+)
+from propensity.features.build.snapshots import windows_before_data
 from propensity.pipeline.jobs.config_files import load_model_config
 from propensity.pipeline.jobs.events import engine_for, feature_set, load_events
 
@@ -24,6 +31,8 @@ class FeatureTable:
     positives: int | None  # None when unlabelled
     model: str | None
     data_end: dt.date  # the day after the last event
+    feature_note: str = ""  # what ``features`` is made of (as ``train`` and ``score`` say it)
+    warnings: list[str] = field(default_factory=list)  # e.g. windows longer than the data
 
 
 def build_features(
@@ -42,14 +51,19 @@ def build_features(
 
     engine = engine_for(config)
     loaded = load_events(events, config, engine=engine)
-    cutoff = loaded.data_end()
+    span = loaded.span()
+    cutoff = span[1] if span else loaded.data_end()
     as_of = as_of or cutoff
     fs = feature_set(loaded, config, as_of)
+    selected = len(table_features(fs))
     # Profiles as the identity graph knew them at as_of: no later link moves an event.
     if model:
-        relation, labelled = loaded.population_snapshot(fs, load_model_config(model, config), as_of, cutoff)
+        model_cfg = load_model_config(model, config)
+        relation, labelled = loaded.population_snapshot(fs, model_cfg, as_of, cutoff)
+        selected = len(model_features(fs, model_cfg.features, model_cfg.governance, model_cfg.name))
     else:
         relation, labelled = loaded.snapshot(fs, as_of), False
+    window = windows_before_data(config.features.windows_days, span[0], as_of) if span else None
     metadata = {
         "as_of": str(as_of),
         "model": model,
@@ -62,11 +76,13 @@ def build_features(
         out=Path(out),
         as_of=as_of,
         rows=rows,
-        features=len(fs.names()),
+        features=len(table_features(fs)),
         labelled=labelled,
         positives=positives,
         model=model,
         data_end=cutoff,
+        feature_note=feature_count_note(fs, selected, categories_source(config.features.categories, as_of)),
+        warnings=[window] if window else [],
     )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -24,7 +24,8 @@ from propensity.core.errors import UserError
 from propensity.core.score_table import IDENTITY_COLUMNS, histogram_bins
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.rules import Rule, parse_rule
-from propensity.features.build.selection import PROFILE_ATTRIBUTE_FEATURES
+from propensity.features.build.selection import PROFILE_ATTRIBUTE_FEATURES, feature_count_note
+from propensity.features.build.snapshots import windows_before_data
 from propensity.features.engine import Engine, Events, Progress, Scored, Scorer, ScoringPlan
 from propensity.models import tracking
 from propensity.models.estimator import PropensityModel
@@ -49,6 +50,10 @@ class ScoreRun:
     bucket_sizes: dict[str, int]
     run_id: str
     seconds: float
+    population: str = ""  # the population rule ``eligible`` profiles meet
+    features: int = 0  # the model's features (as trained: its own categories)
+    feature_note: str = ""
+    warnings: list[str] = field(default_factory=list)  # e.g. windows longer than the data
 
 
 @dataclass
@@ -186,7 +191,20 @@ def score_model(
         bucket_sizes=scored.bucket_sizes,
         run_id=run_id,
         seconds=time.perf_counter() - started,
+        population=prep.population.text,
+        features=len(prep.model.feature_names),
+        feature_note=feature_count_note(
+            prep.fs, len(prep.model.feature_names), f"from model v{prep.version}"
+        ),
+        warnings=_window_warnings(prep, config),
     )
+
+
+def _window_warnings(prep: Prepared, config: ProjectConfig) -> list[str]:
+    """Windows at the as-of that reach before the first event (see :func:`windows_before_data`)."""
+    span = prep.loaded.span()
+    window = windows_before_data(config.features.windows_days, span[0], prep.as_of) if span else None
+    return [window] if window else []
 
 
 def log_scoring_run(engine: str, model_name: str, prep: Prepared, target: str, scored: Scored) -> str:

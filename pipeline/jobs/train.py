@@ -7,7 +7,7 @@ import datetime as dt
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,8 @@ from propensity.core.config import ModelConfig, ProjectConfig
 from propensity.core.errors import UserError
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.population import population_rule
-from propensity.features.build.selection import model_features
-from propensity.features.build.snapshots import snapshot_dates
+from propensity.features.build.selection import categories_source, feature_count_note, model_features
+from propensity.features.build.snapshots import snapshot_dates, windows_before_data
 from propensity.features.engine import Events
 from propensity.models import baselines, plots, tracking
 from propensity.models import evaluate as ev
@@ -52,6 +52,9 @@ class TrainResult:
     snapshot_plan: str | None  # why the snapshot plan differs from the config, if it does
     fit_seconds: float  # from reading the events to a fitted, calibrated model
     trained_until: dt.date
+    model: str = ""
+    feature_note: str = ""  # what the feature count is made of, to compare with `features`
+    warnings: list[str] = field(default_factory=list)  # e.g. windows longer than the data
 
 
 def _adapted(model_cfg: ModelConfig, first: dt.date, cutoff: dt.date) -> tuple[ModelConfig, str | None]:
@@ -128,6 +131,8 @@ class TrainingData:
     events_display: str
     snapshot_note: str | None = None  # why the plan differs from the config, if it does
     sampling: dict[str, Any] | None = None  # how the rows were drawn (Spark), for the run's record
+    feature_note: str = ""  # what the feature count is made of
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -169,6 +174,7 @@ def training_data(
     population_rule(model_cfg, fs)
     labels = model_features(fs, model_cfg.features, model_cfg.governance, model_cfg.name)
     rows = loaded.training_rows(fs, model_cfg, cutoff)
+    window = windows_before_data(config.features.windows_days, span[0], first_date)
     return TrainingData(
         model_cfg,
         fs,
@@ -179,6 +185,8 @@ def training_data(
         loaded.inputs.display,
         snapshot_note,
         rows.sampling,
+        feature_count_note(fs, len(labels), categories_source(config.features.categories, first_date)),
+        [f"earliest training snapshot: {window}"] if window else [],
     )
 
 
@@ -275,6 +283,9 @@ def fit_and_register(
         snapshot_plan=data.snapshot_note,
         fit_seconds=fitted.fit_seconds,
         trained_until=data.cutoff,
+        model=data.model.name,
+        feature_note=data.feature_note,
+        warnings=list(data.warnings),
     )
 
 
