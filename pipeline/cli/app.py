@@ -28,6 +28,8 @@ from propensity.pipeline.cli.options import (
     parse_date,
     user_errors,
 )
+from propensity.pipeline.cli.plan_command import print_plan
+from propensity.pipeline.cli.plan_command import register as register_plan_command
 from propensity.pipeline.cli.printing import (
     print_buckets,
     print_explanation,
@@ -207,7 +209,9 @@ def train(
 
     cfg = load_config_for(config, engine)
     with console.status(f"training {model}"):
-        result = jobs.train_model(model, events_path(events, cfg), cfg, parse_date(as_of))
+        result = jobs.train_model(
+            model, events_path(events, cfg), cfg, parse_date(as_of), on_plan=lambda d, t: print_plan(d, t)
+        )
     console.print(
         f"run [bold]{result.run_id}[/]  registered [bold]{model} v{result.version}[/] "
         f"(alias challenger), {result.features} features, snapshots {result.snapshots[0]} .. "
@@ -387,6 +391,7 @@ def demo(
 
 
 register_segment_commands(app)
+register_plan_command(app)
 register_journey_commands(app)
 app.add_typer(docs_app, name="docs")
 
