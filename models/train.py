@@ -218,7 +218,8 @@ def _check_counts(parts: Split, training: TrainingConfig) -> None:
         if labels.sum() < 10 or (len(labels) - labels.sum()) < 10:
             raise UserError(
                 f"too few positives or negatives in the {name.replace('_', '-')} set "
-                f"({int(labels.sum())} of {len(labels)}) to train and evaluate reliably"
+                f"({int(labels.sum())} positives of {len(labels)} rows; 10 of each needed) to train and "
+                f"evaluate reliably"
             )
 
 
