@@ -795,5 +795,12 @@ def test_snapshot_plan_equals_duckdb_and_the_plan_command_runs_on_spark(
         *("--events", str(spark_dir), "--as-of", str(cutoff), "--estimate-only"),
     )
     assert result.exit_code == 0, result.output
-    for as_of in expected.dates:
+    # The command plans the shipped config (8 snapshots 21 days apart, adapted to the data).
+    shipped = plan_jobs.make_plan(
+        load_model_config("conversion", ProjectConfig()),
+        event_jobs.load_events(duck_dir, LIGHT_DUCKDB),
+        cutoff,
+    )
+    assert shipped.summary().split(" (history")[0] in result.output
+    for as_of in shipped.dates:
         assert str(as_of) in result.output
