@@ -33,7 +33,13 @@ import pandas as pd
 import pyarrow as pa
 
 from propensity.core.config import ModelConfig, OutcomeConfig
-from propensity.features.build.event_queries import data_end_sql, day_after, learn_categories_sql
+from propensity.features.build.event_queries import (
+    data_end_sql,
+    day_after,
+    history_start_sql,
+    learn_categories_sql,
+    profiles_seen_sql,
+)
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.rules import Rule
 from propensity.features.identity.as_of import AsOfSources
@@ -98,6 +104,8 @@ class Events(Protocol):
     def data_end(self) -> dt.date: ...
     def span(self) -> tuple[dt.date, dt.date] | None: ...
     def learn_categories(self, before: dt.date, limit: int) -> list[str]: ...
+    def history_start(self, event_types: list[str]) -> dt.date | None: ...
+    def profiles_seen(self, dates: list[dt.date], event_types: list[str]) -> dict[dt.date, int]: ...
     def snapshot(self, fs: FeatureSet, as_of: dt.date, where: str | None = None) -> Relation: ...
     def population_snapshot(
         self, fs: FeatureSet, model: ModelConfig, as_of: dt.date, cutoff: dt.date
@@ -130,6 +138,19 @@ class SqlEvents(ABC):
     def learn_categories(self, before: dt.date, limit: int) -> list[str]:
         """The most viewed and bought categories before ``before``."""
         return [r[0] for r in self.rows(learn_categories_sql(before, limit))]
+
+    def history_start(self, event_types: list[str]) -> dt.date | None:
+        """The day of the first event of ``event_types`` (None: there is none)."""
+        first = self.rows(history_start_sql(event_types))[0][0]
+        return None if first is None else pd.Timestamp(first).date()
+
+    def profiles_seen(self, dates: list[dt.date], event_types: list[str]) -> dict[dt.date, int]:
+        """Per date, the profiles with an event of ``event_types`` before it: the snapshot
+        plan's estimate of a date's rows (an upper bound of most populations)."""
+        if not dates:
+            return {}
+        counts = self.rows(profiles_seen_sql(dates, event_types))[0]
+        return {d: int(c or 0) for d, c in zip(dates, counts, strict=True)}
 
 
 class Stitched(Protocol):

@@ -1,49 +1,213 @@
-"""How many training snapshots, how far apart: the configured plan, adapted to short data.
+"""The snapshot plan: which as-of dates a model trains, validates and is tested on, and why.
 
-A snapshot needs its horizon to have passed by the cutoff and some history before it; data
-that spans only a few horizons cannot hold ``count`` snapshots ``spacing_days`` apart. Rather
-than fail, the spacing shrinks first (down to ``min_spacing_days``: snapshots closer than a
-week mostly repeat the same rows), then the count (down to the 3 a split needs).
+Snapshots are ``spacing_days`` apart (weekly by default), the latest with its horizon ending
+by the cutoff (the test snapshot), back as far as the history allows: ``min_history_days`` of
+the events the features and the outcome use before the first. ``max_count`` and a row budget
+(``max_rows``, estimated from the profiles seen before each date) keep the newest ones.
+
+Validation is the last snapshot whose label window ends by the test snapshot's date, so the
+round count and the model are never chosen on outcomes of the test window. When the history
+is too short for that and one training snapshot before it, validation is the earliest
+snapshot after the first one and the plan says by how many days the windows overlap.
+
+Every way the plan differs from the configuration is a sentence in ``notes`` with its numbers.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pandas as pd
 
 from propensity.core.config import SnapshotConfig
 from propensity.core.errors import UserError
 
+# Estimated rows per date (profiles seen before it): the row budget's input.
+RowEstimate = Callable[[list[dt.date]], dict[dt.date, int]]
+MIN_SNAPSHOTS = 3
 
-def adapt_snapshots(
-    snapshots: SnapshotConfig, first_event: dt.date, cutoff: dt.date, horizon_days: int, model_name: str
-) -> tuple[SnapshotConfig, str | None]:
-    """The plan to use and, when it differs from the configured one, a sentence saying why.
 
-    The latest snapshot is ``cutoff - horizon_days``; the earliest may not come before
-    ``first_event + min_history_days``. Raises a UserError when not even 3 snapshots a day
-    apart fit.
-    """
-    if not snapshots.adapt:
-        return snapshots, None
-    latest = cutoff - dt.timedelta(days=horizon_days)
-    span = (latest - (first_event + dt.timedelta(days=snapshots.min_history_days))).days
-    if (snapshots.count - 1) * snapshots.spacing_days <= span:
-        return snapshots, None
-    if span < 2:
-        raise UserError(
-            f"model '{model_name}': the events ({first_event} .. {cutoff - dt.timedelta(days=1)}) are too "
-            f"short for 3 training snapshots with a {horizon_days}-day horizon and "
-            f"{snapshots.min_history_days} days of history before the first; use more data, a shorter "
-            f"outcome.horizon_days or a lower training.snapshots.min_history_days"
+@dataclass(frozen=True)
+class SnapshotPlan:
+    """The dates (oldest first; the last is the test snapshot), the validation date and why."""
+
+    dates: list[dt.date]
+    validation: dt.date
+    horizon_days: int
+    spacing_days: int
+    history_start: dt.date  # the first event of the types the features and the outcome use
+    cutoff: dt.date
+    notes: list[str] = field(default_factory=list)
+    estimated_rows: dict[dt.date, int] = field(default_factory=dict)
+
+    @property
+    def test(self) -> dt.date:
+        """The test snapshot's date."""
+        return self.dates[-1]
+
+    @property
+    def overlap_days(self) -> int:
+        """Days the validation snapshot's label window reaches past the test snapshot's date."""
+        return max(0, (self.validation + dt.timedelta(days=self.horizon_days) - self.test).days)
+
+    def role(self, as_of: dt.date) -> str:
+        """train (early stopping fit and refit), validation, refit (refit only) or test."""
+        if as_of == self.test:
+            return "test"
+        if as_of == self.validation:
+            return "validation"
+        return "train" if as_of < self.validation else "refit"
+
+    def config(self, snapshots: SnapshotConfig) -> SnapshotConfig:
+        """``snapshots`` with this plan's count and spacing (what the engines build)."""
+        return snapshots.model_copy(update={"count": len(self.dates), "spacing_days": self.spacing_days})
+
+    def summary(self) -> str:
+        """One line: dates, count, spacing, validation and test."""
+        return (
+            f"{len(self.dates)} snapshots {self.spacing_days} days apart, {self.dates[0]} .. {self.test} "
+            f"(history from {self.history_start}); validation {self.validation}"
+            + (
+                f" (its labels overlap the test window by {self.overlap_days} days)"
+                if self.overlap_days
+                else ""
+            )
+            + f", test {self.test}"
         )
+
+    def table(self, frame: pd.DataFrame | None = None) -> pd.DataFrame:
+        """One row per date: its role, estimated rows and, given the labelled ``frame``, the
+        population (rows) and positives at that date."""
+        rows = []
+        counts = _counts(frame) if frame is not None else {}
+        for as_of in self.dates:
+            population, positives = counts.get(as_of, (0, 0)) if frame is not None else (None, None)
+            rows.append(
+                {
+                    "as_of": str(as_of),
+                    "role": self.role(as_of),
+                    "labels_end": str(as_of + dt.timedelta(days=self.horizon_days)),
+                    "estimated_rows": self.estimated_rows.get(as_of),
+                    "population": population,
+                    "positives": positives,
+                }
+            )
+        return pd.DataFrame(rows)
+
+
+def _counts(frame: pd.DataFrame) -> dict[dt.date, tuple[int, int]]:
+    """Rows and positives per as-of date of a labelled frame."""
+    grouped = frame.groupby(pd.to_datetime(frame["as_of"]).dt.date)["label"].agg(["size", "sum"])
+    return {d: (int(r["size"]), int(r["sum"])) for d, r in grouped.iterrows()}
+
+
+def validation_index(dates: list[dt.date], horizon_days: int) -> int:
+    """The last snapshot whose labels end by the test date, if a snapshot precedes it; else 1
+    (the earliest with a training snapshot before it)."""
+    test = dates[-1]
+    clean = [i for i, d in enumerate(dates[:-1]) if d + dt.timedelta(days=horizon_days) <= test]
+    return clean[-1] if clean and clean[-1] >= 1 else 1
+
+
+def plan_snapshots(
+    snapshots: SnapshotConfig,
+    history_start: dt.date,
+    cutoff: dt.date,
+    horizon_days: int,
+    model_name: str,
+    estimate: RowEstimate | None = None,
+) -> SnapshotPlan:
+    """The plan for a model whose usable events start at ``history_start``, trained on the
+    data before ``cutoff``; ``estimate`` gives rows per date for the row budget (None: no budget).
+
+    Raises a UserError naming the dates and days at fault when not even 3 snapshots fit.
+    """
+    latest = cutoff - dt.timedelta(days=horizon_days)
+    earliest = history_start + dt.timedelta(days=snapshots.min_history_days)
+    span = (latest - earliest).days
+    if span < MIN_SNAPSHOTS - 1 and (snapshots.adapt or snapshots.count is None):
+        raise UserError(
+            f"model '{model_name}': the events the features and the outcome use run from {history_start} to "
+            f"{cutoff - dt.timedelta(days=1)}; 3 training snapshots with a {horizon_days}-day horizon and "
+            f"{snapshots.min_history_days} days of history before the first need the latest at {latest} and "
+            f"the first on or after {earliest} ({span} days between them, 2 needed); use more data, a "
+            f"shorter outcome.horizon_days or a lower training.snapshots.min_history_days"
+        )
+    notes: list[str] = []
+    if snapshots.count is None:
+        spacing = snapshots.spacing_days
+        if span < (MIN_SNAPSHOTS - 1) * spacing:
+            spacing = max(1, span // (MIN_SNAPSHOTS - 1))
+            notes.append(
+                f"{snapshots.spacing_days}-day spacing leaves fewer than 3 snapshots in the {span} days "
+                f"between {earliest} and {latest}; using {spacing} days"
+            )
+        count = min(snapshots.max_count, span // spacing + 1)
+        if count == snapshots.max_count and span // spacing + 1 > count:
+            notes.append(
+                f"the history allows {span // spacing + 1} snapshots; keeping the newest "
+                f"{count} (training.snapshots.max_count)"
+            )
+    else:
+        count, spacing, note = _fixed(snapshots, span, earliest, latest)
+        notes += [note] if note else []
+    dates = [latest - dt.timedelta(days=spacing * i) for i in reversed(range(count))]
+    estimated: dict[dt.date, int] = {}
+    if estimate is not None:
+        estimated = estimate(dates)
+        dates, note = _within_budget(dates, estimated, snapshots.max_rows, horizon_days, spacing)
+        notes += [note] if note else []
+    validation = dates[validation_index(dates, horizon_days)]
+    plan = SnapshotPlan(dates, validation, horizon_days, spacing, history_start, cutoff, notes, estimated)
+    if plan.overlap_days:
+        notes.append(
+            f"validation {validation} is not clear of the test window: a {horizon_days}-day horizon needs "
+            f"{horizon_days + spacing} days between the first snapshot and the test snapshot for a training "
+            f"snapshot before a validation snapshot whose labels end by {plan.test}; the history gives "
+            f"{(plan.test - dates[0]).days}, so its labels overlap the test window by "
+            f"{plan.overlap_days} days"
+        )
+    return plan
+
+
+def _fixed(
+    snapshots: SnapshotConfig, span: int, earliest: dt.date, latest: dt.date
+) -> tuple[int, int, str | None]:
+    """A configured count and spacing, adapted (spacing first, then count) to a short history."""
+    assert snapshots.count is not None
+    if not snapshots.adapt or (snapshots.count - 1) * snapshots.spacing_days <= span:
+        return snapshots.count, snapshots.spacing_days, None
     count, spacing = snapshots.count, span // (snapshots.count - 1)
     if spacing < snapshots.min_spacing_days:
         spacing = min(snapshots.min_spacing_days, span // 2)
-        count = max(3, min(snapshots.count, span // spacing + 1))
-    adapted = snapshots.model_copy(update={"count": count, "spacing_days": spacing})
+        count = max(MIN_SNAPSHOTS, min(snapshots.count, span // spacing + 1))
     note = (
         f"{snapshots.count} snapshots {snapshots.spacing_days} days apart do not fit in the "
-        f"{span} days between {first_event} + {snapshots.min_history_days} days of history and "
-        f"{latest}; using {count} snapshots {spacing} days apart"
+        f"{span} days between {earliest} (the first event the features and the outcome use + "
+        f"{snapshots.min_history_days} days of history) and {latest}; using {count} snapshots "
+        f"{spacing} days apart"
     )
-    return adapted, note
+    return count, spacing, note
+
+
+def _within_budget(
+    dates: list[dt.date], estimated: dict[dt.date, int], budget: int, horizon_days: int, spacing: int
+) -> tuple[list[dt.date], str | None]:
+    """The newest dates whose estimated rows fit ``budget``; never fewer than a test, a clean
+    validation and one training snapshot (or 3) need."""
+    needed = max(MIN_SNAPSHOTS, -(-horizon_days // spacing) + 2)
+    kept, total = 0, 0
+    for as_of in reversed(dates):
+        if kept >= needed and total + estimated.get(as_of, 0) > budget:
+            break
+        kept, total = kept + 1, total + estimated.get(as_of, 0)
+    if kept == len(dates):
+        return dates, None
+    cut = dates[: len(dates) - kept]
+    left_out = sum(estimated.get(d, 0) for d in cut)
+    return dates[-kept:], (
+        f"the row budget (training.snapshots.max_rows {budget:,}) keeps the newest {kept} snapshots "
+        f"(~{total:,} rows); {len(cut)} older ones ({cut[0]} .. {cut[-1]}, ~{left_out:,} rows) are left out"
+    )

@@ -16,6 +16,7 @@ The test snapshot plays no part in any choice: it only reports.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -142,20 +143,33 @@ def validation_share(labels: pd.Series, training: TrainingConfig) -> float:
     return float(min(max(training.validation_profile_fraction, needed), MAX_VALIDATION_SHARE))
 
 
-def split(frame: pd.DataFrame, training: TrainingConfig) -> Split:
+def split(frame: pd.DataFrame, training: TrainingConfig, valid_date: dt.date | None = None) -> Split:
     """Out-of-time and profile-disjoint split of stacked, labelled snapshots.
 
+    ``valid_date``: the validation snapshot (the snapshot plan's: the last whose labels end by
+    the test date); None: the one before the test snapshot. Snapshots between it and the test
+    snapshot are in no part (the refit uses them).
+
     Profiles fall in three groups by a hash: test profiles appear only in the latest
-    snapshot, validation profiles only in the one before it, training profiles only in the
-    earlier ones. Validation must be profile-disjoint from training too: a profile's
+    snapshot, validation profiles only in the validation snapshot, training profiles only in
+    the earlier ones. Validation must be profile-disjoint from training too: a profile's
     consecutive snapshots share most of their outcome window, so a model that memorises
     training profiles looks better on their later snapshot than it is on new ones (which
     made early stopping run for thousands of rounds on real purchase data).
     """
     dates = sorted(frame["as_of"].unique())
     if len(dates) < 3:
-        raise UserError(f"need at least 3 snapshots with labels to train, got {len(dates)}")
-    test_date, valid_date = dates[-1], dates[-2]
+        raise UserError(
+            f"need at least 3 snapshots with a population to train (training, validation, test), got "
+            f"{len(dates)}: {', '.join(str(pd.Timestamp(d).date()) for d in dates) or 'none'}"
+        )
+    test_date = dates[-1]
+    if valid_date is not None:
+        matching = [d for d in dates[:-1] if pd.Timestamp(d).date() == valid_date]
+        if not matching:
+            raise UserError(f"the validation snapshot {valid_date} has no population rows")
+        valid_date = matching[0]
+    valid_date = dates[-2] if valid_date is None else valid_date
     held_out = profile_fraction(frame["profile_id"], f"test-{training.seed}") < training.test_profile_fraction
     share = validation_share(frame["label"][(frame["as_of"] == valid_date) & ~held_out], training)
     validating = (profile_fraction(frame["profile_id"], f"validation-{training.seed}") < share) & ~held_out
@@ -196,15 +210,16 @@ def _check_counts(parts: Split, training: TrainingConfig) -> None:
     if positives < training.min_positives or negatives < training.min_negatives:
         raise UserError(
             f"too few examples to train: {positives} positives and {negatives} negatives in the training "
-            f"snapshots (need {training.min_positives} and {training.min_negatives}); use more data, more "
-            f"snapshots (training.snapshots.count) or lower training.min_positives"
+            f"snapshots (need {training.min_positives} and {training.min_negatives}); use more data, a wider "
+            f"population or lower training.min_positives / min_negatives"
         )
     for name in ("early_stopping", "calibration", "test"):
         labels = getattr(parts, name)["label"]
         if labels.sum() < 10 or (len(labels) - labels.sum()) < 10:
             raise UserError(
                 f"too few positives or negatives in the {name.replace('_', '-')} set "
-                f"({int(labels.sum())} of {len(labels)}) to train and evaluate reliably"
+                f"({int(labels.sum())} positives of {len(labels)} rows; 10 of each needed) to train and "
+                f"evaluate reliably"
             )
 
 
@@ -296,6 +311,7 @@ def _lightgbm(
         "best_iteration": result.best_iteration,
     }
     details = {"trials": result.trials, "timed_out": result.timed_out, "search_seconds": result.seconds}
+    details["lightgbm_params"] = result.params  # in full, for the refit
     return draft, params, details
 
 

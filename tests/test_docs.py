@@ -31,7 +31,7 @@ def test_reference_lists_every_key_with_its_default_and_meaning():
     reference = config_reference()
     for key, default in (
         ("scoring.chunk_rows", "`100000`"),
-        ("training.snapshots.count", "`8`"),
+        ("training.snapshots.spacing_days", "`7`"),
         ("training.tuning.trials", "`12`"),
         ("segments[].rule", "required"),
         ("destinations[].required_consents", "`[]`"),

@@ -3,8 +3,6 @@ BG/NBD, the linear model's explanations, the snapshot plan, purchase-cycle featu
 
 from __future__ import annotations
 
-import datetime as dt
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -13,8 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
-from propensity.core.config import SnapshotConfig
-from propensity.core.errors import UserError
 from propensity.models.bgnbd import BgNbd, fit_bgnbd
 from propensity.models.bootstrap import (
     auc_ratio_interval,
@@ -25,7 +21,6 @@ from propensity.models.bootstrap import (
 )
 from propensity.models.calibration import Calibrator, choose_calibration
 from propensity.models.linear import LinearPropensityModel, LogScaledDesign, fit_linear
-from propensity.models.snapshot_plan import adapt_snapshots
 from tests.test_features import PATHS, event, snapshot
 
 # --- bootstrap --------------------------------------------------------------------------------
@@ -248,30 +243,6 @@ def test_validation_share_grows_when_the_rarer_outcome_is_scarce():
     assert validation_share(pd.Series([1] * 400 + [0] * 2000), training) == 0.3
     assert validation_share(pd.Series([1] * 100 + [0] * 2000), training) == pytest.approx(0.5)
     assert validation_share(pd.Series([0] * 30 + [1] * 2000), training) == 0.6  # rare negatives too
-
-
-# --- snapshot plan ------------------------------------------------------------------------------
-
-
-def test_snapshot_plan_shrinks_spacing_then_count_and_says_so():
-    plan = SnapshotConfig(count=6, spacing_days=28)
-    same, note = adapt_snapshots(plan, dt.date(2023, 1, 1), dt.date(2025, 1, 1), 90, "m")
-    assert same == plan and note is None
-    tight, note = adapt_snapshots(plan, dt.date(2024, 1, 1), dt.date(2024, 7, 1), 30, "m")
-    # 182 - 30 - 90 = 62 days: 5 gaps of 12 days.
-    assert (tight.count, tight.spacing_days) == (6, 12) and "using 6 snapshots 12 days apart" in note
-    fewer, _ = adapt_snapshots(
-        SnapshotConfig(count=10, spacing_days=14), dt.date(2024, 1, 1), dt.date(2024, 6, 1), 60, "m"
-    )
-    # 152 - 60 - 90 = 2 days: 3 snapshots a day apart.
-    assert (fewer.count, fewer.spacing_days) == (3, 1)
-    # 121 - 60 - 90 < 0 days: not even 3 snapshots.
-    with pytest.raises(UserError, match="too short for 3 training snapshots"):
-        adapt_snapshots(plan, dt.date(2024, 1, 1), dt.date(2024, 5, 1), 60, "m")
-    fixed, note = adapt_snapshots(
-        SnapshotConfig(adapt=False), dt.date(2024, 1, 1), dt.date(2024, 5, 1), 60, "m"
-    )
-    assert note is None and fixed.count == 8
 
 
 # --- purchase-cycle features: known answers on every path ----------------------------------------

@@ -23,7 +23,13 @@ pytestmark = pytest.mark.spark
 
 require_spark()
 
-from propensity.core.config import EngineConfig, IdentityConfig, ProjectConfig, parse_config  # noqa: E402
+from propensity.core.config import (  # noqa: E402
+    EngineConfig,
+    IdentityConfig,
+    ProjectConfig,
+    SnapshotConfig,
+    parse_config,
+)
 from propensity.core.errors import UserError  # noqa: E402
 from propensity.features.build import build_registry, sql_compiler, training_frame  # noqa: E402
 from propensity.features.connection import connect  # noqa: E402
@@ -763,3 +769,40 @@ def test_killing_a_spark_ingest_keeps_the_previous_output(luma_small, tmp_path):
     assert again.returncode == 0, again.stderr
     assert _spark_rows(out) == reference
     assert all(p.suffix == ".lock" for p in (tmp_path / io.STAGING).iterdir())
+
+
+def test_snapshot_plan_equals_duckdb_and_the_plan_command_runs_on_spark(
+    spark, ingested, runner_module, tmp_path
+):
+    """History start and the row budget's estimate are one query each on either engine: the
+    same plan, and `propensity plan --engine spark` prints it."""
+    from propensity.pipeline.jobs import plan as plan_jobs
+
+    spark_dir, duck_dir, _ = ingested
+    model = load_model_config("conversion", ProjectConfig())
+    model = model.model_copy(
+        update={"training": model.training.model_copy(update={"snapshots": SnapshotConfig(max_rows=3000)})}
+    )
+    cutoff = dt.date(2025, 8, 29)
+    expected = plan_jobs.make_plan(model, event_jobs.load_events(duck_dir, LIGHT_DUCKDB), cutoff)
+    got = plan_jobs.make_plan(model, event_jobs.load_events(spark_dir, LIGHT_SPARK), cutoff)
+    assert got == expected
+    assert len(expected.estimated_rows) > len(expected.dates) >= 3  # the budget cut some dates
+    assert "the row budget (training.snapshots.max_rows 3,000)" in expected.notes[0]
+    project = tmp_path / "project.yaml"
+    project.write_text(json.dumps({"engine": ENGINE.model_dump()}))
+    result = invoke(
+        runner_module,
+        *("plan", "conversion", "--engine", "spark", "--config", str(project)),
+        *("--events", str(spark_dir), "--as-of", str(cutoff), "--estimate-only"),
+    )
+    assert result.exit_code == 0, result.output
+    # The command plans the shipped config (8 snapshots 21 days apart, adapted to the data).
+    shipped = plan_jobs.make_plan(
+        load_model_config("conversion", ProjectConfig()),
+        event_jobs.load_events(duck_dir, LIGHT_DUCKDB),
+        cutoff,
+    )
+    assert shipped.summary().split(" (history")[0] in result.output
+    for as_of in shipped.dates:
+        assert str(as_of) in result.output

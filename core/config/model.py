@@ -27,22 +27,30 @@ class OutcomeConfig(_Strict):
 
 
 class SnapshotConfig(_Strict):
-    """How many training snapshots, and how many days apart.
+    """Which as-of dates a model trains on: the snapshot plan.
 
-    With ``adapt`` (the default), when the events do not reach back far enough for ``count``
-    snapshots ``spacing_days`` apart plus ``min_history_days`` of history before the first,
-    the spacing shrinks (down to ``min_spacing_days``) and then the count (down to 3) instead
-    of failing; the run records what was used.
+    By default snapshots are ``spacing_days`` (7) apart, from the latest whose horizon has
+    passed back as far as the history allows (``min_history_days`` of the events the features
+    and the outcome use before the first), at most ``max_count`` of them and about
+    ``max_rows`` training rows (estimated from the profiles seen before each date). The last
+    is the test snapshot; validation is the last snapshot whose horizon ends by the test
+    snapshot's date. A fixed ``count`` keeps that many; with ``adapt`` (the default) the
+    spacing shrinks (down to ``min_spacing_days``) and then the count (down to 3) when the
+    history is too short. Every adaptation is printed and logged with its numbers.
     """
 
-    count: int = Field(default=8, ge=3, le=64)
-    """Training snapshots; the last is the test snapshot, the one before it validation."""
-    spacing_days: int = Field(default=28, ge=1)
+    count: int | None = Field(default=None, ge=3, le=260)
+    """Training snapshots; None: as many as the history, max_count and max_rows allow."""
+    spacing_days: int = Field(default=7, ge=1)
     """Days between consecutive snapshot dates."""
+    max_count: int = Field(default=52, ge=3, le=260)
+    """With count None: snapshots at most (the newest are kept)."""
+    max_rows: int = Field(default=1_500_000, ge=1000)
+    """Estimated training rows at most: older snapshots beyond it are left out (said in the plan)."""
     adapt: bool = True
     """Shrink spacing, then count, when the events are too short for the plan."""
     min_history_days: int = Field(default=90, ge=1)
-    """Days of events required before the first snapshot."""
+    """Days of events (of the types the features and the outcome use) required before the first snapshot."""
     min_spacing_days: int = Field(default=7, ge=1)
     """The spacing never shrinks below this."""
 
@@ -105,6 +113,10 @@ class TrainingConfig(_Strict):
     """Training rows at most; a sample stratified by label beyond it (said in the run)."""
     early_stopping_rounds: int = Field(default=50, ge=1)
     """Stop boosting after this many rounds without validation improvement."""
+    refit: bool = True
+    """After validation chose the model and its round count, fit it again with that round count on every
+    labelled snapshot before the test snapshot (validation's rows included); the test snapshot stays held out.
+    """
     lightgbm: dict[str, Any] = Field(default_factory=dict)
     """LightGBM parameters fixed instead of searched (objective and re-weighting are refused)."""
     promote_metric: Literal["test_auc", "test_average_precision", "test_log_loss", "test_brier"] = "test_auc"

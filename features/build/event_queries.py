@@ -60,3 +60,24 @@ def learn_categories(con: duckdb.DuckDBPyConnection, before: dt.date, limit: int
 def data_end(con: duckdb.DuckDBPyConnection) -> dt.date:
     """The day after the last event: the default cutoff (every earlier day is complete)."""
     return day_after(con.execute(data_end_sql()).fetchone()[0])
+
+
+def _types_sql(event_types: list[str]) -> str:
+    return ", ".join(sql_string(t) for t in event_types)
+
+
+def history_start_sql(event_types: list[str], events: str = "events") -> str:
+    """The first event of ``event_types`` (the history a snapshot plan measures)."""
+    return f"SELECT min(timestamp) FROM {events} WHERE event_type IN ({_types_sql(event_types)})"
+
+
+def profiles_seen_sql(dates: list[dt.date], event_types: list[str], events: str = "events") -> str:
+    """One row: per date, the profiles with an event of ``event_types`` before it (one scan;
+    plain CASE sums, which Spark's dialect reads too)."""
+    counts = ", ".join(
+        f"sum(CASE WHEN first_seen < TIMESTAMP '{d} 00:00:00' THEN 1 ELSE 0 END)" for d in dates
+    )
+    return (
+        f"SELECT {counts} FROM (SELECT profile_id, min(timestamp) AS first_seen FROM {events} "
+        f"WHERE event_type IN ({_types_sql(event_types)}) GROUP BY profile_id) AS seen"
+    )

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+from propensity.features.contract import ACTIVITY_EVENT_TYPES
+
 
 def snapshot_dates(cutoff: dt.date, horizon_days: int, count: int, spacing_days: int) -> list[dt.date]:
     """``count`` as-of dates, ``spacing_days`` apart, the latest with its horizon ending by ``cutoff``.
@@ -38,3 +40,11 @@ def windows_before_data(windows_days: list[int], first_event: dt.date, as_of: dt
         f"hold {history:,} days (from {first_event}), so {'they count' if plural else 'it counts'} "
         f"only those {history:,} days"
     )
+
+
+def history_event_types(outcome_event_type: str) -> list[str]:
+    """The event types whose history a snapshot needs: those with their own activity features
+    and the outcome's. A campaign mailing of a custom type before the first basket is not
+    purchase history."""
+    types = list(ACTIVITY_EVENT_TYPES)
+    return types if outcome_event_type in types else [*types, outcome_event_type]

@@ -31,6 +31,8 @@ from propensity.pipeline.cli.options import (
     status_console,
     user_errors,
 )
+from propensity.pipeline.cli.plan_command import print_plan
+from propensity.pipeline.cli.plan_command import register as register_plan_command
 from propensity.pipeline.cli.printing import (
     print_buckets,
     print_explanation,
@@ -215,7 +217,13 @@ def train(
 
     cfg = load_config_for(config, engine)
     with status_console(json_output).status(f"training {model}"):
-        result = jobs.train_model(model, events_path(events, cfg), cfg, parse_date(as_of))
+        result = jobs.train_model(
+            model,
+            events_path(events, cfg),
+            cfg,
+            parse_date(as_of),
+            on_plan=None if json_output else (lambda d, t: print_plan(d, t)),
+        )
     print_warnings(result.warnings)
     if json_output:
         print_json(result)
@@ -409,6 +417,7 @@ def demo(
 
 
 register_segment_commands(app)
+register_plan_command(app)
 register_journey_commands(app)
 app.add_typer(docs_app, name="docs")
 

@@ -20,17 +20,19 @@ from propensity.core.errors import UserError
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.population import population_rule
 from propensity.features.build.selection import categories_source, feature_count_note, model_features
-from propensity.features.build.snapshots import snapshot_dates, windows_before_data
+from propensity.features.build.snapshots import windows_before_data
 from propensity.features.engine import Events
 from propensity.models import baselines, plots, tracking
 from propensity.models import evaluate as ev
 from propensity.models.explain import global_importance
 from propensity.models.holdout_figures import holdout_figures
-from propensity.models.snapshot_plan import adapt_snapshots
+from propensity.models.refit import Refit, refit, refit_rows
+from propensity.models.snapshot_plan import SnapshotPlan
 from propensity.models.train import fit_candidates, split
 from propensity.pipeline.jobs.config_files import load_model_config
 from propensity.pipeline.jobs.evaluate import ground_truth_metrics
 from propensity.pipeline.jobs.events import feature_set, load_events
+from propensity.pipeline.jobs.plan import describe, log_plan, make_plan, planned, settle
 
 
 @dataclass(frozen=True)
@@ -50,24 +52,12 @@ class TrainResult:
     validation: dict[str, dict[str, float]]  # every candidate's validation metrics, by family
     selection_reason: str
     snapshot_plan: str | None  # why the snapshot plan differs from the config, if it does
+    plan: str  # the snapshot plan for people (dates, roles, adaptations, rows and positives)
     fit_seconds: float  # from reading the events to a fitted, calibrated model
     trained_until: dt.date
     model: str = ""
     feature_note: str = ""  # what the feature count is made of, to compare with `features`
     warnings: list[str] = field(default_factory=list)  # e.g. windows longer than the data
-
-
-def _adapted(model_cfg: ModelConfig, first: dt.date, cutoff: dt.date) -> tuple[ModelConfig, str | None]:
-    """The model config with the snapshot plan adapted to the span of the events."""
-    snapshots, note = adapt_snapshots(
-        model_cfg.training.snapshots,
-        first,
-        cutoff,
-        model_cfg.outcome.horizon_days,
-        model_cfg.name,
-    )
-    training = model_cfg.training.model_copy(update={"snapshots": snapshots})
-    return model_cfg.model_copy(update={"training": training}), note
 
 
 def _baselines(parts, test: pd.DataFrame, model_cfg: ModelConfig) -> dict[str, tuple[np.ndarray, bool]]:
@@ -129,10 +119,19 @@ class TrainingData:
     dates: list[dt.date]
     cutoff: dt.date
     events_display: str
-    snapshot_note: str | None = None  # why the plan differs from the config, if it does
+    plan: SnapshotPlan
     sampling: dict[str, Any] | None = None  # how the rows were drawn (Spark), for the run's record
     feature_note: str = ""  # what the feature count is made of
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def snapshot_note(self) -> str | None:
+        """Why the plan differs from the config, if it does."""
+        return "; ".join(self.plan.notes) or None
+
+    def plan_table(self) -> pd.DataFrame:
+        """The plan's dates with their roles, estimated rows, population and positives."""
+        return self.plan.table(self.frame)
 
 
 @dataclass
@@ -140,6 +139,7 @@ class _Fitted:
     parts: Any  # the split: train / valid / test
     trained: Any  # every candidate and the chosen one
     fit_seconds: float
+    refit: Refit | None = None  # the chosen model fitted again on every snapshot before the test
 
 
 @dataclass
@@ -166,15 +166,17 @@ def training_data(
     if span is None:
         raise UserError("no events to train on")
     cutoff = as_of or span[1]
-    model_cfg, snapshot_note = _adapted(load_model_config(model_name, config), span[0], cutoff)
-    plan = model_cfg.training.snapshots
-    first_date = snapshot_dates(cutoff, model_cfg.outcome.horizon_days, plan.count, plan.spacing_days)[0]
-    fs = feature_set(loaded, config, before=first_date)
+    model_cfg = load_model_config(model_name, config)
+    plan = make_plan(model_cfg, loaded, cutoff)
+    model_cfg = planned(model_cfg, plan)
+    fs = feature_set(loaded, config, before=plan.dates[0])
     # A bad rule or feature name fails before any heavy work.
     population_rule(model_cfg, fs)
     labels = model_features(fs, model_cfg.features, model_cfg.governance, model_cfg.name)
     rows = loaded.training_rows(fs, model_cfg, cutoff)
-    window = windows_before_data(config.features.windows_days, span[0], first_date)
+    first_date = plan.dates[0]
+    plan = settle(plan, rows.frame, model_cfg)
+    window = windows_before_data(config.features.windows_days, span[0], plan.dates[0])
     return TrainingData(
         model_cfg,
         fs,
@@ -183,7 +185,7 @@ def training_data(
         rows.dates,
         cutoff,
         loaded.inputs.display,
-        snapshot_note,
+        plan,
         rows.sampling,
         feature_count_note(fs, len(labels), categories_source(config.features.categories, first_date)),
         [f"earliest training snapshot: {window}"] if window else [],
@@ -191,27 +193,45 @@ def training_data(
 
 
 def train_model(
-    model_name: str, events: str | Path, config: ProjectConfig, as_of: dt.date | None = None
+    model_name: str,
+    events: str | Path,
+    config: ProjectConfig,
+    as_of: dt.date | None = None,
+    on_plan: Callable[[str, pd.DataFrame], None] | None = None,
 ) -> TrainResult:
     """Fit the candidates, choose one on validation, measure it and the baselines on the test
     snapshot with bootstrap intervals (and the oracle), log to MLflow, register as challenger.
-    The snapshots are built on the config's engine; the fit runs on this machine."""
+    The snapshots are built on the config's engine; the fit runs on this machine. ``on_plan``
+    receives the snapshot plan (sentences and table) before any model is fitted."""
     started = time.perf_counter()
     loaded = load_events(events, config)
     data = training_data(model_name, loaded, config, as_of)
+    if on_plan is not None:
+        on_plan(describe(data.plan, data.plan_table()), data.plan_table())
     return fit_and_register(
         data, config, started, ground_truth=lambda test, p: ground_truth_metrics(loaded, test, p, data.model)
     )
 
 
 def fit(data: TrainingData, started: float) -> _Fitted:
-    """Split by snapshot and fit every candidate; validation chooses one."""
-    parts = split(data.frame, data.model.training)
+    """Split by snapshot and fit every candidate; validation chooses one, which is then fitted
+    again on every snapshot before the test snapshot (``training.refit``)."""
+    training = data.model.training
+    try:
+        parts = split(data.frame, training, data.plan.validation)
+    except UserError as error:
+        table = data.plan_table()
+        shown = "; ".join(
+            f"{r.as_of} {r.role}: {r.population} ({r.positives} positives)" for r in table.itertuples()
+        )
+        raise UserError(f"model '{data.model.name}': {error} (population per snapshot: {shown})") from None
     monotone = data.fs.monotone(data.model.outcome.occurs)  # quality: the registry's monotone directions
-    trained = fit_candidates(
-        parts, list(data.labels), data.labels, data.model.training, data.model.name, monotone
-    )
-    return _Fitted(parts, trained, time.perf_counter() - started)
+    trained = fit_candidates(parts, list(data.labels), data.labels, training, data.model.name, monotone)
+    done = None
+    if training.refit:
+        rows, sampled_from = refit_rows(data.frame, training, data.plan.test)
+        done = refit(trained.chosen, rows, training, sampled_from)
+    return _Fitted(parts, trained, time.perf_counter() - started, done)
 
 
 def evaluate_on_test(
@@ -281,6 +301,7 @@ def fit_and_register(
         validation={c.family: c.validation for c in trained.candidates},
         selection_reason=trained.reason,
         snapshot_plan=data.snapshot_note,
+        plan=describe(data.plan, data.plan_table()),
         fit_seconds=fitted.fit_seconds,
         trained_until=data.cutoff,
         model=data.model.name,
@@ -325,6 +346,10 @@ def _log_training_run(
         }
     )
     mlflow.log_metrics({**figures.metrics, "fit_seconds": fitted.fit_seconds})
+    log_plan(data.plan, data.plan_table())
+    if fitted.refit is not None:
+        mlflow.log_params({f"refit_{k}": v for k, v in fitted.refit.record().items() if k != "snapshots"})
+        mlflow.log_metric("refit_seconds", fitted.refit.seconds)
     if data.sampling:
         mlflow.log_params(data.sampling)
     _log_candidates(trained)
@@ -336,6 +361,8 @@ def _log_training_run(
         "rows": fitted.parts.summary(),
         "snapshots": [str(d) for d in data.dates],
         "snapshot_plan": data.snapshot_note or "as configured",
+        "validation_as_of": str(data.plan.validation),
+        "refit": fitted.refit.record() if fitted.refit is not None else None,
         "features": len(names),
         "model_family": trained.chosen.family,
         "selection_reason": trained.reason,
