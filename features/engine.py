@@ -74,6 +74,7 @@ class ScoringPlan:
     chunk_rows: int
     partitions: int | None  # profile partitions of the feature build (None: the engine's choice)
     progress: Progress | None = None
+    uplift: bool = False  # an uplift model: the score batches carry `uplift` (core.score_table)
 
 
 @dataclass(frozen=True)
