@@ -32,9 +32,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from propensity.core.config import ModelConfig, OutcomeConfig
+from propensity.core.config import ModelConfig, OutcomeConfig, TreatmentConfig
 from propensity.features.build.event_queries import data_end_sql, day_after, learn_categories_sql
 from propensity.features.build.feature_set import FeatureSet
+from propensity.features.build.labels import treated_sql
 from propensity.features.build.rules import Rule
 from propensity.features.identity.as_of import AsOfSources
 from propensity.features.ingest.manifest import OnBadRows
@@ -99,6 +100,7 @@ class Events(Protocol):
     def data_end(self) -> dt.date: ...
     def span(self) -> tuple[dt.date, dt.date] | None: ...
     def learn_categories(self, before: dt.date, limit: int) -> list[str]: ...
+    def treated(self, treatment: TreatmentConfig, as_ofs: list[dt.date]) -> pd.DataFrame: ...
     def snapshot(self, fs: FeatureSet, as_of: dt.date, where: str | None = None) -> Relation: ...
     def population_snapshot(
         self, fs: FeatureSet, model: ModelConfig, as_of: dt.date, cutoff: dt.date
@@ -131,6 +133,14 @@ class SqlEvents(ABC):
     def learn_categories(self, before: dt.date, limit: int) -> list[str]:
         """The most viewed and bought categories before ``before``."""
         return [r[0] for r in self.rows(learn_categories_sql(before, limit))]
+
+    def treated(self, treatment: TreatmentConfig, as_ofs: list[dt.date]) -> pd.DataFrame:
+        """``profile_id``, ``as_of`` of the profiles an uplift model's treatment event reached in
+        the window up to each ``as_of`` (:func:`~propensity.features.build.labels.treated_sql`)."""
+        rows = self.rows(treated_sql(treatment, as_ofs))
+        frame = pd.DataFrame(rows, columns=["profile_id", "as_of"])
+        frame["as_of"] = pd.to_datetime(frame["as_of"])
+        return frame
 
 
 class Stitched(Protocol):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import lightgbm as lgb
@@ -36,7 +37,13 @@ import pyarrow as pa
 from propensity.core.config import TrainingConfig, TreatmentConfig
 from propensity.core.errors import UserError
 from propensity.models.calibration import Calibrator, logistic
-from propensity.models.estimator import PropensityModel, arrow_lightgbm_array
+from propensity.models.estimator import (
+    PropensityModel,
+    arrow_lightgbm_array,
+    feature_matrix,
+    lightgbm_array,
+    save_model,
+)
 from propensity.models.train import CATEGORICAL_FEATURES, lightgbm_params
 from propensity.models.uplift_metrics import qini_coefficient
 
@@ -117,9 +124,31 @@ class UpliftModel:
         """The float64 rows every part predicts on (they share the categories)."""
         return arrow_lightgbm_array(table, self.feature_names, self.treated._categorical_lists())
 
+    def matrix(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The model's columns, as :meth:`PropensityModel.matrix`."""
+        return feature_matrix(frame, self.feature_names, self.categories)
+
+    def frame_rows(self, frame: pd.DataFrame) -> np.ndarray:
+        """The float64 rows of a pandas feature table (as ``PropensityModel.lightgbm_array``)."""
+        return lightgbm_array(self.matrix(frame), self.treated.booster.pandas_categorical)
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """The outcome's probability if contacted, for a pandas feature table (the pyfunc's path)."""
+        return self._predict_rows(self.frame_rows(frame))[0]
+
+    def predict_uplift(self, frame: pd.DataFrame) -> np.ndarray:
+        """The uplift, for a pandas feature table."""
+        return self._predict_rows(self.frame_rows(frame))[1]
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model to one file without pickle (skops, as a PropensityModel)."""
+        return save_model(self, path)
+
     def predict(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """(probability of the outcome if contacted, uplift) per row of an Arrow feature table."""
-        rows = self.rows(table)
+        return self._predict_rows(self.rows(table))
+
+    def _predict_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         treated = logistic(self.treated.booster.predict(rows, raw_score=True))
         return treated, self._uplift(rows, treated, None)
 

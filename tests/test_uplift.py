@@ -82,11 +82,13 @@ def test_treatment_config_is_validated():
         ModelConfig, {"name": "u", "treatment": {"event_type": "email_open", "campaign": "yoga"}}, "u.yaml"
     )
     assert config.treatment.campaign == "yoga" and config.treatment.learners == ["t", "x"]
-    assert parse_config(ModelConfig, {"name": "u", "treatment": {"segment": "yoga"}}, "u.yaml").treatment
+    by_arm = {"segment": "yoga", "memberships_dir": "work/segments"}
+    assert parse_config(ModelConfig, {"name": "u", "treatment": by_arm}, "u.yaml").treatment.segment == "yoga"
     assert parse_config(ModelConfig, {"name": "u"}, "u.yaml").treatment is None
     refused = {
         "exactly one": {"treatment": {}},
-        "needs one": {"treatment": {"segment": "s", "campaign": "c"}},
+        "needs one": {"treatment": {"segment": "s", "memberships_dir": "m", "campaign": "c"}},
+        "memberships_dir": {"treatment": {"segment": "s"}},
         "not the conversion": {"treatment": {"event_type": "purchase"}},
         "unique": {"treatment": {"event_type": "email_open", "learners": ["t", "t"]}},
         "window_days": {"treatment": {"event_type": "email_open", "window_days": 0}},

@@ -172,8 +172,10 @@ class TreatmentConfig(_Strict):
     """Only events of this campaign count as treatment (needs `event_type`)."""
     segment: str | None = None
     """The segment whose recorded arm (targeted / holdout) is the treatment; one of this or `event_type`."""
+    memberships_dir: str | None = None
+    """With `segment`: the segments job's output folder (`as_of=<date>/memberships.parquet` with `arm`)."""
     window_days: int = Field(default=30, ge=1, le=365)
-    """A treatment event this many days before the as-of date, or on it, makes the profile treated."""
+    """A treatment event in this many days up to and including the as-of date makes the profile treated."""
     learners: list[Learner] = Field(default_factory=lambda: ["t", "x"], min_length=1)
     """Meta-learners fitted on LightGBM (t: one model per arm; x: the X-learner's imputed effects); the
     one with the best validation Qini coefficient is registered."""
@@ -192,6 +194,10 @@ class TreatmentConfig(_Strict):
         if (self.event_type is None) == (self.segment is None):
             raise ValueError(
                 "a treatment is either an `event_type` or a past export's `segment`, exactly one"
+            )
+        if (self.segment is None) != (self.memberships_dir is None):
+            raise ValueError(
+                "a treatment `segment` needs `memberships_dir` (the segments job's output folder)"
             )
         if self.campaign is not None and self.event_type is None:
             raise ValueError("`campaign` narrows a treatment `event_type`; it needs one")

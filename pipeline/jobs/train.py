@@ -31,6 +31,7 @@ from propensity.models.train import fit_candidates, split
 from propensity.pipeline.jobs.config_files import load_model_config
 from propensity.pipeline.jobs.evaluate import ground_truth_metrics
 from propensity.pipeline.jobs.events import feature_set, load_events
+from propensity.pipeline.jobs.uplift import UpliftTrained, fit_uplift_model
 
 
 @dataclass(frozen=True)
@@ -191,8 +192,36 @@ def train_model(
     started = time.perf_counter()
     loaded = load_events(events, config)
     data = training_data(model_name, loaded, config, as_of)
+    if data.model.treatment is not None:
+        return _uplift_result(data, fit_uplift_model(data, loaded, config, started))
     return fit_and_register(
         data, config, started, ground_truth=lambda test, p: ground_truth_metrics(loaded, test, p, data.model)
+    )
+
+
+def _uplift_result(data: TrainingData, trained: UpliftTrained) -> TrainResult:
+    """An uplift model's train run in the train job's terms (no feature importance: the factors
+    of scores explain the uplift)."""
+    qini = trained.model.metadata["validation_qini"]
+    reason = f"{trained.model.learner}-learner: best validation Qini " + ", ".join(
+        f"{learner} {value:.5f}" for learner, value in qini.items()
+    )
+    return TrainResult(
+        run_id=trained.run_id,
+        version=trained.version,
+        model_uri=trained.model_uri,
+        metrics=trained.metrics,
+        buckets=trained.buckets,
+        importance=pd.DataFrame(columns=["feature", "label", "importance"]),
+        rows=trained.rows,
+        snapshots=list(data.dates),
+        features=len(data.labels),
+        model_family=f"uplift_{trained.model.learner}",
+        validation={learner: {"qini": value} for learner, value in qini.items()},
+        selection_reason=reason,
+        snapshot_plan=data.snapshot_note,
+        fit_seconds=trained.fit_seconds,
+        trained_until=data.cutoff,
     )
 
 
