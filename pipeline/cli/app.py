@@ -77,9 +77,16 @@ def generate(
         str,
         typer.Option("--scenario", help="omnichannel, or purchase_only (only purchases, each with crm_id)."),
     ] = "omnichannel",
+    yoga_campaign: Annotated[
+        bool,
+        typer.Option(
+            "--yoga-campaign",
+            help="Add Luma's yoga campaign: random holdout, campaign_received events, true effects.",
+        ),
+    ] = False,
 ) -> None:
     """Generate synthetic Luma events, profile attributes and ground truth."""
-    from propensity.features.synthetic.world import GeneratorSettings
+    from propensity.features.synthetic.world import LUMA_YOGA, GeneratorSettings
     from propensity.features.synthetic.writer import generate as run
 
     settings = GeneratorSettings(
@@ -90,6 +97,7 @@ def generate(
         ground_truth=ground_truth,
         difficulty=difficulty,
         scenario=scenario,
+        campaigns=(LUMA_YOGA,) if yoga_campaign else (),
     )
     with console.status("generating events"):
         summary = run(settings, out)
