@@ -148,6 +148,15 @@ class UpliftModel:
         """(probability of the outcome if contacted, uplift) per row of an Arrow feature table."""
         return self._predict_rows(self.rows(table))
 
+    def arm_blind_probability(self, table: pa.Table) -> np.ndarray:
+        """What a propensity model fitted on these rows, arm ignored, estimates: the treated
+        share's mix of the outcome probability with and without contact (the ranking uplift
+        targeting is compared against)."""
+        rows = self.rows(table)
+        treated = logistic(self.treated.booster.predict(rows, raw_score=True))
+        control = logistic(self.control.booster.predict(rows, raw_score=True))
+        return self.treated_share * treated + (1 - self.treated_share) * control
+
     def _predict_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         treated = logistic(self.treated.booster.predict(rows, raw_score=True))
         return treated, self._uplift(rows, treated, None)

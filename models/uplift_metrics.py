@@ -124,6 +124,11 @@ class UpliftEvaluation:
     incremental_propensity: Estimate  # ... by propensity
     incremental_difference: Estimate  # uplift's less propensity's, on the same resamples
     oracle_qini: float | None = None  # the Qini of the true effects' ranking (simulated data)
+    # Simulated data: the expected incremental conversions (the sum of the people's true
+    # effects) of each targeting, and uplift's less propensity's, on the same resamples.
+    true_incremental_uplift: Estimate | None = None
+    true_incremental_propensity: Estimate | None = None
+    true_incremental_difference: Estimate | None = None
 
     def metrics(self, prefix: str = "test_") -> dict[str, float]:
         """Flat figures for MLflow (``<prefix>qini``, ``..._low``, ``..._high`` ...)."""
@@ -140,6 +145,14 @@ class UpliftEvaluation:
         }
         if self.oracle_qini is not None:
             out[f"{prefix}oracle_qini"] = self.oracle_qini
+        truths = {
+            "by_uplift": self.true_incremental_uplift,
+            "by_propensity": self.true_incremental_propensity,
+            "uplift_minus_propensity": self.true_incremental_difference,
+        }
+        for name, estimate in truths.items():
+            if estimate is not None:
+                out |= estimate.record(f"{prefix}true_incremental_top{k}_{name}")
         return out
 
 
@@ -165,7 +178,11 @@ def evaluate_uplift(
     by_uplift, by_propensity = _top(np.asarray(uplift), fraction), _top(np.asarray(propensity), fraction)
     ones = np.ones((len(y), 1))
     draws: dict[str, list[np.ndarray]] = {"qini": [], "lift": [], "uplift": [], "propensity": []}
+    effect = None if true_effect is None else np.asarray(true_effect, dtype=float)
     for weights in resample_weights(len(y), resamples, seed):
+        if effect is not None:  # expected incremental conversions: the true effects summed
+            draws.setdefault("true_uplift", []).append((by_uplift * effect) @ weights)
+            draws.setdefault("true_propensity", []).append((by_propensity * effect) @ weights)
         draws["qini"].append(qini_coefficients(y, treated, uplift, weights))
         lift, people = _lift(y, treated, by_uplift, weights)
         draws["lift"].append(lift)
@@ -184,5 +201,20 @@ def evaluate_uplift(
         incremental_uplift=_estimate(inc_uplift, d["uplift"], level),
         incremental_propensity=_estimate(inc_propensity, d["propensity"], level),
         incremental_difference=_estimate(inc_uplift - inc_propensity, d["uplift"] - d["propensity"], level),
-        oracle_qini=None if true_effect is None else qini_coefficient(y, treated, np.asarray(true_effect)),
+        oracle_qini=None if effect is None else qini_coefficient(y, treated, effect),
+        **({} if effect is None else _true_incremental(effect, by_uplift, by_propensity, d, level)),
     )
+
+
+def _true_incremental(
+    effect: np.ndarray, by_uplift: np.ndarray, by_propensity: np.ndarray, d: dict, level: float
+) -> dict[str, Estimate]:
+    """The true-effect figures of :class:`UpliftEvaluation` from their resampled draws ``d``."""
+    uplift, propensity = float(by_uplift @ effect), float(by_propensity @ effect)
+    return {
+        "true_incremental_uplift": _estimate(uplift, d["true_uplift"], level),
+        "true_incremental_propensity": _estimate(propensity, d["true_propensity"], level),
+        "true_incremental_difference": _estimate(
+            uplift - propensity, d["true_uplift"] - d["true_propensity"], level
+        ),
+    }

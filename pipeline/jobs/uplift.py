@@ -1,9 +1,9 @@
 """The train job of an uplift model (a model config with a ``treatment``): the usual stacked
-labelled snapshots, each row marked treated or control, split by time and profile as for a
-propensity model, T- and X-learners fitted and chosen on the validation snapshot by Qini,
-measured on the test snapshot (Qini, uplift at 20 %, incremental conversions of targeting the
-top 20 % by uplift against the top 20 % by the probability if contacted, with bootstrap
-intervals), logged to MLflow and registered as the challenger.
+labelled snapshots, each row marked treated or control (rows in neither arm left out), split
+by profile (:func:`profile_split`), T- and X-learners fitted and chosen on the validation rows by
+Qini, measured on the test rows (Qini, uplift at 20 %, incremental conversions of targeting the
+top 20 % by uplift against the top 20 % by the arm-blind probability a propensity model would
+give, with bootstrap intervals), logged to MLflow and registered as the challenger.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from propensity.core.config import ProjectConfig, TreatmentConfig
+from propensity.core.config import ProjectConfig, TrainingConfig, TreatmentConfig
 from propensity.core.errors import UserError
 from propensity.features.engine import Events
 from propensity.models import evaluate as ev
 from propensity.models import tracking
-from propensity.models.train import split
+from propensity.models.train import profile_fraction
 from propensity.models.uplift import ArmRows, UpliftModel, fit_uplift
 from propensity.models.uplift_metrics import UpliftEvaluation, evaluate_uplift
 
@@ -92,23 +92,21 @@ def fit_uplift_model(data: Any, loaded: Events, config: ProjectConfig, started: 
         frame = arms_from_events(loaded, treatment, data.frame)
     else:
         frame = arms_from_memberships(treatment, data.frame)
-    parts = split(frame, training)
-    valid = pd.concat([parts.early_stopping, parts.calibration])
+    train, valid, test = profile_split(frame, training)
     names = list(data.labels)
-    model, qini = fit_uplift(
-        ArmRows(parts.train, valid), names, data.labels, training, treatment, model_cfg.name
-    )
+    model, qini = fit_uplift(ArmRows(train, valid), names, data.labels, training, treatment, model_cfg.name)
     fit_seconds = time.perf_counter() - started
-    test = parts.test
-    probability, uplift = model.predict(_table(test, names))
+    test_table = _table(test, names)
+    probability, uplift = model.predict(test_table)
     evaluation = evaluate_uplift(
         test["label"].to_numpy(),
         test["treated"].to_numpy(),
         uplift,
-        probability,
+        model.arm_blind_probability(test_table),
         fraction=TARGET_FRACTION,
         resamples=training.bootstrap_resamples,
         seed=training.seed,
+        true_effect=true_effects(loaded, treatment, test),
     )
     reference = np.quantile(probability, np.linspace(0, 1, 1001))
     model.metadata |= {
@@ -126,11 +124,54 @@ def fit_uplift_model(data: Any, loaded: Events, config: ProjectConfig, started: 
     medium, high = model_cfg.buckets.medium, model_cfg.buckets.high
     buckets = ev.bucket_table(test["label"].to_numpy(), probability, ev.buckets(score, medium, high))
     metrics = {**evaluation.metrics(), **{f"valid_qini_{k}": v for k, v in qini.items()}}
-    rows = {**parts.summary(), "treated": {"train": int(parts.train["treated"].sum()),
-                                           "valid": int(valid["treated"].sum()),
-                                           "test": int(test["treated"].sum())}}  # fmt: skip
+    rows = {name: _summary(part) for name, part in (("train", train), ("validation", valid), ("test", test))}
     run_id, model_uri, version = _log_and_register(data, config, model, metrics, rows, test, fit_seconds)
     return UpliftTrained(run_id, version, model_uri, model, evaluation, metrics, rows, buckets, fit_seconds)
+
+
+def true_effects(loaded: Events, treatment: TreatmentConfig, rows: pd.DataFrame) -> np.ndarray | None:
+    """Each row's true effect of the treatment, from a simulated world's ground truth
+    (``campaign_people.parquet``: the campaign ``treatment.campaign`` names, or its only one),
+    matched to profiles by ``crm_id``; None for real data or rows it cannot place."""
+    truth = loaded.inputs.ground_truth
+    path = None if truth is None else Path(truth) / "campaign_people.parquet"
+    if path is None or not path.is_file():
+        return None
+    people = pd.read_parquet(path, columns=["campaign", "crm_id", "true_effect"])
+    campaigns = people["campaign"].unique()
+    wanted = treatment.campaign if treatment.campaign is not None else campaigns[0]
+    if treatment.campaign is None and len(campaigns) != 1:
+        return None
+    people = people[people["campaign"] == wanted]
+    crm = pd.DataFrame(
+        loaded.rows("SELECT profile_id, value FROM identity_map WHERE namespace = 'crm_id'"),
+        columns=["profile_id", "crm_id"],
+    )
+    effects = people.merge(crm, on="crm_id").groupby("profile_id")["true_effect"].mean()
+    placed = rows["profile_id"].map(effects)
+    return None if placed.isna().any() else placed.to_numpy(dtype=float)
+
+
+def profile_split(frame: pd.DataFrame, training: TrainingConfig) -> tuple[pd.DataFrame, ...]:
+    """(train, validation, test) rows, disjoint by profile (a hash of ``profile_id``, seeded):
+    ``training.test_profile_fraction`` of the profiles for the test, then
+    ``training.validation_profile_fraction`` of the rest for validation. Not by time, as a
+    propensity model's split is: a treatment is a moment (a campaign is sent once), and the rows
+    that have an arm are often one snapshot's."""
+    held_out = profile_fraction(frame["profile_id"], f"test-{training.seed}") < training.test_profile_fraction
+    share = training.validation_profile_fraction
+    validating = (profile_fraction(frame["profile_id"], f"validation-{training.seed}") < share) & ~held_out
+    return frame[~held_out & ~validating], frame[validating], frame[held_out]
+
+
+def _summary(frame: pd.DataFrame) -> dict:
+    """Rows, treated, positives and dates of a part, for the run's record."""
+    return {
+        "rows": len(frame),
+        "treated": int(frame["treated"].sum()),
+        "positives": int(frame["label"].sum()),
+        "as_of": sorted({str(d.date()) for d in pd.to_datetime(frame["as_of"])}),
+    }
 
 
 def _table(frame: pd.DataFrame, names: list[str]):
