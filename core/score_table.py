@@ -16,7 +16,8 @@ FACTOR_TYPE = pa.struct(
         pa.field("feature", pa.string()),
         pa.field("label", pa.string()),
         pa.field("value", pa.string()),  # the profile's value as shown to a person ("12", "gold")
-        pa.field("impact", pa.float64()),  # log-odds contribution (exact TreeSHAP)
+        # log-odds contribution (exact TreeSHAP); an uplift model's: to its uplift (models.uplift)
+        pa.field("impact", pa.float64()),
     ]
 )
 # One scored batch, before the percentile and the identity columns.

@@ -4,17 +4,21 @@ a segment rule (`yoga_uplift.uplift >= 0.02`)."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from propensity.core.config import ProjectConfig
+from propensity.core.config import ProjectConfig, TreatmentConfig
 from propensity.core.errors import UserError
 from propensity.models import tracking as registry
 from propensity.pipeline.jobs import score as score_jobs
 from propensity.pipeline.jobs import segments as segment_jobs
 from propensity.pipeline.jobs import train as model_jobs
+from propensity.pipeline.jobs.events import load_events
+from propensity.pipeline.jobs.uplift import arms_from_events
 from tests.uplift_campaign import MODEL, campaign_world
 
 pytestmark = pytest.mark.slow
@@ -91,3 +95,14 @@ def test_a_rule_reading_uplift_of_a_propensity_model_is_refused(trained, world, 
         UserError, match=r"rule reads `yoga_uplift.uplift` but model 'yoga_uplift' is not an uplift"
     ):
         segment_jobs.qualify_segments(world.ingested, scores, world.cutoff, segments, tmp_path / "m", config)
+
+
+def test_arms_from_treatment_events_are_the_targeted_arm(world):
+    """A treatment by event: the campaign's `campaign_received` events in the window up to the
+    as-of mark exactly the targeted arm treated; the holdout stays control."""
+    treatment = TreatmentConfig(event_type="campaign_received", campaign="luma_yoga", window_days=3)
+    as_of = pd.Timestamp(world.sent + dt.timedelta(days=1))
+    rows = pd.DataFrame({"profile_id": world.people["profile_id"], "as_of": as_of, "label": 0})
+    marked = arms_from_events(load_events(world.ingested, ProjectConfig()), treatment, rows)
+    assert (marked.index == rows.index).all()
+    assert (marked["treated"] == (world.people["arm"] == "targeted").astype(int).to_numpy()).all()
