@@ -117,7 +117,7 @@ class UpliftModel:
 
     def used_features(self) -> list[str]:
         """The features some tree of some part splits on, in model order."""
-        used = {f for model, _ in [*self._weighted(), (self.treated, 1.0)] for f in model.used_features()}
+        used = {f for model in (self.treated, self.control, *self.effects) for f in model.used_features()}
         return [f for f in self.feature_names if f in used]
 
     def rows(self, table: pa.Table) -> np.ndarray:
