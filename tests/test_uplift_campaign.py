@@ -19,6 +19,7 @@ from propensity.pipeline.jobs import segments as segment_jobs
 from propensity.pipeline.jobs import train as model_jobs
 from propensity.pipeline.jobs.events import load_events
 from propensity.pipeline.jobs.uplift import arms_from_events
+from tests.conftest import invoke
 from tests.uplift_campaign import MODEL, campaign_world
 
 pytestmark = pytest.mark.slow
@@ -106,3 +107,20 @@ def test_arms_from_treatment_events_are_the_targeted_arm(world):
     marked = arms_from_events(load_events(world.ingested, ProjectConfig()), treatment, rows)
     assert (marked.index == rows.index).all()
     assert (marked["treated"] == (world.people["arm"] == "targeted").astype(int).to_numpy()).all()
+
+
+def test_train_from_the_cli_prints_the_uplift_figures(world, tracking, tmp_path, runner):
+    project = tmp_path / "project.yaml"
+    project.write_text(f"models_dir: {world.models_dir}\n")
+    result = invoke(
+        runner, "train", MODEL, "--events", str(world.ingested), "--as-of", str(world.cutoff),
+        "--config", str(project),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for words in (
+        "Qini coefficient",
+        "true effects",
+        "uplift targeting - propensity",
+        "best validation Qini",
+    ):
+        assert words in " ".join(result.output.split()), words

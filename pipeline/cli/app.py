@@ -34,6 +34,7 @@ from propensity.pipeline.cli.printing import (
     print_metrics,
     print_score_run,
     print_summary,
+    print_uplift_metrics,
 )
 from propensity.pipeline.cli.segment_commands import register as register_segment_commands
 
@@ -221,9 +222,11 @@ def train(
         f"(alias challenger), {result.features} features, snapshots {result.snapshots[0]} .. "
         f"{result.snapshots[-1]}"
     )
-    print_metrics(
-        result.metrics, f"{model}: test snapshot {result.snapshots[-1]}", note=result.selection_reason
-    )
+    title = f"{model}: test snapshot {result.snapshots[-1]}"
+    if result.model_family.startswith("uplift"):
+        print_uplift_metrics(result.metrics, title, note=result.selection_reason)
+    else:
+        print_metrics(result.metrics, title, note=result.selection_reason)
     print_buckets(result.buckets)
 
 

@@ -122,7 +122,10 @@ def fit_uplift_model(data: Any, loaded: Events, config: ProjectConfig, started: 
     }
     score = ev.scores_from_reference(probability, reference)
     medium, high = model_cfg.buckets.medium, model_cfg.buckets.high
-    buckets = ev.bucket_table(test["label"].to_numpy(), probability, ev.buckets(score, medium, high))
+    # The probability is the outcome's if contacted: it comes true (or not) on the treated rows.
+    contacted = test["treated"].to_numpy() == 1
+    bucket = ev.buckets(score, medium, high)
+    buckets = ev.bucket_table(test["label"].to_numpy()[contacted], probability[contacted], bucket[contacted])
     metrics = {**evaluation.metrics(), **{f"valid_qini_{k}": v for k, v in qini.items()}}
     rows = {name: _summary(part) for name, part in (("train", train), ("validation", valid), ("test", test))}
     run_id, model_uri, version = _log_and_register(data, config, model, metrics, rows, test, fit_seconds)
