@@ -24,6 +24,7 @@ from propensity.models.estimator import load_model, save_model
 from propensity.models.scoring import score_batch
 from propensity.models.uplift import ArmRows, UpliftModel, fit_uplift
 from propensity.models.uplift_metrics import evaluate_uplift, qini_coefficient, uplift_at_k
+from propensity.pipeline.jobs.uplift import arms_from_memberships
 
 NAMES = ["x0", "x1", "x2", "x3", "loyalty_tier"]
 TIERS = ["bronze", "gold", "silver"]
@@ -270,3 +271,51 @@ def test_score_batch_adds_uplift_after_bucket(fitted, test_rows):
     first = scored["factors"][0].as_py()
     assert [f["impact"] for f in first] == list(impacts[0][impacts[0] != 0])
     assert "uplift" not in batch_schema([]).names
+
+
+# -- arms from a past export ----------------------------------------------------------------------
+
+
+def _memberships(root, as_of: str, rows: list[tuple[str, str, str | None]]) -> None:
+    folder = root / f"as_of={as_of}"
+    folder.mkdir(parents=True)
+    profile, status, arm = zip(*rows, strict=True)
+    frame = pd.DataFrame({"profile_id": profile, "segment": "yoga", "status": status, "arm": arm})
+    frame.assign(as_of=dt.date.fromisoformat(as_of)).to_parquet(folder / "memberships.parquet", index=False)
+
+
+def test_arms_from_memberships_take_the_latest_placement_in_the_window(tmp_path):
+    _memberships(tmp_path, "2025-03-01", [("a", "realized", "targeted"), ("b", "realized", "holdout")])
+    _memberships(
+        tmp_path,
+        "2025-03-05",
+        [("a", "existing", "holdout"), ("b", "exited", "holdout"), ("c", "realized", None)],
+    )
+    treatment = TreatmentConfig(segment="yoga", memberships_dir=str(tmp_path), window_days=7)
+    rows = pd.DataFrame(
+        {
+            "profile_id": ["a", "b", "c", "d", "a", "b"],
+            "as_of": pd.to_datetime(["2025-03-06"] * 4 + ["2025-03-02", "2025-03-20"]),
+            "label": [1, 0, 1, 0, 1, 0],
+        },
+        index=[10, 11, 12, 13, 14, 15],
+    )
+    marked = arms_from_memberships(treatment, rows)
+    # a: holdout on 03-05 (latest) at 03-06, targeted on 03-01 at 03-02; b: its 03-01 placement
+    # (the 03-05 row is an exit); c: no arm; d: never placed; b at 03-20: outside the window.
+    assert marked["treated"].to_dict() == {10: 0, 11: 0, 14: 1}
+    assert marked.loc[10, "label"] == 1
+
+
+def test_arms_from_memberships_without_arms_is_a_clear_error(tmp_path):
+    folder = tmp_path / "as_of=2025-03-01"
+    folder.mkdir()
+    pd.DataFrame({"profile_id": ["a"], "segment": ["yoga"], "status": ["realized"]}).to_parquet(
+        folder / "memberships.parquet"
+    )
+    treatment = TreatmentConfig(segment="yoga", memberships_dir=str(tmp_path))
+    rows = pd.DataFrame({"profile_id": ["a"], "as_of": pd.to_datetime(["2025-03-02"]), "label": [1]})
+    with pytest.raises(UserError, match="record no `arm`; give the segment or its destination a holdout"):
+        arms_from_memberships(treatment, rows)
+    with pytest.raises(UserError, match="no memberships under"):
+        arms_from_memberships(TreatmentConfig(segment="yoga", memberships_dir=str(tmp_path / "x")), rows)
