@@ -1,6 +1,6 @@
 """Uplift scoring (with factors) against propensity scoring of the same profiles, in one run.
 
-    python benchmarks/uplift.py [--profiles 200000] [--features 40] [--factors 5]
+    python benchmarks/uplift.py [--profiles 200000] [--features 40] [--factors 5] [--learners t,x]
 
 A simulated randomised campaign with known effects (``--profiles`` people, ``--features``
 numeric features and a loyalty tier; half contacted): a propensity model (one LightGBM, as the
@@ -120,6 +120,7 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=40)
     parser.add_argument("--factors", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--learners", default="t,x", help="learners fitted (the best validation Qini scores)")
     args = parser.parse_args()
     frame, effect = campaign(args.profiles, args.features, seed=0)
     names = [c for c in frame.columns if c.startswith("f")] + ["loyalty_tier"]
@@ -131,7 +132,7 @@ def main() -> None:
         names,
         {n: n for n in names},
         TrainingConfig(),
-        TreatmentConfig(event_type="email"),
+        TreatmentConfig(event_type="email", learners=args.learners.split(",")),
         "u",
     )
     propensity = propensity_model(train, valid, names)
