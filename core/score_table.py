@@ -16,7 +16,8 @@ FACTOR_TYPE = pa.struct(
         pa.field("feature", pa.string()),
         pa.field("label", pa.string()),
         pa.field("value", pa.string()),  # the profile's value as shown to a person ("12", "gold")
-        pa.field("impact", pa.float64()),  # log-odds contribution (exact TreeSHAP)
+        # log-odds contribution (exact TreeSHAP); an uplift model's: to its uplift (models.uplift)
+        pa.field("impact", pa.float64()),
     ]
 )
 # One scored batch, before the percentile and the identity columns.
@@ -33,6 +34,9 @@ BATCH_SCHEMA = pa.schema(
         pa.field("scored_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+# Uplift models (a model config with a `treatment`) add this column after `bucket`: the change in
+# the outcome's probability that contacting the profile makes (README "Uplift models").
+UPLIFT = pa.field("uplift", pa.float64())
 # 1-100 within the scored population: ceil(100 * cume_dist) over probability, ties share one.
 PERCENTILE = pa.field("percentile", pa.int16())
 # Identity namespaces carried on the score table: one representative value each (the
@@ -45,12 +49,16 @@ RULE_COLUMNS: dict[str, str] = {
     "score": "number",
     "percentile": "number",
     "bucket": "string",
+    "uplift": "number",  # uplift models only: a rule reading it on another model is refused
 }
 
 
-def batch_schema(identity_columns: list[str] | tuple[str, ...] = ()) -> pa.Schema:
-    """A scored batch's schema with ``identity_columns`` (strings) after ``scored_at``."""
+def batch_schema(identity_columns: list[str] | tuple[str, ...] = (), uplift: bool = False) -> pa.Schema:
+    """A scored batch's schema with ``identity_columns`` (strings) after ``scored_at``, and with
+    :data:`UPLIFT` after ``bucket`` for an uplift model."""
     schema = BATCH_SCHEMA
+    if uplift:
+        schema = schema.insert(schema.get_field_index("bucket") + 1, UPLIFT)
     for column in identity_columns:
         schema = schema.append(pa.field(column, pa.string()))
     return schema

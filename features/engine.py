@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from propensity.core.config import ModelConfig, OutcomeConfig
+from propensity.core.config import ModelConfig, OutcomeConfig, TreatmentConfig
 from propensity.features.build.event_queries import (
     data_end_sql,
     day_after,
@@ -41,6 +41,7 @@ from propensity.features.build.event_queries import (
     profiles_seen_sql,
 )
 from propensity.features.build.feature_set import FeatureSet
+from propensity.features.build.labels import treated_sql
 from propensity.features.build.rules import Rule
 from propensity.features.identity.as_of import AsOfSources
 from propensity.features.ingest.manifest import OnBadRows
@@ -80,6 +81,7 @@ class ScoringPlan:
     chunk_rows: int
     partitions: int | None  # profile partitions of the feature build (None: the engine's choice)
     progress: Progress | None = None
+    uplift: bool = False  # an uplift model: the score batches carry `uplift` (core.score_table)
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,8 @@ class Events(Protocol):
     def learn_categories(self, before: dt.date, limit: int) -> list[str]: ...
     def history_start(self, event_types: list[str]) -> dt.date | None: ...
     def profiles_seen(self, dates: list[dt.date], event_types: list[str]) -> dict[dt.date, int]: ...
+    def treated(self, treatment: TreatmentConfig, as_ofs: list[dt.date]) -> pd.DataFrame: ...
+    def rows(self, sql: str) -> list[tuple]: ...
     def snapshot(self, fs: FeatureSet, as_of: dt.date, where: str | None = None) -> Relation: ...
     def population_snapshot(
         self, fs: FeatureSet, model: ModelConfig, as_of: dt.date, cutoff: dt.date
@@ -151,6 +155,14 @@ class SqlEvents(ABC):
             return {}
         counts = self.rows(profiles_seen_sql(dates, event_types))[0]
         return {d: int(c or 0) for d, c in zip(dates, counts, strict=True)}
+
+    def treated(self, treatment: TreatmentConfig, as_ofs: list[dt.date]) -> pd.DataFrame:
+        """``profile_id``, ``as_of`` of the profiles an uplift model's treatment event reached in
+        the window up to each ``as_of`` (:func:`~propensity.features.build.labels.treated_sql`)."""
+        rows = self.rows(treated_sql(treatment, as_ofs))
+        frame = pd.DataFrame(rows, columns=["profile_id", "as_of"])
+        frame["as_of"] = pd.to_datetime(frame["as_of"])
+        return frame
 
 
 class Stitched(Protocol):

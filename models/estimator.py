@@ -206,6 +206,7 @@ TRUSTED_TYPES = frozenset(
         "propensity.models.calibration.Calibrator",
         "propensity.models.linear.LinearPropensityModel",
         "propensity.models.linear.LogScaledDesign",
+        "propensity.models.uplift.UpliftModel",
     }
 )
 

@@ -21,6 +21,10 @@ class PropensityPyfunc(mlflow.pyfunc.PythonModel):
         self.model = PropensityModel.load(context.artifacts["propensity_model"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        """A feature table (model columns) -> a frame with the calibrated ``probability``."""
+        """A feature table (model columns) -> a frame with the calibrated ``probability`` (and, for
+        an uplift model, ``uplift``)."""
         probability = self.model.predict_proba(model_input)
-        return pd.DataFrame({"probability": probability}, index=model_input.index)
+        out = pd.DataFrame({"probability": probability}, index=model_input.index)
+        if getattr(self.model, "predicts_uplift", False):  # an uplift model: probability if contacted
+            out["uplift"] = self.model.predict_uplift(model_input)
+        return out

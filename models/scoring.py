@@ -108,11 +108,17 @@ def score_batch(
 
     Returns ``profile_id``, ``model``, ``model_version``, ``as_of``, ``probability``,
     ``score`` (0-100 against the model's reference distribution), ``bucket``, ``factors``,
-    ``scored_at`` and the ``identity_columns`` carried from ``batch``.
+    ``scored_at`` and the ``identity_columns`` carried from ``batch``. An uplift model adds
+    ``uplift`` after ``bucket``; its ``probability`` is the outcome's if contacted and its
+    ``factors`` explain the uplift (``models.uplift``).
     """
     table = as_arrow(batch)
     k = min(factors, len(model.feature_names))
-    probability, indices, impacts = model.predict_and_explain(table, k)
+    uplift = None
+    if is_uplift(model):  # probability if contacted, the uplift, and the uplift's factors
+        probability, uplift, indices, impacts = model.predict_and_explain(table, k)
+    else:
+        probability, indices, impacts = model.predict_and_explain(table, k)
     score = scores_from_reference(probability, np.asarray(model.metadata["reference_probabilities"]))
     medium, high = bucket_thresholds(model)
     n = table.num_rows
@@ -124,12 +130,20 @@ def score_batch(
         pa.array(probability, type=pa.float64()),
         pa.array(score, type=pa.int16()),
         pa.array(buckets(score, medium, high), type=pa.string()),
+        *([] if uplift is None else [pa.array(uplift, type=pa.float64())]),
         factor_lists(model, table, indices, impacts),
         pa.array([scored_at] * n, type=pa.timestamp("us", tz="UTC")),
         *(pc.cast(table.column(column), pa.string()) for column in identity_columns or []),
     ]
     # The contract's schema, in its order (core.score_table): one declaration for both engines.
-    return pa.Table.from_arrays(columns, schema=batch_schema(identity_columns or []))
+    return pa.Table.from_arrays(
+        columns, schema=batch_schema(identity_columns or [], uplift=uplift is not None)
+    )
+
+
+def is_uplift(model: object) -> bool:
+    """Whether ``model`` scores an ``uplift`` column (an :class:`~propensity.models.uplift.UpliftModel`)."""
+    return bool(getattr(model, "predicts_uplift", False))
 
 
 def unused_feature_types(model: PropensityModel) -> dict[str, str]:

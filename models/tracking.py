@@ -31,6 +31,7 @@ from propensity.models.estimator import (
     load_model,
 )
 from propensity.models.linear import LinearPropensityModel
+from propensity.models.scoring import is_uplift
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 LOWER_IS_BETTER = {"test_log_loss", "test_brier", "test_ece"}
@@ -110,6 +111,8 @@ def log_model(
         checksum = file_sha256(path)
         sample = signature_frame(model, example)
         output = pd.DataFrame({"probability": model.predict_proba(example.head(5))})
+        if is_uplift(model):
+            output["uplift"] = model.predict_uplift(example.head(5))
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(PACKAGE_DIR / "pyfunc_entry.py"),

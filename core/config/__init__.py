@@ -23,6 +23,7 @@ from propensity.core.config.model import (
     OutcomeConfig,
     SnapshotConfig,
     TrainingConfig,
+    TreatmentConfig,
     TuningConfig,
 )
 from propensity.core.config.project import (
@@ -56,6 +57,7 @@ __all__ = [
     "SegmentsFile",
     "SnapshotConfig",
     "TrainingConfig",
+    "TreatmentConfig",
     "TuningConfig",
     "parse_config",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from propensity.core.config.base import _Strict
 
@@ -167,6 +167,55 @@ class GovernanceConfig(_Strict):
     """Features this model must never use (training refuses to start if selected)."""
 
 
+Learner = Literal["t", "x"]
+
+
+class TreatmentConfig(_Strict):
+    """What makes a profile *treated* at a snapshot date, for an uplift model (README "Uplift models").
+
+    Either an event (``event_type``, optionally of one ``campaign``) in the ``window_days`` before or
+    at the as-of date, or the arm a past export recorded in the memberships of ``segment``
+    (``targeted`` is treated, ``holdout`` is control; profiles in neither arm are left out).
+    """
+
+    event_type: str | None = None
+    """The event that marks contact (e.g. `email_open`); one of this or `segment`."""
+    campaign: str | None = None
+    """Only events of this campaign count as treatment (needs `event_type`)."""
+    segment: str | None = None
+    """The segment whose recorded arm (targeted / holdout) is the treatment; one of this or `event_type`."""
+    memberships_dir: str | None = None
+    """With `segment`: the segments job's output folder (`as_of=<date>/memberships.parquet` with `arm`)."""
+    window_days: int = Field(default=30, ge=1, le=365)
+    """A treatment event in this many days up to and including the as-of date makes the profile treated."""
+    learners: list[Learner] = Field(default_factory=lambda: ["t", "x"], min_length=1)
+    """Meta-learners fitted on LightGBM (t: one model per arm; x: the X-learner's imputed effects); the
+    one with the best validation Qini coefficient is registered."""
+    min_treated: int = Field(default=100, ge=1)
+    """Fewer treated (or control) training rows: training stops with a clear error."""
+
+    @field_validator("learners")
+    @classmethod
+    def _unique_learners(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("learners must be unique")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TreatmentConfig:
+        if (self.event_type is None) == (self.segment is None):
+            raise ValueError(
+                "a treatment is either an `event_type` or a past export's `segment`, exactly one"
+            )
+        if (self.segment is None) != (self.memberships_dir is None):
+            raise ValueError(
+                "a treatment `segment` needs `memberships_dir` (the segments job's output folder)"
+            )
+        if self.campaign is not None and self.event_type is None:
+            raise ValueError("`campaign` narrows a treatment `event_type`; it needs one")
+        return self
+
+
 class ModelConfig(_Strict):
     """configs/models/NAME.yaml: a model is data, not code."""
 
@@ -181,3 +230,15 @@ class ModelConfig(_Strict):
     features: FeatureSelection = Field(default_factory=FeatureSelection)
     buckets: BucketConfig = Field(default_factory=BucketConfig)
     governance: GovernanceConfig = Field(default_factory=GovernanceConfig)
+    treatment: TreatmentConfig | None = None
+    """Set: an uplift model, trained on treated and control rows and scored with `uplift`."""
+
+    @model_validator(mode="after")
+    def _treatment_is_not_the_outcome(self) -> ModelConfig:
+        treatment = self.treatment
+        if treatment is not None and treatment.event_type == self.outcome.event_type:
+            raise ValueError(
+                f"treatment.event_type '{treatment.event_type}' is the outcome's event: "
+                "a treatment must be a contact, not the conversion it should cause"
+            )
+        return self

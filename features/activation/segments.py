@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 
 from propensity.core.config import SegmentConfig
 from propensity.core.errors import UserError
@@ -149,7 +150,19 @@ def score_files(scores_dir: str | Path, segments: Sequence[Segment], as_of: dt.d
         for model in segment.models:
             if model not in files:
                 files[model] = score_partition(scores_dir, model, as_of, f"segment '{segment.name}'")
+            _check_uplift_column(segment, model, files[model])
     return files
+
+
+def _check_uplift_column(segment: Segment, model: str, files: list[str]) -> None:
+    """A rule reading ``<model>.uplift`` needs an uplift model's scores: a clear error otherwise
+    (not the SQL engine's unknown-column message)."""
+    if f"{model}.uplift" in segment.rule.columns and "uplift" not in pq.read_schema(files[0]).names:
+        raise UserError(
+            f"segment '{segment.name}': rule reads `{model}.uplift` but model '{model}' is not an uplift "
+            f"model (its scores in {Path(files[0]).parent} have no uplift column); give its config a "
+            "`treatment` and retrain"
+        )
 
 
 def score_partition(scores_dir: str | Path, model: str, as_of: dt.date, who: str = "") -> list[str]:

@@ -7,9 +7,10 @@ before it. ``occurs: false`` (churn) inverts the label: 1 when the event does NO
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
-from propensity.core.config import OutcomeConfig
+from propensity.core.config import OutcomeConfig, TreatmentConfig
 from propensity.core.errors import UserError
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.sql import DUCKDB, Dialect, sql_string
@@ -87,4 +88,26 @@ def labelled_sql(
         SELECT feats.*, {label} AS label
         FROM feats LEFT JOIN hits h ON h.profile_id = feats.profile_id AND h.as_of = feats.as_of
         ORDER BY feats.as_of, feats.profile_id
+    """
+
+
+def treated_sql(treatment: TreatmentConfig, as_ofs: list[dt.date], events: str = "events") -> str:
+    """(profile_id, as_of) of the profiles treated at each ``as_of``: a treatment event (of the
+    campaign, when one is named) in the ``window_days`` before ``as_of`` or on its day. DuckDB SQL
+    (Spark transpiles it). Each event counts for its own ``profile_id`` (the stitched one). A
+    treatment by a past export's arm (``treatment.segment``) is read from the memberships instead."""
+    if treatment.event_type is None:
+        raise ValueError("treated_sql needs a treatment event_type")
+    conditions = [f"e.event_type = {sql_string(treatment.event_type)}"]
+    if treatment.campaign is not None:
+        conditions.append(f"e.campaign = {sql_string(treatment.campaign)}")
+    days = ", ".join(f"(DATE '{d}')" for d in sorted(set(as_ofs)))
+    event_day, as_of_day = DUCKDB.day("e.timestamp"), DUCKDB.day("s.as_of")
+    return f"""
+        SELECT DISTINCT e.profile_id, s.as_of
+        FROM {events} e
+        JOIN (VALUES {days}) AS s(as_of)
+          ON {event_day} <= {as_of_day} AND {event_day} > {as_of_day} - {int(treatment.window_days)}
+        WHERE {" AND ".join(conditions)}
+        ORDER BY s.as_of, e.profile_id
     """

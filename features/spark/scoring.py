@@ -63,11 +63,11 @@ def _identities(spark: SparkSession, identity_map: str, namespaces) -> tuple[Dat
     return spark.sql(sf.duckdb_to_spark(representatives_sql(identity_map, columns))), columns
 
 
-def _spark_schema(identity_columns: list[str]):
+def _spark_schema(identity_columns: list[str], uplift: bool = False):
     """The score batch's Spark schema, from the one Arrow declaration (core.score_table)."""
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    return from_arrow_schema(batch_schema(identity_columns))
+    return from_arrow_schema(batch_schema(identity_columns, uplift=uplift))
 
 
 def _ranked(scored: DataFrame) -> tuple[DataFrame, int]:
@@ -100,7 +100,7 @@ def score(spark: SparkSession, sources: AsOfSources, plan: ScoringPlan, target: 
     rows = features.where(where).join(identities, "profile_id", "left")
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(plan.chunk_rows))
     scorer = _on_executors(plan.scorer, identity_columns)
-    scored = rows.mapInArrow(scorer, _spark_schema(identity_columns)).persist()
+    scored = rows.mapInArrow(scorer, _spark_schema(identity_columns, plan.uplift)).persist()
     ranked, total = _ranked(scored)
     root = target.rstrip("/").rsplit("/", 2)[0]  # scores/model=<name>/as_of=<date> -> scores
     with atomic_output(spark, target, root=root, kind="scores") as tmp:

@@ -30,7 +30,7 @@ from propensity.core.config import OutcomeConfig
 from propensity.core.errors import UserError
 from propensity.features.synthetic.result import Simulation
 from propensity.features.synthetic.simulator import dynamics_for, replay
-from propensity.features.synthetic.world import CATEGORIES, GeneratorSettings
+from propensity.features.synthetic.world import CATEGORIES, CampaignSpec, GeneratorSettings
 
 # Replicas per person; see the module docstring and the tests for how noisy this leaves the AUC.
 REPLICAS = 64
@@ -139,7 +139,8 @@ def _judgeable(outcome: OutcomeConfig) -> tuple[bool, int | None]:
 
 
 def _settings(raw: dict) -> GeneratorSettings:
-    return GeneratorSettings(**{**raw, "start": dt.date.fromisoformat(raw["start"])})
+    campaigns = tuple(CampaignSpec(**c) for c in raw.get("campaigns", ()))
+    return GeneratorSettings(**{**raw, "start": dt.date.fromisoformat(raw["start"]), "campaigns": campaigns})
 
 
 def _check_replay(simulation: Simulation, meta: dict, gt: Path) -> None:

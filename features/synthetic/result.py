@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from propensity.features.synthetic.campaigns import CampaignTruth
 from propensity.features.synthetic.dynamics import SimState
 from propensity.features.synthetic.world import Calendar, GeneratorSettings, Traits
 
@@ -55,3 +56,4 @@ class Simulation:
     purchases: dict[str, np.ndarray] = field(default_factory=dict)
     daily_probability: np.ndarray | None = None  # days x people, float32
     states: dict[int, SimState] = field(default_factory=dict)
+    campaigns: list[CampaignTruth] = field(default_factory=list)  # settings.campaigns, drawn

@@ -16,6 +16,7 @@ import datetime as dt
 
 import numpy as np
 
+from propensity.features.synthetic.campaigns import campaign_events, simulate_campaigns
 from propensity.features.synthetic.dynamics import EasyDynamics, RealisticDynamics, SimState
 from propensity.features.synthetic.easy import simulate_easy
 from propensity.features.synthetic.events import MICROS, DayClock, EventBuffer, emit_realistic_day
@@ -108,8 +109,24 @@ def _simulate_realistic(
 def simulate(settings: GeneratorSettings) -> Simulation:
     """Run the whole period of the world ``settings`` describe, keeping its events."""
     if settings.difficulty == "easy":
-        return simulate_easy(settings)
-    return _simulate_realistic(settings, True, frozenset(), settings.days)
+        simulation = simulate_easy(settings)
+    else:
+        simulation = _simulate_realistic(settings, True, frozenset(), settings.days)
+    if settings.campaigns:
+        _add_campaigns(simulation)
+    return simulation
+
+
+def _add_campaigns(simulation: Simulation) -> None:
+    """Draw the settings' campaigns over the finished world (their own random streams, so the
+    world is unchanged) and append the events they leave."""
+    settings = simulation.settings
+    simulation.campaigns = simulate_campaigns(settings, simulation.traits)
+    start_us = int((np.datetime64(settings.start, "s") - np.datetime64(0, "s")).astype(np.int64)) * MICROS
+    extra = campaign_events(simulation.campaigns, simulation.device_offset, start_us, settings.seed)
+    simulation.events = {
+        k: np.concatenate([v, extra[k].astype(v.dtype)]) for k, v in simulation.events.items()
+    }
 
 
 def replay(settings: GeneratorSettings, days: list[int]) -> Simulation:

@@ -56,10 +56,45 @@ Scenario = Literal["omnichannel", "purchase_only"]
 
 
 @dataclass(frozen=True)
+class CampaignSpec:
+    """A simulated campaign (see :mod:`.campaigns`): sent on ``send_day`` (default: the last
+    ``horizon_days + 7`` days of the period) to the eligible people not drawn into the random
+    ``holdout``; its outcome (a purchase of ``category``) is counted over ``horizon_days``."""
+
+    name: str = "luma_yoga"
+    category: str = "yoga"
+    holdout: float = 0.2
+    horizon_days: int = 28
+    send_day: int | None = None
+
+    def day_sent(self, days: int) -> int:
+        """The day of the period the campaign is sent, in a world of ``days`` days."""
+        return days - self.horizon_days - 7 if self.send_day is None else self.send_day
+
+    def check(self, days: int) -> None:
+        """A UserError when the campaign does not fit the period or its shares are impossible."""
+        if self.category not in CATEGORIES:
+            raise UserError(f"campaign {self.name!r}: category must be one of {list(CATEGORIES)}")
+        if not 0 < self.holdout < 1:
+            raise UserError(f"campaign {self.name!r}: holdout must be in (0, 1), got {self.holdout}")
+        sent = self.day_sent(days)
+        if self.horizon_days < 1 or sent < 0 or sent + self.horizon_days > days:
+            raise UserError(
+                f"campaign {self.name!r}: sent on day {sent} with a {self.horizon_days}-day horizon does "
+                f"not fit a {days}-day period"
+            )
+
+
+# Luma's yoga campaign: the one the demo sends and measures.
+LUMA_YOGA = CampaignSpec()
+
+
+@dataclass(frozen=True)
 class GeneratorSettings:
     """What to simulate. ``difficulty="easy"`` is the original, nearly transparent world;
     ``"realistic"`` adds hidden purchase cycles, offline purchases, promotions, seasonality,
-    bots and drift. ``scenario="purchase_only"`` writes only purchase events (with crm_id)."""
+    bots and drift. ``scenario="purchase_only"`` writes only purchase events (with crm_id).
+    ``campaigns`` adds randomised campaigns with known individual effects (:mod:`.campaigns`)."""
 
     profiles: int = 20_000
     days: int = 365
@@ -70,6 +105,8 @@ class GeneratorSettings:
     test_accounts: int = 2
     difficulty: Difficulty = "realistic"
     scenario: Scenario = "omnichannel"
+    # Off by default: a world without campaigns is written byte for byte as before.
+    campaigns: tuple[CampaignSpec, ...] = ()
 
     def __post_init__(self) -> None:
         if self.difficulty not in ("easy", "realistic"):
@@ -78,6 +115,10 @@ class GeneratorSettings:
             raise UserError(f"--scenario must be 'omnichannel' or 'purchase_only', got {self.scenario!r}")
         if self.profiles < 1 or self.days < 1:
             raise UserError(f"--profiles and --days must be positive, got {self.profiles} and {self.days}")
+        for campaign in self.campaigns:
+            campaign.check(self.days)
+        if len({c.name for c in self.campaigns}) != len(self.campaigns):
+            raise UserError("simulated campaigns must have distinct names")
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

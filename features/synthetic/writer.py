@@ -26,6 +26,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from propensity.core.io import atomic_path
+from propensity.features.synthetic.campaigns import CAMPAIGN_CODE_BASE, CAMPAIGN_RECEIVED
 from propensity.features.synthetic.classes import (
     ClassRegistrations,
     class_registrations_for,
@@ -232,13 +233,13 @@ def _events_table(
     if classes is not None and len(classes.person):
         a, device, email_code, event_number = with_registrations(a, device, email_code, event_number, classes)
     phone = pc.binary_join_element_wise("+1 (555) ", _strings("", np.arange(people) % 10**7, 7), "")
-    campaign_names = _strings("cmp-", np.arange(max(int(a["campaign"].max(initial=-1)) + 1, 1)), 3)
+    campaign_names, campaign_codes = _campaign_names(sim, a["campaign"])
     sku_names = _strings("SKU-", np.arange(len(CATEGORIES) * SKUS_PER_CATEGORY), 4)
     table = pa.table(
         {
             "event_id": _strings("evt-", event_number, 9),
             "timestamp": pa.array(a["ts"], type=pa.timestamp("us")),
-            "event_type": _dictionary(a["type"].astype(np.int32), pa.array(EVENT_TYPES)),
+            "event_type": _dictionary(a["type"].astype(np.int32), _event_type_names(sim)),
             "ecid": _dictionary(device, ecids),
             "email": _dictionary(email_code, email_dict),
             "crm_id": _dictionary(np.where(a["with_crm"], a["person"], -1), crm),
@@ -248,10 +249,27 @@ def _events_table(
             "sku": _dictionary(a["sku"], sku_names),
             "revenue": pa.array(a["revenue"], mask=np.isnan(a["revenue"])),
             "quantity": pa.array(a["quantity"], mask=np.isnan(a["quantity"])),
-            "campaign": _dictionary(a["campaign"], campaign_names),
+            "campaign": _dictionary(campaign_codes, campaign_names),
         }
     )
     return table, shared_pairs
+
+
+def _event_type_names(sim: Simulation) -> pa.Array:
+    """The event types' dictionary: the world's own, plus the custom ``campaign_received`` when
+    the world has campaigns (only then: a world without them is written as before)."""
+    return pa.array(list(EVENT_TYPES) + ([CAMPAIGN_RECEIVED] if sim.campaigns else []))
+
+
+def _campaign_names(sim: Simulation, codes: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+    """The campaign dictionary (``cmp-NNN`` for the world's e-mail campaigns, then each simulated
+    campaign's name) and the codes into it."""
+    own = codes < CAMPAIGN_CODE_BASE
+    names = _strings("cmp-", np.arange(max(int(codes[own].max(initial=-1)) + 1, 1)), 3)
+    if not sim.campaigns:
+        return names, codes
+    codes = np.where(own, codes, codes - CAMPAIGN_CODE_BASE + len(names)).astype(np.int32)
+    return pa.concat_arrays([names, pa.array([c.spec.name for c in sim.campaigns])]), codes
 
 
 def _write_partitioned(table: pa.Table, directory: Path) -> None:
@@ -328,6 +346,10 @@ def _write_ground_truth(directory: Path, sim: Simulation, shared_pairs: np.ndarr
     pq.write_table(purchases, directory / "purchases.parquet", **_PARQUET)
     _write_calendar(directory, sim.calendar, dates)
     settings_json = {k: str(v) if k == "start" else v for k, v in dataclasses.asdict(settings).items()}
+    if not settings.campaigns:
+        del settings_json["campaigns"]  # as written before campaigns existed
+    else:
+        _write_campaigns(directory, sim, dates)
     meta = {
         "simulator_version": SIMULATOR_VERSION,
         "settings": settings_json,
@@ -335,6 +357,30 @@ def _write_ground_truth(directory: Path, sim: Simulation, shared_pairs: np.ndarr
         "daily_purchases": np.bincount(bought["day"], minlength=settings.days).tolist(),
     }
     (directory / "simulation.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+
+
+def _write_campaigns(directory: Path, sim: Simulation, dates: np.ndarray) -> None:
+    """Each simulated campaign's eligible people with their arm, response type, true
+    probabilities and both potential outcomes (``campaign_people.parquet``, with ``crm_id`` and
+    dates), and each campaign's dates, sizes and true average effects (``campaigns.json``)."""
+    tables, summary = [], []
+    for truth in sim.campaigns:
+        table = truth.table()
+        table = table.append_column("crm_id", _strings("C", truth.person.astype(np.int64) + 100_000, 7))
+        outcome_date = pa.array(dates[truth.outcome_day])
+        table = table.set_column(table.schema.get_field_index("outcome_day"), "outcome_date", outcome_date)
+        tables.append(table)
+        summary.append(
+            {
+                **dataclasses.asdict(truth.spec),
+                "sent": str(dates[truth.send_day]),
+                "horizon_end": str(dates[truth.send_day] + np.timedelta64(truth.spec.horizon_days, "D")),
+                "members": {"targeted": int(truth.treated.sum()), "holdout": int((~truth.treated).sum())},
+                "true": truth.true_lift(),
+            }
+        )
+    pq.write_table(pa.concat_tables(tables), directory / "campaign_people.parquet", **_PARQUET)
+    (directory / "campaigns.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
 def _write_daily_probability(

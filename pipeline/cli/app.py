@@ -39,6 +39,7 @@ from propensity.pipeline.cli.printing import (
     print_metrics,
     print_score_run,
     print_summary,
+    print_uplift_metrics,
     print_warnings,
 )
 from propensity.pipeline.cli.segment_commands import register as register_segment_commands
@@ -83,9 +84,16 @@ def generate(
         str,
         typer.Option("--scenario", help="omnichannel, or purchase_only (only purchases, each with crm_id)."),
     ] = "omnichannel",
+    yoga_campaign: Annotated[
+        bool,
+        typer.Option(
+            "--yoga-campaign",
+            help="Add Luma's yoga campaign: random holdout, campaign_received events, true effects.",
+        ),
+    ] = False,
 ) -> None:
     """Generate synthetic Luma events, profile attributes and ground truth."""
-    from propensity.features.synthetic.world import GeneratorSettings
+    from propensity.features.synthetic.world import LUMA_YOGA, GeneratorSettings
     from propensity.features.synthetic.writer import generate as run
 
     settings = GeneratorSettings(
@@ -96,6 +104,7 @@ def generate(
         ground_truth=ground_truth,
         difficulty=difficulty,
         scenario=scenario,
+        campaigns=(LUMA_YOGA,) if yoga_campaign else (),
     )
     with console.status("generating events"):
         summary = run(settings, out)
@@ -234,9 +243,11 @@ def train(
         f"{result.snapshots[-1]}"
     )
     console.print(f"feature count: {escape(result.feature_note)}")
-    print_metrics(
-        result.metrics, f"{model}: test snapshot {result.snapshots[-1]}", note=result.selection_reason
-    )
+    title = f"{model}: test snapshot {result.snapshots[-1]}"
+    if result.model_family.startswith("uplift"):
+        print_uplift_metrics(result.metrics, title, note=result.selection_reason)
+    else:
+        print_metrics(result.metrics, title, note=result.selection_reason)
     print_buckets(result.buckets)
 
 

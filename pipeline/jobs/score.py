@@ -29,7 +29,7 @@ from propensity.features.build.snapshots import windows_before_data
 from propensity.features.engine import Engine, Events, Progress, Scored, Scorer, ScoringPlan
 from propensity.models import tracking
 from propensity.models.estimator import PropensityModel
-from propensity.models.scoring import score_batch, unused_feature_types
+from propensity.models.scoring import is_uplift, score_batch, unused_feature_types
 from propensity.pipeline.jobs.config_files import load_model_config
 from propensity.pipeline.jobs.events import engine_for, feature_set, load_events
 
@@ -177,6 +177,7 @@ def score_model(
         chunk_rows=chunk_rows or config.scoring.chunk_rows,
         partitions=config.scoring.profile_partitions,
         progress=progress,
+        uplift=is_uplift(prep.model),
     )
     scored = engine.score(prep.loaded, plan, target)
     run_id = log_scoring_run(engine.name, model_name, prep, target, scored)

@@ -33,6 +33,7 @@ from propensity.pipeline.jobs.config_files import load_model_config
 from propensity.pipeline.jobs.evaluate import ground_truth_metrics
 from propensity.pipeline.jobs.events import feature_set, load_events
 from propensity.pipeline.jobs.plan import describe, log_plan, make_plan, planned, settle
+from propensity.pipeline.jobs.uplift import UpliftTrained, fit_uplift_model
 
 
 @dataclass(frozen=True)
@@ -208,8 +209,40 @@ def train_model(
     data = training_data(model_name, loaded, config, as_of)
     if on_plan is not None:
         on_plan(describe(data.plan, data.plan_table()), data.plan_table())
+    if data.model.treatment is not None:
+        return _uplift_result(data, fit_uplift_model(data, loaded, config, started))
     return fit_and_register(
         data, config, started, ground_truth=lambda test, p: ground_truth_metrics(loaded, test, p, data.model)
+    )
+
+
+def _uplift_result(data: TrainingData, trained: UpliftTrained) -> TrainResult:
+    """An uplift model's train run in the train job's terms (no feature importance: the factors
+    of scores explain the uplift)."""
+    qini = trained.model.metadata["validation_qini"]
+    reason = f"{trained.model.learner}-learner: best validation Qini " + ", ".join(
+        f"{learner} {value:.5f}" for learner, value in qini.items()
+    )
+    return TrainResult(
+        run_id=trained.run_id,
+        version=trained.version,
+        model_uri=trained.model_uri,
+        metrics=trained.metrics,
+        buckets=trained.buckets,
+        importance=pd.DataFrame(columns=["feature", "label", "importance"]),
+        rows=trained.rows,
+        snapshots=list(data.dates),
+        features=len(data.labels),
+        model_family=f"uplift_{trained.model.learner}",
+        validation={learner: {"qini": value} for learner, value in qini.items()},
+        selection_reason=reason,
+        snapshot_plan=data.snapshot_note,
+        plan=describe(data.plan, data.plan_table()),
+        fit_seconds=trained.fit_seconds,
+        trained_until=data.cutoff,
+        model=data.model.name,
+        feature_note=data.feature_note,
+        warnings=list(data.warnings),
     )
 
 
