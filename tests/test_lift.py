@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from propensity.core.power import minimum_detectable_lift, plan, required_holdout
 from propensity.features.synthetic.campaigns import in_memory_campaign
 from propensity.models.lift import _POISSON, Arms, measure_lift
-from propensity.models.power import minimum_detectable_lift, plan, required_holdout
 
 REPETITIONS = 200
 
