@@ -69,6 +69,12 @@ def measure(
     scores: Annotated[
         Path | None, typer.Option("--scores", help="Score partitions (for --by model.column).")
     ] = None,
+    arms: Annotated[
+        Path | None,
+        typer.Option(
+            "--arms", help="A campaign's own arms (CSV/Parquet: arm + an identity column), not memberships."
+        ),
+    ] = None,
     plan: Annotated[
         bool, typer.Option("--plan", help="Before the campaign: the power of each holdout.")
     ] = False,
@@ -107,7 +113,13 @@ def measure(
     )
     with console.status("measuring lift"):
         result = jobs.measure(
-            events_path(events, cfg), memberships_dir, out or work / "measure", request, cfg, scores
+            events_path(events, cfg),
+            None if arms else memberships_dir,
+            out or work / "measure",
+            request,
+            cfg,
+            scores,
+            arms,
         )
     _print_result(result)
 

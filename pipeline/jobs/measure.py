@@ -172,16 +172,18 @@ def attribute_outcomes(
 
 def measure(
     events: str | Path,
-    memberships_dir: str | Path,
+    memberships_dir: str | Path | None,
     out_dir: str | Path,
     request: MeasureRequest,
     config: ProjectConfig,
     scores_dir: str | Path | None = None,
+    arms_file: str | Path | None = None,
 ) -> MeasureResult:
-    """Measure every holdout segment at ``request.as_of`` (see the module doc) and write it."""
-    partition = store.partition_dir(memberships_dir, request.as_of)
-    summary = store.read_summary(memberships_dir, request.as_of)
-    members = _members(partition / store.MEMBERSHIPS_FILE, request.segments)
+    """Measure every holdout segment at ``request.as_of`` (see the module doc) and write it.
+
+    ``arms_file``: instead of memberships, a campaign run elsewhere: a CSV or Parquet file with
+    ``arm`` (targeted / holdout), an identity column named after a namespace (``crm_id``, ...)
+    and optionally ``segment``; each row is mapped to its profile at ``as_of``."""
     loaded = load_events(events, config)
     horizon_end = request.as_of + dt.timedelta(days=request.horizon_days)
     if loaded.data_end() < horizon_end:
@@ -189,11 +191,25 @@ def measure(
             f"{events}: data ends {loaded.data_end()}, before the horizon of the campaign at {request.as_of} "
             f"ends ({horizon_end}, {request.horizon_days} days); measure after the horizon"
         )
-    namespaces = list(summary.get("identity_namespaces") or config.identity.namespaces)
+    if arms_file is not None:
+        members, identities, contamination = members_from_arms_file(loaded, arms_file, request.as_of, config)
+        namespaces = list(config.identity.namespaces)
+    else:
+        if memberships_dir is None:
+            raise UserError("measure needs memberships (--memberships) or an arms file (--arms)")
+        partition = store.partition_dir(memberships_dir, request.as_of)
+        summary = store.read_summary(memberships_dir, request.as_of)
+        members = _members(partition / store.MEMBERSHIPS_FILE, request.segments)
+        namespaces = list(summary.get("identity_namespaces") or config.identity.namespaces)
+        identities = pd.read_parquet(
+            partition / store.IDENTITIES_FILE, columns=["profile_id", "namespace", "value"]
+        )
+        contamination = {
+            s: {k: int(a.get(k, 0)) for k in ("merged_across_arms", "shared_identities")}
+            for s, a in (summary.get("holdout") or {}).items()
+            if s in set(members["segment"])
+        }
     outcomes = pd.DataFrame(loaded.rows(_outcomes_sql(request, namespaces)), columns=["revenue", *namespaces])
-    identities = pd.read_parquet(
-        partition / store.IDENTITIES_FILE, columns=["profile_id", "namespace", "value"]
-    )
     members, contaminated = attribute_outcomes(outcomes, identities, members, namespaces)
     members, covariates = _with_features(loaded, config, members, request, scores_dir)
     table = lift_table(
@@ -203,20 +219,61 @@ def measure(
         s: {"targeted": int((g["arm"] == "targeted").sum()), "holdout": int((g["arm"] == "holdout").sum())}
         for s, g in members.groupby("segment")
     }
-    contamination = {
-        s: {
-            "merged_across_arms": int(a.get("merged_across_arms", 0)),
-            "shared_identities": int(a.get("shared_identities", 0)),
-        }
-        for s, a in (summary.get("holdout") or {}).items()
-        if s in sizes
-    }
+    for segment in sizes:
+        contamination.setdefault(segment, {})["outcomes_shared_across_arms"] = contaminated
     result = MeasureResult(
         request.as_of, Path(out_dir) / f"as_of={request.as_of}", table, sizes, contamination
     )
     result.covariates = covariates
-    _write(result, request, contaminated)
+    _write(result, request)
     return result
+
+
+def members_from_arms_file(
+    loaded, path: str | Path, as_of: dt.date, config: ProjectConfig
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict[str, int]]]:
+    """(members, their identities, contamination) of a campaign's own arms file, mapped to the
+    profiles at ``as_of``. A profile reached by rows of both arms (a shared identity, or two
+    people stitched into one) is counted and left out: it belongs to neither comparison."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such arms file")
+    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype=str)
+    id_columns = [ns for ns in config.identity.namespaces if ns in frame.columns]
+    bad = sorted(set(frame.get("arm", pd.Series(["(missing)"])).dropna()) - {"targeted", "holdout"})
+    if not id_columns or "arm" not in frame.columns or bad:
+        raise UserError(
+            f"{path}: needs an `arm` column of targeted/holdout (found {bad or 'none'}) and an identity "
+            f"column named after a namespace ({', '.join(config.identity.namespaces)})"
+        )
+    namespace = id_columns[0]
+    frame = frame.assign(segment=frame["segment"] if "segment" in frame.columns else "campaign")
+    identity_map = loaded.sources(as_of).identity_map
+    listed = ", ".join(sql_string(ns) for ns in config.identity.namespaces)
+    identities = pd.DataFrame(
+        loaded.rows(
+            f"SELECT profile_id, namespace, CAST(value AS VARCHAR) FROM {identity_map} "
+            f"WHERE namespace IN ({listed})"
+        ),
+        columns=["profile_id", "namespace", "value"],
+    )
+    keys = identities[identities["namespace"] == namespace][["profile_id", "value"]]
+    mapped = frame.astype({namespace: str}).merge(keys, left_on=namespace, right_on="value")
+    arms = mapped.groupby(["segment", "profile_id"])["arm"].agg(["nunique", "first"]).reset_index()
+    both = arms[arms["nunique"] > 1].groupby("segment").size()
+    members = arms[arms["nunique"] == 1].rename(columns={"first": "arm"})[["profile_id", "segment", "arm"]]
+    contamination = {
+        s: {
+            "merged_across_arms": int(both.get(s, 0)),
+            "unmatched_rows": int(len(g) - g[namespace].isin(keys["value"]).sum()),
+        }
+        for s, g in frame.groupby("segment")
+    }
+    return (
+        members.reset_index(drop=True),
+        identities[identities["profile_id"].isin(members["profile_id"])],
+        contamination,
+    )
 
 
 def _with_features(loaded, config: ProjectConfig, members: pd.DataFrame, request: MeasureRequest, scores_dir):
@@ -254,9 +311,7 @@ def _with_features(loaded, config: ProjectConfig, members: pd.DataFrame, request
     return members, wanted
 
 
-def _write(result: MeasureResult, request: MeasureRequest, contaminated_outcomes: int) -> None:
-    for segment in result.contamination:
-        result.contamination[segment]["outcomes_shared_across_arms"] = contaminated_outcomes
+def _write(result: MeasureResult, request: MeasureRequest) -> None:
     with atomic_path(result.out, root=result.out.parent, kind="measure") as tmp:
         tmp.mkdir(parents=True)
         result.table.to_parquet(tmp / "lift.parquet", index=False)
