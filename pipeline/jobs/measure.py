@@ -286,15 +286,16 @@ def _with_features(loaded, config: ProjectConfig, members: pd.DataFrame, request
         else [c for c in DEFAULT_COVARIATES if c in names]
     )
     traits = [b for b in request.breakdowns if "." not in b]
-    unknown = sorted(set(wanted + traits) - names)
+    chosen = fs.select(include=sorted((set(wanted + traits) & names) | {"is_known"}))
+    snapshot = loaded.frame(loaded.snapshot(chosen, request.as_of))
+    # Breakdowns may also be profile attributes (loyalty_tier), which every snapshot carries.
+    unknown = sorted(set(wanted + traits) - set(snapshot.columns))
     if unknown:
         raise UserError(
-            f"measure: unknown feature(s) {', '.join(unknown)} (covariates and breakdowns name features)"
+            f"measure: unknown feature(s) {', '.join(unknown)} (covariates name features; breakdowns "
+            f"features, profile attributes or <model>.<column>)"
         )
-    chosen = fs.select(include=sorted(set(wanted + traits) | {"is_known"}))
-    snapshot = loaded.frame(loaded.snapshot(chosen, request.as_of))[
-        ["profile_id", *sorted(set(wanted + traits))]
-    ]
+    snapshot = snapshot[["profile_id", *sorted(set(wanted + traits))]]
     members = members.merge(snapshot, on="profile_id", how="left")
     for column in wanted:
         members[column] = pd.to_numeric(members[column], errors="coerce").fillna(0.0)
