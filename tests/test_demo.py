@@ -54,6 +54,10 @@ def test_demo_tells_the_story(demo_run):
         "8. journeys",
         "Yoga funnel",
         "What drives yoga purchases",
+        "9. the yoga campaign: holdout and incremental revenue",
+        "were held out at random",
+        "incremental revenue:",
+        "the simulator's truth:",
     ):
         assert fragment in text, fragment
     assert (demo / "ingested" / "events.parquet").is_file()
