@@ -8,6 +8,7 @@ import datetime as dt
 import json
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 
@@ -29,7 +30,7 @@ segments:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
+def world(tmp_path_factory, tracking) -> Path:
     root = tmp_path_factory.mktemp("measure")
     generate(GeneratorSettings(profiles=6000, days=150, seed=9, campaigns=(LUMA_YOGA,)), root / "raw")
     ingest_jobs.ingest(root / "raw", root / "ingested", ProjectConfig(), on_bad_rows="quarantine")
@@ -63,6 +64,12 @@ def test_the_campaigns_own_arms_recover_its_revenue_lift(runner, world):
     assert sizes["targeted"] + sizes["holdout"] + unmatched <= sum(campaign["members"].values())
     assert sizes["holdout"] == pytest.approx(campaign["members"]["holdout"], rel=0.02)
     assert written["covariates"] == ["purchase_count_90d", "revenue_sum_90d", "revenue_sum_365d"]
+    # Logged to MLflow: the figures as metrics, the files as artifacts.
+    run = mlflow.search_runs(experiment_names=["measure"], order_by=["start_time DESC"]).iloc[0]
+    assert run["metrics.campaign.incremental_revenue"] == pytest.approx(
+        table.loc["incremental_revenue", "estimate"]
+    )
+    assert run["tags.as_of"] == campaign["sent"] and run["tags.arms_from"] == "arms file"
 
 
 def test_a_holdout_segment_measures_no_lift_where_there_is_none(runner, world):

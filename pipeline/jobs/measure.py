@@ -14,7 +14,8 @@ Figures per segment and breakdown group: :func:`propensity.models.lift.measure_l
 events whose identities belong to members of both arms are counted as contamination, beside
 the qualification's own counts (merges across arms, shared identities). Written atomically to
 ``OUT/as_of=<date>/``: ``lift.parquet`` (one row per segment, group and figure) and
-``lift.json`` (the same, plus sizes, settings and contamination).
+``lift.json`` (the same, plus sizes, settings and contamination), and logged to MLflow (the
+``measure`` experiment: whole-segment figures as metrics, both files as artifacts).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import duckdb
+import mlflow
 import numpy as np
 import pandas as pd
 
@@ -34,6 +36,7 @@ from propensity.core.power import PowerPlan, plan
 from propensity.features.activation import membership_store as store
 from propensity.features.activation.segments import score_partition
 from propensity.features.sql import sql_ident, sql_string
+from propensity.models import tracking
 from propensity.models.lift import Arms, measure_lift
 from propensity.pipeline.jobs.config_files import load_segments
 from propensity.pipeline.jobs.events import feature_set, load_events
@@ -66,6 +69,7 @@ class MeasureResult:
     sizes: dict[str, dict[str, int]]
     contamination: dict[str, dict[str, int]]
     covariates: list[str] = field(default_factory=list)
+    run_id: str | None = None  # the MLflow run the figures were logged to
 
 
 def lift_table(
@@ -226,7 +230,37 @@ def measure(
     )
     result.covariates = covariates
     _write(result, request)
+    result.run_id = _log_run(result, request, config, "arms file" if arms_file is not None else "memberships")
     return result
+
+
+def _log_run(result: MeasureResult, request: MeasureRequest, config: ProjectConfig, source: str) -> str:
+    """The measure run in MLflow's ``measure`` experiment: every segment's whole-group figures
+    (``<segment>.<figure>`` with ``_low``/``_high``), sizes, and the written files."""
+    tracking.configure(config)
+    mlflow.set_experiment("measure")
+    whole = result.table[result.table["breakdown"] == ""]
+    metrics = {}
+    for row in whole.itertuples():
+        for suffix, value in (("", row.estimate), ("_low", row.low), ("_high", row.high)):
+            if np.isfinite(value):
+                metrics[f"{row.segment}.{row.metric}{suffix}"] = float(value)
+    for segment, sizes in result.sizes.items():
+        metrics |= {f"{segment}.{arm}_members": float(n) for arm, n in sizes.items()}
+    with mlflow.start_run(run_name=f"measure at {result.as_of}") as run:
+        mlflow.set_tags(
+            {
+                "step": "measure",
+                "as_of": str(result.as_of),
+                "horizon_days": str(request.horizon_days),
+                "arms_from": source,
+                "git_commit": tracking.git_commit() or "unknown",
+            }
+        )
+        mlflow.log_metrics(metrics)
+        for name in ("lift.parquet", "lift.json"):
+            mlflow.log_artifact(str(result.out / name), "measure")
+        return run.info.run_id
 
 
 def members_from_arms_file(
