@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 
 import mlflow
@@ -18,6 +19,7 @@ from propensity.features.synthetic.world import LUMA_YOGA
 from propensity.pipeline.jobs import ingest as ingest_jobs
 from propensity.pipeline.jobs.measure import plan_holdouts
 from tests.conftest import invoke
+from tests.test_report import _rendered_in_browser
 
 SEGMENTS = """
 segments:
@@ -87,6 +89,11 @@ def test_a_holdout_segment_measures_no_lift_where_there_is_none(runner, world):
     # Seeded: the arms are a hash the simulated campaign never saw; no lift in either estimate.
     for metric in ("absolute_lift", "adjusted_absolute_lift"):
         assert whole.loc[metric, "low"] < 0 < whole.loc[metric, "high"]
+    # The page: self-contained, both charts render in a real (headless) browser.
+    html = (world / "aa" / f"as_of={sent}" / "lift.html").read_text()
+    assert "Did the campaign change anything?" in html and not re.search(r"(src|href)=\"(?!data:)", html)
+    rendered = _rendered_in_browser(world / "aa" / f"as_of={sent}" / "lift.html")
+    assert len(rendered) == 2 and all(i["complete"] and i["width"] > 0 for i in rendered), rendered
     tiers = table[table["breakdown"] == "loyalty_tier"]
     assert (
         set(tiers["group"]) <= {"none", "bronze", "silver", "gold", "(missing)"}

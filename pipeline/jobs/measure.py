@@ -14,7 +14,8 @@ Figures per segment and breakdown group: :func:`propensity.models.lift.measure_l
 events whose identities belong to members of both arms are counted as contamination, beside
 the qualification's own counts (merges across arms, shared identities). Written atomically to
 ``OUT/as_of=<date>/``: ``lift.parquet`` (one row per segment, group and figure) and
-``lift.json`` (the same, plus sizes, settings and contamination), and logged to MLflow (the
+``lift.json`` (the same, plus sizes, settings and contamination), ``lift.html`` (charts of
+both arms and of the raw and adjusted lifts; :mod:`.measure_report`), and logged to MLflow (the
 ``measure`` experiment: whole-segment figures as metrics, both files as artifacts).
 """
 
@@ -38,6 +39,7 @@ from propensity.features.activation.segments import score_partition
 from propensity.features.sql import sql_ident, sql_string
 from propensity.models import tracking
 from propensity.models.lift import Arms, measure_lift
+from propensity.pipeline.jobs import measure_report
 from propensity.pipeline.jobs.config_files import load_segments
 from propensity.pipeline.jobs.events import feature_set, load_events
 
@@ -258,7 +260,7 @@ def _log_run(result: MeasureResult, request: MeasureRequest, config: ProjectConf
             }
         )
         mlflow.log_metrics(metrics)
-        for name in ("lift.parquet", "lift.json"):
+        for name in ("lift.parquet", "lift.json", "lift.html"):
             mlflow.log_artifact(str(result.out / name), "measure")
         return run.info.run_id
 
@@ -350,6 +352,8 @@ def _write(result: MeasureResult, request: MeasureRequest) -> None:
     with atomic_path(result.out, root=result.out.parent, kind="measure") as tmp:
         tmp.mkdir(parents=True)
         result.table.to_parquet(tmp / "lift.parquet", index=False)
+        section = measure_report.lift_section(result.table, result.sizes, result.contamination)
+        (tmp / "lift.html").write_text(measure_report.page(str(result.as_of), section))
         write_json(
             {
                 "as_of": str(result.as_of),
