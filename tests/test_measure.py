@@ -121,3 +121,33 @@ def test_measuring_before_the_horizon_or_without_arms_is_one_line(runner, world,
         wrong.exit_code == 2
         and "needs an `arm` column of targeted/holdout (found ['control'])" in wrong.output
     )
+
+
+def test_outcomes_go_to_the_member_of_the_first_namespace_and_cross_arm_events_are_counted():
+    from propensity.pipeline.jobs.measure import attribute_outcomes
+
+    members = pd.DataFrame(
+        {"profile_id": ["a", "b", "c"], "segment": "s", "arm": ["targeted", "holdout", "targeted"]}
+    )
+    identities = pd.DataFrame(
+        {
+            "profile_id": ["a", "a", "b", "b", "c"],
+            "namespace": ["crm_id", "email_sha256", "crm_id", "email_sha256", "crm_id"],
+            "value": ["C1", "home", "C2", "home", "C3"],
+        }
+    )
+    outcomes = pd.DataFrame(
+        {
+            "revenue": [10.0, 20.0, 5.0, 7.0],
+            "crm_id": ["C1", None, "C2", "C9"],  # the second event only carries the shared e-mail
+            "email_sha256": ["home", "home", None, None],
+        }
+    )
+    joined, contaminated = attribute_outcomes(outcomes, identities, members, ["crm_id", "email_sha256"])
+    got = joined.set_index("profile_id")
+    # crm_id wins over e-mail; the e-mail-only event goes to one of its two profiles (first by id).
+    assert (
+        got.loc["a", "revenue"] == 30.0 and got.loc["b", "revenue"] == 5.0 and got.loc["c", "revenue"] == 0.0
+    )
+    assert list(got["converted"]) == [True, True, False]
+    assert contaminated == 2  # both events carrying `home` reach members of both arms

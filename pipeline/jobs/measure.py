@@ -135,7 +135,8 @@ def attribute_outcomes(
     outcomes: pd.DataFrame, identities: pd.DataFrame, members: pd.DataFrame, namespaces: list[str]
 ) -> tuple[pd.DataFrame, int]:
     """Per member: converted and revenue from ``outcomes`` (revenue + one column per namespace),
-    each event counted for the member of its first namespace (precedence) among ``identities``
+    each event counted for the member of its first namespace (precedence; then the smallest
+    profile id, so a shared value always goes the same way) among ``identities``
     (profile_id, namespace, value at as_of); and the number of events whose identities belong
     to members of both arms (contamination)."""
     con = duckdb.connect()
@@ -163,7 +164,8 @@ def attribute_outcomes(
         """).fetchall()[0][0]
         per_member = con.execute("""
             WITH first AS (
-                SELECT event, any_value(revenue) AS revenue, arg_min(profile_id, rank) AS profile_id
+                SELECT event, any_value(revenue) AS revenue,
+                       arg_min(profile_id, lpad(CAST(rank AS VARCHAR), 3, '0') || profile_id) AS profile_id
                 FROM placed GROUP BY event
             )
             SELECT profile_id, true AS converted, sum(revenue) AS revenue FROM first GROUP BY profile_id
