@@ -6,12 +6,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+import tempfile
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from propensity.core.config import DestinationConfig, SegmentConfig
@@ -210,3 +213,19 @@ def test_holdout_members_are_never_exported(tmp_path):
     assert set(rows.loc[rows["status"] == "exited", "value"]) == {
         f"{p}@x.org" for p in ids[250:] if p not in withheld
     }
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.sets(st.integers(0, 59), min_size=20), min_size=2, max_size=3))
+def test_arms_follow_the_hash_and_never_move_on_any_history(days):
+    with tempfile.TemporaryDirectory() as tmp:
+        con, out = duckdb.connect(), Path(tmp) / "m"
+        dates = [D1, D2, D3][: len(days)]
+        for as_of, present in zip(dates, days, strict=True):
+            run(con, [holdout_segment(0.5)], *people(sorted(f"p{i}" for i in present)), out, as_of)
+        seen: dict[str, str] = {}
+        for as_of in dates:
+            frame = members(out, as_of)
+            for profile, arm in frame["arm"].items():
+                assert arm == ("holdout" if draw(profile, "all") < 0.5 else "targeted")
+                assert seen.setdefault(profile, arm) == arm
