@@ -98,3 +98,8 @@ def test_notebook_runs_on_the_demo(path, demo_run, monkeypatch):
         text = "\n".join(o.get("data", {}).get("text/plain", "") + o.get("text", "") for o in outputs)
         assert summary["sarah"] in text  # Sarah's factors are shown
         assert "mean_abs_shap" in text and "lift" in text
+    if path.name == "campaign_lift.ipynb":
+        images = [o for o in outputs if "image/png" in o.get("data", {})]
+        assert len(images) == 2  # both arms, raw vs adjusted lift
+        text = "\n".join(o.get("data", {}).get("text/plain", "") + o.get("text", "") for o in outputs)
+        assert "incremental_revenue" in text and "minimum_detectable_lift" in text

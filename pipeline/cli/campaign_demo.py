@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -13,9 +14,7 @@ from propensity.core.config import ProjectConfig
 from propensity.pipeline.jobs import measure as measure_jobs
 
 
-def run(
-    data_dir: Path, ingested: Path, config: ProjectConfig, out: Path, console: Console
-) -> dict[str, float]:
+def run(data_dir: Path, ingested: Path, config: ProjectConfig, out: Path, console: Console) -> dict[str, Any]:
     """Measure the generated yoga campaign from its own arms (the send log the simulator wrote:
     crm_id and arm) and tell it; returns the headline figures."""
     truth_dir = data_dir / "ground_truth"
@@ -53,6 +52,7 @@ def run(
     console.print(f"the simulator's truth: {true_revenue:,.0f} (expected, from each person's true effect)")
     console.print(f"written to {result.out}")
     return {
+        "as_of": campaign["sent"],
         "incremental_revenue": float(figures.loc["incremental_revenue", "estimate"]),
         "adjusted_incremental_revenue": float(figures.loc["adjusted_incremental_revenue", "estimate"]),
         "true_incremental_revenue": true_revenue,

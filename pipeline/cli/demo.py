@@ -59,7 +59,7 @@ class DemoResult:
     out: Path
     seconds: float
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    campaign: dict[str, float] = field(default_factory=dict)  # the yoga campaign's measured lift
+    campaign: dict[str, Any] = field(default_factory=dict)  # the yoga campaign's measured lift
     segments: dict[str, dict[str, int]] = field(default_factory=dict)
     buckets: dict[str, dict[str, int]] = field(default_factory=dict)  # per model, at the latest as-of
     sarah: str | None = None
@@ -276,6 +276,7 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
             "ingested": ingested.resolve(),
             "scores": scores.resolve(),
             "sarah": sarah,
+            "measure": (out / "measure" / f"as_of={result.campaign['as_of']}").resolve(),
             "models": {name: fit.version for name, fit in trained.items()},
             "tracking_uri": tracking.tracking_uri(config),
         },
