@@ -68,8 +68,13 @@ def test_campaign_leaves_the_world_and_adds_its_events(tmp_path):
     targeted = people[people["arm"] == "targeted"]
     # One received event per targeted person, none for the holdout; one purchase per conversion.
     assert sorted(received["crm_id"]) == sorted(targeted["crm_id"])
-    assert sorted(outcome["crm_id"]) == sorted(people.loc[people["converted"], "crm_id"])
-    assert outcome["revenue"].sum() == pytest.approx(people["revenue"].sum())
+    # Treated conversions carry the campaign; the holdout's are untagged yoga purchases.
+    treated_buyers = people[people["converted"] & (people["arm"] == "targeted")]
+    assert sorted(outcome["crm_id"]) == sorted(treated_buyers["crm_id"])
+    assert outcome["revenue"].sum() == pytest.approx(treated_buyers["revenue"].sum())
+    yoga = events[(events["event_type"] == "purchase") & (events["product_category"] == "yoga")]
+    held_buyers = people[people["converted"] & (people["arm"] == "holdout")]
+    assert set(held_buyers["crm_id"]) <= set(yoga["crm_id"]) and len(held_buyers) > 0
     assert (outcome["product_category"] == "yoga").all()
     sent = pd.Timestamp(summary["sent"])
     assert (received["timestamp"].dt.normalize() == sent).all()

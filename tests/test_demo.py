@@ -55,6 +55,10 @@ def test_demo_tells_the_story(demo_run):
         "Yoga funnel",
         "What drives yoga purchases",
         "What drives yoga class registrations",
+        "9. the yoga campaign: holdout and incremental revenue",
+        "were held out at random",
+        "incremental revenue:",
+        "the simulator's truth:",
     ):
         assert fragment in text, fragment
     assert (demo / "ingested" / "events.parquet").is_file()
@@ -96,3 +100,8 @@ def test_notebook_runs_on_the_demo(path, demo_run, monkeypatch):
         text = "\n".join(o.get("data", {}).get("text/plain", "") + o.get("text", "") for o in outputs)
         assert summary["sarah"] in text  # Sarah's factors are shown
         assert "mean_abs_shap" in text and "lift" in text
+    if path.name == "campaign_lift.ipynb":
+        images = [o for o in outputs if "image/png" in o.get("data", {})]
+        assert len(images) == 2  # both arms, raw vs adjusted lift
+        text = "\n".join(o.get("data", {}).get("text/plain", "") + o.get("text", "") for o in outputs)
+        assert "incremental_revenue" in text and "minimum_detectable_lift" in text

@@ -615,6 +615,39 @@ def test_segment_memberships_equal_duckdbs(ingested, scored, tmp_path, runner_mo
     assert sum(c.held_back for c in last) > 0
 
 
+def test_holdout_arms_equal_duckdbs(ingested, tmp_path):
+    """A holdout segment qualified on two dates by each engine: the same arms, arm dates and
+    holdout counts (the split runs on the qualification's rows, whichever engine made them)."""
+    from propensity.pipeline.jobs import segments as segment_jobs
+
+    spark_dir, duck_dir, _ = ingested
+    segments_file = tmp_path / "holdout.yaml"
+    segments_file.write_text(
+        "segments:\n"
+        "  - {name: known, rule: 'is_known = 1', holdout: 0.3, holdout_minimum: 20, holdout_salt: spring}\n"
+    )
+    for as_of in AS_OFS:
+        expected = segment_jobs.qualify_segments(
+            duck_dir, tmp_path / "no_scores", as_of, segments_file, tmp_path / "duckdb", LIGHT_DUCKDB
+        )
+        segment_jobs.qualify_segments(
+            spark_dir, tmp_path / "no_scores", as_of, segments_file, tmp_path / "spark", LIGHT_SPARK
+        )
+        mine = pd.read_parquet(tmp_path / "spark" / f"as_of={as_of}" / "memberships.parquet")
+        theirs = pd.read_parquet(expected.out / "memberships.parquet")
+        pd.testing.assert_frame_equal(mine, theirs)
+        assert set(theirs["arm"]) == {"targeted", "holdout"}
+        summaries = [
+            json.loads((d / f"as_of={as_of}" / "summary.json").read_text())
+            for d in (tmp_path / "spark", tmp_path / "duckdb")
+        ]
+        assert summaries[0]["holdout"] == summaries[1]["holdout"]
+    later = pd.read_parquet(tmp_path / "spark" / f"as_of={AS_OFS[1]}" / "memberships.parquet")
+    assert (
+        later.loc[later["status"] == "existing", "arm_since"].astype(str).str[:10] == str(AS_OFS[0])
+    ).all()
+
+
 def test_engine_settings_and_paths():
     config = load_config_for(None, "spark")
     assert config.engine.name == "spark"

@@ -11,11 +11,13 @@ sorted by (namespace, value), to ``EXPORT_DIR/destination=<name>/as_of=<date>/se
 (or ``.parquet``), with a ``manifest.json`` of counts. Each destination's directory is
 written atomically and replaced whole on a re-run (identical bytes for identical inputs).
 
-Never exported: other namespaces (and raw email or phone, which do not exist after ingest),
-the internal ``profile_id``, profiles that opted out of personalisation (they are not in the
-memberships, and are filtered again here in case a file was produced otherwise), profiles
-without an explicit 'y' for a consent the destination requires. A profile with no value of
-any allowed namespace is skipped. Both are counted.
+Never exported: other namespaces (and raw email or phone, which do not exist after ingest), the
+internal ``profile_id``, members of a segment's holdout (``arm = 'holdout'``, see
+:mod:`propensity.features.activation.holdout`; counted as ``withheld_holdout``), profiles that
+opted out of personalisation (they are not in the memberships, and are filtered again here in
+case a file was produced otherwise), profiles without an explicit 'y' for a consent the
+destination requires. A profile with no value of any allowed namespace is skipped. Both are
+counted.
 
 Consent withdrawals: a profile that opts out is in no later membership, so it never gets an
 ``exited`` row there. For a destination that syncs exits (``include_exited``), a profile that was
@@ -43,6 +45,7 @@ from propensity.core.io import atomic_path, write_json
 from propensity.features.activation.membership_store import (
     IDENTITIES_FILE,
     MEMBERSHIPS_FILE,
+    has_arms,
     partition_dir,
     previous_as_of,
 )
@@ -62,6 +65,7 @@ class SegmentExport:
     skipped_no_identity: int  # eligible, but no value of any namespace this destination may receive
     held_back_consent: int  # opted out of personalisation, or a required consent not given
     exited_withdrawn: int = 0  # sent at the previous as-of, gone since (consent withdrawn): exited
+    withheld_holdout: int = 0  # members in the segment's holdout: never exported
 
 
 @dataclass
@@ -149,7 +153,23 @@ def _members_sql(memberships: Path, identities: Path, segment: str, destination:
         FROM read_parquet({sql_string(str(memberships))}) m
         LEFT JOIN consent c ON c.profile_id = m.profile_id
         WHERE m.segment = {sql_string(segment)} AND m.status IN ({", ".join(sql_string(s) for s in statuses)})
+          AND {_not_withheld(memberships)}
     """
+
+
+def _not_withheld(memberships: Path) -> str:
+    """SQL: the row is not in a holdout (holdout members are never exported, not even as exited)."""
+    return "coalesce(m.arm, 'targeted') <> 'holdout'" if has_arms(memberships) else "true"
+
+
+def withheld_count(con: duckdb.DuckDBPyConnection, memberships: Path, segment: str) -> int:
+    """Members of ``segment`` (realized or existing) withheld in its holdout."""
+    if not has_arms(memberships):
+        return 0
+    return con.execute(f"""
+        SELECT count(*) FROM read_parquet({sql_string(str(memberships))})
+        WHERE segment = {sql_string(segment)} AND arm = 'holdout' AND status IN ('realized', 'existing')
+    """).fetchall()[0][0]
 
 
 def _consent_ctes(identities: Path, destination: DestinationConfig) -> str:
@@ -188,6 +208,7 @@ def _withdrawn_sql(
         FROM read_parquet({sql_string(str(before / MEMBERSHIPS_FILE))}) m
         JOIN consent c ON c.profile_id = m.profile_id AND c.consented
         WHERE m.segment = {name} AND m.status IN ({", ".join(sql_string(s) for s in EXPORTED_STATUSES)})
+          AND {_not_withheld(before / MEMBERSHIPS_FILE)}
           AND m.profile_id NOT IN (
               SELECT profile_id FROM read_parquet({sql_string(str(now))}) WHERE segment = {name}
           )
@@ -242,7 +263,10 @@ def _export_segment(
     reader = f"read_{destination.format}({sql_string(str(path))})"
     rows = con.execute(f"SELECT count(*) FROM {reader}").fetchall()[0][0]
     con.execute("DROP TABLE _export_members")
-    return SegmentExport(segment, path, int(rows), int(exported), int(skipped), int(held_back), int(gone))
+    withheld = withheld_count(con, source / MEMBERSHIPS_FILE, segment)
+    return SegmentExport(
+        segment, path, int(rows), int(exported), int(skipped), int(held_back), int(gone), int(withheld)
+    )
 
 
 def _restrict(directory: Path, mode: int) -> None:
@@ -287,6 +311,7 @@ def export_destination(
                         "skipped_no_identity": e.skipped_no_identity,
                         "held_back_consent": e.held_back_consent,
                         "exited_withdrawn": e.exited_withdrawn,
+                        "withheld_holdout": e.withheld_holdout,
                     }
                     for e in exports
                 },

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 
 from propensity.core.errors import UserError
 from propensity.features.sql import sql_string
@@ -24,6 +25,11 @@ _PARTITION = re.compile(r"^as_of=(\d{4}-\d{2}-\d{2})$")
 def partition_dir(out_dir: str | Path, as_of: dt.date) -> Path:
     """The directory of one as-of's memberships."""
     return Path(out_dir) / f"as_of={as_of}"
+
+
+def has_arms(memberships: str | Path) -> bool:
+    """Whether a memberships file records holdout arms (only written when a segment has one)."""
+    return "arm" in pq.read_schema(memberships).names
 
 
 def membership_dates(out_dir: str | Path) -> list[dt.date]:

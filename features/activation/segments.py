@@ -50,6 +50,7 @@ from propensity.core.config import SegmentConfig
 from propensity.core.errors import UserError
 from propensity.core.io import atomic_path, write_json
 from propensity.core.score_table import RULE_COLUMNS
+from propensity.features.activation.holdout import ARM_COLUMNS, ArmCounts, HoldoutPolicy, assign_arms
 from propensity.features.activation.membership_store import (
     IDENTITIES_FILE,
     MEMBERSHIPS_FILE,
@@ -79,6 +80,7 @@ class Segment:
     name: str
     rule: Rule
     description: str = ""
+    holdout: HoldoutPolicy | None = None
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -114,6 +116,7 @@ class Qualification:
     identity_namespaces: list[str] | None = None
     # Later dates whose statuses were computed against another previous (see module doc).
     stale_later: list[dt.date] = field(default_factory=list)
+    arms: list[ArmCounts] = field(default_factory=list)  # segments with a holdout
 
 
 def column_kinds(con: duckdb.DuckDBPyConnection, relation_sql: str) -> dict[str, str]:
@@ -138,7 +141,12 @@ def compile_segments(
     for model in models:
         columns.update({f"{model}.{column}": kind for column, kind in SCORE_COLUMNS.items()})
     return [
-        Segment(d.name, parse_rule(d.rule, columns, f"{source}: segment '{d.name}'"), d.description)
+        Segment(
+            d.name,
+            parse_rule(d.rule, columns, f"{source}: segment '{d.name}'"),
+            d.description,
+            HoldoutPolicy.of(d),
+        )
         for d in definitions
     ]
 
@@ -347,12 +355,20 @@ def write_qualification(
     tallies, identities and the summary, atomically."""
     previous = previous_as_of(out_dir, as_of)
     target = partition_dir(out_dir, as_of)
+    policies = {s.name: s.holdout for s in segments if s.holdout is not None}
     try:
+        arms = []
+        if policies:
+            previous_dir = partition_dir(out_dir, previous) if previous else None
+            ids = identity_map if identity_namespaces is not None else None
+            arms = assign_arms(con, policies, previous_dir, as_of, ids)
+        # Arm columns only where a segment has a holdout: other memberships are written as before.
+        arm_columns = "".join(f", {c}" for c in ARM_COLUMNS) if policies else ""
         with atomic_path(target, root=out_dir, kind="segments") as tmp:
             tmp.mkdir(parents=True)
             memberships = tmp / MEMBERSHIPS_FILE
             con.execute(f"""
-                COPY (SELECT profile_id, segment, status, as_of, qualified_at FROM _segment_rows
+                COPY (SELECT profile_id, segment, status, as_of, qualified_at{arm_columns} FROM _segment_rows
                       WHERE status <> '{HELD_BACK}' ORDER BY segment, profile_id)
                 TO {sql_string(str(memberships))} (FORMAT parquet, COMPRESSION zstd)
             """)
@@ -379,6 +395,7 @@ def write_qualification(
                 profiles=member_profiles,
                 identities=identities,
                 identity_namespaces=list(identity_namespaces) if identity_namespaces is not None else None,
+                arms=arms,
             )
             previous_fingerprint = stored_fingerprint(con, out_dir, previous) if previous else None
             fingerprint = qualified_fingerprint(con, "_segment_rows")
@@ -411,4 +428,5 @@ def _summary(
         "profiles": result.profiles,
         "identities": result.identities,
         "identity_namespaces": result.identity_namespaces,
+        **({"holdout": {a.segment: a.as_dict() for a in result.arms}} if result.arms else {}),
     }

@@ -256,7 +256,8 @@ def campaign_events(
 ) -> dict[str, np.ndarray]:
     """The events campaigns leave, as event columns (see ``.events.COLUMNS``): a
     ``campaign_received`` (e-mail, with e-mail and crm_id) for each treated person on the send
-    day, and each observed conversion's purchase (web, the campaign's category, its revenue)."""
+    day, and each observed conversion's purchase (web, the campaign's category, its revenue;
+    tagged with the campaign only for the treated)."""
     parts = []
     for index, truth in enumerate(truths):
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_STREAM_KEY + index, 1)))
@@ -287,6 +288,8 @@ def campaign_events(
             device=device_offset[truth.person[bought]].astype(np.int64),
         )
         purchase.update(
+            # Only a treated buyer's purchase can be traced to the campaign (the holdout never saw it).
+            campaign=np.where(truth.treated[bought], code, -1).astype(np.int32),
             category=np.full(len(bought), category, np.int8),
             revenue=truth.order_value[bought].astype(np.float64),
             quantity=np.ones(len(bought)),

@@ -16,6 +16,7 @@ from propensity.core.errors import UserError
 from propensity.pipeline.cli.docs_commands import docs_app
 from propensity.pipeline.cli.journey_commands import register as register_journey_commands
 from propensity.pipeline.cli.json_output import JsonOption, print_json, to_jsonable
+from propensity.pipeline.cli.measure_commands import register as register_measure_commands
 from propensity.pipeline.cli.options import (
     AsOfOption,
     ConfigOption,
@@ -430,6 +431,7 @@ def demo(
 register_segment_commands(app)
 register_plan_command(app)
 register_journey_commands(app)
+register_measure_commands(app)
 app.add_typer(docs_app, name="docs")
 
 

@@ -2,7 +2,8 @@
 
 generate -> ingest and stitch -> features -> train conversion, upsell, churn -> promote ->
 score at two as-of dates -> qualify segments (statuses against the earlier date) -> export to
-destinations -> monitor -> report, and Sarah's story through all of it.
+destinations -> monitor -> report, and Sarah's story through all of it; then journeys, and the
+yoga campaign measured against its holdout.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from propensity.core.io import write_json
 from propensity.features.build.event_queries import data_end
 from propensity.features.duckdb import DuckDBEngine
 from propensity.features.sql import sql_string
-from propensity.features.synthetic.world import GeneratorSettings
+from propensity.features.synthetic.world import LUMA_YOGA, GeneratorSettings
 from propensity.features.synthetic.writer import generate
 from propensity.models import tracking
-from propensity.pipeline.cli import journey_demo
+from propensity.pipeline.cli import campaign_demo, journey_demo
 from propensity.pipeline.cli.printing import (
     print_buckets,
     print_explanation,
@@ -58,6 +59,7 @@ class DemoResult:
     out: Path
     seconds: float
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    campaign: dict[str, Any] = field(default_factory=dict)  # the yoga campaign's measured lift
     segments: dict[str, dict[str, int]] = field(default_factory=dict)
     buckets: dict[str, dict[str, int]] = field(default_factory=dict)  # per model, at the latest as-of
     sarah: str | None = None
@@ -225,7 +227,8 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
     scores, memberships, exports = out / "scores", out / "segments", out / "exports"
 
     with console.status("generating synthetic Luma events"):
-        generated = generate(GeneratorSettings(profiles=profiles, days=days, seed=config.seed), data_dir)
+        settings = GeneratorSettings(profiles=profiles, days=days, seed=config.seed, campaigns=(LUMA_YOGA,))
+        generated = generate(settings, data_dir)
     _step(console, "1. generate")
     console.print(
         f"{generated.events:,} events for {generated.people:,} people ({generated.purchases:,} purchases) "
@@ -261,6 +264,9 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
     upsell_scores = scores / "model=upsell" / f"as_of={latest}"
     result.journeys = journey_demo.run(ingested, config, out / "journeys", upsell_scores, latest, console)
 
+    _step(console, "9. the yoga campaign: holdout and incremental revenue")
+    result.campaign = campaign_demo.run(data_dir, ingested, config, out / "measure", console)
+
     result.seconds = time.perf_counter() - started
     # What notebooks and the README's pictures start from (notebooks/feature_importance.ipynb).
     write_json(
@@ -270,6 +276,7 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
             "ingested": ingested.resolve(),
             "scores": scores.resolve(),
             "sarah": sarah,
+            "measure": (out / "measure" / f"as_of={result.campaign['as_of']}").resolve(),
             "models": {name: fit.version for name, fit in trained.items()},
             "tracking_uri": tracking.tracking_uri(config),
         },
