@@ -7,7 +7,7 @@ way Feast puts its offline stores (DuckDB, Spark, ...) behind one ``OfflineStore
   directory) as :class:`Events`, stage and stitch them for an ingest directory and write it, write
   a feature table, score a population with a scorer and
   write the ranked partition, qualify segments, and atomic directories on its file system;
-* :class:`Events` - loaded events: the data end, learned categories, the sources as of a date,
+* :class:`Events` - loaded events: the data end, learned categories and event types, the sources as of a date,
   a feature snapshot as a relation (DuckDB: SQL over the connection; Spark: a DataFrame), a
   model's population and labelled training rows, and the kinds of a relation's columns.
 
@@ -33,7 +33,12 @@ import pandas as pd
 import pyarrow as pa
 
 from propensity.core.config import ModelConfig, OutcomeConfig
-from propensity.features.build.event_queries import data_end_sql, day_after, learn_categories_sql
+from propensity.features.build.event_queries import (
+    data_end_sql,
+    day_after,
+    learn_categories_sql,
+    learn_event_types_sql,
+)
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.rules import Rule
 from propensity.features.identity.as_of import AsOfSources
@@ -98,6 +103,7 @@ class Events(Protocol):
     def data_end(self) -> dt.date: ...
     def span(self) -> tuple[dt.date, dt.date] | None: ...
     def learn_categories(self, before: dt.date, limit: int) -> list[str]: ...
+    def learn_event_types(self, before: dt.date, limit: int) -> list[str]: ...
     def snapshot(self, fs: FeatureSet, as_of: dt.date, where: str | None = None) -> Relation: ...
     def population_snapshot(
         self, fs: FeatureSet, model: ModelConfig, as_of: dt.date, cutoff: dt.date
@@ -130,6 +136,10 @@ class SqlEvents(ABC):
     def learn_categories(self, before: dt.date, limit: int) -> list[str]:
         """The most viewed and bought categories before ``before``."""
         return [r[0] for r in self.rows(learn_categories_sql(before, limit))]
+
+    def learn_event_types(self, before: dt.date, limit: int) -> list[str]:
+        """The most frequent non-canonical event types before ``before`` (none when ``limit`` is 0)."""
+        return [r[0] for r in self.rows(learn_event_types_sql(before, limit))] if limit > 0 else []
 
 
 class Stitched(Protocol):

@@ -33,6 +33,7 @@ from propensity.core.config.project import (
     MlflowConfig,
     ProjectConfig,
     ScoringConfig,
+    TraitConfig,
 )
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "SegmentsFile",
     "SnapshotConfig",
     "TrainingConfig",
+    "TraitConfig",
     "TuningConfig",
     "parse_config",
 ]

@@ -1,5 +1,5 @@
 """Which features a model trains on: its include / exclude by name or family, refused
-sensitive features, and the profile attributes joined after aggregation."""
+sensitive features (and sensitive traits), and the profile attributes joined after aggregation."""
 
 from __future__ import annotations
 
@@ -14,6 +14,13 @@ PROFILE_ATTRIBUTE_FEATURES: dict[str, tuple[str, str]] = {
 }
 
 
+def attribute_features(fs: FeatureSet) -> dict[str, tuple[str, str]]:
+    """Every profile attribute a model may train on: tier, tenure and the non-sensitive traits,
+    name -> (label, family)."""
+    traits = {t.name: (t.label, "trait") for t in fs.traits if not t.sensitive}
+    return {**PROFILE_ATTRIBUTE_FEATURES, **traits}
+
+
 def model_features(
     fs: FeatureSet, selection: FeatureSelection, governance: GovernanceConfig, model_name: str
 ) -> dict[str, str]:
@@ -24,20 +31,22 @@ def model_features(
     """
     labels = fs.labels()
     families = {f.name: f.family for f in fs.features if f.is_feature}
-    for name, (label, family) in PROFILE_ATTRIBUTE_FEATURES.items():
+    for name, (label, family) in attribute_features(fs).items():
         families[name], labels[name] = family, label
     include, exclude = set(selection.include), set(selection.exclude)
-    unknown = sorted((include | exclude) - set(families) - set(families.values()))
+    sensitive_traits = {t.name for t in fs.traits if t.sensitive}
+    unknown = sorted((include | exclude) - set(families) - set(families.values()) - sensitive_traits)
     if unknown:
         raise UserError(
             f"model '{model_name}': features include/exclude names unknown feature or family `{unknown[0]}`"
         )
-    sensitive = set(governance.sensitive_features)
+    sensitive = set(governance.sensitive_features) | sensitive_traits
     refused = sorted(include & sensitive)
     if refused:
+        where = "features.traits" if refused[0] in sensitive_traits else "governance.sensitive_features"
         raise UserError(
-            f"model '{model_name}': feature `{refused[0]}` is labelled sensitive and is refused for "
-            f"marketing action '{governance.marketing_action}'"
+            f"model '{model_name}': feature `{refused[0]}` is labelled sensitive ({where}) and is refused "
+            f"for marketing action '{governance.marketing_action}'"
         )
     return {
         name: labels[name]
