@@ -106,7 +106,7 @@ def test_line_items_without_order_id_are_warned_with_numbers(tmp_path):
 def test_order_features_count_orders_and_sum_lines_known_answer(shop, snapshot):
     """purchase_count counts distinct orders, revenue adds every line, the average and largest
     order are per order: computed here from the generated rows."""
-    fs, frame = snapshot
+    _, frame = snapshot
     events, _ = retailer()
     lines = events[(events["event_type"] == "purchase") & (events["timestamp"] < pd.Timestamp(AS_OF))]
     lines = lines[lines["timestamp"] >= pd.Timestamp(AS_OF) - pd.Timedelta(days=90)]
@@ -201,16 +201,8 @@ def test_a_sensitive_trait_is_refused_when_a_model_includes_it(shop, tmp_path):
 def test_a_declared_trait_missing_from_profiles_names_the_column(shop):
     root, config, _ = shop
     traits = {**TRAITS, "pet_owner": {"kind": "categorical", "governance": "standard"}}
-    broken = config.model_copy(
-        update={
-            "features": config.features.model_copy(
-                update={
-                    "traits": ProjectConfig.model_validate({"features": {"traits": traits}}).features.traits
-                }
-            )
-        }
-    )
+    broken = ProjectConfig.model_validate({**config.model_dump(), "features": {"traits": traits}})
     loaded = event_jobs.load_events(root / "ingested", broken)
     fs = event_jobs.feature_set(loaded, broken, before=AS_OF)
-    with pytest.raises(UserError, match="features.traits declares `pet_owner` but the profile attributes"):
+    with pytest.raises(UserError, match=r"features\.traits declares `pet_owner` but the profile attributes"):
         loaded.frame(loaded.snapshot(fs, AS_OF))
