@@ -81,7 +81,8 @@ def retailer(households: int = 800, days: int = 365, seed: int = 3) -> tuple[pd.
         }
     ).assign(event_type="app_open", channel="mobile_app")
     events = pd.concat([lines, mailings, coupons, app], ignore_index=True)
-    events["timestamp"] = (pd.Timestamp(START) + pd.to_timedelta(events["day"], unit="D")).dt.floor("s")
+    stamps = (pd.Timestamp(START) + pd.to_timedelta(events["day"], unit="D")).dt.floor("s")
+    events["timestamp"] = stamps.astype("datetime64[us]")  # Spark reads no nanosecond Parquet
     events["crm_id"] = "H" + events["household"].astype(str).str.zfill(5)
     columns = ["timestamp", "event_type", "crm_id", "channel", "order_id", "sku", "product_category"]
     events = events[[*columns, "quantity", "revenue", "campaign"]]
