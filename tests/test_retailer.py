@@ -6,6 +6,7 @@ outcome is a custom type, score, and segment on a custom-type feature and a trai
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pandas as pd
 import pytest
@@ -206,3 +207,44 @@ def test_a_declared_trait_missing_from_profiles_names_the_column(shop):
     fs = event_jobs.feature_set(loaded, broken, before=AS_OF)
     with pytest.raises(UserError, match=r"features\.traits declares `pet_owner` but the profile attributes"):
         loaded.frame(loaded.snapshot(fs, AS_OF))
+
+
+@pytest.mark.parametrize(
+    ("mapping", "message"),
+    [
+        ({"a": "b", "b": "offer_redeemed"}, "'a' maps to 'b', which is itself mapped to 'offer_redeemed'"),
+        ({"a": "b", "b": "a"}, "which is itself mapped to"),
+        ({"coupon": "Offer Redeemed"}, "target 'Offer Redeemed' of 'coupon' is not an event type name"),
+        ({"coupon": "coupon"}, "'coupon' is mapped to itself"),
+    ],
+)
+def test_event_type_mapping_refuses_chains_cycles_and_bad_targets(mapping, message):
+    from propensity.core.config import parse_config
+
+    with pytest.raises(UserError, match=re.escape(message)):
+        parse_config(ProjectConfig, {"ingest": {"event_type_mapping": mapping}}, "project.yaml")
+
+
+@pytest.mark.parametrize("name", ["loyalty_tier", "consent_marketing", "Age Band", "profile_id"])
+def test_a_trait_may_not_take_a_reserved_or_invalid_column_name(name):
+    from propensity.core.config import parse_config
+
+    with pytest.raises(UserError, match=r"project\.yaml: .*features\.traits"):
+        parse_config(
+            ProjectConfig,
+            {"features": {"traits": {name: {"kind": "numeric", "governance": "standard"}}}},
+            "project.yaml",
+        )
+
+
+def test_learned_types_get_unique_column_names_and_none_when_turned_off():
+    from propensity.features.build.registry import build_registry
+
+    config = ProjectConfig().features
+    fs = build_registry(config, [], event_types=["Coupon Redeemed", "coupon_redeemed", "web.formFilledOut"])
+    names = fs.names()
+    assert {"event_coupon_redeemed_count_30d", "event_coupon_redeemed_2_count_30d"} <= set(names)
+    assert "days_since_last_event_web_formfilledout" in names
+    assert fs.labels()["event_web_formfilledout_count_7d"] == "Web formfilledout events, last 7 days"
+    assert names[: len(build_registry(config, []).names())] == build_registry(config, []).names()
+    assert build_registry(config, [], event_types=[]).names() == build_registry(config, []).names()
