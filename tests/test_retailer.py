@@ -248,3 +248,46 @@ def test_learned_types_get_unique_column_names_and_none_when_turned_off():
     assert fs.labels()["event_web_formfilledout_count_7d"] == "Web formfilledout events, last 7 days"
     assert names[: len(build_registry(config, []).names())] == build_registry(config, []).names()
     assert build_registry(config, [], event_types=[]).names() == build_registry(config, []).names()
+
+
+def test_an_ingest_written_before_orders_reads_one_row_as_one_order(shop, tmp_path):
+    """An ingest directory without order_lines / order_revenue (written before orders were
+    grouped) still loads: every purchase row counts as an order, as it did."""
+    import shutil
+
+    import duckdb
+
+    root, config, _ = shop
+    old = tmp_path / "old"
+    shutil.copytree(root / "ingested", old)
+    events = old / "events.parquet"
+    duckdb.sql(f"SELECT * EXCLUDE (order_lines, order_revenue) FROM read_parquet('{events}')").write_parquet(
+        str(tmp_path / "events.parquet")
+    )
+    shutil.move(tmp_path / "events.parquet", events)
+    loaded = event_jobs.load_events(old, config)
+    fs = event_jobs.feature_set(loaded, config, before=AS_OF).select(include=["purchase_count_90d"])
+    frame = loaded.frame(loaded.snapshot(fs, AS_OF)).set_index("profile_id")
+    lines = _retailer_lines().groupby("crm_id").size()
+    got = frame.join(_crm_ids(shop).rename("crm_id")).set_index("crm_id").loc[lines.index]
+    assert (got["purchase_count_90d"] == lines).all()
+
+
+def _retailer_lines() -> pd.DataFrame:
+    """The purchase lines of the 90 days before AS_OF."""
+    events, _ = retailer()
+    stamp = events["timestamp"]
+    window = (stamp < pd.Timestamp(AS_OF)) & (stamp >= pd.Timestamp(AS_OF) - pd.Timedelta(days=90))
+    return events[window & (events["event_type"] == "purchase")]
+
+
+@pytest.mark.parametrize(("limit", "learned"), [(0, []), (1, ["campaign_received"])])
+def test_max_learned_event_types_caps_the_learned_list(shop, limit, learned):
+    root, config, _ = shop
+    capped = ProjectConfig.model_validate(
+        {**config.model_dump(), "features": {"traits": TRAITS, "max_learned_event_types": limit}}
+    )
+    loaded = event_jobs.load_events(root / "ingested", capped)
+    fs = event_jobs.feature_set(loaded, capped, before=AS_OF)
+    assert fs.event_types == learned
+    assert [f.family for f in fs.features].count("learned_event") == len(learned) * (2 * 4 + 1)
