@@ -7,7 +7,7 @@ way Feast puts its offline stores (DuckDB, Spark, ...) behind one ``OfflineStore
   directory) as :class:`Events`, stage and stitch them for an ingest directory and write it, write
   a feature table, score a population with a scorer and
   write the ranked partition, qualify segments, and atomic directories on its file system;
-* :class:`Events` - loaded events: the data end, learned categories, the sources as of a date,
+* :class:`Events` - loaded events: the data end, learned categories and event types, the sources as of a date,
   a feature snapshot as a relation (DuckDB: SQL over the connection; Spark: a DataFrame), a
   model's population and labelled training rows, and the kinds of a relation's columns.
 
@@ -38,6 +38,7 @@ from propensity.features.build.event_queries import (
     day_after,
     history_start_sql,
     learn_categories_sql,
+    learn_event_types_sql,
     profiles_seen_sql,
 )
 from propensity.features.build.feature_set import FeatureSet
@@ -110,6 +111,7 @@ class Events(Protocol):
     def profiles_seen(self, dates: list[dt.date], event_types: list[str]) -> dict[dt.date, int]: ...
     def treated(self, treatment: TreatmentConfig, as_ofs: list[dt.date]) -> pd.DataFrame: ...
     def rows(self, sql: str) -> list[tuple]: ...
+    def learn_event_types(self, before: dt.date, limit: int) -> list[str]: ...
     def snapshot(self, fs: FeatureSet, as_of: dt.date, where: str | None = None) -> Relation: ...
     def population_snapshot(
         self, fs: FeatureSet, model: ModelConfig, as_of: dt.date, cutoff: dt.date
@@ -163,6 +165,10 @@ class SqlEvents(ABC):
         frame = pd.DataFrame(rows, columns=["profile_id", "as_of"])
         frame["as_of"] = pd.to_datetime(frame["as_of"])
         return frame
+
+    def learn_event_types(self, before: dt.date, limit: int) -> list[str]:
+        """The most frequent non-canonical event types before ``before`` (none when ``limit`` is 0)."""
+        return [r[0] for r in self.rows(learn_event_types_sql(before, limit))] if limit > 0 else []
 
 
 class Stitched(Protocol):

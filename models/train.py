@@ -254,11 +254,11 @@ class Trained:
 
 
 def _categories(parts: Split, feature_names: list[str]) -> dict[str, list[str]]:
-    return {
-        c: sorted(parts.train[c].dropna().astype(str).unique().tolist())
-        for c in CATEGORICAL_FEATURES
-        if c in feature_names
-    }
+    """Text columns (the loyalty tier, categorical traits) -> their training categories."""
+    text = [
+        c for c in feature_names if c in CATEGORICAL_FEATURES or pd.api.types.is_string_dtype(parts.train[c])
+    ]
+    return {c: sorted(parts.train[c].dropna().astype(str).unique().tolist()) for c in text}
 
 
 def _lightgbm(

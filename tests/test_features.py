@@ -40,6 +40,8 @@ def event(days_before: float, event_type: str, profile: str = "p1", **extra) -> 
         "email_sha256": None,
         "phone_sha256": None,
         "new_identities": 0,
+        "order_lines": None,
+        "order_revenue": None,
     }
     row.update(extra)
     return row
@@ -50,6 +52,8 @@ def connection(rows: list[dict], profiles: pd.DataFrame | None = None) -> duckdb
     con.execute("SET TimeZone = 'UTC'")
     frame = pd.DataFrame(rows)
     frame["revenue"] = frame["revenue"].astype(float)
+    frame["order_revenue"] = frame["order_revenue"].astype(float)
+    frame["order_lines"] = frame["order_lines"].astype("Int32")
     for column in ("product_category", "crm_id", "email_sha256", "phone_sha256", "channel"):
         frame[column] = frame[column].astype(object)
     con.register("_events", frame)

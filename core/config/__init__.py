@@ -34,6 +34,7 @@ from propensity.core.config.project import (
     MlflowConfig,
     ProjectConfig,
     ScoringConfig,
+    TraitConfig,
 )
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "SegmentsFile",
     "SnapshotConfig",
     "TrainingConfig",
+    "TraitConfig",
     "TreatmentConfig",
     "TuningConfig",
     "parse_config",

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator
 
-from propensity.core.config.base import _Strict
+from propensity.core.config.base import NAME_PATTERN, _Strict
+
+# Profile columns the feature table already has (or that key it): a trait may not take their name.
+RESERVED_TRAIT_NAMES = frozenset(
+    {"profile_id", "as_of", "label", "loyalty_tier", "tenure_days", "signup_date", "updated_at"}
+)
 
 
 class IdentityConfig(_Strict):
@@ -47,6 +53,43 @@ class IngestConfig(_Strict):
     """Without --as-of, events more than this many hours after the ingest time are bad rows
     (`future_timestamp`), so a mistyped year never becomes the default as-of.
     """
+    event_type_mapping: dict[str, str] = Field(default_factory=dict)
+    """Source event types renamed on ingest, e.g. {coupon_redeemed: offer_redeemed}: the source name as it
+    appears in the data (compared exactly, after XDM names are mapped), the target a canonical type or a new
+    name (lower case, digits, `_`); a target may not itself be renamed (no chains or cycles).
+    """
+
+    @field_validator("event_type_mapping")
+    @classmethod
+    def _mapping_targets(cls, value: dict[str, str]) -> dict[str, str]:
+        for source, target in value.items():
+            if not source.strip():
+                raise ValueError("a source event type may not be empty")
+            if not re.fullmatch(NAME_PATTERN, target):
+                raise ValueError(
+                    f"target '{target}' of '{source}' is not an event type name "
+                    "(lower case letters, digits and _, starting with a letter)"
+                )
+            if source == target:
+                raise ValueError(f"'{source}' is mapped to itself")
+            if target in value:
+                raise ValueError(
+                    f"'{source}' maps to '{target}', which is itself mapped to '{value[target]}': "
+                    "map every source straight to its final type (no chains or cycles)"
+                )
+        return value
+
+
+class TraitConfig(_Strict):
+    """One declared profile attribute (a trait) and how it may be used."""
+
+    kind: Literal["numeric", "categorical"]
+    """numeric (read as a number; text that is not one is NULL) or categorical (read as text)."""
+    governance: Literal["standard", "sensitive"]
+    """standard: a feature like any other; sensitive: carried for segment rules, refused as a model
+    feature."""
+    label: str | None = None
+    """The label factors and reports show; None: the name, spaced and capitalised."""
 
 
 class FeatureConfig(_Strict):
@@ -58,8 +101,25 @@ class FeatureConfig(_Strict):
     """Categories with their own affinity features; None = learned from the training snapshot."""
     max_learned_categories: int = Field(default=8, ge=1)
     """When categories are learned: the most purchased this many get affinity features."""
+    max_learned_event_types: int = Field(default=8, ge=0)
+    """The most frequent event types outside the contract's vocabulary (before the training snapshot's
+    as-of) get their own count, active-day and recency features, up to this many; 0: none."""
     cart_abandonment_days: int = Field(default=3, ge=1)
     """A cart with no purchase within this many days counts as abandoned."""
+    traits: dict[str, TraitConfig] = Field(default_factory=dict)
+    """Profile attribute columns (from profiles.csv) that become point-in-time features and can be used in
+    rules, e.g. {age_band: {kind: categorical, governance: standard}}; a trait is seen at an as-of date
+    only when the row's `updated_at` (else `signup_date`) is before it."""
+
+    @field_validator("traits")
+    @classmethod
+    def _trait_names(cls, value: dict[str, TraitConfig]) -> dict[str, TraitConfig]:
+        for name in value:
+            if not re.fullmatch(NAME_PATTERN, name):
+                raise ValueError(f"trait '{name}' must be a column name (lower case letters, digits and _)")
+            if name in RESERVED_TRAIT_NAMES or name.startswith("consent_"):
+                raise ValueError(f"trait '{name}' is a column the feature table already has")
+        return value
 
     @field_validator("windows_days")
     @classmethod

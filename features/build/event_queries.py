@@ -13,6 +13,7 @@ import duckdb
 import pandas as pd
 
 from propensity.core.errors import UserError
+from propensity.features.contract import CANONICAL_EVENT_TYPES
 from propensity.features.sql import sql_ident, sql_string
 
 
@@ -22,6 +23,17 @@ def learn_categories_sql(before: dt.date, limit: int, events: str = "events") ->
         SELECT product_category FROM {events}
         WHERE timestamp < TIMESTAMP '{before} 00:00:00' AND product_category IS NOT NULL
           AND event_type IN ('product_view', 'purchase', 'add_to_cart')
+        GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT {int(limit)}
+    """
+
+
+def learn_event_types_sql(before: dt.date, limit: int, events: str = "events") -> str:
+    """The most frequent event types outside the contract's vocabulary before ``before`` (ties
+    by name, so both engines learn the same list)."""
+    canonical = ", ".join(sql_string(t) for t in CANONICAL_EVENT_TYPES)
+    return f"""
+        SELECT event_type FROM {events}
+        WHERE timestamp < TIMESTAMP '{before} 00:00:00' AND event_type NOT IN ({canonical})
         GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT {int(limit)}
     """
 

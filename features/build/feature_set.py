@@ -12,6 +12,7 @@ The declarations themselves live in :mod:`propensity.features.build.registry`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 # The condition of the measure every event meets: its daily sum is the day's event count.
@@ -66,14 +67,26 @@ class Feature:
         return max(lookback_days if a.start is None else a.start for a in self.aggregates)
 
 
+@dataclass(frozen=True)
+class Trait:
+    """A declared profile attribute joined after aggregation (``features.traits``)."""
+
+    name: str
+    kind: str  # numeric | categorical
+    label: str
+    sensitive: bool = False  # carried for rules, never a model feature
+
+
 @dataclass
 class FeatureSet:
-    """The compiled registry for one config and category list."""
+    """The compiled registry for one config, category list and learned event types."""
 
     measures: dict[str, Measure]
     features: list[Feature]
     lookback_days: int
     categories: list[str] = field(default_factory=list)
+    event_types: list[str] = field(default_factory=list)  # learned (non-canonical) event types
+    traits: tuple[Trait, ...] = ()
 
     @property
     def aggregates(self) -> dict[str, Aggregate]:
@@ -93,7 +106,12 @@ class FeatureSet:
         chosen = [f for f in self.features if is_selected(f.name, f.family, include, exclude)]
         used = {a.measure for f in chosen for a in f.aggregates}
         return FeatureSet(
-            {k: v for k, v in self.measures.items() if k in used}, chosen, self.lookback_days, self.categories
+            {k: v for k, v in self.measures.items() if k in used},
+            chosen,
+            self.lookback_days,
+            self.categories,
+            self.event_types,
+            self.traits,
         )
 
     def monotone(self, occurs: bool = True) -> dict[str, int]:
@@ -116,3 +134,19 @@ def is_selected(name: str, family: str, include: list[str] | None, exclude: list
 def safe_ratio(numerator: str, denominator: str) -> str:
     """SQL for ``numerator / denominator`` as a double, NULL when the denominator is not positive."""
     return f"CASE WHEN {denominator} > 0 THEN CAST({numerator} AS DOUBLE) / {denominator} END"
+
+
+def column_parts(values: list[str]) -> dict[str, str]:
+    """Each data value's part in column names: lower case, letters, digits and ``_``, unique.
+
+    Categories and event types come from the data ("Yoga Mats", ``web.formFilledOut``);
+    column names must not.
+    """
+    names: dict[str, str] = {}
+    for value in values:
+        base = re.sub(r"[^0-9a-z]+", "_", value.lower()).strip("_") or "blank"
+        name, n = base, 2
+        while name in names.values():
+            name, n = f"{base}_{n}", n + 1
+        names[value] = name
+    return names

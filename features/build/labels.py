@@ -22,7 +22,8 @@ def outcome_filter(outcome: OutcomeConfig, alias: str = "e") -> str:
     if outcome.category:
         conditions.append(f"{alias}.product_category = {sql_string(outcome.category.lower())}")
     if outcome.min_revenue is not None:
-        conditions.append(f"{alias}.revenue >= {float(outcome.min_revenue)}")
+        # A purchase line counts with its order's value (features.identity.orders).
+        conditions.append(f"coalesce({alias}.order_revenue, {alias}.revenue) >= {float(outcome.min_revenue)}")
     return " AND ".join(conditions)
 
 
@@ -75,7 +76,7 @@ def labelled_sql(
         hit = f"h.profile_id IS NOT NULL AND ({usual} IS NULL OR h.max_revenue > {usual})"
     label = f"CASE WHEN {hit} THEN 1 ELSE 0 END" if outcome.occurs else f"CASE WHEN {hit} THEN 0 ELSE 1 END"
     own_profile = f"""
-        SELECT e.profile_id, s.as_of, max(e.revenue) AS max_revenue
+        SELECT e.profile_id, s.as_of, max(coalesce(e.order_revenue, e.revenue)) AS max_revenue
         FROM {events} e
         JOIN (SELECT DISTINCT as_of FROM feats) s
           ON {event_day} >= {as_of_day} AND {event_day} < {as_of_day} + {int(outcome.horizon_days)}

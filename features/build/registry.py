@@ -14,7 +14,6 @@ many stacked snapshots off the rollup, with identical values.
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 
 from propensity.core.config import FeatureConfig
@@ -24,15 +23,22 @@ from propensity.features.build.feature_set import (
     Feature,
     FeatureSet,
     Measure,
+    column_parts,
     safe_ratio,
 )
+from propensity.features.build.learned_events import learned_event_features, learned_event_measures
 from propensity.features.build.monotone import monotone_direction
 from propensity.features.build.purchase_cycle import purchase_cycle_features
+from propensity.features.build.traits import declared_traits
 from propensity.features.contract import ACTIVITY_EVENT_TYPES, CHANNELS, CONSENT_COLUMNS
 
 KNOWN_NAMESPACES_SQL = "(crm_id IS NOT NULL OR email_sha256 IS NOT NULL OR phone_sha256 IS NOT NULL)"
 # Orders above this count as this much in the spread of order values (keeps squares exact).
 ORDER_VALUE_CAP = 1_000_000
+# A purchase row that starts an order: every row without an order_id, the first line of one
+# with it (ingest's order_lines, features.identity.orders); its value is the order's revenue.
+ORDER_START = "event_type = 'purchase' AND coalesce(order_lines, 1) > 0"
+ORDER_VALUE = "coalesce(order_revenue, revenue)"
 
 PRETTY = {
     "page_view": "Page views",
@@ -76,21 +82,6 @@ def _trend(recent_count: str, recent_days: int, prior_count: str, prior_days: in
     )
 
 
-def category_names(categories: list[str]) -> dict[str, str]:
-    """Each category's part in column names: lower case, letters, digits and ``_``, unique.
-
-    Categories come from the data ("Yoga Mats", "Kids' shoes"); column names must not.
-    """
-    names: dict[str, str] = {}
-    for category in categories:
-        base = re.sub(r"[^0-9a-z]+", "_", category.lower()).strip("_") or "blank"
-        name, n = base, 2
-        while name in names.values():
-            name, n = f"{base}_{n}", n + 1
-        names[category] = name
-    return names
-
-
 def _agg(measure: str, fn: str, start: int | None, end: int = 0) -> Aggregate:
     """``fn`` over ``measure`` in ``[as_of - start, as_of - end)``, named after all four."""
     span = "all" if start is None else f"{start}_{end}"
@@ -101,7 +92,7 @@ def _measures(named: dict[str, str]) -> dict[str, Measure]:
     """The per-event measures every family reads, categories' own last."""
     measures: dict[str, Measure] = {"events": Measure("events", "1", condition=EVERY_EVENT)}
     for t in ACTIVITY_EVENT_TYPES:
-        measures[t] = Measure.indicator(t, f"event_type = '{t}'")
+        measures[t] = Measure.indicator(t, ORDER_START if t == "purchase" else f"event_type = '{t}'")
     # DECIMAL: sums are exact, so they do not depend on the order an engine adds them in.
     measures["revenue"] = Measure(
         "revenue",
@@ -110,16 +101,16 @@ def _measures(named: dict[str, str]) -> dict[str, Measure]:
     )
     measures["max_order_value"] = Measure(
         "max_order_value",
-        "CASE WHEN event_type = 'purchase' THEN revenue END",
+        f"CASE WHEN {ORDER_START} THEN {ORDER_VALUE} END",
         rollup="max",
         sql_type="DOUBLE",
     )
     # Squared order values (capped at ORDER_VALUE_CAP) for the spread of order values: exact
     # decimals, so the spread does not depend on the order an engine adds them in.
-    capped = f"CAST(least(coalesce(revenue, 0), {ORDER_VALUE_CAP}) AS DECIMAL(18, 2))"
+    capped = f"CAST(least(coalesce({ORDER_VALUE}, 0), {ORDER_VALUE_CAP}) AS DECIMAL(18, 2))"
     measures["order_value_squared"] = Measure(
         "order_value_squared",
-        f"CAST(CASE WHEN event_type = 'purchase' THEN {capped} * {capped} ELSE 0 END AS DECIMAL(38, 4))",
+        f"CAST(CASE WHEN {ORDER_START} THEN {capped} * {capped} ELSE 0 END AS DECIMAL(38, 4))",
         sql_type="DECIMAL(38, 4)",
     )
     measures["known_identity"] = Measure.indicator("known_identity", KNOWN_NAMESPACES_SQL)
@@ -424,13 +415,19 @@ def profile_features() -> list[Feature]:
 
 
 def build_registry(
-    config: FeatureConfig, categories: list[str] | None = None, lookback_days: int = 730
+    config: FeatureConfig,
+    categories: list[str] | None = None,
+    lookback_days: int = 730,
+    event_types: list[str] | None = None,
 ) -> FeatureSet:
-    """Declare every feature for the configured windows and categories, family by family (the
-    order is the feature table's column order)."""
+    """Declare every feature for the configured windows, categories and learned event types,
+    family by family (the order is the feature table's column order; learned types and traits
+    come last, so a table without them keeps its columns where they were)."""
     windows = config.windows_days
     categories = list(categories if categories is not None else (config.categories or []))
-    named = category_names(categories)
+    named = column_parts(categories)
+    event_types = list(event_types or [])
+    typed = column_parts(event_types)
     features = [
         *activity_features(windows),
         *recency_features(),
@@ -441,9 +438,12 @@ def build_registry(
         *purchase_cycles(named),
         *trend_features(),
         *profile_features(),
+        *learned_event_features(_agg, typed, windows, _window_label),
     ]
     features = [replace(f, monotone=monotone_direction(f.name, f.family)) for f in features]
-    return FeatureSet(_measures(named), features, max(lookback_days, max(windows)), categories)
+    measures = {**_measures(named), **learned_event_measures(typed)}
+    traits = declared_traits(config, {f.name for f in features})
+    return FeatureSet(measures, features, max(lookback_days, max(windows)), categories, event_types, traits)
 
 
 # Profile attributes carried in the feature table but never modelled (consent flags).

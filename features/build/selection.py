@@ -1,5 +1,5 @@
 """Which features a model trains on: its include / exclude by name or family, refused
-sensitive features, and the profile attributes joined after aggregation."""
+sensitive features (and sensitive traits), and the profile attributes joined after aggregation."""
 
 from __future__ import annotations
 
@@ -16,6 +16,13 @@ PROFILE_ATTRIBUTE_FEATURES: dict[str, tuple[str, str]] = {
 }
 
 
+def attribute_features(fs: FeatureSet) -> dict[str, tuple[str, str]]:
+    """Every profile attribute a model may train on: tier, tenure and the non-sensitive traits,
+    name -> (label, family)."""
+    traits = {t.name: (t.label, "trait") for t in fs.traits if not t.sensitive}
+    return {**PROFILE_ATTRIBUTE_FEATURES, **traits}
+
+
 def model_features(
     fs: FeatureSet, selection: FeatureSelection, governance: GovernanceConfig, model_name: str
 ) -> dict[str, str]:
@@ -26,20 +33,22 @@ def model_features(
     """
     labels = fs.labels()
     families = {f.name: f.family for f in fs.features if f.is_feature}
-    for name, (label, family) in PROFILE_ATTRIBUTE_FEATURES.items():
+    for name, (label, family) in attribute_features(fs).items():
         families[name], labels[name] = family, label
     include, exclude = set(selection.include), set(selection.exclude)
-    unknown = sorted((include | exclude) - set(families) - set(families.values()))
+    sensitive_traits = {t.name for t in fs.traits if t.sensitive}
+    unknown = sorted((include | exclude) - set(families) - set(families.values()) - sensitive_traits)
     if unknown:
         raise UserError(
             f"model '{model_name}': features include/exclude names unknown feature or family `{unknown[0]}`"
         )
-    sensitive = set(governance.sensitive_features)
+    sensitive = set(governance.sensitive_features) | sensitive_traits
     refused = sorted(include & sensitive)
     if refused:
+        where = "features.traits" if refused[0] in sensitive_traits else "governance.sensitive_features"
         raise UserError(
-            f"model '{model_name}': feature `{refused[0]}` is labelled sensitive and is refused for "
-            f"marketing action '{governance.marketing_action}'"
+            f"model '{model_name}': feature `{refused[0]}` is labelled sensitive ({where}) and is refused "
+            f"for marketing action '{governance.marketing_action}'"
         )
     return {
         name: labels[name]
@@ -51,7 +60,7 @@ def model_features(
 def table_features(fs: FeatureSet) -> list[str]:
     """The modelled columns a feature table carries: the registry's features, then the profile
     attributes every snapshot joins (null when the profiles file has none)."""
-    return [*fs.names(), *PROFILE_ATTRIBUTE_FEATURES]
+    return [*fs.names(), *attribute_features(fs)]
 
 
 def feature_count_note(fs: FeatureSet, selected: int, categories: str) -> str:
@@ -59,7 +68,7 @@ def feature_count_note(fs: FeatureSet, selected: int, categories: str) -> str:
     share: ``selected`` of the table's features (events + profile attributes) and where the
     product categories came from (``categories``: "learned from events before DATE", ...)."""
     total = len(table_features(fs))
-    parts = f"{len(fs.names())} from events + {len(PROFILE_ATTRIBUTE_FEATURES)} profile attributes"
+    parts = f"{len(fs.names())} from events + {len(attribute_features(fs))} profile attributes and traits"
     chosen = f"{selected} of {total} features" if selected != total else f"{total} features"
     learned = f"{len(fs.categories)} product categories" if fs.categories else "no product categories"
     return f"{chosen} ({parts}); {learned} {categories}"

@@ -26,6 +26,7 @@ import pandas as pd
 
 from propensity.features.build.feature_set import Aggregate, Feature, FeatureSet
 from propensity.features.build.registry import CARRIED_COLUMNS
+from propensity.features.build.traits import trait_columns
 from propensity.features.connection import relation_columns
 from propensity.features.sql import DUCKDB, Dialect
 
@@ -140,9 +141,10 @@ def _feature_select(features: list[Feature], dialect: Dialect) -> str:
 
 
 def _profile_join(
-    columns: ProfileColumns, dialect: Dialect, key: str, profiles: str = "profiles"
+    columns: ProfileColumns, dialect: Dialect, key: str, profiles: str = "profiles", traits: tuple = ()
 ) -> tuple[str, str]:
-    """Columns and join for profile attributes (tier, tenure, consent), point in time.
+    """Columns and join for profile attributes (tier, tenure, consent, declared traits), point in
+    time (traits: :mod:`propensity.features.build.traits`).
 
     The attributes file is today's view, so a tier or tenure is only used for as-of dates
     after the profile signed up; consent is carried for segments, never modelled.
@@ -172,6 +174,7 @@ def _profile_join(
         columns.append("CAST(NULL AS INTEGER) AS tenure_days")
     for c in CARRIED_COLUMNS:
         columns.append(f"CAST({'p.' + c if c in available else 'NULL'} AS {dialect.string_type}) AS {c}")
+    columns += trait_columns(traits, available, dialect)
     join = f"LEFT JOIN {profiles} p ON p.{key} = f.{key}" if available else ""
     return ", ".join(columns), join
 
@@ -188,7 +191,7 @@ def features_sql_from(
 ) -> str:
     """Feature expressions over aggregates, with profile attributes from ``profiles`` joined on
     ``join_key`` (``profile_key`` when the aggregates carry it: an integer join is the cheaper one)."""
-    profile_columns, profile_join = _profile_join(columns, dialect, join_key, profiles)
+    profile_columns, profile_join = _profile_join(columns, dialect, join_key, profiles, fs.traits)
     key = ", profile_key" if join_key == "profile_key" else ""
     feature_columns = ", ".join(f"f.{dialect.ident(f.name)}" for f in fs.features)
     # A population rule reads feature columns, which all live in ``f``.

@@ -164,6 +164,7 @@ class DuckDBEngine:
             as_of,
             config.ingest.max_reported_rows,
             config.ingest.future_tolerance_hours,
+            config.ingest.event_type_mapping,
         )
         staged = Stitched(con, inputs, counts, with_profiles=profiles is not None)
         try:
@@ -181,10 +182,14 @@ class DuckDBEngine:
         return staged
 
     def breakdown(self, stitched: Stitched) -> Breakdown:
-        """The time range, events by type and channel, identities by namespace."""
+        """The time range, events by type and channel, identities by namespace, purchase lines
+        and orders (with a warning for line items fed as orders)."""
         con = stitched.con
+        has_order_id = summary.ORDER_ID in {r[0] for r in con.execute("DESCRIBE clean_events").fetchall()}
         return summary.breakdown(
-            con.execute(summary.events_sql()).fetchall(), con.execute(summary.identities_sql()).fetchall()
+            con.execute(summary.events_sql()).fetchall(),
+            con.execute(summary.identities_sql()).fetchall(),
+            con.execute(summary.line_items_sql("stitched_events", has_order_id)).fetchone(),
         )
 
     def write_ingest(self, stitched: Stitched, directory: str, quarantine: bool) -> None:
@@ -230,6 +235,14 @@ class DuckDBEngine:
             # The Spark ingest writes each table as a directory of parts.
             source = sql_string(str(path / "*.parquet" if path.is_dir() else path))
             con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet({source})")
+            if view == "events" and "order_lines" not in {
+                r[0] for r in con.execute("DESCRIBE events").fetchall()
+            }:
+                # Written before orders were grouped: every purchase row is one order, as it was.
+                con.execute(
+                    "CREATE OR REPLACE VIEW events AS SELECT *, CAST(NULL AS INTEGER) AS order_lines, "
+                    f"CAST(NULL AS DOUBLE) AS order_revenue FROM read_parquet({source})"
+                )
         graph = IdentityGraph(con, IdentityConfig.model_validate(manifest["identity"]))
         gt = manifest.get("ground_truth")
         if gt and Path(gt).is_dir():

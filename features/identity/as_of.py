@@ -324,7 +324,8 @@ class IdentityGraph:
         )
 
     def outcomes_sql(self, condition: str, horizon_days: int, as_ofs: list[dt.date], events: str) -> str:
-        """Outcome events per (profile_id, as_of) with their largest ``revenue`` (``max_revenue``).
+        """Outcome events per (profile_id, as_of) with their largest ``revenue`` (``max_revenue``; a
+        purchase line's order value when it has one).
 
         An event of ``events`` (aliased ``e``) matching ``condition`` in ``[as_of, as_of +
         horizon_days)`` counts for the profile, at ``as_of``, of its first identity in
@@ -335,7 +336,8 @@ class IdentityGraph:
         day = "CAST(date_diff('day', DATE '1970-01-01', CAST({} AS DATE)) AS INTEGER)"
         event_day, as_of_day = day.format("e.timestamp"), day.format("s.as_of")
         candidates = " UNION ALL ".join(
-            f"SELECT outcome_row, as_of, revenue, {rank} AS rank, {sql_string(ns)} AS namespace, "
+            f"SELECT outcome_row, as_of, coalesce(order_revenue, revenue) AS revenue, {rank} AS rank, "
+            f"{sql_string(ns)} AS namespace, "
             f"{sql_ident(ns)} AS value FROM outcomes WHERE {sql_ident(ns)} IS NOT NULL"
             for rank, ns in enumerate(self.identity.namespaces)
         )

@@ -38,6 +38,7 @@ from propensity.features.identity.graph import (
     group_identities,
     unsettled_intervals,
 )
+from propensity.features.identity.orders import ORDER_ID, order_columns_sql, order_firsts_sql
 from propensity.features.sql import sql_ident, sql_string
 
 SEPARATOR = ":"
@@ -240,7 +241,9 @@ def attribute_events(con: duckdb.DuckDBPyConnection, identity: IdentityConfig) -
 
     ``profile_id`` comes through each row's anchor identity, whose ``node_key`` is
     ``anchor_key`` (through which the graph at an as-of date attributes the event again).
-    ``new_identities`` counts the identities seen on this event for the first time (ties
+    ``order_lines`` / ``order_revenue`` make the lines of one order one order
+    (:mod:`propensity.features.identity.orders`). ``new_identities`` counts the identities seen
+    on this event for the first time (ties
     broken by event_id), so that "identities known by as_of" is a plain sum over events
     before as_of: point in time. A view, not a copy: writing it out streams the join instead
     of holding the events twice.
@@ -256,13 +259,17 @@ def attribute_events(con: duckdb.DuckDBPyConnection, identity: IdentityConfig) -
             GROUP BY node
         ) GROUP BY first_event
     """)
+    has_order_id = ORDER_ID in {r[0] for r in con.execute("DESCRIBE clean_events").fetchall()}
+    if has_order_id:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE order_firsts AS {order_firsts_sql()}")
     con.execute(f"""
         CREATE OR REPLACE TEMP VIEW stitched_events AS
         SELECT m.profile_id, e.*, coalesce(f.new_identities, 0) AS new_identities, m.profile_key,
-               m.node_key AS anchor_key
+               m.node_key AS anchor_key, {order_columns_sql(has_order_id)}
         FROM clean_events e
         JOIN identity_map m ON m.node = {anchor_sql(identity.namespaces, "e")}
         LEFT JOIN identity_firsts f ON f.event_id = e.event_id
+        {"LEFT JOIN order_firsts o ON o.event_id = e.event_id" if has_order_id else ""}
     """)
 
 

@@ -121,8 +121,12 @@ def stage_events(
     as_of: dt.date | None = None,
     max_reported_rows: int = 5,
     future_tolerance_hours: int = DEFAULT_FUTURE_TOLERANCE_HOURS,
+    event_type_mapping: dict[str, str] | None = None,
 ) -> StagedEvents:
     """Validate and normalise raw events into the temp view ``clean_events``.
+
+    Event types: XDM names become canonical ones, then ``event_type_mapping`` (the project's
+    ``ingest.event_type_mapping``) renames source types.
 
     Bad rows go to ``bad_events`` with a ``reason``; duplicates (same ``event_id``) are
     dropped keeping the first row in file order. Rows in = clean + bad + duplicates. Events
@@ -151,6 +155,11 @@ def stage_events(
     xdm = " ".join(f"WHEN {sql_string(k.lower())} THEN {sql_string(v)}" for k, v in XDM_EVENT_TYPES.items())
     raw_type = _text("event_type")
     event_type = f"CASE lower({raw_type}) {xdm} ELSE {raw_type} END"
+    if event_type_mapping:
+        renames = " ".join(
+            f"WHEN {sql_string(k)} THEN {sql_string(v)}" for k, v in event_type_mapping.items()
+        )
+        event_type = f"CASE {event_type} {renames} ELSE {event_type} END"
     strings = {
         c: (f"lower({_text(c)})" if c in ("channel", "product_category") else _text(c))
         if c in columns

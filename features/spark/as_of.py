@@ -189,7 +189,8 @@ class SparkIdentityGraph:
         )
         return f"""
             WITH outcomes AS (
-                SELECT monotonically_increasing_id() AS outcome_row, s.as_of, e.revenue,
+                SELECT monotonically_increasing_id() AS outcome_row, s.as_of,
+                       coalesce(e.order_revenue, e.revenue) AS revenue,
                        array({identities}) AS identities
                 FROM {events} e
                 JOIN (VALUES {days}) AS s(as_of)

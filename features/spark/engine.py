@@ -200,6 +200,7 @@ class SparkEngine:
             as_of,
             config.ingest.max_reported_rows,
             config.ingest.future_tolerance_hours,
+            config.ingest.event_type_mapping,
         )
         refuse_bad_rows(inputs.display, staged.summary, on_bad_rows)
         attributes = namespaces = None
@@ -228,9 +229,11 @@ class SparkEngine:
         def rows(sql: str) -> list[tuple]:
             return [tuple(r) for r in self.spark.sql(sf.duckdb_to_spark(sql)).collect()]
 
+        has_order_id = summary.ORDER_ID in stitched.events.columns
         return summary.breakdown(
             rows(summary.events_sql("ingest_clean_events")),
             rows(summary.identities_sql("ingest_identity_map")),
+            rows(summary.line_items_sql("ingest_clean_events", has_order_id))[0],
         )
 
     def write_ingest(self, stitched: Stitched, directory: str, quarantine: bool) -> None:
@@ -273,6 +276,13 @@ class SparkEngine:
         """An ingest directory (either engine's) as temp views; ``profile_attributes`` when written."""
         root = inputs.ingested
         frames = {name: self.spark.read.parquet(f"{root}/{name}.parquet") for name in INGEST_TABLES}
+        if "order_lines" not in frames["events"].columns:  # written before orders were grouped
+            F = functions()
+            frames["events"] = frames["events"].select(
+                "*",
+                F.lit(None).cast("int").alias("order_lines"),
+                F.lit(None).cast("double").alias("order_revenue"),
+            )
         if path_exists(self.spark, f"{root}/profile_attributes.parquet"):
             frames["profile_attributes"] = self.spark.read.parquet(f"{root}/profile_attributes.parquet")
         return self._publish(inputs, frames, IdentityConfig.model_validate(manifest["identity"]), manifest)

@@ -27,6 +27,7 @@ import pandas as pd
 from propensity.core.config import IdentityConfig
 from propensity.features.contract import CONSENT_COLUMNS
 from propensity.features.identity.graph import ALWAYS, Collapse, group_identities, unsettled_intervals
+from propensity.features.identity.orders import ORDER_ID
 from propensity.features.identity.stitching import SEPARATOR, StitchResult
 from propensity.features.spark.graph import connected_components
 from propensity.features.spark.ordering import number_rows
@@ -297,7 +298,7 @@ def attribute_events(events: DataFrame, identity_map: DataFrame, identity: Ident
     )
     keys = identity_map.select(F.col("node").alias("_anchor"), "profile_id", "profile_key", "node_key")
     return (
-        events.withColumn("_anchor", anchor(identity.namespaces))
+        _order_firsts(events.withColumn("_anchor", anchor(identity.namespaces)))
         .join(keys, "_anchor")
         .join(firsts, "event_id", "left")
         .select(
@@ -306,8 +307,39 @@ def attribute_events(events: DataFrame, identity_map: DataFrame, identity: Ident
             F.coalesce("new_identities", F.lit(0)).alias("new_identities"),
             "profile_key",
             F.col("node_key").alias("anchor_key"),
+            *_order_columns(ORDER_ID in events.columns),
         )
     )
+
+
+def _order_firsts(events: DataFrame) -> DataFrame:
+    """``events`` with each order's line count and revenue on its first line (``_order_lines``,
+    ``_order_revenue``), as :func:`propensity.features.identity.orders.order_firsts_sql`."""
+    if ORDER_ID not in events.columns:
+        return events
+    F = _f()
+    lines = events.where((F.col("event_type") == "purchase") & F.col(ORDER_ID).isNotNull())
+    firsts = lines.groupBy(ORDER_ID).agg(
+        F.min(F.struct("timestamp", "event_id")).getField("event_id").alias("event_id"),
+        F.count(F.lit(1)).cast("int").alias("_order_lines"),
+        F.sum(F.col("revenue").cast("decimal(18,2)")).cast("double").alias("_order_revenue"),
+    )
+    return events.join(firsts.drop(ORDER_ID), "event_id", "left")
+
+
+def _order_columns(has_order_id: bool) -> list[Column]:
+    """``order_lines`` and ``order_revenue`` (:mod:`propensity.features.identity.orders`)."""
+    F = _f()
+    if not has_order_id:
+        return [
+            F.lit(None).cast("int").alias("order_lines"),
+            F.lit(None).cast("double").alias("order_revenue"),
+        ]
+    line = (F.col("event_type") == "purchase") & F.col(ORDER_ID).isNotNull()
+    return [
+        F.when(line, F.coalesce(F.col("_order_lines"), F.lit(0))).alias("order_lines"),
+        F.col("_order_revenue").alias("order_revenue"),
+    ]
 
 
 def anchor_attributes(

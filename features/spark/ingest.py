@@ -212,6 +212,18 @@ def _typed(
     )
 
 
+def _renamed(typed: DataFrame, mapping: dict[str, str]) -> DataFrame:
+    """The project's event-type renames applied to the (XDM-mapped) ``event_type``."""
+    if not mapping:
+        return typed
+    F = _f()
+    renamed = None
+    for source, target in mapping.items():
+        is_source = F.col("event_type") == source
+        renamed = F.when(is_source, target) if renamed is None else renamed.when(is_source, target)
+    return typed.withColumn("event_type", renamed.otherwise(F.col("event_type")))
+
+
 def _content(identity: IdentityConfig) -> Column:
     """A row's payload as text, spelled as DuckDB's: the derived event id hashes it, and
     duplicates whose payloads differ are counted apart by it."""
@@ -313,8 +325,10 @@ def stage_events(
     as_of: dt.date | None = None,
     max_reported_rows: int = 5,
     future_tolerance_hours: int = DEFAULT_FUTURE_TOLERANCE_HOURS,
+    event_type_mapping: dict[str, str] | None = None,
 ) -> SparkStaged:
-    """Validate and normalise raw events, exactly as :func:`features.staging.stage_events`.
+    """Validate and normalise raw events, exactly as :func:`features.staging.stage_events`
+    (XDM names mapped, then ``event_type_mapping``'s renames).
 
     Rows in = clean + bad + duplicates; the parsed rows are cached once for the counts and
     every later step.
@@ -324,7 +338,7 @@ def stage_events(
     types = {field.name: field.dataType for field in source.schema.fields}
     columns = [c for c in types if c not in ("_source_file", "_source_row")]
     _check_columns(types, inputs.display, identity)
-    typed = _typed(spark, source, types, inputs.display, identity)
+    typed = _renamed(_typed(spark, source, types, inputs.display, identity), event_type_mapping or {})
     kept = [c for c in typed.columns if c not in ("_given_id", "_revenue_bad", "_quantity_bad")]
     parsed = typed.select(
         F.coalesce(F.col("_given_id"), _derived_id(identity)).alias("event_id"),

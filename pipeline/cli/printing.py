@@ -26,6 +26,8 @@ def print_summary(summary: IngestSummary, title: str) -> None:
         counts.add_row("profiles", f"{summary.profiles:,}")
         counts.add_row("known profiles", f"{summary.known_profiles:,}")
     counts.add_row("time range", f"{summary.first_event} .. {summary.last_event}")
+    if summary.orders is not None:
+        counts.add_row("purchase rows / orders", f"{summary.purchase_rows:,} / {summary.orders:,}")
     console.print(counts)
     for values, label in (
         (summary.events_by_type, "event type"),
@@ -50,6 +52,8 @@ def print_summary(summary: IngestSummary, title: str) -> None:
             f"{sum(c['profiles_after_split'] for c in group):,} profiles "
             f"({sum(c['separated_identities'] for c in group):,} identities kept apart)"
         )
+    for warning in summary.warnings:
+        console.print(f"[yellow]warning:[/] {_e(warning)}")
     console.print(
         f"rows in {summary.rows_in:,} = written {summary.rows_written:,} + duplicates "
         f"{summary.duplicates_dropped:,} + bad {summary.bad_rows:,}"

@@ -18,7 +18,7 @@ from propensity.features.duckdb import DuckDBEngine, LoadedEvents
 from propensity.features.engine import Engine, Events
 from propensity.features.ingest.manifest import OnBadRows
 
-__all__ = ["LoadedEvents", "engine_for", "feature_set", "load_events"]
+__all__ = ["LoadedEvents", "engine_for", "feature_set", "load_events", "model_vocabulary"]
 
 
 def engine_for(config: ProjectConfig) -> Engine:
@@ -49,14 +49,31 @@ def load_events(
 
 
 def feature_set(
-    events: Events, config: ProjectConfig, before: dt.date, categories: list[str] | None = None
+    events: Events,
+    config: ProjectConfig,
+    before: dt.date,
+    categories: list[str] | None = None,
+    event_types: list[str] | None = None,
 ) -> FeatureSet:
     """The registry for this project.
 
     Categories: the ones given (a trained model's), else the config's, else learned from the
-    events before ``before``.
+    events before ``before``. Learned event types: the ones given (a trained model's), else
+    learned from the events before ``before``.
     """
     categories = categories if categories is not None else config.features.categories
     if categories is None:
         categories = events.learn_categories(before, config.features.max_learned_categories)
-    return build_registry(config.features, categories)
+    if event_types is None:
+        event_types = events.learn_event_types(before, config.features.max_learned_event_types)
+    return build_registry(config.features, categories, event_types=event_types)
+
+
+def model_vocabulary(metadata: dict) -> dict[str, list[str] | None]:
+    """The categories and learned event types a trained model fixed, as :func:`feature_set`'s
+    keyword arguments (a model trained before event types were learned had none)."""
+    categories = metadata.get("categories")
+    event_types = metadata.get("event_types")
+    if event_types is None and categories is not None:
+        event_types = []
+    return {"categories": categories, "event_types": event_types}

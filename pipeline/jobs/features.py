@@ -68,6 +68,7 @@ def build_features(
         "as_of": str(as_of),
         "model": model,
         "categories": fs.categories,
+        "event_types": fs.event_types,
         "labels": fs.labels(),
         "features": fs.names(),
     }

@@ -47,6 +47,9 @@ class IngestSummary:
     unsettled_profiles: int | None = None
     # Of duplicates_dropped: same event_id, another payload (counted apart from re-deliveries).
     conflicting_duplicates: int = 0
+    purchase_rows: int = 0
+    orders: int | None = None  # distinct order_id of purchases; None without the column
+    warnings: list[str] = field(default_factory=list)  # e.g. line items fed as orders
 
 
 def _summarise(engine: Engine, stitched: Stitched, quarantined: bool) -> IngestSummary:

@@ -24,7 +24,7 @@ from propensity.models.estimator import PropensityModel
 from propensity.models.evaluate import decile_table
 from propensity.models.explain import global_importance, top_factors
 from propensity.pipeline.jobs.config_files import load_model_config
-from propensity.pipeline.jobs.events import feature_set, load_events
+from propensity.pipeline.jobs.events import feature_set, load_events, model_vocabulary
 
 SAMPLE_SEED = 0
 
@@ -147,7 +147,7 @@ def inspect_model(
         raise UserError(f"as-of {as_of} is after the data (the latest as-of is {cutoff})")
 
     def snapshot(date: dt.date) -> pd.DataFrame:
-        fs = feature_set(loaded, config, before=date, categories=model.metadata.get("categories"))
+        fs = feature_set(loaded, config, before=date, **model_vocabulary(model.metadata))
         relation, _ = loaded.population_snapshot(fs, model_cfg, date, cutoff)
         frame = loaded.frame(relation)
         frame["probability"] = model.predict_proba(frame) if len(frame) else []

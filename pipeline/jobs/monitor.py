@@ -23,7 +23,7 @@ from propensity.features.sql import sql_string
 from propensity.models import tracking
 from propensity.models.monitoring import SCORE, MonitorReport, monitor, top_features, write_report
 from propensity.pipeline.jobs.config_files import load_model_config, load_monitor_config
-from propensity.pipeline.jobs.events import feature_set, load_events
+from propensity.pipeline.jobs.events import feature_set, load_events, model_vocabulary
 
 
 @dataclass
@@ -86,7 +86,7 @@ def monitor_model(
     client = tracking.configure(config)
     estimator, _ = tracking.load_propensity_model(client, model_cfg.name, version=version)
     reference_as_of = dt.date.fromisoformat(estimator.metadata["test_as_of"])
-    fs = feature_set(loaded, config, before=reference_as_of, categories=estimator.metadata.get("categories"))
+    fs = feature_set(loaded, config, before=reference_as_of, **model_vocabulary(estimator.metadata))
     reference = _reference(loaded, fs, model_cfg, estimator, reference_as_of)
     current = _current(loaded, fs, estimator, monitor_cfg, files, as_of, model_cfg.name)
     report = monitor(

@@ -24,14 +24,17 @@ from propensity.core.errors import UserError
 from propensity.core.score_table import IDENTITY_COLUMNS, histogram_bins
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.rules import Rule, parse_rule
-from propensity.features.build.selection import PROFILE_ATTRIBUTE_FEATURES, feature_count_note
+from propensity.features.build.selection import (
+    attribute_features,
+    feature_count_note,
+)
 from propensity.features.build.snapshots import windows_before_data
 from propensity.features.engine import Engine, Events, Progress, Scored, Scorer, ScoringPlan
 from propensity.models import tracking
 from propensity.models.estimator import PropensityModel
 from propensity.models.scoring import is_uplift, score_batch, unused_feature_types
 from propensity.pipeline.jobs.config_files import load_model_config
-from propensity.pipeline.jobs.events import engine_for, feature_set, load_events
+from propensity.pipeline.jobs.events import engine_for, feature_set, load_events, model_vocabulary
 
 __all__ = ["Progress", "ScoreRun", "checked_as_of", "model_population", "prepare", "score_model"]
 
@@ -84,7 +87,7 @@ def prepare(
     model, mv = tracking.load_propensity_model(client, model_name, version=version, alias=alias)
     loaded = load_events(events, config, engine=engine)
     as_of = checked_as_of(as_of, loaded.data_end())
-    fs = feature_set(loaded, config, before=as_of, categories=model.metadata.get("categories"))
+    fs = feature_set(loaded, config, before=as_of, **model_vocabulary(model.metadata))
     population = model_population(model, model_name, str(mv.version), fs, config)
     return Prepared(model, str(mv.version), loaded, fs, population, as_of)
 
@@ -105,13 +108,13 @@ def model_population(
 ) -> Rule:
     """The model's population rule, once every feature the model uses is one ``fs`` can build
     (else a UserError naming one); shared by the DuckDB and Spark score jobs."""
-    buildable = set(fs.names()) | set(PROFILE_ATTRIBUTE_FEATURES)
+    buildable = set(fs.names()) | set(attribute_features(fs))
     missing = [name for name in model.feature_names if name not in buildable]
     if missing:
         raise UserError(
             f"model '{model_name}' v{version} uses {len(missing)} features these events and the "
-            f"project config cannot build, e.g. `{missing[0]}` (check features.windows_days and "
-            f"categories against the config it was trained with)"
+            f"project config cannot build, e.g. `{missing[0]}` (check features.windows_days, "
+            f"categories and traits against the config it was trained with)"
         )
     population_text = model.metadata.get("population") or load_model_config(model_name, config).population
     names = fs.names(model_features_only=False)

@@ -285,6 +285,7 @@ def evaluate_on_test(
             "outcome": model_cfg.outcome.model_dump(),
             "population": model_cfg.population,
             "categories": data.fs.categories,
+            "event_types": data.fs.event_types,
             "trained_until": str(data.cutoff),
             "test_as_of": str(data.dates[-1]),
             "model_family": trained.chosen.family,
