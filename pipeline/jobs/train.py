@@ -201,7 +201,13 @@ def fit(data: TrainingData, started: float) -> _Fitted:
     parts = split(data.frame, data.model.training)
     monotone = data.fs.monotone(data.model.outcome.occurs)  # quality: the registry's monotone directions
     trained = fit_candidates(
-        parts, list(data.labels), data.labels, data.model.training, data.model.name, monotone
+        parts,
+        list(data.labels),
+        data.labels,
+        data.model.training,
+        data.model.name,
+        monotone,
+        data.model.outcome,
     )
     return _Fitted(parts, trained, time.perf_counter() - started)
 
