@@ -26,6 +26,7 @@ import pandas as pd
 
 from propensity.core.config import OutcomeConfig, TrainingConfig
 from propensity.core.errors import UserError
+from propensity.models.baselines import RFM_FEATURES
 from propensity.models.bgnbd_model import BgNbdPropensityModel, bgnbd_candidate
 from propensity.models.blend import BlendPropensityModel, fit_blend
 from propensity.models.calibration import Calibrator, choose_calibration
@@ -309,8 +310,13 @@ def _logistic(
     name: str,
     monotone: dict[str, int] | None = None,  # unused: a linear model's signs are its own
 ) -> tuple[LinearPropensityModel, dict, dict]:
-    """The logistic regression of the best strength (uncalibrated), its parameters and the
+    """The logistic regression on log RFM (the model's recency, frequency and monetary features,
+    all of them when it has none) of the best strength (uncalibrated), its parameters and the
     validation log loss of every strength."""
+    # Log RFM, not every feature: the baseline it stands for, steadier on few positives, and a
+    # blend with it still reads only the features the trees split on besides these few.
+    names = [n for n in names if n in RFM_FEATURES] or names
+    labels = {n: labels.get(n, n) for n in names}
     categories = _categories(parts, names)
     shell = LinearPropensityModel(
         name=name,

@@ -86,8 +86,9 @@ class TrainingConfig(_Strict):
     candidates: list[Candidate] = Field(
         default_factory=lambda: ["lightgbm", "logistic", "bgnbd"], min_length=1
     )
-    """Model families fitted (bgnbd: only for an outcome that is any next purchase, on purchase histories;
-    always Platt-scaled); see `blend` for which one is registered.
+    """Model families fitted: lightgbm on every feature; logistic: L2 logistic regression on the log-scaled
+    recency, frequency and monetary features; bgnbd: only for an outcome that is any next purchase, on
+    purchase histories, always Platt-scaled. See `blend` for which one is registered.
     """
     blend: bool = True
     """Register the convex blend of the fitted families in log-odds (weights by validation log loss on a

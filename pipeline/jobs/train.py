@@ -24,6 +24,7 @@ from propensity.features.build.snapshots import snapshot_dates
 from propensity.features.engine import Events
 from propensity.models import baselines, plots, tracking
 from propensity.models import evaluate as ev
+from propensity.models.bootstrap import bootstrap_intervals
 from propensity.models.explain import global_importance
 from propensity.models.holdout_figures import holdout_figures
 from propensity.models.snapshot_plan import adapt_snapshots
@@ -258,7 +259,7 @@ def fit_and_register(
     fitted = fit(data, time.perf_counter() if started is None else started)
     figures = evaluate_on_test(data, fitted, ground_truth)
     client = tracking.configure(config)
-    champion = _champion_on(client, data.model.name, figures.test, figures.y)
+    champion = _champion_on(client, data.model, figures)
     mlflow.set_experiment(data.model.name)
     with mlflow.start_run(run_name=f"train {data.model.name} until {data.cutoff}") as run:
         _log_training_run(data, config, fitted, figures, champion)
@@ -326,7 +327,9 @@ def _log_training_run(
     if champion is not None:
         # What `promote` compares against: the champion on this very test snapshot.
         mlflow.set_tag("compared_champion_version", champion[0])
-        mlflow.log_metrics({f"champion_{k}": v for k, v in champion[1].items()})
+        mlflow.log_metrics(
+            {k if "_minus_champion_" in k else f"champion_{k}": v for k, v in champion[1].items()}
+        )
     summary = {
         "rows": fitted.parts.summary(),
         "snapshots": [str(d) for d in data.dates],
@@ -376,11 +379,22 @@ def _register(client, data: TrainingData, fitted: _Fitted, test: pd.DataFrame) -
     return model_uri, version
 
 
-def _champion_on(client, name: str, test: pd.DataFrame, y: np.ndarray) -> tuple[str, dict] | None:
-    """The current champion's test metrics on this test snapshot, if there is one that fits it."""
+def _champion_on(client, model_cfg: ModelConfig, figures: _TestFigures) -> tuple[str, dict] | None:
+    """The current champion on this test snapshot, if there is one that fits it: its version and
+    metrics, with the paired bootstrap intervals of the challenger minus the champion
+    (``test_<m>_minus_champion_ci_low`` / ``_ci_high``), which `promote` reports."""
     try:
-        champion, mv = tracking.load_propensity_model(client, name, alias=tracking.CHAMPION)
-        return str(mv.version), ev.metrics(y, champion.predict_proba(test))
+        champion, mv = tracking.load_propensity_model(client, model_cfg.name, alias=tracking.CHAMPION)
+        old = champion.predict_proba(figures.test)
     except UserError:
         # No champion yet, or one built on features this table lacks (other categories).
         return None
+    training = model_cfg.training
+    scores = {"model": figures.p, "champion": old}
+    paired = bootstrap_intervals(
+        figures.y, scores, set(scores), training.bootstrap_resamples, training.seed, reference="model"
+    )["model-champion"]
+    out = ev.metrics(figures.y, old)
+    for metric, (low, high) in paired.items():
+        out[f"test_{metric}_minus_champion_ci_low"], out[f"test_{metric}_minus_champion_ci_high"] = low, high
+    return str(mv.version), out
