@@ -3,13 +3,12 @@
 Each declaration is a measure, aggregates over windows and a feature expression (:mod:`.feature_set`),
 all plain SQL fragments that DuckDB and Spark SQL both accept; directions are :mod:`.monotone`'s.
 
-One function per family (activity, recency, monetary, funnel, channel, category, purchase
-cycles, trend, profile) declares its features; :func:`build_registry` composes them in the
-feature table's column order. Which of them a model trains on is :mod:`.selection`'s business.
+One function per family (activity, recency, monetary, funnel, channel, category, purchase cycles,
+trend, profile; season in :mod:`.seasonality`) declares its features; :func:`build_registry`
+composes them in column order. Which of them a model trains on is :mod:`.selection`'s business.
 
-Because the aggregates read the same measure columns whether they come from raw events or
-from the daily rollup, one compiled query serves one snapshot straight off the events and
-many stacked snapshots off the rollup, with identical values.
+The aggregates read the same measure columns from raw events or the daily rollup: one compiled
+query serves one snapshot off the events and stacked snapshots off the rollup, identically.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from propensity.features.build.feature_set import (
 )
 from propensity.features.build.monotone import monotone_direction
 from propensity.features.build.purchase_cycle import purchase_cycle_features
+from propensity.features.build.seasonality import season_features
 from propensity.features.contract import ACTIVITY_EVENT_TYPES, CHANNELS, CONSENT_COLUMNS
 
 KNOWN_NAMESPACES_SQL = "(crm_id IS NOT NULL OR email_sha256 IS NOT NULL OR phone_sha256 IS NOT NULL)"
@@ -175,8 +175,7 @@ def activity_features(windows: list[int]) -> list[Feature]:
 
 
 def recency_features() -> list[Feature]:
-    """Days since the first and last event and each type's last (within the lookback; NULL
-    when never seen there)."""
+    """Days since the first and last event and each type's last (in the lookback; NULL if never)."""
     first, last = _agg("events", "first_day", None), _agg("events", "last_day", None)
     out = [
         Feature(
@@ -441,6 +440,7 @@ def build_registry(
         *purchase_cycles(named),
         *trend_features(),
         *profile_features(),
+        *season_features(config.season_peaks),
     ]
     features = [replace(f, monotone=monotone_direction(f.name, f.family)) for f in features]
     return FeatureSet(_measures(named), features, max(lookback_days, max(windows)), categories)

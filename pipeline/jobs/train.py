@@ -19,6 +19,7 @@ from propensity.core.config import ModelConfig, ProjectConfig
 from propensity.core.errors import UserError
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.population import population_rule
+from propensity.features.build.seasonality import FAMILY as SEASON
 from propensity.features.build.selection import model_features
 from propensity.features.build.snapshots import snapshot_dates
 from propensity.features.engine import Events
@@ -68,7 +69,7 @@ def _adapted(model_cfg: ModelConfig, first: dt.date, cutoff: dt.date) -> tuple[M
     return model_cfg.model_copy(update={"training": training}), note
 
 
-def _baselines(parts, test: pd.DataFrame, model_cfg: ModelConfig) -> dict[str, tuple[np.ndarray, bool]]:
+def baseline_scores(parts, test: pd.DataFrame, model_cfg: ModelConfig) -> dict[str, tuple[np.ndarray, bool]]:
     """Every baseline's test scores and whether they are probabilities."""
     out = {
         "logreg": (baselines.logreg_baseline(parts.train, test, model_cfg.training.seed), True),
@@ -235,16 +236,19 @@ def evaluate_on_test(
             "test_as_of": str(data.dates[-1]),
             "model_family": trained.chosen.family,
             "selection_reason": trained.reason,
+            "as_of_features": [
+                f.name for f in data.fs.features if f.family == SEASON and f.name in data.labels
+            ],
         }
     )
-    baseline_scores = _baselines(fitted.parts, test, model_cfg)
-    results = holdout_figures(y, p, baseline_scores, training.bootstrap_resamples, training.seed)
+    scored_baselines = baseline_scores(fitted.parts, test, model_cfg)
+    results = holdout_figures(y, p, scored_baselines, training.bootstrap_resamples, training.seed)
     results.update({f"valid_{k}": v for k, v in trained.chosen.validation.items()})
     results.update(ground_truth(test, p) if ground_truth else {})
     score = ev.scores_from_reference(p, reference)
     buckets = ev.bucket_table(y, p, ev.buckets(score, model_cfg.buckets.medium, model_cfg.buckets.high))
     importance = global_importance(model, test.sample(min(len(test), 20_000), random_state=0))
-    return _TestFigures(test, y, p, results, baseline_scores, buckets, ev.decile_table(y, p), importance)
+    return _TestFigures(test, y, p, results, scored_baselines, buckets, ev.decile_table(y, p), importance)
 
 
 def fit_and_register(
