@@ -102,9 +102,8 @@ class BgNbdPropensityModel:
     def predict_and_explain(self, table: pa.Table, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Calibrated probabilities and the ``k`` strongest contributions of an Arrow feature table."""
         frame = table.select(self.feature_names).to_pandas()
-        contributions = self.contributions(frame)
-        probability = self.calibrator.transform(contributions.sum(axis=1))
-        indices, impacts = top_k_columns(contributions[:, :-1], k)
+        probability = self.calibrator.transform(self.raw_score(frame))
+        indices, impacts = top_k_columns(self.contributions(frame)[:, :-1], k)
         return probability, indices, impacts
 
     def save(self, path: str | Path) -> Path:

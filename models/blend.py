@@ -105,14 +105,14 @@ class BlendPropensityModel:
 
     def predict_and_explain(self, table: pa.Table, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Calibrated probabilities and the ``k`` strongest contributions of an Arrow feature table;
-        the probability is the calibrated sum of the same contributions the factors come from."""
+        the probability is :meth:`predict_proba`'s to the bit (the contributions add up to its
+        log-odds to rounding)."""
         frame = table.select(self.feature_names).to_pandas()
+        probability = self.calibrator.transform(self.raw_score(frame))
         if k <= 0:
-            probability = self.calibrator.transform(self.raw_score(frame))
             return probability, np.zeros((len(frame), 0), np.int32), np.zeros((len(frame), 0))
-        contributions = self.contributions(frame)
-        indices, impacts = top_k_columns(contributions[:, :-1], k)
-        return self.calibrator.transform(contributions.sum(axis=1)), indices, impacts
+        indices, impacts = top_k_columns(self.contributions(frame)[:, :-1], k)
+        return probability, indices, impacts
 
     def _terms(self):
         return zip(self.components, self.weights, self.slopes, self.offsets, strict=True)

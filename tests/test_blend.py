@@ -169,7 +169,8 @@ def test_the_blend_scores_through_the_batch_path_with_its_strongest_factors(blen
         factors=3,
         scored_at=dt.datetime(2024, 4, 1, tzinfo=dt.UTC),
     ).to_pylist()
-    np.testing.assert_allclose([r["probability"] for r in scored], model.predict_proba(rows), rtol=1e-12)
+    # The written probability is predict_proba's to the bit.
+    np.testing.assert_array_equal([r["probability"] for r in scored], model.predict_proba(rows))
     contributions = model.contributions(rows)[:, :-1]
     for row, values in zip(scored, contributions, strict=True):
         strongest = np.sort(np.abs(values))[::-1][: len(row["factors"])]
