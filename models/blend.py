@@ -275,5 +275,5 @@ def fit_blend(
         **{f"platt_{f}": str(platt[f]) for f in choice.weights},
         "calibration": calibrated.method,
     }
-    reason = f"blend of {shown} by validation log loss {choice.log_loss:.4f}"
+    reason = f"blend of {shown} by validation log_loss {choice.log_loss:.4f}"
     return FittedBlend(choice, model, None, params, calibrated.log_loss, reason)

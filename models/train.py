@@ -428,7 +428,11 @@ def _blend(
     where = f"on the calibration half of the {_as_of(parts.calibration)} snapshot"
     if fitted.single is not None:
         chosen = next(c for c in candidates if c.family == fitted.single)
-        return Trained(chosen, candidates, f"{fitted.single}: all the blend weight ({losses}) {where}")
+        return Trained(
+            chosen,
+            candidates,
+            f"{fitted.single}: all the blend weight by validation log_loss ({losses}) {where}",
+        )
     validation = {m: score(m, y, fitted.choice.out_of_fold) for m in SELECTION_METRICS}
     blend = Candidate(
         "blend",
