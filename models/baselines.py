@@ -58,8 +58,8 @@ def logreg_baseline(train: pd.DataFrame, test: pd.DataFrame, seed: int) -> np.nd
     return model.predict_proba(test[columns].astype(float).clip(lower=0))[:, 1]
 
 
-def _bgnbd_inputs(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(x, t_x, T, usable) from the purchase-cycle features; usable: rows with a purchase."""
+def bgnbd_inputs(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """BG/NBD's (x, t_x, T, usable) from the purchase-cycle features; usable: rows with a purchase."""
     days = frame["purchase_days"].astype(float).to_numpy()
     age = frame["days_since_first_purchase"].astype(float).to_numpy()
     since_last = frame["days_since_last_purchase"].astype(float).to_numpy()
@@ -81,11 +81,11 @@ def bgnbd_baseline(
     if any(c not in train.columns for c in BGNBD_FEATURES):
         return None
     latest = train[train["as_of"] == train["as_of"].max()]
-    x, t_x, T, usable = _bgnbd_inputs(latest)
+    x, t_x, T, usable = bgnbd_inputs(latest)
     if usable.mean() < 0.5 or usable.sum() < 50:
         return None
     model = fit_bgnbd(x[usable], t_x[usable], T[usable])
-    x, t_x, T, usable = _bgnbd_inputs(test)
+    x, t_x, T, usable = bgnbd_inputs(test)
     probability = model.purchase_probability(x, t_x, T, horizon_days)
     # No purchase in the lookback: the chance of a brand-new customer, the lowest there is.
     probability = np.where(usable, probability, 0.0)

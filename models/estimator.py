@@ -207,12 +207,14 @@ TRUSTED_TYPES = frozenset(
         "propensity.models.linear.LinearPropensityModel",
         "propensity.models.linear.LogScaledDesign",
         "propensity.models.uplift.UpliftModel",
+        "propensity.models.blend.BlendPropensityModel",
+        "propensity.models.bgnbd_model.BgNbdPropensityModel",
     }
 )
 
 
 def save_model(model: object, path: str | Path) -> Path:
-    """Write a PropensityModel or LinearPropensityModel to ``path`` in the skops format."""
+    """Write a model of any family (LightGBM, logistic, BG/NBD, blend) to ``path`` in the skops format."""
     import skops.io as sio
 
     sio.dump(model, path)

@@ -31,6 +31,21 @@ def signed_log(values: np.ndarray) -> np.ndarray:
     return np.sign(values) * np.log1p(np.abs(values))
 
 
+def top_k_columns(contributions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of a (rows, features) contribution matrix, the ``k`` columns of largest |value|,
+    strongest first (ties by column index, as a stable sort): (indices, impacts), rows x k."""
+    k = min(max(k, 0), contributions.shape[1])
+    if k == 0:
+        return np.zeros((len(contributions), 0), dtype=np.int64), np.zeros((len(contributions), 0))
+    strength = np.abs(contributions)
+    top = np.argpartition(-strength, k - 1, axis=1)[:, :k]
+    # Order only the k chosen, strongest first (ties by feature index, as a stable sort).
+    chosen = np.take_along_axis(strength, top, axis=1)
+    order = np.lexsort((top, -chosen), axis=1)
+    indices = np.take_along_axis(top, order, axis=1)
+    return indices, np.take_along_axis(contributions, indices, axis=1)
+
+
 @dataclass
 class LogScaledDesign:
     """How features become design columns; fixed on the training rows."""
@@ -174,17 +189,7 @@ class LinearPropensityModel:
     def top_contributions(self, matrix: pd.DataFrame, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Per row, the ``k`` features of largest |contribution|, strongest first:
         (indices rows x k, impacts rows x k). ``matrix`` is :meth:`matrix`'s output."""
-        contributions = self.contributions(matrix)[:, :-1]
-        k = min(k, contributions.shape[1])
-        if k == 0:
-            return np.zeros((len(matrix), 0), dtype=np.int64), np.zeros((len(matrix), 0))
-        strength = np.abs(contributions)
-        top = np.argpartition(-strength, k - 1, axis=1)[:, :k]
-        # Order only the k chosen, strongest first (ties by feature index, as a stable sort).
-        chosen = np.take_along_axis(strength, top, axis=1)
-        order = np.lexsort((top, -chosen), axis=1)
-        indices = np.take_along_axis(top, order, axis=1)
-        return indices, np.take_along_axis(contributions, indices, axis=1)
+        return top_k_columns(self.contributions(matrix)[:, :-1], k)
 
     def predict_and_explain(self, table: pa.Table, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Calibrated probabilities and the ``k`` strongest contributions of an Arrow feature table

@@ -152,9 +152,13 @@ def _drift(
 
 
 def top_features(model: PropensityModel, n: int) -> list[tuple[str, float]]:
-    """The model's ``n`` most important features by total gain, strongest first."""
+    """The model's ``n`` most important features by total gain, strongest first; calendar
+    features (``metadata["as_of_features"]``: every profile shares the as-of date's value, so
+    they move by construction between two dates) are never watched for drift."""
     gain = model.booster.feature_importance(importance_type="gain")
-    ranked = sorted(zip(model.feature_names, gain, strict=True), key=lambda item: (-item[1], item[0]))
+    calendar = set(model.metadata.get("as_of_features", []))
+    pairs = [(name, g) for name, g in zip(model.feature_names, gain, strict=True) if name not in calendar]
+    ranked = sorted(pairs, key=lambda item: (-item[1], item[0]))
     return [(name, float(g)) for name, g in ranked[:n]]
 
 

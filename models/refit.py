@@ -25,7 +25,7 @@ from sklearn.linear_model import LogisticRegression
 from propensity.core.config import TrainingConfig
 from propensity.models.estimator import PropensityModel
 from propensity.models.linear import LinearPropensityModel, LogScaledDesign
-from propensity.models.train import Candidate, profile_fraction, sample_by_label
+from propensity.models.train import Candidate, Trained, profile_fraction, sample_by_label
 
 
 @dataclass(frozen=True)
@@ -92,4 +92,37 @@ def refit(
     dates = sorted({d.date() for d in pd.to_datetime(rows["as_of"])})
     result = Refit(len(rows), int(np.sum(y)), dates, sampled_from, rounds, C, time.perf_counter() - started)
     model.metadata["refit"] = result.record()
+    return result
+
+
+REFITTED_FAMILIES = ("lightgbm", "logistic")
+
+
+def refit_trained(
+    trained: Trained, rows: pd.DataFrame, training: TrainingConfig, sampled_from: int | None
+) -> Refit | None:
+    """The shipped model fitted again on ``rows``: the chosen LightGBM or logistic candidate, or
+    each such part of a blend (its weights, Platt maps and calibrator kept as validation chose
+    them, like a single family's calibrator). BG/NBD keeps its fit on the latest training
+    snapshot (a refit would fit it on a snapshot validation has seen). None: nothing to refit."""
+    chosen = trained.chosen
+    if chosen.family in REFITTED_FAMILIES:
+        return refit(chosen, rows, training, sampled_from)
+    if chosen.family != "blend":
+        return None
+    parts = {id(component) for component in chosen.model.components}
+    done = [
+        refit(c, rows, training, sampled_from)
+        for c in trained.candidates
+        if c.family in REFITTED_FAMILIES and id(c.model) in parts
+    ]
+    if not done:
+        return None
+    rounds = next((d.rounds for d in done if d.rounds is not None), None)
+    strength = next((d.C for d in done if d.C is not None), None)
+    first = done[0]
+    result = Refit(
+        first.rows, first.positives, first.dates, sampled_from, rounds, strength, sum(d.seconds for d in done)
+    )
+    chosen.model.metadata["refit"] = result.record()
     return result

@@ -197,21 +197,69 @@ def best_baseline(metrics: dict[str, float], metric: str) -> tuple[str, float] |
     return name, float(values[name])
 
 
+def verdict(low: float | None, high: float | None, lower_is_better: bool) -> str:
+    """ "better", "worse" or "no worse" from the paired interval of a difference (this minus the
+    other): better or worse only where the interval excludes zero."""
+    if low is None or high is None:
+        return "no interval"
+    if lower_is_better:
+        low, high = -high, -low
+    return "better" if low > 0 else "worse" if high < 0 else "no worse"
+
+
+def baseline_verdicts(metrics: dict[str, float], metric: str) -> dict[str, tuple[str, str]]:
+    """Per baseline the run logged for ``metric``: (verdict, text with the point values and the
+    paired interval of the model minus the baseline on the test snapshot)."""
+    suffix = metric.removeprefix("test_")
+    out = {}
+    for key in sorted(metrics):
+        if not (key.startswith("baseline_") and key.endswith(f"_{suffix}")) or "_ci_" in key:
+            continue
+        name = key.removeprefix("baseline_").removesuffix(f"_{suffix}")
+        low = metrics.get(f"{metric}_minus_baseline_{name}_ci_low")
+        high = metrics.get(f"{metric}_minus_baseline_{name}_ci_high")
+        said = verdict(low, high, metric in LOWER_IS_BETTER)
+        shown = f" (difference 95% interval [{low:+.4f}, {high:+.4f}])" if low is not None else ""
+        out[name] = (said, f"{said} than {name} {_fmt(metrics[key])}{shown}")
+    return out
+
+
 def _loses_to_baseline(client: MlflowClient, mv, metric: str) -> str | None:
-    """Why version ``mv`` loses to a baseline on its own test snapshot, or None if it does not."""
+    """Why version ``mv`` loses to a baseline on its own test snapshot, or None if it does not.
+
+    With the paired intervals logged, it loses only where the interval of its advantage lies
+    wholly below zero; a run logged without them is compared by the point values."""
     if not mv.run_id:
         return None
     metrics = client.get_run(mv.run_id).data.metrics
     own, best = metrics.get(metric), best_baseline(metrics, metric)
     if own is None or best is None:
         return None
-    worse = own > best[1] if metric in LOWER_IS_BETTER else own < best[1]
-    if not worse:
+    verdicts = baseline_verdicts(metrics, metric)
+    if any(said != "no interval" for said, _ in verdicts.values()):
+        worse = [name for name, (said, _) in verdicts.items() if said == "worse"]
+        if not worse:
+            return None
+        return (
+            f"v{mv.version} {metric} {_fmt(own)} loses to the {', '.join(worse)} baseline beyond the "
+            f"paired interval on its test snapshot ({'; '.join(t for _, t in verdicts.values())}); "
+            "promote with --force to override"
+        )
+    worse_point = own > best[1] if metric in LOWER_IS_BETTER else own < best[1]
+    if not worse_point:
         return None
     return (
         f"v{mv.version} {metric} {_fmt(own)} loses to the {best[0]} baseline ({_fmt(best[1])}) on its "
         f"test snapshot; promote with --force to override"
     )
+
+
+def _against_baselines(client: MlflowClient, mv, metric: str) -> str:
+    """The version against every baseline on its test snapshot, for the promotion's reason."""
+    if not mv.run_id:
+        return ""
+    verdicts = baseline_verdicts(client.get_run(mv.run_id).data.metrics, metric)
+    return "; against the baselines: " + ", ".join(t for _, t in verdicts.values()) if verdicts else ""
 
 
 def promote(
@@ -224,8 +272,10 @@ def promote(
 ) -> Promotion:
     """Move ``champion`` to the challenger when it is better by the margin, or to ``version``.
 
-    Either is refused when it loses to the best baseline on its test snapshot by ``metric``,
-    unless ``force``.
+    Either is refused when it is worse than a baseline on its test snapshot by ``metric`` beyond
+    the paired bootstrap interval (no worse within it is enough), unless ``force``. The reason
+    says, for the champion and each baseline, "better" where the paired interval of the
+    difference excludes zero and "no worse" otherwise.
     """
     if version is not None:
         return _promote_version(client, name, metric, version, force)
@@ -243,7 +293,8 @@ def promote(
         return Promotion(
             True,
             challenger.version,
-            f"no champion yet; challenger v{challenger.version} ({metric} {_fmt(new)}) becomes champion",
+            f"no champion yet; challenger v{challenger.version} ({metric} {_fmt(new)}) becomes champion"
+            + _against_baselines(client, challenger, metric),
         )
     if champion.version == challenger.version:
         return Promotion(False, champion.version, f"challenger v{challenger.version} is already champion")
@@ -275,8 +326,14 @@ def _challenge(
     same_snapshot = run is not None and run.data.tags.get("compared_champion_version") == str(
         champion.version
     )
+    interval = ""
     if same_snapshot:
         old, basis = run.data.metrics.get(f"champion_{metric}"), "on the challenger's test snapshot"
+        low = run.data.metrics.get(f"{metric}_minus_champion_ci_low")
+        high = run.data.metrics.get(f"{metric}_minus_champion_ci_high")
+        if low is not None and high is not None:
+            said = verdict(low, high, metric in LOWER_IS_BETTER)
+            interval = f"; {said} than the champion (difference 95% interval [{low:+.4f}, {high:+.4f}])"
     else:
         old, basis = run_metric(client, champion, metric), "each on its own test snapshot"
     if new is None or old is None:
@@ -289,14 +346,14 @@ def _challenge(
             challenger.version,
             f"challenger v{challenger.version} {metric} {_fmt(new)} beats "
             f"champion v{champion.version} {_fmt(old)} by more than "
-            f"{min_improvement} ({basis})",
+            f"{min_improvement} ({basis}){interval}" + _against_baselines(client, challenger, metric),
         )
     return Promotion(
         False,
         champion.version,
         f"champion v{champion.version} stays: challenger v{challenger.version} "
         f"{metric} {_fmt(new)} vs {_fmt(old)} (needs > {min_improvement} better; "
-        f"{basis})",
+        f"{basis}){interval}",
     )
 
 

@@ -25,8 +25,11 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from propensity.core.config import TrainingConfig
+from propensity.core.config import OutcomeConfig, TrainingConfig
 from propensity.core.errors import UserError
+from propensity.models.baselines import RFM_FEATURES
+from propensity.models.bgnbd_model import BgNbdPropensityModel, bgnbd_candidate
+from propensity.models.blend import BlendPropensityModel, fit_blend
 from propensity.models.calibration import Calibrator, choose_calibration
 from propensity.models.estimator import PropensityModel
 from propensity.models.linear import LinearPropensityModel, LogScaledDesign, fit_linear
@@ -223,14 +226,14 @@ def _check_counts(parts: Split, training: TrainingConfig) -> None:
             )
 
 
-Model = PropensityModel | LinearPropensityModel
+Model = PropensityModel | LinearPropensityModel | BgNbdPropensityModel | BlendPropensityModel
 
 
 @dataclass
 class Candidate:
     """One fitted candidate: its model (calibrated), how it was fitted, how it validated."""
 
-    family: str  # lightgbm | logistic
+    family: str  # lightgbm | logistic | bgnbd | blend
     model: Model
     params: dict
     validation: dict[str, float]  # metrics of out-of-fold calibrated probabilities
@@ -323,8 +326,13 @@ def _logistic(
     name: str,
     monotone: dict[str, int] | None = None,  # unused: a linear model's signs are its own
 ) -> tuple[LinearPropensityModel, dict, dict]:
-    """The logistic regression of the best strength (uncalibrated), its parameters and the
+    """The logistic regression on log RFM (the model's recency, frequency and monetary features,
+    all of them when it has none) of the best strength (uncalibrated), its parameters and the
     validation log loss of every strength."""
+    # Log RFM, not every feature: the baseline it stands for, steadier on few positives, and a
+    # blend with it still reads only the features the trees split on besides these few.
+    names = [n for n in names if n in RFM_FEATURES] or names
+    labels = {n: labels.get(n, n) for n in names}
     categories = _categories(parts, names)
     shell = LinearPropensityModel(
         name=name,
@@ -360,23 +368,34 @@ def fit_candidates(
     training: TrainingConfig,
     name: str,
     monotone: dict[str, int] | None = None,
+    outcome: OutcomeConfig | None = None,
 ) -> Trained:
-    """Fit every configured candidate, choose one by ``training.selection_metric`` on the
-    calibration half of the validation snapshot (out-of-fold calibrated, so the comparison
-    includes calibration), and calibrate each on that half with the method validation chose.
+    """Fit every configured candidate and calibrate each on the calibration half of the validation
+    snapshot with the method validation chose (BG/NBD: always Platt). With ``training.blend`` and
+    two or more families the shipped model is their convex blend (:mod:`propensity.models.blend`,
+    weights by validation log loss; a single family when it has all the weight); otherwise the
+    candidate with the best ``training.selection_metric`` there (out-of-fold calibrated).
 
-    ``monotone``: feature name -> direction (``FeatureSet.monotone``) for LightGBM. The
-    calibration choice and its figures go to each model's ``metadata["calibration"]``."""
+    ``monotone``: feature name -> direction (``FeatureSet.monotone``) for LightGBM; ``outcome``:
+    whether BG/NBD applies. Calibration choices go to each model's ``metadata["calibration"]``."""
     y = parts.calibration["label"].to_numpy()
-    candidates = []
+    candidates, skipped, raw = [], [], {}
     for family in training.candidates:
         start = time.perf_counter()
-        model, params, details = FITTERS[family](
-            parts, feature_names, feature_labels, training, name, monotone
-        )
-        raw = model.raw_score(parts.calibration)
-        choice = choose_calibration(training.calibration, raw, y, training.seed)
-        model.calibrator = Calibrator(choice.method).fit(raw, y)
+        if family == "bgnbd":
+            fitted = bgnbd_candidate(parts.train, feature_names, feature_labels, name, outcome, training.seed)
+            if isinstance(fitted, str):
+                skipped.append(f"bgnbd not fitted: {fitted}")
+                continue
+            model, params, details = fitted
+        else:
+            model, params, details = FITTERS[family](
+                parts, feature_names, feature_labels, training, name, monotone
+            )
+        raw[family] = model.raw_score(parts.calibration)
+        method = "sigmoid" if family == "bgnbd" else training.calibration
+        choice = choose_calibration(method, raw[family], y, training.seed)
+        model.calibrator = Calibrator(choice.method).fit(raw[family], y)
         model.metadata["calibration"] = choice.record()
         validation = {m: score(m, y, choice.out_of_fold[choice.method]) for m in SELECTION_METRICS}
         params = {**params, "calibration": choice.method}
@@ -385,7 +404,19 @@ def fit_candidates(
                 family, model, params, validation, choice.log_loss, time.perf_counter() - start, details
             )
         )
-    metric = training.selection_metric
+    if training.blend and len(candidates) > 1:
+        trained = _blend(
+            candidates, raw, parts, training, name=name, feature_names=feature_names, labels=feature_labels
+        )
+    else:
+        trained = _best(candidates, training.selection_metric, parts)
+    if skipped:
+        trained.reason += "; " + "; ".join(skipped)
+    return trained
+
+
+def _best(candidates: list[Candidate], metric: str, parts: Split) -> Trained:
+    """The candidate with the best validation ``metric``."""
     ranked = sorted(
         candidates, key=lambda c: -c.validation[metric] if HIGHER_IS_BETTER[metric] else c.validation[metric]
     )
@@ -397,6 +428,38 @@ def fit_candidates(
         + f" on the calibration half of the {_as_of(parts.calibration)} snapshot"
     )
     return Trained(chosen, candidates, reason)
+
+
+def _blend(
+    candidates: list[Candidate], raw: dict[str, np.ndarray], parts: Split, training: TrainingConfig, **model
+) -> Trained:
+    """The convex blend of the candidates by validation log loss (a family alone at weight 1);
+    ``model``: the blend's name, feature_names and feature_labels."""
+    start = time.perf_counter()
+    y = parts.calibration["label"].to_numpy()
+    fitted = fit_blend(
+        {c.family: c.model for c in candidates}, raw, y, training.calibration, training.seed, **model
+    )
+    losses = ", ".join(f"{c.family} {c.validation['log_loss']:.4f}" for c in candidates)
+    where = f"on the calibration half of the {_as_of(parts.calibration)} snapshot"
+    if fitted.single is not None:
+        chosen = next(c for c in candidates if c.family == fitted.single)
+        return Trained(
+            chosen,
+            candidates,
+            f"{fitted.single}: all the blend weight by validation log_loss ({losses}) {where}",
+        )
+    validation = {m: score(m, y, fitted.choice.out_of_fold) for m in SELECTION_METRICS}
+    blend = Candidate(
+        "blend",
+        fitted.model,
+        fitted.params,
+        validation,
+        fitted.calibration_log_loss,
+        time.perf_counter() - start,
+        {},
+    )
+    return Trained(blend, [*candidates, blend], f"{fitted.reason} (vs {losses}) {where}")
 
 
 def _as_of(frame: pd.DataFrame) -> str:

@@ -492,10 +492,15 @@ def test_registry_order_is_pinned():
         ("category", 12),
         ("trend", 4),
         ("profile", 2),
+        ("season", 4),
     ]
-    text = "\n".join(f"{f.name}|{f.label}|{f.sql}" for f in FS.features)
+    text = "\n".join(f"{f.name}|{f.label}|{f.sql}" for f in FS.features if f.family != "season")
     assert hashlib.sha256(text.encode()).hexdigest() == (
         "0aee7238fb476ff095c908232d4ab003a1db00666b86a2b9212c9cc1dabd507e"
+    )
+    season = "\n".join(f"{f.name}|{f.label}|{f.sql}" for f in FS.features if f.family == "season")
+    assert hashlib.sha256(season.encode()).hexdigest() == (
+        "f8412a6fc06edaba199b37d2327e7a6f62205d5ffbce28f5c0ef15ff62ffb4cf"
     )
     assert list(FS.measures)[:3] == ["events", "page_view", "product_view"]
     assert list(FS.measures)[-3:] == ["view_running", "purchase_running", "revenue_running"]

@@ -73,7 +73,10 @@ def test_train_logs_metrics_baselines_oracle_and_registers_challenger(churn_run,
     features = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/features.json")["features"]
     assert {"name": "days_since_last_purchase", "label": "Days since the last purchase"} in features
     assert str(client.get_model_version_by_alias("churn", "challenger").version) == churn_run.version
-    assert run.data.tags["model_family"] in ("lightgbm", "logistic") and run.data.tags["selection_reason"]
+    assert (
+        run.data.tags["model_family"] in ("lightgbm", "logistic", "blend")
+        and run.data.tags["selection_reason"]
+    )
     if run.data.tags["model_family"] == "lightgbm":
         # Trees stay shallow, tuned or not: explanations cost grows with depth squared.
         assert 0 < int(run.data.params["lightgbm_max_depth"]) <= 6
@@ -131,10 +134,18 @@ def test_same_data_and_config_give_the_same_model(churn_run, luma_ingested, trac
     first, _ = mlflow_tracking.load_propensity_model(client, "churn", version=churn_run.version)
     second, _ = mlflow_tracking.load_propensity_model(client, "churn", version=again.version)
     assert type(first) is type(second)
-    if hasattr(first, "booster_text"):
-        assert first.booster_text == second.booster_text
-    else:
-        np.testing.assert_array_equal(first.coef, second.coef)
+    firsts, seconds = getattr(first, "components", [first]), getattr(second, "components", [second])
+    if hasattr(first, "weights"):  # a blend: the same weights and maps, each family the same
+        np.testing.assert_array_equal(first.weights, second.weights)
+        np.testing.assert_array_equal(first.slopes, second.slopes)
+    for one, other in zip(firsts, seconds, strict=True):
+        assert type(one) is type(other)
+        if hasattr(one, "booster_text"):
+            assert one.booster_text == other.booster_text
+        elif hasattr(one, "coef"):
+            np.testing.assert_array_equal(one.coef, other.coef)
+        else:
+            np.testing.assert_array_equal(one.parameters, other.parameters)
 
 
 def test_promote_compares_on_the_challengers_test_snapshot(churn_run, luma_ingested, tracking, runner):

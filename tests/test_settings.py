@@ -165,3 +165,47 @@ def test_tuning_trials_and_sigmoid_calibration_are_what_training_does(tmp_path, 
         Path(client.download_artifacts(children[0].info.run_id, "tuning/trials.json")).read_text()
     )
     assert len(trials["data"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("interval", "promoted", "said"),
+    [
+        ((-0.004, 0.002), True, "no worse than bgnbd"),  # 0.001 AUC of noise: ships
+        ((-0.012, -0.002), False, "worse than bgnbd"),  # worse beyond the interval: refused
+        ((0.001, 0.009), True, "better than bgnbd"),
+    ],
+)
+def test_promotion_refuses_only_a_loss_to_a_baseline_beyond_its_paired_interval(
+    tmp_path, monkeypatch, interval, promoted, said
+):
+    low, high = interval
+    challenger = {
+        "test_auc": 0.776 + (low + high) / 2,
+        "baseline_bgnbd_auc": 0.777,
+        "test_auc_minus_baseline_bgnbd_ci_low": low,
+        "test_auc_minus_baseline_bgnbd_ci_high": high,
+        "baseline_recency_auc": 0.70,
+        "test_auc_minus_baseline_recency_ci_low": 0.05,
+        "test_auc_minus_baseline_recency_ci_high": 0.10,
+    }
+    client = _registered(tmp_path, monkeypatch, champion={"test_auc": 0.60}, challenger=challenger)
+    client.delete_registered_model_alias("m", "champion")
+    outcome = evaluate_jobs.promote_model(_model_yaml(tmp_path), ProjectConfig())
+    assert outcome.promoted is promoted, outcome.reason
+    assert said in outcome.reason and "better than recency" in outcome.reason
+    assert f"[{low:+.4f}, {high:+.4f}]" in outcome.reason
+
+
+def test_promotion_says_whether_the_challenger_beats_the_champion_beyond_the_interval(tmp_path, monkeypatch):
+    challenger = {
+        "test_auc": 0.781,
+        "champion_test_auc": 0.779,
+        "test_auc_minus_champion_ci_low": -0.001,
+        "test_auc_minus_champion_ci_high": 0.005,
+    }
+    client = _registered(tmp_path, monkeypatch, champion={"test_auc": 0.70}, challenger=challenger)
+    run_id = client.get_model_version("m", "2").run_id
+    client.set_tag(run_id, "compared_champion_version", "1")
+    outcome = evaluate_jobs.promote_model(_model_yaml(tmp_path), ProjectConfig())
+    assert outcome.promoted and "no worse than the champion" in outcome.reason, outcome.reason
+    assert "0.7790" in outcome.reason and "[-0.0010, +0.0050]" in outcome.reason

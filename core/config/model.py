@@ -73,7 +73,7 @@ class TuningConfig(_Strict):
     """Boosting rounds at most (early stopping usually ends sooner)."""
 
 
-Candidate = Literal["lightgbm", "logistic"]
+Candidate = Literal["lightgbm", "logistic", "bgnbd"]
 
 
 class TrainingConfig(_Strict):
@@ -91,10 +91,22 @@ class TrainingConfig(_Strict):
     """LightGBM: hold each feature the registry gives a direction (recency decreasing; counts, revenue and
     rates increasing; flipped for an outcome that must not occur) to that direction.
     """
-    candidates: list[Candidate] = Field(default_factory=lambda: ["lightgbm", "logistic"], min_length=1)
-    """Model families fitted; the one with the best validation `selection_metric` is registered."""
+    candidates: list[Candidate] = Field(
+        default_factory=lambda: ["lightgbm", "logistic", "bgnbd"], min_length=1
+    )
+    """Model families fitted: lightgbm on every feature; logistic: L2 logistic regression on the log-scaled
+    recency, frequency and monetary features; bgnbd: only for an outcome that is any next purchase, on
+    purchase histories, always Platt-scaled. See `blend` for which one is registered.
+    """
+    blend: bool = True
+    """Register the convex blend of the fitted families in log-odds (weights by validation log loss on a
+    0.05 grid of the simplex; one family alone when it gets all the weight), so the champion contains the
+    baselines; false: the family with the best validation `selection_metric`.
+    """
     selection_metric: Literal["auc", "average_precision", "log_loss", "brier"] = "log_loss"
-    """Validation metric that chooses among candidates (log_loss rewards calibrated probabilities)."""
+    """Validation metric that chooses among candidates when `blend` is off (log_loss rewards calibrated
+    probabilities).
+    """
     tuning: TuningConfig = Field(default_factory=TuningConfig)
     bootstrap_resamples: int = Field(default=1000, ge=50, le=20_000)
     """Test metrics carry percentile intervals from this many seeded bootstrap resamples."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Literal
 
@@ -119,6 +120,25 @@ class FeatureConfig(_Strict):
                 raise ValueError(f"trait '{name}' must be a column name (lower case letters, digits and _)")
             if name in RESERVED_TRAIT_NAMES or name.startswith("consent_"):
                 raise ValueError(f"trait '{name}' is a column the feature table already has")
+        return value
+
+    season_peaks: dict[str, str] = Field(
+        default_factory=lambda: {"black_friday": "11-27", "christmas": "12-25"}
+    )
+    """Yearly peaks (name -> MM-DD) a model may know the distance to: features days_to_<name>, beside the
+    day of year as sine and cosine (the season family; exclude it per model with features.exclude).
+    """
+
+    @field_validator("season_peaks")
+    @classmethod
+    def _month_days(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, month_day in value.items():
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                raise ValueError(f"season peak name `{name}`: lower case letters, digits and _ only")
+            try:
+                dt.date(2000, *(int(part) for part in month_day.split("-")))
+            except (TypeError, ValueError):
+                raise ValueError(f"season peak `{name}`: `{month_day}` is not a MM-DD date") from None
         return value
 
     @field_validator("windows_days")

@@ -3,13 +3,12 @@
 Each declaration is a measure, aggregates over windows and a feature expression (:mod:`.feature_set`),
 all plain SQL fragments that DuckDB and Spark SQL both accept; directions are :mod:`.monotone`'s.
 
-One function per family (activity, recency, monetary, funnel, channel, category, purchase
-cycles, trend, profile) declares its features; :func:`build_registry` composes them in the
-feature table's column order. Which of them a model trains on is :mod:`.selection`'s business.
+One function per family (activity, recency, monetary, funnel, channel, category, purchase cycles,
+trend, profile; season in :mod:`.seasonality`) declares its features; :func:`build_registry`
+composes them in column order. Which of them a model trains on is :mod:`.selection`'s business.
 
-Because the aggregates read the same measure columns whether they come from raw events or
-from the daily rollup, one compiled query serves one snapshot straight off the events and
-many stacked snapshots off the rollup, with identical values.
+The aggregates read the same measure columns from raw events or the daily rollup: one compiled
+query serves one snapshot off the events and stacked snapshots off the rollup, identically.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from propensity.features.build.feature_set import (
 from propensity.features.build.learned_events import learned_event_features, learned_event_measures
 from propensity.features.build.monotone import monotone_direction
 from propensity.features.build.purchase_cycle import purchase_cycle_features
+from propensity.features.build.seasonality import season_features
 from propensity.features.build.traits import declared_traits
 from propensity.features.contract import ACTIVITY_EVENT_TYPES, CHANNELS, CONSENT_COLUMNS
 
@@ -166,8 +166,7 @@ def activity_features(windows: list[int]) -> list[Feature]:
 
 
 def recency_features() -> list[Feature]:
-    """Days since the first and last event and each type's last (within the lookback; NULL
-    when never seen there)."""
+    """Days since the first and last event and each type's last (in the lookback; NULL if never)."""
     first, last = _agg("events", "first_day", None), _agg("events", "last_day", None)
     out = [
         Feature(
@@ -439,6 +438,7 @@ def build_registry(
         *trend_features(),
         *profile_features(),
         *learned_event_features(_agg, typed, windows, _window_label),
+        *season_features(config.season_peaks),
     ]
     features = [replace(f, monotone=monotone_direction(f.name, f.family)) for f in features]
     measures = {**_measures(named), **learned_event_measures(typed)}

@@ -19,14 +19,16 @@ from propensity.core.config import ModelConfig, ProjectConfig
 from propensity.core.errors import UserError
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.population import population_rule
+from propensity.features.build.seasonality import FAMILY as SEASON
 from propensity.features.build.selection import categories_source, feature_count_note, model_features
 from propensity.features.build.snapshots import windows_before_data
 from propensity.features.engine import Events
 from propensity.models import baselines, plots, tracking
 from propensity.models import evaluate as ev
+from propensity.models.bootstrap import bootstrap_intervals
 from propensity.models.explain import global_importance
 from propensity.models.holdout_figures import holdout_figures
-from propensity.models.refit import Refit, refit, refit_rows
+from propensity.models.refit import Refit, refit_rows, refit_trained
 from propensity.models.snapshot_plan import SnapshotPlan
 from propensity.models.train import fit_candidates, split
 from propensity.pipeline.jobs.config_files import load_model_config
@@ -61,7 +63,7 @@ class TrainResult:
     warnings: list[str] = field(default_factory=list)  # e.g. windows longer than the data
 
 
-def _baselines(parts, test: pd.DataFrame, model_cfg: ModelConfig) -> dict[str, tuple[np.ndarray, bool]]:
+def baseline_scores(parts, test: pd.DataFrame, model_cfg: ModelConfig) -> dict[str, tuple[np.ndarray, bool]]:
     """Every baseline's test scores and whether they are probabilities."""
     out = {
         "logreg": (baselines.logreg_baseline(parts.train, test, model_cfg.training.seed), True),
@@ -259,11 +261,13 @@ def fit(data: TrainingData, started: float) -> _Fitted:
         )
         raise UserError(f"model '{data.model.name}': {error} (population per snapshot: {shown})") from None
     monotone = data.fs.monotone(data.model.outcome.occurs)  # quality: the registry's monotone directions
-    trained = fit_candidates(parts, list(data.labels), data.labels, training, data.model.name, monotone)
+    trained = fit_candidates(
+        parts, list(data.labels), data.labels, training, data.model.name, monotone, data.model.outcome
+    )
     done = None
     if training.refit:
         rows, sampled_from = refit_rows(data.frame, training, data.plan.test)
-        done = refit(trained.chosen, rows, training, sampled_from)
+        done = refit_trained(trained, rows, training, sampled_from)
     return _Fitted(parts, trained, time.perf_counter() - started, done)
 
 
@@ -290,16 +294,19 @@ def evaluate_on_test(
             "test_as_of": str(data.dates[-1]),
             "model_family": trained.chosen.family,
             "selection_reason": trained.reason,
+            "as_of_features": [
+                f.name for f in data.fs.features if f.family == SEASON and f.name in data.labels
+            ],
         }
     )
-    baseline_scores = _baselines(fitted.parts, test, model_cfg)
-    results = holdout_figures(y, p, baseline_scores, training.bootstrap_resamples, training.seed)
+    scored_baselines = baseline_scores(fitted.parts, test, model_cfg)
+    results = holdout_figures(y, p, scored_baselines, training.bootstrap_resamples, training.seed)
     results.update({f"valid_{k}": v for k, v in trained.chosen.validation.items()})
     results.update(ground_truth(test, p) if ground_truth else {})
     score = ev.scores_from_reference(p, reference)
     buckets = ev.bucket_table(y, p, ev.buckets(score, model_cfg.buckets.medium, model_cfg.buckets.high))
     importance = global_importance(model, test.sample(min(len(test), 20_000), random_state=0))
-    return _TestFigures(test, y, p, results, baseline_scores, buckets, ev.decile_table(y, p), importance)
+    return _TestFigures(test, y, p, results, scored_baselines, buckets, ev.decile_table(y, p), importance)
 
 
 def fit_and_register(
@@ -314,7 +321,7 @@ def fit_and_register(
     fitted = fit(data, time.perf_counter() if started is None else started)
     figures = evaluate_on_test(data, fitted, ground_truth)
     client = tracking.configure(config)
-    champion = _champion_on(client, data.model.name, figures.test, figures.y)
+    champion = _champion_on(client, data.model, figures)
     mlflow.set_experiment(data.model.name)
     with mlflow.start_run(run_name=f"train {data.model.name} until {data.cutoff}") as run:
         _log_training_run(data, config, fitted, figures, champion)
@@ -390,7 +397,9 @@ def _log_training_run(
     if champion is not None:
         # What `promote` compares against: the champion on this very test snapshot.
         mlflow.set_tag("compared_champion_version", champion[0])
-        mlflow.log_metrics({f"champion_{k}": v for k, v in champion[1].items()})
+        mlflow.log_metrics(
+            {k if "_minus_champion_" in k else f"champion_{k}": v for k, v in champion[1].items()}
+        )
     summary = {
         "rows": fitted.parts.summary(),
         "snapshots": [str(d) for d in data.dates],
@@ -442,11 +451,22 @@ def _register(client, data: TrainingData, fitted: _Fitted, test: pd.DataFrame) -
     return model_uri, version
 
 
-def _champion_on(client, name: str, test: pd.DataFrame, y: np.ndarray) -> tuple[str, dict] | None:
-    """The current champion's test metrics on this test snapshot, if there is one that fits it."""
+def _champion_on(client, model_cfg: ModelConfig, figures: _TestFigures) -> tuple[str, dict] | None:
+    """The current champion on this test snapshot, if there is one that fits it: its version and
+    metrics, with the paired bootstrap intervals of the challenger minus the champion
+    (``test_<m>_minus_champion_ci_low`` / ``_ci_high``), which `promote` reports."""
     try:
-        champion, mv = tracking.load_propensity_model(client, name, alias=tracking.CHAMPION)
-        return str(mv.version), ev.metrics(y, champion.predict_proba(test))
+        champion, mv = tracking.load_propensity_model(client, model_cfg.name, alias=tracking.CHAMPION)
+        old = champion.predict_proba(figures.test)
     except UserError:
         # No champion yet, or one built on features this table lacks (other categories).
         return None
+    training = model_cfg.training
+    scores = {"model": figures.p, "champion": old}
+    paired = bootstrap_intervals(
+        figures.y, scores, set(scores), training.bootstrap_resamples, training.seed, reference="model"
+    )["model-champion"]
+    out = ev.metrics(figures.y, old)
+    for metric, (low, high) in paired.items():
+        out[f"test_{metric}_minus_champion_ci_low"], out[f"test_{metric}_minus_champion_ci_high"] = low, high
+    return str(mv.version), out

@@ -1,0 +1,65 @@
+"""Season features: the time of year an as-of date is at, as SQL both engines run."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import duckdb
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from propensity.core.config import FeatureConfig
+from propensity.features.build.registry import build_registry
+from propensity.features.build.seasonality import season_features
+
+PEAKS = {"black_friday": "11-27", "christmas": "12-25", "leap": "02-29"}
+
+
+def _values(dates: list[dt.date]) -> dict[str, np.ndarray]:
+    features = season_features(PEAKS)
+    days = ", ".join(f"({(d - dt.date(1970, 1, 1)).days})" for d in dates)
+    sql = ", ".join(f"{f.sql} AS {f.name}" for f in features)
+    rows = duckdb.connect().execute(f"SELECT {sql} FROM (VALUES {days}) AS t(as_of_day)").fetchnumpy()
+    return {name: np.asarray(values, dtype=float) for name, values in rows.items()}
+
+
+def _days_to(date: dt.date, month: int, day: int) -> int:
+    if (month, day) == (2, 29):
+        month, day = 3, 1
+    peak = dt.date(date.year, month, day)
+    return (peak - date).days if peak >= date else (dt.date(date.year + 1, month, day) - date).days
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.dates(dt.date(1990, 1, 1), dt.date(2060, 12, 31)), min_size=1, max_size=20))
+def test_the_time_of_year_and_the_days_to_each_peak_are_within_a_day_of_the_calendar(dates):
+    values = _values(dates)
+    for i, date in enumerate(dates):
+        day_of_year = (date - dt.date(date.year, 1, 1)).days
+        angle = np.arctan2(values["day_of_year_sin"][i], values["day_of_year_cos"][i])
+        position = (angle % (2 * np.pi)) / (2 * np.pi) * 365.2425
+        # On a circle: 364.9 and 0.1 are 0.2 days apart.
+        assert abs((position - day_of_year + 182.6) % 365.2425 - 182.6) <= 1.5, (date, position)
+        for name, month_day in PEAKS.items():
+            truth = _days_to(date, *(int(p) for p in month_day.split("-")))
+            got = values[f"days_to_{name}"][i]
+            assert 0 <= got < 365.25
+            assert abs((got - truth + 182.6) % 365.2425 - 182.6) <= 1.5, (date, name, got, truth)
+
+
+def test_season_features_are_in_the_registry_without_a_direction_and_peaks_are_checked():
+    fs = build_registry(FeatureConfig())
+    season = [f for f in fs.features if f.family == "season"]
+    assert [f.name for f in season] == [
+        "day_of_year_sin",
+        "day_of_year_cos",
+        "days_to_black_friday",
+        "days_to_christmas",
+    ]
+    assert all(f.monotone == 0 and f.aggregates == () for f in season)
+    with pytest.raises(ValueError, match="not a MM-DD date"):
+        FeatureConfig(season_peaks={"sale": "13-01"})
+    with pytest.raises(ValueError, match="lower case"):
+        FeatureConfig(season_peaks={"Big Sale": "07-01"})
