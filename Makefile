@@ -47,11 +47,11 @@ $(BROWSER_STAMP): $(STAMP)
 test: lint $(SPARK_STAMP) $(BROWSER_STAMP)
 	@command -v java >/dev/null || { echo "make test: Java 17+ is required for the Spark group (install a JDK, e.g. apt-get install openjdk-17-jre-headless)"; exit 1; }
 	$(BIN)/pytest -n 2 --dist loadgroup -q
-	PROPENSITY_REQUIRE_SPARK=1 $(BIN)/pytest -p no:xdist -q -m spark tests/test_spark.py tests/test_journeys_spark.py
+	PROPENSITY_REQUIRE_SPARK=1 $(BIN)/pytest -p no:xdist -q -m spark tests
 
 # Spark in local mode against DuckDB alone (needs Java 17+).
 test-spark: $(SPARK_STAMP)
-	$(BIN)/pytest -p no:xdist -q -m spark tests/test_spark.py tests/test_journeys_spark.py
+	$(BIN)/pytest -p no:xdist -q -m spark tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/generate.py

@@ -24,7 +24,10 @@ from tests.retailer_data import retailer, write_retailer
 MODEL = """name: coupon_redeemer
 population: "days_since_last_event <= 120"
 outcome: {event_type: coupon_redeemed, horizon_days: 30}
+training: {candidates: [lightgbm]}
 """
+# (The fourth line keeps LightGBM alone, so the model's columns are every selected feature: the
+# logistic family reads log RFM only and BG/NBD its three inputs, and either may win the blend.)
 TRAITS = {
     "age_band": {"kind": "categorical", "governance": "standard"},
     "household_size": {"kind": "numeric", "governance": "standard"},

@@ -528,7 +528,7 @@ def test_training_on_spark_logs_its_sample(scored):
     trained, *_ = scored
     params = mlflow.get_run(trained.run_id).data.params
     assert params["engine"] == "spark" and int(params["sample_rows"]) == int(params["sample_rows_available"])
-    assert trained.model_family in ("lightgbm", "logistic")
+    assert trained.model_family in ("lightgbm", "logistic", "bgnbd", "blend")
 
 
 def test_scores_and_factors_equal_duckdb_score_job(scored):

@@ -63,8 +63,9 @@ class Feature:
     monotone: int = 0
 
     def reach(self, lookback_days: int) -> int:
-        """How many days back from as_of this feature looks: older events cannot change it."""
-        return max(lookback_days if a.start is None else a.start for a in self.aggregates)
+        """How many days back from as_of this feature looks: older events cannot change it (0 for
+        a feature of the date alone, such as the time of year)."""
+        return max((lookback_days if a.start is None else a.start for a in self.aggregates), default=0)
 
 
 @dataclass(frozen=True)

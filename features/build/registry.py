@@ -437,8 +437,8 @@ def build_registry(
         *purchase_cycles(named),
         *trend_features(),
         *profile_features(),
-        *learned_event_features(_agg, typed, windows, _window_label),
         *season_features(config.season_peaks),
+        *learned_event_features(_agg, typed, windows, _window_label),
     ]
     features = [replace(f, monotone=monotone_direction(f.name, f.family)) for f in features]
     measures = {**_measures(named), **learned_event_measures(typed)}

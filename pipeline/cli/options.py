@@ -26,16 +26,26 @@ class OutputConsole(Console):
     """A rich console that never cuts or wraps when its output is not a terminal: a file, a
     pipe or a script reads whole lines (a terminal still gets tables fitted to its width)."""
 
+    def _to_a_file(self) -> bool:
+        """Whether the output is not a terminal device. Asked of the file itself: rich's
+        ``is_terminal`` also says yes for FORCE_COLOR, TTY_COMPATIBLE or a notebook kernel met
+        earlier in the process, and a pipe must still get whole lines then."""
+        isatty = getattr(self.file, "isatty", None)
+        try:
+            return isatty is None or not isatty()
+        except ValueError:  # a closed file
+            return True
+
     @property
     def size(self) -> ConsoleDimensions:
         dimensions = super().size
-        if self._width is None and not self.is_terminal:
+        if self._width is None and self._to_a_file():
             return ConsoleDimensions(UNWRAPPED_WIDTH, dimensions.height)
         return dimensions
 
     def rule(self, *args: Any, **kwargs: Any) -> None:
         """A horizontal rule spans the width: 80 columns in a file, not :data:`UNWRAPPED_WIDTH`."""
-        if self._width is None and not self.is_terminal:
+        if self._width is None and self._to_a_file():
             from rich.rule import Rule
 
             self.print(Rule(*args, **kwargs), width=RULE_WIDTH)

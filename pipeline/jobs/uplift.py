@@ -116,6 +116,7 @@ def fit_uplift_model(data: Any, loaded: Events, config: ProjectConfig, started: 
         "treatment": treatment.model_dump(),
         "population": model_cfg.population,
         "categories": data.fs.categories,
+        "event_types": data.fs.event_types,
         "trained_until": str(data.cutoff),
         "test_as_of": str(data.dates[-1]),
         "model_family": f"uplift_{model.learner}",
