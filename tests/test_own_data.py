@@ -180,6 +180,13 @@ def _cli(runner, *args: str):
     return runner.invoke(app, [*args, "--events", "work/ingested", "--config", "project.yaml"])
 
 
+def _piped(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The installed command in its own process with stdout to a pipe, as a script or a file
+    sees it (no console state carried over from other in-process tests)."""
+    command = [str(Path(sys.executable).parent / "propensity"), *args]
+    return subprocess.run(command, cwd=cwd, env=dict(os.environ), capture_output=True, text=True)
+
+
 @pytest.mark.slow
 def test_tables_in_a_file_keep_labels_and_intervals_on_one_line(in_recipe, runner):
     # CliRunner's stdout is not a terminal: no 80-column width, and nothing wraps.
@@ -206,8 +213,8 @@ def test_long_labels_in_a_file_are_never_cut(runner, tmp_path):
             "crm_id": ["c1", "c1"],
         }
     ).to_csv(events, index=False)
-    result = runner.invoke(app, ["validate", "--events", str(events), "--as-of", "2025-02-01"])
-    assert result.exit_code == 0, result.output
+    result = _piped("validate", "--events", str(events), "--as-of", "2025-02-01", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
     assert len(long_type) > 150
     (line,) = [line for line in result.stdout.splitlines() if long_type in line]
     assert line.rstrip().endswith("│") and " 1 │" in line
@@ -215,8 +222,7 @@ def test_long_labels_in_a_file_are_never_cut(runner, tmp_path):
 
 @pytest.mark.slow
 def test_score_says_what_its_counts_are_and_warns_about_long_windows(in_recipe, runner, tmp_path):
-    result = _cli(
-        runner,
+    result = _piped(
         "score",
         "cdnow_repeat",
         "--as-of",
@@ -225,8 +231,13 @@ def test_score_says_what_its_counts_are_and_warns_about_long_windows(in_recipe, 
         "challenger",
         "--out",
         str(tmp_path),
+        "--events",
+        "work/ingested",
+        "--config",
+        "project.yaml",
+        cwd=in_recipe,
     )
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.stderr
     score = _json(in_recipe, "score")
     outside = score["profiles"] - score["eligible"]
     assert (

@@ -274,10 +274,23 @@ def test_refit_uses_the_early_stopped_rounds_on_every_labelled_snapshot(purchase
     rows, _ = refit_rows(data.frame, data.model.training, data.plan.test)
     assert record["rows"] == len(rows) > len(fitted.parts.train)
     assert set(rows["profile_id"]).isdisjoint(set(fitted.parts.test["profile_id"]))
-    if chosen.family == "lightgbm":
-        assert record["rounds"] == chosen.params["best_iteration"] == chosen.model.booster.num_trees()
-    else:
-        assert record["C"] == chosen.params["C"]
+    # A blend's LightGBM and logistic parts are each refitted with what validation settled.
+    parts = [chosen]
+    if chosen.family == "blend":
+        components = chosen.model.components
+        parts = [
+            c
+            for c in fitted.trained.candidates
+            if c.family in ("lightgbm", "logistic") and any(c.model is m for m in components)
+        ]
+    assert parts
+    for part in parts:
+        done = part.model.metadata["refit"]
+        assert done["snapshots"] == record["snapshots"] and done["rows"] == record["rows"]
+        if part.family == "lightgbm":
+            assert done["rounds"] == part.params["best_iteration"] == part.model.booster.num_trees()
+        else:
+            assert done["C"] == part.params["C"]
     # Same data and config, same model bytes.
     again = train_jobs.fit(
         train_jobs.training_data(model_yaml, loaded, ProjectConfig(), None), time.perf_counter()
