@@ -182,9 +182,10 @@ def _cli(runner, *args: str):
 
 def _piped(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """The installed command in its own process with stdout to a pipe, as a script or a file
-    sees it (no console state carried over from other in-process tests)."""
+    sees it, with COLUMNS=80 exported as CI runners and schedulers do (it must not wrap)."""
     command = [str(Path(sys.executable).parent / "propensity"), *args]
-    return subprocess.run(command, cwd=cwd, env=dict(os.environ), capture_output=True, text=True)
+    env = {**os.environ, "COLUMNS": "80"}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
 
 
 @pytest.mark.slow

@@ -26,6 +26,13 @@ class OutputConsole(Console):
     """A rich console that never cuts or wraps when its output is not a terminal: a file, a
     pipe or a script reads whole lines (a terminal still gets tables fitted to its width)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Rich also takes a width from COLUMNS; only a width given here is kept for a file or
+        # pipe (CI runners and schedulers export COLUMNS=80, and a script must still read
+        # whole lines).
+        self._given_width = kwargs.get("width")
+
     def _to_a_file(self) -> bool:
         """Whether the output is not a terminal device. Asked of the file itself: rich's
         ``is_terminal`` also says yes for FORCE_COLOR, TTY_COMPATIBLE or a notebook kernel met
@@ -39,13 +46,13 @@ class OutputConsole(Console):
     @property
     def size(self) -> ConsoleDimensions:
         dimensions = super().size
-        if self._width is None and self._to_a_file():
+        if self._given_width is None and self._to_a_file():
             return ConsoleDimensions(UNWRAPPED_WIDTH, dimensions.height)
         return dimensions
 
     def rule(self, *args: Any, **kwargs: Any) -> None:
         """A horizontal rule spans the width: 80 columns in a file, not :data:`UNWRAPPED_WIDTH`."""
-        if self._width is None and self._to_a_file():
+        if self._given_width is None and self._to_a_file():
             from rich.rule import Rule
 
             self.print(Rule(*args, **kwargs), width=RULE_WIDTH)
