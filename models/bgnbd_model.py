@@ -29,7 +29,7 @@ from propensity.models.baselines import BGNBD_FEATURES, bgnbd_inputs
 from propensity.models.bgnbd import BgNbd, fit_bgnbd
 from propensity.models.calibration import Calibrator
 from propensity.models.estimator import feature_matrix
-from propensity.models.linear import top_k_columns
+from propensity.models.linear import AdditiveBooster, top_k_columns
 
 # Rows without a purchase history get BG/NBD's lowest chance; the floor keeps the log-odds finite.
 PROBABILITY_FLOOR = 1e-4
@@ -113,18 +113,8 @@ class BgNbdPropensityModel:
         return save_model(self, path)
 
 
-class BgNbdBooster:
-    """The part of LightGBM's ``Booster`` interface code written for trees calls."""
-
-    def __init__(self, model: BgNbdPropensityModel) -> None:
-        self.model = model
-
-    def predict(self, matrix: pd.DataFrame, raw_score: bool = False, pred_contrib: bool = False, **_):
-        """Contributions, raw log-odds, or the uncalibrated probability."""
-        if pred_contrib:
-            return self.model.contributions(matrix)
-        raw = self.model.raw_score(matrix)
-        return raw if raw_score else 1.0 / (1.0 + np.exp(-raw))
+class BgNbdBooster(AdditiveBooster):
+    """BG/NBD through the ``Booster`` interface (:class:`~propensity.models.linear.AdditiveBooster`)."""
 
     def feature_importance(self, importance_type: str = "gain") -> np.ndarray:
         """No gain to report: one per input (each is read by the closed form)."""

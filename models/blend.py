@@ -31,7 +31,7 @@ from sklearn.linear_model import LogisticRegression
 
 from propensity.models.calibration import Calibrator, choose_calibration, logistic, out_of_fold
 from propensity.models.estimator import feature_matrix
-from propensity.models.linear import top_k_columns
+from propensity.models.linear import AdditiveBooster, top_k_columns
 
 WEIGHT_STEP = 0.05  # validation differences finer than this did not predict the test winner
 
@@ -124,18 +124,8 @@ class BlendPropensityModel:
         return save_model(self, path)
 
 
-class BlendBooster:
-    """The part of LightGBM's ``Booster`` interface code written for trees calls."""
-
-    def __init__(self, model: BlendPropensityModel) -> None:
-        self.model = model
-
-    def predict(self, matrix: pd.DataFrame, raw_score: bool = False, pred_contrib: bool = False, **_):
-        """Contributions, raw log-odds, or the uncalibrated probability."""
-        if pred_contrib:
-            return self.model.contributions(matrix)
-        raw = self.model.raw_score(matrix)
-        return raw if raw_score else 1.0 / (1.0 + np.exp(-raw))
+class BlendBooster(AdditiveBooster):
+    """The blend through the ``Booster`` interface (:class:`~propensity.models.linear.AdditiveBooster`)."""
 
     def feature_importance(self, importance_type: str = "gain") -> np.ndarray:
         """Each family's importance, each normalised to sum 1 and weighted by the family's weight."""

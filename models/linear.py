@@ -102,12 +102,13 @@ class LogScaledDesign:
         return out
 
 
-class LinearBooster:
-    """The linear model seen through the part of LightGBM's ``Booster`` interface that code
-    written for trees calls (scoring, explanations, notebooks): ``predict`` with
-    ``raw_score`` or ``pred_contrib``, and ``feature_importance``."""
+class AdditiveBooster:
+    """A model of log-odds seen through the part of LightGBM's ``Booster`` interface that code
+    written for trees calls (scoring, explanations, notebooks): ``predict`` with ``raw_score``
+    or ``pred_contrib``. The model gives ``raw_score`` and ``contributions``; each family adds
+    its own ``feature_importance``."""
 
-    def __init__(self, model: LinearPropensityModel) -> None:
+    def __init__(self, model) -> None:
         self.model = model
 
     def predict(
@@ -119,6 +120,10 @@ class LinearBooster:
             return self.model.contributions(matrix)
         raw = self.model.raw_score(matrix)
         return raw if raw_score else 1.0 / (1.0 + np.exp(-raw))
+
+
+class LinearBooster(AdditiveBooster):
+    """The linear model through the ``Booster`` interface (:class:`AdditiveBooster`)."""
 
     def feature_importance(self, importance_type: str = "gain") -> np.ndarray:
         """Per feature, the sum of |coefficient| over its standardised design columns (the
