@@ -109,3 +109,35 @@ def test_labels_of_custom_and_order_value_outcomes_equal_duckdbs(shops, outcome)
     got, expected = frames
     assert 10 < expected["label"].sum() < len(expected) - 10
     assert_same_rows(got, expected, ["profile_id"])
+
+
+def test_segment_rules_on_custom_types_and_traits_equal_duckdbs(shops, tmp_path):
+    """Segment rules reading a learned event type's features and declared traits (a sensitive
+    one too: rules may read it) qualify the same members on both engines."""
+    import pandas as pd
+
+    from propensity.pipeline.jobs import segments as segment_jobs
+
+    root, _, _ = shops
+    segments = tmp_path / "segments.yaml"
+    segments.write_text(
+        "segments:\n"
+        "  - name: northern_coupon_fans\n"
+        "    rule: event_coupon_redeemed_count_90d >= 1 AND store_region = 'north'\n"
+        "  - name: high_income_mailed\n"
+        "    rule: income_band = 'high' AND event_campaign_received_count_30d >= 1\n"
+        "  - name: big_households\n"
+        "    rule: household_size >= 3 AND days_since_last_event_campaign_received <= 60\n"
+    )
+    no_scores = tmp_path / "scores"
+    no_scores.mkdir()
+    results = {
+        name: segment_jobs.qualify_segments(root / name, no_scores, AS_OF, segments, tmp_path / name, config)
+        for name, config in (("duckdb", DUCK), ("spark", SPARK))
+    }
+    assert results["spark"].segments == results["duckdb"].segments
+    assert all(s.size > 3 for s in results["duckdb"].segments), results["duckdb"].segments
+    for name in ("memberships.parquet", "identities.parquet"):
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(results["spark"].out / name), pd.read_parquet(results["duckdb"].out / name)
+        )
