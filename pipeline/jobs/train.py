@@ -218,6 +218,20 @@ def train_model(
     )
 
 
+def _from_data(data: TrainingData) -> dict[str, Any]:
+    """The fields of a train result that come from the training data, for every kind of model."""
+    return {
+        "snapshots": list(data.dates),
+        "features": len(data.labels),
+        "snapshot_plan": data.snapshot_note,
+        "plan": describe(data.plan, data.plan_table()),
+        "trained_until": data.cutoff,
+        "model": data.model.name,
+        "feature_note": data.feature_note,
+        "warnings": list(data.warnings),
+    }
+
+
 def _uplift_result(data: TrainingData, trained: UpliftTrained) -> TrainResult:
     """An uplift model's train run in the train job's terms (no feature importance: the factors
     of scores explain the uplift)."""
@@ -233,18 +247,11 @@ def _uplift_result(data: TrainingData, trained: UpliftTrained) -> TrainResult:
         buckets=trained.buckets,
         importance=pd.DataFrame(columns=["feature", "label", "importance"]),
         rows=trained.rows,
-        snapshots=list(data.dates),
-        features=len(data.labels),
         model_family=f"uplift_{trained.model.learner}",
         validation={learner: {"qini": value} for learner, value in qini.items()},
         selection_reason=reason,
-        snapshot_plan=data.snapshot_note,
-        plan=describe(data.plan, data.plan_table()),
         fit_seconds=trained.fit_seconds,
-        trained_until=data.cutoff,
-        model=data.model.name,
-        feature_note=data.feature_note,
-        warnings=list(data.warnings),
+        **_from_data(data),
     )
 
 
@@ -336,18 +343,11 @@ def fit_and_register(
         buckets=figures.buckets,
         importance=figures.importance,
         rows=fitted.parts.summary(),
-        snapshots=list(data.dates),
-        features=len(data.labels),
         model_family=trained.chosen.family,
         validation={c.family: c.validation for c in trained.candidates},
         selection_reason=trained.reason,
-        snapshot_plan=data.snapshot_note,
-        plan=describe(data.plan, data.plan_table()),
         fit_seconds=fitted.fit_seconds,
-        trained_until=data.cutoff,
-        model=data.model.name,
-        feature_note=data.feature_note,
-        warnings=list(data.warnings),
+        **_from_data(data),
     )
 
 
