@@ -108,6 +108,40 @@ def test_a_holdout_segment_measures_no_lift_where_there_is_none(runner, world):
     assert f"{planned.holdout_needed:,}" in result.output and planned.holdout == round(0.2 * planned.audience)
 
 
+def test_a_destinations_holdout_is_measured_from_the_cli(runner, world, tmp_path):
+    sent = _sent(world)["sent"]
+    (tmp_path / "segments.yaml").write_text(
+        "segments:\n  - {name: known_customers, rule: 'is_known = 1'}\n"  # no holdout of its own
+    )
+    (tmp_path / "destinations.yaml").write_text(
+        "destinations:\n  - {name: crm, identities: [crm_id], marketing_action: email,"
+        " segments: [known_customers], holdout: 0.25, holdout_minimum: 300}\n"
+    )
+    events, memberships = ["--events", str(world / "ingested")], ["--memberships", str(tmp_path / "m")]
+    result = invoke(runner, "segments", *events, "--as-of", sent, "--segments",
+                    str(tmp_path / "segments.yaml"), "--out", str(tmp_path / "m"))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = invoke(runner, "export", *memberships, "--as-of", sent, "--destinations",
+                    str(tmp_path / "destinations.yaml"), "--out", str(tmp_path / "exports"))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = invoke(runner, "measure", *events, *memberships, "--as-of", sent, "--category", "yoga",
+                    "--destination", "crm", "--out", str(tmp_path / "lift"))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    written = json.loads((tmp_path / "lift" / f"as_of={sent}" / "lift.json").read_text())
+    manifest = json.loads(
+        next((tmp_path / "exports" / "destination=crm").glob("as_of=*/manifest.json")).read_text()
+    )["segments"]["known_customers"]
+    sizes = written["sizes"]["known_customers"]
+    assert sizes["holdout"] == manifest["withheld_destination_holdout"] > 300
+    assert sizes["targeted"] == manifest["profiles"]  # every crm_id holder the destination received
+    assert set(written["contamination"]["known_customers"]) >= {"merged_across_arms", "shared_identities"}
+    whole = pd.read_parquet(tmp_path / "lift" / f"as_of={sent}" / "lift.parquet").query("breakdown == ''")
+    lift = whole.set_index("metric").loc["absolute_lift"]
+    assert lift["low"] < 0 < lift["high"]  # an A/A split the simulated campaign never saw
+    missing = invoke(runner, "measure", *events, *memberships, "--as-of", sent, "--destination", "sms")
+    assert missing.exit_code == 2 and "declare `holdout:` on the destination" in missing.output
+
+
 def test_measuring_before_the_horizon_or_without_arms_is_one_line(runner, world, tmp_path):
     events = ["--events", str(world / "ingested")]
     early = invoke(

@@ -10,6 +10,7 @@ source, the key and what was expected. Reading the YAML files is the pipeline's 
 from propensity.core.config.activation import (
     DestinationConfig,
     DestinationsFile,
+    HoldoutFields,
     MonitorConfig,
     SegmentConfig,
     SegmentsFile,
@@ -46,6 +47,7 @@ __all__ = [
     "FeatureConfig",
     "FeatureSelection",
     "GovernanceConfig",
+    "HoldoutFields",
     "IdentityConfig",
     "IngestConfig",
     "MlflowConfig",

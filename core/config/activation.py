@@ -9,7 +9,24 @@ from pydantic import Field, field_validator
 from propensity.core.config.base import NAME_PATTERN, _Strict, _unique
 
 
-class SegmentConfig(_Strict):
+class HoldoutFields(_Strict):
+    """A holdout declared on a segment or on a destination (one split: features.activation.holdout)."""
+
+    holdout: float | None = Field(default=None, gt=0, le=0.5)
+    """Share of the qualifying members withheld (arm `holdout`) to measure the lift against; the others are
+    `targeted`. On a segment they are withheld from every export; on a destination from that destination's
+    export, among the members its consents allow. A member's arm is a hash of profile, segment (and
+    destination) and salt, kept across dates.
+    """
+    holdout_salt: str = ""
+    """Changes which members the hash puts in the holdout (a new salt: a fresh draw for a new campaign)."""
+    holdout_minimum: int = Field(default=1000, ge=1)
+    """A holdout with fewer profiles is refused (with the lift it could detect): it could not show a lift."""
+    baseline_rate: float = Field(default=0.05, gt=0, lt=1)
+    """The outcome rate expected without the campaign: what the power figures of the holdout assume."""
+
+
+class SegmentConfig(HoldoutFields):
     """One audience: a rule over features, profile attributes and model scores."""
 
     name: str = Field(pattern=NAME_PATTERN)
@@ -18,17 +35,6 @@ class SegmentConfig(_Strict):
     """What the audience is for, for people."""
     rule: str = Field(min_length=1)
     """e.g. "upsell.score >= 70 AND days_since_last_purchase > 60"; checked by features.build.rules."""
-    holdout: float | None = Field(default=None, gt=0, le=0.5)
-    """Share of the qualifying members withheld from every export (arm `holdout`) to measure the segment's
-    lift against; the others are `targeted`. A member's arm is a hash of profile, segment and salt, kept
-    across dates.
-    """
-    holdout_salt: str = ""
-    """Changes which members the hash puts in the holdout (a new salt: a fresh draw for a new campaign)."""
-    holdout_minimum: int = Field(default=1000, ge=1)
-    """A holdout with fewer profiles is refused (with the lift it could detect): it could not show a lift."""
-    baseline_rate: float = Field(default=0.05, gt=0, lt=1)
-    """The outcome rate expected without the campaign: what the power figures of the holdout assume."""
 
 
 class SegmentsFile(_Strict):
@@ -44,7 +50,7 @@ class SegmentsFile(_Strict):
         return value
 
 
-class DestinationConfig(_Strict):
+class DestinationConfig(HoldoutFields):
     """Where segments are activated, and which identities and purpose that destination has."""
 
     name: str = Field(pattern=NAME_PATTERN)

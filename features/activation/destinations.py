@@ -13,11 +13,13 @@ written atomically and replaced whole on a re-run (identical bytes for identical
 
 Never exported: other namespaces (and raw email or phone, which do not exist after ingest), the
 internal ``profile_id``, members of a segment's holdout (``arm = 'holdout'``, see
-:mod:`propensity.features.activation.holdout`; counted as ``withheld_holdout``), profiles that
-opted out of personalisation (they are not in the memberships, and are filtered again here in
-case a file was produced otherwise), profiles without an explicit 'y' for a consent the
-destination requires. A profile with no value of any allowed namespace is skipped. Both are
-counted.
+:mod:`propensity.features.activation.holdout`; counted as ``withheld_holdout``), members of
+the destination's own holdout (a destination with ``holdout``: the same split, drawn among the
+members its consents allow, recorded beside the memberships for ``measure``; counted as
+``withheld_destination_holdout``), profiles that opted out of personalisation (they are not in
+the memberships, and are filtered again here in case a file was produced otherwise), profiles
+without an explicit 'y' for a consent the destination requires. A profile with no value of any
+allowed namespace is skipped. Both are counted.
 
 Consent withdrawals: a profile that opts out is in no later membership, so it never gets an
 ``exited`` row there. For a destination that syncs exits (``include_exited``), a profile that was
@@ -42,6 +44,7 @@ import duckdb
 from propensity.core.config import DestinationConfig
 from propensity.core.errors import UserError
 from propensity.core.io import atomic_path, write_json
+from propensity.features.activation.holdout import ArmCounts, HoldoutPolicy, assign_arms, destination_arms_dir
 from propensity.features.activation.membership_store import (
     IDENTITIES_FILE,
     MEMBERSHIPS_FILE,
@@ -66,6 +69,8 @@ class SegmentExport:
     held_back_consent: int  # opted out of personalisation, or a required consent not given
     exited_withdrawn: int = 0  # sent at the previous as-of, gone since (consent withdrawn): exited
     withheld_holdout: int = 0  # members in the segment's holdout: never exported
+    withheld_destination_holdout: int = 0  # members in the destination's own holdout
+    arms: ArmCounts | None = None  # the destination's split of this segment (when it has a holdout)
 
 
 @dataclass
@@ -149,7 +154,7 @@ def _members_sql(memberships: Path, identities: Path, segment: str, destination:
         WITH {_consent_ctes(identities, destination)}
         SELECT m.profile_id, m.status, m.qualified_at, m.as_of,
                coalesce(c.consented, {"false" if destination.required_consents else "true"}) AS consented,
-               coalesce(c.has_identity, false) AS has_identity, false AS withdrawn
+               coalesce(c.has_identity, false) AS has_identity, false AS withdrawn, false AS withheld
         FROM read_parquet({sql_string(str(memberships))}) m
         LEFT JOIN consent c ON c.profile_id = m.profile_id
         WHERE m.segment = {sql_string(segment)} AND m.status IN ({", ".join(sql_string(s) for s in statuses)})
@@ -204,7 +209,7 @@ def _withdrawn_sql(
     return f"""
         WITH {_consent_ctes(before / IDENTITIES_FILE, destination)}
         SELECT m.profile_id, 'exited' AS status, m.qualified_at, DATE '{as_of.isoformat()}' AS as_of,
-               true AS consented, c.has_identity, true AS withdrawn
+               true AS consented, c.has_identity, true AS withdrawn, false AS withheld
         FROM read_parquet({sql_string(str(before / MEMBERSHIPS_FILE))}) m
         JOIN consent c ON c.profile_id = m.profile_id AND c.consented
         WHERE m.segment = {name} AND m.status IN ({", ".join(sql_string(s) for s in EXPORTED_STATUSES)})
@@ -241,10 +246,14 @@ def _export_segment(
             f"FROM read_parquet({sql_string(str(previous))})"
         )
     con.execute(f"CREATE OR REPLACE TEMP TABLE _export_members AS {members}")
+    policy = HoldoutPolicy.of(destination)
+    arms = None
+    if policy is not None:
+        arms = _split_for_destination(con, memberships_dir, as_of, destination, segment, policy)
     held_back, skipped, exported, gone = con.execute("""
         SELECT count(*) FILTER (WHERE NOT consented), count(*) FILTER (WHERE consented AND NOT has_identity),
-               count(*) FILTER (WHERE consented AND has_identity),
-               count(*) FILTER (WHERE withdrawn AND consented AND has_identity)
+               count(*) FILTER (WHERE consented AND has_identity AND NOT withheld),
+               count(*) FILTER (WHERE withdrawn AND consented AND has_identity AND NOT withheld)
         FROM _export_members
     """).fetchall()[0]
     path = directory / f"segment={segment}.{destination.format}"
@@ -257,7 +266,7 @@ def _export_segment(
             FROM _export_members m
             JOIN ({id_sources}) i
               ON i.profile_id = m.profile_id AND i.withdrawn = m.withdrawn AND i.namespace IN ({allowed})
-            WHERE m.consented ORDER BY i.namespace, i.value
+            WHERE m.consented AND NOT m.withheld ORDER BY i.namespace, i.value
         ) TO {sql_string(str(path))} ({options})
     """)
     reader = f"read_{destination.format}({sql_string(str(path))})"
@@ -265,8 +274,77 @@ def _export_segment(
     con.execute("DROP TABLE _export_members")
     withheld = withheld_count(con, source / MEMBERSHIPS_FILE, segment)
     return SegmentExport(
-        segment, path, int(rows), int(exported), int(skipped), int(held_back), int(gone), int(withheld)
+        segment,
+        path,
+        int(rows),
+        int(exported),
+        int(skipped),
+        int(held_back),
+        int(gone),
+        int(withheld),
+        arms.holdout if arms is not None else 0,
+        arms,
     )
+
+
+def _split_for_destination(
+    con: duckdb.DuckDBPyConnection,
+    memberships_dir: Path,
+    as_of: dt.date,
+    destination: DestinationConfig,
+    segment: str,
+    policy: HoldoutPolicy,
+) -> ArmCounts:
+    """The destination's holdout of one segment (:func:`assign_arms`, as segments split): the
+    members it may receive (consent first: the others are held back, in no arm) are split by the
+    hash of profile, ``<destination>/<segment>`` and salt, arms carried from the previous date's
+    record; the holdout is marked ``withheld`` in ``_export_members`` and every arm is added to
+    ``_destination_arms``. A UserError when the holdout is under its minimum."""
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _destination_rows AS
+        SELECT profile_id, {sql_string(segment)} AS segment,
+               CASE WHEN consented AND has_identity THEN status ELSE 'held_back' END AS status,
+               as_of, CAST(qualified_at AS DATE) AS qualified_at
+        FROM _export_members
+    """)
+    previous = previous_as_of(memberships_dir, as_of)
+    previous_dir = partition_dir(memberships_dir, previous) if previous else None
+    identities = partition_dir(memberships_dir, as_of) / IDENTITIES_FILE
+    identity_map = f"read_parquet({sql_string(str(identities))})"
+    counts = assign_arms(
+        con, {segment: policy}, previous_dir, as_of, identity_map, "_destination_rows", destination.name
+    )
+    con.execute("""
+        UPDATE _export_members SET withheld = true
+        WHERE profile_id IN (SELECT profile_id FROM _destination_rows WHERE arm = 'holdout')
+    """)
+    con.execute("""
+        INSERT INTO _destination_arms
+        SELECT profile_id, segment, status, as_of, qualified_at, arm, arm_since
+        FROM _destination_rows WHERE arm IS NOT NULL
+    """)
+    con.execute("DROP TABLE _destination_rows")
+    return counts[0]
+
+
+def _record_destination_arms(
+    con: duckdb.DuckDBPyConnection,
+    memberships_dir: Path,
+    as_of: dt.date,
+    exports: list[SegmentExport],
+    name: str,
+) -> None:
+    """Write ``_destination_arms`` and the splits' counts beside the memberships at ``as_of``
+    (:func:`destination_arms_dir`), atomically: what ``measure --destination`` reads."""
+    target = partition_dir(memberships_dir, as_of) / destination_arms_dir(name)
+    with atomic_path(target, root=memberships_dir, kind="segments") as tmp:
+        tmp.mkdir(parents=True)
+        con.execute(f"""
+            COPY (SELECT * FROM _destination_arms ORDER BY segment, profile_id)
+            TO {sql_string(str(tmp / "arms.parquet"))} (FORMAT parquet, COMPRESSION zstd)
+        """)
+        holdout = {e.segment: e.arms.as_dict() for e in exports if e.arms is not None}
+        write_json({"destination": name, "as_of": str(as_of), "holdout": holdout}, tmp / "summary.json")
 
 
 def _restrict(directory: Path, mode: int) -> None:
@@ -287,12 +365,18 @@ def export_destination(
     """Write one destination's segment files for ``as_of`` (checked by :func:`check_destinations`
     first) to ``export_dir/destination=<name>/as_of=<date>/``, atomically."""
     target = Path(export_dir) / f"destination={destination.name}" / f"as_of={as_of}"
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _destination_arms (profile_id VARCHAR, segment VARCHAR, status VARCHAR,
+            as_of DATE, qualified_at DATE, arm VARCHAR, arm_since DATE)
+    """)
     with atomic_path(target, root=export_dir, kind="exports") as tmp:
         tmp.mkdir(parents=True)
         exports = [
             _export_segment(con, Path(memberships_dir), as_of, destination, segment, tmp)
             for segment in destination.segments
         ]
+        if destination.holdout is not None:
+            _record_destination_arms(con, Path(memberships_dir), as_of, exports, destination.name)
         for export in exports:
             export.path = target / export.path.name
         write_json(
@@ -312,6 +396,7 @@ def export_destination(
                         "held_back_consent": e.held_back_consent,
                         "exited_withdrawn": e.exited_withdrawn,
                         "withheld_holdout": e.withheld_holdout,
+                        "withheld_destination_holdout": e.withheld_destination_holdout,
                     }
                     for e in exports
                 },

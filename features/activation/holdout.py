@@ -19,6 +19,12 @@ detect (80 % power, alpha 0.05, at the segment's ``baseline_rate``).
 
 The assignment runs on the rows of the qualification (the ``_segment_rows`` table) in DuckDB,
 for both engines (the Spark wing brings its rows to the driver): one code path, one result.
+
+A destination may declare a holdout too (``DestinationConfig.holdout``): the same split, run by
+the export on the members that destination's consents allow (consent first, then the split),
+hashed on ``<destination>/<segment>`` so that each destination draws its own holdout, and
+recorded beside the memberships in :func:`destination_arms_file` (profile_id, segment, status,
+arm, arm_since; the previous date's file carries the arms forward as memberships do).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from pathlib import Path
 
 import duckdb
 
-from propensity.core.config import SegmentConfig
+from propensity.core.config import HoldoutFields
 from propensity.core.errors import UserError
 from propensity.core.power import minimum_detectable_lift
 from propensity.features.sql import sql_string
@@ -40,8 +46,8 @@ ARM_COLUMNS: tuple[str, ...] = ("arm", "arm_since")
 
 @dataclass(frozen=True)
 class HoldoutPolicy:
-    """A segment's holdout: the share withheld, the hash salt, the smallest holdout accepted and
-    the outcome rate its power figures assume."""
+    """A segment's (or a destination's) holdout: the share withheld, the hash salt, the smallest
+    holdout accepted and the outcome rate its power figures assume."""
 
     share: float
     salt: str = ""
@@ -49,8 +55,8 @@ class HoldoutPolicy:
     baseline_rate: float = 0.05
 
     @classmethod
-    def of(cls, config: SegmentConfig) -> HoldoutPolicy | None:
-        """The policy a segment config declares (None: no holdout)."""
+    def of(cls, config: HoldoutFields) -> HoldoutPolicy | None:
+        """The policy a segment or destination config declares (None: no holdout)."""
         if config.holdout is None:
             return None
         return cls(config.holdout, config.holdout_salt, config.holdout_minimum, config.baseline_rate)
@@ -79,16 +85,19 @@ def hash_draw_sql(profile: str, segment: str, salt: str) -> str:
     return f"(('0x' || substr(md5({key}), 1, 8))::UBIGINT / 4294967296.0)"
 
 
-def _previous_sql(con: duckdb.DuckDBPyConnection, previous_dir: Path | None) -> tuple[str, str]:
-    """The previous date's (arms, identities) relations; empty when it has none."""
+def _previous_sql(
+    con: duckdb.DuckDBPyConnection, previous_dir: Path | None, arms_file: str
+) -> tuple[str, str]:
+    """The previous date's (arms, identities) relations (arms from ``arms_file`` in
+    ``previous_dir``); empty when it has none."""
     empty_arms = "SELECT NULL::VARCHAR profile_id, NULL::VARCHAR segment, NULL::VARCHAR earliest LIMIT 0"
     empty_ids = (
         "SELECT NULL::VARCHAR segment, NULL::VARCHAR earliest, NULL::VARCHAR namespace, "
         "NULL::VARCHAR value LIMIT 0"
     )
-    if previous_dir is None or not (previous_dir / "memberships.parquet").is_file():
+    if previous_dir is None or not (previous_dir / arms_file).is_file():
         return empty_arms, empty_ids
-    memberships = f"read_parquet({sql_string(str(previous_dir / 'memberships.parquet'))})"
+    memberships = f"read_parquet({sql_string(str(previous_dir / arms_file))})"
     columns = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {memberships}").fetchall()}
     if "arm" not in columns:
         return empty_arms, empty_ids
@@ -110,26 +119,33 @@ def assign_arms(
     previous_dir: Path | None,
     as_of: dt.date,
     identity_map: str | None,
+    rows: str = "_segment_rows",
+    destination: str | None = None,
 ) -> list[ArmCounts]:
-    """Add ``arm`` and ``arm_since`` to ``_segment_rows`` (NULL for segments without a holdout
-    and for held-back rows) and return each holdout segment's counts; a UserError when a
-    holdout is under its minimum. ``identity_map``: the relation of the profiles' identities
-    (None: arms are carried by profile id only, and shared identities are not counted)."""
+    """Add ``arm`` and ``arm_since`` to the table ``rows`` (profile_id, segment, status, as_of,
+    qualified_at; NULL for segments without a holdout and for held-back rows) and return each
+    holdout segment's counts; a UserError when a holdout is under its minimum.
+    ``identity_map``: the relation of the profiles' identities (None: arms are carried by
+    profile id only, and shared identities are not counted). ``destination``: the split is that
+    destination's (its name joins the hash key, ``<destination>/<segment>``, and the previous
+    arms are read from its :func:`destination_arms_file`), otherwise the segments' own."""
     identity_map = identity_map or (
         "(SELECT NULL::VARCHAR profile_id, NULL::VARCHAR namespace, NULL::VARCHAR value LIMIT 0)"
     )
     values = ", ".join(
         f"({sql_string(s)}, {p.share!r}, {sql_string(p.salt)})" for s, p in sorted(policies.items())
     )
-    previous_arms, previous_ids = _previous_sql(con, previous_dir)
-    draw = hash_draw_sql("r.profile_id", "r.segment", "p.salt")
+    arms_file = "memberships.parquet" if destination is None else destination_arms_file(destination)
+    previous_arms, previous_ids = _previous_sql(con, previous_dir, arms_file)
+    unit = "r.segment" if destination is None else f"{sql_string(destination + '/')} || r.segment"
+    draw = hash_draw_sql("r.profile_id", unit, "p.salt")
     day = f"DATE '{as_of.isoformat()}'"
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _segment_rows AS
+        CREATE OR REPLACE TEMP TABLE {rows} AS
         WITH policy(segment, share, salt) AS (VALUES {values}),
         previous_ids AS ({previous_ids}),
         members AS (
-            SELECT r.profile_id, r.segment FROM _segment_rows r JOIN policy USING (segment)
+            SELECT r.profile_id, r.segment FROM {rows} r JOIN policy USING (segment)
             WHERE r.status IN ('realized', 'existing')
         ),
         via_identity AS (
@@ -145,7 +161,7 @@ def assign_arms(
             SELECT r.*, least(vi.earliest, vp.earliest) AS earliest, coalesce(vi.arms, 0) > 1 AS merged,
                    CASE WHEN {draw} < p.share THEN 'holdout' ELSE 'targeted' END AS drawn,
                    p.segment IS NOT NULL AND r.status <> 'held_back' AS split
-            FROM _segment_rows r
+            FROM {rows} r
             LEFT JOIN policy p USING (segment)
             LEFT JOIN via_identity vi USING (profile_id, segment)
             LEFT JOIN via_profile vp USING (profile_id, segment)
@@ -156,23 +172,36 @@ def assign_arms(
                split AND earliest IS NOT NULL AS carried, split AND merged AS merged_across_arms
         FROM assigned
     """)
-    counts = _arm_counts(con, policies, identity_map)
-    _refuse_small(counts, policies)
+    counts = _arm_counts(con, policies, identity_map, rows)
+    _refuse_small(
+        counts, policies, "segment" if destination is None else f"destination '{destination}', segment"
+    )
     return counts
 
 
+def destination_arms_dir(destination: str) -> str:
+    """The folder, in a memberships partition, where a destination's export records its arms
+    (``arms.parquet``) and their counts (``summary.json``)."""
+    return f"holdout_destination={destination}"
+
+
+def destination_arms_file(destination: str) -> str:
+    """The arms a destination's export recorded, relative to a memberships partition."""
+    return f"{destination_arms_dir(destination)}/arms.parquet"
+
+
 def _arm_counts(
-    con: duckdb.DuckDBPyConnection, policies: dict[str, HoldoutPolicy], identity_map: str
+    con: duckdb.DuckDBPyConnection, policies: dict[str, HoldoutPolicy], identity_map: str, table: str
 ) -> list[ArmCounts]:
-    rows = con.execute("""
+    rows = con.execute(f"""
         SELECT segment, count(*) FILTER (arm = 'targeted'), count(*) FILTER (arm = 'holdout'),
                count(*) FILTER (carried), count(*) FILTER (merged_across_arms)
-        FROM _segment_rows WHERE arm IS NOT NULL AND status IN ('realized', 'existing') GROUP BY segment
+        FROM {table} WHERE arm IS NOT NULL AND status IN ('realized', 'existing') GROUP BY segment
     """).fetchall()
     shared = dict(
         con.execute(f"""
         SELECT segment, count(*) FROM (
-            SELECT r.segment, i.namespace, i.value FROM _segment_rows r
+            SELECT r.segment, i.namespace, i.value FROM {table} r
             JOIN {identity_map} i USING (profile_id)
             WHERE r.arm IS NOT NULL AND r.status IN ('realized', 'existing')
             GROUP BY ALL HAVING count(DISTINCT r.arm) > 1
@@ -188,15 +217,16 @@ def _arm_counts(
     return out
 
 
-def _refuse_small(counts: list[ArmCounts], policies: dict[str, HoldoutPolicy]) -> None:
-    """A UserError naming every segment whose holdout is under its minimum, with its power."""
+def _refuse_small(counts: list[ArmCounts], policies: dict[str, HoldoutPolicy], unit: str) -> None:
+    """A UserError naming every segment (``unit``: how to name it) whose holdout is under its
+    minimum, with its power."""
     problems = []
     for c in counts:
         policy = policies[c.segment]
         if c.holdout < policy.minimum:
             relative = c.minimum_detectable_lift / policy.baseline_rate
             problems.append(
-                f"segment '{c.segment}': a holdout of {c.holdout:,} profiles ({policy.share:.0%} of "
+                f"{unit} '{c.segment}': a holdout of {c.holdout:,} profiles ({policy.share:.0%} of "
                 f"{c.holdout + c.targeted:,}) is under the minimum of {policy.minimum:,}: at 80 % power and "
                 f"alpha 0.05 it detects only an absolute lift of {c.minimum_detectable_lift:.2%} on a "
                 f"{policy.baseline_rate:.1%} baseline ({relative:.0%} relative); raise holdout, or lower "

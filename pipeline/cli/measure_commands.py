@@ -69,6 +69,10 @@ def measure(
     scores: Annotated[
         Path | None, typer.Option("--scores", help="Score partitions (for --by model.column).")
     ] = None,
+    destination: Annotated[
+        str | None,
+        typer.Option("--destination", help="The holdout this destination's export drew, not the segments'."),
+    ] = None,
     arms: Annotated[
         Path | None,
         typer.Option(
@@ -110,6 +114,7 @@ def measure(
         seed=cfg.seed,
         cost=cost,
         segments=tuple(segment) if segment else None,
+        destination=destination,
     )
     with console.status("measuring lift"):
         result = jobs.measure(

@@ -1,7 +1,9 @@
 """The measure job: after a campaign's horizon, what its targeted members did that the holdout did not.
 
 Members and arms come from the memberships at ``as_of`` (``segments`` with a ``holdout``; see
-:mod:`propensity.features.activation.holdout`): realized and existing members of each arm.
+:mod:`propensity.features.activation.holdout`): realized and existing members of each arm; with
+``destination``, from the arms that destination's export recorded beside them (a destination
+with a ``holdout``).
 Outcomes are the outcome events (``event_type``, optionally of one ``category``) in
 ``[as_of, as_of + horizon_days)``, each counted for the member whose identity at ``as_of`` it
 carries (first namespace in the project's precedence): ``converted`` (at least one) and
@@ -35,6 +37,7 @@ from propensity.core.errors import UserError
 from propensity.core.io import atomic_path, write_json
 from propensity.core.power import PowerPlan, plan
 from propensity.features.activation import membership_store as store
+from propensity.features.activation.holdout import destination_arms_dir
 from propensity.features.activation.segments import score_partition
 from propensity.features.sql import sql_ident, sql_string
 from propensity.models import tracking
@@ -61,6 +64,7 @@ class MeasureRequest:
     seed: int = 0
     cost: float | None = None  # what the campaign cost per segment (return on spend)
     segments: tuple[str, ...] | None = None  # None: every segment with arms
+    destination: str | None = None  # the arms of this destination's holdout, not the segments'
 
 
 @dataclass
@@ -105,6 +109,11 @@ def lift_table(
 
 
 def _members(memberships: Path, segments: tuple[str, ...] | None) -> pd.DataFrame:
+    if not memberships.is_file():
+        raise UserError(
+            f"{memberships}: missing; declare `holdout:` on the destination and run `propensity export` "
+            f"at this date first"
+        )
     if not store.has_arms(memberships):
         raise UserError(
             f"{memberships}: no segment has a holdout (no `arm` column); declare `holdout:` first"
@@ -207,7 +216,11 @@ def measure(
             raise UserError("measure needs memberships (--memberships) or an arms file (--arms)")
         partition = store.partition_dir(memberships_dir, request.as_of)
         summary = store.read_summary(memberships_dir, request.as_of)
-        members = _members(partition / store.MEMBERSHIPS_FILE, request.segments)
+        arms_from = partition / store.MEMBERSHIPS_FILE
+        if request.destination is not None:
+            arms_from = partition / destination_arms_dir(request.destination) / "arms.parquet"
+            summary = {**summary, **store.read_summary_file(arms_from.parent)}
+        members = _members(arms_from, request.segments)
         namespaces = list(summary.get("identity_namespaces") or config.identity.namespaces)
         identities = pd.read_parquet(
             partition / store.IDENTITIES_FILE, columns=["profile_id", "namespace", "value"]
