@@ -307,6 +307,24 @@ def test_arms_from_memberships_take_the_latest_placement_in_the_window(tmp_path)
     assert marked.loc[10, "label"] == 1
 
 
+def test_arms_from_a_destinations_holdout_are_read_from_its_record(tmp_path):
+    _memberships(tmp_path, "2025-03-01", [("a", "realized", None), ("b", "realized", None)])
+    recorded = tmp_path / "as_of=2025-03-01" / "holdout_destination=crm"
+    recorded.mkdir()
+    pd.DataFrame(
+        {"profile_id": ["a", "b"], "segment": "yoga", "status": "realized", "arm": ["holdout", "targeted"]}
+    ).assign(as_of=dt.date(2025, 3, 1)).to_parquet(recorded / "arms.parquet", index=False)
+    rows = pd.DataFrame(
+        {"profile_id": ["a", "b"], "as_of": pd.to_datetime(["2025-03-02"] * 2), "label": [1, 0]}
+    )
+    treatment = TreatmentConfig(segment="yoga", memberships_dir=str(tmp_path), destination="crm")
+    assert arms_from_memberships(treatment, rows)["treated"].to_list() == [0, 1]
+    with pytest.raises(UserError, match=r"holdout_destination=sms/arms\.parquet"):
+        arms_from_memberships(treatment.model_copy(update={"destination": "sms"}), rows)
+    with pytest.raises(ValueError, match="a treatment `destination` names whose arms"):
+        TreatmentConfig(event_type="email_open", destination="crm")
+
+
 def test_arms_from_memberships_without_arms_is_a_clear_error(tmp_path):
     folder = tmp_path / "as_of=2025-03-01"
     folder.mkdir()

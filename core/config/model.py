@@ -198,6 +198,9 @@ class TreatmentConfig(_Strict):
     """The segment whose recorded arm (targeted / holdout) is the treatment; one of this or `event_type`."""
     memberships_dir: str | None = None
     """With `segment`: the segments job's output folder (`as_of=<date>/memberships.parquet` with `arm`)."""
+    destination: str | None = None
+    """With `segment`: the arms this destination's export drew (its own `holdout`), recorded beside the
+    memberships, instead of the segment's."""
     window_days: int = Field(default=30, ge=1, le=365)
     """A treatment event in this many days up to and including the as-of date makes the profile treated."""
     learners: list[Learner] = Field(default_factory=lambda: ["t", "x"], min_length=1)
@@ -222,6 +225,10 @@ class TreatmentConfig(_Strict):
         if (self.segment is None) != (self.memberships_dir is None):
             raise ValueError(
                 "a treatment `segment` needs `memberships_dir` (the segments job's output folder)"
+            )
+        if self.destination is not None and self.segment is None:
+            raise ValueError(
+                "a treatment `destination` names whose arms of a `segment` to read; it needs one"
             )
         if self.campaign is not None and self.event_type is None:
             raise ValueError("`campaign` narrows a treatment `event_type`; it needs one")

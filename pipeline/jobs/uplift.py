@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from propensity.core.config import ProjectConfig, TrainingConfig, TreatmentConfig
 from propensity.core.errors import UserError
+from propensity.features.activation.holdout import destination_arms_file
 from propensity.features.engine import Events
 from propensity.models import evaluate as ev
 from propensity.models import tracking
@@ -60,9 +61,14 @@ def arms_from_memberships(treatment: TreatmentConfig, frame: pd.DataFrame) -> pd
     the window up to the row's as_of (the latest placement), with ``treated`` (targeted 1,
     holdout 0); rows in neither arm are dropped."""
     root = Path(str(treatment.memberships_dir))
-    files = sorted(root.glob("as_of=*/memberships.parquet"))
+    recorded = (
+        "memberships.parquet"
+        if treatment.destination is None
+        else destination_arms_file(treatment.destination)
+    )
+    files = sorted(root.glob(f"as_of=*/{recorded}"))
     if not files:
-        raise UserError(f"treatment: no memberships under {root} (as_of=<date>/memberships.parquet)")
+        raise UserError(f"treatment: no memberships under {root} (as_of=<date>/{recorded})")
     tables = [pq.read_table(f).to_pandas() for f in files]
     members = pd.concat(tables, ignore_index=True)
     if "arm" not in members.columns:
