@@ -59,6 +59,11 @@ def test_demo_tells_the_story(demo_run):
         "were held out at random",
         "incremental revenue:",
         "the simulator's truth:",
+        "10. who the uplift model would target next",
+        "chosen on validation by Qini",
+        "the oracle's (ranked by each person's true effect)",
+        "uplift's less propensity's:",
+        "who it would target next",
     ):
         assert fragment in text, fragment
     assert (demo / "ingested" / "events.parquet").is_file()
@@ -68,6 +73,9 @@ def test_demo_tells_the_story(demo_run):
     assert (demo / "journeys" / "attribution_classes" / "journey.html").is_file()
     summary = json.loads((demo / "demo.json").read_text())
     assert summary["sarah"] and set(summary["models"]) == {"conversion", "upsell", "churn"}
+    uplift = summary["uplift"]
+    assert uplift["model_family"] in ("uplift_t", "uplift_x") and uplift["qini"] < uplift["oracle_qini"]
+    assert (Path(uplift["scores"]) / "part-0.parquet").is_file()
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
@@ -105,3 +113,4 @@ def test_notebook_runs_on_the_demo(path, demo_run, monkeypatch):
         assert len(images) == 2  # both arms, raw vs adjusted lift
         text = "\n".join(o.get("data", {}).get("text/plain", "") + o.get("text", "") for o in outputs)
         assert "incremental_revenue" in text and "minimum_detectable_lift" in text
+        assert "the oracle's" in text and "next audience" in text  # the uplift model's cells ran

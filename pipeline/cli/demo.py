@@ -3,7 +3,8 @@
 generate -> ingest and stitch -> features -> train conversion, upsell, churn -> promote ->
 score at two as-of dates -> qualify segments (statuses against the earlier date) -> export to
 destinations -> monitor -> report, and Sarah's story through all of it; then journeys, and the
-yoga campaign measured against its holdout.
+yoga campaign measured against its holdout, and who the uplift model trained on it would target
+next.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from propensity.features.sql import sql_string
 from propensity.features.synthetic.world import LUMA_YOGA, GeneratorSettings
 from propensity.features.synthetic.writer import generate
 from propensity.models import tracking
-from propensity.pipeline.cli import campaign_demo, journey_demo
+from propensity.pipeline.cli import campaign_demo, journey_demo, uplift_demo
 from propensity.pipeline.cli.printing import (
     print_buckets,
     print_explanation,
@@ -60,6 +61,7 @@ class DemoResult:
     seconds: float
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     campaign: dict[str, Any] = field(default_factory=dict)  # the yoga campaign's measured lift
+    uplift: dict[str, Any] = field(default_factory=dict)  # the yoga uplift model: who it targets next
     segments: dict[str, dict[str, int]] = field(default_factory=dict)
     buckets: dict[str, dict[str, int]] = field(default_factory=dict)  # per model, at the latest as-of
     sarah: str | None = None
@@ -267,6 +269,9 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
     _step(console, "9. the yoga campaign: holdout and incremental revenue")
     result.campaign = campaign_demo.run(data_dir, ingested, config, out / "measure", console)
 
+    _step(console, "10. who the uplift model would target next")
+    result.uplift = uplift_demo.run(data_dir, ingested, config, out / "uplift", latest, console)
+
     result.seconds = time.perf_counter() - started
     # What notebooks and the README's pictures start from (notebooks/feature_importance.ipynb).
     write_json(
@@ -277,6 +282,7 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
             "scores": scores.resolve(),
             "sarah": sarah,
             "measure": (out / "measure" / f"as_of={result.campaign['as_of']}").resolve(),
+            "uplift": result.uplift,
             "models": {name: fit.version for name, fit in trained.items()},
             "tracking_uri": tracking.tracking_uri(config),
         },
