@@ -7,8 +7,9 @@ Real CD purchases (the ``lifetimes`` package's CDNOW_master.txt, 23,570 customer
 repeat-purchase config on the data before 1997-10-01, ``score`` at 1997-10-01; then AUC,
 average precision and Brier of the written probabilities for a purchase within 90 days,
 each with a bootstrap 95 % interval and the number of positives, beside logistic regression
-on log RFM (one snapshot), BG/NBD and recency fitted in the same run on the same customers,
-and the paired intervals of the model minus each. ``--every N`` keeps every N-th customer.
+on log RFM (one snapshot), LightGBM on RFM over stacked weekly snapshots, BG/NBD and recency
+fitted in the same run on the same customers, and the paired intervals of the model minus
+each. ``--every N`` keeps every N-th customer.
 The CLI is the one next to this Python (``python`` of another venv runs that venv's code).
 Prints a table and, last, one JSON line.
 """
@@ -43,13 +44,13 @@ def main() -> None:
         f"{figures['positives']:,} positives; steps {figures['seconds']}"
     )
     print(f"{'':<10}{'AUC':>28}{'average precision':>28}{'Brier':>28}")
-    for name in ("model", "logistic", "bgnbd", "recency"):
+    for name in ("model", "logistic", "lightgbm", "bgnbd", "recency"):
         cells = []
         for metric in ("auc", "average_precision", "brier"):
             m = figures[name].get(metric)
             cells.append(f"{m['value']:.4f} [{m['low']:.4f}, {m['high']:.4f}]" if m else "-")
         print(f"{name:<10}" + "".join(f"{c:>28}" for c in cells))
-    for name in ("logistic", "bgnbd", "recency"):
+    for name in ("logistic", "lightgbm", "bgnbd", "recency"):
         diff = figures[f"model-{name}"]
         shown = ", ".join(f"{k} [{v['low']:+.4f}, {v['high']:+.4f}]" for k, v in sorted(diff.items()))
         print(f"model - {name}: {shown}")

@@ -44,3 +44,24 @@ def test_cdnow_scores_are_no_worse_than_the_baselines(tmp_path):
             assert difference["brier"]["low"] < 0, baseline
     # Beyond recency where it matters to a campaign: who is at the top of the list.
     assert figures["model-recency"]["average_precision"]["low"] > 0
+
+
+@pytest.mark.slow
+def test_cdnow_full_data_beats_logistic_rfm_and_stacked_lightgbm(tmp_path):
+    # Issue 23's question on every customer (23,570; 4,177 bought within 90 days of 1997-10-01),
+    # through ingest, train and score with the three-line config: better than logistic
+    # regression on log RFM (one snapshot) on AUC, average precision and Brier at once, beyond
+    # the paired 95 % interval, and above the issue's figures for it (0.7783 / 0.5052 / 0.1180);
+    # no worse than LightGBM on RFM over stacked weekly snapshots beyond the paired interval.
+    figures = run_cli(tmp_path / "cdnow")
+    assert figures["rows"] == 23570 and figures["positives"] == 4177
+    model = figures["model"]
+    assert model["auc"]["value"] > 0.7783, model
+    assert model["average_precision"]["value"] > 0.5052, model
+    assert model["brier"]["value"] < 0.1180, model
+    logistic = figures["model-logistic"]
+    assert logistic["auc"]["low"] > 0 and logistic["average_precision"]["low"] > 0, logistic
+    assert logistic["brier"]["high"] < 0, logistic
+    lightgbm = figures["model-lightgbm"]
+    assert lightgbm["auc"]["high"] > 0 and lightgbm["average_precision"]["high"] > 0, lightgbm
+    assert lightgbm["brier"]["low"] < 0, lightgbm

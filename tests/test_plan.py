@@ -9,12 +9,14 @@ import datetime as dt
 import pickle
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from propensity.core.config import ProjectConfig, SnapshotConfig
 from propensity.core.errors import UserError
-from propensity.models.refit import refit_rows
+from propensity.models.bgnbd_model import fit_bgnbd_model
+from propensity.models.refit import refit, refit_rows
 from propensity.models.snapshot_plan import SnapshotPlan, plan_snapshots, validation_index
 from propensity.pipeline.jobs import plan as plan_jobs
 from propensity.pipeline.jobs import train as train_jobs
@@ -274,23 +276,30 @@ def test_refit_uses_the_early_stopped_rounds_on_every_labelled_snapshot(purchase
     rows, _ = refit_rows(data.frame, data.model.training, data.plan.test)
     assert record["rows"] == len(rows) > len(fitted.parts.train)
     assert set(rows["profile_id"]).isdisjoint(set(fitted.parts.test["profile_id"]))
-    # A blend's LightGBM and logistic parts are each refitted with what validation settled.
+    # Each part of a blend is refitted with what validation settled; BG/NBD on the purchase
+    # histories of the newest refit snapshot (not the training snapshot validation compared).
     parts = [chosen]
     if chosen.family == "blend":
         components = chosen.model.components
-        parts = [
-            c
-            for c in fitted.trained.candidates
-            if c.family in ("lightgbm", "logistic") and any(c.model is m for m in components)
-        ]
+        parts = [c for c in fitted.trained.candidates if any(c.model is m for m in components)]
     assert parts
     for part in parts:
         done = part.model.metadata["refit"]
         assert done["snapshots"] == record["snapshots"] and done["rows"] == record["rows"]
         if part.family == "lightgbm":
             assert done["rounds"] == part.params["best_iteration"] == part.model.booster.num_trees()
-        else:
+        elif part.family == "logistic":
             assert done["C"] == part.params["C"]
+    # BG/NBD (in the blend or not) is refitted on the purchase histories of the newest refit
+    # snapshot, not those of the training snapshot validation compared.
+    bgnbd = next(c for c in fitted.trained.candidates if c.family == "bgnbd")
+    training = data.model.training
+    first = fit_bgnbd_model(fitted.parts.train, {}, "first", bgnbd.model.horizon_days, True, training.seed)
+    refit(bgnbd, rows, training, None)
+    again = fit_bgnbd_model(rows, {}, "again", bgnbd.model.horizon_days, True, training.seed)
+    assert np.array_equal(bgnbd.model.parameters, again.parameters)
+    assert not np.array_equal(again.parameters, first.parameters)
+    assert bgnbd.model.metadata["refit"]["snapshots"] == record["snapshots"]
     # Same data and config, same model bytes.
     again = train_jobs.fit(
         train_jobs.training_data(model_yaml, loaded, ProjectConfig(), None), time.perf_counter()
