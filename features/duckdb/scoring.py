@@ -21,13 +21,21 @@ import pyarrow.parquet as pq
 from propensity.core.io import atomic_path, output_lock, scratch_dir
 from propensity.core.score_table import BUCKETS, histogram_bins
 from propensity.features.build.event_queries import namespaces_sql, representatives_sql
-from propensity.features.build.sql_compiler import snapshot_sql
+from propensity.features.build.feature_set import FeatureSet
+from propensity.features.build.sql_compiler import (
+    rollup_snapshot_sql,
+    rollup_sql,
+    snapshot_sql,
+    window_events_sql,
+)
 from propensity.features.connection import arrow_batches, relation_columns
 from propensity.features.engine import Scored, ScoringPlan
 from propensity.features.identity.as_of import AsOfSources
 from propensity.features.sql import sql_ident, sql_string
 
 ELIGIBLE = "__in_population"
+PART = "__partition"
+PARTITION_ROLLUP = "_partition_rollup"
 T = TypeVar("T")
 
 # What one partition of the feature build holds: 125,000 profiles of the default registry's 232
@@ -112,23 +120,59 @@ def _model_columns(plan: ScoringPlan) -> str:
     )
 
 
+def read_features(plan: ScoringPlan) -> FeatureSet:
+    """The features a scoring run reads: the model's (but those no tree splits on) and the
+    population rule's, with only the measures they need."""
+    names = {*(n for n in plan.feature_names if n not in plan.unused), *plan.population.columns}
+    chosen = plan.fs.select(include=sorted(names)) if names else plan.fs
+    # Profile attributes alone need no measure, but the rows are still the profiles with events.
+    return chosen if chosen.measures else plan.fs
+
+
+def partition_rollup(
+    con: duckdb.DuckDBPyConnection,
+    fs: FeatureSet,
+    as_of,
+    events: str,
+    partitions: int,
+    table: str = PARTITION_ROLLUP,
+) -> Callable[[int], str]:
+    """The one scan of the events of a build in profile partitions: their daily rollup at ``as_of``
+    (:func:`.sql_compiler.rollup_sql` over the lookback), with each row's partition
+    ``hash(profile_id) % partitions``, into the temp table ``table``; returns the relation of one
+    partition's rollup rows, for :func:`.sql_compiler.rollup_snapshot_sql`. Each partition then
+    reads a table of one row per profile and active day instead of rescanning the events."""
+    rollup = rollup_sql(fs, events=window_events_sql(fs, as_of, events))
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {table} AS
+        SELECT hash(profile_id) % {partitions} AS {PART}, * FROM ({rollup})
+    """)
+    return lambda part: f"(SELECT * EXCLUDE ({PART}) FROM {table} WHERE {PART} = {part})"
+
+
 def _rows_sql(
     con, plan: ScoringPlan, sources: AsOfSources, partitions: int, identities
 ) -> Callable[[int], str]:
     """The query of one profile partition's feature rows, streamed in one pass: each row once with
-    its population flag and only the columns the model reads (DuckDB then skips the features no
-    one reads), in no particular order (the partition is sorted when it is written)."""
+    its population flag and only the columns the model reads, in no particular order (the
+    partition is sorted when it is written). In partitions, by the profile the events belong to
+    at as_of (a profile is never split), from one daily rollup of the events
+    (:func:`partition_rollup`)."""
     identities_sql, identity_columns = identities
     model_columns = _model_columns(plan)
     columns = relation_columns(con, sources.profiles)
+    fs = read_features(plan)
+    rollup = partition_rollup(con, fs, plan.as_of, sources.events, partitions) if partitions > 1 else None
 
     def rows_sql(part: int) -> str:
-        events = sources.events
-        if partitions > 1:  # by the profile the events belong to at as_of: a profile is never split
-            events = f"(SELECT * FROM {events} WHERE hash(profile_id) % {partitions} = {part})"
-        features_sql = snapshot_sql(
-            plan.fs, plan.as_of, columns, events=events, profiles=sources.profiles, ordered=False
-        )
+        if rollup is None:
+            features_sql = snapshot_sql(
+                fs, plan.as_of, columns, events=sources.events, profiles=sources.profiles, ordered=False
+            )
+        else:
+            features_sql = rollup_snapshot_sql(
+                fs, plan.as_of, rollup(part), columns, profiles=sources.profiles, ordered=False
+            )
         return f"""
             SELECT f.profile_id{model_columns}, f.{ELIGIBLE}
                    {"".join(f", i.{sql_ident(c)}" for c in identity_columns)}
@@ -178,6 +222,7 @@ def score(con: duckdb.DuckDBPyConnection, sources: AsOfSources, plan: ScoringPla
                 plan.progress(scored, None)
         if writer is not None:
             writer.close()
+        con.execute(f"DROP TABLE IF EXISTS {PARTITION_ROLLUP}")
         bucket_sizes = write_ranked(con, unranked if writer is not None else None, target)
     if plan.progress is not None:
         plan.progress(scored, scored)
