@@ -337,3 +337,33 @@ def test_automatic_partitions_hold_a_bounded_number_of_profile_features():
     narrow = duckdb_scoring.partitions_for(con, "profiles", 41)
     assert wide == 8 and 1 < narrow < wide  # a model reading fewer features takes more profiles a time
     assert duckdb_scoring.partitions_for(con, "(SELECT * FROM profiles LIMIT 1000)", 232) == 1
+
+
+def test_partitioned_events_build_the_same_features_as_all_events(luma_ingested, tmp_path):
+    # Every registry feature (learned categories and event types too), over the graph at as_of:
+    # the features of each partition's events, written once with only the columns the measures
+    # read, are the rows and values of one build over all events.
+    from propensity.features.build.sql_compiler import snapshot_sql
+    from propensity.pipeline.jobs.events import feature_set, load_events
+
+    loaded = load_events(luma_ingested, ProjectConfig())
+    con, as_of = loaded.con, dt.date.fromisoformat(AS_OF)
+    fs = feature_set(loaded, ProjectConfig(), before=as_of)
+    sources = loaded.sources(as_of)
+    read = duckdb_scoring.event_columns(fs)
+    assert {"event_type", "revenue", "channel", "product_category"} <= set(read)
+    assert "event_id" not in read  # what no measure reads stays behind
+
+    def build(events: str) -> pd.DataFrame:
+        sql = snapshot_sql(fs, as_of, con, events=events, profiles=sources.profiles, ordered=False)
+        return con.execute(sql).df()
+
+    whole = build(sources.events).sort_values("profile_id", ignore_index=True)
+    events_of = duckdb_scoring.partition_events(con, fs, as_of, sources.events, 4, tmp_path / "events")
+    parts = [events_of(p) for p in range(4)]
+    assert all(p is not None for p in parts)  # a few hundred profiles fill 4 partitions
+    built = [build(p) for p in parts]
+    assert all(0 < len(b) < len(whole) for b in built)
+    together = pd.concat(built, ignore_index=True).sort_values("profile_id", ignore_index=True)
+    pd.testing.assert_frame_equal(whole, together)
+    assert events_of(4) is None  # a partition with no events has none to read

@@ -282,52 +282,28 @@ def snapshot_sql(
         plan = choose_plan(fs)
     if plan not in ("windows", "buckets"):
         raise ValueError(f"plan must be 'auto', 'windows' or 'buckets', not {plan!r}")
-    window = window_events_sql(fs, as_of, events)
-    if plan == "buckets":
-        # Buckets read one row per profile and active day: distinct active days become sums
-        # of daily flags (DuckDB runs each count(DISTINCT) as its own pass over the events).
-        rollup = f"({rollup_sql(fs, dialect, events=window)})"
-        return rollup_snapshot_sql(fs, as_of, rollup, columns, dialect, where, profiles, ordered)
     as_of_day = day_number(as_of)
-    day = dialect.day("timestamp")
-    rows = f"""
-        SELECT profile_id, {as_of_day} AS as_of_day, {day} AS day, {as_of_day} - {day} AS ago,
-               {measure_columns(fs)}
-        FROM {window}
-    """
-    aggregates = _window_aggregates(fs, rows, as_of_day)
-    return features_sql_from(fs, aggregates, columns, dialect, where, ordered=ordered, profiles=profiles)
-
-
-def window_events_sql(fs: FeatureSet, as_of: dt.date, events: str = "events") -> str:
-    """The events a snapshot at ``as_of`` reads: those in the lookback before it."""
     lowest = as_of - dt.timedelta(days=fs.lookback_days)
-    return f"""(
+    day = dialect.day("timestamp")
+    window = f"""(
         SELECT * FROM {events}
         WHERE timestamp < TIMESTAMP '{as_of} 00:00:00' AND timestamp >= TIMESTAMP '{lowest} 00:00:00'
     )"""
-
-
-def rollup_snapshot_sql(
-    fs: FeatureSet,
-    as_of: dt.date,
-    rollup: str,
-    columns: ProfileColumns = None,
-    dialect: Dialect = DUCKDB,
-    where: str | None = None,
-    profiles: str = "profiles",
-    ordered: bool = True,
-) -> str:
-    """One snapshot from ``rollup``, a daily rollup (:func:`rollup_sql`) of the events of its
-    lookback (:func:`window_events_sql`), or of any slice of its profiles: the ``buckets`` plan
-    of :func:`snapshot_sql` from its second step. A rollup built once serves every profile
-    partition of a build without reading the events again."""
-    as_of_day = day_number(as_of)
-    daily = f"""
-        SELECT r.*, {as_of_day} AS as_of_day, {as_of_day} - r.day AS ago
-        FROM {rollup} r
-    """
-    aggregates = _aggregates(fs, daily, daily_rows=True)
+    if plan == "windows":
+        rows = f"""
+            SELECT profile_id, {as_of_day} AS as_of_day, {day} AS day, {as_of_day} - {day} AS ago,
+                   {measure_columns(fs)}
+            FROM {window}
+        """
+        aggregates = _window_aggregates(fs, rows, as_of_day)
+    else:
+        # Buckets read one row per profile and active day: distinct active days become sums
+        # of daily flags (DuckDB runs each count(DISTINCT) as its own pass over the events).
+        daily = f"""
+            SELECT r.*, {as_of_day} AS as_of_day, {as_of_day} - r.day AS ago
+            FROM ({rollup_sql(fs, dialect, events=window)}) r
+        """
+        aggregates = _aggregates(fs, daily, daily_rows=True)
     return features_sql_from(fs, aggregates, columns, dialect, where, ordered=ordered, profiles=profiles)
 
 

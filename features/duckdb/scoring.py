@@ -2,11 +2,14 @@
 batches through a prefetch thread to the scorer, then ranked and written in one partition file.
 
 Peak memory is bounded by one profile partition's feature build and one batch, not by the
-population. The percentile is ``ceil(100 * cume_dist)`` over the whole run, as on Spark.
+population. The events are read once: those of the lookback, with only the columns the
+features read, are split into one Parquet folder per partition, which each partition reads
+alone. The percentile is ``ceil(100 * cume_dist)`` over the whole run, as on Spark.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -17,17 +20,15 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import sqlglot
+from sqlglot import exp
 
 from propensity.core.io import atomic_path, output_lock, scratch_dir
 from propensity.core.score_table import BUCKETS, histogram_bins
 from propensity.features.build.event_queries import namespaces_sql, representatives_sql
 from propensity.features.build.feature_set import FeatureSet
-from propensity.features.build.sql_compiler import (
-    rollup_snapshot_sql,
-    rollup_sql,
-    snapshot_sql,
-    window_events_sql,
-)
+from propensity.features.build.rules import column_name
+from propensity.features.build.sql_compiler import snapshot_sql
 from propensity.features.connection import arrow_batches, relation_columns
 from propensity.features.engine import Scored, ScoringPlan
 from propensity.features.identity.as_of import AsOfSources
@@ -35,7 +36,6 @@ from propensity.features.sql import sql_ident, sql_string
 
 ELIGIBLE = "__in_population"
 PART = "__partition"
-PARTITION_ROLLUP = "_partition_rollup"
 T = TypeVar("T")
 
 # What one partition of the feature build holds: 125,000 profiles of the default registry's 232
@@ -97,8 +97,8 @@ def partitions_for(con: duckdb.DuckDBPyConnection, profiles: str, features: int)
     """Profile partitions of the feature build when the config leaves it open: one per
     CELLS_PER_PARTITION profile x (features + overhead) values. DuckDB's wide aggregates run
     faster, and in far less memory, over a few hundred thousand profiles at a time than over
-    millions; a model that reads fewer features takes more profiles at a time, since each
-    partition query rescans the events."""
+    millions; a model that reads fewer features takes more profiles at a time. The events are
+    scanned once whatever the count (:func:`partition_events`)."""
     count = con.execute(f"SELECT count(*) FROM {profiles}").fetchall()[0][0]
     cells = int(count) * (features + PROFILE_OVERHEAD_FEATURES)
     return max(1, -(-cells // CELLS_PER_PARTITION))
@@ -129,50 +129,59 @@ def read_features(plan: ScoringPlan) -> FeatureSet:
     return chosen if chosen.measures else plan.fs
 
 
-def partition_rollup(
-    con: duckdb.DuckDBPyConnection,
-    fs: FeatureSet,
-    as_of,
-    events: str,
-    partitions: int,
-    table: str = PARTITION_ROLLUP,
-) -> Callable[[int], str]:
-    """The one scan of the events of a build in profile partitions: their daily rollup at ``as_of``
-    (:func:`.sql_compiler.rollup_sql` over the lookback), with each row's partition
-    ``hash(profile_id) % partitions``, into the temp table ``table``; returns the relation of one
-    partition's rollup rows, for :func:`.sql_compiler.rollup_snapshot_sql`. Each partition then
-    reads a table of one row per profile and active day instead of rescanning the events."""
-    rollup = rollup_sql(fs, events=window_events_sql(fs, as_of, events))
+def event_columns(fs: FeatureSet) -> list[str]:
+    """The event columns a feature build of ``fs`` reads: profile, time and what its measures
+    read (:func:`.sql_compiler.snapshot_sql` reads no other)."""
+    read = {
+        column_name(c)
+        for m in fs.measures.values()
+        for c in sqlglot.parse_one(m.sql, read="duckdb").find_all(exp.Column)
+    }
+    return ["profile_id", "timestamp", *sorted(read - {"profile_id", "timestamp"})]
+
+
+def partition_events(
+    con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_of, events: str, partitions: int, directory: Path
+) -> Callable[[int], str | None]:
+    """The one scan of the events of a build in profile partitions: the events of the lookback at
+    ``as_of`` (:func:`.sql_compiler.window_events_sql`) with only the columns ``fs`` reads, written
+    under ``directory`` in one Parquet folder per partition (``hash(profile_id) % partitions``, so
+    a profile is never split). Returns the relation of one partition's events (None: it has
+    none), which :func:`.sql_compiler.snapshot_sql` reads as it would the events: each partition
+    reads its own events instead of rescanning all of them, in no more memory than before."""
+    columns = ", ".join(sql_ident(c) for c in event_columns(fs))
+    lowest = as_of - dt.timedelta(days=fs.lookback_days)
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE {table} AS
-        SELECT hash(profile_id) % {partitions} AS {PART}, * FROM ({rollup})
+        COPY (
+            SELECT hash(profile_id) % {partitions} AS {PART}, {columns} FROM {events}
+            WHERE timestamp < TIMESTAMP '{as_of} 00:00:00' AND timestamp >= TIMESTAMP '{lowest} 00:00:00'
+        ) TO {sql_string(str(directory))} (FORMAT parquet, PARTITION_BY ({PART}))
     """)
-    return lambda part: f"(SELECT * EXCLUDE ({PART}) FROM {table} WHERE {PART} = {part})"
+
+    def relation(part: int) -> str | None:
+        folder = directory / f"{PART}={part}"
+        if not folder.is_dir():
+            return None
+        files = sql_string(str(folder / "*.parquet"))
+        return f"(SELECT {columns} FROM read_parquet({files}, hive_partitioning = false))"
+
+    return relation
 
 
 def _rows_sql(
-    con, plan: ScoringPlan, sources: AsOfSources, partitions: int, identities
-) -> Callable[[int], str]:
-    """The query of one profile partition's feature rows, streamed in one pass: each row once with
-    its population flag and only the columns the model reads, in no particular order (the
-    partition is sorted when it is written). In partitions, by the profile the events belong to
-    at as_of (a profile is never split), from one daily rollup of the events
-    (:func:`partition_rollup`)."""
+    con, plan: ScoringPlan, sources: AsOfSources, fs: FeatureSet, identities
+) -> Callable[[str], str]:
+    """The query of the feature rows of the profiles of ``events`` (all, or one partition's), streamed
+    in one pass: each row once with its population flag and only the columns the model reads, in no
+    particular order (the partition is sorted when it is written)."""
     identities_sql, identity_columns = identities
     model_columns = _model_columns(plan)
     columns = relation_columns(con, sources.profiles)
-    fs = read_features(plan)
-    rollup = partition_rollup(con, fs, plan.as_of, sources.events, partitions) if partitions > 1 else None
 
-    def rows_sql(part: int) -> str:
-        if rollup is None:
-            features_sql = snapshot_sql(
-                fs, plan.as_of, columns, events=sources.events, profiles=sources.profiles, ordered=False
-            )
-        else:
-            features_sql = rollup_snapshot_sql(
-                fs, plan.as_of, rollup(part), columns, profiles=sources.profiles, ordered=False
-            )
+    def rows_sql(events: str) -> str:
+        features_sql = snapshot_sql(
+            fs, plan.as_of, columns, events=events, profiles=sources.profiles, ordered=False
+        )
         return f"""
             SELECT f.profile_id{model_columns}, f.{ELIGIBLE}
                    {"".join(f", i.{sql_ident(c)}" for c in identity_columns)}
@@ -192,7 +201,8 @@ def score(con: duckdb.DuckDBPyConnection, sources: AsOfSources, plan: ScoringPla
     partitions = plan.partitions or partitions_for(
         con, sources.profiles, len(plan.feature_names) - len(plan.unused)
     )
-    rows_sql = _rows_sql(con, plan, sources, partitions, identities)
+    fs = read_features(plan)
+    rows_sql = _rows_sql(con, plan, sources, fs, identities)
     profiles = eligible = scored = 0
     # The lock is held from the first temp file to the partition's replace; temps stay outside
     # the scores folder, where no reader globs them.
@@ -200,12 +210,15 @@ def score(con: duckdb.DuckDBPyConnection, sources: AsOfSources, plan: ScoringPla
     with output_lock(target, root=root, kind="scores"), scratch_dir(target, root=root) as tmp:
         unranked = Path(tmp) / "unranked.parquet"
         writer: pq.ParquetWriter | None = None
+        if partitions > 1:
+            events_of = partition_events(
+                con, fs, plan.as_of, sources.events, partitions, Path(tmp) / "events"
+            )
+            parts = [e for e in map(events_of, range(partitions)) if e is not None]
+        else:
+            parts = [sources.events]
         batches = prefetched(
-            (
-                batch
-                for part in range(partitions)
-                for batch in arrow_batches(con, rows_sql(part), plan.chunk_rows)
-            ),
+            (batch for events in parts for batch in arrow_batches(con, rows_sql(events), plan.chunk_rows)),
             on_stop=con.interrupt,
         )
         for batch in batches:
@@ -222,7 +235,6 @@ def score(con: duckdb.DuckDBPyConnection, sources: AsOfSources, plan: ScoringPla
                 plan.progress(scored, None)
         if writer is not None:
             writer.close()
-        con.execute(f"DROP TABLE IF EXISTS {PARTITION_ROLLUP}")
         bucket_sizes = write_ranked(con, unranked if writer is not None else None, target)
     if plan.progress is not None:
         plan.progress(scored, scored)
