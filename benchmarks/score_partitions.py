@@ -1,5 +1,5 @@
-"""Scoring's feature build in profile partitions: one daily rollup for all partitions against
-every partition rescanning the events (what scoring did before), in the same run.
+"""Scoring's feature build in profile partitions: the events split once into one folder per
+partition against every partition rescanning the events (what scoring did before), same run.
 
     python benchmarks/score_partitions.py [--profiles 1000000] [--features all|core]
 
@@ -11,43 +11,92 @@ dropped, as the scoring job consumes them:
 
   * rescan: each partition's features straight off the events whose ``hash(profile_id)`` falls
     in it (every partition reads all events);
-  * rollup: ``features.duckdb.scoring.partition_rollup`` (one scan of the events) and each
-    partition's features from its slice of the rollup.
+  * split: ``features.duckdb.scoring.partition_events`` (one scan of the events, writing the
+    lookback's events, only the columns the features read, to one Parquet folder per partition)
+    and each partition's features from its folder.
 
-Both are checked to give the same rows. Prints a table; the last line is one JSON object.
+Both are checked to give the same rows and values. Peak RSS is measured for each in a process of
+its own. Prints a table; the last line is one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import multiprocessing
 import resource
+import shutil
+import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import pyarrow as pa
 
 from propensity.core.config import ProjectConfig
-from propensity.features.build.sql_compiler import rollup_snapshot_sql, snapshot_sql
+from propensity.features.build.sql_compiler import snapshot_sql
 from propensity.features.connection import arrow_batches
-from propensity.features.duckdb.scoring import PARTITION_ROLLUP, partition_rollup, partitions_for
+from propensity.features.duckdb.scoring import partition_events, partitions_for
 from propensity.pipeline.jobs.events import feature_set, load_events
 
 try:  # run as a script or imported as benchmarks.score_partitions
-    from data import ensure_ingested
+    from data import DATA, ensure_ingested
     from references import CORE
 except ImportError:  # pragma: no cover
-    from benchmarks.data import ensure_ingested
+    from benchmarks.data import DATA, ensure_ingested
     from benchmarks.references import CORE
 
 
-def drain(con, queries) -> tuple[int, float, pa.Table]:
-    """Rows streamed from each query in turn, seconds, and a checksum table of them."""
-    start, rows, sums = time.perf_counter(), 0, []
-    for sql in queries:
-        for batch in arrow_batches(con, sql, 100_000):
-            rows += batch.num_rows
-            sums.append(pa.Table.from_batches([batch]).select(["profile_id", "days_since_last_event"]))
-    return rows, time.perf_counter() - start, pa.concat_tables(sums).sort_by("profile_id")
+def build(ingested: Path, variant: str, features: str, partitions: int | None) -> dict:
+    """Child process: one variant's partitioned build, its rows streamed in Arrow batches and
+    reduced to (profile_id, hash of the row); seconds, rows and this process's peak RSS."""
+    config = ProjectConfig()
+    loaded = load_events(ingested, config)
+    con = loaded.con
+    as_of = loaded.data_end()
+    fs = feature_set(loaded, config, before=as_of)
+    if features == "core":
+        fs = fs.select(include=CORE)
+    sources = loaded.sources(as_of)
+    parts = partitions or partitions_for(con, sources.profiles, len(fs.features))
+    con.execute("SELECT count(*), sum(revenue) FROM events").fetchall()  # warm the file cache
+    scratch = Path(tempfile.mkdtemp(dir=DATA))
+    start = time.perf_counter()
+    if variant == "rescan":
+        relations = [
+            f"(SELECT * FROM {sources.events} WHERE hash(profile_id) % {parts} = {p})" for p in range(parts)
+        ]
+    else:
+        events_of = partition_events(con, fs, as_of, sources.events, parts, scratch / "events")
+        relations = [e for e in map(events_of, range(parts)) if e is not None]
+    split = time.perf_counter() - start
+    hashes = []
+    for events in relations:
+        sql = snapshot_sql(fs, as_of, con, events=events, profiles=sources.profiles, ordered=False)
+        for batch in arrow_batches(con, f"SELECT profile_id, hash(f) AS h FROM ({sql}) f", 100_000):
+            hashes.append(pa.Table.from_batches([batch]))
+    seconds = time.perf_counter() - start
+    shutil.rmtree(scratch)
+    table = pa.concat_tables(hashes).sort_by("profile_id")
+    return {
+        "seconds": seconds,
+        "split_seconds": split,
+        "rows": table.num_rows,
+        "digest": hashlib.sha256(
+            "\n".join(table["profile_id"].to_pylist()).encode() + table["h"].to_numpy().tobytes()
+        ).hexdigest(),
+        "features": len(fs.features),
+        "measures": len(fs.measures),
+        "partitions": parts,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def in_child(fn, *args):
+    """``fn(*args)`` in a fresh process: its memory is its own."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def main() -> None:
@@ -58,72 +107,43 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--features", choices=["all", "core"], default="all")
     parser.add_argument("--partitions", type=int, default=None, help="default: the scoring job's choice")
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    config = ProjectConfig()
-    _, ingested, _ = ensure_ingested(args.profiles, args.days, config)
-    loaded = load_events(ingested, config)
-    con = loaded.con
-    as_of = loaded.data_end()
-    fs = feature_set(loaded, config, before=as_of)
-    if args.features == "core":
-        fs = fs.select(include=CORE)
-    sources = loaded.sources(as_of)
-    parts = args.partitions or partitions_for(con, sources.profiles, len(fs.features))
-    columns = sources.profiles
-    con.execute("SELECT count(*), sum(revenue) FROM events").fetchall()  # warm the file cache
-
-    def rescan():
-        def sql(part: int) -> str:
-            events = f"(SELECT * FROM {sources.events} WHERE hash(profile_id) % {parts} = {part})"
-            return snapshot_sql(fs, as_of, con, events=events, profiles=columns, ordered=False)
-
-        return drain(con, (sql(p) for p in range(parts)))
-
-    def rollup():
-        start = time.perf_counter()
-        relation = partition_rollup(con, fs, as_of, sources.events, parts)
-        built = time.perf_counter() - start
-        rows, seconds, table = drain(
-            con,
-            (
-                rollup_snapshot_sql(fs, as_of, relation(p), con, profiles=columns, ordered=False)
-                for p in range(parts)
-            ),
-        )
-        con.execute(f"DROP TABLE {PARTITION_ROLLUP}")
-        return rows, built + seconds, table, built
-
-    runs: dict[str, list[float]] = {"rescan": [], "rollup": []}
-    rollup_build = []
-    for _ in range(2):
-        old_rows, old_s, old_table = rescan()
-        runs["rescan"].append(old_s)
-        print(f"  rescan {old_s:8.2f}s", flush=True)
-        new_rows, new_s, new_table, built = rollup()
-        runs["rollup"].append(new_s)
-        rollup_build.append(built)
-        print(f"  rollup {new_s:8.2f}s (of which the rollup {built:.2f}s)", flush=True)
-    assert old_rows == new_rows and old_table.equals(new_table), "the two builds differ"
-    old_s, new_s = min(runs["rescan"]), min(runs["rollup"])
+    _, ingested, _ = ensure_ingested(args.profiles, args.days, ProjectConfig())
+    runs: dict[str, list[dict]] = {"rescan": [], "split": []}
+    for _ in range(args.rounds):
+        for variant in runs:
+            run = in_child(build, ingested, variant, args.features, args.partitions)
+            runs[variant].append(run)
+            print(
+                f"  {variant:<8}{run['seconds']:8.2f}s (split {run['split_seconds']:.2f}s) "
+                f"peak RSS {run['peak_rss_mib']:,.0f} MiB",
+                flush=True,
+            )
+    old, new = (min(runs[v], key=lambda r: r["seconds"]) for v in ("rescan", "split"))
+    assert (old["rows"], old["digest"]) == (new["rows"], new["digest"]), "the two builds differ"
     print(
-        f"\n{new_rows:,} profiles, {len(fs.features)} features, {len(fs.measures)} measures, "
-        f"{parts} partitions"
+        f"\n{new['rows']:,} profiles, {new['features']} features, {new['measures']} measures, "
+        f"{new['partitions']} partitions"
     )
-    print(f"{'variant':<34}{'seconds':>9}{'x rescan':>10}")
-    print(f"{'rescan per partition (before)':<34}{old_s:>9.2f}{1:>10.2f}")
-    print(f"{'one rollup, sliced':<34}{new_s:>9.2f}{new_s / old_s:>10.2f}")
+    print(f"{'variant':<34}{'seconds':>9}{'x rescan':>10}{'peak MiB':>10}")
+    for name, r in (("rescan per partition (before)", old), ("events split once (now)", new)):
+        print(
+            f"{name:<34}{r['seconds']:>9.2f}{r['seconds'] / old['seconds']:>10.2f}{r['peak_rss_mib']:>10,.0f}"
+        )
     print(
         json.dumps(
             {
-                "profiles": new_rows,
-                "features": len(fs.features),
-                "partitions": parts,
-                "rescan_seconds": round(old_s, 3),
-                "rollup_seconds": round(new_s, 3),
-                "rollup_build_seconds": round(min(rollup_build), 3),
-                "ratio": round(new_s / old_s, 3),
-                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-                "runs": runs,
+                "profiles": new["rows"],
+                "features": new["features"],
+                "partitions": new["partitions"],
+                "rescan_seconds": round(old["seconds"], 3),
+                "split_seconds": round(new["seconds"], 3),
+                "split_write_seconds": round(new["split_seconds"], 3),
+                "ratio": round(new["seconds"] / old["seconds"], 3),
+                "rescan_peak_rss_mib": round(old["peak_rss_mib"]),
+                "split_peak_rss_mib": round(new["peak_rss_mib"]),
+                "runs": {v: [round(r["seconds"], 3) for r in rs] for v, rs in runs.items()},
             }
         )
     )
