@@ -36,6 +36,7 @@ from propensity.features.sql import sql_ident, sql_string
 
 ELIGIBLE = "__in_population"
 PART = "__partition"
+PARTITION_FLUSH_ROWS = 122_880
 T = TypeVar("T")
 
 # What one partition of the feature build holds: 125,000 profiles of the default registry's 232
@@ -143,20 +144,28 @@ def event_columns(fs: FeatureSet) -> list[str]:
 def partition_events(
     con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_of, events: str, partitions: int, directory: Path
 ) -> Callable[[int], str | None]:
-    """The one scan of the events of a build in profile partitions: the events of the lookback at
-    ``as_of`` (:func:`.sql_compiler.window_events_sql`) with only the columns ``fs`` reads, written
-    under ``directory`` in one Parquet folder per partition (``hash(profile_id) % partitions``, so
-    a profile is never split). Returns the relation of one partition's events (None: it has
-    none), which :func:`.sql_compiler.snapshot_sql` reads as it would the events: each partition
-    reads its own events instead of rescanning all of them, in no more memory than before."""
+    """The one scan of the events of a build in profile partitions: the events of the lookback
+    before ``as_of``, with only the columns ``fs`` reads (:func:`event_columns`), written under
+    ``directory`` in one Parquet folder per partition (``hash(profile_id) % partitions``, so a
+    profile is never split). Returns the relation of one partition's events (None: it has none),
+    which :func:`.sql_compiler.snapshot_sql` reads as it would the events: each partition reads
+    its own events instead of rescanning all of them. The write holds a few hundred MiB of
+    buffers (PARTITION_FLUSH_ROWS), whatever the number of events."""
     columns = ", ".join(sql_ident(c) for c in event_columns(fs))
     lowest = as_of - dt.timedelta(days=fs.lookback_days)
-    con.execute(f"""
-        COPY (
-            SELECT hash(profile_id) % {partitions} AS {PART}, {columns} FROM {events}
-            WHERE timestamp < TIMESTAMP '{as_of} 00:00:00' AND timestamp >= TIMESTAMP '{lowest} 00:00:00'
-        ) TO {sql_string(str(directory))} (FORMAT parquet, PARTITION_BY ({PART}))
-    """)
+    # Rows a partition's writer buffers before it writes them out (DuckDB's default: 524,288 per
+    # partition and thread): at 150k profiles and 8 partitions, 122,880 took 6.6 s and 630 MiB,
+    # the default 8.4 s and 930 MiB.
+    con.execute(f"SET partitioned_write_flush_threshold = {PARTITION_FLUSH_ROWS}")
+    try:
+        con.execute(f"""
+            COPY (
+                SELECT hash(profile_id) % {partitions} AS {PART}, {columns} FROM {events}
+                WHERE timestamp < TIMESTAMP '{as_of} 00:00:00' AND timestamp >= TIMESTAMP '{lowest} 00:00:00'
+            ) TO {sql_string(str(directory))} (FORMAT parquet, PARTITION_BY ({PART}))
+        """)
+    finally:
+        con.execute("RESET partitioned_write_flush_threshold")
 
     def relation(part: int) -> str | None:
         folder = directory / f"{PART}={part}"
