@@ -121,20 +121,23 @@ def test_factors_are_the_exact_strongest_contributions(scored, luma_ingested, tm
 def test_rescoring_replaces_the_partition_with_identical_rows(scored, luma_ingested):
     run, out = scored
     before = _partition(out).drop(columns="scored_at")
-    # Many chunks and the features built a third of the profiles at a time: the same rows as
-    # one big chunk over one feature build.
-    again = score_jobs.score_model(
-        "churn",
-        luma_ingested,
-        ProjectConfig(scoring={"profile_partitions": 3}),
-        dt.date.fromisoformat(AS_OF),
-        out,
-        version=run.version,
-        chunk_rows=1_000,
-    )
-    after = _partition(out).drop(columns="scored_at")
-    pd.testing.assert_frame_equal(before, after)
-    assert (again.scored, again.eligible, again.profiles) == (run.scored, run.eligible, run.profiles)
+    # Many chunks and the features built a third of the profiles at a time (each partition
+    # reading all events), then an eighth (each reading its own events, split once): the same
+    # rows as one big chunk over one feature build.
+    assert 3 < duckdb_scoring.SPLIT_FROM_PARTITIONS <= 8
+    for partitions in (3, 8):
+        again = score_jobs.score_model(
+            "churn",
+            luma_ingested,
+            ProjectConfig(scoring={"profile_partitions": partitions}),
+            dt.date.fromisoformat(AS_OF),
+            out,
+            version=run.version,
+            chunk_rows=1_000,
+        )
+        after = _partition(out).drop(columns="scored_at")
+        pd.testing.assert_frame_equal(before, after)
+        assert (again.scored, again.eligible, again.profiles) == (run.scored, run.eligible, run.profiles)
     leftovers = [p.name for p in (out / "model=churn").iterdir()]
     assert leftovers == [f"as_of={AS_OF}"]
 

@@ -2,9 +2,9 @@
 batches through a prefetch thread to the scorer, then ranked and written in one partition file.
 
 Peak memory is bounded by one profile partition's feature build and one batch, not by the
-population. The events are read once: those of the lookback, with only the columns the
-features read, are split into one Parquet folder per partition, which each partition reads
-alone. The percentile is ``ceil(100 * cume_dist)`` over the whole run, as on Spark.
+population. With many partitions the events are read once: those of the lookback, with only
+the columns the features read, are split into one Parquet folder per partition, which each
+partition reads alone. The percentile is ``ceil(100 * cume_dist)`` over the whole run, as on Spark.
 """
 
 from __future__ import annotations
@@ -37,6 +37,11 @@ from propensity.features.sql import sql_ident, sql_string
 ELIGIBLE = "__in_population"
 PART = "__partition"
 PARTITION_FLUSH_ROWS = 122_880
+# Writing each partition's events apart costs about as much as reading all the events 6 times
+# (150k profiles, 35 features: 8.7 s against 1.4 s a scan; the Parquet write is most of it): from
+# 7 partitions on, one split beats a scan of all events per partition (8 partitions: 0.80-0.90x
+# the time, benchmarks/score_partitions.py).
+SPLIT_FROM_PARTITIONS = 7
 T = TypeVar("T")
 
 # What one partition of the feature build holds: 125,000 profiles of the default registry's 232
@@ -98,8 +103,8 @@ def partitions_for(con: duckdb.DuckDBPyConnection, profiles: str, features: int)
     """Profile partitions of the feature build when the config leaves it open: one per
     CELLS_PER_PARTITION profile x (features + overhead) values. DuckDB's wide aggregates run
     faster, and in far less memory, over a few hundred thousand profiles at a time than over
-    millions; a model that reads fewer features takes more profiles at a time. The events are
-    scanned once whatever the count (:func:`partition_events`)."""
+    millions; a model that reads fewer features takes more profiles at a time, since under
+    SPLIT_FROM_PARTITIONS each partition query scans all the events."""
     count = con.execute(f"SELECT count(*) FROM {profiles}").fetchall()[0][0]
     cells = int(count) * (features + PROFILE_OVERHEAD_FEATURES)
     return max(1, -(-cells // CELLS_PER_PARTITION))
@@ -177,6 +182,22 @@ def partition_events(
     return relation
 
 
+def _partition_relations(
+    con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_of, events: str, partitions: int, directory: Path
+) -> list[str]:
+    """The events each partition builds its features from: all of them for one partition; each
+    partition's own (:func:`partition_events`) when they are enough to repay the split; else the
+    events of the profiles whose ``hash(profile_id)`` falls in it, read from all events."""
+    if partitions >= SPLIT_FROM_PARTITIONS:
+        events_of = partition_events(con, fs, as_of, events, partitions, directory)
+        return [e for e in map(events_of, range(partitions)) if e is not None]
+    if partitions == 1:
+        return [events]
+    return [
+        f"(SELECT * FROM {events} WHERE hash(profile_id) % {partitions} = {p})" for p in range(partitions)
+    ]
+
+
 def _rows_sql(
     con, plan: ScoringPlan, sources: AsOfSources, fs: FeatureSet, identities
 ) -> Callable[[str], str]:
@@ -219,13 +240,7 @@ def score(con: duckdb.DuckDBPyConnection, sources: AsOfSources, plan: ScoringPla
     with output_lock(target, root=root, kind="scores"), scratch_dir(target, root=root) as tmp:
         unranked = Path(tmp) / "unranked.parquet"
         writer: pq.ParquetWriter | None = None
-        if partitions > 1:
-            events_of = partition_events(
-                con, fs, plan.as_of, sources.events, partitions, Path(tmp) / "events"
-            )
-            parts = [e for e in map(events_of, range(partitions)) if e is not None]
-        else:
-            parts = [sources.events]
+        parts = _partition_relations(con, fs, plan.as_of, sources.events, partitions, Path(tmp) / "events")
         batches = prefetched(
             (batch for events in parts for batch in arrow_batches(con, rows_sql(events), plan.chunk_rows)),
             on_stop=con.interrupt,
