@@ -147,7 +147,12 @@ def event_columns(fs: FeatureSet) -> list[str]:
 
 
 def partition_events(
-    con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_of, events: str, partitions: int, directory: Path
+    con: duckdb.DuckDBPyConnection,
+    fs: FeatureSet,
+    as_of: dt.date,
+    events: str,
+    partitions: int,
+    directory: Path,
 ) -> Callable[[int], str | None]:
     """The one scan of the events of a build in profile partitions: the events of the lookback
     before ``as_of``, with only the columns ``fs`` reads (:func:`event_columns`), written under
@@ -183,7 +188,12 @@ def partition_events(
 
 
 def _partition_relations(
-    con: duckdb.DuckDBPyConnection, fs: FeatureSet, as_of, events: str, partitions: int, directory: Path
+    con: duckdb.DuckDBPyConnection,
+    fs: FeatureSet,
+    as_of: dt.date,
+    events: str,
+    partitions: int,
+    directory: Path,
 ) -> list[str]:
     """The events each partition builds its features from: all of them for one partition; each
     partition's own (:func:`partition_events`) when they are enough to repay the split; else the
