@@ -187,7 +187,7 @@ def partition_events(
     return relation
 
 
-def _partition_relations(
+def partition_relations(
     con: duckdb.DuckDBPyConnection,
     fs: FeatureSet,
     as_of: dt.date,
@@ -250,7 +250,7 @@ def score(con: duckdb.DuckDBPyConnection, sources: AsOfSources, plan: ScoringPla
     with output_lock(target, root=root, kind="scores"), scratch_dir(target, root=root) as tmp:
         unranked = Path(tmp) / "unranked.parquet"
         writer: pq.ParquetWriter | None = None
-        parts = _partition_relations(con, fs, plan.as_of, sources.events, partitions, Path(tmp) / "events")
+        parts = partition_relations(con, fs, plan.as_of, sources.events, partitions, Path(tmp) / "events")
         batches = prefetched(
             (batch for events in parts for batch in arrow_batches(con, rows_sql(events), plan.chunk_rows)),
             on_stop=con.interrupt,
