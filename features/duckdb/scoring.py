@@ -2,7 +2,7 @@
 batches through a prefetch thread to the scorer, then ranked and written in one partition file.
 
 Peak memory is bounded by one profile partition's feature build and one batch, not by the
-population. With many partitions the events are read once: those of the lookback, with only
+population. With many partitions of a narrow build the events are read once: those of the lookback, with only
 the columns the features read, are split into one Parquet folder per partition, which each
 partition reads alone. The percentile is ``ceil(100 * cume_dist)`` over the whole run, as on Spark.
 """
@@ -38,10 +38,14 @@ ELIGIBLE = "__in_population"
 PART = "__partition"
 PARTITION_FLUSH_ROWS = 122_880
 # Writing each partition's events apart costs about as much as reading all the events 6 times
-# (150k profiles, 35 features: 8.7 s against 1.4 s a scan; the Parquet write is most of it): from
-# 7 partitions on, one split beats a scan of all events per partition (8 partitions: 0.80-0.90x
-# the time, benchmarks/score_partitions.py).
+# (150k profiles, 35 features: 8.7 s against 1.4 s a scan; the Parquet write is most of it), so it
+# pays from 7 partitions on, and only for narrow builds: at 150k profiles and 8 partitions
+# (benchmarks/score_partitions.py), 35 features (16 measures) took 0.66x the time of a scan of
+# all events per partition at load 4, 0.80-0.90x at load 15; all 243 features (46 measures)
+# took 1.24x at load 5 (building each partition from its files was no faster than from all
+# events), so wider builds scan all events per partition.
 SPLIT_FROM_PARTITIONS = 7
+SPLIT_MAX_MEASURES = 16
 T = TypeVar("T")
 
 # What one partition of the feature build holds: 125,000 profiles of the default registry's 232
@@ -196,9 +200,10 @@ def partition_relations(
     directory: Path,
 ) -> list[str]:
     """The events each partition builds its features from: all of them for one partition; each
-    partition's own (:func:`partition_events`) when they are enough to repay the split; else the
-    events of the profiles whose ``hash(profile_id)`` falls in it, read from all events."""
-    if partitions >= SPLIT_FROM_PARTITIONS:
+    partition's own (:func:`partition_events`) when they are enough, and the build narrow
+    enough, to repay the split; else the events of the profiles whose ``hash(profile_id)`` falls
+    in it, read from all events."""
+    if partitions >= SPLIT_FROM_PARTITIONS and len(fs.measures) <= SPLIT_MAX_MEASURES:
         events_of = partition_events(con, fs, as_of, events, partitions, directory)
         return [e for e in map(events_of, range(partitions)) if e is not None]
     if partitions == 1:
