@@ -118,23 +118,27 @@ def test_factors_are_the_exact_strongest_contributions(scored, luma_ingested, tm
                 assert float(f["value"]) == pytest.approx(round(float(raw), 4), abs=1e-12)
 
 
-def test_rescoring_replaces_the_partition_with_identical_rows(scored, luma_ingested):
+def test_rescoring_replaces_the_partition_with_identical_rows(scored, luma_ingested, monkeypatch):
     run, out = scored
     before = _partition(out).drop(columns="scored_at")
-    # Many chunks and the features built a third of the profiles at a time: the same rows as
-    # one big chunk over one feature build.
-    again = score_jobs.score_model(
-        "churn",
-        luma_ingested,
-        ProjectConfig(scoring={"profile_partitions": 3}),
-        dt.date.fromisoformat(AS_OF),
-        out,
-        version=run.version,
-        chunk_rows=1_000,
-    )
-    after = _partition(out).drop(columns="scored_at")
-    pd.testing.assert_frame_equal(before, after)
-    assert (again.scored, again.eligible, again.profiles) == (run.scored, run.eligible, run.profiles)
+    # Many chunks and the features built a third of the profiles at a time (each partition
+    # reading all events), then an eighth (each reading its own events, split once): the same
+    # rows as one big chunk over one feature build.
+    assert 3 < duckdb_scoring.SPLIT_FROM_PARTITIONS <= 8
+    monkeypatch.setattr(duckdb_scoring, "SPLIT_MAX_MEASURES", 1_000)  # the split, whatever the model
+    for partitions in (3, 8):
+        again = score_jobs.score_model(
+            "churn",
+            luma_ingested,
+            ProjectConfig(scoring={"profile_partitions": partitions}),
+            dt.date.fromisoformat(AS_OF),
+            out,
+            version=run.version,
+            chunk_rows=1_000,
+        )
+        after = _partition(out).drop(columns="scored_at")
+        pd.testing.assert_frame_equal(before, after)
+        assert (again.scored, again.eligible, again.profiles) == (run.scored, run.eligible, run.profiles)
     leftovers = [p.name for p in (out / "model=churn").iterdir()]
     assert leftovers == [f"as_of={AS_OF}"]
 
@@ -337,3 +341,33 @@ def test_automatic_partitions_hold_a_bounded_number_of_profile_features():
     narrow = duckdb_scoring.partitions_for(con, "profiles", 41)
     assert wide == 8 and 1 < narrow < wide  # a model reading fewer features takes more profiles a time
     assert duckdb_scoring.partitions_for(con, "(SELECT * FROM profiles LIMIT 1000)", 232) == 1
+
+
+def test_partitioned_events_build_the_same_features_as_all_events(luma_ingested, tmp_path):
+    # Every registry feature (learned categories and event types too), over the graph at as_of:
+    # the features of each partition's events, written once with only the columns the measures
+    # read, are the rows and values of one build over all events.
+    from propensity.features.build.sql_compiler import snapshot_sql
+    from propensity.pipeline.jobs.events import feature_set, load_events
+
+    loaded = load_events(luma_ingested, ProjectConfig())
+    con, as_of = loaded.con, dt.date.fromisoformat(AS_OF)
+    fs = feature_set(loaded, ProjectConfig(), before=as_of)
+    sources = loaded.sources(as_of)
+    read = duckdb_scoring.event_columns(fs)
+    assert {"event_type", "revenue", "channel", "product_category"} <= set(read)
+    assert "event_id" not in read  # what no measure reads stays behind
+
+    def build(events: str) -> pd.DataFrame:
+        sql = snapshot_sql(fs, as_of, con, events=events, profiles=sources.profiles, ordered=False)
+        return con.execute(sql).df()
+
+    whole = build(sources.events).sort_values("profile_id", ignore_index=True)
+    events_of = duckdb_scoring.partition_events(con, fs, as_of, sources.events, 4, tmp_path / "events")
+    parts = [events_of(p) for p in range(4)]
+    assert all(p is not None for p in parts)  # a few hundred profiles fill 4 partitions
+    built = [build(p) for p in parts]
+    assert all(0 < len(b) < len(whole) for b in built)
+    together = pd.concat(built, ignore_index=True).sort_values("profile_id", ignore_index=True)
+    pd.testing.assert_frame_equal(whole, together)
+    assert events_of(4) is None  # a partition with no events has none to read

@@ -2,11 +2,14 @@
 batches through a prefetch thread to the scorer, then ranked and written in one partition file.
 
 Peak memory is bounded by one profile partition's feature build and one batch, not by the
-population. The percentile is ``ceil(100 * cume_dist)`` over the whole run, as on Spark.
+population. With many partitions of a narrow build the events are read once: those of the lookback, with only
+the columns the features read, are split into one Parquet folder per partition, which each
+partition reads alone. The percentile is ``ceil(100 * cume_dist)`` over the whole run, as on Spark.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -17,10 +20,14 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import sqlglot
+from sqlglot import exp
 
 from propensity.core.io import atomic_path, output_lock, scratch_dir
 from propensity.core.score_table import BUCKETS, histogram_bins
 from propensity.features.build.event_queries import namespaces_sql, representatives_sql
+from propensity.features.build.feature_set import FeatureSet
+from propensity.features.build.rules import column_name
 from propensity.features.build.sql_compiler import snapshot_sql
 from propensity.features.connection import arrow_batches, relation_columns
 from propensity.features.engine import Scored, ScoringPlan
@@ -28,6 +35,17 @@ from propensity.features.identity.as_of import AsOfSources
 from propensity.features.sql import sql_ident, sql_string
 
 ELIGIBLE = "__in_population"
+PART = "__partition"
+PARTITION_FLUSH_ROWS = 122_880
+# Writing each partition's events apart costs about as much as reading all the events 6 times
+# (150k profiles, 35 features: 8.7 s against 1.4 s a scan; the Parquet write is most of it), so it
+# pays from 7 partitions on, and only for narrow builds: at 150k profiles and 8 partitions
+# (benchmarks/score_partitions.py), 35 features (16 measures) took 0.66x the time of a scan of
+# all events per partition at load 4, 0.80-0.90x at load 15; all 243 features (46 measures)
+# took 1.24x at load 5 (building each partition from its files was no faster than from all
+# events), so wider builds scan all events per partition.
+SPLIT_FROM_PARTITIONS = 7
+SPLIT_MAX_MEASURES = 16
 T = TypeVar("T")
 
 # What one partition of the feature build holds: 125,000 profiles of the default registry's 232
@@ -89,8 +107,8 @@ def partitions_for(con: duckdb.DuckDBPyConnection, profiles: str, features: int)
     """Profile partitions of the feature build when the config leaves it open: one per
     CELLS_PER_PARTITION profile x (features + overhead) values. DuckDB's wide aggregates run
     faster, and in far less memory, over a few hundred thousand profiles at a time than over
-    millions; a model that reads fewer features takes more profiles at a time, since each
-    partition query rescans the events."""
+    millions; a model that reads fewer features takes more profiles at a time, since under
+    SPLIT_FROM_PARTITIONS each partition query scans all the events."""
     count = con.execute(f"SELECT count(*) FROM {profiles}").fetchall()[0][0]
     cells = int(count) * (features + PROFILE_OVERHEAD_FEATURES)
     return max(1, -(-cells // CELLS_PER_PARTITION))
@@ -112,22 +130,102 @@ def _model_columns(plan: ScoringPlan) -> str:
     )
 
 
+def read_features(plan: ScoringPlan) -> FeatureSet:
+    """The features a scoring run reads: the model's (but those no tree splits on) and the
+    population rule's, with only the measures they need."""
+    names = {*(n for n in plan.feature_names if n not in plan.unused), *plan.population.columns}
+    chosen = plan.fs.select(include=sorted(names)) if names else plan.fs
+    # Profile attributes alone need no measure, but the rows are still the profiles with events.
+    return chosen if chosen.measures else plan.fs
+
+
+def event_columns(fs: FeatureSet) -> list[str]:
+    """The event columns a feature build of ``fs`` reads: profile, time and what its measures
+    read (:func:`.sql_compiler.snapshot_sql` reads no other)."""
+    read = {
+        column_name(c)
+        for m in fs.measures.values()
+        for c in sqlglot.parse_one(m.sql, read="duckdb").find_all(exp.Column)
+    }
+    return ["profile_id", "timestamp", *sorted(read - {"profile_id", "timestamp"})]
+
+
+def partition_events(
+    con: duckdb.DuckDBPyConnection,
+    fs: FeatureSet,
+    as_of: dt.date,
+    events: str,
+    partitions: int,
+    directory: Path,
+) -> Callable[[int], str | None]:
+    """The one scan of the events of a build in profile partitions: the events of the lookback
+    before ``as_of``, with only the columns ``fs`` reads (:func:`event_columns`), written under
+    ``directory`` in one Parquet folder per partition (``hash(profile_id) % partitions``, so a
+    profile is never split). Returns the relation of one partition's events (None: it has none),
+    which :func:`.sql_compiler.snapshot_sql` reads as it would the events: each partition reads
+    its own events instead of rescanning all of them. The write holds a few hundred MiB of
+    buffers (PARTITION_FLUSH_ROWS), whatever the number of events."""
+    columns = ", ".join(sql_ident(c) for c in event_columns(fs))
+    lowest = as_of - dt.timedelta(days=fs.lookback_days)
+    # Rows a partition's writer buffers before it writes them out (DuckDB's default: 524,288 per
+    # partition and thread): at 150k profiles and 8 partitions, 122,880 took 6.6 s and 630 MiB,
+    # the default 8.4 s and 930 MiB.
+    con.execute(f"SET partitioned_write_flush_threshold = {PARTITION_FLUSH_ROWS}")
+    try:
+        con.execute(f"""
+            COPY (
+                SELECT hash(profile_id) % {partitions} AS {PART}, {columns} FROM {events}
+                WHERE timestamp < TIMESTAMP '{as_of} 00:00:00' AND timestamp >= TIMESTAMP '{lowest} 00:00:00'
+            ) TO {sql_string(str(directory))} (FORMAT parquet, PARTITION_BY ({PART}))
+        """)
+    finally:
+        con.execute("RESET partitioned_write_flush_threshold")
+
+    def relation(part: int) -> str | None:
+        folder = directory / f"{PART}={part}"
+        if not folder.is_dir():
+            return None
+        files = sql_string(str(folder / "*.parquet"))
+        return f"(SELECT {columns} FROM read_parquet({files}, hive_partitioning = false))"
+
+    return relation
+
+
+def partition_relations(
+    con: duckdb.DuckDBPyConnection,
+    fs: FeatureSet,
+    as_of: dt.date,
+    events: str,
+    partitions: int,
+    directory: Path,
+) -> list[str]:
+    """The events each partition builds its features from: all of them for one partition; each
+    partition's own (:func:`partition_events`) when they are enough, and the build narrow
+    enough, to repay the split; else the events of the profiles whose ``hash(profile_id)`` falls
+    in it, read from all events."""
+    if partitions >= SPLIT_FROM_PARTITIONS and len(fs.measures) <= SPLIT_MAX_MEASURES:
+        events_of = partition_events(con, fs, as_of, events, partitions, directory)
+        return [e for e in map(events_of, range(partitions)) if e is not None]
+    if partitions == 1:
+        return [events]
+    return [
+        f"(SELECT * FROM {events} WHERE hash(profile_id) % {partitions} = {p})" for p in range(partitions)
+    ]
+
+
 def _rows_sql(
-    con, plan: ScoringPlan, sources: AsOfSources, partitions: int, identities
-) -> Callable[[int], str]:
-    """The query of one profile partition's feature rows, streamed in one pass: each row once with
-    its population flag and only the columns the model reads (DuckDB then skips the features no
-    one reads), in no particular order (the partition is sorted when it is written)."""
+    con, plan: ScoringPlan, sources: AsOfSources, fs: FeatureSet, identities
+) -> Callable[[str], str]:
+    """The query of the feature rows of the profiles of ``events`` (all, or one partition's), streamed
+    in one pass: each row once with its population flag and only the columns the model reads, in no
+    particular order (the partition is sorted when it is written)."""
     identities_sql, identity_columns = identities
     model_columns = _model_columns(plan)
     columns = relation_columns(con, sources.profiles)
 
-    def rows_sql(part: int) -> str:
-        events = sources.events
-        if partitions > 1:  # by the profile the events belong to at as_of: a profile is never split
-            events = f"(SELECT * FROM {events} WHERE hash(profile_id) % {partitions} = {part})"
+    def rows_sql(events: str) -> str:
         features_sql = snapshot_sql(
-            plan.fs, plan.as_of, columns, events=events, profiles=sources.profiles, ordered=False
+            fs, plan.as_of, columns, events=events, profiles=sources.profiles, ordered=False
         )
         return f"""
             SELECT f.profile_id{model_columns}, f.{ELIGIBLE}
@@ -148,7 +246,8 @@ def score(con: duckdb.DuckDBPyConnection, sources: AsOfSources, plan: ScoringPla
     partitions = plan.partitions or partitions_for(
         con, sources.profiles, len(plan.feature_names) - len(plan.unused)
     )
-    rows_sql = _rows_sql(con, plan, sources, partitions, identities)
+    fs = read_features(plan)
+    rows_sql = _rows_sql(con, plan, sources, fs, identities)
     profiles = eligible = scored = 0
     # The lock is held from the first temp file to the partition's replace; temps stay outside
     # the scores folder, where no reader globs them.
@@ -156,12 +255,9 @@ def score(con: duckdb.DuckDBPyConnection, sources: AsOfSources, plan: ScoringPla
     with output_lock(target, root=root, kind="scores"), scratch_dir(target, root=root) as tmp:
         unranked = Path(tmp) / "unranked.parquet"
         writer: pq.ParquetWriter | None = None
+        parts = partition_relations(con, fs, plan.as_of, sources.events, partitions, Path(tmp) / "events")
         batches = prefetched(
-            (
-                batch
-                for part in range(partitions)
-                for batch in arrow_batches(con, rows_sql(part), plan.chunk_rows)
-            ),
+            (batch for events in parts for batch in arrow_batches(con, rows_sql(events), plan.chunk_rows)),
             on_stop=con.interrupt,
         )
         for batch in batches:
