@@ -1,11 +1,13 @@
 """Uplift scoring (with factors) against propensity scoring of the same profiles, in one run.
 
-    python benchmarks/uplift.py [--profiles 200000] [--features 40] [--factors 5] [--learners t,x]
+    python benchmarks/uplift.py [--profiles 200000] [--fit-profiles N] [--features 40] [--factors 5]
+                                [--learners t,x]
 
 A simulated randomised campaign with known effects (``--profiles`` people, ``--features``
 numeric features and a loyalty tier; half contacted): a propensity model (one LightGBM, as the
 ``train`` job's, on every row, arm ignored) and an uplift model (``models.uplift.fit_uplift``: T-
-and X-learners, the one with the better validation Qini kept) are fitted on a 60/20 split, then
+and X-learners, the one with the better validation Qini kept) are fitted on a 60/20 split of the
+first ``--fit-profiles`` people (default all; the last 20 % are the test rows), then
 both score the same ``--profiles`` rows through ``models.scoring.score_batch`` (probability,
 score, bucket, top ``--factors`` factors; the uplift model also ``uplift``) in batches of the
 project's default ``scoring.chunk_rows``. The feature build, which both scoring jobs share, is
@@ -112,52 +114,64 @@ def _figures(estimate) -> list[float]:
     return [round(x, 1) for x in (estimate.value, estimate.low, estimate.high)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--profiles", type=int, default=200_000)
-    parser.add_argument("--features", type=int, default=40)
-    parser.add_argument("--factors", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--learners", default="t,x", help="learners fitted (the best validation Qini scores)")
-    args = parser.parse_args()
-    frame, effect = campaign(args.profiles, args.features, seed=0)
+def scoring_comparison(
+    profiles: int,
+    fit_profiles: int | None = None,
+    features: int = 40,
+    factors: int = 5,
+    repeats: int = 3,
+    learners: tuple[str, ...] = ("t", "x"),
+) -> dict:
+    """Fit both models on the first ``fit_profiles`` people, time both scoring all ``profiles``
+    (the best of ``repeats``), evaluate on the fitted rows' test split; the result's figures."""
+    frame, effect = campaign(profiles, features, seed=0)
     names = [c for c in frame.columns if c.startswith("f")] + ["loyalty_tier"]
-    cut1, cut2 = int(0.6 * len(frame)), int(0.8 * len(frame))
-    train, valid, test = frame.iloc[:cut1], frame.iloc[cut1:cut2], frame.iloc[cut2:]
+    fit = min(profiles, fit_profiles or profiles)
+    cut1, cut2 = int(0.6 * fit), int(0.8 * fit)
+    train, valid, test = frame.iloc[:cut1], frame.iloc[cut1:cut2], frame.iloc[cut2:fit]
     started = time.perf_counter()
     uplift, qini = fit_uplift(
         ArmRows(train, valid),
         names,
         {n: n for n in names},
         TrainingConfig(),
-        TreatmentConfig(event_type="email", learners=args.learners.split(",")),
+        TreatmentConfig(event_type="email", learners=list(learners)),
         "u",
     )
     propensity = propensity_model(train, valid, names)
     fit_seconds = time.perf_counter() - started
     table = pa.Table.from_pandas(frame[["profile_id", *names]], preserve_index=False)
-    propensity_seconds = time_scoring(propensity, table, args.factors, args.repeats)
-    uplift_seconds = time_scoring(uplift, table, args.factors, args.repeats)
+    del frame  # the Arrow table is what both score
+    propensity_seconds = time_scoring(propensity, table, factors, repeats)
+    uplift_seconds = time_scoring(uplift, table, factors, repeats)
     test_table = pa.Table.from_pandas(test[names], preserve_index=False)
     _, test_uplift = uplift.predict(test_table)
     ev = evaluate_uplift(
         test["label"], test["treated"], test_uplift, propensity.predict_proba(test),
-        true_effect=effect[cut2:], resamples=1000, seed=0,
+        true_effect=effect[cut2:fit], resamples=1000, seed=0,
     )  # fmt: skip
     trees = {
         "propensity": propensity.booster.num_trees(),
         "uplift": sum(m.booster.num_trees() for m in (uplift.treated, uplift.control, *uplift.effects)),
-        "uplift_explained": len(uplift.explainer.trees.node_count),
+        "uplift_explained": int(uplift.explainer.trees.explained.sum()),
+        # the X-learner's treated model: in the same pass, predicted for mu1, not explained
+        "uplift_predicted_only": int((~uplift.explainer.trees.explained).sum()),
     }
-    result = {
-        "profiles": args.profiles,
+    # The explaining kernel's work is per internal node (the propensity model's trees: all explained).
+    flat = uplift.explainer.trees
+    nodes = {
+        "propensity": int(propensity.explainer.trees.node_count.sum()),
+        "uplift_explained": int(flat.node_count[flat.explained].sum()),
+    }
+    return {
+        "profiles": profiles,
+        "fit_profiles": fit,
         "features": len(names),
-        "factors": args.factors,
+        "factors": factors,
         "learner": uplift.learner,
         "validation_qini": qini,
         "trees": trees,
+        "internal_nodes": nodes,
         "fit_seconds": round(fit_seconds, 1),
         "propensity_score_seconds": round(propensity_seconds, 3),
         "uplift_score_seconds": round(uplift_seconds, 3),
@@ -166,18 +180,48 @@ def main() -> None:
         "test_oracle_qini": round(ev.oracle_qini, 5),
         "incremental_top20_by_uplift": _figures(ev.incremental_uplift),
         "incremental_top20_by_propensity": _figures(ev.incremental_propensity),
+        "test_qini_interval": [round(ev.qini.low, 5), round(ev.qini.high, 5)],
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }  # fmt: skip
-    print(f"{'scoring':<12}{'trees':>8}{'seconds':>10}{'rows/s':>12}")
-    for name, seconds in (("propensity", propensity_seconds), ("uplift", uplift_seconds)):
-        count = trees["propensity"] if name == "propensity" else trees["uplift_explained"]
-        print(f"{name:<12}{count:>8}{seconds:>10.2f}{args.profiles / seconds:>12,.0f}")
+
+
+def print_scoring(result: dict) -> None:
+    """The scoring comparison's table rows and its one-line summary."""
+    trees = result["trees"]
+    nodes = result["internal_nodes"]
+    print(f"{'scoring (features in memory)':<30}{'trees':>8}{'nodes':>8}{'seconds':>10}{'rows/s':>12}")
+    for name in ("propensity", "uplift"):
+        seconds = result[f"{name}_score_seconds"]
+        key = "propensity" if name == "propensity" else "uplift_explained"
+        print(
+            f"{name:<30}{trees[key]:>8}{nodes[key]:>8}{seconds:>10.2f}{result['profiles'] / seconds:>12,.0f}"
+        )
+    low, high = result["test_qini_interval"]
     print(
-        f"ratio {result['ratio']:.2f} ({uplift.learner}-learner); test Qini {ev.qini.value:.4f} "
-        f"[{ev.qini.low:.4f}, {ev.qini.high:.4f}] vs oracle {ev.oracle_qini:.4f}; top 20 % incremental "
-        f"conversions: by uplift {ev.incremental_uplift.value:.0f}, "
-        f"by propensity {ev.incremental_propensity.value:.0f}"
+        f"ratio {result['ratio']:.2f} ({result['learner']}-learner, fitted on "
+        f"{result['fit_profiles']:,}); test Qini {result['test_qini']:.4f} [{low:.4f}, {high:.4f}] vs "
+        f"oracle {result['test_oracle_qini']:.4f}; top 20 % incremental conversions: by uplift "
+        f"{result['incremental_top20_by_uplift'][0]:.0f}, by propensity "
+        f"{result['incremental_top20_by_propensity'][0]:.0f}"
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--profiles", type=int, default=200_000)
+    parser.add_argument("--fit-profiles", type=int, default=None, help="people the models are fitted on")
+    parser.add_argument("--features", type=int, default=40)
+    parser.add_argument("--factors", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--learners", default="t,x", help="learners fitted (the best validation Qini scores)")
+    args = parser.parse_args()
+    result = scoring_comparison(
+        args.profiles, args.fit_profiles, args.features, args.factors, args.repeats,
+        tuple(args.learners.split(",")),
+    )  # fmt: skip
+    print_scoring(result)
     print(json.dumps(result))
 
 

@@ -46,8 +46,11 @@ class FlatTrees(NamedTuple):
     # float64 (edges + 1,): per slot, the leaf's value (0 on an internal node's slot): raw scores
     # add the value of the leaf each row reaches, tree by tree, as LightGBM's predict does.
     leaf_value: np.ndarray
-    expected_value: float  # the bias: sum over trees of the count-weighted mean leaf value
+    expected_value: float  # the bias: sum over explained trees of the count-weighted mean leaf value
     points: tuple  # the Gauss-Legendre points on [0, 1]; kernels compile for their count
+    part: np.ndarray  # uint64 (trees,): which raw score (0 .. parts - 1) the tree's leaf adds to
+    explained: np.ndarray  # bool (trees,): whether the tree's leaves count in SHAP values and bias
+    parts: int  # raw scores the kernels sum (1 for one booster)
 
 
 NODE_FIELDS = (
@@ -112,7 +115,15 @@ class _Builder:
         self.depth = 1
         self.expected_value = 0.0
 
-    def add_tree(self, root: dict) -> None:
+    def add_tree(self, root: dict, explained: bool = True) -> None:
+        """Append one dumped tree; one not ``explained`` adds nothing to the bias nor to the
+        depth the quadrature is sized for (its path factors are never read)."""
+        depth, expected_value = self.depth, self.expected_value
+        self._add(root)
+        if not explained:
+            self.depth, self.expected_value = depth, expected_value
+
+    def _add(self, root: dict) -> None:
         internal: list[dict] = []
         leaves: list[dict] = []
         _number(root, internal, leaves)
@@ -192,11 +203,18 @@ def _nearest_splits(node: dict, feature: int) -> list[dict]:
     return _nearest_splits(node["left_child"], feature) + _nearest_splits(node["right_child"], feature)
 
 
-def flatten_trees(roots: list[dict]) -> FlatTrees:
-    """The dumped trees as :class:`FlatTrees`, with the per-edge factors at the quadrature points."""
+def flatten_trees(
+    roots: list[dict], parts: list[int] | None = None, explained: list[bool] | None = None
+) -> FlatTrees:
+    """The dumped trees as :class:`FlatTrees`, with the per-edge factors at the quadrature points;
+    ``parts`` and ``explained`` per tree (default: one part, all explained, as one booster)."""
+    parts = [0] * len(roots) if parts is None else [int(p) for p in parts]
+    explained = [True] * len(roots) if explained is None else [bool(e) for e in explained]
+    if len(parts) != len(roots) or len(explained) != len(roots) or min(parts, default=0) < 0:
+        raise ValueError("parts and explained need one entry per tree, parts numbered from 0")
     build = _Builder()
-    for root in roots:
-        build.add_tree(root)
+    for root, keep in zip(roots, explained, strict=True):
+        build.add_tree(root, keep)
     # Gauss-Legendre on [0, 1]: ceil(depth / 2) points integrate the degree < depth integrands exactly.
     x, w = np.polynomial.legendre.leggauss((build.depth + 1) // 2)
     t, w = (x + 1.0) / 2.0, w / 2.0
@@ -248,4 +266,7 @@ def flatten_trees(roots: list[dict]) -> FlatTrees:
         leaf_value=np.append(np.where(leaf_slot, build.slot_value, 0.0), 0.0),
         expected_value=float(build.expected_value),
         points=tuple(float(p) for p in t),
+        part=ints(parts),
+        explained=np.asarray(explained, dtype=np.bool_),
+        parts=max(parts, default=0) + 1,
     )

@@ -64,13 +64,15 @@ def _route(pattern, hot, variant, node, a, b, r, position, left_way):  # pragma:
 
 @numba.njit(cache=True, nogil=True)
 def _explain_group(XT, n, phi, raw, m, s):  # pragma: no cover - compiled
-    """Add every tree's SHAP values for the first ``n`` rows of the group ``XT`` (n_features x R:
-    a row per column) to ``phi`` (n_features x R), and the value of the leaf each row reaches to
-    ``raw`` (R,), tree after tree as LightGBM's predict sums them, so the raw score is LightGBM's
-    to the last bit. Scratch ``s`` (see :func:`_scratch`) holds per slot and row: ``pattern``,
-    ``hot`` (whether the row satisfies every split on the edge's
-    feature, which picks the edge's share row), ``value`` (flat, (slot x Q + q) x R + r: at the
-    quadrature points, the path product on the way down, the subtree sum on the way up).
+    """Add every explained tree's SHAP values for the first ``n`` rows of the group ``XT``
+    (n_features x R: a row per column) to ``phi`` (n_features x R), and the value of the leaf each
+    row reaches to its tree's part of ``raw`` (parts x R), tree after tree as LightGBM's predict
+    sums them, so a part that is one booster's trees gets its raw score to the last bit. A tree
+    not explained (``m.explained``) is only routed: its leaf goes to the raw score, no SHAP work.
+    Scratch ``s`` (see :func:`_scratch`) holds per slot and row: ``pattern``, ``hot`` (whether the
+    row satisfies every split on the edge's feature, which picks the edge's share row), ``value``
+    (flat, (slot x Q + q) x R + r: at the quadrature points, the path product on the way down, the
+    subtree sum on the way up).
 
     The trees are the outer loop and the group's rows the inner one: a tree's arrays are read once
     a group instead of once a row, and each node's arithmetic runs over the rows in SIMD lanes
@@ -87,16 +89,19 @@ def _explain_group(XT, n, phi, raw, m, s):  # pragma: no cover - compiled
         internal = m.node_count[tree]
         n0 = m.node_start[tree]
         s0 = m.slot_start[tree]
+        raw_part = raw[m.part[tree]]
+        explained = m.explained[tree]
         if internal == U0:  # a stump adds its value to the score and nothing to a feature
             stump = m.leaf_value[s0]
             for r in range(n):
-                raw[r] += stump
+                raw_part[r] += stump
             continue
         for r in range(n):
             pattern[0, r] = ~U0  # bit b: the row satisfies every split so far on the path's b-th feature
-        for q in range(Q):
-            for r in range(n):
-                value[q * R + r] = 1.0
+        if explained:
+            for q in range(Q):
+                for r in range(n):
+                    value[q * R + r] = 1.0
         for node in range(internal):
             g = n0 + node
             xs = XT[m.feature[g]]
@@ -129,6 +134,8 @@ def _explain_group(XT, n, phi, raw, m, s):  # pragma: no cover - compiled
                     left_way = zero_left if (x_g >= -ZERO_THRESHOLD) & (x_g <= ZERO_THRESHOLD) else left_way
                     left_way = nan_left if np.isnan(x_g) else left_way
                     _route(pattern, hot, variant, node, a, b, r, position, left_way)
+            if not explained:
+                continue
             ea, eb = (s0 + a) * U3, (s0 + b) * U3
             for q in range(Q):
                 a0, a1, a2 = (
@@ -152,7 +159,9 @@ def _explain_group(XT, n, phi, raw, m, s):  # pragma: no cover - compiled
         for leaf in range(internal, internal + internal + U1):
             leaf_value = m.leaf_value[s0 + leaf]
             for r in range(n):
-                raw[r] += leaf_value if pattern[leaf, r] == ~U0 else 0.0
+                raw_part[r] += leaf_value if pattern[leaf, r] == ~U0 else 0.0
+        if not explained:
+            continue
         # Children before parents: a subtree sum is final when its parent is reached. A leaf's
         # value already holds leaf value x path product (its edge multiplier carries the value).
         for step in range(internal):
@@ -223,7 +232,7 @@ def _load_group(X, start, XT, phi, raw):  # pragma: no cover - compiled
 @numba.njit(cache=True, nogil=True)
 def _contributions_rows(X, out, m, slots, rows):  # pragma: no cover - compiled
     n_features = X.shape[1]
-    XT, phi, raw = np.empty((n_features, rows)), np.empty((n_features, rows)), np.empty(rows)
+    XT, phi, raw = np.empty((n_features, rows)), np.empty((n_features, rows)), np.empty((m.parts, rows))
     s = _scratch(slots, len(m.points), rows)
     for start in range(0, X.shape[0], rows):
         n = _load_group(X, start, XT, phi, raw)
@@ -236,7 +245,7 @@ def _contributions_rows(X, out, m, slots, rows):  # pragma: no cover - compiled
 @numba.njit(cache=True, nogil=True)
 def _top_k_rows(X, k, out_raw, out_index, out_impact, m, slots, rows):  # pragma: no cover - compiled
     n_features = X.shape[1]
-    XT, phi, raw = np.empty((n_features, rows)), np.empty((n_features, rows)), np.empty(rows)
+    XT, phi, raw = np.empty((n_features, rows)), np.empty((n_features, rows)), np.empty((m.parts, rows))
     s = _scratch(slots, len(m.points), rows)
     strength = np.empty(k)
     for start in range(0, X.shape[0], rows):
@@ -244,7 +253,8 @@ def _top_k_rows(X, k, out_raw, out_index, out_impact, m, slots, rows):  # pragma
         _explain_group(XT, n, phi, raw, m, s)
         for r in range(n):
             i = start + r
-            out_raw[i] = raw[r]
+            for p in range(m.parts):
+                out_raw[p, i] = raw[p, r]
             # Insertion into a k-long list kept sorted by |impact|; ties keep the lower feature
             # first, as a stable argsort would. O(n_features) a row: most values do not qualify.
             kept = 0
@@ -294,15 +304,22 @@ class TreeShapExplainer:
         return cls.from_dump(booster.dump_model(num_iteration=num_iteration))
 
     @classmethod
-    def from_dump(cls, dump: dict) -> TreeShapExplainer:
+    def from_dump(
+        cls, dump: dict, parts: list[int] | None = None, explained: list[bool] | None = None
+    ) -> TreeShapExplainer:
         """Flatten a ``booster.dump_model()`` dict into arrays with the per-edge factors. Raises
         ValueError for models it does not cover (several outputs per iteration, linear trees, an
-        empty split side, more than 62 distinct features on one path)."""
+        empty split side, more than 62 distinct features on one path).
+
+        An ensemble of several boosters' trees (``models.uplift``) says per tree which raw score
+        it adds to (``parts``: 0, 1, ...; default all 0) and whether its leaves are explained
+        (``explained``; default all): the SHAP values and the bias are those of the explained
+        trees' sum, the other trees only predict."""
         if dump.get("num_tree_per_iteration", 1) != 1:
             raise ValueError("TreeShapExplainer covers one output per iteration (binary, regression)")
         if any(tree.get("is_linear") for tree in dump["tree_info"]):
             raise ValueError("TreeShapExplainer does not cover linear trees")
-        trees = flatten_trees([tree["tree_structure"] for tree in dump["tree_info"]])
+        trees = flatten_trees([tree["tree_structure"] for tree in dump["tree_info"]], parts, explained)
         slots = int(2 * trees.node_count.max(initial=0) + 1)
         return cls(int(dump["max_feature_idx"]) + 1, list(dump["feature_names"]), trees, slots)
 
@@ -329,12 +346,20 @@ class TreeShapExplainer:
     def raw_score_and_top_k(self, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`top_k` and, from the same pass over the trees, each row's raw score (n,), equal to
         ``booster.predict(X, raw_score=True)`` bit for bit (the same leaves added in the same
-        order): batch scoring predicts and explains in one pass."""
+        order): batch scoring predicts and explains in one pass. (An ensemble of several parts:
+        the sum of :meth:`part_scores_and_top_k`'s scores.)"""
+        raw, index, impact = self.part_scores_and_top_k(X, k)
+        return (raw[0] if len(raw) == 1 else raw.sum(axis=0)), index, impact
+
+    def part_scores_and_top_k(self, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`top_k` and each part's raw score (parts, n) from the same pass: a part holding one
+        booster's trees (leaves scaled by -1 or not at all) has that booster's raw score bit for
+        bit, negated or not (see :meth:`from_dump`)."""
         X = self._checked(X)
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         k = min(int(k), self.n_features)
-        raw = np.empty(X.shape[0])
+        raw = np.empty((self.trees.parts, X.shape[0]))
         index = np.empty((X.shape[0], k), dtype=np.int32)
         impact = np.empty((X.shape[0], k))
 
@@ -342,7 +367,7 @@ class TreeShapExplainer:
             _top_k_rows(
                 rows,
                 k,
-                raw[start:stop],
+                raw[:, start:stop],
                 index[start:stop],
                 impact[start:stop],
                 self.trees,

@@ -19,7 +19,10 @@ keep LightGBM's own probabilities (no calibrator), so the factors add up exactly
   ``tau0`` plus ``1 - g`` times its contribution to ``tau1``; they sum (with the bias) to the uplift.
 
 Both are computed in one TreeSHAP pass over the two models' trees, the second's leaves negated
-(or each scaled by its weight): SHAP values are linear in the trees.
+(or each scaled by its weight): SHAP values are linear in the trees. The same pass predicts
+(each booster's trees add to their own raw score, so no booster is predicted again): the
+T-learner's two outcome models give ``mu1`` and ``mu0`` bit for bit as LightGBM's ``predict``
+would, the X-learner's treated model rides along unexplained for ``mu1``.
 """
 
 from __future__ import annotations
@@ -104,15 +107,30 @@ class UpliftModel:
         tau1, tau0 = self.effects
         return [(tau1, 1.0 - self.treated_share), (tau0, self.treated_share)]
 
+    def _ensemble(self) -> list[tuple[PropensityModel, float, int, bool]]:
+        """(model, leaf weight, raw-score part, explained) of the explainer's trees, in order.
+        T: part 0 the treated model (its raw score is logit mu1), part 1 the control model negated
+        (minus logit mu0). X: part 0 the weighted effect models (the uplift), part 1 the treated
+        model, predicted for mu1 but not explained."""
+        if self.learner == "t":
+            return [(self.treated, 1.0, 0, True), (self.control, -1.0, 1, True)]
+        return [(model, w, 0, True) for model, w in self._weighted()] + [(self.treated, 1.0, 1, False)]
+
     @property
     def explainer(self) -> TreeShapExplainer:
-        """Exact TreeSHAP over the weighted union of the models' trees, built on first use."""
+        """Exact TreeSHAP over the weighted union of the models' trees (and the raw scores scoring
+        needs, see :meth:`_ensemble`), built on first use."""
         if self._explainer is None:
             from propensity.models.treeshap import TreeShapExplainer
 
             dump = self.treated.booster.dump_model()
-            trees = [tree for model, w in self._weighted() for tree in _weighted_trees(model.booster, w)]
-            self._explainer = TreeShapExplainer.from_dump({**dump, "tree_info": trees})
+            trees, parts, explained = [], [], []
+            for model, w, part, explain in self._ensemble():
+                weighted = _weighted_trees(model.booster, w)
+                trees += weighted
+                parts += [part] * len(weighted)
+                explained += [explain] * len(weighted)
+            self._explainer = TreeShapExplainer.from_dump({**dump, "tree_info": trees}, parts, explained)
         return self._explainer
 
     def used_features(self) -> list[str]:
@@ -159,15 +177,9 @@ class UpliftModel:
 
     def _predict_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         treated = logistic(self.treated.booster.predict(rows, raw_score=True))
-        return treated, self._uplift(rows, treated, None)
-
-    def _uplift(self, rows: np.ndarray, treated: np.ndarray, raw: np.ndarray | None) -> np.ndarray:
-        """The uplift from the outcome probability if contacted and (when known) the weighted raw score."""
         if self.learner == "t":
-            return treated - logistic(self.control.booster.predict(rows, raw_score=True))
-        if raw is not None:
-            return raw
-        return sum(w * model.booster.predict(rows, raw_score=True) for model, w in self._weighted())
+            return treated, treated - logistic(self.control.booster.predict(rows, raw_score=True))
+        return treated, sum(w * model.booster.predict(rows, raw_score=True) for model, w in self._weighted())
 
     def predict_and_explain(
         self, table: pa.Table, k: int
@@ -175,12 +187,15 @@ class UpliftModel:
         """(probability if contacted, uplift, factor indices (n, k), impacts (n, k)): the ``k``
         strongest contributions to the uplift's raw score (see the module docstring)."""
         rows = self.rows(table)
-        treated = logistic(self.treated.booster.predict(rows, raw_score=True))
         if k <= 0:
             empty = np.zeros((len(rows), 0))
-            return treated, self._uplift(rows, treated, None), empty.astype(np.int32), empty
-        raw, indices, impacts = self.explainer.raw_score_and_top_k(rows, k)
-        return treated, self._uplift(rows, treated, raw), indices, impacts
+            return *self._predict_rows(rows), empty.astype(np.int32), empty
+        # One pass predicts and explains: the parts' raw scores (see _ensemble), no booster.predict.
+        raw, indices, impacts = self.explainer.part_scores_and_top_k(rows, k)
+        if self.learner == "t":  # raw[1] is minus the control model's raw score, bit for bit
+            treated = logistic(raw[0])
+            return treated, treated - logistic(-raw[1]), indices, impacts
+        return logistic(raw[1]), raw[0], indices, impacts
 
     def contributions(self, table: pa.Table) -> np.ndarray:
         """Every feature's contribution to the uplift's raw score (n, features + 1; last: bias)."""

@@ -191,6 +191,51 @@ def test_stumps_between_trees_add_their_value_to_the_bias():
     assert np.abs(raw - (booster.predict(X, raw_score=True) + 0.5)).max() <= 1e-12
 
 
+def _negated(tree: dict) -> dict:
+    """A dumped tree with every leaf value negated."""
+    tree = json.loads(json.dumps(tree))
+    stack = [tree["tree_structure"]]
+    while stack:
+        node = stack.pop()
+        if "leaf_value" in node:
+            node["leaf_value"] = -node["leaf_value"]
+        stack += [node[c] for c in ("left_child", "right_child") if c in node]
+    return tree
+
+
+def test_parts_predict_each_booster_and_unexplained_trees_only_predict():
+    """An ensemble of three boosters' trees (the second negated, the third deeper and not
+    explained): each part's raw score is its booster's prediction to the last bit (negated), the
+    SHAP values and bias are those of the first two's difference."""
+    X, y = _data(1500, 6, seed=14)
+    first = _train(X, y, rounds=10, num_leaves=15)
+    second = _train(X, 1 - y, rounds=7, num_leaves=7)
+    third = _train(X, y, rounds=5, num_leaves=63, max_depth=12)
+    trees = [booster.dump_model()["tree_info"] for booster in (first, second, third)]
+    dump = {**first.dump_model(), "tree_info": [*trees[0], *map(_negated, trees[1]), *trees[2]]}
+    sizes = [len(t) for t in trees]
+    explainer = TreeShapExplainer.from_dump(
+        dump, parts=[0] * sizes[0] + [1] * sizes[1] + [2] * sizes[2], explained=[True] * 17 + [False] * 5
+    )
+    test = _with_specials(_data(600, 6, seed=15)[0], seed=16)
+    raw, index, impact = explainer.part_scores_and_top_k(test, 6)
+    assert raw.shape == (3, len(test))
+    assert np.array_equal(raw[0], first.predict(test, raw_score=True))
+    assert np.array_equal(-raw[1], second.predict(test, raw_score=True))
+    assert np.array_equal(raw[2], third.predict(test, raw_score=True))
+    expected = first.predict(test, pred_contrib=True) - second.predict(test, pred_contrib=True)
+    ours = explainer.contributions(test)
+    assert np.abs(ours - expected).max() <= TOLERANCE
+    assert np.abs(np.take_along_axis(expected[:, :-1], index, axis=1) - impact).max() <= TOLERANCE
+    # The factors with the bias add up to the explained parts' raw score.
+    assert np.abs(impact.sum(axis=1) + explainer.expected_value - raw[0] - raw[1]).max() <= 1e-9
+    # The deeper unexplained trees do not size the quadrature: the same points as without them.
+    alone = TreeShapExplainer.from_dump({**dump, "tree_info": dump["tree_info"][:17]}, parts=[0] * 17)
+    assert explainer.trees.points == alone.trees.points
+    with pytest.raises(ValueError, match="one entry per tree"):
+        TreeShapExplainer.from_dump(dump, parts=[0])
+
+
 def test_trimmed_models_explain_only_the_trees_they_keep():
     X, y = _data(1500, 6, seed=11)
     booster = _train(X, y, rounds=30, num_leaves=15)

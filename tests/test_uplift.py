@@ -178,6 +178,42 @@ def test_uplift_and_factors_are_exact(fitted, test_rows, learner):
     assert np.allclose(np.take_along_axis(contributions[:, :-1], indices, axis=1), impacts, atol=1e-9)
 
 
+@pytest.mark.parametrize("learner", ["t", "x"])
+def test_scoring_predicts_in_the_explaining_pass(fitted, test_rows, learner):
+    """predict_and_explain predicts from the TreeSHAP pass itself (no booster.predict): the
+    probability if contacted is LightGBM's bit for bit (the T-learner's uplift too); every
+    feature's factor equals the slow reference built from each part's pred_contrib and they add
+    up, with the bias, to the uplift's raw score; a second pass is identical."""
+    model = _as(fitted[0], learner)
+    frame = test_rows[0][NAMES].iloc[:3000].copy()
+    frame.loc[frame.index[::7], "x1"] = np.nan  # missing values take the booster's default way
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    rows = model.rows(table)
+    probability, uplift = model.predict(table)
+    scored = model.predict_and_explain(table, len(NAMES))
+    assert np.array_equal(scored[0], probability)
+    if learner == "t":
+        assert np.array_equal(scored[1], uplift)
+        raw = model.treated.booster.predict(rows, raw_score=True) - model.control.booster.predict(
+            rows, raw_score=True
+        )
+        reference = model.treated.booster.predict(rows, pred_contrib=True) - model.control.booster.predict(
+            rows, pred_contrib=True
+        )
+    else:
+        assert np.allclose(scored[1], uplift, rtol=0, atol=1e-12)
+        raw = uplift
+        g = model.treated_share
+        tau1, tau0 = (m.booster.predict(rows, pred_contrib=True) for m in model.effects)
+        reference = (1 - g) * tau1 + g * tau0
+    indices, impacts = scored[2], scored[3]
+    assert np.allclose(np.take_along_axis(reference[:, :-1], indices, axis=1), impacts, rtol=0, atol=1e-9)
+    assert np.allclose(impacts.sum(axis=1) + model.explainer.expected_value, raw, rtol=0, atol=1e-9)
+    assert np.allclose(model.explainer.expected_value, reference[0, -1], rtol=0, atol=1e-9)
+    again = _as(fitted[0], learner).predict_and_explain(table, len(NAMES))
+    assert all(np.array_equal(a, b) for a, b in zip(scored, again, strict=True))
+
+
 def test_an_uplift_model_survives_skops(fitted, test_rows, tmp_path):
     model, _ = fitted
     table = pa.Table.from_pandas(test_rows[0][NAMES].iloc[:500], preserve_index=False)
