@@ -68,6 +68,14 @@ def test_demo_tells_the_story(demo_run):
     assert (demo / "journeys" / "attribution_classes" / "journey.html").is_file()
     summary = json.loads((demo / "demo.json").read_text())
     assert summary["sarah"] and set(summary["models"]) == {"conversion", "upsell", "churn"}
+    # every model's buckets on its test snapshot: predicted rate against the actual rate's interval
+    for name in ("conversion", "upsell", "churn"):
+        calibrated = summary["calibrated_buckets"][name]
+        assert set(calibrated) <= {"high", "medium", "low"} and calibrated, name
+        said = (
+            "agree within their 95 % intervals" if all(calibrated.values()) else "outside the actual rate's"
+        )
+        assert f"{name}: predicted" in text and said in text, name
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
