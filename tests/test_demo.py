@@ -113,3 +113,23 @@ def test_notebook_runs_on_the_demo(path, demo_run, monkeypatch):
         assert len(images) == 2  # both arms, raw vs adjusted lift
         text = "\n".join(o.get("data", {}).get("text/plain", "") + o.get("text", "") for o in outputs)
         assert "incremental_revenue" in text and "minimum_detectable_lift" in text
+
+
+def test_the_demo_says_which_buckets_came_true():
+    import numpy as np
+
+    from propensity.models import evaluate as ev
+    from propensity.pipeline.cli.demo import calibration_verdict
+
+    # low: 0.05 predicted, 10/200 happened; high: 0.30 predicted, 15/100 (interval ~[0.09, 0.23])
+    y = np.r_[np.ones(10), np.zeros(190), np.ones(15), np.zeros(85)]
+    p = np.r_[np.full(200, 0.05), np.full(100, 0.30)]
+    bucket = np.array(["low"] * 200 + ["high"] * 100)
+    table = ev.bucket_table(y.astype(int), p, bucket)
+    said = calibration_verdict("upsell", table)
+    assert said.startswith("upsell: predicted rate outside") and "high predicted 0.300, actual 0.150" in said
+    assert "low" not in said
+    agreeing = ev.bucket_table(y[:200].astype(int), p[:200], bucket[:200])
+    assert calibration_verdict("upsell", agreeing).endswith(
+        "agree within their 95 % intervals in every bucket"
+    )
