@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
+from propensity.models.rates import wilson_interval
+
 TOP_FRACTIONS = (0.05, 0.10, 0.20)
 
 
@@ -87,7 +89,12 @@ def buckets(score: np.ndarray, medium: int, high: int) -> np.ndarray:
 
 
 def bucket_table(y: np.ndarray, p: np.ndarray, bucket: np.ndarray) -> pd.DataFrame:
-    """Size, predicted and actual rate per bucket: did the predictions come true?"""
+    """Size, predicted and actual rate per bucket: did the predictions come true?
+
+    ``actual_low`` / ``actual_high``: the actual rate's 95 % Wilson interval (on the bucket's
+    ``positives``); ``within_interval``: the predicted rate lies inside it (the bucket is
+    calibrated as far as its size can tell).
+    """
     frame = pd.DataFrame({"bucket": bucket, "y": y, "p": p})
     table = frame.groupby("bucket").agg(
         profiles=("y", "size"),
@@ -96,4 +103,41 @@ def bucket_table(y: np.ndarray, p: np.ndarray, bucket: np.ndarray) -> pd.DataFra
         positives=("y", "sum"),
     )
     order = [b for b in ("high", "medium", "low") if b in table.index]
-    return table.loc[order].reset_index()
+    table = table.loc[order].reset_index()
+    intervals = [wilson_interval(k, n) for k, n in zip(table["positives"], table["profiles"], strict=True)]
+    table["actual_low"] = [low for low, _ in intervals]
+    table["actual_high"] = [high for _, high in intervals]
+    table["within_interval"] = (table["predicted_rate"] >= table["actual_low"]) & (
+        table["predicted_rate"] <= table["actual_high"]
+    )
+    return table
+
+
+def calibration_figures(y: np.ndarray, p: np.ndarray, table: pd.DataFrame, prefix: str) -> dict[str, float]:
+    """Predicted against actual rate overall and per bucket of one snapshot, as metrics to log:
+    ``{prefix}predicted_rate`` beside the base rate's Wilson interval
+    (``{prefix}base_rate_ci_low`` / ``_high``), per bucket ``{prefix}calibration_<bucket>_``
+    predicted / actual / actual_low / actual_high / positives / profiles, and
+    ``{prefix}calibration_buckets_outside``: how many buckets' predicted rate is outside the
+    actual rate's interval. ``table``: :func:`bucket_table` of the same rows."""
+    y = np.asarray(y, dtype=float)
+    low, high = wilson_interval(float(y.sum()), len(y))
+    out = {
+        f"{prefix}predicted_rate": float(np.mean(p)),
+        f"{prefix}base_rate_ci_low": low,
+        f"{prefix}base_rate_ci_high": high,
+        f"{prefix}calibration_buckets_outside": float((~table["within_interval"]).sum()),
+    }
+    for row in table.itertuples(index=False):
+        key = f"{prefix}calibration_{row.bucket}_"
+        out.update(
+            {
+                f"{key}predicted": float(row.predicted_rate),
+                f"{key}actual": float(row.actual_rate),
+                f"{key}actual_low": float(row.actual_low),
+                f"{key}actual_high": float(row.actual_high),
+                f"{key}positives": float(row.positives),
+                f"{key}profiles": float(row.profiles),
+            }
+        )
+    return out

@@ -19,7 +19,13 @@ categories the reference never had, one for missing.
 
 Also per feature: the share of missing values (reference and current) and the share of
 current values outside the reference's [min, max]. The alert is raised when any PSI (score
-or feature) is at or above the threshold.
+or feature) is at or above the threshold, or when the base rate moved (below).
+
+Base rate: the outcome rate of the latest snapshot whose horizon has ended by the monitored
+as-of, against the rate of the test snapshot the model was trained to (both of the model's
+population, rebuilt from the events). It moved when Newcombe's 95 % interval of the difference
+(:func:`propensity.models.rates.rate_difference_interval`) excludes zero: a seasonal or lasting
+shift that leaves the model's probabilities too high or too low even when no PSI moves.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from propensity.core.config import MonitorConfig
 from propensity.core.io import atomic_path, write_json
 from propensity.models.estimator import PropensityModel
 from propensity.models.plots import plt  # pyplot, with the backend chosen for batch jobs
+from propensity.models.rates import rate_difference_interval, wilson_interval
 
 SCORE = "probability"
 
@@ -54,6 +61,55 @@ class Drift:
 
 
 @dataclass
+class BaseRate:
+    """The outcome rate of the latest labelled snapshot against the test snapshot's."""
+
+    labelled_as_of: str
+    rate: float
+    positives: int
+    rows: int
+    rate_low: float  # Wilson 95 % interval of ``rate``
+    rate_high: float
+    reference_as_of: str
+    reference_rate: float
+    reference_positives: int
+    reference_rows: int
+    difference_low: float  # Newcombe 95 % interval of rate - reference_rate
+    difference_high: float
+
+    @property
+    def moved(self) -> bool:
+        """The difference's interval excludes zero."""
+        return self.difference_low > 0 or self.difference_high < 0
+
+
+def base_rate_shift(
+    labelled_as_of: str, labels: np.ndarray, reference_as_of: str, reference_labels: np.ndarray
+) -> BaseRate:
+    """The outcome rate of ``labels`` (0/1 at ``labelled_as_of``) against ``reference_labels``'s."""
+    k, n = float(np.sum(labels)), len(labels)
+    k0, n0 = float(np.sum(reference_labels)), len(reference_labels)
+    if n == 0 or n0 == 0:
+        raise ValueError("a base rate needs labelled rows on both snapshots")
+    low, high = wilson_interval(k, n)
+    difference_low, difference_high = rate_difference_interval(k, n, k0, n0)
+    return BaseRate(
+        labelled_as_of=labelled_as_of,
+        rate=k / n,
+        positives=int(k),
+        rows=n,
+        rate_low=low,
+        rate_high=high,
+        reference_as_of=reference_as_of,
+        reference_rate=k0 / n0,
+        reference_positives=int(k0),
+        reference_rows=n0,
+        difference_low=difference_low,
+        difference_high=difference_high,
+    )
+
+
+@dataclass
 class MonitorReport:
     model: str
     version: str | None
@@ -64,18 +120,25 @@ class MonitorReport:
     psi_threshold: float
     score: Drift
     features: list[Drift] = field(default_factory=list)
+    # None: no snapshot after the test snapshot has its horizon ended by the monitored as-of.
+    base_rate: BaseRate | None = None
 
     @property
     def drifted(self) -> list[str]:
-        """Names (``probability`` or features) whose PSI reaches the threshold."""
-        return [d.name for d in (self.score, *self.features) if d.psi >= self.psi_threshold]
+        """Names (``probability`` or features) whose PSI reaches the threshold, and
+        ``base_rate`` when it moved beyond its interval."""
+        moved = ["base_rate"] if self.base_rate is not None and self.base_rate.moved else []
+        return [d.name for d in (self.score, *self.features) if d.psi >= self.psi_threshold] + moved
 
     @property
     def alert(self) -> bool:
         return bool(self.drifted)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "alert": self.alert, "drifted": self.drifted}
+        out = {**asdict(self), "alert": self.alert, "drifted": self.drifted}
+        if self.base_rate is not None:
+            out["base_rate"]["moved"] = self.base_rate.moved
+        return out
 
 
 def quantile_edges(reference: np.ndarray, bins: int) -> np.ndarray:
@@ -170,6 +233,7 @@ def monitor(
     as_of: str,
     reference_as_of: str,
     version: str | None = None,
+    base_rate: BaseRate | None = None,
 ) -> MonitorReport:
     """PSI of ``probability`` and of the model's top features, with missing and out-of-range shares.
 
@@ -205,6 +269,7 @@ def monitor(
         psi_threshold=config.psi_threshold,
         score=score,
         features=features,
+        base_rate=base_rate,
     )
 
 

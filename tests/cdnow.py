@@ -27,10 +27,17 @@ from propensity.models.bootstrap import bootstrap_intervals
 # The repeat-purchase question of the issue: 90 days from 1997-10-01 (the data end 1998-06-30).
 AS_OF = dt.date(1997, 10, 1)
 HORIZON_DAYS = 90
-MODEL_YAML = """name: cdnow_repeat
+
+
+def model_yaml(horizon_days: int = HORIZON_DAYS) -> str:
+    """The three-line model config of a repeat purchase within ``horizon_days``."""
+    return f"""name: cdnow_repeat
 population: "purchase_count_365d >= 1"
-outcome: {event_type: purchase, horizon_days: 90}
+outcome: {{event_type: purchase, horizon_days: {horizon_days}}}
 """
+
+
+MODEL_YAML = model_yaml()
 
 
 def cdnow_path() -> Path:
@@ -249,11 +256,21 @@ def _metric(metric: str, y: np.ndarray, score: np.ndarray) -> float:
     return float(brier_score_loss(y, score))
 
 
-def run_cli(work: Path, every: int = 1, model_yaml: str = MODEL_YAML, seed: int = 0) -> dict:
-    """CDNOW through the command line: ``ingest``, ``train`` (the three-line model config)
-    with the data before :data:`AS_OF`, ``score`` at it; then :func:`compare` of the written
-    probabilities. ``work`` is emptied and holds everything, MLflow store included. Returns
-    :func:`compare`'s figures plus the seconds of each step."""
+def run_cli(
+    work: Path,
+    every: int = 1,
+    model_yaml: str = MODEL_YAML,
+    seed: int = 0,
+    as_of: dt.date = AS_OF,
+    horizon_days: int = HORIZON_DAYS,
+    promote: bool = False,
+) -> dict:
+    """CDNOW through the command line: ``ingest``, ``train`` (the three-line model config, whose
+    horizon must be ``horizon_days``) with the data before ``as_of``, ``score`` at it; then
+    :func:`compare` of the written probabilities. With ``promote``, ``promote`` runs after
+    ``train`` and the champion's scores are compared (the challenger's otherwise). ``work`` is
+    emptied and holds everything, MLflow store included. Returns :func:`compare`'s figures plus
+    the seconds of each step and, with ``promote``, its output (``promotion``)."""
     import os
     import shutil
     import subprocess
@@ -282,7 +299,8 @@ def run_cli(work: Path, every: int = 1, model_yaml: str = MODEL_YAML, seed: int 
             "--config",
             str(project),
         ],
-        "train": [*cli, "train", name, *common, str(work / "ingested"), "--as-of", str(AS_OF)],
+        "train": [*cli, "train", name, *common, str(work / "ingested"), "--as-of", str(as_of)],
+        "promote": [*cli, "promote", name, "--config", str(project)],
         "score": [
             *cli,
             "score",
@@ -290,20 +308,23 @@ def run_cli(work: Path, every: int = 1, model_yaml: str = MODEL_YAML, seed: int 
             *common,
             str(work / "ingested"),
             "--as-of",
-            str(AS_OF),
+            str(as_of),
             "--alias",
-            "challenger",
+            "champion" if promote else "challenger",
             "--out",
             str(work / "scores"),
         ],
     }
-    seconds = {}
+    if not promote:
+        del steps["promote"]
+    seconds, said = {}, {}
     for step, command in steps.items():
         start = time.perf_counter()
         done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=work)
         seconds[step] = round(time.perf_counter() - start, 1)
+        said[step] = " ".join(done.stdout.split())
         if done.returncode != 0:
             raise RuntimeError(f"propensity {step} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    scores = written_scores(work / "scores", name, AS_OF)
-    figures = compare(events, scores, AS_OF, HORIZON_DAYS, seed=seed)
-    return figures | {"seconds": seconds}
+    scores = written_scores(work / "scores", name, as_of)
+    figures = compare(events, scores, as_of, horizon_days, seed=seed)
+    return figures | {"seconds": seconds} | ({"promotion": said["promote"]} if promote else {})

@@ -76,6 +76,14 @@ def test_demo_tells_the_story(demo_run):
     uplift = summary["uplift"]
     assert uplift["model_family"] in ("uplift_t", "uplift_x") and uplift["qini"] < uplift["oracle_qini"]
     assert (Path(uplift["scores"]) / "part-0.parquet").is_file()
+    # every model's buckets on its test snapshot: predicted rate against the actual rate's interval
+    for name in ("conversion", "upsell", "churn"):
+        calibrated = summary["calibrated_buckets"][name]
+        assert set(calibrated) <= {"high", "medium", "low"} and calibrated, name
+        said = (
+            "agree within their 95 % intervals" if all(calibrated.values()) else "outside the actual rate's"
+        )
+        assert f"{name}: predicted" in text and said in text, name
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
@@ -114,3 +122,23 @@ def test_notebook_runs_on_the_demo(path, demo_run, monkeypatch):
         text = "\n".join(o.get("data", {}).get("text/plain", "") + o.get("text", "") for o in outputs)
         assert "incremental_revenue" in text and "minimum_detectable_lift" in text
         assert "the oracle's" in text and "next audience" in text  # the uplift model's cells ran
+
+
+def test_the_demo_says_which_buckets_came_true():
+    import numpy as np
+
+    from propensity.models import evaluate as ev
+    from propensity.pipeline.cli.demo import calibration_verdict
+
+    # low: 0.05 predicted, 10/200 happened; high: 0.30 predicted, 15/100 (interval ~[0.09, 0.23])
+    y = np.r_[np.ones(10), np.zeros(190), np.ones(15), np.zeros(85)]
+    p = np.r_[np.full(200, 0.05), np.full(100, 0.30)]
+    bucket = np.array(["low"] * 200 + ["high"] * 100)
+    table = ev.bucket_table(y.astype(int), p, bucket)
+    said = calibration_verdict("upsell", table)
+    assert said.startswith("upsell: predicted rate outside") and "high predicted 0.300, actual 0.150" in said
+    assert "low" not in said
+    agreeing = ev.bucket_table(y[:200].astype(int), p[:200], bucket[:200])
+    assert calibration_verdict("upsell", agreeing).endswith(
+        "agree within their 95 % intervals in every bucket"
+    )

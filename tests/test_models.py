@@ -19,6 +19,7 @@ from propensity.core.errors import UserError
 from propensity.models import evaluate as ev
 from propensity.models import tracking as mlflow_tracking
 from propensity.models.calibration import Calibrator
+from propensity.models.rates import rate_difference_interval, wilson_interval
 from propensity.models.train import DEFAULT_LIGHTGBM, split
 from propensity.pipeline.jobs import features as feature_jobs
 from propensity.pipeline.jobs import train as model_jobs
@@ -259,6 +260,19 @@ def test_evaluate_reports_the_metrics_of_the_snapshot(churn_run, luma_ingested, 
         check_names=False,
         atol=1e-6,
     )
+    # calibration per bucket and overall, with the actual rates' Wilson intervals on their positives
+    for bucket, row in table.iterrows():
+        assert (row["actual_low"], row["actual_high"]) == pytest.approx(
+            wilson_interval(row["positives"], row["profiles"])
+        )
+        inside = row["actual_low"] <= row["predicted_rate"] <= row["actual_high"]
+        assert row["within_interval"] == inside
+        assert metrics[f"eval_calibration_{bucket}_predicted"] == pytest.approx(row["predicted_rate"])
+        assert metrics[f"eval_calibration_{bucket}_positives"] == row["positives"]
+    assert metrics["eval_calibration_buckets_outside"] == (~table["within_interval"]).sum()
+    assert metrics["eval_predicted_rate"] == pytest.approx(p.mean(), abs=1e-6)
+    low, high = metrics["eval_base_rate_ci_low"], metrics["eval_base_rate_ci_high"]
+    assert (low, high) == pytest.approx(wilson_interval(y.sum(), len(y))) and low < y.mean() < high
 
 
 def test_too_few_positives_is_a_clear_error(luma_ingested, tracking, tmp_path, runner):
@@ -347,6 +361,29 @@ def test_metrics_known_answers():
         95,
     ]
     assert ev.buckets(np.array([10, 40, 69, 70]), 40, 70).tolist() == ["low", "medium", "medium", "high"]
+
+
+def test_rate_intervals_match_published_values():
+    # Wilson: 81/263 (Newcombe 1998, Table I); Newcombe's method 10 for a difference (Table II).
+    assert wilson_interval(81, 263) == pytest.approx((0.2553, 0.3662), abs=1e-4)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert rate_difference_interval(56, 70, 48, 80) == pytest.approx((0.0524, 0.3339), abs=1e-4)
+    assert rate_difference_interval(9, 10, 3, 10) == pytest.approx((0.1705, 0.8090), abs=1e-4)
+
+
+def test_bucket_table_says_which_buckets_came_true():
+    # high: 0.30 predicted, 15/100 happened (interval ~[0.09, 0.23]): over-predicted;
+    # low: 0.05 predicted, 10/200 happened (interval ~[0.03, 0.09]): within its interval.
+    y = np.r_[np.ones(15), np.zeros(85), np.ones(10), np.zeros(190)]
+    p = np.r_[np.full(100, 0.30), np.full(200, 0.05)]
+    table = ev.bucket_table(y, p, np.array(["high"] * 100 + ["low"] * 200)).set_index("bucket")
+    assert table.loc["high", "actual_high"] < 0.30 and not table.loc["high", "within_interval"]
+    assert table.loc["low", "within_interval"]
+    figures = ev.calibration_figures(y, p, table.reset_index(), "test_")
+    assert figures["test_calibration_buckets_outside"] == 1
+    assert figures["test_predicted_rate"] == pytest.approx((30 + 10) / 300)
+    assert figures["test_calibration_high_actual"] == pytest.approx(0.15)
+    assert figures["test_calibration_low_positives"] == 10
 
 
 def test_reweighting_options_are_refused():

@@ -222,6 +222,54 @@ def test_drift_alert_exits_1_and_is_logged_to_mlflow(monitored, runner, tracking
     assert artifacts == {"monitoring/drift_report.json", "monitoring/score_distributions.png"}
 
 
+def test_a_moved_base_rate_is_flagged_and_an_unchanged_one_is_not():
+    reference = np.r_[np.ones(100), np.zeros(900)]  # 10 %
+    moved = mon.base_rate_shift("2025-07-01", np.r_[np.ones(150), np.zeros(850)], "2025-06-01", reference)
+    assert moved.moved and moved.difference_low > 0 and moved.rate == pytest.approx(0.15)
+    same = mon.base_rate_shift("2025-07-01", np.r_[np.ones(105), np.zeros(895)], "2025-06-01", reference)
+    assert not same.moved and same.difference_low < 0 < same.difference_high
+    fell = mon.base_rate_shift("2025-07-01", np.r_[np.ones(60), np.zeros(940)], "2025-06-01", reference)
+    assert fell.moved and fell.difference_high < 0
+    assert moved.rate_low < 0.15 < moved.rate_high and (moved.positives, moved.rows) == (150, 1000)
+
+    def report(base_rate):
+        zero = mon.Drift("probability", "p", 0.0, 10, 0.0, 0.0, 0.0)
+        return mon.MonitorReport("m", "1", "2025-08-01", "2025-06-01", 1000, 1000, 0.2, zero, [], base_rate)
+
+    assert report(moved).alert and report(moved).drifted == ["base_rate"]
+    assert report(moved).to_dict()["base_rate"]["moved"] is True
+    assert not report(same).alert and report(same).to_dict()["base_rate"]["moved"] is False
+    assert not report(None).alert and report(None).to_dict()["base_rate"] is None
+
+
+def test_monitor_compares_the_latest_labelled_base_rate_with_the_test_snapshot(
+    monitored, runner, tracking, tmp_path
+):
+    """At the test snapshot nothing newer is labelled; 61 days later the snapshot 30 days before
+    (its horizon ended) is compared with the test snapshot's, both rebuilt from the events."""
+    out = tmp_path / "report"
+    monitor_cli(runner, monitored, REFERENCE_AS_OF, "--out", str(out))
+    assert json.loads((out / "drift_report.json").read_text())["base_rate"] is None
+    result = monitor_cli(runner, monitored, LATER, "--out", str(out), "--json")
+    rate = json.loads(result.stdout)["report"]["base_rate"]
+    config = ProjectConfig()
+    model_cfg = load_model_config(str(monitored["yaml"]), config)
+    loaded = event_jobs.load_events(monitored["ingested"], config)
+    fs = feature_set(loaded, config, before=REFERENCE_AS_OF)
+    labelled = LATER - dt.timedelta(days=model_cfg.outcome.horizon_days)
+    assert rate["labelled_as_of"] == str(labelled) and rate["reference_as_of"] == str(REFERENCE_AS_OF)
+    for day, prefix in ((labelled, ""), (REFERENCE_AS_OF, "reference_")):
+        relation, is_labelled = loaded.population_snapshot(fs, model_cfg, day, LATER)
+        labels = loaded.frame(relation)["label"]
+        assert is_labelled and rate[f"{prefix}rows"] == len(labels) > 100
+        assert rate[f"{prefix}positives"] == labels.sum() and rate[f"{prefix}rate"] == pytest.approx(
+            labels.mean()
+        )
+    moved = rate["difference_low"] > 0 or rate["difference_high"] < 0
+    assert rate["moved"] is moved
+    assert ("base_rate" in json.loads(result.stdout)["report"]["drifted"]) is moved
+
+
 def test_drift_alert_under_json_is_one_object_and_still_exits_1(monitored, runner, tracking, tmp_path):
     out = tmp_path / "report"
     result = monitor_cli(runner, monitored, LATER, "--out", str(out), "--json")

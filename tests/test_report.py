@@ -63,6 +63,9 @@ def test_report_is_self_contained_and_every_chart_renders(scored, runner, tmp_pa
     ):
         assert heading in html
     assert "Top factors per bucket" in html and "Predicted vs actual per bucket" in html
+    # calibration on the test snapshot: overall with the base rate's interval, per bucket with its own
+    assert re.search(r"0\.\d{4} predicted on average, 0\.\d{4} \[0\.\d{4}, 0\.\d{4}\] happened", html)
+    assert "actual_low" in html and "within_interval" in html
     images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', html)
     assert len(images) >= 6
     for alt, data in images:

@@ -64,6 +64,8 @@ class DemoResult:
     uplift: dict[str, Any] = field(default_factory=dict)  # the yoga uplift model: who it targets next
     segments: dict[str, dict[str, int]] = field(default_factory=dict)
     buckets: dict[str, dict[str, int]] = field(default_factory=dict)  # per model, at the latest as-of
+    # per model and bucket: the predicted rate lies in the actual rate's interval on the test snapshot
+    calibrated: dict[str, dict[str, bool]] = field(default_factory=dict)
     sarah: str | None = None
     report: Path | None = None
     journeys: dict[str, Any] = field(default_factory=dict)
@@ -172,9 +174,26 @@ def _train(ingested: Path, config: ProjectConfig, console: Console, result: Demo
         console.print(f"registered {name} v{fit.version} (run {fit.run_id}); {promotion.reason}")
         print_metrics(fit.metrics, f"{name}: test snapshot {fit.snapshots[-1]}")
         print_buckets(fit.buckets)
+        console.print(calibration_verdict(name, fit.buckets))
         result.metrics[name] = fit.metrics
+        within = fit.buckets.set_index("bucket")["within_interval"]
+        result.calibrated[name] = {str(bucket): bool(inside) for bucket, inside in within.items()}
 
     return trained
+
+
+def calibration_verdict(name: str, buckets) -> str:
+    """Whether every bucket's predicted rate on the test snapshot lies in the 95 % interval of
+    its actual rate (:func:`propensity.models.evaluate.bucket_table`), naming those that do not."""
+    outside = buckets[~buckets["within_interval"]]
+    if outside.empty:
+        return f"{name}: predicted and actual rates agree within their 95 % intervals in every bucket"
+    said = "; ".join(
+        f"{r.bucket} predicted {r.predicted_rate:.3f}, actual {r.actual_rate:.3f} "
+        f"[{r.actual_low:.3f}, {r.actual_high:.3f}]"
+        for r in outside.itertuples(index=False)
+    )
+    return f"{name}: predicted rate outside the actual rate's 95 % interval: {said}"
 
 
 def _score_and_qualify(
@@ -284,6 +303,7 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
             "measure": (out / "measure" / f"as_of={result.campaign['as_of']}").resolve(),
             "uplift": result.uplift,
             "models": {name: fit.version for name, fit in trained.items()},
+            "calibrated_buckets": result.calibrated,
             "tracking_uri": tracking.tracking_uri(config),
         },
         out / "demo.json",

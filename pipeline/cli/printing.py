@@ -139,9 +139,12 @@ def print_metrics(metrics: dict, title: str, note: str | None = None) -> None:
             row.append(f"{oracle:.4f}" if key == "auc" else "")
         table.add_row(*row)
     blank = [""] * (len(columns) - 2)
-    for key, label in (("ece", "calibration error"), ("base_rate", "base rate")):
-        value = metrics.get(f"{prefix}{key}")
-        table.add_row(label, "" if value is None else f"{value:.4f}", *blank)
+    for key, label in (
+        ("ece", "calibration error"),
+        ("predicted_rate", "mean predicted"),
+        ("base_rate", "base rate"),
+    ):
+        table.add_row(label, _with_interval(metrics, f"{prefix}{key}"), *blank)
     positives, rows = metrics.get(f"{prefix}positives"), metrics.get(f"{prefix}rows")
     if positives is not None:
         table.add_row("positives/rows", f"{positives:,.0f}/{rows or 0:,.0f}", *blank)
@@ -301,9 +304,23 @@ def print_drift(result) -> None:
             f"{drift.reference_missing:.1%} -> {drift.current_missing:.1%}",
             "" if drift.out_of_range is None else f"{drift.out_of_range:.1%}",
         )
+    rate = report.base_rate
+    if rate is not None:
+        flag = " [bold red]moved[/]" if rate.moved else ""
+        table.add_row(
+            f"Base rate at {rate.labelled_as_of} ({rate.positives:,}/{rate.rows:,}) vs "
+            f"{rate.reference_as_of} ({rate.reference_positives:,}/{rate.reference_rows:,})",
+            f"{rate.rate:.4f} [{rate.rate_low:.4f}, {rate.rate_high:.4f}] vs {rate.reference_rate:.4f}; "
+            f"difference [{rate.difference_low:+.4f}, {rate.difference_high:+.4f}]{flag}",
+            "",
+            "",
+        )
     console.print(table)
     console.print(f"report {_e(result.report_path)}, plot {_e(result.plot_path)}, MLflow run {result.run_id}")
+    if rate is None:
+        console.print("base rate: no snapshot after the test snapshot is labelled yet by this as-of")
     if report.alert:
         console.print(
-            f"[bold red]alert:[/] PSI >= {report.psi_threshold} for {_e(', '.join(report.drifted))}"
+            f"[bold red]alert:[/] {_e(', '.join(report.drifted))} (PSI >= {report.psi_threshold}"
+            " or a base rate moved beyond its interval)"
         )

@@ -97,6 +97,7 @@ def evaluate_model(
     buckets_cfg = model.metadata.get("buckets", model_cfg.buckets.model_dump())
     score = ev.scores_from_reference(p, np.asarray(model.metadata["reference_probabilities"]))
     table = ev.bucket_table(y, p, ev.buckets(score, buckets_cfg["medium"], buckets_cfg["high"]))
+    results.update(ev.calibration_figures(y, p, table, "eval_"))
     mlflow.set_experiment(model_cfg.name)
     with mlflow.start_run(run_name=f"evaluate v{mv.version} at {as_of}") as run:
         mlflow.set_tags(

@@ -21,7 +21,15 @@ from propensity.features.build.population import population_rule
 from propensity.features.duckdb import DuckDBEngine
 from propensity.features.sql import sql_string
 from propensity.models import tracking
-from propensity.models.monitoring import SCORE, MonitorReport, monitor, top_features, write_report
+from propensity.models.monitoring import (
+    SCORE,
+    BaseRate,
+    MonitorReport,
+    base_rate_shift,
+    monitor,
+    top_features,
+    write_report,
+)
 from propensity.pipeline.jobs.config_files import load_model_config, load_monitor_config
 from propensity.pipeline.jobs.events import feature_set, load_events, model_vocabulary
 
@@ -89,8 +97,16 @@ def monitor_model(
     fs = feature_set(loaded, config, before=reference_as_of, **model_vocabulary(estimator.metadata))
     reference = _reference(loaded, fs, model_cfg, estimator, reference_as_of)
     current = _current(loaded, fs, estimator, monitor_cfg, files, as_of, model_cfg.name)
+    base_rate = _base_rate(loaded, fs, model_cfg, as_of, reference_as_of)
     report = monitor(
-        estimator, reference, current, monitor_cfg, str(as_of), str(reference_as_of), version=version
+        estimator,
+        reference,
+        current,
+        monitor_cfg,
+        str(as_of),
+        str(reference_as_of),
+        version=version,
+        base_rate=base_rate,
     )
     report_path, plot_path = write_report(report, reference, current, out_dir)
     run_id = _log_monitor_run(
@@ -116,6 +132,26 @@ def _reference(loaded, fs, model_cfg, estimator, reference_as_of: dt.date) -> pd
         raise UserError(f"model '{model_cfg.name}': no profiles in its population at {reference_as_of}")
     reference[SCORE] = estimator.predict_proba(reference)
     return reference
+
+
+def _base_rate(loaded, fs, model_cfg, as_of: dt.date, reference_as_of: dt.date) -> BaseRate | None:
+    """The outcome rate of the latest snapshot labelled by ``as_of`` (its horizon ended by then
+    and by the end of the data) against the test snapshot's; None when that snapshot is not
+    after the test snapshot (nothing newer is known yet)."""
+    cutoff = min(as_of, loaded.data_end())
+    labelled_as_of = cutoff - dt.timedelta(days=model_cfg.outcome.horizon_days)
+    if labelled_as_of <= reference_as_of:
+        return None
+    labels = {}
+    for day in (labelled_as_of, reference_as_of):
+        relation, labelled = loaded.population_snapshot(fs, model_cfg, day, cutoff)
+        frame = loaded.frame(relation) if labelled else pd.DataFrame()
+        if frame.empty:
+            return None
+        labels[day] = frame["label"].to_numpy()
+    return base_rate_shift(
+        str(labelled_as_of), labels[labelled_as_of], str(reference_as_of), labels[reference_as_of]
+    )
 
 
 def _current(loaded, fs, estimator, monitor_cfg, files: list[str], as_of: dt.date, name: str) -> pd.DataFrame:
@@ -155,6 +191,7 @@ def _log_monitor_run(
                 "psi_score": report.score.psi,
                 **{f"psi_{d.name}": d.psi for d in report.features},
                 "alert": float(report.alert),
+                **_base_rate_metrics(report.base_rate),
                 "reference_rows": float(report.reference_rows),
                 "current_rows": float(report.current_rows),
             }
@@ -162,3 +199,19 @@ def _log_monitor_run(
         for path in paths:
             mlflow.log_artifact(str(path), "monitoring")
         return run.info.run_id
+
+
+def _base_rate_metrics(base_rate: BaseRate | None) -> dict[str, float]:
+    """The base rate's figures for the monitor run (nothing when no newer snapshot is labelled)."""
+    if base_rate is None:
+        return {}
+    return {
+        "base_rate": base_rate.rate,
+        "base_rate_ci_low": base_rate.rate_low,
+        "base_rate_ci_high": base_rate.rate_high,
+        "base_rate_positives": float(base_rate.positives),
+        "reference_base_rate": base_rate.reference_rate,
+        "base_rate_difference_ci_low": base_rate.difference_low,
+        "base_rate_difference_ci_high": base_rate.difference_high,
+        "base_rate_moved": float(base_rate.moved),
+    }

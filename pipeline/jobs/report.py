@@ -138,6 +138,15 @@ def _factors_by_bucket(directory: Path, top: int = 5) -> pd.DataFrame:
     )
 
 
+def _overall_calibration(metrics: dict[str, float]) -> str:
+    """``: 0.0412 predicted on average, 0.0398 [0.0371, 0.0427] happened``, when logged."""
+    keys = ("test_predicted_rate", "test_base_rate", "test_base_rate_ci_low", "test_base_rate_ci_high")
+    if any(k not in metrics for k in keys):
+        return ""
+    predicted, actual, low, high = (metrics[k] for k in keys)
+    return f": {predicted:.4f} predicted on average, {actual:.4f} [{low:.4f}, {high:.4f}] happened"
+
+
 def _quality_sections(run, figures: dict[str, Figure], buckets: pd.DataFrame | None) -> list[ReportSection]:
     """How good the model is on its test snapshot, and how honest its probabilities are."""
     metrics = run.data.metrics
@@ -152,7 +161,9 @@ def _quality_sections(run, figures: dict[str, Figure], buckets: pd.DataFrame | N
         ),
         ReportSection(
             "Are the probabilities honest?",
-            "Predicted against actual rates on the test snapshot, overall and per bucket.",
+            "Predicted against actual rates on the test snapshot, overall and per bucket"
+            + _overall_calibration(metrics)
+            + " (per bucket: the actual rate's 95 % Wilson interval, and whether the prediction is in it).",
             figures=[figures[n] for n in ("calibration.png",) if n in figures],
             tables=[("Predicted vs actual per bucket", buckets)] if buckets is not None else [],
         ),

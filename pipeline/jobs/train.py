@@ -312,6 +312,7 @@ def evaluate_on_test(
     results.update(ground_truth(test, p) if ground_truth else {})
     score = ev.scores_from_reference(p, reference)
     buckets = ev.bucket_table(y, p, ev.buckets(score, model_cfg.buckets.medium, model_cfg.buckets.high))
+    results.update(ev.calibration_figures(y, p, buckets, "test_"))
     importance = global_importance(model, test.sample(min(len(test), 20_000), random_state=0))
     return _TestFigures(test, y, p, results, scored_baselines, buckets, ev.decile_table(y, p), importance)
 
