@@ -25,7 +25,8 @@ from sklearn.linear_model import LogisticRegression
 from propensity.core.config import TrainingConfig
 from propensity.models.estimator import PropensityModel
 from propensity.models.linear import LinearPropensityModel, LogScaledDesign
-from propensity.models.train import Candidate, Trained, profile_fraction, sample_by_label
+from propensity.models.split import profile_fraction, sample_by_label
+from propensity.models.train import Candidate, Trained
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from propensity.core.errors import UserError
 from propensity.models import evaluate as ev
 from propensity.models import tracking as mlflow_tracking
 from propensity.models.calibration import Calibrator
-from propensity.models.train import DEFAULT_LIGHTGBM, split
+from propensity.models.split import split
+from propensity.models.train import DEFAULT_LIGHTGBM
 from propensity.pipeline.jobs import features as feature_jobs
 from propensity.pipeline.jobs import train as model_jobs
 from tests.conftest import invoke

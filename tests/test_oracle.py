@@ -20,7 +20,8 @@ from propensity.features.synthetic.world import CATEGORIES, OFFLINE, GeneratorSe
 from propensity.features.synthetic.writer import generate
 from propensity.models import evaluate as ev
 from propensity.models.holdout_figures import holdout_figures
-from propensity.models.train import fit_candidates, split
+from propensity.models.split import split
+from propensity.models.train import fit_candidates
 from propensity.pipeline.jobs import events as event_jobs
 
 # Two-sided 99 % normal quantile: each check is one of several in this file.
