@@ -16,7 +16,11 @@ import pandas as pd
 
 from propensity.core.config import ModelConfig, ProjectConfig
 from propensity.core.errors import UserError
+from propensity.features.build.population import population_rule
 from propensity.features.build.seasonality import FAMILY as SEASON
+from propensity.features.build.selection import categories_source, feature_count_note, model_features
+from propensity.features.build.snapshots import windows_before_data
+from propensity.features.engine import Events
 from propensity.models import baselines, tracking
 from propensity.models import evaluate as ev
 from propensity.models.explain import global_importance
@@ -24,11 +28,12 @@ from propensity.models.holdout_figures import holdout_figures
 from propensity.models.refit import refit_rows, refit_trained
 from propensity.models.split import split
 from propensity.models.train import fit_candidates
+from propensity.pipeline.jobs.config_files import load_model_config
 from propensity.pipeline.jobs.evaluate import ground_truth_metrics
-from propensity.pipeline.jobs.events import load_events
-from propensity.pipeline.jobs.plan import describe
+from propensity.pipeline.jobs.events import feature_set, load_events
+from propensity.pipeline.jobs.plan import describe, make_plan, planned, settle
 from propensity.pipeline.jobs.train_record import champion_on, log_training_run, register_challenger
-from propensity.pipeline.jobs.training_data import Fitted, TestFigures, TrainingData, training_data
+from propensity.pipeline.jobs.training_data import Fitted, TestFigures, TrainingData
 from propensity.pipeline.jobs.uplift import UpliftTrained, fit_uplift_model
 
 
@@ -72,6 +77,42 @@ def baseline_scores(parts, test: pd.DataFrame, model_cfg: ModelConfig) -> dict[s
         if bgnbd is not None:
             out["bgnbd"] = (bgnbd, True)
     return out
+
+
+def training_data(
+    model_name: str, loaded: Events, config: ProjectConfig, as_of: dt.date | None
+) -> TrainingData:
+    """The model's stacked labelled snapshots on the events' engine (each date's profiles as the
+    identity graph knew them then; on Spark a sample of at most ``training.max_training_rows``
+    rows, the same share of each label)."""
+    span = loaded.span()
+    if span is None:
+        raise UserError("no events to train on")
+    cutoff = as_of or span[1]
+    model_cfg = load_model_config(model_name, config)
+    plan = make_plan(model_cfg, loaded, cutoff)
+    model_cfg = planned(model_cfg, plan)
+    fs = feature_set(loaded, config, before=plan.dates[0])
+    # A bad rule or feature name fails before any heavy work.
+    population_rule(model_cfg, fs)
+    labels = model_features(fs, model_cfg.features, model_cfg.governance, model_cfg.name)
+    rows = loaded.training_rows(fs, model_cfg, cutoff)
+    first_date = plan.dates[0]
+    plan = settle(plan, rows.frame, model_cfg)
+    window = windows_before_data(config.features.windows_days, span[0], plan.dates[0])
+    return TrainingData(
+        model_cfg,
+        fs,
+        labels,
+        rows.frame,
+        rows.dates,
+        cutoff,
+        loaded.inputs.display,
+        plan,
+        rows.sampling,
+        feature_count_note(fs, len(labels), categories_source(config.features.categories, first_date)),
+        [f"earliest training snapshot: {window}"] if window else [],
+    )
 
 
 def train_model(
