@@ -11,10 +11,13 @@ way Feast puts its offline stores (DuckDB, Spark, ...) behind one ``OfflineStore
   a feature snapshot as a relation (DuckDB: SQL over the connection; Spark: a DataFrame), a
   model's population and labelled training rows, and the kinds of a relation's columns.
 
-Two implementations satisfy them structurally (neither imports this module's protocols to
-inherit): :mod:`propensity.features.duckdb` (the default) and
-:mod:`propensity.features.spark.engine`. ``propensity.pipeline.jobs.events.engine_for`` is the
-one place that picks one. The protocols live here rather than in ``pipeline`` because their
+Two implementations satisfy them: :mod:`propensity.features.duckdb` (the default) and
+:mod:`propensity.features.spark.engine`. What both do the same way is written once here and
+inherited: :class:`SharedSteps` (loading events, the ingest breakdown) and :class:`SqlEvents`
+(questions answered by one query in DuckDB's SQL, the as-of sources, a model's population
+snapshot over :mod:`propensity.features.build.model_frames`); each wing supplies the
+primitives. ``propensity.pipeline.jobs.events.engine_for`` is the one place that picks one.
+The protocols live here rather than in ``pipeline`` because their
 arguments and results are features' vocabulary (feature sets, rules, segments, sources): both
 wings import these data types without importing the jobs.
 """
@@ -32,7 +35,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from propensity.core.config import ModelConfig, OutcomeConfig, TreatmentConfig
+from propensity.core.config import ModelConfig, OutcomeConfig, ProjectConfig, TreatmentConfig
 from propensity.features.build.event_queries import (
     data_end_sql,
     day_after,
@@ -43,9 +46,11 @@ from propensity.features.build.event_queries import (
 )
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.labels import treated_sql
+from propensity.features.build.model_frames import population_snapshot
 from propensity.features.build.rules import Rule
 from propensity.features.identity.as_of import AsOfSources
-from propensity.features.ingest.manifest import OnBadRows
+from propensity.features.ingest import summary
+from propensity.features.ingest.manifest import OnBadRows, checked_manifest
 from propensity.features.ingest.staging import StagedEvents
 from propensity.features.ingest.summary import Breakdown
 from propensity.features.journeys.engine import Runner
@@ -124,12 +129,27 @@ class Events(Protocol):
 
 
 class SqlEvents(ABC):
-    """The questions loaded events answer with one query each, written once in DuckDB's SQL; an
-    engine supplies :meth:`rows` (Spark transpiles the query with sqlglot)."""
+    """The questions loaded events answer with one query each, written once in DuckDB's SQL, the
+    as-of sources and a model's population snapshot; an engine supplies :meth:`rows` (Spark
+    transpiles the query with sqlglot) and the primitives of
+    :class:`~propensity.features.build.model_frames.FrameSource`."""
+
+    graph: Any  # the identity graph seen as of dates (None: each event's own profile_id)
 
     @abstractmethod
     def rows(self, sql: str) -> list[tuple]:
         """The rows of a query over the loaded views, on this machine."""
+
+    def sources(self, as_of: dt.date) -> AsOfSources:
+        """The events and profiles as of ``as_of``: what every snapshot at that date reads."""
+        if self.graph is None:
+            return AsOfSources(as_of, "events", "profiles", "identity_map")
+        return self.graph.sources(as_of)
+
+    def oracle(self, frame: pd.DataFrame, outcome: OutcomeConfig) -> np.ndarray | None:
+        """The true probabilities of a synthetic world's outcome for ``frame``; None here (not
+        synthetic, or on Spark: a synthetic world's ground truth is a one-machine check)."""
+        return None
 
     def data_end(self) -> dt.date:
         """The day after the last event: the default cutoff."""
@@ -170,13 +190,79 @@ class SqlEvents(ABC):
         """The most frequent non-canonical event types before ``before`` (none when ``limit`` is 0)."""
         return [r[0] for r in self.rows(learn_event_types_sql(before, limit))] if limit > 0 else []
 
+    def population_snapshot(
+        self, fs: FeatureSet, model: ModelConfig, as_of: dt.date, cutoff: dt.date
+    ) -> tuple[Relation, bool]:
+        """The model's population at ``as_of`` (a relation), labelled when its horizon has passed
+        (:func:`~propensity.features.build.model_frames.population_snapshot`)."""
+        return population_snapshot(self, fs, model, as_of, cutoff)  # type: ignore[arg-type]
+
 
 class Stitched(Protocol):
-    """Events staged and stitched in memory (an engine's own handle), with their counts."""
+    """Events staged and stitched in memory (an engine's own handle), with their counts and the
+    views the ingest breakdown reads: the clean events (``events_view``; ``lines_view`` for
+    the purchase lines) and the identity map."""
 
     counts: StagedEvents
+    events_view: str
+    lines_view: str
+    identity_view: str
+    has_order_id: bool  # whether the events have the optional order_id column
 
+    def rows(self, sql: str) -> list[tuple]: ...
     def close(self) -> None: ...
+
+
+class SharedSteps(ABC):
+    """The engine steps written once: both engines inherit them and supply the primitives."""
+
+    config: ProjectConfig
+
+    @abstractmethod
+    def resolve_input(self, path: Any) -> Any:
+        """Events files, a folder of them, or an ingest directory."""
+
+    @abstractmethod
+    def read_text(self, path: str) -> str:
+        """A small text file on this engine's file system."""
+
+    @abstractmethod
+    def stage(
+        self,
+        inputs: Any,
+        profiles: Any,
+        on_bad_rows: OnBadRows,
+        as_of: dt.date | None,
+        consent_rows: OnBadRows | None = None,
+    ) -> Any:
+        """Events staged and stitched (:class:`Stitched`)."""
+
+    @abstractmethod
+    def open_ingested(self, inputs: Any, manifest: dict[str, Any]) -> Events:
+        """An ingest directory (either engine's) as the views every later step reads."""
+
+    @abstractmethod
+    def open_stitched(self, inputs: Any, stitched: Any) -> Events:
+        """Events staged and stitched in memory as the views every later step reads."""
+
+    def load_events(self, path: Any, on_bad_rows: OnBadRows | None = None) -> Events:
+        """Raw events (validated and stitched in memory, as ``ingest`` would) or an ingest
+        directory (either engine's) as the views every later step reads."""
+        inputs = self.resolve_input(path)
+        if inputs.ingested is not None:
+            text = self.read_text(f"{inputs.ingested}/manifest.json")
+            return self.open_ingested(inputs, checked_manifest(text, inputs.ingested))
+        stitched = self.stage(inputs, inputs.profiles, on_bad_rows or self.config.ingest.on_bad_rows, None)
+        return self.open_stitched(inputs, stitched)
+
+    def breakdown(self, stitched: Stitched) -> Breakdown:
+        """The time range, events by type and channel, identities by namespace, purchase lines
+        and orders (with a warning for line items fed as orders)."""
+        return summary.breakdown(
+            stitched.rows(summary.events_sql(stitched.events_view)),
+            stitched.rows(summary.identities_sql(stitched.identity_view)),
+            stitched.rows(summary.line_items_sql(stitched.lines_view, stitched.has_order_id))[0],
+        )
 
 
 class Engine(Protocol):

@@ -26,7 +26,8 @@ from propensity.core.config import TrainingConfig
 from propensity.models.bgnbd_model import BgNbdPropensityModel, fit_bgnbd_model
 from propensity.models.estimator import PropensityModel
 from propensity.models.linear import LinearPropensityModel, LogScaledDesign
-from propensity.models.train import Candidate, Trained, profile_fraction, sample_by_label
+from propensity.models.split import profile_fraction, sample_by_label
+from propensity.models.train import Candidate, Trained
 
 
 @dataclass(frozen=True)

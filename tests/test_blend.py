@@ -14,7 +14,8 @@ from propensity.models.bgnbd_model import shapley_against_reference
 from propensity.models.blend import BlendPropensityModel, choose_weights, simplex_grid
 from propensity.models.estimator import load_model
 from propensity.models.scoring import score_batch
-from propensity.models.train import fit_candidates, split
+from propensity.models.split import split
+from propensity.models.train import fit_candidates
 
 
 @pytest.mark.parametrize("families", [1, 2, 3, 4])

@@ -192,7 +192,6 @@ def _owners(loaded, as_of: dt.date) -> dict[str, str]:
 
 def test_a_link_made_after_as_of_leaves_the_snapshot_at_as_of_alone(tmp_path):
     from propensity.core.config import ModelConfig
-    from propensity.features.build import training_frame
     from propensity.pipeline.jobs import features as feature_jobs
 
     _ingest(tmp_path, LATE_LINK)
@@ -234,9 +233,8 @@ def test_a_link_made_after_as_of_leaves_the_snapshot_at_as_of_alone(tmp_path):
         }
     )
     fs = event_jobs.feature_set(loaded, config, LATE_AS_OF)
-    stacked, dates = training_frame(
-        loaded.con, fs, model, LATE_AS_OF + dt.timedelta(days=30), graph=loaded.graph
-    )
+    rows = loaded.training_rows(fs, model, LATE_AS_OF + dt.timedelta(days=30))
+    stacked, dates = rows.frame, rows.dates
     assert dates[-1] == LATE_AS_OF
     at_as_of = stacked[stacked["as_of"] == pd.Timestamp(LATE_AS_OF)].reset_index(drop=True)
     labelled["as_of"] = pd.to_datetime(labelled["as_of"])

@@ -237,7 +237,7 @@ def test_a_linear_score_does_not_depend_on_the_rows_scored_with_it():
 
 def test_validation_share_grows_when_the_rarer_outcome_is_scarce():
     from propensity.core.config import TrainingConfig
-    from propensity.models.train import validation_share
+    from propensity.models.split import validation_share
 
     training = TrainingConfig(validation_profile_fraction=0.3)
     assert validation_share(pd.Series([1] * 400 + [0] * 2000), training) == 0.3

@@ -20,7 +20,8 @@ from propensity.models import evaluate as ev
 from propensity.models import tracking as mlflow_tracking
 from propensity.models.calibration import Calibrator
 from propensity.models.rates import rate_difference_interval, wilson_interval
-from propensity.models.train import DEFAULT_LIGHTGBM, split
+from propensity.models.split import split
+from propensity.models.train import DEFAULT_LIGHTGBM
 from propensity.pipeline.jobs import features as feature_jobs
 from propensity.pipeline.jobs import train as model_jobs
 from tests.conftest import invoke

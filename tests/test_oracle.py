@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import numpy as np
@@ -11,7 +12,6 @@ import pytest
 from propensity.core.config import ModelConfig, OutcomeConfig, ProjectConfig, TrainingConfig
 from propensity.features.build.event_queries import data_end
 from propensity.features.build.labels import labelled_sql
-from propensity.features.build.model_frames import training_frame
 from propensity.features.build.selection import model_features
 from propensity.features.build.snapshots import snapshot_dates
 from propensity.features.synthetic.oracle import no_counted_purchase_probability, oracle_probabilities
@@ -20,7 +20,8 @@ from propensity.features.synthetic.world import CATEGORIES, OFFLINE, GeneratorSe
 from propensity.features.synthetic.writer import generate
 from propensity.models import evaluate as ev
 from propensity.models.holdout_figures import holdout_figures
-from propensity.models.train import fit_candidates, split
+from propensity.models.split import split
+from propensity.models.train import fit_candidates
 from propensity.pipeline.jobs import events as event_jobs
 
 # Two-sided 99 % normal quantile: each check is one of several in this file.
@@ -223,7 +224,8 @@ def test_a_fitted_model_does_not_beat_the_oracle(realistic_ingested, population,
     fs = event_jobs.feature_set(realistic_ingested, config, before=first)
     labels = model_features(fs, model_cfg.features, model_cfg.governance, model_cfg.name)
     names = list(labels)
-    frame, _ = training_frame(con, fs, model_cfg, cutoff)
+    # Labels by each event's own profile (no identity graph), as this bound was set.
+    frame = dataclasses.replace(realistic_ingested, graph=None).training_rows(fs, model_cfg, cutoff).frame
     parts = split(frame, model_cfg.training)
     monotone = fs.monotone(outcome.occurs)
     trained = fit_candidates(parts, names, labels, model_cfg.training, model_cfg.name, monotone, outcome)

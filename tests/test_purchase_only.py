@@ -81,8 +81,6 @@ def test_candidates_are_child_runs_and_the_winner_is_tagged(repeat_run, tracking
 
 
 def test_registered_model_scores_and_explains_through_one_interface(repeat_run, purchases, tracking):
-    from propensity.features.build.model_frames import population_snapshot_sql
-
     model, _ = mlflow_tracking.load_propensity_model(
         mlflow_tracking.configure(ProjectConfig()), "repeat_purchase", version=repeat_run.version
     )
@@ -93,8 +91,8 @@ def test_registered_model_scores_and_explains_through_one_interface(repeat_run, 
     )
     from propensity.pipeline.jobs.config_files import load_model_config
 
-    sql, _ = population_snapshot_sql(
-        fs, load_model_config("repeat_purchase", ProjectConfig()), as_of, loaded.con, repeat_run.trained_until
+    sql, _ = loaded.population_snapshot(
+        fs, load_model_config("repeat_purchase", ProjectConfig()), as_of, repeat_run.trained_until
     )
     frame = loaded.con.execute(sql).df().head(300)
     p = model.predict_proba(frame)

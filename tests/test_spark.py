@@ -448,15 +448,15 @@ def test_labelled_stacked_snapshots_equal_duckdb_training_frame(spark, ingested)
     model = model.model_copy(update={"training": model.training.model_copy(update={"snapshots": snapshots})})
     cutoff = dt.date(2025, 8, 29)
     loaded = event_jobs.load_events(duck_dir, LIGHT_DUCKDB)
-    con = loaded.con
     fs = event_jobs.feature_set(loaded, LIGHT_DUCKDB, before=dt.date(2025, 2, 1))
-    expected, dates = training_frame(con, fs, model, cutoff, graph=loaded.graph)
+    rows = loaded.training_rows(fs, model, cutoff)
+    expected, dates = rows.frame, rows.dates
     spark_loaded = event_jobs.load_events(spark_dir, LIGHT_SPARK)
     assert (
         spark_features.learn_categories(spark, dt.date(2025, 2, 1), 8)
         == event_jobs.feature_set(loaded, ProjectConfig(), before=dt.date(2025, 2, 1)).categories
     )
-    frame, spark_dates = spark_features.training_snapshots(spark, fs, model, cutoff, spark_loaded.graph)
+    frame, spark_dates = training_frame(spark_loaded, fs, model, cutoff)
     assert spark_dates == dates
     frame = frame.persist()
     got = to_pandas(frame)

@@ -1,12 +1,13 @@
 """Building model inputs: the feature registry (:mod:`.registry`, one function per family) compiled
 to each engine's SQL (:mod:`.sql_compiler`); which features a model may use (:mod:`.selection`);
 snapshot dates (:mod:`.snapshots`), populations (:mod:`.population`) and outcome labels
-(:mod:`.labels`); the DuckDB frames a model reads (:mod:`.model_frames`); rules (:mod:`.rules`);
+(:mod:`.labels`); the frames a model reads, written once for both engines
+(:mod:`.model_frames`); rules (:mod:`.rules`);
 and the stacked snapshots of training (:mod:`.stacked_build` over the compiled
 :mod:`.kernels`, imported on use: numba is slow to load)."""
 
 from propensity.features.build.feature_set import Feature, FeatureSet
-from propensity.features.build.model_frames import population_snapshot_sql, training_frame
+from propensity.features.build.model_frames import population_snapshot, training_frame
 from propensity.features.build.population import population_rule
 from propensity.features.build.registry import build_registry
 from propensity.features.build.rules import Rule, parse_rule
@@ -21,7 +22,7 @@ __all__ = [
     "model_features",
     "parse_rule",
     "population_rule",
-    "population_snapshot_sql",
+    "population_snapshot",
     "snapshot_dates",
     "training_frame",
 ]

@@ -1,16 +1,17 @@
-"""The DuckDB frames a model reads: its population at one as-of date with features (and
-``label`` once the horizon has passed), and the stacked, labelled training snapshots.
+"""The frames a model reads, written once for both engines: its population at one as-of date
+with features (and ``label`` once the horizon has passed), and the stacked, labelled training
+snapshots.
 
 The dates come from :mod:`.snapshots`, who is in from :mod:`.population`, the labels' SQL from
-:mod:`.labels`; the Spark wing builds the same frames in :mod:`propensity.features.spark.features`.
+:mod:`.labels`, the outcomes' attribution from the events' identity graph. What differs by
+engine is asked of the loaded events (:class:`FrameSource`): DuckDB stacks the snapshots with
+the hand-tuned :mod:`.stacked_build`, Spark one date at a time on the cluster.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-
-import duckdb
-import pandas as pd
+from typing import Any, Protocol
 
 from propensity.core.config import ModelConfig
 from propensity.core.errors import UserError
@@ -18,60 +19,62 @@ from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.labels import labelled_sql, order_value_to_beat, outcome_filter
 from propensity.features.build.population import population_rule
 from propensity.features.build.snapshots import horizon_passed, snapshot_dates
-from propensity.features.build.sql_compiler import snapshot_sql
-from propensity.features.build.stacked_build import build_snapshots
-from propensity.features.identity.as_of import IdentityGraph
+from propensity.features.sql import Dialect
 
 
-def population_snapshot_sql(
-    fs: FeatureSet,
-    model: ModelConfig,
-    as_of: dt.date,
-    con,
-    cutoff: dt.date,
-    graph: IdentityGraph | None = None,
-) -> tuple[str, bool]:
+class FrameSource(Protocol):
+    """What the model frames ask of events loaded on an engine (a relation is DuckDB SQL text
+    or a Spark DataFrame)."""
+
+    dialect: Dialect
+    graph: Any  # the identity graph seen as of dates (None: each event's own profile_id)
+
+    def rows(self, sql: str) -> list[tuple]: ...
+    def snapshot(self, fs: FeatureSet, as_of: dt.date, where: str | None = None) -> Any: ...
+    def as_query(self, relation: Any, name: str) -> str: ...
+    def create_view(self, name: str, sql: str) -> None: ...
+    def query(self, sql: str) -> Any: ...
+    def stack_snapshots(self, fs: FeatureSet, dates: list[dt.date], where: str, events: str) -> str: ...
+
+
+def _outcomes(events: FrameSource, model: ModelConfig, dates: list[dt.date], source: str) -> str | None:
+    """Outcome events attributed through the identity graph at each date (None: no graph)."""
+    if events.graph is None:
+        return None
+    return events.graph.outcomes_sql(outcome_filter(model.outcome), model.outcome.horizon_days, dates, source)
+
+
+def population_snapshot(
+    events: FrameSource, fs: FeatureSet, model: ModelConfig, as_of: dt.date, cutoff: dt.date
+) -> tuple[Any, bool]:
     """The model's population at ``as_of`` with its features, and ``label`` when the horizon
-    has passed by ``cutoff``: (SQL, labelled). What scoring, evaluation and ``features`` read.
+    has passed by ``cutoff``: (relation, labelled). What scoring, evaluation and ``features`` read.
 
-    With ``graph``, profiles are those of the identity graph at ``as_of``, for the features,
-    the population and the labels alike (:mod:`propensity.features.identity.as_of`).
+    Profiles are those of the identity graph at ``as_of``, for the features, the population and
+    the labels alike (:mod:`propensity.features.identity.as_of`).
     """
-    where = population_rule(model, fs).sql("duckdb", column_prefix="f")
-    sources = graph.sources(as_of) if graph is not None else None
-    sql = snapshot_sql(
-        fs,
-        as_of,
-        con,
-        where=where,
-        events=sources.events if sources else "events",
-        profiles=sources.profiles if sources else "profiles",
-    )
+    where = population_rule(model, fs).sql(events.dialect.name, column_prefix="f")
+    features = events.snapshot(fs, as_of, where=where)
     if not horizon_passed(as_of, model.outcome.horizon_days, cutoff):
-        return sql, False
-    usual = order_value_to_beat(fs, model.outcome)
-    outcomes = (
-        graph.outcomes_sql(outcome_filter(model.outcome), model.outcome.horizon_days, [as_of], graph.events)
-        if graph is not None
-        else None
+        return features, False
+    sql = labelled_sql(
+        events.as_query(features, "population_features"),
+        model.outcome,
+        events.dialect,
+        usual_order_value=order_value_to_beat(fs, model.outcome),
+        outcomes=_outcomes(events, model, [as_of], "events"),
     )
-    return labelled_sql(sql, model.outcome, usual_order_value=usual, outcomes=outcomes), True
+    return events.query(sql), True
 
 
 def training_frame(
-    con: duckdb.DuckDBPyConnection,
-    fs: FeatureSet,
-    model: ModelConfig,
-    cutoff: dt.date,
-    graph: IdentityGraph | None = None,
-) -> tuple[pd.DataFrame, list[dt.date]]:
-    """Stacked, labelled snapshots of the model's population whose horizons end by ``cutoff``.
+    events: FrameSource, fs: FeatureSet, model: ModelConfig, cutoff: dt.date
+) -> tuple[Any, list[dt.date]]:
+    """Stacked, labelled snapshots of the model's population whose horizons end by ``cutoff``:
+    (relation, dates, oldest first).
 
-    The events before ``cutoff`` are condensed once into a daily rollup; every snapshot
-    comes from it (see :func:`propensity.features.build.stacked_build.build_snapshots`). With
-    ``graph``, each snapshot's profiles, population and labels are those of the identity graph
-    at its date (the few profiles that graph builds differently from the final one are
-    computed apart). Returns (frame, dates).
+    Each snapshot's profiles, population and labels are those of the identity graph at its
+    date. Nothing at or after the cutoff is seen: not by features, not by labels.
     """
     dates = snapshot_dates(
         cutoff,
@@ -79,43 +82,25 @@ def training_frame(
         model.training.snapshots.count,
         model.training.snapshots.spacing_days,
     )
-    _check_history(con, model, dates)
-    # Nothing at or after the cutoff may be seen: not by features, not by labels.
-    con.execute(
-        f"CREATE OR REPLACE TEMP VIEW events_seen AS SELECT * FROM events "
-        f"WHERE timestamp < TIMESTAMP '{cutoff} 00:00:00'"
-    )
+    _check_history(events, model, dates)
+    events.create_view("events_seen", f"SELECT * FROM events WHERE timestamp < TIMESTAMP '{cutoff} 00:00:00'")
     # Only the population is kept: the rest of each snapshot is never stored.
-    population = population_rule(model, fs).sql("duckdb", column_prefix="f")
-    reattributed = graph.reattributed(dates, "events_seen", fs.lookback_days) if graph is not None else None
-    build_snapshots(
-        con,
-        fs,
-        dates,
-        table="snapshot_features",
-        events="events_seen",
-        where=population,
-        reattributed=reattributed,
-    )
-    outcomes = (
-        graph.outcomes_sql(outcome_filter(model.outcome), model.outcome.horizon_days, dates, "events_seen")
-        if graph is not None
-        else None
-    )
+    population = population_rule(model, fs).sql(events.dialect.name, column_prefix="f")
+    stacked = events.stack_snapshots(fs, dates, population, "events_seen")
     sql = labelled_sql(
-        "SELECT * FROM snapshot_features",
+        f"SELECT * FROM {stacked}",
         model.outcome,
+        events.dialect,
         events="events_seen",
         usual_order_value=order_value_to_beat(fs, model.outcome),
-        outcomes=outcomes,
+        outcomes=_outcomes(events, model, dates, "events_seen"),
     )
-    frame = con.execute(sql).df()
-    return frame, dates
+    return events.query(sql), dates
 
 
-def _check_history(con: duckdb.DuckDBPyConnection, model: ModelConfig, dates: list[dt.date]) -> None:
+def _check_history(events: FrameSource, model: ModelConfig, dates: list[dt.date]) -> None:
     """Refuse snapshots older than the events: their features would read no history."""
-    first = con.execute("SELECT min(timestamp) FROM events").fetchone()[0]
+    first = events.rows("SELECT min(timestamp) FROM events")[0][0]
     if first is None or dates[0] <= first.date():
         raise UserError(
             f"model '{model.name}': {len(dates)} snapshots "

@@ -24,20 +24,20 @@ from propensity.core.errors import UserError
 from propensity.core.io import atomic_path
 from propensity.features.activation import segments as segments_mod
 from propensity.features.build.feature_set import FeatureSet
-from propensity.features.build.model_frames import population_snapshot_sql, training_frame
+from propensity.features.build.model_frames import training_frame
 from propensity.features.build.sql_compiler import snapshot_sql
+from propensity.features.build.stacked_build import build_snapshots
 from propensity.features.connection import connect
 from propensity.features.duckdb import scoring
-from propensity.features.engine import Scored, ScoringPlan, SqlEvents, TrainingRows
+from propensity.features.engine import Scored, ScoringPlan, SharedSteps, SqlEvents, TrainingRows
 from propensity.features.identity import stitching as identity_mod
-from propensity.features.identity.as_of import AsOfSources, IdentityGraph
-from propensity.features.ingest import summary
+from propensity.features.identity.as_of import IdentityGraph
 from propensity.features.ingest.inputs import InputFiles, resolve_input
-from propensity.features.ingest.manifest import INGEST_TABLES, OnBadRows, checked_manifest
+from propensity.features.ingest.manifest import INGEST_TABLES, OnBadRows, ingest_files
 from propensity.features.ingest.staging import StagedEvents, refuse_bad_rows, stage_events, stage_profiles
-from propensity.features.ingest.summary import Breakdown
+from propensity.features.ingest.summary import ORDER_ID
 from propensity.features.journeys.engine import DuckDBRunner
-from propensity.features.sql import sql_string
+from propensity.features.sql import DUCKDB, sql_string
 
 
 @dataclass
@@ -49,12 +49,7 @@ class LoadedEvents(SqlEvents):
     inputs: InputFiles
     manifest: dict[str, Any] | None = None  # an ingest directory's manifest.json
     graph: IdentityGraph | None = None
-
-    def sources(self, as_of: dt.date) -> AsOfSources:
-        """The events and profiles as of ``as_of``: what every snapshot at that date reads."""
-        if self.graph is None:
-            return AsOfSources(as_of, "events", "profiles", "identity_map")
-        return self.graph.sources(as_of)
+    dialect = DUCKDB
 
     def rows(self, sql: str) -> list[tuple]:
         """The rows of a query over the loaded views."""
@@ -71,16 +66,30 @@ class LoadedEvents(SqlEvents):
             fs, as_of, self.con, events=sources.events, profiles=sources.profiles, where=where
         )
 
-    def population_snapshot(
-        self, fs: FeatureSet, model: ModelConfig, as_of: dt.date, cutoff: dt.date
-    ) -> tuple[str, bool]:
-        """The model's population at ``as_of`` (SQL), labelled when its horizon has passed."""
-        return population_snapshot_sql(fs, model, as_of, self.con, cutoff, graph=self.graph)
+    def as_query(self, relation: str, name: str) -> str:
+        """A relation as a query other SQL can wrap (on DuckDB it is one already)."""
+        return relation
+
+    def create_view(self, name: str, sql: str) -> None:
+        """A temp view over a query."""
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {sql}")
+
+    def query(self, sql: str) -> str:
+        """A query as a relation (on DuckDB: its SQL, run when read)."""
+        return sql
+
+    def stack_snapshots(self, fs: FeatureSet, dates: list[dt.date], where: str, events: str) -> str:
+        """The population's snapshots at ``dates`` stacked into a temp table (its name), by the
+        hand-tuned build over one daily rollup; the few profiles the graph at a date builds
+        differently from the final one are computed apart."""
+        reattributed = self.graph.reattributed(dates, events, fs.lookback_days) if self.graph else None
+        build_snapshots(self.con, fs, dates, "snapshot_features", events, where, reattributed)
+        return "snapshot_features"
 
     def training_rows(self, fs: FeatureSet, model: ModelConfig, cutoff: dt.date) -> TrainingRows:
         """Every stacked labelled snapshot of the model's population (no sampling)."""
-        frame, dates = training_frame(self.con, fs, model, cutoff, graph=self.graph)
-        return TrainingRows(frame, dates)
+        relation, dates = training_frame(self, fs, model, cutoff)
+        return TrainingRows(self.frame(relation), dates)
 
     def column_kinds(self, relation: str) -> dict[str, str]:
         """The kinds (number, string, boolean) rules compare, by column of ``relation``."""
@@ -109,6 +118,18 @@ class Stitched:
     counts: StagedEvents
     result: Any = None  # StitchResult, once stitched
     with_profiles: bool = False
+    events_view = "clean_events"
+    lines_view = "stitched_events"
+    identity_view = "identity_map"
+
+    def rows(self, sql: str) -> list[tuple]:
+        """The rows of a query over the staged tables."""
+        return self.con.execute(sql).fetchall()
+
+    @property
+    def has_order_id(self) -> bool:
+        """Whether the events have the optional ``order_id`` column."""
+        return ORDER_ID in {r[0] for r in self.rows("DESCRIBE clean_events")}
 
     def close(self) -> None:
         """Free the staged tables' memory now rather than when collected."""
@@ -119,7 +140,7 @@ def _copy(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
     con.execute(f"COPY ({query}) TO {sql_string(str(path))} (FORMAT parquet, COMPRESSION zstd)")
 
 
-class DuckDBEngine:
+class DuckDBEngine(SharedSteps):
     """The DuckDB side of every job (``engine.name: duckdb``)."""
 
     name = "duckdb"
@@ -131,14 +152,12 @@ class DuckDBEngine:
         """Events files, a folder of them, or an ingest directory."""
         return resolve_input(path)
 
-    def load_events(self, path: str | Path, on_bad_rows: OnBadRows | None = None) -> LoadedEvents:
-        """Raw events (validated and stitched in memory, as ``ingest`` would) or an ingest
-        directory (either engine's) as the views every later step reads."""
-        inputs = resolve_input(path)
-        if inputs.ingested is not None:
-            text = (inputs.ingested / "manifest.json").read_text()
-            return self._open_ingested(inputs, checked_manifest(text, inputs.ingested))
-        stitched = self.stage(inputs, inputs.profiles, on_bad_rows or self.config.ingest.on_bad_rows, None)
+    def read_text(self, path: str) -> str:
+        """A small text file."""
+        return Path(path).read_text()
+
+    def open_stitched(self, inputs: InputFiles, stitched: Stitched) -> LoadedEvents:
+        """Events staged and stitched on a connection as the views every later step reads."""
         con = stitched.con
         con.execute("CREATE VIEW events AS SELECT * EXCLUDE (_source_file, _source_row) FROM stitched_events")
         return LoadedEvents(con=con, inputs=inputs, graph=IdentityGraph(con, self.config.identity))
@@ -181,40 +200,15 @@ class DuckDBEngine:
         identity_mod.build_profiles(con, identity, staged.with_profiles)
         return staged
 
-    def breakdown(self, stitched: Stitched) -> Breakdown:
-        """The time range, events by type and channel, identities by namespace, purchase lines
-        and orders (with a warning for line items fed as orders)."""
-        con = stitched.con
-        has_order_id = summary.ORDER_ID in {r[0] for r in con.execute("DESCRIBE clean_events").fetchall()}
-        return summary.breakdown(
-            con.execute(summary.events_sql()).fetchall(),
-            con.execute(summary.identities_sql()).fetchall(),
-            con.execute(summary.line_items_sql("stitched_events", has_order_id)).fetchone(),
-        )
-
     def write_ingest(self, stitched: Stitched, directory: str, quarantine: bool) -> None:
-        """The ingest tables, one Parquet file each, into ``directory``."""
+        """The ingest tables (:func:`ingest_files`), one Parquet file each, into ``directory``."""
         con, tmp = stitched.con, Path(directory)
-        _copy(
-            con,
-            "SELECT * EXCLUDE (_source_file, _source_row) FROM stitched_events ORDER BY timestamp, event_id",
-            tmp / "events.parquet",
-        )
-        _copy(
-            con,
-            "SELECT namespace, value, profile_id, profile_key, node_key, component, first_seen "
-            "FROM identity_map ORDER BY profile_id, namespace, value",
-            tmp / "identity_map.parquet",
-        )
-        _copy(con, "SELECT * FROM identity_links ORDER BY a, b", tmp / "identity_links.parquet")
-        _copy(con, "SELECT * FROM identity_unsettled", tmp / "identity_unsettled.parquet")
-        if stitched.with_profiles:
-            _copy(
-                con,
-                "SELECT * FROM profile_attributes ORDER BY _source_row",
-                tmp / "profile_attributes.parquet",
-            )
-        _copy(con, "SELECT * FROM profiles ORDER BY profile_id", tmp / "profiles.parquet")
+        for table in ingest_files(stitched.with_profiles):
+            columns = ", ".join(table.columns) if table.columns else "*"
+            columns += f" EXCLUDE ({', '.join(table.drop)})" if table.drop else ""
+            source = "stitched_events" if table.name == "events" else table.name
+            order = ", ".join(f"{key} NULLS FIRST" for key in table.order)
+            _copy(con, f"SELECT {columns} FROM {source} ORDER BY {order}", tmp / f"{table.name}.parquet")
         if quarantine:
             _copy(
                 con,
@@ -224,7 +218,7 @@ class DuckDBEngine:
                 tmp / "quarantine.parquet",
             )
 
-    def _open_ingested(self, inputs: InputFiles, manifest: dict[str, Any]) -> LoadedEvents:
+    def open_ingested(self, inputs: InputFiles, manifest: dict[str, Any]) -> LoadedEvents:
         """An ingest directory (either engine's) as views; ``profile_attributes`` when written."""
         con = connect(self.config.engine)
         directory = inputs.ingested

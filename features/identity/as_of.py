@@ -34,7 +34,7 @@ from propensity.core.config import IdentityConfig
 from propensity.features.contract import CONSENT_COLUMNS
 from propensity.features.identity.graph import Grouping, group_identities
 from propensity.features.identity.stitching import SEPARATOR, attributes_sql
-from propensity.features.sql import sql_ident, sql_string
+from propensity.features.sql import DUCKDB, Dialect, sql_ident, sql_string
 
 
 @dataclass(frozen=True)
@@ -258,13 +258,7 @@ class IdentityGraph:
             {self._changed_events_sql(as_of, self.events)}
         """)
         identities = f"identity_map_as_of_{tag}"
-        self.con.execute(f"""
-            CREATE OR REPLACE TEMP VIEW {identities} AS
-            SELECT m.namespace, m.value, coalesce(a.profile_id, m.profile_id) AS profile_id
-            FROM identity_map m
-            LEFT JOIN identity_as_of a ON a.as_of = DATE '{as_of}' AND a.node_key = m.node_key
-            WHERE m.first_seen IS NULL OR m.first_seen < {d}
-        """)
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW {identities} AS {identities_as_of_sql(as_of, d)}")
         return AsOfSources(as_of, events, self._profiles_view(as_of), identities)
 
     def reattributed(
@@ -324,42 +318,96 @@ class IdentityGraph:
         )
 
     def outcomes_sql(self, condition: str, horizon_days: int, as_ofs: list[dt.date], events: str) -> str:
-        """Outcome events per (profile_id, as_of) with their largest ``revenue`` (``max_revenue``; a
-        purchase line's order value when it has one).
-
-        An event of ``events`` (aliased ``e``) matching ``condition`` in ``[as_of, as_of +
-        horizon_days)`` counts for the profile, at ``as_of``, of its first identity in
-        namespace precedence seen before ``as_of``; if it has none, for nobody.
-        """
+        """Outcome events per (profile_id, as_of) with their largest ``revenue`` (``max_revenue``):
+        :func:`outcomes_sql` over this graph."""
         self.prepare(as_ofs)
-        days = ", ".join(f"(DATE '{d}')" for d in sorted(set(as_ofs)))
-        day = "CAST(date_diff('day', DATE '1970-01-01', CAST({} AS DATE)) AS INTEGER)"
-        event_day, as_of_day = day.format("e.timestamp"), day.format("s.as_of")
-        candidates = " UNION ALL ".join(
-            f"SELECT outcome_row, as_of, coalesce(order_revenue, revenue) AS revenue, {rank} AS rank, "
-            f"{sql_string(ns)} AS namespace, "
-            f"{sql_ident(ns)} AS value FROM outcomes WHERE {sql_ident(ns)} IS NOT NULL"
-            for rank, ns in enumerate(self.identity.namespaces)
+        return outcomes_sql(self.identity, DUCKDB, condition, horizon_days, as_ofs, events)
+
+
+def identities_as_of_sql(as_of: dt.date, timestamp: str) -> str:
+    """Every identity seen before ``as_of`` (``timestamp``: the literal of its midnight) with its
+    profile_id then: the rebuilt profile's, else the final one. Either engine's SQL."""
+    return f"""
+        SELECT m.namespace, m.value, coalesce(a.profile_id, m.profile_id) AS profile_id
+        FROM identity_map m
+        LEFT JOIN identity_as_of a ON a.as_of = DATE '{as_of}' AND a.node_key = m.node_key
+        WHERE m.first_seen IS NULL OR m.first_seen < {timestamp}
+    """
+
+
+def _outcome_spellings(namespaces: list[str], dialect: Dialect) -> dict[str, str]:
+    """What differs between the engines in :func:`outcomes_sql`: the outcome rows' id, the
+    candidates (one row per outcome and identity: DuckDB unions one scan per namespace, Spark
+    explodes an array of structs in a single pass, its row id drawn once per outcome), the
+    timestamp type, and two aggregate names."""
+    if dialect.name == "spark":
+        identities = ", ".join(
+            f"named_struct('rank', {rank}, 'namespace', {sql_string(ns)}, 'value', {dialect.ident(ns)})"
+            for rank, ns in enumerate(namespaces)
         )
-        return f"""
-            WITH outcomes AS (
-                SELECT row_number() OVER () AS outcome_row, s.as_of, e.*
-                FROM {events} e
-                JOIN (VALUES {days}) AS s(as_of)
-                  ON {event_day} >= {as_of_day} AND {event_day} < {as_of_day} + {int(horizon_days)}
-                WHERE {condition}
-            ), candidates AS ({candidates}),
-            placed AS (
-                SELECT c.outcome_row, c.as_of, c.revenue, c.rank,
-                       coalesce(a.profile_id, m.profile_id) AS profile_id
-                FROM candidates c
-                JOIN identity_map m ON m.namespace = c.namespace AND m.value = c.value
-                LEFT JOIN identity_as_of a ON a.as_of = c.as_of AND a.node_key = m.node_key
-                WHERE m.first_seen IS NULL OR m.first_seen < CAST(c.as_of AS TIMESTAMP)
-            ), attributed AS (
-                SELECT outcome_row, as_of, any_value(revenue) AS revenue,
-                       arg_min(profile_id, rank) AS profile_id
-                FROM placed GROUP BY outcome_row, as_of
-            )
-            SELECT profile_id, as_of, max(revenue) AS max_revenue FROM attributed GROUP BY profile_id, as_of
-        """
+        return {
+            "row": "monotonically_increasing_id()",
+            "columns": f"coalesce(e.order_revenue, e.revenue) AS revenue, array({identities}) AS identities",
+            "candidates": "SELECT * FROM (SELECT outcome_row, as_of, revenue, inline(identities) "
+            "FROM outcomes) WHERE value IS NOT NULL",
+            "timestamp": "TIMESTAMP_NTZ",
+            "any": "first",
+            "arg_min": "min_by",
+        }
+    candidates = " UNION ALL ".join(
+        f"SELECT outcome_row, as_of, coalesce(order_revenue, revenue) AS revenue, {rank} AS rank, "
+        f"{sql_string(ns)} AS namespace, "
+        f"{dialect.ident(ns)} AS value FROM outcomes WHERE {dialect.ident(ns)} IS NOT NULL"
+        for rank, ns in enumerate(namespaces)
+    )
+    return {
+        "row": "row_number() OVER ()",
+        "columns": "e.*",
+        "candidates": candidates,
+        "timestamp": "TIMESTAMP",
+        "any": "any_value",
+        "arg_min": "arg_min",
+    }
+
+
+def outcomes_sql(
+    identity: IdentityConfig,
+    dialect: Dialect,
+    condition: str,
+    horizon_days: int,
+    as_ofs: list[dt.date],
+    events: str,
+) -> str:
+    """Outcome events per (profile_id, as_of) with their largest ``revenue`` (``max_revenue``; a
+    purchase line's order value when it has one), over ``identity_map`` and ``identity_as_of``
+    (built for ``as_ofs``), on either engine.
+
+    An event of ``events`` (aliased ``e``) matching ``condition`` in ``[as_of, as_of +
+    horizon_days)`` counts for the profile, at ``as_of``, of its first identity in
+    namespace precedence seen before ``as_of``; if it has none, for nobody.
+    """
+    days = ", ".join(f"(DATE '{d}')" for d in sorted(set(as_ofs)))
+    event_day, as_of_day = dialect.day("e.timestamp"), dialect.day("s.as_of")
+    say = _outcome_spellings(list(identity.namespaces), dialect)
+    return f"""
+        WITH outcomes AS (
+            SELECT {say["row"]} AS outcome_row, s.as_of, {say["columns"]}
+            FROM {events} e
+            JOIN (VALUES {days}) AS s(as_of)
+              ON {event_day} >= {as_of_day} AND {event_day} < {as_of_day} + {int(horizon_days)}
+            WHERE {condition}
+        ), candidates AS ({say["candidates"]}),
+        placed AS (
+            SELECT c.outcome_row, c.as_of, c.revenue, c.rank,
+                   coalesce(a.profile_id, m.profile_id) AS profile_id
+            FROM candidates c
+            JOIN identity_map m ON m.namespace = c.namespace AND m.value = c.value
+            LEFT JOIN identity_as_of a ON a.as_of = c.as_of AND a.node_key = m.node_key
+            WHERE m.first_seen IS NULL OR m.first_seen < CAST(c.as_of AS {say["timestamp"]})
+        ), attributed AS (
+            SELECT outcome_row, as_of, {say["any"]}(revenue) AS revenue,
+                   {say["arg_min"]}(profile_id, rank) AS profile_id
+            FROM placed GROUP BY outcome_row, as_of
+        )
+        SELECT profile_id, as_of, max(revenue) AS max_revenue FROM attributed GROUP BY profile_id, as_of
+    """

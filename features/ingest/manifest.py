@@ -7,6 +7,7 @@ refused with one line, so no step reads tables whose shape it does not know.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from propensity.core.errors import UserError
@@ -20,6 +21,35 @@ INGEST_FORMAT = 4
 GRAPH_TABLES = ("identity_map", "identity_links", "identity_unsettled")
 # Every table an ingest directory holds (``profile_attributes`` too, when there were some).
 INGEST_TABLES = ("events", "profiles", *GRAPH_TABLES)
+SOURCE_COLUMNS = ("_source_file", "_source_row")  # where a row came from: not an event column
+
+
+@dataclass(frozen=True)
+class IngestFile:
+    """One table an ingest directory holds, as both engines write it: its columns (None: all,
+    less ``drop``) and the order of its rows (every key ascending, nulls first)."""
+
+    name: str
+    order: tuple[str, ...]
+    columns: tuple[str, ...] | None = None
+    drop: tuple[str, ...] = ()
+
+
+def ingest_files(with_attributes: bool) -> list[IngestFile]:
+    """The tables ``ingest`` writes, in order (``profile_attributes`` when there were some)."""
+    files = [
+        IngestFile("events", ("timestamp", "event_id"), drop=SOURCE_COLUMNS),
+        IngestFile(
+            "identity_map",
+            ("profile_id", "namespace", "value"),
+            ("namespace", "value", "profile_id", "profile_key", "node_key", "component", "first_seen"),
+        ),
+        IngestFile("identity_links", ("a", "b")),
+        IngestFile("identity_unsettled", ("component", "after")),
+        IngestFile("profile_attributes", ("_source_row",)),
+        IngestFile("profiles", ("profile_id",)),
+    ]
+    return [f for f in files if with_attributes or f.name != "profile_attributes"]
 
 
 def checked_manifest(text: str, directory: Any) -> dict[str, Any]:

@@ -20,9 +20,14 @@ import duckdb
 from propensity.core.config import IdentityConfig
 from propensity.features.connection import fetch_arrow
 from propensity.features.contract import CONSENT_COLUMNS
-from propensity.features.identity.as_of import AsOfSources, IdentityGraph
+from propensity.features.identity.as_of import (
+    AsOfSources,
+    IdentityGraph,
+    identities_as_of_sql,
+    outcomes_sql,
+)
 from propensity.features.spark.session import functions as _f
-from propensity.features.sql import SPARK, sql_ident, sql_string
+from propensity.features.sql import SPARK, sql_ident
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -166,50 +171,11 @@ class SparkIdentityGraph:
         )
         kept.unionByName(rebuilt).createOrReplaceTempView(f"profiles_as_of_{tag}")
 
-        self.spark.sql(f"""
-            SELECT m.namespace, m.value, coalesce(a.profile_id, m.profile_id) AS profile_id
-            FROM identity_map m
-            LEFT JOIN identity_as_of a ON a.as_of = DATE '{as_of}' AND a.node_key = m.node_key
-            WHERE m.first_seen IS NULL OR m.first_seen < {_ts(as_of)}
-        """).createOrReplaceTempView(f"identity_map_as_of_{tag}")
+        identities = self.spark.sql(identities_as_of_sql(as_of, _ts(as_of)))
+        identities.createOrReplaceTempView(f"identity_map_as_of_{tag}")
         return AsOfSources(as_of, f"events_as_of_{tag}", f"profiles_as_of_{tag}", f"identity_map_as_of_{tag}")
 
     def outcomes_sql(self, condition: str, horizon_days: int, as_ofs: list[dt.date], events: str) -> str:
-        """Spark SQL of :meth:`IdentityGraph.outcomes_sql`: outcome events per (profile_id,
-        as_of) with ``max_revenue``, each counted for the profile at ``as_of`` of its first
-        identity in namespace precedence seen before ``as_of`` (for nobody if none was)."""
+        """Spark SQL of :func:`propensity.features.identity.as_of.outcomes_sql` over the big views."""
         self.prepare(as_ofs)
-        days = ", ".join(f"(DATE '{d}')" for d in sorted(set(as_ofs)))
-        event_day, as_of_day = SPARK.day("e.timestamp"), SPARK.day("s.as_of")
-        # One row per (outcome, identity) from a single pass over the outcomes: the row
-        # number is drawn once per outcome.
-        identities = ", ".join(
-            f"named_struct('rank', {rank}, 'namespace', {sql_string(ns)}, 'value', {SPARK.ident(ns)})"
-            for rank, ns in enumerate(self.identity.namespaces)
-        )
-        return f"""
-            WITH outcomes AS (
-                SELECT monotonically_increasing_id() AS outcome_row, s.as_of,
-                       coalesce(e.order_revenue, e.revenue) AS revenue,
-                       array({identities}) AS identities
-                FROM {events} e
-                JOIN (VALUES {days}) AS s(as_of)
-                  ON {event_day} >= {as_of_day} AND {event_day} < {as_of_day} + {int(horizon_days)}
-                WHERE {condition}
-            ), candidates AS (
-                SELECT * FROM (SELECT outcome_row, as_of, revenue, inline(identities) FROM outcomes)
-                WHERE value IS NOT NULL
-            ),
-            placed AS (
-                SELECT c.outcome_row, c.as_of, c.revenue, c.rank,
-                       coalesce(a.profile_id, m.profile_id) AS profile_id
-                FROM candidates c
-                JOIN identity_map m ON m.namespace = c.namespace AND m.value = c.value
-                LEFT JOIN identity_as_of a ON a.as_of = c.as_of AND a.node_key = m.node_key
-                WHERE m.first_seen IS NULL OR m.first_seen < CAST(c.as_of AS TIMESTAMP_NTZ)
-            ), attributed AS (
-                SELECT outcome_row, as_of, first(revenue) AS revenue, min_by(profile_id, rank) AS profile_id
-                FROM placed GROUP BY outcome_row, as_of
-            )
-            SELECT profile_id, as_of, max(revenue) AS max_revenue FROM attributed GROUP BY profile_id, as_of
-        """
+        return outcomes_sql(self.identity, SPARK, condition, horizon_days, as_ofs, events)

@@ -16,18 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
-from propensity.core.config import IdentityConfig, ModelConfig, OutcomeConfig, ProjectConfig
+from propensity.core.config import IdentityConfig, ModelConfig, ProjectConfig
 from propensity.features.activation import segments as segments_mod
 from propensity.features.build.feature_set import FeatureSet
-from propensity.features.engine import Scored, ScoringPlan, SqlEvents, TrainingRows
-from propensity.features.identity.as_of import AsOfSources
-from propensity.features.ingest import summary
-from propensity.features.ingest.manifest import INGEST_TABLES, OnBadRows, checked_manifest
+from propensity.features.build.model_frames import training_frame
+from propensity.features.engine import Scored, ScoringPlan, SharedSteps, SqlEvents, TrainingRows
+from propensity.features.ingest.manifest import INGEST_TABLES, SOURCE_COLUMNS, OnBadRows, ingest_files
 from propensity.features.ingest.staging import StagedEvents, refuse_bad_rows
-from propensity.features.ingest.summary import Breakdown
+from propensity.features.ingest.summary import ORDER_ID
 from propensity.features.spark import features as sf
 from propensity.features.spark import identity as spark_identity
 from propensity.features.spark import scoring
@@ -67,14 +65,11 @@ class SparkEvents(SqlEvents):
     tables: dict[str, DataFrame]
     graph: SparkIdentityGraph
     manifest: dict[str, Any] | None = None
+    dialect = SPARK
 
     def journey_runner(self) -> SparkRunner:
         """The journey queries' runner over this session."""
         return SparkRunner(self.spark)
-
-    def sources(self, as_of: dt.date) -> AsOfSources:
-        """The events and profiles as of ``as_of``: what every snapshot at that date reads."""
-        return self.graph.sources(as_of)
 
     def rows(self, sql: str) -> list[tuple]:
         """The rows of a query (DuckDB's SQL, transpiled) over the temp views."""
@@ -85,16 +80,31 @@ class SparkEvents(SqlEvents):
         sources = self.sources(as_of)
         return sf.snapshot(self.spark, fs, as_of, where, events=sources.events, profiles=sources.profiles)
 
-    def population_snapshot(
-        self, fs: FeatureSet, model: ModelConfig, as_of: dt.date, cutoff: dt.date
-    ) -> tuple[DataFrame, bool]:
-        """The model's population at ``as_of``, labelled when its horizon has passed."""
-        return sf.population_snapshot(self.spark, fs, model, as_of, cutoff, self.graph)
+    def as_query(self, relation: DataFrame, name: str) -> str:
+        """A DataFrame as a query other SQL can wrap: a temp view named ``name``."""
+        relation.createOrReplaceTempView(name)
+        return f"SELECT * FROM {name}"
+
+    def create_view(self, name: str, sql: str) -> None:
+        """A temp view over a query."""
+        self.spark.sql(sql).createOrReplaceTempView(name)
+
+    def query(self, sql: str) -> DataFrame:
+        """A query (Spark SQL) as a DataFrame."""
+        return self.spark.sql(sql)
+
+    def stack_snapshots(self, fs: FeatureSet, dates: list[dt.date], where: str, events: str) -> str:
+        """The population's snapshots at ``dates`` stacked into the temp view it names, date by
+        date over the events (all before each date) as the identity graph then saw them."""
+        sf.stacked_snapshots(self.spark, fs, dates, where, self.graph).createOrReplaceTempView(
+            "snapshot_features"
+        )
+        return "snapshot_features"
 
     def training_rows(self, fs: FeatureSet, model: ModelConfig, cutoff: dt.date) -> TrainingRows:
         """Stacked labelled snapshots built on Spark, sampled to ``training.max_training_rows``
         rows with the same share of each label."""
-        frame, dates = sf.training_snapshots(self.spark, fs, model, cutoff, self.graph)
+        frame, dates = training_frame(self, fs, model, cutoff)
         sample = sf.sample_by_label(frame, model.training.max_training_rows, model.training.seed)
         return TrainingRows(sample.frame, dates, {"engine": "spark", **sample.describe()})
 
@@ -106,10 +116,6 @@ class SparkEvents(SqlEvents):
     def frame(self, relation: DataFrame) -> pd.DataFrame:
         """A relation's rows on this machine (through Arrow)."""
         return to_pandas(relation)
-
-    def oracle(self, frame: pd.DataFrame, outcome: OutcomeConfig) -> np.ndarray | None:
-        """No oracle on Spark: a synthetic world's ground truth is a one-machine check."""
-        return None
 
 
 # Spark's simple type names -> the kinds rules compare (segments.kind_of for DuckDB's).
@@ -133,6 +139,17 @@ class Stitched:
     events: DataFrame  # stitched, with _source_file / _source_row
     profiles: DataFrame
     attributes: DataFrame | None  # staged profile attributes with their anchor_key
+    events_view = lines_view = "ingest_clean_events"  # registered by SparkEngine.stage
+    identity_view = "ingest_identity_map"
+
+    def rows(self, sql: str) -> list[tuple]:
+        """The rows of a query (DuckDB's SQL, transpiled) over the stitched views."""
+        return [tuple(r) for r in self.events.sparkSession.sql(sf.duckdb_to_spark(sql)).collect()]
+
+    @property
+    def has_order_id(self) -> bool:
+        """Whether the events have the optional ``order_id`` column."""
+        return ORDER_ID in self.events.columns
 
     @property
     def counts(self) -> StagedEvents:
@@ -147,7 +164,7 @@ class Stitched:
         self.events.unpersist()
 
 
-class SparkEngine:
+class SparkEngine(SharedSteps):
     """The Spark side of every job (``engine.name: spark``)."""
 
     name = "spark"
@@ -160,18 +177,15 @@ class SparkEngine:
         """Events files, a folder of them, or an ingest directory, on any Hadoop path."""
         return resolve_spark_input(self.spark, path)
 
-    def load_events(self, path: str | Path, on_bad_rows: OnBadRows | None = None) -> SparkEvents:
-        """Raw events (validated and stitched in memory, as ``ingest`` would) or an ingest
-        directory (either engine's) as the temp views every later step reads."""
-        inputs = resolve_spark_input(self.spark, path)
-        if inputs.ingested is not None:
-            root = inputs.ingested
-            manifest = checked_manifest(read_text(self.spark, f"{root}/manifest.json"), root)
-            return self._open_ingested(inputs, manifest)
-        stitched = self.stage(inputs, inputs.profiles, on_bad_rows or self.config.ingest.on_bad_rows, None)
+    def read_text(self, path: str) -> str:
+        """A small text file on any Hadoop path."""
+        return read_text(self.spark, path)
+
+    def open_stitched(self, inputs: SparkInput, stitched: Stitched) -> SparkEvents:
+        """Events staged and stitched on Spark as the temp views every later step reads."""
         graph = stitched.graph
         tables = {
-            "events": stitched.events.drop("_source_file", "_source_row"),
+            "events": stitched.events.drop(*SOURCE_COLUMNS),
             "profiles": stitched.profiles,
             "identity_map": graph.identity_map,
             "identity_links": graph.identity_links,
@@ -218,61 +232,32 @@ class SparkEngine:
         profile_table = spark_identity.build_profiles(
             graph.identity_map, events, identity, attributes, namespaces
         )
+        # The views the ingest breakdown reads (Stitched.rows).
+        events.createOrReplaceTempView(Stitched.events_view)
+        graph.identity_map.createOrReplaceTempView(Stitched.identity_view)
         return Stitched(inputs, staged, graph, events, profile_table, attributes)
 
-    def breakdown(self, stitched: Stitched) -> Breakdown:
-        """The time range, events by type and channel, identities by namespace: the DuckDB
-        engine's queries, transpiled, over the stitched events and identity map."""
-        stitched.events.createOrReplaceTempView("ingest_clean_events")
-        stitched.graph.identity_map.createOrReplaceTempView("ingest_identity_map")
-
-        def rows(sql: str) -> list[tuple]:
-            return [tuple(r) for r in self.spark.sql(sf.duckdb_to_spark(sql)).collect()]
-
-        has_order_id = summary.ORDER_ID in stitched.events.columns
-        return summary.breakdown(
-            rows(summary.events_sql("ingest_clean_events")),
-            rows(summary.identities_sql("ingest_identity_map")),
-            rows(summary.line_items_sql("ingest_clean_events", has_order_id))[0],
-        )
-
     def write_ingest(self, stitched: Stitched, directory: str, quarantine: bool) -> None:
-        """The ingest tables, one Parquet directory each, into ``directory``."""
-        tmp, graph = directory, stitched.graph
-        write_parquet(
-            stitched.events.drop("_source_file", "_source_row").orderBy("timestamp", "event_id"),
-            f"{tmp}/events.parquet",
-        )
-        columns = ("namespace", "value", "profile_id", "profile_key", "node_key", "component", "first_seen")
-        write_parquet(
-            graph.identity_map.select(*columns).orderBy("profile_id", "namespace", "value"),
-            f"{tmp}/identity_map.parquet",
-        )
-        write_parquet(graph.identity_links.orderBy("a", "b"), f"{tmp}/identity_links.parquet")
-        write_parquet(
-            graph.identity_unsettled.orderBy("component", functions().col("after").asc_nulls_first()),
-            f"{tmp}/identity_unsettled.parquet",
-        )
-        if stitched.attributes is not None:
-            write_parquet(stitched.attributes.orderBy("_source_row"), f"{tmp}/profile_attributes.parquet")
-        write_parquet(stitched.profiles, f"{tmp}/profiles.parquet")
+        """The ingest tables (:func:`ingest_files`), one Parquet directory each, into ``directory``."""
+        fn, graph = functions(), stitched.graph
+        sources = {"events": stitched.events, "profile_attributes": stitched.attributes}
+        sources.update(profiles=stitched.profiles, identity_map=graph.identity_map)
+        sources.update(identity_links=graph.identity_links, identity_unsettled=graph.identity_unsettled)
+        for table in ingest_files(stitched.attributes is not None):
+            frame = sources[table.name].drop(*table.drop)
+            frame = frame.select(*table.columns) if table.columns else frame
+            order = [fn.col(key).asc_nulls_first() for key in table.order]
+            write_parquet(frame.orderBy(*order), f"{directory}/{table.name}.parquet")
         if quarantine:
             bad = stitched.staged.bad
-            others = [
-                functions().col(SPARK.ident(c))
-                for c in bad.columns
-                if c not in ("reason", "_source_file", "_source_row")
-            ]
-            source = (
-                functions().col("_source_file").alias("source_file"),
-                functions().col("_source_row").alias("source_row"),
-            )
+            others = [fn.col(SPARK.ident(c)) for c in bad.columns if c not in ("reason", *SOURCE_COLUMNS)]
+            source = (fn.col("_source_file").alias("source_file"), fn.col("_source_row").alias("source_row"))
             write_parquet(
                 bad.select("reason", *source, *others).orderBy("source_file", "source_row"),
-                f"{tmp}/quarantine.parquet",
+                f"{directory}/quarantine.parquet",
             )
 
-    def _open_ingested(self, inputs: SparkInput, manifest: dict[str, Any]) -> SparkEvents:
+    def open_ingested(self, inputs: SparkInput, manifest: dict[str, Any]) -> SparkEvents:
         """An ingest directory (either engine's) as temp views; ``profile_attributes`` when written."""
         root = inputs.ingested
         frames = {name: self.spark.read.parquet(f"{root}/{name}.parquet") for name in INGEST_TABLES}

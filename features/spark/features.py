@@ -7,8 +7,8 @@ the Spark temp views ``events`` and ``profiles`` (:func:`register`):
 * :func:`snapshot` - one as-of date straight off the events (``snapshot_sql``);
 * :func:`snapshots` - stacked as-of dates over a daily rollup (``rollup_sql`` +
   ``snapshots_sql``), the engine-neutral form of the stacked build;
-* :func:`training_snapshots` - a model's population over its training dates, labelled
-  (``labelled_sql``), with nothing at or after the cutoff visible;
+* :func:`stacked_snapshots` - a model's population over its training dates (labelled, with
+  nothing at or after the cutoff visible, by :mod:`propensity.features.build.model_frames`);
 * :func:`sample_by_label` - the rows one machine trains on: the same share of each label.
 """
 
@@ -20,13 +20,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from propensity.core.config import ModelConfig
-from propensity.core.errors import UserError
 from propensity.features.build.event_queries import data_end_sql, day_after, learn_categories_sql
 from propensity.features.build.feature_set import FeatureSet
-from propensity.features.build.labels import labelled_sql, order_value_feature, outcome_filter
-from propensity.features.build.population import population_rule
-from propensity.features.build.snapshots import horizon_passed, snapshot_dates
 from propensity.features.build.sql_compiler import rollup_sql, snapshot_sql, snapshots_sql
 from propensity.features.spark.session import to_pandas
 from propensity.features.sql import SPARK
@@ -128,89 +123,21 @@ def snapshots(
     )
 
 
-def _usual_order_value(fs: FeatureSet, model: ModelConfig) -> str:
-    return order_value_feature(fs) if model.outcome.above_average_order_value else "average_order_value_365d"
-
-
-def population_snapshot(
-    spark: SparkSession,
-    fs: FeatureSet,
-    model: ModelConfig,
-    as_of: dt.date,
-    cutoff: dt.date,
-    graph: SparkIdentityGraph,
-) -> tuple[DataFrame, bool]:
-    """The model's population at ``as_of`` with its features, and ``label`` when the horizon
-    has passed by ``cutoff`` (``labels.population_snapshot_sql``), profiles, population and
-    outcomes those of the identity graph at ``as_of``: (DataFrame, labelled)."""
-    where = population_rule(model, fs).sql("spark", column_prefix="f")
-    sources = graph.sources(as_of)
-    features = snapshot(spark, fs, as_of, where=where, events=sources.events, profiles=sources.profiles)
-    if not horizon_passed(as_of, model.outcome.horizon_days, cutoff):
-        return features, False
-    features.createOrReplaceTempView("population_features")
-    outcomes = graph.outcomes_sql(
-        outcome_filter(model.outcome), model.outcome.horizon_days, [as_of], graph.events
-    )
-    labelled = labelled_sql(
-        "SELECT * FROM population_features",
-        model.outcome,
-        SPARK,
-        usual_order_value=_usual_order_value(fs, model),
-        outcomes=outcomes,
-    )
-    return spark.sql(labelled), True
-
-
-def training_snapshots(
-    spark: SparkSession, fs: FeatureSet, model: ModelConfig, cutoff: dt.date, graph: SparkIdentityGraph
-) -> tuple[DataFrame, list[dt.date]]:
-    """Stacked, labelled snapshots of the model's population whose horizons end by ``cutoff``
-    (``labels.training_frame`` on Spark): each date's profiles, population and labels are
-    those of the identity graph at that date. (DataFrame, dates, oldest first)."""
-    dates = snapshot_dates(
-        cutoff,
-        model.outcome.horizon_days,
-        model.training.snapshots.count,
-        model.training.snapshots.spacing_days,
-    )
-    first = spark.sql(f"SELECT min(timestamp) FROM {graph.events}").first()[0]
-    if first is None or dates[0] <= first.date():
-        raise UserError(
-            f"model '{model.name}': {len(dates)} snapshots "
-            f"{model.training.snapshots.spacing_days} days apart "
-            f"with a {model.outcome.horizon_days}-day horizon need data from before {dates[0]}, "
-            f"but the events start on {first.date() if first else 'never'}; lower training.snapshots.count "
-            f"or spacing_days"
-        )
-    # Nothing at or after the cutoff may be seen: not by features, not by labels.
-    spark.sql(
-        f"SELECT * FROM {graph.events} WHERE timestamp < TIMESTAMP '{cutoff} 00:00:00'"
-    ).createOrReplaceTempView("events_seen")
-    population = population_rule(model, fs).sql("spark", column_prefix="f")
+def stacked_snapshots(
+    spark: SparkSession, fs: FeatureSet, dates: list[dt.date], where: str, graph: SparkIdentityGraph
+) -> DataFrame:
+    """The population's snapshots at ``dates``, stacked: each date's events (all before it) as
+    the identity graph at that date saw them (``stacked_build.build_snapshots`` on Spark)."""
     graph.prepare(dates)
     stacked = None
     for as_of in dates:
-        # Each date's events (all before it, so before the cutoff) as the graph then saw them.
         sources = graph.sources(as_of)
-        table = snapshot(spark, fs, as_of, where=population, events=sources.events, profiles=sources.profiles)
+        table = snapshot(spark, fs, as_of, where=where, events=sources.events, profiles=sources.profiles)
         # Materialised date by date: a population is small beside the events, and the stacked
         # query keeps a plan of one scan instead of one compiled snapshot per date.
         table = table.localCheckpoint()
         stacked = table if stacked is None else stacked.unionByName(table)
-    stacked.createOrReplaceTempView("snapshot_features")
-    outcomes = graph.outcomes_sql(
-        outcome_filter(model.outcome), model.outcome.horizon_days, dates, "events_seen"
-    )
-    sql = labelled_sql(
-        "SELECT * FROM snapshot_features",
-        model.outcome,
-        SPARK,
-        events="events_seen",
-        usual_order_value=_usual_order_value(fs, model),
-        outcomes=outcomes,
-    )
-    return spark.sql(sql), dates
+    return stacked
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,14 @@ from propensity.features.synthetic.classes import (
     with_registrations,
 )
 from propensity.features.synthetic.events import MICROS, SECONDS_PER_DAY
+from propensity.features.synthetic.ground_truth import (
+    PARQUET,
+    numbered_strings,
+    write_calendar,
+    write_campaigns,
+    write_daily_probability,
+    write_traits,
+)
 from propensity.features.synthetic.result import Simulation
 from propensity.features.synthetic.simulator import simulate
 from propensity.features.synthetic.world import (
@@ -45,7 +53,6 @@ from propensity.features.synthetic.world import (
     PURCHASE_CHANNELS,
     SKUS_PER_CATEGORY,
     TIERS,
-    Calendar,
     GeneratorSettings,
     Traits,
 )
@@ -132,14 +139,7 @@ def _purchases_only(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def _device_ids(count: int) -> pa.Array:
     """ecid strings for device numbers 0..count-1; events and ground truth must agree on them."""
-    return _strings("ecid-", (np.arange(count) * 2654435761 + 97) % 10**12, 12)
-
-
-def _strings(prefix: str, numbers: np.ndarray, width: int = 0) -> pa.Array:
-    text = pc.cast(pa.array(numbers), pa.string())
-    if width:
-        text = pc.utf8_lpad(text, width=width, padding="0")
-    return pc.binary_join_element_wise(prefix, text, "")
+    return numbered_strings("ecid-", (np.arange(count) * 2654435761 + 97) % 10**12, 12)
 
 
 def _add_test_accounts(sim: Simulation, arrays: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
@@ -224,20 +224,20 @@ def _events_table(
     shared = (device >= 0) & (person_is_sharer[a["person"]] >= 0) & (rng.random(rows) < 0.5)
     device[shared] = person_is_sharer[a["person"][shared]]
     shared_pairs = np.unique(np.stack([a["person"][shared].astype(np.int64), device[shared]], axis=1), axis=0)
-    crm = _strings("C", np.arange(people) + 100_000, 7)
-    emails = pc.binary_join_element_wise(_strings("user", np.arange(people), 7), "@example.com", "")
+    crm = numbered_strings("C", np.arange(people) + 100_000, 7)
+    emails = pc.binary_join_element_wise(numbered_strings("user", np.arange(people), 7), "@example.com", "")
     # Every 7th email is typed with capitals and spaces: normalisation must make them one.
     messy = pc.binary_join_element_wise(" ", pc.utf8_upper(emails), " ", "")
     email_dict = pa.concat_arrays([emails, messy])
     email_code = np.where(a["with_email"], a["person"] + people * (rng.random(rows) < 1 / 7), -1)
     if classes is not None and len(classes.person):
         a, device, email_code, event_number = with_registrations(a, device, email_code, event_number, classes)
-    phone = pc.binary_join_element_wise("+1 (555) ", _strings("", np.arange(people) % 10**7, 7), "")
+    phone = pc.binary_join_element_wise("+1 (555) ", numbered_strings("", np.arange(people) % 10**7, 7), "")
     campaign_names, campaign_codes = _campaign_names(sim, a["campaign"])
-    sku_names = _strings("SKU-", np.arange(len(CATEGORIES) * SKUS_PER_CATEGORY), 4)
+    sku_names = numbered_strings("SKU-", np.arange(len(CATEGORIES) * SKUS_PER_CATEGORY), 4)
     table = pa.table(
         {
-            "event_id": _strings("evt-", event_number, 9),
+            "event_id": numbered_strings("evt-", event_number, 9),
             "timestamp": pa.array(a["ts"], type=pa.timestamp("us")),
             "event_type": _dictionary(a["type"].astype(np.int32), _event_type_names(sim)),
             "ecid": _dictionary(device, ecids),
@@ -265,7 +265,7 @@ def _campaign_names(sim: Simulation, codes: np.ndarray) -> tuple[pa.Array, np.nd
     """The campaign dictionary (``cmp-NNN`` for the world's e-mail campaigns, then each simulated
     campaign's name) and the codes into it."""
     own = codes < CAMPAIGN_CODE_BASE
-    names = _strings("cmp-", np.arange(max(int(codes[own].max(initial=-1)) + 1, 1)), 3)
+    names = numbered_strings("cmp-", np.arange(max(int(codes[own].max(initial=-1)) + 1, 1)), 3)
     if not sim.campaigns:
         return names, codes
     codes = np.where(own, codes, codes - CAMPAIGN_CODE_BASE + len(names)).astype(np.int32)
@@ -310,9 +310,9 @@ def _profiles_table(sim: Simulation, test_accounts: int) -> pa.Table:
     signup_dates = np.concatenate([start + signup.astype("timedelta64[D]"), np.full(len(test), start)])
     return pa.table(
         {
-            "crm_id": _strings("C", ids + 100_000, 7),
-            "email": pc.binary_join_element_wise(_strings("user", ids, 7), "@example.com", ""),
-            "phone": pc.binary_join_element_wise("+1 (555) ", _strings("", ids % 10**7, 7), ""),
+            "crm_id": numbered_strings("C", ids + 100_000, 7),
+            "email": pc.binary_join_element_wise(numbered_strings("user", ids, 7), "@example.com", ""),
+            "phone": pc.binary_join_element_wise("+1 (555) ", numbered_strings("", ids % 10**7, 7), ""),
             "loyalty_tier": np.concatenate([TIERS[tier], np.full(len(test), "none")]),
             "signup_date": pa.array(signup_dates.astype("datetime64[D]")),
             "consent_personalization": pa.array(personal, mask=personal == ""),
@@ -321,17 +321,14 @@ def _profiles_table(sim: Simulation, test_accounts: int) -> pa.Table:
     )
 
 
-_PARQUET = {"compression": "zstd"}
-
-
 def _write_ground_truth(directory: Path, sim: Simulation, shared_pairs: np.ndarray) -> None:
     """What the simulation knows and the events do not show: each day's purchase probability,
     traits, identities, every purchase (recorded or not), the calendar and the settings."""
     settings = sim.settings
     dates = np.datetime64(settings.start) + np.arange(settings.days).astype("timedelta64[D]")
     if sim.daily_probability is not None:
-        _write_daily_probability(directory, sim.daily_probability, dates, settings.profiles)
-    _write_traits(directory, sim.traits, settings.profiles)
+        write_daily_probability(directory, sim.daily_probability, dates, settings.profiles)
+    write_traits(directory, sim.traits, settings.profiles)
     _write_person_identities(directory, sim.traits, settings.profiles, settings.days, shared_pairs)
     bought = sim.purchases
     purchases = pa.table(
@@ -343,13 +340,13 @@ def _write_ground_truth(directory: Path, sim: Simulation, shared_pairs: np.ndarr
             "recorded": bought["channel"] != OFFLINE,
         }
     )
-    pq.write_table(purchases, directory / "purchases.parquet", **_PARQUET)
-    _write_calendar(directory, sim.calendar, dates)
+    pq.write_table(purchases, directory / "purchases.parquet", **PARQUET)
+    write_calendar(directory, sim.calendar, dates)
     settings_json = {k: str(v) if k == "start" else v for k, v in dataclasses.asdict(settings).items()}
     if not settings.campaigns:
         del settings_json["campaigns"]  # as written before campaigns existed
     else:
-        _write_campaigns(directory, sim, dates)
+        write_campaigns(directory, sim, dates)
     meta = {
         "simulator_version": SIMULATOR_VERSION,
         "settings": settings_json,
@@ -357,67 +354,6 @@ def _write_ground_truth(directory: Path, sim: Simulation, shared_pairs: np.ndarr
         "daily_purchases": np.bincount(bought["day"], minlength=settings.days).tolist(),
     }
     (directory / "simulation.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-
-
-def _write_campaigns(directory: Path, sim: Simulation, dates: np.ndarray) -> None:
-    """Each simulated campaign's eligible people with their arm, response type, true
-    probabilities and both potential outcomes (``campaign_people.parquet``, with ``crm_id`` and
-    dates), and each campaign's dates, sizes and true average effects (``campaigns.json``)."""
-    tables, summary = [], []
-    for truth in sim.campaigns:
-        table = truth.table()
-        table = table.append_column("crm_id", _strings("C", truth.person.astype(np.int64) + 100_000, 7))
-        outcome_date = pa.array(dates[truth.outcome_day])
-        table = table.set_column(table.schema.get_field_index("outcome_day"), "outcome_date", outcome_date)
-        tables.append(table)
-        summary.append(
-            {
-                **dataclasses.asdict(truth.spec),
-                "sent": str(dates[truth.send_day]),
-                "horizon_end": str(dates[truth.send_day] + np.timedelta64(truth.spec.horizon_days, "D")),
-                "members": {"targeted": int(truth.treated.sum()), "holdout": int((~truth.treated).sum())},
-                "true": truth.true_lift(),
-            }
-        )
-    pq.write_table(pa.concat_tables(tables), directory / "campaign_people.parquet", **_PARQUET)
-    (directory / "campaigns.json").write_text(json.dumps(summary, indent=1) + "\n")
-
-
-def _write_daily_probability(
-    directory: Path, daily_probability: np.ndarray, dates: np.ndarray, n: int
-) -> None:
-    """Each person's purchase probability on each day (days x people; the oracle's target)."""
-    days = len(dates)
-    # Person-major order: Parquet then run-length encodes person_id and day almost for free.
-    probability = pa.table(
-        {
-            "person_id": pa.array(np.repeat(np.arange(n, dtype=np.int32), days)),
-            "day": pa.array(np.tile(dates, n)),
-            "probability": pa.array(np.ascontiguousarray(daily_probability.T).reshape(-1)),
-        }
-    )
-    pq.write_table(
-        probability, directory / "daily_purchase_probability.parquet", row_group_size=4_000_000, **_PARQUET
-    )
-
-
-def _write_traits(directory: Path, tr: Traits, n: int) -> None:
-    """Each person's latent traits."""
-    traits = {"person_id": np.arange(n, dtype=np.int32)}
-    for i, category in enumerate(CATEGORIES):
-        traits[f"affinity_{category}"] = tr.affinity[:, i].astype(np.float32)
-    for name in (
-        "intent",
-        "customer",
-        "is_bot",
-        "cycle_days",
-        "cycle_shape",
-        "dropout",
-        "sensitivity",
-        "offline_share",
-    ):
-        traits[name] = getattr(tr, name)
-    pq.write_table(pa.table(traits), directory / "person_traits.parquet", **_PARQUET)
 
 
 def _write_person_identities(
@@ -432,26 +368,7 @@ def _write_person_identities(
         {
             "person_id": np.concatenate([person_of_device, shared_pairs[:, 0], known]).astype(np.int32),
             "namespace": pa.array(["ecid"] * len(device_numbers) + ["crm_id"] * len(known)),
-            "value": pa.concat_arrays([ecids, _strings("C", known + 100_000, 7)]),
+            "value": pa.concat_arrays([ecids, numbered_strings("C", known + 100_000, 7)]),
         }
     )
-    pq.write_table(identities, directory / "person_identities.parquet", **_PARQUET)
-
-
-def _write_calendar(directory: Path, cal: Calendar, dates: np.ndarray) -> None:
-    """The calendar the simulation lived through: weekdays, campaigns, promotions, seasons."""
-    calendar = {
-        "day": dates,
-        "weekday": cal.weekday,
-        "campaign": cal.campaign,
-        "campaign_theme": np.where(cal.theme >= 0, CATEGORIES[np.maximum(cal.theme, 0)], None),
-        "promotion_depth": cal.promo_depth,
-        "promotion_category": np.where(
-            cal.promo_category >= 0, CATEGORIES[np.maximum(cal.promo_category, 0)], None
-        ),
-        "season": cal.season,
-        "email_effect": cal.email_effect,
-    }
-    for i, category in enumerate(CATEGORIES):
-        calendar[f"appeal_{category}"] = cal.appeal[:, i]
-    pq.write_table(pa.table(calendar), directory / "calendar.parquet", **_PARQUET)
+    pq.write_table(identities, directory / "person_identities.parquet", **PARQUET)

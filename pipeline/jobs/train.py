@@ -4,7 +4,6 @@ evaluated on the test snapshot, logged to MLflow and registered as the challenge
 from __future__ import annotations
 
 import datetime as dt
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,24 +16,24 @@ import pandas as pd
 
 from propensity.core.config import ModelConfig, ProjectConfig
 from propensity.core.errors import UserError
-from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.population import population_rule
 from propensity.features.build.seasonality import FAMILY as SEASON
 from propensity.features.build.selection import categories_source, feature_count_note, model_features
 from propensity.features.build.snapshots import windows_before_data
 from propensity.features.engine import Events
-from propensity.models import baselines, plots, tracking
+from propensity.models import baselines, tracking
 from propensity.models import evaluate as ev
-from propensity.models.bootstrap import bootstrap_intervals
 from propensity.models.explain import global_importance
 from propensity.models.holdout_figures import holdout_figures
-from propensity.models.refit import Refit, refit_rows, refit_trained
-from propensity.models.snapshot_plan import SnapshotPlan
-from propensity.models.train import fit_candidates, split
+from propensity.models.refit import refit_rows, refit_trained
+from propensity.models.split import split
+from propensity.models.train import fit_candidates
 from propensity.pipeline.jobs.config_files import load_model_config
 from propensity.pipeline.jobs.evaluate import ground_truth_metrics
 from propensity.pipeline.jobs.events import feature_set, load_events
-from propensity.pipeline.jobs.plan import describe, log_plan, make_plan, planned, settle
+from propensity.pipeline.jobs.plan import describe, make_plan, planned, settle
+from propensity.pipeline.jobs.train_record import champion_on, log_training_run, register_challenger
+from propensity.pipeline.jobs.training_data import Fitted, TestFigures, TrainingData
 from propensity.pipeline.jobs.uplift import UpliftTrained, fit_uplift_model
 
 
@@ -78,85 +77,6 @@ def baseline_scores(parts, test: pd.DataFrame, model_cfg: ModelConfig) -> dict[s
         if bgnbd is not None:
             out["bgnbd"] = (bgnbd, True)
     return out
-
-
-def _log_candidates(trained) -> None:
-    """One child run per candidate: its parameters and validation metrics."""
-    for candidate in trained.candidates:
-        with mlflow.start_run(run_name=f"candidate {candidate.family}", nested=True):
-            mlflow.set_tags(
-                {
-                    "step": "candidate",
-                    "model_family": candidate.family,
-                    "chosen": str(candidate is trained.chosen),
-                }
-            )
-            mlflow.log_params({k: v for k, v in candidate.params.items() if not isinstance(v, dict)})
-            mlflow.log_metrics(
-                {
-                    **{f"valid_{k}": v for k, v in candidate.validation.items()},
-                    **{
-                        f"valid_calibration_log_loss_{k}": v
-                        for k, v in candidate.calibration_log_loss.items()
-                    },
-                    "fit_seconds": candidate.seconds,
-                }
-            )
-            trials = candidate.details.get("trials")
-            if trials:
-                mlflow.log_table(pd.DataFrame(trials), "tuning/trials.json")
-                mlflow.set_tag("tuning_timed_out", str(candidate.details.get("timed_out", False)))
-            strengths = candidate.details.get("validation_log_loss_by_C")
-            if strengths:
-                mlflow.log_dict({str(k): v for k, v in strengths.items()}, "validation_log_loss_by_C.json")
-
-
-@dataclass(frozen=True)
-class TrainingData:
-    """What fitting starts from: stacked labelled snapshots and how they were built."""
-
-    model: ModelConfig  # with its snapshot plan adapted to the span of the events
-    fs: FeatureSet
-    labels: dict[str, str]  # model feature name -> label
-    frame: pd.DataFrame
-    dates: list[dt.date]
-    cutoff: dt.date
-    events_display: str
-    plan: SnapshotPlan
-    sampling: dict[str, Any] | None = None  # how the rows were drawn (Spark), for the run's record
-    feature_note: str = ""  # what the feature count is made of
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def snapshot_note(self) -> str | None:
-        """Why the plan differs from the config, if it does."""
-        return "; ".join(self.plan.notes) or None
-
-    def plan_table(self) -> pd.DataFrame:
-        """The plan's dates with their roles, estimated rows, population and positives."""
-        return self.plan.table(self.frame)
-
-
-@dataclass
-class _Fitted:
-    parts: Any  # the split: train / valid / test
-    trained: Any  # every candidate and the chosen one
-    fit_seconds: float
-    refit: Refit | None = None  # the chosen model fitted again on every snapshot before the test
-
-
-@dataclass
-class _TestFigures:
-    """The chosen model and the baselines on the test snapshot."""
-
-    test: pd.DataFrame
-    y: np.ndarray
-    p: np.ndarray
-    metrics: dict[str, float]
-    baselines: dict[str, tuple[np.ndarray, bool]]
-    buckets: pd.DataFrame
-    deciles: pd.DataFrame
-    importance: pd.DataFrame
 
 
 def training_data(
@@ -255,7 +175,7 @@ def _uplift_result(data: TrainingData, trained: UpliftTrained) -> TrainResult:
     )
 
 
-def fit(data: TrainingData, started: float) -> _Fitted:
+def fit(data: TrainingData, started: float) -> Fitted:
     """Split by snapshot and fit every candidate; validation chooses one, which is then fitted
     again on every snapshot before the test snapshot (``training.refit``)."""
     training = data.model.training
@@ -275,14 +195,14 @@ def fit(data: TrainingData, started: float) -> _Fitted:
     if training.refit:
         rows, sampled_from = refit_rows(data.frame, training, data.plan.test)
         done = refit_trained(trained, rows, training, sampled_from)
-    return _Fitted(parts, trained, time.perf_counter() - started, done)
+    return Fitted(parts, trained, time.perf_counter() - started, done)
 
 
 def evaluate_on_test(
     data: TrainingData,
-    fitted: _Fitted,
+    fitted: Fitted,
     ground_truth: Callable[[pd.DataFrame, np.ndarray], dict[str, float]] | None,
-) -> _TestFigures:
+) -> TestFigures:
     """The chosen model on the test snapshot against the baselines, with intervals; records what
     scoring needs (reference distribution, buckets, outcome, ...) in the model's metadata."""
     model_cfg, trained, test = data.model, fitted.trained, fitted.parts.test
@@ -314,7 +234,7 @@ def evaluate_on_test(
     buckets = ev.bucket_table(y, p, ev.buckets(score, model_cfg.buckets.medium, model_cfg.buckets.high))
     results.update(ev.calibration_figures(y, p, buckets, "test_"))
     importance = global_importance(model, test.sample(min(len(test), 20_000), random_state=0))
-    return _TestFigures(test, y, p, results, scored_baselines, buckets, ev.decile_table(y, p), importance)
+    return TestFigures(test, y, p, results, scored_baselines, buckets, ev.decile_table(y, p), importance)
 
 
 def fit_and_register(
@@ -329,11 +249,11 @@ def fit_and_register(
     fitted = fit(data, time.perf_counter() if started is None else started)
     figures = evaluate_on_test(data, fitted, ground_truth)
     client = tracking.configure(config)
-    champion = _champion_on(client, data.model, figures)
+    champion = champion_on(client, data.model, figures)
     mlflow.set_experiment(data.model.name)
     with mlflow.start_run(run_name=f"train {data.model.name} until {data.cutoff}") as run:
-        _log_training_run(data, config, fitted, figures, champion)
-        model_uri, version = _register(client, data, fitted, figures.test)
+        log_training_run(data, config, fitted, figures, champion)
+        model_uri, version = register_challenger(client, data, fitted, figures.test)
         run_id = run.info.run_id
     trained = fitted.trained
     return TrainResult(
@@ -350,124 +270,3 @@ def fit_and_register(
         fit_seconds=fitted.fit_seconds,
         **_from_data(data),
     )
-
-
-def _log_training_run(
-    data: TrainingData, config: ProjectConfig, fitted: _Fitted, figures: _TestFigures, champion
-) -> None:
-    """The train run's tags, parameters, metrics, candidates, configs and tables."""
-    model_cfg, trained, training = data.model, fitted.trained, data.model.training
-    names = list(data.labels)
-    mlflow.set_tags(
-        {
-            "git_commit": tracking.git_commit() or "unknown",
-            "events": data.events_display,
-            "step": "train",
-            "trained_until": str(data.cutoff),
-            "model_family": trained.chosen.family,
-            "selection_reason": trained.reason,
-            **({"snapshot_plan": data.snapshot_note} if data.snapshot_note else {}),
-        }
-    )
-    chosen_params = {k: v for k, v in trained.chosen.params.items() if not isinstance(v, dict)}
-    mlflow.log_params(
-        {
-            **{f"{trained.chosen.family}_{k}": v for k, v in chosen_params.items()},
-            "calibration": trained.chosen.params["calibration"],
-            "seed": training.seed,
-            "horizon_days": model_cfg.outcome.horizon_days,
-            "population": model_cfg.population,
-            "snapshots": len(data.dates),
-            "snapshot_spacing_days": training.snapshots.spacing_days,
-            "test_as_of": str(data.dates[-1]),
-            "features": len(names),
-            "train_rows": len(fitted.parts.train),
-            "test_rows": len(figures.test),
-            "selection_metric": training.selection_metric,
-            "candidates": ",".join(training.candidates),
-        }
-    )
-    mlflow.log_metrics({**figures.metrics, "fit_seconds": fitted.fit_seconds})
-    log_plan(data.plan, data.plan_table())
-    if fitted.refit is not None:
-        mlflow.log_params({f"refit_{k}": v for k, v in fitted.refit.record().items() if k != "snapshots"})
-        mlflow.log_metric("refit_seconds", fitted.refit.seconds)
-    if data.sampling:
-        mlflow.log_params(data.sampling)
-    _log_candidates(trained)
-    if champion is not None:
-        # What `promote` compares against: the champion on this very test snapshot.
-        mlflow.set_tag("compared_champion_version", champion[0])
-        mlflow.log_metrics(
-            {k if "_minus_champion_" in k else f"champion_{k}": v for k, v in champion[1].items()}
-        )
-    summary = {
-        "rows": fitted.parts.summary(),
-        "snapshots": [str(d) for d in data.dates],
-        "snapshot_plan": data.snapshot_note or "as configured",
-        "validation_as_of": str(data.plan.validation),
-        "refit": fitted.refit.record() if fitted.refit is not None else None,
-        "features": len(names),
-        "model_family": trained.chosen.family,
-        "selection_reason": trained.reason,
-        "trained_until": str(data.cutoff),
-    }
-    mlflow.log_dict(model_cfg.model_dump(mode="json"), "config/model.json")
-    mlflow.log_dict(config.model_dump(mode="json"), "config/project.json")
-    mlflow.log_dict({"features": [{"name": n, "label": data.labels[n]} for n in names]}, "features.json")
-    mlflow.log_dict(summary, "training_data.json")
-    mlflow.log_table(figures.buckets, "evaluation/buckets.json")
-    mlflow.log_table(figures.deciles, "evaluation/deciles.json")
-    mlflow.log_table(figures.importance, "evaluation/feature_importance.json")
-    _log_plots(figures)
-
-
-def _log_plots(figures: _TestFigures) -> None:
-    """Gains against the baselines, lift, calibration, score distribution, importance."""
-    y, p, baseline_scores = figures.y, figures.p, figures.baselines
-    curves = {"model": p, "logistic regression (RFM)": baseline_scores["logreg"][0]}
-    curves["recency"] = baseline_scores["recency"][0]
-    if "bgnbd" in baseline_scores:
-        curves["BG/NBD"] = baseline_scores["bgnbd"][0]
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        for path in (
-            plots.plot_gains(y, curves, out / "gains.png"),
-            plots.plot_lift(figures.deciles, out / "lift_by_decile.png"),
-            plots.plot_calibration(y, p, out / "calibration.png"),
-            plots.plot_distribution(y, p, out / "score_distribution.png"),
-            plots.plot_importance(figures.importance, out / "feature_importance.png"),
-        ):
-            mlflow.log_artifact(str(path), "plots")
-
-
-def _register(client, data: TrainingData, fitted: _Fitted, test: pd.DataFrame) -> tuple[str, str]:
-    """Log the model to the registry as the challenger, tagged with how it was trained."""
-    name, trained = data.model.name, fitted.trained
-    model_uri, version = tracking.log_model(trained.model, test, name)
-    client.set_registered_model_alias(name, tracking.CHALLENGER, version)
-    client.set_model_version_tag(name, version, "trained_until", str(data.cutoff))
-    client.set_model_version_tag(name, version, "model_family", trained.chosen.family)
-    client.set_model_version_tag(name, version, "selection_reason", trained.reason)
-    return model_uri, version
-
-
-def _champion_on(client, model_cfg: ModelConfig, figures: _TestFigures) -> tuple[str, dict] | None:
-    """The current champion on this test snapshot, if there is one that fits it: its version and
-    metrics, with the paired bootstrap intervals of the challenger minus the champion
-    (``test_<m>_minus_champion_ci_low`` / ``_ci_high``), which `promote` reports."""
-    try:
-        champion, mv = tracking.load_propensity_model(client, model_cfg.name, alias=tracking.CHAMPION)
-        old = champion.predict_proba(figures.test)
-    except UserError:
-        # No champion yet, or one built on features this table lacks (other categories).
-        return None
-    training = model_cfg.training
-    scores = {"model": figures.p, "champion": old}
-    paired = bootstrap_intervals(
-        figures.y, scores, set(scores), training.bootstrap_resamples, training.seed, reference="model"
-    )["model-champion"]
-    out = ev.metrics(figures.y, old)
-    for metric, (low, high) in paired.items():
-        out[f"test_{metric}_minus_champion_ci_low"], out[f"test_{metric}_minus_champion_ci_high"] = low, high
-    return str(mv.version), out

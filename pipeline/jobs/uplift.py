@@ -24,7 +24,7 @@ from propensity.features.activation.holdout import destination_arms_file
 from propensity.features.engine import Events
 from propensity.models import evaluate as ev
 from propensity.models import tracking
-from propensity.models.train import profile_fraction
+from propensity.models.split import profile_fraction
 from propensity.models.uplift import ArmRows, UpliftModel, fit_uplift
 from propensity.models.uplift_metrics import UpliftEvaluation, evaluate_uplift
 
