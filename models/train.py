@@ -17,7 +17,6 @@ The test snapshot plays no part in any choice: it only reports.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import time
 from dataclasses import dataclass, field
 
@@ -27,6 +26,7 @@ import pandas as pd
 
 from propensity.core.config import OutcomeConfig, TrainingConfig
 from propensity.core.errors import UserError
+from propensity.core.sampling import profile_fraction, row_weights
 from propensity.models.baselines import RFM_FEATURES
 from propensity.models.bgnbd_model import BgNbdPropensityModel, bgnbd_candidate
 from propensity.models.blend import BlendPropensityModel, fit_blend
@@ -96,13 +96,6 @@ def lightgbm_params(training: TrainingConfig, cells: int = 0, monotone: list[int
     return params
 
 
-def profile_fraction(profile_ids: pd.Series, salt: str) -> np.ndarray:
-    """A stable number in [0, 1) per profile (md5, not Python's salted hash)."""
-    unique = pd.unique(profile_ids)
-    values = {p: int(hashlib.md5(f"{salt}:{p}".encode()).hexdigest()[:8], 16) / 2**32 for p in unique}
-    return profile_ids.map(values).to_numpy()
-
-
 @dataclass
 class Split:
     """Rows for each job: train, early stopping, calibration, test."""
@@ -141,17 +134,29 @@ MAX_VALIDATION_SHARE = 0.6
 def validation_share(labels: pd.Series, training: TrainingConfig) -> float:
     """The share of non-test profiles kept for validation, given the validation snapshot's
     labels: the configured share, or more when the rarer outcome is scarce."""
-    minority = min(int(labels.sum()), int(len(labels) - labels.sum()))
+    return validation_share_of(float(labels.sum()), float(len(labels)), training)
+
+
+def validation_share_of(positives: float, rows: float, training: TrainingConfig) -> float:
+    """:func:`validation_share` from the validation snapshot's (weighted) positives and rows."""
+    minority = min(positives, rows - positives)
     needed = 2 * MIN_MINORITY_PER_HALF / max(minority, 1)
     return float(min(max(training.validation_profile_fraction, needed), MAX_VALIDATION_SHARE))
 
 
-def split(frame: pd.DataFrame, training: TrainingConfig, valid_date: dt.date | None = None) -> Split:
+def split(
+    frame: pd.DataFrame,
+    training: TrainingConfig,
+    valid_date: dt.date | None = None,
+    share: float | None = None,
+) -> Split:
     """Out-of-time and profile-disjoint split of stacked, labelled snapshots.
 
     ``valid_date``: the validation snapshot (the snapshot plan's: the last whose labels end by
     the test date); None: the one before the test snapshot. Snapshots between it and the test
-    snapshot are in no part (the refit uses them).
+    snapshot are in no part (the refit uses them). ``share``: the validation profiles' share
+    when the rows were chosen before their labels were known (sampled training); None: from
+    the validation snapshot's labels (:func:`validation_share`).
 
     Profiles fall in three groups by a hash: test profiles appear only in the latest
     snapshot, validation profiles only in the validation snapshot, training profiles only in
@@ -174,7 +179,8 @@ def split(frame: pd.DataFrame, training: TrainingConfig, valid_date: dt.date | N
         valid_date = matching[0]
     valid_date = dates[-2] if valid_date is None else valid_date
     held_out = profile_fraction(frame["profile_id"], f"test-{training.seed}") < training.test_profile_fraction
-    share = validation_share(frame["label"][(frame["as_of"] == valid_date) & ~held_out], training)
+    if share is None:
+        share = validation_share(frame["label"][(frame["as_of"] == valid_date) & ~held_out], training)
     validating = (profile_fraction(frame["profile_id"], f"validation-{training.seed}") < share) & ~held_out
     halves = profile_fraction(frame["profile_id"], f"calibration-{training.seed}") < 0.5
     in_train = (frame["as_of"] < valid_date) & ~held_out & ~validating
@@ -285,6 +291,7 @@ def _lightgbm(
     train_set = lgb.Dataset(
         draft.matrix(parts.train),
         label=parts.train["label"].to_numpy(),
+        weight=row_weights(parts.train),  # sampled training: 1 / each row's sampling rate
         params={"feature_pre_filter": False, "verbosity": -1},
         free_raw_data=False,
     )
@@ -353,6 +360,7 @@ def _logistic(
         parts.early_stopping["label"].to_numpy(),
         shell,
         training.seed,
+        row_weights(parts.train),
     )
     params = {"C": fitted.C, "penalty": "l2", "design_columns": len(fitted.model.coef)}
     return fitted.model, params, {"validation_log_loss_by_C": fitted.validation_log_loss}

@@ -79,7 +79,7 @@ def training_frame(
         model.training.snapshots.count,
         model.training.snapshots.spacing_days,
     )
-    _check_history(con, model, dates)
+    check_history(con, model, dates)
     # Nothing at or after the cutoff may be seen: not by features, not by labels.
     con.execute(
         f"CREATE OR REPLACE TEMP VIEW events_seen AS SELECT * FROM events "
@@ -113,7 +113,7 @@ def training_frame(
     return frame, dates
 
 
-def _check_history(con: duckdb.DuckDBPyConnection, model: ModelConfig, dates: list[dt.date]) -> None:
+def check_history(con: duckdb.DuckDBPyConnection, model: ModelConfig, dates: list[dt.date]) -> None:
     """Refuse snapshots older than the events: their features would read no history."""
     first = con.execute("SELECT min(timestamp) FROM events").fetchone()[0]
     if first is None or dates[0] <= first.date():

@@ -26,6 +26,7 @@ from propensity.features.activation import segments as segments_mod
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.model_frames import population_snapshot_sql, training_frame
 from propensity.features.build.sql_compiler import snapshot_sql
+from propensity.features.build.training_sample import RowChoice, sampled_training_frame
 from propensity.features.connection import connect
 from propensity.features.duckdb import scoring
 from propensity.features.engine import Scored, ScoringPlan, SqlEvents, TrainingRows
@@ -77,8 +78,15 @@ class LoadedEvents(SqlEvents):
         """The model's population at ``as_of`` (SQL), labelled when its horizon has passed."""
         return population_snapshot_sql(fs, model, as_of, self.con, cutoff, graph=self.graph)
 
-    def training_rows(self, fs: FeatureSet, model: ModelConfig, cutoff: dt.date) -> TrainingRows:
-        """Every stacked labelled snapshot of the model's population (no sampling)."""
+    def training_rows(
+        self, fs: FeatureSet, model: ModelConfig, cutoff: dt.date, choice: RowChoice | None = None
+    ) -> TrainingRows:
+        """Every stacked labelled snapshot of the model's population, or with ``choice`` the rows
+        it chooses with their weights, their features built partition by partition
+        (:mod:`propensity.features.build.training_sample`)."""
+        if choice is not None:
+            frame, dates, record = sampled_training_frame(self.con, fs, model, cutoff, choice, self.graph)
+            return TrainingRows(frame, dates, {"engine": "duckdb", **record})
         frame, dates = training_frame(self.con, fs, model, cutoff, graph=self.graph)
         return TrainingRows(frame, dates)
 

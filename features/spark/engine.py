@@ -22,6 +22,7 @@ import pandas as pd
 from propensity.core.config import IdentityConfig, ModelConfig, OutcomeConfig, ProjectConfig
 from propensity.features.activation import segments as segments_mod
 from propensity.features.build.feature_set import FeatureSet
+from propensity.features.build.training_sample import RowChoice
 from propensity.features.engine import Scored, ScoringPlan, SqlEvents, TrainingRows
 from propensity.features.identity.as_of import AsOfSources
 from propensity.features.ingest import summary
@@ -91,9 +92,13 @@ class SparkEvents(SqlEvents):
         """The model's population at ``as_of``, labelled when its horizon has passed."""
         return sf.population_snapshot(self.spark, fs, model, as_of, cutoff, self.graph)
 
-    def training_rows(self, fs: FeatureSet, model: ModelConfig, cutoff: dt.date) -> TrainingRows:
+    def training_rows(
+        self, fs: FeatureSet, model: ModelConfig, cutoff: dt.date, choice: RowChoice | None = None
+    ) -> TrainingRows:
         """Stacked labelled snapshots built on Spark, sampled to ``training.max_training_rows``
-        rows with the same share of each label."""
+        rows with the same share of each label. ``choice`` (labels-first sampling, which bounds
+        one machine's memory) is not used: the cluster builds every row, and only the sample
+        comes to this machine."""
         frame, dates = sf.training_snapshots(self.spark, fs, model, cutoff, self.graph)
         sample = sf.sample_by_label(frame, model.training.max_training_rows, model.training.seed)
         return TrainingRows(sample.frame, dates, {"engine": "spark", **sample.describe()})

@@ -17,6 +17,7 @@ import pandas as pd
 
 from propensity.core.config import ModelConfig, ProjectConfig
 from propensity.core.errors import UserError
+from propensity.core.sampling import WEIGHT
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.population import population_rule
 from propensity.features.build.seasonality import FAMILY as SEASON
@@ -35,6 +36,7 @@ from propensity.pipeline.jobs.config_files import load_model_config
 from propensity.pipeline.jobs.evaluate import ground_truth_metrics
 from propensity.pipeline.jobs.events import feature_set, load_events
 from propensity.pipeline.jobs.plan import describe, log_plan, make_plan, planned, settle
+from propensity.pipeline.jobs.sampling import check_choice, row_choice, sampling_note
 from propensity.pipeline.jobs.uplift import UpliftTrained, fit_uplift_model
 
 
@@ -123,14 +125,20 @@ class TrainingData:
     cutoff: dt.date
     events_display: str
     plan: SnapshotPlan
-    sampling: dict[str, Any] | None = None  # how the rows were drawn (Spark), for the run's record
+    sampling: dict[str, Any] | None = None  # how the rows were drawn, for the run's record
     feature_note: str = ""  # what the feature count is made of
     warnings: list[str] = field(default_factory=list)
+    validation_share: float | None = None  # sampled training: the validation profiles' share
 
     @property
     def snapshot_note(self) -> str | None:
         """Why the plan differs from the config, if it does."""
         return "; ".join(self.plan.notes) or None
+
+    def plan_text(self) -> str:
+        """The plan for people, with how the rows were sampled when they were."""
+        note = sampling_note(self.sampling)
+        return describe(self.plan, self.plan_table()) + (f"\n{note}" if note else "")
 
     def plan_table(self) -> pd.DataFrame:
         """The plan's dates with their roles, estimated rows, population and positives."""
@@ -176,9 +184,13 @@ def training_data(
     # A bad rule or feature name fails before any heavy work.
     population_rule(model_cfg, fs)
     labels = model_features(fs, model_cfg.features, model_cfg.governance, model_cfg.name)
-    rows = loaded.training_rows(fs, model_cfg, cutoff)
+    choice = row_choice(model_cfg, plan)  # labels first when the rows are too many to build
+    rows = loaded.training_rows(fs, model_cfg, cutoff, choice)
     first_date = plan.dates[0]
     plan = settle(plan, rows.frame, model_cfg)
+    sampled = choice is not None and WEIGHT in rows.frame.columns
+    if sampled:
+        check_choice(rows.frame, choice, plan.validation, model_cfg)
     window = windows_before_data(config.features.windows_days, span[0], plan.dates[0])
     return TrainingData(
         model_cfg,
@@ -192,6 +204,7 @@ def training_data(
         rows.sampling,
         feature_count_note(fs, len(labels), categories_source(config.features.categories, first_date)),
         [f"earliest training snapshot: {window}"] if window else [],
+        choice.validation_share if sampled else None,
     )
 
 
@@ -210,7 +223,7 @@ def train_model(
     loaded = load_events(events, config)
     data = training_data(model_name, loaded, config, as_of)
     if on_plan is not None:
-        on_plan(describe(data.plan, data.plan_table()), data.plan_table())
+        on_plan(data.plan_text(), data.plan_table())
     if data.model.treatment is not None:
         return _uplift_result(data, fit_uplift_model(data, loaded, config, started))
     return fit_and_register(
@@ -224,7 +237,7 @@ def _from_data(data: TrainingData) -> dict[str, Any]:
         "snapshots": list(data.dates),
         "features": len(data.labels),
         "snapshot_plan": data.snapshot_note,
-        "plan": describe(data.plan, data.plan_table()),
+        "plan": data.plan_text(),
         "trained_until": data.cutoff,
         "model": data.model.name,
         "feature_note": data.feature_note,
@@ -260,7 +273,7 @@ def fit(data: TrainingData, started: float) -> _Fitted:
     again on every snapshot before the test snapshot (``training.refit``)."""
     training = data.model.training
     try:
-        parts = split(data.frame, training, data.plan.validation)
+        parts = split(data.frame, training, data.plan.validation, share=data.validation_share)
     except UserError as error:
         table = data.plan_table()
         shown = "; ".join(
