@@ -8,6 +8,7 @@ instead of every row. What was drawn is printed with the plan and logged with th
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import numpy as np
@@ -16,7 +17,9 @@ import pandas as pd
 from propensity.core.config import ModelConfig
 from propensity.core.errors import UserError
 from propensity.core.sampling import WEIGHT, profile_fraction
+from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.training_sample import RowChoice
+from propensity.features.engine import Events, TrainingRows
 from propensity.models.snapshot_plan import SnapshotPlan
 from propensity.models.train import validation_share_of
 
@@ -41,30 +44,46 @@ def row_choice(model_cfg: ModelConfig, plan: SnapshotPlan) -> RowChoice | None:
     )
 
 
-def check_choice(frame: pd.DataFrame, choice: RowChoice, validation: dt.date, model_cfg: ModelConfig) -> None:
-    """Refuse a sample the split would read differently: the plan's validation date moved when
-    it settled, or the validation snapshot's rarer outcome is so scarce that the split would
-    widen the validation share beyond the one the rows were chosen with."""
+def training_rows(
+    loaded: Events, fs: FeatureSet, model_cfg: ModelConfig, cutoff: dt.date, plan: SnapshotPlan
+) -> tuple[TrainingRows, RowChoice | None]:
+    """The plan's labelled rows: all of them, or those :func:`row_choice` chooses. The rows are
+    chosen with the configured validation share; when their labels show that the split would
+    widen it (a scarce outcome at the validation snapshot), they are chosen again with the wider
+    share, so that the validation profiles are whole at the validation snapshot either way."""
+    choice = row_choice(model_cfg, plan)
+    rows = loaded.training_rows(fs, model_cfg, cutoff, choice)
+    if choice is None or WEIGHT not in rows.frame.columns:  # every row, or the engine's own sample
+        return rows, None
+    share = needed_share(rows.frame, choice, model_cfg)
+    if share > choice.validation_share:
+        choice = dataclasses.replace(choice, validation_share=share)
+        rows = loaded.training_rows(fs, model_cfg, cutoff, choice)
+    record = {**(rows.sampling or {}), "sample_validation_share": round(choice.validation_share, 4)}
+    return dataclasses.replace(rows, sampling=record), choice
+
+
+def needed_share(frame: pd.DataFrame, choice: RowChoice, model_cfg: ModelConfig) -> float:
+    """The validation share the split would take from the validation snapshot's labels (weighted
+    estimates of its positives and rows, the held-out profiles left out)."""
+    training = model_cfg.training
+    at_valid = pd.to_datetime(frame["as_of"]).dt.date.to_numpy() == choice.validation
+    held_out = profile_fraction(frame["profile_id"], f"test-{training.seed}") < training.test_profile_fraction
+    rows = frame[at_valid & ~held_out]
+    weights = rows[WEIGHT].to_numpy(dtype=float)
+    return validation_share_of(
+        float(np.sum(weights * rows["label"].to_numpy())), float(np.sum(weights)), training
+    )
+
+
+def check_validation_date(choice: RowChoice, validation: dt.date, model_cfg: ModelConfig) -> None:
+    """Refuse a sample chosen for another validation date than the settled plan's (leading
+    snapshots without population moved it): its validation profiles would not be whole."""
     if validation != choice.validation:
         raise UserError(
             f"model '{model_cfg.name}': the rows were sampled for validation at {choice.validation}, but the "
             f"settled plan validates at {validation} (early snapshots had no population); raise "
             f"training.sampling.rows above the plan's estimated rows to build every row"
-        )
-    training = model_cfg.training
-    at_valid = pd.to_datetime(frame["as_of"]).dt.date.to_numpy() == validation
-    held_out = profile_fraction(frame["profile_id"], f"test-{training.seed}") < training.test_profile_fraction
-    rows = frame[at_valid & ~held_out]
-    weights = rows[WEIGHT].to_numpy(dtype=float)
-    positives, total = float(np.sum(weights * rows["label"].to_numpy())), float(np.sum(weights))
-    share = validation_share_of(positives, total, training)
-    if share > choice.validation_share:
-        raise UserError(
-            f"model '{model_cfg.name}': the validation snapshot {validation} has about {positives:,.0f} "
-            f"positives of {total:,.0f} rows, too few for the sampled rows' validation share "
-            f"{choice.validation_share:.2f} "
-            f"(it needs {share:.2f}); raise training.sampling.rows above the plan's estimated rows to build "
-            f"every row, or raise training.validation_profile_fraction to {share:.2f}"
         )
 
 
@@ -78,5 +97,6 @@ def sampling_note(sampling: dict | None) -> str | None:
         f"profiles whole ({sampling['sample_whole_rows']:,} rows), every other row that may be positive "
         f"({sampling['sample_maybe_positive_rows']:,}), and the negatives of a seeded sample of profiles at "
         f"rate {sampling['sample_rate']:.4f} of {sampling['sample_negative_rows_available']:,} "
-        f"(weight {1 / sampling['sample_rate']:.2f} each)"
+        f"(weight {1 / sampling['sample_rate']:.2f} each); validation share "
+        f"{sampling.get('sample_validation_share', 0):.2f}"
     )

@@ -17,7 +17,6 @@ import pandas as pd
 
 from propensity.core.config import ModelConfig, ProjectConfig
 from propensity.core.errors import UserError
-from propensity.core.sampling import WEIGHT
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.population import population_rule
 from propensity.features.build.seasonality import FAMILY as SEASON
@@ -36,7 +35,8 @@ from propensity.pipeline.jobs.config_files import load_model_config
 from propensity.pipeline.jobs.evaluate import ground_truth_metrics
 from propensity.pipeline.jobs.events import feature_set, load_events
 from propensity.pipeline.jobs.plan import describe, log_plan, make_plan, planned, settle
-from propensity.pipeline.jobs.sampling import check_choice, row_choice, sampling_note
+from propensity.pipeline.jobs.sampling import check_validation_date, sampling_note
+from propensity.pipeline.jobs.sampling import training_rows as sampled_rows
 from propensity.pipeline.jobs.uplift import UpliftTrained, fit_uplift_model
 
 
@@ -184,13 +184,11 @@ def training_data(
     # A bad rule or feature name fails before any heavy work.
     population_rule(model_cfg, fs)
     labels = model_features(fs, model_cfg.features, model_cfg.governance, model_cfg.name)
-    choice = row_choice(model_cfg, plan)  # labels first when the rows are too many to build
-    rows = loaded.training_rows(fs, model_cfg, cutoff, choice)
+    rows, choice = sampled_rows(loaded, fs, model_cfg, cutoff, plan)  # labels first when too many
     first_date = plan.dates[0]
     plan = settle(plan, rows.frame, model_cfg)
-    sampled = choice is not None and WEIGHT in rows.frame.columns
-    if sampled:
-        check_choice(rows.frame, choice, plan.validation, model_cfg)
+    if choice is not None:
+        check_validation_date(choice, plan.validation, model_cfg)
     window = windows_before_data(config.features.windows_days, span[0], plan.dates[0])
     return TrainingData(
         model_cfg,
@@ -204,7 +202,7 @@ def training_data(
         rows.sampling,
         feature_count_note(fs, len(labels), categories_source(config.features.categories, first_date)),
         [f"earliest training snapshot: {window}"] if window else [],
-        choice.validation_share if sampled else None,
+        choice.validation_share if choice is not None else None,
     )
 
 
