@@ -131,3 +131,44 @@ def test_a_sampled_train_runs_end_to_end_with_the_test_snapshot_whole(ingested, 
     assert "sampled: features built for" in result.plan
     assert result.rows["test"]["rows"] > 0 and 0.5 < result.metrics["test_auc"] <= 1
     assert result.rows["train"]["rows"] < 5000
+
+
+def test_weights_count_as_repeated_rows_in_the_weighted_fits():
+    """A row of weight 2 fits as the same row twice: LightGBM (no bagging), the logistic
+    regression and BG/NBD, so 1 / rate weights stand for the negatives left out."""
+    import lightgbm as lgb
+    from sklearn.linear_model import LogisticRegression
+
+    from propensity.models.bgnbd import fit_bgnbd
+
+    rng = np.random.default_rng(3)
+    n = 3000
+    X = rng.integers(0, 8, size=(n, 3)).astype(float)  # few values: the same bins either way
+    y = (rng.random(n) < 1 / (1 + np.exp(-(X[:, 0] / 2 - 2.5)))).astype(int)
+    w = np.where(y == 0, 2.0, 1.0)
+    twice = np.concatenate([np.arange(n), np.flatnonzero(y == 0)])
+    params = {"objective": "binary", "verbosity": -1, "deterministic": True, "num_threads": 1, "seed": 0}
+    params |= {"min_data_in_leaf": 1, "min_sum_hessian_in_leaf": 1e-3}  # leaf sizes counted in rows
+    weighted = lgb.train(params, lgb.Dataset(X, y, weight=w), num_boost_round=20).predict(X)
+    repeated = lgb.train(params, lgb.Dataset(X[twice], y[twice]), num_boost_round=20).predict(X)
+    np.testing.assert_allclose(weighted, repeated, atol=1e-6)
+    unweighted = lgb.train(params, lgb.Dataset(X, y), num_boost_round=20).predict(X)
+    assert np.abs(weighted - unweighted).max() > 0.01
+    fit = LogisticRegression(max_iter=2000).fit(X, y, sample_weight=w)
+    again = LogisticRegression(max_iter=2000).fit(X[twice], y[twice])
+    np.testing.assert_allclose(fit.coef_, again.coef_, atol=1e-4)
+    from propensity.models.bgnbd import BgNbd
+    from tests.test_model_parts import _simulate_bgnbd
+
+    x, t_x, T = _simulate_bgnbd(BgNbd(r=0.8, alpha=40.0, a=0.9, b=3.0), n, seed=4)
+    w = np.where(x == 0, 2.0, 1.0)
+    twice = np.concatenate([np.arange(n), np.flatnonzero(x == 0)])
+    by_weight = fit_bgnbd(x, t_x, T, w)
+    by_rows = fit_bgnbd(x[twice], t_x[twice], T[twice])
+    np.testing.assert_allclose(
+        [by_weight.r, by_weight.alpha, by_weight.a, by_weight.b],
+        [by_rows.r, by_rows.alpha, by_rows.a, by_rows.b],
+        rtol=1e-3,
+    )
+    unweighted = fit_bgnbd(x, t_x, T)
+    assert abs(unweighted.r - by_weight.r) > 0.01
