@@ -67,7 +67,6 @@ class Candidates:
     whole_rows: int  # test and validation profiles at their snapshots
     maybe_positive_rows: int
     other_rows: int  # eligible rows that are certainly negative, before sampling
-    sampled_profiles: np.ndarray  # profile ids drawn at the rate
 
     def record(self) -> dict:
         """The choice's numbers, for the run's record and the plan."""
@@ -134,9 +133,7 @@ def choose_candidates(
     rows, cols = np.nonzero(chosen)  # row-major: sorted by profile, then date
     days = np.array([day_number(d) for d in dates], dtype=np.int32)
     frame = pd.DataFrame({"profile_id": ids.to_numpy()[rows], "as_of_day": days[cols]})
-    return Candidates(
-        frame, rate, int(whole.sum()), int(maybe_positive.sum()), n_others, ids.to_numpy()[drawn]
-    )
+    return Candidates(frame, rate, int(whole.sum()), int(maybe_positive.sum()), n_others)
 
 
 def partitions(candidates: pd.DataFrame, partition_rows: int) -> list[np.ndarray]:
@@ -161,7 +158,9 @@ def chosen_weights(frame: pd.DataFrame, choice: RowChoice, candidates: Candidate
     whole = (at_test & test_group) | (at_valid & validating)
     usable = whole | (~test_group & ~at_test)
     positive = frame["label"].to_numpy() == 1
-    drawn = frame["profile_id"].isin(candidates.sampled_profiles).to_numpy()
+    # By the hash, not by the candidates' list: profiles the identity graph built apart at a
+    # date (not among the final profiles) are drawn at the same rate.
+    drawn = profile_fraction(frame["profile_id"], f"sample-{choice.seed}") < candidates.rate
     keep = usable & (whole | positive | drawn)
     weight = np.where(whole | positive, 1.0, 1.0 / candidates.rate)
     out = frame[keep].copy()
@@ -243,9 +242,8 @@ def sampled_training_frame(
     for name in ("_sample_profiles", "_sample_keep"):
         if groups:
             con.unregister(name)
+    # Partition after partition, each by date then profile: no sorted copy of the whole frame.
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    if len(frame):
-        # The unsampled frame's order: by date, then profile.
-        frame = frame.sort_values(["as_of", "profile_id"], kind="stable", ignore_index=True)
+    del frames
     record = {**candidates.record(), "sample_partitions": len(groups), "sample_rows": len(frame)}
     return frame, dates, record
