@@ -26,10 +26,11 @@ from propensity.models.train import validation_share_of
 
 def row_choice(model_cfg: ModelConfig, plan: SnapshotPlan) -> RowChoice | None:
     """The sampled training's choice when the plan's estimated rows exceed
-    ``training.sampling.rows``; None: every row is built."""
+    ``training.sampling.rows``; None: every row is built (always for uplift models)."""
     training = model_cfg.training
     estimated = sum(plan.estimated_rows.get(d, 0) for d in plan.dates)
-    if estimated <= training.sampling.rows:
+    # Uplift models compare treated and control rates and read no weights: every row.
+    if estimated <= training.sampling.rows or model_cfg.treatment is not None:
         return None
     return RowChoice(
         test=plan.test,
