@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -172,3 +174,27 @@ def test_weights_count_as_repeated_rows_in_the_weighted_fits():
     )
     unweighted = fit_bgnbd(x, t_x, T)
     assert abs(unweighted.r - by_weight.r) > 0.01
+
+
+def test_rows_are_sampled_only_beyond_the_budget_and_never_for_uplift():
+    from propensity.core.config import ModelConfig
+    from propensity.models.snapshot_plan import SnapshotPlan
+    from propensity.pipeline.jobs.sampling import row_choice
+
+    dates = [dt.date(2025, 1, 1) + dt.timedelta(days=21 * i) for i in range(6)]
+    plan = SnapshotPlan(
+        dates, dates[3], 30, 21, dt.date(2024, 1, 1), dates[-1] + dt.timedelta(days=30),
+        estimated_rows=dict.fromkeys(dates, 300_000),
+    )  # fmt: skip
+    model = ModelConfig(name="m", training={"sampling": {"rows": 1_800_000}})
+    assert row_choice(model, plan) is None  # 6 x 300,000 rows fit the budget
+    bigger = ModelConfig(name="m", training={"sampling": {"rows": 1_799_999, "partition_rows": 5000}})
+    choice = row_choice(bigger, plan)
+    assert (choice.test, choice.validation, choice.rows, choice.partition_rows) == (
+        dates[-1],
+        dates[3],
+        1_799_999,
+        5000,
+    )
+    uplift = ModelConfig.model_validate({**bigger.model_dump(), "treatment": {"event_type": "email_open"}})
+    assert row_choice(uplift, plan) is None
