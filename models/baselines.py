@@ -15,6 +15,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
+from propensity.core.sampling import row_weights
 from propensity.models.bgnbd import fit_bgnbd
 
 RFM_FEATURES = (
@@ -54,7 +55,12 @@ def logreg_baseline(train: pd.DataFrame, test: pd.DataFrame, seed: int) -> np.nd
         StandardScaler(),
         LogisticRegression(max_iter=1000, random_state=seed),
     )
-    model.fit(train[columns].astype(float).clip(lower=0), train["label"])
+    # Sampled training rows carry their weights (core.sampling): the fit stays unbiased.
+    model.fit(
+        train[columns].astype(float).clip(lower=0),
+        train["label"],
+        logisticregression__sample_weight=row_weights(train),
+    )
     return model.predict_proba(test[columns].astype(float).clip(lower=0))[:, 1]
 
 
@@ -84,7 +90,8 @@ def bgnbd_baseline(
     x, t_x, T, usable = bgnbd_inputs(latest)
     if usable.mean() < 0.5 or usable.sum() < 50:
         return None
-    model = fit_bgnbd(x[usable], t_x[usable], T[usable])
+    weights = row_weights(latest)
+    model = fit_bgnbd(x[usable], t_x[usable], T[usable], None if weights is None else weights[usable])
     x, t_x, T, usable = bgnbd_inputs(test)
     probability = model.purchase_probability(x, t_x, T, horizon_days)
     # No purchase in the lookback: the chance of a brand-new customer, the lowest there is.

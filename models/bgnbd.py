@@ -72,18 +72,19 @@ def log_likelihood(params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.nda
     return common + np.logaddexp(still_alive, dropped)
 
 
-def fit_bgnbd(x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> BgNbd:
+def fit_bgnbd(x: np.ndarray, t_x: np.ndarray, T: np.ndarray, weights: np.ndarray | None = None) -> BgNbd:
     """Maximum-likelihood BG/NBD parameters for customers' (x, t_x, T) (days, T > 0).
 
     Optimised over log-parameters (L-BFGS-B, bounded), from r = a = b = 1 and alpha = mean T.
-    Deterministic: no random start.
+    Deterministic: no random start. ``weights``: each customer's sampling weight (sampled
+    training, :mod:`propensity.core.sampling`); None: all 1.
     """
     x, t_x, T = (np.asarray(v, dtype=float) for v in (x, t_x, T))
     if len(x) == 0 or np.any(T <= 0) or np.any(t_x > T) or np.any(x < 0):
         raise ValueError("BG/NBD needs customers with x >= 0 and 0 <= t_x <= T, T > 0")
 
     def objective(log_params: np.ndarray) -> float:
-        return -float(np.mean(log_likelihood(np.exp(log_params), x, t_x, T)))
+        return -float(np.average(log_likelihood(np.exp(log_params), x, t_x, T), weights=weights))
 
     start = np.log([1.0, max(float(np.mean(T)), 1.0), 1.0, 1.0])
     result = minimize(objective, start, method="L-BFGS-B", bounds=[(-9.0, 9.0)] * 4)

@@ -25,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 
 from propensity.core.config import OutcomeConfig
+from propensity.core.sampling import row_weights
 from propensity.models.baselines import BGNBD_FEATURES, bgnbd_inputs
 from propensity.models.bgnbd import BgNbd, fit_bgnbd
 from propensity.models.calibration import Calibrator
@@ -168,7 +169,8 @@ def fit_bgnbd_model(
     x, t_x, T, usable = bgnbd_inputs(latest)
     if usable.mean() < 0.5 or usable.sum() < 50:
         return None
-    fitted = fit_bgnbd(x[usable], t_x[usable], T[usable])
+    weights = row_weights(latest)
+    fitted = fit_bgnbd(x[usable], t_x[usable], T[usable], None if weights is None else weights[usable])
     inputs = feature_matrix(latest[usable], list(BGNBD_FEATURES), {}).to_numpy(dtype=np.float64)
     return BgNbdPropensityModel(
         name=name,

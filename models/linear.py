@@ -236,11 +236,13 @@ def fit_linear(
     y_valid: np.ndarray,
     draft: LinearPropensityModel,
     seed: int,
+    sample_weight: np.ndarray | None = None,
 ) -> LinearFit:
     """L2 logistic regression on ``draft``'s design, strength chosen by validation log loss.
 
     ``draft`` carries the names, design and calibrator; its coefficients are set here.
-    No class weights: probabilities must stay honest.
+    No class weights: probabilities must stay honest. ``sample_weight``: sampled training
+    rows' weights (1 / their sampling rate, :mod:`propensity.core.sampling`), which keep them so.
     """
     X_train, X_valid = draft.design.transform(train_matrix), draft.design.transform(valid_matrix)
     losses: dict[float, float] = {}
@@ -248,7 +250,7 @@ def fit_linear(
     # Strengths in increasing order, each fit starting from the previous solution.
     fitted = LogisticRegression(max_iter=2000, random_state=seed, warm_start=True)
     for C in sorted(C_GRID):
-        fitted.set_params(C=C).fit(X_train, y_train)
+        fitted.set_params(C=C).fit(X_train, y_train, sample_weight=sample_weight)
         losses[C] = float(log_loss(y_valid, fitted.predict_proba(X_valid)[:, 1], labels=[0, 1]))
         coefficients[C] = (fitted.coef_[0].astype(float).copy(), float(fitted.intercept_[0]))
     C = min(losses, key=losses.get)

@@ -23,6 +23,7 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
 from propensity.core.config import TrainingConfig
+from propensity.core.sampling import row_weights
 from propensity.models.bgnbd_model import BgNbdPropensityModel, fit_bgnbd_model
 from propensity.models.estimator import PropensityModel
 from propensity.models.linear import LinearPropensityModel, LogScaledDesign
@@ -71,12 +72,14 @@ def refit(
     how in its metadata."""
     started = time.perf_counter()
     model = candidate.model
-    y = rows["label"].to_numpy()
+    y, weights = rows["label"].to_numpy(), row_weights(rows)  # weights: sampled training
     rounds = C = None
     if isinstance(model, PropensityModel):
         rounds = int(candidate.params["best_iteration"])
         params = {k: v for k, v in candidate.details["lightgbm_params"].items() if k != "num_boost_round"}
-        data = lgb.Dataset(model.matrix(rows), label=y, params={"feature_pre_filter": False, "verbosity": -1})
+        data = lgb.Dataset(
+            model.matrix(rows), label=y, weight=weights, params={"feature_pre_filter": False, "verbosity": -1}
+        )
         booster = lgb.train(params, data, num_boost_round=max(rounds, 1))
         model.booster_text = booster.model_to_string()
         model._booster = None  # rebuilt from the new text
@@ -86,7 +89,7 @@ def refit(
         matrix = model.matrix(rows)
         model.design = LogScaledDesign.fit(matrix, model.categories)
         fitted = LogisticRegression(C=C, max_iter=2000, random_state=training.seed).fit(
-            model.design.transform(matrix), y
+            model.design.transform(matrix), y, sample_weight=weights
         )
         model.coef, model.intercept = fitted.coef_[0].astype(float).copy(), float(fitted.intercept_[0])
     elif isinstance(model, BgNbdPropensityModel):

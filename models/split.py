@@ -10,7 +10,6 @@ and search on one half, candidate choice and calibration on the other.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,13 +17,7 @@ import pandas as pd
 
 from propensity.core.config import TrainingConfig
 from propensity.core.errors import UserError
-
-
-def profile_fraction(profile_ids: pd.Series, salt: str) -> np.ndarray:
-    """A stable number in [0, 1) per profile (md5, not Python's salted hash)."""
-    unique = pd.unique(profile_ids)
-    values = {p: int(hashlib.md5(f"{salt}:{p}".encode()).hexdigest()[:8], 16) / 2**32 for p in unique}
-    return profile_ids.map(values).to_numpy()
+from propensity.core.sampling import profile_fraction
 
 
 @dataclass
@@ -65,17 +58,29 @@ MAX_VALIDATION_SHARE = 0.6
 def validation_share(labels: pd.Series, training: TrainingConfig) -> float:
     """The share of non-test profiles kept for validation, given the validation snapshot's
     labels: the configured share, or more when the rarer outcome is scarce."""
-    minority = min(int(labels.sum()), int(len(labels) - labels.sum()))
+    return validation_share_of(float(labels.sum()), float(len(labels)), training)
+
+
+def validation_share_of(positives: float, rows: float, training: TrainingConfig) -> float:
+    """:func:`validation_share` from the validation snapshot's (weighted) positives and rows."""
+    minority = min(positives, rows - positives)
     needed = 2 * MIN_MINORITY_PER_HALF / max(minority, 1)
     return float(min(max(training.validation_profile_fraction, needed), MAX_VALIDATION_SHARE))
 
 
-def split(frame: pd.DataFrame, training: TrainingConfig, valid_date: dt.date | None = None) -> Split:
+def split(
+    frame: pd.DataFrame,
+    training: TrainingConfig,
+    valid_date: dt.date | None = None,
+    share: float | None = None,
+) -> Split:
     """Out-of-time and profile-disjoint split of stacked, labelled snapshots.
 
     ``valid_date``: the validation snapshot (the snapshot plan's: the last whose labels end by
     the test date); None: the one before the test snapshot. Snapshots between it and the test
-    snapshot are in no part (the refit uses them).
+    snapshot are in no part (the refit uses them). ``share``: the validation profiles' share
+    when the rows were chosen before their labels were known (sampled training); None: from
+    the validation snapshot's labels (:func:`validation_share`).
 
     Profiles fall in three groups by a hash: test profiles appear only in the latest
     snapshot, validation profiles only in the validation snapshot, training profiles only in
@@ -98,7 +103,8 @@ def split(frame: pd.DataFrame, training: TrainingConfig, valid_date: dt.date | N
         valid_date = matching[0]
     valid_date = dates[-2] if valid_date is None else valid_date
     held_out = profile_fraction(frame["profile_id"], f"test-{training.seed}") < training.test_profile_fraction
-    share = validation_share(frame["label"][(frame["as_of"] == valid_date) & ~held_out], training)
+    if share is None:
+        share = validation_share(frame["label"][(frame["as_of"] == valid_date) & ~held_out], training)
     validating = (profile_fraction(frame["profile_id"], f"validation-{training.seed}") < share) & ~held_out
     halves = profile_fraction(frame["profile_id"], f"calibration-{training.seed}") < 0.5
     in_train = (frame["as_of"] < valid_date) & ~held_out & ~validating

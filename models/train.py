@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from propensity.core.config import OutcomeConfig, TrainingConfig
+from propensity.core.sampling import row_weights
 from propensity.models.baselines import RFM_FEATURES
 from propensity.models.bgnbd_model import BgNbdPropensityModel, bgnbd_candidate
 from propensity.models.blend import BlendPropensityModel, fit_blend
@@ -151,6 +152,7 @@ def _lightgbm(
     train_set = lgb.Dataset(
         draft.matrix(parts.train),
         label=parts.train["label"].to_numpy(),
+        weight=row_weights(parts.train),  # sampled training: 1 / each row's sampling rate
         params={"feature_pre_filter": False, "verbosity": -1},
         free_raw_data=False,
     )
@@ -219,6 +221,7 @@ def _logistic(
         parts.early_stopping["label"].to_numpy(),
         shell,
         training.seed,
+        row_weights(parts.train),
     )
     params = {"C": fitted.C, "penalty": "l2", "design_columns": len(fitted.model.coef)}
     return fitted.model, params, {"validation_log_loss_by_C": fitted.validation_log_loss}

@@ -76,12 +76,35 @@ class TuningConfig(_Strict):
 Candidate = Literal["lightgbm", "logistic", "bgnbd"]
 
 
+class SamplingConfig(_Strict):
+    """Sampled training for large data: labels are cheap, features are not.
+
+    When the snapshot plan's estimated rows exceed ``rows``, each snapshot's labels are found
+    first (one query over the outcome events) and the features are built only for the chosen
+    rows: every row that may be positive, and the negatives of a seeded sample of profiles
+    (all of a profile's rows together, at the rate that brings the total near ``rows``), each
+    kept negative weighted by 1 / rate so that fits, calibration and metrics stay unbiased. The
+    test snapshot's held-out profiles and the validation snapshot's validation profiles are kept
+    whole (weight 1). The features are built in profile partitions of at most ``partition_rows``
+    chosen rows, which bounds the build's memory whatever the size of the data.
+    """
+
+    rows: int = Field(default=1_500_000, ge=1000)
+    """Labelled rows to build features for, about: beyond it, negatives are sampled by profile."""
+    min_rate: float = Field(default=0.02, gt=0.0, le=1.0)
+    """The sampled negatives' rate never goes below this, even when the positives alone fill `rows`."""
+    partition_rows: int = Field(default=250_000, ge=1000)
+    """Chosen rows per feature-build partition: bounds its memory (more partitions, more event scans)."""
+
+
 class TrainingConfig(_Strict):
     """How a model is trained; every key has a sensible default."""
 
     seed: int = 42
     """Seed of the split, the search, LightGBM and the bootstrap."""
     snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    """Sampled training for data too large to build every row's features (SamplingConfig)."""
     calibration: Literal["auto", "none", "isotonic", "sigmoid"] = "auto"
     """auto: no calibration unless isotonic or sigmoid (whichever has the lower cross-validated log loss on
     the calibration rows) beats none by more than its paired bootstrap 95 % interval there; none: the model's

@@ -82,7 +82,7 @@ def training_frame(
         model.training.snapshots.count,
         model.training.snapshots.spacing_days,
     )
-    _check_history(events, model, dates)
+    check_history(events.rows("SELECT min(timestamp) FROM events")[0][0], model, dates)
     events.create_view("events_seen", f"SELECT * FROM events WHERE timestamp < TIMESTAMP '{cutoff} 00:00:00'")
     # Only the population is kept: the rest of each snapshot is never stored.
     population = population_rule(model, fs).sql(events.dialect.name, column_prefix="f")
@@ -98,9 +98,9 @@ def training_frame(
     return events.query(sql), dates
 
 
-def _check_history(events: FrameSource, model: ModelConfig, dates: list[dt.date]) -> None:
-    """Refuse snapshots older than the events: their features would read no history."""
-    first = events.rows("SELECT min(timestamp) FROM events")[0][0]
+def check_history(first: dt.datetime | None, model: ModelConfig, dates: list[dt.date]) -> None:
+    """Refuse snapshots older than the events (``first``: the first event's time): their
+    features would read no history."""
     if first is None or dates[0] <= first.date():
         raise UserError(
             f"model '{model.name}': {len(dates)} snapshots "

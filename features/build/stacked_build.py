@@ -177,6 +177,7 @@ def build_snapshots(
     events: str = "events",
     where: str | None = None,
     reattributed: Reattributed | None = None,
+    keep: str | None = None,
 ) -> int:
     """Stacked feature tables for several as-of dates, as the temp table ``table``.
 
@@ -193,6 +194,9 @@ def build_snapshots(
     left out, and the profiles the graph at that date makes of them come from the same
     compiled pass over their events attributed as of that date; every other profile's events
     were its profile's then too.
+
+    ``keep``: a table of (profile_id, as_of_day) rows; only those are stored (sampled training,
+    :mod:`.training_sample`), the profiles built apart excepted.
     """
     keyed, keys = _keyed(con, events)
     if reattributed is not None and keys != "profiles":
@@ -210,7 +214,7 @@ def build_snapshots(
     if not dates:
         raise ValueError("build_snapshots needs at least one as-of date")
     skip = reattributed.skip if reattributed is not None else {}
-    aggregates = _kept_aggregates(con, skip)
+    aggregates = _kept_aggregates(con, skip, keep)
     join_key = "profile_key" if keys == "profiles" else "profile_id"
     for start in range(0, len(dates), per_batch):
         stacked = window_kernel(pk, days, values, fs, dates[start : start + per_batch])
@@ -223,11 +227,15 @@ def build_snapshots(
     return con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
 
 
-def _kept_aggregates(con: duckdb.DuckDBPyConnection, skip: dict[int, np.ndarray]) -> str:
+def _kept_aggregates(
+    con: duckdb.DuckDBPyConnection, skip: dict[int, np.ndarray], keep: str | None = None
+) -> str:
     """The query of the kernel's aggregates to keep: all, or (registering ``_snapshot_skip``)
-    all but the profile keys ``skip`` lists per as-of day."""
+    all but the profile keys ``skip`` lists per as-of day; with ``keep``, only its
+    (profile_id, as_of_day) rows."""
+    kept = f" SEMI JOIN {keep} k ON k.profile_id = a.profile_id AND k.as_of_day = a.as_of_day" if keep else ""
     if not skip:
-        return "SELECT * FROM _snapshot_aggregates"
+        return f"SELECT a.* FROM _snapshot_aggregates a{kept}"
     con.register(
         "_snapshot_skip",
         pa.table(
@@ -237,7 +245,8 @@ def _kept_aggregates(con: duckdb.DuckDBPyConnection, skip: dict[int, np.ndarray]
             }
         ),
     )
-    return "SELECT a.* FROM _snapshot_aggregates a ANTI JOIN _snapshot_skip USING (profile_key, as_of_day)"
+    skipped = " ANTI JOIN _snapshot_skip USING (profile_key, as_of_day)"
+    return f"SELECT a.* FROM _snapshot_aggregates a{skipped}{kept}"
 
 
 def _insert_reattributed(

@@ -27,6 +27,7 @@ from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.model_frames import training_frame
 from propensity.features.build.sql_compiler import snapshot_sql
 from propensity.features.build.stacked_build import build_snapshots
+from propensity.features.build.training_sample import RowChoice, sampled_training_frame
 from propensity.features.connection import connect
 from propensity.features.duckdb import scoring
 from propensity.features.engine import Scored, ScoringPlan, SharedSteps, SqlEvents, TrainingRows
@@ -86,8 +87,15 @@ class LoadedEvents(SqlEvents):
         build_snapshots(self.con, fs, dates, "snapshot_features", events, where, reattributed)
         return "snapshot_features"
 
-    def training_rows(self, fs: FeatureSet, model: ModelConfig, cutoff: dt.date) -> TrainingRows:
-        """Every stacked labelled snapshot of the model's population (no sampling)."""
+    def training_rows(
+        self, fs: FeatureSet, model: ModelConfig, cutoff: dt.date, choice: RowChoice | None = None
+    ) -> TrainingRows:
+        """Every stacked labelled snapshot of the model's population, or with ``choice`` the rows
+        it chooses with their weights, their features built partition by partition
+        (:mod:`propensity.features.build.training_sample`)."""
+        if choice is not None:
+            frame, dates, record = sampled_training_frame(self.con, fs, model, cutoff, choice, self.graph)
+            return TrainingRows(frame, dates, {"engine": "duckdb", **record})
         relation, dates = training_frame(self, fs, model, cutoff)
         return TrainingRows(self.frame(relation), dates)
 

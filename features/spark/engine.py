@@ -22,6 +22,7 @@ from propensity.core.config import IdentityConfig, ModelConfig, ProjectConfig
 from propensity.features.activation import segments as segments_mod
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.model_frames import training_frame
+from propensity.features.build.training_sample import RowChoice
 from propensity.features.engine import Scored, ScoringPlan, SharedSteps, SqlEvents, TrainingRows
 from propensity.features.ingest.manifest import INGEST_TABLES, SOURCE_COLUMNS, OnBadRows, ingest_files
 from propensity.features.ingest.staging import StagedEvents, refuse_bad_rows
@@ -101,9 +102,13 @@ class SparkEvents(SqlEvents):
         )
         return "snapshot_features"
 
-    def training_rows(self, fs: FeatureSet, model: ModelConfig, cutoff: dt.date) -> TrainingRows:
+    def training_rows(
+        self, fs: FeatureSet, model: ModelConfig, cutoff: dt.date, choice: RowChoice | None = None
+    ) -> TrainingRows:
         """Stacked labelled snapshots built on Spark, sampled to ``training.max_training_rows``
-        rows with the same share of each label."""
+        rows with the same share of each label. ``choice`` (labels-first sampling, which bounds
+        one machine's memory) is not used: the cluster builds every row, and only the sample
+        comes to this machine."""
         frame, dates = training_frame(self, fs, model, cutoff)
         sample = sf.sample_by_label(frame, model.training.max_training_rows, model.training.seed)
         return TrainingRows(sample.frame, dates, {"engine": "spark", **sample.describe()})

@@ -31,7 +31,9 @@ from propensity.models.train import fit_candidates
 from propensity.pipeline.jobs.config_files import load_model_config
 from propensity.pipeline.jobs.evaluate import ground_truth_metrics
 from propensity.pipeline.jobs.events import feature_set, load_events
-from propensity.pipeline.jobs.plan import describe, make_plan, planned, settle
+from propensity.pipeline.jobs.plan import make_plan, planned, settle
+from propensity.pipeline.jobs.sampling import check_validation_date
+from propensity.pipeline.jobs.sampling import training_rows as sampled_rows
 from propensity.pipeline.jobs.train_record import champion_on, log_training_run, register_challenger
 from propensity.pipeline.jobs.training_data import Fitted, TestFigures, TrainingData
 from propensity.pipeline.jobs.uplift import UpliftTrained, fit_uplift_model
@@ -96,9 +98,11 @@ def training_data(
     # A bad rule or feature name fails before any heavy work.
     population_rule(model_cfg, fs)
     labels = model_features(fs, model_cfg.features, model_cfg.governance, model_cfg.name)
-    rows = loaded.training_rows(fs, model_cfg, cutoff)
+    rows, choice = sampled_rows(loaded, fs, model_cfg, cutoff, plan)  # labels first when too many
     first_date = plan.dates[0]
     plan = settle(plan, rows.frame, model_cfg)
+    if choice is not None:
+        check_validation_date(choice, plan.validation, model_cfg)
     window = windows_before_data(config.features.windows_days, span[0], plan.dates[0])
     return TrainingData(
         model_cfg,
@@ -112,6 +116,7 @@ def training_data(
         rows.sampling,
         feature_count_note(fs, len(labels), categories_source(config.features.categories, first_date)),
         [f"earliest training snapshot: {window}"] if window else [],
+        choice.validation_share if choice is not None else None,
     )
 
 
@@ -130,7 +135,7 @@ def train_model(
     loaded = load_events(events, config)
     data = training_data(model_name, loaded, config, as_of)
     if on_plan is not None:
-        on_plan(describe(data.plan, data.plan_table()), data.plan_table())
+        on_plan(data.plan_text(), data.plan_table())
     if data.model.treatment is not None:
         return _uplift_result(data, fit_uplift_model(data, loaded, config, started))
     return fit_and_register(
@@ -144,7 +149,7 @@ def _from_data(data: TrainingData) -> dict[str, Any]:
         "snapshots": list(data.dates),
         "features": len(data.labels),
         "snapshot_plan": data.snapshot_note,
-        "plan": describe(data.plan, data.plan_table()),
+        "plan": data.plan_text(),
         "trained_until": data.cutoff,
         "model": data.model.name,
         "feature_note": data.feature_note,
@@ -180,7 +185,7 @@ def fit(data: TrainingData, started: float) -> Fitted:
     again on every snapshot before the test snapshot (``training.refit``)."""
     training = data.model.training
     try:
-        parts = split(data.frame, training, data.plan.validation)
+        parts = split(data.frame, training, data.plan.validation, share=data.validation_share)
     except UserError as error:
         table = data.plan_table()
         shown = "; ".join(

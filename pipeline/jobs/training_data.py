@@ -15,6 +15,8 @@ from propensity.core.config import ModelConfig
 from propensity.features.build.feature_set import FeatureSet
 from propensity.models.refit import Refit
 from propensity.models.snapshot_plan import SnapshotPlan
+from propensity.pipeline.jobs.plan import describe
+from propensity.pipeline.jobs.sampling import sampling_note
 
 
 @dataclass(frozen=True)
@@ -29,14 +31,20 @@ class TrainingData:
     cutoff: dt.date
     events_display: str
     plan: SnapshotPlan
-    sampling: dict[str, Any] | None = None  # how the rows were drawn (Spark), for the run's record
+    sampling: dict[str, Any] | None = None  # how the rows were drawn, for the run's record
     feature_note: str = ""  # what the feature count is made of
     warnings: list[str] = field(default_factory=list)
+    validation_share: float | None = None  # sampled training: the validation profiles' share
 
     @property
     def snapshot_note(self) -> str | None:
         """Why the plan differs from the config, if it does."""
         return "; ".join(self.plan.notes) or None
+
+    def plan_text(self) -> str:
+        """The plan for people, with how the rows were sampled when they were."""
+        note = sampling_note(self.sampling)
+        return describe(self.plan, self.plan_table()) + (f"\n{note}" if note else "")
 
     def plan_table(self) -> pd.DataFrame:
         """The plan's dates with their roles, estimated rows, population and positives."""

@@ -1,0 +1,32 @@
+"""Sampled rows: stable numbers per profile (the seeded draws that split profiles into train,
+validation and test, and that choose which profiles' negative rows sampled training keeps) and
+the ``weight`` column such rows carry (1 / the rate at which a row was kept).
+
+md5, not Python's salted ``hash``: the same profile gets the same number in every process, on
+every machine, so the same data and config give the same rows and the same model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+
+
+def profile_fraction(profile_ids: pd.Series, salt: str) -> np.ndarray:
+    """A stable number in [0, 1) per profile (md5 of ``salt:profile_id``)."""
+    unique = pd.unique(profile_ids)
+    values = {p: int(hashlib.md5(f"{salt}:{p}".encode()).hexdigest()[:8], 16) / 2**32 for p in unique}
+    return profile_ids.map(values).to_numpy()
+
+
+# The column of a sampled training frame that holds each row's weight (absent: every row 1).
+WEIGHT = "weight"
+
+
+def row_weights(frame: pd.DataFrame) -> np.ndarray | None:
+    """The rows' sampling weights, or None when the frame was not sampled (all weigh 1)."""
+    if WEIGHT not in frame.columns:
+        return None
+    return frame[WEIGHT].to_numpy(dtype=float)
