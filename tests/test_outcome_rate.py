@@ -21,6 +21,7 @@ from propensity.features.build.outcome_rate import (
     outcome_rates,
 )
 from propensity.models import tracking as mlflow_tracking
+from propensity.pipeline.jobs import features as feature_jobs
 from propensity.pipeline.jobs import ingest as ingest_jobs
 from propensity.pipeline.jobs import score as score_jobs
 from propensity.pipeline.jobs import train as model_jobs
@@ -165,3 +166,10 @@ def test_a_model_trains_and_scores_with_the_rate_of_its_dates(rate_project, trac
         "repeat_purchase", root / "ingested", config, as_of, tmp_path / "scores", version=result.version
     )
     assert run.eligible == len(frame) and run.scored == len(frame)
+    # `features --model` writes the column the model reads, with its label.
+    table = feature_jobs.build_features(
+        root / "ingested", tmp_path / "f.parquet", config, as_of, "repeat_purchase"
+    )
+    written = pd.read_parquet(table.out)
+    np.testing.assert_allclose(written[NAME].to_numpy(dtype=float), expected)
+    assert feature_jobs.read_feature_metadata(table.out)["labels"][NAME] == label
