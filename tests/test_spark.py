@@ -32,6 +32,8 @@ from propensity.core.config import (  # noqa: E402
 )
 from propensity.core.errors import UserError  # noqa: E402
 from propensity.features.build import build_registry, sql_compiler, training_frame  # noqa: E402
+from propensity.features.build.outcome_rate import NAME as OUTCOME_RATE  # noqa: E402
+from propensity.features.build.outcome_rate import outcome_rate_sql, outcome_rates  # noqa: E402
 from propensity.features.connection import connect  # noqa: E402
 from propensity.features.identity import IdentityGraph  # noqa: E402
 from propensity.features.identity import stitching as duck_identity  # noqa: E402
@@ -438,6 +440,30 @@ def test_feature_snapshots_use_the_profiles_duckdb_uses_at_each_date(spark, inge
         assert len(expected) > 100 and expected["loyalty_tier"].notna().any()
         assert len(duck.graph.changed_keys(as_of)) > 100
         assert_same_rows(got, expected, ["profile_id"])
+
+
+def test_population_outcome_rate_equals_duckdbs(spark, ingested):
+    """The outcome-rate query transpiled for Spark gives DuckDB's rates (a label's event at an
+    as-of date, churn's inversion, a category), and a Spark snapshot carries the rate of its date."""
+    spark_dir, duck_dir, _ = ingested
+    duck = event_jobs.load_events(duck_dir, LIGHT_DUCKDB)
+    spark_loaded = event_jobs.load_events(spark_dir, LIGHT_SPARK)
+    dates = [dt.date(2025, 1, 2), dt.date(2025, 6, 1), dt.date(2025, 8, 1)]
+    for name in ("conversion", "upsell", "churn"):
+        outcome = load_model_config(name, ProjectConfig()).outcome
+        sql = outcome_rate_sql(outcome, dates)
+        expected = outcome_rates(duck.rows(sql), outcome.occurs)
+        got = outcome_rates(spark_loaded.rows(sql), outcome.occurs)
+        assert list(got) == list(expected) == dates
+        assert 0 < expected[dates[1]] < 1
+        for day in dates:
+            assert got[day] == (None if expected[day] is None else pytest.approx(expected[day], abs=1e-12))
+    as_of = dates[-1]
+    fs = event_jobs.feature_set(spark_loaded, LIGHT_SPARK, before=as_of)
+    fs = event_jobs.model_feature_set(fs, spark_loaded, outcome, [as_of], outcome_rate=True)
+    frame = spark_loaded.frame(spark_loaded.snapshot(fs, as_of))
+    assert len(frame) > 100
+    np.testing.assert_allclose(frame[OUTCOME_RATE].to_numpy(dtype=float), expected[as_of], rtol=1e-12)
 
 
 def test_labelled_stacked_snapshots_equal_duckdb_training_frame(spark, ingested):

@@ -182,6 +182,10 @@ class FeatureSelection(_Strict):
     """feature or family names; empty = all"""
     exclude: list[str] = Field(default_factory=list)
     """Feature or family names left out."""
+    population_outcome_rate: bool = False
+    """Add `population_outcome_rate`: the share of profiles seen before the horizon-length
+    window ending at each as-of date that had the outcome in it (point in time; shared by every
+    profile, so it follows the base rate's seasonal drift; monitor does not watch it)."""
 
 
 class BucketConfig(_Strict):

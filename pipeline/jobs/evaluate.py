@@ -21,7 +21,7 @@ from propensity.models import evaluate as ev
 from propensity.models import tracking
 from propensity.models.bootstrap import auc_ratio_interval, bootstrap_intervals
 from propensity.pipeline.jobs.config_files import load_model_config
-from propensity.pipeline.jobs.events import feature_set, load_events, model_vocabulary
+from propensity.pipeline.jobs.events import feature_set, load_events, model_vocabulary, scoring_feature_set
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ def evaluate_model(
             f"(last complete day {cutoff - dt.timedelta(days=1)}); choose an earlier date"
         )
     fs = feature_set(loaded, config, before=as_of, **model_vocabulary(model.metadata))
+    fs = scoring_feature_set(fs, loaded, model, as_of)
     relation, _ = loaded.population_snapshot(fs, model_cfg, as_of, cutoff)
     frame = loaded.frame(relation)
     if frame["label"].nunique() < 2:

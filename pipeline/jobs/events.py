@@ -11,14 +11,25 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from propensity.core.config import ProjectConfig
+from propensity.core.config import OutcomeConfig, ProjectConfig
 from propensity.features.build.feature_set import FeatureSet
+from propensity.features.build.outcome_rate import NAME as OUTCOME_RATE
+from propensity.features.build.outcome_rate import with_outcome_rate
 from propensity.features.build.registry import build_registry
 from propensity.features.duckdb import DuckDBEngine, LoadedEvents
 from propensity.features.engine import Engine, Events
 from propensity.features.ingest.manifest import OnBadRows
+from propensity.models.estimator import PropensityModel
 
-__all__ = ["LoadedEvents", "engine_for", "feature_set", "load_events", "model_vocabulary"]
+__all__ = [
+    "LoadedEvents",
+    "engine_for",
+    "feature_set",
+    "load_events",
+    "model_feature_set",
+    "model_vocabulary",
+    "scoring_feature_set",
+]
 
 
 def engine_for(config: ProjectConfig) -> Engine:
@@ -77,3 +88,21 @@ def model_vocabulary(metadata: dict) -> dict[str, list[str] | None]:
     if event_types is None and categories is not None:
         event_types = []
     return {"categories": categories, "event_types": event_types}
+
+
+def model_feature_set(
+    fs: FeatureSet, events: Events, outcome: OutcomeConfig, dates: list[dt.date], outcome_rate: bool
+) -> FeatureSet:
+    """``fs`` with the features that depend on the model, for its snapshot ``dates``: the
+    population's recent outcome rate when ``outcome_rate`` (``features.population_outcome_rate``
+    when training; whether the model uses it when scoring). Train, score, explain and evaluate
+    all add them here, so the rate at a date is the same query wherever it is needed."""
+    return with_outcome_rate(fs, outcome, dates, events.rows) if outcome_rate else fs
+
+
+def scoring_feature_set(fs: FeatureSet, events: Events, model: PropensityModel, as_of: dt.date) -> FeatureSet:
+    """``fs`` with the model-dependent features a trained ``model`` uses, at ``as_of`` (the
+    outcome it was trained for is in its metadata): what score, explain and evaluate build."""
+    uses_rate = OUTCOME_RATE in model.feature_names
+    outcome = OutcomeConfig.model_validate(model.metadata["outcome"]) if uses_rate else None
+    return model_feature_set(fs, events, outcome, [as_of], uses_rate) if outcome else fs

@@ -16,7 +16,7 @@ from propensity.features.build.selection import (
 )
 from propensity.features.build.snapshots import windows_before_data
 from propensity.pipeline.jobs.config_files import load_model_config
-from propensity.pipeline.jobs.events import engine_for, feature_set, load_events
+from propensity.pipeline.jobs.events import engine_for, feature_set, load_events, model_feature_set
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,8 @@ def build_features(
     # Profiles as the identity graph knew them at as_of: no later link moves an event.
     if model:
         model_cfg = load_model_config(model, config)
+        rate = model_cfg.features.population_outcome_rate
+        fs = model_feature_set(fs, loaded, model_cfg.outcome, [as_of], rate)
         relation, labelled = loaded.population_snapshot(fs, model_cfg, as_of, cutoff)
         selected = len(model_features(fs, model_cfg.features, model_cfg.governance, model_cfg.name))
     else:

@@ -34,7 +34,13 @@ from propensity.models import tracking
 from propensity.models.estimator import PropensityModel
 from propensity.models.scoring import is_uplift, score_batch, unused_feature_types
 from propensity.pipeline.jobs.config_files import load_model_config
-from propensity.pipeline.jobs.events import engine_for, feature_set, load_events, model_vocabulary
+from propensity.pipeline.jobs.events import (
+    engine_for,
+    feature_set,
+    load_events,
+    model_vocabulary,
+    scoring_feature_set,
+)
 
 __all__ = ["Progress", "ScoreRun", "checked_as_of", "model_population", "prepare", "score_model"]
 
@@ -88,6 +94,7 @@ def prepare(
     loaded = load_events(events, config, engine=engine)
     as_of = checked_as_of(as_of, loaded.data_end())
     fs = feature_set(loaded, config, before=as_of, **model_vocabulary(model.metadata))
+    fs = scoring_feature_set(fs, loaded, model, as_of)
     population = model_population(model, model_name, str(mv.version), fs, config)
     return Prepared(model, str(mv.version), loaded, fs, population, as_of)
 

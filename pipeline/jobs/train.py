@@ -16,10 +16,10 @@ import pandas as pd
 
 from propensity.core.config import ModelConfig, ProjectConfig
 from propensity.core.errors import UserError
+from propensity.features.build.outcome_rate import AS_OF_FAMILIES
 from propensity.features.build.population import population_rule
-from propensity.features.build.seasonality import FAMILY as SEASON
 from propensity.features.build.selection import categories_source, feature_count_note, model_features
-from propensity.features.build.snapshots import windows_before_data
+from propensity.features.build.snapshots import snapshot_dates, windows_before_data
 from propensity.features.engine import Events
 from propensity.models import baselines, tracking
 from propensity.models import evaluate as ev
@@ -30,7 +30,7 @@ from propensity.models.split import split
 from propensity.models.train import fit_candidates
 from propensity.pipeline.jobs.config_files import load_model_config
 from propensity.pipeline.jobs.evaluate import ground_truth_metrics
-from propensity.pipeline.jobs.events import feature_set, load_events
+from propensity.pipeline.jobs.events import feature_set, load_events, model_feature_set
 from propensity.pipeline.jobs.plan import make_plan, planned, settle
 from propensity.pipeline.jobs.sampling import check_validation_date
 from propensity.pipeline.jobs.sampling import training_rows as sampled_rows
@@ -95,6 +95,9 @@ def training_data(
     plan = make_plan(model_cfg, loaded, cutoff)
     model_cfg = planned(model_cfg, plan)
     fs = feature_set(loaded, config, before=plan.dates[0])
+    snapshots = model_cfg.training.snapshots
+    dates = snapshot_dates(cutoff, model_cfg.outcome.horizon_days, snapshots.count, snapshots.spacing_days)
+    fs = model_feature_set(fs, loaded, model_cfg.outcome, dates, model_cfg.features.population_outcome_rate)
     # A bad rule or feature name fails before any heavy work.
     population_rule(model_cfg, fs)
     labels = model_features(fs, model_cfg.features, model_cfg.governance, model_cfg.name)
@@ -227,7 +230,7 @@ def evaluate_on_test(
             "model_family": trained.chosen.family,
             "selection_reason": trained.reason,
             "as_of_features": [
-                f.name for f in data.fs.features if f.family == SEASON and f.name in data.labels
+                f.name for f in data.fs.features if f.family in AS_OF_FAMILIES and f.name in data.labels
             ],
         }
     )
