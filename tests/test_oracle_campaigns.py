@@ -41,6 +41,9 @@ def test_oracle_matches_the_realised_rate_in_each_arm(campaign_world, day, categ
     assert truth.send_day == 265  # the checks straddle it
     horizon, people = 30, np.arange(settings.profiles)
     replayed = replay(settings, [day])
+    # A replay that stops early draws the campaign the written run drew.
+    for name in ("person", "treated", "p_treated", "p_control", "converted_if_treated", "outcome_day"):
+        np.testing.assert_array_equal(getattr(replayed.campaigns[0], name), getattr(truth, name))
     none = no_counted_purchase_probability(
         replayed, day, people, horizon, category, 32, np.random.default_rng(0)
     )
