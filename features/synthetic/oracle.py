@@ -15,6 +15,12 @@ outcome counts (recorded, and in the category), then continues on the branch whe
 counted purchase happened (an uncounted one still may, and resets the cycle). The average
 over continuations is an unbiased estimate with far less noise than a 0/1 average
 (a Rao-Blackwellised Monte Carlo), so the oracle's AUC is stable with a few dozen replicas.
+
+Simulated campaigns (``settings.campaigns``, e.g. the demo's yoga campaign) add purchases of
+their own, drawn apart from the world: the oracle multiplies in the chance that none of them
+is counted over the horizon (:func:`no_campaign_purchase_probability`), exactly, from each
+person's true probabilities and, once the campaign was sent, their arm. Without it the oracle
+missed every campaign purchase, and a model that sees ``campaign_received`` beat it.
 """
 
 from __future__ import annotations
@@ -83,6 +89,9 @@ def oracle_probabilities(
         none = no_counted_purchase_probability(
             simulation, d, people, outcome.horizon_days, category, replicas, rng
         )
+        # Campaign purchases are drawn apart from the world's (own streams, no feedback), so
+        # "no counted purchase" needs none from either.
+        none *= no_campaign_purchase_probability(simulation, d, people, outcome.horizon_days, category)
         values[rows] = (1.0 - none if outcome.occurs else none)[inverse]
     result[:] = values
     return result
@@ -121,6 +130,44 @@ def no_counted_purchase_probability(
             dynamics.update(traits, state, purchases, sessions, rng)
         out[first : first + chunk] = np.exp(log_none).reshape(-1, replicas).mean(axis=1)
     return out
+
+
+def no_campaign_purchase_probability(
+    simulation: Simulation, day: int, people: np.ndarray, horizon_days: int, category: int | None
+) -> np.ndarray:
+    """P(no purchase from a simulated campaign counted in [day, day + horizon)) per person, given
+    what is known at the start of ``day``: each person's true probabilities under either arm;
+    their arm once the campaign was sent (the treated got a ``campaign_received`` event, the
+    holdout is the eligible rest), the holdout share before; and whether their campaign purchase
+    already happened (then no other comes). A converting person buys on a day drawn uniformly
+    from the campaign's horizon (``campaigns.draw_campaign``); campaign purchases are recorded
+    (web) and in the campaign's category."""
+    none = np.ones(len(people))
+    end = min(day + horizon_days, simulation.settings.days)
+    index = np.full(simulation.settings.profiles, -1)
+    for truth in simulation.campaigns:
+        if category is not None and list(CATEGORIES).index(truth.spec.category) != category:
+            continue
+        first, last = truth.send_day + 1, truth.send_day + truth.spec.horizon_days  # outcome days
+        inside = max(0, min(end, last + 1) - max(day, first)) / truth.spec.horizon_days
+        before = max(0, min(day, last + 1) - first) / truth.spec.horizon_days
+        if inside == 0:
+            continue
+        index[:] = -1
+        index[truth.person] = np.arange(len(truth))
+        at = index[people]
+        eligible = at >= 0
+        at = at[eligible]
+        if truth.send_day < day:  # sent (before this day's start): the arm is known
+            p = np.where(truth.treated[at], truth.p_treated[at], truth.p_control[at])
+        else:
+            holdout = truth.spec.holdout
+            p = (1 - holdout) * truth.p_treated[at] + holdout * truth.p_control[at]
+        bought_before = truth.converted[at] & (truth.outcome_day[at] < day)
+        # Given no campaign purchase before the day: p * inside / (1 - p * before).
+        q = np.where(bought_before, 0.0, p * inside / (1.0 - p * before))
+        none[eligible] *= 1.0 - q
+    return none
 
 
 def _judgeable(outcome: OutcomeConfig) -> tuple[bool, int | None]:

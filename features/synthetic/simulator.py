@@ -132,10 +132,15 @@ def _add_campaigns(simulation: Simulation) -> None:
 def replay(settings: GeneratorSettings, days: list[int]) -> Simulation:
     """Rerun the world without keeping events, keeping the state at the start of each of
     ``days`` (``Simulation.states``) and every purchase drawn up to the last of them (easy
-    world: the whole period)."""
+    world: the whole period), and the settings' campaigns as drawn."""
     wanted = frozenset(int(d) for d in days)
     if settings.difficulty == "easy":
         # Campaign themes are drawn on the day in this world: the whole period is replayed so
         # continuations know them (the realistic world draws its calendar up front).
-        return simulate_easy(settings, emit=False, snapshot_days=wanted, until=settings.days)
-    return _simulate_realistic(settings, False, wanted, max(wanted, default=0))
+        simulation = simulate_easy(settings, emit=False, snapshot_days=wanted, until=settings.days)
+    else:
+        simulation = _simulate_realistic(settings, False, wanted, max(wanted, default=0))
+    # The simulated campaigns (own streams, drawn over the traits): their purchases are part
+    # of what the oracle predicts.
+    simulation.campaigns = simulate_campaigns(settings, simulation.traits)
+    return simulation
