@@ -31,6 +31,13 @@ def timed_ingest(raw: Path, ingested: Path, config: ProjectConfig) -> tuple[int,
     return summary.rows_in, time.perf_counter() - start
 
 
+def in_child(fn, *args):
+    """``fn(*args)`` in a fresh (spawned) process: what it allocates is its own, measured and
+    freed apart from the runs before and after it."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def ensure_ingested(
     profiles: int, days: int, config: ProjectConfig, force_ingest: bool = False
 ) -> tuple[Path, Path, float | None]:

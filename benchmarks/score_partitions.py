@@ -24,12 +24,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import multiprocessing
 import resource
 import shutil
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -41,10 +39,10 @@ from propensity.features.duckdb.scoring import partition_events, partitions_for
 from propensity.pipeline.jobs.events import feature_set, load_events
 
 try:  # run as a script or imported as benchmarks.score_partitions
-    from data import DATA, ensure_ingested
+    from data import DATA, ensure_ingested, in_child
     from references import CORE
 except ImportError:  # pragma: no cover
-    from benchmarks.data import DATA, ensure_ingested
+    from benchmarks.data import DATA, ensure_ingested, in_child
     from benchmarks.references import CORE
 
 
@@ -91,12 +89,6 @@ def build(ingested: Path, variant: str, features: str, partitions: int | None) -
         "partitions": parts,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-
-
-def in_child(fn, *args):
-    """``fn(*args)`` in a fresh process: its memory is its own."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
 
 
 def main() -> None:

@@ -29,12 +29,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import multiprocessing
 import os
 import resource
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import lightgbm as lgb
@@ -46,10 +44,10 @@ from propensity.features.build.event_queries import data_end
 from propensity.features.sql import sql_ident
 
 try:  # run as a script (python benchmarks/scoring.py) or imported as benchmarks.scoring
-    from data import DATA, ensure_ingested
+    from data import DATA, ensure_ingested, in_child
     from factors import PARAMS, TREES, compare_with_pred_contrib
 except ImportError:  # pragma: no cover
-    from benchmarks.data import DATA, ensure_ingested
+    from benchmarks.data import DATA, ensure_ingested, in_child
     from benchmarks.factors import PARAMS, TREES, compare_with_pred_contrib
 
 WORK = DATA / "scoring"
@@ -224,12 +222,6 @@ def _depth(node: dict) -> int:
     if "leaf_index" in node or ("leaf_value" in node and "split_index" not in node):
         return 0
     return 1 + max(_depth(node["left_child"]), _depth(node["right_child"]))
-
-
-def in_child(fn, *args):
-    """``fn(*args)`` in a fresh process: its memory and compiled kernels are its own."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
 
 
 def main() -> None:

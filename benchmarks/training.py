@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import resource
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -37,9 +35,9 @@ import yaml
 from propensity.core.config import ProjectConfig
 
 try:  # run as a script (python benchmarks/training.py) or imported as benchmarks.training
-    from data import DATA, ensure_ingested
+    from data import DATA, ensure_ingested, in_child
 except ImportError:  # pragma: no cover
-    from benchmarks.data import DATA, ensure_ingested
+    from benchmarks.data import DATA, ensure_ingested, in_child
 
 WORK = DATA / "training"
 MODELS = ("upsell", "conversion")
@@ -88,12 +86,6 @@ def train(path: Path, ingested: Path, work: Path) -> dict:
         "model_family": result.model_family,
         "sampling": sampled[0] if sampled else "every row built",
     }
-
-
-def in_child(fn, *args):
-    """``fn(*args)`` in a fresh process: its memory and compiled kernels are its own."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
 
 
 def main() -> None:
