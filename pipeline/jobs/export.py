@@ -49,7 +49,9 @@ def export_segments(
 
     All destinations are checked first (segments present, identity namespaces known,
     governance of the models behind each segment); any problem stops the export before a
-    file is written.
+    file is written. One check comes later: a destination's own holdout under its minimum is
+    found when that destination is split, so destinations exported before it in the same run
+    stay written (each complete, its folder replaced atomically); nothing of the refused one is.
     """
     destinations = load_destinations(destinations_path).destinations
     dates = membership_store.membership_dates(memberships_dir)
