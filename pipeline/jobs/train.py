@@ -19,7 +19,7 @@ from propensity.core.errors import UserError
 from propensity.features.build.outcome_rate import AS_OF_FAMILIES
 from propensity.features.build.population import population_rule
 from propensity.features.build.selection import categories_source, feature_count_note, model_features
-from propensity.features.build.snapshots import snapshot_dates, windows_before_data
+from propensity.features.build.snapshots import windows_before_data
 from propensity.features.engine import Events
 from propensity.models import baselines, tracking
 from propensity.models import evaluate as ev
@@ -95,9 +95,9 @@ def training_data(
     plan = make_plan(model_cfg, loaded, cutoff)
     model_cfg = planned(model_cfg, plan)
     fs = feature_set(loaded, config, before=plan.dates[0])
-    snapshots = model_cfg.training.snapshots
-    dates = snapshot_dates(cutoff, model_cfg.outcome.horizon_days, snapshots.count, snapshots.spacing_days)
-    fs = model_feature_set(fs, loaded, model_cfg.outcome, dates, model_cfg.features.population_outcome_rate)
+    # The plan's dates are the ones the frames build (the planned config's snapshot dates).
+    rate = model_cfg.features.population_outcome_rate
+    fs = model_feature_set(fs, loaded, model_cfg.outcome, plan.dates, rate)
     # A bad rule or feature name fails before any heavy work.
     population_rule(model_cfg, fs)
     labels = model_features(fs, model_cfg.features, model_cfg.governance, model_cfg.name)
