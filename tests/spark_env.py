@@ -1,4 +1,5 @@
-"""Whether the Spark tests can run here, decided once for every Spark test module.
+"""Whether the Spark tests can run here, decided once for every Spark test module, and the
+local-mode engine they run on (``ENGINE``).
 
 `make test` sets ``PROPENSITY_REQUIRE_SPARK``: there a missing pyspark or Java fails the run
 instead of skipping the group (a green CI must mean the engines were compared). Elsewhere
@@ -12,6 +13,20 @@ import os
 import shutil
 
 import pytest
+
+from propensity.core.config import EngineConfig
+
+# The one local-mode Spark every Spark test module runs on: two cores, two shuffle partitions,
+# no UI, no adaptive plans (the same plans from run to run).
+ENGINE = EngineConfig(
+    name="spark",
+    spark={
+        "master": "local[2]",
+        "app_name": "propensity-tests",
+        "shuffle_partitions": 2,
+        "conf": {"spark.ui.enabled": False, "spark.sql.adaptive.enabled": False},
+    },
+)
 
 
 def require_spark() -> None:

@@ -14,13 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.spark_env import require_spark
+from tests.spark_env import ENGINE, require_spark
 
 pytestmark = pytest.mark.spark
 
 require_spark()
 
-from propensity.core.config import EngineConfig, ProjectConfig  # noqa: E402
+from propensity.core.config import ProjectConfig  # noqa: E402
 from propensity.features.journeys import DuckDBRunner, parse_exclusion, parse_steps  # noqa: E402
 from propensity.features.journeys.attribution import attribute  # noqa: E402
 from propensity.features.journeys.funnel import run_funnel, summarise  # noqa: E402
@@ -32,16 +32,6 @@ from propensity.features.spark.session import spark_session  # noqa: E402
 from propensity.features.synthetic.journeys import JourneySettings, simulate_journeys  # noqa: E402
 from propensity.pipeline.jobs import journeys as journey_jobs  # noqa: E402
 from tests.test_journeys import SHOP, at, events_frame  # noqa: E402
-
-ENGINE = EngineConfig(
-    name="spark",
-    spark={
-        "master": "local[2]",
-        "app_name": "propensity-tests",
-        "shuffle_partitions": 2,
-        "conf": {"spark.ui.enabled": False, "spark.sql.adaptive.enabled": False},
-    },
-)
 
 
 @pytest.fixture(scope="module")

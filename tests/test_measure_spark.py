@@ -12,28 +12,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.spark_env import require_spark
+from tests.spark_env import ENGINE, require_spark
 
 pytestmark = pytest.mark.spark
 
 require_spark()
 
-from propensity.core.config import EngineConfig, ProjectConfig  # noqa: E402
+from propensity.core.config import ProjectConfig  # noqa: E402
 from propensity.features.synthetic import GeneratorSettings, generate  # noqa: E402
 from propensity.features.synthetic.world import LUMA_YOGA  # noqa: E402
 from propensity.pipeline.jobs import ingest as ingest_jobs  # noqa: E402
 from propensity.pipeline.jobs import measure as measure_jobs  # noqa: E402
 from propensity.pipeline.jobs import segments as segment_jobs  # noqa: E402
 
-ENGINE = EngineConfig(
-    name="spark",
-    spark={
-        "master": "local[2]",
-        "app_name": "propensity-measure-tests",
-        "shuffle_partitions": 2,
-        "conf": {"spark.ui.enabled": False, "spark.sql.adaptive.enabled": False},
-    },
-)
 # The default covariates (purchase_count_90d, revenue_sum_90d, revenue_sum_365d) and no more.
 LIGHT = {"features": {"windows_days": [90, 365], "categories": ["yoga"]}}
 SPARK, DUCKDB = ProjectConfig(engine=ENGINE, **LIGHT), ProjectConfig(**LIGHT)

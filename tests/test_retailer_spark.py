@@ -13,7 +13,7 @@ import datetime as dt
 import duckdb
 import pytest
 
-from tests.spark_env import require_spark
+from tests.spark_env import ENGINE, require_spark
 
 pytestmark = pytest.mark.spark
 
@@ -25,7 +25,7 @@ from propensity.pipeline.jobs import events as event_jobs  # noqa: E402
 from propensity.pipeline.jobs import ingest as ingest_jobs  # noqa: E402
 from tests.retailer_data import write_retailer  # noqa: E402
 from tests.test_retailer import TRAITS  # noqa: E402
-from tests.test_spark import ENGINE, assert_same_rows  # noqa: E402
+from tests.test_spark import assert_same_rows  # noqa: E402
 
 SETTINGS = {
     "ingest": {"event_type_mapping": {"app_open": "app_launch"}},

@@ -17,14 +17,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.spark_env import require_spark
+from tests.spark_env import ENGINE, require_spark
 
 pytestmark = pytest.mark.spark
 
 require_spark()
 
 from propensity.core.config import (  # noqa: E402
-    EngineConfig,
     IdentityConfig,
     ProjectConfig,
     SnapshotConfig,
@@ -60,15 +59,6 @@ from propensity.pipeline.jobs import train as model_jobs  # noqa: E402
 from propensity.pipeline.jobs.config_files import load_model_config  # noqa: E402
 from tests.conftest import invoke, write_events  # noqa: E402
 
-ENGINE = EngineConfig(
-    name="spark",
-    spark={
-        "master": "local[2]",
-        "app_name": "propensity-tests",
-        "shuffle_partitions": 2,
-        "conf": {"spark.ui.enabled": False, "spark.sql.adaptive.enabled": False},
-    },
-)
 CONFIG = ProjectConfig(engine=ENGINE)
 # Jobs whose point is not the registry itself build fewer features (Spark compiles each
 # query it meets: fewer aggregates, less to compile).

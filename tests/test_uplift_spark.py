@@ -9,27 +9,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.spark_env import require_spark
+from tests.spark_env import ENGINE, require_spark
 
 pytestmark = pytest.mark.spark
 
 require_spark()
 
-from propensity.core.config import EngineConfig, ProjectConfig, TreatmentConfig  # noqa: E402
+from propensity.core.config import ProjectConfig, TreatmentConfig  # noqa: E402
 from propensity.pipeline.jobs import score as score_jobs  # noqa: E402
 from propensity.pipeline.jobs import train as model_jobs  # noqa: E402
 from propensity.pipeline.jobs.events import load_events  # noqa: E402
 from tests.uplift_campaign import MODEL, campaign_world  # noqa: E402
 
-ENGINE = EngineConfig(
-    name="spark",
-    spark={
-        "master": "local[2]",
-        "app_name": "propensity-uplift-tests",
-        "shuffle_partitions": 2,
-        "conf": {"spark.ui.enabled": False, "spark.sql.adaptive.enabled": False},
-    },
-)
 # Fewer features than the registry's default: Spark compiles each aggregate it meets.
 LIGHT = {"features": {"windows_days": [30, 365], "categories": ["yoga", "running"]}}
 
