@@ -18,6 +18,31 @@ from propensity.pipeline.jobs import score as score_jobs
 from propensity.pipeline.jobs import train as model_jobs
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Make ``xdist_group`` marks group under ``--dist loadgroup`` on pytest 9.2.
+
+    pytest-xdist (3.8) groups by suffixing each marked item's node id with ``@group`` through
+    ``item._nodeid``; pytest 9.2 derives ``nodeid`` from ``item._id`` instead, so the suffix was
+    lost and every group's tests were spread over both workers (each building the module's
+    fixtures, the demo run included). This sets the same suffix where xdist's did not take."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        names = {
+            str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+            for mark in item.iter_markers("xdist_group")
+        }
+        suffix = "@" + "_".join(sorted(names))
+        if not names or item.nodeid.endswith(suffix):
+            continue
+        from _pytest.nodeid import NodeId  # pytest 9.2+, where xdist's suffix does not take
+
+        item._id = NodeId.parse(item.nodeid + suffix)
+        if not item.nodeid.endswith(suffix):
+            raise RuntimeError(f"{item.nodeid}: could not put it in xdist group {suffix[1:]}")
+
+
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()

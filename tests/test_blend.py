@@ -17,6 +17,10 @@ from propensity.models.scoring import score_batch
 from propensity.models.split import split
 from propensity.models.train import fit_candidates
 
+# One xdist worker runs the whole module (--dist loadgroup), so its module fixtures (the fitted blend)
+# are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("blend")
+
 
 @pytest.mark.parametrize("families", [1, 2, 3, 4])
 def test_the_weight_grid_is_the_whole_simplex_in_steps(families):

@@ -13,6 +13,10 @@ from propensity.models.explain import top_factors
 from propensity.models.plots import plt
 from propensity.pipeline.jobs.inspection import inspect_model
 
+# One xdist worker runs the whole module (--dist loadgroup), so its module fixtures (the inspected
+# churn model) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("inspection")
+
 AS_OF = dt.date(2025, 11, 10)
 
 

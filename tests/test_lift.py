@@ -11,6 +11,10 @@ from propensity.core.power import minimum_detectable_lift, plan, required_holdou
 from propensity.features.synthetic.campaigns import in_memory_campaign
 from propensity.models.lift import _POISSON, Arms, measure_lift
 
+# One xdist worker runs the whole module (--dist loadgroup), so its module fixtures (the two sets of
+# 200 simulated campaigns) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("lift")
+
 REPETITIONS = 200
 
 

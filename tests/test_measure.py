@@ -21,6 +21,10 @@ from propensity.pipeline.jobs.measure import plan_holdouts
 from tests.conftest import invoke
 from tests.test_report import _rendered_in_browser
 
+# One xdist worker runs the whole module (--dist loadgroup), so its module fixtures (the generated
+# campaign world and its ingest) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("measure")
+
 SEGMENTS = """
 segments:
   - name: known_customers

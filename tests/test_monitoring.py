@@ -30,6 +30,10 @@ from propensity.pipeline.jobs.config_files import load_model_config
 from propensity.pipeline.jobs.events import feature_set
 from tests.conftest import invoke
 
+# One xdist worker runs the whole module (--dist loadgroup), so its module fixtures (the monitored
+# model) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("monitoring")
+
 EPS = 1e-4
 REFERENCE_AS_OF, LATER = dt.date(2025, 6, 1), dt.date(2025, 8, 1)
 FEATURES = [

@@ -28,6 +28,10 @@ from propensity.pipeline.jobs import events as event_jobs
 from propensity.pipeline.jobs import ingest as ingest_jobs
 from propensity.pipeline.jobs.train import baseline_scores
 
+# One xdist worker runs the whole module (--dist loadgroup), so its module fixtures (the simulated
+# worlds and their ingest) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("oracle")
+
 # Two-sided 99 % normal quantile: each check is one of several in this file.
 Z99 = 2.576
 

@@ -23,6 +23,10 @@ from propensity.pipeline.jobs import ingest as ingest_jobs
 from propensity.pipeline.jobs.evaluate import ground_truth_metrics
 from propensity.pipeline.jobs.train import fit, training_data
 
+# One xdist worker runs the whole module (--dist loadgroup), so its module fixtures (the campaign
+# world and the demo's world) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("oracle_campaigns")
+
 Z99 = 2.576  # two-sided 99 %: several checks per test
 YOGA = list(CATEGORIES).index("yoga")
 

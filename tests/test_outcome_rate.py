@@ -28,6 +28,10 @@ from propensity.pipeline.jobs import train as model_jobs
 from propensity.pipeline.jobs.config_files import load_model_config
 from tests.purchase_data import write_purchase_only
 
+# One xdist worker runs the whole module (--dist loadgroup), so its module fixtures (the purchase-only
+# project) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("outcome_rate")
+
 AS_OF = dt.date(2024, 1, 21)
 HORIZON = 10  # the window at AS_OF is [2024-01-11, 2024-01-21)
 

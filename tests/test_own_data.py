@@ -24,6 +24,10 @@ from propensity.features.build.snapshots import windows_before_data
 from propensity.pipeline.cli.app import app
 from tests.cdnow import cdnow_path
 
+# One xdist worker runs the whole module (--dist loadgroup), so its module fixtures (the README block
+# run by bash) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("own_data")
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 EVERY = 20
 

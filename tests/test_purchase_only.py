@@ -17,6 +17,10 @@ from propensity.pipeline.jobs import train as model_jobs
 from tests.conftest import invoke
 from tests.purchase_data import write_purchase_only
 
+# One xdist worker runs the whole module (--dist loadgroup), so its module fixtures (the purchase-only
+# ingest and its trained model) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("purchase_only")
+
 
 @pytest.fixture(scope="module")
 def purchases(tmp_path_factory):

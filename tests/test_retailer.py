@@ -21,6 +21,10 @@ from propensity.pipeline.jobs import segments as segment_jobs
 from propensity.pipeline.jobs import train as model_jobs
 from tests.retailer_data import retailer, write_retailer
 
+# One xdist worker runs the whole module (--dist loadgroup), so its module fixtures (the retailer's
+# ingest and its trained model) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("retailer")
+
 MODEL = """name: coupon_redeemer
 population: "days_since_last_event <= 120"
 outcome: {event_type: coupon_redeemed, horizon_days: 30}

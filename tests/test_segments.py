@@ -24,6 +24,10 @@ from propensity.pipeline.jobs import ingest as ingest_jobs
 from propensity.pipeline.jobs.config_files import load_segments
 from tests.conftest import invoke
 
+# One xdist worker runs the whole module (--dist loadgroup), so its module fixtures (the ingested
+# small Luma) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("segments")
+
 D1, D2, D3 = dt.date(2025, 3, 1), dt.date(2025, 4, 1), dt.date(2025, 5, 1)
 KINDS = {
     "x": "number",

@@ -13,6 +13,10 @@ from propensity.features.synthetic import GeneratorSettings, generate, simulate
 from propensity.features.synthetic.world import CATEGORIES, OFFLINE, YOGA
 from tests.conftest import invoke
 
+# One xdist worker runs the whole module (--dist loadgroup), so its module fixtures (the simulated
+# worlds) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("synthetic")
+
 
 def _read(directory):
     return pd.read_parquet(directory / "events").sort_values(["event_id", "timestamp"]).reset_index(drop=True)

@@ -18,6 +18,10 @@ from propensity.pipeline.jobs.config_files import load_model_config
 from propensity.pipeline.jobs.events import feature_set, load_events
 from propensity.pipeline.jobs.plan import make_plan
 
+# One xdist worker runs the whole module (--dist loadgroup), so its module fixtures (the generated
+# world and its ingest) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("training_sample")
+
 KEY = ["profile_id", "as_of"]
 
 

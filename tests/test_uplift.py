@@ -26,6 +26,10 @@ from propensity.models.uplift import ArmRows, UpliftModel, fit_uplift
 from propensity.models.uplift_metrics import evaluate_uplift, qini_coefficient, uplift_at_k
 from propensity.pipeline.jobs.uplift import arms_from_memberships
 
+# One xdist worker runs the whole module (--dist loadgroup), so its module fixtures (the uplift model
+# fitted on 20,000 rows) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("uplift")
+
 NAMES = ["x0", "x1", "x2", "x3", "loyalty_tier"]
 TIERS = ["bronze", "gold", "silver"]
 

@@ -22,7 +22,9 @@ from propensity.pipeline.jobs.uplift import arms_from_events
 from tests.conftest import invoke
 from tests.uplift_campaign import MODEL, campaign_world
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs the whole module (--dist loadgroup), so its module fixtures (the 20,000-
+# profile campaign world and its trained model) are built once, not once per worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("uplift_campaign")]
 
 
 @pytest.fixture(scope="module")
