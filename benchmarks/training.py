@@ -4,10 +4,11 @@
         [--compare-profiles 150000] [--sample-rows 1500000] [--trials 12]
 
 Each model is trained by ``train_model`` (what ``propensity train`` runs) in a fresh process, so
-its peak RSS is the job's alone: 8 snapshots 21 days apart (the models' configs; the snapshot
-plan's row budget raised so that all 8 are kept), labels first and features built only for the
-rows ``training.sampling`` chooses (every row that may be positive, the held-out test and
-validation profiles whole, a seeded sample of the other profiles' negatives weighted 1 / rate).
+its peak RSS is the job's alone: 8 snapshots 21 days apart (the models' configs, the default
+row budget ``max_rows``: it counts the rows the sample builds, so all 8 are kept), labels first
+and features built only for the rows ``training.sampling`` chooses (every row that may be
+positive, the held-out test and validation profiles whole, a seeded sample of the other
+profiles' negatives weighted 1 / rate).
 
 Quality: on ``--compare-profiles`` (a dataset small enough to build every row), upsell is trained
 twice on the same data, unsampled (``sampling.rows`` above every estimate) and sampled at the
@@ -52,8 +53,8 @@ def model_yaml(name: str, out: Path, sample_rows: int, trials: int, suffix: str 
     config["name"] = f"{name}{suffix}"
     training = config.setdefault("training", {})
     training["sampling"] = {"rows": sample_rows}
-    # Sampling bounds the rows built; the plan's estimate of every profile seen would keep 3-4.
-    training.setdefault("snapshots", {})["max_rows"] = UNSAMPLED
+    if sample_rows >= UNSAMPLED:  # every row built: the row budget must not cut snapshots
+        training.setdefault("snapshots", {})["max_rows"] = UNSAMPLED
     training["tuning"] = {"trials": trials}
     path = out / f"{name}{suffix}.yaml"
     path.write_text(yaml.safe_dump(config))

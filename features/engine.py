@@ -101,6 +101,8 @@ class Events(Protocol):
 
     inputs: Any  # where they came from: .display, .ingested, .ground_truth
     manifest: dict[str, Any] | None  # an ingest directory's manifest.json
+    # training_rows builds features for a RowChoice's rows only (the row budget counts those).
+    builds_chosen_rows: bool
 
     def sources(self, as_of: dt.date) -> AsOfSources: ...
     def data_end(self) -> dt.date: ...

@@ -3,7 +3,9 @@
 Snapshots are ``spacing_days`` apart (weekly by default), the latest with its horizon ending
 by the cutoff (the test snapshot), back as far as the history allows: ``min_history_days`` of
 the events the features and the outcome use before the first. ``max_count`` and a row budget
-(``max_rows``, estimated from the profiles seen before each date) keep the newest ones.
+(``max_rows``, estimated from the profiles seen before each date) keep the newest ones. With
+sampled training (:class:`SampledBuild`) the budget counts the rows the sample will build, not
+every row the dates hold.
 
 Validation is the last snapshot whose label window ends by the test snapshot's date, so the
 round count and the model are never chosen on outcomes of the test window. When the history
@@ -28,6 +30,35 @@ from propensity.core.errors import UserError
 # Estimated rows per date (profiles seen before it): the row budget's input.
 RowEstimate = Callable[[list[dt.date]], dict[dt.date, int]]
 MIN_SNAPSHOTS = 3
+
+
+@dataclass(frozen=True)
+class SampledBuild:
+    """Sampled training's rows built from the plan's estimates, for the row budget.
+
+    Beyond ``rows`` estimated rows, features are built for the held-out test profiles at the
+    test snapshot and the validation profiles at the validation snapshot (whole), every row
+    that may be positive and a sample of the others at a rate of at least ``min_rate``
+    (:mod:`propensity.features.build.training_sample`): about ``rows``, or the whole rows plus
+    ``min_rate`` of the rest when that is more. Positives are not known when the plan is made,
+    so they count as sampled rows: when they alone fill more than ``rows``, more rows are built
+    than this says (the sampling line printed with the plan gives the rows built).
+    """
+
+    rows: int  # training.sampling.rows
+    min_rate: float  # training.sampling.min_rate
+    test_fraction: float  # training.test_profile_fraction
+    validation_share: float  # training.validation_profile_fraction
+
+    def built(self, dates: list[dt.date], estimated: dict[dt.date, int], validation: dt.date) -> int:
+        """About the rows built for ``dates`` (the last the test snapshot)."""
+        total = sum(estimated.get(d, 0) for d in dates)
+        if total <= self.rows:
+            return total  # every row is built
+        whole = self.test_fraction * estimated.get(dates[-1], 0) + (
+            1 - self.test_fraction
+        ) * self.validation_share * estimated.get(validation, 0)
+        return round(max(self.rows, whole + self.min_rate * (total - whole)))
 
 
 @dataclass(frozen=True)
@@ -161,9 +192,11 @@ def plan_snapshots(
     horizon_days: int,
     model_name: str,
     estimate: RowEstimate | None = None,
+    sampled: SampledBuild | None = None,
 ) -> SnapshotPlan:
     """The plan for a model whose usable events start at ``history_start``, trained on the
-    data before ``cutoff``; ``estimate`` gives rows per date for the row budget (None: no budget).
+    data before ``cutoff``; ``estimate`` gives rows per date for the row budget (None: no budget),
+    which counts the rows ``sampled`` training builds of them (None: every row is built).
 
     Raises a UserError naming the dates and days at fault when not even 3 snapshots fit.
     """
@@ -200,7 +233,7 @@ def plan_snapshots(
     estimated: dict[dt.date, int] = {}
     if estimate is not None:
         estimated = estimate(dates)
-        dates, note = _within_budget(dates, estimated, snapshots.max_rows, horizon_days, spacing)
+        dates, note = _within_budget(dates, estimated, snapshots.max_rows, horizon_days, spacing, sampled)
         notes += [note] if note else []
     validation = dates[validation_index(dates, horizon_days)]
     plan = SnapshotPlan(dates, validation, horizon_days, spacing, history_start, cutoff, notes, estimated)
@@ -236,21 +269,38 @@ def _fixed(
 
 
 def _within_budget(
-    dates: list[dt.date], estimated: dict[dt.date, int], budget: int, horizon_days: int, spacing: int
+    dates: list[dt.date],
+    estimated: dict[dt.date, int],
+    budget: int,
+    horizon_days: int,
+    spacing: int,
+    sampled: SampledBuild | None = None,
 ) -> tuple[list[dt.date], str | None]:
-    """The newest dates whose estimated rows fit ``budget``; never fewer than a test, a clean
-    validation and one training snapshot (or 3) need."""
+    """The newest dates whose rows built (estimated; sampled when ``sampled``) fit ``budget``;
+    never fewer than a test, a clean validation and one training snapshot (or 3) need."""
     needed = max(MIN_SNAPSHOTS, -(-horizon_days // spacing) + 2)
+
+    def rows(kept: list[dt.date]) -> int:
+        if sampled is None:
+            return sum(estimated.get(d, 0) for d in kept)
+        return sampled.built(
+            kept, estimated, kept[validation_index(kept, horizon_days)] if len(kept) > 1 else kept[0]
+        )
+
     kept, total = 0, 0
-    for as_of in reversed(dates):
-        if kept >= needed and total + estimated.get(as_of, 0) > budget:
+    for i in reversed(range(len(dates))):
+        more = rows(dates[i:])
+        if kept >= needed and more > budget:
             break
-        kept, total = kept + 1, total + estimated.get(as_of, 0)
+        kept, total = kept + 1, more
     if kept == len(dates):
         return dates, None
     cut = dates[: len(dates) - kept]
     left_out = sum(estimated.get(d, 0) for d in cut)
+    in_kept = sum(estimated.get(d, 0) for d in dates[-kept:])
+    built = "" if sampled is None else f" built by training.sampling, of ~{in_kept:,} estimated"
     return dates[-kept:], (
         f"the row budget (training.snapshots.max_rows {budget:,}) keeps the newest {kept} snapshots "
-        f"(~{total:,} rows); {len(cut)} older ones ({cut[0]} .. {cut[-1]}, ~{left_out:,} rows) are left out"
+        f"(~{total:,} rows{built}); {len(cut)} older ones ({cut[0]} .. {cut[-1]}, ~{left_out:,} rows) "
+        "are left out"
     )

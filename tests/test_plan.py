@@ -17,7 +17,7 @@ from propensity.core.config import ProjectConfig, SnapshotConfig
 from propensity.core.errors import UserError
 from propensity.models.bgnbd_model import fit_bgnbd_model
 from propensity.models.refit import refit, refit_rows
-from propensity.models.snapshot_plan import SnapshotPlan, plan_snapshots, validation_index
+from propensity.models.snapshot_plan import SampledBuild, SnapshotPlan, plan_snapshots, validation_index
 from propensity.pipeline.jobs import plan as plan_jobs
 from propensity.pipeline.jobs import train as train_jobs
 from propensity.pipeline.jobs.config_files import load_model_config
@@ -71,6 +71,36 @@ def test_the_row_budget_keeps_the_newest_snapshots_and_says_what_it_cut():
         estimate=lambda dates: dict.fromkeys(dates, 1000),
     )
     assert len(long.dates) == 15 and long.validation == long.dates[1] and long.overlap_days == 0
+
+
+def test_with_sampled_training_the_row_budget_counts_the_rows_the_sample_builds():
+    """31 weekly dates of 100,000 estimated rows each, a budget of 150,000 rows: counted
+    unsampled it keeps the 7 dates a 30-day horizon needs; counted as sampled training builds
+    them (the whole test and validation profiles, 20 % + 80 % x 25 % of 100,000 = 40,000, and
+    10 % of the rest, or sampling.rows when that is more) it keeps the newest 11 (40,000 + 10 % x
+    1,060,000 = 146,000, so about 150,000 are built; 12 would build 156,000)."""
+    every = dict.fromkeys(_weeks(D(2024, 4, 5), 31), 100_000)
+
+    def plan(sampled):
+        return plan_snapshots(
+            SnapshotConfig(max_rows=150_000), D(2024, 1, 1), D(2024, 12, 1), 30, "m",
+            estimate=lambda dates: {d: every[d] for d in dates}, sampled=sampled,
+        )  # fmt: skip
+
+    assert len(plan(None).dates) == 7
+    sampled = SampledBuild(rows=150_000, min_rate=0.1, test_fraction=0.2, validation_share=0.25)
+    kept = plan(sampled)
+    assert kept.dates == _weeks(D(2024, 8, 23), 11) and kept.overlap_days == 0
+    assert kept.notes == [
+        "the row budget (training.snapshots.max_rows 150,000) keeps the newest 11 snapshots (~150,000 rows "
+        "built by training.sampling, of ~1,100,000 estimated); 20 older ones (2024-04-05 .. 2024-08-16, "
+        "~2,000,000 rows) are left out"
+    ]
+    assert sampled.built(kept.dates[-12:], every, kept.validation) <= 150_000
+    # Within sampling.rows every row is built: the budget counts them all, as unsampled.
+    assert sampled.built(kept.dates[:1], every, kept.dates[0]) == 100_000
+    # A lower floor keeps every date (40,000 + 2 % x 3,060,000 = 101,200).
+    assert plan(SampledBuild(150_000, 0.02, 0.2, 0.25)).notes == []
 
 
 def test_max_count_keeps_the_newest_and_says_so():

@@ -202,3 +202,36 @@ def test_rows_are_sampled_only_beyond_the_budget_and_never_for_uplift():
     )
     uplift = ModelConfig.model_validate({**bigger.model_dump(), "treatment": {"event_type": "email_open"}})
     assert row_choice(uplift, plan) is None
+
+
+def test_the_plans_row_budget_counts_the_rows_sampled_training_builds(ingested):
+    """On DuckDB the plan's row budget counts the rows the sample builds: a budget far below
+    the dates' estimated rows keeps every date when sampling builds about that many, and the
+    rows then chosen are about what the plan counted."""
+    from propensity.pipeline.jobs.sampling import training_rows
+
+    config = ProjectConfig()
+    loaded = load_events(ingested, config)
+    cutoff = loaded.span()[1]
+    model = load_model_config("upsell", config)
+    every = make_plan(model, loaded, cutoff)
+    estimated = sum(every.estimated_rows[d] for d in every.dates)
+    budget = estimated // 3
+    training = model.training.model_dump()
+    training["snapshots"]["max_rows"] = budget
+    # Sampling rows above the estimate: every row is built, and the budget counts every row.
+    unsampled = model.model_validate(
+        {**model.model_dump(), "training": {**training, "sampling": {"rows": estimated}}}
+    )
+    assert len(make_plan(unsampled, loaded, cutoff).dates) < len(every.dates)
+    sampled = model.model_validate(
+        {**model.model_dump(), "training": {**training, "sampling": {"rows": budget, "min_rate": 0.02}}}
+    )
+    plan = make_plan(sampled, loaded, cutoff)
+    assert plan.dates == every.dates and plan.notes == []
+    sampled = planned(sampled, plan)
+    fs = feature_set(loaded, config, before=plan.dates[0])
+    rows, choice = training_rows(loaded, fs, sampled, cutoff, plan)
+    assert choice is not None
+    built = rows.sampling["sample_candidate_rows"]
+    assert 0.8 * budget <= built <= 1.25 * budget, (built, budget)

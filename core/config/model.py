@@ -46,7 +46,9 @@ class SnapshotConfig(_Strict):
     max_count: int = Field(default=52, ge=3, le=260)
     """With count None: snapshots at most (the newest are kept)."""
     max_rows: int = Field(default=1_500_000, ge=1000)
-    """Estimated training rows at most: older snapshots beyond it are left out (said in the plan)."""
+    """Estimated training rows built at most (with sampled training on DuckDB, the rows the sample builds):
+    older snapshots beyond it are left out (said in the plan).
+    """
     adapt: bool = True
     """Shrink spacing, then count, when the events are too short for the plan."""
     min_history_days: int = Field(default=90, ge=1)

@@ -52,6 +52,7 @@ class LoadedEvents(SqlEvents):
     manifest: dict[str, Any] | None = None  # an ingest directory's manifest.json
     graph: IdentityGraph | None = None
     dialect = DUCKDB
+    builds_chosen_rows = True  # training_rows builds a RowChoice's rows only
 
     def rows(self, sql: str) -> list[tuple]:
         """The rows of a query over the loaded views."""

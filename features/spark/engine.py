@@ -67,6 +67,7 @@ class SparkEvents(SqlEvents):
     graph: SparkIdentityGraph
     manifest: dict[str, Any] | None = None
     dialect = SPARK
+    builds_chosen_rows = False  # the cluster builds every row; training_rows samples by label
 
     def journey_runner(self) -> SparkRunner:
         """The journey queries' runner over this session."""

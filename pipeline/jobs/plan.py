@@ -19,7 +19,7 @@ from propensity.core.config import ModelConfig
 from propensity.core.errors import UserError
 from propensity.features.build.snapshots import history_event_types
 from propensity.features.engine import Events
-from propensity.models.snapshot_plan import SnapshotPlan, plan_snapshots
+from propensity.models.snapshot_plan import SampledBuild, SnapshotPlan, plan_snapshots
 
 
 def make_plan(model_cfg: ModelConfig, loaded: Events, cutoff: dt.date) -> SnapshotPlan:
@@ -38,6 +38,21 @@ def make_plan(model_cfg: ModelConfig, loaded: Events, cutoff: dt.date) -> Snapsh
         model_cfg.outcome.horizon_days,
         model_cfg.name,
         estimate=lambda dates: loaded.profiles_seen(dates, types),
+        sampled=sampled_build(model_cfg, loaded),
+    )
+
+
+def sampled_build(model_cfg: ModelConfig, loaded: Events) -> SampledBuild | None:
+    """How the row budget counts sampled training's rows: on an engine that builds only the
+    chosen rows (DuckDB), for a model that samples (not uplift); None: every row is built."""
+    if not loaded.builds_chosen_rows or model_cfg.treatment is not None:
+        return None
+    training = model_cfg.training
+    return SampledBuild(
+        training.sampling.rows,
+        training.sampling.min_rate,
+        training.test_profile_fraction,
+        training.validation_profile_fraction,
     )
 
 
