@@ -103,17 +103,22 @@ def _grouped_rollup(con: duckdb.DuckDBPyConnection, keyed: str, columns: RollupC
 
 
 def _daily_rollup(
-    con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str, packed: bool, before: dt.date | None = None
+    con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str, packed: bool, span: tuple | None = None
 ) -> dict | None:
-    """The daily rollup of the events before ``before`` sorted by (profile_key, day): per
-    measure, a float64 array or a packed field (:class:`features.build.kernels.Packed`).
+    """The daily rollup of the events in ``span`` (from, before), all when None, sorted by
+    (profile_key, day): per measure, a float64 array or a packed field
+    (:class:`features.build.kernels.Packed`).
 
     Streamed without a grouped aggregate when the events arrive in (profile_key, time) order,
     as an ingest writes them (:mod:`.daily_rollup`); grouped by DuckDB otherwise. None when
     ``packed`` and a day has too many events for the packed fields.
     """
     counted, columns = _rollup_columns(fs, packed)
-    where = f"WHERE timestamp < TIMESTAMP '{before} 00:00:00'" if before else ""
+    where = (
+        f"WHERE timestamp >= TIMESTAMP '{span[0]} 00:00:00' AND timestamp < TIMESTAMP '{span[1]} 00:00:00'"
+        if span
+        else ""
+    )
     rolled = stream_rollup(con, f"(SELECT * FROM {keyed} {where})", columns, DUCKDB.day("timestamp"))
     if rolled is None:
         rolled = _grouped_rollup(con, keyed, columns, where)
@@ -141,12 +146,12 @@ def _daily_rollup(
 BATCH_BYTES = 2 << 30
 
 
-def _rollup_arrays(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str, before: dt.date | None = None):
+def _rollup_arrays(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str, span: tuple | None = None):
     """The daily rollup's keys, days and measure columns (packed when the counts allow) of the
-    events before ``before`` (all when None)."""
-    values = _daily_rollup(con, fs, keyed, True, before)
+    events in ``span`` (from, before), all when None."""
+    values = _daily_rollup(con, fs, keyed, True, span)
     if values is None:  # a profile with 2^15 events in a day: the packed counts would overflow
-        values = _daily_rollup(con, fs, keyed, False, before)
+        values = _daily_rollup(con, fs, keyed, False, span)
     return values.pop("profile_key"), values.pop("day"), values
 
 
@@ -222,8 +227,10 @@ def build_snapshots(
         raise ValueError("reattributed profiles need events and profiles keyed by the ingest's profile_key")
     if not as_ofs:
         raise ValueError("build_snapshots needs at least one as-of date")
-    # Events on or after the last as-of date are in no snapshot.
-    pk, days, values = _rollup_arrays(con, fs, keyed, max(as_ofs))
+    # Events on or after the last as-of date, or before the first one's lookback, are in no
+    # snapshot.
+    span = (min(as_ofs) - dt.timedelta(days=fs.lookback_days), max(as_ofs))
+    pk, days, values = _rollup_arrays(con, fs, keyed, span)
     # Compiled on first use; numba loads only here.
     from propensity.features.build.kernels import WindowPlan, window_kernel
 
