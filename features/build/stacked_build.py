@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
-from propensity.features.build.daily_rollup import RollupColumns, stream_rollup
 from propensity.features.build.feature_set import EVERY_EVENT, FeatureSet
 from propensity.features.build.sql_compiler import day_number, features_sql_from
 from propensity.features.connection import fetch_arrow, relation_columns
 from propensity.features.identity.as_of import Reattributed
 from propensity.features.sql import DUCKDB
+
+if TYPE_CHECKING:  # numba loads only when a build runs (see features.build)
+    from propensity.features.build.daily_rollup import RollupColumns
 
 
 def _keyed(con: duckdb.DuckDBPyConnection, events: str) -> tuple[str, str]:
@@ -65,6 +68,8 @@ def _decimal_scale(sql_type: str) -> int | None:
 
 def _rollup_columns(fs: FeatureSet, packed: bool) -> tuple[list, RollupColumns]:
     """The measures counted by the day's event count, and how the others travel."""
+    from propensity.features.build.daily_rollup import RollupColumns
+
     measures = list(fs.measures.values())
     counted = [m for m in measures if m.condition == EVERY_EVENT]  # count(*) is their daily sum
     indicators = [m for m in measures if packed and m.condition not in (None, EVERY_EVENT)]
@@ -113,6 +118,8 @@ def _daily_rollup(
     as an ingest writes them (:mod:`.daily_rollup`); grouped by DuckDB otherwise. None when
     ``packed`` and a day has too many events for the packed fields.
     """
+    from propensity.features.build.daily_rollup import stream_rollup
+
     counted, columns = _rollup_columns(fs, packed)
     where = (
         f"WHERE timestamp >= TIMESTAMP '{span[0]} 00:00:00' AND timestamp < TIMESTAMP '{span[1]} 00:00:00'"
