@@ -138,3 +138,30 @@ def test_events_out_of_order_fall_back_to_the_grouped_rollup():
         daily_rollup.stream_rollup(unsorted, "events", columns, sql_compiler.DUCKDB.day("timestamp")) is None
     )
     pd.testing.assert_frame_equal(_stacked(unsorted), _stacked(_connection(specs, sort=True)))
+
+
+def test_an_ingest_streams_its_rollup_and_its_profile_ranges_read_only_their_row_groups(luma_ingested):
+    import re
+
+    from propensity.core.config import ProjectConfig
+    from propensity.features.duckdb import scoring as duckdb_scoring
+    from propensity.pipeline.jobs import events as event_jobs
+
+    con = event_jobs.load_events(luma_ingested, ProjectConfig()).con
+    # Written sorted by (profile_key, time): the stacked build never needs the grouped rollup.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stacked_build, "_grouped_rollup", _no_grouped_rollup)
+        assert stacked_build.build_snapshots(con, FS, AS_OFS) > 1000
+    total, profiles = con.execute("SELECT count(*), count(DISTINCT profile_id) FROM events").fetchone()
+    ranges = duckdb_scoring.profile_ranges(con, 4)
+    assert len(ranges) == 4
+    counts = [
+        con.execute(f"SELECT count(*), count(DISTINCT profile_id) FROM events WHERE {r}").fetchone()
+        for r in ranges
+    ]
+    # Every event and profile in exactly one range, and the ranges about even.
+    assert sum(c[0] for c in counts) == total and sum(c[1] for c in counts) == profiles
+    assert min(c[1] for c in counts) > profiles / 8
+    plan = con.execute(f"EXPLAIN ANALYZE SELECT count(*) FROM events WHERE {ranges[1]}").fetchall()[0][1]
+    scanned, groups = map(int, re.search(r"Row Groups Scanned: (\d+) / (\d+)", plan).groups())
+    assert groups >= 4 and scanned < groups

@@ -113,6 +113,44 @@ def _combine(a: float, b: float, is_max: bool) -> float:
     return max(a, b) if is_max else a + b
 
 
+def _rolled_batch(batch, columns: RollupColumns, n_ints: int) -> list[np.ndarray] | None:
+    """One Arrow batch of events rolled up per (pk, day) run: pk, day, event count, int sums,
+    float folds; None when the batch is out of order (an empty batch gives empty runs)."""
+    arrays = [c.to_numpy(zero_copy_only=False) for c in batch.columns]
+    pk, day = arrays[0], arrays[1]
+    starts = _runs(pk, day)
+    if starts is None:
+        return None
+    counts = np.diff(np.append(starts, len(pk)))
+    part = [pk[starts].astype(np.int64), day[starts].astype(np.int64), counts]
+    part += [_sum_runs(a, starts) for a in arrays[2 : 2 + n_ints]]
+    part += [
+        _fold_runs(a.astype(np.float64), starts, m)
+        for a, m in zip(arrays[2 + n_ints :], columns.maxed, strict=True)
+    ]
+    return part
+
+
+def _append(parts: list, part: list[np.ndarray], columns: RollupColumns, n_ints: int) -> bool:
+    """Add a batch's runs after the previous batches', folding a run the batch boundary split;
+    False when the batch starts before the previous one ended (out of order)."""
+    if not len(part[0]):
+        return True
+    if parts:
+        last = parts[-1]
+        key, last_key = (part[0][0], part[1][0]), (last[0][-1], last[1][-1])
+        if key < last_key:
+            return False
+        if key == last_key:  # this batch continues the last run of the previous one
+            for j in range(2, 3 + n_ints):
+                part[j][0] += last[j][-1]
+            for j, is_max in enumerate(columns.maxed, start=3 + n_ints):
+                part[j][0] = _combine(last[j][-1], part[j][0], is_max)
+            parts[-1] = [c[:-1] for c in last]
+    parts.append(part)
+    return True
+
+
 def stream_rollup(con: duckdb.DuckDBPyConnection, source: str, columns: RollupColumns, day_sql: str):
     """(profile_key, day, int sums: the event count, then packed fields and scaled decimals,
     float sums / maxima) of the events of ``source`` per profile and day, each a list of
@@ -120,33 +158,14 @@ def stream_rollup(con: duckdb.DuckDBPyConnection, source: str, columns: RollupCo
     query = f"SELECT profile_key, {day_sql} AS day, {columns.select()} FROM {source}"
     n_ints = len(columns.packs) + len(columns.scaled)
     parts: list[list[np.ndarray]] = []  # per batch: pk, day, count, ints..., floats...
-    for batch in arrow_batches(con, query, BATCH_ROWS):
-        if batch.num_rows == 0:
-            continue
-        arrays = [c.to_numpy(zero_copy_only=False) for c in batch.columns]
-        pk, day = arrays[0], arrays[1]
-        starts = _runs(pk, day)
-        if starts is None:
-            return None
-        counts = np.diff(np.append(starts, len(pk)))
-        part = [pk[starts].astype(np.int64), day[starts].astype(np.int64), counts]
-        part += [_sum_runs(a, starts) for a in arrays[2 : 2 + n_ints]]
-        part += [
-            _fold_runs(a.astype(np.float64), starts, m)
-            for a, m in zip(arrays[2 + n_ints :], columns.maxed, strict=True)
-        ]
-        if parts:
-            last = parts[-1]
-            key, last_key = (part[0][0], part[1][0]), (last[0][-1], last[1][-1])
-            if key < last_key:
-                return None
-            if key == last_key:  # this batch continues the last run of the previous one
-                for j in range(2, 3 + n_ints):
-                    part[j][0] += last[j][-1]
-                for j, is_max in enumerate(columns.maxed, start=3 + n_ints):
-                    part[j][0] = _combine(last[j][-1], part[j][0], is_max)
-                parts[-1] = [c[:-1] for c in last]
-        parts.append(part)
+    reader = arrow_batches(con, query, BATCH_ROWS)
+    try:
+        for batch in reader:
+            part = _rolled_batch(batch, columns, n_ints)
+            if part is None or not _append(parts, part, columns, n_ints):
+                return None  # out of order: the reader is closed, the connection free again
+    finally:
+        reader.close()
     width = 3 + n_ints + len(columns.floats)
     if not parts:
         out = [np.zeros(0, np.int64)] * (3 + n_ints) + [np.zeros(0)] * len(columns.floats)
