@@ -32,9 +32,10 @@ from pathlib import Path
 import pandas as pd
 
 from propensity.core.config import EngineConfig, ProjectConfig
-from propensity.features.build import event_queries, sql_compiler, stacked_build
+from propensity.features.build import daily_rollup, event_queries, sql_compiler, stacked_build
 from propensity.features.build.registry import build_registry
 from propensity.features.build.snapshots import snapshot_dates
+from propensity.features.sql import DUCKDB
 from propensity.pipeline.jobs import events as event_jobs
 
 try:  # run as a script (python benchmarks/features.py) or imported as benchmarks.features
@@ -162,6 +163,17 @@ def main() -> None:
         nonlocal stacked_rows
         stacked_rows = stacked_build.build_snapshots(con, fs, dates, table="stacked")
 
+    # The stacked build's daily rollup alone, as it streams it from the profile-sorted events and
+    # as DuckDB's grouped aggregate (the stacked build before the stream) computes the same.
+    _, rollup_columns = stacked_build._rollup_columns(fs, packed=True)
+    day_sql = DUCKDB.day("timestamp")
+
+    def rollup_streamed():
+        assert daily_rollup.stream_rollup(con, "events", rollup_columns, day_sql) is not None
+
+    def rollup_grouped():
+        stacked_build._grouped_rollup(con, "events", rollup_columns, "")
+
     as_of_graph = AsOfVariants(con, loaded.graph, fs, as_of, dates)
     variants = (
         ("handwritten", handwritten),
@@ -170,6 +182,8 @@ def main() -> None:
         ("ours as of", as_of_graph.single),
         ("stacked", stacked),
         ("stacked as of", as_of_graph.stacked),
+        ("rollup streamed", rollup_streamed),
+        ("rollup grouped", rollup_grouped),
     )
 
     # Warm the file cache once so that neither side pays for the first read; then two rounds,
@@ -241,6 +255,11 @@ def main() -> None:
         f"pandas / ours: {pandas_s / ours_s:.2f}   "
         f"peak RSS after our build: {peak_ours:,.0f} MiB, after the stacked build: {peak_stacked:,.0f} MiB"
     )
+    streamed_s, grouped_s = min(results["rollup streamed"]), min(results["rollup grouped"])
+    print(
+        f"daily rollup streamed / grouped: {streamed_s / grouped_s:.2f} "
+        f"({streamed_s:.2f}s / {grouped_s:.2f}s)"
+    )
     profiles = con.execute("SELECT count(*) FROM profiles").fetchone()[0]
     changed = as_of_graph.changed
     print(
@@ -264,6 +283,8 @@ def main() -> None:
                 "snapshots_seconds": round(eight_s, 3),
                 "snapshots_ratio": round(eight_s / ours_s, 3),
                 "snapshots_sql_ratio": round(eight_s / sql_s, 3),
+                "rollup_streamed_seconds": round(streamed_s, 3),
+                "rollup_grouped_seconds": round(grouped_s, 3),
                 "spill_seconds": round(spill_s, 3),
                 "memory_limit": args.memory_limit,
                 "peak_rss_mib": round(peak_ours),
