@@ -4,7 +4,10 @@
 
 Generates (or reuses) N synthetic profiles (default 1M, ~20M events), ingests them once, then
 times in the same run, on the same 35 core features at one as-of date:
-  * ours: the registry compiled to SQL (``features.sql_compiler.build_snapshot``);
+  * ours: one date through the stacked build (``stacked_build.build_snapshots``: the daily
+    rollup streamed from the profile-sorted events, then the compiled window pass);
+  * ours by SQL: the registry compiled to SQL (``sql_compiler.snapshot_sql``, the
+    engine-neutral form Spark and scoring's partitions run), as it was before;
   * handwritten: one DuckDB query written by hand for exactly these features;
   * pandas: the same features with vectorised pandas group-bys;
 and then 8 stacked snapshots (``build_snapshots``: one daily rollup, then every snapshot's
@@ -29,9 +32,10 @@ from pathlib import Path
 import pandas as pd
 
 from propensity.core.config import EngineConfig, ProjectConfig
-from propensity.features.build import event_queries, sql_compiler, stacked_build
+from propensity.features.build import daily_rollup, event_queries, sql_compiler, stacked_build
 from propensity.features.build.registry import build_registry
 from propensity.features.build.snapshots import snapshot_dates
+from propensity.features.sql import DUCKDB
 from propensity.pipeline.jobs import events as event_jobs
 
 try:  # run as a script (python benchmarks/features.py) or imported as benchmarks.features
@@ -144,7 +148,10 @@ def main() -> None:
     assert len(fs.features) == len(CORE), sorted(set(CORE) - {f.name for f in fs.features})
 
     def ours():
-        con.execute(f"CREATE OR REPLACE TEMP TABLE ours AS {sql_compiler.snapshot_sql(fs, as_of)}")
+        stacked_build.build_snapshots(con, fs, [as_of], table="ours")
+
+    def ours_sql():
+        con.execute(f"CREATE OR REPLACE TEMP TABLE ours_sql AS {sql_compiler.snapshot_sql(fs, as_of)}")
 
     def handwritten():
         con.execute(f"CREATE OR REPLACE TEMP TABLE handwritten AS {handwritten_sql(as_of, fs.lookback_days)}")
@@ -156,13 +163,27 @@ def main() -> None:
         nonlocal stacked_rows
         stacked_rows = stacked_build.build_snapshots(con, fs, dates, table="stacked")
 
+    # The stacked build's daily rollup alone, as it streams it from the profile-sorted events and
+    # as DuckDB's grouped aggregate (the stacked build before the stream) computes the same.
+    _, rollup_columns = stacked_build._rollup_columns(fs, packed=True)
+    day_sql = DUCKDB.day("timestamp")
+
+    def rollup_streamed():
+        assert daily_rollup.stream_rollup(con, "events", rollup_columns, day_sql) is not None
+
+    def rollup_grouped():
+        stacked_build._grouped_rollup(con, "events", rollup_columns, "")
+
     as_of_graph = AsOfVariants(con, loaded.graph, fs, as_of, dates)
     variants = (
         ("handwritten", handwritten),
         ("ours", ours),
+        ("ours sql", ours_sql),
         ("ours as of", as_of_graph.single),
         ("stacked", stacked),
         ("stacked as of", as_of_graph.stacked),
+        ("rollup streamed", rollup_streamed),
+        ("rollup grouped", rollup_grouped),
     )
 
     # Warm the file cache once so that neither side pays for the first read; then two rounds,
@@ -179,12 +200,14 @@ def main() -> None:
             if name == "ours" and not peak_ours:
                 peak_ours = rss_mib()  # before any stacked build
     ours_s, hand_s, eight_s = min(results["ours"]), min(results["handwritten"]), min(results["stacked"])
+    sql_s = min(results["ours sql"])
     peak_stacked = rss_mib()
 
     ours_df = con.execute("SELECT * FROM ours").df()
     hand_df = con.execute("SELECT * FROM handwritten").df()
     compare(ours_df, hand_df, "ours vs handwritten")
     del hand_df
+    compare(ours_df, con.execute("SELECT * FROM ours_sql").df(), "ours vs the registry's SQL")
     assert dates[-1] == as_of
     stacked_df = con.execute(f"SELECT * FROM stacked WHERE as_of = DATE '{as_of}'").df()
     compare(ours_df, stacked_df, "ours vs the same date in the stacked snapshots")
@@ -207,17 +230,18 @@ def main() -> None:
     spill_con.close()
 
     # What the engine holds goes before pandas loads 35M events of its own.
-    for table in ("ours", "handwritten", "stacked", "ours_as_of", "stacked_as_of"):
+    for table in ("ours", "ours_sql", "handwritten", "stacked", "ours_as_of", "stacked_as_of"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     pandas_df, pandas_s = timed(lambda: pandas_features(ingested / "events.parquet", as_of, fs.lookback_days))
     compare(ours_df, pandas_df, "ours vs pandas")
 
     rows = [
-        ("ours (registry -> SQL)", ours_s),
+        ("ours (rollup -> compiled pass)", ours_s),
+        ("ours (registry -> SQL)", sql_s),
         ("hand-written DuckDB query", hand_s),
         ("plain pandas", pandas_s),
         ("ours, 8 stacked snapshots", eight_s),
-        (f"ours, memory limit {args.memory_limit}", spill_s),
+        (f"ours by SQL, memory limit {args.memory_limit}", spill_s),
     ]
     print(
         f"\n{events:,} events, {len(ours_df):,} profiles at {as_of}, {len(CORE)} core features "
@@ -227,8 +251,14 @@ def main() -> None:
     for name, seconds in rows:
         print(f"{name:<34}{seconds:>9.2f}{seconds / hand_s:>15.2f}")
     print(
-        f"8 snapshots / 1 snapshot: {eight_s / ours_s:.2f}   pandas / ours: {pandas_s / ours_s:.2f}   "
+        f"8 snapshots / 1 snapshot: {eight_s / ours_s:.2f} (/ 1 by SQL: {eight_s / sql_s:.2f})   "
+        f"pandas / ours: {pandas_s / ours_s:.2f}   "
         f"peak RSS after our build: {peak_ours:,.0f} MiB, after the stacked build: {peak_stacked:,.0f} MiB"
+    )
+    streamed_s, grouped_s = min(results["rollup streamed"]), min(results["rollup grouped"])
+    print(
+        f"daily rollup streamed / grouped: {streamed_s / grouped_s:.2f} "
+        f"({streamed_s:.2f}s / {grouped_s:.2f}s)"
     )
     profiles = con.execute("SELECT count(*) FROM profiles").fetchone()[0]
     changed = as_of_graph.changed
@@ -247,9 +277,14 @@ def main() -> None:
                 "handwritten_seconds": round(hand_s, 3),
                 "pandas_seconds": round(pandas_s, 3),
                 "ratio": round(ours_s / hand_s, 3),
+                "sql_seconds": round(sql_s, 3),
+                "sql_ratio": round(sql_s / hand_s, 3),
                 "pandas_ratio": round(pandas_s / ours_s, 3),
                 "snapshots_seconds": round(eight_s, 3),
                 "snapshots_ratio": round(eight_s / ours_s, 3),
+                "snapshots_sql_ratio": round(eight_s / sql_s, 3),
+                "rollup_streamed_seconds": round(streamed_s, 3),
+                "rollup_grouped_seconds": round(grouped_s, 3),
                 "spill_seconds": round(spill_s, 3),
                 "memory_limit": args.memory_limit,
                 "peak_rss_mib": round(peak_ours),

@@ -367,7 +367,7 @@ def runner_module():
 
 
 def test_ingest_writes_what_duckdb_writes(ingested):
-    """The same format-4 directory: every table (columns, types, rows) and the manifest."""
+    """The same ingest directory: every table (columns, types, rows) and the manifest."""
     spark_dir, duck_dir, duck_summary = ingested
     manifest = json.loads((spark_dir / "manifest.json").read_text())
     expected_manifest = json.loads((duck_dir / "manifest.json").read_text())

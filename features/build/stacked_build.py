@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
@@ -21,6 +22,9 @@ from propensity.features.build.sql_compiler import day_number, features_sql_from
 from propensity.features.connection import fetch_arrow, relation_columns
 from propensity.features.identity.as_of import Reattributed
 from propensity.features.sql import DUCKDB
+
+if TYPE_CHECKING:  # numba loads only when a build runs (see features.build)
+    from propensity.features.build.daily_rollup import RollupColumns
 
 
 def _keyed(con: duckdb.DuckDBPyConnection, events: str) -> tuple[str, str]:
@@ -62,60 +66,86 @@ def _decimal_scale(sql_type: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _daily_rollup(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str, packed: bool) -> dict | None:
-    """The daily rollup sorted by (profile_key, day): per measure, a float64 array or a packed
-    field (:class:`features.build.kernels.Packed`).
+def _rollup_columns(fs: FeatureSet, packed: bool) -> tuple[list, RollupColumns]:
+    """The measures counted by the day's event count, and how the others travel."""
+    from propensity.features.build.daily_rollup import RollupColumns
 
-    None when ``packed`` and a day has too many events for the packed fields.
-    """
     measures = list(fs.measures.values())
     counted = [m for m in measures if m.condition == EVERY_EVENT]  # count(*) is their daily sum
     indicators = [m for m in measures if packed and m.condition not in (None, EVERY_EVENT)]
     packs = [indicators[i : i + PACK_FIELDS] for i in range(0, len(indicators), PACK_FIELDS)]
-    columns = ["count(*) AS event_rows"]
-    for i, pack in enumerate(packs):
-        terms = " + ".join(
-            f"CASE WHEN {m.condition} THEN {1 << (PACK_BITS * j)} ELSE 0 END" for j, m in enumerate(pack)
-        )
-        columns.append(f"CAST(sum({terms}) AS BIGINT) AS packed_{i}")
     plain = [m for m in measures if m not in counted and m not in indicators]
     scales = {m.name: _decimal_scale(m.sql_type) if m.rollup == "sum" else None for m in plain}
     # Decimals as whole units of their last digit (exact sums); others as DOUBLE, the float64
     # array the compiled pass reads.
-    columns += [
-        f"CAST({m.rollup}({m.sql}) * {10 ** scales[m.name]} AS BIGINT) AS m_{m.name}"
-        if scales[m.name] is not None
-        else f"CAST({m.rollup}({m.sql}) AS DOUBLE) AS m_{m.name}"
-        for m in plain
-    ]
+    scaled = [(m, scales[m.name]) for m in plain if scales[m.name] is not None]
+    floats = [m for m in plain if scales[m.name] is None]
+    return counted, RollupColumns(packs, scaled, floats, PACK_BITS)
+
+
+def _grouped_rollup(con: duckdb.DuckDBPyConnection, keyed: str, columns: RollupColumns, where: str):
+    """The rollup by DuckDB's grouped aggregate, in :func:`.daily_rollup.stream_rollup`'s shape."""
+    selects = ["count(*) AS event_rows"]
+    for i, pack in enumerate(columns.packs):
+        terms = " + ".join(
+            f"CASE WHEN {m.condition} THEN {1 << (PACK_BITS * j)} ELSE 0 END" for j, m in enumerate(pack)
+        )
+        selects.append(f"CAST(sum({terms}) AS BIGINT) AS packed_{i}")
+    selects += [f"CAST(sum({m.sql}) * {10**scale} AS BIGINT) AS m_{m.name}" for m, scale in columns.scaled]
+    selects += [f"CAST({m.rollup}({m.sql}) AS DOUBLE) AS m_{m.name}" for m in columns.floats]
     day = DUCKDB.day("timestamp")
-    # The only scan of the events.
     rollup = con.execute(f"""
-        SELECT profile_key, {day} AS day, {", ".join(columns)} FROM {keyed}
+        SELECT profile_key, {day} AS day, {", ".join(selects)} FROM {keyed} {where}
         GROUP BY profile_key, {day} ORDER BY profile_key, day
     """).fetchnumpy()
-    rows = np.asarray(rollup.pop("event_rows"), dtype=np.int64)
-    if packs and len(rows) and rows.max() >= 1 << PACK_BITS:
+    names = list(rollup)
+    ints = [
+        np.asarray(rollup[n], dtype=np.int64) for n in names[2 : 3 + len(columns.packs) + len(columns.scaled)]
+    ]
+    floats = [np.ma.filled(rollup[f"m_{m.name}"], np.nan).astype(np.float64) for m in columns.floats]
+    key, day = (np.asarray(rollup[n], dtype=np.int64) for n in ("profile_key", "day"))
+    return key, day, ints, floats
+
+
+def _daily_rollup(
+    con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str, packed: bool, span: tuple | None = None
+) -> dict | None:
+    """The daily rollup of the events in ``span`` (from, before), all when None, sorted by
+    (profile_key, day): per measure, a float64 array or a packed field
+    (:class:`features.build.kernels.Packed`).
+
+    Streamed without a grouped aggregate when the events arrive in (profile_key, time) order,
+    as an ingest writes them (:mod:`.daily_rollup`); grouped by DuckDB otherwise. None when
+    ``packed`` and a day has too many events for the packed fields.
+    """
+    from propensity.features.build.daily_rollup import stream_rollup
+
+    counted, columns = _rollup_columns(fs, packed)
+    where = (
+        f"WHERE timestamp >= TIMESTAMP '{span[0]} 00:00:00' AND timestamp < TIMESTAMP '{span[1]} 00:00:00'"
+        if span
+        else ""
+    )
+    rolled = stream_rollup(con, f"(SELECT * FROM {keyed} {where})", columns, DUCKDB.day("timestamp"))
+    if rolled is None:
+        rolled = _grouped_rollup(con, keyed, columns, where)
+    pk, days, ints, floats = rolled
+    rows = ints[0]
+    if columns.packs and len(rows) and rows.max() >= 1 << PACK_BITS:
         return None
     from propensity.features.build.kernels import Packed, Scaled
 
     # The compiled pass reads the packed fields in place: no unpacked copy of the counts.
     values: dict[str, np.ndarray | Packed | Scaled] = {m.name: Packed(rows, 0, 62) for m in counted}
-    for i, pack in enumerate(packs):
-        sums = np.asarray(rollup.pop(f"packed_{i}"), dtype=np.int64)
+    for i, pack in enumerate(columns.packs):
+        sums = ints[1 + i]
         for j, m in enumerate(pack):
             values[m.name] = Packed(sums, PACK_BITS * j, PACK_BITS)
-    for m in plain:
-        column = rollup.pop(f"m_{m.name}")
-        if scales[m.name] is not None:  # a sum of a decimal, never NULL
-            values[m.name] = Scaled(np.asarray(column, dtype=np.int64), scales[m.name])
-        else:  # masked where NULL (only maxima can be): NaN for the compiled pass
-            values[m.name] = np.ma.filled(column, np.nan)
-    return {
-        "profile_key": np.asarray(rollup["profile_key"], dtype=np.int64),
-        "day": np.asarray(rollup["day"], dtype=np.int64),
-        **{m.name: values[m.name] for m in measures},
-    }
+    for i, (m, scale) in enumerate(columns.scaled):  # a sum of a decimal, never NULL
+        values[m.name] = Scaled(ints[1 + len(columns.packs) + i], scale)
+    for i, m in enumerate(columns.floats):  # NaN where NULL (only maxima can be)
+        values[m.name] = floats[i]
+    return {"profile_key": pk, "day": days, **{m: values[m] for m in fs.measures}}
 
 
 # The compiled pass's output for one batch of snapshots stays under this many bytes: the
@@ -123,11 +153,12 @@ def _daily_rollup(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str, pa
 BATCH_BYTES = 2 << 30
 
 
-def _rollup_arrays(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str):
-    """The daily rollup's keys, days and measure columns (packed when the counts allow)."""
-    values = _daily_rollup(con, fs, keyed, packed=True)
+def _rollup_arrays(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str, span: tuple | None = None):
+    """The daily rollup's keys, days and measure columns (packed when the counts allow) of the
+    events in ``span`` (from, before), all when None."""
+    values = _daily_rollup(con, fs, keyed, True, span)
     if values is None:  # a profile with 2^15 events in a day: the packed counts would overflow
-        values = _daily_rollup(con, fs, keyed, packed=False)
+        values = _daily_rollup(con, fs, keyed, False, span)
     return values.pop("profile_key"), values.pop("day"), values
 
 
@@ -201,7 +232,12 @@ def build_snapshots(
     keyed, keys = _keyed(con, events)
     if reattributed is not None and keys != "profiles":
         raise ValueError("reattributed profiles need events and profiles keyed by the ingest's profile_key")
-    pk, days, values = _rollup_arrays(con, fs, keyed)
+    if not as_ofs:
+        raise ValueError("build_snapshots needs at least one as-of date")
+    # Events on or after the last as-of date, or before the first one's lookback, are in no
+    # snapshot.
+    span = (min(as_ofs) - dt.timedelta(days=fs.lookback_days), max(as_ofs))
+    pk, days, values = _rollup_arrays(con, fs, keyed, span)
     # Compiled on first use; numba loads only here.
     from propensity.features.build.kernels import WindowPlan, window_kernel
 

@@ -10,6 +10,7 @@ partition reads alone. The percentile is ``ceil(100 * cume_dist)`` over the whol
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -201,16 +202,34 @@ def partition_relations(
 ) -> list[str]:
     """The events each partition builds its features from: all of them for one partition; each
     partition's own (:func:`partition_events`) when they are enough, and the build narrow
-    enough, to repay the split; else the events of the profiles whose ``hash(profile_id)`` falls
-    in it, read from all events."""
+    enough, to repay the split; else the events of its range of profiles (:func:`profile_ranges`:
+    of profile-sorted events, only its row groups are read)."""
     if partitions >= SPLIT_FROM_PARTITIONS and len(fs.measures) <= SPLIT_MAX_MEASURES:
         events_of = partition_events(con, fs, as_of, events, partitions, directory)
         return [e for e in map(events_of, range(partitions)) if e is not None]
     if partitions == 1:
         return [events]
-    return [
-        f"(SELECT * FROM {events} WHERE hash(profile_id) % {partitions} = {p})" for p in range(partitions)
-    ]
+    return [f"(SELECT * FROM {events} WHERE {where})" for where in profile_ranges(con, partitions)]
+
+
+def profile_ranges(con: duckdb.DuckDBPyConnection, partitions: int, profiles: str = "profiles") -> list[str]:
+    """Conditions that split ``profile_id`` into ``partitions`` ranges of about as many of
+    ``profiles`` each (every id, of those or not, in exactly one). An ingest writes the events
+    sorted by profile (``features.ingest.manifest``), so the Parquet reader skips the row
+    groups outside a range by their min/max: each partition reads its own events, not all."""
+    fractions = ", ".join(str(i / partitions) for i in range(1, partitions))
+    cuts = (
+        con.execute(f"SELECT quantile_disc(profile_id, [{fractions}]) FROM {profiles}").fetchall()[0][0] or []
+    )
+    cuts = sorted(set(cuts))
+    bounds = [None, *cuts, None]
+    conditions = []
+    for low, high in itertools.pairwise(bounds):
+        parts = ([f"profile_id >= {sql_string(low)}"] if low is not None else []) + (
+            [f"profile_id < {sql_string(high)}"] if high is not None else []
+        )
+        conditions.append(" AND ".join(parts) or "TRUE")
+    return conditions
 
 
 def _rows_sql(

@@ -15,8 +15,10 @@ from propensity.core.errors import UserError
 OnBadRows = Literal["fail", "quarantine"]
 # Bumped whenever the ingest output changes shape (2: events carry new_identities;
 # 3: events and profiles carry profile_key; 4: the identity graph keeps when each identity
-# and link was first seen, and events their anchor identity, for profiles as of a date).
-INGEST_FORMAT = 4
+# and link was first seen, and events their anchor identity, for profiles as of a date;
+# 5: events sorted by profile_key, then time, so that a range of profile keys is a run of
+# row groups, which a profile partition reads alone through their min/max statistics).
+INGEST_FORMAT = 5
 # The identity graph's tables, written by ingest and read back as views of the same name.
 GRAPH_TABLES = ("identity_map", "identity_links", "identity_unsettled")
 # Every table an ingest directory holds (``profile_attributes`` too, when there were some).
@@ -38,7 +40,7 @@ class IngestFile:
 def ingest_files(with_attributes: bool) -> list[IngestFile]:
     """The tables ``ingest`` writes, in order (``profile_attributes`` when there were some)."""
     files = [
-        IngestFile("events", ("timestamp", "event_id"), drop=SOURCE_COLUMNS),
+        IngestFile("events", ("profile_key", "timestamp", "event_id"), drop=SOURCE_COLUMNS),
         IngestFile(
             "identity_map",
             ("profile_id", "namespace", "value"),
