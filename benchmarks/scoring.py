@@ -15,8 +15,9 @@ are scored, each in a fresh process so that its peak RSS is the scoring job's al
     the scoring-date features (so that the trees fill their leaves as on real data).
 
 Per model, the end-to-end job (``score_model``: load, point-in-time features, prediction, top-5
-factors, Parquet partition, MLflow run) is timed twice, with DuckDB's default memory limit and
-memory-bounded (DuckDB limited to ``BOUNDED_MEMORY``), and against it, in the same run, the
+factors, Parquet partition, MLflow run) is timed three times: with DuckDB's default memory limit and
+memory-bounded (DuckDB limited to ``BOUNDED_MEMORY``), once more with the factors by the
+Linear-TreeSHAP pass instead of the leaf tables, and against it, in the same run, the
 feature build alone (the same SQL for the features the model's trees split on, which is what the
 job builds, into a table in one query) as the baseline. Then the factors step alone is timed
 against LightGBM's ``pred_contrib`` on the same model and rows (``benchmarks/factors.py``), and
@@ -230,11 +231,17 @@ def phase_breakdown(seconds: dict[str, float]) -> dict[str, float]:
     }
 
 
-def score(name: str, version: str, ingested: Path, work: Path, bounded: bool = False) -> dict:
+def score(
+    name: str, version: str, ingested: Path, work: Path, bounded: bool = False, linear: bool = False
+) -> dict:
     """Child process: the scoring job end to end, its phases and this process's peak RSS and
-    CPU seconds."""
+    CPU seconds; ``linear``: factors by the Linear-TreeSHAP pass, no leaf tables (the baseline
+    of ``models.treeshap_tables``)."""
+    from propensity.models import treeshap_tables
     from propensity.pipeline.jobs.score import score_model
 
+    if linear:
+        treeshap_tables.TABLE_MAX_VALUES = 0
     phases = timed_phases()
     start, cpu = time.perf_counter(), time.process_time()
     run = score_model(name, ingested, project(work, bounded), out=work / "scores", version=version)
@@ -323,6 +330,8 @@ def main() -> None:
         print(
             f"  bounded {bounded['seconds']:.1f} s, peak RSS {bounded['peak_rss_mib']:,.0f} MiB", flush=True
         )
+        linear = in_child(score, name, version, ingested, work, False, True)
+        print(f"  linear-pass factors {linear['seconds']:.1f} s", flush=True)
         baseline = in_child(features_only, name, version, ingested, work)
         factors = in_child(factors_vs_pred_contrib, name, version, ingested, work)
         results[key] = {
@@ -330,6 +339,8 @@ def main() -> None:
             **run,
             "bounded_seconds": bounded["seconds"],
             "bounded_peak_rss_mib": bounded["peak_rss_mib"],
+            "linear_seconds": linear["seconds"],
+            "linear_phases": linear["phases"],
             "features_only_seconds": baseline["seconds"],
             "ratio_to_features_only": run["seconds"] / baseline["seconds"],
         }
@@ -352,6 +363,8 @@ def main() -> None:
     for key, r in results.items():
         shares = ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in r["phases"].items())
         print(f"{key} phases (wall s; CPU {r['cpu_seconds']:.0f} s in all): {shares}")
+        shares = ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in r["linear_phases"].items())
+        print(f"{key} with the Linear-TreeSHAP pass, no leaf tables: {r['linear_seconds']:.1f} s: {shares}")
     print(
         f"bounded: DuckDB memory_limit {BOUNDED_MEMORY}; the other runs: DuckDB's default limit (60% of "
         "RAM); both build the features in the job's automatic profile partitions"
@@ -373,6 +386,7 @@ def main() -> None:
                 "peak_rss_mib": round(top["peak_rss_mib"]),
                 "phases": {phase: round(seconds, 2) for phase, seconds in top["phases"].items()},
                 "bounded_seconds": round(top["bounded_seconds"], 2),
+                "linear_pass_seconds": round(top["linear_seconds"], 2),
                 "bounded_peak_rss_mib": round(top["bounded_peak_rss_mib"]),
                 "bounded_memory_limit": BOUNDED_MEMORY,
                 "training_seconds": round(trained["seconds"], 1),
