@@ -381,6 +381,7 @@ def main() -> None:
                 "pred_contrib_rows_per_s": round(top["pred_contrib_rows_per_s"]),
                 "factors_ratio": round(top["factors_ratio"], 2),
                 "factors_ratio_cpu": round(top["factors_ratio_cpu"], 2),
+                "factors_linear_ratio": round(top["factors_linear_ratio"], 2),
                 "max_abs_diff": top["max_abs_diff"],
                 "top_k_agrees": top["top_k_agrees"],
                 "peak_rss_mib": round(top["peak_rss_mib"]),
