@@ -15,8 +15,9 @@ are scored, each in a fresh process so that its peak RSS is the scoring job's al
     the scoring-date features (so that the trees fill their leaves as on real data).
 
 Per model, the end-to-end job (``score_model``: load, point-in-time features, prediction, top-5
-factors, Parquet partition, MLflow run) is timed twice, with DuckDB's default memory limit and
-memory-bounded (DuckDB limited to ``BOUNDED_MEMORY``), and against it, in the same run, the
+factors, Parquet partition, MLflow run) is timed three times: with DuckDB's default memory limit and
+memory-bounded (DuckDB limited to ``BOUNDED_MEMORY``), once more with the factors by the
+Linear-TreeSHAP pass instead of the leaf tables, and against it, in the same run, the
 feature build alone (the same SQL for the features the model's trees split on, which is what the
 job builds, into a table in one query) as the baseline. Then the factors step alone is timed
 against LightGBM's ``pred_contrib`` on the same model and rows (``benchmarks/factors.py``), and
@@ -169,13 +170,84 @@ def register_fixed(ingested: Path, work: Path, version: str) -> dict:
     return {"version": fixed_version}
 
 
-def score(name: str, version: str, ingested: Path, work: Path, bounded: bool = False) -> dict:
-    """Child process: the scoring job end to end, and this process's peak RSS."""
+# The job's phases as the benchmark times them (wall seconds, summed over batches): each is a
+# function the job calls by its module's name for it, wrapped in a timer in the child process.
+PHASES = (
+    ("load", "propensity.pipeline.jobs.score", "prepare"),
+    ("split events", "propensity.features.duckdb.scoring", "partition_relations"),
+    ("engine", "propensity.features.duckdb.scoring", "score"),
+    ("score batches", "propensity.pipeline.jobs.score", "score_batch"),
+    ("to float64", "propensity.models.estimator", "arrow_lightgbm_array"),
+    ("predict+factors", "propensity.models.treeshap", "TreeShapExplainer.part_scores_and_top_k"),
+    ("factor lists", "propensity.models.scoring", "factor_lists"),
+    ("write batches", "pyarrow.parquet", "ParquetWriter.write_table"),
+    ("rank+write", "propensity.features.duckdb.scoring", "write_ranked"),
+    ("mlflow", "propensity.pipeline.jobs.score", "log_scoring_run"),
+)
+
+
+def timed_phases() -> dict[str, float]:
+    """Wrap each of PHASES in a timer (in this process only); the dict their seconds add up in."""
+    import importlib
+
+    seconds = dict.fromkeys((phase for phase, _, _ in PHASES), 0.0)
+
+    def timer(phase: str, original):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                seconds[phase] += time.perf_counter() - start
+
+        return timed
+
+    for phase, module, attribute in PHASES:
+        owner = importlib.import_module(module)
+        *path, name = attribute.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        setattr(owner, name, timer(phase, getattr(owner, name)))
+    return seconds
+
+
+def phase_breakdown(seconds: dict[str, float]) -> dict[str, float]:
+    """The job's wall time by phase: ``features`` is the scoring loop's wait for the feature
+    batches (the engine's time less what its own thread spent scoring and writing), the prefetch
+    thread's build that the scoring did not hide."""
+    own = ("split events", "score batches", "write batches", "rank+write")
+    waited = seconds["engine"] - sum(seconds[p] for p in own)
+    scoring_rest = seconds["score batches"] - seconds["to float64"] - seconds["predict+factors"]
+    return {
+        "load": seconds["load"],
+        "split events": seconds["split events"],
+        "features (waited)": waited,
+        "to float64": seconds["to float64"],
+        "predict+factors": seconds["predict+factors"],
+        "factor lists+rest": scoring_rest,
+        "write batches": seconds["write batches"],
+        "rank+write": seconds["rank+write"],
+        "mlflow": seconds["mlflow"],
+    }
+
+
+def score(
+    name: str, version: str, ingested: Path, work: Path, bounded: bool = False, linear: bool = False
+) -> dict:
+    """Child process: the scoring job end to end, its phases and this process's peak RSS and
+    CPU seconds; ``linear``: factors by the Linear-TreeSHAP pass, no leaf tables (the baseline
+    of ``models.treeshap_tables``)."""
+    from propensity.models import treeshap_tables
     from propensity.pipeline.jobs.score import score_model
 
-    start = time.perf_counter()
+    if linear:
+        treeshap_tables.TABLE_MAX_VALUES = 0
+    phases = timed_phases()
+    start, cpu = time.perf_counter(), time.process_time()
     run = score_model(name, ingested, project(work, bounded), out=work / "scores", version=version)
     return {
+        "phases": phase_breakdown(phases),
+        "cpu_seconds": time.process_time() - cpu,
         "seconds": time.perf_counter() - start,
         "profiles": run.profiles,
         "scored": run.scored,
@@ -258,6 +330,8 @@ def main() -> None:
         print(
             f"  bounded {bounded['seconds']:.1f} s, peak RSS {bounded['peak_rss_mib']:,.0f} MiB", flush=True
         )
+        linear = in_child(score, name, version, ingested, work, False, True)
+        print(f"  linear-pass factors {linear['seconds']:.1f} s", flush=True)
         baseline = in_child(features_only, name, version, ingested, work)
         factors = in_child(factors_vs_pred_contrib, name, version, ingested, work)
         results[key] = {
@@ -265,6 +339,8 @@ def main() -> None:
             **run,
             "bounded_seconds": bounded["seconds"],
             "bounded_peak_rss_mib": bounded["peak_rss_mib"],
+            "linear_seconds": linear["seconds"],
+            "linear_phases": linear["phases"],
             "features_only_seconds": baseline["seconds"],
             "ratio_to_features_only": run["seconds"] / baseline["seconds"],
         }
@@ -284,6 +360,11 @@ def main() -> None:
             f"{r['factors_ratio']:>7.1f}{r['max_abs_diff']:>10.1e}{r['peak_rss_mib']:>9,.0f}"
             f"{r['bounded_seconds']:>10.1f}{r['bounded_peak_rss_mib']:>9,.0f}"
         )
+    for key, r in results.items():
+        shares = ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in r["phases"].items())
+        print(f"{key} phases (wall s; CPU {r['cpu_seconds']:.0f} s in all): {shares}")
+        shares = ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in r["linear_phases"].items())
+        print(f"{key} with the Linear-TreeSHAP pass, no leaf tables: {r['linear_seconds']:.1f} s: {shares}")
     print(
         f"bounded: DuckDB memory_limit {BOUNDED_MEMORY}; the other runs: DuckDB's default limit (60% of "
         "RAM); both build the features in the job's automatic profile partitions"
@@ -300,10 +381,13 @@ def main() -> None:
                 "pred_contrib_rows_per_s": round(top["pred_contrib_rows_per_s"]),
                 "factors_ratio": round(top["factors_ratio"], 2),
                 "factors_ratio_cpu": round(top["factors_ratio_cpu"], 2),
+                "factors_linear_ratio": round(top["factors_linear_ratio"], 2),
                 "max_abs_diff": top["max_abs_diff"],
                 "top_k_agrees": top["top_k_agrees"],
                 "peak_rss_mib": round(top["peak_rss_mib"]),
+                "phases": {phase: round(seconds, 2) for phase, seconds in top["phases"].items()},
                 "bounded_seconds": round(top["bounded_seconds"], 2),
+                "linear_pass_seconds": round(top["linear_seconds"], 2),
                 "bounded_peak_rss_mib": round(top["bounded_peak_rss_mib"]),
                 "bounded_memory_limit": BOUNDED_MEMORY,
                 "training_seconds": round(trained["seconds"], 1),

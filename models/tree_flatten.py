@@ -12,6 +12,9 @@ import numpy as np
 
 MAX_PATH_FEATURES = 62  # which path features a row satisfies is a 64-bit mask
 MISSING_TYPES = ("None", "Zero", "NaN")
+# LightGBM's kZeroThreshold (a float literal widened to double): dense rows drop values this close
+# to zero before predicting, and missing_type Zero treats them as missing.
+ZERO_THRESHOLD = float(np.float32(1e-35))
 
 
 class FlatTrees(NamedTuple):
@@ -93,7 +96,7 @@ def _split_fields(node: dict, bits: list[int]) -> dict:
             "cat_start": 0, "cat_words": 0}  # fmt: skip
 
 
-def _count(node: dict) -> float:
+def sample_count(node: dict) -> float:
     return float(node["internal_count"] if "split_index" in node else node["leaf_count"])
 
 
@@ -143,8 +146,10 @@ class _Builder:
         if internal:
             self._walk(root, [], [], [], slot, s0)
             # LightGBM's Tree::ExpectedValue: leaves weighted by their share of the root's count.
-            total = _count(root)
-            self.expected_value += sum((_count(leaf) / total) * float(leaf["leaf_value"]) for leaf in leaves)
+            total = sample_count(root)
+            self.expected_value += sum(
+                (sample_count(leaf) / total) * float(leaf["leaf_value"]) for leaf in leaves
+            )
         else:  # a stump: its value is all bias, no feature shares
             self.expected_value += float(root["leaf_value"])
         for row in self.nodes_of_tree:
@@ -162,15 +167,15 @@ class _Builder:
         position = features.index(feature)
         row = _split_fields(node, self.bits)
         row.update(feature=feature, bitpos=position)
-        count = _count(node)
+        count = sample_count(node)
         for side in ("left", "right"):
             child = node[f"{side}_child"]
             child_slot = slot[id(child)]
             row[side] = child_slot
-            if _count(child) <= 0 or count <= 0:
+            if sample_count(child) <= 0 or count <= 0:
                 raise ValueError("a split with an empty side (count 0): its SHAP values are undefined")
             child_zeros = list(zeros)
-            child_zeros[position] *= _count(child) / count  # LightGBM's zero fraction of this split
+            child_zeros[position] *= sample_count(child) / count  # LightGBM's zero fraction of this split
             edge = s0 + child_slot
             self.edge_zero[edge] = child_zeros[position]
             self.previous[edge] = last[position]

@@ -29,11 +29,10 @@ import lightgbm as lgb
 import numba
 import numpy as np
 
-from propensity.models.tree_flatten import FlatTrees, flatten_trees
+from propensity.models import treeshap_tables
+from propensity.models.tree_flatten import ZERO_THRESHOLD, FlatTrees, flatten_trees
+from propensity.models.treeshap_tables import NO_TABLES, LeafTables, explain_group_tables, leaf_tables
 
-# LightGBM's kZeroThreshold (a float literal widened to double): dense rows drop values this close
-# to zero before predicting, and missing_type Zero treats them as missing.
-ZERO_THRESHOLD = float(np.float32(1e-35))
 BLOCK_ROWS = 4096  # rows a thread converts to float64 and explains at a time
 # Rows a kernel explains together per tree pass (measured on a 300-tree depth-6 model: 1.2-1.8x
 # the row-at-a-time speed from 16 to 64 rows, slower again at 128), and the most path-product
@@ -230,27 +229,37 @@ def _load_group(X, start, XT, phi, raw):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _contributions_rows(X, out, m, slots, rows):  # pragma: no cover - compiled
+def _explain(XT, n, phi, raw, m, tb, s):  # pragma: no cover - compiled
+    """One group by the leaf tables when there are some (:mod:`.treeshap_tables`), else by the
+    Linear-TreeSHAP pass."""
+    if len(tb.depth):
+        explain_group_tables(XT, n, phi, raw, m, tb, s[0])
+    else:
+        _explain_group(XT, n, phi, raw, m, s)
+
+
+@numba.njit(cache=True, nogil=True)
+def _contributions_rows(X, out, m, tb, slots, rows):  # pragma: no cover - compiled
     n_features = X.shape[1]
     XT, phi, raw = np.empty((n_features, rows)), np.empty((n_features, rows)), np.empty((m.parts, rows))
-    s = _scratch(slots, len(m.points), rows)
+    s = _scratch(slots, 0 if len(tb.depth) else len(m.points), rows)
     for start in range(0, X.shape[0], rows):
         n = _load_group(X, start, XT, phi, raw)
-        _explain_group(XT, n, phi, raw, m, s)
+        _explain(XT, n, phi, raw, m, tb, s)
         for r in range(n):
             out[start + r, :n_features] = phi[:, r]
             out[start + r, n_features] = m.expected_value
 
 
 @numba.njit(cache=True, nogil=True)
-def _top_k_rows(X, k, out_raw, out_index, out_impact, m, slots, rows):  # pragma: no cover - compiled
+def _top_k_rows(X, k, out_raw, out_index, out_impact, m, tb, slots, rows):  # pragma: no cover - compiled
     n_features = X.shape[1]
     XT, phi, raw = np.empty((n_features, rows)), np.empty((n_features, rows)), np.empty((m.parts, rows))
-    s = _scratch(slots, len(m.points), rows)
+    s = _scratch(slots, 0 if len(tb.depth) else len(m.points), rows)
     strength = np.empty(k)
     for start in range(0, X.shape[0], rows):
         n = _load_group(X, start, XT, phi, raw)
-        _explain_group(XT, n, phi, raw, m, s)
+        _explain(XT, n, phi, raw, m, tb, s)
         for r in range(n):
             i = start + r
             for p in range(m.parts):
@@ -284,11 +293,16 @@ class TreeShapExplainer:
     feature_names: list[str]
     trees: FlatTrees
     slots: int  # most slots (internal nodes + leaves) in one tree
+    tables: LeafTables = NO_TABLES  # the leaves' SHAP tables, when the trees are shallow enough
 
     @property
     def group_rows(self) -> int:
-        """Rows explained together per tree pass: up to GROUP_ROWS, fewer for trees so big that the
-        group's path products (slots x points x rows doubles) would leave the core's cache."""
+        """Rows explained together per tree pass: with leaf tables up to TABLE_GROUP_ROWS; else up to
+        GROUP_ROWS, fewer for trees so big that the group's path products (slots x points x rows
+        doubles) would leave the core's cache."""
+        if len(self.tables.depth):  # the group's patterns (slots x rows words) within 512 KiB
+            fit = treeshap_tables.TABLE_GROUP_BYTES // (self.slots * 8) // 8 * 8
+            return int(min(treeshap_tables.TABLE_GROUP_ROWS, max(8, fit)))
         per_row = self.slots * len(self.trees.points)
         return int(min(GROUP_ROWS, max(8, GROUP_VALUES // per_row // 8 * 8)))
 
@@ -298,14 +312,21 @@ class TreeShapExplainer:
         return self.trees.expected_value
 
     @classmethod
-    def from_booster(cls, booster: lgb.Booster, num_iteration: int | None = None) -> TreeShapExplainer:
+    def from_booster(
+        cls, booster: lgb.Booster, num_iteration: int | None = None, tables: bool = True
+    ) -> TreeShapExplainer:
         """Parse ``booster.dump_model(num_iteration)``: ``num_iteration`` None means what
-        ``booster.predict`` uses, the best iteration if the booster has one, else all trees."""
-        return cls.from_dump(booster.dump_model(num_iteration=num_iteration))
+        ``booster.predict`` uses, the best iteration if the booster has one, else all trees;
+        ``tables`` False: the Linear-TreeSHAP pass even where leaf tables would fit."""
+        return cls.from_dump(booster.dump_model(num_iteration=num_iteration), tables=tables)
 
     @classmethod
     def from_dump(
-        cls, dump: dict, parts: list[int] | None = None, explained: list[bool] | None = None
+        cls,
+        dump: dict,
+        parts: list[int] | None = None,
+        explained: list[bool] | None = None,
+        tables: bool = True,
     ) -> TreeShapExplainer:
         """Flatten a ``booster.dump_model()`` dict into arrays with the per-edge factors. Raises
         ValueError for models it does not cover (several outputs per iteration, linear trees, an
@@ -319,9 +340,11 @@ class TreeShapExplainer:
             raise ValueError("TreeShapExplainer covers one output per iteration (binary, regression)")
         if any(tree.get("is_linear") for tree in dump["tree_info"]):
             raise ValueError("TreeShapExplainer does not cover linear trees")
-        trees = flatten_trees([tree["tree_structure"] for tree in dump["tree_info"]], parts, explained)
+        roots = [tree["tree_structure"] for tree in dump["tree_info"]]
+        trees = flatten_trees(roots, parts, explained)
         slots = int(2 * trees.node_count.max(initial=0) + 1)
-        return cls(int(dump["max_feature_idx"]) + 1, list(dump["feature_names"]), trees, slots)
+        leaf = leaf_tables(roots, trees) if tables else NO_TABLES
+        return cls(int(dump["max_feature_idx"]) + 1, list(dump["feature_names"]), trees, slots, leaf)
 
     def contributions(self, X: np.ndarray) -> np.ndarray:
         """SHAP values (n, n_features + 1) of the raw score for a 2-D array of rows (float64 as
@@ -331,7 +354,7 @@ class TreeShapExplainer:
         self._each_block(
             X,
             lambda rows, start, stop: _contributions_rows(
-                rows, out[start:stop], self.trees, self.slots, self.group_rows
+                rows, out[start:stop], self.trees, self.tables, self.slots, self.group_rows
             ),
         )
         return out
@@ -371,6 +394,7 @@ class TreeShapExplainer:
                 index[start:stop],
                 impact[start:stop],
                 self.trees,
+                self.tables,
                 self.slots,
                 self.group_rows,
             )

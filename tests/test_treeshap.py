@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from propensity.models import treeshap
+from propensity.models import treeshap, treeshap_tables
 from propensity.models.calibration import Calibrator
 from propensity.models.estimator import PropensityModel, arrow_lightgbm_array, lightgbm_array
 from propensity.models.explain import top_factors
@@ -80,14 +80,16 @@ def _with_specials(X: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _assert_equal_to_pred_contrib(booster: lgb.Booster, X: np.ndarray, **predict) -> np.ndarray:
+    """Both kernels (leaf tables where they fit, and the Linear-TreeSHAP pass) against LightGBM."""
     expected = booster.predict(X, pred_contrib=True, **predict)
-    explainer = TreeShapExplainer.from_booster(booster, **predict)
-    ours = explainer.contributions(X)
-    assert ours.shape == expected.shape
-    assert np.abs(ours - expected).max() <= TOLERANCE
-    # The raw score from the same pass is LightGBM's prediction to the last bit.
-    raw, _, _ = explainer.raw_score_and_top_k(X, 1)
-    assert np.array_equal(raw, booster.predict(X, raw_score=True, **predict))
+    for tables in (True, False):
+        explainer = TreeShapExplainer.from_booster(booster, **predict, tables=tables)
+        ours = explainer.contributions(X)
+        assert ours.shape == expected.shape
+        assert np.abs(ours - expected).max() <= TOLERANCE
+        # The raw score from the same pass is LightGBM's prediction to the last bit.
+        raw, _, _ = explainer.raw_score_and_top_k(X, 1)
+        assert np.array_equal(raw, booster.predict(X, raw_score=True, **predict))
     return ours
 
 
@@ -263,11 +265,14 @@ def test_top_k_are_the_k_largest_contributions_strongest_first():
         assert all(len(set(row)) == len(row) for row in index.tolist())
 
 
-def test_blocks_and_row_groups_do_not_change_a_row_s_values(monkeypatch):
+@pytest.mark.parametrize("tables", [True, False], ids=["leaf-tables", "linear-pass"])
+def test_blocks_and_row_groups_do_not_change_a_row_s_values(monkeypatch, tables):
     X, y = _data(800, 5, seed=17)
-    explainer = TreeShapExplainer.from_booster(_train(X, y, num_leaves=7))
+    explainer = TreeShapExplainer.from_booster(_train(X, y, num_leaves=7), tables=tables)
     whole, (index, impact) = explainer.contributions(X), explainer.top_k(X, 2)
-    assert explainer.group_rows == treeshap.GROUP_ROWS  # small trees: full groups
+    assert (len(explainer.tables.depth) > 0) == tables
+    # Small trees: full groups.
+    assert explainer.group_rows == (treeshap_tables.TABLE_GROUP_ROWS if tables else treeshap.GROUP_ROWS)
     # A row explained alone (a group of one) gets the values it gets beside 63 others.
     alone = np.vstack([explainer.contributions(X[i : i + 1]) for i in range(70)])
     assert np.array_equal(alone, whole[:70])
@@ -279,6 +284,7 @@ def test_blocks_and_row_groups_do_not_change_a_row_s_values(monkeypatch):
     )
     monkeypatch.setattr(treeshap, "BLOCK_ROWS", 37)  # many blocks, on several threads
     monkeypatch.setattr(treeshap, "GROUP_ROWS", 8)  # several groups a block, the last one partial
+    monkeypatch.setattr(treeshap_tables, "TABLE_GROUP_ROWS", 8)
     assert explainer.group_rows == 8
     assert np.array_equal(explainer.contributions(X), whole)
     chunked = explainer.top_k(X, 2)
@@ -288,9 +294,31 @@ def test_blocks_and_row_groups_do_not_change_a_row_s_values(monkeypatch):
 def test_big_trees_explain_smaller_row_groups():
     X, y = _data(3000, 6, seed=21)
     booster = _train(X, y, rounds=3, num_leaves=400, min_data_in_leaf=2)
-    explainer = TreeShapExplainer.from_booster(booster)
+    explainer = TreeShapExplainer.from_booster(booster, tables=False)
     assert 8 <= explainer.group_rows < treeshap.GROUP_ROWS
+    tabled = TreeShapExplainer.from_booster(booster)  # the patterns of a group stay in cache
+    assert 8 <= tabled.group_rows < treeshap_tables.TABLE_GROUP_ROWS
     _assert_equal_to_pred_contrib(booster, _with_specials(X[:300], seed=22))
+
+
+def test_leaf_tables_where_they_fit_and_the_linear_pass_elsewhere(monkeypatch):
+    X, y = _data(1500, 6, seed=23)
+    shallow = _train(X, y, rounds=20, num_leaves=15, max_depth=4)
+    # Long paths over 6 features, most tested again and again: tables of 5- or 6-feature paths.
+    deep = _train(X, y, rounds=3, num_leaves=63, max_depth=-1, min_data_in_leaf=2)
+    depth = TreeShapExplainer.from_booster(shallow).tables.depth
+    assert len(depth) and 1 <= depth.max() <= 4
+    assert TreeShapExplainer.from_booster(deep).tables.depth.max() >= 5
+    # A path testing more than TABLE_MAX_PATH features: no tables, the Linear-TreeSHAP pass.
+    monkeypatch.setattr(treeshap_tables, "TABLE_MAX_PATH", 2)
+    assert len(TreeShapExplainer.from_booster(shallow).tables.depth) == 0
+    monkeypatch.undo()
+    monkeypatch.setattr(treeshap_tables, "TABLE_MAX_VALUES", 100)  # tables over the budget
+    explainer = TreeShapExplainer.from_booster(shallow)
+    assert len(explainer.tables.depth) == 0 and explainer.group_rows <= treeshap.GROUP_ROWS
+    test, _ = _data(400, 6, seed=24)
+    _assert_equal_to_pred_contrib(shallow, _with_specials(test, seed=25))
+    _assert_equal_to_pred_contrib(deep, _with_specials(test, seed=26))
 
 
 def test_unsupported_models_and_inputs_are_refused():
