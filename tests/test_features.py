@@ -500,7 +500,7 @@ def test_registry_order_is_pinned():
     )
     season = "\n".join(f"{f.name}|{f.label}|{f.sql}" for f in FS.features if f.family == "season")
     assert hashlib.sha256(season.encode()).hexdigest() == (
-        "f8412a6fc06edaba199b37d2327e7a6f62205d5ffbce28f5c0ef15ff62ffb4cf"
+        "dfa0491c975ee34d048acba1f3fb27c72315bcb16265c26f99ab76a65aa2623d"
     )
     assert list(FS.measures)[:3] == ["events", "page_view", "product_view"]
     assert list(FS.measures)[-3:] == ["view_running", "purchase_running", "revenue_running"]

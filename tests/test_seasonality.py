@@ -25,16 +25,18 @@ def _values(dates: list[dt.date]) -> dict[str, np.ndarray]:
     return {name: np.asarray(values, dtype=float) for name, values in rows.items()}
 
 
-def _days_to(date: dt.date, month: int, day: int) -> int:
+def _days_from(date: dt.date, month: int, day: int) -> int:
+    """Days between ``date`` and the nearest occurrence of the peak, last year's to next year's."""
     if (month, day) == (2, 29):
         month, day = 3, 1
-    peak = dt.date(date.year, month, day)
-    return (peak - date).days if peak >= date else (dt.date(date.year + 1, month, day) - date).days
+    return min(
+        abs((dt.date(year, month, day) - date).days) for year in (date.year - 1, date.year, date.year + 1)
+    )
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.dates(dt.date(1990, 1, 1), dt.date(2060, 12, 31)), min_size=1, max_size=20))
-def test_the_time_of_year_and_the_days_to_each_peak_are_within_a_day_of_the_calendar(dates):
+def test_the_time_of_year_and_the_days_from_each_peak_are_within_a_day_of_the_calendar(dates):
     values = _values(dates)
     for i, date in enumerate(dates):
         day_of_year = (date - dt.date(date.year, 1, 1)).days
@@ -43,10 +45,11 @@ def test_the_time_of_year_and_the_days_to_each_peak_are_within_a_day_of_the_cale
         # On a circle: 364.9 and 0.1 are 0.2 days apart.
         assert abs((position - day_of_year + 182.6) % 365.2425 - 182.6) <= 1.5, (date, position)
         for name, month_day in PEAKS.items():
-            truth = _days_to(date, *(int(p) for p in month_day.split("-")))
-            got = values[f"days_to_{name}"][i]
-            assert 0 <= got < 365.25
-            assert abs((got - truth + 182.6) % 365.2425 - 182.6) <= 1.5, (date, name, got, truth)
+            truth = _days_from(date, *(int(p) for p in month_day.split("-")))
+            got = values[f"days_from_{name}"][i]
+            assert 0 <= got <= 182.7
+            # The days just after a peak are near it, not a year from the next one.
+            assert abs(got - truth) <= 1.5, (date, name, got, truth)
 
 
 def test_season_features_are_in_the_registry_without_a_direction_and_peaks_are_checked():
@@ -55,11 +58,21 @@ def test_season_features_are_in_the_registry_without_a_direction_and_peaks_are_c
     assert [f.name for f in season] == [
         "day_of_year_sin",
         "day_of_year_cos",
-        "days_to_black_friday",
-        "days_to_christmas",
+        "days_from_black_friday",
+        "days_from_christmas",
     ]
     assert all(f.monotone == 0 and f.aggregates == () for f in season)
     with pytest.raises(ValueError, match="not a MM-DD date"):
         FeatureConfig(season_peaks={"sale": "13-01"})
     with pytest.raises(ValueError, match="lower case"):
         FeatureConfig(season_peaks={"Big Sale": "07-01"})
+
+
+def test_the_days_after_a_peak_are_near_it_on_the_side_the_newest_snapshots_do_not_cover():
+    # The demo's test snapshot (5 days after Black Friday) beside its newest training snapshot
+    # (16 days before it): days *to the next* peak read 360 and 16, the summer's value and the
+    # newest snapshot's; days *from* the nearest read 5 and 16.
+    values = _values([dt.date(2025, 12, 2), dt.date(2025, 11, 11), dt.date(2025, 7, 8)])
+    # Within a day of the calendar (the year is taken as 365.2425 days).
+    np.testing.assert_allclose(values["days_from_black_friday"], [5, 16, 142], atol=1.0)
+    np.testing.assert_allclose(values["days_from_christmas"], [23, 44, 170], atol=1.0)

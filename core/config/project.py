@@ -125,8 +125,9 @@ class FeatureConfig(_Strict):
     season_peaks: dict[str, str] = Field(
         default_factory=lambda: {"black_friday": "11-27", "christmas": "12-25"}
     )
-    """Yearly peaks (name -> MM-DD) a model may know the distance to: features days_to_<name>, beside the
-    day of year as sine and cosine (the season family; exclude it per model with features.exclude).
+    """Yearly peaks (name -> MM-DD) a model may know the distance to: features days_from_<name> (days to
+    the nearest occurrence, before or after), beside the day of year as sine and cosine (the season
+    family; exclude it per model with features.exclude).
     """
 
     @field_validator("season_peaks")

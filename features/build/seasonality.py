@@ -7,8 +7,18 @@ October's rates over-predicted by a third on the simulated data). Plain SQL over
 
 * ``day_of_year_sin`` / ``day_of_year_cos``: the position in the year on a circle, so that
   31 December and 1 January are neighbours;
-* ``days_to_<peak>``: days from the as-of date to the next configured yearly peak
-  (``features.season_peaks``, e.g. Black Friday, Christmas), within a day (see below).
+* ``days_from_<peak>``: days between the as-of date and the nearest occurrence of a configured
+  yearly peak (``features.season_peaks``, e.g. Black Friday, Christmas), before or after it,
+  within a day (see below).
+
+Why the nearest occurrence and not the next one: trees do not extrapolate, they carry the
+nearest training value's level flat beyond it. With one year of history the newest labelled
+snapshots lie just before the peak season and the date scored lies inside it. Days *to the next*
+peak jump from 0 to 364 at the peak, so a date five days after Black Friday read 360 days, the
+value of the summer snapshots, and the demo's December upsell model predicted July's rates
+(mean 0.144 where 0.204 happened). Days *from* the peak are small on both sides of it: the
+date scored sits beside the newest pre-peak snapshot, whose level the model then carries
+(mean 0.178).
 
 The year is taken as 365.2425 days from 1970-01-01: a date's position is within a day of the
 calendar's for a century either side, which is finer than a movable feast such as Black Friday.
@@ -38,7 +48,8 @@ def peak_day_of_year(month_day: str) -> int:
 
 
 def season_features(peaks: dict[str, str]) -> list[Feature]:
-    """The day of year on a circle and the days to each of ``peaks`` (name -> ``MM-DD``)."""
+    """The day of year on a circle and the days from each of ``peaks`` (name -> ``MM-DD``):
+    to its nearest occurrence, before or after the as-of date, in [0, YEAR_DAYS / 2]."""
     phase = _within_year("CAST(as_of_day AS DOUBLE)")
     angle = f"2 * pi() * {phase} / {YEAR_DAYS}"
     out = [
@@ -46,7 +57,8 @@ def season_features(peaks: dict[str, str]) -> list[Feature]:
         Feature("day_of_year_cos", "Time of year (cosine of the day of year)", FAMILY, f"cos({angle})"),
     ]
     for name, month_day in peaks.items():
-        until = _within_year(f"{peak_day_of_year(month_day)} - {phase}")
-        label = f"Days to the next {name.replace('_', ' ')} ({month_day})"
-        out.append(Feature(f"days_to_{name}", label, FAMILY, f"round({until}, 1)"))
+        until = _within_year(f"{peak_day_of_year(month_day)} - {phase}")  # to the next one
+        nearest = f"least({until}, {YEAR_DAYS} - {until})"  # or since the last one
+        label = f"Days from the nearest {name.replace('_', ' ')} ({month_day}), before or after it"
+        out.append(Feature(f"days_from_{name}", label, FAMILY, f"round({nearest}, 1)"))
     return out
