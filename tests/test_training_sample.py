@@ -229,7 +229,7 @@ def test_the_plans_row_budget_counts_the_rows_sampled_training_builds(ingested):
     )
     plan = make_plan(sampled, loaded, cutoff)
     assert plan.dates == every.dates and plan.notes == []
-    sampled = planned(sampled, plan)
+    sampled = plan.planned(sampled)
     fs = feature_set(loaded, config, before=plan.dates[0])
     rows, choice = training_rows(loaded, fs, sampled, cutoff, plan)
     assert choice is not None
