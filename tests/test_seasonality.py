@@ -76,3 +76,27 @@ def test_the_days_after_a_peak_are_near_it_on_the_side_the_newest_snapshots_do_n
     # Within a day of the calendar (the year is taken as 365.2425 days).
     np.testing.assert_allclose(values["days_from_black_friday"], [5, 16, 142], atol=1.0)
     np.testing.assert_allclose(values["days_from_christmas"], [23, 44, 170], atol=1.0)
+
+
+def test_a_model_registered_before_days_from_still_gets_its_days_to_features_when_scored():
+    # Models trained on days_to_<peak> (before days_from_<peak> replaced it) keep scoring: the
+    # score job builds the retired features such a model uses, with their old values, and only
+    # those; a new model's feature set never carries them.
+    from types import SimpleNamespace
+
+    from propensity.core.config import ProjectConfig
+    from propensity.pipeline.jobs.events import scoring_feature_set
+
+    config = ProjectConfig()
+    fs = build_registry(config.features)
+    old = SimpleNamespace(feature_names=["day_of_year_sin", "days_to_black_friday"], metadata={})
+    scored = scoring_feature_set(fs, None, old, dt.date(2025, 12, 2), config)
+    added = [f for f in scored.features if f.name not in {g.name for g in fs.features}]
+    assert [f.name for f in added] == ["days_to_black_friday"]
+    day = (dt.date(2025, 12, 2) - dt.date(1970, 1, 1)).days
+    (value,) = (
+        duckdb.connect().execute(f"SELECT {added[0].sql} FROM (VALUES ({day})) AS t(as_of_day)").fetchone()
+    )
+    assert abs(value - ((dt.date(2026, 11, 27) - dt.date(2025, 12, 2)).days)) <= 1.5
+    new = SimpleNamespace(feature_names=["day_of_year_sin", "days_from_black_friday"], metadata={})
+    assert scoring_feature_set(fs, None, new, dt.date(2025, 12, 2), config) is fs

@@ -62,3 +62,18 @@ def season_features(peaks: dict[str, str]) -> list[Feature]:
         label = f"Days from the nearest {name.replace('_', ' ')} ({month_day}), before or after it"
         out.append(Feature(f"days_from_{name}", label, FAMILY, f"round({nearest}, 1)"))
     return out
+
+
+def retired_season_features(peaks: dict[str, str], used: list[str]) -> list[Feature]:
+    """The season features new models no longer train on, for a model registered before they
+    were retired that uses them (``used``: its feature names): ``days_to_<peak>``, days to the
+    next occurrence, which ``days_from_<peak>`` replaced. Scoring such a model builds them as it
+    was trained; nothing else does (not the registry, the feature table or a new model)."""
+    phase = _within_year("CAST(as_of_day AS DOUBLE)")
+    out = []
+    for name, month_day in peaks.items():
+        if f"days_to_{name}" in used:
+            until = _within_year(f"{peak_day_of_year(month_day)} - {phase}")
+            label = f"Days to the next {name.replace('_', ' ')} ({month_day})"
+            out.append(Feature(f"days_to_{name}", label, FAMILY, f"round({until}, 1)"))
+    return out

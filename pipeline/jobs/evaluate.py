@@ -84,7 +84,7 @@ def evaluate_model(
             f"(last complete day {cutoff - dt.timedelta(days=1)}); choose an earlier date"
         )
     fs = feature_set(loaded, config, before=as_of, **model_vocabulary(model.metadata))
-    fs = scoring_feature_set(fs, loaded, model, as_of)
+    fs = scoring_feature_set(fs, loaded, model, as_of, config)
     relation, _ = loaded.population_snapshot(fs, model_cfg, as_of, cutoff)
     frame = loaded.frame(relation)
     if frame["label"].nunique() < 2:

@@ -9,6 +9,7 @@ directory written by either engine.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from pathlib import Path
 
 from propensity.core.config import ModelConfig, OutcomeConfig, ProjectConfig
@@ -16,6 +17,7 @@ from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.outcome_rate import NAME as OUTCOME_RATE
 from propensity.features.build.outcome_rate import with_outcome_rate
 from propensity.features.build.registry import build_registry
+from propensity.features.build.seasonality import retired_season_features
 from propensity.features.duckdb import DuckDBEngine, LoadedEvents
 from propensity.features.engine import Engine, Events
 from propensity.features.ingest.manifest import OnBadRows
@@ -116,9 +118,15 @@ def training_feature_set(
     return model_feature_set(fs, events, model_cfg.outcome, dates, rate)
 
 
-def scoring_feature_set(fs: FeatureSet, events: Events, model: PropensityModel, as_of: dt.date) -> FeatureSet:
+def scoring_feature_set(
+    fs: FeatureSet, events: Events, model: PropensityModel, as_of: dt.date, config: ProjectConfig
+) -> FeatureSet:
     """``fs`` with the model-dependent features a trained ``model`` uses, at ``as_of`` (the
-    outcome it was trained for is in its metadata): what score, explain and evaluate build."""
+    outcome it was trained for is in its metadata), and the retired season features a model
+    registered before their retirement uses: what score, explain and evaluate build."""
+    retired = retired_season_features(config.features.season_peaks, list(model.feature_names))
+    if retired:
+        fs = replace(fs, features=[*fs.features, *retired])
     uses_rate = OUTCOME_RATE in model.feature_names
     outcome = OutcomeConfig.model_validate(model.metadata["outcome"]) if uses_rate else None
     return model_feature_set(fs, events, outcome, [as_of], uses_rate) if outcome else fs

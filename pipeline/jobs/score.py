@@ -94,7 +94,7 @@ def prepare(
     loaded = load_events(events, config, engine=engine)
     as_of = checked_as_of(as_of, loaded.data_end())
     fs = feature_set(loaded, config, before=as_of, **model_vocabulary(model.metadata))
-    fs = scoring_feature_set(fs, loaded, model, as_of)
+    fs = scoring_feature_set(fs, loaded, model, as_of, config)
     population = model_population(model, model_name, str(mv.version), fs, config)
     return Prepared(model, str(mv.version), loaded, fs, population, as_of)
 
