@@ -298,7 +298,9 @@ def _within_budget(
     cut = dates[: len(dates) - kept]
     left_out = sum(estimated.get(d, 0) for d in cut)
     in_kept = sum(estimated.get(d, 0) for d in dates[-kept:])
-    built = "" if sampled is None else f" built by training.sampling, of ~{in_kept:,} estimated"
+    # Within sampling.rows every row is built: the note reads as unsampled.
+    sampling = sampled is not None and in_kept > sampled.rows
+    built = f" built by training.sampling, of ~{in_kept:,} estimated" if sampling else ""
     return dates[-kept:], (
         f"the row budget (training.snapshots.max_rows {budget:,}) keeps the newest {kept} snapshots "
         f"(~{total:,} rows{built}); {len(cut)} older ones ({cut[0]} .. {cut[-1]}, ~{left_out:,} rows) "

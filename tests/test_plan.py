@@ -99,6 +99,8 @@ def test_with_sampled_training_the_row_budget_counts_the_rows_the_sample_builds(
     assert sampled.built(kept.dates[-12:], every, kept.validation) <= 150_000
     # Within sampling.rows every row is built: the budget counts them all, as unsampled.
     assert sampled.built(kept.dates[:1], every, kept.dates[0]) == 100_000
+    # Sampling rows above the kept dates' rows: every row built, the plan as unsampled (same note).
+    assert plan(SampledBuild(10**9, 0.1, 0.2, 0.25)) == plan(None)
     # A lower floor keeps every date (40,000 + 2 % x 3,060,000 = 101,200).
     assert plan(SampledBuild(150_000, 0.02, 0.2, 0.25)).notes == []
 
