@@ -154,7 +154,10 @@ TWINS_HOUSE = [  # main at ef905fd: one job each, the engine seam, nine twins le
 # The working tree (kept in step with the code). Written once since, so no longer twins:
 # model inputs (features/build/model_frames.py: population snapshot, training frame, history
 # check, over the events' few primitives; the stacking itself stays the hand-tuned DuckDB build
-# and Spark's date-by-date checkpoints, counted in "loaded events"). Smaller now: load (the
+# and Spark's date-by-date checkpoints, counted in "loaded events"). Smaller since: qualify (the
+# flow, features/activation/segments.py's qualify_on, with the query and the writer, is written
+# once; each wing says where the query runs: DuckDB's OnConnection, Spark's SparkSegmentRows),
+# as-of graph (outcomes_sql once, identity/as_of.py's GraphOutcomes). Smaller before: load (the
 # dispatch and manifest check in features/engine.py's SharedSteps), breakdown (its queries and
 # assembly there too: each wing gives its rows and views), write ingest (the tables declared
 # once, features/ingest/manifest.py's ingest_files), as-of graph (outcomes and identities-as-of
@@ -197,19 +200,13 @@ TWINS_NOW = [
     ),
     (
         "qualify",
-        [f"{_DUCK}::DuckDBEngine.qualify", "features/activation/segments.py::qualify"],
-        [f"{_SPARK}::SparkEngine.qualify", "features/spark/qualify.py::qualify"],
+        [f"{_DUCK}::DuckDBEngine.segment_rows", "features/activation/segments.py::OnConnection"],
+        [f"{_SPARK}::SparkEngine.segment_rows", "features/spark/qualify.py::SparkSegmentRows"],
     ),
     (
         "as-of graph",
-        [
-            "features/identity/as_of.py::IdentityGraph.sources",
-            "features/identity/as_of.py::IdentityGraph.outcomes_sql",
-        ],
-        [
-            "features/spark/as_of.py::SparkIdentityGraph.sources",
-            "features/spark/as_of.py::SparkIdentityGraph.outcomes_sql",
-        ],
+        ["features/identity/as_of.py::IdentityGraph.sources"],
+        ["features/spark/as_of.py::SparkIdentityGraph.sources"],
     ),
 ]
 

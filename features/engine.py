@@ -7,19 +7,21 @@ way Feast puts its offline stores (DuckDB, Spark, ...) behind one ``OfflineStore
   directory) as :class:`Events`, stage and stitch them for an ingest directory and write it, write
   a feature table, score a population with a scorer and
   write the ranked partition, qualify segments, and atomic directories on its file system;
-* :class:`Events` - loaded events: the data end, learned categories and event types, the sources as of a date,
+* :class:`Events` - loaded events: the data end, learned categories and event types, the
+  sources as of a date,
   a feature snapshot as a relation (DuckDB: SQL over the connection; Spark: a DataFrame), a
   model's population and labelled training rows, and the kinds of a relation's columns.
 
 Two implementations satisfy them: :mod:`propensity.features.duckdb` (the default) and
 :mod:`propensity.features.spark.engine`. What both do the same way is written once here and
-inherited: :class:`SharedSteps` (loading events, the ingest breakdown) and :class:`SqlEvents`
-(questions answered by one query in DuckDB's SQL, the as-of sources, a model's population
-snapshot over :mod:`propensity.features.build.model_frames`); each wing supplies the
-primitives. ``propensity.pipeline.jobs.events.engine_for`` is the one place that picks one.
-The protocols live here rather than in ``pipeline`` because their
-arguments and results are features' vocabulary (feature sets, rules, segments, sources): both
-wings import these data types without importing the jobs.
+inherited: :class:`SharedSteps` here (loading events, the ingest breakdown, qualifying
+segments) and :class:`propensity.features.build.event_queries.SqlEvents` (the questions answered
+by one query in DuckDB's SQL, the as-of sources, a model's population snapshot over
+:mod:`propensity.features.build.model_frames`); each wing supplies the primitives.
+``propensity.pipeline.jobs.events.engine_for`` is the one place that picks one. The protocols
+live here rather than in ``pipeline`` because their arguments and results are features'
+vocabulary (feature sets, rules, segments, sources): both wings import these data types
+without importing the jobs.
 """
 
 from __future__ import annotations
@@ -36,17 +38,8 @@ import pandas as pd
 import pyarrow as pa
 
 from propensity.core.config import ModelConfig, OutcomeConfig, ProjectConfig, TreatmentConfig
-from propensity.features.build.event_queries import (
-    data_end_sql,
-    day_after,
-    history_start_sql,
-    learn_categories_sql,
-    learn_event_types_sql,
-    profiles_seen_sql,
-)
+from propensity.features.activation.segments import Qualification, Segment, SegmentRows, qualify_on
 from propensity.features.build.feature_set import FeatureSet
-from propensity.features.build.labels import treated_sql
-from propensity.features.build.model_frames import population_snapshot
 from propensity.features.build.rules import Rule
 from propensity.features.build.training_sample import RowChoice
 from propensity.features.identity.as_of import AsOfSources
@@ -112,12 +105,13 @@ class Events(Protocol):
     def sources(self, as_of: dt.date) -> AsOfSources: ...
     def data_end(self) -> dt.date: ...
     def span(self) -> tuple[dt.date, dt.date] | None: ...
-    def learn_categories(self, before: dt.date, limit: int) -> list[str]: ...
+    def vocabulary(
+        self, before: dt.date, categories: int, event_types: int
+    ) -> tuple[list[str], list[str]]: ...
     def history_start(self, event_types: list[str]) -> dt.date | None: ...
     def profiles_seen(self, dates: list[dt.date], event_types: list[str]) -> dict[dt.date, int]: ...
     def treated(self, treatment: TreatmentConfig, as_ofs: list[dt.date]) -> pd.DataFrame: ...
     def rows(self, sql: str) -> list[tuple]: ...
-    def learn_event_types(self, before: dt.date, limit: int) -> list[str]: ...
     def snapshot(self, fs: FeatureSet, as_of: dt.date, where: str | None = None) -> Relation: ...
     def population_snapshot(
         self, fs: FeatureSet, model: ModelConfig, as_of: dt.date, cutoff: dt.date
@@ -129,76 +123,6 @@ class Events(Protocol):
     def frame(self, relation: Relation) -> pd.DataFrame: ...
     def oracle(self, frame: pd.DataFrame, outcome: OutcomeConfig) -> np.ndarray | None: ...
     def journey_runner(self) -> Runner: ...
-
-
-class SqlEvents(ABC):
-    """The questions loaded events answer with one query each, written once in DuckDB's SQL, the
-    as-of sources and a model's population snapshot; an engine supplies :meth:`rows` (Spark
-    transpiles the query with sqlglot) and the primitives of
-    :class:`~propensity.features.build.model_frames.FrameSource`."""
-
-    graph: Any  # the identity graph seen as of dates (None: each event's own profile_id)
-
-    @abstractmethod
-    def rows(self, sql: str) -> list[tuple]:
-        """The rows of a query over the loaded views, on this machine."""
-
-    def sources(self, as_of: dt.date) -> AsOfSources:
-        """The events and profiles as of ``as_of``: what every snapshot at that date reads."""
-        if self.graph is None:
-            return AsOfSources(as_of, "events", "profiles", "identity_map")
-        return self.graph.sources(as_of)
-
-    def oracle(self, frame: pd.DataFrame, outcome: OutcomeConfig) -> np.ndarray | None:
-        """The true probabilities of a synthetic world's outcome for ``frame``; None here (not
-        synthetic, or on Spark: a synthetic world's ground truth is a one-machine check)."""
-        return None
-
-    def data_end(self) -> dt.date:
-        """The day after the last event: the default cutoff."""
-        return day_after(self.rows(data_end_sql())[0][0])
-
-    def span(self) -> tuple[dt.date, dt.date] | None:
-        """The day of the first event and the data end (the day after the last), in one scan;
-        None without events."""
-        first, last = self.rows("SELECT min(timestamp), max(timestamp) FROM events")[0]
-        return None if first is None else (pd.Timestamp(first).date(), day_after(last))
-
-    def learn_categories(self, before: dt.date, limit: int) -> list[str]:
-        """The most viewed and bought categories before ``before``."""
-        return [r[0] for r in self.rows(learn_categories_sql(before, limit))]
-
-    def history_start(self, event_types: list[str]) -> dt.date | None:
-        """The day of the first event of ``event_types`` (None: there is none)."""
-        first = self.rows(history_start_sql(event_types))[0][0]
-        return None if first is None else pd.Timestamp(first).date()
-
-    def profiles_seen(self, dates: list[dt.date], event_types: list[str]) -> dict[dt.date, int]:
-        """Per date, the profiles with an event of ``event_types`` before it: the snapshot
-        plan's estimate of a date's rows (an upper bound of most populations)."""
-        if not dates:
-            return {}
-        counts = self.rows(profiles_seen_sql(dates, event_types))[0]
-        return {d: int(c or 0) for d, c in zip(dates, counts, strict=True)}
-
-    def treated(self, treatment: TreatmentConfig, as_ofs: list[dt.date]) -> pd.DataFrame:
-        """``profile_id``, ``as_of`` of the profiles an uplift model's treatment event reached in
-        the window up to each ``as_of`` (:func:`~propensity.features.build.labels.treated_sql`)."""
-        rows = self.rows(treated_sql(treatment, as_ofs))
-        frame = pd.DataFrame(rows, columns=["profile_id", "as_of"])
-        frame["as_of"] = pd.to_datetime(frame["as_of"])
-        return frame
-
-    def learn_event_types(self, before: dt.date, limit: int) -> list[str]:
-        """The most frequent non-canonical event types before ``before`` (none when ``limit`` is 0)."""
-        return [r[0] for r in self.rows(learn_event_types_sql(before, limit))] if limit > 0 else []
-
-    def population_snapshot(
-        self, fs: FeatureSet, model: ModelConfig, as_of: dt.date, cutoff: dt.date
-    ) -> tuple[Relation, bool]:
-        """The model's population at ``as_of`` (a relation), labelled when its horizon has passed
-        (:func:`~propensity.features.build.model_frames.population_snapshot`)."""
-        return population_snapshot(self, fs, model, as_of, cutoff)  # type: ignore[arg-type]
 
 
 class Stitched(Protocol):
@@ -258,6 +182,25 @@ class SharedSteps(ABC):
         stitched = self.stage(inputs, inputs.profiles, on_bad_rows or self.config.ingest.on_bad_rows, None)
         return self.open_stitched(inputs, stitched)
 
+    @abstractmethod
+    def segment_rows(self, events: Any, as_of: dt.date) -> SegmentRows:
+        """Where a qualification's query runs, over the events' sources as of ``as_of``."""
+
+    def qualify(
+        self,
+        events: Events,
+        segments: list[Segment],
+        features: Relation,
+        scores: dict[str, list[str]],
+        out_dir: Any,
+        as_of: dt.date,
+        namespaces: list[str],
+    ) -> Qualification:
+        """Every segment's memberships at ``as_of`` in one query, written to ``out_dir``
+        (:func:`~propensity.features.activation.segments.qualify_on`)."""
+        site = self.segment_rows(events, as_of)
+        return qualify_on(site, segments, features, scores, out_dir, as_of, namespaces)
+
     def breakdown(self, stitched: Stitched) -> Breakdown:
         """The time range, events by type and channel, identities by namespace, purchase lines
         and orders (with a warning for line items fed as orders)."""
@@ -295,10 +238,10 @@ class Engine(Protocol):
     def qualify(
         self,
         events: Any,
-        segments: list[Any],
+        segments: list[Segment],
         features: Relation,
         scores: dict[str, list[str]],
         out_dir: Any,
         as_of: dt.date,
         namespaces: list[str],
-    ) -> Any: ...
+    ) -> Qualification: ...

@@ -15,13 +15,14 @@ Every way the plan differs from the configuration is a sentence in ``notes`` wit
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pandas as pd
 
-from propensity.core.config import SnapshotConfig
+from propensity.core.config import ModelConfig, SnapshotConfig
 from propensity.core.errors import UserError
 
 # Estimated rows per date (profiles seen before it): the row budget's input.
@@ -63,6 +64,48 @@ class SnapshotPlan:
     def config(self, snapshots: SnapshotConfig) -> SnapshotConfig:
         """``snapshots`` with this plan's count and spacing (what the engines build)."""
         return snapshots.model_copy(update={"count": len(self.dates), "spacing_days": self.spacing_days})
+
+    def planned(self, model_cfg: ModelConfig) -> ModelConfig:
+        """The model config whose snapshots are the plan's (what the engines build)."""
+        snapshots = self.config(model_cfg.training.snapshots)
+        return model_cfg.model_copy(
+            update={"training": model_cfg.training.model_copy(update={"snapshots": snapshots})}
+        )
+
+    def settle(self, frame: pd.DataFrame, model_cfg: ModelConfig) -> SnapshotPlan:
+        """The plan once each date's population is known: leading dates whose population is empty
+        are dropped (said in the notes); a plan left without a test, a validation and a training
+        snapshot with a population is refused, with the population and positives of every date."""
+        table = self.table(frame)
+        populated = table["population"].to_numpy() > 0
+        first = int(populated.argmax()) if populated.any() else len(self.dates)
+        dates = self.dates[first:]
+        if len(dates) < 3:
+            raise UserError(self._thin_population(table, model_cfg))
+        validation = dates[validation_index(dates, self.horizon_days)]
+        counts = dict(zip(self.dates, table["population"], strict=True))
+        if counts[validation] == 0 or counts[dates[-1]] == 0:
+            raise UserError(self._thin_population(table, model_cfg))
+        if first == 0:
+            return self
+        note = (
+            f"the population rule `{model_cfg.population}` holds no profile at the {first} earliest "
+            f"snapshot(s) ({self.dates[0]} .. {self.dates[first - 1]}); training starts at {dates[0]}"
+        )
+        return dataclasses.replace(self, dates=dates, validation=validation, notes=[*self.notes, note])
+
+    def _thin_population(self, table: pd.DataFrame, model_cfg: ModelConfig) -> str:
+        """Why a plan cannot train: the population and positives of every date, and the cause."""
+        empty = table[table["population"] == 0]
+        shown = "; ".join(f"{r.as_of}: {r.population} ({r.positives} positives)" for r in table.itertuples())
+        return (
+            f"model '{model_cfg.name}': training needs a test, a validation and an earlier training "
+            f"snapshot whose population is not empty, but the population rule `{model_cfg.population}` "
+            f"holds no profile at {len(empty)} of the {len(table)} snapshot dates (population per date: "
+            f"{shown}); the events the features and the outcome use start on {self.history_start}: use "
+            f"data that reaches further back, a shorter outcome.horizon_days or a population rule that "
+            f"holds at the early dates"
+        )
 
     def summary(self) -> str:
         """One line: dates, count, spacing, validation and test."""

@@ -245,7 +245,7 @@ def test_a_link_made_after_as_of_leaves_the_snapshot_at_as_of_alone(tmp_path):
 def test_outcomes_count_for_the_first_identity_known_at_as_of(tmp_path):
     from propensity.core.config import OutcomeConfig
     from propensity.features.build import build_registry
-    from propensity.features.build.labels import labelled_sql, outcome_filter
+    from propensity.features.build.model_frames import labelled_sql, outcome_filter
     from propensity.features.build.sql_compiler import snapshot_sql
 
     rows = [

@@ -10,7 +10,7 @@ import pytest
 from propensity.core.config import ModelConfig, OutcomeConfig, ProjectConfig
 from propensity.core.errors import UserError
 from propensity.features.build import parse_rule, population_rule, snapshot_dates, sql_compiler
-from propensity.features.build.labels import labelled_sql
+from propensity.features.build.model_frames import labelled_sql
 from propensity.pipeline.jobs.config_files import load_model_config
 from tests.conftest import invoke
 from tests.test_features import AS_OF, FS, connection, event

@@ -11,7 +11,7 @@ import pytest
 
 from propensity.core.config import ModelConfig, OutcomeConfig, ProjectConfig, TrainingConfig
 from propensity.features.build.event_queries import data_end
-from propensity.features.build.labels import labelled_sql
+from propensity.features.build.model_frames import labelled_sql
 from propensity.features.build.selection import model_features
 from propensity.features.build.snapshots import snapshot_dates
 from propensity.features.synthetic.oracle import no_counted_purchase_probability, oracle_probabilities

@@ -155,7 +155,7 @@ def _frame(populations: list[int], dates: list[dt.date]) -> pd.DataFrame:
 def test_empty_early_populations_are_dropped_and_said():
     dates = _weeks(D(2024, 1, 1), 8)
     model = load_model_config("configs/models/repeat_purchase.yaml", ProjectConfig())
-    settled = plan_jobs.settle(_plan(dates), _frame([0, 0, 5, 6, 7, 8, 9, 9], dates), model)
+    settled = _plan(dates).settle(_frame([0, 0, 5, 6, 7, 8, 9, 9], dates), model)
     assert settled.dates == dates[2:] and settled.validation == D(2024, 2, 5)
     assert settled.notes[-1] == (
         "the population rule `purchase_count_365d >= 1` holds no profile at the 2 earliest snapshot(s) "
@@ -167,7 +167,7 @@ def test_a_population_empty_at_most_dates_is_refused_with_every_dates_numbers():
     dates = _weeks(D(2024, 1, 1), 4)
     model = load_model_config("configs/models/repeat_purchase.yaml", ProjectConfig())
     with pytest.raises(UserError) as refused:
-        plan_jobs.settle(_plan(dates), _frame([0, 0, 4, 3], dates), model)
+        _plan(dates).settle(_frame([0, 0, 4, 3], dates), model)
     message = str(refused.value)
     assert "holds no profile at 2 of the 4 snapshot dates" in message
     assert "2024-01-01: 0 (0 positives); 2024-01-08: 0 (0 positives); 2024-01-15: 4 (2 positives)" in message

@@ -16,7 +16,7 @@ from propensity.pipeline.jobs import ingest as ingest_jobs
 from propensity.pipeline.jobs import train as model_jobs
 from propensity.pipeline.jobs.config_files import load_model_config
 from propensity.pipeline.jobs.events import feature_set, load_events
-from propensity.pipeline.jobs.plan import make_plan, planned
+from propensity.pipeline.jobs.plan import make_plan
 
 KEY = ["profile_id", "as_of"]
 
@@ -50,7 +50,7 @@ def frames(ingested):
     model = load_model_config("upsell", config)
     cutoff = loaded.span()[1]
     plan = make_plan(model, loaded, cutoff)
-    model = planned(model, plan)
+    model = plan.planned(model)
     fs = feature_set(loaded, config, before=plan.dates[0])
     full = loaded.training_rows(fs, model, cutoff)
     choice = _choice(plan, rows=len(full.frame) // 3, partition_rows=2000)

@@ -39,9 +39,11 @@ dates in date order restates them. Nothing is rewritten behind the user's back.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import duckdb
 import pyarrow.parquet as pq
@@ -61,16 +63,15 @@ from propensity.features.activation.membership_store import (
     stale_later_dates,
     stored_fingerprint,
 )
+from propensity.features.activation.qualification_sql import HELD_BACK, qualification_sql
 from propensity.features.build.registry import CARRIED_COLUMNS
 from propensity.features.build.rules import Rule, parse_rule
-from propensity.features.sql import column_kind, sql_ident, sql_string
+from propensity.features.sql import column_kind, sql_string
 
 STATUSES: tuple[str, ...] = ("realized", "existing", "exited")
 # Score table columns a rule may read, as `<model>.<column>` (ARCHITECTURE.md "Score table").
 SCORE_COLUMNS: dict[str, str] = RULE_COLUMNS
 CONSENT_COLUMNS: tuple[str, ...] = CARRIED_COLUMNS  # consent_personalization, consent_marketing
-# The internal status of opted-out profiles that qualify: counted, never written.
-HELD_BACK = "held_back"
 
 
 @dataclass(frozen=True)
@@ -186,103 +187,6 @@ def score_partition(scores_dir: str | Path, model: str, as_of: dt.date, who: str
     return found
 
 
-def qualification_sql(
-    segments: Sequence[Segment],
-    features_sql: str,
-    scores: Mapping[str, Sequence[str]],
-    previous_file: str | Path | None,
-    as_of: dt.date,
-    dialect: str = "duckdb",
-    relations: Mapping[str, str] | None = None,
-) -> str:
-    """The one query: every segment's rule (UNION ALL) against the previous memberships (FULL
-    OUTER JOIN) -> profile_id, segment, status, as_of, qualified_at.
-
-    Opted-out profiles that qualify come back with status ``held_back`` (to be counted, not
-    written); an opted-out profile never comes back as ``exited``. ``dialect``: ``duckdb`` or
-    ``spark`` (Spark SQL, reading each model's scores and the previous memberships from the
-    views ``relations`` names: model -> view, and ``previous`` -> view).
-    """
-    spark = dialect == "spark"
-    relations = relations or {}
-    columns, joins = _rule_columns(segments, scores, "`" if spark else '"', relations)
-    qualified = "\n        UNION ALL ".join(
-        f"SELECT profile_id, {sql_string(s.name)} AS segment, opted_out FROM base WHERE {s.rule.sql(dialect)}"
-        for s in segments
-    )
-    day = f"DATE '{as_of.isoformat()}'"
-    previous = _previous_sql(segments, previous_file, relations.get("previous"), spark)
-    no_date = _null("DATE", spark)
-    # MATERIALIZED: the feature snapshot is computed once however many segments read it.
-    return f"""
-        WITH base AS {"" if spark else "MATERIALIZED "}(
-            SELECT f.profile_id, coalesce(f.consent_personalization = 'n', false) AS opted_out,
-                   {", ".join(columns)}
-            FROM ({features_sql}) f
-            {" ".join(joins)}
-        ),
-        qualified AS ({qualified}),
-        previous AS ({previous}),
-        current AS (SELECT profile_id, segment FROM qualified WHERE NOT opted_out)
-        SELECT coalesce(c.profile_id, p.profile_id) AS profile_id,
-               coalesce(c.segment, p.segment) AS segment,
-               CASE WHEN p.profile_id IS NULL THEN 'realized'
-                    WHEN c.profile_id IS NULL THEN 'exited' ELSE 'existing' END AS status,
-               {day} AS as_of,
-               coalesce(p.qualified_at, {day}) AS qualified_at
-        FROM current c FULL OUTER JOIN previous p ON c.profile_id = p.profile_id AND c.segment = p.segment
-        UNION ALL
-        SELECT profile_id, segment, '{HELD_BACK}', {day}, {no_date} FROM qualified WHERE opted_out
-    """
-
-
-def _null(kind: str, spark: bool) -> str:
-    """A typed NULL (Spark spells VARCHAR as STRING)."""
-    return f"CAST(NULL AS {'STRING' if spark and kind == 'VARCHAR' else kind})"
-
-
-def _rule_columns(
-    segments: Sequence[Segment], scores: Mapping[str, Sequence[str]], quote: str, relations: Mapping[str, str]
-) -> tuple[list[str], list[str]]:
-    """The columns the rules read (features, consent, then each model's score columns as
-    ``<model>__<column>``) and the joins of the models' scores."""
-
-    def ident(name: str) -> str:
-        return sql_ident(name, quote)
-
-    features = sorted(
-        {c for s in segments for c in s.rule.columns if "." not in c} - {"consent_personalization"}
-    )
-    columns = [f"f.{ident(c)}" for c in (*features, "consent_personalization")]
-    joins = []
-    for i, model in enumerate(sorted(scores)):
-        used = sorted(
-            {c.split(".", 1)[1] for s in segments for c in s.rule.columns if c.startswith(model + ".")}
-        )
-        columns += [f"s{i}.{ident(c)} AS {ident(f'{model}__{c}')}" for c in used]
-        files = ", ".join(sql_string(str(f)) for f in scores[model])
-        relation = relations.get(model) or f"read_parquet([{files}])"
-        joins.append(f"LEFT JOIN {relation} s{i} ON s{i}.profile_id = f.profile_id")
-    return columns, joins
-
-
-def _previous_sql(
-    segments: Sequence[Segment], previous_file: str | Path | None, previous_view: str | None, spark: bool
-) -> str:
-    """The previous as-of's members who stay candidates (realized or existing, not opted out
-    now); none when there is no previous as-of."""
-    if previous_file is None:
-        return (
-            f"SELECT {_null('VARCHAR', spark)} AS profile_id, {_null('VARCHAR', spark)} AS segment, "
-            f"{_null('DATE', spark)} AS qualified_at LIMIT 0"
-        )
-    names = ", ".join(sql_string(s.name) for s in segments)
-    return f"""SELECT profile_id, segment, qualified_at
-            FROM {previous_view or f"read_parquet({sql_string(str(previous_file))})"}
-            WHERE status IN ('realized', 'existing') AND segment IN ({names})
-              AND profile_id NOT IN (SELECT profile_id FROM base WHERE opted_out)"""
-
-
 def _write_identities(
     con: duckdb.DuckDBPyConnection,
     target: Path,
@@ -311,6 +215,69 @@ def _write_identities(
     return con.execute(f"SELECT count(*) FROM read_parquet({sql_string(str(target))})").fetchall()[0][0]
 
 
+class SegmentRows(Protocol):
+    """Where a qualification's query runs (a DuckDB connection, or Spark) and how its rows reach
+    the DuckDB connection :func:`write_qualification` writes from."""
+
+    dialect: str  # duckdb | spark: the SQL the query is compiled to
+
+    def inputs(
+        self, features: Any, scores: Mapping[str, Sequence[str]], previous_file: Path | None
+    ) -> tuple[str, dict[str, str]]:
+        """The feature snapshot as a query, and the relations the query reads by name (model ->
+        its scores, ``previous`` -> the previous memberships; none: it reads the files)."""
+        ...
+
+    def rows(
+        self, sql: str, namespaces: Sequence[str] | None
+    ) -> AbstractContextManager[tuple[duckdb.DuckDBPyConnection, str, str]]:
+        """``sql``'s rows as the temp table ``_segment_rows`` on a DuckDB connection, with the
+        relations of the members' identities and profiles: (connection, identity_map, profiles)."""
+        ...
+
+
+@dataclass
+class OnConnection:
+    """A qualification run on a DuckDB connection, the query reading the score and membership
+    files itself; ``identity_map`` and ``profiles`` name the relations as of the date."""
+
+    con: duckdb.DuckDBPyConnection
+    identity_map: str = "identity_map"
+    profiles: str = "profiles"
+    dialect = "duckdb"
+
+    def inputs(self, features: str, scores, previous_file) -> tuple[str, dict[str, str]]:
+        """The feature query as it is: the query reads the files."""
+        return features, {}
+
+    @contextmanager
+    def rows(self, sql: str, namespaces) -> Iterator[tuple[duckdb.DuckDBPyConnection, str, str]]:
+        """The rows as a temp table on this connection."""
+        self.con.execute("CREATE OR REPLACE TEMP TABLE _segment_rows AS " + sql)
+        yield self.con, self.identity_map, self.profiles
+
+
+def qualify_on(
+    site: SegmentRows,
+    segments: Sequence[Segment],
+    features: Any,
+    scores: Mapping[str, Sequence[str]],
+    out_dir: str | Path,
+    as_of: dt.date,
+    identity_namespaces: Sequence[str] | None = None,
+) -> Qualification:
+    """Qualify every segment at ``as_of`` with the query run where ``site`` runs it (either
+    engine), and write ``OUT/as_of=<date>/`` atomically (:func:`qualify` on DuckDB)."""
+    if not segments:
+        raise UserError("no segments to qualify")
+    previous = previous_as_of(out_dir, as_of)
+    previous_file = partition_dir(out_dir, previous) / MEMBERSHIPS_FILE if previous else None
+    features_sql, relations = site.inputs(features, scores, previous_file)
+    sql = qualification_sql(segments, features_sql, scores, previous_file, as_of, site.dialect, relations)
+    with site.rows(sql, identity_namespaces) as (con, identity_map, profiles):
+        return write_qualification(con, segments, out_dir, as_of, identity_namespaces, identity_map, profiles)
+
+
 def qualify(
     con: duckdb.DuckDBPyConnection,
     segments: Sequence[Segment],
@@ -330,15 +297,8 @@ def qualify(
     ``identities.parquet`` from ``identity_map`` and ``profiles`` (relations of the profiles as
     of ``as_of``). Re-running a date replaces it with identical rows.
     """
-    if not segments:
-        raise UserError("no segments to qualify")
-    previous = previous_as_of(out_dir, as_of)
-    previous_file = partition_dir(out_dir, previous) / MEMBERSHIPS_FILE if previous else None
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE _segment_rows AS "
-        + qualification_sql(segments, features_sql, scores, previous_file, as_of)
-    )
-    return write_qualification(con, segments, out_dir, as_of, identity_namespaces, identity_map, profiles)
+    site = OnConnection(con, identity_map, profiles)
+    return qualify_on(site, segments, features_sql, scores, out_dir, as_of, identity_namespaces)
 
 
 def write_qualification(

@@ -1,8 +1,8 @@
 """Building model inputs: the feature registry (:mod:`.registry`, one function per family) compiled
 to each engine's SQL (:mod:`.sql_compiler`); which features a model may use (:mod:`.selection`);
-snapshot dates (:mod:`.snapshots`), populations (:mod:`.population`) and outcome labels
-(:mod:`.labels`); the frames a model reads, written once for both engines
-(:mod:`.model_frames`); rules (:mod:`.rules`);
+snapshot dates (:mod:`.snapshots`) and populations (:mod:`.population`); the frames a model
+reads and their labels, written once for both engines (:mod:`.model_frames`); the small
+questions asked of loaded events (:mod:`.event_queries`); rules (:mod:`.rules`);
 and the stacked snapshots of training (:mod:`.stacked_build` over the compiled
 :mod:`.kernels`, imported on use: numba is slow to load)."""
 

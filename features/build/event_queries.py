@@ -2,19 +2,27 @@
 
 Each is written once, in DuckDB's SQL: it runs on DuckDB as it is and on Spark transpiled by
 sqlglot (:func:`propensity.features.spark.features.duckdb_to_spark`), so the engines cannot
-drift.
+drift. :class:`SqlEvents` asks them of events loaded on either engine (the engine seam's
+``Events``), with the as-of sources and a model's frames; each wing supplies the primitives.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from abc import ABC, abstractmethod
+from typing import Any
 
 import duckdb
+import numpy as np
 import pandas as pd
 
+from propensity.core.config import ModelConfig, OutcomeConfig, TreatmentConfig
 from propensity.core.errors import UserError
+from propensity.features.build import model_frames
+from propensity.features.build.feature_set import FeatureSet
 from propensity.features.contract import CANONICAL_EVENT_TYPES
-from propensity.features.sql import sql_ident, sql_string
+from propensity.features.identity.as_of import AsOfSources
+from propensity.features.sql import DUCKDB, sql_ident, sql_string
 
 
 def learn_categories_sql(before: dt.date, limit: int, events: str = "events") -> str:
@@ -93,3 +101,97 @@ def profiles_seen_sql(dates: list[dt.date], event_types: list[str], events: str 
         f"SELECT {counts} FROM (SELECT profile_id, min(timestamp) AS first_seen FROM {events} "
         f"WHERE event_type IN ({_types_sql(event_types)}) GROUP BY profile_id) AS seen"
     )
+
+
+def treated_sql(treatment: TreatmentConfig, as_ofs: list[dt.date], events: str = "events") -> str:
+    """(profile_id, as_of) of the profiles treated at each ``as_of``: a treatment event (of the
+    campaign, when one is named) in the ``window_days`` before ``as_of`` or on its day. DuckDB SQL
+    (Spark transpiles it). Each event counts for its own ``profile_id`` (the stitched one). A
+    treatment by a past export's arm (``treatment.segment``) is read from the memberships instead."""
+    if treatment.event_type is None:
+        raise ValueError("treated_sql needs a treatment event_type")
+    conditions = [f"e.event_type = {sql_string(treatment.event_type)}"]
+    if treatment.campaign is not None:
+        conditions.append(f"e.campaign = {sql_string(treatment.campaign)}")
+    days = ", ".join(f"(DATE '{d}')" for d in sorted(set(as_ofs)))
+    event_day, as_of_day = DUCKDB.day("e.timestamp"), DUCKDB.day("s.as_of")
+    return f"""
+        SELECT DISTINCT e.profile_id, s.as_of
+        FROM {events} e
+        JOIN (VALUES {days}) AS s(as_of)
+          ON {event_day} <= {as_of_day} AND {event_day} > {as_of_day} - {int(treatment.window_days)}
+        WHERE {" AND ".join(conditions)}
+        ORDER BY s.as_of, e.profile_id
+    """
+
+
+class SqlEvents(ABC):
+    """The questions loaded events answer with one query each, written once in DuckDB's SQL, the
+    as-of sources and a model's population snapshot; an engine supplies :meth:`rows` (Spark
+    transpiles the query with sqlglot) and the primitives of
+    :class:`~propensity.features.build.model_frames.FrameSource`."""
+
+    graph: Any  # the identity graph seen as of dates (None: each event's own profile_id)
+
+    @abstractmethod
+    def rows(self, sql: str) -> list[tuple]:
+        """The rows of a query over the loaded views, on this machine."""
+
+    def sources(self, as_of: dt.date) -> AsOfSources:
+        """The events and profiles as of ``as_of``: what every snapshot at that date reads."""
+        if self.graph is None:
+            return AsOfSources(as_of, "events", "profiles", "identity_map")
+        return self.graph.sources(as_of)
+
+    def oracle(self, frame: pd.DataFrame, outcome: OutcomeConfig) -> np.ndarray | None:
+        """The true probabilities of a synthetic world's outcome for ``frame``; None here (not
+        synthetic, or on Spark: a synthetic world's ground truth is a one-machine check)."""
+        return None
+
+    def data_end(self) -> dt.date:
+        """The day after the last event: the default cutoff."""
+        return day_after(self.rows(data_end_sql())[0][0])
+
+    def span(self) -> tuple[dt.date, dt.date] | None:
+        """The day of the first event and the data end (the day after the last), in one scan;
+        None without events."""
+        first, last = self.rows("SELECT min(timestamp), max(timestamp) FROM events")[0]
+        return None if first is None else (pd.Timestamp(first).date(), day_after(last))
+
+    def vocabulary(self, before: dt.date, categories: int, event_types: int) -> tuple[list[str], list[str]]:
+        """The most viewed and bought categories (at most ``categories``) and the most frequent
+        non-canonical event types (at most ``event_types``) before ``before``; a limit of 0
+        asks nothing."""
+        learned = [
+            [r[0] for r in self.rows(sql(before, limit))] if limit > 0 else []
+            for sql, limit in ((learn_categories_sql, categories), (learn_event_types_sql, event_types))
+        ]
+        return learned[0], learned[1]
+
+    def history_start(self, event_types: list[str]) -> dt.date | None:
+        """The day of the first event of ``event_types`` (None: there is none)."""
+        first = self.rows(history_start_sql(event_types))[0][0]
+        return None if first is None else pd.Timestamp(first).date()
+
+    def profiles_seen(self, dates: list[dt.date], event_types: list[str]) -> dict[dt.date, int]:
+        """Per date, the profiles with an event of ``event_types`` before it: the snapshot
+        plan's estimate of a date's rows (an upper bound of most populations)."""
+        if not dates:
+            return {}
+        counts = self.rows(profiles_seen_sql(dates, event_types))[0]
+        return {d: int(c or 0) for d, c in zip(dates, counts, strict=True)}
+
+    def treated(self, treatment: TreatmentConfig, as_ofs: list[dt.date]) -> pd.DataFrame:
+        """``profile_id``, ``as_of`` of the profiles an uplift model's treatment event reached in
+        the window up to each ``as_of`` (:func:`treated_sql`)."""
+        rows = self.rows(treated_sql(treatment, as_ofs))
+        frame = pd.DataFrame(rows, columns=["profile_id", "as_of"])
+        frame["as_of"] = pd.to_datetime(frame["as_of"])
+        return frame
+
+    def population_snapshot(
+        self, fs: FeatureSet, model: ModelConfig, as_of: dt.date, cutoff: dt.date
+    ) -> tuple[Any, bool]:
+        """The model's population at ``as_of`` (a relation), labelled when its horizon has passed
+        (:func:`~propensity.features.build.model_frames.population_snapshot`)."""
+        return model_frames.population_snapshot(self, fs, model, as_of, cutoff)  # type: ignore[arg-type]

@@ -28,7 +28,7 @@ from dataclasses import replace
 
 from propensity.core.config import OutcomeConfig
 from propensity.features.build.feature_set import Feature, FeatureSet
-from propensity.features.build.labels import outcome_filter
+from propensity.features.build.model_frames import outcome_filter
 from propensity.features.build.seasonality import FAMILY as SEASON
 
 NAME = "population_outcome_rate"

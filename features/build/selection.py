@@ -67,8 +67,9 @@ def feature_count_note(fs: FeatureSet, selected: int, categories: str) -> str:
     """What a feature count is made of, in the words ``train``, ``features`` and ``score``
     share: ``selected`` of the table's features (events + profile attributes) and where the
     product categories came from (``categories``: "learned from events before DATE", ...)."""
-    total = len(table_features(fs))
-    parts = f"{len(fs.names())} from events + {len(attribute_features(fs))} profile attributes and traits"
+    events, attributes = len(fs.names()), len(attribute_features(fs))
+    total = events + attributes  # len(table_features(fs))
+    parts = f"{events} from events + {attributes} profile attributes and traits"
     chosen = f"{selected} of {total} features" if selected != total else f"{total} features"
     learned = f"{len(fs.categories)} product categories" if fs.categories else "no product categories"
     return f"{chosen} ({parts}); {learned} {categories}"

@@ -34,8 +34,12 @@ import pyarrow as pa
 from propensity.core.config import ModelConfig, OutcomeConfig
 from propensity.core.sampling import WEIGHT, profile_fraction
 from propensity.features.build.feature_set import FeatureSet
-from propensity.features.build.labels import labelled_sql, order_value_to_beat, outcome_filter
-from propensity.features.build.model_frames import check_history
+from propensity.features.build.model_frames import (
+    check_history,
+    labelled_sql,
+    order_value_to_beat,
+    outcome_filter,
+)
 from propensity.features.build.population import population_rule
 from propensity.features.build.snapshots import snapshot_dates
 from propensity.features.build.sql_compiler import day_number

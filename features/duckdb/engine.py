@@ -23,6 +23,7 @@ from propensity.core.config import IdentityConfig, ModelConfig, OutcomeConfig, P
 from propensity.core.errors import UserError
 from propensity.core.io import atomic_path
 from propensity.features.activation import segments as segments_mod
+from propensity.features.build.event_queries import SqlEvents
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.model_frames import training_frame
 from propensity.features.build.sql_compiler import snapshot_sql
@@ -30,7 +31,7 @@ from propensity.features.build.stacked_build import build_snapshots
 from propensity.features.build.training_sample import RowChoice, sampled_training_frame
 from propensity.features.connection import connect
 from propensity.features.duckdb import scoring
-from propensity.features.engine import Scored, ScoringPlan, SharedSteps, SqlEvents, TrainingRows
+from propensity.features.engine import Scored, ScoringPlan, SharedSteps, TrainingRows
 from propensity.features.identity import stitching as identity_mod
 from propensity.features.identity.as_of import IdentityGraph
 from propensity.features.ingest.inputs import InputFiles, resolve_input
@@ -71,18 +72,18 @@ class LoadedEvents(SqlEvents):
         """A relation as a query other SQL can wrap (on DuckDB it is one already)."""
         return relation
 
-    def create_view(self, name: str, sql: str) -> None:
-        """A temp view over a query."""
-        self.con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {sql}")
-
     def query(self, sql: str) -> str:
         """A query as a relation (on DuckDB: its SQL, run when read)."""
         return sql
 
-    def stack_snapshots(self, fs: FeatureSet, dates: list[dt.date], where: str, events: str) -> str:
-        """The population's snapshots at ``dates`` stacked into a temp table (its name), by the
-        hand-tuned build over one daily rollup; the few profiles the graph at a date builds
-        differently from the final one are computed apart."""
+    def stack_snapshots(
+        self, fs: FeatureSet, dates: list[dt.date], where: str, events: str, events_sql: str
+    ) -> str:
+        """The population's snapshots at ``dates`` over ``events`` (a temp view made here over
+        ``events_sql``) stacked into a temp table (its name), by the hand-tuned build over one
+        daily rollup; the few profiles the graph at a date builds differently from the final one
+        are computed apart."""
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW {events} AS {events_sql}")
         reattributed = self.graph.reattributed(dates, events, fs.lookback_days) if self.graph else None
         build_snapshots(self.con, fs, dates, "snapshot_features", events, where, reattributed)
         return "snapshot_features"
@@ -156,9 +157,8 @@ class DuckDBEngine(SharedSteps):
     def __init__(self, config: ProjectConfig) -> None:
         self.config = config
 
-    def resolve_input(self, path: str | Path) -> InputFiles:
-        """Events files, a folder of them, or an ingest directory."""
-        return resolve_input(path)
+    # Events files, a folder of them, or an ingest directory (the ingest package's own reader).
+    resolve_input = staticmethod(resolve_input)
 
     def read_text(self, path: str) -> str:
         """A small text file."""
@@ -293,26 +293,8 @@ class DuckDBEngine(SharedSteps):
         """The population scored in profile partitions, written ranked to ``target``."""
         return scoring.score(events.con, events.sources(plan.as_of), plan, Path(target))
 
-    def qualify(
-        self,
-        events: LoadedEvents,
-        segments: list[segments_mod.Segment],
-        features: str,
-        scores: dict[str, list[str]],
-        out_dir: str | Path,
-        as_of: dt.date,
-        namespaces: list[str],
-    ) -> segments_mod.Qualification:
-        """Every segment's memberships at ``as_of`` in one query, written to ``out_dir``."""
+    def segment_rows(self, events: LoadedEvents, as_of: dt.date) -> segments_mod.OnConnection:
+        """Qualification on the events' connection, the members' identities and profiles as of
+        ``as_of``."""
         sources = events.sources(as_of)
-        return segments_mod.qualify(
-            events.con,
-            segments,
-            features,
-            scores,
-            out_dir,
-            as_of,
-            identity_namespaces=namespaces,
-            identity_map=sources.identity_map,
-            profiles=sources.profiles,
-        )
+        return segments_mod.OnConnection(events.con, sources.identity_map, sources.profiles)

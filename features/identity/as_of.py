@@ -80,7 +80,25 @@ def _tag(as_of: dt.date) -> str:
     return as_of.strftime("%Y%m%d")
 
 
-class IdentityGraph:
+class GraphOutcomes:
+    """Outcomes attributed through an identity graph seen as of dates, written once for both
+    engines' graphs: each supplies ``identity``, ``dialect`` and :meth:`prepare`."""
+
+    identity: IdentityConfig
+    dialect: Dialect
+
+    def prepare(self, as_ofs: list[dt.date]) -> None:
+        """Build the graph at each date not built yet."""
+        raise NotImplementedError
+
+    def outcomes_sql(self, condition: str, horizon_days: int, as_ofs: list[dt.date], events: str) -> str:
+        """Outcome events per (profile_id, as_of) with their largest ``revenue`` (``max_revenue``):
+        :func:`outcomes_sql` over this graph, built at ``as_ofs`` first."""
+        self.prepare(as_ofs)
+        return outcomes_sql(self.identity, self.dialect, condition, horizon_days, as_ofs, events)
+
+
+class IdentityGraph(GraphOutcomes):
     """The stored identity graph of one connection, rebuilt at as-of dates on demand.
 
     Reads ``identity_map`` (namespace, value, node_key, component, first_seen, profile_id,
@@ -92,6 +110,8 @@ class IdentityGraph:
     with their profile then; ``identity_as_of_changed`` (as_of, profile_key) lists the final
     profiles of those components.
     """
+
+    dialect = DUCKDB
 
     def __init__(
         self, con: duckdb.DuckDBPyConnection, identity: IdentityConfig, events: str = "events"
@@ -316,12 +336,6 @@ class IdentityGraph:
             key_days=np.asarray(key_days["as_of_day"], dtype=np.int64),
             profiles="reattributed_profiles",
         )
-
-    def outcomes_sql(self, condition: str, horizon_days: int, as_ofs: list[dt.date], events: str) -> str:
-        """Outcome events per (profile_id, as_of) with their largest ``revenue`` (``max_revenue``):
-        :func:`outcomes_sql` over this graph."""
-        self.prepare(as_ofs)
-        return outcomes_sql(self.identity, DUCKDB, condition, horizon_days, as_ofs, events)
 
 
 def identities_as_of_sql(as_of: dt.date, timestamp: str) -> str:

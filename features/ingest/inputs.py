@@ -63,6 +63,10 @@ class InputFiles:
         """True for a Parquet directory with ``key=value`` partition folders."""
         return self.fmt == "parquet" and any("=" in part for p in self.events for part in p.parts)
 
+    def reader_sql(self) -> str:
+        """A DuckDB relation reading the events files (:func:`reader_sql`)."""
+        return reader_sql(self.events, self.fmt, self.hive)
+
 
 def _find_in_dir(directory: Path, stem: str) -> Path | None:
     for candidate in [directory / stem, *(directory / f"{stem}{suffix}" for suffix in EVENT_FILE_SUFFIXES)]:

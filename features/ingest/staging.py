@@ -133,7 +133,7 @@ def stage_events(
     from the day after ``as_of`` on (without ``as_of``: more than ``future_tolerance_hours``
     after now) are ``future_timestamp`` rows.
     """
-    source = reader_sql(files.events, files.fmt, files.hive)
+    source = files.reader_sql()
     columns = describe(con, source, files.display)
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:

@@ -22,9 +22,9 @@ from propensity.features.connection import fetch_arrow
 from propensity.features.contract import CONSENT_COLUMNS
 from propensity.features.identity.as_of import (
     AsOfSources,
+    GraphOutcomes,
     IdentityGraph,
     identities_as_of_sql,
-    outcomes_sql,
 )
 from propensity.features.spark.session import functions as _f
 from propensity.features.sql import SPARK, sql_ident
@@ -46,7 +46,7 @@ def _ts(as_of: dt.date) -> str:
     return f"TIMESTAMP_NTZ '{as_of} 00:00:00'"
 
 
-class SparkIdentityGraph:
+class SparkIdentityGraph(GraphOutcomes):
     """The stored identity graph on Spark, seen as of dates (``IdentityGraph`` on Spark).
 
     ``tables``: the DataFrames ingest writes (``events``, ``profiles``, ``identity_map``,
@@ -55,6 +55,8 @@ class SparkIdentityGraph:
     ``identity_as_of_changed`` (as_of, profile_key) for every date prepared so far, and
     per date ``events_as_of_<yyyymmdd>``, ``profiles_as_of_<...>``, ``identity_map_as_of_<...>``.
     """
+
+    dialect = SPARK  # outcomes_sql: Spark SQL over the big views
 
     def __init__(self, spark: SparkSession, identity: IdentityConfig, tables: dict[str, DataFrame]) -> None:
         self.spark, self.identity, self.tables = spark, identity, tables
@@ -174,8 +176,3 @@ class SparkIdentityGraph:
         identities = self.spark.sql(identities_as_of_sql(as_of, _ts(as_of)))
         identities.createOrReplaceTempView(f"identity_map_as_of_{tag}")
         return AsOfSources(as_of, f"events_as_of_{tag}", f"profiles_as_of_{tag}", f"identity_map_as_of_{tag}")
-
-    def outcomes_sql(self, condition: str, horizon_days: int, as_ofs: list[dt.date], events: str) -> str:
-        """Spark SQL of :func:`propensity.features.identity.as_of.outcomes_sql` over the big views."""
-        self.prepare(as_ofs)
-        return outcomes_sql(self.identity, SPARK, condition, horizon_days, as_ofs, events)

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from propensity.core.config import IdentityConfig, ModelConfig, ProjectConfig
-from propensity.features.activation import segments as segments_mod
+from propensity.features.build.event_queries import SqlEvents
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.model_frames import training_frame
 from propensity.features.build.training_sample import RowChoice
-from propensity.features.engine import Scored, ScoringPlan, SharedSteps, SqlEvents, TrainingRows
+from propensity.features.engine import Scored, ScoringPlan, SharedSteps, TrainingRows
 from propensity.features.ingest.manifest import INGEST_TABLES, SOURCE_COLUMNS, OnBadRows, ingest_files
 from propensity.features.ingest.staging import StagedEvents, refuse_bad_rows
 from propensity.features.ingest.summary import ORDER_ID
@@ -33,7 +33,7 @@ from propensity.features.spark import scoring
 from propensity.features.spark.as_of import SparkIdentityGraph
 from propensity.features.spark.ingest import SparkStaged, stage_events, stage_profiles
 from propensity.features.spark.journeys import SparkRunner
-from propensity.features.spark.qualify import qualify
+from propensity.features.spark.qualify import SparkSegmentRows
 from propensity.features.spark.session import (
     SparkInput,
     atomic_output,
@@ -86,17 +86,17 @@ class SparkEvents(SqlEvents):
         relation.createOrReplaceTempView(name)
         return f"SELECT * FROM {name}"
 
-    def create_view(self, name: str, sql: str) -> None:
-        """A temp view over a query."""
-        self.spark.sql(sql).createOrReplaceTempView(name)
-
     def query(self, sql: str) -> DataFrame:
         """A query (Spark SQL) as a DataFrame."""
         return self.spark.sql(sql)
 
-    def stack_snapshots(self, fs: FeatureSet, dates: list[dt.date], where: str, events: str) -> str:
+    def stack_snapshots(
+        self, fs: FeatureSet, dates: list[dt.date], where: str, events: str, events_sql: str
+    ) -> str:
         """The population's snapshots at ``dates`` stacked into the temp view it names, date by
-        date over the events (all before each date) as the identity graph then saw them."""
+        date over the events (all before each date) as the identity graph then saw them;
+        ``events`` (what the labels read) is a temp view made here over ``events_sql``."""
+        self.spark.sql(events_sql).createOrReplaceTempView(events)
         sf.stacked_snapshots(self.spark, fs, dates, where, self.graph).createOrReplaceTempView(
             "snapshot_features"
         )
@@ -322,17 +322,7 @@ class SparkEngine(SharedSteps):
         """The population scored on the executors (``mapInArrow``), ranked, written to ``target``."""
         return scoring.score(self.spark, events.sources(plan.as_of), plan, target)
 
-    def qualify(
-        self,
-        events: SparkEvents,
-        segments: list[segments_mod.Segment],
-        features: DataFrame,
-        scores: dict[str, list[str]],
-        out_dir: str | Path,
-        as_of: dt.date,
-        namespaces: list[str],
-    ) -> segments_mod.Qualification:
-        """Every segment's rule compiled to Spark SQL; the rows written as the DuckDB job writes them."""
-        return qualify(
-            self.spark, events.sources(as_of), segments, features, scores, out_dir, as_of, namespaces
-        )
+    def segment_rows(self, events: SparkEvents, as_of: dt.date) -> SparkSegmentRows:
+        """Qualification on Spark over the events' sources as of ``as_of``; the rows written on
+        this machine as the DuckDB job writes them."""
+        return SparkSegmentRows(self.spark, events.sources(as_of))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from propensity.core.config import OutcomeConfig, ProjectConfig
+from propensity.core.config import ModelConfig, OutcomeConfig, ProjectConfig
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.outcome_rate import NAME as OUTCOME_RATE
 from propensity.features.build.outcome_rate import with_outcome_rate
@@ -29,6 +29,7 @@ __all__ = [
     "model_feature_set",
     "model_vocabulary",
     "scoring_feature_set",
+    "training_feature_set",
 ]
 
 
@@ -72,12 +73,16 @@ def feature_set(
     events before ``before``. Learned event types: the ones given (a trained model's), else
     learned from the events before ``before``.
     """
-    categories = categories if categories is not None else config.features.categories
-    if categories is None:
-        categories = events.learn_categories(before, config.features.max_learned_categories)
-    if event_types is None:
-        event_types = events.learn_event_types(before, config.features.max_learned_event_types)
-    return build_registry(config.features, categories, event_types=event_types)
+    features = config.features
+    categories = categories if categories is not None else features.categories
+    learned = events.vocabulary(
+        before,
+        features.max_learned_categories if categories is None else 0,
+        features.max_learned_event_types if event_types is None else 0,
+    )
+    categories = learned[0] if categories is None else categories
+    event_types = learned[1] if event_types is None else event_types
+    return build_registry(features, categories, event_types=event_types)
 
 
 def model_vocabulary(metadata: dict) -> dict[str, list[str] | None]:
@@ -98,6 +103,17 @@ def model_feature_set(
     when training; whether the model uses it when scoring). Train, score, explain and evaluate
     all add them here, so the rate at a date is the same query wherever it is needed."""
     return with_outcome_rate(fs, outcome, dates, events.rows) if outcome_rate else fs
+
+
+def training_feature_set(
+    events: Events, config: ProjectConfig, model_cfg: ModelConfig, dates: list[dt.date]
+) -> FeatureSet:
+    """The features a model trains on at its snapshot ``dates`` (the plan's: the ones the frames
+    build): the registry learned before the first date, with the model's own features
+    (:func:`model_feature_set`, ``features.population_outcome_rate``)."""
+    fs = feature_set(events, config, before=dates[0])
+    rate = model_cfg.features.population_outcome_rate
+    return model_feature_set(fs, events, model_cfg.outcome, dates, rate)
 
 
 def scoring_feature_set(fs: FeatureSet, events: Events, model: PropensityModel, as_of: dt.date) -> FeatureSet:

@@ -1,6 +1,6 @@
-"""The snapshot plan of a model on given events: made before any feature is built, settled
-once the population of every date is known, printed and logged by ``train`` and shown alone
-by ``propensity plan``.
+"""The snapshot plan of a model on given events: made before any feature is built (settled once
+the population of every date is known: :meth:`SnapshotPlan.settle`), printed and logged by
+``train`` and shown alone by ``propensity plan``.
 
 History is measured on the events the features and the outcome use
 (:func:`propensity.features.build.snapshots.history_event_types`); the row budget reads the
@@ -10,7 +10,6 @@ profiles seen before each date; both are one query on either engine (the engine 
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 
 import mlflow
@@ -20,7 +19,7 @@ from propensity.core.config import ModelConfig
 from propensity.core.errors import UserError
 from propensity.features.build.snapshots import history_event_types
 from propensity.features.engine import Events
-from propensity.models.snapshot_plan import SnapshotPlan, plan_snapshots, validation_index
+from propensity.models.snapshot_plan import SnapshotPlan, plan_snapshots
 
 
 def make_plan(model_cfg: ModelConfig, loaded: Events, cutoff: dt.date) -> SnapshotPlan:
@@ -39,50 +38,6 @@ def make_plan(model_cfg: ModelConfig, loaded: Events, cutoff: dt.date) -> Snapsh
         model_cfg.outcome.horizon_days,
         model_cfg.name,
         estimate=lambda dates: loaded.profiles_seen(dates, types),
-    )
-
-
-def planned(model_cfg: ModelConfig, plan: SnapshotPlan) -> ModelConfig:
-    """The model config whose snapshots are the plan's (what the engines build)."""
-    snapshots = plan.config(model_cfg.training.snapshots)
-    return model_cfg.model_copy(
-        update={"training": model_cfg.training.model_copy(update={"snapshots": snapshots})}
-    )
-
-
-def settle(plan: SnapshotPlan, frame: pd.DataFrame, model_cfg: ModelConfig) -> SnapshotPlan:
-    """The plan once each date's population is known: leading dates whose population is empty
-    are dropped (said in the notes); a plan left without a test, a validation and a training
-    snapshot with a population is refused, with the population and positives of every date."""
-    table = plan.table(frame)
-    populated = table["population"].to_numpy() > 0
-    first = int(populated.argmax()) if populated.any() else len(plan.dates)
-    dates = plan.dates[first:]
-    if len(dates) < 3:
-        raise UserError(_thin_population(plan, table, model_cfg))
-    validation = dates[validation_index(dates, plan.horizon_days)]
-    counts = dict(zip(plan.dates, table["population"], strict=True))
-    if counts[validation] == 0 or counts[dates[-1]] == 0:
-        raise UserError(_thin_population(plan, table, model_cfg))
-    if first == 0:
-        return plan
-    note = (
-        f"the population rule `{model_cfg.population}` holds no profile at the {first} earliest "
-        f"snapshot(s) ({plan.dates[0]} .. {plan.dates[first - 1]}); training starts at {dates[0]}"
-    )
-    return dataclasses.replace(plan, dates=dates, validation=validation, notes=[*plan.notes, note])
-
-
-def _thin_population(plan: SnapshotPlan, table: pd.DataFrame, model_cfg: ModelConfig) -> str:
-    """Why a plan cannot train: the population and positives of every date, and the cause."""
-    empty = table[table["population"] == 0]
-    shown = "; ".join(f"{r.as_of}: {r.population} ({r.positives} positives)" for r in table.itertuples())
-    return (
-        f"model '{model_cfg.name}': training needs a test, a validation and an earlier training snapshot "
-        f"whose population is not empty, but the population rule `{model_cfg.population}` holds no profile "
-        f"at {len(empty)} of the {len(table)} snapshot dates (population per date: {shown}); the events the "
-        f"features and the outcome use start on {plan.history_start}: use data that reaches further back, "
-        f"a shorter outcome.horizon_days or a population rule that holds at the early dates"
     )
 
 

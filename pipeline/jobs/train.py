@@ -30,8 +30,8 @@ from propensity.models.split import split
 from propensity.models.train import fit_candidates
 from propensity.pipeline.jobs.config_files import load_model_config
 from propensity.pipeline.jobs.evaluate import ground_truth_metrics
-from propensity.pipeline.jobs.events import feature_set, load_events, model_feature_set
-from propensity.pipeline.jobs.plan import make_plan, planned, settle
+from propensity.pipeline.jobs.events import engine_for, training_feature_set
+from propensity.pipeline.jobs.plan import make_plan
 from propensity.pipeline.jobs.sampling import check_validation_date
 from propensity.pipeline.jobs.sampling import training_rows as sampled_rows
 from propensity.pipeline.jobs.train_record import champion_on, log_training_run, register_challenger
@@ -93,17 +93,14 @@ def training_data(
     cutoff = as_of or span[1]
     model_cfg = load_model_config(model_name, config)
     plan = make_plan(model_cfg, loaded, cutoff)
-    model_cfg = planned(model_cfg, plan)
-    fs = feature_set(loaded, config, before=plan.dates[0])
-    # The plan's dates are the ones the frames build (the planned config's snapshot dates).
-    rate = model_cfg.features.population_outcome_rate
-    fs = model_feature_set(fs, loaded, model_cfg.outcome, plan.dates, rate)
+    model_cfg = plan.planned(model_cfg)
+    fs = training_feature_set(loaded, config, model_cfg, plan.dates)
     # A bad rule or feature name fails before any heavy work.
     population_rule(model_cfg, fs)
     labels = model_features(fs, model_cfg.features, model_cfg.governance, model_cfg.name)
     rows, choice = sampled_rows(loaded, fs, model_cfg, cutoff, plan)  # labels first when too many
     first_date = plan.dates[0]
-    plan = settle(plan, rows.frame, model_cfg)
+    plan = plan.settle(rows.frame, model_cfg)
     if choice is not None:
         check_validation_date(choice, plan.validation, model_cfg)
     window = windows_before_data(config.features.windows_days, span[0], plan.dates[0])
@@ -135,7 +132,7 @@ def train_model(
     The snapshots are built on the config's engine; the fit runs on this machine. ``on_plan``
     receives the snapshot plan (sentences and table) before any model is fitted."""
     started = time.perf_counter()
-    loaded = load_events(events, config)
+    loaded = engine_for(config).load_events(events)
     data = training_data(model_name, loaded, config, as_of)
     if on_plan is not None:
         on_plan(data.plan_text(), data.plan_table())
