@@ -161,7 +161,12 @@ TWINS_HOUSE = [  # main at ef905fd: one job each, the engine seam, nine twins le
 # dispatch and manifest check in features/engine.py's SharedSteps), breakdown (its queries and
 # assembly there too: each wing gives its rows and views), write ingest (the tables declared
 # once, features/ingest/manifest.py's ingest_files), as-of graph (outcomes and identities-as-of
-# SQL once, with dialect spellings, in features/identity/as_of.py).
+# SQL once, with dialect spellings, in features/identity/as_of.py), breakdown again (whether
+# the events have order_id: SharedSteps.breakdown over each wing's column list), write ingest
+# again (SharedSteps.write_ingest: every table's query and the quarantine's written once, in
+# features/ingest/manifest.py; each wing names its views and writes a query's rows),
+# write feature table (SharedSteps.write_feature_table: the atomic output and the counts read
+# back; each wing writes the relation with its metadata).
 TWINS_NOW = [
     (
         "load",
@@ -180,18 +185,18 @@ TWINS_NOW = [
     ("stage", [f"{_DUCK}::DuckDBEngine.stage"], [f"{_SPARK}::SparkEngine.stage"]),
     (
         "breakdown",
-        [f"{_DUCK}::Stitched.rows", f"{_DUCK}::Stitched.has_order_id"],
-        [f"{_SPARK}::Stitched.rows", f"{_SPARK}::Stitched.has_order_id"],
+        [f"{_DUCK}::Stitched.rows", f"{_DUCK}::Stitched.columns"],
+        [f"{_SPARK}::Stitched.rows", f"{_SPARK}::Stitched.columns"],
     ),
     (
         "write ingest",
-        [f"{_DUCK}::DuckDBEngine.write_ingest", f"{_DUCK}::_copy"],
-        [f"{_SPARK}::SparkEngine.write_ingest"],
+        [f"{_DUCK}::Stitched.with_attributes", f"{_DUCK}::Stitched.view", f"{_DUCK}::Stitched.write"],
+        [f"{_SPARK}::Stitched.with_attributes", f"{_SPARK}::Stitched.view", f"{_SPARK}::Stitched.write"],
     ),
     (
         "write feature table",
-        [f"{_DUCK}::DuckDBEngine.write_feature_table"],
-        [f"{_SPARK}::SparkEngine.write_feature_table"],
+        [f"{_DUCK}::DuckDBEngine.atomic_output", f"{_DUCK}::DuckDBEngine.write_features"],
+        [f"{_SPARK}::SparkEngine.atomic_output", f"{_SPARK}::SparkEngine.write_features"],
     ),
     (
         "loaded events",

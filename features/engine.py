@@ -44,7 +44,13 @@ from propensity.features.build.rules import Rule
 from propensity.features.build.training_sample import RowChoice
 from propensity.features.identity.as_of import AsOfSources
 from propensity.features.ingest import summary
-from propensity.features.ingest.manifest import OnBadRows, checked_manifest
+from propensity.features.ingest.manifest import (
+    OnBadRows,
+    checked_manifest,
+    ingest_files,
+    ingest_table_sql,
+    quarantine_sql,
+)
 from propensity.features.ingest.staging import StagedEvents
 from propensity.features.ingest.summary import Breakdown
 from propensity.features.journeys.engine import Runner
@@ -130,15 +136,19 @@ class Events(Protocol):
 class Stitched(Protocol):
     """Events staged and stitched in memory (an engine's own handle), with their counts and the
     views the ingest breakdown reads: the clean events (``events_view``; ``lines_view`` for
-    the purchase lines) and the identity map."""
+    the purchase lines) and the identity map; ``view`` names the view of each ingest table
+    (``quarantine``: the bad rows), which ``write`` copies to Parquet."""
 
     counts: StagedEvents
     events_view: str
     lines_view: str
     identity_view: str
-    has_order_id: bool  # whether the events have the optional order_id column
+    with_attributes: bool  # whether there are profile attributes (profile_attributes.parquet)
 
     def rows(self, sql: str) -> list[tuple]: ...
+    def columns(self, view: str) -> list[str]: ...
+    def view(self, table: str) -> str: ...
+    def write(self, sql: str, path: str) -> None: ...
     def close(self) -> None: ...
 
 
@@ -206,11 +216,45 @@ class SharedSteps(ABC):
     def breakdown(self, stitched: Stitched) -> Breakdown:
         """The time range, events by type and channel, identities by namespace, purchase lines
         and orders (with a warning for line items fed as orders)."""
+        has_order_id = summary.ORDER_ID in stitched.columns(stitched.events_view)
         return summary.breakdown(
             stitched.rows(summary.events_sql(stitched.events_view)),
             stitched.rows(summary.identities_sql(stitched.identity_view)),
-            stitched.rows(summary.line_items_sql(stitched.lines_view, stitched.has_order_id))[0],
+            stitched.rows(summary.line_items_sql(stitched.lines_view, has_order_id))[0],
         )
+
+    @abstractmethod
+    def atomic_output(self, path: Any, kind: str | None = None) -> AbstractContextManager[Any]:
+        """A free temporary path (nothing there yet) that replaces ``path`` whole when the block
+        succeeds (a ``kind`` output: another kind of folder is refused)."""
+
+    @abstractmethod
+    def write_features(self, events: Any, relation: Relation, path: str, metadata: dict[str, Any]) -> str:
+        """A feature relation written at ``path`` with the registry facts ``metadata``; what to
+        select the written rows from (DuckDB's SQL, read by ``events.rows``)."""
+
+    def write_feature_table(
+        self, events: Events, relation: Relation, out: Any, metadata: dict[str, Any], labelled: bool
+    ) -> tuple[int, int | None]:
+        """The feature table at ``out``, whole or not at all; its rows and (``labelled``)
+        positives, counted in what was written rather than by building the relation again."""
+        with self.atomic_output(out, kind="features") as tmp:
+            written = self.write_features(events, relation, str(tmp), metadata)
+            positives = "sum(label)" if labelled else "NULL"
+            rows, total = events.rows(f"SELECT count(*), {positives} FROM {written}")[0]
+        return int(rows), (int(total or 0) if labelled else None)
+
+    def write_ingest(self, stitched: Stitched, directory: str, quarantine: bool) -> None:
+        """The ingest tables (:func:`~propensity.features.ingest.manifest.ingest_files`) into
+        ``directory`` as Parquet (a file each on DuckDB, a directory of parts on Spark), with
+        ``quarantine`` the bad rows too; one query each over the stitched views."""
+        for table in ingest_files(stitched.with_attributes):
+            view = stitched.view(table.name)
+            sql = ingest_table_sql(table, view, stitched.columns(view))
+            stitched.write(sql, f"{directory}/{table.name}.parquet")
+        if quarantine:
+            view = stitched.view("quarantine")
+            stitched.write(quarantine_sql(view, stitched.columns(view)), f"{directory}/quarantine.parquet")
 
 
 class Engine(Protocol):

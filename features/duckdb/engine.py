@@ -35,9 +35,8 @@ from propensity.features.engine import Scored, ScoringPlan, SharedSteps, Trainin
 from propensity.features.identity import stitching as identity_mod
 from propensity.features.identity.as_of import IdentityGraph
 from propensity.features.ingest.inputs import InputFiles, resolve_input
-from propensity.features.ingest.manifest import INGEST_TABLES, OnBadRows, ingest_files
+from propensity.features.ingest.manifest import INGEST_TABLES, OnBadRows
 from propensity.features.ingest.staging import StagedEvents, refuse_bad_rows, stage_events, stage_profiles
-from propensity.features.ingest.summary import ORDER_ID
 from propensity.features.journeys.engine import DuckDBRunner
 from propensity.features.sql import DUCKDB, sql_string
 
@@ -136,18 +135,26 @@ class Stitched:
         """The rows of a query over the staged tables."""
         return self.con.execute(sql).fetchall()
 
+    def columns(self, view: str) -> list[str]:
+        """A staged table's columns, in order."""
+        return [r[0] for r in self.rows(f"DESCRIBE {view}")]
+
     @property
-    def has_order_id(self) -> bool:
-        """Whether the events have the optional ``order_id`` column."""
-        return ORDER_ID in {r[0] for r in self.rows("DESCRIBE clean_events")}
+    def with_attributes(self) -> bool:
+        """Whether profile attributes were staged (``profile_attributes``)."""
+        return self.with_profiles
+
+    def view(self, table: str) -> str:
+        """The staged table an ingest table is copied from."""
+        return {"events": "stitched_events", "quarantine": "bad_events"}.get(table, table)
+
+    def write(self, sql: str, path: str) -> None:
+        """A query's rows as one Parquet file (zstd)."""
+        self.con.execute(f"COPY ({sql}) TO {sql_string(path)} (FORMAT parquet, COMPRESSION zstd)")
 
     def close(self) -> None:
         """Free the staged tables' memory now rather than when collected."""
         self.con.close()
-
-
-def _copy(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
-    con.execute(f"COPY ({query}) TO {sql_string(str(path))} (FORMAT parquet, COMPRESSION zstd)")
 
 
 class DuckDBEngine(SharedSteps):
@@ -209,24 +216,6 @@ class DuckDBEngine(SharedSteps):
         identity_mod.build_profiles(con, identity, staged.with_profiles)
         return staged
 
-    def write_ingest(self, stitched: Stitched, directory: str, quarantine: bool) -> None:
-        """The ingest tables (:func:`ingest_files`), one Parquet file each, into ``directory``."""
-        con, tmp = stitched.con, Path(directory)
-        for table in ingest_files(stitched.with_profiles):
-            columns = ", ".join(table.columns) if table.columns else "*"
-            columns += f" EXCLUDE ({', '.join(table.drop)})" if table.drop else ""
-            source = "stitched_events" if table.name == "events" else table.name
-            order = ", ".join(f"{key} NULLS FIRST" for key in table.order)
-            _copy(con, f"SELECT {columns} FROM {source} ORDER BY {order}", tmp / f"{table.name}.parquet")
-        if quarantine:
-            _copy(
-                con,
-                "SELECT reason, _source_file AS source_file, _source_row AS source_row, "
-                "* EXCLUDE (reason, _source_file, _source_row) FROM bad_events "
-                "ORDER BY source_file, source_row",
-                tmp / "quarantine.parquet",
-            )
-
     def open_ingested(self, inputs: InputFiles, manifest: dict[str, Any]) -> LoadedEvents:
         """An ingest directory (either engine's) as views; ``profile_attributes`` when written."""
         con = connect(self.config.engine)
@@ -274,21 +263,18 @@ class DuckDBEngine(SharedSteps):
         """Where outputs go, as this engine spells paths."""
         return str(Path(path))
 
-    def write_feature_table(
-        self, events: LoadedEvents, relation: str, out: str | Path, metadata: dict[str, Any], labelled: bool
-    ) -> tuple[int, int | None]:
-        """One Parquet file at ``out``, the registry facts in its metadata; rows and positives."""
-        con, text = events.con, json.dumps(metadata)
-        with atomic_path(out, kind="features") as tmp:
-            con.execute(
-                f"COPY ({relation}) TO {sql_string(str(tmp))} "
-                f"(FORMAT parquet, COMPRESSION zstd, KV_METADATA {{propensity: {sql_string(text)}}})"
-            )
-            positives = "sum(label)" if labelled else "NULL"
-            rows = con.execute(
-                f"SELECT count(*), {positives} FROM read_parquet({sql_string(str(tmp))})"
-            ).fetchone()
-        return rows[0], (int(rows[1]) if labelled else None)
+    def atomic_output(self, path: str | Path, kind: str | None = None):
+        """A free temporary path that replaces ``path`` whole when the block succeeds."""
+        return atomic_path(path, kind=kind)
+
+    def write_features(self, events: LoadedEvents, relation: str, path: str, metadata: dict[str, Any]) -> str:
+        """One Parquet file at ``path``, the registry facts in its metadata."""
+        text = sql_string(json.dumps(metadata))
+        events.con.execute(
+            f"COPY ({relation}) TO {sql_string(path)} "
+            f"(FORMAT parquet, COMPRESSION zstd, KV_METADATA {{propensity: {text}}})"
+        )
+        return f"read_parquet({sql_string(path)})"
 
     def score(self, events: LoadedEvents, plan: ScoringPlan, target: str) -> Scored:
         """The population scored in profile partitions, written ranked to ``target``."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from propensity.core.errors import UserError
+from propensity.features.sql import sql_ident
 
 OnBadRows = Literal["fail", "quarantine"]
 # Bumped whenever the ingest output changes shape (2: events carry new_identities;
@@ -63,3 +64,21 @@ def checked_manifest(text: str, directory: Any) -> dict[str, Any]:
             f"{manifest.get('format', 1)}, need {INGEST_FORMAT}); run `propensity ingest` again"
         )
     return manifest
+
+
+def ingest_table_sql(table: IngestFile, view: str, columns: list[str]) -> str:
+    """The query (DuckDB's SQL) of one ingest table's rows over ``view`` (its ``columns``): the
+    file's columns in order, every key ascending with nulls first."""
+    chosen = table.columns or [c for c in columns if c not in table.drop]
+    order = ", ".join(f"{sql_ident(key)} NULLS FIRST" for key in table.order)
+    return f"SELECT {', '.join(sql_ident(c) for c in chosen)} FROM {view} ORDER BY {order}"
+
+
+def quarantine_sql(view: str, columns: list[str]) -> str:
+    """The query (DuckDB's SQL) of the quarantined rows over ``view`` (its ``columns``): the
+    reason and where each row came from first, in the order of the files."""
+    others = ", ".join(sql_ident(c) for c in columns if c not in ("reason", *SOURCE_COLUMNS))
+    return (
+        "SELECT reason, _source_file AS source_file, _source_row AS source_row, "
+        f"{others} FROM {view} ORDER BY source_file, source_row"
+    )

@@ -24,9 +24,8 @@ from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.model_frames import training_frame
 from propensity.features.build.training_sample import RowChoice
 from propensity.features.engine import Scored, ScoringPlan, SharedSteps, TrainingRows
-from propensity.features.ingest.manifest import INGEST_TABLES, SOURCE_COLUMNS, OnBadRows, ingest_files
+from propensity.features.ingest.manifest import INGEST_TABLES, SOURCE_COLUMNS, OnBadRows
 from propensity.features.ingest.staging import StagedEvents, refuse_bad_rows
-from propensity.features.ingest.summary import ORDER_ID
 from propensity.features.spark import features as sf
 from propensity.features.spark import identity as spark_identity
 from propensity.features.spark import scoring
@@ -152,10 +151,22 @@ class Stitched:
         """The rows of a query (DuckDB's SQL, transpiled) over the stitched views."""
         return [tuple(r) for r in self.events.sparkSession.sql(sf.duckdb_to_spark(sql)).collect()]
 
+    def columns(self, view: str) -> list[str]:
+        """A stitched view's columns, in order."""
+        return self.events.sparkSession.table(view).columns
+
     @property
-    def has_order_id(self) -> bool:
-        """Whether the events have the optional ``order_id`` column."""
-        return ORDER_ID in self.events.columns
+    def with_attributes(self) -> bool:
+        """Whether profile attributes were staged (``profile_attributes``)."""
+        return self.attributes is not None
+
+    def view(self, table: str) -> str:
+        """The temp view an ingest table is written from (registered by SparkEngine.stage)."""
+        return self.events_view if table == "events" else f"ingest_{table}"
+
+    def write(self, sql: str, path: str) -> None:
+        """A query's rows (DuckDB's SQL, transpiled) as a Parquet directory (zstd)."""
+        write_parquet(self.events.sparkSession.sql(sf.duckdb_to_spark(sql)), path)
 
     @property
     def counts(self) -> StagedEvents:
@@ -238,30 +249,15 @@ class SparkEngine(SharedSteps):
         profile_table = spark_identity.build_profiles(
             graph.identity_map, events, identity, attributes, namespaces
         )
-        # The views the ingest breakdown reads (Stitched.rows).
-        events.createOrReplaceTempView(Stitched.events_view)
-        graph.identity_map.createOrReplaceTempView(Stitched.identity_view)
-        return Stitched(inputs, staged, graph, events, profile_table, attributes)
-
-    def write_ingest(self, stitched: Stitched, directory: str, quarantine: bool) -> None:
-        """The ingest tables (:func:`ingest_files`), one Parquet directory each, into ``directory``."""
-        fn, graph = functions(), stitched.graph
-        sources = {"events": stitched.events, "profile_attributes": stitched.attributes}
-        sources.update(profiles=stitched.profiles, identity_map=graph.identity_map)
-        sources.update(identity_links=graph.identity_links, identity_unsettled=graph.identity_unsettled)
-        for table in ingest_files(stitched.attributes is not None):
-            frame = sources[table.name].drop(*table.drop)
-            frame = frame.select(*table.columns) if table.columns else frame
-            order = [fn.col(key).asc_nulls_first() for key in table.order]
-            write_parquet(frame.orderBy(*order), f"{directory}/{table.name}.parquet")
-        if quarantine:
-            bad = stitched.staged.bad
-            others = [fn.col(SPARK.ident(c)) for c in bad.columns if c not in ("reason", *SOURCE_COLUMNS)]
-            source = (fn.col("_source_file").alias("source_file"), fn.col("_source_row").alias("source_row"))
-            write_parquet(
-                bad.select("reason", *source, *others).orderBy("source_file", "source_row"),
-                f"{directory}/quarantine.parquet",
-            )
+        stitched = Stitched(inputs, staged, graph, events, profile_table, attributes)
+        # The views the ingest breakdown and the ingest tables read (Stitched.rows, .write).
+        views = {"events": events, "identity_map": graph.identity_map, "profiles": profile_table}
+        views.update(identity_links=graph.identity_links, identity_unsettled=graph.identity_unsettled)
+        views.update(quarantine=staged.bad, profile_attributes=attributes)
+        for table, frame in views.items():
+            if frame is not None:
+                frame.createOrReplaceTempView(stitched.view(table))
+        return stitched
 
     def open_ingested(self, inputs: SparkInput, manifest: dict[str, Any]) -> SparkEvents:
         """An ingest directory (either engine's) as temp views; ``profile_attributes`` when written."""
@@ -289,7 +285,7 @@ class SparkEngine(SharedSteps):
     def atomic_directory(self, path: str | Path, kind: str | None = None):
         """A temporary path that replaces ``path`` whole when the block succeeds (a ``kind``
         output: another kind of local folder is refused)."""
-        return atomic_output(self.spark, path, kind=kind)
+        return self.atomic_output(path, kind=kind)
 
     def write_text(self, text: str, path: str) -> None:
         """A small text file on any Hadoop path."""
@@ -299,25 +295,18 @@ class SparkEngine(SharedSteps):
         """Where outputs go, as Hadoop spells the path."""
         return hadoop_path(path)
 
-    def write_feature_table(
-        self,
-        events: SparkEvents,
-        relation: DataFrame,
-        out: str | Path,
-        metadata: dict[str, Any],
-        labelled: bool,
-    ) -> tuple[int, int | None]:
-        """A Parquet directory at ``out``, the registry facts in ``OUT/_propensity.json``."""
-        fn = functions()
-        with atomic_output(self.spark, out, kind="features") as tmp:
-            write_parquet(relation.orderBy("profile_id"), tmp)
-            write_text(self.spark, json.dumps(metadata), f"{tmp}/_propensity.json")
-            written = (
-                self.spark.read.parquet(tmp)
-                .agg(fn.count(fn.lit(1)), fn.sum("label") if labelled else fn.lit(None))
-                .first()
-            )
-        return int(written[0]), (int(written[1] or 0) if labelled else None)
+    def atomic_output(self, path: str | Path, kind: str | None = None):
+        """A temporary path that replaces ``path`` whole when the block succeeds."""
+        return atomic_output(self.spark, path, kind=kind)
+
+    def write_features(
+        self, events: SparkEvents, relation: DataFrame, path: str, metadata: dict[str, Any]
+    ) -> str:
+        """A Parquet directory at ``path``, the registry facts in ``PATH/_propensity.json``."""
+        write_parquet(relation.orderBy("profile_id"), path)
+        write_text(self.spark, json.dumps(metadata), f"{path}/_propensity.json")
+        self.spark.read.parquet(path).createOrReplaceTempView("written_features")
+        return "written_features"
 
     def score(self, events: SparkEvents, plan: ScoringPlan, target: str) -> Scored:
         """The population scored on the executors (``mapInArrow``), ranked, written to ``target``."""
