@@ -94,12 +94,17 @@ def _no_grouped_rollup(*args, **kwargs):
     past=st.lists(_at(st.integers(1, 800)), min_size=1, max_size=30),
     future=st.lists(_at(st.integers(-60, 0)), min_size=1, max_size=8),
     batch_rows=st.integers(min_value=1, max_value=7),
+    split=st.booleans(),
 )
-def test_the_streamed_rollup_equals_the_direct_path_and_sees_nothing_after_as_of(past, future, batch_rows):
-    # Batches of a few rows: runs of one (profile, day) straddle batch boundaries.
+def test_the_streamed_rollup_equals_the_direct_path_and_sees_nothing_after_as_of(
+    past, future, batch_rows, split
+):
+    # Batches of a few rows: runs of one (profile, day) straddle batch boundaries; ``split``:
+    # one stream per range of profile keys, each on its own cursor and thread.
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(daily_rollup, "BATCH_ROWS", batch_rows)
         patch.setattr(stacked_build, "_grouped_rollup", _no_grouped_rollup)
+        patch.setattr(stacked_build, "STREAM_MIN_PROFILES", 1 if split else 10**9)
         con = _connection(past + future, sort=True)
         streamed = _stacked(con)
         without_future = _stacked(_connection(past, sort=True))
@@ -115,12 +120,15 @@ def test_the_streamed_rollup_equals_the_direct_path_and_sees_nothing_after_as_of
     day = sql_compiler.DUCKDB.day("timestamp")
     stream = daily_rollup.stream_rollup(con, "events", columns, day)
     grouped = stacked_build._grouped_rollup(con, "events", columns, "")
-    for a, b in zip(
-        [stream[0], stream[1], *stream[2], *stream[3]],
-        [grouped[0], grouped[1], *grouped[2], *grouped[3]],
-        strict=True,
-    ):
-        pd.testing.assert_series_equal(pd.Series(a, dtype=float), pd.Series(b, dtype=float))
+    # Ranges of keys, empty ones too, each streamed on a cursor of its own, joined in order.
+    split_stream = daily_rollup.split_stream_rollup(con, "events", "TRUE", columns, day, [-1, 0, 1, 1, 9])
+    for rollup in (grouped, split_stream):
+        for a, b in zip(
+            [stream[0], stream[1], *stream[2], *stream[3]],
+            [rollup[0], rollup[1], *rollup[2], *rollup[3]],
+            strict=True,
+        ):
+            pd.testing.assert_series_equal(pd.Series(a, dtype=float), pd.Series(b, dtype=float))
 
 
 def test_events_out_of_order_fall_back_to_the_grouped_rollup():
@@ -134,9 +142,9 @@ def test_events_out_of_order_fall_back_to_the_grouped_rollup():
     ]
     unsorted = _connection(specs, sort=False)
     _, columns = stacked_build._rollup_columns(FS, packed=True)
-    assert (
-        daily_rollup.stream_rollup(unsorted, "events", columns, sql_compiler.DUCKDB.day("timestamp")) is None
-    )
+    day = sql_compiler.DUCKDB.day("timestamp")
+    assert daily_rollup.stream_rollup(unsorted, "events", columns, day) is None
+    assert daily_rollup.split_stream_rollup(unsorted, "events", "TRUE", columns, day, [0, 1, 3]) is None
     pd.testing.assert_frame_equal(_stacked(unsorted), _stacked(_connection(specs, sort=True)))
 
 

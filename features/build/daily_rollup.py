@@ -13,7 +13,9 @@ exactly (the tests hold them to it).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import duckdb
 import numba
@@ -172,3 +174,54 @@ def stream_rollup(con: duckdb.DuckDBPyConnection, source: str, columns: RollupCo
     else:
         out = [np.concatenate([p[j] for p in parts]) for j in range(width)]
     return out[0], out[1], out[2 : 3 + n_ints], out[3 + n_ints :]
+
+
+def _joined(parts: list[tuple]) -> tuple:
+    """Rollups of consecutive profile-key ranges as one (no run spans two ranges)."""
+    pk, day = (np.concatenate([p[j] for p in parts]) for j in (0, 1))
+    ints = [np.concatenate([p[2][j] for p in parts]) for j in range(len(parts[0][2]))]
+    floats = [np.concatenate([p[3][j] for p in parts]) for j in range(len(parts[0][3]))]
+    return pk, day, ints, floats
+
+
+def split_stream_rollup(
+    con: duckdb.DuckDBPyConnection,
+    relation: str,
+    condition: str,
+    columns: RollupColumns,
+    day_sql: str,
+    key_bounds: list[int],
+):
+    """:func:`stream_rollup` of the rows of ``relation`` meeting ``condition``, as one stream
+    per range ``[key_bounds[i], key_bounds[i + 1])`` of profile_key, each on a cursor of its
+    own in a thread of its own, joined in key order; None when any range is out of order.
+
+    One ordered stream keeps DuckDB's threads waiting on each other to hand batches over in
+    order (measured at 150k profiles: 0.6 of a core busy on 2); ranges of a profile-sorted
+    file are disjoint row groups, each streamed in order by its own thread, and the NumPy /
+    numba work of each (which releases the GIL) overlaps the other's scan. A relation a cursor
+    cannot see (a temp view or a registered table of ``con``) is streamed whole on ``con``.
+    """
+    source = f"(SELECT * FROM {relation} WHERE {condition})"
+    if len(key_bounds) < 3:
+        return stream_rollup(con, source, columns, day_sql)
+    cursors = [con.cursor() for _ in key_bounds[1:]]
+    try:
+        try:
+            cursors[0].execute(f"SELECT * FROM {relation} LIMIT 0").fetchall()
+        except duckdb.Error:  # not visible from another connection
+            return stream_rollup(con, source, columns, day_sql)
+        ranges = [
+            f"(SELECT * FROM {relation} WHERE ({condition}) AND profile_key >= {lo} AND profile_key < {hi})"
+            for lo, hi in pairwise(key_bounds)
+        ]
+        with ThreadPoolExecutor(len(ranges)) as pool:
+            parts = list(
+                pool.map(lambda i: stream_rollup(cursors[i], ranges[i], columns, day_sql), range(len(ranges)))
+            )
+    finally:
+        for cursor in cursors:
+            cursor.close()
+    if any(part is None for part in parts):
+        return None
+    return _joined(parts)

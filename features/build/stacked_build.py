@@ -18,7 +18,12 @@ import numpy as np
 import pyarrow as pa
 
 from propensity.features.build.feature_set import EVERY_EVENT, FeatureSet
-from propensity.features.build.sql_compiler import day_number, features_sql_from
+from propensity.features.build.sql_compiler import (
+    ATTACHED,
+    day_number,
+    features_sql_from,
+    profile_attribute_columns,
+)
 from propensity.features.connection import fetch_arrow, relation_columns
 from propensity.features.identity.as_of import Reattributed
 from propensity.features.sql import DUCKDB
@@ -107,26 +112,50 @@ def _grouped_rollup(con: duckdb.DuckDBPyConnection, keyed: str, columns: RollupC
     return key, day, ints, floats
 
 
+# Fewer profiles than this per stream: one stream (threads and cursors cost more than they save).
+STREAM_MIN_PROFILES = 1024
+
+
+def _key_bounds(con: duckdb.DuckDBPyConnection, keys: str | None) -> list[int]:
+    """Ranges of profile_key, one per engine thread, for the split stream (one range, no
+    bounds, without a key table: events keyed here are not in key order anyway)."""
+    if keys is None:
+        return []
+    threads = int(con.execute("SELECT current_setting('threads')").fetchall()[0][0])
+    n = con.execute(f"SELECT coalesce(max(profile_key), 0) + 1 FROM {keys}").fetchall()[0][0]
+    parts = max(1, min(threads, n // STREAM_MIN_PROFILES))
+    inner = [n * i // parts for i in range(1, parts)]
+    return [-(2**31), *inner, 2**31]
+
+
 def _daily_rollup(
-    con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str, packed: bool, span: tuple | None = None
+    con: duckdb.DuckDBPyConnection,
+    fs: FeatureSet,
+    keyed: str,
+    packed: bool,
+    span: tuple | None = None,
+    keys: str | None = None,
 ) -> dict | None:
     """The daily rollup of the events in ``span`` (from, before), all when None, sorted by
     (profile_key, day): per measure, a float64 array or a packed field
     (:class:`features.build.kernels.Packed`).
 
     Streamed without a grouped aggregate when the events arrive in (profile_key, time) order,
-    as an ingest writes them (:mod:`.daily_rollup`); grouped by DuckDB otherwise. None when
-    ``packed`` and a day has too many events for the packed fields.
+    as an ingest writes them (:mod:`.daily_rollup`), one stream per range of profile keys of
+    ``keys`` (the table of keys); grouped by DuckDB otherwise. None when ``packed`` and a day
+    has too many events for the packed fields.
     """
-    from propensity.features.build.daily_rollup import stream_rollup
+    from propensity.features.build.daily_rollup import split_stream_rollup
 
     counted, columns = _rollup_columns(fs, packed)
-    where = (
-        f"WHERE timestamp >= TIMESTAMP '{span[0]} 00:00:00' AND timestamp < TIMESTAMP '{span[1]} 00:00:00'"
+    condition = (
+        f"timestamp >= TIMESTAMP '{span[0]} 00:00:00' AND timestamp < TIMESTAMP '{span[1]} 00:00:00'"
         if span
-        else ""
+        else "TRUE"
     )
-    rolled = stream_rollup(con, f"(SELECT * FROM {keyed} {where})", columns, DUCKDB.day("timestamp"))
+    where = f"WHERE {condition}"
+    bounds = _key_bounds(con, keys)
+    rolled = split_stream_rollup(con, keyed, condition, columns, DUCKDB.day("timestamp"), bounds)
     if rolled is None:
         rolled = _grouped_rollup(con, keyed, columns, where)
     pk, days, ints, floats = rolled
@@ -153,12 +182,18 @@ def _daily_rollup(
 BATCH_BYTES = 2 << 30
 
 
-def _rollup_arrays(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keyed: str, span: tuple | None = None):
+def _rollup_arrays(
+    con: duckdb.DuckDBPyConnection,
+    fs: FeatureSet,
+    keyed: str,
+    span: tuple | None = None,
+    keys: str | None = None,
+):
     """The daily rollup's keys, days and measure columns (packed when the counts allow) of the
     events in ``span`` (from, before), all when None."""
-    values = _daily_rollup(con, fs, keyed, True, span)
+    values = _daily_rollup(con, fs, keyed, True, span, keys)
     if values is None:  # a profile with 2^15 events in a day: the packed counts would overflow
-        values = _daily_rollup(con, fs, keyed, False, span)
+        values = _daily_rollup(con, fs, keyed, False, span, keys)
     return values.pop("profile_key"), values.pop("day"), values
 
 
@@ -176,18 +211,32 @@ def _rows(values: dict, lo: int, hi: int) -> dict:
     return out
 
 
+def _by_key(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keys: str) -> pa.Table:
+    """Each key's profile_id (row k: key k) and, for the ingest's ``profiles``, the profile
+    attributes the feature table reads (named with the prefix ``ATTACHED``)."""
+    attributes = (
+        profile_attribute_columns(relation_columns(con, keys), fs.traits) if keys == "profiles" else []
+    )
+    select = ", ".join(
+        ["profile_id", *(f"{DUCKDB.ident(c)} AS {DUCKDB.ident(ATTACHED + c)}" for c in attributes)]
+    )
+    return fetch_arrow(con, f"SELECT {select} FROM {keys} ORDER BY profile_key")
+
+
 def _insert(
     con: duckdb.DuckDBPyConnection,
     fs: FeatureSet,
     stacked: pa.Table,
-    ids: pa.Array,
+    by_key: pa.Table,
     table: str,
     create: bool,
     aggregates: str = "SELECT * FROM _snapshot_aggregates",
     **features_options,
 ) -> None:
-    """Features of the compiled pass's aggregates (``pk`` -> ``ids``) into ``table``."""
-    stacked = stacked.append_column("profile_id", ids.take(stacked["pk"]))
+    """Features of the compiled pass's aggregates into ``table``: profile_id (and with
+    ``attached``, the profile attributes) taken from ``by_key`` (:func:`_by_key`) by ``pk``."""
+    for name in by_key.column_names:
+        stacked = stacked.append_column(name, by_key[name].take(stacked["pk"]))
     stacked = stacked.rename_columns(["profile_key" if c == "pk" else c for c in stacked.column_names])
     con.register("_snapshot_aggregates", stacked)
     columns = relation_columns(con, features_options.get("profiles", "profiles"))
@@ -237,15 +286,16 @@ def build_snapshots(
     # Events on or after the last as-of date, or before the first one's lookback, are in no
     # snapshot.
     span = (min(as_ofs) - dt.timedelta(days=fs.lookback_days), max(as_ofs))
-    pk, days, values = _rollup_arrays(con, fs, keyed, span)
+    pk, days, values = _rollup_arrays(con, fs, keyed, span, keys)
     # Compiled on first use; numba loads only here.
     from propensity.features.build.kernels import WindowPlan, window_kernel
 
     # Keys are dense row numbers in key order: a take, not a join, gives each id back.
-    ids = fetch_arrow(con, f"SELECT profile_id FROM {keys} ORDER BY profile_key")["profile_id"]
+    # The ingest's profiles are one row per key: their attributes are taken by key, not joined.
+    by_key = _by_key(con, fs, keys)
     plan = WindowPlan.of(fs, list(fs.measures))
     row_bytes = 8 + 4 * plan.n_counts + 8 * plan.n_amounts
-    per_batch = max(1, BATCH_BYTES // max(1, len(ids) * row_bytes))
+    per_batch = max(1, BATCH_BYTES // max(1, len(by_key) * row_bytes))
     dates = [day_number(d) for d in sorted(set(as_ofs))]
     if not dates:
         raise ValueError("build_snapshots needs at least one as-of date")
@@ -254,7 +304,18 @@ def build_snapshots(
     join_key = "profile_key" if keys == "profiles" else "profile_id"
     for start in range(0, len(dates), per_batch):
         stacked = window_kernel(pk, days, values, fs, dates[start : start + per_batch])
-        _insert(con, fs, stacked, ids, table, start == 0, aggregates, where=where, join_key=join_key)
+        _insert(
+            con,
+            fs,
+            stacked,
+            by_key,
+            table,
+            start == 0,
+            aggregates,
+            where=where,
+            join_key=join_key,
+            attached=keys == "profiles",
+        )
         del stacked
     if skip:
         con.unregister("_snapshot_skip")
@@ -292,8 +353,8 @@ def _insert_reattributed(
     over each date's keys (contiguous, keys being in date order) with that date alone."""
     from propensity.features.build.kernels import window_kernel
 
-    pk, days, values = _rollup_arrays(con, fs, reattributed.events)
-    ids = fetch_arrow(con, f"SELECT profile_id FROM {reattributed.keys} ORDER BY profile_key")["profile_id"]
+    pk, days, values = _rollup_arrays(con, fs, reattributed.events, keys=reattributed.keys)
+    ids = fetch_arrow(con, f"SELECT profile_id FROM {reattributed.keys} ORDER BY profile_key")
     key_days = reattributed.key_days
     parts = []
     for day in np.unique(key_days):
