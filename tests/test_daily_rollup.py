@@ -173,3 +173,27 @@ def test_an_ingest_streams_its_rollup_and_its_profile_ranges_read_only_their_row
     plan = con.execute(f"EXPLAIN ANALYZE SELECT count(*) FROM events WHERE {ranges[1]}").fetchall()[0][1]
     scanned, groups = map(int, re.search(r"Row Groups Scanned: (\d+) / (\d+)", plan).groups())
     assert groups >= 4 and scanned < groups
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(past=st.lists(_at(st.integers(1, 400)), min_size=1, max_size=30), cut=st.integers(0, 3))
+def test_features_of_a_range_of_keys_are_those_profiles_rows_of_the_whole_build(past, cut):
+    # Scoring's entry point: one date, the profiles of a range of keys, split into streams.
+    con = _connection(past, sort=True)
+    as_of = AS_OFS[-1]
+    whole = stacked_build.build_features_at(con, FS, as_of, table="whole")
+    assert whole == stacked_build.build_snapshots(con, FS, [as_of], table="same")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stacked_build, "STREAM_MIN_PROFILES", 1)
+        parts = [
+            stacked_build.build_features_at(con, FS, as_of, table=f"part_{i}", key_range=key_range)
+            for i, key_range in enumerate([(0, cut), (cut, 3)])
+        ]
+    assert sum(parts) == whole
+    expected = con.execute("SELECT * FROM whole ORDER BY profile_id").df()
+    got = con.execute(
+        "SELECT * FROM (SELECT * FROM part_0 UNION ALL SELECT * FROM part_1) ORDER BY profile_id"
+    ).df()
+    pd.testing.assert_frame_equal(got, expected)
+    keys = con.execute("SELECT profile_key FROM part_0 JOIN profiles USING (profile_id)").fetchall()
+    assert all(k < cut for (k,) in keys)

@@ -59,51 +59,45 @@ class RollupColumns:
 
 
 @numba.njit(cache=True, nogil=True)
-def _runs(pk, day):  # pragma: no cover - compiled
-    """Start of each run of equal (pk, day), or None when the rows are not sorted by them."""
-    starts = np.empty(len(pk), dtype=np.int64)
-    n = 0
-    for i in range(len(pk)):
+def _roll(pk, day, ints, n_ints, floats, n_floats, maxed):  # pragma: no cover - compiled
+    """Runs of equal (pk, day) added up in one pass over the rows: (sorted, keys: pk, day and
+    row count per run, per-run sums of each int column, per-run sums or maxima (``maxed``) of
+    each float column skipping NaN (NULL), NaN when all are); ``sorted`` False, and empty
+    arrays, when the rows are not in (pk, day) order. ``ints`` / ``floats``: tuples of
+    columns, of which the first ``n_ints`` / ``n_floats`` are real (an empty tuple cannot be
+    typed: the caller pads it)."""
+    n = len(pk)
+    n_runs = 0
+    for i in range(n):
         if i == 0 or pk[i] != pk[i - 1] or day[i] != day[i - 1]:
             if i > 0 and (pk[i] < pk[i - 1] or (pk[i] == pk[i - 1] and day[i] < day[i - 1])):
-                return None
-            starts[n] = i
-            n += 1
-    return starts[:n]
-
-
-@numba.njit(cache=True, nogil=True)
-def _sum_runs(column, starts):  # pragma: no cover - compiled
-    """Per-run sums of an integer column."""
-    out = np.zeros(len(starts), dtype=np.int64)
-    for r in range(len(starts)):
-        end = starts[r + 1] if r + 1 < len(starts) else len(column)
-        total = 0
-        for i in range(starts[r], end):
-            total += column[i]
-        out[r] = total
-    return out
-
-
-@numba.njit(cache=True, nogil=True)
-def _fold_runs(column, starts, is_max):  # pragma: no cover - compiled
-    """Per-run sums or maxima of a float column, skipping NaN (NULL); NaN when all are."""
-    out = np.full(len(starts), np.nan)
-    for r in range(len(starts)):
-        end = starts[r + 1] if r + 1 < len(starts) else len(column)
-        best = np.nan
-        for i in range(starts[r], end):
-            v = column[i]
+                empty = np.zeros((0, 0), dtype=np.int64)
+                return False, empty, empty, np.zeros((0, 0))
+            n_runs += 1
+    keys = np.zeros((3, n_runs), dtype=np.int64)
+    sums = np.zeros((n_ints, n_runs), dtype=np.int64)
+    folds = np.full((n_floats, n_runs), np.nan)
+    r = -1
+    for i in range(n):
+        if i == 0 or pk[i] != pk[i - 1] or day[i] != day[i - 1]:
+            r += 1
+            keys[0, r] = pk[i]
+            keys[1, r] = day[i]
+        keys[2, r] += 1
+        for j in range(n_ints):
+            sums[j, r] += ints[j][i]
+        for j in range(n_floats):
+            v = floats[j][i]
             if np.isnan(v):
                 continue
+            best = folds[j, r]
             if np.isnan(best):
-                best = v
-            elif is_max:
-                best = max(best, v)
+                folds[j, r] = v
+            elif maxed[j]:
+                folds[j, r] = max(best, v)
             else:
-                best += v
-        out[r] = best
-    return out
+                folds[j, r] = best + v
+    return True, keys, sums, folds
 
 
 def _combine(a: float, b: float, is_max: bool) -> float:
@@ -115,22 +109,33 @@ def _combine(a: float, b: float, is_max: bool) -> float:
     return max(a, b) if is_max else a + b
 
 
+def _read_only(array: np.ndarray, dtype) -> np.ndarray:
+    """``array`` as ``dtype``, read-only: Arrow's zero-copy arrays are, and a tuple of columns
+    types in numba only when every column agrees."""
+    out = array.astype(dtype, copy=False).view()
+    out.flags.writeable = False
+    return out
+
+
 def _rolled_batch(batch, columns: RollupColumns, n_ints: int) -> list[np.ndarray] | None:
     """One Arrow batch of events rolled up per (pk, day) run: pk, day, event count, int sums,
     float folds; None when the batch is out of order (an empty batch gives empty runs)."""
     arrays = [c.to_numpy(zero_copy_only=False) for c in batch.columns]
-    pk, day = arrays[0], arrays[1]
-    starts = _runs(pk, day)
-    if starts is None:
+    ints = tuple(_read_only(a, np.int64) for a in arrays[2 : 2 + n_ints])
+    floats = tuple(_read_only(a, np.float64) for a in arrays[2 + n_ints :])
+    maxed = np.array(columns.maxed, dtype=np.bool_)
+    in_order, keys, sums, folds = _roll(
+        arrays[0],
+        arrays[1],
+        ints or (np.zeros(0, dtype=np.int64),),
+        len(ints),
+        floats or (np.zeros(0),),
+        len(floats),
+        maxed,
+    )
+    if not in_order:
         return None
-    counts = np.diff(np.append(starts, len(pk)))
-    part = [pk[starts].astype(np.int64), day[starts].astype(np.int64), counts]
-    part += [_sum_runs(a, starts) for a in arrays[2 : 2 + n_ints]]
-    part += [
-        _fold_runs(a.astype(np.float64), starts, m)
-        for a, m in zip(arrays[2 + n_ints :], columns.maxed, strict=True)
-    ]
-    return part
+    return [*keys, *sums, *folds]
 
 
 def _append(parts: list, part: list[np.ndarray], columns: RollupColumns, n_ints: int) -> bool:

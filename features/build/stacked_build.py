@@ -116,16 +116,23 @@ def _grouped_rollup(con: duckdb.DuckDBPyConnection, keyed: str, columns: RollupC
 STREAM_MIN_PROFILES = 1024
 
 
-def _key_bounds(con: duckdb.DuckDBPyConnection, keys: str | None) -> list[int]:
-    """Ranges of profile_key, one per engine thread, for the split stream (one range, no
-    bounds, without a key table: events keyed here are not in key order anyway)."""
+def _key_bounds(con: duckdb.DuckDBPyConnection, keys: str | None, key_range: tuple | None) -> list[int]:
+    """Ranges of profile_key, one per engine thread, for the split stream, within ``key_range``
+    (all keys when None); no ranges (one stream) without a key table (events keyed here are
+    not in key order anyway) or for few profiles."""
     if keys is None:
         return []
     threads = int(con.execute("SELECT current_setting('threads')").fetchall()[0][0])
-    n = con.execute(f"SELECT coalesce(max(profile_key), 0) + 1 FROM {keys}").fetchall()[0][0]
-    parts = max(1, min(threads, n // STREAM_MIN_PROFILES))
-    inner = [n * i // parts for i in range(1, parts)]
-    return [-(2**31), *inner, 2**31]
+    if key_range is None:
+        n = con.execute(f"SELECT coalesce(max(profile_key), 0) + 1 FROM {keys}").fetchall()[0][0]
+        low, high, ends = 0, n, (-(2**31), 2**31)
+    else:
+        low, high = key_range
+        ends = key_range
+    parts = max(1, min(threads, (high - low) // STREAM_MIN_PROFILES))
+    if parts == 1:
+        return []
+    return [ends[0], *(low + (high - low) * i // parts for i in range(1, parts)), ends[1]]
 
 
 def _daily_rollup(
@@ -135,6 +142,7 @@ def _daily_rollup(
     packed: bool,
     span: tuple | None = None,
     keys: str | None = None,
+    key_range: tuple | None = None,
 ) -> dict | None:
     """The daily rollup of the events in ``span`` (from, before), all when None, sorted by
     (profile_key, day): per measure, a float64 array or a packed field
@@ -142,8 +150,9 @@ def _daily_rollup(
 
     Streamed without a grouped aggregate when the events arrive in (profile_key, time) order,
     as an ingest writes them (:mod:`.daily_rollup`), one stream per range of profile keys of
-    ``keys`` (the table of keys); grouped by DuckDB otherwise. None when ``packed`` and a day
-    has too many events for the packed fields.
+    ``keys`` (the table of keys); grouped by DuckDB otherwise. ``key_range`` (from, before):
+    only the profiles of those keys. None when ``packed`` and a day has too many events for the
+    packed fields.
     """
     from propensity.features.build.daily_rollup import split_stream_rollup
 
@@ -153,8 +162,10 @@ def _daily_rollup(
         if span
         else "TRUE"
     )
+    if key_range is not None:
+        condition += f" AND profile_key >= {int(key_range[0])} AND profile_key < {int(key_range[1])}"
     where = f"WHERE {condition}"
-    bounds = _key_bounds(con, keys)
+    bounds = _key_bounds(con, keys, key_range)
     rolled = split_stream_rollup(con, keyed, condition, columns, DUCKDB.day("timestamp"), bounds)
     if rolled is None:
         rolled = _grouped_rollup(con, keyed, columns, where)
@@ -188,12 +199,13 @@ def _rollup_arrays(
     keyed: str,
     span: tuple | None = None,
     keys: str | None = None,
+    key_range: tuple | None = None,
 ):
     """The daily rollup's keys, days and measure columns (packed when the counts allow) of the
-    events in ``span`` (from, before), all when None."""
-    values = _daily_rollup(con, fs, keyed, True, span, keys)
+    events in ``span`` (from, before), all when None, of the profiles in ``key_range``."""
+    values = _daily_rollup(con, fs, keyed, True, span, keys, key_range)
     if values is None:  # a profile with 2^15 events in a day: the packed counts would overflow
-        values = _daily_rollup(con, fs, keyed, False, span, keys)
+        values = _daily_rollup(con, fs, keyed, False, span, keys, key_range)
     return values.pop("profile_key"), values.pop("day"), values
 
 
@@ -258,6 +270,7 @@ def build_snapshots(
     where: str | None = None,
     reattributed: Reattributed | None = None,
     keep: str | None = None,
+    key_range: tuple[int, int] | None = None,
 ) -> int:
     """Stacked feature tables for several as-of dates, as the temp table ``table``.
 
@@ -276,9 +289,13 @@ def build_snapshots(
     were its profile's then too.
 
     ``keep``: a table of (profile_id, as_of_day) rows; only those are stored (sampled training,
-    :mod:`.training_sample`), the profiles built apart excepted.
+    :mod:`.training_sample`), the profiles built apart excepted. ``key_range`` (from, before):
+    only the profiles whose ingest ``profile_key`` is in it (a partition of profiles: it reads
+    only its row groups of the profile-sorted events).
     """
     keyed, keys = _keyed(con, events)
+    if key_range is not None and keys != "profiles":
+        raise ValueError("a key range needs events and profiles keyed by the ingest's profile_key")
     if reattributed is not None and keys != "profiles":
         raise ValueError("reattributed profiles need events and profiles keyed by the ingest's profile_key")
     if not as_ofs:
@@ -286,7 +303,7 @@ def build_snapshots(
     # Events on or after the last as-of date, or before the first one's lookback, are in no
     # snapshot.
     span = (min(as_ofs) - dt.timedelta(days=fs.lookback_days), max(as_ofs))
-    pk, days, values = _rollup_arrays(con, fs, keyed, span, keys)
+    pk, days, values = _rollup_arrays(con, fs, keyed, span, keys, key_range)
     # Compiled on first use; numba loads only here.
     from propensity.features.build.kernels import WindowPlan, window_kernel
 
@@ -322,6 +339,22 @@ def build_snapshots(
     if reattributed is not None and len(reattributed.key_days):
         _insert_reattributed(con, fs, reattributed, table, where)
     return con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+
+
+def build_features_at(
+    con: duckdb.DuckDBPyConnection,
+    fs: FeatureSet,
+    as_of: dt.date,
+    table: str = "snapshot_features",
+    events: str = "events",
+    key_range: tuple[int, int] | None = None,
+    where: str | None = None,
+) -> int:
+    """Features at one as-of date of the profiles whose ingest ``profile_key`` is in
+    ``key_range`` (from, before; all when None), as the temp table ``table``: the single-date
+    build through the daily rollup and the compiled pass (:func:`build_snapshots` with one
+    date), which a scoring partition calls with its range of keys. Returns the number of rows."""
+    return build_snapshots(con, fs, [as_of], table, events, where, key_range=key_range)
 
 
 def _kept_aggregates(
