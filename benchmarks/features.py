@@ -16,7 +16,9 @@ agree. The single and stacked builds run twice: over the identity graph of each 
 (what the pipeline does) and over the final graph (the all-time attribution, for
 comparison); the run reports the profiles attributed again at each date, the ingest time
 (``--ingest`` to measure it again) and the ingest's point-in-time work
-(``benchmarks/point_in_time.py``). The last line is one JSON object.
+(``benchmarks/point_in_time.py``), the seconds of each phase of the single and stacked builds
+(rollup, compiled pass, feature SQL and write) and the load average. The last line is one JSON
+object.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 import pandas as pd
 
 from propensity.core.config import EngineConfig, ProjectConfig
-from propensity.features.build import daily_rollup, event_queries, sql_compiler, stacked_build
+from propensity.features.build import daily_rollup, event_queries, kernels, sql_compiler, stacked_build
 from propensity.features.build.registry import build_registry
 from propensity.features.build.snapshots import snapshot_dates
 from propensity.features.sql import DUCKDB
@@ -46,6 +48,37 @@ except ImportError:  # pragma: no cover
     from benchmarks.data import DATA, ensure_ingested
     from benchmarks.point_in_time import AsOfVariants, ingest_extras
     from benchmarks.references import CORE, handwritten_sql, pandas_features
+
+
+# The functions of the rollup build timed as its phases.
+PHASES = {"_rollup_arrays": "rollup", "window_kernel": "pass", "_insert": "write"}
+
+
+class Phases:
+    """Seconds spent in each phase of the rollup build (the daily rollup, the compiled pass, the
+    feature SQL and write), accumulated by wrapping those functions of ``stacked_build`` and
+    ``kernels`` for the benchmark's run; ``take()`` returns the split since the last call."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        for module in (stacked_build, kernels):
+            for name, phase in PHASES.items():
+                if hasattr(module, name):
+                    setattr(module, name, self._wrapped(getattr(module, name), phase))
+
+    def _wrapped(self, fn, phase: str):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+        return run
+
+    def take(self) -> dict[str, float]:
+        out, self.seconds = self.seconds, {}
+        return {k: round(v, 3) for k, v in out.items()}
 
 
 def timed(fn):
@@ -168,8 +201,12 @@ def main() -> None:
     _, rollup_columns = stacked_build._rollup_columns(fs, packed=True)
     day_sql = DUCKDB.day("timestamp")
 
-    def rollup_streamed():
-        assert daily_rollup.stream_rollup(con, "events", rollup_columns, day_sql) is not None
+    def rollup_streamed():  # as the build streams it: one stream per range of profile keys
+        bounds = stacked_build._key_bounds(con, "profiles", None)
+        assert (
+            daily_rollup.split_stream_rollup(con, "events", "TRUE", rollup_columns, day_sql, bounds)
+            is not None
+        )
 
     def rollup_grouped():
         stacked_build._grouped_rollup(con, "events", rollup_columns, "")
@@ -191,15 +228,26 @@ def main() -> None:
     # has not touched yet, which this VM makes slow).
     con.execute("SELECT count(*), sum(revenue) FROM events").fetchall()
     results: dict[str, list[float]] = {}
+    split: dict[str, list[dict[str, float]]] = {}  # per variant and round: seconds per phase
+    phases = Phases()
+    load = [os.getloadavg()[0]]
     peak_ours = 0.0
     for _ in range(2):
         for name, fn in variants:
+            phases.take()
             _, seconds = timed(fn)
             results.setdefault(name, []).append(seconds)
-            print(f"  {name:<16}{seconds:8.2f}s  RSS now {current_rss_mib():,.0f} MiB", flush=True)
+            split.setdefault(name, []).append(phases.take())
+            print(
+                f"  {name:<16}{seconds:8.2f}s  RSS now {current_rss_mib():,.0f} MiB  {split[name][-1]}",
+                flush=True,
+            )
             if name == "ours" and not peak_ours:
                 peak_ours = rss_mib()  # before any stacked build
+    load.append(os.getloadavg()[0])
     ours_s, hand_s, eight_s = min(results["ours"]), min(results["handwritten"]), min(results["stacked"])
+    # Each build's phases in its faster round.
+    best_split = {n: split[n][results[n].index(min(results[n]))] for n in ("ours", "stacked")}
     sql_s = min(results["ours sql"])
     peak_stacked = rss_mib()
 
@@ -255,6 +303,10 @@ def main() -> None:
         f"pandas / ours: {pandas_s / ours_s:.2f}   "
         f"peak RSS after our build: {peak_ours:,.0f} MiB, after the stacked build: {peak_stacked:,.0f} MiB"
     )
+    print(
+        f"phases (s): one snapshot {best_split['ours']}, 8 stacked {best_split['stacked']}; "
+        f"load average {load[0]:.1f} before the timed rounds, {load[1]:.1f} after"
+    )
     streamed_s, grouped_s = min(results["rollup streamed"]), min(results["rollup grouped"])
     print(
         f"daily rollup streamed / grouped: {streamed_s / grouped_s:.2f} "
@@ -298,6 +350,8 @@ def main() -> None:
                 "ingest_seconds": round(ingest_seconds, 3) if ingest_seconds else None,
                 "ingest_point_in_time": extras,
                 "runs": {name: [round(x, 3) for x in xs] for name, xs in results.items()},
+                "phases": best_split,
+                "load_average": [round(x, 1) for x in load],
             }
         )
     )

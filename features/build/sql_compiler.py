@@ -26,7 +26,7 @@ import pandas as pd
 
 from propensity.features.build.feature_set import Aggregate, Feature, FeatureSet
 from propensity.features.build.registry import CARRIED_COLUMNS
-from propensity.features.build.traits import UPDATED_AT, trait_columns
+from propensity.features.build.traits import trait_columns
 from propensity.features.connection import relation_columns
 from propensity.features.sql import DUCKDB, Dialect
 
@@ -140,24 +140,8 @@ def _feature_select(features: list[Feature], dialect: Dialect) -> str:
     return ",\n       ".join(f"{f.sql} AS {dialect.ident(f.name)}" for f in features)
 
 
-# The prefix of the profile attributes that travel with the aggregates (``attached``): apart
-# from any feature's or aggregate's name.
-ATTACHED = "_profile_"
-
-
-def profile_attribute_columns(columns: Collection[str], traits: tuple = ()) -> list[str]:
-    """The columns of the profile attributes the feature table reads, of those present."""
-    wanted = ["loyalty_tier", "signup_date", UPDATED_AT, *CARRIED_COLUMNS, *(t.name for t in traits)]
-    return [c for c in dict.fromkeys(wanted) if c in columns]
-
-
 def _profile_join(
-    columns: ProfileColumns,
-    dialect: Dialect,
-    key: str,
-    profiles: str = "profiles",
-    traits: tuple = (),
-    attached: bool = False,
+    columns: ProfileColumns, dialect: Dialect, key: str, profiles: str = "profiles", traits: tuple = ()
 ) -> tuple[str, str]:
     """Columns and join for profile attributes (tier, tenure, consent, declared traits), point in
     time (traits: :mod:`propensity.features.build.traits`).
@@ -165,39 +149,33 @@ def _profile_join(
     The attributes file is today's view, so a tier or tenure is only used for as-of dates
     after the profile signed up; consent is carried for segments, never modelled.
     ``profiles`` is the relation of attributes per profile (the profiles as of a date:
-    ``features.identity.as_of.AsOfSources.profiles``). ``attached``: the attributes
-    (:func:`profile_attribute_columns`) are already columns of the feature rows ``f``, each
-    named with the prefix ``ATTACHED``: no join.
+    ``features.identity.as_of.AsOfSources.profiles``).
     """
     if isinstance(columns, duckdb.DuckDBPyConnection):  # DuckDB callers may hand their connection
         columns = relation_columns(columns, profiles)
     available = set(columns or ())
-
-    def p(column: str) -> str:
-        return f"f.{dialect.ident(ATTACHED + column)}" if attached else f"p.{column}"
-
     as_of_date = dialect.date("f.as_of_day")
-    signed_up = f"{p('signup_date')} IS NOT NULL AND CAST({p('signup_date')} AS DATE) < {as_of_date}"
+    signed_up = f"p.signup_date IS NOT NULL AND CAST(p.signup_date AS DATE) < {as_of_date}"
     columns = []
     if "loyalty_tier" in available:
         tier = (
-            f"CASE WHEN {signed_up} THEN {p('loyalty_tier')} END"
+            f"CASE WHEN {signed_up} THEN p.loyalty_tier END"
             if "signup_date" in available
-            else p("loyalty_tier")
+            else "p.loyalty_tier"
         )
         columns.append(f"CAST({tier} AS {dialect.string_type}) AS loyalty_tier")
     else:
         columns.append(f"CAST(NULL AS {dialect.string_type}) AS loyalty_tier")
     if "signup_date" in available:
         columns.append(
-            f"CASE WHEN {signed_up} THEN f.as_of_day - {dialect.day(p('signup_date'))} END AS tenure_days"
+            f"CASE WHEN {signed_up} THEN f.as_of_day - {dialect.day('p.signup_date')} END AS tenure_days"
         )
     else:
         columns.append("CAST(NULL AS INTEGER) AS tenure_days")
     for c in CARRIED_COLUMNS:
-        columns.append(f"CAST({p(c) if c in available else 'NULL'} AS {dialect.string_type}) AS {c}")
-    columns += trait_columns(traits, available, dialect, p if attached else None)
-    join = f"LEFT JOIN {profiles} p ON p.{key} = f.{key}" if available and not attached else ""
+        columns.append(f"CAST({'p.' + c if c in available else 'NULL'} AS {dialect.string_type}) AS {c}")
+    columns += trait_columns(traits, available, dialect)
+    join = f"LEFT JOIN {profiles} p ON p.{key} = f.{key}" if available else ""
     return ", ".join(columns), join
 
 
@@ -210,30 +188,18 @@ def features_sql_from(
     ordered: bool = True,
     join_key: str = "profile_id",
     profiles: str = "profiles",
-    attached: bool = False,
 ) -> str:
     """Feature expressions over aggregates, with profile attributes from ``profiles`` joined on
-    ``join_key`` (``profile_key`` when the aggregates carry it: an integer join is the cheaper one).
-
-    ``attached``: the aggregates carry each profile's attributes (:func:`profile_attribute_columns`
-    of ``columns``) already, taken by key, so there is no join: a hash join of millions of
-    stacked rows costs more than the feature expressions and the write together.
-    """
-    if isinstance(columns, duckdb.DuckDBPyConnection):
-        columns = relation_columns(columns, profiles)
-    profile_columns, profile_join = _profile_join(columns, dialect, join_key, profiles, fs.traits, attached)
+    ``join_key`` (``profile_key`` when the aggregates carry it: an integer join is the cheaper one)."""
+    profile_columns, profile_join = _profile_join(columns, dialect, join_key, profiles, fs.traits)
     key = ", profile_key" if join_key == "profile_key" else ""
-    carried = "".join(
-        f", {dialect.ident(ATTACHED + c)}"
-        for c in (profile_attribute_columns(columns or (), fs.traits) if attached else ())
-    )
     feature_columns = ", ".join(f"f.{dialect.ident(f.name)}" for f in fs.features)
     # A population rule reads feature columns, which all live in ``f``.
     condition = f"WHERE {where}" if where else ""
     return f"""
         WITH agg AS ({aggregates_sql}),
         f AS (
-            SELECT profile_id, as_of_day{key}{carried},
+            SELECT profile_id, as_of_day{key},
                    {_feature_select(fs.features, dialect)}
             FROM agg
         )

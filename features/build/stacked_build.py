@@ -18,12 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from propensity.features.build.feature_set import EVERY_EVENT, FeatureSet
-from propensity.features.build.sql_compiler import (
-    ATTACHED,
-    day_number,
-    features_sql_from,
-    profile_attribute_columns,
-)
+from propensity.features.build.sql_compiler import day_number, features_sql_from
 from propensity.features.connection import fetch_arrow, relation_columns
 from propensity.features.identity.as_of import Reattributed
 from propensity.features.sql import DUCKDB
@@ -223,32 +218,18 @@ def _rows(values: dict, lo: int, hi: int) -> dict:
     return out
 
 
-def _by_key(con: duckdb.DuckDBPyConnection, fs: FeatureSet, keys: str) -> pa.Table:
-    """Each key's profile_id (row k: key k) and, for the ingest's ``profiles``, the profile
-    attributes the feature table reads (named with the prefix ``ATTACHED``)."""
-    attributes = (
-        profile_attribute_columns(relation_columns(con, keys), fs.traits) if keys == "profiles" else []
-    )
-    select = ", ".join(
-        ["profile_id", *(f"{DUCKDB.ident(c)} AS {DUCKDB.ident(ATTACHED + c)}" for c in attributes)]
-    )
-    return fetch_arrow(con, f"SELECT {select} FROM {keys} ORDER BY profile_key")
-
-
 def _insert(
     con: duckdb.DuckDBPyConnection,
     fs: FeatureSet,
     stacked: pa.Table,
-    by_key: pa.Table,
+    ids: pa.Array,
     table: str,
     create: bool,
     aggregates: str = "SELECT * FROM _snapshot_aggregates",
     **features_options,
 ) -> None:
-    """Features of the compiled pass's aggregates into ``table``: profile_id (and with
-    ``attached``, the profile attributes) taken from ``by_key`` (:func:`_by_key`) by ``pk``."""
-    for name in by_key.column_names:
-        stacked = stacked.append_column(name, by_key[name].take(stacked["pk"]))
+    """Features of the compiled pass's aggregates (``pk`` -> ``ids``) into ``table``."""
+    stacked = stacked.append_column("profile_id", ids.take(stacked["pk"]))
     stacked = stacked.rename_columns(["profile_key" if c == "pk" else c for c in stacked.column_names])
     con.register("_snapshot_aggregates", stacked)
     columns = relation_columns(con, features_options.get("profiles", "profiles"))
@@ -308,11 +289,10 @@ def build_snapshots(
     from propensity.features.build.kernels import WindowPlan, window_kernel
 
     # Keys are dense row numbers in key order: a take, not a join, gives each id back.
-    # The ingest's profiles are one row per key: their attributes are taken by key, not joined.
-    by_key = _by_key(con, fs, keys)
+    ids = fetch_arrow(con, f"SELECT profile_id FROM {keys} ORDER BY profile_key")["profile_id"]
     plan = WindowPlan.of(fs, list(fs.measures))
     row_bytes = 8 + 4 * plan.n_counts + 8 * plan.n_amounts
-    per_batch = max(1, BATCH_BYTES // max(1, len(by_key) * row_bytes))
+    per_batch = max(1, BATCH_BYTES // max(1, len(ids) * row_bytes))
     dates = [day_number(d) for d in sorted(set(as_ofs))]
     if not dates:
         raise ValueError("build_snapshots needs at least one as-of date")
@@ -321,18 +301,7 @@ def build_snapshots(
     join_key = "profile_key" if keys == "profiles" else "profile_id"
     for start in range(0, len(dates), per_batch):
         stacked = window_kernel(pk, days, values, fs, dates[start : start + per_batch])
-        _insert(
-            con,
-            fs,
-            stacked,
-            by_key,
-            table,
-            start == 0,
-            aggregates,
-            where=where,
-            join_key=join_key,
-            attached=keys == "profiles",
-        )
+        _insert(con, fs, stacked, ids, table, start == 0, aggregates, where=where, join_key=join_key)
         del stacked
     if skip:
         con.unregister("_snapshot_skip")
@@ -387,7 +356,7 @@ def _insert_reattributed(
     from propensity.features.build.kernels import window_kernel
 
     pk, days, values = _rollup_arrays(con, fs, reattributed.events, keys=reattributed.keys)
-    ids = fetch_arrow(con, f"SELECT profile_id FROM {reattributed.keys} ORDER BY profile_key")
+    ids = fetch_arrow(con, f"SELECT profile_id FROM {reattributed.keys} ORDER BY profile_key")["profile_id"]
     key_days = reattributed.key_days
     parts = []
     for day in np.unique(key_days):

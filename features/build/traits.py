@@ -10,8 +10,6 @@ rules but are never model features (:mod:`propensity.features.build.selection`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from propensity.core.config import FeatureConfig
 from propensity.core.errors import UserError
 from propensity.features.build.feature_set import Trait
@@ -32,16 +30,9 @@ def declared_traits(config: FeatureConfig, feature_names: set[str]) -> tuple[Tra
     return tuple(out)
 
 
-def trait_columns(
-    traits: tuple[Trait, ...],
-    available: set[str],
-    dialect: Dialect,
-    column: Callable[[str], str] | None = None,
-) -> list[str]:
-    """SELECT items for each trait over profiles ``p`` joined to features ``f`` (``as_of_day``),
-    or wherever ``column`` (a profile column's name -> its reference) finds them; a declared
-    trait the profiles do not carry is a UserError naming it."""
-    column = column or (lambda name: f"p.{dialect.ident(name)}")
+def trait_columns(traits: tuple[Trait, ...], available: set[str], dialect: Dialect) -> list[str]:
+    """SELECT items for each trait over profiles ``p`` joined to features ``f`` (``as_of_day``);
+    a declared trait the profiles do not carry is a UserError naming it."""
     if not traits:
         return []
     missing = [t.name for t in traits if t.name not in available]
@@ -53,13 +44,13 @@ def trait_columns(
         )
     as_of_date = dialect.date("f.as_of_day")
     when = UPDATED_AT if UPDATED_AT in available else "signup_date" if "signup_date" in available else None
-    seen = f"TRY_CAST({column(when)} AS DATE) < {as_of_date}" if when else "TRUE"
+    seen = f"TRY_CAST(p.{when} AS DATE) < {as_of_date}" if when else "TRUE"
     columns = []
     for t in traits:
         value = (
-            f"TRY_CAST({column(t.name)} AS DOUBLE)"
+            f"TRY_CAST(p.{dialect.ident(t.name)} AS DOUBLE)"
             if t.kind == "numeric"
-            else (f"CAST({column(t.name)} AS {dialect.string_type})")
+            else (f"CAST(p.{dialect.ident(t.name)} AS {dialect.string_type})")
         )
         target = "DOUBLE" if t.kind == "numeric" else dialect.string_type
         columns.append(f"CAST(CASE WHEN {seen} THEN {value} END AS {target}) AS {dialect.ident(t.name)}")
