@@ -45,6 +45,7 @@ from propensity.features.build.snapshots import snapshot_dates
 from propensity.features.build.sql_compiler import day_number
 from propensity.features.build.stacked_build import build_snapshots
 from propensity.features.identity.as_of import IdentityGraph
+from propensity.features.sql import sql_string
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,18 @@ def register_partition(
     con.register("_sample_keep", pa.Table.from_pandas(rows, preserve_index=False))
 
 
+def partition_events_sql(profiles: np.ndarray, events: str = "events_seen") -> str:
+    """The events of a partition's profiles (``_sample_profiles``, sorted): the profile_id
+    range of the partition, which the Parquet reader prunes row groups by (an ingest writes
+    the events sorted by profile, so each partition reads about its own share of the file, not
+    all of it), then the partition's own profiles within it."""
+    low, high = sql_string(str(profiles[0])), sql_string(str(profiles[-1]))
+    return (
+        f"SELECT * FROM {events} WHERE profile_id >= {low} AND profile_id <= {high} "
+        "AND profile_id IN (SELECT profile_id FROM _sample_profiles)"
+    )
+
+
 def sampled_training_frame(
     con: duckdb.DuckDBPyConnection,
     fs: FeatureSet,
@@ -218,10 +231,7 @@ def sampled_training_frame(
     frames = []
     for i, profiles in enumerate(groups):
         register_partition(con, candidates.rows, profiles)
-        con.execute(
-            "CREATE OR REPLACE TEMP VIEW events_partition AS SELECT * FROM events_seen "
-            "WHERE profile_id IN (SELECT profile_id FROM _sample_profiles)"
-        )
+        con.execute(f"CREATE OR REPLACE TEMP VIEW events_partition AS {partition_events_sql(profiles)}")
         build_snapshots(
             con,
             fs,
