@@ -176,22 +176,20 @@ def chosen_weights(frame: pd.DataFrame, choice: RowChoice, candidates: Candidate
 def register_partition(
     con: duckdb.DuckDBPyConnection, candidates: pd.DataFrame, profiles: np.ndarray
 ) -> None:
-    """The partition's profiles (``_sample_profiles``) and rows (``_sample_keep``) on ``con``."""
-    con.register("_sample_profiles", pa.table({"profile_id": profiles}))
+    """The partition's chosen rows (``_sample_keep``: its profiles' candidates) on ``con``."""
     rows = candidates[candidates["profile_id"].isin(profiles)]
     con.register("_sample_keep", pa.Table.from_pandas(rows, preserve_index=False))
 
 
 def partition_events_sql(profiles: np.ndarray, events: str = "events_seen") -> str:
-    """The events of a partition's profiles (``_sample_profiles``, sorted): the profile_id
-    range of the partition, which the Parquet reader prunes row groups by (an ingest writes
-    the events sorted by profile, so each partition reads about its own share of the file, not
-    all of it), then the partition's own profiles within it."""
+    """The events of the profile_id range of a partition's profiles (sorted): a filter, so the
+    events keep the ingest's (profile, time) order and the daily rollup streams them (a join
+    with the partition's profiles loses that order, and the rollup fell back to DuckDB's
+    grouped aggregate after streaming); the Parquet reader skips the row groups outside the
+    range by their min/max. Profiles in the range that are not candidates are rolled up too
+    and left out by ``keep`` (:func:`.stacked_build.build_snapshots`)."""
     low, high = sql_string(str(profiles[0])), sql_string(str(profiles[-1]))
-    return (
-        f"SELECT * FROM {events} WHERE profile_id >= {low} AND profile_id <= {high} "
-        "AND profile_id IN (SELECT profile_id FROM _sample_profiles)"
-    )
+    return f"SELECT * FROM {events} WHERE profile_id >= {low} AND profile_id <= {high}"
 
 
 def sampled_training_frame(
@@ -253,9 +251,8 @@ def sampled_training_frame(
         )
         frames.append(chosen_weights(con.execute(sql).df(), choice, candidates))
         con.execute("DROP TABLE snapshot_features")
-    for name in ("_sample_profiles", "_sample_keep"):
-        if groups:
-            con.unregister(name)
+    if groups:
+        con.unregister("_sample_keep")
     # Partition after partition, each by date then profile: no sorted copy of the whole frame.
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     del frames
