@@ -270,3 +270,14 @@ def test_the_refit_thins_the_whole_negatives_as_the_sample_thinned_the_others():
     assert thin_whole_negatives(unsampled, seed) is unsampled
     flat = frame.assign(**{WEIGHT: 1.0})
     assert thin_whole_negatives(flat, seed) is flat
+
+
+def test_profile_fraction_is_the_md5_prefix_of_salt_and_id_per_row():
+    """The draws that split and sample profiles: md5's first 8 hex digits over 2^32, the same
+    number for a repeated id, in the rows' order whatever the index."""
+    import hashlib
+
+    ids = pd.Series(["p_b", "p_a", "p_b", "p_c", "p_a"], index=[10, 3, 7, 1, 0])
+    expected = [int(hashlib.md5(f"test-42:{p}".encode()).hexdigest()[:8], 16) / 2**32 for p in ids]
+    assert profile_fraction(ids, "test-42").tolist() == expected
+    assert profile_fraction(ids, "sample-42").tolist() != expected
