@@ -67,6 +67,7 @@ class Phases:
 
     def __init__(self) -> None:
         self.figures: dict[str, dict] = {}
+        self.rows: dict[str, int] = {}  # rows a phase worked on, where its result says
         self.open: dict[str, float] = {}  # phase -> peak RSS since it was entered
         self.lock = threading.Lock()
         self.done = threading.Event()
@@ -86,7 +87,11 @@ class Phases:
                 self.open[phase] = rss_mib()
             wall, cpu = time.perf_counter(), time.process_time()
             try:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
+                rows = getattr(result, "rows", None)  # the refit's record: how many rows it fitted
+                if isinstance(rows, int):
+                    self.rows[phase] = rows
+                return result
             finally:
                 with self.lock:
                     peak = max(self.open.pop(phase), rss_mib())
@@ -148,7 +153,7 @@ def main() -> None:
     print(
         f"test AUC {m['test_auc']:.4f} [{m['test_auc_ci_low']:.4f}, {m['test_auc_ci_high']:.4f}], "
         f"{result.rows['test']['positives']:,} positives; train rows {result.rows['train']['rows']:,}; "
-        f"{result.model_family}"
+        f"{result.model_family}; rows fitted: {phases.rows}"
     )
     print(
         json.dumps(
@@ -163,6 +168,7 @@ def main() -> None:
                 "test_auc_ci": [m["test_auc_ci_low"], m["test_auc_ci_high"]],
                 "test_brier": m["test_brier"],
                 "train_rows": result.rows["train"]["rows"],
+                "phase_rows": phases.rows,
                 "phases": {k: {n: round(v, 1) for n, v in f.items()} for k, f in phases.figures.items()},
             }
         )
