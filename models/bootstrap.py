@@ -2,14 +2,15 @@
 
 Every score is measured on the same seeded resamples of the test rows (drawn as multinomial
 counts, i.e. rows with replacement), so the differences between two scores are paired. The
-metrics are computed for all resamples at once from per-resample weights: one sort of each
-score, then sums over tied-score groups, no Python loop per resample.
+metrics are computed from per-resample weights: one sort of each score, then one compiled pass
+over the rows per resample (sums over tied-score groups), no sorted copy of the weights.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numba
 import numpy as np
 
 PROBABILITY_METRICS = ("brier", "log_loss")
@@ -25,6 +26,42 @@ def _groups(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, starts
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _ranking_kernel(y_sorted, order, bounds, resampled):  # pragma: no cover - compiled
+    """AUC and average precision of each row of ``resampled`` (resamples x rows: each row's
+    count in that resample), the rows taken in ascending score order (``order``), tie groups
+    ``bounds[g]:bounds[g + 1]`` of that order. One pass over the rows per resample: sums per tie
+    group, the AUC's area as they go up, then the average precision from the top down."""
+    n_resamples = resampled.shape[0]
+    n_groups = len(bounds) - 1
+    auc, ap = np.empty(n_resamples), np.empty(n_resamples)
+    pos, neg = np.empty(n_groups), np.empty(n_groups)
+    for j in range(n_resamples):
+        w = resampled[j]
+        total_pos = total_neg = area = 0.0
+        for g in range(n_groups):
+            group_pos = group_all = 0.0
+            for i in range(bounds[g], bounds[g + 1]):
+                weight = w[order[i]]
+                group_all += weight
+                group_pos += weight * y_sorted[i]
+            group_neg = group_all - group_pos
+            # Positives of the group above every negative below it, half above the group's own.
+            area += group_pos * (total_neg + 0.5 * group_neg)
+            total_pos += group_pos
+            total_neg += group_neg
+            pos[g], neg[g] = group_pos, group_neg
+        auc[j] = area / (total_pos * total_neg)
+        tp = fp = precision_sum = 0.0
+        for g in range(n_groups - 1, -1, -1):  # thresholds from the highest score down
+            tp += pos[g]
+            fp += neg[g]
+            if tp + fp > 0:
+                precision_sum += pos[g] * tp / (tp + fp)
+        ap[j] = precision_sum / total_pos
+    return auc, ap
+
+
 def weighted_ranking_metrics(
     y: np.ndarray, score: np.ndarray, weights: np.ndarray, groups: tuple[np.ndarray, np.ndarray] | None = None
 ) -> dict[str, np.ndarray]:
@@ -32,19 +69,11 @@ def weighted_ranking_metrics(
     ``weights`` (rows x resamples): one value per resample. ``groups``: ``_groups(score)``,
     when already computed."""
     order, starts = groups if groups is not None else _groups(score)
-    # Rows gathered whole (one resample per column): contiguous copies, not a strided gather.
-    w = weights[order]
-    positive = y[order][:, None]
-    pos = np.add.reduceat(w * positive, starts, axis=0)  # tie groups (ascending) x resamples
-    neg = np.add.reduceat(w, starts, axis=0) - pos
-    total_pos, total_neg = pos.sum(axis=0), neg.sum(axis=0)
-    below = np.cumsum(neg, axis=0) - neg
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = (pos * (below + 0.5 * neg)).sum(axis=0) / (total_pos * total_neg)
-        # Average precision: thresholds from the highest score down.
-        tp, fp = np.cumsum(pos[::-1], axis=0), np.cumsum(neg[::-1], axis=0)
-        precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-300), 0.0)
-        average_precision = (pos[::-1] * precision).sum(axis=0) / total_pos
+    bounds = np.append(starts, len(order)).astype(np.int64)
+    y_sorted = np.asarray(y, dtype=np.float64)[order]
+    # Resample by resample: each one's counts contiguous (resample_weights yields them so).
+    resampled = np.ascontiguousarray(np.asarray(weights, dtype=np.float64).T)
+    auc, average_precision = _ranking_kernel(y_sorted, order.astype(np.int64), bounds, resampled)
     return {"auc": auc, "average_precision": average_precision}
 
 
@@ -61,9 +90,11 @@ def resample_weights(n: int, resamples: int, seed: int) -> Iterable[np.ndarray]:
     rng = np.random.default_rng(seed)
     for start in range(0, resamples, CHUNK):
         size = min(CHUNK, resamples - start)
-        # Row indices drawn with replacement, counted per resample in one bincount.
-        drawn = rng.integers(0, n, size=(size, n)) * size + np.arange(size)[:, None]
-        yield np.bincount(drawn.ravel(), minlength=size * n).reshape(n, size).astype(float)
+        # Row indices drawn with replacement, counted per resample in one bincount; stored
+        # resample by resample (the ranking kernel reads one resample's counts at a time) and
+        # handed out as the rows x resamples view.
+        drawn = rng.integers(0, n, size=(size, n)) + n * np.arange(size)[:, None]
+        yield np.bincount(drawn.ravel(), minlength=size * n).reshape(size, n).astype(float).T
 
 
 def bootstrap_intervals(

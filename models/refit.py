@@ -23,7 +23,7 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
 from propensity.core.config import TrainingConfig
-from propensity.core.sampling import row_weights
+from propensity.core.sampling import WEIGHT, row_weights
 from propensity.models.bgnbd_model import BgNbdPropensityModel, fit_bgnbd_model
 from propensity.models.estimator import PropensityModel
 from propensity.models.linear import LinearPropensityModel, LogScaledDesign
@@ -59,10 +59,32 @@ def refit_rows(
     frame: pd.DataFrame, training: TrainingConfig, test: dt.date
 ) -> tuple[pd.DataFrame, int | None]:
     """Every row of the snapshots before ``test`` whose profile is not held out for the test
-    snapshot (the split's own hash), sampled by label to ``training.max_training_rows``."""
+    snapshot (the split's own hash), sampled by label to ``training.max_training_rows``.
+
+    A sampled frame (:mod:`propensity.features.build.training_sample`) holds the validation
+    profiles whole at the validation snapshot, for the validation figures; the refit reads no
+    figure off them, so their negatives are thinned as every other negative was
+    (:func:`thin_whole_negatives`)."""
     held_out = profile_fraction(frame["profile_id"], f"test-{training.seed}") < training.test_profile_fraction
     before = pd.to_datetime(frame["as_of"]).dt.date < test
-    return sample_by_label(frame[before.to_numpy() & ~held_out], training.max_training_rows, training.seed)
+    rows = thin_whole_negatives(frame[before.to_numpy() & ~held_out], training.seed)
+    return sample_by_label(rows, training.max_training_rows, training.seed)
+
+
+def thin_whole_negatives(rows: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """A sampled frame's negatives of weight 1 (the rows kept whole) drawn as the sample drew
+    every other negative: those of the profiles whose ``sample-<seed>`` hash falls below the
+    rate, weighted 1 / rate (the weight the sampled negatives carry), so weighted sums stay
+    unbiased estimates of the full frame's. Unsampled frames (no weights, or all 1) as they are."""
+    weights = row_weights(rows)
+    if weights is None or not len(rows) or weights.max() <= 1.0:
+        return rows
+    sampled_weight = float(weights.max())  # 1 / rate: every sampled negative's weight
+    whole_negative = (weights == 1.0) & (rows["label"].to_numpy() == 0)
+    drawn = profile_fraction(rows["profile_id"], f"sample-{seed}") < 1.0 / sampled_weight
+    out = rows[~whole_negative | drawn].copy()
+    out[WEIGHT] = np.where(whole_negative[~whole_negative | drawn], sampled_weight, out[WEIGHT].to_numpy())
+    return out
 
 
 def refit(

@@ -235,3 +235,49 @@ def test_the_plans_row_budget_counts_the_rows_sampled_training_builds(ingested):
     assert choice is not None
     built = rows.sampling["sample_candidate_rows"]
     assert 0.8 * budget <= built <= 1.25 * budget, (built, budget)
+
+
+def test_the_refit_thins_the_whole_negatives_as_the_sample_thinned_the_others():
+    """The refit draws the whole rows' negatives by the sample's own hash and rate: positives
+    and already sampled rows untouched, kept negatives weighted 1 / rate, the weighted count of
+    negatives an unbiased estimate (within 4 standard deviations of the binomial draw)."""
+    from propensity.models.refit import thin_whole_negatives
+
+    rng = np.random.default_rng(8)
+    n, rate, seed = 20_000, 0.25, 42
+    ids = pd.Series([f"p{i:06d}" for i in range(n)])
+    label = (rng.random(n) < 0.1).astype(int)
+    whole = rng.random(n) < 0.5  # half the rows whole (weight 1), the others a drawn sample
+    drawn = profile_fraction(ids, f"sample-{seed}") < rate
+    weight = np.where(whole | (label == 1), 1.0, 1.0 / rate)
+    frame = pd.DataFrame({"profile_id": ids, "label": label, WEIGHT: weight})
+    frame = frame[whole | (label == 1) | drawn].reset_index(drop=True)
+    thinned = thin_whole_negatives(frame, seed)
+    assert thinned.equals(thin_whole_negatives(frame, seed))  # seeded: the same rows again
+    kept = set(thinned["profile_id"])
+    assert set(frame.loc[frame["label"] == 1, "profile_id"]) <= kept
+    assert set(frame.loc[frame[WEIGHT] > 1, "profile_id"]) <= kept
+    negatives = thinned[thinned["label"] == 0]
+    assert (negatives[WEIGHT] == 1 / rate).all()  # no whole negative left unweighted
+    assert (profile_fraction(negatives["profile_id"], f"sample-{seed}") < rate).all()
+    whole_negatives = int(((frame["label"] == 0) & (frame[WEIGHT] == 1)).sum())
+    assert len(thinned) < len(frame) - whole_negatives * 0.6
+    # Every negative of the data before any sampling, estimated from the thinned rows alone.
+    estimate, truth = negatives[WEIGHT].sum(), int((label == 0).sum())
+    spread = np.sqrt(truth * (1 - rate) / rate)
+    assert abs(estimate - truth) < 4 * spread
+    unsampled = frame.drop(columns=WEIGHT)
+    assert thin_whole_negatives(unsampled, seed) is unsampled
+    flat = frame.assign(**{WEIGHT: 1.0})
+    assert thin_whole_negatives(flat, seed) is flat
+
+
+def test_profile_fraction_is_the_md5_prefix_of_salt_and_id_per_row():
+    """The draws that split and sample profiles: md5's first 8 hex digits over 2^32, the same
+    number for a repeated id, in the rows' order whatever the index."""
+    import hashlib
+
+    ids = pd.Series(["p_b", "p_a", "p_b", "p_c", "p_a"], index=[10, 3, 7, 1, 0])
+    expected = [int(hashlib.md5(f"test-42:{p}".encode()).hexdigest()[:8], 16) / 2**32 for p in ids]
+    assert profile_fraction(ids, "test-42").tolist() == expected
+    assert profile_fraction(ids, "sample-42").tolist() != expected

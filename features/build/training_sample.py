@@ -45,6 +45,7 @@ from propensity.features.build.snapshots import snapshot_dates
 from propensity.features.build.sql_compiler import day_number
 from propensity.features.build.stacked_build import build_snapshots
 from propensity.features.identity.as_of import IdentityGraph
+from propensity.features.sql import sql_string
 
 
 @dataclass(frozen=True)
@@ -175,10 +176,20 @@ def chosen_weights(frame: pd.DataFrame, choice: RowChoice, candidates: Candidate
 def register_partition(
     con: duckdb.DuckDBPyConnection, candidates: pd.DataFrame, profiles: np.ndarray
 ) -> None:
-    """The partition's profiles (``_sample_profiles``) and rows (``_sample_keep``) on ``con``."""
-    con.register("_sample_profiles", pa.table({"profile_id": profiles}))
+    """The partition's chosen rows (``_sample_keep``: its profiles' candidates) on ``con``."""
     rows = candidates[candidates["profile_id"].isin(profiles)]
     con.register("_sample_keep", pa.Table.from_pandas(rows, preserve_index=False))
+
+
+def partition_events_sql(profiles: np.ndarray, events: str = "events_seen") -> str:
+    """The events of the profile_id range of a partition's profiles (sorted): a filter, so the
+    events keep the ingest's (profile, time) order and the daily rollup streams them (a join
+    with the partition's profiles loses that order, and the rollup fell back to DuckDB's
+    grouped aggregate after streaming); the Parquet reader skips the row groups outside the
+    range by their min/max. Profiles in the range that are not candidates are rolled up too
+    and left out by ``keep`` (:func:`.stacked_build.build_snapshots`)."""
+    low, high = sql_string(str(profiles[0])), sql_string(str(profiles[-1]))
+    return f"SELECT * FROM {events} WHERE profile_id >= {low} AND profile_id <= {high}"
 
 
 def sampled_training_frame(
@@ -218,10 +229,7 @@ def sampled_training_frame(
     frames = []
     for i, profiles in enumerate(groups):
         register_partition(con, candidates.rows, profiles)
-        con.execute(
-            "CREATE OR REPLACE TEMP VIEW events_partition AS SELECT * FROM events_seen "
-            "WHERE profile_id IN (SELECT profile_id FROM _sample_profiles)"
-        )
+        con.execute(f"CREATE OR REPLACE TEMP VIEW events_partition AS {partition_events_sql(profiles)}")
         build_snapshots(
             con,
             fs,
@@ -243,9 +251,8 @@ def sampled_training_frame(
         )
         frames.append(chosen_weights(con.execute(sql).df(), choice, candidates))
         con.execute("DROP TABLE snapshot_features")
-    for name in ("_sample_profiles", "_sample_keep"):
-        if groups:
-            con.unregister(name)
+    if groups:
+        con.unregister("_sample_keep")
     # Partition after partition, each by date then profile: no sorted copy of the whole frame.
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     del frames
