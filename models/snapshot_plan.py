@@ -12,6 +12,10 @@ round count and the model are never chosen on outcomes of the test window. When 
 is too short for that and one training snapshot before it, validation is the earliest
 snapshot after the first one and the plan says by how many days the windows overlap.
 
+With ``seasonal`` (``training.snapshots.seasonal``) the dates 52 weeks before the newest
+snapshots train too, where the history reaches them: last year's same season, which a plan of a
+few months never sees otherwise (they count in the row budget; the oldest go first).
+
 Every way the plan differs from the configuration is a sentence in ``notes`` with its numbers.
 """
 
@@ -24,7 +28,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from propensity.core.config import ModelConfig, SnapshotConfig
+from propensity.core.config import ModelConfig, SnapshotConfig, season_before
 from propensity.core.errors import UserError
 
 # Estimated rows per date (profiles seen before it): the row budget's input.
@@ -73,6 +77,8 @@ class SnapshotPlan:
     cutoff: dt.date
     notes: list[str] = field(default_factory=list)
     estimated_rows: dict[dt.date, int] = field(default_factory=dict)
+    seasonal: int = 0  # the newest snapshots with last year's date added (training.snapshots.seasonal)
+    season_dates: tuple[dt.date, ...] = ()  # the dates that added (not also on the regular grid)
 
     @property
     def test(self) -> dt.date:
@@ -93,8 +99,14 @@ class SnapshotPlan:
         return "train" if as_of < self.validation else "refit"
 
     def config(self, snapshots: SnapshotConfig) -> SnapshotConfig:
-        """``snapshots`` with this plan's count and spacing (what the engines build)."""
-        return snapshots.model_copy(update={"count": len(self.dates), "spacing_days": self.spacing_days})
+        """``snapshots`` with this plan's count, spacing and seasonal dates (what the engines build)."""
+        return snapshots.model_copy(
+            update={
+                "count": len(self.dates) - len(self.season_dates),
+                "spacing_days": self.spacing_days,
+                "seasonal": self.seasonal,
+            }
+        )
 
     def planned(self, model_cfg: ModelConfig) -> ModelConfig:
         """The model config whose snapshots are the plan's (what the engines build)."""
@@ -123,7 +135,15 @@ class SnapshotPlan:
             f"the population rule `{model_cfg.population}` holds no profile at the {first} earliest "
             f"snapshot(s) ({self.dates[0]} .. {self.dates[first - 1]}); training starts at {dates[0]}"
         )
-        return dataclasses.replace(self, dates=dates, validation=validation, notes=[*self.notes, note])
+        season = tuple(d for d in self.season_dates if d in dates)
+        return dataclasses.replace(
+            self,
+            dates=dates,
+            validation=validation,
+            notes=[*self.notes, note],
+            seasonal=self.seasonal - (len(self.season_dates) - len(season)),
+            season_dates=season,
+        )
 
     def _thin_population(self, table: pd.DataFrame, model_cfg: ModelConfig) -> str:
         """Why a plan cannot train: the population and positives of every date, and the cause."""
@@ -139,9 +159,16 @@ class SnapshotPlan:
         )
 
     def summary(self) -> str:
-        """One line: dates, count, spacing, validation and test."""
+        """One line: dates, count, spacing, last year's season, validation and test."""
+        regular = [d for d in self.dates if d not in self.season_dates]
+        season = (
+            f" and {len(self.season_dates)} from last year's season "
+            f"({', '.join(str(d) for d in self.season_dates)})"
+            if self.season_dates
+            else ""
+        )
         return (
-            f"{len(self.dates)} snapshots {self.spacing_days} days apart, {self.dates[0]} .. {self.test} "
+            f"{len(regular)} snapshots {self.spacing_days} days apart, {regular[0]} .. {self.test}{season} "
             f"(history from {self.history_start}); validation {self.validation}"
             + (
                 f" (its labels overlap the test window by {self.overlap_days} days)"
@@ -235,8 +262,24 @@ def plan_snapshots(
         estimated = estimate(dates)
         dates, note = _within_budget(dates, estimated, snapshots.max_rows, horizon_days, spacing, sampled)
         notes += [note] if note else []
+    seasonal, season_dates, season_notes = _last_season(
+        dates, snapshots, earliest, estimate, estimated, horizon_days, sampled
+    )
+    notes += season_notes
+    dates = sorted([*dates, *season_dates])
     validation = dates[validation_index(dates, horizon_days)]
-    plan = SnapshotPlan(dates, validation, horizon_days, spacing, history_start, cutoff, notes, estimated)
+    plan = SnapshotPlan(
+        dates,
+        validation,
+        horizon_days,
+        spacing,
+        history_start,
+        cutoff,
+        notes,
+        estimated,
+        seasonal,
+        tuple(season_dates),
+    )
     if plan.overlap_days:
         notes.append(
             f"validation {validation} is not clear of the test window: a {horizon_days}-day horizon needs "
@@ -268,6 +311,55 @@ def _fixed(
     return count, spacing, note
 
 
+def _last_season(
+    dates: list[dt.date],
+    snapshots: SnapshotConfig,
+    earliest: dt.date,
+    estimate: RowEstimate | None,
+    estimated: dict[dt.date, int],
+    horizon_days: int,
+    sampled: SampledBuild | None,
+) -> tuple[int, list[dt.date], list[str]]:
+    """(how many of the newest dates get last year's date, the dates that adds, notes): as many
+    as ``snapshots.seasonal`` asks whose date 52 weeks before has ``earliest`` (its history)
+    behind it and whose rows fit the row budget (``estimated`` gains their estimates)."""
+    asked = min(snapshots.seasonal, len(dates))
+    reach = 0
+    while reach < asked and season_before(dates, reach + 1)[0] >= earliest:
+        reach += 1
+    notes = []
+    if reach < asked:
+        notes.append(
+            f"training.snapshots.seasonal {snapshots.seasonal}: the history (the first usable date is "
+            f"{earliest}) reaches 52 weeks before the newest {reach} snapshot(s) only"
+        )
+    added = [d for d in season_before(dates, reach) if d not in dates]
+    if estimate is None or not added:
+        return reach, added, notes
+    estimated.update(estimate(added))
+    kept = reach
+    while kept > 0 and _rows(sorted([*dates, *added]), estimated, horizon_days, sampled) > snapshots.max_rows:
+        kept -= 1
+        added = [d for d in season_before(dates, kept) if d not in dates]
+    if kept < reach:
+        notes.append(
+            f"the row budget (training.snapshots.max_rows {snapshots.max_rows:,}) keeps last year's date of "
+            f"the newest {kept} of the {reach} snapshots training.snapshots.seasonal asks for"
+        )
+    return kept, added, notes
+
+
+def _rows(
+    kept: list[dt.date], estimated: dict[dt.date, int], horizon_days: int, sampled: SampledBuild | None
+) -> int:
+    """The estimated rows ``kept`` builds (sampled when ``sampled``)."""
+    if sampled is None:
+        return sum(estimated.get(d, 0) for d in kept)
+    return sampled.built(
+        kept, estimated, kept[validation_index(kept, horizon_days)] if len(kept) > 1 else kept[0]
+    )
+
+
 def _within_budget(
     dates: list[dt.date],
     estimated: dict[dt.date, int],
@@ -279,17 +371,9 @@ def _within_budget(
     """The newest dates whose rows built (estimated; sampled when ``sampled``) fit ``budget``;
     never fewer than a test, a clean validation and one training snapshot (or 3) need."""
     needed = max(MIN_SNAPSHOTS, -(-horizon_days // spacing) + 2)
-
-    def rows(kept: list[dt.date]) -> int:
-        if sampled is None:
-            return sum(estimated.get(d, 0) for d in kept)
-        return sampled.built(
-            kept, estimated, kept[validation_index(kept, horizon_days)] if len(kept) > 1 else kept[0]
-        )
-
     kept, total = 0, 0
     for i in reversed(range(len(dates))):
-        more = rows(dates[i:])
+        more = _rows(dates[i:], estimated, horizon_days, sampled)
         if kept >= needed and more > budget:
             break
         kept, total = kept + 1, more

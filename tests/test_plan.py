@@ -15,6 +15,7 @@ import pytest
 
 from propensity.core.config import ProjectConfig, SnapshotConfig
 from propensity.core.errors import UserError
+from propensity.features.build.snapshots import snapshot_dates
 from propensity.models.bgnbd_model import fit_bgnbd_model
 from propensity.models.refit import refit, refit_rows
 from propensity.models.snapshot_plan import SampledBuild, SnapshotPlan, plan_snapshots, validation_index
@@ -148,6 +149,58 @@ def test_a_fixed_count_shrinks_spacing_then_count_and_says_so():
     assert "(the first event the features and the outcome use + 90 days of history)" in tight.notes[0]
     fewer = plan_snapshots(SnapshotConfig(count=10, spacing_days=14), D(2024, 1, 1), D(2024, 6, 1), 60, "m")
     assert (len(fewer.dates), fewer.spacing_days) == (3, 1)  # 152 - 60 - 90 = 2 days
+
+
+def test_seasonal_adds_last_years_dates_of_the_newest_snapshots_as_training():
+    """The demo's fixed plan (8 snapshots 21 days apart, 30-day horizon) on two years of data:
+    52 weeks before the test, the snapshot before it and validation, last year's season trains."""
+    config = SnapshotConfig(count=8, spacing_days=21, seasonal=3)
+    plan = plan_snapshots(config, D(2024, 1, 1), D(2026, 1, 1), 30, "m")
+    regular = [D(2025, 12, 2) - dt.timedelta(days=21 * i) for i in reversed(range(8))]
+    season = [D(2024, 10, 22), D(2024, 11, 12), D(2024, 12, 3)]  # 364 days before, same weekday
+    assert plan.dates == season + regular and plan.season_dates == tuple(season) and plan.seasonal == 3
+    assert plan.validation == D(2025, 10, 21) and plan.notes == []
+    assert [plan.role(d) for d in season] == ["train"] * 3
+    assert (
+        "8 snapshots 21 days apart, 2025-07-08 .. 2025-12-02 and 3 from last year's season" in plan.summary()
+    )
+    # What the engines build from the planned config is the plan's dates.
+    built = plan.config(config)
+    assert snapshot_dates(D(2026, 1, 1), 30, built.count, built.spacing_days, built.seasonal) == plan.dates
+    assert plan_snapshots(
+        config.model_copy(update={"seasonal": 0}), D(2024, 1, 1), D(2026, 1, 1), 30, "m"
+    ).dates == (regular)
+
+
+def test_seasonal_keeps_the_dates_the_history_and_the_row_budget_allow_and_says_so():
+    config = SnapshotConfig(count=8, spacing_days=21, seasonal=3)
+    # History from 2024-08-01: the first usable date is 2024-10-30 (+90 days); 2024-10-22 is before it.
+    short = plan_snapshots(config, D(2024, 8, 1), D(2026, 1, 1), 30, "m")
+    assert short.season_dates == (D(2024, 11, 12), D(2024, 12, 3)) and short.seasonal == 2
+    assert short.notes == [
+        "training.snapshots.seasonal 3: the history (the first usable date is 2024-10-30) reaches 52 weeks "
+        "before the newest 2 snapshot(s) only"
+    ]
+    # One year of data: none.
+    year = plan_snapshots(config, D(2025, 1, 1), D(2026, 1, 1), 30, "m")
+    assert year.season_dates == () and year.config(config).seasonal == 0 and len(year.dates) == 8
+    # 1,000 rows a date, a budget of 9,500: one seasonal date fits beside the 8 regular ones.
+    budget = plan_snapshots(
+        config.model_copy(update={"max_rows": 9_500}), D(2024, 1, 1), D(2026, 1, 1), 30, "m",
+        estimate=lambda dates: dict.fromkeys(dates, 1000),
+    )  # fmt: skip
+    assert budget.season_dates == (D(2024, 12, 3),) and len(budget.dates) == 9
+    assert budget.notes == [
+        "the row budget (training.snapshots.max_rows 9,500) keeps last year's date of the newest 1 of the 3 "
+        "snapshots training.snapshots.seasonal asks for"
+    ]
+    # A weekly plan that already reaches back a year adds nothing twice.
+    weekly = plan_snapshots(SnapshotConfig(max_count=60, seasonal=4), D(2024, 1, 1), D(2026, 1, 1), 30, "m")
+    assert (
+        weekly.season_dates == ()
+        and weekly.seasonal == 4
+        and len(set(weekly.dates)) == len(weekly.dates) == 60
+    )
 
 
 def test_too_short_a_history_is_refused_with_its_dates_and_days():
@@ -293,6 +346,38 @@ def test_thin_population_refusal_names_the_rule_and_the_numbers(purchase_events,
     )
     assert "2024-04-04 train: 16 (12 positives); 2024-04-11 validation: 23 (14 positives)" in message
     assert message.endswith("2024-05-16 test: 70 (38 positives))")
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["every_row", "sampled"])
+def test_last_years_season_is_built_and_trains_on_either_build(purchase_events, tmp_path, sampled):
+    """training.snapshots.seasonal on 400 days of events: the date 52 weeks before the test
+    snapshot is built (its own population and labels) and trains, by the full and the sampled build."""
+    raw, first_basket = purchase_events
+    path = tmp_path / "seasonal.yaml"
+    sampling = "\n  sampling: {rows: 1000, min_rate: 0.5}" if sampled else ""
+    path.write_text(
+        MODEL.replace("horizon_days: 30", "horizon_days: 14").replace(
+            "training:\n",
+            "training:\n  snapshots: {count: 4, spacing_days: 14, seasonal: 2, min_history_days: 14}"
+            + sampling
+            + "\n",
+        )
+    )
+    loaded = load_events(raw, ProjectConfig())
+    data = train_jobs.training_data(str(path), loaded, ProjectConfig(), None)
+    plan = data.plan
+    season = plan.test - dt.timedelta(weeks=52)
+    assert plan.season_dates == (season,) and plan.seasonal == 1
+    assert season >= first_basket + dt.timedelta(days=14) > season - dt.timedelta(days=14)
+    assert "reaches 52 weeks before the newest 1 snapshot(s) only" in plan.notes[0]
+    assert (
+        data.dates == plan.dates == [season, *(plan.test - dt.timedelta(days=14 * i) for i in (3, 2, 1, 0))]
+    )
+    table = data.plan_table().set_index("as_of")
+    assert table.loc[str(season), "role"] == "train" and table.loc[str(season), "population"] > 0
+    assert (data.sampling is not None) == sampled
+    fitted = train_jobs.fit(data, time.perf_counter())
+    assert season in set(pd.to_datetime(fitted.parts.train["as_of"]).dt.date)
 
 
 def test_refit_uses_the_early_stopped_rounds_on_every_labelled_snapshot(purchase_events, model_yaml):

@@ -27,6 +27,7 @@ from propensity.core.config.model import (
     TrainingConfig,
     TreatmentConfig,
     TuningConfig,
+    season_before,
 )
 from propensity.core.config.project import (
     EngineConfig,
@@ -66,4 +67,5 @@ __all__ = [
     "TreatmentConfig",
     "TuningConfig",
     "parse_config",
+    "season_before",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -55,6 +56,21 @@ class SnapshotConfig(_Strict):
     """Days of events (of the types the features and the outcome use) required before the first snapshot."""
     min_spacing_days: int = Field(default=7, ge=1)
     """The spacing never shrinks below this."""
+    seasonal: int = Field(default=0, ge=0, le=52)
+    """Last year's season: also train on the dates 52 weeks before the newest `seasonal` snapshots (the
+    test snapshot and those just before it) where the history reaches that far; 0: off. A plan spanning a
+    few months otherwise never sees the time of year its test date is in.
+    """
+
+
+# Last year's same season, on the same weekday (on a weekly plan's grid).
+SEASON_BEFORE = dt.timedelta(weeks=52)
+
+
+def season_before(dates: list[dt.date], seasonal: int) -> list[dt.date]:
+    """The dates 52 weeks before the newest ``seasonal`` of ``dates`` (oldest first): what
+    ``training.snapshots.seasonal`` adds to a plan."""
+    return [d - SEASON_BEFORE for d in dates[max(0, len(dates) - seasonal) :]] if seasonal > 0 else []
 
 
 class TuningConfig(_Strict):

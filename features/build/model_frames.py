@@ -86,6 +86,7 @@ def training_frame(
         model.outcome.horizon_days,
         model.training.snapshots.count,
         model.training.snapshots.spacing_days,
+        model.training.snapshots.seasonal,
     )
     check_history(events.rows("SELECT min(timestamp) FROM events")[0][0], model, dates)
     # Only the population is kept: the rest of each snapshot is never stored.

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import datetime as dt
 
+from propensity.core.config import season_before
 from propensity.features.contract import ACTIVITY_EVENT_TYPES
 
 
-def snapshot_dates(cutoff: dt.date, horizon_days: int, count: int, spacing_days: int) -> list[dt.date]:
-    """``count`` as-of dates, ``spacing_days`` apart, the latest with its horizon ending by ``cutoff``.
+def snapshot_dates(
+    cutoff: dt.date, horizon_days: int, count: int, spacing_days: int, seasonal: int = 0
+) -> list[dt.date]:
+    """``count`` as-of dates, ``spacing_days`` apart, the latest with its horizon ending by ``cutoff``,
+    and the dates 52 weeks before the newest ``seasonal`` of them (those not already among them).
 
     Oldest first. ``cutoff`` is exclusive: the day after the last complete day of data.
     """
     latest = cutoff - dt.timedelta(days=horizon_days)
-    return [latest - dt.timedelta(days=spacing_days * i) for i in reversed(range(count))]
+    dates = [latest - dt.timedelta(days=spacing_days * i) for i in reversed(range(count))]
+    return sorted(set(dates) | set(season_before(dates, seasonal)))
 
 
 def horizon_passed(as_of: dt.date, horizon_days: int, cutoff: dt.date) -> bool:

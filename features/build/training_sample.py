@@ -208,6 +208,7 @@ def sampled_training_frame(
         model.outcome.horizon_days,
         model.training.snapshots.count,
         model.training.snapshots.spacing_days,
+        model.training.snapshots.seasonal,
     )
     check_history(con.execute("SELECT min(timestamp) FROM events").fetchone()[0], model, dates)
     con.execute(
