@@ -1,6 +1,7 @@
 """Batch scoring end to end on 1M generated profiles, and the factors step against ``pred_contrib``.
 
     python benchmarks/scoring.py [--profiles 1000000] [--train-profiles 150000] [--trials 12] [--no-bounded]
+                                 [--no-linear] [--reuse-models]
 
 Reuses (or generates and ingests) the data of ``benchmarks/features.py``. Two registered models
 are scored, each in a fresh process so that its peak RSS is the scoring job's alone:
@@ -21,7 +22,9 @@ Linear-TreeSHAP pass instead of the leaf tables, and against it, in the same run
 feature build alone (the same SQL for the features the model's trees split on, which is what the
 job builds, into a table in one query) as the baseline. Then the factors step alone is timed
 against LightGBM's ``pred_contrib`` on the same model and rows (``benchmarks/factors.py``), and
-checked against it. Prints a table; the last line is one JSON object (top-level keys for the
+checked against it. ``--reuse-models`` keeps the work folder's MLflow store and scores the
+models a previous run of the same ``--profiles`` registered (``models.json`` there) instead of
+training them again (~15 min). Prints a table; the last line is one JSON object (top-level keys for the
 fixed 300-tree model, both models under ``models``).
 """
 
@@ -296,6 +299,29 @@ def _depth(node: dict) -> int:
     return 1 + max(_depth(node["left_child"]), _depth(node["right_child"]))
 
 
+def registered_models(work: Path, ingested: Path, args: argparse.Namespace) -> tuple[dict, dict]:
+    """The trained and the fixed model's figures and versions: those ``models.json`` in ``work``
+    records when ``--reuse-models`` (the work folder kept, but its scores), else trained and
+    registered afresh in an emptied ``work`` and recorded there."""
+    record = work / "models.json"
+    if args.reuse_models and record.is_file():
+        shutil.rmtree(work / "scores", ignore_errors=True)
+        models = json.loads(record.read_text())
+        print(f"reusing {MODEL} v{models['trained']['version']} and {FIXED} from {record}", flush=True)
+        return models["trained"], models["fixed"]
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    _, train_ingested, _ = ensure_ingested(args.train_profiles, args.days, ProjectConfig())
+    model_yaml = model_config(work / f"{MODEL}.yaml", args.max_training_rows, args.trials)
+    print("training ...", flush=True)
+    trained = in_child(train, model_yaml, train_ingested, work)
+    print(f"trained {MODEL} v{trained['version']} in {trained['seconds']:.0f} s", flush=True)
+    fixed = in_child(register_fixed, ingested, work, trained["version"])
+    record.write_text(json.dumps({"trained": trained, "fixed": fixed}))
+    return trained, fixed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -306,20 +332,17 @@ def main() -> None:
     parser.add_argument("--max-training-rows", type=int, default=2_000_000)
     parser.add_argument("--trials", type=int, default=12, help="tuning trials of the trained model")
     parser.add_argument("--no-bounded", action="store_true", help="skip the memory-bounded runs")
+    parser.add_argument("--no-linear", action="store_true", help="skip the Linear-TreeSHAP runs")
+    parser.add_argument(
+        "--reuse-models",
+        action="store_true",
+        help="score the models a previous run registered (its work folder's models.json), no training",
+    )
     args = parser.parse_args()
     _, ingested, _ = ensure_ingested(args.profiles, args.days, ProjectConfig())
-    _, train_ingested, _ = ensure_ingested(args.train_profiles, args.days, ProjectConfig())
     work = WORK / str(args.profiles)
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    model_yaml = model_config(work / f"{MODEL}.yaml", args.max_training_rows, args.trials)
-
-    print("training ...", flush=True)
-    trained = in_child(train, model_yaml, train_ingested, work)
-    print(f"trained {MODEL} v{trained['version']} in {trained['seconds']:.0f} s", flush=True)
-    fixed = in_child(register_fixed, ingested, work, trained["version"])
+    trained, fixed = registered_models(work, ingested, args)
     models = {"trained": (MODEL, trained["version"]), FIXED: (FIXED, fixed["version"])}
 
     results: dict[str, dict] = {}
@@ -332,7 +355,11 @@ def main() -> None:
         print(
             f"  bounded {bounded['seconds']:.1f} s, peak RSS {bounded['peak_rss_mib']:,.0f} MiB", flush=True
         )
-        linear = in_child(score, name, version, ingested, work, False, True)
+        linear = (
+            {"seconds": float("nan"), "phases": {}}
+            if args.no_linear
+            else in_child(score, name, version, ingested, work, False, True)
+        )
         print(f"  linear-pass factors {linear['seconds']:.1f} s", flush=True)
         baseline = in_child(features_only, name, version, ingested, work)
         factors = in_child(factors_vs_pred_contrib, name, version, ingested, work)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import os
 import socket
@@ -121,12 +122,14 @@ def test_factors_are_the_exact_strongest_contributions(scored, luma_ingested, tm
 def test_rescoring_replaces_the_partition_with_identical_rows(scored, luma_ingested, monkeypatch):
     run, out = scored
     before = _partition(out).drop(columns="scored_at")
-    # Many chunks and the features built a third of the profiles at a time (each partition
-    # reading all events), then an eighth (each reading its own events, split once): the same
-    # rows as one big chunk over one feature build.
+    # Many chunks and the features built by the stacked build over a third of the profile keys
+    # at a time; then by the feature SQL (the build for events without the ingest's keys), a
+    # third of the profiles at a time (each partition reading all events), then an eighth (each
+    # reading its own events, split once): the same rows as the first run's build.
     assert 3 < duckdb_scoring.SPLIT_FROM_PARTITIONS <= 8
     monkeypatch.setattr(duckdb_scoring, "SPLIT_MAX_MEASURES", 1_000)  # the split, whatever the model
-    for partitions in (3, 8):
+    for partitions, stacked in ((3, True), (3, False), (8, False)):
+        monkeypatch.setattr(duckdb_scoring, "stacked_build_applies", lambda con, stacked=stacked: stacked)
         again = score_jobs.score_model(
             "churn",
             luma_ingested,
@@ -141,6 +144,21 @@ def test_rescoring_replaces_the_partition_with_identical_rows(scored, luma_inges
         assert (again.scored, again.eligible, again.profiles) == (run.scored, run.eligible, run.profiles)
     leftovers = [p.name for p in (out / "model=churn").iterdir()]
     assert leftovers == [f"as_of={AS_OF}"]
+
+
+def test_stacked_partitions_cover_every_profile_key_once():
+    from propensity.features.duckdb.score_build import key_ranges
+
+    con = duckdb.connect()
+    for keys, partitions in ((10, 3), (10, 1), (3, 8), (1_000_003, 7)):
+        con.execute(f"CREATE OR REPLACE TABLE profiles AS SELECT i AS profile_key FROM range({keys}) t(i)")
+        ranges = key_ranges(con, partitions)
+        assert ranges[0][0] == 0 and ranges[-1][1] == keys and len(ranges) == min(keys, partitions)
+        assert all(a < b == c for (a, b), (c, _) in itertools.pairwise(ranges))
+        sizes = [b - a for a, b in ranges]
+        assert max(sizes) - min(sizes) <= 1
+    con.execute("CREATE OR REPLACE TABLE profiles AS SELECT 1 AS profile_key WHERE false")
+    assert key_ranges(con, 4) == []
 
 
 def test_scoring_mistakes_are_one_clear_line(churn_run, luma_ingested, tracking, runner, tmp_path):
@@ -303,6 +321,18 @@ def test_factor_lists_skip_no_impact_features_and_show_each_value():
         [{"feature": "visits", "label": "visits", "value": None, "impact": 1.5}],
     ]
     assert factor_lists(model, table, indices, np.zeros((3, 2))).to_pylist() == [[], [], []]
+    # Given the values the model saw (a categorical as its code, missing as NaN), numeric
+    # factors are shown from them and the rest from the table: the same lists.
+    model.categories = {"tier": ["bronze", "gold", "silver"]}
+    seen = np.array([[3.0, 1.0], [7.0, np.nan], [np.nan, 2.0]])  # (visits, tier) per row
+    values = seen[np.arange(3)[:, None], indices]
+    assert factor_lists(model, table, indices, impacts, values).to_pylist() == factors
+    wide = pa.table({"visits": pa.array([0.123456, 2.5, None]), "tier": ["gold", "bronze", None]})
+    wide_seen = np.array([[0.123456, 1.0], [2.5, 0.0], [np.nan, np.nan]])
+    dense = np.array([[0.3, 0.2], [0.1, -0.9], [0.5, 0.5]])
+    shown = factor_lists(model, wide, indices, dense, wide_seen[np.arange(3)[:, None], indices])
+    assert shown.to_pylist() == factor_lists(model, wide, indices, dense).to_pylist()
+    assert [f["value"] for f in shown.to_pylist()[0]] == ["gold", "0.1235"]
 
 
 def test_prefetched_batches_arrive_in_order_and_errors_and_early_stops_reach_the_producer():

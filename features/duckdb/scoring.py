@@ -31,8 +31,10 @@ from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.rules import column_name
 from propensity.features.build.sql_compiler import snapshot_sql
 from propensity.features.connection import arrow_batches, relation_columns
+from propensity.features.duckdb import score_build
+from propensity.features.duckdb.score_build import stacked_build_applies
 from propensity.features.engine import Scored, ScoringPlan
-from propensity.features.identity.as_of import AsOfSources
+from propensity.features.identity.as_of import AsOfSources, IdentityGraph
 from propensity.features.sql import sql_ident, sql_string
 
 ELIGIBLE = "__in_population"
@@ -238,35 +240,71 @@ def _rows_sql(
     """The query of the feature rows of the profiles of ``events`` (all, or one partition's), streamed
     in one pass: each row once with its population flag and only the columns the model reads, in no
     particular order (the partition is sorted when it is written)."""
-    identities_sql, identity_columns = identities
-    model_columns = _model_columns(plan)
     columns = relation_columns(con, sources.profiles)
 
     def rows_sql(events: str) -> str:
         features_sql = snapshot_sql(
             fs, plan.as_of, columns, events=events, profiles=sources.profiles, ordered=False
         )
-        return f"""
-            SELECT f.profile_id{model_columns}, f.{ELIGIBLE}
-                   {"".join(f", i.{sql_ident(c)}" for c in identity_columns)}
-            FROM (
-                SELECT *, coalesce(({plan.population.sql("duckdb")}), false) AS {ELIGIBLE}
-                FROM ({features_sql})
-            ) f LEFT JOIN ({identities_sql}) i USING (profile_id)
-        """
+        return _scored_rows_sql(plan, features_sql, identities)
 
     return rows_sql
 
 
-def score(con: duckdb.DuckDBPyConnection, sources: AsOfSources, plan: ScoringPlan, target: Path) -> Scored:
+def _scored_rows_sql(plan: ScoringPlan, features_sql: str, identities) -> str:
+    """``features_sql``'s rows with the population flag, only the columns the model reads, and
+    the profile's representative identities."""
+    identities_sql, identity_columns = identities
+    return f"""
+        SELECT f.profile_id{_model_columns(plan)}, f.{ELIGIBLE}
+               {"".join(f", i.{sql_ident(c)}" for c in identity_columns)}
+        FROM (
+            SELECT *, coalesce(({plan.population.sql("duckdb")}), false) AS {ELIGIBLE}
+            FROM ({features_sql})
+        ) f LEFT JOIN ({identities_sql}) i USING (profile_id)
+    """
+
+
+def _feature_tables(
+    con: duckdb.DuckDBPyConnection,
+    sources: AsOfSources,
+    plan: ScoringPlan,
+    fs: FeatureSet,
+    identities,
+    partitions: int,
+    graph: IdentityGraph | None,
+    scratch: Path,
+) -> Iterator[pa.Table]:
+    """The scored rows, partition after partition (each a table, or a stream of batches): by the
+    stacked build over profile-key ranges on ingested events (:mod:`.score_build`), else by the
+    feature SQL over each partition's events."""
+    if stacked_build_applies(con):
+        rows_sql = _scored_rows_sql(plan, f"SELECT * FROM {score_build.FEATURES}", identities)
+        yield from score_build.partition_tables(con, fs, plan.as_of, graph, partitions, rows_sql)
+        return
+    rows_sql = _rows_sql(con, plan, sources, fs, identities)
+    for events in partition_relations(con, fs, plan.as_of, sources.events, partitions, scratch):
+        for batch in arrow_batches(con, rows_sql(events), plan.chunk_rows):
+            yield pa.Table.from_batches([batch])
+
+
+def score(
+    con: duckdb.DuckDBPyConnection,
+    sources: AsOfSources,
+    plan: ScoringPlan,
+    target: Path,
+    graph: IdentityGraph | None = None,
+) -> Scored:
     """Score the population at ``plan.as_of`` and write ``target/part-0.parquet`` ranked, whole or
-    not at all."""
+    not at all; ``graph``: the identity graph the events were loaded with."""
     identities = _identities_sql(con, sources.identity_map, plan.identity_namespaces)
+    # Each profile's representative identities once, not once a partition.
+    con.execute(f"CREATE OR REPLACE TEMP TABLE score_identities AS {identities[0]}")
+    identities = ("SELECT * FROM score_identities", identities[1])
     partitions = plan.partitions or partitions_for(
         con, sources.profiles, len(plan.feature_names) - len(plan.unused)
     )
     fs = read_features(plan)
-    rows_sql = _rows_sql(con, plan, sources, fs, identities)
     profiles = eligible = scored = 0
     # The lock is held from the first temp file to the partition's replace; temps stay outside
     # the scores folder, where no reader globs them.
@@ -274,26 +312,23 @@ def score(con: duckdb.DuckDBPyConnection, sources: AsOfSources, plan: ScoringPla
     with output_lock(target, root=root, kind="scores"), scratch_dir(target, root=root) as tmp:
         unranked = Path(tmp) / "unranked.parquet"
         writer: pq.ParquetWriter | None = None
-        parts = partition_relations(con, fs, plan.as_of, sources.events, partitions, Path(tmp) / "events")
-        batches = prefetched(
-            (batch for events in parts for batch in arrow_batches(con, rows_sql(events), plan.chunk_rows)),
-            on_stop=con.interrupt,
-        )
-        for batch in batches:
-            profiles += batch.num_rows
-            rows = pa.Table.from_batches([batch]).filter(batch.column(ELIGIBLE))
-            eligible += rows.num_rows
-            if rows.num_rows:
-                table = plan.scorer(rows, identities[1])
+        tables = _feature_tables(con, sources, plan, fs, identities, partitions, graph, Path(tmp) / "events")
+        for table in prefetched(tables, depth=1, on_stop=con.interrupt):
+            profiles += table.num_rows
+            table = table.filter(table.column(ELIGIBLE)).combine_chunks()
+            eligible += table.num_rows
+            for start in range(0, table.num_rows, plan.chunk_rows):
+                scored_rows = plan.scorer(table.slice(start, plan.chunk_rows), identities[1])
                 if writer is None:
-                    writer = pq.ParquetWriter(unranked, table.schema, compression="zstd")
-                writer.write_table(table)
-                scored += table.num_rows
-            if plan.progress is not None:
-                plan.progress(scored, None)
+                    writer = pq.ParquetWriter(unranked, scored_rows.schema, compression="zstd")
+                writer.write_table(scored_rows)
+                scored += scored_rows.num_rows
+                if plan.progress is not None:
+                    plan.progress(scored, None)
         if writer is not None:
             writer.close()
         bucket_sizes = write_ranked(con, unranked if writer is not None else None, target)
+    con.execute("DROP TABLE IF EXISTS score_identities")
     if plan.progress is not None:
         plan.progress(scored, scored)
     scores = (
