@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
 from propensity.core.config import ProjectConfig
@@ -128,8 +130,14 @@ def test_rescoring_replaces_the_partition_with_identical_rows(scored, luma_inges
     # reading its own events, split once): the same rows as the first run's build.
     assert 3 < duckdb_scoring.SPLIT_FROM_PARTITIONS <= 8
     monkeypatch.setattr(duckdb_scoring, "SPLIT_MAX_MEASURES", 1_000)  # the split, whatever the model
+    in_order = duckdb_scoring.write_ranked_in_order
+    ranked_in_order = []
+    monkeypatch.setattr(
+        duckdb_scoring, "write_ranked_in_order", lambda *a: ranked_in_order.append(a) or in_order(*a)
+    )
     for partitions, stacked in ((3, True), (3, False), (8, False)):
         monkeypatch.setattr(duckdb_scoring, "stacked_build_applies", lambda con, stacked=stacked: stacked)
+        ranked_in_order.clear()
         again = score_jobs.score_model(
             "churn",
             luma_ingested,
@@ -141,9 +149,40 @@ def test_rescoring_replaces_the_partition_with_identical_rows(scored, luma_inges
         )
         after = _partition(out).drop(columns="scored_at")
         pd.testing.assert_frame_equal(before, after)
+        if stacked:  # key ranges in order, each sorted: ranked without DuckDB's sort
+            assert len(ranked_in_order) == 1
         assert (again.scored, again.eligible, again.profiles) == (run.scored, run.eligible, run.profiles)
     leftovers = [p.name for p in (out / "model=churn").iterdir()]
     assert leftovers == [f"as_of={AS_OF}"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 20), min_size=1, max_size=300))
+def test_percentiles_are_duckdbs_cume_dist_ranks(levels):
+    probability = np.asarray(levels, dtype=float) / 20  # many ties
+    con = duckdb.connect()
+    con.register("t", pd.DataFrame({"probability": probability, "i": range(len(probability))}))
+    want = con.execute(
+        "SELECT greatest(1, ceil(100 * cume_dist() OVER (ORDER BY probability)))::SMALLINT AS p "
+        "FROM t ORDER BY i"
+    ).fetchnumpy()["p"]
+    got = duckdb_scoring.percentiles(probability)
+    assert got.dtype == np.int16 and np.array_equal(got, want)
+
+
+def test_partitions_come_out_in_one_ascending_run_of_profile_ids():
+    import pyarrow as pa
+
+    from propensity.features.duckdb.score_build import in_profile_order
+
+    # Three key ranges starting at a, f and m; the first also brings profiles built apart
+    # ("g2", "z9"), sorted among its own rows.
+    parts = [["a1", "b2", "g2", "z9"], ["f1", "h3"], ["m1", "n2"]]
+    tables = (pa.table({"profile_id": p, "x": [len(i) for i in p]}) for p in parts)
+    out = list(in_profile_order(tables, ["a1", "f1", "m1"]))
+    ids = [i for t in out for i in t.column("profile_id").to_pylist()]
+    assert ids == sorted(i for p in parts for i in p)
+    assert [t.num_rows for t in out] == [2, 3, 3]  # "g2" goes with the second range, "z9" the last
 
 
 def test_stacked_partitions_cover_every_profile_key_once():

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.stacked_build import build_snapshots
@@ -63,7 +64,42 @@ def partition_tables(
     )
     reattributed = graph.reattributed([as_of], SEEN, fs.lookback_days) if graph is not None else None
     built_apart = dataclasses.replace(reattributed, key_days=np.zeros(0, np.int64)) if reattributed else None
-    for i, (low, high) in enumerate(key_ranges(con, partitions)):
+    ranges = key_ranges(con, partitions)
+    tables = _built(con, fs, as_of, ranges, reattributed, built_apart, rows_sql)
+    yield from in_profile_order(tables, _first_ids(con, ranges))
+    con.execute(f"DROP TABLE IF EXISTS {FEATURES}")
+
+
+def _first_ids(con: duckdb.DuckDBPyConnection, ranges: list[tuple[int, int]]) -> list[str]:
+    """The profile_id of each range's first key."""
+    lows = ", ".join(str(low) for low, _ in ranges) or "NULL"
+    found = dict(
+        con.execute(f"SELECT profile_key, profile_id FROM profiles WHERE profile_key IN ({lows})").fetchall()
+    )
+    return [found[low] for low, _ in ranges]
+
+
+def in_profile_order(tables: Iterator[pa.Table], first_ids: list[str]) -> Iterator[pa.Table]:
+    """Each range's rows (sorted by ``profile_id``, ranges in key order, so in profile order
+    too) in one ascending run: rows the first range brings that belong further on (profiles the
+    graph saw apart, whose ids fall anywhere) are held back and merged into the range they fall
+    in. Then the run needs no sort to be written in profile order."""
+    pending: pa.Table | None = None
+    for table, next_first in zip(tables, [*first_ids[1:], None], strict=True):
+        if pending is not None and pending.num_rows:
+            table = pa.concat_tables([pending, table]).sort_by("profile_id")
+        if next_first is None:
+            pending = None
+            yield table
+            continue
+        cut = int(pc.sum(pc.less(table.column("profile_id"), next_first)).as_py() or 0)
+        pending = table.slice(cut)
+        yield table.slice(0, cut)
+
+
+def _built(con, fs, as_of, ranges, reattributed, built_apart, rows_sql: str) -> Iterator[pa.Table]:
+    """``rows_sql`` over each key range's feature rows, built by the stacked build."""
+    for i, (low, high) in enumerate(ranges):
         con.execute(
             f"CREATE OR REPLACE TEMP VIEW {EVENTS} AS SELECT * FROM {SEEN} "
             f"WHERE profile_key >= {low} AND profile_key < {high}"
@@ -79,4 +115,3 @@ def partition_tables(
             reattributed=reattributed if i == 0 else built_apart,
         )
         yield fetch_arrow(con, rows_sql)
-    con.execute(f"DROP TABLE IF EXISTS {FEATURES}")

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlglot
 from sqlglot import exp
@@ -279,7 +280,10 @@ def _feature_tables(
     stacked build over profile-key ranges on ingested events (:mod:`.score_build`), else by the
     feature SQL over each partition's events."""
     if stacked_build_applies(con):
+        # Sorted, partitions in key order: the run's rows arrive in profile order, ranked
+        # without another sort (write_ranked_in_order).
         rows_sql = _scored_rows_sql(plan, f"SELECT * FROM {score_build.FEATURES}", identities)
+        rows_sql += " ORDER BY f.profile_id"
         yield from score_build.partition_tables(con, fs, plan.as_of, graph, partitions, rows_sql)
         return
     rows_sql = _rows_sql(con, plan, sources, fs, identities)
@@ -312,6 +316,7 @@ def score(
     with output_lock(target, root=root, kind="scores"), scratch_dir(target, root=root) as tmp:
         unranked = Path(tmp) / "unranked.parquet"
         writer: pq.ParquetWriter | None = None
+        order = _RunOrder()
         tables = _feature_tables(con, sources, plan, fs, identities, partitions, graph, Path(tmp) / "events")
         for table in prefetched(tables, depth=1, on_stop=con.interrupt):
             profiles += table.num_rows
@@ -319,15 +324,19 @@ def score(
             eligible += table.num_rows
             for start in range(0, table.num_rows, plan.chunk_rows):
                 scored_rows = plan.scorer(table.slice(start, plan.chunk_rows), identities[1])
-                if writer is None:
-                    writer = pq.ParquetWriter(unranked, scored_rows.schema, compression="zstd")
+                if writer is None:  # a scratch file read once: the fast codec
+                    writer = pq.ParquetWriter(unranked, scored_rows.schema, compression="lz4")
                 writer.write_table(scored_rows)
+                order.add(scored_rows)
                 scored += scored_rows.num_rows
                 if plan.progress is not None:
                     plan.progress(scored, None)
         if writer is not None:
             writer.close()
-        bucket_sizes = write_ranked(con, unranked if writer is not None else None, target)
+        if writer is not None and order.sorted:  # in profile order already: no sort, no SQL pass
+            bucket_sizes = write_ranked_in_order(unranked, target, order)
+        else:
+            bucket_sizes = write_ranked(con, unranked if writer is not None else None, target)
     con.execute("DROP TABLE IF EXISTS score_identities")
     if plan.progress is not None:
         plan.progress(scored, scored)
@@ -337,6 +346,60 @@ def score(
     histogram = np.histogram(scores, bins=histogram_bins())[0].tolist() if scored else []
     sample = scores if scored else np.array([], dtype=float)
     return Scored(profiles, eligible, scored, bucket_sizes, histogram, sample)
+
+
+class _RunOrder:
+    """What the ranked write needs of the scored batches as they go: their probabilities and
+    bucket counts, and whether their profile ids arrive strictly ascending (profile-key
+    partitions, each sorted, come in profile order)."""
+
+    def __init__(self) -> None:
+        self.probabilities: list[np.ndarray] = []
+        self.buckets: dict[str, int] = {}
+        self.sorted = True
+        self._last: str | None = None
+
+    def add(self, rows: pa.Table) -> None:
+        self.probabilities.append(rows.column("probability").to_numpy())
+        for item in pc.value_counts(rows.column("bucket").combine_chunks()).to_pylist():
+            self.buckets[item["values"]] = self.buckets.get(item["values"], 0) + item["counts"]
+        ids = rows.column("profile_id").combine_chunks()
+        if self.sorted and len(ids):
+            ascending = len(ids) < 2 or pc.all(pc.less(ids.slice(0, len(ids) - 1), ids.slice(1))).as_py()
+            self.sorted = ascending and (self._last is None or self._last < ids[0].as_py())
+            self._last = ids[-1].as_py()
+
+
+def percentiles(probability: np.ndarray) -> np.ndarray:
+    """``greatest(1, ceil(100 * cume_dist() OVER (ORDER BY probability)))`` as SMALLINT: ties
+    share the rank of the last of them."""
+    ranked = np.sort(probability)
+    at_or_below = np.searchsorted(ranked, probability, side="right")
+    return np.maximum(1, np.ceil(100 * (at_or_below / len(probability)))).astype(np.int16)
+
+
+def write_ranked_in_order(unranked: Path, target: Path, order: _RunOrder) -> dict[str, int]:
+    """:func:`write_ranked` for batches written in profile order: the percentiles from the
+    probabilities held in memory, the rows copied over once, batch by batch, with theirs."""
+    percentile = percentiles(np.concatenate(order.probabilities))
+    with atomic_path(target) as tmp:
+        tmp.mkdir(parents=True)
+        source = pq.ParquetFile(unranked)
+        writer: pq.ParquetWriter | None = None
+        done = 0
+        for batch in source.iter_batches(batch_size=PARTITION_FLUSH_ROWS):
+            table = pa.Table.from_batches([batch])
+            scored_at = table.column("scored_at")
+            table = table.drop_columns(["scored_at"])
+            table = table.append_column("percentile", pa.array(percentile[done : done + len(table)]))
+            table = table.append_column(source.schema_arrow.field("scored_at"), scored_at)
+            done += len(table)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp / "part-0.parquet", table.schema, compression="zstd")
+            writer.write_table(table)
+        if writer is not None:
+            writer.close()
+    return {b: int(order.buckets.get(b, 0)) for b in BUCKETS}
 
 
 def write_ranked(con: duckdb.DuckDBPyConnection, unranked: Path | None, target: Path) -> dict[str, int]:
