@@ -175,14 +175,14 @@ def test_partitions_come_out_in_one_ascending_run_of_profile_ids():
 
     from propensity.features.duckdb.score_build import in_profile_order
 
-    # Three key ranges starting at a, f and m; the first also brings profiles built apart
-    # ("g2", "z9"), sorted among its own rows.
-    parts = [["a1", "b2", "g2", "z9"], ["f1", "h3"], ["m1", "n2"]]
+    # Three key ranges starting at a, f and m, each in no order; the first also brings
+    # profiles built apart ("g2", "z9").
+    parts = [["b2", "z9", "a1", "g2"], ["h3", "f1"], ["n2", "m1"]]
     tables = (pa.table({"profile_id": p, "x": [len(i) for i in p]}) for p in parts)
     out = list(in_profile_order(tables, ["a1", "f1", "m1"]))
-    ids = [i for t in out for i in t.column("profile_id").to_pylist()]
-    assert ids == sorted(i for p in parts for i in p)
-    assert [t.num_rows for t in out] == [2, 3, 3]  # "g2" goes with the second range, "z9" the last
+    ids = [sorted(t.column("profile_id").to_pylist()) for t in out]
+    assert ids == [["a1", "b2"], ["f1", "g2", "h3"], ["m1", "n2", "z9"]]  # one run once each is sorted
+    assert all(t.column("x").to_pylist() == [len(i) for i in t.column("profile_id").to_pylist()] for t in out)
 
 
 def test_stacked_partitions_cover_every_profile_key_once():

@@ -80,21 +80,22 @@ def _first_ids(con: duckdb.DuckDBPyConnection, ranges: list[tuple[int, int]]) ->
 
 
 def in_profile_order(tables: Iterator[pa.Table], first_ids: list[str]) -> Iterator[pa.Table]:
-    """Each range's rows (sorted by ``profile_id``, ranges in key order, so in profile order
-    too) in one ascending run: rows the first range brings that belong further on (profiles the
-    graph saw apart, whose ids fall anywhere) are held back and merged into the range they fall
-    in. Then the run needs no sort to be written in profile order."""
+    """Each range's rows (ranges in key order, so in profile order too) with exactly the ids
+    from its range's first up to the next range's: rows the first range brings that belong
+    further on (profiles the graph saw apart, whose ids fall anywhere) are held back and
+    handed over with the range they fall in. Each table sorted, the tables make one
+    ascending run of profile ids, which is written with no sort of the whole run."""
     pending: pa.Table | None = None
     for table, next_first in zip(tables, [*first_ids[1:], None], strict=True):
         if pending is not None and pending.num_rows:
-            table = pa.concat_tables([pending, table]).sort_by("profile_id")
+            table = pa.concat_tables([pending, table])
         if next_first is None:
             pending = None
             yield table
             continue
-        cut = int(pc.sum(pc.less(table.column("profile_id"), next_first)).as_py() or 0)
-        pending = table.slice(cut)
-        yield table.slice(0, cut)
+        here = pc.less(table.column("profile_id"), next_first)
+        pending = table.filter(pc.invert(here))
+        yield table.filter(here)
 
 
 def _built(con, fs, as_of, ranges, reattributed, built_apart, rows_sql: str) -> Iterator[pa.Table]:

@@ -280,10 +280,7 @@ def _feature_tables(
     stacked build over profile-key ranges on ingested events (:mod:`.score_build`), else by the
     feature SQL over each partition's events."""
     if stacked_build_applies(con):
-        # Sorted, partitions in key order: the run's rows arrive in profile order, ranked
-        # without another sort (write_ranked_in_order).
         rows_sql = _scored_rows_sql(plan, f"SELECT * FROM {score_build.FEATURES}", identities)
-        rows_sql += " ORDER BY f.profile_id"
         yield from score_build.partition_tables(con, fs, plan.as_of, graph, partitions, rows_sql)
         return
     rows_sql = _rows_sql(con, plan, sources, fs, identities)
@@ -322,15 +319,22 @@ def score(
             profiles += table.num_rows
             table = table.filter(table.column(ELIGIBLE)).combine_chunks()
             eligible += table.num_rows
+            parts = []
             for start in range(0, table.num_rows, plan.chunk_rows):
-                scored_rows = plan.scorer(table.slice(start, plan.chunk_rows), identities[1])
-                if writer is None:  # a scratch file read once: the fast codec
-                    writer = pq.ParquetWriter(unranked, scored_rows.schema, compression="lz4")
-                writer.write_table(scored_rows)
-                order.add(scored_rows)
-                scored += scored_rows.num_rows
+                parts.append(plan.scorer(table.slice(start, plan.chunk_rows), identities[1]))
+                scored += parts[-1].num_rows
                 if plan.progress is not None:
                     plan.progress(scored, None)
+            if not parts:
+                continue
+            # Sorted here, the scored columns only (not the wide feature rows): partitions of
+            # the stacked build then make one ascending run (score_build.in_profile_order).
+            scored_rows = pa.concat_tables(parts)
+            scored_rows = scored_rows.take(pc.sort_indices(scored_rows.column("profile_id")))
+            if writer is None:  # a scratch file read once: the fast codec
+                writer = pq.ParquetWriter(unranked, scored_rows.schema, compression="lz4")
+            writer.write_table(scored_rows)
+            order.add(scored_rows)
         if writer is not None:
             writer.close()
         if writer is not None and order.sorted:  # in profile order already: no sort, no SQL pass
