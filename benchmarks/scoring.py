@@ -341,6 +341,11 @@ def registered_models(work: Path, ingested: Path, args: argparse.Namespace) -> t
     return models["trained"], models["fixed"]
 
 
+def _rounded(value: float, digits: int | None = None) -> float | int | None:
+    """``round(value, digits)``; None for NaN (a figure the run skipped: JSON has no NaN)."""
+    return None if value != value else round(value, digits)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -432,20 +437,20 @@ def main() -> None:
             {
                 "profiles": top["profiles"],
                 "scored": top["scored"],
-                "seconds": round(top["seconds"], 2),
-                "features_only_seconds": round(top["features_only_seconds"], 2),
-                "factors_rows_per_s": round(top["factors_rows_per_s"]),
-                "pred_contrib_rows_per_s": round(top["pred_contrib_rows_per_s"]),
-                "factors_ratio": round(top["factors_ratio"], 2),
-                "factors_ratio_cpu": round(top["factors_ratio_cpu"], 2),
-                "factors_linear_ratio": round(top["factors_linear_ratio"], 2),
+                "seconds": _rounded(top["seconds"], 2),
+                "features_only_seconds": _rounded(top["features_only_seconds"], 2),
+                "factors_rows_per_s": _rounded(top["factors_rows_per_s"]),
+                "pred_contrib_rows_per_s": _rounded(top["pred_contrib_rows_per_s"]),
+                "factors_ratio": _rounded(top["factors_ratio"], 2),
+                "factors_ratio_cpu": _rounded(top["factors_ratio_cpu"], 2),
+                "factors_linear_ratio": _rounded(top["factors_linear_ratio"], 2),
                 "max_abs_diff": top["max_abs_diff"],
                 "top_k_agrees": top["top_k_agrees"],
-                "peak_rss_mib": round(top["peak_rss_mib"]),
+                "peak_rss_mib": _rounded(top["peak_rss_mib"]),
                 "phases": {phase: round(seconds, 2) for phase, seconds in top["phases"].items()},
-                "bounded_seconds": None if args.no_bounded else round(top["bounded_seconds"], 2),
-                "linear_pass_seconds": round(top["linear_seconds"], 2),
-                "bounded_peak_rss_mib": None if args.no_bounded else round(top["bounded_peak_rss_mib"]),
+                "bounded_seconds": None if args.no_bounded else _rounded(top["bounded_seconds"], 2),
+                "linear_pass_seconds": _rounded(top["linear_seconds"], 2),
+                "bounded_peak_rss_mib": None if args.no_bounded else _rounded(top["bounded_peak_rss_mib"]),
                 "bounded_memory_limit": BOUNDED_MEMORY,
                 "training_seconds": round(trained["seconds"], 1),
                 "training_profiles": args.train_profiles,
