@@ -1,6 +1,7 @@
 """Batch scoring end to end on 1M generated profiles, and the factors step against ``pred_contrib``.
 
     python benchmarks/scoring.py [--profiles 1000000] [--train-profiles 150000] [--trials 12] [--no-bounded]
+                                 [--no-linear] [--reuse-models] [--end-to-end-only]
 
 Reuses (or generates and ingests) the data of ``benchmarks/features.py``. Two registered models
 are scored, each in a fresh process so that its peak RSS is the scoring job's alone:
@@ -21,7 +22,9 @@ Linear-TreeSHAP pass instead of the leaf tables, and against it, in the same run
 feature build alone (the same SQL for the features the model's trees split on, which is what the
 job builds, into a table in one query) as the baseline. Then the factors step alone is timed
 against LightGBM's ``pred_contrib`` on the same model and rows (``benchmarks/factors.py``), and
-checked against it. Prints a table; the last line is one JSON object (top-level keys for the
+checked against it. ``--reuse-models`` keeps the work folder's MLflow store and scores the
+models a previous run of the same ``--profiles`` registered (``models.json`` there) instead of
+training them again (~15 min). Prints a table; the last line is one JSON object (top-level keys for the
 fixed 300-tree model, both models under ``models``).
 """
 
@@ -58,6 +61,19 @@ FIT_ROWS = 200_000  # rows the fixed model is fitted on
 FACTOR_ROWS = 100_000  # rows for the factors-vs-pred_contrib comparison
 PRED_CONTRIB_ROWS = 20_000
 
+
+# The figures of factors_vs_pred_contrib, NaN when --end-to-end-only skips it.
+SKIPPED_COMPARISON = (
+    "trees",
+    "leaves",
+    "factors_rows_per_s",
+    "pred_contrib_rows_per_s",
+    "factors_ratio",
+    "factors_ratio_cpu",
+    "factors_linear_ratio",
+    "max_abs_diff",
+    "top_k_agrees",
+)
 
 # The memory-bounded run: DuckDB held to BOUNDED_MEMORY (the features built in the job's
 # automatic profile partitions, as in the default run).
@@ -149,7 +165,9 @@ def register_fixed(ingested: Path, work: Path, version: str) -> dict:
     config = project(work)
     client = tracking.configure(config)
     trained, _ = tracking.load_propensity_model(client, MODEL, version=version)
-    frame = _features(ingested, config, trained.metadata.get("categories"), FIT_ROWS)
+    # Every feature of 1M profiles in one query: held to BOUNDED_MEMORY (spilling), as the
+    # machine is shared (DuckDB's default, 60% of RAM, was killed at 13 GiB).
+    frame = _features(ingested, project(work, bounded=True), trained.metadata.get("categories"), FIT_ROWS)
     rng = np.random.default_rng(7)
     labels = (rng.random(len(frame)) < trained.predict_proba(frame)).astype(float)
     booster = lgb.train(PARAMS, lgb.Dataset(trained.matrix(frame), labels), num_boost_round=TREES)
@@ -182,6 +200,7 @@ PHASES = (
     ("factor lists", "propensity.models.scoring", "factor_lists"),
     ("write batches", "pyarrow.parquet", "ParquetWriter.write_table"),
     ("rank+write", "propensity.features.duckdb.scoring", "write_ranked"),
+    ("rank+write", "propensity.features.duckdb.scoring", "write_ranked_in_order"),
     ("mlflow", "propensity.pipeline.jobs.score", "log_scoring_run"),
 )
 
@@ -207,7 +226,8 @@ def timed_phases() -> dict[str, float]:
         *path, name = attribute.split(".")
         for part in path:
             owner = getattr(owner, part)
-        setattr(owner, name, timer(phase, getattr(owner, name)))
+        if hasattr(owner, name):  # (an older checkout, compared in the same run, may lack one)
+            setattr(owner, name, timer(phase, getattr(owner, name)))
     return seconds
 
 
@@ -296,6 +316,36 @@ def _depth(node: dict) -> int:
     return 1 + max(_depth(node["left_child"]), _depth(node["right_child"]))
 
 
+def registered_models(work: Path, ingested: Path, args: argparse.Namespace) -> tuple[dict, dict]:
+    """The trained and the fixed model's figures and versions: those ``models.json`` in ``work``
+    records when ``--reuse-models`` (the work folder kept, but its scores), else trained and
+    registered afresh in an emptied ``work`` and recorded there."""
+    record = work / "models.json"
+    models = json.loads(record.read_text()) if args.reuse_models and record.is_file() else {}
+    if "trained" in models:
+        shutil.rmtree(work / "scores", ignore_errors=True)
+        print(f"reusing {MODEL} v{models['trained']['version']} from {record}", flush=True)
+    else:
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        _, train_ingested, _ = ensure_ingested(args.train_profiles, args.days, ProjectConfig())
+        model_yaml = model_config(work / f"{MODEL}.yaml", args.max_training_rows, args.trials)
+        print("training ...", flush=True)
+        models["trained"] = in_child(train, model_yaml, train_ingested, work)
+        print(f"trained {MODEL} v{models['trained']['version']} in {models['trained']['seconds']:.0f} s")
+        record.write_text(json.dumps(models))  # a failure further on keeps the trained model
+    if "fixed" not in models:
+        models["fixed"] = in_child(register_fixed, ingested, work, models["trained"]["version"])
+        record.write_text(json.dumps(models))
+    return models["trained"], models["fixed"]
+
+
+def _rounded(value: float, digits: int | None = None) -> float | int | None:
+    """``round(value, digits)``; None for NaN (a figure the run skipped: JSON has no NaN)."""
+    return None if value != value else round(value, digits)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -306,20 +356,22 @@ def main() -> None:
     parser.add_argument("--max-training-rows", type=int, default=2_000_000)
     parser.add_argument("--trials", type=int, default=12, help="tuning trials of the trained model")
     parser.add_argument("--no-bounded", action="store_true", help="skip the memory-bounded runs")
+    parser.add_argument("--no-linear", action="store_true", help="skip the Linear-TreeSHAP runs")
+    parser.add_argument(
+        "--end-to-end-only",
+        action="store_true",
+        help="only the end-to-end jobs: no feature-build baseline, no factors against pred_contrib",
+    )
+    parser.add_argument(
+        "--reuse-models",
+        action="store_true",
+        help="score the models a previous run registered (its work folder's models.json), no training",
+    )
     args = parser.parse_args()
     _, ingested, _ = ensure_ingested(args.profiles, args.days, ProjectConfig())
-    _, train_ingested, _ = ensure_ingested(args.train_profiles, args.days, ProjectConfig())
     work = WORK / str(args.profiles)
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    model_yaml = model_config(work / f"{MODEL}.yaml", args.max_training_rows, args.trials)
-
-    print("training ...", flush=True)
-    trained = in_child(train, model_yaml, train_ingested, work)
-    print(f"trained {MODEL} v{trained['version']} in {trained['seconds']:.0f} s", flush=True)
-    fixed = in_child(register_fixed, ingested, work, trained["version"])
+    trained, fixed = registered_models(work, ingested, args)
     models = {"trained": (MODEL, trained["version"]), FIXED: (FIXED, fixed["version"])}
 
     results: dict[str, dict] = {}
@@ -332,10 +384,18 @@ def main() -> None:
         print(
             f"  bounded {bounded['seconds']:.1f} s, peak RSS {bounded['peak_rss_mib']:,.0f} MiB", flush=True
         )
-        linear = in_child(score, name, version, ingested, work, False, True)
+        linear = (
+            {"seconds": float("nan"), "phases": {}}
+            if args.no_linear
+            else in_child(score, name, version, ingested, work, False, True)
+        )
         print(f"  linear-pass factors {linear['seconds']:.1f} s", flush=True)
-        baseline = in_child(features_only, name, version, ingested, work)
-        factors = in_child(factors_vs_pred_contrib, name, version, ingested, work)
+        if args.end_to_end_only:  # the comparisons left out: their figures NaN
+            baseline = {"seconds": float("nan")}
+            factors = dict.fromkeys(SKIPPED_COMPARISON, float("nan"))
+        else:
+            baseline = in_child(features_only, name, version, ingested, work)
+            factors = in_child(factors_vs_pred_contrib, name, version, ingested, work)
         results[key] = {
             **factors,
             **run,
@@ -377,20 +437,20 @@ def main() -> None:
             {
                 "profiles": top["profiles"],
                 "scored": top["scored"],
-                "seconds": round(top["seconds"], 2),
-                "features_only_seconds": round(top["features_only_seconds"], 2),
-                "factors_rows_per_s": round(top["factors_rows_per_s"]),
-                "pred_contrib_rows_per_s": round(top["pred_contrib_rows_per_s"]),
-                "factors_ratio": round(top["factors_ratio"], 2),
-                "factors_ratio_cpu": round(top["factors_ratio_cpu"], 2),
-                "factors_linear_ratio": round(top["factors_linear_ratio"], 2),
+                "seconds": _rounded(top["seconds"], 2),
+                "features_only_seconds": _rounded(top["features_only_seconds"], 2),
+                "factors_rows_per_s": _rounded(top["factors_rows_per_s"]),
+                "pred_contrib_rows_per_s": _rounded(top["pred_contrib_rows_per_s"]),
+                "factors_ratio": _rounded(top["factors_ratio"], 2),
+                "factors_ratio_cpu": _rounded(top["factors_ratio_cpu"], 2),
+                "factors_linear_ratio": _rounded(top["factors_linear_ratio"], 2),
                 "max_abs_diff": top["max_abs_diff"],
                 "top_k_agrees": top["top_k_agrees"],
-                "peak_rss_mib": round(top["peak_rss_mib"]),
+                "peak_rss_mib": _rounded(top["peak_rss_mib"]),
                 "phases": {phase: round(seconds, 2) for phase, seconds in top["phases"].items()},
-                "bounded_seconds": None if args.no_bounded else round(top["bounded_seconds"], 2),
-                "linear_pass_seconds": round(top["linear_seconds"], 2),
-                "bounded_peak_rss_mib": None if args.no_bounded else round(top["bounded_peak_rss_mib"]),
+                "bounded_seconds": None if args.no_bounded else _rounded(top["bounded_seconds"], 2),
+                "linear_pass_seconds": _rounded(top["linear_seconds"], 2),
+                "bounded_peak_rss_mib": None if args.no_bounded else _rounded(top["bounded_peak_rss_mib"]),
                 "bounded_memory_limit": BOUNDED_MEMORY,
                 "training_seconds": round(trained["seconds"], 1),
                 "training_profiles": args.train_profiles,

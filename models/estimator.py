@@ -96,13 +96,27 @@ class PropensityModel:
         (probability (n,), feature indices (n, k), impacts (n, k)), as :meth:`predict_proba` and
         :meth:`top_contributions` on the same rows. The batch-scoring path: the table goes straight
         to LightGBM's float64 rows, one conversion for the prediction and the explanation."""
+        return self.predict_explain_values(table, k)[:3]
+
+    def predict_explain_values(
+        self, table: pa.Table, k: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`predict_and_explain` and each factor's value as LightGBM saw it (n, k): float64,
+        NaN when missing, a categorical's category code. Scoring shows numeric factors from it
+        instead of looking each up in the table again."""
         rows = arrow_lightgbm_array(table, self.feature_names, self._categorical_lists())
         if k <= 0:
             probability = self.calibrator.transform(self.booster.predict(rows, raw_score=True))
-            return probability, np.zeros((len(rows), 0), np.int32), np.zeros((len(rows), 0))
+            return (
+                probability,
+                np.zeros((len(rows), 0), np.int32),
+                np.zeros((len(rows), 0)),
+                np.zeros((len(rows), 0)),
+            )
         # One pass over the trees: the explainer's raw scores are LightGBM's, bit for bit.
         raw, indices, impacts = self.explainer.raw_score_and_top_k(rows, k)
-        return self.calibrator.transform(raw), indices, impacts
+        values = rows[np.arange(len(rows))[:, None], indices]
+        return self.calibrator.transform(raw), indices, impacts, values
 
     def _categorical_lists(self) -> dict[str, list]:
         """Categorical column -> the category list its codes index, the booster's own when it has
@@ -174,7 +188,9 @@ def arrow_lightgbm_array(
     out = np.empty((len(feature_names), table.num_rows), dtype=np.float64).T
     for j, name in enumerate(feature_names):
         column = table.column(name)
-        if name in categorical:
+        if column.null_count == len(column):  # e.g. a feature no tree splits on, NULL in the query
+            out[:, j] = np.nan
+        elif name in categorical:
             values = pa.array([str(c) for c in categorical[name]], type=pa.string())
             codes = pc.index_in(pc.cast(column, pa.string()), value_set=values)
             out[:, j] = pc.cast(codes, pa.float64()).to_numpy(zero_copy_only=False)

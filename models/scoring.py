@@ -57,31 +57,78 @@ def _factor_values(table: pa.Table, names: list[str], rows: np.ndarray, columns:
     return in_column_order.take(pa.array(back))
 
 
+def _is_number(kind: pa.DataType) -> bool:
+    """Whether a column of this Arrow type reaches the model as its own float64 value."""
+    return (
+        pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_boolean(kind)
+        or pa.types.is_decimal(kind)
+        or pa.types.is_null(kind)
+    )
+
+
 def factor_lists(
-    model: PropensityModel, table: pa.Table, indices: np.ndarray, impacts: np.ndarray
+    model: PropensityModel,
+    table: pa.Table,
+    indices: np.ndarray,
+    impacts: np.ndarray,
+    values: np.ndarray | None = None,
 ) -> pa.Array:
     """Per row, the factors of ``indices``/``impacts`` (strongest |impact| first, as
-    ``top_contributions`` gives them) with labels and the row's values; no-impact features left out."""
+    ``top_contributions`` gives them) with labels and the row's values; no-impact features left out.
+    ``values`` (n, k), when given, holds each factor's value as the model saw it (float64, NaN
+    when missing): numeric features are shown from it, with no lookup in ``table``."""
     n = table.num_rows
     k = indices.shape[1] if indices.ndim == 2 else 0
     if k == 0 or n == 0:
         return pa.array([[] for _ in range(n)], type=pa.list_(FACTOR_TYPE))
     keep = (impacts != 0.0).ravel()
     rows = np.repeat(np.arange(n), k)[keep]
-    columns = indices.ravel()[keep].astype(np.int64)
-    names = np.asarray(model.feature_names, dtype=object)
-    labels = np.asarray([model.feature_labels.get(f, f) for f in model.feature_names], dtype=object)
+    columns = pa.array(indices.ravel()[keep].astype(np.int32))
+    names = list(model.feature_names)
+    labels = [model.feature_labels.get(f, f) for f in names]
     structs = pa.StructArray.from_arrays(
         [
-            pa.array(names[columns], type=pa.string()),
-            pa.array(labels[columns], type=pa.string()),
-            _factor_values(table, list(model.feature_names), rows, columns),
+            # Each name and label once; the factors take them by index (no Python string a factor).
+            pa.array(names, type=pa.string()).take(columns),
+            pa.array(labels, type=pa.string()).take(columns),
+            _shown_values(model, table, rows, columns.to_numpy(), values, keep),
             pa.array(impacts.ravel()[keep], type=pa.float64()),
         ],
         fields=list(FACTOR_TYPE),
     )
     offsets = np.concatenate([[0], np.cumsum(keep.reshape(n, k).sum(axis=1))]).astype(np.int32)
     return pa.ListArray.from_arrays(pa.array(offsets), structs)
+
+
+def _shown_values(
+    model: PropensityModel,
+    table: pa.Table,
+    rows: np.ndarray,
+    columns: np.ndarray,
+    values: np.ndarray | None,
+    keep: np.ndarray,
+) -> pa.Array:
+    """Each kept factor's display value: numeric features from ``values`` in one rounding and
+    cast, the others (categoricals, text) from ``table`` (:func:`_factor_values`)."""
+    names = list(model.feature_names)
+    if values is None:
+        return _factor_values(table, names, rows, columns)
+    categorical = getattr(model, "categories", {}) or {}
+    numeric = np.array(
+        [name not in categorical and _is_number(table.column(name).type) for name in names], dtype=bool
+    )
+    numbers = numeric[columns]
+    shown = _display_values(pa.array(values.ravel()[keep][numbers], type=pa.float64(), from_pandas=True))
+    if numbers.all():
+        return shown
+    others = ~numbers
+    texts = _factor_values(table, names, rows[others], columns[others])
+    order = np.concatenate([np.flatnonzero(numbers), np.flatnonzero(others)])
+    back = np.empty_like(order)
+    back[order] = np.arange(len(order))
+    return pa.concat_arrays([shown, texts]).take(pa.array(back))
 
 
 def as_arrow(batch: pa.Table | pa.RecordBatch | pd.DataFrame) -> pa.Table:
@@ -114,9 +161,11 @@ def score_batch(
     """
     table = as_arrow(batch)
     k = min(factors, len(model.feature_names))
-    uplift = None
+    uplift = values = None
     if is_uplift(model):  # probability if contacted, the uplift, and the uplift's factors
         probability, uplift, indices, impacts = model.predict_and_explain(table, k)
+    elif hasattr(model, "predict_explain_values"):  # the factors' values from the model's rows
+        probability, indices, impacts, values = model.predict_explain_values(table, k)
     else:
         probability, indices, impacts = model.predict_and_explain(table, k)
     score = scores_from_reference(probability, np.asarray(model.metadata["reference_probabilities"]))
@@ -131,7 +180,7 @@ def score_batch(
         pa.array(score, type=pa.int16()),
         pa.array(buckets(score, medium, high), type=pa.string()),
         *([] if uplift is None else [pa.array(uplift, type=pa.float64())]),
-        factor_lists(model, table, indices, impacts),
+        factor_lists(model, table, indices, impacts, values),
         pa.array([scored_at] * n, type=pa.timestamp("us", tz="UTC")),
         *(pc.cast(table.column(column), pa.string()) for column in identity_columns or []),
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import os
 import socket
@@ -19,6 +20,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
 from propensity.core.config import ProjectConfig
@@ -121,12 +124,20 @@ def test_factors_are_the_exact_strongest_contributions(scored, luma_ingested, tm
 def test_rescoring_replaces_the_partition_with_identical_rows(scored, luma_ingested, monkeypatch):
     run, out = scored
     before = _partition(out).drop(columns="scored_at")
-    # Many chunks and the features built a third of the profiles at a time (each partition
-    # reading all events), then an eighth (each reading its own events, split once): the same
-    # rows as one big chunk over one feature build.
+    # Many chunks and the features built by the stacked build over a third of the profile keys
+    # at a time; then by the feature SQL (the build for events without the ingest's keys), a
+    # third of the profiles at a time (each partition reading all events), then an eighth (each
+    # reading its own events, split once): the same rows as the first run's build.
     assert 3 < duckdb_scoring.SPLIT_FROM_PARTITIONS <= 8
     monkeypatch.setattr(duckdb_scoring, "SPLIT_MAX_MEASURES", 1_000)  # the split, whatever the model
-    for partitions in (3, 8):
+    in_order = duckdb_scoring.write_ranked_in_order
+    ranked_in_order = []
+    monkeypatch.setattr(
+        duckdb_scoring, "write_ranked_in_order", lambda *a: ranked_in_order.append(a) or in_order(*a)
+    )
+    for partitions, stacked in ((3, True), (3, False), (8, False)):
+        monkeypatch.setattr(duckdb_scoring, "stacked_build_applies", lambda con, stacked=stacked: stacked)
+        ranked_in_order.clear()
         again = score_jobs.score_model(
             "churn",
             luma_ingested,
@@ -138,9 +149,55 @@ def test_rescoring_replaces_the_partition_with_identical_rows(scored, luma_inges
         )
         after = _partition(out).drop(columns="scored_at")
         pd.testing.assert_frame_equal(before, after)
+        if stacked:  # key ranges in order, each sorted: ranked without DuckDB's sort
+            assert len(ranked_in_order) == 1
         assert (again.scored, again.eligible, again.profiles) == (run.scored, run.eligible, run.profiles)
     leftovers = [p.name for p in (out / "model=churn").iterdir()]
     assert leftovers == [f"as_of={AS_OF}"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 20), min_size=1, max_size=300))
+def test_percentiles_are_duckdbs_cume_dist_ranks(levels):
+    probability = np.asarray(levels, dtype=float) / 20  # many ties
+    con = duckdb.connect()
+    con.register("t", pd.DataFrame({"probability": probability, "i": range(len(probability))}))
+    want = con.execute(
+        "SELECT greatest(1, ceil(100 * cume_dist() OVER (ORDER BY probability)))::SMALLINT AS p "
+        "FROM t ORDER BY i"
+    ).fetchnumpy()["p"]
+    got = duckdb_scoring.percentiles(probability)
+    assert got.dtype == np.int16 and np.array_equal(got, want)
+
+
+def test_partitions_come_out_in_one_ascending_run_of_profile_ids():
+    import pyarrow as pa
+
+    from propensity.features.duckdb.score_build import in_profile_order
+
+    # Three key ranges starting at a, f and m, each in no order; the first also brings
+    # profiles built apart ("g2", "z9").
+    parts = [["b2", "z9", "a1", "g2"], ["h3", "f1"], ["n2", "m1"]]
+    tables = (pa.table({"profile_id": p, "x": [len(i) for i in p]}) for p in parts)
+    out = list(in_profile_order(tables, ["a1", "f1", "m1"]))
+    ids = [sorted(t.column("profile_id").to_pylist()) for t in out]
+    assert ids == [["a1", "b2"], ["f1", "g2", "h3"], ["m1", "n2", "z9"]]  # one run once each is sorted
+    assert all(t.column("x").to_pylist() == [len(i) for i in t.column("profile_id").to_pylist()] for t in out)
+
+
+def test_stacked_partitions_cover_every_profile_key_once():
+    from propensity.features.duckdb.score_build import key_ranges
+
+    con = duckdb.connect()
+    for keys, partitions in ((10, 3), (10, 1), (3, 8), (1_000_003, 7)):
+        con.execute(f"CREATE OR REPLACE TABLE profiles AS SELECT i AS profile_key FROM range({keys}) t(i)")
+        ranges = key_ranges(con, partitions)
+        assert ranges[0][0] == 0 and ranges[-1][1] == keys and len(ranges) == min(keys, partitions)
+        assert all(a < b == c for (a, b), (c, _) in itertools.pairwise(ranges))
+        sizes = [b - a for a, b in ranges]
+        assert max(sizes) - min(sizes) <= 1
+    con.execute("CREATE OR REPLACE TABLE profiles AS SELECT 1 AS profile_key WHERE false")
+    assert key_ranges(con, 4) == []
 
 
 def test_scoring_mistakes_are_one_clear_line(churn_run, luma_ingested, tracking, runner, tmp_path):
@@ -303,6 +360,18 @@ def test_factor_lists_skip_no_impact_features_and_show_each_value():
         [{"feature": "visits", "label": "visits", "value": None, "impact": 1.5}],
     ]
     assert factor_lists(model, table, indices, np.zeros((3, 2))).to_pylist() == [[], [], []]
+    # Given the values the model saw (a categorical as its code, missing as NaN), numeric
+    # factors are shown from them and the rest from the table: the same lists.
+    model.categories = {"tier": ["bronze", "gold", "silver"]}
+    seen = np.array([[3.0, 1.0], [7.0, np.nan], [np.nan, 2.0]])  # (visits, tier) per row
+    values = seen[np.arange(3)[:, None], indices]
+    assert factor_lists(model, table, indices, impacts, values).to_pylist() == factors
+    wide = pa.table({"visits": pa.array([0.123456, 2.5, None]), "tier": ["gold", "bronze", None]})
+    wide_seen = np.array([[0.123456, 1.0], [2.5, 0.0], [np.nan, np.nan]])
+    dense = np.array([[0.3, 0.2], [0.1, -0.9], [0.5, 0.5]])
+    shown = factor_lists(model, wide, indices, dense, wide_seen[np.arange(3)[:, None], indices])
+    assert shown.to_pylist() == factor_lists(model, wide, indices, dense).to_pylist()
+    assert [f["value"] for f in shown.to_pylist()[0]] == ["gold", "0.1235"]
 
 
 def test_prefetched_batches_arrive_in_order_and_errors_and_early_stops_reach_the_producer():

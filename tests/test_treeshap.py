@@ -462,6 +462,23 @@ def test_arrow_batches_predict_and_explain_as_the_dataframe_path(propensity_mode
     assert np.array_equal(probability, model.predict_proba(frame))
     want_indices, want_impacts = propensity_model.top_contributions(propensity_model.matrix(frame), 3)
     assert np.array_equal(indices, want_indices) and np.array_equal(impacts, want_impacts)
+    # Columns of nulls only (what scoring selects for features no tree splits on), typed or of
+    # Arrow's null type, numeric or categorical: NaN, as on the DataFrame path.
+    empty = frame.assign(revenue_30d=np.nan, loyalty_tier=None)
+    for nulls in (
+        pa.Table.from_pandas(empty, preserve_index=False),
+        table.set_column(2, "revenue_30d", pa.nulls(len(frame))).set_column(
+            3, "loyalty_tier", pa.nulls(len(frame), pa.string())
+        ),
+    ):
+        assert nulls.column("revenue_30d").null_count == len(frame)
+        assert np.array_equal(
+            arrow_lightgbm_array(
+                nulls, propensity_model.feature_names, propensity_model._categorical_lists()
+            ),
+            propensity_model.lightgbm_array(empty),
+            equal_nan=True,
+        )
 
 
 def test_the_model_module_does_not_load_numba_for_scoring():

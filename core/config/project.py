@@ -194,7 +194,8 @@ class ScoringConfig(_Strict):
     the Arrow batch being written).
     """
     profile_partitions: int | None = Field(default=None, ge=1, le=256)
-    """DuckDB: build the features of 1/N of the profiles (by a hash of the id) at a time, each partition's
+    """DuckDB: build the features of 1/N of the profiles (on ingested events a range of profile keys,
+    else by a hash or range of the id) at a time, each partition's
     aggregates held in memory instead of all of them; None: one partition per 125,000 profiles at 232
     model features, more profiles per partition for models that split on fewer features (at 1M
     profiles, 8 partitions built 232 features 1.1x faster than one, in a fifth of the memory)."""

@@ -278,7 +278,7 @@ class DuckDBEngine(SharedSteps):
 
     def score(self, events: LoadedEvents, plan: ScoringPlan, target: str) -> Scored:
         """The population scored in profile partitions, written ranked to ``target``."""
-        return scoring.score(events.con, events.sources(plan.as_of), plan, Path(target))
+        return scoring.score(events.con, events.sources(plan.as_of), plan, Path(target), events.graph)
 
     def segment_rows(self, events: LoadedEvents, as_of: dt.date) -> segments_mod.OnConnection:
         """Qualification on the events' connection, the members' identities and profiles as of

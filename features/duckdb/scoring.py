@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlglot
 from sqlglot import exp
@@ -31,8 +32,10 @@ from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.rules import column_name
 from propensity.features.build.sql_compiler import snapshot_sql
 from propensity.features.connection import arrow_batches, relation_columns
+from propensity.features.duckdb import score_build
+from propensity.features.duckdb.score_build import stacked_build_applies
 from propensity.features.engine import Scored, ScoringPlan
-from propensity.features.identity.as_of import AsOfSources
+from propensity.features.identity.as_of import AsOfSources, IdentityGraph
 from propensity.features.sql import sql_ident, sql_string
 
 ELIGIBLE = "__in_population"
@@ -238,35 +241,71 @@ def _rows_sql(
     """The query of the feature rows of the profiles of ``events`` (all, or one partition's), streamed
     in one pass: each row once with its population flag and only the columns the model reads, in no
     particular order (the partition is sorted when it is written)."""
-    identities_sql, identity_columns = identities
-    model_columns = _model_columns(plan)
     columns = relation_columns(con, sources.profiles)
 
     def rows_sql(events: str) -> str:
         features_sql = snapshot_sql(
             fs, plan.as_of, columns, events=events, profiles=sources.profiles, ordered=False
         )
-        return f"""
-            SELECT f.profile_id{model_columns}, f.{ELIGIBLE}
-                   {"".join(f", i.{sql_ident(c)}" for c in identity_columns)}
-            FROM (
-                SELECT *, coalesce(({plan.population.sql("duckdb")}), false) AS {ELIGIBLE}
-                FROM ({features_sql})
-            ) f LEFT JOIN ({identities_sql}) i USING (profile_id)
-        """
+        return _scored_rows_sql(plan, features_sql, identities)
 
     return rows_sql
 
 
-def score(con: duckdb.DuckDBPyConnection, sources: AsOfSources, plan: ScoringPlan, target: Path) -> Scored:
+def _scored_rows_sql(plan: ScoringPlan, features_sql: str, identities) -> str:
+    """``features_sql``'s rows with the population flag, only the columns the model reads, and
+    the profile's representative identities."""
+    identities_sql, identity_columns = identities
+    return f"""
+        SELECT f.profile_id{_model_columns(plan)}, f.{ELIGIBLE}
+               {"".join(f", i.{sql_ident(c)}" for c in identity_columns)}
+        FROM (
+            SELECT *, coalesce(({plan.population.sql("duckdb")}), false) AS {ELIGIBLE}
+            FROM ({features_sql})
+        ) f LEFT JOIN ({identities_sql}) i USING (profile_id)
+    """
+
+
+def _feature_tables(
+    con: duckdb.DuckDBPyConnection,
+    sources: AsOfSources,
+    plan: ScoringPlan,
+    fs: FeatureSet,
+    identities,
+    partitions: int,
+    graph: IdentityGraph | None,
+    scratch: Path,
+) -> Iterator[pa.Table]:
+    """The scored rows, partition after partition (each a table, or a stream of batches): by the
+    stacked build over profile-key ranges on ingested events (:mod:`.score_build`), else by the
+    feature SQL over each partition's events."""
+    if stacked_build_applies(con):
+        rows_sql = _scored_rows_sql(plan, f"SELECT * FROM {score_build.FEATURES}", identities)
+        yield from score_build.partition_tables(con, fs, plan.as_of, graph, partitions, rows_sql)
+        return
+    rows_sql = _rows_sql(con, plan, sources, fs, identities)
+    for events in partition_relations(con, fs, plan.as_of, sources.events, partitions, scratch):
+        for batch in arrow_batches(con, rows_sql(events), plan.chunk_rows):
+            yield pa.Table.from_batches([batch])
+
+
+def score(
+    con: duckdb.DuckDBPyConnection,
+    sources: AsOfSources,
+    plan: ScoringPlan,
+    target: Path,
+    graph: IdentityGraph | None = None,
+) -> Scored:
     """Score the population at ``plan.as_of`` and write ``target/part-0.parquet`` ranked, whole or
-    not at all."""
+    not at all; ``graph``: the identity graph the events were loaded with."""
     identities = _identities_sql(con, sources.identity_map, plan.identity_namespaces)
+    # Each profile's representative identities once, not once a partition.
+    con.execute(f"CREATE OR REPLACE TEMP TABLE score_identities AS {identities[0]}")
+    identities = ("SELECT * FROM score_identities", identities[1])
     partitions = plan.partitions or partitions_for(
         con, sources.profiles, len(plan.feature_names) - len(plan.unused)
     )
     fs = read_features(plan)
-    rows_sql = _rows_sql(con, plan, sources, fs, identities)
     profiles = eligible = scored = 0
     # The lock is held from the first temp file to the partition's replace; temps stay outside
     # the scores folder, where no reader globs them.
@@ -274,26 +313,35 @@ def score(con: duckdb.DuckDBPyConnection, sources: AsOfSources, plan: ScoringPla
     with output_lock(target, root=root, kind="scores"), scratch_dir(target, root=root) as tmp:
         unranked = Path(tmp) / "unranked.parquet"
         writer: pq.ParquetWriter | None = None
-        parts = partition_relations(con, fs, plan.as_of, sources.events, partitions, Path(tmp) / "events")
-        batches = prefetched(
-            (batch for events in parts for batch in arrow_batches(con, rows_sql(events), plan.chunk_rows)),
-            on_stop=con.interrupt,
-        )
-        for batch in batches:
-            profiles += batch.num_rows
-            rows = pa.Table.from_batches([batch]).filter(batch.column(ELIGIBLE))
-            eligible += rows.num_rows
-            if rows.num_rows:
-                table = plan.scorer(rows, identities[1])
-                if writer is None:
-                    writer = pq.ParquetWriter(unranked, table.schema, compression="zstd")
-                writer.write_table(table)
-                scored += table.num_rows
-            if plan.progress is not None:
-                plan.progress(scored, None)
+        order = _RunOrder()
+        tables = _feature_tables(con, sources, plan, fs, identities, partitions, graph, Path(tmp) / "events")
+        for table in prefetched(tables, depth=1, on_stop=con.interrupt):
+            profiles += table.num_rows
+            table = table.filter(table.column(ELIGIBLE)).combine_chunks()
+            eligible += table.num_rows
+            parts = []
+            for start in range(0, table.num_rows, plan.chunk_rows):
+                parts.append(plan.scorer(table.slice(start, plan.chunk_rows), identities[1]))
+                scored += parts[-1].num_rows
+                if plan.progress is not None:
+                    plan.progress(scored, None)
+            if not parts:
+                continue
+            # Sorted here, the scored columns only (not the wide feature rows): partitions of
+            # the stacked build then make one ascending run (score_build.in_profile_order).
+            scored_rows = pa.concat_tables(parts)
+            scored_rows = scored_rows.take(pc.sort_indices(scored_rows.column("profile_id")))
+            if writer is None:  # a scratch file read once: the fast codec
+                writer = pq.ParquetWriter(unranked, scored_rows.schema, compression="lz4")
+            writer.write_table(scored_rows)
+            order.add(scored_rows)
         if writer is not None:
             writer.close()
-        bucket_sizes = write_ranked(con, unranked if writer is not None else None, target)
+        if writer is not None and order.sorted:  # in profile order already: no sort, no SQL pass
+            bucket_sizes = write_ranked_in_order(unranked, target, order)
+        else:
+            bucket_sizes = write_ranked(con, unranked if writer is not None else None, target)
+    con.execute("DROP TABLE IF EXISTS score_identities")
     if plan.progress is not None:
         plan.progress(scored, scored)
     scores = (
@@ -302,6 +350,60 @@ def score(con: duckdb.DuckDBPyConnection, sources: AsOfSources, plan: ScoringPla
     histogram = np.histogram(scores, bins=histogram_bins())[0].tolist() if scored else []
     sample = scores if scored else np.array([], dtype=float)
     return Scored(profiles, eligible, scored, bucket_sizes, histogram, sample)
+
+
+class _RunOrder:
+    """What the ranked write needs of the scored batches as they go: their probabilities and
+    bucket counts, and whether their profile ids arrive strictly ascending (profile-key
+    partitions, each sorted, come in profile order)."""
+
+    def __init__(self) -> None:
+        self.probabilities: list[np.ndarray] = []
+        self.buckets: dict[str, int] = {}
+        self.sorted = True
+        self._last: str | None = None
+
+    def add(self, rows: pa.Table) -> None:
+        self.probabilities.append(rows.column("probability").to_numpy())
+        for item in pc.value_counts(rows.column("bucket").combine_chunks()).to_pylist():
+            self.buckets[item["values"]] = self.buckets.get(item["values"], 0) + item["counts"]
+        ids = rows.column("profile_id").combine_chunks()
+        if self.sorted and len(ids):
+            ascending = len(ids) < 2 or pc.all(pc.less(ids.slice(0, len(ids) - 1), ids.slice(1))).as_py()
+            self.sorted = ascending and (self._last is None or self._last < ids[0].as_py())
+            self._last = ids[-1].as_py()
+
+
+def percentiles(probability: np.ndarray) -> np.ndarray:
+    """``greatest(1, ceil(100 * cume_dist() OVER (ORDER BY probability)))`` as SMALLINT: ties
+    share the rank of the last of them."""
+    ranked = np.sort(probability)
+    at_or_below = np.searchsorted(ranked, probability, side="right")
+    return np.maximum(1, np.ceil(100 * (at_or_below / len(probability)))).astype(np.int16)
+
+
+def write_ranked_in_order(unranked: Path, target: Path, order: _RunOrder) -> dict[str, int]:
+    """:func:`write_ranked` for batches written in profile order: the percentiles from the
+    probabilities held in memory, the rows copied over once, batch by batch, with theirs."""
+    percentile = percentiles(np.concatenate(order.probabilities))
+    with atomic_path(target) as tmp:
+        tmp.mkdir(parents=True)
+        source = pq.ParquetFile(unranked)
+        writer: pq.ParquetWriter | None = None
+        done = 0
+        for batch in source.iter_batches(batch_size=PARTITION_FLUSH_ROWS):
+            table = pa.Table.from_batches([batch])
+            scored_at = table.column("scored_at")
+            table = table.drop_columns(["scored_at"])
+            table = table.append_column("percentile", pa.array(percentile[done : done + len(table)]))
+            table = table.append_column(source.schema_arrow.field("scored_at"), scored_at)
+            done += len(table)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp / "part-0.parquet", table.schema, compression="zstd")
+            writer.write_table(table)
+        if writer is not None:
+            writer.close()
+    return {b: int(order.buckets.get(b, 0)) for b in BUCKETS}
 
 
 def write_ranked(con: duckdb.DuckDBPyConnection, unranked: Path | None, target: Path) -> dict[str, int]:
