@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 
 from propensity.core.config import IdentityConfig, ModelConfig, OutcomeConfig, ProjectConfig
-from propensity.core.errors import UserError
 from propensity.core.io import atomic_path
 from propensity.features.activation import segments as segments_mod
 from propensity.features.build.event_queries import SqlEvents
@@ -36,7 +35,7 @@ from propensity.features.identity import stitching as identity_mod
 from propensity.features.identity.as_of import IdentityGraph
 from propensity.features.ingest.inputs import InputFiles, resolve_input
 from propensity.features.ingest.manifest import INGEST_TABLES, OnBadRows
-from propensity.features.ingest.staging import StagedEvents, refuse_bad_rows, stage_events, stage_profiles
+from propensity.features.ingest.staging import StagedEvents, stage_events, stage_profiles
 from propensity.features.journeys.engine import DuckDBRunner
 from propensity.features.sql import DUCKDB, sql_string
 
@@ -178,37 +177,18 @@ class DuckDBEngine(SharedSteps):
         con.execute("CREATE VIEW events AS SELECT * EXCLUDE (_source_file, _source_row) FROM stitched_events")
         return LoadedEvents(con=con, inputs=inputs, graph=IdentityGraph(con, self.config.identity))
 
-    def stage(
-        self,
-        inputs: InputFiles,
-        profiles: str | Path | None,
-        on_bad_rows: OnBadRows,
-        as_of: dt.date | None,
-        consent_rows: OnBadRows | None = None,
-    ) -> Stitched:
-        """Validate, normalise and de-duplicate the events on a new connection (a bad row stops
-        here with ``on_bad_rows="fail"``; an unrecognised consent value per ``consent_rows``, by
-        default ``on_bad_rows``), then stitch identities into profiles, attribute the
-        events and build ``profiles``."""
-        config, identity = self.config, self.config.identity
-        con = connect(config.engine)
-        counts = stage_events(
-            con,
-            inputs,
-            identity,
-            as_of,
-            config.ingest.max_reported_rows,
-            config.ingest.future_tolerance_hours,
-            config.ingest.event_type_mapping,
-        )
-        staged = Stitched(con, inputs, counts, with_profiles=profiles is not None)
-        try:
-            refuse_bad_rows(inputs.display, counts, on_bad_rows)
-        except UserError:
-            staged.close()
-            raise
+    def stage_events(self, inputs: InputFiles, as_of: dt.date | None, settings: tuple) -> Stitched:
+        """The events staged on a new connection (``features.ingest.staging.stage_events``)."""
+        con = connect(self.config.engine)
+        return Stitched(con, inputs, stage_events(con, inputs, self.config.identity, as_of, *settings))
+
+    def stitch(self, staged: Stitched, profiles: str | Path | None, on_bad_rows: OnBadRows) -> Stitched:
+        """The profile attributes staged (when given), identities stitched into profiles, the
+        events attributed and ``profiles`` built, on the staged events' connection."""
+        con, identity = staged.con, self.config.identity
+        staged.with_profiles = profiles is not None
         if staged.with_profiles:
-            stage_profiles(con, Path(profiles), identity, consent_rows or on_bad_rows)
+            stage_profiles(con, Path(profiles), identity, on_bad_rows)
         staged.result = identity_mod.stitch(con, identity, staged.with_profiles)
         identity_mod.attribute_events(con, identity)
         if staged.with_profiles:
