@@ -169,7 +169,9 @@ TWINS_HOUSE = [  # main at ef905fd: one job each, the engine seam, nine twins le
 # back; each wing writes the relation with its metadata).
 # Smaller since: stage (the step order written once, SharedSteps.stage: stage the events,
 # refuse bad rows, stage the profiles file and stitch; each wing gives stage_events and
-# stitch).
+# stitch), as-of graph (the events as of a date written once, identity/as_of.py's
+# events_as_of_sql: settled profiles' events kept, changed ones attributed again; each wing
+# names its views and its timestamp literal).
 TWINS_NOW = [
     (
         "load",
