@@ -171,7 +171,9 @@ TWINS_HOUSE = [  # main at ef905fd: one job each, the engine seam, nine twins le
 # refuse bad rows, stage the profiles file and stitch; each wing gives stage_events and
 # stitch), as-of graph (the events as of a date written once, identity/as_of.py's
 # events_as_of_sql: settled profiles' events kept, changed ones attributed again; each wing
-# names its views and its timestamp literal).
+# names its views and its timestamp literal), load (the views an ingest directory is read
+# back as, and the events written before orders were grouped, written once in
+# features/ingest/manifest.py: ingested_views, ingested_view_sql).
 TWINS_NOW = [
     (
         "load",

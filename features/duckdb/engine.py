@@ -34,7 +34,7 @@ from propensity.features.engine import Scored, ScoringPlan, SharedSteps, Trainin
 from propensity.features.identity import stitching as identity_mod
 from propensity.features.identity.as_of import IdentityGraph
 from propensity.features.ingest.inputs import InputFiles, resolve_input
-from propensity.features.ingest.manifest import INGEST_TABLES, OnBadRows
+from propensity.features.ingest.manifest import OnBadRows, ingested_view_sql, ingested_views
 from propensity.features.ingest.staging import StagedEvents, stage_events, stage_profiles
 from propensity.features.journeys.engine import DuckDBRunner
 from propensity.features.sql import DUCKDB, sql_string
@@ -200,21 +200,12 @@ class DuckDBEngine(SharedSteps):
         """An ingest directory (either engine's) as views; ``profile_attributes`` when written."""
         con = connect(self.config.engine)
         directory = inputs.ingested
-        for view in (*INGEST_TABLES, "profile_attributes"):
+        for view in ingested_views((directory / "profile_attributes.parquet").exists()):
             path = directory / f"{view}.parquet"
-            if view == "profile_attributes" and not path.exists():
-                continue
             # The Spark ingest writes each table as a directory of parts.
-            source = sql_string(str(path / "*.parquet" if path.is_dir() else path))
-            con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet({source})")
-            if view == "events" and "order_lines" not in {
-                r[0] for r in con.execute("DESCRIBE events").fetchall()
-            }:
-                # Written before orders were grouped: every purchase row is one order, as it was.
-                con.execute(
-                    "CREATE OR REPLACE VIEW events AS SELECT *, CAST(NULL AS INTEGER) AS order_lines, "
-                    f"CAST(NULL AS DOUBLE) AS order_revenue FROM read_parquet({source})"
-                )
+            source = f"read_parquet({sql_string(str(path / '*.parquet' if path.is_dir() else path))})"
+            columns = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()]
+            con.execute(f"CREATE VIEW {view} AS {ingested_view_sql(view, source, columns)}")
         graph = IdentityGraph(con, IdentityConfig.model_validate(manifest["identity"]))
         gt = manifest.get("ground_truth")
         if gt and Path(gt).is_dir():

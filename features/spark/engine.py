@@ -24,7 +24,7 @@ from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.model_frames import training_frame
 from propensity.features.build.training_sample import RowChoice
 from propensity.features.engine import Scored, ScoringPlan, SharedSteps, TrainingRows
-from propensity.features.ingest.manifest import INGEST_TABLES, SOURCE_COLUMNS, OnBadRows
+from propensity.features.ingest.manifest import SOURCE_COLUMNS, OnBadRows, ingested_view_sql, ingested_views
 from propensity.features.ingest.staging import StagedEvents
 from propensity.features.spark import features as sf
 from propensity.features.spark import identity as spark_identity
@@ -36,7 +36,6 @@ from propensity.features.spark.qualify import SparkSegmentRows
 from propensity.features.spark.session import (
     SparkInput,
     atomic_output,
-    functions,
     hadoop_path,
     path_exists,
     read_text,
@@ -245,17 +244,11 @@ class SparkEngine(SharedSteps):
 
     def open_ingested(self, inputs: SparkInput, manifest: dict[str, Any]) -> SparkEvents:
         """An ingest directory (either engine's) as temp views; ``profile_attributes`` when written."""
-        root = inputs.ingested
-        frames = {name: self.spark.read.parquet(f"{root}/{name}.parquet") for name in INGEST_TABLES}
-        if "order_lines" not in frames["events"].columns:  # written before orders were grouped
-            F = functions()
-            frames["events"] = frames["events"].select(
-                "*",
-                F.lit(None).cast("int").alias("order_lines"),
-                F.lit(None).cast("double").alias("order_revenue"),
-            )
-        if path_exists(self.spark, f"{root}/profile_attributes.parquet"):
-            frames["profile_attributes"] = self.spark.read.parquet(f"{root}/profile_attributes.parquet")
+        root, frames = inputs.ingested, {}
+        for name in ingested_views(path_exists(self.spark, f"{root}/profile_attributes.parquet")):
+            frame = self.spark.read.parquet(f"{root}/{name}.parquet")
+            frame.createOrReplaceTempView(f"ingested_{name}")
+            frames[name] = self.spark.sql(ingested_view_sql(name, f"ingested_{name}", frame.columns))
         return self._publish(inputs, frames, IdentityConfig.model_validate(manifest["identity"]), manifest)
 
     def _publish(
