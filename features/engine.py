@@ -53,7 +53,7 @@ from propensity.features.ingest.manifest import (
     ingest_table_sql,
     quarantine_sql,
 )
-from propensity.features.ingest.staging import StagedEvents, refuse_bad_rows
+from propensity.features.ingest.staging import StagedEvents, bad_rows_message
 from propensity.features.ingest.summary import Breakdown
 from propensity.features.journeys.engine import Runner
 
@@ -196,11 +196,9 @@ class SharedSteps(ABC):
         ingest = self.config.ingest
         settings = (ingest.max_reported_rows, ingest.future_tolerance_hours, ingest.event_type_mapping)
         staged = self.stage_events(inputs, as_of, settings)
-        try:
-            refuse_bad_rows(inputs.display, staged.counts, on_bad_rows)
-        except UserError:
+        if staged.counts.rows_bad and on_bad_rows == "fail":  # stop before any stitching
             staged.close()
-            raise
+            raise UserError(bad_rows_message(inputs.display, staged.counts))
         return self.stitch(staged, profiles, consent_rows or on_bad_rows)
 
     @abstractmethod

@@ -343,12 +343,6 @@ def bad_rows_message(display: str, staged: StagedEvents) -> str:
     )
 
 
-def refuse_bad_rows(display: str, staged: StagedEvents, on_bad_rows: str) -> None:
-    """With ``on_bad_rows="fail"``, a bad row stops the step here, before any stitching."""
-    if staged.rows_bad and on_bad_rows == "fail":
-        raise UserError(bad_rows_message(display, staged))
-
-
 def stage_profiles(
     con: duckdb.DuckDBPyConnection, path: Path, identity: IdentityConfig, on_bad_rows: str = "fail"
 ) -> list[str]:
