@@ -167,6 +167,13 @@ TWINS_HOUSE = [  # main at ef905fd: one job each, the engine seam, nine twins le
 # features/ingest/manifest.py; each wing names its views and writes a query's rows),
 # write feature table (SharedSteps.write_feature_table: the atomic output and the counts read
 # back; each wing writes the relation with its metadata).
+# Smaller since: stage (the step order written once, SharedSteps.stage: stage the events,
+# refuse bad rows, stage the profiles file and stitch; each wing gives stage_events and
+# stitch), as-of graph (the events as of a date written once, identity/as_of.py's
+# events_as_of_sql: settled profiles' events kept, changed ones attributed again; each wing
+# names its views and its timestamp literal), load (the views an ingest directory is read
+# back as, and the events written before orders were grouped, written once in
+# features/ingest/manifest.py: ingested_views, ingested_view_sql).
 TWINS_NOW = [
     (
         "load",
@@ -182,7 +189,15 @@ TWINS_NOW = [
             f"{_SPARK}::SparkEngine._publish",
         ],
     ),
-    ("stage", [f"{_DUCK}::DuckDBEngine.stage"], [f"{_SPARK}::SparkEngine.stage"]),
+    (
+        "stage",
+        [f"{_DUCK}::DuckDBEngine.stage_events", f"{_DUCK}::DuckDBEngine.stitch"],
+        [
+            f"{_SPARK}::SparkEngine.stage_events",
+            f"{_SPARK}::SparkEngine.stitch",
+            "features/spark/ingest.py::SparkStaged.close",
+        ],
+    ),
     (
         "breakdown",
         [f"{_DUCK}::Stitched.rows", f"{_DUCK}::Stitched.columns"],

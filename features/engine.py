@@ -14,9 +14,10 @@ way Feast puts its offline stores (DuckDB, Spark, ...) behind one ``OfflineStore
 
 Two implementations satisfy them: :mod:`propensity.features.duckdb` (the default) and
 :mod:`propensity.features.spark.engine`. What both do the same way is written once here and
-inherited: :class:`SharedSteps` here (loading events, the ingest breakdown, qualifying
-segments) and :class:`propensity.features.build.event_queries.SqlEvents` (the questions answered
-by one query in DuckDB's SQL, the as-of sources, a model's population snapshot over
+inherited: :class:`SharedSteps` here (loading events, the order of staging and stitching, the
+ingest breakdown and tables, the feature table, qualifying segments) and
+:class:`propensity.features.build.event_queries.SqlEvents` (the questions answered by one query
+in DuckDB's SQL, the as-of sources, a model's population snapshot over
 :mod:`propensity.features.build.model_frames`); each wing supplies the primitives.
 ``propensity.pipeline.jobs.events.engine_for`` is the one place that picks one. The protocols
 live here rather than in ``pipeline`` because their arguments and results are features'
@@ -38,6 +39,7 @@ import pandas as pd
 import pyarrow as pa
 
 from propensity.core.config import ModelConfig, OutcomeConfig, ProjectConfig, TreatmentConfig
+from propensity.core.errors import UserError
 from propensity.features.activation.segments import Qualification, Segment, SegmentRows, qualify_on
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.rules import Rule
@@ -51,7 +53,7 @@ from propensity.features.ingest.manifest import (
     ingest_table_sql,
     quarantine_sql,
 )
-from propensity.features.ingest.staging import StagedEvents
+from propensity.features.ingest.staging import StagedEvents, bad_rows_message
 from propensity.features.ingest.summary import Breakdown
 from propensity.features.journeys.engine import Runner
 
@@ -166,6 +168,19 @@ class SharedSteps(ABC):
         """A small text file on this engine's file system."""
 
     @abstractmethod
+    def stage_events(
+        self, inputs: Any, as_of: dt.date | None, settings: tuple[int, int, dict[str, str]]
+    ) -> Any:
+        """The events validated, normalised and de-duplicated (the wing's staging; ``settings``:
+        its last arguments, rows reported, future tolerance in hours, event type renames), not
+        yet stitched: a handle with their ``counts`` and ``close()``."""
+
+    @abstractmethod
+    def stitch(self, staged: Any, profiles: Any, on_bad_rows: OnBadRows) -> Any:
+        """The profile attributes file (``profiles``, or None) staged beside ``staged``'s events,
+        identities stitched into profiles, the events attributed and ``profiles`` built
+        (:class:`Stitched`)."""
+
     def stage(
         self,
         inputs: Any,
@@ -174,7 +189,17 @@ class SharedSteps(ABC):
         as_of: dt.date | None,
         consent_rows: OnBadRows | None = None,
     ) -> Any:
-        """Events staged and stitched (:class:`Stitched`)."""
+        """Validate, normalise and de-duplicate the events (a bad row stops here with
+        ``on_bad_rows="fail"``; an unrecognised consent value per ``consent_rows``, by default
+        ``on_bad_rows``), then stitch identities into profiles, attribute the events and build
+        ``profiles`` (:class:`Stitched`): the order both wings follow, with their primitives."""
+        ingest = self.config.ingest
+        settings = (ingest.max_reported_rows, ingest.future_tolerance_hours, ingest.event_type_mapping)
+        staged = self.stage_events(inputs, as_of, settings)
+        if staged.counts.rows_bad and on_bad_rows == "fail":  # stop before any stitching
+            staged.close()
+            raise UserError(bad_rows_message(inputs.display, staged.counts))
+        return self.stitch(staged, profiles, consent_rows or on_bad_rows)
 
     @abstractmethod
     def open_ingested(self, inputs: Any, manifest: dict[str, Any]) -> Events:

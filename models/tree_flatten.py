@@ -208,18 +208,9 @@ def _nearest_splits(node: dict, feature: int) -> list[dict]:
     return _nearest_splits(node["left_child"], feature) + _nearest_splits(node["right_child"], feature)
 
 
-def flatten_trees(
-    roots: list[dict], parts: list[int] | None = None, explained: list[bool] | None = None
-) -> FlatTrees:
-    """The dumped trees as :class:`FlatTrees`, with the per-edge factors at the quadrature points;
-    ``parts`` and ``explained`` per tree (default: one part, all explained, as one booster)."""
-    parts = [0] * len(roots) if parts is None else [int(p) for p in parts]
-    explained = [True] * len(roots) if explained is None else [bool(e) for e in explained]
-    if len(parts) != len(roots) or len(explained) != len(roots) or min(parts, default=0) < 0:
-        raise ValueError("parts and explained need one entry per tree, parts numbered from 0")
-    build = _Builder()
-    for root, keep in zip(roots, explained, strict=True):
-        build.add_tree(root, keep)
+def _edge_factors(build: _Builder) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The quadrature points ``t`` and, per edge, the multipliers and shares the explanation
+    kernel applies at them (the last edge: the neutral one, factor 1)."""
     # Gauss-Legendre on [0, 1]: ceil(depth / 2) points integrate the degree < depth integrands exactly.
     x, w = np.polynomial.legendre.leggauss((build.depth + 1) // 2)
     t, w = (x + 1.0) / 2.0, w / 2.0
@@ -243,6 +234,22 @@ def flatten_trees(
     share = np.stack(
         [np.broadcast_to(-w / (1.0 - t), factor[:, 0].shape), w * (1.0 - z) / factor[:, 1]], axis=1
     )
+    return t, multiplier, share
+
+
+def flatten_trees(
+    roots: list[dict], parts: list[int] | None = None, explained: list[bool] | None = None
+) -> FlatTrees:
+    """The dumped trees as :class:`FlatTrees`, with the per-edge factors at the quadrature points;
+    ``parts`` and ``explained`` per tree (default: one part, all explained, as one booster)."""
+    parts = [0] * len(roots) if parts is None else [int(p) for p in parts]
+    explained = [True] * len(roots) if explained is None else [bool(e) for e in explained]
+    if len(parts) != len(roots) or len(explained) != len(roots) or min(parts, default=0) < 0:
+        raise ValueError("parts and explained need one entry per tree, parts numbered from 0")
+    build = _Builder()
+    for root, keep in zip(roots, explained, strict=True):
+        build.add_tree(root, keep)
+    t, multiplier, share = _edge_factors(build)
     nodes = {name: np.asarray(values) for name, values in build.nodes.items()}
     leaf_slot = np.asarray(build.leaf_slot, dtype=np.bool_)
 

@@ -220,23 +220,20 @@ def _withdrawn_sql(
     """
 
 
-def _export_segment(
-    con: duckdb.DuckDBPyConnection,
-    memberships_dir: Path,
-    as_of: dt.date,
-    destination: DestinationConfig,
-    segment: str,
-    directory: Path,
-) -> SegmentExport:
+def _export_sources(
+    memberships_dir: Path, as_of: dt.date, destination: DestinationConfig, segment: str
+) -> tuple[str, str]:
+    """The segment's members for ``destination`` (with ``include_exited``, those who left since
+    the previous date too, marked withdrawn) and the identities to send them by (SQL each)."""
     source = partition_dir(memberships_dir, as_of)
     identities = source / IDENTITIES_FILE
     members = _members_sql(source / MEMBERSHIPS_FILE, identities, segment, destination)
-    withdrawn = (
-        _withdrawn_sql(memberships_dir, as_of, segment, destination) if destination.include_exited else None
-    )
     id_sources = (
         "SELECT profile_id, namespace, value, false AS withdrawn "
         f"FROM read_parquet({sql_string(str(identities))})"
+    )
+    withdrawn = (
+        _withdrawn_sql(memberships_dir, as_of, segment, destination) if destination.include_exited else None
     )
     if withdrawn is not None:
         members = f"({members}) UNION ALL ({withdrawn})"
@@ -245,18 +242,14 @@ def _export_segment(
             " UNION ALL SELECT profile_id, namespace, value, true "
             f"FROM read_parquet({sql_string(str(previous))})"
         )
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _export_members AS {members}")
-    policy = HoldoutPolicy.of(destination)
-    arms = None
-    if policy is not None:
-        arms = _split_for_destination(con, memberships_dir, as_of, destination, segment, policy)
-    held_back, skipped, exported, gone = con.execute("""
-        SELECT count(*) FILTER (WHERE NOT consented), count(*) FILTER (WHERE consented AND NOT has_identity),
-               count(*) FILTER (WHERE consented AND has_identity AND NOT withheld),
-               count(*) FILTER (WHERE withdrawn AND consented AND has_identity AND NOT withheld)
-        FROM _export_members
-    """).fetchall()[0]
-    path = directory / f"segment={segment}.{destination.format}"
+    return members, id_sources
+
+
+def _write_export_file(
+    con: duckdb.DuckDBPyConnection, id_sources: str, destination: DestinationConfig, segment: str, path: Path
+) -> int:
+    """The consented, not withheld members of ``_export_members`` at ``path``, one row per
+    identity the destination accepts; the rows written, read back."""
     options = "FORMAT csv, HEADER true" if destination.format == "csv" else "FORMAT parquet, COMPRESSION zstd"
     allowed = ", ".join(sql_string(ns) for ns in destination.identities)
     con.execute(f"""
@@ -270,7 +263,32 @@ def _export_segment(
         ) TO {sql_string(str(path))} ({options})
     """)
     reader = f"read_{destination.format}({sql_string(str(path))})"
-    rows = con.execute(f"SELECT count(*) FROM {reader}").fetchall()[0][0]
+    return int(con.execute(f"SELECT count(*) FROM {reader}").fetchall()[0][0])
+
+
+def _export_segment(
+    con: duckdb.DuckDBPyConnection,
+    memberships_dir: Path,
+    as_of: dt.date,
+    destination: DestinationConfig,
+    segment: str,
+    directory: Path,
+) -> SegmentExport:
+    source = partition_dir(memberships_dir, as_of)
+    members, id_sources = _export_sources(memberships_dir, as_of, destination, segment)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _export_members AS {members}")
+    policy = HoldoutPolicy.of(destination)
+    arms = None
+    if policy is not None:
+        arms = _split_for_destination(con, memberships_dir, as_of, destination, segment, policy)
+    held_back, skipped, exported, gone = con.execute("""
+        SELECT count(*) FILTER (WHERE NOT consented), count(*) FILTER (WHERE consented AND NOT has_identity),
+               count(*) FILTER (WHERE consented AND has_identity AND NOT withheld),
+               count(*) FILTER (WHERE withdrawn AND consented AND has_identity AND NOT withheld)
+        FROM _export_members
+    """).fetchall()[0]
+    path = directory / f"segment={segment}.{destination.format}"
+    rows = _write_export_file(con, id_sources, destination, segment, path)
     con.execute("DROP TABLE _export_members")
     withheld = withheld_count(con, source / MEMBERSHIPS_FILE, segment)
     return SegmentExport(

@@ -132,6 +132,27 @@ def assign_arms(
     identity_map = identity_map or (
         "(SELECT NULL::VARCHAR profile_id, NULL::VARCHAR namespace, NULL::VARCHAR value LIMIT 0)"
     )
+    arms = _arms_sql(con, policies, previous_dir, as_of, identity_map, rows, destination)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {rows} AS {arms}")
+    counts = _arm_counts(con, policies, identity_map, rows)
+    _refuse_small(
+        counts, policies, "segment" if destination is None else f"destination '{destination}', segment"
+    )
+    return counts
+
+
+def _arms_sql(
+    con: duckdb.DuckDBPyConnection,
+    policies: dict[str, HoldoutPolicy],
+    previous_dir: Path | None,
+    as_of: dt.date,
+    identity_map: str,
+    rows: str,
+    destination: str | None,
+) -> str:
+    """``rows`` with ``arm`` and ``arm_since`` (and whether the arm was carried, or met two arms
+    through shared identities): a member keeps the earliest arm any of its identities or its
+    profile had, else draws one by hash (see :func:`assign_arms`)."""
     values = ", ".join(
         f"({sql_string(s)}, {p.share!r}, {sql_string(p.salt)})" for s, p in sorted(policies.items())
     )
@@ -140,8 +161,7 @@ def assign_arms(
     unit = "r.segment" if destination is None else f"{sql_string(destination + '/')} || r.segment"
     draw = hash_draw_sql("r.profile_id", unit, "p.salt")
     day = f"DATE '{as_of.isoformat()}'"
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE {rows} AS
+    return f"""
         WITH policy(segment, share, salt) AS (VALUES {values}),
         previous_ids AS ({previous_ids}),
         members AS (
@@ -171,12 +191,7 @@ def assign_arms(
                CASE WHEN split THEN coalesce(CAST(substr(earliest, 1, 10) AS DATE), {day}) END AS arm_since,
                split AND earliest IS NOT NULL AS carried, split AND merged AS merged_across_arms
         FROM assigned
-    """)
-    counts = _arm_counts(con, policies, identity_map, rows)
-    _refuse_small(
-        counts, policies, "segment" if destination is None else f"destination '{destination}', segment"
-    )
-    return counts
+    """
 
 
 def destination_arms_dir(destination: str) -> str:

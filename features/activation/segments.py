@@ -301,6 +301,21 @@ def qualify(
     return qualify_on(site, segments, features_sql, scores, out_dir, as_of, identity_namespaces)
 
 
+def _tally(
+    con: duckdb.DuckDBPyConnection, segments: Sequence[Segment]
+) -> tuple[dict[str, SegmentCounts], int]:
+    """Each segment's rows of ``_segment_rows`` by status, and the profiles that are members."""
+    counts = {s.name: SegmentCounts(s.name) for s in segments}
+    for segment, status, n in con.execute(
+        "SELECT segment, status, count(*) FROM _segment_rows GROUP BY ALL"
+    ).fetchall():
+        setattr(counts[segment], status, int(n))
+    member_profiles = con.execute(
+        f"SELECT count(DISTINCT profile_id) FROM _segment_rows WHERE status <> '{HELD_BACK}'"
+    ).fetchall()[0][0]
+    return counts, int(member_profiles)
+
+
 def write_qualification(
     con: duckdb.DuckDBPyConnection,
     segments: Sequence[Segment],
@@ -326,21 +341,12 @@ def write_qualification(
         arm_columns = "".join(f", {c}" for c in ARM_COLUMNS) if policies else ""
         with atomic_path(target, root=out_dir, kind="segments") as tmp:
             tmp.mkdir(parents=True)
-            memberships = tmp / MEMBERSHIPS_FILE
             con.execute(f"""
                 COPY (SELECT profile_id, segment, status, as_of, qualified_at{arm_columns} FROM _segment_rows
                       WHERE status <> '{HELD_BACK}' ORDER BY segment, profile_id)
-                TO {sql_string(str(memberships))} (FORMAT parquet, COMPRESSION zstd)
+                TO {sql_string(str(tmp / MEMBERSHIPS_FILE))} (FORMAT parquet, COMPRESSION zstd)
             """)
-            tallies = con.execute(
-                "SELECT segment, status, count(*) FROM _segment_rows GROUP BY ALL"
-            ).fetchall()
-            counts = {s.name: SegmentCounts(s.name) for s in segments}
-            for segment, status, n in tallies:
-                setattr(counts[segment], status, int(n))
-            member_profiles = con.execute(
-                f"SELECT count(DISTINCT profile_id) FROM _segment_rows WHERE status <> '{HELD_BACK}'"
-            ).fetchall()[0][0]
+            counts, member_profiles = _tally(con, segments)
             identities = (
                 _write_identities(con, tmp / IDENTITIES_FILE, identity_namespaces, identity_map, profiles)
                 if identity_namespaces is not None

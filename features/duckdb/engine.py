@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 
 from propensity.core.config import IdentityConfig, ModelConfig, OutcomeConfig, ProjectConfig
-from propensity.core.errors import UserError
 from propensity.core.io import atomic_path
 from propensity.features.activation import segments as segments_mod
 from propensity.features.build.event_queries import SqlEvents
@@ -35,8 +34,8 @@ from propensity.features.engine import Scored, ScoringPlan, SharedSteps, Trainin
 from propensity.features.identity import stitching as identity_mod
 from propensity.features.identity.as_of import IdentityGraph
 from propensity.features.ingest.inputs import InputFiles, resolve_input
-from propensity.features.ingest.manifest import INGEST_TABLES, OnBadRows
-from propensity.features.ingest.staging import StagedEvents, refuse_bad_rows, stage_events, stage_profiles
+from propensity.features.ingest.manifest import OnBadRows, ingested_view_sql, ingested_views
+from propensity.features.ingest.staging import StagedEvents, stage_events, stage_profiles
 from propensity.features.journeys.engine import DuckDBRunner
 from propensity.features.sql import DUCKDB, sql_string
 
@@ -178,37 +177,18 @@ class DuckDBEngine(SharedSteps):
         con.execute("CREATE VIEW events AS SELECT * EXCLUDE (_source_file, _source_row) FROM stitched_events")
         return LoadedEvents(con=con, inputs=inputs, graph=IdentityGraph(con, self.config.identity))
 
-    def stage(
-        self,
-        inputs: InputFiles,
-        profiles: str | Path | None,
-        on_bad_rows: OnBadRows,
-        as_of: dt.date | None,
-        consent_rows: OnBadRows | None = None,
-    ) -> Stitched:
-        """Validate, normalise and de-duplicate the events on a new connection (a bad row stops
-        here with ``on_bad_rows="fail"``; an unrecognised consent value per ``consent_rows``, by
-        default ``on_bad_rows``), then stitch identities into profiles, attribute the
-        events and build ``profiles``."""
-        config, identity = self.config, self.config.identity
-        con = connect(config.engine)
-        counts = stage_events(
-            con,
-            inputs,
-            identity,
-            as_of,
-            config.ingest.max_reported_rows,
-            config.ingest.future_tolerance_hours,
-            config.ingest.event_type_mapping,
-        )
-        staged = Stitched(con, inputs, counts, with_profiles=profiles is not None)
-        try:
-            refuse_bad_rows(inputs.display, counts, on_bad_rows)
-        except UserError:
-            staged.close()
-            raise
+    def stage_events(self, inputs: InputFiles, as_of: dt.date | None, settings: tuple) -> Stitched:
+        """The events staged on a new connection (``features.ingest.staging.stage_events``)."""
+        con = connect(self.config.engine)
+        return Stitched(con, inputs, stage_events(con, inputs, self.config.identity, as_of, *settings))
+
+    def stitch(self, staged: Stitched, profiles: str | Path | None, on_bad_rows: OnBadRows) -> Stitched:
+        """The profile attributes staged (when given), identities stitched into profiles, the
+        events attributed and ``profiles`` built, on the staged events' connection."""
+        con, identity = staged.con, self.config.identity
+        staged.with_profiles = profiles is not None
         if staged.with_profiles:
-            stage_profiles(con, Path(profiles), identity, consent_rows or on_bad_rows)
+            stage_profiles(con, Path(profiles), identity, on_bad_rows)
         staged.result = identity_mod.stitch(con, identity, staged.with_profiles)
         identity_mod.attribute_events(con, identity)
         if staged.with_profiles:
@@ -220,21 +200,12 @@ class DuckDBEngine(SharedSteps):
         """An ingest directory (either engine's) as views; ``profile_attributes`` when written."""
         con = connect(self.config.engine)
         directory = inputs.ingested
-        for view in (*INGEST_TABLES, "profile_attributes"):
+        for view in ingested_views((directory / "profile_attributes.parquet").exists()):
             path = directory / f"{view}.parquet"
-            if view == "profile_attributes" and not path.exists():
-                continue
             # The Spark ingest writes each table as a directory of parts.
-            source = sql_string(str(path / "*.parquet" if path.is_dir() else path))
-            con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet({source})")
-            if view == "events" and "order_lines" not in {
-                r[0] for r in con.execute("DESCRIBE events").fetchall()
-            }:
-                # Written before orders were grouped: every purchase row is one order, as it was.
-                con.execute(
-                    "CREATE OR REPLACE VIEW events AS SELECT *, CAST(NULL AS INTEGER) AS order_lines, "
-                    f"CAST(NULL AS DOUBLE) AS order_revenue FROM read_parquet({source})"
-                )
+            source = f"read_parquet({sql_string(str(path / '*.parquet' if path.is_dir() else path))})"
+            columns = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()]
+            con.execute(f"CREATE VIEW {view} AS {ingested_view_sql(view, source, columns)}")
         graph = IdentityGraph(con, IdentityConfig.model_validate(manifest["identity"]))
         gt = manifest.get("ground_truth")
         if gt and Path(gt).is_dir():

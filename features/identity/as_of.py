@@ -231,16 +231,6 @@ class IdentityGraph(GraphOutcomes):
         ).fetchnumpy()
         return np.asarray(rows["profile_key"], dtype=np.int64)
 
-    def _changed_events_sql(self, as_of: dt.date, events: str) -> str:
-        """Events before ``as_of`` of the changed profiles, attributed through the graph then
-        (an event whose anchor is a node of that graph belongs to a changed profile)."""
-        return f"""
-            SELECT e.* EXCLUDE (profile_key) REPLACE (m.profile_id AS profile_id)
-            FROM {events} e
-            JOIN identity_as_of m ON m.as_of = DATE '{as_of}' AND m.node_key = e.anchor_key
-            WHERE e.timestamp < {_ts(as_of)}
-        """
-
     def _profiles_view(self, as_of: dt.date) -> str:
         """Profile attributes at ``as_of``: settled profiles' rows as they are, and the
         attributes of the profiles rebuilt then, from the attribute rows whose first identity
@@ -267,19 +257,12 @@ class IdentityGraph(GraphOutcomes):
         """Views of the events, profiles and identities at ``as_of`` (built once per date)."""
         self.prepare([as_of])
         tag, d = _tag(as_of), _ts(as_of)
-        events = f"events_as_of_{tag}"
-        self.con.execute(f"""
-            CREATE OR REPLACE TEMP VIEW {events} AS
-            SELECT * EXCLUDE (profile_key) FROM {self.events}
-            WHERE timestamp < {d}
-              AND profile_key NOT IN (
-                  SELECT profile_key FROM identity_as_of_changed WHERE as_of = DATE '{as_of}')
-            UNION ALL
-            {self._changed_events_sql(as_of, self.events)}
-        """)
+        columns = [r[0] for r in self.con.execute(f"DESCRIBE {self.events}").fetchall()]
+        events_sql = events_as_of_sql(as_of, d, self.events, columns, DUCKDB)
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW events_as_of_{tag} AS {events_sql}")
         identities = f"identity_map_as_of_{tag}"
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW {identities} AS {identities_as_of_sql(as_of, d)}")
-        return AsOfSources(as_of, events, self._profiles_view(as_of), identities)
+        return AsOfSources(as_of, f"events_as_of_{tag}", self._profiles_view(as_of), identities)
 
     def reattributed(
         self, as_ofs: list[dt.date], events: str, lookback_days: int | None = None
@@ -336,6 +319,32 @@ class IdentityGraph(GraphOutcomes):
             key_days=np.asarray(key_days["as_of_day"], dtype=np.int64),
             profiles="reattributed_profiles",
         )
+
+
+def events_as_of_sql(
+    as_of: dt.date, timestamp: str, events: str, columns: list[str], dialect: Dialect
+) -> str:
+    """The events of ``events`` before ``as_of`` (``timestamp``: the literal of its midnight),
+    each with its profile_id then, over ``identity_as_of`` and ``identity_as_of_changed``
+    (built for ``as_of``); either engine's SQL. A settled profile's events pass through
+    unchanged; a changed profile's are attributed again through the graph then (an event
+    whose anchor is a node of that graph belongs to a changed profile). ``columns``: the
+    events' columns in order (``profile_key`` is left out). Both joined sides are small: the
+    hints broadcast them on Spark (DuckDB reads them as comments)."""
+    kept = [c for c in columns if c != "profile_key"]
+    settled = ", ".join(f"e.{dialect.ident(c)}" for c in kept)
+    again = ", ".join("m.profile_id" if c == "profile_id" else f"e.{dialect.ident(c)}" for c in kept)
+    return f"""
+        SELECT /*+ BROADCAST(c) */ {settled} FROM {events} e
+        ANTI JOIN (SELECT profile_key FROM identity_as_of_changed WHERE as_of = DATE '{as_of}') c
+          ON c.profile_key = e.profile_key
+        WHERE e.timestamp < {timestamp}
+        UNION ALL
+        SELECT /*+ BROADCAST(m) */ {again} FROM {events} e
+        JOIN (SELECT node_key, profile_id FROM identity_as_of WHERE as_of = DATE '{as_of}') m
+          ON m.node_key = e.anchor_key
+        WHERE e.timestamp < {timestamp}
+    """
 
 
 def identities_as_of_sql(as_of: dt.date, timestamp: str) -> str:

@@ -66,6 +66,23 @@ def checked_manifest(text: str, directory: Any) -> dict[str, Any]:
     return manifest
 
 
+def ingested_views(with_attributes: bool) -> tuple[str, ...]:
+    """The tables an ingest directory is read back as, views of the same name: every one
+    written (``profile_attributes`` when ``with_attributes``: it was written)."""
+    return (*INGEST_TABLES, "profile_attributes") if with_attributes else INGEST_TABLES
+
+
+def ingested_view_sql(view: str, source: str, columns: list[str]) -> str:
+    """The query (either engine's SQL) of the view ``view`` over ``source``, the relation reading
+    its Parquet (``columns``: the file's columns). Events written before orders were grouped
+    (no ``order_lines``): every purchase row is one order, as it was."""
+    if view != "events" or "order_lines" in columns:
+        return f"SELECT * FROM {source}"
+    return (
+        f"SELECT *, CAST(NULL AS INTEGER) AS order_lines, CAST(NULL AS DOUBLE) AS order_revenue FROM {source}"
+    )
+
+
 def ingest_table_sql(table: IngestFile, view: str, columns: list[str]) -> str:
     """The query (DuckDB's SQL) of one ingest table's rows over ``view`` (its ``columns``): the
     file's columns in order, every key ascending with nulls first."""

@@ -135,23 +135,44 @@ def stage_events(
     """
     source = files.reader_sql()
     columns = describe(con, source, files.display)
+    _check_event_columns(columns, files.display, identity)
+    typed = _typed_sql(columns, identity, files, event_type_mapping)
+    content = _content_sql(identity)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE parsed_events AS
+        WITH src AS (
+            SELECT *, {"file_row_number + 1" if files.fmt == "parquet" else "row_number() OVER ()"}
+                   AS _source_row
+            FROM {source}
+        ), typed AS (SELECT {typed} FROM src)
+        SELECT
+            coalesce(_given_id, 'e_' || md5(concat_ws('|', {content}))) AS event_id,
+            * EXCLUDE (_given_id, _revenue_bad, _quantity_bad),
+            {_bad_reason_sql(identity, as_of, future_tolerance_hours)} AS reason
+        FROM typed
+    """)
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE bad_events AS SELECT * FROM parsed_events WHERE reason IS NOT NULL"
+    )
+    conflicting = _drop_duplicates(con, content)
+    return _staged_counts(con, list(columns), conflicting, max_reported_rows)
+
+
+def _check_event_columns(columns: dict[str, str], display: str, identity: IdentityConfig) -> None:
+    """The required columns and at least one identity column, or one line naming what is missing."""
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise UserError(
-            f"{files.display}: missing required column `{missing[0]}` "
+            f"{display}: missing required column `{missing[0]}` "
             f"(events need {', '.join(REQUIRED_COLUMNS)} and at least one identity column)"
         )
-    id_columns = present_identity_columns(columns, identity)
-    if not id_columns:
+    if not present_identity_columns(columns, identity):
         accepted = [*identity.namespaces, *HASHED_IDENTITIES]
-        raise UserError(
-            f"{files.display}: no identity column; expected at least one of {', '.join(accepted)}"
-        )
+        raise UserError(f"{display}: no identity column; expected at least one of {', '.join(accepted)}")
 
-    ts = _timestamp_sql(columns["timestamp"], files.display)
-    revenue, revenue_bad = _numeric_sql("revenue", columns.get("revenue"), files.display)
-    quantity, quantity_bad = _numeric_sql("quantity", columns.get("quantity"), files.display)
-    ids = identity_sql(columns, identity)
+
+def _event_type_sql(event_type_mapping: dict[str, str] | None) -> str:
+    """The event type: XDM names made canonical, then the project's renames."""
     xdm = " ".join(f"WHEN {sql_string(k.lower())} THEN {sql_string(v)}" for k, v in XDM_EVENT_TYPES.items())
     raw_type = _text("event_type")
     event_type = f"CASE lower({raw_type}) {xdm} ELSE {raw_type} END"
@@ -160,13 +181,27 @@ def stage_events(
             f"WHEN {sql_string(k)} THEN {sql_string(v)}" for k, v in event_type_mapping.items()
         )
         event_type = f"CASE {event_type} {renames} ELSE {event_type} END"
+    return event_type
+
+
+def _typed_sql(
+    columns: dict[str, str],
+    identity: IdentityConfig,
+    files: InputFiles,
+    event_type_mapping: dict[str, str] | None,
+) -> str:
+    """Every column of the source rows parsed to its contract type (with the parse failures
+    of the numbers, the given event id), extra columns kept, and where each row came from."""
+    ts = _timestamp_sql(columns["timestamp"], files.display)
+    revenue, revenue_bad = _numeric_sql("revenue", columns.get("revenue"), files.display)
+    quantity, quantity_bad = _numeric_sql("quantity", columns.get("quantity"), files.display)
+    ids = identity_sql(columns, identity)
     strings = {
         c: (f"lower({_text(c)})" if c in ("channel", "product_category") else _text(c))
         if c in columns
         else "CAST(NULL AS VARCHAR)"
         for c in STRING_COLUMNS
     }
-    row_number = "file_row_number + 1" if files.fmt == "parquet" else "row_number() OVER ()"
     reserved = {
         *REQUIRED_COLUMNS,
         *STRING_COLUMNS,
@@ -179,14 +214,23 @@ def stage_events(
     }
     extras = [c for c in columns if c not in reserved]
     given_id = _text("event_id") if "event_id" in columns else "CAST(NULL AS VARCHAR)"
-    limit = future_limit(as_of, future_tolerance_hours)
-    as_of_check = f"ts >= TIMESTAMP {sql_string(limit.isoformat(sep=' '))}"
-    any_identity = " OR ".join(f"{sql_ident(n)} IS NOT NULL" for n in identity.namespaces)
-    long_identity = " OR ".join(f"length({sql_ident(n)}) > {MAX_IDENTITY_CHARS}" for n in identity.namespaces)
-    # NaN and infinities fail ``abs(x) <= limit`` (NaN compares greater than any number).
-    bad_revenue = f"_revenue_bad OR NOT coalesce(abs(revenue) <= {MAX_ABS_REVENUE}, true)"
-    bad_quantity = f"_quantity_bad OR NOT coalesce(abs(quantity) <= {MAX_ABS_QUANTITY}, true)"
-    content = ", ".join(
+    return f"""
+        {ts} AS ts,
+        {_event_type_sql(event_type_mapping)} AS event_type,
+        {", ".join(f"{expr} AS {sql_ident(n)}" for n, expr in ids.items())},
+        {", ".join(f"{expr} AS {c}" for c, expr in strings.items())},
+        {revenue} AS revenue, {revenue_bad} AS _revenue_bad,
+        {quantity} AS quantity, {quantity_bad} AS _quantity_bad,
+        {given_id} AS _given_id,
+        {"".join(f"{sql_ident(c)}, " for c in extras)}
+        filename AS _source_file, _source_row
+    """
+
+
+def _content_sql(identity: IdentityConfig) -> str:
+    """What an event says, as text: derives a missing event id, and tells a conflicting copy
+    (same id, another payload) from a plain re-delivery."""
+    return ", ".join(
         [
             "CAST(ts AS VARCHAR)",
             "event_type",
@@ -196,41 +240,32 @@ def stage_events(
             "coalesce(CAST(quantity AS VARCHAR), '')",
         ]
     )
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE parsed_events AS
-        WITH src AS (
-            SELECT *, {row_number} AS _source_row FROM {source}
-        ), typed AS (
-            SELECT
-                {ts} AS ts,
-                {event_type} AS event_type,
-                {", ".join(f"{expr} AS {sql_ident(n)}" for n, expr in ids.items())},
-                {", ".join(f"{expr} AS {c}" for c, expr in strings.items())},
-                {revenue} AS revenue, {revenue_bad} AS _revenue_bad,
-                {quantity} AS quantity, {quantity_bad} AS _quantity_bad,
-                {given_id} AS _given_id,
-                {"".join(f"{sql_ident(c)}, " for c in extras)}
-                filename AS _source_file, _source_row
-            FROM src
-        )
-        SELECT
-            coalesce(_given_id, 'e_' || md5(concat_ws('|', {content}))) AS event_id,
-            * EXCLUDE (_given_id, _revenue_bad, _quantity_bad),
-            CASE
-                WHEN ts IS NULL THEN 'unparseable_timestamp'
-                WHEN event_type IS NULL THEN 'missing_event_type'
-                WHEN NOT ({any_identity}) THEN 'no_identity'
-                WHEN coalesce({long_identity}, false) THEN 'invalid_identity'
-                WHEN {bad_revenue} THEN 'invalid_revenue'
-                WHEN event_type = 'purchase' AND revenue < 0 THEN 'negative_revenue'
-                WHEN {bad_quantity} THEN 'invalid_quantity'
-                WHEN {as_of_check} THEN 'future_timestamp'
-            END AS reason
-        FROM typed
-    """)
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE bad_events AS SELECT * FROM parsed_events WHERE reason IS NOT NULL"
-    )
+
+
+def _bad_reason_sql(identity: IdentityConfig, as_of: dt.date | None, future_tolerance_hours: int) -> str:
+    """The first contract rule a typed row breaks (NULL: none), in ``BAD_ROW_REASONS`` order."""
+    limit = future_limit(as_of, future_tolerance_hours)
+    as_of_check = f"ts >= TIMESTAMP {sql_string(limit.isoformat(sep=' '))}"
+    any_identity = " OR ".join(f"{sql_ident(n)} IS NOT NULL" for n in identity.namespaces)
+    long_identity = " OR ".join(f"length({sql_ident(n)}) > {MAX_IDENTITY_CHARS}" for n in identity.namespaces)
+    # NaN and infinities fail ``abs(x) <= limit`` (NaN compares greater than any number).
+    bad_revenue = f"_revenue_bad OR NOT coalesce(abs(revenue) <= {MAX_ABS_REVENUE}, true)"
+    bad_quantity = f"_quantity_bad OR NOT coalesce(abs(quantity) <= {MAX_ABS_QUANTITY}, true)"
+    return f"""CASE
+        WHEN ts IS NULL THEN 'unparseable_timestamp'
+        WHEN event_type IS NULL THEN 'missing_event_type'
+        WHEN NOT ({any_identity}) THEN 'no_identity'
+        WHEN coalesce({long_identity}, false) THEN 'invalid_identity'
+        WHEN {bad_revenue} THEN 'invalid_revenue'
+        WHEN event_type = 'purchase' AND revenue < 0 THEN 'negative_revenue'
+        WHEN {bad_quantity} THEN 'invalid_quantity'
+        WHEN {as_of_check} THEN 'future_timestamp'
+    END"""
+
+
+def _drop_duplicates(con: duckdb.DuckDBPyConnection, content: str) -> int:
+    """The view ``clean_events``: the valid parsed rows, the first copy of each ``event_id`` in
+    file order; returns how many later copies carried another payload (``content``)."""
     # Duplicates are rare: find them on event_id alone, then drop all but the first in file
     # order. A window over every row and column would hold the whole input in memory.
     con.execute("""
@@ -250,7 +285,8 @@ def stage_events(
         ANTI JOIN duplicate_rows d ON d._source_file = p._source_file AND d._source_row = p._source_row
         WHERE p.reason IS NULL
     """)
-    conflicting = con.execute(f"""
+    return int(
+        con.execute(f"""
         WITH copies AS (
             SELECT event_id, md5(concat_ws('|', {content})) AS payload,
                    row_number() OVER (PARTITION BY event_id ORDER BY _source_file, _source_row) AS copy
@@ -261,6 +297,13 @@ def stage_events(
         SELECT count(*) FROM copies d JOIN copies f ON f.event_id = d.event_id AND f.copy = 1
         WHERE d.copy > 1 AND d.payload <> f.payload
     """).fetchone()[0]
+    )
+
+
+def _staged_counts(
+    con: duckdb.DuckDBPyConnection, columns: list[str], conflicting: int, max_reported_rows: int
+) -> StagedEvents:
+    """Rows in = clean + bad + duplicates, bad rows by reason and the first few of them."""
     rows_in = con.execute("SELECT count(*) FROM parsed_events").fetchone()[0]
     rows_bad = con.execute("SELECT count(*) FROM bad_events").fetchone()[0]
     rows_clean = con.execute("SELECT count(*) FROM clean_events").fetchone()[0]
@@ -278,11 +321,11 @@ def stage_events(
         rows_in=rows_in,
         rows_bad=rows_bad,
         rows_duplicate=rows_in - rows_bad - rows_clean,
-        rows_conflicting=int(conflicting),
+        rows_conflicting=conflicting,
         rows_clean=rows_clean,
         bad_by_reason={r: by_reason.get(r, 0) for r in BAD_ROW_REASONS if by_reason.get(r)},
         first_bad=first_bad,
-        columns=list(columns),
+        columns=columns,
     )
 
 
@@ -298,12 +341,6 @@ def bad_rows_message(display: str, staged: StagedEvents) -> str:
         f"{display}: {staged.rows_bad} bad rows ({reasons}); first: {rows}. "
         f"Fix them, or pass --on-bad-rows quarantine to set them aside."
     )
-
-
-def refuse_bad_rows(display: str, staged: StagedEvents, on_bad_rows: str) -> None:
-    """With ``on_bad_rows="fail"``, a bad row stops the step here, before any stitching."""
-    if staged.rows_bad and on_bad_rows == "fail":
-        raise UserError(bad_rows_message(display, staged))
 
 
 def stage_profiles(
@@ -327,17 +364,7 @@ def stage_profiles(
         )
     ids = identity_sql(columns, identity)
     namespaces = [n for n in identity.namespaces if ids[n] != "CAST(NULL AS VARCHAR)"]
-    given, refused = (", ".join(sql_string(v) for v in vs) for vs in (CONSENT_GIVEN, CONSENT_REFUSED))
-    consent = {
-        c: (
-            f"CASE WHEN lower(trim({_text(c)})) IN ({given}) THEN 'y' "
-            f"WHEN lower(trim({_text(c)})) IN ({refused}) THEN 'n' "
-            f"WHEN {_text(c)} IS NOT NULL THEN {sql_string(UNRECOGNISED_CONSENT)} END"
-        )
-        if c in columns
-        else "CAST(NULL AS VARCHAR)"
-        for c in CONSENT_COLUMNS
-    }
+    consent = _consent_sql(columns)
     skip = {*identity.namespaces, *HASHED_IDENTITIES, *CONSENT_COLUMNS, "filename", "file_row_number"}
     attributes = [c for c in columns if c not in skip]
     row_number = "file_row_number + 1" if fmt == "parquet" else "row_number() OVER ()"
@@ -357,6 +384,35 @@ def stage_profiles(
     if no_id:
         rows = ", ".join(str(r[0]) for r in no_id)
         raise UserError(f"{path}: profile rows without any identity value (rows {rows})")
+    _settle_unrecognised_consent(con, path, source, columns, on_bad_rows, row_number)
+    return namespaces
+
+
+def _consent_sql(columns: dict[str, str]) -> dict[str, str]:
+    """Each consent column as 'y' / 'n' / NULL (not given), or the unrecognised marker."""
+    given, refused = (", ".join(sql_string(v) for v in vs) for vs in (CONSENT_GIVEN, CONSENT_REFUSED))
+    return {
+        c: (
+            f"CASE WHEN lower(trim({_text(c)})) IN ({given}) THEN 'y' "
+            f"WHEN lower(trim({_text(c)})) IN ({refused}) THEN 'n' "
+            f"WHEN {_text(c)} IS NOT NULL THEN {sql_string(UNRECOGNISED_CONSENT)} END"
+        )
+        if c in columns
+        else "CAST(NULL AS VARCHAR)"
+        for c in CONSENT_COLUMNS
+    }
+
+
+def _settle_unrecognised_consent(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    source: str,
+    columns: dict[str, str],
+    on_bad_rows: str,
+    row_number: str,
+) -> None:
+    """An unrecognised consent value refused (file, column, rows, values named) or, with
+    ``on_bad_rows="quarantine"``, counted as opted out ('n')."""
     for c in CONSENT_COLUMNS:
         if c not in columns:
             continue
@@ -373,7 +429,6 @@ def stage_profiles(
                 values = _raw_values(con, source, c, rows, row_number)
                 raise UserError(consent_message(str(path), c, int(count), values, rows))
         con.execute(f"UPDATE profile_attributes SET {c} = 'n' WHERE {unknown}")
-    return namespaces
 
 
 def _raw_values(

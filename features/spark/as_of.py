@@ -24,6 +24,7 @@ from propensity.features.identity.as_of import (
     AsOfSources,
     GraphOutcomes,
     IdentityGraph,
+    events_as_of_sql,
     identities_as_of_sql,
 )
 from propensity.features.spark.session import functions as _f
@@ -151,24 +152,14 @@ class SparkIdentityGraph(GraphOutcomes):
         """Spark views of the events, profiles and identities at ``as_of``."""
         F = _f()
         self.prepare([as_of])
-        tag, cutoff = _tag(as_of), F.lit(dt.datetime.combine(as_of, dt.time())).cast("timestamp_ntz")
-        events = self.spark.table(self.events).where(F.col("timestamp") < cutoff)
-        columns = [c for c in events.columns if c != "profile_key"]
-        changed = self._changed(as_of)
-        nodes = self.spark.sql(
-            f"SELECT node_key AS anchor_key, profile_id AS _as_of_profile FROM identity_as_of "
-            f"WHERE as_of = DATE '{as_of}'"
-        )
-        settled = events.join(F.broadcast(changed), "profile_key", "left_anti").select(*map(_col, columns))
-        again = events.join(F.broadcast(nodes), "anchor_key").select(
-            *(F.col("_as_of_profile").alias(c) if c == "profile_id" else _col(c) for c in columns)
-        )
-        settled.unionAll(again).createOrReplaceTempView(f"events_as_of_{tag}")
+        tag, columns = _tag(as_of), self.spark.table(self.events).columns
+        events_sql = events_as_of_sql(as_of, _ts(as_of), self.events, columns, SPARK)
+        self.spark.sql(events_sql).createOrReplaceTempView(f"events_as_of_{tag}")
 
         rebuilt, attribute_columns = self._rebuilt_attributes(as_of)
         kept = (
             self.tables["profiles"]
-            .join(F.broadcast(changed), "profile_key", "left_anti")
+            .join(F.broadcast(self._changed(as_of)), "profile_key", "left_anti")
             .select("profile_id", *map(_col, attribute_columns))
         )
         kept.unionByName(rebuilt).createOrReplaceTempView(f"profiles_as_of_{tag}")

@@ -24,8 +24,8 @@ from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.model_frames import training_frame
 from propensity.features.build.training_sample import RowChoice
 from propensity.features.engine import Scored, ScoringPlan, SharedSteps, TrainingRows
-from propensity.features.ingest.manifest import INGEST_TABLES, SOURCE_COLUMNS, OnBadRows
-from propensity.features.ingest.staging import StagedEvents, refuse_bad_rows
+from propensity.features.ingest.manifest import SOURCE_COLUMNS, OnBadRows, ingested_view_sql, ingested_views
+from propensity.features.ingest.staging import StagedEvents
 from propensity.features.spark import features as sf
 from propensity.features.spark import identity as spark_identity
 from propensity.features.spark import scoring
@@ -36,7 +36,6 @@ from propensity.features.spark.qualify import SparkSegmentRows
 from propensity.features.spark.session import (
     SparkInput,
     atomic_output,
-    functions,
     hadoop_path,
     path_exists,
     read_text,
@@ -138,7 +137,6 @@ def _kind(spark_type: str) -> str | None:
 class Stitched:
     """Events staged and stitched on Spark, with their counts."""
 
-    inputs: SparkInput
     staged: SparkStaged
     graph: SparkGraph
     events: DataFrame  # stitched, with _source_file / _source_row
@@ -170,7 +168,7 @@ class Stitched:
 
     @property
     def counts(self) -> StagedEvents:
-        return self.staged.summary
+        return self.staged.counts
 
     @property
     def result(self):
@@ -212,32 +210,18 @@ class SparkEngine(SharedSteps):
             tables["profile_attributes"] = stitched.attributes
         return self._publish(inputs, tables, self.config.identity, None)
 
-    def stage(
-        self,
-        inputs: SparkInput,
-        profiles: str | Path | None,
-        on_bad_rows: OnBadRows,
-        as_of: dt.date | None,
-        consent_rows: OnBadRows | None = None,
-    ) -> Stitched:
-        """Validate, normalise and de-duplicate the events (Column-API staging; a bad row stops
-        here with ``on_bad_rows="fail"``), then stitch identities into profiles (large-star /
-        small-star components) and attribute the events."""
-        config, identity = self.config, self.config.identity
-        staged = stage_events(
-            self.spark,
-            inputs,
-            identity,
-            as_of,
-            config.ingest.max_reported_rows,
-            config.ingest.future_tolerance_hours,
-            config.ingest.event_type_mapping,
-        )
-        refuse_bad_rows(inputs.display, staged.summary, on_bad_rows)
-        attributes = namespaces = None
+    def stage_events(self, inputs: SparkInput, as_of: dt.date | None, settings: tuple) -> SparkStaged:
+        """The events staged with the Column API (:func:`~propensity.features.spark.ingest.stage_events`)."""
+        return stage_events(self.spark, inputs, self.config.identity, as_of, *settings)
+
+    def stitch(self, staged: SparkStaged, profiles: str | Path | None, on_bad_rows: OnBadRows) -> Stitched:
+        """The profile attributes staged (when given), identities stitched into profiles
+        (large-star / small-star components), the events attributed, ``profiles`` built, and
+        the temp views the ingest breakdown and tables read (``Stitched.rows``, ``.write``)."""
+        identity, attributes, namespaces = self.config.identity, None, None
         if profiles is not None:
             attributes, namespaces = stage_profiles(
-                self.spark, str(profiles), str(profiles), identity, consent_rows or on_bad_rows
+                self.spark, str(profiles), str(profiles), identity, on_bad_rows
             )
         rows = spark_identity.identity_rows(staged.clean, identity, attributes, namespaces)
         graph = spark_identity.stitch(self.spark, rows, identity)
@@ -249,8 +233,7 @@ class SparkEngine(SharedSteps):
         profile_table = spark_identity.build_profiles(
             graph.identity_map, events, identity, attributes, namespaces
         )
-        stitched = Stitched(inputs, staged, graph, events, profile_table, attributes)
-        # The views the ingest breakdown and the ingest tables read (Stitched.rows, .write).
+        stitched = Stitched(staged, graph, events, profile_table, attributes)
         views = {"events": events, "identity_map": graph.identity_map, "profiles": profile_table}
         views.update(identity_links=graph.identity_links, identity_unsettled=graph.identity_unsettled)
         views.update(quarantine=staged.bad, profile_attributes=attributes)
@@ -261,17 +244,11 @@ class SparkEngine(SharedSteps):
 
     def open_ingested(self, inputs: SparkInput, manifest: dict[str, Any]) -> SparkEvents:
         """An ingest directory (either engine's) as temp views; ``profile_attributes`` when written."""
-        root = inputs.ingested
-        frames = {name: self.spark.read.parquet(f"{root}/{name}.parquet") for name in INGEST_TABLES}
-        if "order_lines" not in frames["events"].columns:  # written before orders were grouped
-            F = functions()
-            frames["events"] = frames["events"].select(
-                "*",
-                F.lit(None).cast("int").alias("order_lines"),
-                F.lit(None).cast("double").alias("order_revenue"),
-            )
-        if path_exists(self.spark, f"{root}/profile_attributes.parquet"):
-            frames["profile_attributes"] = self.spark.read.parquet(f"{root}/profile_attributes.parquet")
+        root, frames = inputs.ingested, {}
+        for name in ingested_views(path_exists(self.spark, f"{root}/profile_attributes.parquet")):
+            frame = self.spark.read.parquet(f"{root}/{name}.parquet")
+            frame.createOrReplaceTempView(f"ingested_{name}")
+            frames[name] = self.spark.sql(ingested_view_sql(name, f"ingested_{name}", frame.columns))
         return self._publish(inputs, frames, IdentityConfig.model_validate(manifest["identity"]), manifest)
 
     def _publish(

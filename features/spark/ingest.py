@@ -40,15 +40,8 @@ from propensity.features.contract import (
 )
 from propensity.features.ingest.inputs import EVENT_FILE_SUFFIXES, event_files
 from propensity.features.ingest.staging import StagedEvents, present_identity_columns
-from propensity.features.spark.session import (
-    SparkInput,
-    is_remote,
-    list_files,
-    qualified,
-)
-from propensity.features.spark.session import (
-    functions as _f,
-)
+from propensity.features.spark.session import SparkInput, is_remote, list_files, qualified
+from propensity.features.spark.session import functions as _f
 from propensity.features.spark.sources import duckdb_double_text, read_source
 
 if TYPE_CHECKING:
@@ -151,6 +144,11 @@ class SparkStaged:
     summary: StagedEvents
     clean: DataFrame  # clean_events: de-duplicated, ``timestamp`` in UTC, _source_file / _source_row
     bad: DataFrame  # bad_events: every column of the parsed row and its ``reason``
+    counts = property(lambda self: self.summary)  # the engine seam's name for the counts
+
+    def close(self) -> None:
+        """Release the cached clean events (the staging stops here)."""
+        self.clean.unpersist()
 
 
 def _check_columns(types: dict[str, object], display: str, identity: IdentityConfig) -> None:

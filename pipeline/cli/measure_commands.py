@@ -38,56 +38,61 @@ _SHOWN = (
 )
 
 
+# The command's own options (the shared ones are in pipeline.cli.options).
+_Memberships = Annotated[
+    Path | None, typer.Option("--memberships", help="Memberships directory (default: WORK_DIR/segments).")
+]
+_Out = Annotated[Path | None, typer.Option("--out", help="Output (default: WORK_DIR/measure).")]
+_Horizon = Annotated[int, typer.Option("--horizon-days", min=1, help="Days after --as-of counted.")]
+_EventType = Annotated[str, typer.Option("--event-type", help="The outcome event.")]
+_Category = Annotated[str | None, typer.Option("--category", help="Only outcomes of this category.")]
+_Covariates = Annotated[
+    list[str] | None, typer.Option("--covariate", help="Pre-period feature for the adjustment (repeat).")
+]
+_By = Annotated[
+    list[str] | None, typer.Option("--by", help="Breakdown: a feature or <model>.<column> (repeat).")
+]
+_Segments = Annotated[list[str] | None, typer.Option("--segment", help="Only these segments (repeat).")]
+_Resamples = Annotated[int, typer.Option("--resamples", min=100, help="Bootstrap resamples.")]
+_Cost = Annotated[float | None, typer.Option("--cost", min=0, help="Campaign cost: adds return on spend.")]
+_Scores = Annotated[Path | None, typer.Option("--scores", help="Score partitions (for --by model.column).")]
+_Destination = Annotated[
+    str | None,
+    typer.Option("--destination", help="The holdout this destination's export drew, not the segments'."),
+]
+_Arms = Annotated[
+    Path | None,
+    typer.Option(
+        "--arms", help="A campaign's own arms (CSV/Parquet: arm + an identity column), not memberships."
+    ),
+]
+_Plan = Annotated[bool, typer.Option("--plan", help="Before the campaign: the power of each holdout.")]
+_ExpectedLift = Annotated[
+    float | None, typer.Option("--expected-lift", help="With --plan: the absolute lift hoped for.")
+]
+_SegmentsFile = Annotated[Path, typer.Option("--segments", help="Segment definitions (for --plan).")]
+
+
 @user_errors
 def measure(
     as_of: AsOfOption = None,
     events: EventsOption = None,
-    memberships: Annotated[
-        Path | None, typer.Option("--memberships", help="Memberships directory (default: WORK_DIR/segments).")
-    ] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Output (default: WORK_DIR/measure).")] = None,
-    horizon_days: Annotated[
-        int, typer.Option("--horizon-days", min=1, help="Days after --as-of counted.")
-    ] = 28,
-    event_type: Annotated[str, typer.Option("--event-type", help="The outcome event.")] = "purchase",
-    category: Annotated[
-        str | None, typer.Option("--category", help="Only outcomes of this category.")
-    ] = None,
-    covariate: Annotated[
-        list[str] | None, typer.Option("--covariate", help="Pre-period feature for the adjustment (repeat).")
-    ] = None,
-    by: Annotated[
-        list[str] | None, typer.Option("--by", help="Breakdown: a feature or <model>.<column> (repeat).")
-    ] = None,
-    segment: Annotated[
-        list[str] | None, typer.Option("--segment", help="Only these segments (repeat).")
-    ] = None,
-    resamples: Annotated[int, typer.Option("--resamples", min=100, help="Bootstrap resamples.")] = 1000,
-    cost: Annotated[
-        float | None, typer.Option("--cost", min=0, help="Campaign cost: adds return on spend.")
-    ] = None,
-    scores: Annotated[
-        Path | None, typer.Option("--scores", help="Score partitions (for --by model.column).")
-    ] = None,
-    destination: Annotated[
-        str | None,
-        typer.Option("--destination", help="The holdout this destination's export drew, not the segments'."),
-    ] = None,
-    arms: Annotated[
-        Path | None,
-        typer.Option(
-            "--arms", help="A campaign's own arms (CSV/Parquet: arm + an identity column), not memberships."
-        ),
-    ] = None,
-    plan: Annotated[
-        bool, typer.Option("--plan", help="Before the campaign: the power of each holdout.")
-    ] = False,
-    expected_lift: Annotated[
-        float | None, typer.Option("--expected-lift", help="With --plan: the absolute lift hoped for.")
-    ] = None,
-    segments_file: Annotated[
-        Path, typer.Option("--segments", help="Segment definitions (for --plan).")
-    ] = Path("configs/segments.yaml"),
+    memberships: _Memberships = None,
+    out: _Out = None,
+    horizon_days: _Horizon = 28,
+    event_type: _EventType = "purchase",
+    category: _Category = None,
+    covariate: _Covariates = None,
+    by: _By = None,
+    segment: _Segments = None,
+    resamples: _Resamples = 1000,
+    cost: _Cost = None,
+    scores: _Scores = None,
+    destination: _Destination = None,
+    arms: _Arms = None,
+    plan: _Plan = False,
+    expected_lift: _ExpectedLift = None,
+    segments_file: _SegmentsFile = Path("configs/segments.yaml"),
     config: ConfigOption = None,
     engine: EngineOption = None,
 ) -> None:

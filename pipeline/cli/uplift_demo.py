@@ -81,6 +81,27 @@ def run(
     cfg = config.model_copy(update={"models_dir": str(out / "models")})
     with console.status("training the yoga uplift model on the campaign's arms"):
         fit = model_jobs.train_model(MODEL, ingested, cfg, as_of=sent + dt.timedelta(days=29))
+    _print_test_figures(fit, console)
+    scored, next_uplift, next_propensity, shared = _next_audience(
+        ingested, cfg, fit.version, latest, out, console
+    )
+    m, k = fit.metrics, round(100 * TOP)
+    return {
+        "version": fit.version,
+        "model_family": fit.model_family,
+        "qini": m["test_qini"],
+        "oracle_qini": m["test_oracle_qini"],
+        "scores": str(scored.out),
+        "next_top_by_uplift": next_uplift,
+        "next_top_by_propensity": next_propensity,
+        "next_overlap": shared,
+        **{key: m[key] for key in m if f"incremental_top{k}" in key},
+    }
+
+
+def _print_test_figures(fit: Any, console: Console) -> None:
+    """The registered model's figures on the test snapshot: Qini against the oracle's, and the
+    incremental buyers of targeting the top by uplift or by propensity (measured and true)."""
     m, k = fit.metrics, round(100 * TOP)
     console.print(
         f"registered {MODEL} v{fit.version} ({fit.model_family}, chosen on validation by Qini); "
@@ -107,8 +128,16 @@ def run(
         "                         by propensity "
         + _interval(m, f"test_true_incremental_top{k}_by_propensity")
     )
+
+
+def _next_audience(
+    ingested: Path, cfg: ProjectConfig, version: Any, latest: dt.date, out: Path, console: Console
+) -> tuple[Any, float, float, int]:
+    """Who the model would target next: the scores at ``latest``, and the incremental buyers the
+    model expects of the top by uplift and by propensity, and how many people both pick."""
+    k = round(100 * TOP)
     with console.status(f"scoring {MODEL} at {latest}"):
-        scored = score_jobs.score_model(MODEL, ingested, cfg, latest, out / "scores", version=fit.version)
+        scored = score_jobs.score_model(MODEL, ingested, cfg, latest, out / "scores", version=version)
     scores = pd.read_parquet(scored.out, columns=["profile_id", "probability", "uplift"])
     n = max(1, round(TOP * len(scores)))
     # Ties go to the smaller profile id: the same audience on every run.
@@ -123,14 +152,4 @@ def run(
         f"{next_propensity:,.0f}; only {shared:,} people ({shared / n:.0%}) are in both"
     )
     console.print(f"scores with `uplift` in {scored.out} (a segment rule can read `{MODEL}.uplift >= 0.02`)")
-    return {
-        "version": fit.version,
-        "model_family": fit.model_family,
-        "qini": m["test_qini"],
-        "oracle_qini": m["test_oracle_qini"],
-        "scores": str(scored.out),
-        "next_top_by_uplift": next_uplift,
-        "next_top_by_propensity": next_propensity,
-        "next_overlap": shared,
-        **{key: m[key] for key in m if f"incremental_top{k}" in key},
-    }
+    return scored, next_uplift, next_propensity, shared
