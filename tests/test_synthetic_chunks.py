@@ -121,3 +121,15 @@ def test_generate_cli_in_chunks(tmp_path, runner):
     assert parts == {"0000.parquet", "0001.parquet", "0002.parquet"}
     refused = invoke(runner, *args, "--out", str(tmp_path / "x"))
     assert refused.exit_code == 2 and "--no-ground-truth" in " ".join(refused.output.split())
+
+
+def test_a_chunked_world_ingests_whole(chunked, tmp_path):
+    from propensity.core.config import ProjectConfig
+    from propensity.pipeline.jobs import ingest as ingest_jobs
+
+    out, summary, _ = chunked
+    ingested = ingest_jobs.ingest(out / "a", tmp_path / "ingested", ProjectConfig(), on_bad_rows="quarantine")
+    assert ingested.rows_in == summary.events and ingested.bad_rows == 0
+    assert ingested.rows_written == summary.events - ingested.duplicates_dropped
+    # People of both chunks become profiles: at least the known ones of profiles.csv.
+    assert ingested.known_profiles >= len(pd.read_csv(out / "a" / "profiles.csv")) - 2
