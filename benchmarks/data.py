@@ -19,6 +19,16 @@ from propensity.features.synthetic import GeneratorSettings, generate
 from propensity.pipeline.jobs import ingest as ingest_jobs
 
 DATA = Path(__file__).parent / ".data"
+# People simulated at a time beyond one default chunk: ~3.5 GiB peak (about 11 KB a person).
+LARGE_CHUNK_PROFILES = 300_000
+
+
+def generator_settings(profiles: int, days: int) -> GeneratorSettings:
+    """The settings of the benchmarks' ``luma_N``: populations up to one default chunk (the 150k
+    and 1M data) as one chunk, larger ones ``LARGE_CHUNK_PROFILES`` at a time."""
+    default = GeneratorSettings.chunk_profiles
+    chunk = default if profiles <= default else LARGE_CHUNK_PROFILES
+    return GeneratorSettings(profiles=profiles, days=days, ground_truth=False, chunk_profiles=chunk)
 
 
 def timed_ingest(raw: Path, ingested: Path, config: ProjectConfig) -> tuple[int, float]:
@@ -45,7 +55,7 @@ def ensure_ingested(
     raw, ingested = DATA / f"luma_{profiles}", DATA / f"ingested_{profiles}"
     if not (raw / "events").is_dir():
         print(f"generating {profiles:,} profiles ...", flush=True)
-        generate(GeneratorSettings(profiles=profiles, days=days, ground_truth=False), raw)
+        generate(generator_settings(profiles, days), raw)
     manifest = ingested / "manifest.json"
     newest_raw = max(f.stat().st_mtime for f in (raw / "events").iterdir())
     stale = (

@@ -2,6 +2,7 @@
 
     python benchmarks/generate.py [--profiles N] [--days D] [--difficulty easy|realistic]
                                   [--scenario omnichannel|purchase_only] [--ground-truth]
+                                  [--chunk-profiles C]
 
 The baseline in the same run is the time to write the same events table with pyarrow
 alone (generation cost = ours - writing). CPU seconds (user + system) are reported too:
@@ -31,6 +32,12 @@ def main() -> None:
     parser.add_argument("--ground-truth", action="store_true", help="also write the ground truth")
     parser.add_argument("--difficulty", default="realistic", choices=["easy", "realistic"])
     parser.add_argument("--scenario", default="omnichannel", choices=["omnichannel", "purchase_only"])
+    parser.add_argument(
+        "--chunk-profiles",
+        type=int,
+        default=GeneratorSettings.chunk_profiles,
+        help="people simulated at a time (peak memory follows it)",
+    )
     args = parser.parse_args()
     out = DATA / f"luma_{args.profiles}"
     if out.exists():
@@ -42,6 +49,7 @@ def main() -> None:
         ground_truth=args.ground_truth,
         difficulty=args.difficulty,
         scenario=args.scenario,
+        chunk_profiles=args.chunk_profiles,
     )
     summary = generate(settings, out)
     seconds, cpu_seconds = time.perf_counter() - start, _cpu_seconds() - cpu_start
@@ -68,6 +76,7 @@ def main() -> None:
                 "write_only_seconds": round(write_seconds, 2),
                 "ratio": round(seconds / write_seconds, 2),
                 "peak_rss_mib": round(peak),
+                "chunk_profiles": args.chunk_profiles,
             }
         )
     )

@@ -8,7 +8,10 @@ its peak RSS is the job's alone: 8 snapshots 21 days apart (the models' configs,
 row budget ``max_rows``: it counts the rows the sample builds, so all 8 are kept), labels first
 and features built only for the rows ``training.sampling`` chooses (every row that may be
 positive, the held-out test and validation profiles whole, a seeded sample of the other
-profiles' negatives weighted 1 / rate).
+profiles' negatives weighted 1 / rate). Above 1M profiles (``--profiles 5000000``) the test and
+validation profile fractions shrink in proportion (0.06 at 5M), so the whole parts of the sample
+hold about as many rows as at 1M; the data beyond one generator chunk are generated 300k
+profiles at a time (``benchmarks/data.py``).
 
 Quality: on ``--compare-profiles`` (a dataset small enough to build every row), upsell is trained
 twice on the same data, unsampled (``sampling.rows`` above every estimate) and sampled at the
@@ -41,12 +44,19 @@ except ImportError:  # pragma: no cover
     from benchmarks.data import DATA, ensure_ingested, in_child
 
 WORK = DATA / "training"
+# Beyond this many profiles the held-out test and validation profiles (kept whole by the sample)
+# shrink in proportion, so they stay the size they have at 1M instead of outgrowing the budget.
+WHOLE_PROFILES = 1_000_000
 MODELS = ("upsell", "conversion")
 UNSAMPLED = 10**12  # sampling.rows above any estimate: every row is built
 
 
-def model_yaml(name: str, out: Path, sample_rows: int, trials: int, suffix: str = "") -> Path:
-    """The repository's model config with the benchmark's sampling budget and trials."""
+def model_yaml(
+    name: str, out: Path, sample_rows: int, trials: int, suffix: str = "", profiles: int = WHOLE_PROFILES
+) -> Path:
+    """The repository's model config with the benchmark's sampling budget and trials; above
+    ``WHOLE_PROFILES`` profiles, test and validation profile fractions scaled down to hold as many
+    profiles as at ``WHOLE_PROFILES`` (0.06 each at 5M, from 0.3)."""
     config = yaml.safe_load(
         (Path(__file__).parent.parent / "configs" / "models" / f"{name}.yaml").read_text()
     )
@@ -56,6 +66,9 @@ def model_yaml(name: str, out: Path, sample_rows: int, trials: int, suffix: str 
     if sample_rows >= UNSAMPLED:  # every row built: the row budget must not cut snapshots
         training.setdefault("snapshots", {})["max_rows"] = UNSAMPLED
     training["tuning"] = {"trials": trials}
+    if profiles > WHOLE_PROFILES:
+        for key in ("test_profile_fraction", "validation_profile_fraction"):
+            training[key] = round(training.get(key, 0.3) * WHOLE_PROFILES / profiles, 4)
     path = out / f"{name}{suffix}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -110,7 +123,8 @@ def main() -> None:
     results = {}
     for name in args.models:
         print(f"training {name} on {args.profiles:,} profiles ...", flush=True)
-        results[name] = in_child(train, model_yaml(name, work, args.sample_rows, args.trials), ingested, work)
+        path = model_yaml(name, work, args.sample_rows, args.trials, profiles=args.profiles)
+        results[name] = in_child(train, path, ingested, work)
         r = results[name]
         print(f"  {r['seconds']:.0f} s, peak RSS {r['peak_rss_mib']:,.0f} MiB; {r['sampling']}", flush=True)
 

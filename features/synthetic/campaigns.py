@@ -233,7 +233,10 @@ def in_memory_campaign(
     """A campaign over ``people`` freshly drawn (all eligible), with a pre-period: purchases
     in ``pre_windows`` earlier horizons drawn from each person's untreated probability, and
     their revenue. No world is simulated: fast enough for hundreds of seeded repetitions."""
-    settings = GeneratorSettings(profiles=people, days=spec.horizon_days + 8, seed=seed)
+    # No world is simulated: the whole population is one chunk, however large.
+    settings = GeneratorSettings(
+        profiles=people, days=spec.horizon_days + 8, seed=seed, chunk_profiles=people
+    )
     traits_rng, rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     traits = realistic_traits(settings, traits_rng)
     everyone = np.arange(people, dtype=np.int32)

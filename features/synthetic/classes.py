@@ -69,9 +69,12 @@ class ClassRegistrations:
         }
 
 
-def class_stream(seed: int) -> np.random.Generator:
-    """The registrations' own random stream, independent of the simulation's four."""
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_STREAM,)))
+def class_stream(seed: int, chunk: int = 0) -> np.random.Generator:
+    """The registrations' own random stream, independent of the simulation's four; each chunk of
+    the population after the first (see ``GeneratorSettings.chunks``) has one of its own."""
+    return np.random.default_rng(
+        np.random.SeedSequence(seed, spawn_key=(_STREAM, chunk) if chunk else (_STREAM,))
+    )
 
 
 def _touch_chances(
@@ -117,20 +120,21 @@ def _once_a_week(person: np.ndarray, ts: np.ndarray) -> np.ndarray:
 
 
 def class_registrations_for(
-    settings: GeneratorSettings, events: dict[str, np.ndarray], traits: Traits, start_us: int
+    settings: GeneratorSettings, events: dict[str, np.ndarray], traits: Traits, start_us: int, chunk: int = 0
 ) -> ClassRegistrations | None:
-    """The registrations of a realistic omnichannel run; None elsewhere (a transaction log has
-    no classes, and the easy world stays the original generator, digest for digest)."""
+    """The registrations of a realistic omnichannel run (of one chunk of its people, numbered as
+    in ``traits``); None elsewhere (a transaction log has no classes, and the easy world stays
+    the original generator, digest for digest)."""
     if settings.scenario != "omnichannel" or settings.difficulty != "realistic":
         return None
-    return simulate_class_registrations(events, traits, settings.seed, start_us, settings.days)
+    return simulate_class_registrations(events, traits, settings.seed, start_us, settings.days, chunk)
 
 
 def simulate_class_registrations(
-    events: dict[str, np.ndarray], traits: Traits, seed: int, start_us: int, days: int
+    events: dict[str, np.ndarray], traits: Traits, seed: int, start_us: int, days: int, chunk: int = 0
 ) -> ClassRegistrations:
     """The registrations the simulated events' touches lead to (see the module docstring)."""
-    rng = class_stream(seed)
+    rng = class_stream(seed, chunk)
     rows, chance = _touch_chances(events, traits, start_us)
     channel = events["channel"][rows]
     expected = {name: float(chance[channel == CH[name]].sum()) for name in CLASS_EFFECTS}

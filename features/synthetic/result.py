@@ -1,4 +1,5 @@
-"""What a simulation run hands to the writer and to the oracle."""
+"""What a simulation run hands to the writer and to the oracle, and where the writer places a
+chunk of the population in the whole."""
 
 from __future__ import annotations
 
@@ -57,3 +58,40 @@ class Simulation:
     daily_probability: np.ndarray | None = None  # days x people, float32
     states: dict[int, SimState] = field(default_factory=dict)
     campaigns: list[CampaignTruth] = field(default_factory=list)  # settings.campaigns, drawn
+
+
+@dataclass(frozen=True)
+class ChunkPlace:
+    """Where one chunk of the simulated population sits in the whole (see
+    ``GeneratorSettings.chunks``): its people are ``first_person`` onwards, its devices
+    ``first_device`` onwards, its events numbered from ``first_event``; the last chunk also
+    carries the test accounts (people ``profiles`` onwards, devices after every person's)."""
+
+    index: int
+    chunks: int
+    first_person: int
+    people: int
+    first_device: int
+    devices: int
+    first_event: int
+    profiles: int  # people in the whole population
+    test_accounts: int  # test accounts in this chunk: the last one's
+
+    def person_ids(self) -> np.ndarray:
+        """The ids of this chunk's people, test accounts last: the order of its identity codes."""
+        return np.concatenate(
+            [
+                np.arange(self.first_person, self.first_person + self.people),
+                np.arange(self.profiles, self.profiles + self.test_accounts),
+            ]
+        )
+
+    def person_codes(self, person: np.ndarray) -> np.ndarray:
+        """Positions in :meth:`person_ids` of (this chunk's) person ids."""
+        return np.where(
+            person >= self.profiles, person - self.profiles + self.people, person - self.first_person
+        )
+
+    def file_suffix(self) -> str:
+        """The events' file names: as before chunks existed when the world is one chunk."""
+        return "" if self.chunks == 1 else f"-part{self.index:04d}"

@@ -8,10 +8,17 @@ continues from.
 
 The realistic world draws from four independent streams (traits, calendar, dynamics,
 events), so a replay of the dynamics alone repeats the original run exactly.
+
+A population larger than ``settings.chunk_profiles`` is simulated one chunk of people at a
+time (``simulate(settings, chunk)``): every chunk lives through the same calendar, while the
+first draws its people from the seed's own streams (so a one-chunk world is the world as it
+was before chunks) and each later one from streams of its own. People and devices in a
+chunk's :class:`Simulation` are numbered from 0; the writer places them in the whole.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import numpy as np
@@ -32,8 +39,18 @@ from propensity.features.synthetic.world import (
 __all__ = ["GeneratorSettings", "Simulation", "dynamics_for", "replay", "simulate"]
 
 
-def _streams(seed: int) -> list[np.random.Generator]:
-    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
+# The SeedSequence child key of the chunks after the first (0..3: the simulation, 4: the class
+# registrations).
+_CHUNK_STREAM = 5
+
+
+def _streams(seed: int, chunk: int = 0) -> list[np.random.Generator]:
+    """Traits, calendar, dynamics and events streams of a chunk; the calendar is the world's."""
+    streams = np.random.SeedSequence(seed).spawn(4)
+    if chunk:
+        own = np.random.SeedSequence(seed, spawn_key=(_CHUNK_STREAM, chunk)).spawn(4)
+        streams = [own[0], streams[1], own[2], own[3]]
+    return [np.random.default_rng(s) for s in streams]
 
 
 def dynamics_for(simulation: Simulation) -> RealisticDynamics | EasyDynamics:
@@ -43,9 +60,12 @@ def dynamics_for(simulation: Simulation) -> RealisticDynamics | EasyDynamics:
     return RealisticDynamics(simulation.calendar)
 
 
-def _world(settings: GeneratorSettings) -> tuple[Traits, Calendar, SimState, np.ndarray, np.ndarray, list]:
-    traits_rng, calendar_rng, dynamics_rng, events_rng = _streams(settings.seed)
-    traits = realistic_traits(settings, traits_rng)
+def _world(
+    settings: GeneratorSettings, chunk: int = 0
+) -> tuple[Traits, Calendar, SimState, np.ndarray, np.ndarray, list]:
+    traits_rng, calendar_rng, dynamics_rng, events_rng = _streams(settings.seed, chunk)
+    first, stop = settings.chunks()[chunk]
+    traits = realistic_traits(dataclasses.replace(settings, profiles=stop - first), traits_rng)
     calendar = realistic_calendar(settings, calendar_rng)
     state = RealisticDynamics(calendar).initial_state(traits, traits_rng)
     # Households: ~4 % of people also use another person's first device.
@@ -56,9 +76,9 @@ def _world(settings: GeneratorSettings) -> tuple[Traits, Calendar, SimState, np.
 
 
 def _simulate_realistic(
-    settings: GeneratorSettings, emit: bool, snapshot_days: frozenset[int], until: int
+    settings: GeneratorSettings, emit: bool, snapshot_days: frozenset[int], until: int, chunk: int = 0
 ) -> Simulation:
-    traits, calendar, state, sharers, share_with, (dyn_rng, events_rng) = _world(settings)
+    traits, calendar, state, sharers, share_with, (dyn_rng, events_rng) = _world(settings, chunk)
     n = len(traits)
     world = RealisticDynamics(calendar)
     device_offset = np.concatenate([[0], np.cumsum(traits.n_devices)[:-1]])
@@ -106,12 +126,13 @@ def _simulate_realistic(
     )
 
 
-def simulate(settings: GeneratorSettings) -> Simulation:
-    """Run the whole period of the world ``settings`` describe, keeping its events."""
+def simulate(settings: GeneratorSettings, chunk: int = 0) -> Simulation:
+    """Run the whole period of the world ``settings`` describe, keeping its events: the people of
+    chunk ``chunk`` of ``settings.chunks()`` (numbered from 0), all of them in a one-chunk world."""
     if settings.difficulty == "easy":
         simulation = simulate_easy(settings)
     else:
-        simulation = _simulate_realistic(settings, True, frozenset(), settings.days)
+        simulation = _simulate_realistic(settings, True, frozenset(), settings.days, chunk)
     if settings.campaigns:
         _add_campaigns(simulation)
     return simulation

@@ -107,6 +107,10 @@ class GeneratorSettings:
     scenario: Scenario = "omnichannel"
     # Off by default: a world without campaigns is written byte for byte as before.
     campaigns: tuple[CampaignSpec, ...] = ()
+    # People simulated at a time: the generator's peak memory follows this, not ``profiles``
+    # (about 11 KB per person). A population that fits in one chunk is written exactly as
+    # before chunks existed; each further chunk draws from streams of its own.
+    chunk_profiles: int = 1_000_000
 
     def __post_init__(self) -> None:
         if self.difficulty not in ("easy", "realistic"):
@@ -119,6 +123,36 @@ class GeneratorSettings:
             campaign.check(self.days)
         if len({c.name for c in self.campaigns}) != len(self.campaigns):
             raise UserError("simulated campaigns must have distinct names")
+        self._check_chunks()
+
+    def _check_chunks(self) -> None:
+        """Chunks must be positive; a population of several chunks needs the realistic world, and no
+        ground truth or campaigns (both are drawn over the whole population at once)."""
+        if self.chunk_profiles < 1:
+            raise UserError(f"--chunk-profiles must be positive, got {self.chunk_profiles}")
+        if self.profiles <= self.chunk_profiles:
+            return
+        whole = [
+            what
+            for what, on in (
+                ("--ground-truth", self.ground_truth),
+                ("campaigns", bool(self.campaigns)),
+                ("--difficulty easy", self.difficulty == "easy"),
+            )
+            if on
+        ]
+        if whole:
+            raise UserError(
+                f"--profiles {self.profiles:,} is more than one chunk "
+                f"(--chunk-profiles {self.chunk_profiles:,}), but {', '.join(whole)} need "
+                "the whole population in one: drop them "
+                "(--no-ground-truth, realistic world, no campaigns) or raise --chunk-profiles"
+            )
+
+    def chunks(self) -> list[tuple[int, int]]:
+        """The people of each chunk, as [first, stop) ranges of person ids, in order."""
+        size = self.chunk_profiles
+        return [(lo, min(lo + size, self.profiles)) for lo in range(0, self.profiles, size)]
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

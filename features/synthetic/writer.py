@@ -41,7 +41,7 @@ from propensity.features.synthetic.ground_truth import (
     write_daily_probability,
     write_traits,
 )
-from propensity.features.synthetic.result import Simulation
+from propensity.features.synthetic.result import ChunkPlace, Simulation
 from propensity.features.synthetic.simulator import simulate
 from propensity.features.synthetic.world import (
     CATEGORIES,
@@ -80,46 +80,88 @@ class GenerationSummary:
 def generate(settings: GeneratorSettings, out_dir: str | Path) -> GenerationSummary:
     """Simulate Luma and write ``events/``, ``profiles.csv`` and (optionally) ``ground_truth/``.
 
-    Deterministic for given settings; the directory appears whole or not at all.
+    The population is simulated and written one chunk of ``settings.chunk_profiles`` people at
+    a time (``events/`` then holds one file per month and chunk), so memory follows the chunk,
+    not the population. Deterministic for given settings; the directory appears whole or not
+    at all.
     """
-    sim = simulate(settings)
-    purchase_only = settings.scenario == "purchase_only"
-    n = settings.profiles
-    test_accounts = 0 if purchase_only else settings.test_accounts
-    # The writer consumes the event columns: one copy of them in memory at a time.
-    arrays, sim.events = sim.events, {}
-    if purchase_only:
-        arrays = _purchases_only(arrays)
-    else:
-        arrays = _add_test_accounts(sim, arrays, test_accounts)
-    classes = class_registrations_for(settings, arrays, sim.traits, _start_micros(settings))
-    purchase_events = int((arrays["type"] == ET["purchase"]).sum())
+    bounds = settings.chunks()
+    test_accounts = 0 if settings.scenario == "purchase_only" else settings.test_accounts
     out_dir = Path(out_dir)
+    totals = dict.fromkeys(("events", "purchases", "unrecorded", "known", "bots"), 0)
     with atomic_path(out_dir, kind="generated events") as tmp:
-        tmp.mkdir(parents=True)
-        events, shared_pairs = _events_table(sim, arrays, test_accounts, classes)
-        (tmp / "events").mkdir()
-        _write_partitioned(events, tmp / "events")
-        profiles = _profiles_table(sim, test_accounts)
-        pacsv.write_csv(profiles, tmp / "profiles.csv")
-        if settings.ground_truth:
-            (tmp / "ground_truth").mkdir()
-            _write_ground_truth(tmp / "ground_truth", sim, shared_pairs)
-            if classes is not None:
-                classes.write_truth(tmp / "ground_truth" / "class_registrations.json")
-    recorded = sim.purchases["channel"] != OFFLINE
+        (tmp / "events").mkdir(parents=True)
+        first_device = first_event = 0
+        profiles_csv: pacsv.CSVWriter | None = None
+        try:
+            for index, (first, stop) in enumerate(bounds):
+                sim = simulate(settings, index)
+                chunk = ChunkPlace(
+                    index=index,
+                    chunks=len(bounds),
+                    first_person=first,
+                    people=stop - first,
+                    first_device=first_device,
+                    devices=int(sim.traits.n_devices.sum()),
+                    first_event=first_event,
+                    profiles=settings.profiles,
+                    test_accounts=test_accounts if index == len(bounds) - 1 else 0,
+                )
+                first_event, profiles = _write_chunk(sim, chunk, tmp, totals)
+                profiles_csv = profiles_csv or pacsv.CSVWriter(tmp / "profiles.csv", profiles.schema)
+                profiles_csv.write_table(profiles)
+                first_device += chunk.devices
+                del sim  # the next chunk's simulation does not share memory with this one's
+        finally:
+            if profiles_csv is not None:
+                profiles_csv.close()
     return GenerationSummary(
-        people=n,
+        people=settings.profiles,
         days=settings.days,
-        events=int(events.num_rows),
-        purchases=purchase_events,
-        unrecorded_purchases=int((~recorded).sum()),
-        known_people=int((sim.traits.known_from <= settings.days).sum()),
-        bots=int(sim.traits.is_bot.sum()),
+        events=totals["events"],
+        purchases=totals["purchases"],
+        unrecorded_purchases=totals["unrecorded"],
+        known_people=totals["known"],
+        bots=totals["bots"],
         difficulty=settings.difficulty,
         scenario=settings.scenario,
         out=str(out_dir),
     )
+
+
+def _write_chunk(
+    sim: Simulation, chunk: ChunkPlace, tmp: Path, totals: dict[str, int]
+) -> tuple[int, pa.Table]:
+    """Write one chunk's events (and, for a one-chunk world, the ground truth); count what it
+    wrote into ``totals``. Returns the next chunk's first event number and this chunk's
+    profiles. The random draws keep the order they had before chunks existed."""
+    settings = sim.settings
+    start_us = _start_micros(settings)
+    # The writer consumes the event columns: one copy of them in memory at a time.
+    arrays, sim.events = sim.events, {}
+    classes = class_registrations_for(settings, arrays, sim.traits, start_us, chunk.index)
+    if classes is not None:
+        classes.person = classes.person + np.int32(chunk.first_person)
+    arrays["person"] += np.int32(chunk.first_person)
+    arrays["device"] = np.where(arrays["device"] >= 0, arrays["device"] + chunk.first_device, -1)
+    if settings.scenario == "purchase_only":
+        arrays = _purchases_only(arrays)
+    else:
+        arrays = _add_test_accounts(sim, arrays, chunk)
+    totals["purchases"] += int((arrays["type"] == ET["purchase"]).sum())
+    events, shared_pairs, next_event = _events_table(sim, arrays, chunk, classes)
+    _write_partitioned(events, tmp / "events", chunk.file_suffix())
+    profiles = _profiles_table(sim, chunk)
+    if settings.ground_truth:  # a one-chunk world (GeneratorSettings checks)
+        (tmp / "ground_truth").mkdir()
+        _write_ground_truth(tmp / "ground_truth", sim, shared_pairs)
+        if classes is not None:
+            classes.write_truth(tmp / "ground_truth" / "class_registrations.json")
+    totals["events"] += int(events.num_rows)
+    totals["unrecorded"] += int((sim.purchases["channel"] == OFFLINE).sum())
+    totals["known"] += int((sim.traits.known_from <= settings.days).sum())
+    totals["bots"] += int(sim.traits.is_bot.sum())
+    return next_event, profiles
 
 
 def _purchases_only(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -137,19 +179,22 @@ def _purchases_only(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def _device_ids(count: int) -> pa.Array:
-    """ecid strings for device numbers 0..count-1; events and ground truth must agree on them."""
-    return numbered_strings("ecid-", (np.arange(count) * 2654435761 + 97) % 10**12, 12)
+def _device_ids(first: int, count: int) -> pa.Array:
+    """ecid strings for device numbers first..first+count-1; events and ground truth must agree
+    on them."""
+    return numbered_strings("ecid-", ((first + np.arange(count)) * 2654435761 + 97) % 10**12, 12)
 
 
-def _add_test_accounts(sim: Simulation, arrays: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
-    """Test/kiosk accounts: one crm_id + email signed in on ~120 store tablets each (appended
-    to ``arrays`` in place, column by column)."""
+def _add_test_accounts(
+    sim: Simulation, arrays: dict[str, np.ndarray], chunk: ChunkPlace
+) -> dict[str, np.ndarray]:
+    """Test/kiosk accounts (the last chunk's): one crm_id + email signed in on ~120 store tablets
+    each (appended to ``arrays`` in place, column by column)."""
     settings, rng = sim.settings, sim.rng
-    n, total_devices = settings.profiles, int(sim.traits.n_devices.sum())
+    n, total_devices = settings.profiles, chunk.first_device + chunk.devices
     start_us = _start_micros(settings)
     extra: dict[str, list[np.ndarray]] = {k: [] for k in arrays}
-    for k in range(count):
+    for k in range(chunk.test_accounts):
         devices = total_devices + k * 1000 + np.arange(120)
         size = len(devices)
         add = {
@@ -189,50 +234,56 @@ def _dictionary(codes: np.ndarray, dictionary: pa.Array) -> pa.DictionaryArray:
 def _events_table(
     sim: Simulation,
     columns: dict[str, np.ndarray],
-    test_accounts: int,
+    chunk: ChunkPlace,
     classes: ClassRegistrations | None = None,
-) -> tuple[pa.Table, np.ndarray]:
-    """The events as an Arrow table, and the (person, device) pairs of shared-device use.
+) -> tuple[pa.Table, np.ndarray, int]:
+    """The chunk's events as an Arrow table, the (person, device) pairs of shared-device use and
+    the next chunk's first event number.
 
     Consumes ``columns`` (emptied, column by column, so memory holds one copy at a time). The
     class registrations join after the last random draw here, so the draws (resends, shared
-    devices, messy emails) and every other row stay what they were without them.
+    devices, messy emails) and every other row stay what they were without them. Identity
+    dictionaries hold the chunk's own people and devices.
     """
     settings, rng = sim.settings, sim.rng
-    n, total_devices = settings.profiles, int(sim.traits.n_devices.sum())
     # Trackers resend: a few events arrive twice with the same event_id.
     rows = len(columns["ts"])
-    event_number = np.arange(rows)
+    event_number = chunk.first_event + np.arange(rows)
+    next_event = chunk.first_event + rows + (len(classes.person) if classes is not None else 0)
     dup = np.flatnonzero(rng.random(rows) < settings.duplicate_rate)
     a = {}
     for key in list(columns):
         column = columns.pop(key)
         a[key] = np.concatenate([column, column[dup]])
-    event_number = np.concatenate([event_number, dup])
+    event_number = np.concatenate([event_number, event_number[dup]])
     order = np.lexsort((event_number, a["person"], a["ts"]))
     for key in list(a):
         a[key] = a[key][order]
     event_number = event_number[order]
     rows = len(a["ts"])
-    people = n + test_accounts
+    ids = chunk.person_ids()
+    people = len(ids)
     # Identity values are dictionary-encoded: building 20M Python strings would dominate.
-    ecids = _device_ids(total_devices + test_accounts * 1000)
+    ecids = _device_ids(chunk.first_device, chunk.devices + chunk.test_accounts * 1000)
     device = a["device"].copy()
     # A shared device: the sharer's sessions sometimes happen on the other person's first device.
     person_is_sharer = np.zeros(people, dtype=np.int64) - 1
-    person_is_sharer[sim.sharers] = sim.device_offset[sim.share_with]
-    shared = (device >= 0) & (person_is_sharer[a["person"]] >= 0) & (rng.random(rows) < 0.5)
-    device[shared] = person_is_sharer[a["person"][shared]]
+    person_is_sharer[sim.sharers] = chunk.first_device + sim.device_offset[sim.share_with]
+    code = chunk.person_codes(a["person"])
+    shared = (device >= 0) & (person_is_sharer[code] >= 0) & (rng.random(rows) < 0.5)
+    device[shared] = person_is_sharer[code[shared]]
     shared_pairs = np.unique(np.stack([a["person"][shared].astype(np.int64), device[shared]], axis=1), axis=0)
-    crm = numbered_strings("C", np.arange(people) + 100_000, 7)
-    emails = pc.binary_join_element_wise(numbered_strings("user", np.arange(people), 7), "@example.com", "")
+    crm = numbered_strings("C", ids + 100_000, 7)
+    emails = pc.binary_join_element_wise(numbered_strings("user", ids, 7), "@example.com", "")
     # Every 7th email is typed with capitals and spaces: normalisation must make them one.
     messy = pc.binary_join_element_wise(" ", pc.utf8_upper(emails), " ", "")
     email_dict = pa.concat_arrays([emails, messy])
-    email_code = np.where(a["with_email"], a["person"] + people * (rng.random(rows) < 1 / 7), -1)
+    email_code = np.where(a["with_email"], code + people * (rng.random(rows) < 1 / 7), -1)
+    del code
     if classes is not None and len(classes.person):
         a, device, email_code, event_number = with_registrations(a, device, email_code, event_number, classes)
-    phone = pc.binary_join_element_wise("+1 (555) ", numbered_strings("", np.arange(people) % 10**7, 7), "")
+    code = chunk.person_codes(a["person"])
+    phone = pc.binary_join_element_wise("+1 (555) ", numbered_strings("", ids % 10**7, 7), "")
     campaign_names, campaign_codes = _campaign_names(sim, a["campaign"])
     sku_names = numbered_strings("SKU-", np.arange(len(CATEGORIES) * SKUS_PER_CATEGORY), 4)
     table = pa.table(
@@ -240,10 +291,10 @@ def _events_table(
             "event_id": numbered_strings("evt-", event_number, 9),
             "timestamp": pa.array(a["ts"], type=pa.timestamp("us")),
             "event_type": _dictionary(a["type"].astype(np.int32), _event_type_names(sim)),
-            "ecid": _dictionary(device, ecids),
+            "ecid": _dictionary(np.where(device >= 0, device - chunk.first_device, -1), ecids),
             "email": _dictionary(email_code, email_dict),
-            "crm_id": _dictionary(np.where(a["with_crm"], a["person"], -1), crm),
-            "phone": _dictionary(np.where(a["with_phone"], a["person"], -1), phone),
+            "crm_id": _dictionary(np.where(a["with_crm"], code, -1), crm),
+            "phone": _dictionary(np.where(a["with_phone"], code, -1), phone),
             "channel": _dictionary(a["channel"].astype(np.int32), pa.array(CHANNEL_NAMES)),
             "product_category": _dictionary(a["category"].astype(np.int32), pa.array(CATEGORIES)),
             "sku": _dictionary(a["sku"], sku_names),
@@ -252,7 +303,7 @@ def _events_table(
             "campaign": _dictionary(campaign_codes, campaign_names),
         }
     )
-    return table, shared_pairs
+    return table, shared_pairs, next_event
 
 
 def _event_type_names(sim: Simulation) -> pa.Array:
@@ -272,8 +323,9 @@ def _campaign_names(sim: Simulation, codes: np.ndarray) -> tuple[pa.Array, np.nd
     return pa.concat_arrays([names, pa.array([c.spec.name for c in sim.campaigns])]), codes
 
 
-def _write_partitioned(table: pa.Table, directory: Path) -> None:
-    """One Parquet file per month (events are sorted by time), so readers can prune by date."""
+def _write_partitioned(table: pa.Table, directory: Path, suffix: str = "") -> None:
+    """One Parquet file per month (events are sorted by time), so readers can prune by date;
+    ``suffix`` tells the chunks of a month apart."""
     micros = table["timestamp"].cast(pa.int64()).to_numpy()
     month = micros.astype("datetime64[us]").astype("datetime64[M]")
     bounds = np.flatnonzero(np.concatenate([[True], month[1:] != month[:-1], [True]]))
@@ -284,7 +336,7 @@ def _write_partitioned(table: pa.Table, directory: Path) -> None:
     for start, stop in itertools.pairwise(bounds):
         pq.write_table(
             table.slice(start, stop - start),
-            directory / f"events-{month[start]}.parquet",
+            directory / f"events-{month[start]}{suffix}.parquet",
             compression="zstd",
             compression_level=1,
             row_group_size=1_000_000,
@@ -292,9 +344,10 @@ def _write_partitioned(table: pa.Table, directory: Path) -> None:
         )
 
 
-def _profiles_table(sim: Simulation, test_accounts: int) -> pa.Table:
+def _profiles_table(sim: Simulation, chunk: ChunkPlace) -> pa.Table:
+    """The profile attributes of the chunk's known people (and test accounts), one row each."""
     settings, rng, tr = sim.settings, sim.rng, sim.traits
-    n = settings.profiles
+    n, test_accounts = settings.profiles, chunk.test_accounts
     people = np.flatnonzero(tr.known_from <= settings.days)
     score = tr.intent[people] + 1.2 * tr.customer[people]
     if settings.difficulty == "realistic":
@@ -304,7 +357,7 @@ def _profiles_table(sim: Simulation, test_accounts: int) -> pa.Table:
     signup = np.where(tr.known_from[people] < 0, -rng.integers(30, 1500, len(people)), tr.known_from[people])
     start = np.datetime64(settings.start)
     test = np.arange(n, n + test_accounts)
-    ids = np.concatenate([people, test])
+    ids = np.concatenate([people + chunk.first_person, test])
     marketing = np.concatenate([tr.consent_marketing[people], np.full(len(test), "n")])
     personal = np.concatenate([tr.consent_personal[people], np.full(len(test), "n")])
     signup_dates = np.concatenate([start + signup.astype("timedelta64[D]"), np.full(len(test), start)])
@@ -343,6 +396,8 @@ def _write_ground_truth(directory: Path, sim: Simulation, shared_pairs: np.ndarr
     pq.write_table(purchases, directory / "purchases.parquet", **PARQUET)
     write_calendar(directory, sim.calendar, dates)
     settings_json = {k: str(v) if k == "start" else v for k, v in dataclasses.asdict(settings).items()}
+    if settings.chunk_profiles == GeneratorSettings.chunk_profiles:
+        del settings_json["chunk_profiles"]  # as written before chunks existed
     if not settings.campaigns:
         del settings_json["campaigns"]  # as written before campaigns existed
     else:
@@ -362,7 +417,7 @@ def _write_person_identities(
     """Each person's own devices and crm_id, plus devices they used that belong to someone else."""
     person_of_device = np.repeat(np.arange(n, dtype=np.int32), tr.n_devices)
     device_numbers = np.concatenate([np.arange(len(person_of_device)), shared_pairs[:, 1]])
-    ecids = _device_ids(int(tr.n_devices.sum())).take(pa.array(device_numbers))
+    ecids = _device_ids(0, int(tr.n_devices.sum())).take(pa.array(device_numbers))
     known = np.flatnonzero(tr.known_from <= days)
     identities = pa.table(
         {

@@ -92,6 +92,15 @@ def generate(
             help="Add Luma's yoga campaign: random holdout, campaign_received events, true effects.",
         ),
     ] = False,
+    chunk_profiles: Annotated[
+        int,
+        typer.Option(
+            "--chunk-profiles",
+            min=1,
+            help="People simulated at a time (memory follows it, ~11 KB a person); more than one chunk "
+            "needs --no-ground-truth and no campaign.",
+        ),
+    ] = 1_000_000,
 ) -> None:
     """Generate synthetic Luma events, profile attributes and ground truth."""
     from propensity.features.synthetic.world import LUMA_YOGA, GeneratorSettings
@@ -106,6 +115,7 @@ def generate(
         difficulty=difficulty,
         scenario=scenario,
         campaigns=(LUMA_YOGA,) if yoga_campaign else (),
+        chunk_profiles=chunk_profiles,
     )
     with console.status("generating events"):
         summary = run(settings, out)
