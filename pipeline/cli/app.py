@@ -75,15 +75,10 @@ def generate(
     start: Annotated[str, typer.Option("--start", help="First day, YYYY-MM-DD.")] = "2025-01-01",
     ground_truth: Annotated[bool, typer.Option(help="Write the ground truth (for the oracle).")] = True,
     difficulty: Annotated[
-        str,
-        typer.Option(
-            "--difficulty",
-            help="realistic (hidden purchase cycles, offline purchases, promotions, bots, drift) or easy.",
-        ),
+        str, typer.Option(help="realistic (hidden cycles, offline buys, promotions, bots, drift) or easy.")
     ] = "realistic",
     scenario: Annotated[
-        str,
-        typer.Option("--scenario", help="omnichannel, or purchase_only (only purchases, each with crm_id)."),
+        str, typer.Option(help="omnichannel, or purchase_only (only purchases, each with crm_id).")
     ] = "omnichannel",
     yoga_campaign: Annotated[
         bool,
