@@ -937,34 +937,36 @@ def test_scoring_without_factors_gives_the_same_probabilities():
 
 
 @pytest.mark.slow
-def test_killing_score_keeps_the_previous_partition(tmp_path, monkeypatch):
+def test_killing_score_keeps_the_previous_partition(tmp_path, monkeypatch, request):
     """``score`` (DuckDB) killed inside its write (while it scores into its scratch folder or writes
     the ranked partition, the moment seeded): the previous partition keeps its bytes, readers of
-    the scores folder see only it, and a re-run gives the same rows as the first run. The setup,
-    the first run and the re-run are the CLI in this process; each killed run is its own process."""
+    the scores folder see only it, and a re-run gives the same rows as the first run. The setup is
+    the CLI in this process; every score run is its own process."""
     import mlflow
     from typer.testing import CliRunner
 
     raw, ingested, scores = tmp_path / "raw", tmp_path / "ingested", tmp_path / "scores"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # MLflow's process-wide URIs point at this test's database until it ends, then back at what
+    # they were (the next test's jobs set their own).
     previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    request.addfinalizer(lambda: (mlflow.set_tracking_uri(previous[0]), mlflow.set_registry_uri(previous[1])))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     runner = CliRunner()
     args = ["score", "churn", "--events", str(ingested), "--version", "1", "--out", str(scores)]
     args += ["--as-of", "2025-11-01"]
-    try:
-        for step in (
-            ["generate", "--profiles", "2000", "--days", "330", "--seed", "3", "--out", str(raw)],
-            ["ingest", "--events", str(raw), "--out", str(ingested)],
-            ["train", "churn", "--events", str(ingested)],
-            args,
-        ):
-            done = invoke(runner, *step)
-            assert done.exit_code == 0, done.output
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+    for step in (
+        ["generate", "--profiles", "2000", "--days", "330", "--seed", "3", "--out", str(raw)],
+        ["ingest", "--events", str(raw), "--out", str(ingested)],
+        ["train", "churn", "--events", str(ingested)],
+    ):
+        done = invoke(runner, *step)
+        assert done.exit_code == 0, done.output
+    first = run_cli(*args, env=env)
+    assert first.returncode == 0, first.stderr
     partition = scores / "model=churn" / "as_of=2025-11-01"
 
     def rows() -> pd.DataFrame:
@@ -989,12 +991,8 @@ def test_killing_score_keeps_the_previous_partition(tmp_path, monkeypatch):
         assert _visible_parquet(scores) == visible  # no temp file a reader or `**` glob finds
         assert not [p for p in scores.rglob("*") if p.name.startswith(".") and p.name != io.MARKER]
     assert plan.kills == plan.wanted
-    try:
-        again = invoke(runner, *args)
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
-    assert again.exit_code == 0, again.output
+    again = run_cli(*args, env=env)
+    assert again.returncode == 0, again.stderr
     assert tree_digest(scores).keys() == reference.keys()
     pd.testing.assert_frame_equal(rows(), expected)  # same probabilities, scores and factors
     assert _visible_parquet(scores) == visible
