@@ -75,6 +75,60 @@ def killed_at(args: list[str], delay: float, env: dict | None = None) -> int | N
         return None
 
 
+def _fresh_entries(temp: Path, since_ns: int) -> int:
+    """How many entries of ``temp`` were made after ``since_ns`` (what a killed run left is older;
+    inode numbers cannot tell, the file system reuses them at once)."""
+    count = 0
+    try:
+        for entry in temp.iterdir():
+            count += entry.lstat().st_ctime_ns > since_ns
+    except FileNotFoundError:  # not made yet, or an entry went between the listing and its stat
+        pass
+    return count
+
+
+def killed_in_write(
+    args: list[str], temp: Path, entries: int, jitter: float, env: dict | None = None
+) -> int | None:
+    """Start the CLI and SIGKILL it ``jitter`` seconds after its temp folder ``temp`` (an output's
+    staging ``.new`` or ``.scratch``) holds ``entries`` (1 or more) entries it made: a kill inside
+    the write, however long the start-up before it takes. Its exit code if it finished first."""
+    assert entries >= 1  # the folder alone would not do: a killed run's is emptied before it goes
+    launched = time.time_ns()
+    proc = subprocess.Popen([CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        while _fresh_entries(temp, launched) < entries:
+            if proc.poll() is not None:
+                return proc.returncode
+            time.sleep(0.005)
+        return proc.wait(timeout=jitter)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return None
+
+
+class WritePoints:
+    """Seeded moments inside a write to kill a run at: one of ``stages`` (a temp folder and how
+    many entries the run has made in it, see :func:`killed_in_write`), then up to ``most_jitter``
+    seconds. The plan ends after ``wanted`` real kills (``attempts`` at most; a run that finishes
+    before its moment is not one)."""
+
+    def __init__(self, stages: list[tuple[Path, int]], seed: int, most_jitter: float = 0.5) -> None:
+        self.stages, self.rng, self.most_jitter = stages, random.Random(seed), most_jitter
+        self.wanted, self.attempts = 3, 8
+        self.kills = self.tries = 0
+
+    def __iter__(self):
+        while self.kills < self.wanted and self.tries < self.attempts:
+            self.tries += 1
+            temp, entries = self.rng.choice(self.stages)
+            yield temp, entries, self.rng.uniform(0, self.most_jitter)
+
+    def record(self, killed: bool) -> None:
+        self.kills += killed
+
+
 class KillPoints:
     """Seeded moments to kill a run at, across the ``duration`` of a first run. A run that
     finishes before its moment (warm caches make later runs faster than the first) moves the
@@ -883,23 +937,35 @@ def test_scoring_without_factors_gives_the_same_probabilities():
 
 
 @pytest.mark.slow
-def test_killing_score_keeps_the_previous_partition(tmp_path):
-    """``score`` (DuckDB) killed at seeded moments: the previous partition keeps its bytes, readers
-    of the scores folder see only it, and a re-run gives the same rows as the first run."""
+def test_killing_score_keeps_the_previous_partition(tmp_path, monkeypatch, request):
+    """``score`` (DuckDB) killed inside its write (while it scores into its scratch folder or writes
+    the ranked partition, the moment seeded): the previous partition keeps its bytes, readers of
+    the scores folder see only it, and a re-run gives the same rows as the first run. The setup is
+    the CLI in this process; every score run is its own process."""
+    import mlflow
+    from typer.testing import CliRunner
+
     raw, ingested, scores = tmp_path / "raw", tmp_path / "ingested", tmp_path / "scores"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    for setup in (
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    # MLflow's process-wide URIs point at this test's database until it ends, then back at what
+    # they were (the next test's jobs set their own).
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    request.addfinalizer(lambda: (mlflow.set_tracking_uri(previous[0]), mlflow.set_registry_uri(previous[1])))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    runner = CliRunner()
+    args = ["score", "churn", "--events", str(ingested), "--version", "1", "--out", str(scores)]
+    args += ["--as-of", "2025-11-01"]
+    for step in (
         ["generate", "--profiles", "2000", "--days", "330", "--seed", "3", "--out", str(raw)],
         ["ingest", "--events", str(raw), "--out", str(ingested)],
         ["train", "churn", "--events", str(ingested)],
     ):
-        done = run_cli(*setup, env=env)
-        assert done.returncode == 0, done.stderr
-    args = ["score", "churn", "--events", str(ingested), "--version", "1", "--out", str(scores)]
-    args += ["--as-of", "2025-11-01"]
-    started = time.perf_counter()
+        done = invoke(runner, *step)
+        assert done.exit_code == 0, done.output
     first = run_cli(*args, env=env)
-    duration = time.perf_counter() - started
     assert first.returncode == 0, first.stderr
     partition = scores / "model=churn" / "as_of=2025-11-01"
 
@@ -911,11 +977,13 @@ def test_killing_score_keeps_the_previous_partition(tmp_path):
     reference, expected = tree_digest(scores), rows()
     visible = _visible_parquet(scores)
     assert visible[0] == 1 and len(expected) > 500
-    plan = KillPoints(duration, seed=5)
-    for delay in plan:
-        code = killed_at(args, delay, env=env)
+    (lock,) = (tmp_path / io.STAGING).glob("scores_model=churn_as_of=2025-11-01.*.lock")
+    stages = [(lock.with_suffix(".scratch"), 1), (lock.with_suffix(".new"), 1)]
+    plan = WritePoints(stages, seed=5)
+    for temp, entries, jitter in plan:
+        code = killed_in_write(args, temp, entries, jitter, env=env)
         assert code in (None, 0)
-        plan.record(delay, code is None)
+        plan.record(code is None)
         # the previous partition (or, killed after its replace, the new one), never a mix: the
         # same files and rows; only ``scored_at`` (the run's clock) may differ
         assert tree_digest(scores).keys() == reference.keys()

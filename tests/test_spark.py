@@ -786,36 +786,38 @@ def _spark_rows(root: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_killing_a_spark_ingest_keeps_the_previous_output(luma_small, tmp_path):
-    """Defect 9 on Spark: ingest killed at seeded moments leaves the previous output whole (or,
-    killed after its replace, the new one, which has the same rows), nothing hidden in the tree
-    but the marker, and the re-run writes the same rows."""
-    import time
-
+def test_killing_a_spark_ingest_keeps_the_previous_output(spark, hand, runner_module, tmp_path):
+    """Defect 9 on Spark: ingest killed inside its write (while its k-th table is written, k and
+    the moment seeded) leaves the previous output whole, nothing hidden in the tree but the
+    marker, and the re-run writes the same rows. The first run and the re-run are the CLI in this
+    process (this module's JVM); each killed run is its own process, killed once its write began."""
     from propensity.core import io
-    from tests.test_faults import KillPoints, killed_at, run_cli
+    from tests.test_faults import WritePoints, killed_in_write
 
     project = tmp_path / "project.yaml"
     project.write_text(json.dumps({"engine": ENGINE.model_dump()}))
     out = tmp_path / "spark_ingest"
-    args = ["ingest", "--engine", "spark", "--config", str(project), "--events", str(luma_small)]
+    args = ["ingest", "--engine", "spark", "--config", str(project), "--events", str(hand / "events")]
     args += ["--out", str(out), "--on-bad-rows", "quarantine"]
-    started = time.perf_counter()
-    first = run_cli(*args)
-    duration = time.perf_counter() - started
-    assert first.returncode == 0, first.stderr
+    first = invoke(runner_module, *args)
+    assert first.exit_code == 0, first.output
     reference = _spark_rows(out)
-    plan = KillPoints(duration, seed=13)
-    for delay in plan:
-        code = killed_at(args, delay)
+    tables = [p for p in out.iterdir() if p.suffix == ".parquet"]
+    assert len(tables) >= 6 and "quarantine.parquet" in reference  # every table, bad rows too
+    (lock,) = (tmp_path / io.STAGING).glob("*.lock")
+    new = lock.with_suffix(".new")
+    plan = WritePoints([(new, k) for k in range(1, len(tables))], seed=13)
+    for temp, entries, jitter in plan:
+        code = killed_in_write(args, temp, entries, jitter)
         assert code in (None, 0)
-        plan.record(delay, code is None)
+        plan.record(code is None)
+        # the previous output (or, killed after its replace, the new one, with the same rows)
         assert _spark_rows(out) == reference
         hidden = [p.name for p in out.rglob(".*") if not p.name.endswith(".crc")]
         assert hidden == [io.MARKER]
     assert plan.kills == plan.wanted
-    again = run_cli(*args)
-    assert again.returncode == 0, again.stderr
+    again = invoke(runner_module, *args)
+    assert again.exit_code == 0, again.output
     assert _spark_rows(out) == reference
     assert all(p.suffix == ".lock" for p in (tmp_path / io.STAGING).iterdir())
 
