@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import numba
 import numpy as np
 
 PROBABILITY_METRICS = ("brier", "log_loss")
@@ -26,7 +25,6 @@ def _groups(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, starts
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _ranking_kernel(y_sorted, order, bounds, resampled):  # pragma: no cover - compiled
     """AUC and average precision of each row of ``resampled`` (resamples x rows: each row's
     count in that resample), the rows taken in ascending score order (``order``), tie groups
@@ -62,6 +60,19 @@ def _ranking_kernel(y_sorted, order, bounds, resampled):  # pragma: no cover - c
     return auc, ap
 
 
+_COMPILED: list = []
+
+
+def _compiled_kernel():
+    """``_ranking_kernel`` compiled on first use: importing this module (scoring loads the
+    calibrators, which use ``resample_weights``) must not import numba."""
+    if not _COMPILED:
+        import numba
+
+        _COMPILED.append(numba.njit(cache=True, nogil=True, error_model="numpy")(_ranking_kernel))
+    return _COMPILED[0]
+
+
 def weighted_ranking_metrics(
     y: np.ndarray, score: np.ndarray, weights: np.ndarray, groups: tuple[np.ndarray, np.ndarray] | None = None
 ) -> dict[str, np.ndarray]:
@@ -73,7 +84,7 @@ def weighted_ranking_metrics(
     y_sorted = np.asarray(y, dtype=np.float64)[order]
     # Resample by resample: each one's counts contiguous (resample_weights yields them so).
     resampled = np.ascontiguousarray(np.asarray(weights, dtype=np.float64).T)
-    auc, average_precision = _ranking_kernel(y_sorted, order.astype(np.int64), bounds, resampled)
+    auc, average_precision = _compiled_kernel()(y_sorted, order.astype(np.int64), bounds, resampled)
     return {"auc": auc, "average_precision": average_precision}
 
 

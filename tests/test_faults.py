@@ -950,8 +950,17 @@ def test_killing_score_keeps_the_previous_partition(tmp_path, monkeypatch, reque
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     # MLflow's process-wide URIs point at this test's database until it ends, then back at what
     # they were (the next test's jobs set their own).
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    request.addfinalizer(lambda: (mlflow.set_tracking_uri(previous[0]), mlflow.set_registry_uri(previous[1])))
+    # Put back MLflow's process-wide URIs exactly as they were (usually unset): setting them to
+    # what get_tracking_uri() resolved now would pin this test's view over later tests' env.
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    previous = tracking_utils._tracking_uri, registry_utils._registry_uri
+
+    def restore() -> None:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = previous
+
+    request.addfinalizer(restore)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
