@@ -181,12 +181,11 @@ def test_features_of_a_range_of_keys_are_those_profiles_rows_of_the_whole_build(
     # Scoring's entry point: one date, the profiles of a range of keys, split into streams.
     con = _connection(past, sort=True)
     as_of = AS_OFS[-1]
-    whole = stacked_build.build_features_at(con, FS, as_of, table="whole")
-    assert whole == stacked_build.build_snapshots(con, FS, [as_of], table="same")
+    whole = stacked_build.build_snapshots(con, FS, [as_of], table="whole")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(stacked_build, "STREAM_MIN_PROFILES", 1)
         parts = [
-            stacked_build.build_features_at(con, FS, as_of, table=f"part_{i}", key_range=key_range)
+            stacked_build.build_snapshots(con, FS, [as_of], table=f"part_{i}", key_range=key_range)
             for i, key_range in enumerate([(0, cut), (cut, 3)])
         ]
     assert sum(parts) == whole

@@ -310,22 +310,6 @@ def build_snapshots(
     return con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
 
 
-def build_features_at(
-    con: duckdb.DuckDBPyConnection,
-    fs: FeatureSet,
-    as_of: dt.date,
-    table: str = "snapshot_features",
-    events: str = "events",
-    key_range: tuple[int, int] | None = None,
-    where: str | None = None,
-) -> int:
-    """Features at one as-of date of the profiles whose ingest ``profile_key`` is in
-    ``key_range`` (from, before; all when None), as the temp table ``table``: the single-date
-    build through the daily rollup and the compiled pass (:func:`build_snapshots` with one
-    date), which a scoring partition calls with its range of keys. Returns the number of rows."""
-    return build_snapshots(con, fs, [as_of], table, events, where, key_range=key_range)
-
-
 def _kept_aggregates(
     con: duckdb.DuckDBPyConnection, skip: dict[int, np.ndarray], keep: str | None = None
 ) -> str:
