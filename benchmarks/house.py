@@ -191,7 +191,11 @@ TWINS_NOW = [
     ),
     (
         "stage",
-        [f"{_DUCK}::DuckDBEngine.stage_events", f"{_DUCK}::DuckDBEngine.stitch"],
+        [
+            f"{_DUCK}::DuckDBEngine.stage_events",
+            f"{_DUCK}::DuckDBEngine.stitch",
+            "features/identity/stitching.py::stitch_events",
+        ],
         [
             f"{_SPARK}::SparkEngine.stage_events",
             f"{_SPARK}::SparkEngine.stitch",

@@ -31,8 +31,8 @@ from propensity.features.build.training_sample import RowChoice, sampled_trainin
 from propensity.features.connection import connect
 from propensity.features.duckdb import scoring
 from propensity.features.engine import Scored, ScoringPlan, SharedSteps, TrainingRows
-from propensity.features.identity import stitching as identity_mod
 from propensity.features.identity.as_of import IdentityGraph
+from propensity.features.identity.stitching import stitch_events
 from propensity.features.ingest.inputs import InputFiles, resolve_input
 from propensity.features.ingest.manifest import OnBadRows, ingested_view_sql, ingested_views
 from propensity.features.ingest.staging import StagedEvents, stage_events, stage_profiles
@@ -189,11 +189,7 @@ class DuckDBEngine(SharedSteps):
         staged.with_profiles = profiles is not None
         if staged.with_profiles:
             stage_profiles(con, Path(profiles), identity, on_bad_rows)
-        staged.result = identity_mod.stitch(con, identity, staged.with_profiles)
-        identity_mod.attribute_events(con, identity)
-        if staged.with_profiles:
-            identity_mod.anchor_attributes(con, identity)
-        identity_mod.build_profiles(con, identity, staged.with_profiles)
+        staged.result = stitch_events(con, identity, staged.with_profiles)
         return staged
 
     def open_ingested(self, inputs: InputFiles, manifest: dict[str, Any]) -> LoadedEvents:

@@ -126,6 +126,21 @@ def stitch(con: duckdb.DuckDBPyConnection, identity: IdentityConfig, with_profil
     return _stitch_result(con, identity, len(node_namespace), grouping.collapses)
 
 
+def stitch_events(
+    con: duckdb.DuckDBPyConnection, identity: IdentityConfig, with_profiles: bool
+) -> StitchResult:
+    """Staged events (``clean_events``, and ``profile_attributes`` when ``with_profiles``) made
+    profiles, in the order each step needs the last: the identity graph (:func:`stitch`), the
+    events attributed to its profiles (:func:`attribute_events`), the attribute rows anchored
+    (:func:`anchor_attributes`) and ``profiles`` built (:func:`build_profiles`)."""
+    result = stitch(con, identity, with_profiles)
+    attribute_events(con, identity)
+    if with_profiles:
+        anchor_attributes(con, identity)
+    build_profiles(con, identity, with_profiles)
+    return result
+
+
 def _identity_nodes(con: duckdb.DuckDBPyConnection, identity: IdentityConfig, with_profiles: bool) -> None:
     """The temp tables ``id_rows`` (each distinct identity tuple of the events and profile
     rows, first seen when) and ``id_nodes`` (each identity, numbered in order, first seen when)."""
