@@ -183,7 +183,7 @@ def test_weights_count_as_repeated_rows_in_the_weighted_fits():
 def test_rows_are_sampled_only_beyond_the_budget_and_never_for_uplift():
     from propensity.core.config import ModelConfig
     from propensity.models.snapshot_plan import SnapshotPlan
-    from propensity.pipeline.jobs.sampling import row_choice
+    from propensity.pipeline.jobs.training_data import row_choice
 
     dates = [dt.date(2025, 1, 1) + dt.timedelta(days=21 * i) for i in range(6)]
     plan = SnapshotPlan(
@@ -208,7 +208,7 @@ def test_the_plans_row_budget_counts_the_rows_sampled_training_builds(ingested):
     """On DuckDB the plan's row budget counts the rows the sample builds: a budget far below
     the dates' estimated rows keeps every date when sampling builds about that many, and the
     rows then chosen are about what the plan counted."""
-    from propensity.pipeline.jobs.sampling import training_rows
+    from propensity.pipeline.jobs.training_data import training_rows
 
     config = ProjectConfig()
     loaded = load_events(ingested, config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from propensity.core.config import FeatureSelection, GovernanceConfig
+from propensity.core.config import FeatureSelection, GovernanceConfig, ModelConfig
 from propensity.core.errors import UserError
 from propensity.features.build.feature_set import FeatureSet, is_selected
 
@@ -78,3 +78,13 @@ def feature_count_note(fs: FeatureSet, selected: int, categories: str) -> str:
 def categories_source(config_categories: list[str] | None, before: dt.date) -> str:
     """Where a feature set's product categories came from, for :func:`feature_count_note`."""
     return "from the config" if config_categories is not None else f"learned from events before {before}"
+
+
+def model_columns(
+    fs: FeatureSet, model: ModelConfig, config_categories: list[str] | None, before: dt.date
+) -> tuple[dict[str, str], str]:
+    """What a model trains on, asked once by the train job: its features, name -> label
+    (:func:`model_features`), and what their count is made of (:func:`feature_count_note`; the
+    product categories the config's, or learned from events before ``before``)."""
+    labels = model_features(fs, model.features, model.governance, model.name)
+    return labels, feature_count_note(fs, len(labels), categories_source(config_categories, before))

@@ -1,4 +1,5 @@
-"""The train job: stacked labelled snapshots on the config's engine, fitted on this machine,
+"""The train job: stacked labelled snapshots on the config's engine
+(:func:`propensity.pipeline.jobs.training_data.training_data`), fitted on this machine,
 evaluated on the test snapshot, logged to MLflow and registered as the challenger."""
 
 from __future__ import annotations
@@ -17,10 +18,6 @@ import pandas as pd
 from propensity.core.config import ModelConfig, ProjectConfig
 from propensity.core.errors import UserError
 from propensity.features.build.outcome_rate import AS_OF_FAMILIES
-from propensity.features.build.population import population_rule
-from propensity.features.build.selection import categories_source, feature_count_note, model_features
-from propensity.features.build.snapshots import windows_before_data
-from propensity.features.engine import Events
 from propensity.models import baselines, tracking
 from propensity.models import evaluate as ev
 from propensity.models.explain import global_importance
@@ -28,14 +25,10 @@ from propensity.models.holdout_figures import holdout_figures
 from propensity.models.refit import refit_rows, refit_trained
 from propensity.models.split import split
 from propensity.models.train import fit_candidates
-from propensity.pipeline.jobs.config_files import load_model_config
 from propensity.pipeline.jobs.evaluate import ground_truth_metrics
-from propensity.pipeline.jobs.events import engine_for, training_feature_set
-from propensity.pipeline.jobs.plan import make_plan
-from propensity.pipeline.jobs.sampling import check_validation_date
-from propensity.pipeline.jobs.sampling import training_rows as sampled_rows
+from propensity.pipeline.jobs.events import engine_for
 from propensity.pipeline.jobs.train_record import champion_on, log_training_run, register_challenger
-from propensity.pipeline.jobs.training_data import Fitted, TestFigures, TrainingData
+from propensity.pipeline.jobs.training_data import Fitted, TestFigures, TrainingData, training_data
 from propensity.pipeline.jobs.uplift import UpliftTrained, fit_uplift_model
 
 
@@ -79,45 +72,6 @@ def baseline_scores(parts, test: pd.DataFrame, model_cfg: ModelConfig) -> dict[s
         if bgnbd is not None:
             out["bgnbd"] = (bgnbd, True)
     return out
-
-
-def training_data(
-    model_name: str, loaded: Events, config: ProjectConfig, as_of: dt.date | None
-) -> TrainingData:
-    """The model's stacked labelled snapshots on the events' engine (each date's profiles as the
-    identity graph knew them then; on Spark a sample of at most ``training.max_training_rows``
-    rows, the same share of each label)."""
-    span = loaded.span()
-    if span is None:
-        raise UserError("no events to train on")
-    cutoff = as_of or span[1]
-    model_cfg = load_model_config(model_name, config)
-    plan = make_plan(model_cfg, loaded, cutoff)
-    model_cfg = plan.planned(model_cfg)
-    fs = training_feature_set(loaded, config, model_cfg, plan.dates)
-    # A bad rule or feature name fails before any heavy work.
-    population_rule(model_cfg, fs)
-    labels = model_features(fs, model_cfg.features, model_cfg.governance, model_cfg.name)
-    rows, choice = sampled_rows(loaded, fs, model_cfg, cutoff, plan)  # labels first when too many
-    first_date = plan.dates[0]
-    plan = plan.settle(rows.frame, model_cfg)
-    if choice is not None:
-        check_validation_date(choice, plan.validation, model_cfg)
-    window = windows_before_data(config.features.windows_days, span[0], plan.dates[0])
-    return TrainingData(
-        model_cfg,
-        fs,
-        labels,
-        rows.frame,
-        rows.dates,
-        cutoff,
-        loaded.inputs.display,
-        plan,
-        rows.sampling,
-        feature_count_note(fs, len(labels), categories_source(config.features.categories, first_date)),
-        [f"earliest training snapshot: {window}"] if window else [],
-        choice.validation_share if choice is not None else None,
-    )
 
 
 def train_model(
