@@ -18,7 +18,8 @@ until the job hands its training data to ``fit_and_register`` (fitting and MLflo
 there). The path follows the events: a call is on it when one of its arguments is the events
 path or an object derived from the events (what a call on the path returned, and that
 object's attributes: the loaded events, their connection and identity graph, the feature set,
-the training rows). Repeated calls of one function from one caller (loops over dates, rows,
+the training rows; not scalars, paths or the empty tuple, which CPython shares program-wide).
+Repeated calls of one function from one caller (loops over dates, rows,
 columns) are followed once; module-level code (imports) not at all.
 ``train_modules_entered``: distinct ``propensity`` modules on the path.
 ``train_returns``: calls on the path into a module already entered and left before (coming back

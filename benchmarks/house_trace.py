@@ -18,6 +18,14 @@ from pathlib import Path
 PLAIN = (str, bytes, int, float, bool, type(None), pathlib.PurePath)
 
 
+def _plain(value) -> bool:
+    """Values that carry nothing of the events: scalars and paths, and the empty tuple and
+    frozenset, which CPython keeps as one object each for the whole program (a ``()`` default
+    of an unrelated dataclass is the very object an events-derived ``fs.traits == ()`` is), so
+    their ids cannot say where they came from."""
+    return isinstance(value, PLAIN) or (isinstance(value, tuple | frozenset) and not value)
+
+
 class FitReachedError(Exception):
     """Raised where the job would start fitting: the events' part of ``train`` is over."""
 
@@ -34,7 +42,7 @@ class Derived:
 
     def add(self, value, attributes: bool = True) -> None:
         """``value`` and, one level down, its attributes (or a tuple's items)."""
-        if isinstance(value, PLAIN) or id(value) in self.ids:
+        if _plain(value) or id(value) in self.ids:
             return
         self.kept.append(value)
         self.ids.add(id(value))
