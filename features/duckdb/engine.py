@@ -11,7 +11,7 @@ import datetime as dt
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -204,14 +204,8 @@ class DuckDBEngine(SharedSteps):
             con.execute(f"CREATE VIEW {view} AS {ingested_view_sql(view, source, columns)}")
         graph = IdentityGraph(con, IdentityConfig.model_validate(manifest["identity"]))
         gt = manifest.get("ground_truth")
-        if gt and Path(gt).is_dir():
-            inputs = InputFiles(
-                events=inputs.events,
-                fmt=inputs.fmt,
-                ingested=directory,
-                ground_truth=Path(gt),
-                display=inputs.display,
-            )
+        if gt and Path(gt).is_dir():  # a generated world's truth, beside the raw events ingested
+            inputs = replace(inputs, ground_truth=Path(gt))
         return LoadedEvents(con=con, inputs=inputs, manifest=manifest, graph=graph)
 
     @contextmanager
