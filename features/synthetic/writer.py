@@ -245,34 +245,16 @@ def _events_table(
     devices, messy emails) and every other row stay what they were without them. Identity
     dictionaries hold the chunk's own people and devices.
     """
-    settings, rng = sim.settings, sim.rng
-    # Trackers resend: a few events arrive twice with the same event_id.
-    rows = len(columns["ts"])
-    event_number = chunk.first_event + np.arange(rows)
-    next_event = chunk.first_event + rows + (len(classes.person) if classes is not None else 0)
-    dup = np.flatnonzero(rng.random(rows) < settings.duplicate_rate)
-    a = {}
-    for key in list(columns):
-        column = columns.pop(key)
-        a[key] = np.concatenate([column, column[dup]])
-    event_number = np.concatenate([event_number, event_number[dup]])
-    order = np.lexsort((event_number, a["person"], a["ts"]))
-    for key in list(a):
-        a[key] = a[key][order]
-    event_number = event_number[order]
+    rng = sim.rng
+    next_event = chunk.first_event + len(columns["ts"]) + (len(classes.person) if classes is not None else 0)
+    a, event_number = _with_resends(columns, chunk.first_event, rng, sim.settings.duplicate_rate)
     rows = len(a["ts"])
     ids = chunk.person_ids()
     people = len(ids)
     # Identity values are dictionary-encoded: building 20M Python strings would dominate.
     ecids = _device_ids(chunk.first_device, chunk.devices + chunk.test_accounts * 1000)
-    device = a["device"].copy()
-    # A shared device: the sharer's sessions sometimes happen on the other person's first device.
-    person_is_sharer = np.zeros(people, dtype=np.int64) - 1
-    person_is_sharer[sim.sharers] = chunk.first_device + sim.device_offset[sim.share_with]
     code = chunk.person_codes(a["person"])
-    shared = (device >= 0) & (person_is_sharer[code] >= 0) & (rng.random(rows) < 0.5)
-    device[shared] = person_is_sharer[code[shared]]
-    shared_pairs = np.unique(np.stack([a["person"][shared].astype(np.int64), device[shared]], axis=1), axis=0)
+    device, shared_pairs = _shared_device_use(sim, chunk, a, code, people)
     crm = numbered_strings("C", ids + 100_000, 7)
     emails = pc.binary_join_element_wise(numbered_strings("user", ids, 7), "@example.com", "")
     # Every 7th email is typed with capitals and spaces: normalisation must make them one.
@@ -304,6 +286,41 @@ def _events_table(
         }
     )
     return table, shared_pairs, next_event
+
+
+def _with_resends(
+    columns: dict[str, np.ndarray], first_event: int, rng: np.random.Generator, rate: float
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Trackers resend: a few events arrive twice with the same event_id. The columns (consumed,
+    column by column) with the resent rows, ordered by time, person and event number, and each
+    row's event number."""
+    rows = len(columns["ts"])
+    event_number = first_event + np.arange(rows)
+    dup = np.flatnonzero(rng.random(rows) < rate)
+    a = {}
+    for key in list(columns):
+        column = columns.pop(key)
+        a[key] = np.concatenate([column, column[dup]])
+    event_number = np.concatenate([event_number, event_number[dup]])
+    order = np.lexsort((event_number, a["person"], a["ts"]))
+    for key in list(a):
+        a[key] = a[key][order]
+    return a, event_number[order]
+
+
+def _shared_device_use(
+    sim: Simulation, chunk: ChunkPlace, a: dict[str, np.ndarray], code: np.ndarray, people: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's device, where a sharer's sessions sometimes happen on the other person's first
+    device, and the (person, device) pairs of that shared use (``code``: each row's person's
+    place in the chunk)."""
+    device = a["device"].copy()
+    person_is_sharer = np.zeros(people, dtype=np.int64) - 1
+    person_is_sharer[sim.sharers] = chunk.first_device + sim.device_offset[sim.share_with]
+    shared = (device >= 0) & (person_is_sharer[code] >= 0) & (sim.rng.random(len(device)) < 0.5)
+    device[shared] = person_is_sharer[code[shared]]
+    shared_pairs = np.unique(np.stack([a["person"][shared].astype(np.int64), device[shared]], axis=1), axis=0)
+    return device, shared_pairs
 
 
 def _event_type_names(sim: Simulation) -> pa.Array:
