@@ -190,7 +190,7 @@ def _parse_checked(text: str, kinds: dict[str, str] | None, allowed: set[str], w
     for name in sorted(columns - allowed):
         raise UserError(f"{where}: {_unknown(name, allowed)} in rule `{text}`")
     if kinds is not None:
-        if _kind(tree, kinds, where, text) != "boolean":
+        if _Kinds(kinds, where, text).of(tree) != "boolean":
             raise UserError(f"{where}: rule `{text}` is not a condition (it must be true or false)")
     elif not isinstance(tree, exp.Condition) or isinstance(tree, (exp.Column, exp.Literal)):
         raise UserError(f"{where}: rule `{text}` is not a condition")
@@ -220,65 +220,86 @@ def _unknown(name: str, allowed: set[str]) -> str:
     return f"unknown column `{name}` (known columns include {hint}, ...)"
 
 
-def _kind(node: exp.Expression, kinds: Mapping[str, str], where: str, text: str) -> str:
-    """The kind of value ``node`` gives (number, string, boolean or null), checking operands."""
+@dataclass(frozen=True)
+class _Kinds:
+    """The kinds of value a rule's expressions give (number, string, boolean or null), with
+    every operand checked on the way (``kinds``: the columns'; ``where``, ``text``: the rule,
+    for the error)."""
 
-    def fail(message: str) -> UserError:
-        return UserError(f"{where}: {message} in rule `{text}`")
+    kinds: Mapping[str, str]
+    where: str
+    text: str
 
-    def kind(n: exp.Expression) -> str:
-        return _kind(n, kinds, where, text)
+    def fail(self, message: str) -> UserError:
+        return UserError(f"{self.where}: {message} in rule `{self.text}`")
 
+    @staticmethod
     def describe(n: exp.Expression, k: str) -> str:
         return f"{'text' if k == 'string' else 'a ' + k} `{n.sql(comments=False)}`"
 
-    def comparable(left: exp.Expression, right: exp.Expression, ordered: bool) -> None:
-        a, b = kind(left), kind(right)
+    def of(self, node: exp.Expression) -> str:
+        """The kind of value ``node`` gives, checking its operands."""
+        if isinstance(node, exp.Column):
+            return self.kinds[column_name(node)]
+        if isinstance(node, exp.Literal):
+            return "string" if node.is_string else "number"
+        if isinstance(node, exp.Boolean):
+            return "boolean"
+        if isinstance(node, exp.Null):
+            return "null"
+        if isinstance(node, exp.Paren):
+            return self.of(node.this)
+        if isinstance(node, (exp.Neg, *ARITHMETIC)):
+            for operand in (node.this, node.args.get("expression")):
+                if operand is not None and self.of(operand) not in ("number", "null"):
+                    raise self.fail(
+                        f"arithmetic needs numbers, not {self.describe(operand, self.of(operand))}"
+                    )
+            return "number"
+        if isinstance(node, (exp.And, exp.Or, exp.Not)):
+            for operand in (node.this, node.args.get("expression")):
+                if operand is not None and self.of(operand) not in ("boolean", "null"):
+                    raise self.fail(f"{self.describe(operand, self.of(operand))} is not a condition")
+            return "boolean"
+        return self.condition(node)
+
+    def condition(self, node: exp.Expression) -> str:
+        """The kind of a comparison, IS, IN or BETWEEN (boolean), checking what it compares."""
+        if isinstance(node, (exp.EQ, exp.NEQ, *ORDERING)):
+            self.comparable(node, node.this, node.expression, isinstance(node, ORDERING))
+            return "boolean"
+        if isinstance(node, exp.Is):
+            subject = self.of(node.this)
+            if isinstance(node.expression, exp.Boolean) and subject != "boolean":
+                raise self.fail(f"{self.describe(node.this, subject)} is not a condition")
+            return "boolean"
+        if isinstance(node, exp.In):
+            if any(isinstance(item, exp.Null) for item in node.expressions):
+                raise self.fail("NULL in an IN list never matches; test for missing values with IS NULL")
+            for item in node.expressions:
+                self.comparable(node, node.this, item, ordered=False)
+            return "boolean"
+        if isinstance(node, exp.Between):
+            self.comparable(node, node.this, node.args["low"], ordered=True)
+            self.comparable(node, node.this, node.args["high"], ordered=True)
+            return "boolean"
+        raise self.fail(_refusal(node))  # unreachable: every allowed node is handled above
+
+    def comparable(
+        self, node: exp.Expression, left: exp.Expression, right: exp.Expression, ordered: bool
+    ) -> None:
+        """Refuse comparing ``left`` with ``right`` in ``node`` unless they are of one kind
+        (numbers when ``ordered``) and neither is NULL."""
+        a, b = self.of(left), self.of(right)
         if "null" in (a, b):
             # x = NULL is never true: a rule written so would silently qualify nobody.
-            raise fail(f"`{node.sql(comments=False)}` is never true; test for missing values with IS NULL")
+            raise self.fail(
+                f"`{node.sql(comments=False)}` is never true; test for missing values with IS NULL"
+            )
         if a != b:
-            raise fail(f"cannot compare {describe(left, a)} with {describe(right, b)}")
+            raise self.fail(f"cannot compare {self.describe(left, a)} with {self.describe(right, b)}")
         if ordered and a != "number":
             what = "text" if a == "string" else f"{a} values"
-            raise fail(f"`{node.sql(comments=False)}` orders {what}, which compares only with =, <> or IN")
-
-    if isinstance(node, exp.Column):
-        return kinds[column_name(node)]
-    if isinstance(node, exp.Literal):
-        return "string" if node.is_string else "number"
-    if isinstance(node, exp.Boolean):
-        return "boolean"
-    if isinstance(node, exp.Null):
-        return "null"
-    if isinstance(node, exp.Paren):
-        return kind(node.this)
-    if isinstance(node, (exp.Neg, *ARITHMETIC)):
-        for operand in (node.this, node.args.get("expression")):
-            if operand is not None and kind(operand) not in ("number", "null"):
-                raise fail(f"arithmetic needs numbers, not {describe(operand, kind(operand))}")
-        return "number"
-    if isinstance(node, (exp.And, exp.Or, exp.Not)):
-        for operand in (node.this, node.args.get("expression")):
-            if operand is not None and kind(operand) not in ("boolean", "null"):
-                raise fail(f"{describe(operand, kind(operand))} is not a condition")
-        return "boolean"
-    if isinstance(node, (exp.EQ, exp.NEQ, *ORDERING)):
-        comparable(node.this, node.expression, isinstance(node, ORDERING))
-        return "boolean"
-    if isinstance(node, exp.Is):
-        subject = kind(node.this)
-        if isinstance(node.expression, exp.Boolean) and subject != "boolean":
-            raise fail(f"{describe(node.this, subject)} is not a condition")
-        return "boolean"
-    if isinstance(node, exp.In):
-        if any(isinstance(item, exp.Null) for item in node.expressions):
-            raise fail("NULL in an IN list never matches; test for missing values with IS NULL")
-        for item in node.expressions:
-            comparable(node.this, item, ordered=False)
-        return "boolean"
-    if isinstance(node, exp.Between):
-        comparable(node.this, node.args["low"], ordered=True)
-        comparable(node.this, node.args["high"], ordered=True)
-        return "boolean"
-    raise fail(_refusal(node))  # unreachable: every allowed node is handled above
+            raise self.fail(
+                f"`{node.sql(comments=False)}` orders {what}, which compares only with =, <> or IN"
+            )
