@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -86,21 +87,45 @@ def _types_sql(event_types: list[str]) -> str:
     return ", ".join(sql_string(t) for t in event_types)
 
 
-def history_start_sql(event_types: list[str], events: str = "events") -> str:
-    """The first event of ``event_types`` (the history a snapshot plan measures)."""
-    return f"SELECT min(timestamp) FROM {events} WHERE event_type IN ({_types_sql(event_types)})"
-
-
-def profiles_seen_sql(dates: list[dt.date], event_types: list[str], events: str = "events") -> str:
-    """One row: per date, the profiles with an event of ``event_types`` before it (one scan;
-    plain CASE sums, which Spark's dialect reads too)."""
-    counts = ", ".join(
-        f"sum(CASE WHEN first_seen < TIMESTAMP '{d} 00:00:00' THEN 1 ELSE 0 END)" for d in dates
-    )
+def history_sql(event_types: list[str], events: str = "events") -> str:
+    """One scan for a snapshot plan: per day, the profiles whose first event of ``event_types``
+    falls on it and that first event's time, with the first and last event of any type (rows:
+    day, profiles, first of the types, first event, last event; a NULL day holds the profiles
+    without such an event). Plain CASE and CAST, which Spark's dialect reads too."""
+    first_of_types = f"min(CASE WHEN event_type IN ({_types_sql(event_types)}) THEN timestamp END)"
     return (
-        f"SELECT {counts} FROM (SELECT profile_id, min(timestamp) AS first_seen FROM {events} "
-        f"WHERE event_type IN ({_types_sql(event_types)}) GROUP BY profile_id) AS seen"
+        "SELECT CAST(first_seen AS DATE) AS day, count(first_seen), min(first_seen), min(first_event), "
+        f"max(last_event) FROM (SELECT profile_id, {first_of_types} AS first_seen, "
+        f"min(timestamp) AS first_event, max(timestamp) AS last_event FROM {events} "
+        "GROUP BY profile_id) AS seen GROUP BY 1"
     )
+
+
+@dataclass(frozen=True)
+class EventHistory:
+    """What a snapshot plan reads of the events, from one scan (:func:`history_sql`): their span,
+    when the history of some event types starts, and the profiles seen before any date."""
+
+    span: tuple[dt.date, dt.date] | None  # the first event's day and the data end; None: no events
+    start: dt.date | None  # the first event of the types' day; None: there is none
+    first_seen: dict[dt.date, int]  # day -> profiles whose first event of the types is on it
+
+    @classmethod
+    def of(cls, rows: list[tuple]) -> EventHistory:
+        """The history from :func:`history_sql`'s rows."""
+        firsts = [r[3] for r in rows if r[3] is not None]
+        if not firsts:
+            return cls(None, None, {})
+        span = (pd.Timestamp(min(firsts)).date(), day_after(max(r[4] for r in rows if r[4] is not None)))
+        starts = [r[2] for r in rows if r[2] is not None]
+        start = pd.Timestamp(min(starts)).date() if starts else None
+        seen = {pd.Timestamp(r[0]).date(): int(r[1]) for r in rows if r[0] is not None}
+        return cls(span, start, seen)
+
+    def profiles_seen(self, dates: list[dt.date]) -> dict[dt.date, int]:
+        """Per date, the profiles with an event of the types before it: the snapshot plan's
+        estimate of a date's rows (an upper bound of most populations)."""
+        return {d: sum(n for day, n in self.first_seen.items() if day < d) for d in dates}
 
 
 def treated_sql(treatment: TreatmentConfig, as_ofs: list[dt.date], events: str = "events") -> str:
@@ -168,18 +193,10 @@ class SqlEvents(ABC):
         ]
         return learned[0], learned[1]
 
-    def history_start(self, event_types: list[str]) -> dt.date | None:
-        """The day of the first event of ``event_types`` (None: there is none)."""
-        first = self.rows(history_start_sql(event_types))[0][0]
-        return None if first is None else pd.Timestamp(first).date()
-
-    def profiles_seen(self, dates: list[dt.date], event_types: list[str]) -> dict[dt.date, int]:
-        """Per date, the profiles with an event of ``event_types`` before it: the snapshot
-        plan's estimate of a date's rows (an upper bound of most populations)."""
-        if not dates:
-            return {}
-        counts = self.rows(profiles_seen_sql(dates, event_types))[0]
-        return {d: int(c or 0) for d, c in zip(dates, counts, strict=True)}
+    def history(self, event_types: list[str]) -> EventHistory:
+        """The events' span, the start of the history of ``event_types`` and the profiles first
+        seen each day with one of them, in one scan (:class:`EventHistory`)."""
+        return EventHistory.of(self.rows(history_sql(event_types)))
 
     def treated(self, treatment: TreatmentConfig, as_ofs: list[dt.date]) -> pd.DataFrame:
         """``profile_id``, ``as_of`` of the profiles an uplift model's treatment event reached in

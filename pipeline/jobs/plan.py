@@ -4,8 +4,8 @@ the population of every date is known: :meth:`SnapshotPlan.settle`), printed and
 
 History is measured on the events the features and the outcome use
 (:func:`propensity.features.build.snapshots.history_event_types`); the row budget reads the
-profiles seen before each date; both are one query on either engine (the engine seam's
-``Events.history_start`` / ``Events.profiles_seen``).
+profiles seen before each date; both come from one query on either engine (the engine seam's
+``Events.history``).
 """
 
 from __future__ import annotations
@@ -17,27 +17,32 @@ import pandas as pd
 
 from propensity.core.config import ModelConfig
 from propensity.core.errors import UserError
+from propensity.features.build.event_queries import EventHistory
 from propensity.features.build.snapshots import history_event_types
 from propensity.features.engine import Events
 from propensity.models.snapshot_plan import SampledBuild, SnapshotPlan, plan_snapshots
 
 
-def make_plan(model_cfg: ModelConfig, loaded: Events, cutoff: dt.date) -> SnapshotPlan:
-    """The model's snapshot plan on ``loaded`` events before ``cutoff``."""
+def make_plan(
+    model_cfg: ModelConfig, loaded: Events, cutoff: dt.date, history: EventHistory | None = None
+) -> SnapshotPlan:
+    """The model's snapshot plan on ``loaded`` events before ``cutoff``; ``history``: the
+    events' :meth:`~propensity.features.engine.Events.history` of the model's history event
+    types when already asked (train asks it once, for the span too)."""
     types = history_event_types(model_cfg.outcome.event_type)
-    start = loaded.history_start(types)
-    if start is None or start >= cutoff:
+    history = history or loaded.history(types)
+    if history.start is None or history.start >= cutoff:
         raise UserError(
             f"model '{model_cfg.name}': no event the features or the outcome use before {cutoff} "
             f"(event types {', '.join(types)}); only those count as history"
         )
     return plan_snapshots(
         model_cfg.training.snapshots,
-        start,
+        history.start,
         cutoff,
         model_cfg.outcome.horizon_days,
         model_cfg.name,
-        estimate=lambda dates: loaded.profiles_seen(dates, types),
+        estimate=history.profiles_seen,
         sampled=sampled_build(model_cfg, loaded),
     )
 

@@ -26,7 +26,7 @@ from propensity.core.sampling import WEIGHT, profile_fraction
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.population import population_rule
 from propensity.features.build.selection import model_columns
-from propensity.features.build.snapshots import windows_before_data
+from propensity.features.build.snapshots import history_event_types, windows_before_data
 from propensity.features.build.training_sample import RowChoice
 from propensity.features.engine import Events, TrainingRows
 from propensity.models.refit import Refit
@@ -75,12 +75,13 @@ def training_data(
     """The model's stacked labelled snapshots on the events' engine (each date's profiles as the
     identity graph knew them then; on Spark a sample of at most ``training.max_training_rows``
     rows, the same share of each label)."""
-    span = loaded.span()
+    model_cfg = load_model_config(model_name, config)
+    history = loaded.history(history_event_types(model_cfg.outcome.event_type))
+    span = history.span
     if span is None:
         raise UserError("no events to train on")
     cutoff = as_of or span[1]
-    model_cfg = load_model_config(model_name, config)
-    plan = make_plan(model_cfg, loaded, cutoff)
+    plan = make_plan(model_cfg, loaded, cutoff, history)
     model_cfg = plan.planned(model_cfg)
     fs = training_feature_set(loaded, config, model_cfg, plan.dates)
     # A bad rule or feature name fails before any heavy work.
