@@ -238,24 +238,11 @@ def plan_snapshots(
             f"the first on or after {earliest} ({span} days between them, 2 needed); use more data, a "
             f"shorter outcome.horizon_days or a lower training.snapshots.min_history_days"
         )
-    notes: list[str] = []
     if snapshots.count is None:
-        spacing = snapshots.spacing_days
-        if span < (MIN_SNAPSHOTS - 1) * spacing:
-            spacing = max(1, span // (MIN_SNAPSHOTS - 1))
-            notes.append(
-                f"{snapshots.spacing_days}-day spacing leaves fewer than 3 snapshots in the {span} days "
-                f"between {earliest} and {latest}; using {spacing} days"
-            )
-        count = min(snapshots.max_count, span // spacing + 1)
-        if count == snapshots.max_count and span // spacing + 1 > count:
-            notes.append(
-                f"the history allows {span // spacing + 1} snapshots; keeping the newest "
-                f"{count} (training.snapshots.max_count)"
-            )
+        count, spacing, notes = _adaptive(snapshots, span, earliest, latest)
     else:
         count, spacing, note = _fixed(snapshots, span, earliest, latest)
-        notes += [note] if note else []
+        notes = [note] if note else []
     dates = [latest - dt.timedelta(days=spacing * i) for i in reversed(range(count))]
     estimated: dict[dt.date, int] = {}
     if estimate is not None:
@@ -281,14 +268,42 @@ def plan_snapshots(
         tuple(season_dates),
     )
     if plan.overlap_days:
-        notes.append(
-            f"validation {validation} is not clear of the test window: a {horizon_days}-day horizon needs "
-            f"{horizon_days + spacing} days between the first snapshot and the test snapshot for a training "
-            f"snapshot before a validation snapshot whose labels end by {plan.test}; the history gives "
-            f"{(plan.test - dates[0]).days}, so its labels overlap the test window by "
-            f"{plan.overlap_days} days"
-        )
+        notes.append(_overlap_note(plan))
     return plan
+
+
+def _adaptive(
+    snapshots: SnapshotConfig, span: int, earliest: dt.date, latest: dt.date
+) -> tuple[int, int, list[str]]:
+    """(count, spacing, notes) of an adaptive plan (``count`` unset): the configured spacing,
+    narrowed until 3 snapshots fit in the ``span`` days, as many as fit up to ``max_count``."""
+    notes = []
+    spacing = snapshots.spacing_days
+    if span < (MIN_SNAPSHOTS - 1) * spacing:
+        spacing = max(1, span // (MIN_SNAPSHOTS - 1))
+        notes.append(
+            f"{snapshots.spacing_days}-day spacing leaves fewer than 3 snapshots in the {span} days "
+            f"between {earliest} and {latest}; using {spacing} days"
+        )
+    count = min(snapshots.max_count, span // spacing + 1)
+    if count == snapshots.max_count and span // spacing + 1 > count:
+        notes.append(
+            f"the history allows {span // spacing + 1} snapshots; keeping the newest "
+            f"{count} (training.snapshots.max_count)"
+        )
+    return count, spacing, notes
+
+
+def _overlap_note(plan: SnapshotPlan) -> str:
+    """Why the validation snapshot's labels overlap the test window, and by how much."""
+    horizon_days, spacing = plan.horizon_days, plan.spacing_days
+    return (
+        f"validation {plan.validation} is not clear of the test window: a {horizon_days}-day horizon needs "
+        f"{horizon_days + spacing} days between the first snapshot and the test snapshot for a training "
+        f"snapshot before a validation snapshot whose labels end by {plan.test}; the history gives "
+        f"{(plan.test - plan.dates[0]).days}, so its labels overlap the test window by "
+        f"{plan.overlap_days} days"
+    )
 
 
 def _fixed(
