@@ -214,22 +214,7 @@ def measure(
     else:
         if memberships_dir is None:
             raise UserError("measure needs memberships (--memberships) or an arms file (--arms)")
-        partition = store.partition_dir(memberships_dir, request.as_of)
-        summary = store.read_summary(memberships_dir, request.as_of)
-        arms_from = partition / store.MEMBERSHIPS_FILE
-        if request.destination is not None:
-            arms_from = partition / destination_arms_dir(request.destination) / "arms.parquet"
-            summary = {**summary, **store.read_summary_file(arms_from.parent)}
-        members = _members(arms_from, request.segments)
-        namespaces = list(summary.get("identity_namespaces") or config.identity.namespaces)
-        identities = pd.read_parquet(
-            partition / store.IDENTITIES_FILE, columns=["profile_id", "namespace", "value"]
-        )
-        contamination = {
-            s: {k: int(a.get(k, 0)) for k in ("merged_across_arms", "shared_identities")}
-            for s, a in (summary.get("holdout") or {}).items()
-            if s in set(members["segment"])
-        }
+        members, identities, contamination, namespaces = _stored_arms(memberships_dir, request, config)
     outcomes = pd.DataFrame(loaded.rows(_outcomes_sql(request, namespaces)), columns=["revenue", *namespaces])
     members, contaminated = attribute_outcomes(outcomes, identities, members, namespaces)
     members, covariates = _with_features(loaded, config, members, request, scores_dir)
@@ -249,6 +234,31 @@ def measure(
     _write(result, request)
     result.run_id = _log_run(result, request, config, "arms file" if arms_file is not None else "memberships")
     return result
+
+
+def _stored_arms(
+    memberships_dir: str | Path, request: MeasureRequest, config: ProjectConfig
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict[str, int]], list[str]]:
+    """The arms written by ``segment`` at ``request.as_of`` (or by the export to
+    ``request.destination``): members, their identities, each segment's contamination counts
+    and the identity namespaces."""
+    partition = store.partition_dir(memberships_dir, request.as_of)
+    summary = store.read_summary(memberships_dir, request.as_of)
+    arms_from = partition / store.MEMBERSHIPS_FILE
+    if request.destination is not None:
+        arms_from = partition / destination_arms_dir(request.destination) / "arms.parquet"
+        summary = {**summary, **store.read_summary_file(arms_from.parent)}
+    members = _members(arms_from, request.segments)
+    namespaces = list(summary.get("identity_namespaces") or config.identity.namespaces)
+    identities = pd.read_parquet(
+        partition / store.IDENTITIES_FILE, columns=["profile_id", "namespace", "value"]
+    )
+    contamination = {
+        s: {k: int(a.get(k, 0)) for k in ("merged_across_arms", "shared_identities")}
+        for s, a in (summary.get("holdout") or {}).items()
+        if s in set(members["segment"])
+    }
+    return members, identities, contamination, namespaces
 
 
 def _log_run(result: MeasureResult, request: MeasureRequest, config: ProjectConfig, source: str) -> str:
