@@ -8,6 +8,7 @@ passes through one of these functions.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -101,3 +102,10 @@ def column_kind(type_name: str) -> str | None:
     if upper.lstrip("U") in _NUMBER_TYPES or upper.startswith("DECIMAL"):
         return "number"
     return None
+
+
+def usable_kinds(columns: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The columns rules can compare, name -> kind (:func:`column_kind`), from (name, type) pairs
+    as either engine describes a relation; ``profile_id`` is the key, never a rule's operand."""
+    kinds = {name: column_kind(type_name) for name, type_name in columns}
+    return {name: kind for name, kind in kinds.items() if kind is not None and name != "profile_id"}

@@ -66,7 +66,7 @@ from propensity.features.activation.membership_store import (
 from propensity.features.activation.qualification_sql import HELD_BACK, qualification_sql
 from propensity.features.build.registry import CARRIED_COLUMNS
 from propensity.features.build.rules import Rule, parse_rule
-from propensity.features.sql import column_kind, sql_string
+from propensity.features.sql import sql_string, usable_kinds
 
 STATUSES: tuple[str, ...] = ("realized", "existing", "exited")
 # Score table columns a rule may read, as `<model>.<column>` (ARCHITECTURE.md "Score table").
@@ -123,8 +123,7 @@ class Qualification:
 def column_kinds(con: duckdb.DuckDBPyConnection, relation_sql: str) -> dict[str, str]:
     """Each usable column of a query and its kind, from DuckDB's binder (nothing is run)."""
     described = con.execute(f"DESCRIBE SELECT * FROM ({relation_sql}) AS described").fetchall()
-    kinds = {name: column_kind(str(dtype)) for name, dtype, *_ in described}
-    return {name: kind for name, kind in kinds.items() if kind is not None and name != "profile_id"}
+    return usable_kinds((name, str(dtype)) for name, dtype, *_ in described)
 
 
 def compile_segments(

@@ -45,7 +45,7 @@ from propensity.features.spark.session import (
     write_parquet,
     write_text,
 )
-from propensity.features.sql import SPARK
+from propensity.features.sql import SPARK, usable_kinds
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -114,23 +114,11 @@ class SparkEvents(SqlEvents):
 
     def column_kinds(self, relation: DataFrame) -> dict[str, str]:
         """The kinds (number, string, boolean) rules compare, by column of ``relation``."""
-        kinds = {f.name: _kind(f.dataType.simpleString()) for f in relation.schema.fields}
-        return {name: kind for name, kind in kinds.items() if kind is not None and name != "profile_id"}
+        return usable_kinds((f.name, f.dataType.simpleString()) for f in relation.schema.fields)
 
     def frame(self, relation: DataFrame) -> pd.DataFrame:
         """A relation's rows on this machine (through Arrow)."""
         return to_pandas(relation)
-
-
-# Spark's simple type names -> the kinds rules compare (segments.kind_of for DuckDB's).
-_SPARK_KINDS = {"string": "string", "boolean": "boolean"}
-_SPARK_NUMBERS = ("tinyint", "smallint", "int", "bigint", "float", "double", "decimal")
-
-
-def _kind(spark_type: str) -> str | None:
-    if spark_type in _SPARK_KINDS:
-        return _SPARK_KINDS[spark_type]
-    return "number" if spark_type.split("(")[0] in _SPARK_NUMBERS else None
 
 
 @dataclass
