@@ -175,6 +175,9 @@ TWINS_HOUSE = [  # main at ef905fd: one job each, the engine seam, nine twins le
 # names its views and its timestamp literal), load (the views an ingest directory is read
 # back as, and the events written before orders were grouped, written once in
 # features/ingest/manifest.py: ingested_views, ingested_view_sql).
+# Larger since: stage (DuckDB's stitching steps are one entry point in the identity package,
+# identity/stitching.py's stitch_events, counted on its side). Smaller since: load (an ingest
+# directory's ground truth set with dataclasses.replace).
 TWINS_NOW = [
     (
         "load",
