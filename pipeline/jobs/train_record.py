@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -23,7 +24,7 @@ def log_training_run(
     data: TrainingData, config: ProjectConfig, fitted: Fitted, figures: TestFigures, champion
 ) -> None:
     """The train run's tags, parameters, metrics, candidates, configs and tables."""
-    model_cfg, trained, training = data.model, fitted.trained, data.model.training
+    model_cfg, trained = data.model, fitted.trained
     names = list(data.labels)
     mlflow.set_tags(
         {
@@ -36,24 +37,7 @@ def log_training_run(
             **({"snapshot_plan": data.snapshot_note} if data.snapshot_note else {}),
         }
     )
-    chosen_params = {k: v for k, v in trained.chosen.params.items() if not isinstance(v, dict)}
-    mlflow.log_params(
-        {
-            **{f"{trained.chosen.family}_{k}": v for k, v in chosen_params.items()},
-            "calibration": trained.chosen.params["calibration"],
-            "seed": training.seed,
-            "horizon_days": model_cfg.outcome.horizon_days,
-            "population": model_cfg.population,
-            "snapshots": len(data.dates),
-            "snapshot_spacing_days": training.snapshots.spacing_days,
-            "test_as_of": str(data.dates[-1]),
-            "features": len(names),
-            "train_rows": len(fitted.parts.train),
-            "test_rows": len(figures.test),
-            "selection_metric": training.selection_metric,
-            "candidates": ",".join(training.candidates),
-        }
-    )
+    mlflow.log_params(_run_params(data, fitted, figures))
     mlflow.log_metrics({**figures.metrics, "fit_seconds": fitted.fit_seconds})
     log_plan(data.plan, data.plan_table())
     if fitted.refit is not None:
@@ -68,25 +52,51 @@ def log_training_run(
         mlflow.log_metrics(
             {k if "_minus_champion_" in k else f"champion_{k}": v for k, v in champion[1].items()}
         )
-    summary = {
+    mlflow.log_dict(model_cfg.model_dump(mode="json"), "config/model.json")
+    mlflow.log_dict(config.model_dump(mode="json"), "config/project.json")
+    mlflow.log_dict({"features": [{"name": n, "label": data.labels[n]} for n in names]}, "features.json")
+    mlflow.log_dict(_training_summary(data, fitted), "training_data.json")
+    mlflow.log_table(figures.buckets, "evaluation/buckets.json")
+    mlflow.log_table(figures.deciles, "evaluation/deciles.json")
+    mlflow.log_table(figures.importance, "evaluation/feature_importance.json")
+    _log_plots(figures)
+
+
+def _run_params(data: TrainingData, fitted: Fitted, figures: TestFigures) -> dict[str, Any]:
+    """The train run's parameters: the chosen candidate's own (prefixed by its family), the
+    model's setup and the rows of the split."""
+    trained, training = fitted.trained, data.model.training
+    chosen_params = {k: v for k, v in trained.chosen.params.items() if not isinstance(v, dict)}
+    return {
+        **{f"{trained.chosen.family}_{k}": v for k, v in chosen_params.items()},
+        "calibration": trained.chosen.params["calibration"],
+        "seed": training.seed,
+        "horizon_days": data.model.outcome.horizon_days,
+        "population": data.model.population,
+        "snapshots": len(data.dates),
+        "snapshot_spacing_days": training.snapshots.spacing_days,
+        "test_as_of": str(data.dates[-1]),
+        "features": len(data.labels),
+        "train_rows": len(fitted.parts.train),
+        "test_rows": len(figures.test),
+        "selection_metric": training.selection_metric,
+        "candidates": ",".join(training.candidates),
+    }
+
+
+def _training_summary(data: TrainingData, fitted: Fitted) -> dict[str, Any]:
+    """``training_data.json``: the rows of the split, the snapshots and the choice made."""
+    return {
         "rows": fitted.parts.summary(),
         "snapshots": [str(d) for d in data.dates],
         "snapshot_plan": data.snapshot_note or "as configured",
         "validation_as_of": str(data.plan.validation),
         "refit": fitted.refit.record() if fitted.refit is not None else None,
-        "features": len(names),
-        "model_family": trained.chosen.family,
-        "selection_reason": trained.reason,
+        "features": len(data.labels),
+        "model_family": fitted.trained.chosen.family,
+        "selection_reason": fitted.trained.reason,
         "trained_until": str(data.cutoff),
     }
-    mlflow.log_dict(model_cfg.model_dump(mode="json"), "config/model.json")
-    mlflow.log_dict(config.model_dump(mode="json"), "config/project.json")
-    mlflow.log_dict({"features": [{"name": n, "label": data.labels[n]} for n in names]}, "features.json")
-    mlflow.log_dict(summary, "training_data.json")
-    mlflow.log_table(figures.buckets, "evaluation/buckets.json")
-    mlflow.log_table(figures.deciles, "evaluation/deciles.json")
-    mlflow.log_table(figures.importance, "evaluation/feature_importance.json")
-    _log_plots(figures)
 
 
 def _log_plots(figures: TestFigures) -> None:
