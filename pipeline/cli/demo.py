@@ -247,19 +247,7 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
     data_dir, ingested = out / "data", out / "ingested"
     scores, memberships, exports = out / "scores", out / "segments", out / "exports"
 
-    with console.status("generating synthetic Luma events"):
-        settings = GeneratorSettings(profiles=profiles, days=days, seed=config.seed, campaigns=(LUMA_YOGA,))
-        generated = generate(settings, data_dir)
-    _step(console, "1. generate")
-    console.print(
-        f"{generated.events:,} events for {generated.people:,} people ({generated.purchases:,} purchases) "
-        f"in {data_dir}"
-    )
-
-    with console.status("validating, hashing, de-duplicating and stitching identities"):
-        summary = ingest_jobs.ingest(data_dir, ingested, config, on_bad_rows="quarantine")
-    _step(console, "2. ingest and stitch identities")
-    print_summary(summary, f"ingest -> {ingested}")
+    _generate_and_ingest(data_dir, ingested, config, (profiles, days), console)
     # The demo's own look at the data (dates, Sarah) is on DuckDB, as its files are local.
     con = event_jobs.load_events(ingested, config, engine=DuckDBEngine(config)).con
     latest = data_end(con)
@@ -269,12 +257,7 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
     _score_and_qualify(ingested, out, config, console, result, (previous, latest))
     _monitor(ingested, out, config, console, latest)
     _step(console, "6. Sarah")
-    sarah = _find_sarah(con, memberships, exports, latest)
-    result.sarah = sarah
-    if sarah is not None:
-        for line in _sarah_story(con, sarah, memberships, exports, latest):
-            console.print(f"Sarah ({sarah}) {line}")
-        print_explanation(explain_jobs.explain_profile("upsell", ingested, config, sarah, latest))
+    sarah = result.sarah = _sarah(con, (ingested, memberships, exports), config, console, latest)
 
     _step(console, "7. report")
     report = report_jobs.write_report("upsell", config, out / "reports" / "upsell.html", scores_dir=scores)
@@ -310,6 +293,45 @@ def run(out: Path, config: ProjectConfig, profiles: int, days: int, console: Con
     )
     _summary(console, result, trained, config)
     return result
+
+
+def _generate_and_ingest(
+    data_dir: Path, ingested: Path, config: ProjectConfig, size: tuple[int, int], console: Console
+) -> None:
+    """Steps 1 and 2: the Luma world's events (``size``: profiles, days) into ``data_dir``, then
+    ingested (quarantining bad rows) into ``ingested``."""
+    profiles, days = size
+    with console.status("generating synthetic Luma events"):
+        settings = GeneratorSettings(profiles=profiles, days=days, seed=config.seed, campaigns=(LUMA_YOGA,))
+        generated = generate(settings, data_dir)
+    _step(console, "1. generate")
+    console.print(
+        f"{generated.events:,} events for {generated.people:,} people ({generated.purchases:,} purchases) "
+        f"in {data_dir}"
+    )
+
+    with console.status("validating, hashing, de-duplicating and stitching identities"):
+        summary = ingest_jobs.ingest(data_dir, ingested, config, on_bad_rows="quarantine")
+    _step(console, "2. ingest and stitch identities")
+    print_summary(summary, f"ingest -> {ingested}")
+
+
+def _sarah(
+    con: duckdb.DuckDBPyConnection,
+    places: tuple[Path, Path, Path],
+    config: ProjectConfig,
+    console: Console,
+    latest: dt.date,
+) -> str | None:
+    """Step 6: Sarah found (``places``: the ingested events, memberships and exports), her story
+    told and her upsell score explained; her profile id (None: not found)."""
+    ingested, memberships, exports = places
+    sarah = _find_sarah(con, memberships, exports, latest)
+    if sarah is not None:
+        for line in _sarah_story(con, sarah, memberships, exports, latest):
+            console.print(f"Sarah ({sarah}) {line}")
+        print_explanation(explain_jobs.explain_profile("upsell", ingested, config, sarah, latest))
+    return sarah
 
 
 def _summary(console: Console, result: DemoResult, trained: dict[str, Any], config: ProjectConfig) -> None:
