@@ -32,6 +32,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -54,7 +55,7 @@ from propensity.features.ingest.manifest import (
     ingest_table_sql,
     quarantine_sql,
 )
-from propensity.features.ingest.staging import StagedEvents, bad_rows_message
+from propensity.features.ingest.staging import StagedEvents
 from propensity.features.ingest.summary import Breakdown
 from propensity.features.journeys.engine import Runner
 
@@ -152,6 +153,20 @@ class Stitched(Protocol):
     def view(self, table: str) -> str: ...
     def write(self, sql: str, path: str) -> None: ...
     def close(self) -> None: ...
+
+
+def bad_rows_message(display: str, staged: StagedEvents) -> str:
+    """The one-line failure for ``--on-bad-rows fail``: counts by reason and first rows."""
+    reasons = ", ".join(f"{k}: {v}" for k, v in staged.bad_by_reason.items())
+    multi_file = len({row["file"] for row in staged.first_bad}) > 1
+    rows = "; ".join(
+        (f"{Path(r['file']).name} row {r['row']}" if multi_file else f"row {r['row']}") + f" ({r['reason']})"
+        for r in staged.first_bad
+    )
+    return (
+        f"{display}: {staged.rows_bad} bad rows ({reasons}); first: {rows}. "
+        f"Fix them, or pass --on-bad-rows quarantine to set them aside."
+    )
 
 
 class SharedSteps(ABC):

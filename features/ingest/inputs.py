@@ -1,4 +1,4 @@
-"""Finding the inputs behind ``--events PATH`` and reading them with DuckDB.
+"""Finding the inputs behind ``--events PATH``, and the DuckDB table function reading them.
 
 A path may be one file, a directory of Parquet / CSV / JSONL files (hive partitions too), a
 directory written by ``generate`` or an ``ingest`` output directory.
@@ -9,8 +9,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-import duckdb
 
 from propensity.core.errors import UserError
 from propensity.features.sql import sql_string
@@ -145,13 +143,3 @@ def reader_sql(files: list[Path], fmt: str, hive: bool = False) -> str:
         # All text: a bad value in one row must become a bad row, not a failed read.
         return f"read_csv({names}, all_varchar=true, header=true, union_by_name=true, filename=true)"
     return f"read_json({names}, format='newline_delimited', union_by_name=true, filename=true)"
-
-
-def describe(con: duckdb.DuckDBPyConnection, source_sql: str, display: str) -> dict[str, str]:
-    """Column name -> DuckDB type of a source, with an unreadable file as a UserError."""
-    try:
-        rows = con.execute(f"DESCRIBE SELECT * FROM {source_sql}").fetchall()
-    except duckdb.Error as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise UserError(f"{display}: cannot read events: {first_line}") from None
-    return {row[0]: row[1] for row in rows}

@@ -33,7 +33,7 @@ from propensity.features.contract import (
     consent_message,
     future_limit,
 )
-from propensity.features.ingest.inputs import InputFiles, describe, event_files, reader_sql
+from propensity.features.ingest.inputs import InputFiles, event_files, reader_sql
 from propensity.features.sql import sql_ident, sql_string
 
 
@@ -329,18 +329,14 @@ def _staged_counts(
     )
 
 
-def bad_rows_message(display: str, staged: StagedEvents) -> str:
-    """The one-line failure for ``--on-bad-rows fail``: counts by reason and first rows."""
-    reasons = ", ".join(f"{k}: {v}" for k, v in staged.bad_by_reason.items())
-    multi_file = len({row["file"] for row in staged.first_bad}) > 1
-    rows = "; ".join(
-        (f"{Path(r['file']).name} row {r['row']}" if multi_file else f"row {r['row']}") + f" ({r['reason']})"
-        for r in staged.first_bad
-    )
-    return (
-        f"{display}: {staged.rows_bad} bad rows ({reasons}); first: {rows}. "
-        f"Fix them, or pass --on-bad-rows quarantine to set them aside."
-    )
+def describe(con: duckdb.DuckDBPyConnection, source_sql: str, display: str) -> dict[str, str]:
+    """Column name -> DuckDB type of a source, with an unreadable file as a UserError."""
+    try:
+        rows = con.execute(f"DESCRIBE SELECT * FROM {source_sql}").fetchall()
+    except duckdb.Error as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise UserError(f"{display}: cannot read events: {first_line}") from None
+    return {row[0]: row[1] for row in rows}
 
 
 def stage_profiles(
