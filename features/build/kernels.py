@@ -73,130 +73,161 @@ class Scaled(NamedTuple):
     scale: int
 
 
-@numba.njit(inline="always")
-def _value(floats, packed, kind, index, shift, mask, row):  # pragma: no cover - compiled
-    """Measure value at a row: a float column's, a scaled integer's, or a packed field's."""
-    if kind == 0:
-        return floats[index][row]
-    if kind == 2:
-        return float(packed[index][row])
-    return float((packed[index][row] >> shift) & mask)
+# Runs of profiles the compiled pass shares out over the threads: enough to balance them, few
+# enough that each run's scratch space is allocated once for many profiles.
+PASS_CHUNKS = 1024
+
+
+@numba.njit(cache=True, nogil=True)
+def _chunk_values(floats, packed, m, start, end):  # pragma: no cover - compiled
+    """Every measure's value at rollup rows [start, end), one row per measure: each column is
+    picked once per chunk (a tuple indexed at run time is slow per element) and read once."""
+    m_kind, m_index, m_shift, m_mask = m
+    values = np.empty((len(m_kind), end - start))
+    for j in range(len(m_kind)):
+        if m_kind[j] == 0:
+            column = floats[m_index[j]]
+            for r in range(start, end):
+                values[j, r - start] = column[r]
+        else:
+            ints = packed[m_index[j]]
+            shift, mask = m_shift[j], m_mask[j]
+            for r in range(start, end):
+                values[j, r - start] = float(ints[r]) if m_kind[j] == 2 else float((ints[r] >> shift) & mask)
+    return values
+
+
+@numba.njit(cache=True, nogil=True)
+def _chunk_sums(profile_rows, p0, p1, values, slot_measure, slot_counts_days):  # pragma: no cover
+    """Running sums of each slot over each profile of [p0, p1): ``running[k, base + i]`` is the
+    sum of the profile's first i rows, ``base`` its first row in the chunk plus its place (one
+    leading zero per profile, so every profile's sums start from 0 as in SQL's sum)."""
+    start = profile_rows[p0]
+    running = np.empty((len(slot_measure), profile_rows[p1] - start + p1 - p0))
+    for k in range(len(slot_measure)):
+        own = values[slot_measure[k]]
+        for p in range(p0, p1):
+            first, end = profile_rows[p] - start, profile_rows[p + 1] - start
+            base = first + p - p0
+            total = 0.0
+            running[k, base] = 0.0
+            for i in range(end - first):
+                v = own[first + i]
+                if slot_counts_days[k]:
+                    total += 1.0 if v > 0 else 0.0
+                elif not np.isnan(v):  # as SQL's sum, which skips NULLs
+                    total += v
+                running[k, base + i + 1] = total
+    return running
+
+
+@numba.njit(cache=True, nogil=True)
+def _chunk_marks(profile_rows, p0, p1, values, mark_measure):  # pragma: no cover - compiled
+    """Per mark and profile of [p0, p1), at ``base + i`` (as in :func:`_chunk_sums`): the last
+    row <= i where the measure is > 0 (else -1), and the first row >= i where it is (else n)."""
+    start = profile_rows[p0]
+    size = profile_rows[p1] - start + p1 - p0
+    last_active = np.empty((len(mark_measure), size), dtype=np.int64)
+    next_active = np.empty((len(mark_measure), size), dtype=np.int64)
+    for k in range(len(mark_measure)):
+        own = values[mark_measure[k]]
+        for p in range(p0, p1):
+            first, n = profile_rows[p] - start, profile_rows[p + 1] - profile_rows[p]
+            base = first + p - p0
+            last = -1
+            for i in range(n):
+                if own[first + i] > 0:
+                    last = i
+                last_active[k, base + i] = last
+            following = n
+            next_active[k, base + n] = n
+            for i in range(n - 1, -1, -1):
+                if own[first + i] > 0:
+                    following = i
+                next_active[k, base + i] = following
+    return last_active, next_active
+
+
+@numba.njit(cache=True, nogil=True)
+def _chunk_bounds(profile_rows, p0, p1, days, as_of, edges, rows):  # pragma: no cover - compiled
+    """``bounds[e, q]``: the first row of profile p0 + q on or after day ``as_of - edges[e]``
+    (profile-relative), for the profiles with an output row (``rows[p] >= 0``)."""
+    bounds = np.zeros((len(edges), p1 - p0), dtype=np.int64)
+    for p in range(p0, p1):
+        if rows[p] >= 0:
+            own = days[profile_rows[p] : profile_rows[p + 1]]
+            for e in range(len(edges)):
+                bounds[e, p - p0] = np.searchsorted(own, as_of - edges[e])
+    return bounds
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
 def _window_pass(
-    profile_rows,
-    days,
-    floats,
-    packed,
-    m_kind,
-    m_index,
-    m_shift,
-    m_mask,
-    m_scale,
-    slot_measure,
-    slot_counts_days,
-    mark_measure,
-    edges,
-    fn_of,
-    source_of,
-    lo_edge,
-    hi_edge,
-    column_of,
-    as_of_days,
-    row_of,
-    counts,
-    amounts,
+    profile_rows, days, floats, packed, m, m_scale, plan, as_of_days, row_of, counts, amounts, chunks
 ):  # pragma: no cover
     """Every aggregate of every snapshot, one visit of each profile's rows.
 
-    Measure m is read by ``_value`` from ``floats`` or ``packed`` (``m_*``), in units of
-    1 / ``m_scale[m]`` (exact decimals travel as integers, divided once per output).
-    ``slot_*``: running sums (of a measure, or of days where it is > 0); ``mark_measure``:
-    measures whose last / next active row is tracked; ``source_of`` points an aggregate at its
-    slot, mark or (for max) measure; ``lo_edge``/``hi_edge`` index ``edges`` (days before
-    as_of) so that its window is the rows with day in [as_of - edges[lo], as_of - edges[hi]).
-    ``row_of[s, p]`` is the output row of profile p in snapshot s, or -1. Whole-number
-    aggregates (counts, active days) go to column ``column_of[a]`` of the int32 ``counts``,
-    the others to that of ``amounts`` (NaN where there is no value); ``column_of[a] < 0``
-    marks a count as ``-1 - column``.
+    Measure j is read from ``floats`` or ``packed`` (``m``: kinds, indices, shifts, masks, see
+    :func:`_chunk_values`), in units of 1 / ``m_scale[j]`` (exact decimals travel as
+    integers, divided once per output). ``plan`` (:class:`WindowPlan`'s arrays): slots are
+    running sums (of a measure, or of days where it is > 0), marks the measures whose last /
+    next active row is tracked; ``source_of`` points an aggregate at its slot, mark or (for
+    max) measure; ``lo_edge`` / ``hi_edge`` index ``edges`` (days before as_of): its window is
+    the rows with day in [as_of - edges[lo], as_of - edges[hi]). ``row_of[s, p]``: the output
+    row of profile p in snapshot s, or -1. Whole-number aggregates go to column
+    ``-1 - column_of[a]`` of the int32 ``counts``, the others to column ``column_of[a]`` of
+    ``amounts`` (NaN: no value).
+
+    Profiles go in up to ``chunks`` chunks (scratch space allocated once per chunk, chunks over
+    the threads);
+    within a chunk each aggregate of a snapshot is written as one run down its column, the
+    profiles' rows being consecutive there, with no per-value dispatch on the aggregate.
     """
+    slot_measure, slot_counts_days, mark_measure, edges, fn_of, source_of, lo_edge, hi_edge, column_of = plan
     n_profiles = len(profile_rows) - 1
-    n_slots, n_marks, n_edges = len(slot_measure), len(mark_measure), len(edges)
-    longest = 0
-    for p in range(n_profiles):
-        longest = max(longest, profile_rows[p + 1] - profile_rows[p])
-    # Profiles go in chunks so that scratch space is allocated once per chunk, not per profile.
-    n_chunks = min(n_profiles, 1024)
+    n_chunks = min(n_profiles, chunks)
     for chunk in numba.prange(n_chunks):
-        running = np.empty((n_slots, longest + 1))
-        last_active = np.empty((n_marks, longest + 1), dtype=np.int64)
-        next_active = np.empty((n_marks, longest + 1), dtype=np.int64)
-        bounds = np.empty(n_edges, dtype=np.int64)
-        for p in range(chunk * n_profiles // n_chunks, (chunk + 1) * n_profiles // n_chunks):
-            first, end = profile_rows[p], profile_rows[p + 1]
-            n = end - first
-            own = days[first:end]
-            for k in range(n_slots):
-                m = slot_measure[k]
-                total = 0.0
-                running[k, 0] = 0.0
-                for i in range(n):
-                    v = _value(floats, packed, m_kind[m], m_index[m], m_shift[m], m_mask[m], first + i)
-                    if slot_counts_days[k]:
-                        total += 1.0 if v > 0 else 0.0
-                    elif not np.isnan(v):  # as SQL's sum, which skips NULLs
-                        total += v
-                    running[k, i + 1] = total
-            # last_active[i]: the last row <= i where the measure is > 0 (else -1);
-            # next_active[i]: the first row >= i where it is (else n).
-            for k in range(n_marks):
-                m = mark_measure[k]
-                last = -1
-                for i in range(n):
-                    if _value(floats, packed, m_kind[m], m_index[m], m_shift[m], m_mask[m], first + i) > 0:
-                        last = i
-                    last_active[k, i] = last
-                following = n
-                next_active[k, n] = n
-                for i in range(n - 1, -1, -1):
-                    if _value(floats, packed, m_kind[m], m_index[m], m_shift[m], m_mask[m], first + i) > 0:
-                        following = i
-                    next_active[k, i] = following
-            for s in range(len(as_of_days)):
-                row = row_of[s, p]
-                if row < 0:
-                    continue
-                for e in range(n_edges):
-                    bounds[e] = np.searchsorted(own, as_of_days[s] - edges[e])
-                for a in range(len(fn_of)):
-                    lo, hi = bounds[lo_edge[a]], bounds[hi_edge[a]]
-                    f, src, c = fn_of[a], source_of[a], column_of[a]
+        p0, p1 = chunk * n_profiles // n_chunks, (chunk + 1) * n_profiles // n_chunks
+        start = profile_rows[p0]
+        values = _chunk_values(floats, packed, m, start, profile_rows[p1])
+        running = _chunk_sums(profile_rows, p0, p1, values, slot_measure, slot_counts_days)
+        last_active, next_active = _chunk_marks(profile_rows, p0, p1, values, mark_measure)
+        for s in range(len(as_of_days)):
+            rows = row_of[s]
+            bounds = _chunk_bounds(profile_rows, p0, p1, days, as_of_days[s], edges, rows)
+            for a in range(len(fn_of)):
+                f, src, c = fn_of[a], source_of[a], column_of[a]
+                lows, highs = bounds[lo_edge[a]], bounds[hi_edge[a]]
+                for p in range(p0, p1):
+                    row = rows[p]
+                    if row < 0:
+                        continue
+                    first, n = profile_rows[p] - start, profile_rows[p + 1] - profile_rows[p]
+                    base, lo, hi = first + p - p0, lows[p - p0], highs[p - p0]
                     if c < 0:
-                        counts[row, -1 - c] = np.int32(running[src, hi] - running[src, lo])
+                        counts[row, -1 - c] = np.int32(running[src, base + hi] - running[src, base + lo])
                     elif f in (SUM, ACTIVE_DAYS):
-                        amounts[row, c] = (running[src, hi] - running[src, lo]) / m_scale[slot_measure[src]]
+                        total = running[src, base + hi] - running[src, base + lo]
+                        amounts[row, c] = total / m_scale[slot_measure[src]]
                     elif f == LAST_DAY:
-                        i = last_active[src, hi - 1] if hi > lo else -1
-                        amounts[row, c] = float(own[i]) if i >= lo else np.nan
+                        i = last_active[src, base + hi - 1] if hi > lo else -1
+                        amounts[row, c] = float(days[start + first + i]) if i >= lo else np.nan
                     elif f == FIRST_DAY:
-                        i = next_active[src, lo] if hi > lo else n
-                        amounts[row, c] = float(own[i]) if i < hi else np.nan
+                        i = next_active[src, base + lo] if hi > lo else n
+                        amounts[row, c] = float(days[start + first + i]) if i < hi else np.nan
                     else:
-                        best = np.nan
-                        for i in range(lo, hi):
-                            v = _value(
-                                floats,
-                                packed,
-                                m_kind[src],
-                                m_index[src],
-                                m_shift[src],
-                                m_mask[src],
-                                first + i,
-                            )
-                            if not np.isnan(v) and (np.isnan(best) or v > best):
-                                best = v
-                        amounts[row, c] = best / m_scale[src]
+                        amounts[row, c] = _window_max(values[src], first + lo, first + hi) / m_scale[src]
+
+
+@numba.njit(inline="always")
+def _window_max(values, lo, hi):  # pragma: no cover - compiled
+    """The largest non-NaN value in ``values[lo:hi]``, NaN when there is none."""
+    best = np.nan
+    for i in range(lo, hi):
+        v = values[i]
+        if not np.isnan(v) and (np.isnan(best) or v > best):
+            best = v
+    return best
 
 
 @dataclass(frozen=True)
@@ -274,13 +305,15 @@ def window_kernel(
     values: dict[str, np.ndarray | Packed | Scaled],
     fs: FeatureSet,
     as_of_days: list[int],
+    chunks: int = PASS_CHUNKS,
 ) -> pa.Table:
     """Aggregates of every snapshot from rollup rows sorted by (pk, day).
 
     ``values`` maps each measure to its column (float64, NaN for NULL), to a :class:`Packed`
     field of an int64 column or to a :class:`Scaled` decimal, read in place. Returns one table:
     ``pk``, ``as_of_day`` and one column per aggregate, snapshots in the order given and
-    profiles in ``pk`` order within each.
+    profiles in ``pk`` order within each. ``chunks``: how many runs of profiles the pass shares
+    out over the threads (the values never depend on it; the tests vary it).
     """
     n = len(pk)
     profile_rows = (
@@ -318,16 +351,7 @@ def window_kernel(
     # Column-major: each aggregate's column is contiguous, handed to Arrow without a copy.
     counts = np.empty((total, plan.n_counts), dtype=np.int32, order="F")
     amounts = np.empty((total, plan.n_amounts), order="F")
-    _window_pass(
-        profile_rows,
-        days,
-        floats_in,
-        packed_in,
-        kind,
-        index,
-        shift,
-        mask,
-        scale,
+    plan_arrays = (
         plan.slot_measure,
         plan.slot_counts_days,
         plan.mark_measure,
@@ -337,10 +361,21 @@ def window_kernel(
         plan.lo_edge,
         plan.hi_edge,
         plan.column_of,
+    )
+    measures_read = (kind, index, shift, mask)
+    _window_pass(
+        profile_rows,
+        days,
+        floats_in,
+        packed_in,
+        measures_read,
+        scale,
+        plan_arrays,
         as_of,
         row_of,
         counts,
         amounts,
+        chunks,
     )
     columns = {
         "pk": np.concatenate([profiles[present[s]] for s in range(len(as_of))]).astype(np.int32),

@@ -275,39 +275,71 @@ def build_snapshots(
     only its row groups of the profile-sorted events).
     """
     keyed, keys = _keyed(con, events)
+    _check_request(keys, as_ofs, key_range, reattributed)
+    # Events on or after the last as-of date, or before the first one's lookback, are in no
+    # snapshot.
+    span = (min(as_ofs) - dt.timedelta(days=fs.lookback_days), max(as_ofs))
+    pk, days, values = _rollup_arrays(con, fs, keyed, span, keys, key_range)
+    # Keys are dense row numbers in key order: a take, not a join, gives each id back.
+    ids = fetch_arrow(con, f"SELECT profile_id FROM {keys} ORDER BY profile_key")["profile_id"]
+    skip = reattributed.skip if reattributed is not None else {}
+    aggregates = _kept_aggregates(con, skip, keep)
+    join_key = "profile_key" if keys == "profiles" else "profile_id"
+    dates = [day_number(d) for d in sorted(set(as_ofs))]
+    for start, end in _date_batches(fs, len(dates), len(ids)):
+        _insert_pass(
+            con, fs, (pk, days, values), dates[start:end], ids, table, start == 0, aggregates, where, join_key
+        )
+    if skip:
+        con.unregister("_snapshot_skip")
+    if reattributed is not None and len(reattributed.key_days):
+        _insert_reattributed(con, fs, reattributed, table, where)
+    return con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+
+
+def _check_request(
+    keys: str, as_ofs: list[dt.date], key_range: tuple[int, int] | None, reattributed: Reattributed | None
+) -> None:
+    """What :func:`build_snapshots` refuses: no dates, or a key range or reattributed profiles
+    over events not keyed by the ingest (``keys`` not ``profiles``)."""
     if key_range is not None and keys != "profiles":
         raise ValueError("a key range needs events and profiles keyed by the ingest's profile_key")
     if reattributed is not None and keys != "profiles":
         raise ValueError("reattributed profiles need events and profiles keyed by the ingest's profile_key")
     if not as_ofs:
         raise ValueError("build_snapshots needs at least one as-of date")
-    # Events on or after the last as-of date, or before the first one's lookback, are in no
-    # snapshot.
-    span = (min(as_ofs) - dt.timedelta(days=fs.lookback_days), max(as_ofs))
-    pk, days, values = _rollup_arrays(con, fs, keyed, span, keys, key_range)
-    # Compiled on first use; numba loads only here.
-    from propensity.features.build.kernels import WindowPlan, window_kernel
 
-    # Keys are dense row numbers in key order: a take, not a join, gives each id back.
-    ids = fetch_arrow(con, f"SELECT profile_id FROM {keys} ORDER BY profile_key")["profile_id"]
+
+def _date_batches(fs: FeatureSet, n_dates: int, n_profiles: int) -> list[tuple[int, int]]:
+    """[start, end) of the dates each compiled pass takes: as many as keep its output (up to
+    one row per profile and date) under ``BATCH_BYTES``."""
+    from propensity.features.build.kernels import WindowPlan
+
     plan = WindowPlan.of(fs, list(fs.measures))
     row_bytes = 8 + 4 * plan.n_counts + 8 * plan.n_amounts
-    per_batch = max(1, BATCH_BYTES // max(1, len(ids) * row_bytes))
-    dates = [day_number(d) for d in sorted(set(as_ofs))]
-    if not dates:
-        raise ValueError("build_snapshots needs at least one as-of date")
-    skip = reattributed.skip if reattributed is not None else {}
-    aggregates = _kept_aggregates(con, skip, keep)
-    join_key = "profile_key" if keys == "profiles" else "profile_id"
-    for start in range(0, len(dates), per_batch):
-        stacked = window_kernel(pk, days, values, fs, dates[start : start + per_batch])
-        _insert(con, fs, stacked, ids, table, start == 0, aggregates, where=where, join_key=join_key)
-        del stacked
-    if skip:
-        con.unregister("_snapshot_skip")
-    if reattributed is not None and len(reattributed.key_days):
-        _insert_reattributed(con, fs, reattributed, table, where)
-    return con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+    per_batch = max(1, BATCH_BYTES // max(1, n_profiles * row_bytes))
+    return [(start, min(n_dates, start + per_batch)) for start in range(0, n_dates, per_batch)]
+
+
+def _insert_pass(
+    con: duckdb.DuckDBPyConnection,
+    fs: FeatureSet,
+    rollup: tuple,
+    dates: list[int],
+    ids: pa.Array,
+    table: str,
+    create: bool,
+    aggregates: str,
+    where: str | None,
+    join_key: str,
+) -> None:
+    """The compiled pass over the rollup (pk, days, values) for ``dates`` (day numbers), its
+    rows' features into ``table`` (created when ``create``)."""
+    # Compiled on first use; numba loads only here.
+    from propensity.features.build.kernels import window_kernel
+
+    stacked = window_kernel(*rollup, fs, dates)
+    _insert(con, fs, stacked, ids, table, create, aggregates, where=where, join_key=join_key)
 
 
 def _kept_aggregates(
