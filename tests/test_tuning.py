@@ -114,3 +114,29 @@ def test_two_threads_from_the_cells_threshold_unless_the_config_sets_them():
     assert lightgbm_params(training, ONE_THREAD_CELLS - 1)["num_threads"] == 1
     assert lightgbm_params(training, ONE_THREAD_CELLS)["num_threads"] == 2
     assert lightgbm_params(TrainingConfig(lightgbm={"num_threads": 1}), ONE_THREAD_CELLS)["num_threads"] == 1
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_sleep_when_idle_unless_the_user_says_otherwise(given, expected):
+    """The train job's imports set OpenMP's wait policy before lightgbm loads its OpenMP library
+    (which reads it once, on load); a value already set is kept."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    code = (
+        "import sys, importlib.abc\n"
+        "seen = {}\n"
+        "class Watch(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'lightgbm' and 'policy' not in seen:\n"
+        "            import os; seen['policy'] = os.environ.get('OMP_WAIT_POLICY')\n"
+        "sys.meta_path.insert(0, Watch())\n"
+        "import propensity.pipeline.jobs.train\n"
+        "print(seen['policy'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
