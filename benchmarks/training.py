@@ -43,6 +43,16 @@ try:  # run as a script (python benchmarks/training.py) or imported as benchmark
 except ImportError:  # pragma: no cover
     from benchmarks.data import DATA, ensure_ingested, in_child
 
+
+def print_phases(phases: dict[str, dict]) -> None:
+    """The phases' table of ``benchmarks/training_phases.py``."""
+    try:
+        from training_phases import print_phases as show
+    except ImportError:  # pragma: no cover
+        from benchmarks.training_phases import print_phases as show
+    show(phases)
+
+
 WORK = DATA / "training"
 # Beyond this many profiles the held-out test and validation profiles (kept whole by the sample)
 # shrink in proportion, so they stay the size they have at 1M instead of outgrowing the budget.
@@ -75,19 +85,30 @@ def model_yaml(
 
 
 def train(path: Path, ingested: Path, work: Path) -> dict:
-    """Child process: ``train_model``; its seconds, peak RSS, rows and test figures."""
+    """Child process: ``train_model``; its seconds (wall and CPU), peak RSS, rows, test figures
+    and the seconds of its phases (``benchmarks/training_phases.py``)."""
+    try:  # the phases' module imports this one: imported here, once both are loaded
+        from training_phases import instrument
+    except ImportError:  # pragma: no cover
+        from benchmarks.training_phases import instrument
+
     from propensity.pipeline.jobs.train import train_model
+
+    phases = instrument()
 
     config = ProjectConfig(
         work_dir=str(work / "work"), mlflow={"tracking_uri": f"sqlite:///{work / 'mlflow.db'}"}
     )
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = train_model(str(path), ingested, config)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    phases.done.set()
     plan = result.plan
     sampled = [line for line in plan.splitlines() if line.startswith("sampled:")]
     return {
         "seconds": seconds,
+        "cpu_seconds": cpu,
+        "load_average": os.getloadavg()[0],
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "snapshots": len(result.snapshots),
         "training_rows": sum(part["rows"] for part in result.rows.values()),
@@ -99,6 +120,7 @@ def train(path: Path, ingested: Path, work: Path) -> dict:
         "test_brier": result.metrics["test_brier"],
         "model_family": result.model_family,
         "sampling": sampled[0] if sampled else "every row built",
+        "phases": {k: {n: round(v, 1) for n, v in f.items()} for k, f in phases.figures.items()},
     }
 
 
@@ -126,7 +148,12 @@ def main() -> None:
         path = model_yaml(name, work, args.sample_rows, args.trials, profiles=args.profiles)
         results[name] = in_child(train, path, ingested, work)
         r = results[name]
-        print(f"  {r['seconds']:.0f} s, peak RSS {r['peak_rss_mib']:,.0f} MiB; {r['sampling']}", flush=True)
+        print(
+            f"  {r['seconds']:.0f} s ({r['cpu_seconds']:.0f} CPU-s, load average {r['load_average']:.1f} at"
+            f" the end), peak RSS {r['peak_rss_mib']:,.0f} MiB; {r['sampling']}",
+            flush=True,
+        )
+        print_phases(r["phases"])
 
     compare = {}
     if args.compare_profiles:

@@ -106,6 +106,26 @@ class Phases:
         return timed
 
 
+def instrument() -> Phases:
+    """The train job's :data:`STEPS` wrapped in place, timed into the returned :class:`Phases`."""
+    import importlib
+
+    phases = Phases()
+    for module, name, phase in STEPS:
+        mod = importlib.import_module(module)
+        setattr(mod, name, phases.wrap(getattr(mod, name), phase))
+    return phases
+
+
+def print_phases(phases: dict[str, dict]) -> None:
+    """One line a phase: calls, seconds, CPU seconds, peak RSS."""
+    print(f"{'phase':<34}{'calls':>6}{'seconds':>9}{'CPU s':>9}{'peak MiB':>10}")
+    for phase, f in phases.items():
+        print(
+            f"{phase:<34}{f['calls']:>6}{f['seconds']:>9.1f}{f['cpu_seconds']:>9.1f}{f['peak_rss_mib']:>10,.0f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -116,8 +136,6 @@ def main() -> None:
     parser.add_argument("--sample-rows", type=int, default=1_500_000)
     parser.add_argument("--trials", type=int, default=12)
     args = parser.parse_args()
-    import importlib
-
     from propensity.pipeline.jobs.train import train_model
 
     _, ingested, _ = ensure_ingested(args.profiles, args.days, ProjectConfig())
@@ -125,10 +143,7 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    phases = Phases()
-    for module, name, phase in STEPS:
-        mod = importlib.import_module(module)
-        setattr(mod, name, phases.wrap(getattr(mod, name), phase))
+    phases = instrument()
     config = ProjectConfig(
         work_dir=str(work / "work"), mlflow={"tracking_uri": f"sqlite:///{work / 'mlflow.db'}"}
     )
@@ -143,11 +158,7 @@ def main() -> None:
         f"{args.model}, {args.profiles:,} profiles; load average {load[0]:.1f} at the start, "
         f"{end_load[0]:.1f} at the end"
     )
-    print(f"{'phase':<34}{'calls':>6}{'seconds':>9}{'CPU s':>9}{'peak MiB':>10}")
-    for phase, f in phases.figures.items():
-        print(
-            f"{phase:<34}{f['calls']:>6}{f['seconds']:>9.1f}{f['cpu_seconds']:>9.1f}{f['peak_rss_mib']:>10,.0f}"
-        )
+    print_phases(phases.figures)
     print(f"{'train_model':<34}{1:>6}{wall:>9.1f}{cpu:>9.1f}{peak:>10,.0f}")
     m = result.metrics
     print(

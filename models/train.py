@@ -62,11 +62,13 @@ def monotone_vector(feature_names: list[str], directions: dict[str, int] | None)
     return [0 if name in CATEGORICAL_FEATURES else int(directions.get(name, 0)) for name in feature_names]
 
 
-# Below this many cells (rows x features) one thread is faster: LightGBM's threads synchronise
-# after every histogram, which costs more than it saves on small data, and far more on a
-# shared machine (measured: 66k x 190, 100 rounds, busy 2-core host: 3.5 s on 1 thread,
-# 19.5 s on 2).
-ONE_THREAD_CELLS = 50_000_000
+# Below this many cells (rows x features) one thread: LightGBM's threads synchronise after every
+# histogram, which costs more than it saves on small data. Above it two: with OpenMP's idle
+# threads sleeping instead of spinning (models/__init__.py) a second thread costs no extra CPU
+# on a busy machine (100 rounds on 109k x 245 at load average 15: 4.8 CPU-s on 2 threads,
+# 4.7 on 1; spinning, 33.6) and lets the histograms use both cores of an idle one. The count
+# follows the data, never the load: LightGBM's model depends on it (deterministic per count).
+ONE_THREAD_CELLS = 20_000_000
 
 
 def lightgbm_params(training: TrainingConfig, cells: int = 0, monotone: list[int] | None = None) -> dict:
@@ -181,7 +183,12 @@ def _lightgbm(
         "monotone_decreasing": sum(1 for d in vector if d < 0),
         "best_iteration": result.best_iteration,
     }
-    details = {"trials": result.trials, "timed_out": result.timed_out, "search_seconds": result.seconds}
+    details = {
+        "trials": result.trials,
+        "timed_out": result.timed_out,
+        "search_seconds": result.seconds,
+        "trial_rows": result.trial_rows,
+    }
     details["lightgbm_params"] = result.params  # in full, for the refit
     return draft, params, details
 

@@ -3,8 +3,10 @@
 Every trial trains on the training snapshots and stops early on the validation rows (a later
 snapshot); the trial's score is the selection metric there. The first trial is always the
 defaults, so the search can only find something better on validation. The data are binned
-once and shared by every trial. Same data and seed, same trials, same model, unless the time
-cap cuts the search short (recorded as ``timed_out``).
+once and shared by every trial. On many training rows (``tuning.trial_rows``) the trials fit a
+seeded sample of them (every positive, negatives reweighted; same bins) and the chosen
+parameters are fitted once more on every row. Same data and seed, same trials, same model,
+unless the time cap cuts the search short (recorded as ``timed_out``).
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ def search_space(trial: optuna.Trial, fixed: dict) -> dict:
 
 @dataclass
 class TuningResult:
-    """The best trial's booster and parameters, and every trial's validation score."""
+    """The chosen parameters' booster (fitted on every training row), and every trial's
+    validation score."""
 
     params: dict
     booster_text: str
@@ -68,6 +71,16 @@ class TuningResult:
     trials: list[dict] = field(default_factory=list)
     timed_out: bool = False
     seconds: float = 0.0
+    trial_rows: int = 0  # the rows each trial fitted: all of them, or the sample of trial_subset
+
+
+@dataclass
+class _Fit:
+    """One early-stopped fit: its parameters, booster and validation score."""
+
+    params: dict
+    booster: lgb.Booster
+    value: float
 
 
 def search_lightgbm(
@@ -80,39 +93,59 @@ def search_lightgbm(
 ) -> TuningResult:
     """Search LightGBM parameters around ``base_params`` (the defaults plus the config's
     overrides) by ``training.selection_metric`` on the validation rows (``valid_set`` for
-    early stopping, ``valid_matrix`` / ``y_valid`` to score); returns the best trial."""
-    metric = training.selection_metric
+    early stopping, ``valid_matrix`` / ``y_valid`` to score); returns the best trial.
+
+    Beyond ``training.tuning.trial_rows`` training rows the trials fit :func:`trial_subset`
+    and the chosen parameters are then fitted once more, on every row (same early stopping)."""
     tuning = training.tuning
     rounds = min(int(base_params.get("num_boost_round", tuning.max_boost_rounds)), tuning.max_boost_rounds)
     fixed = {k: v for k, v in base_params.items() if k != "num_boost_round"}
-    best: dict = {}
-    trials: list[dict] = []
     start = time.perf_counter()
+    trial_set = trial_subset(train_set, tuning.trial_rows, training.seed)
+
+    def fit(params: dict, data: lgb.Dataset) -> _Fit:
+        booster = _fit_trial(params, rounds, data, valid_set, training.early_stopping_rounds)
+        predicted = booster.predict(valid_matrix, num_iteration=booster.best_iteration)
+        return _Fit(params, booster, score(training.selection_metric, y_valid, predicted))
+
+    best, trials = _run_study(lambda params: fit(params, trial_set), fixed, training)
+    if trial_set is not train_set:  # the chosen parameters on every training row
+        best = fit(best.params, train_set)
+    return TuningResult(
+        params={**best.params, "num_boost_round": rounds},
+        booster_text=best.booster.model_to_string(num_iteration=best.booster.best_iteration),
+        best_iteration=int(best.booster.best_iteration),
+        validation_score=best.value,
+        trials=trials,
+        timed_out=len(trials) < tuning.trials,
+        seconds=time.perf_counter() - start,
+        trial_rows=trial_set.num_data(),
+    )
+
+
+def _run_study(fit, fixed: dict, training: TrainingConfig) -> tuple[_Fit, list[dict]]:
+    """The seeded TPE study over :func:`search_space`, the defaults first; ``fit``: trial
+    parameters -> :class:`_Fit`. Returns the best fit and every trial's record."""
+    metric, tuning = training.selection_metric, training.tuning
+    found: list[_Fit] = []
+    trials: list[dict] = []
 
     def objective(trial: optuna.Trial) -> float:
         began = time.perf_counter()
-        params = {**fixed, **search_space(trial, training.lightgbm)}
-        booster = _fit_trial(params, rounds, train_set, valid_set, training.early_stopping_rounds)
-        value = score(metric, y_valid, booster.predict(valid_matrix, num_iteration=booster.best_iteration))
-        seconds = round(time.perf_counter() - began, 2)
+        done = fit({**fixed, **search_space(trial, training.lightgbm)})
         trials.append(
             {
                 "trial": trial.number,
-                metric: value,
-                "best_iteration": booster.best_iteration,
-                "seconds": seconds,
+                metric: done.value,
+                "best_iteration": done.booster.best_iteration,
+                "seconds": round(time.perf_counter() - began, 2),
             }
             # The monotone vector is the same in every trial and as long as the feature list.
-            | {k: v for k, v in params.items() if k != "monotone_constraints"}
+            | {k: v for k, v in done.params.items() if k != "monotone_constraints"}
         )
-        if not best or better(metric, value, best["value"]):
-            best.update(
-                value=value,
-                params={**params, "num_boost_round": rounds},
-                booster_text=booster.model_to_string(num_iteration=booster.best_iteration),
-                best_iteration=int(booster.best_iteration),
-            )
-        return value
+        if not found or better(metric, done.value, found[0].value):
+            found[:] = [done]
+        return done.value
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
@@ -122,15 +155,32 @@ def search_lightgbm(
     # The defaults first: tuning never does worse than them on validation.
     study.enqueue_trial({k: fixed[k] for k in search_space_keys(training.lightgbm) if k in fixed})
     study.optimize(objective, n_trials=tuning.trials, timeout=tuning.timeout_seconds)
-    return TuningResult(
-        params=best["params"],
-        booster_text=best["booster_text"],
-        best_iteration=best["best_iteration"],
-        validation_score=best["value"],
-        trials=trials,
-        timed_out=len(trials) < tuning.trials,
-        seconds=time.perf_counter() - start,
-    )
+    return found[0], trials
+
+
+# The trials' sample keeps at least this share of the negatives, however many the positives.
+MIN_TRIAL_RATE = 0.1
+
+
+def trial_subset(train_set: lgb.Dataset, rows: int | None, seed: int) -> lgb.Dataset:
+    """The rows the search's trials fit: ``train_set`` itself when it has at most ``rows``
+    rows (or ``rows`` is None); beyond, every positive and a seeded draw of the negatives at
+    the rate that brings the total near ``rows`` (at least :data:`MIN_TRIAL_RATE`), each drawn
+    negative's weight divided by the rate so weighted sums stay unbiased. The subset shares the
+    full set's bins (LightGBM's ``Dataset.subset``: nothing is binned again), so validation
+    rows binned against ``train_set`` serve both."""
+    label = train_set.construct().get_label()
+    if rows is None or len(label) <= rows:
+        return train_set
+    positive = label > 0
+    rate = max((rows - int(positive.sum())) / max(int((~positive).sum()), 1), MIN_TRIAL_RATE)
+    draw = np.random.default_rng([seed, 26]).random(len(label)) < rate
+    kept = np.flatnonzero(positive | draw)
+    weight = train_set.get_weight()
+    weight = np.ones(len(label)) if weight is None else np.asarray(weight, dtype=float)
+    subset = train_set.subset(kept.tolist()).construct()
+    subset.set_weight(weight[kept] * np.where(positive[kept], 1.0, 1.0 / rate))
+    return subset
 
 
 def _fit_trial(

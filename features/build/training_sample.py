@@ -219,13 +219,34 @@ def sampled_training_frame(
     candidates = choose_candidates(flags, dates, choice, model.outcome.occurs)
     del flags
     population = population_rule(model, fs).sql("duckdb", column_prefix="f")
+    groups = partitions(candidates.rows, choice.partition_rows)
+    frames = _partition_frames(con, fs, model, dates, choice, candidates, groups, population, graph)
+    # Partition after partition, each by date then profile: no sorted copy of the whole frame.
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    del frames
+    record = {**candidates.record(), "sample_partitions": len(groups), "sample_rows": len(frame)}
+    return frame, dates, record
+
+
+def _partition_frames(
+    con: duckdb.DuckDBPyConnection,
+    fs: FeatureSet,
+    model: ModelConfig,
+    dates: list[dt.date],
+    choice: RowChoice,
+    candidates: Candidates,
+    groups: list[np.ndarray],
+    population: str,
+    graph: IdentityGraph | None,
+) -> list[pd.DataFrame]:
+    """The chosen rows' labelled features and weights, one frame per profile partition of
+    ``groups`` (each reads only its profiles' events)."""
     reattributed = graph.reattributed(dates, "events_seen", fs.lookback_days) if graph is not None else None
     outcomes = (
         graph.outcomes_sql(outcome_filter(model.outcome), model.outcome.horizon_days, dates, "events_seen")
         if graph is not None
         else None
     )
-    groups = partitions(candidates.rows, choice.partition_rows)
     apart_done = dataclasses.replace(reattributed, key_days=np.zeros(0, np.int32)) if reattributed else None
     frames = []
     for i, profiles in enumerate(groups):
@@ -254,8 +275,4 @@ def sampled_training_frame(
         con.execute("DROP TABLE snapshot_features")
     if groups:
         con.unregister("_sample_keep")
-    # Partition after partition, each by date then profile: no sorted copy of the whole frame.
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    del frames
-    record = {**candidates.record(), "sample_partitions": len(groups), "sample_rows": len(frame)}
-    return frame, dates, record
+    return frames
