@@ -37,6 +37,7 @@ from propensity.core.config import EngineConfig, ProjectConfig
 from propensity.features.build import daily_rollup, event_queries, kernels, sql_compiler, stacked_build
 from propensity.features.build.registry import build_registry
 from propensity.features.build.snapshots import snapshot_dates
+from propensity.features.connection import relation_columns
 from propensity.features.sql import DUCKDB
 from propensity.pipeline.jobs import events as event_jobs
 
@@ -116,7 +117,7 @@ def all_features(loaded, config: ProjectConfig, cutoff: dt.date, as_of: dt.date,
     dates = snapshot_dates(cutoff, 30, 8, 28)
     runs = {}
     for plan in ("windows", "buckets"):
-        sql = sql_compiler.snapshot_sql(fs, as_of, con, plan=plan)
+        sql = sql_compiler.snapshot_sql(fs, as_of, relation_columns(con, "profiles"), plan=plan)
         _, runs[plan] = timed(lambda sql=sql: con.execute(f"CREATE OR REPLACE TEMP TABLE single AS {sql}"))
     _, runs["stacked"] = timed(lambda: stacked_build.build_snapshots(con, fs, dates, table="stacked"))
     chosen = sql_compiler.choose_plan(fs)

@@ -19,6 +19,7 @@ import pandas as pd
 
 from propensity.features.build.sql_compiler import snapshot_sql
 from propensity.features.build.stacked_build import build_snapshots
+from propensity.features.connection import relation_columns
 from propensity.features.identity import IdentityGraph
 from propensity.features.identity.graph import ALWAYS, group_identities, unsettled_intervals
 from propensity.features.sql import sql_string
@@ -90,7 +91,13 @@ class AsOfVariants:
 
     def single(self) -> None:
         sources = self._fresh().sources(self.as_of)
-        sql = snapshot_sql(self.fs, self.as_of, self.con, events=sources.events, profiles=sources.profiles)
+        sql = snapshot_sql(
+            self.fs,
+            self.as_of,
+            relation_columns(self.con, sources.profiles),
+            events=sources.events,
+            profiles=sources.profiles,
+        )
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE ours_as_of AS {sql}")
 
     def stacked(self) -> None:

@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from propensity.core.config import ProjectConfig
 from propensity.features.build.sql_compiler import snapshot_sql
-from propensity.features.connection import arrow_batches
+from propensity.features.connection import arrow_batches, relation_columns
 from propensity.features.duckdb.scoring import partition_events, partitions_for
 from propensity.pipeline.jobs.events import feature_set, load_events
 
@@ -71,7 +71,14 @@ def build(ingested: Path, variant: str, features: str, partitions: int | None) -
     split = time.perf_counter() - start
     hashes = []
     for events in relations:
-        sql = snapshot_sql(fs, as_of, con, events=events, profiles=sources.profiles, ordered=False)
+        sql = snapshot_sql(
+            fs,
+            as_of,
+            relation_columns(con, sources.profiles),
+            events=events,
+            profiles=sources.profiles,
+            ordered=False,
+        )
         for batch in arrow_batches(con, f"SELECT profile_id, hash(f) AS h FROM ({sql}) f", 100_000):
             hashes.append(pa.Table.from_batches([batch]))
     seconds = time.perf_counter() - start

@@ -45,6 +45,7 @@ import yaml
 
 from propensity.core.config import ProjectConfig
 from propensity.features.build.event_queries import data_end
+from propensity.features.connection import relation_columns
 from propensity.features.sql import sql_ident
 
 try:  # run as a script (python benchmarks/scoring.py) or imported as benchmarks.scoring
@@ -147,7 +148,14 @@ def _features(
     as_of = data_end(loaded.con)
     fs = feature_set(loaded, config, before=as_of, categories=categories)
     sources = loaded.sources(as_of)
-    sql = snapshot_sql(fs, as_of, loaded.con, events=sources.events, profiles=sources.profiles, ordered=False)
+    sql = snapshot_sql(
+        fs,
+        as_of,
+        relation_columns(loaded.con, sources.profiles),
+        events=sources.events,
+        profiles=sources.profiles,
+        ordered=False,
+    )
     if columns is not None:
         sql = f"SELECT profile_id, {', '.join(sql_ident(c) for c in columns)} FROM ({sql})"
     if rows is None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from propensity.core.config import EngineConfig, ProjectConfig
 from propensity.features.build import event_queries, sql_compiler
+from propensity.features.connection import relation_columns
 from propensity.features.spark import features as sf
 from propensity.features.spark.session import spark_session
 from propensity.features.synthetic.world import GeneratorSettings
@@ -88,7 +89,9 @@ def main() -> None:
     fs = event_jobs.feature_set(loaded, config, as_of)
     # Both engines read the profiles as the identity graph knew them at as_of.
     sources = loaded.sources(as_of)
-    duck_sql = sql_compiler.snapshot_sql(fs, as_of, con, events=sources.events, profiles=sources.profiles)
+    duck_sql = sql_compiler.snapshot_sql(
+        fs, as_of, relation_columns(con, sources.profiles), events=sources.events, profiles=sources.profiles
+    )
     _, duck_seconds = timed(lambda: con.execute(f"CREATE TEMP TABLE duck_features AS {duck_sql}"))
     duck_rows = con.execute("SELECT count(*) FROM duck_features").fetchall()[0][0]
 

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from propensity.core.config import FeatureConfig
 from propensity.features.build import build_registry, sql_compiler, stacked_build
+from propensity.features.connection import relation_columns
 from propensity.features.sql import SPARK
 
 AS_OF = dt.date(2025, 6, 1)
@@ -184,7 +185,7 @@ def test_stacked_snapshots_equal_single_snapshots_and_the_sql_form(luma_small, c
     stacked = con.execute("SELECT * FROM snapshot_features ORDER BY as_of, profile_id").df()
     assert rows == len(stacked)
     sql_compiler.build_rollup(con, fs)
-    portable = con.execute(sql_compiler.snapshots_sql(fs, dates, con)).df()
+    portable = con.execute(sql_compiler.snapshots_sql(fs, dates, relation_columns(con, "profiles"))).df()
     pd.testing.assert_frame_equal(stacked, portable, check_dtype=False)
     # Snapshots through the compiled pass one batch at a time, and a population kept: same rows.
     with pytest.MonkeyPatch.context() as patch:
@@ -430,11 +431,13 @@ def test_the_spark_spelling_means_the_same_as_duckdbs(luma_small, config, plan):
     dates = [dt.date(2025, 6, 12), dt.date(2025, 8, 1)]
     if plan == "rollup":
         sql_compiler.build_rollup(con, fs)
-        native = sql_compiler.snapshots_sql(fs, dates, con)
-        spark = sql_compiler.snapshots_sql(fs, dates, con, dialect=SPARK)
+        native = sql_compiler.snapshots_sql(fs, dates, relation_columns(con, "profiles"))
+        spark = sql_compiler.snapshots_sql(fs, dates, relation_columns(con, "profiles"), dialect=SPARK)
     else:
-        native = sql_compiler.snapshot_sql(fs, dates[0], con, plan=plan)
-        spark = sql_compiler.snapshot_sql(fs, dates[0], con, dialect=SPARK, plan=plan)
+        native = sql_compiler.snapshot_sql(fs, dates[0], relation_columns(con, "profiles"), plan=plan)
+        spark = sql_compiler.snapshot_sql(
+            fs, dates[0], relation_columns(con, "profiles"), dialect=SPARK, plan=plan
+        )
     assert "EXCLUDE" not in spark and '"' not in spark
     (translated,) = sqlglot.transpile(spark, read="spark", write="duckdb")
     expected = con.execute(native).df()

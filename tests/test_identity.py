@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from propensity.core.config import IdentityConfig, ProjectConfig
+from propensity.features.connection import relation_columns
 from propensity.pipeline.jobs import events as event_jobs
 from propensity.pipeline.jobs import ingest as ingest_jobs
 from tests.conftest import write_events
@@ -276,7 +277,13 @@ def test_outcomes_count_for_the_first_identity_known_at_as_of(tmp_path):
     sources = loaded.sources(LATE_AS_OF)
     outcome = OutcomeConfig(horizon_days=30)
     sql = labelled_sql(
-        snapshot_sql(fs, LATE_AS_OF, loaded.con, events=sources.events, profiles=sources.profiles),
+        snapshot_sql(
+            fs,
+            LATE_AS_OF,
+            relation_columns(loaded.con, sources.profiles),
+            events=sources.events,
+            profiles=sources.profiles,
+        ),
         outcome,
         outcomes=graph.outcomes_sql(outcome_filter(outcome), 30, [LATE_AS_OF], "events"),
     )

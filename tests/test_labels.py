@@ -11,6 +11,7 @@ from propensity.core.config import ModelConfig, OutcomeConfig, ProjectConfig
 from propensity.core.errors import UserError
 from propensity.features.build import parse_rule, population_rule, snapshot_dates, sql_compiler
 from propensity.features.build.model_frames import labelled_sql
+from propensity.features.connection import relation_columns
 from propensity.pipeline.jobs.config_files import load_model_config
 from tests.conftest import invoke
 from tests.test_features import AS_OF, FS, connection, event
@@ -18,7 +19,9 @@ from tests.test_features import AS_OF, FS, connection, event
 
 def labels(rows, outcome: OutcomeConfig, as_of=AS_OF) -> pd.Series:
     con = connection(rows)
-    frame = con.execute(labelled_sql(sql_compiler.snapshot_sql(FS, as_of, con), outcome)).df()
+    frame = con.execute(
+        labelled_sql(sql_compiler.snapshot_sql(FS, as_of, relation_columns(con, "profiles")), outcome)
+    ).df()
     return frame.set_index("profile_id")["label"]
 
 

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from propensity.core.config import MonitorConfig, ProjectConfig
 from propensity.features.build import population_rule
 from propensity.features.build.sql_compiler import snapshot_sql
+from propensity.features.connection import relation_columns
 from propensity.models import monitoring as mon
 from propensity.models import tracking as mlflow_tracking
 from propensity.models.calibration import Calibrator
@@ -135,7 +136,14 @@ def monitored(luma_small, tmp_path_factory, tracking):
     def snapshot(as_of: dt.date) -> pd.DataFrame:
         # Profiles as of the date, as the score job builds them.
         sources = loaded.sources(as_of)
-        sql = snapshot_sql(fs, as_of, con, events=sources.events, profiles=sources.profiles, where=where)
+        sql = snapshot_sql(
+            fs,
+            as_of,
+            relation_columns(con, sources.profiles),
+            events=sources.events,
+            profiles=sources.profiles,
+            where=where,
+        )
         return con.execute(sql).df()
 
     frames = {d: snapshot(d) for d in (REFERENCE_AS_OF, LATER)}

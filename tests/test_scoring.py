@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
 from propensity.core.config import ProjectConfig
+from propensity.features.connection import relation_columns
 from propensity.features.duckdb import scoring as duckdb_scoring
 from propensity.models import tracking as mlflow_tracking
 from propensity.pipeline.jobs import features as feature_jobs
@@ -428,7 +429,14 @@ def test_partitioned_events_build_the_same_features_as_all_events(luma_ingested,
     assert "event_id" not in read  # what no measure reads stays behind
 
     def build(events: str) -> pd.DataFrame:
-        sql = snapshot_sql(fs, as_of, con, events=events, profiles=sources.profiles, ordered=False)
+        sql = snapshot_sql(
+            fs,
+            as_of,
+            relation_columns(con, sources.profiles),
+            events=events,
+            profiles=sources.profiles,
+            ordered=False,
+        )
         return con.execute(sql).df()
 
     whole = build(sources.events).sort_values("profile_id", ignore_index=True)

@@ -33,7 +33,7 @@ from propensity.core.errors import UserError  # noqa: E402
 from propensity.features.build import build_registry, sql_compiler, training_frame  # noqa: E402
 from propensity.features.build.outcome_rate import NAME as OUTCOME_RATE  # noqa: E402
 from propensity.features.build.outcome_rate import outcome_rate_sql, outcome_rates  # noqa: E402
-from propensity.features.connection import connect  # noqa: E402
+from propensity.features.connection import connect, relation_columns  # noqa: E402
 from propensity.features.identity import IdentityGraph  # noqa: E402
 from propensity.features.identity import stitching as duck_identity  # noqa: E402
 from propensity.features.ingest import resolve_input  # noqa: E402
@@ -401,7 +401,13 @@ def test_duckdb_jobs_read_a_spark_ingest(ingested):
         loaded = event_jobs.load_events(directory, ProjectConfig())
         sources = loaded.sources(as_of)
         con = loaded.con
-        sql = sql_compiler.snapshot_sql(fs, as_of, con, events=sources.events, profiles=sources.profiles)
+        sql = sql_compiler.snapshot_sql(
+            fs,
+            as_of,
+            relation_columns(con, sources.profiles),
+            events=sources.events,
+            profiles=sources.profiles,
+        )
         frames.append(con.execute(sql).df())
     assert len(frames[1]) > 100
     assert_same_rows(frames[0], frames[1], ["profile_id"])
@@ -424,7 +430,11 @@ def test_feature_snapshots_use_the_profiles_duckdb_uses_at_each_date(spark, inge
         expected_sources = duck.sources(as_of)
         expected = con.execute(
             sql_compiler.snapshot_sql(
-                fs, as_of, con, events=expected_sources.events, profiles=expected_sources.profiles
+                fs,
+                as_of,
+                relation_columns(con, expected_sources.profiles),
+                events=expected_sources.events,
+                profiles=expected_sources.profiles,
             )
         ).df()
         assert len(expected) > 100 and expected["loyalty_tier"].notna().any()

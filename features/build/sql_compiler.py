@@ -32,9 +32,10 @@ from propensity.features.sql import DUCKDB, Dialect
 
 EPOCH = dt.date(1970, 1, 1)
 # The columns of the ``profiles`` relation the compiled SQL joins (profile attributes are joined
-# only when present): the names themselves (Spark, tests), or a DuckDB connection whose relation
-# is described for them (:func:`propensity.features.connection.relation_columns`); None: none.
-ProfileColumns = Collection[str] | duckdb.DuckDBPyConnection | None
+# only when present). The caller names them (on DuckDB:
+# :func:`propensity.features.connection.relation_columns`, on Spark the frame's columns): the
+# compiler never describes a relation itself, so it runs no query on any engine. None: none.
+ProfileColumns = Collection[str] | None
 
 
 def day_number(date: dt.date) -> int:
@@ -151,8 +152,6 @@ def _profile_join(
     ``profiles`` is the relation of attributes per profile (the profiles as of a date:
     ``features.identity.as_of.AsOfSources.profiles``).
     """
-    if isinstance(columns, duckdb.DuckDBPyConnection):  # DuckDB callers may hand their connection
-        columns = relation_columns(columns, profiles)
     available = set(columns or ())
     as_of_date = dialect.date("f.as_of_day")
     signed_up = f"p.signup_date IS NOT NULL AND CAST(p.signup_date AS DATE) < {as_of_date}"
@@ -316,7 +315,9 @@ def build_snapshot(
     profiles: str = "profiles",
 ) -> pd.DataFrame:
     """The feature table at ``as_of`` for every profile active in the lookback."""
-    return con.execute(snapshot_sql(fs, as_of, con, events=events, plan=plan, profiles=profiles)).df()
+    return con.execute(
+        snapshot_sql(fs, as_of, relation_columns(con, profiles), events=events, plan=plan, profiles=profiles)
+    ).df()
 
 
 def build_rollup(

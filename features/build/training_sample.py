@@ -6,7 +6,7 @@ it) and whether an outcome event falls in its horizon (a *hit*). From those alon
 chosen before any feature is built:
 
 * the test snapshot's held-out profiles and the validation snapshot's validation profiles are
-  kept whole (the same profile hashes as :func:`propensity.models.train.split`), so the test
+  kept whole (the same profile hashes as :func:`propensity.models.split.split`), so the test
   figures and the validation choices read every row they would read unsampled;
 * on every other snapshot, each row that may be positive (a hit; for ``occurs: false``, no hit)
   and every row of a seeded sample of profiles (``md5(sample-<seed>:profile_id) < rate``, a
@@ -51,7 +51,7 @@ from propensity.features.sql import sql_string
 @dataclass(frozen=True)
 class RowChoice:
     """How sampled training chooses its rows: the plan's roles, the split's profile groups (the
-    same salts and shares as :func:`propensity.models.train.split`) and the budget."""
+    same salts and shares as :func:`propensity.models.split.split`) and the budget."""
 
     test: dt.date
     validation: dt.date

@@ -28,7 +28,7 @@ from propensity.features.build.model_frames import training_frame
 from propensity.features.build.sql_compiler import snapshot_sql
 from propensity.features.build.stacked_build import build_snapshots
 from propensity.features.build.training_sample import RowChoice, sampled_training_frame
-from propensity.features.connection import connect
+from propensity.features.connection import connect, relation_columns
 from propensity.features.duckdb import scoring
 from propensity.features.engine import Scored, ScoringPlan, SharedSteps, TrainingRows
 from propensity.features.identity.as_of import IdentityGraph
@@ -64,7 +64,12 @@ class LoadedEvents(SqlEvents):
         """The feature snapshot at ``as_of`` over the events and profiles as of that date (SQL)."""
         sources = self.sources(as_of)
         return snapshot_sql(
-            fs, as_of, self.con, events=sources.events, profiles=sources.profiles, where=where
+            fs,
+            as_of,
+            relation_columns(self.con, sources.profiles),
+            events=sources.events,
+            profiles=sources.profiles,
+            where=where,
         )
 
     def as_query(self, relation: str, name: str) -> str:
