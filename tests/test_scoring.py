@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
 from propensity.core.config import ProjectConfig
+from propensity.features.duckdb import ranked_write
 from propensity.features.duckdb import scoring as duckdb_scoring
 from propensity.models import tracking as mlflow_tracking
 from propensity.pipeline.jobs import features as feature_jobs
@@ -130,10 +131,10 @@ def test_rescoring_replaces_the_partition_with_identical_rows(scored, luma_inges
     # reading its own events, split once): the same rows as the first run's build.
     assert 3 < duckdb_scoring.SPLIT_FROM_PARTITIONS <= 8
     monkeypatch.setattr(duckdb_scoring, "SPLIT_MAX_MEASURES", 1_000)  # the split, whatever the model
-    in_order = duckdb_scoring.write_ranked_in_order
+    in_order = ranked_write.write_ranked_in_order
     ranked_in_order = []
     monkeypatch.setattr(
-        duckdb_scoring, "write_ranked_in_order", lambda *a: ranked_in_order.append(a) or in_order(*a)
+        ranked_write, "write_ranked_in_order", lambda *a: ranked_in_order.append(a) or in_order(*a)
     )
     for partitions, stacked in ((3, True), (3, False), (8, False)):
         monkeypatch.setattr(duckdb_scoring, "stacked_build_applies", lambda con, stacked=stacked: stacked)
@@ -166,7 +167,7 @@ def test_percentiles_are_duckdbs_cume_dist_ranks(levels):
         "SELECT greatest(1, ceil(100 * cume_dist() OVER (ORDER BY probability)))::SMALLINT AS p "
         "FROM t ORDER BY i"
     ).fetchnumpy()["p"]
-    got = duckdb_scoring.percentiles(probability)
+    got = ranked_write.percentiles(probability)
     assert got.dtype == np.int16 and np.array_equal(got, want)
 
 
