@@ -126,12 +126,22 @@ def _identities_sql(con: duckdb.DuckDBPyConnection, identity_map: str, namespace
 
 
 def _model_columns(plan: ScoringPlan) -> str:
-    """The model's feature columns for the scoring query, unused ones as typed NULLs."""
-    unused = plan.unused
-    return "".join(
-        f", CAST(NULL AS {unused[name]}) AS {sql_ident(name)}" if name in unused else f", f.{sql_ident(name)}"
-        for name in plan.feature_names
-    )
+    """The model's feature columns the scoring query reads: those a tree splits on (the others
+    are added as null columns to the fetched rows, :func:`_with_unused`)."""
+    return "".join(f", f.{sql_ident(name)}" for name in plan.feature_names if name not in plan.unused)
+
+
+UNUSED_TYPES = {"double": pa.float64(), "string": pa.string()}  # (of unused_feature_types)
+
+
+def _with_unused(table: pa.Table, plan: ScoringPlan) -> pa.Table:
+    """``table`` with a column of typed nulls for each model feature no tree splits on: what
+    DuckDB would hand over for the query's typed NULLs, had it filled and exported each."""
+    nulls = {kind: pa.nulls(table.num_rows, arrow_type) for kind, arrow_type in UNUSED_TYPES.items()}
+    for name in plan.feature_names:
+        if name in plan.unused:  # one array of each type, shared (arrays never change)
+            table = table.append_column(name, nulls[plan.unused[name]])
+    return table
 
 
 def read_features(plan: ScoringPlan) -> FeatureSet:
@@ -343,6 +353,7 @@ def _scored_partition(
     # The wide feature rows are copied only when someone is left out (a filter copies them all).
     if eligible.null_count or not pc.all(eligible).as_py():
         table = table.filter(eligible)
+    table = _with_unused(table, plan)
     run.eligible += table.num_rows
     parts = []
     for start in range(0, table.num_rows, plan.chunk_rows):
