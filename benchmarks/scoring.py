@@ -206,9 +206,8 @@ PHASES = (
     ("to float64", "propensity.models.estimator", "arrow_lightgbm_array"),
     ("predict+factors", "propensity.models.treeshap", "TreeShapExplainer.part_scores_and_top_k"),
     ("factor lists", "propensity.models.scoring", "factor_lists"),
-    ("write batches", "pyarrow.parquet", "ParquetWriter.write_table"),
-    ("rank+write", "propensity.features.duckdb.scoring", "write_ranked"),
-    ("rank+write", "propensity.features.duckdb.scoring", "write_ranked_in_order"),
+    ("write batches", "propensity.features.duckdb.ranked_write", "UnrankedRun.add"),
+    ("rank+write", "propensity.features.duckdb.ranked_write", "UnrankedRun.write_ranked"),
     ("mlflow", "propensity.pipeline.jobs.score", "log_scoring_run"),
 )
 
@@ -230,7 +229,10 @@ def timed_phases() -> dict[str, float]:
         return timed
 
     for phase, module, attribute in PHASES:
-        owner = importlib.import_module(module)
+        try:
+            owner = importlib.import_module(module)
+        except ModuleNotFoundError:  # (an older checkout, compared in the same run)
+            continue
         *path, name = attribute.split(".")
         for part in path:
             owner = getattr(owner, part)

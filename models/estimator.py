@@ -180,7 +180,8 @@ def arrow_lightgbm_array(
     columns cast to float64 (null -> NaN), each column of ``categorical`` as the index of its value
     in that category list (null or unknown -> NaN). Equal to ``lightgbm_array(feature_matrix(...))``
     (as a column-major array)."""
-    missing = [c for c in feature_names if c not in table.column_names]
+    present = set(table.column_names)  # (a list built once, not once a feature)
+    missing = [c for c in feature_names if c not in present]
     if missing:
         raise UserError(f"feature table lacks {len(missing)} model features, e.g. `{missing[0]}`")
     # Column-major: each column is written in one contiguous run (a row-major fill strides

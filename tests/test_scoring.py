@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -26,6 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from propensity.core.config import ProjectConfig
 from propensity.features.connection import relation_columns
+from propensity.features.duckdb import ranked_write
 from propensity.features.duckdb import scoring as duckdb_scoring
 from propensity.models import tracking as mlflow_tracking
 from propensity.pipeline.jobs import features as feature_jobs
@@ -131,10 +133,10 @@ def test_rescoring_replaces_the_partition_with_identical_rows(scored, luma_inges
     # reading its own events, split once): the same rows as the first run's build.
     assert 3 < duckdb_scoring.SPLIT_FROM_PARTITIONS <= 8
     monkeypatch.setattr(duckdb_scoring, "SPLIT_MAX_MEASURES", 1_000)  # the split, whatever the model
-    in_order = duckdb_scoring.write_ranked_in_order
+    in_order = ranked_write.write_ranked_in_order
     ranked_in_order = []
     monkeypatch.setattr(
-        duckdb_scoring, "write_ranked_in_order", lambda *a: ranked_in_order.append(a) or in_order(*a)
+        ranked_write, "write_ranked_in_order", lambda *a: ranked_in_order.append(a) or in_order(*a)
     )
     for partitions, stacked in ((3, True), (3, False), (8, False)):
         monkeypatch.setattr(duckdb_scoring, "stacked_build_applies", lambda con, stacked=stacked: stacked)
@@ -167,8 +169,57 @@ def test_percentiles_are_duckdbs_cume_dist_ranks(levels):
         "SELECT greatest(1, ceil(100 * cume_dist() OVER (ORDER BY probability)))::SMALLINT AS p "
         "FROM t ORDER BY i"
     ).fetchnumpy()["p"]
-    got = duckdb_scoring.percentiles(probability)
+    got = ranked_write.percentiles(probability)
     assert got.dtype == np.int16 and np.array_equal(got, want)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(0, 20), min_size=1, max_size=400), st.integers(1, 4), st.booleans())
+def test_a_run_is_ranked_the_same_written_straight_through_or_sorted_by_duckdb(levels, parts, shuffled):
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from propensity.core.score_table import BUCKETS, batch_schema
+
+    n = len(levels)
+    ids = [f"p{i:05d}" for i in range(n)]
+    order = np.random.default_rng(n).permutation(n) if shuffled else np.arange(n)
+    probability = np.asarray(levels, dtype=float) / 20  # many ties
+    score = (probability * 100).astype(np.int16)
+    bucket = np.asarray(BUCKETS)[np.minimum(score // 40, len(BUCKETS) - 1)]
+    rows = pa.Table.from_arrays(
+        [
+            pa.array(ids),
+            pa.array(["m"] * n),
+            pa.array(["1"] * n),
+            pa.array([dt.date(2026, 1, 1)] * n, pa.date32()),
+            pa.array(probability),
+            pa.array(score),
+            pa.array(bucket),
+            pa.array([[]] * n, pa.list_(batch_schema().field("factors").type.value_type)),
+            pa.array([dt.datetime(2026, 1, 2, tzinfo=dt.UTC)] * n, pa.timestamp("us", tz="UTC")),
+        ],
+        schema=batch_schema(),
+    ).take(order)
+    con = duckdb.connect()
+    want = con.execute(
+        "SELECT greatest(1, ceil(100 * cume_dist() OVER (ORDER BY probability)))::SMALLINT AS p "
+        "FROM rows ORDER BY profile_id"
+    ).fetchnumpy()["p"]
+    with tempfile.TemporaryDirectory() as tmp:
+        run = ranked_write.UnrankedRun(Path(tmp) / "unranked.arrow")
+        cuts = np.linspace(0, n, parts + 1).astype(int)
+        for a, b in itertools.pairwise(cuts):
+            run.add(rows.slice(a, b - a) if b > a else None)
+        sizes = run.write_ranked(con, Path(tmp) / "out")
+        written = pq.read_table(Path(tmp) / "out" / "part-0.parquet")
+        assert run.sorted == (not shuffled or n < 2 or list(order) == sorted(order))
+    assert written.column_names == [*rows.column_names[:-1], "percentile", "scored_at"]
+    assert written.column("profile_id").to_pylist() == ids
+    assert np.array_equal(written.column("percentile").to_numpy(), want)
+    assert written.drop_columns(["percentile"]).equals(rows.sort_by("profile_id"))
+    assert sizes == {b: int((bucket == b).sum()) for b in BUCKETS}
 
 
 def test_partitions_come_out_in_one_ascending_run_of_profile_ids():

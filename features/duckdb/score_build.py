@@ -27,7 +27,6 @@ from propensity.features.connection import fetch_arrow, relation_columns
 from propensity.features.identity.as_of import IdentityGraph
 
 FEATURES = "score_features"  # the temp table holding one partition's feature rows
-EVENTS = "score_events"  # the temp view of one partition's events
 SEEN = "score_events_seen"  # the temp view of every event before the as-of
 
 
@@ -101,16 +100,15 @@ def in_profile_order(tables: Iterator[pa.Table], first_ids: list[str]) -> Iterat
 def _built(con, fs, as_of, ranges, reattributed, built_apart, rows_sql: str) -> Iterator[pa.Table]:
     """``rows_sql`` over each key range's feature rows, built by the stacked build."""
     for i, (low, high) in enumerate(ranges):
-        con.execute(
-            f"CREATE OR REPLACE TEMP VIEW {EVENTS} AS SELECT * FROM {SEEN} "
-            f"WHERE profile_key >= {low} AND profile_key < {high}"
-        )
+        # The events view itself with the key range (not a temp view of the range: another
+        # cursor cannot see one), so the daily rollup streams the range on two cursors.
         build_snapshots(
             con,
             fs,
             [as_of],
             table=FEATURES,
-            events=EVENTS,
+            events="events",
+            key_range=(low, high),
             # The profiles the graph then saw apart: left out of every partition, built whole
             # with the first.
             reattributed=reattributed if i == 0 else built_apart,

@@ -4,7 +4,7 @@ batches through a prefetch thread to the scorer, then ranked and written in one 
 Peak memory is bounded by one profile partition's feature build and one batch, not by the
 population. With many partitions of a narrow build the events are read once: those of the lookback, with only
 the columns the features read, are split into one Parquet folder per partition, which each
-partition reads alone. The percentile is ``ceil(100 * cume_dist)`` over the whole run, as on Spark.
+partition reads alone. The scored rows are ranked and written by :mod:`.ranked_write`.
 """
 
 from __future__ import annotations
@@ -21,18 +21,18 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import sqlglot
 from sqlglot import exp
 
-from propensity.core.io import atomic_path, output_lock, scratch_dir
-from propensity.core.score_table import BUCKETS, histogram_bins
+from propensity.core.io import output_lock, scratch_dir
+from propensity.core.score_table import histogram_bins
 from propensity.features.build.event_queries import namespaces_sql, representatives_sql
 from propensity.features.build.feature_set import FeatureSet
 from propensity.features.build.rules import column_name
 from propensity.features.build.sql_compiler import snapshot_sql
 from propensity.features.connection import arrow_batches, relation_columns
 from propensity.features.duckdb import score_build
+from propensity.features.duckdb.ranked_write import UnrankedRun
 from propensity.features.duckdb.score_build import stacked_build_applies
 from propensity.features.engine import Scored, ScoringPlan
 from propensity.features.identity.as_of import AsOfSources, IdentityGraph
@@ -126,12 +126,22 @@ def _identities_sql(con: duckdb.DuckDBPyConnection, identity_map: str, namespace
 
 
 def _model_columns(plan: ScoringPlan) -> str:
-    """The model's feature columns for the scoring query, unused ones as typed NULLs."""
-    unused = plan.unused
-    return "".join(
-        f", CAST(NULL AS {unused[name]}) AS {sql_ident(name)}" if name in unused else f", f.{sql_ident(name)}"
-        for name in plan.feature_names
-    )
+    """The model's feature columns the scoring query reads: those a tree splits on (the others
+    are added as null columns to the fetched rows, :func:`_with_unused`)."""
+    return "".join(f", f.{sql_ident(name)}" for name in plan.feature_names if name not in plan.unused)
+
+
+UNUSED_TYPES = {"double": pa.float64(), "string": pa.string()}  # (of unused_feature_types)
+
+
+def _with_unused(table: pa.Table, plan: ScoringPlan) -> pa.Table:
+    """``table`` with a column of typed nulls for each model feature no tree splits on: what
+    DuckDB would hand over for the query's typed NULLs, had it filled and exported each."""
+    nulls = {kind: pa.nulls(table.num_rows, arrow_type) for kind, arrow_type in UNUSED_TYPES.items()}
+    for name in plan.feature_names:
+        if name in plan.unused:  # one array of each type, shared (arrays never change)
+            table = table.append_column(name, nulls[plan.unused[name]])
+    return table
 
 
 def read_features(plan: ScoringPlan) -> FeatureSet:
@@ -298,129 +308,62 @@ def score(
 ) -> Scored:
     """Score the population at ``plan.as_of`` and write ``target/part-0.parquet`` ranked, whole or
     not at all; ``graph``: the identity graph the events were loaded with."""
-    identities = _identities_sql(con, sources.identity_map, plan.identity_namespaces)
-    # Each profile's representative identities once, not once a partition.
-    con.execute(f"CREATE OR REPLACE TEMP TABLE score_identities AS {identities[0]}")
-    identities = ("SELECT * FROM score_identities", identities[1])
+    identities = _staged_identities(con, sources.identity_map, plan.identity_namespaces)
     partitions = plan.partitions or partitions_for(
         con, sources.profiles, len(plan.feature_names) - len(plan.unused)
     )
     fs = read_features(plan)
-    profiles = eligible = scored = 0
     # The lock is held from the first temp file to the partition's replace; temps stay outside
     # the scores folder, where no reader globs them.
     root = target.parent.parent
     with output_lock(target, root=root, kind="scores"), scratch_dir(target, root=root) as tmp:
-        unranked = Path(tmp) / "unranked.parquet"
-        writer: pq.ParquetWriter | None = None
-        order = _RunOrder()
+        run = UnrankedRun(Path(tmp) / "unranked.arrow")
         tables = _feature_tables(con, sources, plan, fs, identities, partitions, graph, Path(tmp) / "events")
         for table in prefetched(tables, depth=1, on_stop=con.interrupt):
-            profiles += table.num_rows
-            table = table.filter(table.column(ELIGIBLE)).combine_chunks()
-            eligible += table.num_rows
-            parts = []
-            for start in range(0, table.num_rows, plan.chunk_rows):
-                parts.append(plan.scorer(table.slice(start, plan.chunk_rows), identities[1]))
-                scored += parts[-1].num_rows
-                if plan.progress is not None:
-                    plan.progress(scored, None)
-            if not parts:
-                continue
-            # Sorted here, the scored columns only (not the wide feature rows): partitions of
-            # the stacked build then make one ascending run (score_build.in_profile_order).
-            scored_rows = pa.concat_tables(parts)
-            scored_rows = scored_rows.take(pc.sort_indices(scored_rows.column("profile_id")))
-            if writer is None:  # a scratch file read once: the fast codec
-                writer = pq.ParquetWriter(unranked, scored_rows.schema, compression="lz4")
-            writer.write_table(scored_rows)
-            order.add(scored_rows)
-        if writer is not None:
-            writer.close()
-        if writer is not None and order.sorted:  # in profile order already: no sort, no SQL pass
-            bucket_sizes = write_ranked_in_order(unranked, target, order)
-        else:
-            bucket_sizes = write_ranked(con, unranked if writer is not None else None, target)
-    con.execute("DROP TABLE IF EXISTS score_identities")
+            run.add(_scored_partition(plan, table, identities[1], run))
+        bucket_sizes = run.write_ranked(con, target)
+    con.execute(f"DROP TABLE IF EXISTS {IDENTITIES}")
     if plan.progress is not None:
-        plan.progress(scored, scored)
-    scores = (
-        pq.read_table(target / "part-0.parquet", columns=["score"])["score"].to_numpy() if scored else None
-    )
-    histogram = np.histogram(scores, bins=histogram_bins())[0].tolist() if scored else []
-    sample = scores if scored else np.array([], dtype=float)
-    return Scored(profiles, eligible, scored, bucket_sizes, histogram, sample)
+        plan.progress(run.scored, run.scored)
+    scores = run.scores()
+    histogram = np.histogram(scores, bins=histogram_bins())[0].tolist() if run.scored else []
+    return Scored(run.profiles, run.eligible, run.scored, bucket_sizes, histogram, scores)
 
 
-class _RunOrder:
-    """What the ranked write needs of the scored batches as they go: their probabilities and
-    bucket counts, and whether their profile ids arrive strictly ascending (profile-key
-    partitions, each sorted, come in profile order)."""
-
-    def __init__(self) -> None:
-        self.probabilities: list[np.ndarray] = []
-        self.buckets: dict[str, int] = {}
-        self.sorted = True
-        self._last: str | None = None
-
-    def add(self, rows: pa.Table) -> None:
-        self.probabilities.append(rows.column("probability").to_numpy())
-        for item in pc.value_counts(rows.column("bucket").combine_chunks()).to_pylist():
-            self.buckets[item["values"]] = self.buckets.get(item["values"], 0) + item["counts"]
-        ids = rows.column("profile_id").combine_chunks()
-        if self.sorted and len(ids):
-            ascending = len(ids) < 2 or pc.all(pc.less(ids.slice(0, len(ids) - 1), ids.slice(1))).as_py()
-            self.sorted = ascending and (self._last is None or self._last < ids[0].as_py())
-            self._last = ids[-1].as_py()
+IDENTITIES = "score_identities"  # the temp table of each profile's representative identities
 
 
-def percentiles(probability: np.ndarray) -> np.ndarray:
-    """``greatest(1, ceil(100 * cume_dist() OVER (ORDER BY probability)))`` as SMALLINT: ties
-    share the rank of the last of them."""
-    ranked = np.sort(probability)
-    at_or_below = np.searchsorted(ranked, probability, side="right")
-    return np.maximum(1, np.ceil(100 * (at_or_below / len(probability)))).astype(np.int16)
+def _staged_identities(
+    con: duckdb.DuckDBPyConnection, identity_map: str, namespaces
+) -> tuple[str, list[str]]:
+    """Each profile's representative identities, chosen once (not once a partition) into the temp
+    table :data:`IDENTITIES`: the query reading it and the identity columns."""
+    sql, columns = _identities_sql(con, identity_map, namespaces)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {IDENTITIES} AS {sql}")
+    return f"SELECT * FROM {IDENTITIES}", columns
 
 
-def write_ranked_in_order(unranked: Path, target: Path, order: _RunOrder) -> dict[str, int]:
-    """:func:`write_ranked` for batches written in profile order: the percentiles from the
-    probabilities held in memory, the rows copied over once, batch by batch, with theirs."""
-    percentile = percentiles(np.concatenate(order.probabilities))
-    with atomic_path(target) as tmp:
-        tmp.mkdir(parents=True)
-        source = pq.ParquetFile(unranked)
-        writer: pq.ParquetWriter | None = None
-        done = 0
-        for batch in source.iter_batches(batch_size=PARTITION_FLUSH_ROWS):
-            table = pa.Table.from_batches([batch])
-            scored_at = table.column("scored_at")
-            table = table.drop_columns(["scored_at"])
-            table = table.append_column("percentile", pa.array(percentile[done : done + len(table)]))
-            table = table.append_column(source.schema_arrow.field("scored_at"), scored_at)
-            done += len(table)
-            if writer is None:
-                writer = pq.ParquetWriter(tmp / "part-0.parquet", table.schema, compression="zstd")
-            writer.write_table(table)
-        if writer is not None:
-            writer.close()
-    return {b: int(order.buckets.get(b, 0)) for b in BUCKETS}
-
-
-def write_ranked(con: duckdb.DuckDBPyConnection, unranked: Path | None, target: Path) -> dict[str, int]:
-    """Add ``percentile`` (1-100 within this run, ties share one) and write the partition."""
-    with atomic_path(target) as tmp:
-        tmp.mkdir(parents=True)
-        if unranked is None:  # nobody eligible: an empty partition still says "scored, none"
-            return {}
-        source = f"read_parquet({sql_string(str(unranked))})"
-        con.execute(f"""
-            COPY (
-                SELECT * EXCLUDE (scored_at),
-                       greatest(1, ceil(100 * cume_dist() OVER (ORDER BY probability)))::SMALLINT
-                           AS percentile,
-                       scored_at
-                FROM {source} ORDER BY profile_id
-            ) TO {sql_string(str(tmp / "part-0.parquet"))} (FORMAT parquet, COMPRESSION zstd)
-        """)
-        sizes = dict(con.execute(f"SELECT bucket, count(*) FROM {source} GROUP BY 1 ORDER BY 1").fetchall())
-    return {b: int(sizes.get(b, 0)) for b in BUCKETS}
+def _scored_partition(
+    plan: ScoringPlan, table: pa.Table, identity_columns: list[str], run: UnrankedRun
+) -> pa.Table | None:
+    """One partition's feature rows scored in ``plan.chunk_rows`` chunks, the eligible ones only,
+    sorted by profile (None: none eligible); ``run``'s counts and ``plan.progress`` follow."""
+    run.profiles += table.num_rows
+    eligible = table.column(ELIGIBLE)
+    # The wide feature rows are copied only when someone is left out (a filter copies them all).
+    if eligible.null_count or not pc.all(eligible).as_py():
+        table = table.filter(eligible)
+    table = _with_unused(table, plan)
+    run.eligible += table.num_rows
+    parts = []
+    for start in range(0, table.num_rows, plan.chunk_rows):
+        parts.append(plan.scorer(table.slice(start, plan.chunk_rows), identity_columns))
+        run.scored += parts[-1].num_rows
+        if plan.progress is not None:
+            plan.progress(run.scored, None)
+    if not parts:
+        return None
+    # Sorted here, the scored columns only (not the wide feature rows): partitions of the
+    # stacked build then make one ascending run (score_build.in_profile_order).
+    rows = pa.concat_tables(parts)
+    return rows.take(pc.sort_indices(rows.column("profile_id")))

@@ -147,6 +147,31 @@ def _scorer(prep: Prepared, model_name: str, factors: int, scored_at: dt.datetim
     return score
 
 
+def _plan(
+    prep: Prepared,
+    model_name: str,
+    config: ProjectConfig,
+    factors: int,
+    chunk_rows: int,
+    progress: Progress | None,
+) -> ScoringPlan:
+    """What the engine needs to score ``prep``'s model: its features, population and scorer."""
+    scored_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    return ScoringPlan(
+        fs=prep.fs,
+        as_of=prep.as_of,
+        population=prep.population,
+        feature_names=list(prep.model.feature_names),
+        unused=unused_feature_types(prep.model),
+        scorer=_scorer(prep, model_name, factors, scored_at),
+        identity_namespaces=IDENTITY_COLUMNS,
+        chunk_rows=chunk_rows,
+        partitions=config.scoring.profile_partitions,
+        progress=progress,
+        uplift=is_uplift(prep.model),
+    )
+
+
 def score_model(
     model_name: str,
     events: str | Path,
@@ -175,20 +200,7 @@ def score_model(
         raise UserError(f"--factors must be 0 or more, got {factors}")
     root = engine.output_path(out if out is not None else Path(config.work_dir) / "scores").rstrip("/")
     target = f"{root}/model={model_name}/as_of={prep.as_of}"
-    scored_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    plan = ScoringPlan(
-        fs=prep.fs,
-        as_of=prep.as_of,
-        population=prep.population,
-        feature_names=list(prep.model.feature_names),
-        unused=unused_feature_types(prep.model),
-        scorer=_scorer(prep, model_name, factors, scored_at),
-        identity_namespaces=IDENTITY_COLUMNS,
-        chunk_rows=chunk_rows or config.scoring.chunk_rows,
-        partitions=config.scoring.profile_partitions,
-        progress=progress,
-        uplift=is_uplift(prep.model),
-    )
+    plan = _plan(prep, model_name, config, factors, chunk_rows or config.scoring.chunk_rows, progress)
     scored = engine.score(prep.loaded, plan, target)
     run_id = log_scoring_run(engine.name, model_name, prep, target, scored)
     return ScoreRun(
