@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
 import random
 import re
@@ -965,12 +966,21 @@ def test_killing_score_keeps_the_previous_partition(tmp_path, monkeypatch, reque
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     runner = CliRunner()
+    # The shipped churn model with LightGBM's defaults (tuning.trials 1, not 12): the model only
+    # has to score; the search is not what this test checks.
+    models = tmp_path / "models"
+    models.mkdir()
+    shipped = (Path(__file__).resolve().parents[1] / "configs/models/churn.yaml").read_text()
+    (models / "churn.yaml").write_text(shipped.replace("  seed: 42\n", "  seed: 42\n  tuning: {trials: 1}\n"))
+    assert "tuning: {trials: 1}" in (models / "churn.yaml").read_text()
+    project = tmp_path / "project.yaml"
+    project.write_text(json.dumps({"models_dir": str(models)}))
     args = ["score", "churn", "--events", str(ingested), "--version", "1", "--out", str(scores)]
-    args += ["--as-of", "2025-11-01"]
+    args += ["--as-of", "2025-11-01", "--config", str(project)]
     for step in (
         ["generate", "--profiles", "2000", "--days", "330", "--seed", "3", "--out", str(raw)],
         ["ingest", "--events", str(raw), "--out", str(ingested)],
-        ["train", "churn", "--events", str(ingested)],
+        ["train", "churn", "--events", str(ingested), "--config", str(project)],
     ):
         done = invoke(runner, *step)
         assert done.exit_code == 0, done.output

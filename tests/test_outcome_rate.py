@@ -141,8 +141,11 @@ def rate_project(tmp_path_factory):
     models = root / "models"
     models.mkdir()
     text = (Path(ProjectConfig().models_dir) / "repeat_purchase.yaml").read_text()
+    # LightGBM's defaults (tuning.trials 1, not 12): the rate feature is the point, not the search.
+    text = text.replace("  seed: 42\n", "  seed: 42\n  tuning: {trials: 1}\n")
     (models / "repeat_purchase.yaml").write_text(text + "features: {population_outcome_rate: true}\n")
     config = ProjectConfig.model_validate({"models_dir": str(models), "work_dir": str(root / "work")})
+    assert load_model_config("repeat_purchase", config).training.tuning.trials == 1
     return root, config
 
 

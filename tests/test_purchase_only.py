@@ -4,6 +4,8 @@ must carry its interval and the positives it rests on."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from propensity.models import tracking as mlflow_tracking
 from propensity.pipeline.jobs import events as event_jobs
 from propensity.pipeline.jobs import ingest as ingest_jobs
 from propensity.pipeline.jobs import train as model_jobs
+from propensity.pipeline.jobs.config_files import load_model_config
 from tests.conftest import invoke
 from tests.purchase_data import write_purchase_only
 
@@ -32,8 +35,24 @@ def purchases(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def repeat_run(purchases, tracking):
-    return model_jobs.train_model("repeat_purchase", purchases, ProjectConfig())
+def lighter(tmp_path_factory) -> ProjectConfig:
+    """The shipped repeat_purchase model with 3 tuning trials (the defaults and two searched)
+    instead of 12 and snapshots 14 days apart instead of 7 over the same history: what these
+    tests check (beating the baselines on the test snapshot, intervals, child runs) is not the
+    search, and the test snapshot keeps its size."""
+    models = tmp_path_factory.mktemp("purchase_only_models")
+    shipped = (Path(__file__).resolve().parents[1] / "configs/models/repeat_purchase.yaml").read_text()
+    lighter = "training:\n  seed: 42\n  tuning: {trials: 3}\n  snapshots: {spacing_days: 14}\n"
+    (models / "repeat_purchase.yaml").write_text(shipped.replace("training:\n  seed: 42\n", lighter))
+    config = ProjectConfig(models_dir=str(models))
+    model = load_model_config("repeat_purchase", config)
+    assert model.training.tuning.trials == 3 and model.training.snapshots.spacing_days == 14
+    return config
+
+
+@pytest.fixture(scope="module")
+def repeat_run(purchases, lighter, tracking):
+    return model_jobs.train_model("repeat_purchase", purchases, lighter)
 
 
 def test_registered_model_beats_rfm_and_recency_beyond_the_interval(repeat_run):
@@ -84,7 +103,7 @@ def test_candidates_are_child_runs_and_the_winner_is_tagged(repeat_run, tracking
     assert len(trials["data"]) >= 2  # the defaults and at least one searched trial
 
 
-def test_registered_model_scores_and_explains_through_one_interface(repeat_run, purchases, tracking):
+def test_registered_model_scores_and_explains_through_one_interface(repeat_run, purchases, lighter, tracking):
     model, _ = mlflow_tracking.load_propensity_model(
         mlflow_tracking.configure(ProjectConfig()), "repeat_purchase", version=repeat_run.version
     )
@@ -93,10 +112,8 @@ def test_registered_model_scores_and_explains_through_one_interface(repeat_run, 
     fs = event_jobs.feature_set(
         loaded, ProjectConfig(), before=as_of, categories=model.metadata["categories"]
     )
-    from propensity.pipeline.jobs.config_files import load_model_config
-
     sql, _ = loaded.population_snapshot(
-        fs, load_model_config("repeat_purchase", ProjectConfig()), as_of, repeat_run.trained_until
+        fs, load_model_config("repeat_purchase", lighter), as_of, repeat_run.trained_until
     )
     frame = loaded.con.execute(sql).df().head(300)
     p = model.predict_proba(frame)

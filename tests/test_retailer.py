@@ -28,10 +28,11 @@ pytestmark = pytest.mark.xdist_group("retailer")
 MODEL = """name: coupon_redeemer
 population: "days_since_last_event <= 120"
 outcome: {event_type: coupon_redeemed, horizon_days: 30}
-training: {candidates: [lightgbm]}
+training: {candidates: [lightgbm], tuning: {trials: 3}}
 """
 # (The fourth line keeps LightGBM alone, so the model's columns are every selected feature: the
-# logistic family reads log RFM only and BG/NBD its three inputs, and either may win the blend.)
+# logistic family reads log RFM only and BG/NBD its three inputs, and either may win the blend;
+# and searches 3 trials, not 12: what these tests check is not the search.)
 TRAITS = {
     "age_band": {"kind": "categorical", "governance": "standard"},
     "household_size": {"kind": "numeric", "governance": "standard"},
