@@ -63,14 +63,8 @@ class LoadedEvents(SqlEvents):
     def snapshot(self, fs: FeatureSet, as_of: dt.date, where: str | None = None) -> str:
         """The feature snapshot at ``as_of`` over the events and profiles as of that date (SQL)."""
         sources = self.sources(as_of)
-        return snapshot_sql(
-            fs,
-            as_of,
-            relation_columns(self.con, sources.profiles),
-            events=sources.events,
-            profiles=sources.profiles,
-            where=where,
-        )
+        columns = relation_columns(self.con, sources.profiles)
+        return snapshot_sql(fs, as_of, columns, events=sources.events, profiles=sources.profiles, where=where)
 
     def as_query(self, relation: str, name: str) -> str:
         """A relation as a query other SQL can wrap (on DuckDB it is one already)."""
