@@ -49,6 +49,7 @@ from propensity.features.build.training_sample import RowChoice
 from propensity.features.identity.as_of import AsOfSources
 from propensity.features.ingest import summary
 from propensity.features.ingest.manifest import (
+    IngestFile,
     OnBadRows,
     checked_manifest,
     ingest_files,
@@ -289,12 +290,16 @@ class SharedSteps(ABC):
         ``directory`` as Parquet (a file each on DuckDB, a directory of parts on Spark), with
         ``quarantine`` the bad rows too; one query each over the stitched views."""
         for table in ingest_files(stitched.with_attributes):
-            view = stitched.view(table.name)
-            sql = ingest_table_sql(table, view, stitched.columns(view))
-            stitched.write(sql, f"{directory}/{table.name}.parquet")
+            self.write_ingest_table(stitched, table, f"{directory}/{table.name}.parquet")
         if quarantine:
             view = stitched.view("quarantine")
             stitched.write(quarantine_sql(view, stitched.columns(view)), f"{directory}/quarantine.parquet")
+
+    def write_ingest_table(self, stitched: Stitched, table: IngestFile, path: str) -> None:
+        """One ingest table's rows (:func:`~propensity.features.ingest.manifest.ingest_table_sql`)
+        at ``path``, one query over its stitched view (DuckDB sorts the events range by range)."""
+        view = stitched.view(table.name)
+        stitched.write(ingest_table_sql(table, view, stitched.columns(view)), path)
 
 
 class Engine(Protocol):

@@ -54,6 +54,11 @@ class IngestConfig(_Strict):
     """Without --as-of, events more than this many hours after the ingest time are bad rows
     (`future_timestamp`), so a mistyped year never becomes the default as-of.
     """
+    bucket_rows: int = Field(default=10_000_000, ge=1)
+    """Events de-duplicated, sorted and written at most about this many at a time (DuckDB): past it, the
+    duplicate search runs in event-id hash buckets and events.parquet is written in profile-key ranges, so the
+    ingest's memory follows this and `engine.memory_limit`, not the number of events.
+    """
     event_type_mapping: dict[str, str] = Field(default_factory=dict)
     """Source event types renamed on ingest, e.g. {coupon_redeemed: offer_redeemed}: the source name as it
     appears in the data (compared exactly, after XDM names are mapped), the target a canonical type or a new

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -30,11 +31,12 @@ from propensity.features.build.stacked_build import build_snapshots
 from propensity.features.build.training_sample import RowChoice, sampled_training_frame
 from propensity.features.connection import connect, relation_columns
 from propensity.features.duckdb import scoring
+from propensity.features.duckdb.ingest_write import Scratch, write_events
 from propensity.features.engine import Scored, ScoringPlan, SharedSteps, TrainingRows
 from propensity.features.identity.as_of import IdentityGraph
 from propensity.features.identity.stitching import stitch_events
 from propensity.features.ingest.inputs import InputFiles, resolve_input
-from propensity.features.ingest.manifest import OnBadRows, ingested_view_sql, ingested_views
+from propensity.features.ingest.manifest import IngestFile, OnBadRows, ingested_view_sql, ingested_views
 from propensity.features.ingest.staging import StagedEvents, stage_events, stage_profiles
 from propensity.features.journeys.engine import DuckDBRunner
 from propensity.features.sql import DUCKDB, sql_string
@@ -125,6 +127,7 @@ class Stitched:
     counts: StagedEvents
     result: Any = None  # StitchResult, once stitched
     with_profiles: bool = False
+    scratch: Scratch | None = None  # where the staged events are kept, removed on close
     events_view = "clean_events"
     lines_view = "stitched_events"
     identity_view = "identity_map"
@@ -151,8 +154,10 @@ class Stitched:
         self.con.execute(f"COPY ({sql}) TO {sql_string(path)} (FORMAT parquet, COMPRESSION zstd)")
 
     def close(self) -> None:
-        """Free the staged tables' memory now rather than when collected."""
+        """Free the staged tables' memory and scratch files now rather than when collected."""
         self.con.close()
+        if self.scratch is not None:
+            self.scratch.remove()
 
 
 class DuckDBEngine(SharedSteps):
@@ -174,12 +179,26 @@ class DuckDBEngine(SharedSteps):
         """Events staged and stitched on a connection as the views every later step reads."""
         con = stitched.con
         con.execute("CREATE VIEW events AS SELECT * EXCLUDE (_source_file, _source_row) FROM stitched_events")
-        return LoadedEvents(con=con, inputs=inputs, graph=IdentityGraph(con, self.config.identity))
+        loaded = LoadedEvents(con=con, inputs=inputs, graph=IdentityGraph(con, self.config.identity))
+        if stitched.scratch is not None:  # the staged events' files live as long as the views over them
+            weakref.finalize(loaded, stitched.scratch.remove)
+        return loaded
 
     def stage_events(self, inputs: InputFiles, as_of: dt.date | None, settings: tuple) -> Stitched:
-        """The events staged on a new connection (``features.ingest.staging.stage_events``)."""
+        """The events staged on a new connection (``features.ingest.staging.stage_events``), kept
+        in a scratch database (under ``engine.temp_directory``) rather than in memory."""
         con = connect(self.config.engine)
-        return Stitched(con, inputs, stage_events(con, inputs, self.config.identity, as_of, *settings))
+        scratch = Scratch(self.config.engine.temp_directory)
+        try:
+            bucket_rows = self.config.ingest.bucket_rows
+            counts = stage_events(
+                con, inputs, self.config.identity, as_of, *settings, scratch.attach(con), bucket_rows
+            )
+        except BaseException:
+            con.close()
+            scratch.remove()
+            raise
+        return Stitched(con, inputs, counts, scratch=scratch)
 
     def stitch(self, staged: Stitched, profiles: str | Path | None, on_bad_rows: OnBadRows) -> Stitched:
         """The profile attributes staged (when given), identities stitched into profiles, the
@@ -190,6 +209,16 @@ class DuckDBEngine(SharedSteps):
             stage_profiles(con, Path(profiles), identity, on_bad_rows)
         staged.result = stitch_events(con, identity, staged.with_profiles)
         return staged
+
+    def write_ingest_table(self, stitched: Stitched, table: IngestFile, path: str) -> None:
+        """One ingest table; the events sorted a profile-key range at a time
+        (:func:`~propensity.features.duckdb.ingest_write.write_events`)."""
+        if table.name != "events" or stitched.scratch is None:
+            super().write_ingest_table(stitched, table, path)
+            return
+        view = stitched.view("events")
+        columns, bucket_rows = stitched.columns(view), self.config.ingest.bucket_rows
+        write_events(stitched.con, table, view, columns, path, stitched.scratch.path, bucket_rows)
 
     def open_ingested(self, inputs: InputFiles, manifest: dict[str, Any]) -> LoadedEvents:
         """An ingest directory (either engine's) as views; ``profile_attributes`` when written."""

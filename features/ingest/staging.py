@@ -33,6 +33,7 @@ from propensity.features.contract import (
     consent_message,
     future_limit,
 )
+from propensity.features.ingest.dedup import drop_duplicates, materialise
 from propensity.features.ingest.inputs import InputFiles, event_files, reader_sql
 from propensity.features.sql import sql_ident, sql_string
 
@@ -122,6 +123,8 @@ def stage_events(
     max_reported_rows: int = 5,
     future_tolerance_hours: int = DEFAULT_FUTURE_TOLERANCE_HOURS,
     event_type_mapping: dict[str, str] | None = None,
+    scratch: str | None = None,
+    bucket_rows: int | None = None,
 ) -> StagedEvents:
     """Validate and normalise raw events into the temp view ``clean_events``.
 
@@ -131,15 +134,15 @@ def stage_events(
     Bad rows go to ``bad_events`` with a ``reason``; duplicates (same ``event_id``) are
     dropped keeping the first row in file order. Rows in = clean + bad + duplicates. Events
     from the day after ``as_of`` on (without ``as_of``: more than ``future_tolerance_hours``
-    after now) are ``future_timestamp`` rows.
+    after now) are ``future_timestamp`` rows. ``scratch`` (an attached database) keeps the parsed
+    rows on disk; ``bucket_rows`` bounds the duplicate search (:mod:`~.dedup`).
     """
     source = files.reader_sql()
     columns = describe(con, source, files.display)
     _check_event_columns(columns, files.display, identity)
     typed = _typed_sql(columns, identity, files, event_type_mapping)
     content = _content_sql(identity)
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE parsed_events AS
+    parsed = f"""
         WITH src AS (
             SELECT *, {"file_row_number + 1" if files.fmt == "parquet" else "row_number() OVER ()"}
                    AS _source_row
@@ -150,11 +153,11 @@ def stage_events(
             * EXCLUDE (_given_id, _revenue_bad, _quantity_bad),
             {_bad_reason_sql(identity, as_of, future_tolerance_hours)} AS reason
         FROM typed
-    """)
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE bad_events AS SELECT * FROM parsed_events WHERE reason IS NOT NULL"
-    )
-    conflicting = _drop_duplicates(con, content)
+    """
+    # Parquet rows carry their file row number; other formats number rows as they are read.
+    materialise(con, "parsed_events", parsed, scratch, ordered=files.fmt != "parquet")
+    materialise(con, "bad_events", "SELECT * FROM parsed_events WHERE reason IS NOT NULL", scratch, False)
+    conflicting = drop_duplicates(con, content, bucket_rows)
     return _staged_counts(con, list(columns), conflicting, max_reported_rows)
 
 
@@ -261,43 +264,6 @@ def _bad_reason_sql(identity: IdentityConfig, as_of: dt.date | None, future_tole
         WHEN {bad_quantity} THEN 'invalid_quantity'
         WHEN {as_of_check} THEN 'future_timestamp'
     END"""
-
-
-def _drop_duplicates(con: duckdb.DuckDBPyConnection, content: str) -> int:
-    """The view ``clean_events``: the valid parsed rows, the first copy of each ``event_id`` in
-    file order; returns how many later copies carried another payload (``content``)."""
-    # Duplicates are rare: find them on event_id alone, then drop all but the first in file
-    # order. A window over every row and column would hold the whole input in memory.
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE duplicate_rows AS
-        SELECT _source_file, _source_row FROM (
-            SELECT _source_file, _source_row,
-                   row_number() OVER (PARTITION BY event_id ORDER BY _source_file, _source_row) AS copy
-            FROM parsed_events
-            WHERE reason IS NULL AND event_id IN (
-                SELECT event_id FROM parsed_events WHERE reason IS NULL GROUP BY event_id HAVING count(*) > 1)
-        ) WHERE copy > 1
-    """)
-    # A view: the parsed rows are held once, however many steps read the clean events.
-    con.execute("""
-        CREATE OR REPLACE TEMP VIEW clean_events AS
-        SELECT p.* EXCLUDE (reason) RENAME (ts AS timestamp) FROM parsed_events p
-        ANTI JOIN duplicate_rows d ON d._source_file = p._source_file AND d._source_row = p._source_row
-        WHERE p.reason IS NULL
-    """)
-    return int(
-        con.execute(f"""
-        WITH copies AS (
-            SELECT event_id, md5(concat_ws('|', {content})) AS payload,
-                   row_number() OVER (PARTITION BY event_id ORDER BY _source_file, _source_row) AS copy
-            FROM parsed_events
-            WHERE reason IS NULL AND event_id IN (
-                SELECT event_id FROM parsed_events WHERE reason IS NULL GROUP BY event_id HAVING count(*) > 1)
-        )
-        SELECT count(*) FROM copies d JOIN copies f ON f.event_id = d.event_id AND f.copy = 1
-        WHERE d.copy > 1 AND d.payload <> f.payload
-    """).fetchone()[0]
-    )
 
 
 def _staged_counts(
