@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -31,7 +30,7 @@ from propensity.features.build.stacked_build import build_snapshots
 from propensity.features.build.training_sample import RowChoice, sampled_training_frame
 from propensity.features.connection import connect, relation_columns
 from propensity.features.duckdb import scoring
-from propensity.features.duckdb.ingest_write import Scratch, write_events
+from propensity.features.duckdb.ingest_write import Scratch, staged_in_scratch, tie_scratch, write_events
 from propensity.features.engine import Scored, ScoringPlan, SharedSteps, TrainingRows
 from propensity.features.identity.as_of import IdentityGraph
 from propensity.features.identity.stitching import stitch_events
@@ -180,24 +179,19 @@ class DuckDBEngine(SharedSteps):
         con = stitched.con
         con.execute("CREATE VIEW events AS SELECT * EXCLUDE (_source_file, _source_row) FROM stitched_events")
         loaded = LoadedEvents(con=con, inputs=inputs, graph=IdentityGraph(con, self.config.identity))
-        if stitched.scratch is not None:  # the staged events' files live as long as the views over them
-            weakref.finalize(loaded, stitched.scratch.remove)
-        return loaded
+        return tie_scratch(loaded, stitched.scratch)
 
     def stage_events(self, inputs: InputFiles, as_of: dt.date | None, settings: tuple) -> Stitched:
         """The events staged on a new connection (``features.ingest.staging.stage_events``), kept
         in a scratch database (under ``engine.temp_directory``) rather than in memory."""
-        con = connect(self.config.engine)
-        scratch = Scratch(self.config.engine.temp_directory)
-        try:
-            bucket_rows = self.config.ingest.bucket_rows
-            counts = stage_events(
-                con, inputs, self.config.identity, as_of, *settings, scratch.attach(con), bucket_rows
-            )
-        except BaseException:
-            con.close()
-            scratch.remove()
-            raise
+        con, config = connect(self.config.engine), self.config
+        scratch, counts = staged_in_scratch(
+            con,
+            config.engine.temp_directory,
+            lambda db: stage_events(
+                con, inputs, config.identity, as_of, *settings, db, config.ingest.bucket_rows
+            ),
+        )
         return Stitched(con, inputs, counts, scratch=scratch)
 
     def stitch(self, staged: Stitched, profiles: str | Path | None, on_bad_rows: OnBadRows) -> Stitched:

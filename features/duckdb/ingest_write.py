@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import weakref
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import duckdb
 import numpy as np
@@ -45,6 +48,31 @@ class Scratch:
     def remove(self) -> None:
         """The folder and all in it gone (an open database file is unlinked, freed on close)."""
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+T = TypeVar("T")
+
+
+def staged_in_scratch(
+    con: duckdb.DuckDBPyConnection, parent: str | None, stage: Callable[[str], T]
+) -> tuple[Scratch, T]:
+    """``stage(database)`` run with a new scratch database attached to ``con``: the scratch and
+    what ``stage`` returned; if it fails, the connection is closed and the scratch removed."""
+    scratch = Scratch(parent)
+    try:
+        return scratch, stage(scratch.attach(con))
+    except BaseException:
+        con.close()
+        scratch.remove()
+        raise
+
+
+def tie_scratch(owner: Any, scratch: Scratch | None) -> Any:
+    """``owner``, with ``scratch`` removed once it is collected (the staged events' files live as
+    long as the views over them)."""
+    if scratch is not None:
+        weakref.finalize(owner, scratch.remove)
+    return owner
 
 
 def key_ranges(con: duckdb.DuckDBPyConnection, bucket_rows: int) -> list[tuple[int, int]]:
