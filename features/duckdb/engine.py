@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -185,13 +186,8 @@ class DuckDBEngine(SharedSteps):
         """The events staged on a new connection (``features.ingest.staging.stage_events``), kept
         in a scratch database (under ``engine.temp_directory``) rather than in memory."""
         con, config = connect(self.config.engine), self.config
-        scratch, counts = staged_in_scratch(
-            con,
-            config.engine.temp_directory,
-            lambda db: stage_events(
-                con, inputs, config.identity, as_of, *settings, db, config.ingest.bucket_rows
-            ),
-        )
+        stage = partial(stage_events, con, inputs, config.identity, as_of, *settings)
+        scratch, counts = staged_in_scratch(con, config.engine, config.ingest.bucket_rows, stage)
         return Stitched(con, inputs, counts, scratch=scratch)
 
     def stitch(self, staged: Stitched, profiles: str | Path | None, on_bad_rows: OnBadRows) -> Stitched:

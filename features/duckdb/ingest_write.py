@@ -21,6 +21,7 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 
+from propensity.core.config import EngineConfig
 from propensity.features.connection import arrow_batches
 from propensity.features.ingest.dedup import insertion_order
 from propensity.features.ingest.manifest import IngestFile, ingest_table_sql
@@ -54,13 +55,14 @@ T = TypeVar("T")
 
 
 def staged_in_scratch(
-    con: duckdb.DuckDBPyConnection, parent: str | None, stage: Callable[[str], T]
+    con: duckdb.DuckDBPyConnection, engine: EngineConfig, bucket_rows: int, stage: Callable[..., T]
 ) -> tuple[Scratch, T]:
-    """``stage(database)`` run with a new scratch database attached to ``con``: the scratch and
-    what ``stage`` returned; if it fails, the connection is closed and the scratch removed."""
-    scratch = Scratch(parent)
+    """``stage(scratch=database, bucket_rows=bucket_rows)`` run with a new scratch database (under
+    ``engine.temp_directory``) attached to ``con``: the scratch and what ``stage`` returned; if it
+    fails, the connection is closed and the scratch removed."""
+    scratch = Scratch(engine.temp_directory)
     try:
-        return scratch, stage(scratch.attach(con))
+        return scratch, stage(scratch=scratch.attach(con), bucket_rows=bucket_rows)
     except BaseException:
         con.close()
         scratch.remove()
