@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover
 
 # (module, function, phase): the train job's steps, wrapped where the caller looks them up.
 STEPS = (
-    ("propensity.pipeline.jobs.train", "make_plan", "plan"),
+    ("propensity.pipeline.jobs.training_data", "make_plan", "plan"),
     ("propensity.features.build.training_sample", "choose_candidates", "row choice (hash draws)"),
     ("propensity.features.build.training_sample", "build_snapshots", "feature partitions"),
     ("propensity.features.build.training_sample", "chosen_weights", "weights of the chosen rows"),
