@@ -320,31 +320,8 @@ def window_kernel(
         np.flatnonzero(np.concatenate([[True], pk[1:] != pk[:-1], [True]])) if n else np.zeros(1, np.int64)
     )
     profiles = pk[profile_rows[:-1]]
-    measures = list(values)
-    plan = WindowPlan.of(fs, measures)
-    # Tuples, not a matrix: the columns are read where they lie, never copied or unpacked.
-    floats: list[np.ndarray] = []
-    packed: list[np.ndarray] = []
-    packed_at: dict[int, int] = {}  # id of a packed column -> its place in ``packed``
-    kind, index, shift, mask = (np.zeros(len(measures), dtype=np.int64) for _ in range(4))
-    scale = np.ones(len(measures))
-    for j, m in enumerate(measures):
-        value = values[m]
-        if isinstance(value, (Packed, Scaled)):
-            if id(value.column) not in packed_at:
-                packed_at[id(value.column)] = len(packed)
-                packed.append(np.ascontiguousarray(value.column, dtype=np.int64))
-            index[j] = packed_at[id(value.column)]
-            if isinstance(value, Packed):
-                kind[j], shift[j], mask[j] = 1, value.shift, (1 << value.bits) - 1
-            else:
-                kind[j], scale[j] = 2, 10.0**value.scale
-        else:
-            floats.append(np.ascontiguousarray(value, dtype=np.float64))
-            index[j] = len(floats) - 1
-    # An empty tuple cannot be indexed at run time: a placeholder keeps the types whole.
-    floats_in = tuple(floats) or (np.zeros(0),)
-    packed_in = tuple(packed) or (np.zeros(0, dtype=np.int64),)
+    plan = WindowPlan.of(fs, list(values))
+    floats_in, packed_in, measures_read, scale = _measure_columns(values)
     as_of = np.array(as_of_days, dtype=np.int64)
     present = _present(profile_rows, days, as_of, fs.lookback_days)
     row_of, total = _number_rows(present)
@@ -362,7 +339,6 @@ def window_kernel(
         plan.hi_edge,
         plan.column_of,
     )
-    measures_read = (kind, index, shift, mask)
     _window_pass(
         profile_rows,
         days,
@@ -381,6 +357,41 @@ def window_kernel(
         "pk": np.concatenate([profiles[present[s]] for s in range(len(as_of))]).astype(np.int32),
         "as_of_day": np.repeat(as_of.astype(np.int32), present.sum(axis=1)),
     }
+    return _aggregate_table(columns, plan, counts, amounts)
+
+
+def _measure_columns(
+    values: dict[str, np.ndarray | Packed | Scaled],
+) -> tuple[tuple, tuple, tuple, np.ndarray]:
+    """The measures as the pass reads them: the float columns, the distinct packed columns, and
+    per measure its (kind, column index, shift, mask) and decimal scale."""
+    # Tuples, not a matrix: the columns are read where they lie, never copied or unpacked.
+    floats: list[np.ndarray] = []
+    packed: list[np.ndarray] = []
+    packed_at: dict[int, int] = {}  # id of a packed column -> its place in ``packed``
+    kind, index, shift, mask = (np.zeros(len(values), dtype=np.int64) for _ in range(4))
+    scale = np.ones(len(values))
+    for j, value in enumerate(values.values()):
+        if isinstance(value, (Packed, Scaled)):
+            if id(value.column) not in packed_at:
+                packed_at[id(value.column)] = len(packed)
+                packed.append(np.ascontiguousarray(value.column, dtype=np.int64))
+            index[j] = packed_at[id(value.column)]
+            if isinstance(value, Packed):
+                kind[j], shift[j], mask[j] = 1, value.shift, (1 << value.bits) - 1
+            else:
+                kind[j], scale[j] = 2, 10.0**value.scale
+        else:
+            floats.append(np.ascontiguousarray(value, dtype=np.float64))
+            index[j] = len(floats) - 1
+    # An empty tuple cannot be indexed at run time: a placeholder keeps the types whole.
+    floats_in = tuple(floats) or (np.zeros(0),)
+    packed_in = tuple(packed) or (np.zeros(0, dtype=np.int64),)
+    return floats_in, packed_in, (kind, index, shift, mask), scale
+
+
+def _aggregate_table(columns: dict, plan: WindowPlan, counts: np.ndarray, amounts: np.ndarray) -> pa.Table:
+    """``columns`` (the keys) and one column per aggregate, taken from the pass's output in place."""
     for name, c, fn in zip(plan.names, plan.column_of, plan.fn_of, strict=False):
         # from_pandas: NaN becomes NULL, which is what the feature SQL tests for; sums are never NULL.
         columns[name] = (
