@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 
 import duckdb
 import pandas as pd
@@ -84,3 +85,32 @@ def test_a_refused_ingest_leaves_no_scratch_files(luma_small, tmp_path):
         ingest_jobs.ingest(events, tmp_path / "out", _config(tmp_path), on_bad_rows="fail")
     assert not list((tmp_path / "spill").glob("propensity-ingest-*"))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_killed_ingests_scratch_is_removed_by_the_next_and_a_running_ones_is_kept(tmp_path):
+    """kill -9 leaves a scratch folder behind: the next ingest's scratch removes it when its owner
+    is gone, and leaves alone one whose owner runs (a concurrent ingest) or that names no owner."""
+    import subprocess
+    import sys
+
+    from propensity.features.duckdb.ingest_write import Scratch
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    orphan = tmp_path / f"{Scratch.PREFIX}orphan"
+    orphan.mkdir()
+    (orphan / "owner").write_text(dead.stdout.decode().strip())
+    (orphan / "staged.duckdb").write_bytes(b"x")
+    alive = tmp_path / f"{Scratch.PREFIX}alive"
+    alive.mkdir()
+    (alive / "owner").write_text(str(os.getpid()))
+    unknown = tmp_path / f"{Scratch.PREFIX}unknown"
+    unknown.mkdir()
+    other = tmp_path / "someone-elses"
+    other.mkdir()
+    (other / "owner").write_text(dead.stdout.decode().strip())
+
+    scratch = Scratch(str(tmp_path))
+    assert not orphan.exists()
+    assert alive.exists() and unknown.exists() and other.exists() and scratch.path.exists()
+    scratch.remove()
+    assert not scratch.path.exists()

@@ -10,6 +10,7 @@ the file is the same rows in the same order and its row groups still prune by ke
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import weakref
@@ -36,10 +37,14 @@ class Scratch:
     """A private folder (under ``engine.temp_directory`` when set) for one ingest's staged
     events: an attached DuckDB database and the split events; removed whole by ``remove``."""
 
+    PREFIX = "propensity-ingest-"
+
     def __init__(self, parent: str | None = None) -> None:
         if parent:
             Path(parent).mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix="propensity-ingest-", dir=parent))
+        self.path = Path(tempfile.mkdtemp(prefix=self.PREFIX, dir=parent))
+        remove_orphans(self.path.parent)
+        (self.path / "owner").write_text(str(os.getpid()))
 
     def attach(self, con: duckdb.DuckDBPyConnection) -> str:
         """The scratch database attached to ``con``; its name."""
@@ -49,6 +54,20 @@ class Scratch:
     def remove(self) -> None:
         """The folder and all in it gone (an open database file is unlinked, freed on close)."""
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def remove_orphans(parent: Path) -> None:
+    """Scratch folders under ``parent`` whose ingest died without cleaning up (kill -9): removed
+    only when their ``owner`` file names a process that no longer runs; a folder of a running
+    ingest, or one without an owner file, is never touched."""
+    for folder in parent.glob(f"{Scratch.PREFIX}*"):
+        try:
+            pid = int((folder / "owner").read_text())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (OSError, ValueError):
+            continue
 
 
 T = TypeVar("T")
